@@ -1,0 +1,91 @@
+//! `portico-controller`: turns Ingress state into snapshots and serves them to proxies.
+
+mod manifests;
+mod source;
+mod sync;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use portico_translate::Options;
+use portico_wire::SnapshotServer;
+use source::{FileSource, Source};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Portico's controller: Ingress objects in, routing snapshots out")]
+struct Args {
+    /// Read objects from this directory of manifests (re-read on change) instead of a cluster.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// The IngressClass name to serve.
+    #[arg(long, default_value = "portico")]
+    ingress_class: String,
+    /// The Unix socket proxies connect to.
+    #[arg(long, default_value = "/var/run/portico/portico.sock")]
+    socket: PathBuf,
+    /// Quiet time that ends a burst of changes before a snapshot is built.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// How often the manifests directory is checked for changes.
+    #[arg(long, default_value_t = 200)]
+    manifests_poll_ms: u64,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+
+    let Some(dir) = args.manifests.clone() else {
+        bail!("only --manifests DIR is implemented so far; the Kubernetes API source is not built yet");
+    };
+    if !dir.is_dir() {
+        bail!("--manifests {}: not a directory", dir.display());
+    }
+    let source: Box<dyn Source> = Box::new(FileSource::new(dir, Duration::from_millis(args.manifests_poll_ms)));
+    let options = Options { ingress_class: args.ingress_class.clone(), assume_class_exists: true };
+
+    let (server, publisher) = SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
+        .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;
+    tracing::info!(socket = %args.socket.display(), "serving snapshots");
+
+    let (states_tx, states_rx) = tokio::sync::watch::channel(None);
+    let sync = sync::SyncLoop { options, debounce: Duration::from_millis(args.debounce_ms), ceiling: Duration::from_secs(1), publisher };
+
+    tokio::select! {
+        result = source.run(states_tx) => result.context("source failed")?,
+        _ = sync.run(states_rx) => {}
+        _ = server.serve() => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

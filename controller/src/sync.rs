@@ -1,0 +1,110 @@
+//! The sync loop: waits for state changes, coalesces bursts, translates, and publishes a
+//! new snapshot only when the translation result actually changed.
+
+use portico_model::Snapshot;
+use portico_translate::{translate, ClusterState, Diagnostic, Options};
+use portico_wire::SnapshotPublisher;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Snapshot versions that keep increasing across controller restarts: milliseconds since
+/// the epoch, or one more than the last if the clock has not moved on.
+#[derive(Debug, Default)]
+pub struct VersionClock {
+    last: u64,
+}
+
+impl VersionClock {
+    pub fn next(&mut self) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
+
+pub struct SyncLoop {
+    pub options: Options,
+    /// Quiet time that ends a burst of changes.
+    pub debounce: Duration,
+    /// Longest a continuous stream of changes may delay a snapshot.
+    pub ceiling: Duration,
+    pub publisher: SnapshotPublisher,
+}
+
+impl SyncLoop {
+    pub async fn run(self, mut states: watch::Receiver<Option<Arc<ClusterState>>>) {
+        let mut clock = VersionClock::default();
+        let mut last: Option<Snapshot> = None;
+        let mut reported = BTreeSet::new();
+        loop {
+            if states.changed().await.is_err() {
+                return;
+            }
+            self.settle(&mut states).await;
+            let Some(state) = states.borrow_and_update().clone() else { continue };
+
+            let started = Instant::now();
+            let translation = translate(&state, &self.options);
+            report_diagnostics(&mut reported, &translation.diagnostics);
+            if last.as_ref() == Some(&translation.snapshot) {
+                tracing::debug!("translation unchanged; no new snapshot");
+                continue;
+            }
+            let mut snapshot = translation.snapshot.clone();
+            snapshot.version = clock.next();
+            let payload = snapshot.to_bytes();
+            tracing::info!(
+                version = snapshot.version,
+                bytes = payload.len(),
+                hosts = snapshot.virtual_hosts.len(),
+                admitted = translation.admitted.len(),
+                diagnostics = translation.diagnostics.len(),
+                build_ms = started.elapsed().as_secs_f64() * 1e3,
+                "snapshot published"
+            );
+            self.publisher.publish(snapshot.version, payload);
+            last = Some(translation.snapshot);
+        }
+    }
+
+    /// Waits until no change arrived for `debounce`, or `ceiling` passed since the first.
+    async fn settle(&self, states: &mut watch::Receiver<Option<Arc<ClusterState>>>) {
+        let deadline = Instant::now() + self.ceiling;
+        loop {
+            let quiet_until = (Instant::now() + self.debounce).min(deadline);
+            match tokio::time::timeout_at(quiet_until, states.changed()).await {
+                Ok(Ok(())) if Instant::now() < deadline => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Logs diagnostics that appeared or went away, so a steady state stays quiet.
+fn report_diagnostics(reported: &mut BTreeSet<Diagnostic>, current: &[Diagnostic]) {
+    let current: BTreeSet<Diagnostic> = current.iter().cloned().collect();
+    for d in current.difference(reported) {
+        tracing::warn!(object = %d.object, reason = %d.reason, message = %d.message, "configuration problem");
+    }
+    for d in reported.difference(&current) {
+        tracing::info!(object = %d.object, reason = %d.reason, "configuration problem resolved");
+    }
+    *reported = current;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_even_within_one_millisecond() {
+        let mut c = VersionClock::default();
+        let a = c.next();
+        let b = c.next();
+        let d = c.next();
+        assert!(a > 1_600_000_000_000 && b > a && d > b);
+    }
+}

@@ -1,0 +1,139 @@
+//! The invariants a snapshot must hold before a proxy may run it.
+
+use crate::{PathMatch, Snapshot};
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("snapshot version must be greater than 0")]
+    ZeroVersion,
+    #[error("virtual host {host:?} appears more than once")]
+    DuplicateHost { host: String },
+    #[error("backend {name:?} appears more than once")]
+    DuplicateBackend { name: String },
+    #[error("backend name must not be empty")]
+    EmptyBackendName,
+    #[error("host {host:?}: path {path:?} must start with '/'")]
+    RelativePath { host: String, path: String },
+    #[error("host {host:?}: prefix {path:?} must not end with '/'")]
+    UnnormalisedPrefix { host: String, path: String },
+    #[error("host {host:?}: route {path:?} appears more than once")]
+    DuplicateRoute { host: String, path: String },
+    #[error("host {host:?}: route {path:?} names unknown backend {backend:?}")]
+    UnknownRouteBackend { host: String, path: String, backend: String },
+    #[error("default backend names unknown backend {backend:?}")]
+    UnknownDefaultBackend { backend: String },
+    #[error("backend {backend:?}: endpoint {address} has port 0")]
+    ZeroPort { backend: String, address: std::net::IpAddr },
+}
+
+pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
+    use ValidationError::*;
+    if s.version == 0 {
+        return Err(ZeroVersion);
+    }
+    let mut backends = HashSet::new();
+    for b in &s.backends {
+        if b.name.is_empty() {
+            return Err(EmptyBackendName);
+        }
+        if !backends.insert(b.name.as_str()) {
+            return Err(DuplicateBackend { name: b.name.clone() });
+        }
+        if let Some(e) = b.endpoints.iter().find(|e| e.port == 0) {
+            return Err(ZeroPort { backend: b.name.clone(), address: e.address });
+        }
+    }
+    if let Some(d) = &s.default_backend {
+        if !backends.contains(d.as_str()) {
+            return Err(UnknownDefaultBackend { backend: d.clone() });
+        }
+    }
+    let mut hosts = HashSet::new();
+    for vh in &s.virtual_hosts {
+        let host = vh.host.to_string();
+        if !hosts.insert(&vh.host) {
+            return Err(DuplicateHost { host });
+        }
+        let mut paths = HashSet::new();
+        for r in &vh.routes {
+            let path = r.path.path();
+            if !path.starts_with('/') {
+                return Err(RelativePath { host, path: path.to_string() });
+            }
+            if matches!(r.path, PathMatch::Prefix(_)) && path.len() > 1 && path.ends_with('/') {
+                return Err(UnnormalisedPrefix { host, path: path.to_string() });
+            }
+            if !paths.insert(&r.path) {
+                return Err(DuplicateRoute { host, path: path.to_string() });
+            }
+            if !backends.contains(r.backend.as_str()) {
+                return Err(UnknownRouteBackend { host, path: path.to_string(), backend: r.backend.clone() });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Endpoint, HostMatch, Route, VirtualHost};
+
+    fn good() -> Snapshot {
+        Snapshot {
+            version: 1,
+            virtual_hosts: vec![VirtualHost {
+                host: HostMatch::Exact("a.com".into()),
+                routes: vec![Route { path: PathMatch::prefix("/"), backend: "b".into(), source: String::new() }],
+            }],
+            default_backend: Some("b".into()),
+            backends: vec![Backend {
+                name: "b".into(),
+                endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 80, ready: true }],
+            }],
+        }
+    }
+
+    #[test]
+    fn accepts_a_consistent_snapshot() {
+        assert_eq!(good().validate(), Ok(()));
+    }
+
+    #[test]
+    fn names_what_is_inconsistent() {
+        let mut s = good();
+        s.version = 0;
+        assert_eq!(s.validate(), Err(ValidationError::ZeroVersion));
+
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].backend = "missing".into();
+        let err = s.validate().unwrap_err();
+        assert!(err.to_string().contains("unknown backend \"missing\""), "{err}");
+
+        let mut s = good();
+        s.virtual_hosts.push(s.virtual_hosts[0].clone());
+        assert!(matches!(s.validate(), Err(ValidationError::DuplicateHost { .. })));
+
+        let mut s = good();
+        let route = s.virtual_hosts[0].routes[0].clone();
+        s.virtual_hosts[0].routes.push(route);
+        assert!(matches!(s.validate(), Err(ValidationError::DuplicateRoute { .. })));
+
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].path = PathMatch::Prefix("/a/".into());
+        assert!(matches!(s.validate(), Err(ValidationError::UnnormalisedPrefix { .. })));
+
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].path = PathMatch::Exact("a".into());
+        assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
+
+        let mut s = good();
+        s.default_backend = Some("nope".into());
+        assert!(matches!(s.validate(), Err(ValidationError::UnknownDefaultBackend { .. })));
+
+        let mut s = good();
+        s.backends[0].endpoints[0].port = 0;
+        assert!(matches!(s.validate(), Err(ValidationError::ZeroPort { .. })));
+    }
+}

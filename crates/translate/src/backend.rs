@@ -1,0 +1,94 @@
+//! Resolving an Ingress's service backend to endpoints: Service port (by number or
+//! name) → EndpointSlice port (by the Service port's name) → ready addresses.
+
+use crate::cache::ClusterState;
+use crate::diagnostic::Reason;
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
+use portico_model::{Backend, Endpoint};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// A resolved backend, with the problem found on the way, if any. A problem still
+/// yields a backend (possibly without endpoints) so its routes answer 503, not 404.
+pub(crate) struct Resolved {
+    pub backend: Backend,
+    pub problem: Option<(Reason, String)>,
+}
+
+pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend) -> String {
+    format!("{namespace}/{}:{}", svc.name, port_text(svc.port.as_ref()))
+}
+
+fn port_text(port: Option<&ServiceBackendPort>) -> String {
+    match port {
+        Some(ServiceBackendPort { number: Some(n), .. }) => n.to_string(),
+        Some(ServiceBackendPort { name: Some(n), .. }) => n.clone(),
+        _ => String::new(),
+    }
+}
+
+pub(crate) fn resolve(state: &ClusterState, namespace: &str, svc: &IngressServiceBackend) -> Resolved {
+    let name = backend_name(namespace, svc);
+    let unresolved =
+        |reason, message| Resolved { backend: Backend { name: name.clone(), endpoints: Vec::new() }, problem: Some((reason, message)) };
+
+    let Some(service) = state.service(namespace, &svc.name) else {
+        return unresolved(Reason::ServiceNotFound, format!("service {namespace}/{} does not exist", svc.name));
+    };
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        return unresolved(
+            Reason::UnsupportedBackend,
+            format!("service {namespace}/{} is of type ExternalName, which is not supported", svc.name),
+        );
+    }
+    let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    let Some(service_port) = find_port(ports, svc.port.as_ref()) else {
+        return unresolved(
+            Reason::ServicePortNotFound,
+            format!("service {namespace}/{} has no port {:?}", svc.name, port_text(svc.port.as_ref())),
+        );
+    };
+
+    let mut endpoints = BTreeSet::new();
+    for slice in state.endpoint_slices_of(namespace, &svc.name) {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        // A slice port matches the Service port of the same name (both unnamed counts).
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+            for address in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                endpoints.insert(Endpoint { address, port, ready });
+            }
+        }
+    }
+    let endpoints: Vec<Endpoint> = endpoints.into_iter().collect();
+    let problem = (!endpoints.iter().any(|e| e.ready)).then(|| {
+        (
+            Reason::NoReadyEndpoints,
+            format!("service {namespace}/{} port {:?} has no ready endpoints", svc.name, port_text(svc.port.as_ref())),
+        )
+    });
+    Resolved { backend: Backend { name, endpoints }, problem }
+}
+
+fn find_port<'a>(ports: &'a [ServicePort], wanted: Option<&ServiceBackendPort>) -> Option<&'a ServicePort> {
+    match wanted? {
+        ServiceBackendPort { number: Some(n), .. } => ports.iter().find(|p| p.port == *n),
+        ServiceBackendPort { name: Some(name), .. } => ports.iter().find(|p| p.name.as_deref() == Some(name)),
+        _ => None,
+    }
+}

@@ -1,0 +1,74 @@
+//! Per-object results: what was wrong with which object, and why it matters.
+
+use serde::Serialize;
+use std::fmt;
+
+/// Which object a diagnostic is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The reasons also serve as Kubernetes Event reasons, so they are stable CamelCase words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Reason {
+    UnknownIngressClass,
+    InvalidIngress,
+    InvalidHost,
+    InvalidPath,
+    PathConflict,
+    DefaultBackendConflict,
+    UnsupportedBackend,
+    ServiceNotFound,
+    ServicePortNotFound,
+    NoReadyEndpoints,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::UnknownIngressClass => "UnknownIngressClass",
+            Reason::InvalidIngress => "InvalidIngress",
+            Reason::InvalidHost => "InvalidHost",
+            Reason::InvalidPath => "InvalidPath",
+            Reason::PathConflict => "PathConflict",
+            Reason::DefaultBackendConflict => "DefaultBackendConflict",
+            Reason::UnsupportedBackend => "UnsupportedBackend",
+            Reason::ServiceNotFound => "ServiceNotFound",
+            Reason::ServicePortNotFound => "ServicePortNotFound",
+            Reason::NoReadyEndpoints => "NoReadyEndpoints",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One problem with one object. The message names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    pub object: ObjectRef,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.reason, self.message)
+    }
+}

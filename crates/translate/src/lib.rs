@@ -1,0 +1,20 @@
+//! Cluster objects in, a snapshot and its diagnostics out: Ingress v1 semantics as the
+//! Kubernetes documentation defines them, as one pure function.
+//!
+//! Modelled on Contour's `internal/dag`: [`ClusterState`] keeps the objects that matter,
+//! [`translate`] runs one processor per kind, and every problem becomes a [`Diagnostic`]
+//! on the object that caused it, never a failure of the whole translation.
+
+mod backend;
+mod builder;
+mod cache;
+mod class;
+mod diagnostic;
+mod ingress;
+
+pub use builder::{translate, Options, Translation};
+pub use cache::{ClusterState, KubeObject, ObjectKey};
+pub use diagnostic::{Diagnostic, ObjectRef, Reason};
+
+/// The `spec.controller` value of IngressClasses Portico serves.
+pub const CONTROLLER_NAME: &str = "portico.io/ingress-controller";

@@ -1,0 +1,127 @@
+//! The proxy's half: stay connected to the controller, apply what it sends, and say
+//! whether it was applied.
+
+use crate::codec::{read_message, write_message, Message, WireError};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::UnixStream;
+
+/// Whatever applies snapshots on the proxy side.
+pub trait SnapshotSink: Send + Sync {
+    /// The version currently serving, 0 before the first.
+    fn last_applied(&self) -> u64;
+    /// Validates and applies; on error the previous snapshot must keep serving.
+    fn apply(&self, version: u64, payload: Vec<u8>) -> Result<(), String>;
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper half of
+/// the current step, so a fleet of proxies does not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { initial, max, current: initial }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = step / 2;
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+pub struct SnapshotClient {
+    pub socket: PathBuf,
+    pub proxy_id: String,
+    pub max_frame: usize,
+    pub backoff: Backoff,
+}
+
+impl SnapshotClient {
+    pub fn new(socket: PathBuf, proxy_id: String) -> Self {
+        SnapshotClient {
+            socket,
+            proxy_id,
+            max_frame: crate::DEFAULT_MAX_FRAME,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+
+    /// Connects, applies, and reconnects forever; cancel by dropping the future.
+    pub async fn run(mut self, sink: &dyn SnapshotSink) {
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => {
+                    tracing::info!(socket = %self.socket.display(), "connected to controller");
+                    let outcome = self.session(stream, sink).await;
+                    if outcome.received_any {
+                        self.backoff.reset();
+                    }
+                    tracing::warn!(error = %outcome.end, "controller connection ended; serving the last good snapshot");
+                }
+                Err(e) => tracing::debug!(socket = %self.socket.display(), error = %e, "controller not reachable"),
+            }
+            tokio::time::sleep(self.backoff.next_delay()).await;
+        }
+    }
+
+    async fn session(&self, stream: UnixStream, sink: &dyn SnapshotSink) -> SessionEnd {
+        let (mut reader, mut writer) = stream.into_split();
+        let mut received_any = false;
+        let hello = Message::Hello { proxy_id: self.proxy_id.clone(), last_applied_version: sink.last_applied() };
+        if let Err(end) = write_message(&mut writer, &hello).await {
+            return SessionEnd { end, received_any };
+        }
+        loop {
+            let reply = match read_message(&mut reader, self.max_frame).await {
+                Ok(Message::Snapshot { version, payload }) => {
+                    received_any = true;
+                    if version == sink.last_applied() {
+                        Message::Ack { version }
+                    } else {
+                        match sink.apply(version, payload) {
+                            Ok(()) => Message::Ack { version },
+                            Err(reason) => {
+                                tracing::warn!(version, %reason, "snapshot refused; the last good one keeps serving");
+                                Message::Nack { version, reason }
+                            }
+                        }
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!(?other, "unexpected message from controller");
+                    continue;
+                }
+                Err(e) if e.stream_intact() => {
+                    tracing::warn!(error = %e, "malformed message from controller");
+                    Message::Nack { version: 0, reason: e.to_string() }
+                }
+                Err(end) => {
+                    if let WireError::FrameTooLarge { .. } = end {
+                        // The stream is no longer aligned, but the controller should still hear why.
+                        let _ = write_message(&mut writer, &Message::Nack { version: 0, reason: end.to_string() }).await;
+                    }
+                    return SessionEnd { end, received_any };
+                }
+            };
+            if let Err(end) = write_message(&mut writer, &reply).await {
+                return SessionEnd { end, received_any };
+            }
+        }
+    }
+}
+
+struct SessionEnd {
+    end: WireError,
+    received_any: bool,
+}

@@ -1,0 +1,185 @@
+//! The controller's half: a Unix socket that hands every connected proxy the latest
+//! snapshot on connect and each newer one as it is published.
+
+use crate::codec::{read_message, write_message, Message, WireError};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// A snapshot as it travels: its version and its serialised bytes.
+#[derive(Debug)]
+struct Published {
+    version: u64,
+    payload: Vec<u8>,
+}
+
+type Latest = Option<Arc<Published>>;
+
+/// Hands snapshots to the server; cloneable, cheap.
+#[derive(Clone)]
+pub struct SnapshotPublisher {
+    tx: Arc<watch::Sender<Latest>>,
+}
+
+impl SnapshotPublisher {
+    /// Makes `payload` the snapshot every connected and future proxy receives.
+    pub fn publish(&self, version: u64, payload: Vec<u8>) {
+        self.tx.send_replace(Some(Arc::new(Published { version, payload })));
+    }
+
+    pub fn latest_version(&self) -> Option<u64> {
+        self.tx.borrow().as_ref().map(|p| p.version)
+    }
+}
+
+/// The last version each connected proxy acknowledged, by proxy id.
+#[derive(Clone, Default)]
+pub struct AckedVersions(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl AckedVersions {
+    pub fn get(&self, proxy_id: &str) -> Option<u64> {
+        self.lock().get(proxy_id).copied()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        self.lock().clone()
+    }
+
+    fn set(&self, proxy_id: &str, version: u64) {
+        self.lock().insert(proxy_id.to_string(), version);
+    }
+
+    fn remove(&self, proxy_id: &str) {
+        self.lock().remove(proxy_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct SnapshotServer {
+    listener: UnixListener,
+    path: PathBuf,
+    rx: watch::Receiver<Latest>,
+    max_frame: usize,
+    acked: AckedVersions,
+}
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SnapshotServer {
+    /// Binds `path` with mode 0600, replacing a stale socket file. Refuses to replace a
+    /// socket another process is still serving, and anything that is not a socket.
+    pub fn bind(path: &Path, max_frame: usize) -> io::Result<(SnapshotServer, SnapshotPublisher)> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is served by another process", path.display())));
+            }
+            std::fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let (tx, rx) = watch::channel(None);
+        let server = SnapshotServer { listener, path: path.to_path_buf(), rx, max_frame, acked: AckedVersions::default() };
+        Ok((server, SnapshotPublisher { tx: Arc::new(tx) }))
+    }
+
+    pub fn acked_versions(&self) -> AckedVersions {
+        self.acked.clone()
+    }
+
+    /// Accepts proxies until the task is dropped.
+    pub async fn serve(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    let conn = Connection { rx: self.rx.clone(), max_frame: self.max_frame, acked: self.acked.clone() };
+                    tokio::spawn(conn.run(stream));
+                }
+                Err(e) => {
+                    tracing::warn!(socket = %self.path.display(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Connection {
+    rx: watch::Receiver<Latest>,
+    max_frame: usize,
+    acked: AckedVersions,
+}
+
+impl Connection {
+    async fn run(mut self, stream: UnixStream) {
+        let (mut reader, mut writer) = stream.into_split();
+        let (proxy_id, last_applied) = match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut reader, self.max_frame)).await {
+            Ok(Ok(Message::Hello { proxy_id, last_applied_version })) => (proxy_id, last_applied_version),
+            Ok(Ok(other)) => return tracing::warn!(message = ?kind_of(&other), "proxy did not start with Hello; closing"),
+            Ok(Err(e)) => return tracing::warn!(error = %e, "reading Hello failed; closing"),
+            Err(_) => return tracing::warn!("no Hello within {HELLO_TIMEOUT:?}; closing"),
+        };
+        tracing::info!(proxy = %proxy_id, last_applied, "proxy connected");
+
+        let mut read_loop = tokio::spawn(read_replies(reader, self.max_frame, proxy_id.clone(), self.acked.clone()));
+        let mut sent = last_applied;
+        loop {
+            let latest = self.rx.borrow_and_update().clone();
+            if let Some(p) = latest.filter(|p| p.version != sent) {
+                let msg = Message::Snapshot { version: p.version, payload: p.payload.clone() };
+                if let Err(e) = write_message(&mut writer, &msg).await {
+                    tracing::info!(proxy = %proxy_id, error = %e, "sending snapshot failed; dropping connection");
+                    break;
+                }
+                sent = p.version;
+            }
+            tokio::select! {
+                changed = self.rx.changed() => if changed.is_err() { break },
+                _ = &mut read_loop => break,
+            }
+        }
+        read_loop.abort();
+        self.acked.remove(&proxy_id);
+        tracing::info!(proxy = %proxy_id, "proxy disconnected");
+    }
+}
+
+async fn read_replies(mut reader: tokio::net::unix::OwnedReadHalf, max_frame: usize, proxy_id: String, acked: AckedVersions) {
+    loop {
+        match read_message(&mut reader, max_frame).await {
+            Ok(Message::Ack { version }) => {
+                tracing::debug!(proxy = %proxy_id, version, "snapshot acknowledged");
+                acked.set(&proxy_id, version);
+            }
+            Ok(Message::Nack { version, reason }) => {
+                tracing::warn!(proxy = %proxy_id, version, %reason, "proxy refused snapshot");
+            }
+            Ok(other) => tracing::warn!(proxy = %proxy_id, message = ?kind_of(&other), "unexpected message from proxy"),
+            Err(WireError::Closed) => return,
+            Err(e) if e.stream_intact() => tracing::warn!(proxy = %proxy_id, error = %e, "bad message from proxy"),
+            Err(e) => return tracing::warn!(proxy = %proxy_id, error = %e, "reading from proxy failed"),
+        }
+    }
+}
+
+fn kind_of(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "Hello",
+        Message::Snapshot { .. } => "Snapshot",
+        Message::Ack { .. } => "Ack",
+        Message::Nack { .. } => "Nack",
+    }
+}

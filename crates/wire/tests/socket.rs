@@ -1,0 +1,156 @@
+//! Server and client halves talking over a real Unix socket.
+
+use portico_wire::{Backoff, SnapshotClient, SnapshotServer, SnapshotSink, DEFAULT_MAX_FRAME};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Applies anything except payloads equal to `b"bad"`.
+#[derive(Default)]
+struct RecordingSink {
+    applied: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl SnapshotSink for RecordingSink {
+    fn last_applied(&self) -> u64 {
+        self.applied.lock().unwrap().last().map_or(0, |(v, _)| *v)
+    }
+    fn apply(&self, version: u64, payload: Vec<u8>) -> Result<(), String> {
+        if payload == b"bad" {
+            return Err("payload is bad".into());
+        }
+        self.applied.lock().unwrap().push((version, payload));
+        Ok(())
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn client(path: &std::path::Path, id: &str) -> SnapshotClient {
+    let mut c = SnapshotClient::new(path.to_path_buf(), id.to_string());
+    c.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+    c
+}
+
+#[tokio::test]
+async fn proxies_get_latest_on_connect_then_every_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let acked = server.acked_versions();
+    tokio::spawn(server.serve());
+    publisher.publish(1, b"one".to_vec());
+
+    let sinks: Vec<&'static RecordingSink> = (0..2).map(|_| &*Box::leak(Box::default())).collect();
+    for (i, sink) in sinks.iter().enumerate() {
+        let c = client(&path, &format!("proxy-{i}"));
+        let sink: &'static RecordingSink = sink;
+        tokio::spawn(async move { c.run(sink).await });
+    }
+    eventually("both proxies ack version 1", || acked.get("proxy-0") == Some(1) && acked.get("proxy-1") == Some(1)).await;
+
+    publisher.publish(2, b"bad".to_vec());
+    publisher.publish(3, b"three".to_vec());
+    eventually("both proxies ack version 3", || acked.get("proxy-0") == Some(3) && acked.get("proxy-1") == Some(3)).await;
+    for sink in &sinks {
+        let applied = sink.applied.lock().unwrap().clone();
+        assert_eq!(applied.first(), Some(&(1, b"one".to_vec())));
+        assert_eq!(applied.last(), Some(&(3, b"three".to_vec())));
+        assert!(applied.iter().all(|(_, p)| p != b"bad"), "a refused snapshot was applied");
+    }
+}
+
+#[tokio::test]
+async fn refused_snapshot_keeps_the_last_good_one_and_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    let acked = server.acked_versions();
+    tokio::spawn(server.serve());
+    let sink: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "p");
+    tokio::spawn(async move { c.run(sink).await });
+
+    publisher.publish(10, b"good".to_vec());
+    eventually("ack 10", || acked.get("p") == Some(10)).await;
+    publisher.publish(11, b"bad".to_vec());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sink.last_applied(), 10);
+    assert_eq!(acked.get("p"), Some(10), "a Nack must not count as applied");
+    publisher.publish(12, b"fine".to_vec());
+    eventually("ack 12", || acked.get("p") == Some(12)).await;
+}
+
+#[tokio::test]
+async fn client_reconnects_after_the_controller_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    let first = tokio::spawn(server.serve());
+    let sink: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "p");
+    tokio::spawn(async move { c.run(sink).await });
+    publisher.publish(1, b"a".to_vec());
+    eventually("applied 1", || sink.last_applied() == 1).await;
+
+    first.abort();
+    drop(publisher);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The old socket file is stale now; binding again must replace it.
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    tokio::spawn(server.serve());
+    publisher.publish(2, b"b".to_vec());
+    eventually("applied 2 after reconnect", || sink.last_applied() == 2).await;
+}
+
+#[tokio::test]
+async fn oversized_snapshot_is_refused_by_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    tokio::spawn(server.serve());
+    let sink: &'static RecordingSink = Box::leak(Box::default());
+    let mut c = client(&path, "p");
+    c.max_frame = 1024;
+    tokio::spawn(async move { c.run(sink).await });
+    publisher.publish(1, vec![b'x'; 4096]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.last_applied(), 0);
+    publisher.publish(2, b"small".to_vec());
+    eventually("small snapshot applied after the refusal", || sink.last_applied() == 2).await;
+}
+
+#[test]
+fn bind_refuses_a_live_socket_and_a_regular_file() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let (_server, _p) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+        let err = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).err().unwrap();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(SnapshotServer::bind(&file, DEFAULT_MAX_FRAME).is_err());
+    });
+}
+
+#[test]
+fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+    assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+    assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+    assert!(delays[9] >= Duration::from_secs(1), "should reach the cap's range: {delays:?}");
+    b.reset();
+    assert!(b.next_delay() <= Duration::from_millis(100));
+}

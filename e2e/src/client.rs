@@ -1,0 +1,69 @@
+//! A small keep-alive HTTP/1.1 client for talking to the proxy under test.
+
+use crate::echo::Echo;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The echo backend's report, if an echo backend answered.
+    pub fn echo(&self) -> Option<Echo> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The name of the backend that answered, or `status:NNN` when none did.
+    pub fn answered_by(&self) -> String {
+        self.echo().map_or_else(|| format!("status:{}", self.status), |e| e.backend)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Empty<Bytes>>,
+    pub target: SocketAddr,
+}
+
+impl HttpClient {
+    pub fn new(target: SocketAddr) -> Self {
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build_http();
+        HttpClient { inner, target }
+    }
+
+    /// GET `path_and_query` with the given Host header.
+    pub async fn get(&self, host: &str, path_and_query: &str) -> anyhow::Result<Reply> {
+        self.request("GET", host, path_and_query, &[]).await
+    }
+
+    pub async fn request(&self, method: &str, host: &str, path_and_query: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        let mut req = http::Request::builder().method(method).uri(format!("http://{}{}", self.target, path_and_query));
+        if !host.is_empty() {
+            req = req.header(http::header::HOST, host);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::new())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req)).await??;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    }
+}

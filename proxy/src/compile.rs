@@ -1,0 +1,91 @@
+//! Compiling a validated [`Snapshot`] into what the request path reads: a host table,
+//! per-host path matchers, and balancer pools, all indexed by position.
+
+use crate::balancer::RoundRobin;
+use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
+use crate::router::{HostTable, PathMatcher};
+use portico_model::{HostMatch, Snapshot};
+use std::collections::HashMap;
+
+pub struct CompiledSnapshot {
+    pub version: u64,
+    /// What was applied, for `/config`.
+    pub source: Snapshot,
+    hosts: HostTable,
+    vhosts: Vec<CompiledVhost>,
+    default_backend: Option<usize>,
+    backends: Vec<RoundRobin>,
+    unmatched: StatusCounters,
+}
+
+struct CompiledVhost {
+    paths: PathMatcher,
+    /// Backend index of each route, by route index.
+    route_backends: Vec<usize>,
+    counters: StatusCounters,
+}
+
+/// Where routing sent a request, as indexes into the snapshot that routed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// The matched virtual host; `None` when no host matched.
+    pub vhost: Option<usize>,
+    /// The backend to use; `None` when nothing (not even a default backend) matched.
+    pub backend: Option<usize>,
+}
+
+impl CompiledSnapshot {
+    /// `snapshot` must already be validated: every backend name resolves.
+    pub fn compile(snapshot: Snapshot, metrics: &ProxyMetrics) -> Self {
+        let backends: Vec<RoundRobin> = snapshot.backends.iter().map(RoundRobin::new).collect();
+        let by_name: HashMap<&str, usize> = snapshot.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+
+        let mut hosts = HostTable::default();
+        let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
+        for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
+            hosts.insert(&vh.host, i);
+            let mut paths = PathMatcher::default();
+            let mut route_backends = Vec::with_capacity(vh.routes.len());
+            for (r, route) in vh.routes.iter().enumerate() {
+                paths.insert(&route.path, r);
+                route_backends.push(by_name[route.backend.as_str()]);
+            }
+            let label = match &vh.host {
+                HostMatch::Any => ANY_HOST.to_string(),
+                h => h.to_string(),
+            };
+            vhosts.push(CompiledVhost { paths, route_backends, counters: metrics.status_counters(&label) });
+        }
+        let default_backend = snapshot.default_backend.as_deref().map(|n| by_name[n]);
+        CompiledSnapshot {
+            version: snapshot.version,
+            hosts,
+            vhosts,
+            default_backend,
+            backends,
+            unmatched: metrics.status_counters(UNMATCHED_HOST),
+            source: snapshot,
+        }
+    }
+
+    /// Routes by host and path; what matches nothing goes to the default backend.
+    pub fn route(&self, host: &str, path: &str) -> Routed {
+        let vhost = self.hosts.lookup(host);
+        let backend = vhost
+            .and_then(|i| {
+                let vh = &self.vhosts[i];
+                vh.paths.lookup(path).map(|r| vh.route_backends[r])
+            })
+            .or(self.default_backend);
+        Routed { vhost, backend }
+    }
+
+    pub fn backend(&self, index: usize) -> &RoundRobin {
+        &self.backends[index]
+    }
+
+    /// The request counters of a routing result's virtual host.
+    pub fn counters(&self, routed: &Routed) -> &StatusCounters {
+        routed.vhost.map_or(&self.unmatched, |i| &self.vhosts[i].counters)
+    }
+}

@@ -1,0 +1,113 @@
+//! `portico-proxy`: the Pingora data plane. Applies snapshots from the controller and
+//! routes HTTP traffic with them.
+
+mod admin;
+mod balancer;
+mod compile;
+mod forwarded;
+mod link;
+mod metrics;
+mod pages;
+mod router;
+mod service;
+mod store;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Portico's proxy: serves the routes the controller sends")]
+struct Args {
+    /// The controller's snapshot socket.
+    #[arg(long, default_value = "/var/run/portico/portico.sock")]
+    socket: PathBuf,
+    /// Plain HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: String,
+    /// Admin listener: /healthz, /readyz, /config, /metrics.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_addr: String,
+    /// Worker threads for the proxy service (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Peers whose X-Forwarded-* headers are believed, comma-separated CIDRs.
+    #[arg(long, default_value = "")]
+    trusted_proxies: String,
+    /// Identifies this proxy to the controller (default: host name and process id).
+    #[arg(long)]
+    proxy_id: Option<String>,
+    /// Seconds to keep serving after SIGTERM before closing listeners.
+    #[arg(long, default_value_t = 5)]
+    shutdown_grace_seconds: u64,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let trusted_proxies = forwarded::parse_list(&args.trusted_proxies).context("--trusted-proxies")?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(args.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let metrics = Arc::new(metrics::ProxyMetrics::new());
+    let store = Arc::new(store::SnapshotStore::new(metrics));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        service::IngressProxy { store: store.clone(), trusted_proxies },
+        "portico-http",
+    );
+    proxy.add_tcp(&args.http_addr);
+
+    let mut admin = pingora::services::listening::Service::new(
+        "portico-admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp { store: store.clone() }),
+    );
+    admin.add_tcp(&args.admin_addr);
+    admin.threads = Some(1);
+
+    let link = link::ControllerLink { socket: args.socket.clone(), proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id), store };
+    server.add_service(pingora::services::background::background_service("controller-link", link));
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    tracing::info!(http = %args.http_addr, admin = %args.admin_addr, threads, socket = %args.socket.display(), "portico-proxy starting");
+    server.run_forever()
+}

@@ -1,0 +1,21 @@
+//! Portico's own responses (404, 503, 502...): small, plain text, all the same shape.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::date::get_cached_date;
+
+pub const SERVER: &str = "portico";
+
+/// A complete response Portico answers itself.
+pub fn error_page(status: u16) -> (ResponseHeader, Bytes) {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let body = Bytes::from(format!("{status} {reason}\n"));
+    let mut header = ResponseHeader::build(status, Some(5)).expect("valid status");
+    // Inserting well-known names with valid values cannot fail.
+    let _ = header.insert_header(http::header::SERVER, SERVER);
+    let _ = header.insert_header(http::header::DATE, get_cached_date());
+    let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+    (header, body)
+}

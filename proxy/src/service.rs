@@ -1,0 +1,161 @@
+//! The Pingora proxy service: route each request on the snapshot it started with, pick an
+//! endpoint, forward with the usual `X-Forwarded-*` headers, and count the answer.
+
+use crate::compile::{CompiledSnapshot, Routed};
+use crate::forwarded::Cidr;
+use crate::pages::{error_page, SERVER};
+use crate::store::SnapshotStore;
+use async_trait::async_trait;
+use http::header::{self, HeaderValue};
+use pingora::prelude::*;
+use pingora::protocols::http::date::get_cached_date;
+use pingora::proxy::FailToProxy;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub struct IngressProxy {
+    pub store: Arc<SnapshotStore>,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// Per-request state: the snapshot loaded once at the start, and what it decided.
+#[derive(Default)]
+pub struct RequestCtx {
+    snapshot: Option<Arc<CompiledSnapshot>>,
+    routed: Routed,
+    upstream: Option<SocketAddr>,
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PORT: &str = "x-forwarded-port";
+const X_REAL_IP: &str = "x-real-ip";
+
+impl IngressProxy {
+    fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
+    }
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("")
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+async fn respond(session: &mut Session, status: u16) -> Result<()> {
+    let (header, body) = error_page(status);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl ProxyHttp for IngressProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(snapshot) = self.store.load() else {
+            respond(session, 503).await?;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        ctx.routed = snapshot.route(request_host(req), req.uri.path());
+        let status = match ctx.routed.backend.map(|b| snapshot.backend(b).pick()) {
+            None => Some(404),
+            Some(None) => Some(503),
+            Some(Some(addr)) => {
+                ctx.upstream = Some(addr);
+                None
+            }
+        };
+        ctx.snapshot = Some(snapshot);
+        match status {
+            Some(code) => {
+                respond(session, code).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let addr = ctx.upstream.ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<()> {
+        let peer = peer_ip(session);
+        let trusted = self.is_trusted(peer);
+        let peer_text = peer.map(|ip| ip.to_string()).unwrap_or_default();
+
+        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if trusted && !prior.is_empty() => format!("{prior}, {peer_text}"),
+            _ => peer_text.clone(),
+        };
+        upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        upstream.insert_header(X_REAL_IP, &peer_text)?;
+
+        // From a trusted proxy, what it says about the original request stands.
+        let keep = |upstream: &RequestHeader, name: &str| trusted && upstream.headers.contains_key(name);
+        if !keep(upstream, X_FORWARDED_PROTO) {
+            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !keep(upstream, X_FORWARDED_HOST) {
+            match session.req_header().headers.get(header::HOST).cloned() {
+                Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    upstream.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        if !keep(upstream, X_FORWARDED_PORT) {
+            if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+                upstream.insert_header(X_FORWARDED_PORT, port)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<()> {
+        response.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
+        if !response.headers.contains_key(header::DATE) {
+            response.insert_header(header::DATE, get_cached_date())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let (header, body) = error_page(code);
+            if let Err(err) = session.write_error_response(header, body).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(snapshot) = &ctx.snapshot {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            snapshot.counters(&ctx.routed).record(status);
+        }
+    }
+}
