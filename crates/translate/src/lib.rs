@@ -18,3 +18,6 @@ pub use diagnostic::{Diagnostic, ObjectRef, Reason};
 
 /// The `spec.controller` value of IngressClasses Portico serves.
 pub const CONTROLLER_NAME: &str = "portico.io/ingress-controller";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Translation as a whole: objects in, snapshot and diagnostics out.
+
+use crate::{translate, ClusterState, KubeObject, Options, Reason, Translation};
+use portico_model::{Endpoint, HostMatch, PathMatch};
+use serde_json::{json, Value};
+
+fn ingress(ns: &str, name: &str, spec: Value) -> KubeObject {
+    ingress_with(json!({"name": name, "namespace": ns}), spec)
+}
+
+fn ingress_with(metadata: Value, spec: Value) -> KubeObject {
+    KubeObject::Ingress(serde_json::from_value(json!({"metadata": metadata, "spec": spec})).unwrap())
+}
+
+fn class(name: &str, controller: &str, default: bool) -> KubeObject {
+    let annotations = if default { json!({"ingressclass.kubernetes.io/is-default-class": "true"}) } else { json!({}) };
+    KubeObject::IngressClass(
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}, "spec": {"controller": controller}}))
+            .unwrap(),
+    )
+}
+
+fn service(ns: &str, name: &str, ports: Value) -> KubeObject {
+    KubeObject::Service(serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": {"ports": ports}})).unwrap())
+}
+
+fn slice(ns: &str, name: &str, svc: &str, family: &str, ports: Value, endpoints: Value) -> KubeObject {
+    KubeObject::EndpointSlice(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": family, "ports": ports, "endpoints": endpoints,
+        }))
+        .unwrap(),
+    )
+}
+
+fn rule(host: &str, path_type: &str, path: &str, svc: &str, port: Value) -> Value {
+    json!({"host": host, "http": {"paths": [{"path": path, "pathType": path_type, "backend": {"service": {"name": svc, "port": port}}}]}})
+}
+
+fn run(objects: Vec<KubeObject>) -> Translation {
+    translate(&objects.into_iter().collect::<ClusterState>(), &Options::default())
+}
+
+fn reasons(t: &Translation) -> Vec<(String, Reason)> {
+    t.diagnostics.iter().map(|d| (d.object.name.clone(), d.reason)).collect()
+}
+
+fn hosts(t: &Translation) -> Vec<String> {
+    t.snapshot.virtual_hosts.iter().map(|v| v.host.to_string()).collect()
+}
+
+fn ours() -> KubeObject {
+    class("portico", crate::CONTROLLER_NAME, false)
+}
+
+#[test]
+fn class_admission() {
+    let simple =
+        |name: &str, host: &str| json!({"ingressClassName": name, "rules": [rule(host, "Prefix", "/", "s", json!({"number": 80}))]});
+    let t = run(vec![
+        ours(),
+        class("other", "example.com/other", false),
+        ingress("ns", "mine", simple("portico", "mine.test")),
+        ingress("ns", "theirs", simple("other", "theirs.test")),
+        ingress("ns", "ghost", simple("ghost", "ghost.test")),
+        ingress_with(
+            json!({"name": "legacy", "namespace": "ns", "annotations": {"kubernetes.io/ingress.class": "portico"}}),
+            json!({"rules": [rule("legacy.test", "Prefix", "/", "s", json!({"number": 80}))]}),
+        ),
+        ingress("ns", "classless", json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]})),
+    ]);
+    assert_eq!(hosts(&t), ["legacy.test", "mine.test"]);
+    assert!(reasons(&t).contains(&("ghost".into(), Reason::UnknownIngressClass)));
+    assert!(!reasons(&t).iter().any(|(n, _)| n == "theirs"), "other controllers' Ingresses are not ours to judge");
+
+    // Marked default, the class also takes Ingresses that name none.
+    let t = run(vec![
+        class("portico", crate::CONTROLLER_NAME, true),
+        ingress("ns", "classless", json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]})),
+    ]);
+    assert_eq!(hosts(&t), ["classless.test"]);
+
+    // An IngressClass named portico that belongs to another controller is not ours.
+    let t = run(vec![class("portico", "example.com/other", true), ingress("ns", "mine", simple("portico", "mine.test"))]);
+    assert!(hosts(&t).is_empty());
+
+    // Without the class object, only the manifests mode assumes it exists.
+    let state: ClusterState = [ingress("ns", "mine", simple("portico", "mine.test"))].into_iter().collect();
+    assert!(hosts(&translate(&state, &Options::default())).is_empty());
+    let assumed = Options { assume_class_exists: true, ..Options::default() };
+    assert_eq!(hosts(&translate(&state, &assumed)), ["mine.test"]);
+}
+
+#[test]
+fn the_oldest_ingress_wins_a_path_conflict() {
+    let spec =
+        |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/cart/", svc, json!({"number": 80}))]});
+    let older = ingress_with(json!({"name": "z-older", "namespace": "b", "creationTimestamp": "2024-01-01T00:00:00Z"}), spec("old"));
+    let newer = ingress_with(json!({"name": "a-newer", "namespace": "a", "creationTimestamp": "2025-01-01T00:00:00Z"}), spec("new"));
+    let t = run(vec![ours(), newer, older]);
+    let routes = &t.snapshot.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].backend, "b/old:80");
+    let conflict = t.diagnostics.iter().find(|d| d.reason == Reason::PathConflict).expect("conflict diagnostic");
+    assert_eq!(conflict.object.name, "a-newer");
+    assert!(conflict.message.contains("b/z-older") && conflict.message.contains("\"/cart\""), "{}", conflict.message);
+
+    // Same path but another type is no conflict: Exact and Prefix live side by side.
+    let exact = json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Exact", "/cart", "x", json!({"number": 80}))]});
+    let t = run(vec![ours(), ingress("a", "one", spec("old")), ingress("a", "two", exact)]);
+    assert_eq!(t.snapshot.virtual_hosts[0].routes.len(), 2);
+    assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
+}
+
+#[test]
+fn default_backends_and_invalid_ingresses() {
+    let default = |svc: &str| json!({"ingressClassName": "portico", "defaultBackend": {"service": {"name": svc, "port": {"number": 80}}}});
+    let t = run(vec![
+        ours(),
+        service("ns", "first", json!([{"port": 80}])),
+        ingress("ns", "a", default("first")),
+        ingress("ns", "b", default("second")),
+        ingress("ns", "empty", json!({"ingressClassName": "portico"})),
+        ingress("ns", "resource", json!({"ingressClassName": "portico", "defaultBackend": {"resource": {"kind": "Bucket", "name": "x"}}})),
+    ]);
+    assert_eq!(t.snapshot.default_backend.as_deref(), Some("ns/first:80"));
+    let r = reasons(&t);
+    assert!(r.contains(&("b".into(), Reason::DefaultBackendConflict)), "{r:?}");
+    assert!(r.contains(&("empty".into(), Reason::InvalidIngress)), "{r:?}");
+    assert!(r.contains(&("resource".into(), Reason::UnsupportedBackend)), "{r:?}");
+    let mut stamped = t.snapshot.clone();
+    stamped.version = 1;
+    assert_eq!(stamped.validate(), Ok(()), "a translation always yields a valid snapshot");
+}
+
+#[test]
+fn backends_resolve_through_service_and_slice_ports() {
+    let t = run(vec![
+        ours(),
+        service("ns", "web", json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}])),
+        slice(
+            "ns",
+            "web-v4",
+            "web",
+            "IPv4",
+            json!([{"name": "http", "port": 8080}, {"name": "admin", "port": 9090}]),
+            json!([
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"]},
+            ]),
+        ),
+        slice("ns", "web-v6", "web", "IPv6", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["fd00::1"]}])),
+        slice("ns", "web-fqdn", "web", "FQDN", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["x.example"]}])),
+        // Same label, other namespace: never read across namespaces.
+        slice("other", "web-elsewhere", "web", "IPv4", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["10.9.9.9"]}])),
+        ingress(
+            "ns",
+            "site",
+            json!({"ingressClassName": "portico", "rules": [
+                rule("site.test", "Prefix", "/", "web", json!({"name": "http"})),
+                rule("admin.test", "Prefix", "/", "web", json!({"number": 9000})),
+            ]}),
+        ),
+    ]);
+    let by_name = |n: &str| t.snapshot.backend(n).unwrap_or_else(|| panic!("backend {n}")).endpoints.clone();
+    let ep = |a: &str, port, ready| Endpoint { address: a.parse().unwrap(), port, ready };
+    assert_eq!(
+        by_name("ns/web:http"),
+        [ep("10.0.0.1", 8080, true), ep("10.0.0.2", 8080, false), ep("10.0.0.3", 8080, true), ep("fd00::1", 8080, true)]
+    );
+    assert_eq!(by_name("ns/web:9000"), [ep("10.0.0.1", 9090, true), ep("10.0.0.2", 9090, false), ep("10.0.0.3", 9090, true)]);
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
+}
+
+#[test]
+fn unroutable_backends_keep_their_route_and_say_why() {
+    let t = run(vec![
+        ours(),
+        service("ns", "noports", json!([{"name": "http", "port": 80}])),
+        service("ns", "idle", json!([{"port": 80}])),
+        slice("ns", "idle-1", "idle", "IPv4", json!([{"port": 80}]), json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}])),
+        service("b", "elsewhere", json!([{"port": 80}])),
+        ingress(
+            "ns",
+            "site",
+            json!({"ingressClassName": "portico", "rules": [{"host": "site.test", "http": {"paths": [
+                {"path": "/missing", "pathType": "Prefix", "backend": {"service": {"name": "nope", "port": {"number": 80}}}},
+                {"path": "/port", "pathType": "Prefix", "backend": {"service": {"name": "noports", "port": {"number": 81}}}},
+                {"path": "/idle", "pathType": "Prefix", "backend": {"service": {"name": "idle", "port": {"number": 80}}}},
+                {"path": "/cross", "pathType": "Prefix", "backend": {"service": {"name": "elsewhere", "port": {"number": 80}}}},
+            ]}}]}),
+        ),
+    ]);
+    assert_eq!(t.snapshot.virtual_hosts[0].routes.len(), 4, "routes stay, to answer 503");
+    let r: Vec<Reason> = t.diagnostics.iter().map(|d| d.reason).collect();
+    assert_eq!(r, [Reason::ServiceNotFound, Reason::ServiceNotFound, Reason::ServicePortNotFound, Reason::NoReadyEndpoints]);
+    let missing = &t.diagnostics[0].message;
+    assert!(missing.contains("spec.rules[0].http.paths") && missing.contains("ns/"), "{missing}");
+    assert!(t.snapshot.backends.iter().all(|b| !b.endpoints.iter().any(|e| e.ready)));
+}
+
+#[test]
+fn invalid_rules_skip_only_themselves() {
+    let t = run(vec![
+        ours(),
+        ingress(
+            "ns",
+            "mixed",
+            json!({"ingressClassName": "portico", "rules": [
+                rule("10.0.0.1", "Prefix", "/", "s", json!({"number": 80})),
+                rule("good.test", "Prefix", "/a/../b", "s", json!({"number": 80})),
+                rule("good.test", "Exact", "/ok", "s", json!({"number": 80})),
+                rule("*.Wild.test", "ImplementationSpecific", "/x/", "s", json!({"number": 80})),
+            ]}),
+        ),
+    ]);
+    let vh: Vec<(HostMatch, Vec<PathMatch>)> =
+        t.snapshot.virtual_hosts.iter().map(|v| (v.host.clone(), v.routes.iter().map(|r| r.path.clone()).collect())).collect();
+    assert_eq!(
+        vh,
+        [
+            (HostMatch::Exact("good.test".into()), vec![PathMatch::Exact("/ok".into())]),
+            (HostMatch::Wildcard("wild.test".into()), vec![PathMatch::Prefix("/x".into())]),
+        ]
+    );
+    let msgs: Vec<String> = t.diagnostics.iter().map(|d| format!("{}: {}", d.reason, d.message)).collect();
+    assert!(msgs.iter().any(|m| m.starts_with("InvalidHost: spec.rules[0].host \"10.0.0.1\"")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.starts_with("InvalidPath: spec.rules[1].http.paths[0]: path \"/a/../b\"")), "{msgs:?}");
+}
+
+#[test]
+fn translation_is_deterministic_whatever_the_arrival_order() {
+    let objects = vec![
+        ours(),
+        service("ns", "a", json!([{"port": 80}])),
+        slice("ns", "a-1", "a", "IPv4", json!([{"port": 80}]), json!([{"addresses": ["10.0.0.2", "10.0.0.1"]}])),
+        ingress("ns", "x", json!({"ingressClassName": "portico", "rules": [rule("b.test", "Prefix", "/", "a", json!({"number": 80}))]})),
+        ingress("ns", "y", json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "a", json!({"number": 80}))]})),
+    ];
+    let forward = run(objects.clone());
+    let backward = run(objects.into_iter().rev().collect());
+    assert_eq!(forward.snapshot.to_bytes(), backward.snapshot.to_bytes());
+    assert_eq!(hosts(&forward), ["a.test", "b.test"]);
+}
