@@ -1,6 +1,7 @@
 //! End-to-end support: echo backends, manifest builders, an HTTP client, and a harness
 //! that runs the real `portico-controller` and `portico-proxy` binaries on loopback.
 
+pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod harness;

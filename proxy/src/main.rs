@@ -1,21 +1,10 @@
 //! `portico-proxy`: the Pingora data plane. Applies snapshots from the controller and
 //! routes HTTP traffic with them.
 
-mod admin;
-mod balancer;
-mod compile;
-mod forwarded;
-mod link;
-mod metrics;
-mod pages;
-mod router;
-mod service;
-mod store;
-
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use portico_proxy::{admin, forwarded, link, metrics, service, store};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,13 +66,7 @@ fn main() -> anyhow::Result<()> {
     let trusted_proxies = forwarded::parse_list(&args.trusted_proxies).context("--trusted-proxies")?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(args.shutdown_grace_seconds),
-        graceful_shutdown_timeout_seconds: Some(10),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, portico_proxy::server_conf(threads, args.shutdown_grace_seconds));
     server.bootstrap();
 
     let metrics = Arc::new(metrics::ProxyMetrics::new());

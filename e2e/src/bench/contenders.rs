@@ -1,0 +1,190 @@
+//! The proxies compared, each started on loopback in front of the same backend, with
+//! equivalent settings: keep-alive upstream pool, one route, the same number of worker
+//! threads, access logs off.
+
+use crate::harness::{binary, free_port};
+use crate::manifests::{ingress, service_with_endpoints, to_yaml};
+use anyhow::{bail, Context};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Host every contender is asked for.
+pub const BENCH_HOST: &str = "bench.test";
+/// The backend's fixed response body size.
+pub const BODY_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    Portico,
+    Nginx,
+    Haproxy,
+    PingoraPassthrough,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 4] = [Contender::Portico, Contender::PingoraPassthrough, Contender::Nginx, Contender::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Portico => "portico",
+            Contender::Nginx => "nginx",
+            Contender::Haproxy => "haproxy",
+            Contender::PingoraPassthrough => "pingora-passthrough",
+        }
+    }
+}
+
+/// Started processes; killed on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The process whose tree is measured (nginx's master, the proxy itself...).
+    pub measured_pid: u32,
+    children: Vec<Child>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {cmd:?}"))
+}
+
+/// One blocking HTTP/1.1 GET; the status code.
+pub fn get_status(addr: SocketAddr, host: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if get_status(addr, BENCH_HOST) == Some(200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not answer 200 on {addr}; logs in {}", log_dir.display())
+}
+
+/// nginx from Debian answering a fixed 1 KiB body, one worker, keep-alive.
+pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let body = "x".repeat(BODY_BYTES);
+    let conf = format!(
+        "worker_processes 1;\nuser root;\npid {dir}/backend.pid;\nerror_log {dir}/backend-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  default_type text/plain;\n{temps}\
+           server {{ listen {addr} reuseport; location / {{ return 200 \"{body}\"; }} }}\n}}\n",
+        dir = dir.display(),
+        temps = nginx_temp_paths(dir, "backend"),
+    );
+    let conf_path = dir.join("backend.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = spawn(
+        Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]),
+        &dir.join("backend.log"),
+    )?;
+    let running = Running { addr, measured_pid: child.id(), children: vec![child] };
+    wait_for_200(addr, "backend nginx", dir)?;
+    Ok(running)
+}
+
+fn nginx_temp_paths(dir: &Path, name: &str) -> String {
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|t| format!("  {t}_temp_path {}/{name}-{t}-temp;\n", dir.display()))
+        .collect()
+}
+
+pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path) -> anyhow::Result<Running> {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let name = contender.name();
+    let log = dir.join(format!("{name}.log"));
+    let running = match contender {
+        Contender::Portico => {
+            let manifests = dir.join("manifests");
+            std::fs::create_dir_all(&manifests)?;
+            let mut docs = service_with_endpoints("backend", &[backend]);
+            docs.push(ingress("bench").path(BENCH_HOST, "Prefix", "/", "backend").build());
+            std::fs::write(manifests.join("bench.yaml"), to_yaml(&docs))?;
+            let socket = dir.join("portico.sock");
+            let controller = spawn(
+                Command::new(binary("portico-controller")).arg("--manifests").arg(&manifests).arg("--socket").arg(&socket),
+                &dir.join("portico-controller.log"),
+            )?;
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let proxy = spawn(
+                Command::new(binary("portico-proxy")).arg("--socket").arg(&socket).args([
+                    "--http-addr",
+                    &addr.to_string(),
+                    "--admin-addr",
+                    &admin.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ]),
+                &log,
+            )?;
+            Running { addr, measured_pid: proxy.id(), children: vec![proxy, controller] }
+        }
+        Contender::PingoraPassthrough => {
+            let child = spawn(
+                Command::new(binary("pingora-passthrough")).args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--upstream",
+                    &backend.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ]),
+                &log,
+            )?;
+            Running { addr, measured_pid: child.id(), children: vec![child] }
+        }
+        Contender::Nginx => {
+            let conf = format!(
+                "worker_processes {threads};\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 100000000;\n{temps}\
+                   upstream backend {{ server {backend}; keepalive 64; keepalive_requests 100000000; }}\n\
+                   server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n    }}\n  }}\n}}\n",
+                d = dir.display(),
+                temps = nginx_temp_paths(dir, "nginx"),
+            );
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, conf)?;
+            let child =
+                spawn(Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]), &log)?;
+            Running { addr, measured_pid: child.id(), children: vec![child] }
+        }
+        Contender::Haproxy => {
+            let conf = format!(
+                "global\n  nbthread {threads}\n  maxconn 4096\n\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  http-reuse always\n\
+                 frontend fe\n  bind {addr}\n  option forwardfor\n  default_backend be\n\
+                 backend be\n  server s1 {backend}\n"
+            );
+            let conf_path = dir.join("haproxy.cfg");
+            std::fs::write(&conf_path, conf)?;
+            let child = spawn(Command::new("haproxy").arg("-f").arg(&conf_path).arg("-db"), &log)?;
+            Running { addr, measured_pid: child.id(), children: vec![child] }
+        }
+    };
+    wait_for_200(addr, name, dir)?;
+    Ok(running)
+}

@@ -1,0 +1,59 @@
+//! The slow suites: `bench compare` (Portico beside nginx, HAProxy and bare Pingora).
+//! Needs nginx, haproxy and wrk from Debian: `scripts/setup --bench` installs them.
+
+use clap::{Parser, Subcommand};
+use portico_e2e::bench::compare::{self, CompareOptions};
+use portico_e2e::bench::contenders::Contender;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Portico's comparison, scale and churn runs")]
+struct Args {
+    #[command(subcommand)]
+    run: Run,
+}
+
+#[derive(Subcommand)]
+enum Run {
+    /// Throughput, latency, CPU and memory beside nginx, HAProxy and a bare Pingora proxy.
+    Compare {
+        /// Worker threads (processes for nginx) of every proxy.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Seconds measured per proxy per round.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Which proxies (default: all four).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Contender>,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().run {
+        Run::Compare { threads, connections, duration, warmup, rounds, only, out } => {
+            let opts = CompareOptions {
+                threads,
+                connections,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                rounds,
+                contenders: if only.is_empty() { Contender::ALL.to_vec() } else { only },
+            };
+            let report = compare::run(&opts)?;
+            println!("{}", report.markdown());
+            report.write(&out)?;
+            eprintln!("wrote {0}/compare.md, {0}/compare.json, {0}/compare.png", out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The Pingora baseline for comparisons: one fixed upstream, no routing, no policies,
+//! no metrics; the same runtime settings and allocator as portico-proxy.
+
+use async_trait::async_trait;
+use clap::Parser;
+use pingora::prelude::*;
+use pingora::server::Server;
+use std::net::SocketAddr;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    listen: String,
+    #[arg(long)]
+    upstream: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+struct Passthrough {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut server = Server::new_with_opt_and_conf(None, portico_proxy::server_conf(args.threads, 0));
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream: args.upstream });
+    proxy.add_tcp(&args.listen);
+    server.add_service(proxy);
+    server.run_forever()
+}

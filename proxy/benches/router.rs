@@ -1,0 +1,69 @@
+//! Host plus path lookup on a large snapshot: 10 000 hosts of 10 paths each, one in ten
+//! a wildcard. Run with `cargo bench -p portico-proxy --bench router`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use portico_model::{Backend, Endpoint, PathMatch, Route, Snapshot, VirtualHost};
+use portico_proxy::compile::CompiledSnapshot;
+use portico_proxy::metrics::ProxyMetrics;
+use std::hint::black_box;
+
+const HOSTS: usize = 10_000;
+const PATHS: [&str; 10] = ["/", "/api", "/api/v1", "/api/v1/users", "/api/v2", "/static", "/static/img", "/login", "/admin", "/healthz"];
+
+fn host(i: usize) -> String {
+    if i.is_multiple_of(10) {
+        format!("*.tenant{i}.example.com")
+    } else {
+        format!("app{i}.example.com")
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let mut s = Snapshot { version: 1, ..Snapshot::default() };
+    for i in 0..HOSTS {
+        let backend = format!("ns{i}/svc:80");
+        s.backends.push(Backend {
+            name: backend.clone(),
+            endpoints: vec![Endpoint { address: [10, 0, (i / 256) as u8, (i % 256) as u8].into(), port: 8080, ready: true }],
+        });
+        let routes = PATHS
+            .iter()
+            .enumerate()
+            .map(|(j, p)| Route {
+                path: if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) },
+                backend: backend.clone(),
+                source: String::new(),
+            })
+            .collect();
+        s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });
+    }
+    s.validate().expect("valid snapshot");
+    s
+}
+
+fn lookups(c: &mut Criterion) {
+    let metrics = ProxyMetrics::new();
+    let compiled = CompiledSnapshot::compile(snapshot(), &metrics);
+    let mut group = c.benchmark_group("route");
+    let cases = [
+        ("exact host, deep prefix", "app4242.example.com", "/api/v1/users/42/orders"),
+        ("exact host with port, root", "app9999.example.com:8080", "/"),
+        ("mixed-case host", "App4242.Example.COM", "/static/img/logo.png"),
+        ("wildcard host", "shop.tenant4240.example.com", "/api/v2/items"),
+        ("exact path", "app4243.example.com", "/api/v1"),
+        ("unknown host", "nowhere.example.org", "/api"),
+    ];
+    for (name, h, p) in cases {
+        assert!(compiled.route(h, p).backend.is_some() || h.starts_with("nowhere"), "{name} should route");
+        group.bench_function(name, |b| b.iter(|| compiled.route(black_box(h), black_box(p))));
+    }
+    group.finish();
+
+    c.bench_function("compile 10k hosts x 10 paths", |b| {
+        let s = snapshot();
+        b.iter(|| CompiledSnapshot::compile(s.clone(), &metrics))
+    });
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

@@ -1,0 +1,29 @@
+//! Portico's data plane: applies snapshots from the controller and routes HTTP with them.
+//!
+//! `store` holds the serving snapshot, `compile` turns a snapshot into the lookup
+//! structures of `router` and `balancer`, and `service` is the Pingora proxy that reads
+//! them on every request. The binary in `main.rs` wires these into a Pingora server.
+
+pub mod admin;
+pub mod balancer;
+pub mod compile;
+pub mod forwarded;
+pub mod link;
+pub mod metrics;
+pub mod pages;
+pub mod router;
+pub mod service;
+pub mod store;
+
+use pingora::server::configuration::ServerConf;
+
+/// Pingora runtime settings for the proxy service. Benchmarks build their Pingora
+/// baseline from the same settings, so comparisons measure Portico's own layers.
+pub fn server_conf(threads: usize, shutdown_grace_seconds: u64) -> ServerConf {
+    ServerConf {
+        threads,
+        grace_period_seconds: Some(shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ..ServerConf::default()
+    }
+}
