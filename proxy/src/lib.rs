@@ -22,6 +22,7 @@ use pingora::server::configuration::ServerConf;
 pub fn server_conf(threads: usize, shutdown_grace_seconds: u64) -> ServerConf {
     ServerConf {
         threads,
+        work_stealing: false,
         grace_period_seconds: Some(shutdown_grace_seconds),
         graceful_shutdown_timeout_seconds: Some(10),
         ..ServerConf::default()

@@ -3,7 +3,10 @@
 //! the route inside it.
 
 use portico_model::{HostMatch, PathMatch};
-use std::collections::HashMap;
+
+/// Keys come from the snapshot, never from requests, so a fast non-keyed hash cannot be
+/// pushed into collisions by clients; requests only look up.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Maps a request's host to the index of the most specific virtual host:
 /// exact name, then a wildcard covering exactly one label, then the catch-all.

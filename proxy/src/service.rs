@@ -46,6 +46,16 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
+/// Formats an address into a header value without an intermediate `String`.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}"); // 45 bytes is the longest IPv6 text form
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
+}
+
 async fn respond(session: &mut Session, status: u16) -> Result<()> {
     let (header, body) = error_page(status);
     session.write_response_header(Box::new(header), false).await?;
@@ -93,14 +103,15 @@ impl ProxyHttp for IngressProxy {
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<()> {
         let peer = peer_ip(session);
         let trusted = self.is_trusted(peer);
-        let peer_text = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer_value = peer.map_or(HeaderValue::from_static(""), ip_header_value);
 
         let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if trusted && !prior.is_empty() => format!("{prior}, {peer_text}"),
-            _ => peer_text.clone(),
+            Some(prior) if trusted && !prior.is_empty() => HeaderValue::try_from(format!("{prior}, {}", peer_value.to_str().unwrap_or("")))
+                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
+            _ => peer_value.clone(),
         };
         upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-        upstream.insert_header(X_REAL_IP, &peer_text)?;
+        upstream.insert_header(X_REAL_IP, peer_value)?;
 
         // From a trusted proxy, what it says about the original request stands.
         let keep = |upstream: &RequestHeader, name: &str| trusted && upstream.headers.contains_key(name);

@@ -46,10 +46,26 @@ pub struct Running {
     children: Vec<Child>,
 }
 
+impl Running {
+    /// Asks the measured process to stop (SIGINT) and waits up to a minute for it to exit,
+    /// so that tools wrapped around it can write their output.
+    pub fn interrupt_and_wait(mut self) {
+        let _ = Command::new("kill").arg("-INT").arg(self.measured_pid.to_string()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Some(child) = self.children.iter_mut().find(|c| c.id() == self.measured_pid) {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
+        // Whole trees: nginx's workers outlive a killed master otherwise.
+        let pids: Vec<String> = self.children.iter().flat_map(|c| super::procs::tree(c.id())).map(|p| p.to_string()).collect();
+        let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
         for c in &mut self.children {
-            let _ = c.kill();
             let _ = c.wait();
         }
     }
@@ -72,7 +88,7 @@ pub fn get_status(addr: SocketAddr, host: &str) -> Option<u16> {
 }
 
 fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if get_status(addr, BENCH_HOST) == Some(200) {
             return Ok(());
@@ -113,6 +129,23 @@ fn nginx_temp_paths(dir: &Path, name: &str) -> String {
 }
 
 pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path) -> anyhow::Result<Running> {
+    start_wrapped(contender, backend, threads, dir, &[])
+}
+
+/// The command for `program`, run under `wrapper` (e.g. valgrind and its flags) if any.
+fn command(program: impl AsRef<std::ffi::OsStr>, wrapper: &[String]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
+}
+
+/// Like [`start`], with the measured process run under `wrapper`.
+pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path, wrapper: &[String]) -> anyhow::Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let name = contender.name();
     let log = dir.join(format!("{name}.log"));
@@ -130,7 +163,7 @@ pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Pa
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let proxy = spawn(
-                Command::new(binary("portico-proxy")).arg("--socket").arg(&socket).args([
+                command(binary("portico-proxy"), wrapper).arg("--socket").arg(&socket).args([
                     "--http-addr",
                     &addr.to_string(),
                     "--admin-addr",
@@ -144,7 +177,7 @@ pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Pa
         }
         Contender::PingoraPassthrough => {
             let child = spawn(
-                Command::new(binary("pingora-passthrough")).args([
+                command(binary("pingora-passthrough"), wrapper).args([
                     "--listen",
                     &addr.to_string(),
                     "--upstream",
@@ -162,7 +195,7 @@ pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Pa
                  events {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 100000000;\n{temps}\
                    upstream backend {{ server {backend}; keepalive 64; keepalive_requests 100000000; }}\n\
-                   server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n    }}\n  }}\n}}\n",
+                   server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n      proxy_set_header X-Forwarded-Port $server_port;\n    }}\n  }}\n}}\n",
                 d = dir.display(),
                 temps = nginx_temp_paths(dir, "nginx"),
             );
@@ -176,12 +209,12 @@ pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Pa
             let conf = format!(
                 "global\n  nbthread {threads}\n  maxconn 4096\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  http-reuse always\n\
-                 frontend fe\n  bind {addr}\n  option forwardfor\n  default_backend be\n\
+                 frontend fe\n  bind {addr}\n  option forwardfor\n  http-request set-header X-Real-IP %[src]\n  http-request set-header X-Forwarded-Proto http\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request set-header X-Forwarded-Port %[dst_port]\n  default_backend be\n\
                  backend be\n  server s1 {backend}\n"
             );
             let conf_path = dir.join("haproxy.cfg");
             std::fs::write(&conf_path, conf)?;
-            let child = spawn(Command::new("haproxy").arg("-f").arg(&conf_path).arg("-db"), &log)?;
+            let child = spawn(command("haproxy", wrapper).arg("-f").arg(&conf_path).arg("-db"), &log)?;
             Running { addr, measured_pid: child.id(), children: vec![child] }
         }
     };

@@ -5,5 +5,6 @@
 pub mod chart;
 pub mod compare;
 pub mod contenders;
+pub mod instructions;
 pub mod procs;
 pub mod wrk;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use portico_e2e::bench::compare::{self, CompareOptions};
 use portico_e2e::bench::contenders::Contender;
+use portico_e2e::bench::instructions;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,6 +37,17 @@ enum Run {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Instructions per request under callgrind (deterministic, unlike wall-clock figures).
+    Instructions {
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "portico,pingora-passthrough,nginx,haproxy")]
+        only: Vec<Contender>,
+        #[arg(long, default_value_t = 2000)]
+        small: u32,
+        #[arg(long, default_value_t = 12000)]
+        large: u32,
+        #[arg(long, default_value = "target/bench/instructions")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +65,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.markdown());
             report.write(&out)?;
             eprintln!("wrote {0}/compare.md, {0}/compare.json, {0}/compare.png", out.display());
+        }
+        Run::Instructions { only, small, large, out } => {
+            std::fs::create_dir_all(&out)?;
+            let out = out.canonicalize()?;
+            let mut counts = Vec::new();
+            println!("| proxy | instructions per request |\n| --- | ---: |");
+            for c in only {
+                let count = instructions::run(c, small, large, &out)?;
+                println!("| {} | {:.0} |", count.name, count.instructions_per_request);
+                counts.push(count);
+            }
+            std::fs::write(out.join("instructions.json"), serde_json::to_vec_pretty(&counts)?)?;
+            eprintln!("profiles: callgrind_annotate {}/<proxy>-{large}/callgrind.out", out.display());
         }
     }
     Ok(())
