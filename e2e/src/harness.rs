@@ -141,6 +141,10 @@ impl Portico {
         self.proxy.id()
     }
 
+    pub fn controller_pid(&self) -> u32 {
+        self.controller.id()
+    }
+
     pub fn log_path(&self, which: &str) -> PathBuf {
         self.dir.path().join(format!("{which}.log"))
     }

@@ -1,14 +1,15 @@
 //! The manifests-directory source: every `*.yaml`, `*.yml` and `*.json` below a
 //! directory, re-read when any of them changes.
 //!
-//! Changes are found by polling a fingerprint (path, size, modification time) rather than
+//! Changes are found by polling each file's size and modification time rather than
 //! with inotify: it works the same on every filesystem, including ConfigMap volumes whose
-//! files are swapped by symlink, and a directory of manifests is small.
+//! files are swapped by symlink. Only files that changed are parsed again.
 
 use super::{Source, StateSender};
 use crate::manifests;
 use async_trait::async_trait;
-use portico_translate::ClusterState;
+use portico_translate::{ClusterState, KubeObject};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,33 +19,64 @@ pub struct FileSource {
     poll: Duration,
 }
 
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// What a file held when it was last read, keyed by what identifies that version of it.
+struct ParsedFile {
+    len: u64,
+    modified: Option<SystemTime>,
+    objects: Vec<KubeObject>,
+}
+
+/// Parsed files by path; a change re-reads only the files that changed.
+#[derive(Default)]
+struct FileCache {
+    files: BTreeMap<PathBuf, ParsedFile>,
+}
+
+impl FileCache {
+    /// Brings the cache up to date with the directory; true when anything changed.
+    fn refresh(&mut self, dir: &Path) -> anyhow::Result<bool> {
+        let paths = manifest_files(dir)?;
+        let before = self.files.len();
+        self.files.retain(|p, _| paths.binary_search(p).is_ok());
+        let mut changed = self.files.len() != before;
+        for path in paths {
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            if self.files.get(&path).is_some_and(|f| f.len == len && f.modified == modified) {
+                continue;
+            }
+            let objects = read_manifest(&path);
+            self.files.insert(path, ParsedFile { len, modified, objects });
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn state(&self) -> ClusterState {
+        self.files.values().flat_map(|f| f.objects.iter().cloned()).collect()
+    }
+}
+
+/// Parses one file, reporting what cannot be used and keeping the rest.
+fn read_manifest(path: &Path) -> Vec<KubeObject> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "manifest file skipped: cannot be read");
+            return Vec::new();
+        }
+    };
+    let (objects, errors) = manifests::parse(&text);
+    for e in errors {
+        tracing::warn!(file = %path.display(), document = e.document, reason = %e.reason, "manifest document skipped");
+    }
+    objects
+}
 
 impl FileSource {
     pub fn new(dir: PathBuf, poll: Duration) -> Self {
         FileSource { dir, poll }
-    }
-
-    /// Reads every manifest once, reporting unusable files and documents.
-    pub fn load(dir: &Path) -> anyhow::Result<ClusterState> {
-        let mut state = ClusterState::default();
-        for path in manifest_files(dir)? {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "manifest file skipped: cannot be read");
-                    continue;
-                }
-            };
-            let (objects, errors) = manifests::parse(&text);
-            for e in errors {
-                tracing::warn!(file = %path.display(), document = e.document, reason = %e.reason, "manifest document skipped");
-            }
-            for o in objects {
-                state.insert(o);
-            }
-        }
-        Ok(state)
     }
 }
 
@@ -74,35 +106,70 @@ fn is_manifest(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
-fn fingerprint(dir: &Path) -> anyhow::Result<Fingerprint> {
-    Ok(manifest_files(dir)?
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
-        })
-        .collect())
-}
-
 #[async_trait]
 impl Source for FileSource {
     async fn run(self: Box<Self>, states: StateSender) -> anyhow::Result<()> {
-        let mut seen: Option<Fingerprint> = None;
+        let mut cache = FileCache::default();
+        let mut first = true;
         loop {
-            match fingerprint(&self.dir) {
-                Ok(now) if seen.as_ref() != Some(&now) => {
-                    let dir = self.dir.clone();
-                    let state = tokio::task::spawn_blocking(move || FileSource::load(&dir)).await??;
+            // Reading and parsing are blocking file work; keep them off the async workers.
+            let dir = self.dir.clone();
+            let (returned, refreshed) = tokio::task::spawn_blocking(move || {
+                let refreshed = cache.refresh(&dir).map(|changed| changed.then(|| cache.state()));
+                (cache, refreshed)
+            })
+            .await?;
+            cache = returned;
+            match refreshed {
+                Ok(Some(state)) => {
                     tracing::info!(dir = %self.dir.display(), ingresses = state.ingresses.len(), "manifests read");
                     states.send_replace(Some(Arc::new(state)));
-                    seen = Some(now);
                 }
-                Ok(_) => {}
+                // An empty directory is a valid, empty configuration.
+                Ok(None) if first => {
+                    states.send_replace(Some(Arc::new(ClusterState::default())));
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "manifests directory unreadable; keeping the last state"),
             }
+            first = false;
             tokio::time::sleep(self.poll).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n")
+    }
+
+    fn names(cache: &FileCache) -> Vec<String> {
+        cache.state().services.keys().map(|(_, n)| n.clone()).collect()
+    }
+
+    #[test]
+    fn refresh_follows_additions_edits_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = FileCache::default();
+        assert!(!cache.refresh(dir.path()).unwrap(), "an empty directory is no change");
+
+        std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.yml"), service("b")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), service("ignored")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a", "b"]);
+        assert!(!cache.refresh(dir.path()).unwrap(), "nothing changed since");
+
+        std::fs::write(dir.path().join("a.yaml"), service("a2") + "---\n" + &service("a3")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a2", "a3", "b"]);
+
+        std::fs::remove_file(dir.path().join("sub/b.yml")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a2", "a3"]);
     }
 }

@@ -3,8 +3,10 @@
 //! See docs/performance.md for the commands and the latest figures.
 
 pub mod chart;
+pub mod churn;
 pub mod compare;
 pub mod contenders;
 pub mod instructions;
 pub mod procs;
+pub mod scale;
 pub mod wrk;

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use portico_e2e::bench::compare::{self, CompareOptions};
 use portico_e2e::bench::contenders::Contender;
-use portico_e2e::bench::instructions;
+use portico_e2e::bench::{churn, instructions, scale};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,6 +37,29 @@ enum Run {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Translation, snapshot and apply costs at N Ingresses; memory and propagation latency.
+    Scale {
+        /// Sizes for the in-process stage timings.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+        ingresses: Vec<usize>,
+        /// Size for the run through the real binaries (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        process: usize,
+        /// Changes timed in the process run.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Zero errors under steady load while the configuration changes 20 times a second.
+    Churn {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 20)]
+        changes_per_second: u64,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Instructions per request under callgrind (deterministic, unlike wall-clock figures).
     Instructions {
         #[arg(long, value_enum, value_delimiter = ',', default_value = "portico,pingora-passthrough,nginx,haproxy")]
@@ -65,6 +88,85 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.markdown());
             report.write(&out)?;
             eprintln!("wrote {0}/compare.md, {0}/compare.json, {0}/compare.png", out.display());
+        }
+        Run::Scale { ingresses, process, changes, out } => {
+            std::fs::create_dir_all(&out)?;
+            let mut md = String::from(
+                "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms | one endpoint changed ms |\n\
+                 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            );
+            let mut stages = Vec::new();
+            for n in ingresses {
+                let t = scale::stage_times(n)?;
+                md += &format!(
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                    t.ingresses,
+                    t.routes,
+                    t.endpoints,
+                    t.translate_ms,
+                    t.snapshot_bytes as f64 / (1 << 20) as f64,
+                    t.encode_ms,
+                    t.decode_ms,
+                    t.apply_ms,
+                    t.endpoint_change_ms
+                );
+                eprintln!("{t:?}");
+                stages.push(t);
+            }
+            let mut process_run = None;
+            if process > 0 {
+                let rt = tokio::runtime::Runtime::new()?;
+                let r = rt.block_on(scale::process_run(process, changes))?;
+                md += &format!(
+                    "\nThrough the binaries at {} Ingresses (manifests source): proxy RSS {:.0} MiB, controller RSS {:.0} MiB; \
+                     propagation of one changed Ingress over {} changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
+                    r.ingresses,
+                    r.proxy_rss_mib,
+                    r.controller_rss_mib,
+                    r.changes,
+                    r.propagation_p50_ms,
+                    r.propagation_p99_ms,
+                    r.propagation_max_ms
+                );
+                process_run = Some(r);
+            }
+            println!("{md}");
+            std::fs::write(out.join("scale.md"), &md)?;
+            std::fs::write(
+                out.join("scale.json"),
+                serde_json::to_vec_pretty(&serde_json::json!({"stages": stages, "process": process_run}))?,
+            )?;
+        }
+        Run::Churn { seconds, changes_per_second, out } => {
+            std::fs::create_dir_all(&out)?;
+            let r = tokio::runtime::Runtime::new()?.block_on(churn::run(seconds, changes_per_second))?;
+            let md = format!(
+                "{} s of wrk (32 connections) on one route while {} changes were written ({} snapshots applied):\n\n\
+                 | | req/s | p50 ms | p99 ms | p99.9 ms | wrk errors |\n| --- | ---: | ---: | ---: | ---: | ---: |\n\
+                 | quiet | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n| churn | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n\n\
+                 checker: {} requests, {} failed, {} misrouted; p99 under churn is {:.2}x the quiet p99\n",
+                r.seconds,
+                r.changes,
+                r.snapshots_applied,
+                r.quiet.rps,
+                r.quiet.p50_us / 1e3,
+                r.quiet.p99_us / 1e3,
+                r.quiet.p999_us / 1e3,
+                r.quiet.errors,
+                r.churn.rps,
+                r.churn.p50_us / 1e3,
+                r.churn.p99_us / 1e3,
+                r.churn.p999_us / 1e3,
+                r.churn.errors,
+                r.checked,
+                r.failed,
+                r.misrouted,
+                r.churn.p99_us / r.quiet.p99_us
+            );
+            println!("{md}");
+            std::fs::write(out.join("churn.md"), &md)?;
+            std::fs::write(out.join("churn.json"), serde_json::to_vec_pretty(&r)?)?;
+            anyhow::ensure!(r.failed + r.misrouted + r.churn.errors == 0, "requests failed or were misrouted under churn");
         }
         Run::Instructions { only, small, large, out } => {
             std::fs::create_dir_all(&out)?;

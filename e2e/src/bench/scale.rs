@@ -1,0 +1,185 @@
+//! The scale run: N Ingresses of 10 paths each over 100 000 endpoints in all. It times
+//! each stage of the pipeline in process (translate, encode, decode, apply), then runs the
+//! real binaries on the same objects for resident memory and for the latency from one
+//! changed manifest to the proxy serving the change.
+
+use crate::echo::EchoServer;
+use crate::harness::Portico;
+use crate::manifests::{ingress, service_with_endpoints, to_yaml};
+use portico_proxy::metrics::ProxyMetrics;
+use portico_proxy::store::SnapshotStore;
+use portico_translate::{translate, ClusterState, KubeObject, Options};
+use portico_wire::SnapshotSink;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const PATHS_PER_INGRESS: usize = 10;
+pub const TOTAL_ENDPOINTS: usize = 100_000;
+
+/// The manifests of `n` Ingresses, each with its own Service and EndpointSlice.
+pub fn generate(n: usize) -> Vec<Value> {
+    let per_service = (TOTAL_ENDPOINTS / n).max(1);
+    let mut docs = Vec::with_capacity(n * 3);
+    for i in 0..n {
+        let svc = format!("svc-{i}");
+        let endpoints: Vec<Value> = (0..per_service)
+            .map(|e| {
+                let k = i * per_service + e;
+                json!({"addresses": [format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255)], "conditions": {"ready": true}})
+            })
+            .collect();
+        docs.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": svc, "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }));
+        docs.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{svc}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints,
+        }));
+        let mut ing = ingress(&format!("app-{i}"));
+        for p in 0..PATHS_PER_INGRESS {
+            ing = ing.path(&format!("app{i}.scale.test"), "Prefix", &format!("/p{p}"), &svc);
+        }
+        docs.push(ing.build());
+    }
+    docs
+}
+
+fn to_objects(docs: &[Value]) -> anyhow::Result<Vec<KubeObject>> {
+    docs.iter()
+        .map(|d| {
+            Ok(match d["kind"].as_str() {
+                Some("Service") => KubeObject::Service(serde_json::from_value(d.clone())?),
+                Some("EndpointSlice") => KubeObject::EndpointSlice(serde_json::from_value(d.clone())?),
+                Some("Ingress") => KubeObject::Ingress(serde_json::from_value(d.clone())?),
+                other => anyhow::bail!("unexpected kind {other:?}"),
+            })
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, millis(start.elapsed()))
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageTimes {
+    pub ingresses: usize,
+    pub routes: usize,
+    pub endpoints: usize,
+    pub translate_ms: f64,
+    pub snapshot_bytes: usize,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+    /// Decode, validate, compile and swap, as the proxy does on every snapshot.
+    pub apply_ms: f64,
+    /// The same four stages again after one endpoint of one Service changed.
+    pub endpoint_change_ms: f64,
+}
+
+/// Times each stage in this process.
+pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
+    let docs = generate(n);
+    let mut state: ClusterState = to_objects(&docs)?.into_iter().collect();
+    let opts = Options { assume_class_exists: true, ..Options::default() };
+    let (translation, translate_ms) = timed(|| translate(&state, &opts));
+    let mut snapshot = translation.snapshot;
+    snapshot.version = 1;
+    let routes = snapshot.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+    let endpoints = snapshot.backends.iter().map(|b| b.endpoints.len()).sum();
+    let (bytes, encode_ms) = timed(|| snapshot.to_bytes());
+    let (decoded, decode_ms) = timed(|| portico_model::Snapshot::from_bytes(&bytes));
+    decoded?;
+    let store = SnapshotStore::new(Arc::new(ProxyMetrics::new()));
+    let snapshot_bytes = bytes.len();
+    let ((), apply_ms) = timed(|| store.apply(1, bytes).expect("valid snapshot"));
+
+    // One endpoint of one Service changes: everything downstream of the state runs again.
+    let mut slice = state.endpoint_slices.values().next().expect("a slice").clone();
+    slice.endpoints[0].addresses[0] = "10.255.255.254".into();
+    state.insert(KubeObject::EndpointSlice(slice));
+    let start = Instant::now();
+    let mut changed = translate(&state, &opts).snapshot;
+    changed.version = 2;
+    store.apply(2, changed.to_bytes()).expect("valid snapshot");
+    let endpoint_change_ms = millis(start.elapsed());
+
+    Ok(StageTimes { ingresses: n, routes, endpoints, translate_ms, snapshot_bytes, encode_ms, decode_ms, apply_ms, endpoint_change_ms })
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessRun {
+    pub ingresses: usize,
+    pub proxy_rss_mib: f64,
+    pub controller_rss_mib: f64,
+    pub changes: usize,
+    pub propagation_p50_ms: f64,
+    pub propagation_p99_ms: f64,
+    pub propagation_max_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the binaries on `n` Ingresses written as manifests, then flips a probe route
+/// between two live backends `changes` times, timing each flip until it is served.
+pub async fn process_run(n: usize, changes: usize) -> anyhow::Result<ProcessRun> {
+    let a = EchoServer::start("probe-a", "127.0.0.1:0".parse()?).await?;
+    let b = EchoServer::start("probe-b", "127.0.0.1:0".parse()?).await?;
+    let mut files: Vec<(String, String)> =
+        generate(n).chunks(300).enumerate().map(|(i, c)| (format!("bulk-{i:04}.yaml"), to_yaml(c))).collect();
+    let mut probe_backends = service_with_endpoints("probe-a", &[a.addr]);
+    probe_backends.extend(service_with_endpoints("probe-b", &[b.addr]));
+    files.push(("probe-backends.yaml".into(), to_yaml(&probe_backends)));
+    let probe = |target: &str| to_yaml(&[ingress("probe").path("probe.scale.test", "Prefix", "/", target).build()]);
+    files.push(("probe.yaml".into(), probe("probe-a")));
+    let refs: Vec<(&str, String)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+    let portico = Portico::start(&refs).await;
+    portico
+        .wait_until("the probe route is served", |p| async move {
+            p.client.get("probe.scale.test", "/").await.is_ok_and(|r| r.answered_by() == "probe-a")
+        })
+        .await;
+    let proxy_rss = super::procs::usage(portico.proxy_pid()).rss_bytes;
+    let controller_rss = super::procs::usage(portico.controller_pid()).rss_bytes;
+
+    let mut latencies = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let target = if i.is_multiple_of(2) { "probe-b" } else { "probe-a" };
+        let written = Instant::now();
+        portico.write("probe.yaml", &probe(target));
+        loop {
+            let got = portico.client.get("probe.scale.test", "/").await?.answered_by();
+            if got == target {
+                break;
+            }
+            anyhow::ensure!(written.elapsed() < Duration::from_secs(30), "change {i} to {target} not served within 30 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(millis(written.elapsed()));
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(ProcessRun {
+        ingresses: n,
+        proxy_rss_mib: proxy_rss as f64 / (1 << 20) as f64,
+        controller_rss_mib: controller_rss as f64 / (1 << 20) as f64,
+        changes,
+        propagation_p50_ms: percentile(&latencies, 0.5),
+        propagation_p99_ms: percentile(&latencies, 0.99),
+        propagation_max_ms: *latencies.last().unwrap_or(&0.0),
+    })
+}
