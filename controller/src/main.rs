@@ -12,6 +12,9 @@ use source::{FileSource, Source};
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Portico's controller: Ingress objects in, routing snapshots out")]
 struct Args {

@@ -42,7 +42,7 @@ fn snapshot() -> Snapshot {
 }
 
 fn lookups(c: &mut Criterion) {
-    let metrics = ProxyMetrics::new();
+    let metrics = std::sync::Arc::new(ProxyMetrics::new());
     let compiled = CompiledSnapshot::compile(snapshot(), &metrics);
     let mut group = c.benchmark_group("route");
     let cases = [

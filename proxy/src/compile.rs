@@ -6,6 +6,7 @@ use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
 use crate::router::{HostTable, PathMatcher};
 use portico_model::{HostMatch, Snapshot};
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 pub struct CompiledSnapshot {
     pub version: u64,
@@ -16,13 +17,18 @@ pub struct CompiledSnapshot {
     default_backend: Option<usize>,
     backends: Vec<RoundRobin>,
     unmatched: StatusCounters,
+    metrics: Arc<ProxyMetrics>,
 }
 
 struct CompiledVhost {
     paths: PathMatcher,
     /// Backend index of each route, by route index.
     route_backends: Vec<usize>,
-    counters: StatusCounters,
+    /// The metrics label of this host.
+    label: Box<str>,
+    /// Registered on the host's first request, so that applying a snapshot of 10 000
+    /// hosts does not register 60 000 counters up front.
+    counters: OnceLock<StatusCounters>,
 }
 
 /// Where routing sent a request, as indexes into the snapshot that routed it.
@@ -36,7 +42,7 @@ pub struct Routed {
 
 impl CompiledSnapshot {
     /// `snapshot` must already be validated: every backend name resolves.
-    pub fn compile(snapshot: Snapshot, metrics: &ProxyMetrics) -> Self {
+    pub fn compile(snapshot: Snapshot, metrics: &Arc<ProxyMetrics>) -> Self {
         let backends: Vec<RoundRobin> = snapshot.backends.iter().map(RoundRobin::new).collect();
         let by_name: HashMap<&str, usize> = snapshot.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
 
@@ -51,10 +57,10 @@ impl CompiledSnapshot {
                 route_backends.push(by_name[route.backend.as_str()]);
             }
             let label = match &vh.host {
-                HostMatch::Any => ANY_HOST.to_string(),
-                h => h.to_string(),
+                HostMatch::Any => ANY_HOST.into(),
+                h => h.to_string().into_boxed_str(),
             };
-            vhosts.push(CompiledVhost { paths, route_backends, counters: metrics.status_counters(&label) });
+            vhosts.push(CompiledVhost { paths, route_backends, label, counters: OnceLock::new() });
         }
         let default_backend = snapshot.default_backend.as_deref().map(|n| by_name[n]);
         CompiledSnapshot {
@@ -64,6 +70,7 @@ impl CompiledSnapshot {
             default_backend,
             backends,
             unmatched: metrics.status_counters(UNMATCHED_HOST),
+            metrics: metrics.clone(),
             source: snapshot,
         }
     }
@@ -86,6 +93,12 @@ impl CompiledSnapshot {
 
     /// The request counters of a routing result's virtual host.
     pub fn counters(&self, routed: &Routed) -> &StatusCounters {
-        routed.vhost.map_or(&self.unmatched, |i| &self.vhosts[i].counters)
+        match routed.vhost {
+            Some(i) => {
+                let vh = &self.vhosts[i];
+                vh.counters.get_or_init(|| self.metrics.status_counters(&vh.label))
+            }
+            None => &self.unmatched,
+        }
     }
 }

@@ -21,7 +21,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
     /// Serves requests that match no virtual host, or no route of the matched host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub default_backend: Option<String>,
     /// Every backend a route or the default backend names, by [`Backend::name`].
     #[serde(default)]
@@ -41,13 +41,13 @@ pub struct Route {
     /// The [`Backend::name`] this route forwards to.
     pub backend: String,
     /// Which object the route came from, `namespace/name`, for metrics and diagnostics.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub source: String,
 }
 
 /// How a route matches the request path (the query string never takes part).
+/// Externally tagged (`{"Prefix": "/api"}` in JSON), which binary formats can decode too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "type", content = "value")]
 pub enum PathMatch {
     /// The whole path, byte for byte.
     Exact(String),
@@ -95,14 +95,15 @@ impl Snapshot {
         self.backends.iter().find(|b| b.name == name)
     }
 
-    /// Serialises for the wire.
+    /// Serialises for the wire: postcard, a compact binary serde format, several times
+    /// faster to decode than JSON for snapshots of 100 000 endpoints.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("snapshot serialisation cannot fail")
+        postcard::to_allocvec(self).expect("snapshot serialisation cannot fail")
     }
 
     /// Parses what [`Snapshot::to_bytes`] produced; does not validate.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
     }
 
     /// An indented JSON rendering for people.
@@ -123,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_bytes_with_readable_hosts() {
+    fn round_trips_through_bytes_and_renders_hosts_readably() {
         let snap = Snapshot {
             version: 7,
             virtual_hosts: vec![VirtualHost {
@@ -136,8 +137,10 @@ mod tests {
                 endpoints: vec![Endpoint { address: "::1".parse().unwrap(), port: 8080, ready: true }],
             }],
         };
-        let bytes = snap.to_bytes();
-        assert!(String::from_utf8_lossy(&bytes).contains(r#""host":"*.foo.com""#));
-        assert_eq!(Snapshot::from_bytes(&bytes).unwrap(), snap);
+        assert_eq!(Snapshot::from_bytes(&snap.to_bytes()).unwrap(), snap);
+        assert!(snap.to_json_pretty().contains(r#""host": "*.foo.com""#));
+        let from_json: Snapshot = serde_json::from_str(&snap.to_json_pretty()).unwrap();
+        assert_eq!(from_json, snap);
+        assert!(Snapshot::from_bytes(&snap.to_bytes()[..10]).is_err(), "truncated input is an error, not a panic");
     }
 }

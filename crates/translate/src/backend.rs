@@ -1,12 +1,14 @@
 //! Resolving an Ingress's service backend to endpoints: Service port (by number or
 //! name) → EndpointSlice port (by the Service port's name) → ready addresses.
 
-use crate::cache::ClusterState;
+use crate::cache::{ClusterState, SERVICE_NAME_LABEL};
 use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
 use portico_model::{Backend, Endpoint};
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// A resolved backend, with the problem found on the way, if any. A problem still
@@ -14,6 +16,27 @@ use std::net::IpAddr;
 pub(crate) struct Resolved {
     pub backend: Backend,
     pub problem: Option<(Reason, String)>,
+}
+
+/// EndpointSlices grouped by the Service they belong to (their `kubernetes.io/service-name`
+/// label), built once per translation so that resolving a backend does not scan them all.
+/// Namespace, then Service name.
+pub(crate) struct SliceIndex<'a>(HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>);
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(state: &'a ClusterState) -> Self {
+        let mut index: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
+        for ((namespace, _), slice) in &state.endpoint_slices {
+            if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                index.entry(namespace.as_str()).or_default().entry(service.as_str()).or_default().push(slice);
+            }
+        }
+        SliceIndex(index)
+    }
+
+    fn of(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
+        self.0.get(namespace).and_then(|services| services.get(service)).map_or(&[], Vec::as_slice)
+    }
 }
 
 pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend) -> String {
@@ -28,7 +51,7 @@ fn port_text(port: Option<&ServiceBackendPort>) -> String {
     }
 }
 
-pub(crate) fn resolve(state: &ClusterState, namespace: &str, svc: &IngressServiceBackend) -> Resolved {
+pub(crate) fn resolve(state: &ClusterState, slices: &SliceIndex<'_>, namespace: &str, svc: &IngressServiceBackend) -> Resolved {
     let name = backend_name(namespace, svc);
     let unresolved =
         |reason, message| Resolved { backend: Backend { name: name.clone(), endpoints: Vec::new() }, problem: Some((reason, message)) };
@@ -52,7 +75,7 @@ pub(crate) fn resolve(state: &ClusterState, namespace: &str, svc: &IngressServic
     };
 
     let mut endpoints = BTreeSet::new();
-    for slice in state.endpoint_slices_of(namespace, &svc.name) {
+    for slice in slices.of(namespace, &svc.name) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }

@@ -1,5 +1,6 @@
 //! Runs the processors in order and assembles the snapshot.
 
+use crate::backend::SliceIndex;
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
@@ -51,14 +52,20 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
     // Oldest first, so that on a conflict the oldest Ingress wins.
     admitted.sort_by(|(ka, a), (kb, b)| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then_with(|| ka.cmp(kb)));
 
+    let slices = SliceIndex::new(state);
     let mut table = RouteTable::default();
     for (_, ingress) in &admitted {
-        IngressProcessor::new(state, ingress, &mut diagnostics).process(&mut table);
+        IngressProcessor::new(state, &slices, ingress, &mut diagnostics).process(&mut table);
     }
 
-    let virtual_hosts = std::mem::take(&mut table.hosts).into_iter().map(|(host, routes)| VirtualHost { host, routes }).collect();
+    // A host whose every path was invalid or taken has no routes and is left out.
+    let virtual_hosts = std::mem::take(&mut table.hosts)
+        .into_iter()
+        .filter(|(_, h)| !h.routes.is_empty())
+        .map(|(host, h)| VirtualHost { host, routes: h.routes })
+        .collect();
     let default_backend = table.default_backend.take().map(|(name, _)| name);
-    let snapshot = Snapshot { version: 0, virtual_hosts, default_backend, backends: table.into_backends().collect() };
+    let snapshot = Snapshot { version: 0, virtual_hosts, default_backend, backends: table.into_backends() };
     diagnostics.sort();
     diagnostics.dedup();
     let admitted = admitted.into_iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();

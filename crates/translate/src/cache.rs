@@ -62,16 +62,6 @@ impl ClusterState {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.services.get(&(namespace.to_string(), name.to_string()))
     }
-
-    /// The EndpointSlices of one Service, found by their `kubernetes.io/service-name` label.
-    pub fn endpoint_slices_of<'a>(&'a self, namespace: &'a str, service: &'a str) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        let start = (namespace.to_string(), String::new());
-        self.endpoint_slices
-            .range(start..)
-            .take_while(move |((ns, _), _)| ns == namespace)
-            .map(|(_, s)| s)
-            .filter(move |s| s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service))
-    }
 }
 
 impl FromIterator<KubeObject> for ClusterState {

@@ -1,43 +1,55 @@
 //! The Ingress processor: one admitted Ingress's rules and default backend, merged
 //! into the routes collected so far from older Ingresses.
 
-use crate::backend::{self, Resolved};
+use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::ClusterState;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{Backend, HostMatch, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 
 /// Everything collected from the Ingresses processed so far, oldest first.
 #[derive(Default)]
 pub(crate) struct RouteTable {
-    pub hosts: BTreeMap<HostMatch, Vec<Route>>,
-    /// Who claimed each host + path, so later claimants can be told.
-    owners: HashMap<(HostMatch, PathMatch), String>,
+    pub hosts: BTreeMap<HostMatch, HostRoutes>,
     pub default_backend: Option<(String, String)>,
     /// Backends resolved so far, with the problem each had, shared by every referrer.
-    resolved: BTreeMap<String, Resolved>,
+    resolved: HashMap<String, Resolved>,
+}
+
+/// The routes of one host, and which route claimed each path, so that a later
+/// Ingress claiming the same path can be told who owns it.
+#[derive(Default)]
+pub(crate) struct HostRoutes {
+    pub routes: Vec<Route>,
+    by_path: HashMap<PathMatch, usize>,
 }
 
 impl RouteTable {
-    pub fn into_backends(self) -> impl Iterator<Item = Backend> {
-        self.resolved.into_values().map(|r| r.backend)
+    /// The resolved backends, sorted by name so that translation is deterministic.
+    pub fn into_backends(self) -> Vec<Backend> {
+        let mut backends: Vec<Backend> = self.resolved.into_values().map(|r| r.backend).collect();
+        backends.sort_by(|a, b| a.name.cmp(&b.name));
+        backends
     }
 }
 
 pub(crate) struct IngressProcessor<'a> {
     state: &'a ClusterState,
+    slices: &'a SliceIndex<'a>,
     ingress: &'a Ingress,
     namespace: &'a str,
     source: String,
     diagnostics: &'a mut Vec<Diagnostic>,
+    /// The last service backend named and its backend name.
+    last_backend: Option<(&'a IngressServiceBackend, String)>,
 }
 
 impl<'a> IngressProcessor<'a> {
-    pub fn new(state: &'a ClusterState, ingress: &'a Ingress, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
+    pub fn new(state: &'a ClusterState, slices: &'a SliceIndex<'a>, ingress: &'a Ingress, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        IngressProcessor { state, ingress, namespace, source: format!("{namespace}/{name}"), diagnostics }
+        IngressProcessor { state, slices, ingress, namespace, source: format!("{namespace}/{name}"), diagnostics, last_backend: None }
     }
 
     fn report(&mut self, reason: Reason, message: String) {
@@ -50,7 +62,8 @@ impl<'a> IngressProcessor<'a> {
     }
 
     pub fn process(mut self, table: &mut RouteTable) {
-        let Some(spec) = self.ingress.spec.as_ref() else {
+        let ingress = self.ingress;
+        let Some(spec) = ingress.spec.as_ref() else {
             return self.report(Reason::InvalidIngress, "spec is missing".into());
         };
         let rules = spec.rules.as_deref().unwrap_or_default();
@@ -58,7 +71,7 @@ impl<'a> IngressProcessor<'a> {
             return self.report(Reason::InvalidIngress, "either spec.defaultBackend or spec.rules must be specified".into());
         }
         if let Some(default) = &spec.default_backend {
-            if let Some(name) = self.backend(table, default, "spec.defaultBackend") {
+            if let Some(name) = self.backend(&mut table.resolved, default, || "spec.defaultBackend".into()) {
                 match &table.default_backend {
                     None => table.default_backend = Some((name, self.source.clone())),
                     Some((_, owner)) => {
@@ -78,20 +91,22 @@ impl<'a> IngressProcessor<'a> {
                 }
             };
             let Some(http) = rule.http.as_ref() else { continue };
+            // Field names are only formatted when something is wrong with the field.
+            let field = |j: usize| format!("spec.rules[{i}].http.paths[{j}]");
+            let host_routes = table.hosts.entry(host.clone()).or_default();
             for (j, path) in http.paths.iter().enumerate() {
-                let field = format!("spec.rules[{i}].http.paths[{j}]");
                 let matcher = match path_match(path.path_type.as_str(), path.path.as_deref()) {
                     Ok(m) => m,
                     Err(why) => {
-                        self.report(Reason::InvalidPath, format!("{field}: {why}"));
+                        self.report(Reason::InvalidPath, format!("{}: {why}", field(j)));
                         continue;
                     }
                 };
-                let Some(backend) = self.backend(table, &path.backend, &format!("{field}.backend")) else { continue };
-                let claim = (host.clone(), matcher.clone());
-                if let Some(owner) = table.owners.get(&claim) {
+                let Some(backend) = self.backend(&mut table.resolved, &path.backend, || format!("{}.backend", field(j))) else { continue };
+                if let Some(owner) = host_routes.by_path.get(&matcher).map(|r| &host_routes.routes[*r].source) {
                     let msg = format!(
-                        "{field}: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
+                        "{}: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
+                        field(j),
                         path.path_type,
                         matcher.path(),
                         host.to_string(),
@@ -99,23 +114,36 @@ impl<'a> IngressProcessor<'a> {
                     self.report(Reason::PathConflict, msg);
                     continue;
                 }
-                table.owners.insert(claim, self.source.clone());
-                table.hosts.entry(host.clone()).or_default().push(Route { path: matcher, backend, source: self.source.clone() });
+                host_routes.by_path.insert(matcher.clone(), host_routes.routes.len());
+                host_routes.routes.push(Route { path: matcher, backend, source: self.source.clone() });
             }
         }
     }
 
     /// Resolves a backend reference, reporting problems; `None` when it cannot be routed at all.
-    fn backend(&mut self, table: &mut RouteTable, backend: &IngressBackend, field: &str) -> Option<String> {
+    fn backend(
+        &mut self,
+        resolved: &mut HashMap<String, Resolved>,
+        backend: &'a IngressBackend,
+        field: impl Fn() -> String,
+    ) -> Option<String> {
         let Some(svc) = backend.service.as_ref() else {
             let what = if backend.resource.is_some() { "resource backends are not supported" } else { "no service is named" };
-            self.report(Reason::UnsupportedBackend, format!("{field}: {what}"));
+            self.report(Reason::UnsupportedBackend, format!("{}: {what}", field()));
             return None;
         };
-        let name = backend::backend_name(self.namespace, svc);
-        let resolved = table.resolved.entry(name.clone()).or_insert_with(|| backend::resolve(self.state, self.namespace, svc));
-        if let Some((reason, message)) = resolved.problem.clone() {
-            self.report(reason, format!("{field}: {message}"));
+        // The paths of one Ingress mostly name the same Service: reuse the last name.
+        let name = match &self.last_backend {
+            Some((last, name)) if *last == svc => name.clone(),
+            _ => {
+                let name = backend::backend_name(self.namespace, svc);
+                self.last_backend = Some((svc, name.clone()));
+                name
+            }
+        };
+        let entry = resolved.entry(name.clone()).or_insert_with(|| backend::resolve(self.state, self.slices, self.namespace, svc));
+        if let Some((reason, message)) = entry.problem.clone() {
+            self.report(reason, format!("{}: {message}", field()));
         }
         Some(name)
     }

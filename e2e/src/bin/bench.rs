@@ -8,6 +8,10 @@ use portico_e2e::bench::{churn, instructions, scale};
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The scale run times library code as the binaries run it, with their allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Portico's comparison, scale and churn runs")]
 struct Args {
