@@ -2,9 +2,10 @@
 //! routes HTTP traffic with them.
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use pingora::server::Server;
 use portico_proxy::{admin, forwarded, link, metrics, service, store};
+use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,22 +38,6 @@ struct Args {
     shutdown_grace_seconds: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn default_proxy_id() -> String {

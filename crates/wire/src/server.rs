@@ -31,10 +31,6 @@ impl SnapshotPublisher {
     pub fn publish(&self, version: u64, payload: Vec<u8>) {
         self.tx.send_replace(Some(Arc::new(Published { version, payload })));
     }
-
-    pub fn latest_version(&self) -> Option<u64> {
-        self.tx.borrow().as_ref().map(|p| p.version)
-    }
 }
 
 /// The last version each connected proxy acknowledged, by proxy id.
@@ -44,10 +40,6 @@ pub struct AckedVersions(Arc<Mutex<BTreeMap<String, u64>>>);
 impl AckedVersions {
     pub fn get(&self, proxy_id: &str) -> Option<u64> {
         self.lock().get(proxy_id).copied()
-    }
-
-    pub fn all(&self) -> BTreeMap<String, u64> {
-        self.lock().clone()
     }
 
     fn set(&self, proxy_id: &str, version: u64) {
