@@ -53,7 +53,8 @@ impl SyncLoop {
                 tracing::debug!("translation unchanged; no new snapshot");
                 continue;
             }
-            let mut snapshot = translation.snapshot.clone();
+            // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
+            let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
             let payload = snapshot.to_bytes();
             tracing::info!(
@@ -66,7 +67,8 @@ impl SyncLoop {
                 "snapshot published"
             );
             self.publisher.publish(snapshot.version, payload);
-            last = Some(translation.snapshot);
+            snapshot.version = 0;
+            last = Some(snapshot);
         }
     }
 
