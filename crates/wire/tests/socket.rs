@@ -154,3 +154,46 @@ fn backoff_grows_to_its_cap_with_jitter_and_resets() {
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(100));
 }
+
+/// A hand-written controller that sends a frame of an unknown protocol version and a
+/// truncated frame before a good one: the proxy must answer each with a Nack naming the
+/// problem, keep the connection, and apply the good snapshot after them.
+#[tokio::test]
+async fn bad_frames_are_nacked_and_the_connection_kept() {
+    use portico_wire::{read_message, write_message, Message};
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let sink: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "p");
+    tokio::spawn(async move { c.run(sink).await });
+
+    // Every read is bounded: a proxy that stopped answering fails the test, not hangs it.
+    async fn recv(stream: &mut tokio::net::UnixStream) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), read_message(stream, DEFAULT_MAX_FRAME))
+            .await
+            .expect("proxy answered in time")
+            .unwrap()
+    }
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    let hello = recv(&mut stream).await;
+    assert_eq!(hello, Message::Hello { proxy_id: "p".into(), last_applied_version: 0 });
+
+    // Protocol version 99, kind Snapshot, version 1, payload "x".
+    stream.write_all(&[0, 0, 0, 12, 0, 99, 2, 0, 0, 0, 0, 0, 0, 0, 1, b'x']).await.unwrap();
+    match recv(&mut stream).await {
+        Message::Nack { version: 0, reason } => assert!(reason.contains("protocol version 99"), "{reason}"),
+        other => panic!("expected a Nack, got {other:?}"),
+    }
+    // A Snapshot frame too short to hold its version.
+    stream.write_all(&[0, 0, 0, 5, 0, 1, 2, 0, 0]).await.unwrap();
+    match recv(&mut stream).await {
+        Message::Nack { version: 0, reason } => assert!(reason.contains("malformed Snapshot"), "{reason}"),
+        other => panic!("expected a Nack, got {other:?}"),
+    }
+    write_message(&mut stream, &Message::Snapshot { version: 3, payload: b"good".to_vec() }).await.unwrap();
+    assert_eq!(recv(&mut stream).await, Message::Ack { version: 3 });
+    assert_eq!(sink.last_applied(), 3);
+}
