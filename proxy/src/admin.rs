@@ -29,7 +29,7 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/healthz" => reply(StatusCode::OK, TEXT, b"ok\n".to_vec()),
             "/readyz" => match self.store.load() {
-                Some(s) => reply(StatusCode::OK, TEXT, format!("ready: snapshot {}\n", s.version).into_bytes()),
+                Some(s) => reply(StatusCode::OK, TEXT, format!("ready: snapshot {}\n", s.version()).into_bytes()),
                 None => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"no snapshot applied yet\n".to_vec()),
             },
             "/config" => match self.store.load() {

@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 pub struct CompiledSnapshot {
-    pub version: u64,
-    /// What was applied, for `/config`.
+    /// What was applied, for `/config` and its version.
     pub source: Snapshot,
     hosts: HostTable,
     vhosts: Vec<CompiledVhost>,
@@ -21,9 +20,8 @@ pub struct CompiledSnapshot {
 }
 
 struct CompiledVhost {
+    /// Path to the index of the backend its route forwards to.
     paths: PathMatcher,
-    /// Backend index of each route, by route index.
-    route_backends: Vec<usize>,
     /// The metrics label of this host.
     label: Box<str>,
     /// Registered on the host's first request, so that applying a snapshot of 10 000
@@ -51,20 +49,17 @@ impl CompiledSnapshot {
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
             let mut paths = PathMatcher::default();
-            let mut route_backends = Vec::with_capacity(vh.routes.len());
-            for (r, route) in vh.routes.iter().enumerate() {
-                paths.insert(&route.path, r);
-                route_backends.push(by_name[route.backend.as_str()]);
+            for route in &vh.routes {
+                paths.insert(&route.path, by_name[route.backend.as_str()]);
             }
             let label = match &vh.host {
                 HostMatch::Any => ANY_HOST.into(),
                 h => h.to_string().into_boxed_str(),
             };
-            vhosts.push(CompiledVhost { paths, route_backends, label, counters: OnceLock::new() });
+            vhosts.push(CompiledVhost { paths, label, counters: OnceLock::new() });
         }
         let default_backend = snapshot.default_backend.as_deref().map(|n| by_name[n]);
         CompiledSnapshot {
-            version: snapshot.version,
             hosts,
             vhosts,
             default_backend,
@@ -78,13 +73,12 @@ impl CompiledSnapshot {
     /// Routes by host and path; what matches nothing goes to the default backend.
     pub fn route(&self, host: &str, path: &str) -> Routed {
         let vhost = self.hosts.lookup(host);
-        let backend = vhost
-            .and_then(|i| {
-                let vh = &self.vhosts[i];
-                vh.paths.lookup(path).map(|r| vh.route_backends[r])
-            })
-            .or(self.default_backend);
+        let backend = vhost.and_then(|i| self.vhosts[i].paths.lookup(path)).or(self.default_backend);
         Routed { vhost, backend }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.source.version
     }
 
     pub fn backend(&self, index: usize) -> &RoundRobin {

@@ -73,7 +73,7 @@ fn normalise_host<'a>(authority: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a 
     std::str::from_utf8(out).ok()
 }
 
-/// Maps a request path to a route index with Kubernetes precedence: the longest match
+/// Maps a request path to a value (the compiler stores backend indexes) with Kubernetes precedence: the longest match
 /// wins, and Exact beats Prefix at equal length. Prefix matching is element-wise.
 #[derive(Debug, Default)]
 pub struct PathMatcher {

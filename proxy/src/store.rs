@@ -36,7 +36,7 @@ impl SnapshotStore {
 
 impl SnapshotSink for SnapshotStore {
     fn last_applied(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |s| s.version)
+        self.current.load().as_ref().map_or(0, |s| s.version())
     }
 
     fn apply(&self, version: u64, payload: Vec<u8>) -> Result<(), String> {
