@@ -34,8 +34,27 @@ struct Args {
     /// How often the manifests directory is checked for changes.
     #[arg(long, default_value_t = 200)]
     manifests_poll_ms: u64,
+    /// The `kubernetes.io/tls` Secret presented for unknown SNI names (default: the proxy's self-signed one).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
+    default_ssl_certificate: Option<(String, String)>,
+    /// Send Strict-Transport-Security on HTTPS responses.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    hsts: bool,
+    #[arg(long, default_value_t = 31_536_000)]
+    hsts_max_age: u64,
+    #[arg(long)]
+    hsts_include_subdomains: bool,
+    #[arg(long)]
+    hsts_preload: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_object_ref(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.to_string(), name.to_string())),
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
 }
 
 #[tokio::main]
@@ -50,7 +69,17 @@ async fn main() -> anyhow::Result<()> {
         bail!("--manifests {}: not a directory", dir.display());
     }
     let source: Box<dyn Source> = Box::new(FileSource::new(dir, Duration::from_millis(args.manifests_poll_ms)));
-    let options = Options { ingress_class: args.ingress_class.clone(), assume_class_exists: true };
+    let hsts = args.hsts.then_some(portico_model::Hsts {
+        max_age: args.hsts_max_age,
+        include_subdomains: args.hsts_include_subdomains,
+        preload: args.hsts_preload,
+    });
+    let options = Options {
+        ingress_class: args.ingress_class.clone(),
+        assume_class_exists: true,
+        default_certificate: args.default_ssl_certificate.clone(),
+        hsts,
+    };
 
     let (server, publisher) = SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
         .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;

@@ -29,6 +29,7 @@ pub struct Portico {
     pub dir: tempfile::TempDir,
     pub manifests: PathBuf,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
     pub client: HttpClient,
     admin_client: HttpClient,
@@ -43,6 +44,11 @@ impl Portico {
     }
 
     pub async fn start_with(files: &[(&str, String)], proxy_args: &[&str]) -> Portico {
+        Self::start_full(files, &[], proxy_args).await
+    }
+
+    /// Starts with extra controller arguments too.
+    pub async fn start_full(files: &[(&str, String)], controller_args: &[&str], proxy_args: &[&str]) -> Portico {
         let dir = tempfile::tempdir().expect("tempdir");
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests).expect("manifests dir");
@@ -51,27 +57,39 @@ impl Portico {
         }
         let socket = dir.path().join("portico.sock");
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let https: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
 
         let controller = spawn(
-            Command::new(binary("portico-controller")).arg("--manifests").arg(&manifests).arg("--socket").arg(&socket).args([
-                "--debounce-ms",
-                "50",
-                "--manifests-poll-ms",
-                "100",
-            ]),
+            Command::new(binary("portico-controller"))
+                .arg("--manifests")
+                .arg(&manifests)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--debounce-ms", "50", "--manifests-poll-ms", "100"])
+                .args(controller_args),
             &dir.path().join("controller.log"),
         );
         let proxy = spawn(
             Command::new(binary("portico-proxy"))
                 .arg("--socket")
                 .arg(&socket)
-                .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--threads", "2"])
+                .args(["--http-addr", &http.to_string(), "--https-addr", &https.to_string(), "--admin-addr", &admin.to_string()])
+                .args(["--threads", "2"])
                 .args(proxy_args),
             &dir.path().join("proxy.log"),
         );
-        let portico =
-            Portico { client: HttpClient::new(http), admin_client: HttpClient::new(admin), dir, manifests, http, admin, controller, proxy };
+        let portico = Portico {
+            client: HttpClient::new(http),
+            admin_client: HttpClient::new(admin),
+            dir,
+            manifests,
+            http,
+            https,
+            admin,
+            controller,
+            proxy,
+        };
         portico.wait_until("the proxy is ready", |p| async move { p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200) }).await;
         portico
     }

@@ -25,6 +25,7 @@ fn snapshot() -> Snapshot {
         s.backends.push(Backend {
             name: backend.clone(),
             endpoints: vec![Endpoint { address: [10, 0, (i / 256) as u8, (i % 256) as u8].into(), port: 8080, ready: true }],
+            upstream: Default::default(),
         });
         let routes = PATHS
             .iter()
@@ -33,6 +34,7 @@ fn snapshot() -> Snapshot {
                 path: if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) },
                 backend: backend.clone(),
                 source: String::new(),
+                redirect_to_https: false,
             })
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });
@@ -43,7 +45,7 @@ fn snapshot() -> Snapshot {
 
 fn lookups(c: &mut Criterion) {
     let metrics = std::sync::Arc::new(ProxyMetrics::new());
-    let compiled = CompiledSnapshot::compile(snapshot(), &metrics);
+    let compiled = CompiledSnapshot::compile(snapshot(), &metrics, None).expect("compiles");
     let mut group = c.benchmark_group("route");
     let cases = [
         ("exact host, deep prefix", "app4242.example.com", "/api/v1/users/42/orders"),

@@ -33,8 +33,7 @@ impl ServeHttp for AdminApp {
                 None => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"no snapshot applied yet\n".to_vec()),
             },
             "/config" => match self.store.load() {
-                // Snapshots carry no secret material yet; redaction arrives with TLS.
-                Some(s) => reply(StatusCode::OK, JSON, s.source.to_json_pretty().into_bytes()),
+                Some(s) => reply(StatusCode::OK, JSON, s.source.redacted().to_json_pretty().into_bytes()),
                 None => reply(StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"error":"no snapshot applied yet"}"#.to_vec()),
             },
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.store.metrics().render()),

@@ -35,10 +35,14 @@ mod tests {
     #[test]
     fn cycles_through_ready_endpoints_only() {
         let ep = |last: u8, ready| Endpoint { address: [127, 0, 0, last].into(), port: 80, ready };
-        let rr = RoundRobin::new(&Backend { name: "b".into(), endpoints: vec![ep(1, true), ep(2, false), ep(3, true)] });
+        let rr = RoundRobin::new(&Backend {
+            name: "b".into(),
+            endpoints: vec![ep(1, true), ep(2, false), ep(3, true)],
+            upstream: Default::default(),
+        });
         let picks: Vec<_> = (0..4).map(|_| rr.pick().unwrap().ip().to_string()).collect();
         assert_eq!(picks, ["127.0.0.1", "127.0.0.3", "127.0.0.1", "127.0.0.3"]);
-        let empty = RoundRobin::new(&Backend { name: "e".into(), endpoints: vec![ep(1, false)] });
+        let empty = RoundRobin::new(&Backend { name: "e".into(), endpoints: vec![ep(1, false)], upstream: Default::default() });
         assert_eq!(empty.pick(), None);
     }
 }

@@ -14,6 +14,8 @@ pub mod pages;
 pub mod router;
 pub mod service;
 pub mod store;
+pub mod tls;
+pub mod upstream;
 
 use pingora::server::configuration::ServerConf;
 

@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
+use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
-use portico_proxy::{admin, forwarded, link, metrics, service, store};
+use portico_proxy::{admin, forwarded, link, metrics, service, store, tls};
 use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,9 +19,15 @@ struct Args {
     /// The controller's snapshot socket.
     #[arg(long, default_value = "/var/run/portico/portico.sock")]
     socket: PathBuf,
-    /// Plain HTTP listener.
+    /// Plain HTTP listener (HTTP/1.1, and HTTP/2 with prior knowledge).
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: String,
+    /// HTTPS listener (TLS 1.2/1.3, ALPN h2 and http/1.1); empty to turn it off.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https_addr: String,
+    /// The port that HTTP→HTTPS redirects point clients at (the Service's, not the container's).
+    #[arg(long, default_value_t = 443)]
+    https_redirect_port: u16,
     /// Admin listener: /healthz, /readyz, /config, /metrics.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_addr: String,
@@ -57,12 +64,21 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::ProxyMetrics::new());
     let store = Arc::new(store::SnapshotStore::new(metrics));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        service::IngressProxy { store: store.clone(), trusted_proxies },
-        "portico-http",
-    );
+    let ingress = service::IngressProxy { store: store.clone(), trusted_proxies, https_redirect_port: args.https_redirect_port };
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     proxy.add_tcp(&args.http_addr);
+    if !args.https_addr.is_empty() {
+        let fallback = Arc::new(tls::ServedCertificate::self_signed().context("generating the self-signed default certificate")?);
+        let settings = tls::listener_settings(tls::SniCertificates { store: store.clone(), fallback })
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("configuring the HTTPS listener")?;
+        proxy.add_tls_with_settings(&args.https_addr, None, settings);
+    }
 
     let mut admin = pingora::services::listening::Service::new(
         "portico-admin".to_string(),
@@ -76,6 +92,6 @@ fn main() -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(admin);
 
-    tracing::info!(http = %args.http_addr, admin = %args.admin_addr, threads, socket = %args.socket.display(), "portico-proxy starting");
+    tracing::info!(http = %args.http_addr, https = %args.https_addr, admin = %args.admin_addr, threads, socket = %args.socket.display(), "portico-proxy starting");
     server.run_forever()
 }

@@ -6,6 +6,16 @@ use pingora::protocols::http::date::get_cached_date;
 
 pub const SERVER: &str = "portico";
 
+/// A redirect with an empty body.
+pub fn redirect(status: u16, location: http::HeaderValue) -> ResponseHeader {
+    let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    let _ = header.insert_header(http::header::SERVER, SERVER);
+    let _ = header.insert_header(http::header::DATE, get_cached_date());
+    let _ = header.insert_header(http::header::LOCATION, location);
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
+    header
+}
+
 /// A complete response Portico answers itself.
 pub fn error_page(status: u16) -> (ResponseHeader, Bytes) {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");

@@ -1,9 +1,10 @@
-//! The Pingora proxy service: route each request on the snapshot it started with, pick an
-//! endpoint, forward with the usual `X-Forwarded-*` headers, and count the answer.
+//! The Pingora proxy service: route each request on the snapshot it started with, send
+//! plain HTTP to HTTPS where the route asks for it, pick an endpoint, forward with the
+//! usual `X-Forwarded-*` headers, and count the answer.
 
 use crate::compile::{CompiledSnapshot, Routed};
 use crate::forwarded::Cidr;
-use crate::pages::{error_page, SERVER};
+use crate::pages::{error_page, redirect, SERVER};
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
 use http::header::{self, HeaderValue};
@@ -16,6 +17,8 @@ use std::sync::Arc;
 pub struct IngressProxy {
     pub store: Arc<SnapshotStore>,
     pub trusted_proxies: Vec<Cidr>,
+    /// The port HTTP→HTTPS redirects name; 443 is left out of the URL.
+    pub https_redirect_port: u16,
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -24,7 +27,16 @@ pub struct RequestCtx {
     snapshot: Option<Arc<CompiledSnapshot>>,
     routed: Routed,
     upstream: Option<SocketAddr>,
+    /// The client reached us over TLS, or a trusted proxy in front says it did.
+    https: bool,
+    /// This connection is TLS to us.
+    tls: bool,
+    /// The peer is in `--trusted-proxies`.
+    trusted: bool,
 }
+
+/// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -36,10 +48,40 @@ impl IngressProxy {
     fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
     }
+
+    /// `https://host[:port]/path?query` for a plain-HTTP request; the host is the one a
+    /// trusted proxy names in `X-Forwarded-Host`, else the request's own. `None` when the
+    /// host is not fit for a URL.
+    fn https_location(&self, req: &RequestHeader, trusted: bool) -> Option<HeaderValue> {
+        let forwarded = trusted.then(|| req.headers.get(X_FORWARDED_HOST).and_then(|v| v.to_str().ok())).flatten();
+        let host = redirect_host(forwarded.unwrap_or_else(|| request_host(req)))?;
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = match self.https_redirect_port {
+            443 => format!("https://{host}{path}"),
+            port => format!("https://{host}:{port}{path}"),
+        };
+        HeaderValue::try_from(location).ok()
+    }
 }
 
 fn request_host(req: &RequestHeader) -> &str {
     req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("")
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// The host part of an authority (no port), if it is made only of characters a host
+/// name or address literal can hold, so that it is safe to put into a `Location`.
+fn redirect_host(authority: &str) -> Option<&str> {
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':');
+    (!host.is_empty() && host.len() <= 255 && host.bytes().all(allowed)).then_some(host)
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -75,8 +117,20 @@ impl ProxyHttp for IngressProxy {
             respond(session, 503).await?;
             return Ok(true);
         };
+        ctx.tls = is_tls(session);
+        ctx.trusted = self.is_trusted(peer_ip(session));
         let req = session.req_header();
+        ctx.https =
+            ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req.uri.path());
+        if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
+            ctx.snapshot = Some(snapshot);
+            match self.https_location(req, ctx.trusted) {
+                Some(location) => session.write_response_header(Box::new(redirect(308, location)), true).await?,
+                None => respond(session, 400).await?,
+            }
+            return Ok(true);
+        }
         let status = match ctx.routed.backend.map(|b| snapshot.backend(b).pick()) {
             None => Some(404),
             Some(None) => Some(503),
@@ -96,13 +150,15 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let addr = ctx.upstream.ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+        let (Some(addr), Some(snapshot), Some(backend)) = (ctx.upstream, ctx.snapshot.as_ref(), ctx.routed.backend) else {
+            return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+        };
+        Ok(Box::new(snapshot.upstream(backend).peer(addr)))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
         let peer = peer_ip(session);
-        let trusted = self.is_trusted(peer);
+        let trusted = ctx.trusted;
         let peer_value = peer.map_or(HeaderValue::from_static(""), ip_header_value);
 
         let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -116,12 +172,13 @@ impl ProxyHttp for IngressProxy {
         // From a trusted proxy, what it says about the original request stands.
         let keep = |upstream: &RequestHeader, name: &str| trusted && upstream.headers.contains_key(name);
         if !keep(upstream, X_FORWARDED_PROTO) {
-            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+            upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
         }
         if !keep(upstream, X_FORWARDED_HOST) {
-            match session.req_header().headers.get(header::HOST).cloned() {
-                Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
-                None => {
+            // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`.
+            match HeaderValue::from_str(request_host(session.req_header())) {
+                Ok(host) if !host.is_empty() => upstream.insert_header(X_FORWARDED_HOST, host)?,
+                _ => {
                     upstream.remove_header(X_FORWARDED_HOST);
                 }
             }
@@ -134,10 +191,15 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         response.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
+        }
+        if ctx.https {
+            if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
+                response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
         }
         Ok(())
     }

@@ -55,7 +55,11 @@ impl SnapshotSink for SnapshotStore {
         if let Err(e) = snapshot.validate() {
             return self.refuse(format!("snapshot {version} is invalid: {e}"));
         }
-        let compiled = CompiledSnapshot::compile(snapshot, &self.metrics);
+        let previous = self.current.load_full();
+        let compiled = match CompiledSnapshot::compile(snapshot, &self.metrics, previous.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
+        };
         self.current.store(Some(Arc::new(compiled)));
         self.metrics.snapshot_applies.with_label_values(&["applied"]).inc();
         self.metrics.snapshot_version.set(version as i64);
@@ -76,13 +80,19 @@ mod tests {
             version,
             virtual_hosts: vec![VirtualHost {
                 host: "a.com".parse().unwrap(),
-                routes: vec![Route { path: PathMatch::prefix("/"), backend: backend.into(), source: String::new() }],
+                routes: vec![Route {
+                    path: PathMatch::prefix("/"),
+                    backend: backend.into(),
+                    source: String::new(),
+                    redirect_to_https: false,
+                }],
             }],
-            default_backend: None,
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],
+                upstream: Default::default(),
             }],
+            ..Snapshot::default()
         }
     }
 
@@ -97,12 +107,16 @@ mod tests {
         assert!(store.apply(7, b"{not json".to_vec()).unwrap_err().contains("does not decode"));
         assert!(store.apply(8, snapshot(9, "b").to_bytes()).unwrap_err().contains("says 9"));
         assert!(store.apply(4, snapshot(4, "b").to_bytes()).unwrap_err().contains("older"));
+        let mut unparsable = snapshot(10, "b");
+        unparsable.certificates.push(portico_model::Certificate { name: "ns/c".into(), chain_pem: "junk".into(), key_pem: "junk".into() });
+        let err = store.apply(10, unparsable.to_bytes()).unwrap_err();
+        assert!(err.contains("cannot be compiled") && err.contains("ns/c"), "{err}");
 
         assert_eq!(store.last_applied(), 5);
         let serving = store.load().unwrap();
         assert!(serving.route("a.com", "/x").backend.is_some());
         assert!(serving.route("b.com", "/x").backend.is_none());
         let metrics = String::from_utf8(store.metrics().render()).unwrap();
-        assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 4"), "{metrics}");
+        assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"), "{metrics}");
     }
 }

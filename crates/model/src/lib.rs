@@ -12,6 +12,9 @@ pub use validate::ValidationError;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
+/// What [`Snapshot::redacted`] puts where private keys were.
+pub const REDACTED: &str = "<redacted>";
+
 /// A complete, self-contained routing configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Snapshot {
@@ -26,6 +29,70 @@ pub struct Snapshot {
     /// Every backend a route or the default backend names, by [`Backend::name`].
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Certificates the HTTPS listener can present, by [`Certificate::name`].
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    /// Which certificate a TLS handshake gets, by its SNI name. At most one per host.
+    #[serde(default)]
+    pub tls_hosts: Vec<TlsHost>,
+    /// Listener-wide TLS behaviour.
+    #[serde(default)]
+    pub tls: TlsPolicy,
+}
+
+/// A certificate chain (leaf first) and its private key, both PEM, already checked by the
+/// controller to parse and to belong together.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Unique within the snapshot: the Secret's `namespace/name`.
+    pub name: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate").field("name", &self.name).field("chain_pem", &self.chain_pem).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsHost {
+    pub host: HostMatch,
+    /// The [`Certificate::name`] presented for this host.
+    pub certificate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TlsPolicy {
+    /// Presented for an SNI name no [`TlsHost`] covers, or no SNI at all; when `None` the
+    /// proxy presents its own self-signed certificate.
+    #[serde(default)]
+    pub default_certificate: Option<String>,
+    /// `Strict-Transport-Security` on HTTPS responses; `None` sends none.
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hsts {
+    pub max_age: u64,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header value, e.g. `max-age=31536000; includeSubDomains`.
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +110,9 @@ pub struct Route {
     /// Which object the route came from, `namespace/name`, for metrics and diagnostics.
     #[serde(default)]
     pub source: String,
+    /// Plain-HTTP requests are answered with a 308 to the same URL over HTTPS.
+    #[serde(default)]
+    pub redirect_to_https: bool,
 }
 
 /// How a route matches the request path (the query string never takes part).
@@ -76,6 +146,61 @@ pub struct Backend {
     pub name: String,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// How the proxy talks to the endpoints.
+    #[serde(default)]
+    pub upstream: Upstream,
+}
+
+/// The protocol spoken to a backend's endpoints, and how TLS to them is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Upstream {
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Verify the endpoint's certificate (TLS protocols only).
+    #[serde(default)]
+    pub verify: bool,
+    /// Trusted CAs (PEM) for verification; `None` uses the system store.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// SNI and the name verified; `None` sends no SNI.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 in clear text.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// gRPC: HTTP/2 in clear text.
+    Grpc,
+    /// gRPC over TLS (HTTP/2 negotiated by ALPN).
+    Grpcs,
+    /// HTTP/2 in clear text with prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::Grpcs)
+    }
+
+    pub fn is_http2(self) -> bool {
+        matches!(self, UpstreamProtocol::Grpc | UpstreamProtocol::Grpcs | UpstreamProtocol::H2c)
+    }
+
+    /// The `backend-protocol` annotation's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http => "HTTP",
+            UpstreamProtocol::Https => "HTTPS",
+            UpstreamProtocol::Grpc => "GRPC",
+            UpstreamProtocol::Grpcs => "GRPCS",
+            UpstreamProtocol::H2c => "H2C",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -93,6 +218,19 @@ impl Snapshot {
 
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn certificate(&self, name: &str) -> Option<&Certificate> {
+        self.certificates.iter().find(|c| c.name == name)
+    }
+
+    /// A copy fit to show people: private keys replaced by a placeholder.
+    pub fn redacted(&self) -> Snapshot {
+        let mut copy = self.clone();
+        for c in &mut copy.certificates {
+            c.key_pem = REDACTED.to_string();
+        }
+        copy
     }
 
     /// Serialises for the wire: postcard, a compact binary serde format, several times
@@ -129,18 +267,45 @@ mod tests {
             version: 7,
             virtual_hosts: vec![VirtualHost {
                 host: "*.foo.com".parse().unwrap(),
-                routes: vec![Route { path: PathMatch::Exact("/x".into()), backend: "ns/svc:80".into(), source: "ns/ing".into() }],
+                routes: vec![Route {
+                    path: PathMatch::Exact("/x".into()),
+                    backend: "ns/svc:80".into(),
+                    source: "ns/ing".into(),
+                    redirect_to_https: true,
+                }],
             }],
             default_backend: None,
             backends: vec![Backend {
                 name: "ns/svc:80".into(),
                 endpoints: vec![Endpoint { address: "::1".parse().unwrap(), port: 8080, ready: true }],
+                upstream: Upstream {
+                    protocol: UpstreamProtocol::Grpcs,
+                    verify: true,
+                    ca_pem: None,
+                    server_name: Some("svc.ns.svc".into()),
+                },
             }],
+            certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "KEY".into() }],
+            tls_hosts: vec![TlsHost { host: "*.foo.com".parse().unwrap(), certificate: "ns/tls".into() }],
+            tls: TlsPolicy { default_certificate: None, hsts: Some(Hsts { max_age: 10, include_subdomains: true, preload: false }) },
         };
         assert_eq!(Snapshot::from_bytes(&snap.to_bytes()).unwrap(), snap);
         assert!(snap.to_json_pretty().contains(r#""host": "*.foo.com""#));
         let from_json: Snapshot = serde_json::from_str(&snap.to_json_pretty()).unwrap();
         assert_eq!(from_json, snap);
         assert!(Snapshot::from_bytes(&snap.to_bytes()[..10]).is_err(), "truncated input is an error, not a panic");
+    }
+
+    #[test]
+    fn redaction_hides_private_keys_only() {
+        let snap = Snapshot {
+            version: 1,
+            certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "SECRET KEY".into() }],
+            ..Snapshot::default()
+        };
+        let shown = snap.redacted().to_json_pretty();
+        assert!(!shown.contains("SECRET KEY") && shown.contains("CERT") && shown.contains(REDACTED), "{shown}");
+        assert!(!format!("{:?}", snap.certificates[0]).contains("SECRET"), "Debug must not print the key either");
+        assert_eq!(Hsts { max_age: 5, include_subdomains: true, preload: true }.header_value(), "max-age=5; includeSubDomains; preload");
     }
 }

@@ -25,6 +25,14 @@ pub enum ValidationError {
     UnknownDefaultBackend { backend: String },
     #[error("backend {backend:?}: endpoint {address} has port 0")]
     ZeroPort { backend: String, address: std::net::IpAddr },
+    #[error("certificate {name:?} appears more than once")]
+    DuplicateCertificate { name: String },
+    #[error("certificate {name:?} has an empty chain or key")]
+    EmptyCertificate { name: String },
+    #[error("TLS host {host:?} appears more than once")]
+    DuplicateTlsHost { host: String },
+    #[error("TLS host {host:?} names unknown certificate {certificate:?}")]
+    UnknownCertificate { host: String, certificate: String },
 }
 
 pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
@@ -47,6 +55,29 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
     if let Some(d) = &s.default_backend {
         if !backends.contains(d.as_str()) {
             return Err(UnknownDefaultBackend { backend: d.clone() });
+        }
+    }
+    let mut certificates = HashSet::new();
+    for c in &s.certificates {
+        if !certificates.insert(c.name.as_str()) {
+            return Err(DuplicateCertificate { name: c.name.clone() });
+        }
+        if c.chain_pem.trim().is_empty() || c.key_pem.trim().is_empty() {
+            return Err(EmptyCertificate { name: c.name.clone() });
+        }
+    }
+    let mut tls_hosts = HashSet::new();
+    for t in &s.tls_hosts {
+        if !tls_hosts.insert(&t.host) {
+            return Err(DuplicateTlsHost { host: t.host.to_string() });
+        }
+        if !certificates.contains(t.certificate.as_str()) {
+            return Err(UnknownCertificate { host: t.host.to_string(), certificate: t.certificate.clone() });
+        }
+    }
+    if let Some(d) = &s.tls.default_certificate {
+        if !certificates.contains(d.as_str()) {
+            return Err(UnknownCertificate { host: "(default)".into(), certificate: d.clone() });
         }
     }
     let mut hosts = HashSet::new();
@@ -78,20 +109,24 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Backend, Endpoint, HostMatch, Route, VirtualHost};
+    use crate::{Backend, Certificate, Endpoint, HostMatch, Route, TlsHost, VirtualHost};
 
     fn good() -> Snapshot {
         Snapshot {
             version: 1,
             virtual_hosts: vec![VirtualHost {
                 host: HostMatch::Exact("a.com".into()),
-                routes: vec![Route { path: PathMatch::prefix("/"), backend: "b".into(), source: String::new() }],
+                routes: vec![Route { path: PathMatch::prefix("/"), backend: "b".into(), source: String::new(), redirect_to_https: false }],
             }],
             default_backend: Some("b".into()),
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 80, ready: true }],
+                upstream: Default::default(),
             }],
+            certificates: vec![Certificate { name: "ns/c".into(), chain_pem: "C".into(), key_pem: "K".into() }],
+            tls_hosts: vec![TlsHost { host: HostMatch::Exact("a.com".into()), certificate: "ns/c".into() }],
+            tls: Default::default(),
         }
     }
 
@@ -135,5 +170,22 @@ mod tests {
         let mut s = good();
         s.backends[0].endpoints[0].port = 0;
         assert!(matches!(s.validate(), Err(ValidationError::ZeroPort { .. })));
+
+        let mut s = good();
+        s.tls_hosts[0].certificate = "ns/other".into();
+        let err = s.validate().unwrap_err();
+        assert!(err.to_string().contains("a.com") && err.to_string().contains("ns/other"), "{err}");
+
+        let mut s = good();
+        s.tls.default_certificate = Some("ns/gone".into());
+        assert!(matches!(s.validate(), Err(ValidationError::UnknownCertificate { .. })));
+
+        let mut s = good();
+        s.certificates[0].key_pem = " ".into();
+        assert!(matches!(s.validate(), Err(ValidationError::EmptyCertificate { .. })));
+
+        let mut s = good();
+        s.tls_hosts.push(s.tls_hosts[0].clone());
+        assert!(matches!(s.validate(), Err(ValidationError::DuplicateTlsHost { .. })));
     }
 }

@@ -6,7 +6,7 @@ use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
-use portico_model::{Backend, Endpoint};
+use portico_model::{Backend, Endpoint, Upstream, UpstreamProtocol};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -39,8 +39,22 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
-pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend) -> String {
-    format!("{namespace}/{}:{}", svc.name, port_text(svc.port.as_ref()))
+/// `namespace/service:port`, with the protocol (and verification) appended when the
+/// backend is not plain HTTP, so that two Ingresses reaching one Service port in
+/// different ways get two backends.
+pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstream: &Upstream) -> String {
+    let mut name = format!("{namespace}/{}:{}", svc.name, port_text(svc.port.as_ref()));
+    if upstream.protocol != UpstreamProtocol::Http {
+        name.push('|');
+        name.push_str(upstream.protocol.as_str());
+    }
+    if upstream.verify || upstream.server_name.is_some() || upstream.ca_pem.is_some() {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        upstream.hash(&mut h);
+        name.push_str(&format!("|tls-{:016x}", h.finish()));
+    }
+    name
 }
 
 fn port_text(port: Option<&ServiceBackendPort>) -> String {
@@ -51,10 +65,18 @@ fn port_text(port: Option<&ServiceBackendPort>) -> String {
     }
 }
 
-pub(crate) fn resolve(state: &ClusterState, slices: &SliceIndex<'_>, namespace: &str, svc: &IngressServiceBackend) -> Resolved {
-    let name = backend_name(namespace, svc);
-    let unresolved =
-        |reason, message| Resolved { backend: Backend { name: name.clone(), endpoints: Vec::new() }, problem: Some((reason, message)) };
+pub(crate) fn resolve(
+    state: &ClusterState,
+    slices: &SliceIndex<'_>,
+    namespace: &str,
+    svc: &IngressServiceBackend,
+    upstream: &Upstream,
+) -> Resolved {
+    let name = backend_name(namespace, svc, upstream);
+    let unresolved = |reason, message| Resolved {
+        backend: Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone() },
+        problem: Some((reason, message)),
+    };
 
     let Some(service) = state.service(namespace, &svc.name) else {
         return unresolved(Reason::ServiceNotFound, format!("service {namespace}/{} does not exist", svc.name));
@@ -105,7 +127,7 @@ pub(crate) fn resolve(state: &ClusterState, slices: &SliceIndex<'_>, namespace: 
             format!("service {namespace}/{} port {:?} has no ready endpoints", svc.name, port_text(svc.port.as_ref())),
         )
     });
-    Resolved { backend: Backend { name, endpoints }, problem }
+    Resolved { backend: Backend { name, endpoints, upstream: upstream.clone() }, problem }
 }
 
 fn find_port<'a>(ports: &'a [ServicePort], wanted: Option<&ServiceBackendPort>) -> Option<&'a ServicePort> {

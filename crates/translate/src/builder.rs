@@ -5,8 +5,10 @@ use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{IngressProcessor, RouteTable};
+use crate::secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Snapshot, VirtualHost};
+use portico_model::{Certificate, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -14,11 +16,21 @@ pub struct Options {
     pub ingress_class: String,
     /// Treat the class as existing when no IngressClass object defines it (manifests mode).
     pub assume_class_exists: bool,
+    /// The Secret presented for unknown SNI names (`--default-ssl-certificate`); without
+    /// one the proxy presents a self-signed certificate of its own.
+    pub default_certificate: Option<ObjectKey>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub hsts: Option<Hsts>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { ingress_class: "portico".into(), assume_class_exists: false }
+        Options {
+            ingress_class: "portico".into(),
+            assume_class_exists: false,
+            default_certificate: None,
+            hsts: Some(Hsts { max_age: 31_536_000, include_subdomains: false, preload: false }),
+        }
     }
 }
 
@@ -59,15 +71,84 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
     }
 
     // A host whose every path was invalid or taken has no routes and is left out.
+    let tls_hosts = std::mem::take(&mut table.tls_hosts);
     let virtual_hosts = std::mem::take(&mut table.hosts)
         .into_iter()
         .filter(|(_, h)| !h.routes.is_empty())
-        .map(|(host, h)| VirtualHost { host, routes: h.routes })
+        .map(|(host, mut h)| {
+            // `ssl-redirect` (on unless turned off) applies where the host has a TLS section.
+            if has_tls(&tls_hosts, &host) {
+                for (route, ssl_redirect) in h.routes.iter_mut().zip(&h.ssl_redirect) {
+                    route.redirect_to_https |= *ssl_redirect;
+                }
+            }
+            VirtualHost { host, routes: h.routes }
+        })
         .collect();
+
+    let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
+    let mut tls = TlsPolicy { default_certificate: None, hsts: opts.hsts };
+    if let Some((namespace, name)) = &opts.default_certificate {
+        let object = ObjectRef { kind: "Secret", namespace: namespace.clone(), name: name.clone() };
+        let full = format!("{namespace}/{name}");
+        let checked = match state.secrets.get(&(namespace.clone(), name.clone())) {
+            None => Err((Reason::SecretNotFound, format!("--default-ssl-certificate: secret {full} does not exist"))),
+            Some(s) => secret::tls_certificate(&full, s).map_err(|e| (Reason::InvalidSecret, format!("--default-ssl-certificate: {e}"))),
+        };
+        match checked {
+            Ok(c) => {
+                if let Some(w) = c.warning {
+                    diagnostics.push(Diagnostic { object, reason: Reason::CertificateExpired, message: w });
+                }
+                tls.default_certificate = Some(c.certificate.name.clone());
+                certificates.insert(c.certificate.name.clone(), c.certificate);
+            }
+            Err((reason, message)) => diagnostics.push(Diagnostic {
+                object,
+                reason,
+                message: format!("{message}; the proxy's self-signed certificate is presented instead"),
+            }),
+        }
+    }
+    let mut tls_bindings = Vec::new();
+    for (host, claim) in tls_hosts {
+        let Some(name) = claim.certificate else { continue };
+        if let Some(Ok(c)) = table.secrets.get(&split_name(&name)) {
+            certificates.entry(name.clone()).or_insert_with(|| c.certificate.clone());
+            tls_bindings.push(TlsHost { host, certificate: name });
+        }
+    }
+
     let default_backend = table.default_backend.take().map(|(name, _)| name);
-    let snapshot = Snapshot { version: 0, virtual_hosts, default_backend, backends: table.into_backends() };
+    let snapshot = Snapshot {
+        version: 0,
+        virtual_hosts,
+        default_backend,
+        backends: table.into_backends(),
+        certificates: certificates.into_values().collect(),
+        tls_hosts: tls_bindings,
+        tls,
+    };
     diagnostics.sort();
     diagnostics.dedup();
     let admitted = admitted.into_iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     Translation { snapshot, diagnostics, admitted }
+}
+
+/// Whether a TLS section covers `host`: named exactly, or by a wildcard one label up.
+fn has_tls<V>(tls_hosts: &BTreeMap<HostMatch, V>, host: &HostMatch) -> bool {
+    if tls_hosts.contains_key(host) {
+        return true;
+    }
+    match host {
+        HostMatch::Exact(name) => {
+            name.split_once('.').is_some_and(|(_, suffix)| tls_hosts.contains_key(&HostMatch::Wildcard(suffix.to_string())))
+        }
+        _ => false,
+    }
+}
+
+fn split_name(name: &str) -> ObjectKey {
+    let (ns, n) = name.split_once('/').unwrap_or(("", name));
+    (ns.to_string(), n.to_string())
 }

@@ -34,6 +34,11 @@ pub enum Reason {
     ServiceNotFound,
     ServicePortNotFound,
     NoReadyEndpoints,
+    InvalidAnnotation,
+    SecretNotFound,
+    InvalidSecret,
+    CertificateExpired,
+    TLSConflict,
 }
 
 impl Reason {
@@ -49,6 +54,11 @@ impl Reason {
             Reason::ServiceNotFound => "ServiceNotFound",
             Reason::ServicePortNotFound => "ServicePortNotFound",
             Reason::NoReadyEndpoints => "NoReadyEndpoints",
+            Reason::InvalidAnnotation => "InvalidAnnotation",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::InvalidSecret => "InvalidSecret",
+            Reason::CertificateExpired => "CertificateExpired",
+            Reason::TLSConflict => "TLSConflict",
         }
     }
 }

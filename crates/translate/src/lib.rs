@@ -5,12 +5,14 @@
 //! [`translate`] runs one processor per kind, and every problem becomes a [`Diagnostic`]
 //! on the object that caused it, never a failure of the whole translation.
 
+mod annotations;
 mod backend;
 mod builder;
 mod cache;
 mod class;
 mod diagnostic;
 mod ingress;
+mod secret;
 
 pub use builder::{translate, Options, Translation};
 pub use cache::{ClusterState, KubeObject, ObjectKey};

@@ -244,3 +244,139 @@ fn translation_is_deterministic_whatever_the_arrival_order() {
     assert_eq!(forward.snapshot.to_bytes(), backward.snapshot.to_bytes());
     assert_eq!(hosts(&forward), ["a.test", "b.test"]);
 }
+
+fn tls_secret(ns: &str, name: &str, cn: &str) -> KubeObject {
+    let (cert, key) = crate::secret::tests::self_signed(cn, -1, 30);
+    let mut s = crate::secret::tests::tls_secret(&cert, &key);
+    s.metadata.namespace = Some(ns.into());
+    s.metadata.name = Some(name.into());
+    KubeObject::Secret(s)
+}
+
+fn backends_of(ns: &str, svc: &str) -> Vec<KubeObject> {
+    vec![
+        service(ns, svc, json!([{"port": 80}])),
+        slice(ns, &format!("{svc}-1"), svc, "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.1"]}])),
+    ]
+}
+
+#[test]
+fn tls_sections_bind_certificates_and_turn_on_redirects() {
+    let mut objects = vec![
+        ours(),
+        tls_secret("ns", "good", "a.test"),
+        tls_secret("ns", "wild", "*.w.test"),
+        tls_secret("other", "theirs", "c.test"),
+        ingress(
+            "ns",
+            "secure",
+            json!({"ingressClassName": "portico",
+                "tls": [{"hosts": ["a.test"], "secretName": "good"}, {"hosts": ["*.w.test"], "secretName": "wild"},
+                        {"hosts": ["b.test"], "secretName": "missing"}, {"hosts": ["c.test"], "secretName": "theirs"}],
+                "rules": [rule("a.test", "Prefix", "/", "s", json!({"number": 80})), rule("x.w.test", "Prefix", "/", "s", json!({"number": 80})),
+                          rule("b.test", "Prefix", "/", "s", json!({"number": 80})), rule("plain.test", "Prefix", "/", "s", json!({"number": 80}))]}),
+        ),
+        ingress_with(
+            json!({"name": "no-redirect", "namespace": "ns", "annotations": {"nginx.ingress.kubernetes.io/ssl-redirect": "false"}}),
+            json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/open", "s", json!({"number": 80}))]}),
+        ),
+        ingress_with(
+            json!({"name": "forced", "namespace": "ns", "annotations": {"portico.io/force-ssl-redirect": "true"}}),
+            json!({"ingressClassName": "portico", "rules": [rule("plain.test", "Prefix", "/forced", "s", json!({"number": 80}))]}),
+        ),
+    ];
+    objects.extend(backends_of("ns", "s"));
+    let t = run(objects);
+    let snap = &t.snapshot;
+    let bound: Vec<(String, String)> = snap.tls_hosts.iter().map(|h| (h.host.to_string(), h.certificate.clone())).collect();
+    assert_eq!(bound, [("a.test".to_string(), "ns/good".to_string()), ("*.w.test".into(), "ns/wild".into())]);
+    assert_eq!(snap.certificates.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["ns/good", "ns/wild"]);
+    assert!(snap.validate().is_err(), "version 0 is stamped later");
+
+    let redirect = |host: &str, path: &str| {
+        let vh = snap.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap();
+        vh.routes.iter().find(|r| r.path.path() == path).unwrap().redirect_to_https
+    };
+    assert!(redirect("a.test", "/"), "a host with TLS redirects");
+    assert!(redirect("x.w.test", "/"), "a wildcard TLS section covers the host");
+    assert!(redirect("b.test", "/"), "a TLS section with a missing Secret still means HTTPS, on the default certificate");
+    assert!(!redirect("a.test", "/open"), "ssl-redirect: false turns it off for that Ingress's routes");
+    assert!(!redirect("plain.test", "/"), "no TLS, no redirect");
+    assert!(redirect("plain.test", "/forced"), "force-ssl-redirect redirects without TLS");
+
+    let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("SecretNotFound") && m.contains("ns/missing")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("SecretNotFound") && m.contains("ns/theirs")),
+        "a Secret in another namespace is not read: {msgs:?}"
+    );
+}
+
+#[test]
+fn bad_and_expired_secrets_are_reported_and_the_rest_applies() {
+    let (cert, _) = crate::secret::tests::self_signed("a.test", -1, 30);
+    let (_, other_key) = crate::secret::tests::self_signed("z.test", -1, 30);
+    let mut mismatched = crate::secret::tests::tls_secret(&cert, &other_key);
+    mismatched.metadata = serde_json::from_value(json!({"name": "mismatched", "namespace": "ns"})).unwrap();
+    let (old_cert, old_key) = crate::secret::tests::self_signed("old.test", -30, -1);
+    let mut expired = crate::secret::tests::tls_secret(&old_cert, &old_key);
+    expired.metadata = serde_json::from_value(json!({"name": "expired", "namespace": "ns"})).unwrap();
+    let mut objects = vec![
+        ours(),
+        KubeObject::Secret(mismatched),
+        KubeObject::Secret(expired),
+        ingress(
+            "ns",
+            "ing",
+            json!({"ingressClassName": "portico",
+                "tls": [{"hosts": ["a.test"], "secretName": "mismatched"}, {"hosts": ["old.test"], "secretName": "expired"}],
+                "rules": [rule("a.test", "Prefix", "/", "s", json!({"number": 80})), rule("old.test", "Prefix", "/", "s", json!({"number": 80}))]}),
+        ),
+    ];
+    objects.extend(backends_of("ns", "s"));
+    let t = run(objects);
+    assert_eq!(hosts(&t), ["a.test", "old.test"], "routes apply whatever the certificates");
+    assert_eq!(t.snapshot.tls_hosts.len(), 1);
+    assert_eq!(t.snapshot.tls_hosts[0].certificate, "ns/expired", "an expired certificate is still served");
+    let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("InvalidSecret") && m.contains("secret ns/mismatched") && m.contains("does not match")),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("CertificateExpired") && m.contains("ns/expired")), "{msgs:?}");
+}
+
+#[test]
+fn backend_protocol_shapes_the_upstream_and_bad_values_fall_back() {
+    let annotated = |name: &str, host: &str, annotations: Value| {
+        ingress_with(
+            json!({"name": name, "namespace": "ns", "annotations": annotations}),
+            json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "s", json!({"number": 80}))]}),
+        )
+    };
+    let mut objects = vec![
+        ours(),
+        annotated(
+            "grpc",
+            "grpc.test",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPCS", "portico.io/proxy-ssl-verify": "on"}),
+        ),
+        annotated("plain", "plain.test", json!({})),
+        annotated("ftp", "ftp.test", json!({"portico.io/backend-protocol": "FTP"})),
+    ];
+    objects.extend(backends_of("ns", "s"));
+    let t = run(objects);
+    let backend_of = |host: &str| {
+        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap();
+        t.snapshot.backend(&vh.routes[0].backend).unwrap().clone()
+    };
+    let grpc = backend_of("grpc.test");
+    assert_eq!(grpc.upstream.protocol, portico_model::UpstreamProtocol::Grpcs);
+    assert!(grpc.upstream.verify);
+    assert_eq!(grpc.upstream.server_name.as_deref(), Some("s.ns.svc"), "verification names the Service's cluster DNS name");
+    assert_eq!(grpc.endpoints.len(), 1);
+    assert_eq!(backend_of("plain.test").upstream, portico_model::Upstream::default());
+    assert_eq!(backend_of("ftp.test").name, backend_of("plain.test").name, "an unknown protocol falls back to HTTP");
+    let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("Ingress ns/ftp: InvalidAnnotation") && m.contains("\"FTP\"")), "{msgs:?}");
+}

@@ -162,10 +162,13 @@ pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, 
                 &dir.join("portico-controller.log"),
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let proxy = spawn(
                 command(binary("portico-proxy"), wrapper).arg("--socket").arg(&socket).args([
                     "--http-addr",
                     &addr.to_string(),
+                    "--https-addr",
+                    &https.to_string(),
                     "--admin-addr",
                     &admin.to_string(),
                     "--threads",

@@ -1,0 +1,52 @@
+//! How the proxy reaches a backend's endpoints: plain HTTP/1.1, TLS, gRPC over h2c or
+//! h2 over TLS. Decided once per snapshot; each request only copies it into a peer.
+
+use openssl::x509::X509;
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use portico_model::Upstream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct UpstreamSettings {
+    tls: bool,
+    alpn: ALPN,
+    verify: bool,
+    server_name: String,
+    ca: Option<Arc<Box<[X509]>>>,
+}
+
+impl UpstreamSettings {
+    pub fn new(u: &Upstream) -> Result<Self, String> {
+        let ca = match &u.ca_pem {
+            None => None,
+            // An empty bundle trusts nothing: the controller sends one when the CA Secret
+            // was unusable, so that verification fails closed.
+            Some(pem) if pem.trim().is_empty() => Some(Arc::new(Vec::new().into_boxed_slice())),
+            Some(pem) => Some(Arc::new(
+                X509::stack_from_pem(pem.as_bytes()).map_err(|e| format!("CA bundle does not parse: {e}"))?.into_boxed_slice(),
+            )),
+        };
+        // HTTP/2 only for gRPC and h2c: over clear text there is no ALPN, so the peer is trusted to speak it.
+        let alpn = if u.protocol.is_http2() { ALPN::H2 } else { ALPN::H1 };
+        Ok(UpstreamSettings {
+            tls: u.protocol.uses_tls(),
+            alpn,
+            verify: u.verify,
+            server_name: u.server_name.clone().unwrap_or_default(),
+            ca,
+        })
+    }
+
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls, self.server_name.clone());
+        peer.options.alpn = self.alpn.clone();
+        if self.tls {
+            peer.options.verify_cert = self.verify;
+            peer.options.verify_hostname = self.verify && !self.server_name.is_empty();
+            peer.options.ca = self.ca.clone();
+        }
+        peer
+    }
+}
