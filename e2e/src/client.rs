@@ -43,7 +43,18 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(target: SocketAddr) -> Self {
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build_http();
+        Self::build(target, None)
+    }
+
+    /// Connects from `source` (another loopback address), to be told apart by the proxy.
+    pub fn from_source(target: SocketAddr, source: std::net::IpAddr) -> Self {
+        Self::build(target, Some(source))
+    }
+
+    fn build(target: SocketAddr, source: Option<std::net::IpAddr>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(source);
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         HttpClient { inner, target }
     }
 
@@ -66,4 +77,17 @@ impl HttpClient {
         let body = body.collect().await?.to_bytes();
         Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
     }
+}
+
+/// One GET over HTTP/2 with prior knowledge (h2c) on a fresh connection; the host goes
+/// into `:authority`, as HTTP/2 clients send it.
+pub async fn h2c_get(target: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
+    let tcp = tokio::net::TcpStream::connect(target).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder().uri(format!("http://{host}{path}")).body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
 }

@@ -6,3 +6,4 @@ pub mod client;
 pub mod echo;
 pub mod harness;
 pub mod manifests;
+pub mod tls;

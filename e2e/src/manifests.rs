@@ -118,6 +118,16 @@ impl IngressBuilder {
         self
     }
 
+    /// Adds a `spec.tls` entry: `hosts` served with the certificate of Secret `secret`.
+    pub fn tls(mut self, hosts: &[&str], secret: &str) -> Self {
+        let spec = &mut self.value["spec"];
+        if spec.get("tls").is_none() {
+            spec["tls"] = json!([]);
+        }
+        spec["tls"].as_array_mut().expect("tls").push(json!({"hosts": hosts, "secretName": secret}));
+        self
+    }
+
     pub fn default_backend(mut self, service: &str) -> Self {
         self.value["spec"]["defaultBackend"] = backend(service);
         self
@@ -126,4 +136,25 @@ impl IngressBuilder {
     pub fn build(self) -> Value {
         self.value
     }
+}
+
+/// A `kubernetes.io/tls` Secret in `default`, with the PEM as `stringData`.
+pub fn tls_secret(name: &str, cert_pem: &str, key_pem: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert_pem, "tls.key": key_pem},
+    })
+}
+
+/// An Opaque Secret in `default` holding a CA bundle as `ca.crt`.
+pub fn ca_secret(name: &str, ca_pem: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "stringData": {"ca.crt": ca_pem},
+    })
 }

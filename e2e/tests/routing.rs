@@ -1,6 +1,6 @@
 //! Routing through the real binaries: manifests in, HTTP over loopback out.
 
-use portico_e2e::echo::EchoServer;
+use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ingress, ingress_class, service_with_endpoints, to_yaml};
 use serde_json::Value;
@@ -9,18 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Starts one echo backend per service name and returns the Service/EndpointSlice docs.
-async fn backends(names: &[&str]) -> (Vec<EchoServer>, Vec<Value>) {
-    let mut servers = Vec::new();
-    let mut docs = Vec::new();
-    for name in names {
-        let server = EchoServer::start(name, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-        docs.extend(service_with_endpoints(name, &[server.addr]));
-        servers.push(server);
-    }
-    (servers, docs)
-}
 
 fn file(docs: Vec<Value>) -> String {
     to_yaml(&docs)

@@ -15,6 +15,10 @@ pub struct UpstreamSettings {
     verify: bool,
     server_name: String,
     ca: Option<Arc<Box<[X509]>>>,
+    /// Pingora pools connections by a hash that leaves out the trusted CAs and the
+    /// protocol; without this, a connection verified against one CA (or opened as h2c)
+    /// would be reused for a backend that asked for another.
+    pool_key: u64,
 }
 
 impl UpstreamSettings {
@@ -30,7 +34,14 @@ impl UpstreamSettings {
         };
         // HTTP/2 only for gRPC and h2c: over clear text there is no ALPN, so the peer is trusted to speak it.
         let alpn = if u.protocol.is_http2() { ALPN::H2 } else { ALPN::H1 };
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            u.hash(&mut h);
+            h.finish()
+        };
         Ok(UpstreamSettings {
+            pool_key,
             tls: u.protocol.uses_tls(),
             alpn,
             verify: u.verify,
@@ -42,6 +53,7 @@ impl UpstreamSettings {
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, self.tls, self.server_name.clone());
         peer.options.alpn = self.alpn.clone();
+        peer.group_key = self.pool_key;
         if self.tls {
             peer.options.verify_cert = self.verify;
             peer.options.verify_hostname = self.verify && !self.server_name.is_empty();
