@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod client;
 pub mod echo;
+pub mod grpc;
 pub mod harness;
 pub mod manifests;
 pub mod tls;
