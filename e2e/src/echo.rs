@@ -108,7 +108,90 @@ async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>, tl
     }
 }
 
-async fn answer(name: &str, tls: bool, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+/// A body of `len` zero bytes, produced 64 KiB at a time and never held whole: for
+/// large uploads and downloads that must stream.
+pub struct Zeros {
+    left: usize,
+}
+
+impl Zeros {
+    pub fn new(len: usize) -> Self {
+        Zeros { left: len }
+    }
+}
+
+impl hyper::body::Body for Zeros {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 65536] = [0; 65536];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len());
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left as u64)
+    }
+}
+
+type EchoBody = http_body_util::Either<Full<Bytes>, Zeros>;
+
+/// Answers a WebSocket upgrade and echoes each text message back as `<name>: <message>`.
+fn websocket(name: &str, mut req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        return Response::builder().status(400).body(EchoBody::Left(Full::default())).expect("valid response");
+    };
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(text) => {
+                    if ws.send(Message::text(format!("{name}: {text}"))).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", key)
+        .body(EchoBody::Left(Full::default()))
+        .expect("valid response")
+}
+
+/// The `download=N` query parameter: answer with N bytes instead of the report.
+fn download_size(query: Option<&str>) -> Option<usize> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("download=")).and_then(|n| n.parse().ok())
+}
+
+async fn answer(name: &str, tls: bool, req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
+    if req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return websocket(name, req);
+    }
+    if let Some(len) = download_size(req.uri().query()) {
+        return Response::builder()
+            .header("content-length", len)
+            .header("x-echo-backend", name)
+            .body(EchoBody::Right(Zeros::new(len)))
+            .expect("valid response");
+    }
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -125,13 +208,18 @@ async fn answer(name: &str, tls: bool, req: Request<hyper::body::Incoming>) -> R
         version: format!("{:?}", req.version()),
         tls,
     };
-    let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    // Counted as it arrives, so that a large upload is never held in memory.
+    let mut body = req.into_body();
+    let mut body_bytes = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        body_bytes += frame.data_ref().map_or(0, |d| d.len());
+    }
     let echo = Echo { body_bytes, ..echo_base };
     let body = serde_json::to_vec(&echo).expect("serialisable");
     Response::builder()
         .header("content-type", "application/json")
         .header("x-echo-backend", name)
-        .body(Full::new(Bytes::from(body)))
+        .body(EchoBody::Left(Full::new(Bytes::from(body))))
         .expect("valid response")
 }
 
