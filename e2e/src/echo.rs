@@ -156,14 +156,13 @@ fn websocket(name: &str, mut req: Request<hyper::body::Incoming>) -> Response<Ec
         let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(text) => {
-                    if ws.send(Message::text(format!("{name}: {text}"))).await.is_err() {
-                        return;
-                    }
-                }
+            let reply = match msg {
+                Message::Text(text) => Message::text(format!("{name}: {text}")),
                 Message::Close(_) => return,
-                _ => {}
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
             }
         }
     });

@@ -63,7 +63,7 @@ fn lookups(c: &mut Criterion) {
 
     c.bench_function("compile 10k hosts x 10 paths", |b| {
         let s = snapshot();
-        b.iter(|| CompiledSnapshot::compile(s.clone(), &metrics))
+        b.iter(|| CompiledSnapshot::compile(s.clone(), &metrics, None).expect("compiles"))
     });
 }
 
