@@ -3,6 +3,7 @@
 
 use portico_translate::KubeObject;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Why one document of one file could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,10 +57,10 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
     let what = |e: serde_json::Error| format!("{kind} {name:?}: {e}");
     let object = match (api_version.as_str(), kind.as_str()) {
         ("networking.k8s.io/v1", "IngressClass") => KubeObject::IngressClass(serde_json::from_value(value).map_err(what)?),
-        ("networking.k8s.io/v1", "Ingress") => KubeObject::Ingress(namespaced(serde_json::from_value(value).map_err(what)?)),
-        ("v1", "Service") => KubeObject::Service(namespaced(serde_json::from_value(value).map_err(what)?)),
-        ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(namespaced(serde_json::from_value(value).map_err(what)?)),
-        ("v1", "Secret") => KubeObject::Secret(namespaced(serde_json::from_value(value).map_err(what)?)),
+        ("networking.k8s.io/v1", "Ingress") => KubeObject::Ingress(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("v1", "Service") => KubeObject::Service(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("v1", "Secret") => KubeObject::Secret(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
         (_, "Ingress" | "IngressClass" | "EndpointSlice") => {
             return Err(format!("{kind} {name:?}: apiVersion {api_version:?} is not supported"));
         }

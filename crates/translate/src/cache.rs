@@ -1,24 +1,25 @@
-//! The objects translation reads, indexed the way it looks them up.
+//! The objects translation reads, indexed the way it looks them up. Objects are shared
+//! (`Arc`), as kube-rs reflectors hand them out: taking a copy of the state for one
+//! translation copies pointers, not objects, and an unchanged object keeps its address.
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type ObjectKey = (String, String);
 
 /// One object of a kind translation understands.
-// Short-lived on the way into a ClusterState; boxing every variant would only add allocations.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum KubeObject {
-    IngressClass(IngressClass),
-    Ingress(Ingress),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Secret(Secret),
+    IngressClass(Arc<IngressClass>),
+    Ingress(Arc<Ingress>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<Secret>),
 }
 
 /// The label EndpointSlices carry to name their Service.
@@ -26,11 +27,11 @@ pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
-    pub ingress_classes: BTreeMap<String, IngressClass>,
-    pub ingresses: BTreeMap<ObjectKey, Ingress>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
-    pub secrets: BTreeMap<ObjectKey, Secret>,
+    pub ingress_classes: BTreeMap<String, Arc<IngressClass>>,
+    pub ingresses: BTreeMap<ObjectKey, Arc<Ingress>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
 }
 
 fn key(meta: &ObjectMeta) -> ObjectKey {
@@ -60,7 +61,7 @@ impl ClusterState {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&(namespace.to_string(), name.to_string()))
+        self.services.get(&(namespace.to_string(), name.to_string())).map(|s| &**s)
     }
 }
 

@@ -250,7 +250,7 @@ fn tls_secret(ns: &str, name: &str, cn: &str) -> KubeObject {
     let mut s = crate::secret::tests::tls_secret(&cert, &key);
     s.metadata.namespace = Some(ns.into());
     s.metadata.name = Some(name.into());
-    KubeObject::Secret(s)
+    KubeObject::Secret(std::sync::Arc::new(s))
 }
 
 fn backends_of(ns: &str, svc: &str) -> Vec<KubeObject> {
@@ -323,8 +323,8 @@ fn bad_and_expired_secrets_are_reported_and_the_rest_applies() {
     expired.metadata = serde_json::from_value(json!({"name": "expired", "namespace": "ns"})).unwrap();
     let mut objects = vec![
         ours(),
-        KubeObject::Secret(mismatched),
-        KubeObject::Secret(expired),
+        KubeObject::Secret(mismatched.into()),
+        KubeObject::Secret(expired.into()),
         ingress(
             "ns",
             "ing",

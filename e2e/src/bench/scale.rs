@@ -107,9 +107,9 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
     let ((), apply_ms) = timed(|| store.apply(1, bytes).expect("valid snapshot"));
 
     // One endpoint of one Service changes: everything downstream of the state runs again.
-    let mut slice = state.endpoint_slices.values().next().expect("a slice").clone();
+    let mut slice = (**state.endpoint_slices.values().next().expect("a slice")).clone();
     slice.endpoints[0].addresses[0] = "10.255.255.254".into();
-    state.insert(KubeObject::EndpointSlice(slice));
+    state.insert(KubeObject::EndpointSlice(Arc::new(slice)));
     let start = Instant::now();
     let mut changed = translate(&state, &opts).snapshot;
     changed.version = 2;
