@@ -59,7 +59,9 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
         ("networking.k8s.io/v1", "IngressClass") => KubeObject::IngressClass(serde_json::from_value(value).map_err(what)?),
         ("networking.k8s.io/v1", "Ingress") => KubeObject::Ingress(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
         ("v1", "Service") => KubeObject::Service(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            KubeObject::EndpointSlice(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?)))
+        }
         ("v1", "Secret") => KubeObject::Secret(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
         (_, "Ingress" | "IngressClass" | "EndpointSlice") => {
             return Err(format!("{kind} {name:?}: apiVersion {api_version:?} is not supported"));

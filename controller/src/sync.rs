@@ -2,7 +2,7 @@
 //! new snapshot only when the translation result actually changed.
 
 use portico_model::Snapshot;
-use portico_translate::{translate, ClusterState, Diagnostic, Options};
+use portico_translate::{ClusterState, Diagnostic, Options, Translator};
 use portico_wire::SnapshotPublisher;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub struct SyncLoop {
 impl SyncLoop {
     pub async fn run(self, mut states: watch::Receiver<Option<Arc<ClusterState>>>) {
         let mut clock = VersionClock::default();
+        let mut translator = Translator::new(self.options.clone());
         let mut last: Option<Snapshot> = None;
         let mut reported = BTreeSet::new();
         loop {
@@ -47,7 +48,7 @@ impl SyncLoop {
             let Some(state) = states.borrow_and_update().clone() else { continue };
 
             let started = Instant::now();
-            let translation = translate(&state, &self.options);
+            let translation = translator.translate(&state);
             report_diagnostics(&mut reported, &translation.diagnostics);
             if last.as_ref() == Some(&translation.snapshot) {
                 tracing::debug!("translation unchanged; no new snapshot");
@@ -63,6 +64,7 @@ impl SyncLoop {
                 hosts = snapshot.virtual_hosts.len(),
                 admitted = translation.admitted.len(),
                 diagnostics = translation.diagnostics.len(),
+                reprocessed = translator.reprocessed(),
                 build_ms = started.elapsed().as_secs_f64() * 1e3,
                 "snapshot published"
             );

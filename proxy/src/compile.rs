@@ -1,6 +1,11 @@
 //! Compiling a validated [`Snapshot`] into what the request path reads: a host table,
-//! per-host path matchers, routes, balancer pools with their upstream settings, and the
-//! TLS certificate table, all indexed by position.
+//! per-host path matchers and routes, balancer pools with their upstream settings, and
+//! the TLS certificate table.
+//!
+//! Compiling reuses what did not change since the previous snapshot: a backend whose
+//! definition is the same keeps its pool (and the pool's state), and a virtual host whose
+//! routes and backends are the same keeps its matcher and counters. An endpoint change
+//! therefore rebuilds one pool and the hosts that use it, not the whole table.
 
 use crate::balancer::RoundRobin;
 use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
@@ -8,28 +13,35 @@ use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{HostMatch, Snapshot};
-use std::collections::HashMap;
+use portico_model::{Backend, HostMatch, Snapshot, VirtualHost};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 pub struct CompiledSnapshot {
     /// What was applied, for `/config` and its version.
     pub source: Snapshot,
     hosts: HostTable,
-    vhosts: Vec<CompiledVhost>,
-    routes: Vec<CompiledRoute>,
-    default_backend: Option<usize>,
-    backends: Vec<RoundRobin>,
-    upstreams: Vec<UpstreamSettings>,
+    /// In the order of `source.virtual_hosts`.
+    vhosts: Vec<Arc<CompiledVhost>>,
+    /// In the order of `source.backends`.
+    pools: Vec<Arc<BackendPool>>,
+    default_backend: Option<Arc<BackendPool>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
     unmatched: StatusCounters,
     metrics: Arc<ProxyMetrics>,
 }
 
+/// A backend's endpoints and how to reach them.
+pub struct BackendPool {
+    pub balancer: RoundRobin,
+    pub upstream: UpstreamSettings,
+}
+
 struct CompiledVhost {
-    /// Path to the index of its route in [`CompiledSnapshot::routes`].
+    /// Path to the index of its route in `routes`.
     paths: PathMatcher,
+    routes: Vec<CompiledRoute>,
     /// The metrics label of this host.
     label: Box<str>,
     /// Registered on the host's first request, so that applying a snapshot of 10 000
@@ -38,19 +50,34 @@ struct CompiledVhost {
 }
 
 struct CompiledRoute {
-    backend: usize,
+    pool: Arc<BackendPool>,
     redirect_to_https: bool,
 }
 
-/// Where routing sent a request, as indexes into the snapshot that routed it.
+/// Where routing sent a request, as positions in the snapshot that routed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Routed {
     /// The matched virtual host; `None` when no host matched.
     pub vhost: Option<usize>,
-    /// The backend to use; `None` when nothing (not even a default backend) matched.
-    pub backend: Option<usize>,
+    target: Target,
     /// The matched route sends plain-HTTP requests to HTTPS.
     pub redirect_to_https: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Target {
+    #[default]
+    Nothing,
+    /// A route of the matched virtual host, by position.
+    Route(usize),
+    DefaultBackend,
+}
+
+impl Routed {
+    /// Whether a backend (a route's, or the default one) takes the request.
+    pub fn is_routed(&self) -> bool {
+        self.target != Target::Nothing
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,43 +89,34 @@ pub enum CompileError {
 }
 
 impl CompiledSnapshot {
-    /// `snapshot` must already be validated: every name it uses resolves. What can be
-    /// reused from `previous` (parsed certificates) is.
+    /// `snapshot` must already be validated: every name it uses resolves.
     pub fn compile(snapshot: Snapshot, metrics: &Arc<ProxyMetrics>, previous: Option<&CompiledSnapshot>) -> Result<Self, CompileError> {
         let certificates = CertificateTable::compile(&snapshot, previous.map(|p| (&p.source, &p.certificates)))?;
-        let backends: Vec<RoundRobin> = snapshot.backends.iter().map(RoundRobin::new).collect();
-        let upstreams = snapshot
-            .backends
-            .iter()
-            .map(|b| UpstreamSettings::new(&b.upstream).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what }))
-            .collect::<Result<Vec<_>, _>>()?;
-        let by_name: HashMap<&str, usize> = snapshot.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let pools = compile_pools(&snapshot.backends, previous)?;
+        let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot.backends.iter().map(|b| b.name.as_str()).zip(&pools).collect();
 
+        let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> =
+            previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();
         let mut hosts = HostTable::default();
         let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
-        let mut routes = Vec::new();
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
-            let mut paths = PathMatcher::default();
-            for route in &vh.routes {
-                paths.insert(&route.path, routes.len());
-                routes.push(CompiledRoute { backend: by_name[route.backend.as_str()], redirect_to_https: route.redirect_to_https });
-            }
-            let label = match &vh.host {
-                HostMatch::Any => ANY_HOST.into(),
-                h => h.to_string().into_boxed_str(),
-            };
-            vhosts.push(CompiledVhost { paths, label, counters: OnceLock::new() });
+            let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
+                old.routes == vh.routes
+                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| Arc::ptr_eq(&c.pool, by_name[r.backend.as_str()]))
+            });
+            vhosts.push(match reusable {
+                Some((_, compiled)) => Arc::clone(compiled),
+                None => Arc::new(compile_vhost(vh, &by_name)),
+            });
         }
-        let default_backend = snapshot.default_backend.as_deref().map(|n| by_name[n]);
+        let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
         let hsts = snapshot.tls.hsts.and_then(|h| HeaderValue::try_from(h.header_value()).ok());
         Ok(CompiledSnapshot {
             hosts,
             vhosts,
-            routes,
+            pools,
             default_backend,
-            backends,
-            upstreams,
             certificates,
             hsts,
             unmatched: metrics.status_counters(UNMATCHED_HOST),
@@ -110,22 +128,28 @@ impl CompiledSnapshot {
     /// Routes by host and path; what matches nothing goes to the default backend.
     pub fn route(&self, host: &str, path: &str) -> Routed {
         let vhost = self.hosts.lookup(host);
-        match vhost.and_then(|i| self.vhosts[i].paths.lookup(path)).map(|r| &self.routes[r]) {
-            Some(route) => Routed { vhost, backend: Some(route.backend), redirect_to_https: route.redirect_to_https },
-            None => Routed { vhost, backend: self.default_backend, redirect_to_https: false },
+        let matched = vhost.and_then(|i| {
+            let vh = &self.vhosts[i];
+            vh.paths.lookup(path).map(|r| (r, vh.routes[r].redirect_to_https))
+        });
+        match matched {
+            Some((r, redirect_to_https)) => Routed { vhost, target: Target::Route(r), redirect_to_https },
+            None if self.default_backend.is_some() => Routed { vhost, target: Target::DefaultBackend, redirect_to_https: false },
+            None => Routed { vhost, target: Target::Nothing, redirect_to_https: false },
+        }
+    }
+
+    /// The backend a routing result sends the request to.
+    pub fn pool(&self, routed: &Routed) -> Option<&BackendPool> {
+        match routed.target {
+            Target::Nothing => None,
+            Target::Route(r) => routed.vhost.map(|v| &*self.vhosts[v].routes[r].pool),
+            Target::DefaultBackend => self.default_backend.as_deref(),
         }
     }
 
     pub fn version(&self) -> u64 {
         self.source.version
-    }
-
-    pub fn backend(&self, index: usize) -> &RoundRobin {
-        &self.backends[index]
-    }
-
-    pub fn upstream(&self, index: usize) -> &UpstreamSettings {
-        &self.upstreams[index]
     }
 
     pub fn certificates(&self) -> &CertificateTable {
@@ -146,5 +170,89 @@ impl CompiledSnapshot {
             }
             None => &self.unmatched,
         }
+    }
+
+    /// How many pools and virtual hosts this snapshot took over from the previous one.
+    pub fn reused(&self, previous: &CompiledSnapshot) -> (usize, usize) {
+        let old_pools: HashSet<*const BackendPool> = previous.pools.iter().map(Arc::as_ptr).collect();
+        let old_vhosts: HashSet<*const CompiledVhost> = previous.vhosts.iter().map(Arc::as_ptr).collect();
+        let pools = self.pools.iter().filter(|p| old_pools.contains(&Arc::as_ptr(p))).count();
+        let vhosts = self.vhosts.iter().filter(|v| old_vhosts.contains(&Arc::as_ptr(v))).count();
+        (pools, vhosts)
+    }
+}
+
+/// One pool per backend, taken over from `previous` when the backend is defined the same.
+fn compile_pools(backends: &[Backend], previous: Option<&CompiledSnapshot>) -> Result<Vec<Arc<BackendPool>>, CompileError> {
+    let old: HashMap<&str, (&Backend, &Arc<BackendPool>)> = previous
+        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (b, pool))).collect())
+        .unwrap_or_default();
+    backends
+        .iter()
+        .map(|b| match old.get(b.name.as_str()) {
+            Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
+            _ => {
+                let upstream =
+                    UpstreamSettings::new(&b.upstream).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what })?;
+                Ok(Arc::new(BackendPool { balancer: RoundRobin::new(b), upstream }))
+            }
+        })
+        .collect()
+}
+
+fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -> CompiledVhost {
+    let mut paths = PathMatcher::default();
+    let mut routes = Vec::with_capacity(vh.routes.len());
+    for route in &vh.routes {
+        paths.insert(&route.path, routes.len());
+        routes.push(CompiledRoute { pool: Arc::clone(by_name[route.backend.as_str()]), redirect_to_https: route.redirect_to_https });
+    }
+    let label = match &vh.host {
+        HostMatch::Any => ANY_HOST.into(),
+        h => h.to_string().into_boxed_str(),
+    };
+    CompiledVhost { paths, routes, label, counters: OnceLock::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_model::{Endpoint, PathMatch, Route};
+
+    fn snapshot(version: u64, hosts: usize, endpoint_of_b0: u8) -> Snapshot {
+        let mut s = Snapshot { version, ..Snapshot::default() };
+        for i in 0..hosts {
+            let name = format!("b{i}");
+            let last = if i == 0 { endpoint_of_b0 } else { 1 };
+            s.backends.push(Backend {
+                name: name.clone(),
+                endpoints: vec![Endpoint { address: [127, 0, i as u8, last].into(), port: 80, ready: true }],
+                upstream: Default::default(),
+            });
+            let route = Route { path: PathMatch::prefix("/"), backend: name, source: String::new(), redirect_to_https: false };
+            s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
+        }
+        s
+    }
+
+    #[test]
+    fn an_endpoint_change_rebuilds_only_its_pool_and_hosts() {
+        let metrics = Arc::new(ProxyMetrics::new());
+        let first = CompiledSnapshot::compile(snapshot(1, 10, 1), &metrics, None).unwrap();
+        let second = CompiledSnapshot::compile(snapshot(2, 10, 2), &metrics, Some(&first)).unwrap();
+        assert_eq!(second.reused(&first), (9, 9), "one backend changed: its pool and its one host are new");
+        let routed = second.route("h0.test", "/x");
+        let picked = second.pool(&routed).unwrap().balancer.pick().unwrap();
+        assert_eq!(picked.ip().to_string(), "127.0.0.2", "the new endpoint serves");
+        let same = second.route("h5.test", "/");
+        assert_eq!(second.pool(&same).unwrap().balancer.pick().unwrap().ip().to_string(), "127.0.5.1");
+
+        // A host added in front shifts every position; what is unchanged is still reused.
+        let mut shifted = snapshot(3, 10, 2);
+        shifted.virtual_hosts.insert(0, VirtualHost { host: "a-first.test".parse().unwrap(), routes: vec![] });
+        let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
+        assert_eq!(third.reused(&second), (10, 10));
+        let routed = third.route("h3.test", "/");
+        assert_eq!(third.pool(&routed).unwrap().balancer.pick().unwrap().ip().to_string(), "127.0.3.1");
     }
 }

@@ -131,7 +131,7 @@ impl ProxyHttp for IngressProxy {
             }
             return Ok(true);
         }
-        let status = match ctx.routed.backend.map(|b| snapshot.backend(b).pick()) {
+        let status = match snapshot.pool(&ctx.routed).map(|p| p.balancer.pick()) {
             None => Some(404),
             Some(None) => Some(503),
             Some(Some(addr)) => {
@@ -150,10 +150,11 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let (Some(addr), Some(snapshot), Some(backend)) = (ctx.upstream, ctx.snapshot.as_ref(), ctx.routed.backend) else {
+        let pool = ctx.snapshot.as_ref().and_then(|s| s.pool(&ctx.routed));
+        let (Some(addr), Some(pool)) = (ctx.upstream, pool) else {
             return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
         };
-        Ok(Box::new(snapshot.upstream(backend).peer(addr)))
+        Ok(Box::new(pool.upstream.peer(addr)))
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {

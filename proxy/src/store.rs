@@ -60,12 +60,22 @@ impl SnapshotSink for SnapshotStore {
             Ok(c) => c,
             Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
         };
+        let (reused_pools, reused_hosts) = previous.as_deref().map_or((0, 0), |p| compiled.reused(p));
+        let (pools, hosts) = (compiled.source.backends.len(), compiled.source.virtual_hosts.len());
         self.current.store(Some(Arc::new(compiled)));
         self.metrics.snapshot_applies.with_label_values(&["applied"]).inc();
         self.metrics.snapshot_version.set(version as i64);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.metrics.snapshot_apply_timestamp.set(now as i64);
-        tracing::info!(version, apply_ms = started.elapsed().as_secs_f64() * 1e3, "snapshot applied");
+        tracing::info!(
+            version,
+            apply_ms = started.elapsed().as_secs_f64() * 1e3,
+            pools,
+            reused_pools,
+            hosts,
+            reused_hosts,
+            "snapshot applied"
+        );
         Ok(())
     }
 }
@@ -114,8 +124,8 @@ mod tests {
 
         assert_eq!(store.last_applied(), 5);
         let serving = store.load().unwrap();
-        assert!(serving.route("a.com", "/x").backend.is_some());
-        assert!(serving.route("b.com", "/x").backend.is_none());
+        assert!(serving.route("a.com", "/x").is_routed());
+        assert!(!serving.route("b.com", "/x").is_routed());
         let metrics = String::from_utf8(store.metrics().render()).unwrap();
         assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"), "{metrics}");
     }

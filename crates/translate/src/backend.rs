@@ -10,6 +10,7 @@ use portico_model::{Backend, Endpoint, Upstream, UpstreamProtocol};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A resolved backend, with the problem found on the way, if any. A problem still
 /// yields a backend (possibly without endpoints) so its routes answer 503, not 404.
@@ -21,11 +22,11 @@ pub(crate) struct Resolved {
 /// EndpointSlices grouped by the Service they belong to (their `kubernetes.io/service-name`
 /// label), built once per translation so that resolving a backend does not scan them all.
 /// Namespace, then Service name.
-pub(crate) struct SliceIndex<'a>(HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>);
+pub(crate) struct SliceIndex<'a>(HashMap<&'a str, HashMap<&'a str, Vec<&'a Arc<EndpointSlice>>>>);
 
 impl<'a> SliceIndex<'a> {
     pub fn new(state: &'a ClusterState) -> Self {
-        let mut index: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
+        let mut index: HashMap<&str, HashMap<&str, Vec<&Arc<EndpointSlice>>>> = HashMap::new();
         for ((namespace, _), slice) in &state.endpoint_slices {
             if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
                 index.entry(namespace.as_str()).or_default().entry(service.as_str()).or_default().push(slice);
@@ -34,7 +35,7 @@ impl<'a> SliceIndex<'a> {
         SliceIndex(index)
     }
 
-    fn of(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
+    pub fn of(&self, namespace: &str, service: &str) -> &[&'a Arc<EndpointSlice>] {
         self.0.get(namespace).and_then(|services| services.get(service)).map_or(&[], Vec::as_slice)
     }
 }

@@ -1,14 +1,18 @@
-//! Runs the processors in order and assembles the snapshot.
+//! Runs the processors in order and assembles the snapshot. A [`Translator`] keeps each
+//! Ingress's fragment between translations and reprocesses only the Ingresses whose own
+//! object, or an object they read, changed; merging and assembly run every time.
 
 use crate::backend::SliceIndex;
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
-use crate::ingress::{IngressProcessor, RouteTable};
+use crate::ingress::{Fragment, IngressProcessor, Lookups};
+use crate::merge::RouteTable;
 use crate::secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use portico_model::{Certificate, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -47,42 +51,95 @@ pub struct Translation {
 /// Translates cluster state into a snapshot. Deterministic: the same state always gives
 /// the same snapshot, byte for byte, whatever order objects arrived in.
 pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
-    let mut diagnostics = Vec::new();
-    let classes = ClassFilter::new(state, opts);
-    let mut admitted: Vec<(&ObjectKey, &Ingress)> = Vec::new();
-    for (key, ingress) in &state.ingresses {
-        match classes.admit(state, ingress) {
-            Admission::Admitted => admitted.push((key, ingress)),
-            Admission::Ignored => {}
-            Admission::UnknownClass(class) => diagnostics.push(Diagnostic {
-                object: ObjectRef { kind: "Ingress", namespace: key.0.clone(), name: key.1.clone() },
-                reason: Reason::UnknownIngressClass,
-                message: format!("spec.ingressClassName {class:?}: no IngressClass of that name exists"),
-            }),
+    Translator::new(opts.clone()).translate(state)
+}
+
+/// Translation with memory: the same results as [`translate`], at a cost that follows
+/// what changed rather than the size of the cluster, for the parts that are per Ingress.
+pub struct Translator {
+    opts: Options,
+    fragments: HashMap<ObjectKey, Arc<Fragment>>,
+    reprocessed: usize,
+}
+
+impl Translator {
+    pub fn new(opts: Options) -> Self {
+        Translator { opts, fragments: HashMap::new(), reprocessed: 0 }
+    }
+
+    /// How many Ingresses the last translation processed again rather than reused.
+    pub fn reprocessed(&self) -> usize {
+        self.reprocessed
+    }
+
+    pub fn translate(&mut self, state: &ClusterState) -> Translation {
+        let opts = &self.opts;
+        let mut diagnostics = Vec::new();
+        let classes = ClassFilter::new(state, opts);
+        let mut admitted: Vec<(&ObjectKey, &Arc<Ingress>)> = Vec::new();
+        for (key, ingress) in &state.ingresses {
+            match classes.admit(state, ingress) {
+                Admission::Admitted => admitted.push((key, ingress)),
+                Admission::Ignored => {}
+                Admission::UnknownClass(class) => diagnostics.push(Diagnostic {
+                    object: ObjectRef { kind: "Ingress", namespace: key.0.clone(), name: key.1.clone() },
+                    reason: Reason::UnknownIngressClass,
+                    message: format!("spec.ingressClassName {class:?}: no IngressClass of that name exists"),
+                }),
+            }
         }
-    }
-    // Oldest first, so that on a conflict the oldest Ingress wins.
-    admitted.sort_by(|(ka, a), (kb, b)| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then_with(|| ka.cmp(kb)));
+        // Oldest first, so that on a conflict the oldest Ingress wins.
+        admitted.sort_by(|(ka, a), (kb, b)| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then_with(|| ka.cmp(kb)));
 
-    let slices = SliceIndex::new(state);
-    let mut table = RouteTable::default();
-    for (_, ingress) in &admitted {
-        IngressProcessor::new(state, &slices, ingress, &mut diagnostics).process(&mut table);
+        let slices = SliceIndex::new(state);
+        let mut lookups = Lookups { state, slices: &slices, resolved: HashMap::new(), secrets: HashMap::new() };
+        self.reprocessed = 0;
+        let mut current = Vec::with_capacity(admitted.len());
+        for (key, ingress) in &admitted {
+            current.push(match self.fragments.remove(*key) {
+                Some(f) if f.is_current(ingress, state, &slices) => f,
+                _ => {
+                    self.reprocessed += 1;
+                    Arc::new(IngressProcessor::new(&mut lookups, ingress).process())
+                }
+            });
+        }
+        let mut table = RouteTable::default();
+        for fragment in &current {
+            table.merge(fragment, &mut diagnostics);
+        }
+        let translation = assemble(state, opts, table, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
+        self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
+        translation
     }
+}
 
+/// Builds the snapshot from the merged table and the listener-wide options.
+fn assemble(
+    state: &ClusterState,
+    opts: &Options,
+    mut table: RouteTable,
+    mut diagnostics: Vec<Diagnostic>,
+    admitted: Vec<ObjectKey>,
+) -> Translation {
     // A host whose every path was invalid or taken has no routes and is left out.
     let tls_hosts = std::mem::take(&mut table.tls_hosts);
     let virtual_hosts = std::mem::take(&mut table.hosts)
         .into_iter()
         .filter(|(_, h)| !h.routes.is_empty())
-        .map(|(host, mut h)| {
+        .map(|(host, h)| {
             // `ssl-redirect` (on unless turned off) applies where the host has a TLS section.
-            if has_tls(&tls_hosts, &host) {
-                for (route, ssl_redirect) in h.routes.iter_mut().zip(&h.ssl_redirect) {
-                    route.redirect_to_https |= *ssl_redirect;
-                }
-            }
-            VirtualHost { host, routes: h.routes }
+            let tls = has_tls(&tls_hosts, host);
+            let routes = h
+                .routes
+                .iter()
+                .map(|r| {
+                    let mut route = r.route.clone();
+                    route.redirect_to_https |= tls && r.ssl_redirect;
+                    route
+                })
+                .collect();
+            VirtualHost { host: host.clone(), routes }
         })
         .collect();
 
@@ -113,30 +170,30 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
     let mut tls_bindings = Vec::new();
     for (host, claim) in tls_hosts {
         let Some(name) = claim.certificate else { continue };
-        if let Some(Ok(c)) = table.secrets.get(&split_name(&name)) {
-            certificates.entry(name.clone()).or_insert_with(|| c.certificate.clone());
-            tls_bindings.push(TlsHost { host, certificate: name });
+        if let Some(c) = table.certificate(name) {
+            certificates.entry(name.to_string()).or_insert_with(|| c.certificate.clone());
+            tls_bindings.push(TlsHost { host: host.clone(), certificate: name.to_string() });
         }
     }
 
-    let default_backend = table.default_backend.take().map(|(name, _)| name);
+    let default_backend = table.default_backend.take().map(|(name, _)| name.to_string());
     let snapshot = Snapshot {
         version: 0,
         virtual_hosts,
         default_backend,
-        backends: table.into_backends(),
+        backends: table.backends(),
         certificates: certificates.into_values().collect(),
         tls_hosts: tls_bindings,
         tls,
     };
     diagnostics.sort();
     diagnostics.dedup();
-    let admitted = admitted.into_iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let admitted = admitted.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     Translation { snapshot, diagnostics, admitted }
 }
 
 /// Whether a TLS section covers `host`: named exactly, or by a wildcard one label up.
-fn has_tls<V>(tls_hosts: &BTreeMap<HostMatch, V>, host: &HostMatch) -> bool {
+fn has_tls<V>(tls_hosts: &BTreeMap<&HostMatch, V>, host: &HostMatch) -> bool {
     if tls_hosts.contains_key(host) {
         return true;
     }
@@ -146,9 +203,4 @@ fn has_tls<V>(tls_hosts: &BTreeMap<HostMatch, V>, host: &HostMatch) -> bool {
         }
         _ => false,
     }
-}
-
-fn split_name(name: &str) -> ObjectKey {
-    let (ns, n) = name.split_once('/').unwrap_or(("", name));
-    (ns.to_string(), n.to_string())
 }

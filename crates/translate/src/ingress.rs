@@ -1,42 +1,97 @@
-//! The Ingress processor: one admitted Ingress's rules and default backend, merged
-//! into the routes collected so far from older Ingresses.
+//! The Ingress processor: one admitted Ingress's rules, TLS entries and default backend,
+//! as a [`Fragment`] that depends on nothing but that Ingress and the objects it names.
+//! Fragments are merged (oldest first, conflicts resolved) by `merge.rs`, and reused
+//! across translations while none of the objects they read changed.
 
 use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::secret::{self, CheckedCertificate};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
-use portico_model::{Backend, HostMatch, PathMatch, Route, Upstream};
-use std::collections::{BTreeMap, HashMap};
+use portico_model::{HostMatch, PathMatch, Route, Upstream};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Everything collected from the Ingresses processed so far, oldest first.
-#[derive(Default)]
-pub(crate) struct RouteTable {
-    pub hosts: BTreeMap<HostMatch, HostRoutes>,
-    pub default_backend: Option<(String, String)>,
-    /// Backends resolved so far, with the problem each had, shared by every referrer.
-    resolved: HashMap<String, Resolved>,
-    /// Hosts named in `spec.tls`, with the certificate they present (`None`: the
-    /// default one) and the Ingress that claimed them first.
-    pub tls_hosts: BTreeMap<HostMatch, TlsClaim>,
-    /// TLS Secrets checked so far, by `(namespace, name)`.
-    pub secrets: HashMap<ObjectKey, Result<CheckedCertificate, (Reason, String)>>,
+/// Work shared by the Ingresses processed in one translation: each Service port and
+/// Secret is resolved once, whoever names it.
+pub(crate) struct Lookups<'a> {
+    pub state: &'a ClusterState,
+    pub slices: &'a SliceIndex<'a>,
+    pub resolved: HashMap<String, Arc<Resolved>>,
+    pub secrets: HashMap<ObjectKey, Result<Arc<CheckedCertificate>, (Reason, String)>>,
 }
 
+/// An object a fragment read, held so that "unchanged" can be told by identity (the
+/// `Arc`s are kept alive, so their addresses cannot be reused by other objects).
+enum Dependency {
+    Service { key: ObjectKey, service: Option<Arc<Service>>, slices: Vec<Arc<EndpointSlice>> },
+    Secret { key: ObjectKey, secret: Option<Arc<Secret>> },
+}
+
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl Dependency {
+    fn unchanged(&self, state: &ClusterState, slices: &SliceIndex<'_>) -> bool {
+        match self {
+            Dependency::Service { key, service, slices: seen } => {
+                let now = slices.of(&key.0, &key.1);
+                same(state.services.get(key), service.as_ref())
+                    && now.len() == seen.len()
+                    && now.iter().zip(seen).all(|(a, b)| Arc::ptr_eq(a, b))
+            }
+            Dependency::Secret { key, secret } => same(state.secrets.get(key), secret.as_ref()),
+        }
+    }
+}
+
+/// One route as an Ingress states it, before merging with other Ingresses.
+pub(crate) struct FragmentRoute {
+    pub route: Route,
+    /// Whether `ssl-redirect` leaves it on (it takes effect where the host has TLS).
+    pub ssl_redirect: bool,
+    /// `spec.rules[rule].http.paths[path]`, for conflict messages.
+    pub rule: usize,
+    pub path: usize,
+    pub path_type: &'static str,
+}
+
+/// One host of a `spec.tls` entry, with the certificate it asks for (`None`: the default).
 pub(crate) struct TlsClaim {
+    pub host: HostMatch,
     pub certificate: Option<String>,
-    pub owner: String,
+    /// Index of the `spec.tls` entry.
+    pub entry: usize,
 }
 
-/// The routes of one host, and which route claimed each path, so that a later
-/// Ingress claiming the same path can be told who owns it.
-#[derive(Default)]
-pub(crate) struct HostRoutes {
-    pub routes: Vec<Route>,
-    /// Per route: whether `ssl-redirect` leaves it on, which takes effect when the host has TLS.
-    pub ssl_redirect: Vec<bool>,
-    by_path: HashMap<PathMatch, usize>,
+/// Everything one Ingress contributes, and what it was computed from.
+pub(crate) struct Fragment {
+    ingress: Arc<Ingress>,
+    dependencies: Vec<Dependency>,
+    pub source: String,
+    pub object: ObjectRef,
+    pub default_backend: Option<String>,
+    /// The routes of each rule, with the rule's host.
+    pub rules: Vec<(HostMatch, Vec<FragmentRoute>)>,
+    pub tls: Vec<TlsClaim>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub backends: Vec<Arc<Resolved>>,
+    pub certificates: Vec<Arc<CheckedCertificate>>,
+}
+
+impl Fragment {
+    /// Still what processing `ingress` would give: the same object, and nothing it read changed.
+    pub fn is_current(&self, ingress: &Arc<Ingress>, state: &ClusterState, slices: &SliceIndex<'_>) -> bool {
+        Arc::ptr_eq(&self.ingress, ingress) && self.dependencies.iter().all(|d| d.unchanged(state, slices))
+    }
 }
 
 /// What an Ingress's annotations say about all of its routes.
@@ -46,44 +101,55 @@ struct RoutePolicy {
     upstream: Upstream,
 }
 
-impl RouteTable {
-    /// The resolved backends, sorted by name so that translation is deterministic.
-    pub fn into_backends(self) -> Vec<Backend> {
-        let mut backends: Vec<Backend> = self.resolved.into_values().map(|r| r.backend).collect();
-        backends.sort_by(|a, b| a.name.cmp(&b.name));
-        backends
-    }
-}
-
-pub(crate) struct IngressProcessor<'a> {
-    state: &'a ClusterState,
-    slices: &'a SliceIndex<'a>,
-    ingress: &'a Ingress,
+pub(crate) struct IngressProcessor<'a, 'b> {
+    lookups: &'b mut Lookups<'a>,
+    ingress: &'a Arc<Ingress>,
     namespace: &'a str,
-    source: String,
-    diagnostics: &'a mut Vec<Diagnostic>,
     /// The last service backend named and its backend name.
     last_backend: Option<(&'a IngressServiceBackend, String)>,
     policy: RoutePolicy,
+    fragment: Fragment,
 }
 
-impl<'a> IngressProcessor<'a> {
-    pub fn new(state: &'a ClusterState, slices: &'a SliceIndex<'a>, ingress: &'a Ingress, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
+impl<'a, 'b> IngressProcessor<'a, 'b> {
+    pub fn new(lookups: &'b mut Lookups<'a>, ingress: &'a Arc<Ingress>) -> Self {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
         let policy = RoutePolicy { ssl_redirect: true, force_ssl_redirect: false, upstream: Upstream::default() };
-        IngressProcessor {
-            state,
-            slices,
-            ingress,
-            namespace,
+        let fragment = Fragment {
+            ingress: ingress.clone(),
+            dependencies: Vec::new(),
             source: format!("{namespace}/{name}"),
-            diagnostics,
-            last_backend: None,
-            policy,
-        }
+            object: ObjectRef { kind: "Ingress", namespace: namespace.to_string(), name: name.to_string() },
+            default_backend: None,
+            rules: Vec::new(),
+            tls: Vec::new(),
+            diagnostics: Vec::new(),
+            backends: Vec::new(),
+            certificates: Vec::new(),
+        };
+        IngressProcessor { lookups, ingress, namespace, last_backend: None, policy, fragment }
     }
 
+    fn report(&mut self, reason: Reason, message: String) {
+        self.fragment.diagnostics.push(Diagnostic { object: self.fragment.object.clone(), reason, message });
+    }
+
+    fn observe_secret(&mut self, key: &ObjectKey) -> Option<Arc<Secret>> {
+        let secret = self.lookups.state.secrets.get(key).cloned();
+        self.fragment.dependencies.push(Dependency::Secret { key: key.clone(), secret: secret.clone() });
+        secret
+    }
+
+    fn observe_service(&mut self, name: &str) {
+        let key = (self.namespace.to_string(), name.to_string());
+        if self.fragment.dependencies.iter().any(|d| matches!(d, Dependency::Service { key: k, .. } if *k == key)) {
+            return;
+        }
+        let service = self.lookups.state.services.get(&key).cloned();
+        let slices = self.lookups.slices.of(self.namespace, name).iter().map(|s| Arc::clone(s)).collect();
+        self.fragment.dependencies.push(Dependency::Service { key, service, slices });
+    }
     /// A bad annotation is reported and its default kept.
     fn annotation<T>(&mut self, parsed: Result<Option<T>, InvalidAnnotation>) -> Option<T> {
         parsed.unwrap_or_else(|e| {
@@ -122,26 +188,26 @@ impl<'a> IngressProcessor<'a> {
             self.report(Reason::InvalidAnnotation, msg);
             return String::new();
         }
-        match self.state.secrets.get(&(namespace.clone(), name.clone())) {
+        let key = (namespace, name);
+        match self.observe_secret(&key) {
             None => {
-                self.report(Reason::SecretNotFound, format!("annotation proxy-ssl-secret: secret {namespace}/{name} does not exist"));
+                self.report(Reason::SecretNotFound, format!("annotation proxy-ssl-secret: secret {}/{} does not exist", key.0, key.1));
                 String::new()
             }
-            Some(s) => secret::ca_bundle(&format!("{namespace}/{name}"), s).unwrap_or_else(|e| {
+            Some(s) => secret::ca_bundle(&format!("{}/{}", key.0, key.1), &s).unwrap_or_else(|e| {
                 self.report(Reason::InvalidSecret, format!("annotation proxy-ssl-secret: {e}"));
                 String::new()
             }),
         }
     }
 
-    /// Binds the hosts of each `spec.tls` entry to its Secret's certificate; the oldest
-    /// Ingress to name a host decides its certificate.
-    fn process_tls(&mut self, table: &mut RouteTable) {
+    /// Records which certificate each host of each `spec.tls` entry asks for.
+    fn process_tls(&mut self) {
         let Some(spec) = self.ingress.spec.as_ref() else { return };
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let certificate = match tls.secret_name.as_deref() {
                 None | Some("") => None,
-                Some(name) => self.certificate(table, i, name),
+                Some(name) => self.certificate(i, name),
             };
             // An entry without hosts covers the hosts of this Ingress's rules.
             let hosts: Vec<&str> = match tls.hosts.as_deref() {
@@ -149,88 +215,61 @@ impl<'a> IngressProcessor<'a> {
                 _ => spec.rules.iter().flatten().filter_map(|r| r.host.as_deref()).collect(),
             };
             for (j, text) in hosts.into_iter().enumerate() {
-                let host: HostMatch = match text.parse() {
-                    Ok(h) => h,
-                    Err(e) => {
-                        self.report(Reason::InvalidHost, format!("spec.tls[{i}].hosts[{j}] {text:?}: {}", e.reason));
-                        continue;
-                    }
-                };
-                match table.tls_hosts.get(&host) {
-                    Some(claim) if claim.certificate != certificate => {
-                        let msg = format!(
-                            "spec.tls[{i}]: host {text:?} already presents the certificate of Ingress {}, which is older; ignored",
-                            claim.owner
-                        );
-                        self.report(Reason::TLSConflict, msg);
-                    }
-                    Some(_) => {}
-                    None => {
-                        table.tls_hosts.insert(host, TlsClaim { certificate: certificate.clone(), owner: self.source.clone() });
-                    }
+                match text.parse::<HostMatch>() {
+                    Ok(host) => self.fragment.tls.push(TlsClaim { host, certificate: certificate.clone(), entry: i }),
+                    Err(e) => self.report(Reason::InvalidHost, format!("spec.tls[{i}].hosts[{j}] {text:?}: {}", e.reason)),
                 }
             }
         }
     }
 
     /// The certificate name of Secret `name` in this namespace, `None` when it cannot be used.
-    fn certificate(&mut self, table: &mut RouteTable, i: usize, name: &str) -> Option<String> {
+    fn certificate(&mut self, i: usize, name: &str) -> Option<String> {
         let key = (self.namespace.to_string(), name.to_string());
-        let state = self.state;
-        let checked = table.secrets.entry(key.clone()).or_insert_with(|| {
-            let full = format!("{}/{name}", key.0);
-            match state.secrets.get(&key) {
-                None => Err((Reason::SecretNotFound, format!("secret {full} does not exist"))),
-                Some(s) => secret::tls_certificate(&full, s).map_err(|e| (Reason::InvalidSecret, e)),
-            }
-        });
+        let secret = self.observe_secret(&key);
+        let checked = self
+            .lookups
+            .secrets
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let full = format!("{}/{name}", key.0);
+                match secret {
+                    None => Err((Reason::SecretNotFound, format!("secret {full} does not exist"))),
+                    Some(s) => secret::tls_certificate(&full, &s).map(Arc::new).map_err(|e| (Reason::InvalidSecret, e)),
+                }
+            })
+            .clone();
         match checked {
             Ok(c) => {
-                let (name, warning) = (c.certificate.name.clone(), c.warning.clone());
-                if let Some(w) = warning {
+                if let Some(w) = &c.warning {
                     self.report(Reason::CertificateExpired, format!("spec.tls[{i}].secretName: {w}"));
                 }
+                let name = c.certificate.name.clone();
+                self.fragment.certificates.push(c);
                 Some(name)
             }
             Err((reason, message)) => {
-                let msg = format!("spec.tls[{i}].secretName: {message}; its hosts get the default certificate");
-                let reason = *reason;
-                self.report(reason, msg);
+                self.report(reason, format!("spec.tls[{i}].secretName: {message}; its hosts get the default certificate"));
                 None
             }
         }
     }
 
-    fn report(&mut self, reason: Reason, message: String) {
-        let object = ObjectRef {
-            kind: "Ingress",
-            namespace: self.namespace.to_string(),
-            name: self.ingress.metadata.name.clone().unwrap_or_default(),
-        };
-        self.diagnostics.push(Diagnostic { object, reason, message });
-    }
-
-    pub fn process(mut self, table: &mut RouteTable) {
+    pub fn process(mut self) -> Fragment {
         let ingress = self.ingress;
         let Some(spec) = ingress.spec.as_ref() else {
-            return self.report(Reason::InvalidIngress, "spec is missing".into());
+            self.report(Reason::InvalidIngress, "spec is missing".into());
+            return self.fragment;
         };
         let rules = spec.rules.as_deref().unwrap_or_default();
         if rules.is_empty() && spec.default_backend.is_none() {
-            return self.report(Reason::InvalidIngress, "either spec.defaultBackend or spec.rules must be specified".into());
+            self.report(Reason::InvalidIngress, "either spec.defaultBackend or spec.rules must be specified".into());
+            return self.fragment;
         }
         self.read_annotations();
-        self.process_tls(table);
+        self.process_tls();
         if let Some(default) = &spec.default_backend {
-            if let Some(name) = self.backend(&mut table.resolved, default, || "spec.defaultBackend".into()) {
-                match &table.default_backend {
-                    None => table.default_backend = Some((name, self.source.clone())),
-                    Some((_, owner)) => {
-                        let msg = format!("spec.defaultBackend ignored: Ingress {owner} is older and already sets the default backend");
-                        self.report(Reason::DefaultBackendConflict, msg);
-                    }
-                }
-            }
+            self.fragment.default_backend = self.backend(default, || "spec.defaultBackend".into());
         }
         for (i, rule) in rules.iter().enumerate() {
             let host_text = rule.host.as_deref().unwrap_or("");
@@ -244,7 +283,7 @@ impl<'a> IngressProcessor<'a> {
             let Some(http) = rule.http.as_ref() else { continue };
             // Field names are only formatted when something is wrong with the field.
             let field = |j: usize| format!("spec.rules[{i}].http.paths[{j}]");
-            let host_routes = table.hosts.entry(host.clone()).or_default();
+            let mut routes = Vec::with_capacity(http.paths.len());
             for (j, path) in http.paths.iter().enumerate() {
                 let matcher = match path_match(path.path_type.as_str(), path.path.as_deref()) {
                     Ok(m) => m,
@@ -253,57 +292,70 @@ impl<'a> IngressProcessor<'a> {
                         continue;
                     }
                 };
-                let Some(backend) = self.backend(&mut table.resolved, &path.backend, || format!("{}.backend", field(j))) else { continue };
-                if let Some(owner) = host_routes.by_path.get(&matcher).map(|r| &host_routes.routes[*r].source) {
-                    let msg = format!(
-                        "{}: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
-                        field(j),
-                        path.path_type,
-                        matcher.path(),
-                        host.to_string(),
-                    );
-                    self.report(Reason::PathConflict, msg);
-                    continue;
-                }
-                host_routes.by_path.insert(matcher.clone(), host_routes.routes.len());
-                host_routes.ssl_redirect.push(self.policy.ssl_redirect);
-                let redirect_to_https = self.policy.force_ssl_redirect;
-                host_routes.routes.push(Route { path: matcher, backend, source: self.source.clone(), redirect_to_https });
+                let Some(backend) = self.backend(&path.backend, || format!("{}.backend", field(j))) else { continue };
+                let route = Route {
+                    path: matcher,
+                    backend,
+                    source: self.fragment.source.clone(),
+                    redirect_to_https: self.policy.force_ssl_redirect,
+                };
+                routes.push(FragmentRoute {
+                    route,
+                    ssl_redirect: self.policy.ssl_redirect,
+                    rule: i,
+                    path: j,
+                    path_type: static_path_type(&path.path_type),
+                });
             }
+            self.fragment.rules.push((host, routes));
         }
+        self.fragment
     }
 
     /// Resolves a backend reference, reporting problems; `None` when it cannot be routed at all.
-    fn backend(
-        &mut self,
-        resolved: &mut HashMap<String, Resolved>,
-        backend: &'a IngressBackend,
-        field: impl Fn() -> String,
-    ) -> Option<String> {
+    fn backend(&mut self, backend: &'a IngressBackend, field: impl Fn() -> String) -> Option<String> {
         let Some(svc) = backend.service.as_ref() else {
             let what = if backend.resource.is_some() { "resource backends are not supported" } else { "no service is named" };
             self.report(Reason::UnsupportedBackend, format!("{}: {what}", field()));
             return None;
         };
-        // The paths of one Ingress mostly name the same Service: reuse the last name.
         let mut upstream = self.policy.upstream.clone();
         if upstream.server_name.as_deref() == Some("") {
             upstream.server_name = Some(format!("{}.{}.svc", svc.name, self.namespace));
         }
+        // The paths of one Ingress mostly name the same Service: reuse the last name.
         let name = match &self.last_backend {
             Some((last, name)) if *last == svc => name.clone(),
             _ => {
+                self.observe_service(&svc.name);
                 let name = backend::backend_name(self.namespace, svc, &upstream);
                 self.last_backend = Some((svc, name.clone()));
                 name
             }
         };
-        let entry =
-            resolved.entry(name.clone()).or_insert_with(|| backend::resolve(self.state, self.slices, self.namespace, svc, &upstream));
-        if let Some((reason, message)) = entry.problem.clone() {
+        let lookups = &mut *self.lookups;
+        let resolved = lookups
+            .resolved
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(backend::resolve(lookups.state, lookups.slices, self.namespace, svc, &upstream)))
+            .clone();
+        if let Some((reason, message)) = resolved.problem.clone() {
             self.report(reason, format!("{}: {message}", field()));
         }
+        if !self.fragment.backends.iter().any(|b| Arc::ptr_eq(b, &resolved)) {
+            self.fragment.backends.push(resolved);
+        }
         Some(name)
+    }
+}
+
+/// The path type's name, for messages, without keeping a copy per route.
+fn static_path_type(path_type: &str) -> &'static str {
+    match path_type {
+        "Exact" => "Exact",
+        "Prefix" => "Prefix",
+        "ImplementationSpecific" => "ImplementationSpecific",
+        _ => "unknown",
     }
 }
 

@@ -12,9 +12,10 @@ mod cache;
 mod class;
 mod diagnostic;
 mod ingress;
+mod merge;
 mod secret;
 
-pub use builder::{translate, Options, Translation};
+pub use builder::{translate, Options, Translation, Translator};
 pub use cache::{ClusterState, KubeObject, ObjectKey};
 pub use diagnostic::{Diagnostic, ObjectRef, Reason};
 

@@ -380,3 +380,59 @@ fn backend_protocol_shapes_the_upstream_and_bad_values_fall_back() {
     let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
     assert!(msgs.iter().any(|m| m.contains("Ingress ns/ftp: InvalidAnnotation") && m.contains("\"FTP\"")), "{msgs:?}");
 }
+
+#[test]
+fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translation() {
+    use crate::Translator;
+    let mut objects = vec![ours(), tls_secret("ns", "cert", "a0.test")];
+    for i in 0..20 {
+        let svc = format!("s{i}");
+        objects.extend(backends_of("ns", &svc));
+        let mut spec =
+            json!({"ingressClassName": "portico", "rules": [rule(&format!("a{i}.test"), "Prefix", "/", &svc, json!({"number": 80}))]});
+        if i == 0 {
+            spec["tls"] = json!([{"hosts": ["a0.test"], "secretName": "cert"}]);
+        }
+        objects.push(ingress("ns", &format!("i{i}"), spec));
+    }
+    let mut state: ClusterState = objects.into_iter().collect();
+    let opts = Options::default();
+    let mut translator = Translator::new(opts.clone());
+    let first = translator.translate(&state);
+    assert_eq!(translator.reprocessed(), 20);
+    assert_eq!(first.snapshot, translate(&state, &opts).snapshot);
+
+    assert_eq!(translator.translate(&state).snapshot, first.snapshot);
+    assert_eq!(translator.reprocessed(), 0, "nothing changed, nothing reprocessed");
+
+    // One EndpointSlice changes: only the Ingress behind that Service is reprocessed.
+    state.insert(slice("ns", "s7-1", "s7", "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.9"]}])));
+    let second = translator.translate(&state);
+    assert_eq!(translator.reprocessed(), 1);
+    assert_eq!(second.snapshot, translate(&state, &opts).snapshot);
+    let backend = second.snapshot.backend("ns/s7:80").unwrap();
+    assert_eq!(backend.endpoints[0].address.to_string(), "10.0.0.9");
+
+    // The Secret changes: the Ingress with TLS is reprocessed and serves the new certificate.
+    state.insert(tls_secret("ns", "cert", "a0.test"));
+    let third = translator.translate(&state);
+    assert_eq!(translator.reprocessed(), 1);
+    assert_ne!(third.snapshot.certificates, second.snapshot.certificates);
+    assert_eq!(third.snapshot, translate(&state, &opts).snapshot);
+
+    // A Service that appears after the Ingress that names it is picked up.
+    state.insert(ingress(
+        "ns",
+        "late",
+        json!({"ingressClassName": "portico", "rules": [rule("late.test", "Prefix", "/", "late", json!({"number": 80}))]}),
+    ));
+    let fourth = translator.translate(&state);
+    assert!(fourth.diagnostics.iter().any(|d| d.reason == Reason::ServiceNotFound && d.object.name == "late"));
+    for o in backends_of("ns", "late") {
+        state.insert(o);
+    }
+    let fifth = translator.translate(&state);
+    assert_eq!(translator.reprocessed(), 1);
+    assert!(!fifth.diagnostics.iter().any(|d| d.object.name == "late"), "{:?}", fifth.diagnostics);
+    assert_eq!(fifth.snapshot, translate(&state, &opts).snapshot);
+}

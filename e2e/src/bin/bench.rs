@@ -96,14 +96,15 @@ fn main() -> anyhow::Result<()> {
         Run::Scale { ingresses, process, changes, out } => {
             std::fs::create_dir_all(&out)?;
             let mut md = String::from(
-                "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms | one endpoint changed ms |\n\
-                 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms \
+                 | one endpoint changed: translate ms (Ingresses reprocessed) | encode ms | apply ms | total ms |\n\
+                 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
             let mut stages = Vec::new();
             for n in ingresses {
                 let t = scale::stage_times(n)?;
                 md += &format!(
-                    "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} ({}) | {:.1} | {:.1} | {:.0} |\n",
                     t.ingresses,
                     t.routes,
                     t.endpoints,
@@ -112,6 +113,10 @@ fn main() -> anyhow::Result<()> {
                     t.encode_ms,
                     t.decode_ms,
                     t.apply_ms,
+                    t.change_translate_ms,
+                    t.change_reprocessed,
+                    t.change_encode_ms,
+                    t.change_apply_ms,
                     t.endpoint_change_ms
                 );
                 eprintln!("{t:?}");

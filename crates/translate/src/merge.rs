@@ -1,0 +1,108 @@
+//! Merging Ingress fragments into one routing table, oldest Ingress first: for a host
+//! and path, a TLS host, or the default backend, the first claim wins and every later
+//! one gets a diagnostic naming the field and the owner. The table borrows from the
+//! fragments; only assembling the snapshot copies routes.
+
+use crate::backend::Resolved;
+use crate::diagnostic::{Diagnostic, Reason};
+use crate::ingress::{Fragment, FragmentRoute};
+use crate::secret::CheckedCertificate;
+use portico_model::{Backend, HostMatch, PathMatch};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Keys are the fragments' own strings; a fast hash is enough for them.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+#[derive(Default)]
+pub(crate) struct RouteTable<'f> {
+    pub hosts: BTreeMap<&'f HostMatch, HostRoutes<'f>>,
+    /// The default backend and the Ingress that set it.
+    pub default_backend: Option<(&'f str, &'f str)>,
+    /// Hosts named in `spec.tls`, with the certificate they present (`None`: the default one).
+    pub tls_hosts: BTreeMap<&'f HostMatch, TlsOwner<'f>>,
+    backends: FastMap<&'f str, &'f Arc<Resolved>>,
+    certificates: FastMap<&'f str, &'f Arc<CheckedCertificate>>,
+}
+
+pub(crate) struct TlsOwner<'f> {
+    pub certificate: Option<&'f str>,
+    pub owner: &'f str,
+}
+
+/// The routes of one host, and which route claimed each path.
+#[derive(Default)]
+pub(crate) struct HostRoutes<'f> {
+    pub routes: Vec<&'f FragmentRoute>,
+    by_path: FastMap<&'f PathMatch, usize>,
+}
+
+impl<'f> RouteTable<'f> {
+    pub fn merge(&mut self, fragment: &'f Fragment, diagnostics: &mut Vec<Diagnostic>) {
+        diagnostics.extend(fragment.diagnostics.iter().cloned());
+        let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
+        for b in &fragment.backends {
+            self.backends.entry(&b.backend.name).or_insert(b);
+        }
+        for c in &fragment.certificates {
+            self.certificates.entry(&c.certificate.name).or_insert(c);
+        }
+        if let Some(name) = &fragment.default_backend {
+            match self.default_backend {
+                None => self.default_backend = Some((name, &fragment.source)),
+                Some((_, owner)) => report(
+                    Reason::DefaultBackendConflict,
+                    format!("spec.defaultBackend ignored: Ingress {owner} is older and already sets the default backend"),
+                ),
+            }
+        }
+        for claim in &fragment.tls {
+            let certificate = claim.certificate.as_deref();
+            match self.tls_hosts.get(&claim.host) {
+                Some(existing) if existing.certificate != certificate => report(
+                    Reason::TLSConflict,
+                    format!(
+                        "spec.tls[{}]: host {:?} already presents the certificate of Ingress {}, which is older; ignored",
+                        claim.entry,
+                        claim.host.to_string(),
+                        existing.owner
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    self.tls_hosts.insert(&claim.host, TlsOwner { certificate, owner: &fragment.source });
+                }
+            }
+        }
+        for (host, routes) in &fragment.rules {
+            let host_routes = self.hosts.entry(host).or_default();
+            for r in routes {
+                if let Some(owner) = host_routes.by_path.get(&r.route.path).map(|i| &host_routes.routes[*i].route.source) {
+                    let msg = format!(
+                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
+                        r.rule,
+                        r.path,
+                        r.path_type,
+                        r.route.path.path(),
+                        host.to_string(),
+                    );
+                    report(Reason::PathConflict, msg);
+                    continue;
+                }
+                host_routes.by_path.insert(&r.route.path, host_routes.routes.len());
+                host_routes.routes.push(r);
+            }
+        }
+    }
+
+    pub fn certificate(&self, name: &str) -> Option<&'f Arc<CheckedCertificate>> {
+        self.certificates.get(name).copied()
+    }
+
+    /// The resolved backends, sorted by name so that translation is deterministic.
+    pub fn backends(&self) -> Vec<Backend> {
+        let mut backends: Vec<&Backend> = self.backends.values().map(|r| &r.backend).collect();
+        backends.sort_by(|a, b| a.name.cmp(&b.name));
+        backends.into_iter().cloned().collect()
+    }
+}
