@@ -1,8 +1,10 @@
 //! The side-by-side run: the same nginx backend behind Portico, nginx, HAProxy and a
-//! minimal Pingora pass-through, driven by wrk in alternating rounds.
+//! minimal Pingora pass-through, driven in alternating rounds by wrk (HTTP/1.1) and then
+//! by h2load (HTTP/2 over TLS).
 
 use super::chart::{bar_panels, Panel};
-use super::contenders::{self, Contender, Running, BENCH_HOST};
+use super::contenders::{self, Contender, Running, TlsFiles, BENCH_HOST};
+use super::h2load::H2load;
 use super::procs;
 use super::wrk::{LoadResult, Wrk};
 use serde::Serialize;
@@ -16,6 +18,8 @@ pub struct CompareOptions {
     pub warmup: Duration,
     pub rounds: usize,
     pub contenders: Vec<Contender>,
+    /// Also measure HTTP/2 over TLS with h2load.
+    pub h2: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +44,10 @@ pub struct CompareReport {
     pub rounds: usize,
     pub body_bytes: usize,
     pub machine: String,
+    /// HTTP/1.1 with wrk.
     pub results: Vec<ContenderSummary>,
+    /// HTTP/2 over TLS with h2load; empty when not measured.
+    pub h2_results: Vec<ContenderSummary>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -65,27 +72,64 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     let work = tempfile::tempdir()?;
     let backend = contenders::start_backend(work.path())?;
     eprintln!("backend nginx on {}", backend.addr);
+    let tls = if opts.h2 { Some(TlsFiles::create(work.path())?) } else { None };
     let mut running: Vec<(Contender, Running)> = Vec::new();
     for c in &opts.contenders {
         let dir = work.path().join(c.name());
         std::fs::create_dir_all(&dir)?;
-        running.push((*c, contenders::start(*c, backend.addr, opts.threads, &dir)?));
+        running.push((*c, contenders::start(*c, backend.addr, opts.threads, &dir, tls.as_ref())?));
         eprintln!("{} ready on {}", c.name(), running.last().expect("pushed").1.addr);
     }
     let wrk = Wrk { connections: opts.connections, threads: 1, host: BENCH_HOST.into(), path: "/".into() };
+    let results = measure(opts, &running, "http/1.1", |r| {
+        wrk.run(r.addr, opts.warmup, work.path())?;
+        let before = procs::usage(r.measured_pid);
+        let result = wrk.run(r.addr, opts.duration, work.path())?;
+        Ok((result, before))
+    })?;
+    let h2_results = if opts.h2 {
+        let h2load = H2load { connections: opts.connections, streams: 1, host: BENCH_HOST.into() };
+        measure(opts, &running, "h2 over TLS", |r| {
+            let addr = r.tls_addr.ok_or_else(|| anyhow::anyhow!("no TLS listener"))?;
+            // h2load's warm-up runs inside the same invocation; CPU is read around both.
+            let before = procs::usage(r.measured_pid);
+            let result = h2load.run(addr, opts.warmup, opts.duration, work.path())?;
+            Ok((result, before))
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok(CompareReport {
+        threads: opts.threads,
+        connections: opts.connections,
+        duration_seconds: opts.duration.as_secs(),
+        rounds: opts.rounds,
+        body_bytes: contenders::BODY_BYTES,
+        machine: machine_description(),
+        results,
+        h2_results,
+    })
+}
+
+/// Runs `load` on every contender for every round, rotating the order, and summarises.
+/// `load` returns the measured result and the usage read just before measuring.
+fn measure(
+    opts: &CompareOptions,
+    running: &[(Contender, Running)],
+    label: &str,
+    load: impl Fn(&Running) -> anyhow::Result<(LoadResult, procs::Usage)>,
+) -> anyhow::Result<Vec<ContenderSummary>> {
     let mut samples: Vec<Vec<(LoadResult, f64)>> = vec![Vec::new(); running.len()];
     for round in 0..opts.rounds {
         // Rotate the order each round so no contender always runs first or last.
         for k in 0..running.len() {
             let i = (k + round) % running.len();
             let (c, r) = &running[i];
-            wrk.run(r.addr, opts.warmup, work.path())?;
-            let before = procs::usage(r.measured_pid);
-            let result = wrk.run(r.addr, opts.duration, work.path())?;
+            let (result, before) = load(r)?;
             let after = procs::usage(r.measured_pid);
             let cpu_per_100k = (after.cpu_seconds - before.cpu_seconds) / result.requests.max(1) as f64 * 100_000.0;
             eprintln!(
-                "round {}/{} {:<20} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  cpu {:.2} s/100k  errors {}",
+                "{label} round {}/{} {:<20} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  cpu {:.2} s/100k  errors {}",
                 round + 1,
                 opts.rounds,
                 c.name(),
@@ -99,7 +143,7 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
             samples[i].push((result, cpu_per_100k));
         }
     }
-    let results = running
+    Ok(running
         .iter()
         .zip(samples)
         .map(|((c, r), s)| ContenderSummary {
@@ -113,45 +157,19 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
             errors: s.iter().map(|(l, _)| l.errors).sum(),
             rounds: s.into_iter().map(|(l, _)| l).collect(),
         })
-        .collect();
-    Ok(CompareReport {
-        threads: opts.threads,
-        connections: opts.connections,
-        duration_seconds: opts.duration.as_secs(),
-        rounds: opts.rounds,
-        body_bytes: contenders::BODY_BYTES,
-        machine: machine_description(),
-        results,
-    })
+        .collect())
 }
 
 impl CompareReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "HTTP/1.1, wrk 1 thread x {} connections, {} s x {} rounds (medians), {} B body, {} worker thread(s); {}\n\n\
-             | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | errors |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-            self.connections, self.duration_seconds, self.rounds, self.body_bytes, self.threads, self.machine
+            "{} B body, {} worker thread(s), {} connections, {} s x {} rounds (medians); {}\n\n### HTTP/1.1 (wrk, 1 thread)\n\n",
+            self.body_bytes, self.threads, self.connections, self.duration_seconds, self.rounds, self.machine
         );
-        for r in &self.results {
-            s += &format!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} |\n",
-                r.name, r.rps, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_seconds_per_100k, r.peak_rss_mib, r.errors
-            );
-        }
-        let find = |n: &str| self.results.iter().find(|r| r.name == n);
-        if let Some(p) = find("portico") {
-            s += "\n| Portico relative to | throughput | p99 | CPU per request |\n| --- | ---: | ---: | ---: |\n";
-            for other in ["nginx", "haproxy", "pingora-passthrough"] {
-                if let Some(o) = find(other) {
-                    s += &format!(
-                        "| {other} | {:.2} | {:.2} | {:.2} |\n",
-                        p.rps / o.rps,
-                        p.p99_ms / o.p99_ms,
-                        p.cpu_seconds_per_100k / o.cpu_seconds_per_100k
-                    );
-                }
-            }
+        s += &table(&self.results);
+        if !self.h2_results.is_empty() {
+            s += "\n### HTTP/2 over TLS (h2load, 1 thread, 1 stream per connection; the peak RSS column covers both runs)\n\n";
+            s += &table(&self.h2_results);
         }
         s
     }
@@ -161,15 +179,46 @@ impl CompareReport {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("compare.md"), self.markdown())?;
         std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(self)?)?;
-        let bars = |f: fn(&ContenderSummary) -> f64| {
-            self.results.iter().map(|r| (r.name.replace("pingora-passthrough", "pingora"), f(r))).collect()
+        let bars = |results: &[ContenderSummary], f: fn(&ContenderSummary) -> f64| {
+            results.iter().map(|r| (r.name.replace("pingora-passthrough", "pingora"), f(r))).collect()
         };
-        bar_panels(
-            &dir.join("compare.png"),
-            &[
-                Panel { title: "Throughput (higher is better)", unit: "requests / s", bars: bars(|r| r.rps) },
-                Panel { title: "p99 latency (lower is better)", unit: "microseconds", bars: bars(|r| r.p99_ms * 1e3) },
-            ],
-        )
+        let mut panels = vec![
+            Panel { title: "HTTP/1.1 throughput (higher is better)", unit: "requests / s", bars: bars(&self.results, |r| r.rps) },
+            Panel { title: "HTTP/1.1 p99 latency (lower is better)", unit: "microseconds", bars: bars(&self.results, |r| r.p99_ms * 1e3) },
+        ];
+        if !self.h2_results.is_empty() {
+            panels.push(Panel { title: "h2 over TLS throughput", unit: "requests / s", bars: bars(&self.h2_results, |r| r.rps) });
+            panels.push(Panel { title: "h2 over TLS p99 latency", unit: "microseconds", bars: bars(&self.h2_results, |r| r.p99_ms * 1e3) });
+        }
+        bar_panels(&dir.join("compare.png"), &panels)
     }
+}
+
+/// One results table, then Portico's figures as ratios to the others'.
+fn table(results: &[ContenderSummary]) -> String {
+    let mut s = String::from(
+        "| proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | errors |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in results {
+        s += &format!(
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} |\n",
+            r.name, r.rps, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_seconds_per_100k, r.peak_rss_mib, r.errors
+        );
+    }
+    let find = |n: &str| results.iter().find(|r| r.name == n);
+    if let Some(p) = find("portico") {
+        s += "\n| Portico relative to | throughput | p99 | CPU per request |\n| --- | ---: | ---: | ---: |\n";
+        for other in ["nginx", "haproxy", "pingora-passthrough"] {
+            if let Some(o) = find(other) {
+                s += &format!(
+                    "| {other} | {:.2} | {:.2} | {:.2} |\n",
+                    p.rps / o.rps,
+                    p.p99_ms / o.p99_ms,
+                    p.cpu_seconds_per_100k / o.cpu_seconds_per_100k
+                );
+            }
+        }
+    }
+    s
 }

@@ -3,7 +3,7 @@
 //! threads, access logs off.
 
 use crate::harness::{binary, free_port};
-use crate::manifests::{ingress, service_with_endpoints, to_yaml};
+use crate::manifests::{ingress, service_with_endpoints, tls_secret, to_yaml};
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,9 +38,37 @@ impl Contender {
     }
 }
 
+/// A certificate for [`BENCH_HOST`], as separate and combined PEM files (HAProxy wants one).
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub combined: std::path::PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TlsFiles {
+    pub fn create(dir: &Path) -> anyhow::Result<TlsFiles> {
+        let issued = crate::tls::TestCa::new("bench ca").issue(&[BENCH_HOST]);
+        let files = TlsFiles {
+            cert: dir.join("bench.crt"),
+            key: dir.join("bench.key"),
+            combined: dir.join("bench.pem"),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        };
+        std::fs::write(&files.cert, &files.cert_pem)?;
+        std::fs::write(&files.key, &files.key_pem)?;
+        std::fs::write(&files.combined, format!("{}{}", files.cert_pem, files.key_pem))?;
+        Ok(files)
+    }
+}
+
 /// Started processes; killed on drop.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The HTTPS (HTTP/2 by ALPN) listener, when started with TLS.
+    pub tls_addr: Option<SocketAddr>,
     /// The process whose tree is measured (nginx's master, the proxy itself...).
     pub measured_pid: u32,
     children: Vec<Child>,
@@ -98,6 +126,9 @@ fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<
     bail!("{what} did not answer 200 on {addr}; logs in {}", log_dir.display())
 }
 
+/// The proxying location of the nginx contender, the same on both listeners.
+const NGINX_LOCATION: &str = "    location / {\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n      proxy_set_header X-Forwarded-Port $server_port;\n    }\n";
+
 /// nginx from Debian answering a fixed 1 KiB body, one worker, keep-alive.
 pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -116,7 +147,7 @@ pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
         Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]),
         &dir.join("backend.log"),
     )?;
-    let running = Running { addr, measured_pid: child.id(), children: vec![child] };
+    let running = Running { addr, tls_addr: None, measured_pid: child.id(), children: vec![child] };
     wait_for_200(addr, "backend nginx", dir)?;
     Ok(running)
 }
@@ -128,8 +159,9 @@ fn nginx_temp_paths(dir: &Path, name: &str) -> String {
         .collect()
 }
 
-pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path) -> anyhow::Result<Running> {
-    start_wrapped(contender, backend, threads, dir, &[])
+/// Starts `contender`, with an HTTPS listener too when `tls` is given.
+pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path, tls: Option<&TlsFiles>) -> anyhow::Result<Running> {
+    start_wrapped(contender, backend, threads, dir, &[], tls)
 }
 
 /// The command for `program`, run under `wrapper` (e.g. valgrind and its flags) if any.
@@ -145,8 +177,16 @@ fn command(program: impl AsRef<std::ffi::OsStr>, wrapper: &[String]) -> Command 
 }
 
 /// Like [`start`], with the measured process run under `wrapper`.
-pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path, wrapper: &[String]) -> anyhow::Result<Running> {
+pub fn start_wrapped(
+    contender: Contender,
+    backend: SocketAddr,
+    threads: usize,
+    dir: &Path,
+    wrapper: &[String],
+    tls: Option<&TlsFiles>,
+) -> anyhow::Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let name = contender.name();
     let log = dir.join(format!("{name}.log"));
     let running = match contender {
@@ -154,15 +194,27 @@ pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, 
             let manifests = dir.join("manifests");
             std::fs::create_dir_all(&manifests)?;
             let mut docs = service_with_endpoints("backend", &[backend]);
-            docs.push(ingress("bench").path(BENCH_HOST, "Prefix", "/", "backend").build());
+            let mut bench = ingress("bench").path(BENCH_HOST, "Prefix", "/", "backend");
+            if let Some(t) = tls {
+                docs.push(tls_secret("bench-tls", &t.cert_pem, &t.key_pem));
+                // The plain listener is measured too: no redirect there.
+                bench = bench.tls(&[BENCH_HOST], "bench-tls").annotation("portico.io/ssl-redirect", "false");
+            }
+            docs.push(bench.build());
             std::fs::write(manifests.join("bench.yaml"), to_yaml(&docs))?;
             let socket = dir.join("portico.sock");
+            // No HSTS: the other proxies are not configured to add it either.
             let controller = spawn(
-                Command::new(binary("portico-controller")).arg("--manifests").arg(&manifests).arg("--socket").arg(&socket),
+                Command::new(binary("portico-controller"))
+                    .arg("--manifests")
+                    .arg(&manifests)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["--hsts", "false"]),
                 &dir.join("portico-controller.log"),
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let https = tls_addr;
             let proxy = spawn(
                 command(binary("portico-proxy"), wrapper).arg("--socket").arg(&socket).args([
                     "--http-addr",
@@ -176,21 +228,16 @@ pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, 
                 ]),
                 &log,
             )?;
-            Running { addr, measured_pid: proxy.id(), children: vec![proxy, controller] }
+            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: proxy.id(), children: vec![proxy, controller] }
         }
         Contender::PingoraPassthrough => {
-            let child = spawn(
-                command(binary("pingora-passthrough"), wrapper).args([
-                    "--listen",
-                    &addr.to_string(),
-                    "--upstream",
-                    &backend.to_string(),
-                    "--threads",
-                    &threads.to_string(),
-                ]),
-                &log,
-            )?;
-            Running { addr, measured_pid: child.id(), children: vec![child] }
+            let mut cmd = command(binary("pingora-passthrough"), wrapper);
+            cmd.args(["--listen", &addr.to_string(), "--upstream", &backend.to_string(), "--threads", &threads.to_string()]);
+            if let Some(t) = tls {
+                cmd.args(["--tls-listen", &tls_addr.to_string()]).arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
+            }
+            let child = spawn(&mut cmd, &log)?;
+            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
         }
         Contender::Nginx => {
             let conf = format!(
@@ -198,27 +245,34 @@ pub fn start_wrapped(contender: Contender, backend: SocketAddr, threads: usize, 
                  events {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 100000000;\n{temps}\
                    upstream backend {{ server {backend}; keepalive 64; keepalive_requests 100000000; }}\n\
-                   server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n      proxy_set_header X-Forwarded-Port $server_port;\n    }}\n  }}\n}}\n",
+                   server {{\n    listen {addr} reuseport;\n{location}  }}\n{tls_server}}}\n",
                 d = dir.display(),
                 temps = nginx_temp_paths(dir, "nginx"),
+                location = NGINX_LOCATION,
+                tls_server = tls.map_or(String::new(), |t| format!(
+                    "  server {{\n    listen {tls_addr} ssl http2 reuseport;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n{NGINX_LOCATION}  }}\n",
+                    t.cert.display(),
+                    t.key.display()
+                )),
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf)?;
             let child =
                 spawn(Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]), &log)?;
-            Running { addr, measured_pid: child.id(), children: vec![child] }
+            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
         }
         Contender::Haproxy => {
             let conf = format!(
                 "global\n  nbthread {threads}\n  maxconn 4096\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  http-reuse always\n\
-                 frontend fe\n  bind {addr}\n  option forwardfor\n  http-request set-header X-Real-IP %[src]\n  http-request set-header X-Forwarded-Proto http\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request set-header X-Forwarded-Port %[dst_port]\n  default_backend be\n\
-                 backend be\n  server s1 {backend}\n"
+                 frontend fe\n  bind {addr}\n{tls_bind}  option forwardfor\n  http-request set-header X-Real-IP %[src]\n  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request set-header X-Forwarded-Port %[dst_port]\n  default_backend be\n\
+                 backend be\n  server s1 {backend}\n",
+                tls_bind = tls.map_or(String::new(), |t| format!("  bind {tls_addr} ssl crt {} alpn h2,http/1.1\n", t.combined.display())),
             );
             let conf_path = dir.join("haproxy.cfg");
             std::fs::write(&conf_path, conf)?;
             let child = spawn(command("haproxy", wrapper).arg("-f").arg(&conf_path).arg("-db"), &log)?;
-            Running { addr, measured_pid: child.id(), children: vec![child] }
+            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
         }
     };
     wait_for_200(addr, name, dir)?;

@@ -55,7 +55,7 @@ pub fn run(contender: Contender, small: u32, large: u32, dir: &Path) -> anyhow::
             format!("--callgrind-out-file={}", profile.display()),
             "--dump-instr=no".into(),
         ];
-        let running = contenders::start_wrapped(contender, backend.addr, 1, &run_dir, &wrapper)?;
+        let running = contenders::start_wrapped(contender, backend.addr, 1, &run_dir, &wrapper, None)?;
         load(running.addr, requests)?;
         running.interrupt_and_wait();
         totals.push(total_instructions(&profile)?);

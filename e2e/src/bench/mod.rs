@@ -6,6 +6,7 @@ pub mod chart;
 pub mod churn;
 pub mod compare;
 pub mod contenders;
+pub mod h2load;
 pub mod instructions;
 pub mod procs;
 pub mod scale;

@@ -38,6 +38,9 @@ enum Run {
         /// Which proxies (default: all four).
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<Contender>,
+        /// Skip the HTTP/2-over-TLS half (h2load).
+        #[arg(long)]
+        no_h2: bool,
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
@@ -79,7 +82,7 @@ enum Run {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().run {
-        Run::Compare { threads, connections, duration, warmup, rounds, only, out } => {
+        Run::Compare { threads, connections, duration, warmup, rounds, only, no_h2, out } => {
             let opts = CompareOptions {
                 threads,
                 connections,
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs(warmup),
                 rounds,
                 contenders: if only.is_empty() { Contender::ALL.to_vec() } else { only },
+                h2: !no_h2,
             };
             let report = compare::run(&opts)?;
             println!("{}", report.markdown());

@@ -18,6 +18,13 @@ struct Args {
     upstream: SocketAddr,
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// An HTTPS listener too (HTTP/2 by ALPN), with this certificate and key.
+    #[arg(long, requires_all = ["cert", "key"])]
+    tls_listen: Option<String>,
+    #[arg(long)]
+    cert: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
 }
 
 struct Passthrough {
@@ -40,6 +47,11 @@ fn main() {
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream: args.upstream });
     proxy.add_tcp(&args.listen);
+    if let (Some(addr), Some(cert), Some(key)) = (&args.tls_listen, &args.cert, &args.key) {
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(cert, key).expect("certificate and key load");
+        tls.enable_h2();
+        proxy.add_tls_with_settings(addr, None, tls);
+    }
     server.add_service(proxy);
     server.run_forever()
 }
