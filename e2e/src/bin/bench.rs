@@ -157,7 +157,9 @@ fn main() -> anyhow::Result<()> {
                 "{} s of wrk (32 connections) on one route while {} changes were written ({} snapshots applied):\n\n\
                  | | req/s | p50 ms | p99 ms | p99.9 ms | wrk errors |\n| --- | ---: | ---: | ---: | ---: | ---: |\n\
                  | quiet | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n| churn | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n\n\
-                 checker: {} requests, {} failed, {} misrouted; p99 under churn is {:.2}x the quiet p99\n",
+                 checker: {} requests, {} failed, {} misrouted; p99 under churn is {:.2}x the quiet p99\n\n\
+                 {} certificate rotations; TLS checker: {} fresh handshakes and requests, {} failed, {} with a certificate never issued, \
+                 {} distinct certificates seen\n",
                 r.seconds,
                 r.changes,
                 r.snapshots_applied,
@@ -174,7 +176,12 @@ fn main() -> anyhow::Result<()> {
                 r.checked,
                 r.failed,
                 r.misrouted,
-                r.churn.p99_us / r.quiet.p99_us
+                r.churn.p99_us / r.quiet.p99_us,
+                r.certificates_rotated,
+                r.tls_checked,
+                r.tls_failed,
+                r.tls_wrong_certificate,
+                r.tls_certificates_seen
             );
             println!("{md}");
             std::fs::write(out.join("churn.md"), &md)?;
