@@ -186,7 +186,10 @@ fn main() -> anyhow::Result<()> {
             println!("{md}");
             std::fs::write(out.join("churn.md"), &md)?;
             std::fs::write(out.join("churn.json"), serde_json::to_vec_pretty(&r)?)?;
-            anyhow::ensure!(r.failed + r.misrouted + r.churn.errors == 0, "requests failed or were misrouted under churn");
+            anyhow::ensure!(
+                r.failed + r.misrouted + r.churn.errors + r.tls_failed + r.tls_wrong_certificate == 0,
+                "requests failed or were misrouted under churn"
+            );
         }
         Run::Instructions { only, small, large, out } => {
             std::fs::create_dir_all(&out)?;
