@@ -66,8 +66,7 @@ impl Portico {
                 .arg(&manifests)
                 .arg("--socket")
                 .arg(&socket)
-                .args(["--debounce-ms", "50", "--manifests-poll-ms", "100"])
-                .args(controller_args),
+                .args(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100")])),
             &dir.path().join("controller.log"),
         );
         let proxy = spawn(
@@ -166,6 +165,17 @@ impl Portico {
     pub fn log_path(&self, which: &str) -> PathBuf {
         self.dir.path().join(format!("{which}.log"))
     }
+}
+
+/// `args`, plus each default flag and value that `args` does not set itself.
+fn with_defaults(args: &[&str], defaults: &[(&str, &str)]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for (flag, value) in defaults {
+        if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+            out.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    out
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Child {

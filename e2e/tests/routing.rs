@@ -371,3 +371,15 @@ async fn admin_endpoints_report_readiness_config_and_metrics() {
         .collect();
     assert!(hosts.is_empty(), "{hosts:?}");
 }
+
+/// With a poll interval of a minute, only the directory watch can pick a change up in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manifests_directory_is_watched_not_only_polled() {
+    let (_servers, base) = backends(&["one", "two"]).await;
+    let route = |svc: &str| to_yaml(&[ingress("watched").path("watched.test", "Prefix", "/", svc).build()]);
+    let files = [("backends.yaml", to_yaml(&base)), ("route.yaml", route("one"))];
+    let portico = Portico::start_full(&files, &["--manifests-poll-ms", "60000"], &[]).await;
+    assert_eq!(portico.client.get("watched.test", "/").await.unwrap().answered_by(), "one");
+    portico.apply("route.yaml", &route("two")).await;
+    assert_eq!(portico.client.get("watched.test", "/").await.unwrap().answered_by(), "two");
+}

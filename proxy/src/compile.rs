@@ -14,8 +14,11 @@ use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
 use portico_model::{Backend, HostMatch, Snapshot, VirtualHost};
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
+
+/// Keys are names from the snapshot being compiled; a fast seeded hash is enough.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::quality::RandomState>;
 
 pub struct CompiledSnapshot {
     /// What was applied, for `/config` and its version.
@@ -94,6 +97,7 @@ impl CompiledSnapshot {
         let certificates = CertificateTable::compile(&snapshot, previous.map(|p| (&p.source, &p.certificates)))?;
         let pools = compile_pools(&snapshot.backends, previous)?;
         let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot.backends.iter().map(|b| b.name.as_str()).zip(&pools).collect();
+        // `previous` was validated: its hosts are unique.
 
         let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> =
             previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();

@@ -52,24 +52,32 @@ impl SnapshotSink for SnapshotStore {
         if version < current {
             return self.refuse(format!("snapshot {version} is older than the serving {current}"));
         }
+        let decoded = started.elapsed();
         if let Err(e) = snapshot.validate() {
             return self.refuse(format!("snapshot {version} is invalid: {e}"));
         }
+        let validated = started.elapsed();
         let previous = self.current.load_full();
         let compiled = match CompiledSnapshot::compile(snapshot, &self.metrics, previous.as_deref()) {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
         };
-        let (reused_pools, reused_hosts) = previous.as_deref().map_or((0, 0), |p| compiled.reused(p));
-        let (pools, hosts) = (compiled.source.backends.len(), compiled.source.virtual_hosts.len());
-        self.current.store(Some(Arc::new(compiled)));
+        self.current.store(Some(compiled.clone()));
+        let serving = started.elapsed();
         self.metrics.snapshot_applies.with_label_values(&["applied"]).inc();
         self.metrics.snapshot_version.set(version as i64);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.metrics.snapshot_apply_timestamp.set(now as i64);
+        // Bookkeeping after the swap, off the path to serving the new snapshot.
+        let (reused_pools, reused_hosts) = previous.as_deref().map_or((0, 0), |p| compiled.reused(p));
+        let (pools, hosts) = (compiled.source.backends.len(), compiled.source.virtual_hosts.len());
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             version,
-            apply_ms = started.elapsed().as_secs_f64() * 1e3,
+            decode_ms = ms(decoded),
+            validate_ms = ms(validated - decoded),
+            compile_ms = ms(serving - validated),
+            serving_after_ms = ms(serving),
             pools,
             reused_pools,
             hosts,

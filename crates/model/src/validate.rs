@@ -1,7 +1,10 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
 use crate::{PathMatch, Snapshot};
-use std::collections::HashSet;
+
+/// Seeded per process: snapshot contents come from outside the proxy, so the hash must
+/// not be predictable, but it need not be SipHash either.
+type HashSet<T> = std::collections::HashSet<T, foldhash::quality::RandomState>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -40,7 +43,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
     if s.version == 0 {
         return Err(ZeroVersion);
     }
-    let mut backends = HashSet::new();
+    let mut backends = HashSet::with_capacity_and_hasher(s.backends.len(), Default::default());
     for b in &s.backends {
         if b.name.is_empty() {
             return Err(EmptyBackendName);
@@ -57,7 +60,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             return Err(UnknownDefaultBackend { backend: d.clone() });
         }
     }
-    let mut certificates = HashSet::new();
+    let mut certificates = HashSet::default();
     for c in &s.certificates {
         if !certificates.insert(c.name.as_str()) {
             return Err(DuplicateCertificate { name: c.name.clone() });
@@ -66,7 +69,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             return Err(EmptyCertificate { name: c.name.clone() });
         }
     }
-    let mut tls_hosts = HashSet::new();
+    let mut tls_hosts = HashSet::default();
     for t in &s.tls_hosts {
         if !tls_hosts.insert(&t.host) {
             return Err(DuplicateTlsHost { host: t.host.to_string() });
@@ -80,26 +83,28 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             return Err(UnknownCertificate { host: "(default)".into(), certificate: d.clone() });
         }
     }
-    let mut hosts = HashSet::new();
+    let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
+    let mut paths = HashSet::default();
     for vh in &s.virtual_hosts {
-        let host = vh.host.to_string();
         if !hosts.insert(&vh.host) {
-            return Err(DuplicateHost { host });
+            return Err(DuplicateHost { host: vh.host.to_string() });
         }
-        let mut paths = HashSet::new();
+        paths.clear();
         for r in &vh.routes {
+            // Formatted only when something is wrong.
+            let host = || vh.host.to_string();
             let path = r.path.path();
             if !path.starts_with('/') {
-                return Err(RelativePath { host, path: path.to_string() });
+                return Err(RelativePath { host: host(), path: path.to_string() });
             }
             if matches!(r.path, PathMatch::Prefix(_)) && path.len() > 1 && path.ends_with('/') {
-                return Err(UnnormalisedPrefix { host, path: path.to_string() });
+                return Err(UnnormalisedPrefix { host: host(), path: path.to_string() });
             }
             if !paths.insert(&r.path) {
-                return Err(DuplicateRoute { host, path: path.to_string() });
+                return Err(DuplicateRoute { host: host(), path: path.to_string() });
             }
             if !backends.contains(r.backend.as_str()) {
-                return Err(UnknownRouteBackend { host, path: path.to_string(), backend: r.backend.clone() });
+                return Err(UnknownRouteBackend { host: host(), path: path.to_string(), backend: r.backend.clone() });
             }
         }
     }
