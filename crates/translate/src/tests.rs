@@ -436,3 +436,32 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
     assert!(!fifth.diagnostics.iter().any(|d| d.object.name == "late"), "{:?}", fifth.diagnostics);
     assert_eq!(fifth.snapshot, translate(&state, &opts).snapshot);
 }
+
+#[test]
+fn a_translator_keeps_reporting_conflicts_and_remerges_a_host_when_a_claimant_goes() {
+    use crate::Translator;
+    let older = ingress_with(
+        json!({"name": "older", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"}),
+        json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "s1", json!({"number": 80}))]}),
+    );
+    let younger = ingress_with(
+        json!({"name": "younger", "namespace": "ns", "creationTimestamp": "2026-02-01T00:00:00Z"}),
+        json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "s2", json!({"number": 80}))]}),
+    );
+    let mut objects = vec![ours(), older, younger];
+    objects.extend(backends_of("ns", "s1"));
+    objects.extend(backends_of("ns", "s2"));
+    let mut state: ClusterState = objects.into_iter().collect();
+    let mut translator = Translator::new(Options::default());
+    let route_backend = |t: &Translation| t.snapshot.virtual_hosts[0].routes[0].backend.clone();
+    for _ in 0..2 {
+        let t = translator.translate(&state);
+        assert_eq!(route_backend(&t), "ns/s1:80");
+        assert!(reasons(&t).contains(&("younger".into(), Reason::PathConflict)), "reported on every translation");
+    }
+    state.ingresses.remove(&("ns".to_string(), "older".to_string()));
+    let t = translator.translate(&state);
+    assert_eq!(route_backend(&t), "ns/s2:80", "the younger Ingress takes the path once the older one is gone");
+    assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
+    assert_eq!(t.snapshot, translate(&state, &Options::default()).snapshot);
+}
