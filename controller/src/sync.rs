@@ -48,7 +48,9 @@ impl SyncLoop {
             let Some(state) = states.borrow_and_update().clone() else { continue };
 
             let started = Instant::now();
-            let translation = translator.translate(&state);
+            // Translation is CPU work of up to a few hundred milliseconds on big clusters:
+            // let the runtime move the socket writers and the source to another worker meanwhile.
+            let translation = tokio::task::block_in_place(|| translator.translate(&state));
             report_diagnostics(&mut reported, &translation.diagnostics);
             if last.as_ref() == Some(&translation.snapshot) {
                 tracing::debug!("translation unchanged; no new snapshot");
@@ -57,7 +59,7 @@ impl SyncLoop {
             // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
-            let payload = snapshot.to_bytes();
+            let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
             tracing::info!(
                 version = snapshot.version,
                 bytes = payload.len(),
