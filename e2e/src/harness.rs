@@ -20,9 +20,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1, as the kernel hands them out.
+/// A free port on 127.0.0.1 for a binary to listen on, reserved for this process.
+///
+/// Not one the kernel hands out for port 0: those come from the ephemeral range, where any
+/// outgoing connection or echo backend started meanwhile may take the port before the
+/// binary binds it (tests run in parallel). These come from below that range, each
+/// handed out once per process, starting at an offset derived from the process id.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000; // up to 32 000, below Linux's default ephemeral range
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(997) % COUNT;
+    for _ in 0..COUNT {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT);
 }
 
 pub struct Portico {
@@ -90,6 +106,13 @@ impl Portico {
             proxy,
         };
         portico.wait_until("the proxy is ready", |p| async move { p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200) }).await;
+        // Pingora binds each service's listeners on that service's own thread: readiness
+        // (a snapshot applied) can come before the proxy listeners accept.
+        portico
+            .wait_until("the proxy listeners accept", |p| async move {
+                tokio::net::TcpStream::connect(p.http).await.is_ok() && tokio::net::TcpStream::connect(p.https).await.is_ok()
+            })
+            .await;
         portico
     }
 
