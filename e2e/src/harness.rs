@@ -106,13 +106,7 @@ impl Portico {
             proxy,
         };
         portico.wait_until("the proxy is ready", |p| async move { p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200) }).await;
-        // Pingora binds each service's listeners on that service's own thread: readiness
-        // (a snapshot applied) can come before the proxy listeners accept.
-        portico
-            .wait_until("the proxy listeners accept", |p| async move {
-                tokio::net::TcpStream::connect(p.http).await.is_ok() && tokio::net::TcpStream::connect(p.https).await.is_ok()
-            })
-            .await;
+        // `/readyz` also waits for the proxy listeners to accept, so requests can start now.
         portico
     }
 

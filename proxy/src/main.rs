@@ -80,9 +80,14 @@ fn main() -> anyhow::Result<()> {
         proxy.add_tls_with_settings(&args.https_addr, None, settings);
     }
 
+    let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
+    if !args.https_addr.is_empty() {
+        proxy_addrs.push(args.https_addr.parse().context("--https-addr")?);
+    }
+    let listeners = admin::ListenerCheck::new(proxy_addrs);
     let mut admin = pingora::services::listening::Service::new(
         "portico-admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp { store: store.clone() }),
+        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp { store: store.clone(), listeners }),
     );
     admin.add_tcp(&args.admin_addr);
     admin.threads = Some(1);
