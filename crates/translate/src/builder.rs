@@ -148,10 +148,8 @@ fn assemble(
     if let Some((namespace, name)) = &opts.default_certificate {
         let object = ObjectRef { kind: "Secret", namespace: namespace.clone(), name: name.clone() };
         let full = format!("{namespace}/{name}");
-        let checked = match state.secrets.get(&(namespace.clone(), name.clone())) {
-            None => Err((Reason::SecretNotFound, format!("--default-ssl-certificate: secret {full} does not exist"))),
-            Some(s) => secret::tls_certificate(&full, s).map_err(|e| (Reason::InvalidSecret, format!("--default-ssl-certificate: {e}"))),
-        };
+        let checked = secret::tls_certificate_of(&full, state.secrets.get(&(namespace.clone(), name.clone())).map(|s| &**s))
+            .map_err(|(reason, message)| (reason, format!("--default-ssl-certificate: {message}")));
         match checked {
             Ok(c) => {
                 if let Some(w) = c.warning {

@@ -231,13 +231,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             .lookups
             .secrets
             .entry(key.clone())
-            .or_insert_with(|| {
-                let full = format!("{}/{name}", key.0);
-                match secret {
-                    None => Err((Reason::SecretNotFound, format!("secret {full} does not exist"))),
-                    Some(s) => secret::tls_certificate(&full, &s).map(Arc::new).map_err(|e| (Reason::InvalidSecret, e)),
-                }
-            })
+            .or_insert_with(|| secret::tls_certificate_of(&format!("{}/{name}", key.0), secret.as_deref()).map(Arc::new))
             .clone();
         match checked {
             Ok(c) => {

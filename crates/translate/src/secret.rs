@@ -2,6 +2,7 @@
 //! certificate chain that parses, a private key that parses and belongs to the leaf.
 //! What fails here is reported and left out; its hosts get the default certificate.
 
+use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::Secret;
 use openssl::asn1::Asn1Time;
 use openssl::pkey::PKey;
@@ -62,6 +63,14 @@ pub(crate) fn tls_certificate(name: &str, secret: &Secret) -> Result<CheckedCert
         },
         warning,
     })
+}
+
+/// [`tls_certificate`] of a Secret that may not exist, with the reason to report either way.
+pub(crate) fn tls_certificate_of(name: &str, secret: Option<&Secret>) -> Result<CheckedCertificate, (Reason, String)> {
+    match secret {
+        None => Err((Reason::SecretNotFound, format!("secret {name} does not exist"))),
+        Some(s) => tls_certificate(name, s).map_err(|e| (Reason::InvalidSecret, e)),
+    }
 }
 
 /// The trusted CA certificates (PEM) of a Secret's `ca.crt`.
