@@ -99,6 +99,8 @@ struct RoutePolicy {
     ssl_redirect: bool,
     force_ssl_redirect: bool,
     upstream: Upstream,
+    /// Verify (or send SNI) with each Service's cluster DNS name, as no name was given.
+    server_name_from_service: bool,
 }
 
 pub(crate) struct IngressProcessor<'a, 'b> {
@@ -115,7 +117,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     pub fn new(lookups: &'b mut Lookups<'a>, ingress: &'a Arc<Ingress>) -> Self {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        let policy = RoutePolicy { ssl_redirect: true, force_ssl_redirect: false, upstream: Upstream::default() };
+        let policy =
+            RoutePolicy { ssl_redirect: true, force_ssl_redirect: false, upstream: Upstream::default(), server_name_from_service: false };
         let fragment = Fragment {
             ingress: ingress.clone(),
             dependencies: Vec::new(),
@@ -172,9 +175,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 upstream.ca_pem = Some(self.ca_bundle(secret_ref));
             }
             // Verification needs a name; the Service's cluster DNS name is the one its certificate carries.
-            if upstream.server_name.is_none() && (upstream.verify || send_sni) {
-                upstream.server_name = Some(String::new()); // filled per Service in `backend`
-            }
+            self.policy.server_name_from_service = upstream.server_name.is_none() && (upstream.verify || send_sni);
         }
         self.policy.upstream = upstream;
     }
@@ -314,7 +315,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             return None;
         };
         let mut upstream = self.policy.upstream.clone();
-        if upstream.server_name.as_deref() == Some("") {
+        if self.policy.server_name_from_service {
             upstream.server_name = Some(format!("{}.{}.svc", svc.name, self.namespace));
         }
         // The paths of one Ingress mostly name the same Service: reuse the last name.
