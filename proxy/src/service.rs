@@ -176,9 +176,15 @@ impl ProxyHttp for IngressProxy {
             upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
         }
         if !keep(upstream, X_FORWARDED_HOST) {
-            // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`.
-            match HeaderValue::from_str(request_host(session.req_header())) {
-                Ok(host) if !host.is_empty() => upstream.insert_header(X_FORWARDED_HOST, host)?,
+            // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`, whose value is
+            // shared rather than copied.
+            let req = session.req_header();
+            let host = match req.uri.authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => req.headers.get(header::HOST).cloned(),
+            };
+            match host {
+                Some(host) if !host.is_empty() => upstream.insert_header(X_FORWARDED_HOST, host)?,
                 _ => {
                     upstream.remove_header(X_FORWARDED_HOST);
                 }
