@@ -8,7 +8,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use openssl::ssl::{Ssl, SslAcceptor};
+use openssl::ssl::SslAcceptor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,11 +96,7 @@ async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>, tl
                     let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                 }
                 Some(acceptor) => {
-                    let Ok(ssl) = Ssl::new(acceptor.context()) else { return };
-                    let Ok(mut stream) = tokio_openssl::SslStream::new(ssl, stream) else { return };
-                    if std::pin::Pin::new(&mut stream).accept().await.is_err() {
-                        return;
-                    }
+                    let Some(stream) = crate::tls::accept(&acceptor, stream).await else { return };
                     let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                 }
             }

@@ -6,8 +6,9 @@
 //! a request `fail` answers NOT_FOUND with an `x-detail` trailer, and `sleep:<ms>` waits
 //! before answering, for deadlines. `/portico.test.Echo/Count` streams `0`..`n-1`.
 
+use crate::tls::ClientOptions;
 use bytes::{Buf, BufMut, Bytes};
-use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+use openssl::ssl::SslAcceptor;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -207,14 +208,10 @@ impl GrpcServer {
                 tokio::spawn(async move {
                     let conn = match tls {
                         None => MaybeTls::Plain(tcp),
-                        Some(acceptor) => {
-                            let Ok(ssl) = Ssl::new(acceptor.context()) else { return };
-                            let Ok(mut stream) = SslStream::new(ssl, tcp) else { return };
-                            if Pin::new(&mut stream).accept().await.is_err() {
-                                return;
-                            }
-                            MaybeTls::Tls(Box::new(stream))
-                        }
+                        Some(acceptor) => match crate::tls::accept(&acceptor, tcp).await {
+                            Some(stream) => MaybeTls::Tls(Box::new(stream)),
+                            None => return,
+                        },
                     };
                     let _ = tx.send(Ok(conn)).await;
                 });
@@ -249,17 +246,12 @@ impl Service<http::Uri> for FixedConnector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect(this.target).await?;
             let conn = match this.tls_sni {
-                None => MaybeTls::Plain(tcp),
+                None => MaybeTls::Plain(TcpStream::connect(this.target).await?),
                 Some(sni) => {
-                    let mut b = SslConnector::builder(SslMethod::tls())?;
-                    b.set_verify(SslVerifyMode::NONE);
-                    b.set_alpn_protos(b"\x02h2")?;
-                    let ssl = b.build().configure()?.verify_hostname(false).into_ssl(&sni)?;
-                    let mut stream = SslStream::new(ssl, tcp)?;
-                    Pin::new(&mut stream).connect().await?;
-                    if stream.ssl().selected_alpn_protocol() != Some(b"h2") {
+                    let opts = ClientOptions { sni: Some(&sni), alpn: &["h2"], ..ClientOptions::default() };
+                    let (stream, handshake) = crate::tls::connect(this.target, opts).await?;
+                    if handshake.alpn.as_deref() != Some("h2") {
                         return Err("the server did not select h2".into());
                     }
                     MaybeTls::Tls(Box::new(stream))

@@ -12,7 +12,7 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslSession, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslSession, SslVerifyMode, SslVersion};
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509NameBuilder, X509Ref, X509};
 use std::net::SocketAddr;
@@ -179,6 +179,14 @@ pub async fn connect(addr: SocketAddr, opts: ClientOptions<'_>) -> anyhow::Resul
         resumed: ssl.session_reused(),
     };
     Ok((stream, handshake))
+}
+
+/// The server side of a handshake on `tcp` with `acceptor`'s settings; `None` when it fails.
+pub async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Option<SslStream<TcpStream>> {
+    let ssl = Ssl::new(acceptor.context()).ok()?;
+    let mut stream = SslStream::new(ssl, tcp).ok()?;
+    Pin::new(&mut stream).accept().await.ok()?;
+    Some(stream)
 }
 
 /// The session of a finished handshake, for resuming it.

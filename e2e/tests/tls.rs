@@ -7,7 +7,6 @@ use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ca_secret, ingress, service_with_endpoints, tls_secret, to_yaml};
 use portico_e2e::tls::{self, ClientOptions, TestCa, TlsConnection};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEFAULT_CN: &str = "Portico Default Certificate";
@@ -207,10 +206,6 @@ async fn http2_with_prior_knowledge_on_the_plain_port() {
     assert_eq!(portico.client.get("app.test", "/h1").await.unwrap().status, 200, "HTTP/1.1 on the same port");
 }
 
-fn backend_docs(name: &str, server: &EchoServer) -> Vec<Value> {
-    service_with_endpoints(name, &[server.addr])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_protocol_reaches_tls_and_h2c_endpoints_and_verifies_when_asked() {
     let ca = TestCa::new("backend ca");
@@ -218,8 +213,8 @@ async fn backend_protocol_reaches_tls_and_h2c_endpoints_and_verifies_when_asked(
     let any = || "127.0.0.1:0".parse().unwrap();
     let secure = EchoServer::start_tls("secure", any(), ca.acceptor(&["secure.default.svc"])).await.unwrap();
     let h2c = EchoServer::start("h2c", any()).await.unwrap();
-    let mut docs = backend_docs("secure", &secure);
-    docs.extend(backend_docs("h2c", &h2c));
+    let mut docs = service_with_endpoints("secure", &[secure.addr]);
+    docs.extend(service_with_endpoints("h2c", &[h2c.addr]));
     docs.push(ca_secret("backend-ca", &ca.cert_pem()));
     docs.push(ca_secret("wrong-ca", &stranger.cert_pem()));
     let https = |name: &str, host: &str| {
