@@ -72,7 +72,9 @@ fn main() -> anyhow::Result<()> {
         app.server_options = Some(options);
     }
     proxy.add_tcp(&args.http_addr);
+    let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
     if !args.https_addr.is_empty() {
+        proxy_addrs.push(args.https_addr.parse().context("--https-addr")?);
         let fallback = Arc::new(tls::ServedCertificate::self_signed().context("generating the self-signed default certificate")?);
         let settings = tls::listener_settings(tls::SniCertificates { store: store.clone(), fallback })
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -80,10 +82,6 @@ fn main() -> anyhow::Result<()> {
         proxy.add_tls_with_settings(&args.https_addr, None, settings);
     }
 
-    let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
-    if !args.https_addr.is_empty() {
-        proxy_addrs.push(args.https_addr.parse().context("--https-addr")?);
-    }
     let listeners = admin::ListenerCheck::new(proxy_addrs);
     let mut admin = pingora::services::listening::Service::new(
         "portico-admin".to_string(),
