@@ -6,5 +6,6 @@ pub mod client;
 pub mod echo;
 pub mod grpc;
 pub mod harness;
+pub mod kube_api;
 pub mod manifests;
 pub mod tls;
