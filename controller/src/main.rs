@@ -1,7 +1,12 @@
 //! `portico-controller`: turns Ingress state into snapshots and serves them to proxies.
 
+mod duties;
+mod events;
+mod leader;
 mod manifests;
+mod metrics;
 mod source;
+mod status;
 mod sync;
 
 use anyhow::{bail, Context};
@@ -9,7 +14,9 @@ use clap::Parser;
 use portico_telemetry::{init_logging, LogFormat};
 use portico_translate::Options;
 use portico_wire::SnapshotServer;
-use source::{FileSource, Source};
+use source::{FileSource, KubeSource, Source};
+use status::PublishSource;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +29,30 @@ struct Args {
     /// Read objects from this directory of manifests (re-read on change) instead of a cluster.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// The kubeconfig to reach the cluster with (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (repeatable; default: every namespace).
+    #[arg(long = "watch-namespace", value_name = "NS")]
+    watch_namespaces: Vec<String>,
+    /// Publish this Service's load-balancer addresses (else its external IPs) as Ingress status.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref, conflicts_with = "publish_status_address")]
+    publish_service: Option<(String, String)>,
+    /// Publish these IPs or host names (comma separated) as Ingress status.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    publish_status_address: Vec<String>,
+    /// Prometheus metrics on http://ADDR/metrics (empty: off).
+    #[arg(long, default_value = "0.0.0.0:10254")]
+    metrics_addr: String,
+    /// The name of the Lease replicas elect a leader with.
+    #[arg(long, default_value = "portico-leader")]
+    election_id: String,
+    /// The namespace of that Lease (default: the controller's own, from its service account or kubeconfig).
+    #[arg(long)]
+    election_namespace: Option<String>,
+    /// How long a leader's Lease lasts unrenewed before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
     /// The IngressClass name to serve.
     #[arg(long, default_value = "portico")]
     ingress_class: String,
@@ -62,13 +93,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
 
-    let Some(dir) = args.manifests.clone() else {
-        bail!("only --manifests DIR is implemented so far; the Kubernetes API source is not built yet");
-    };
-    if !dir.is_dir() {
-        bail!("--manifests {}: not a directory", dir.display());
-    }
-    let source: Box<dyn Source> = Box::new(FileSource::new(dir, Duration::from_millis(args.manifests_poll_ms)));
     let hsts = args.hsts.then_some(portico_model::Hsts {
         max_age: args.hsts_max_age,
         include_subdomains: args.hsts_include_subdomains,
@@ -76,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
     });
     let options = Options {
         ingress_class: args.ingress_class.clone(),
-        assume_class_exists: true,
+        // Without a cluster there may be no IngressClass object; in a cluster one must exist.
+        assume_class_exists: args.manifests.is_some(),
         default_certificate: args.default_ssl_certificate.clone(),
         hsts,
     };
@@ -84,18 +109,140 @@ async fn main() -> anyhow::Result<()> {
     let (server, publisher) = SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
         .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;
     tracing::info!(socket = %args.socket.display(), "serving snapshots");
+    let metrics = metrics::ControllerMetrics::new(server.acked_versions());
+    let metrics_server = async {
+        match args.metrics_addr.as_str() {
+            "" => std::future::pending().await,
+            addr => {
+                let addr: SocketAddr = addr.parse().with_context(|| format!("--metrics-addr {addr:?}"))?;
+                metrics::serve(addr, metrics.clone()).await
+            }
+        }
+    };
 
     let (states_tx, states_rx) = tokio::sync::watch::channel(None);
-    let sync = sync::SyncLoop { options, debounce: Duration::from_millis(args.debounce_ms), ceiling: Duration::from_secs(1), publisher };
+    let (outcomes_tx, outcomes_rx) = tokio::sync::watch::channel(None);
+    let sync = sync::SyncLoop {
+        options,
+        debounce: Duration::from_millis(args.debounce_ms),
+        ceiling: Duration::from_secs(1),
+        publisher,
+        outcomes: outcomes_tx,
+        metrics: metrics.clone(),
+    };
+
+    let cluster = match &args.manifests {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("--manifests {}: not a directory", dir.display());
+            }
+            None
+        }
+        None => Some(Cluster::connect(&args).await?),
+    };
+    let source: Box<dyn Source> = match (&args.manifests, &cluster) {
+        (Some(dir), _) => Box::new(FileSource::new(dir.clone(), Duration::from_millis(args.manifests_poll_ms))),
+        (None, Some(c)) => Box::new(KubeSource::new(c.client.clone(), args.watch_namespaces.clone(), metrics.clone())),
+        (None, None) => unreachable!("a cluster is connected when there are no manifests"),
+    };
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    let mut election = cluster.as_ref().map(|c| c.election(&args));
+    let elect = async {
+        match election.as_mut() {
+            Some(e) => e.run(&leading_tx).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut publish_task = None;
+    let duties = cluster.as_ref().map(|c| {
+        let status = c.publish_source(&args).map(|source| {
+            let (addresses, task) = duties::publish_addresses(&c.client, &source);
+            publish_task = task;
+            (status::StatusWriter::new(c.client.clone(), metrics.clone()), addresses)
+        });
+        if status.is_none() {
+            tracing::info!("no --publish-service or --publish-status-address: Ingress status is not written");
+        }
+        duties::LeaderDuties { events: events::EventReporter::new(c.client.clone(), c.identity.clone(), metrics.clone()), status }
+    });
+    let duties_run = async {
+        match duties {
+            Some(d) => d.run(leading_rx, outcomes_rx).await,
+            None => std::future::pending().await,
+        }
+    };
+    let leader_gauge = async {
+        let mut rx = leading_tx.subscribe();
+        while rx.changed().await.is_ok() {
+            metrics.leader.set(i64::from(*rx.borrow_and_update()));
+        }
+    };
 
     tokio::select! {
         result = source.run(states_tx) => result.context("source failed")?,
+        result = metrics_server => result?,
         _ = sync.run(states_rx) => {}
         _ = server.serve() => {}
+        _ = elect => {}
+        _ = duties_run => {}
+        _ = leader_gauge => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    if let Some(task) = publish_task {
+        task.abort();
+    }
+    if let Some(e) = election.as_ref().filter(|_| *leading_tx.borrow()) {
+        e.release().await;
     }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// A connection to the Kubernetes API and who this controller is to it.
+struct Cluster {
+    client: kube::Client,
+    identity: String,
+}
+
+impl Cluster {
+    async fn connect(args: &Args) -> anyhow::Result<Cluster> {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .with_context(|| format!("--kubeconfig {}", path.display()))?
+            }
+            None => kube::Config::infer().await.context("finding Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
+        };
+        tracing::info!(server = %config.cluster_url, "connecting to the Kubernetes API");
+        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+        // The pod name is unique among replicas; outside a pod, host name and process id are.
+        let identity = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        Ok(Cluster { client, identity })
+    }
+
+    fn election(&self, args: &Args) -> leader::LeaderElection {
+        let namespace = args.election_namespace.clone().unwrap_or_else(|| self.client.default_namespace().to_string());
+        tracing::info!(lease = %format!("{namespace}/{}", args.election_id), identity = %self.identity, "taking part in leader election");
+        leader::LeaderElection::new(
+            kube::Api::namespaced(self.client.clone(), &namespace),
+            args.election_id.clone(),
+            self.identity.clone(),
+            Duration::from_secs(args.lease_duration_secs.max(1)),
+        )
+    }
+
+    fn publish_source(&self, args: &Args) -> Option<PublishSource> {
+        if let Some(service) = &args.publish_service {
+            return Some(PublishSource::Service(service.clone()));
+        }
+        let addresses: Vec<String> = args.publish_status_address.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        (!addresses.is_empty()).then_some(PublishSource::Addresses(addresses))
+    }
 }
 
 async fn shutdown_signal() {

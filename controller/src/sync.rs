@@ -1,8 +1,9 @@
 //! The sync loop: waits for state changes, coalesces bursts, translates, and publishes a
 //! new snapshot only when the translation result actually changed.
 
+use crate::metrics::ControllerMetrics;
 use portico_model::Snapshot;
-use portico_translate::{ClusterState, Diagnostic, Options, Translator};
+use portico_translate::{ClusterState, Diagnostic, ObjectKey, Options, Translator};
 use portico_wire::SnapshotPublisher;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,6 +26,15 @@ impl VersionClock {
     }
 }
 
+/// What one translation decided about the objects it read, for status and Events.
+#[derive(Debug)]
+pub struct Outcome {
+    pub state: Arc<ClusterState>,
+    /// Sorted.
+    pub admitted: Vec<ObjectKey>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
 pub struct SyncLoop {
     pub options: Options,
     /// Quiet time that ends a burst of changes.
@@ -32,6 +42,8 @@ pub struct SyncLoop {
     /// Longest a continuous stream of changes may delay a snapshot.
     pub ceiling: Duration,
     pub publisher: SnapshotPublisher,
+    pub outcomes: watch::Sender<Option<Arc<Outcome>>>,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 impl SyncLoop {
@@ -51,7 +63,14 @@ impl SyncLoop {
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
             // let the runtime move the socket writers and the source to another worker meanwhile.
             let translation = tokio::task::block_in_place(|| translator.translate(&state));
+            self.metrics.translations.inc();
+            self.metrics.set_diagnostics(&translation.diagnostics);
             report_diagnostics(&mut reported, &translation.diagnostics);
+            self.outcomes.send_replace(Some(Arc::new(Outcome {
+                state: state.clone(),
+                admitted: translation.admitted.clone(),
+                diagnostics: translation.diagnostics.clone(),
+            })));
             if last.as_ref() == Some(&translation.snapshot) {
                 tracing::debug!("translation unchanged; no new snapshot");
                 continue;
@@ -70,6 +89,9 @@ impl SyncLoop {
                 build_ms = started.elapsed().as_secs_f64() * 1e3,
                 "snapshot published"
             );
+            self.metrics.snapshots_published.inc();
+            self.metrics.snapshot_bytes.set(payload.len() as i64);
+            self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
             self.publisher.publish(snapshot.version, payload);
             snapshot.version = 0;
             last = Some(snapshot);

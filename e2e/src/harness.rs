@@ -2,6 +2,7 @@
 //! to it, on free loopback ports, killed when the harness is dropped.
 
 use crate::client::{HttpClient, Reply};
+use crate::kube_api::TestApiServer;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,8 +50,31 @@ pub struct Portico {
     pub admin: SocketAddr,
     pub client: HttpClient,
     admin_client: HttpClient,
-    controller: Child,
+    socket: PathBuf,
+    /// How the controller was started, for restarting it the same way.
+    controller_args: Vec<String>,
+    controller: Option<Child>,
     proxy: Child,
+}
+
+/// A controller started beside the harness's own (another replica); killed when dropped.
+pub struct Replica {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Replica {
+    /// Kills it as a node failure would: no clean shutdown, no lease released.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl Portico {
@@ -71,18 +95,34 @@ impl Portico {
         for (name, content) in files {
             std::fs::write(manifests.join(name), content).expect("write manifest");
         }
+        let mut args = vec!["--manifests".to_string(), manifests.display().to_string()];
+        args.extend(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100")]));
+        Self::start_processes(dir, manifests, args, proxy_args).await
+    }
+
+    /// Starts the controller on the Kubernetes API at `api` (through `--kubeconfig`),
+    /// and a proxy, and waits for the first snapshot.
+    pub async fn start_kube(api: &TestApiServer, controller_args: &[&str], proxy_args: &[&str]) -> Portico {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
+        let mut args = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
+        args.extend(with_defaults(
+            controller_args,
+            &[("--debounce-ms", "50"), ("--metrics-addr", ""), ("--lease-duration-secs", "3"), ("--election-namespace", "portico-system")],
+        ));
+        let manifests = dir.path().join("unused");
+        Self::start_processes(dir, manifests, args, proxy_args).await
+    }
+
+    async fn start_processes(dir: tempfile::TempDir, manifests: PathBuf, controller_args: Vec<String>, proxy_args: &[&str]) -> Portico {
         let socket = dir.path().join("portico.sock");
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let https: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
 
         let controller = spawn(
-            Command::new(binary("portico-controller"))
-                .arg("--manifests")
-                .arg(&manifests)
-                .arg("--socket")
-                .arg(&socket)
-                .args(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100")])),
+            Command::new(binary("portico-controller")).arg("--socket").arg(&socket).args(&controller_args),
             &dir.path().join("controller.log"),
         );
         let proxy = spawn(
@@ -102,7 +142,9 @@ impl Portico {
             http,
             https,
             admin,
-            controller,
+            socket,
+            controller_args,
+            controller: Some(controller),
             proxy,
         };
         portico.wait_until("the proxy is ready", |p| async move { p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200) }).await;
@@ -165,9 +207,68 @@ impl Portico {
         panic!("timed out waiting until {what}\n{}", self.logs());
     }
 
+    /// Every process's log: the controller's, replicas', and the proxy's.
     pub fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("--- controller.log ---\n{}\n--- proxy.log ---\n{}", read("controller.log"), read("proxy.log"))
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".log")).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.iter().map(|n| format!("--- {n} ---\n{}\n", std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default())).collect()
+    }
+
+    /// Kills the controller (as a crash would) and starts it again with the same arguments.
+    pub fn restart_controller(&mut self) {
+        self.kill_controller();
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(self.dir.path().join("controller.log")).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = Command::new(binary("portico-controller"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.controller_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn controller");
+        self.controller = Some(child);
+    }
+
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the controller with SIGTERM, as Kubernetes does, and waits for it to exit.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts another controller with the same arguments, except for the `--flag value`
+    /// pairs in `extra`, which replace the same flags, serving its own socket, as a second
+    /// replica would.
+    pub fn start_replica(&self, name: &str, extra: &[&str]) -> Replica {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut args = Vec::new();
+        let mut base = self.controller_args.iter();
+        while let Some(arg) = base.next() {
+            if extra.chunks(2).any(|pair| pair[0] == arg) {
+                base.next();
+            } else {
+                args.push(arg.clone());
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = spawn(
+            Command::new(binary("portico-controller")).arg("--socket").arg(self.dir.path().join(format!("{name}.sock"))).args(&args),
+            &log,
+        );
+        Replica { child, log }
     }
 
     /// The proxy's process id, for measuring it.
@@ -176,7 +277,7 @@ impl Portico {
     }
 
     pub fn controller_pid(&self) -> u32 {
-        self.controller.id()
+        self.controller.as_ref().map_or(0, Child::id)
     }
 
     pub fn log_path(&self, which: &str) -> PathBuf {
@@ -204,9 +305,8 @@ fn spawn(cmd: &mut Command, log: &Path) -> Child {
 impl Drop for Portico {
     fn drop(&mut self) {
         let _ = self.proxy.kill();
-        let _ = self.controller.kill();
         let _ = self.proxy.wait();
-        let _ = self.controller.wait();
+        self.kill_controller();
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }

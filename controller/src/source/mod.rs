@@ -2,8 +2,10 @@
 //! publishes it whenever it changes; the sync loop does not care which source it is.
 
 mod files;
+mod kube;
 
 pub use files::FileSource;
+pub use kube::KubeSource;
 
 use async_trait::async_trait;
 use portico_translate::ClusterState;

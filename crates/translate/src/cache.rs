@@ -22,6 +22,50 @@ pub enum KubeObject {
     Secret(Arc<Secret>),
 }
 
+/// The kinds of [`KubeObject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    IngressClass,
+    Ingress,
+    Service,
+    EndpointSlice,
+    Secret,
+}
+
+impl ObjectKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ObjectKind::IngressClass => "IngressClass",
+            ObjectKind::Ingress => "Ingress",
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Secret => "Secret",
+        }
+    }
+}
+
+impl KubeObject {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            KubeObject::IngressClass(_) => ObjectKind::IngressClass,
+            KubeObject::Ingress(_) => ObjectKind::Ingress,
+            KubeObject::Service(_) => ObjectKind::Service,
+            KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
+            KubeObject::Secret(_) => ObjectKind::Secret,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::IngressClass(o) => &o.metadata,
+            KubeObject::Ingress(o) => &o.metadata,
+            KubeObject::Service(o) => &o.metadata,
+            KubeObject::EndpointSlice(o) => &o.metadata,
+            KubeObject::Secret(o) => &o.metadata,
+        }
+    }
+}
+
 /// The label EndpointSlices carry to name their Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -58,6 +102,58 @@ impl ClusterState {
                 self.secrets.insert(key(&o.metadata), o);
             }
         }
+    }
+
+    /// Removes the object of `object`'s kind, namespace and name, if present.
+    pub fn remove(&mut self, object: &KubeObject) {
+        let k = key(object.metadata());
+        match object.kind() {
+            ObjectKind::IngressClass => {
+                self.ingress_classes.remove(&k.1);
+            }
+            ObjectKind::Ingress => {
+                self.ingresses.remove(&k);
+            }
+            ObjectKind::Service => {
+                self.services.remove(&k);
+            }
+            ObjectKind::EndpointSlice => {
+                self.endpoint_slices.remove(&k);
+            }
+            ObjectKind::Secret => {
+                self.secrets.remove(&k);
+            }
+        }
+    }
+
+    /// Replaces every object of `kind` in `namespace` (in all, when `None`) with
+    /// `objects`: what a watcher's complete relist means.
+    pub fn replace_all(&mut self, kind: ObjectKind, namespace: Option<&str>, objects: Vec<KubeObject>) {
+        let keep = |k: &ObjectKey| namespace.is_some_and(|ns| k.0 != ns);
+        match kind {
+            ObjectKind::IngressClass => self.ingress_classes.clear(),
+            ObjectKind::Ingress => self.ingresses.retain(|k, _| keep(k)),
+            ObjectKind::Service => self.services.retain(|k, _| keep(k)),
+            ObjectKind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep(k)),
+            ObjectKind::Secret => self.secrets.retain(|k, _| keep(k)),
+        }
+        for o in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.insert(o);
+        }
+    }
+
+    /// The uid of an object, for references to it (Events).
+    pub fn uid(&self, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        let k = (namespace.to_string(), name.to_string());
+        let meta = match kind {
+            "IngressClass" => &self.ingress_classes.get(name)?.metadata,
+            "Ingress" => &self.ingresses.get(&k)?.metadata,
+            "Service" => &self.services.get(&k)?.metadata,
+            "EndpointSlice" => &self.endpoint_slices.get(&k)?.metadata,
+            "Secret" => &self.secrets.get(&k)?.metadata,
+            _ => return None,
+        };
+        meta.uid.clone()
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {

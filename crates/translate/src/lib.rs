@@ -16,7 +16,7 @@ mod merge;
 mod secret;
 
 pub use builder::{translate, Options, Translation, Translator};
-pub use cache::{ClusterState, KubeObject, ObjectKey};
+pub use cache::{ClusterState, KubeObject, ObjectKey, ObjectKind};
 pub use diagnostic::{Diagnostic, ObjectRef, Reason};
 
 /// The `spec.controller` value of IngressClasses Portico serves.

@@ -42,6 +42,12 @@ impl AckedVersions {
         self.lock().get(proxy_id).copied()
     }
 
+    /// Every connected proxy with the last version it acknowledged (or said it had
+    /// applied when it connected).
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        self.lock().clone()
+    }
+
     fn set(&self, proxy_id: &str, version: u64) {
         self.lock().insert(proxy_id.to_string(), version);
     }
@@ -125,6 +131,7 @@ impl Connection {
             Err(_) => return tracing::warn!("no Hello within {HELLO_TIMEOUT:?}; closing"),
         };
         tracing::info!(proxy = %proxy_id, last_applied, "proxy connected");
+        self.acked.set(&proxy_id, last_applied);
 
         let mut read_loop = tokio::spawn(read_replies(reader, self.max_frame, proxy_id.clone(), self.acked.clone()));
         let mut sent = last_applied;
