@@ -96,7 +96,7 @@ impl Portico {
             std::fs::write(manifests.join(name), content).expect("write manifest");
         }
         let mut args = vec!["--manifests".to_string(), manifests.display().to_string()];
-        args.extend(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100")]));
+        args.extend(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100"), ("--metrics-addr", "")]));
         Self::start_processes(dir, manifests, args, proxy_args).await
     }
 

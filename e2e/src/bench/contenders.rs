@@ -205,12 +205,12 @@ pub fn start_wrapped(
             let socket = dir.join("portico.sock");
             // No HSTS: the other proxies are not configured to add it either.
             let controller = spawn(
-                Command::new(binary("portico-controller"))
-                    .arg("--manifests")
-                    .arg(&manifests)
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(["--hsts", "false"]),
+                Command::new(binary("portico-controller")).arg("--manifests").arg(&manifests).arg("--socket").arg(&socket).args([
+                    "--hsts",
+                    "false",
+                    "--metrics-addr",
+                    "",
+                ]),
                 &dir.join("portico-controller.log"),
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
