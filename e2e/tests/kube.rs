@@ -362,3 +362,21 @@ async fn diagnostics_become_warning_events_once_and_admission_a_sync_event() {
     assert!(text.contains("portico_controller_proxy_acknowledged_version{proxy="), "{text}");
     assert!(text.lines().any(|l| l.starts_with("portico_controller_snapshot_builds_total ") && !l.ends_with(" 0")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_stopped_cleanly_releases_the_lease_at_once() {
+    let (api, _servers) = cluster(&["a"]).await;
+    api.apply(&ingress("web").path("k.test", "Prefix", "/", "a").build());
+    // A long lease: only a released one can change hands quickly.
+    let mut portico = Portico::start_kube(&api, &["--publish-status-address", "192.0.2.1", "--lease-duration-secs", "30"], &[]).await;
+    eventually(&portico, "the first controller leads", Duration::from_secs(15), || status_addresses(&api, "web") == ["192.0.2.1"]).await;
+    let _replica = portico.start_replica("replica", &["--publish-status-address", "192.0.2.2"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status_addresses(&api, "web"), ["192.0.2.1"], "the second replica must follow");
+
+    portico.stop_controller();
+    let handover =
+        eventually(&portico, "the replica took over", Duration::from_secs(20), || status_addresses(&api, "web") == ["192.0.2.2"]).await;
+    // The replica looks every lease/5 = 6 s; without the release it would wait 30 s.
+    assert!(handover < Duration::from_secs(10), "handover after a clean stop took {handover:?}");
+}

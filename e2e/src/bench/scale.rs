@@ -5,7 +5,8 @@
 
 use crate::echo::EchoServer;
 use crate::harness::Portico;
-use crate::manifests::{ingress, service_with_endpoints, to_yaml};
+use crate::kube_api::TestApiServer;
+use crate::manifests::{ingress, ingress_class, service_with_endpoints, to_yaml};
 use portico_proxy::metrics::ProxyMetrics;
 use portico_proxy::store::SnapshotStore;
 use portico_translate::{ClusterState, KubeObject, Options, Translator};
@@ -143,8 +144,18 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
     })
 }
 
+/// Where the binaries' controller reads the objects from in the process run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Feed {
+    /// A manifests directory; a change is a rewritten file.
+    Files,
+    /// The test Kubernetes API server through kube-rs watchers; a change is an update.
+    KubeApi,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProcessRun {
+    pub feed: Feed,
     pub ingresses: usize,
     pub proxy_rss_mib: f64,
     pub controller_rss_mib: f64,
@@ -159,20 +170,36 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs the binaries on `n` Ingresses written as manifests, then flips a probe route
-/// between two live backends `changes` times, timing each flip until it is served.
-pub async fn process_run(n: usize, changes: usize) -> anyhow::Result<ProcessRun> {
+/// Runs the binaries on `n` Ingresses from `feed`, then flips a probe route between two
+/// live backends `changes` times, timing each flip from the write until it is served.
+pub async fn process_run(n: usize, changes: usize, feed: Feed) -> anyhow::Result<ProcessRun> {
     let a = EchoServer::start("probe-a", "127.0.0.1:0".parse()?).await?;
     let b = EchoServer::start("probe-b", "127.0.0.1:0".parse()?).await?;
-    let mut files: Vec<(String, String)> =
-        generate(n).chunks(300).enumerate().map(|(i, c)| (format!("bulk-{i:04}.yaml"), to_yaml(c))).collect();
     let mut probe_backends = service_with_endpoints("probe-a", &[a.addr]);
     probe_backends.extend(service_with_endpoints("probe-b", &[b.addr]));
-    files.push(("probe-backends.yaml".into(), to_yaml(&probe_backends)));
-    let probe = |target: &str| to_yaml(&[ingress("probe").path("probe.scale.test", "Prefix", "/", target).build()]);
-    files.push(("probe.yaml".into(), probe("probe-a")));
-    let refs: Vec<(&str, String)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
-    let portico = Portico::start(&refs).await;
+    let probe = |target: &str| ingress("probe").path("probe.scale.test", "Prefix", "/", target).build();
+    let api;
+    let portico = match feed {
+        Feed::Files => {
+            let mut files: Vec<(String, String)> =
+                generate(n).chunks(300).enumerate().map(|(i, c)| (format!("bulk-{i:04}.yaml"), to_yaml(c))).collect();
+            files.push(("probe-backends.yaml".into(), to_yaml(&probe_backends)));
+            files.push(("probe.yaml".into(), to_yaml(&[probe("probe-a")])));
+            let refs: Vec<(&str, String)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+            api = None;
+            Portico::start(&refs).await
+        }
+        Feed::KubeApi => {
+            let server = TestApiServer::start().await?;
+            server.apply(&ingress_class("portico", portico_translate::CONTROLLER_NAME, false));
+            server.apply_all(&generate(n));
+            server.apply_all(&probe_backends);
+            server.apply(&probe("probe-a"));
+            let portico = Portico::start_kube(&server, &[], &[]).await;
+            api = Some(server);
+            portico
+        }
+    };
     portico
         .wait_until("the probe route is served", |p| async move {
             p.client.get("probe.scale.test", "/").await.is_ok_and(|r| r.answered_by() == "probe-a")
@@ -185,7 +212,12 @@ pub async fn process_run(n: usize, changes: usize) -> anyhow::Result<ProcessRun>
     for i in 0..changes {
         let target = if i.is_multiple_of(2) { "probe-b" } else { "probe-a" };
         let written = Instant::now();
-        portico.write("probe.yaml", &probe(target));
+        match &api {
+            Some(api) => {
+                api.apply(&probe(target));
+            }
+            None => portico.write("probe.yaml", &to_yaml(&[probe(target)])),
+        }
         loop {
             let got = portico.client.get("probe.scale.test", "/").await?.answered_by();
             if got == target {
@@ -198,6 +230,7 @@ pub async fn process_run(n: usize, changes: usize) -> anyhow::Result<ProcessRun>
     }
     latencies.sort_by(f64::total_cmp);
     Ok(ProcessRun {
+        feed,
         ingresses: n,
         proxy_rss_mib: proxy_rss as f64 / (1 << 20) as f64,
         controller_rss_mib: controller_rss as f64 / (1 << 20) as f64,

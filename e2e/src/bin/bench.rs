@@ -126,28 +126,34 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("{t:?}");
                 stages.push(t);
             }
-            let mut process_run = None;
+            let mut process_runs = Vec::new();
             if process > 0 {
                 let rt = tokio::runtime::Runtime::new()?;
-                let r = rt.block_on(scale::process_run(process, changes))?;
-                md += &format!(
-                    "\nThrough the binaries at {} Ingresses (manifests source): proxy RSS {:.0} MiB, controller RSS {:.0} MiB; \
-                     propagation of one changed Ingress over {} changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
-                    r.ingresses,
-                    r.proxy_rss_mib,
-                    r.controller_rss_mib,
-                    r.changes,
-                    r.propagation_p50_ms,
-                    r.propagation_p99_ms,
-                    r.propagation_max_ms
-                );
-                process_run = Some(r);
+                for feed in [scale::Feed::Files, scale::Feed::KubeApi] {
+                    let r = rt.block_on(scale::process_run(process, changes, feed))?;
+                    md += &format!(
+                        "\nThrough the binaries at {} Ingresses ({}): proxy RSS {:.0} MiB, controller RSS {:.0} MiB; \
+                         propagation of one changed Ingress over {} changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
+                        r.ingresses,
+                        match feed {
+                            scale::Feed::Files => "manifests source",
+                            scale::Feed::KubeApi => "Kubernetes source, test API server",
+                        },
+                        r.proxy_rss_mib,
+                        r.controller_rss_mib,
+                        r.changes,
+                        r.propagation_p50_ms,
+                        r.propagation_p99_ms,
+                        r.propagation_max_ms
+                    );
+                    process_runs.push(r);
+                }
             }
             println!("{md}");
             std::fs::write(out.join("scale.md"), &md)?;
             std::fs::write(
                 out.join("scale.json"),
-                serde_json::to_vec_pretty(&serde_json::json!({"stages": stages, "process": process_run}))?,
+                serde_json::to_vec_pretty(&serde_json::json!({"stages": stages, "process": process_runs}))?,
             )?;
         }
         Run::Churn { seconds, changes_per_second, out } => {
