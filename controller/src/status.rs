@@ -39,41 +39,39 @@ impl Address {
     }
 }
 
-/// The addresses of the publish Service (`None` when it does not exist).
-pub fn service_addresses(service: Option<&Service>) -> Vec<Address> {
-    let Some(service) = service else { return Vec::new() };
-    let balancer: Vec<Address> = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
+/// Sorted, distinct addresses from a load-balancer status list (a Service's and an
+/// Ingress's have different types with the same two fields), skipping empty entries.
+fn balancer_addresses<T>(list: Option<&Vec<T>>, fields: impl Fn(&T) -> (&Option<String>, &Option<String>)) -> Vec<Address> {
+    let mut addresses: Vec<Address> = list
         .into_iter()
         .flatten()
-        .filter(|i| i.ip.is_some() || i.hostname.is_some())
-        .map(|i| Address { ip: i.ip.clone(), hostname: i.hostname.clone() })
+        .map(fields)
+        .filter(|(ip, hostname)| ip.is_some() || hostname.is_some())
+        .map(|(ip, hostname)| Address { ip: ip.clone(), hostname: hostname.clone() })
         .collect();
-    let mut addresses = if balancer.is_empty() {
-        service.spec.as_ref().and_then(|s| s.external_ips.clone()).unwrap_or_default().iter().map(|ip| Address::parse(ip)).collect()
-    } else {
-        balancer
-    };
     addresses.sort();
     addresses.dedup();
     addresses
 }
 
+/// The addresses of the publish Service (`None` when it does not exist).
+pub fn service_addresses(service: Option<&Service>) -> Vec<Address> {
+    let Some(service) = service else { return Vec::new() };
+    let list = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    let balancer = balancer_addresses(list, |i| (&i.ip, &i.hostname));
+    if !balancer.is_empty() {
+        return balancer;
+    }
+    let mut external: Vec<Address> =
+        service.spec.as_ref().and_then(|s| s.external_ips.as_ref()).into_iter().flatten().map(|ip| Address::parse(ip)).collect();
+    external.sort();
+    external.dedup();
+    external
+}
+
 fn current_addresses(ingress: &Ingress) -> Vec<Address> {
-    let mut addresses: Vec<Address> = ingress
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|i| Address { ip: i.ip.clone(), hostname: i.hostname.clone() })
-        .collect();
-    addresses.sort();
-    addresses
+    let list = ingress.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    balancer_addresses(list, |i| (&i.ip, &i.hostname))
 }
 
 /// What status an Ingress should have, if it should change: `Some(addresses)` to write

@@ -41,6 +41,39 @@ fn status_addresses(api: &TestApiServer, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Requests in a loop from a task until stopped, counting those not answered by `expected`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    fn start(portico: &Portico, hosts: Vec<String>, expected: &'static str) -> Load {
+        let (stop, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (client, stop2, failures2) = (portico.client.clone(), stop.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let host = &hosts[n as usize % hosts.len()];
+                if !client.get(host, "/").await.is_ok_and(|r| r.answered_by() == expected) {
+                    failures2.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        });
+        Load { stop, failures, task }
+    }
+
+    /// Stops it: (requests, failures).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let requests = self.task.await.expect("load task");
+        (requests, self.failures.load(Ordering::Relaxed))
+    }
+}
+
 async fn eventually(portico: &Portico, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -142,22 +175,7 @@ async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     }
 
     // Requests keep flowing while every watch expires and relists.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (client, stop, failures) = (portico.client.clone(), stop.clone(), failures.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let host = format!("h{}.test", n % 20);
-                if !client.get(&host, "/").await.is_ok_and(|r| r.answered_by() == "a") {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
-            n
-        })
-    };
+    let load = Load::start(&portico, (0..20).map(|i| format!("h{i}.test")).collect(), "a");
     api.expire_watches();
     // Changed while the watchers are between their old watch and their relist.
     api.apply(&ingress("late").path("late.test", "Prefix", "/", "b").build());
@@ -165,8 +183,7 @@ async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     wait_for_answer(&portico, "late.test", "/", "b").await;
     wait_for_answer(&portico, "h0.test", "/", "status:404").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let requests = load.await.unwrap();
+    let (requests, failures) = load.stop().await;
 
     // h0 answers 404 once deleted; any other failure is a lost route.
     let config: Value = serde_json::from_slice(&portico.admin_get("/config").await.unwrap().body).unwrap();
@@ -181,7 +198,7 @@ async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     let restarts = text.lines().filter(|l| l.starts_with("portico_controller_watch_restarts_total{")).count();
     assert!(restarts >= 3, "the expired watches are counted:\n{text}");
     // Only requests for h0 after its deletion may fail.
-    assert!(failures.load(Ordering::Relaxed) <= requests / 20 + 1, "{} of {requests} requests failed", failures.load(Ordering::Relaxed));
+    assert!(failures <= requests / 20 + 1, "{failures} of {requests} requests failed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,28 +303,13 @@ async fn a_controller_restart_keeps_the_proxy_serving_throughout() {
     let (api, _servers) = cluster(&["a", "b"]).await;
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "a").build());
     let mut portico = Portico::start_kube(&api, &[], &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (client, stop, failures) = (portico.client.clone(), stop.clone(), failures.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if !client.get("k.test", "/").await.is_ok_and(|r| r.answered_by() == "a") {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
-            n
-        })
-    };
+    let load = Load::start(&portico, vec!["k.test".into()], "a");
     tokio::time::sleep(Duration::from_millis(300)).await;
     portico.restart_controller();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let requests = load.await.unwrap();
+    let (requests, failures) = load.stop().await;
     assert!(requests > 50, "too few requests to tell: {requests}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed across the restart");
+    assert_eq!(failures, 0, "requests failed across the restart");
 
     // The new controller serves changes.
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
