@@ -40,6 +40,8 @@ pub struct EchoServer {
     pub name: String,
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// Milliseconds every answer waits before it is sent (0: none), to play a slow endpoint.
+    pub delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,30 +66,38 @@ impl EchoServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, name.to_string(), requests.clone(), tls));
-        Ok(EchoServer { name: name.to_string(), addr, requests, task })
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve(listener, name.to_string(), requests.clone(), delay_ms.clone(), tls));
+        Ok(EchoServer { name: name.to_string(), addr, requests, delay_ms, task })
     }
 
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// Makes every later answer wait `delay` first.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
-async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>, tls: Option<Arc<SslAcceptor>>) {
+async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>, delay_ms: Arc<AtomicU64>, tls: Option<Arc<SslAcceptor>>) {
     let name: Arc<str> = name.into();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let name = name.clone();
         let requests = requests.clone();
+        let delay_ms = delay_ms.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let over_tls = tls.is_some();
             let service = service_fn(move |req| {
                 let name = name.clone();
                 let requests = requests.clone();
+                let delay = delay_ms.load(Ordering::Relaxed);
                 async move {
                     requests.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, std::convert::Infallible>(answer(&name, over_tls, req).await)
+                    Ok::<_, std::convert::Infallible>(answer(&name, over_tls, delay, req).await)
                 }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
@@ -176,7 +186,16 @@ fn download_size(query: Option<&str>) -> Option<usize> {
     query?.split('&').find_map(|kv| kv.strip_prefix("download=")).and_then(|n| n.parse().ok())
 }
 
-async fn answer(name: &str, tls: bool, req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
+/// The `sleep_ms=N` query parameter: wait N ms before answering.
+fn sleep_ms(query: Option<&str>) -> Option<u64> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("sleep_ms=")).and_then(|n| n.parse().ok())
+}
+
+async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
+    let delay = delay_ms.max(sleep_ms(req.uri().query()).unwrap_or(0));
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         return websocket(name, req);
     }

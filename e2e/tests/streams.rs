@@ -67,7 +67,8 @@ const HUNDRED_MIB: usize = 100 * 1024 * 1024;
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_mib_bodies_stream_through_without_growing_the_proxy() {
     let (_servers, mut docs) = backends(&["bulk"]).await;
-    docs.push(ingress("bulk").path("bulk.test", "Prefix", "/", "bulk").build());
+    // Uploads are limited to 1 MiB unless the Ingress says otherwise, as in ingress-nginx.
+    docs.push(ingress("bulk").annotation("portico.io/proxy-body-size", "0").path("bulk.test", "Prefix", "/", "bulk").build());
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
     let pid = portico.proxy_pid();
     // Warm the proxy's connection paths first, so that growth measures the bodies.

@@ -26,6 +26,7 @@ fn snapshot() -> Snapshot {
             name: backend.clone(),
             endpoints: vec![Endpoint { address: [10, 0, (i / 256) as u8, (i % 256) as u8].into(), port: 8080, ready: true }],
             upstream: Default::default(),
+            policy: Default::default(),
         });
         let routes = PATHS
             .iter()
@@ -35,6 +36,7 @@ fn snapshot() -> Snapshot {
                 backend: backend.clone(),
                 source: String::new(),
                 redirect_to_https: false,
+                max_body_bytes: None,
             })
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });

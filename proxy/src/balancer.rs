@@ -1,48 +1,312 @@
-//! Choosing an endpoint of a backend.
+//! Choosing an endpoint of a backend, and the per-endpoint state choices read: requests
+//! in flight, a peak-EWMA of response times, and passive health.
+//!
+//! A [`Balancer`] lives as long as its backend is unchanged (pools are reused across
+//! snapshots), so round-robin position, EWMA scores and health survive unrelated changes.
+//! All state is atomics: picking takes no lock.
 
-use portico_model::Backend;
+use pingora_ketama::{Bucket, Continuum};
+use portico_model::{Backend, Balance};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-/// Round robin over a backend's ready endpoints.
+/// How fast old response times fade from the EWMA (ingress-nginx's `DECAY_TIME`).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Ketama points per endpoint, as nginx's `hash ... consistent` uses.
+const KETAMA_WEIGHT: u32 = 1;
+
+/// One ready endpoint and what is known about it.
 #[derive(Debug)]
-pub struct RoundRobin {
-    endpoints: Vec<SocketAddr>,
-    next: AtomicUsize,
+pub struct EndpointState {
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    /// Microseconds, as `f64` bits; 0 until the first response.
+    ewma_us: AtomicU64,
+    /// When `ewma_us` was last updated, in microseconds since the balancer's epoch.
+    ewma_at_us: AtomicU64,
+    /// Failures in the current window, and when that window started.
+    fails: AtomicU32,
+    fail_window_us: AtomicU64,
+    /// Skipped until then (microseconds since the epoch).
+    down_until_us: AtomicU64,
 }
 
-impl RoundRobin {
-    pub fn new(backend: &Backend) -> Self {
-        let endpoints = backend.endpoints.iter().filter(|e| e.ready).map(|e| SocketAddr::new(e.address, e.port)).collect();
-        RoundRobin { endpoints, next: AtomicUsize::new(0) }
-    }
-
-    /// `None` when the backend has no ready endpoint.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => Some(self.endpoints[0]),
-            n => Some(self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n]),
+impl EndpointState {
+    fn new(addr: SocketAddr) -> Self {
+        EndpointState {
+            addr,
+            in_flight: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(0f64.to_bits()),
+            ewma_at_us: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            fail_window_us: AtomicU64::new(0),
+            down_until_us: AtomicU64::new(0),
         }
     }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The EWMA decayed to `now_us`, as if a zero-cost response arrived now.
+    fn ewma_at(&self, now_us: u64) -> f64 {
+        let ewma = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        let elapsed = now_us.saturating_sub(self.ewma_at_us.load(Ordering::Relaxed)) as f64;
+        ewma * (-elapsed / EWMA_DECAY.as_micros() as f64).exp()
+    }
+}
+
+enum Algorithm {
+    RoundRobin,
+    LeastConn,
+    Ewma,
+    Random,
+    /// The ring, and each endpoint's position by address.
+    Hash(Continuum, HashMap<SocketAddr, usize>),
+}
+
+/// Ketama places this many points per unit of weight on the ring (pingora-ketama's V1).
+const POINTS_PER_WEIGHT: usize = 160;
+
+pub struct Balancer {
+    endpoints: Box<[EndpointState]>,
+    algorithm: Algorithm,
+    next: AtomicUsize,
+    max_fails: u32,
+    fail_timeout: Duration,
+    epoch: Instant,
+}
+
+/// What a pick may not return: endpoints a request already tried.
+pub type Tried = [usize];
+
+impl Balancer {
+    pub fn new(backend: &Backend) -> Self {
+        let endpoints: Box<[EndpointState]> =
+            backend.endpoints.iter().filter(|e| e.ready).map(|e| EndpointState::new(SocketAddr::new(e.address, e.port))).collect();
+        let algorithm = match &backend.policy.balance {
+            Balance::RoundRobin => Algorithm::RoundRobin,
+            Balance::LeastConn => Algorithm::LeastConn,
+            Balance::Ewma => Algorithm::Ewma,
+            Balance::Random => Algorithm::Random,
+            Balance::ConsistentHash(_) => {
+                let buckets: Vec<Bucket> = endpoints.iter().map(|e| Bucket::new(e.addr, KETAMA_WEIGHT)).collect();
+                let positions = endpoints.iter().enumerate().map(|(i, e)| (e.addr, i)).collect();
+                Algorithm::Hash(Continuum::new(&buckets), positions)
+            }
+        };
+        Balancer {
+            endpoints,
+            algorithm,
+            // Replicas start at different places, so that they do not all hit the first endpoint together.
+            next: AtomicUsize::new(fastrand::usize(..)),
+            max_fails: backend.policy.max_fails,
+            fail_timeout: Duration::from_millis(backend.policy.fail_timeout_ms),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn endpoint(&self, index: usize) -> &EndpointState {
+        &self.endpoints[index]
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// An endpoint for a request, not one in `tried` and not one passive health has
+    /// taken out, unless nothing else is left: then any (all down still beats a 503).
+    /// `key` is the request's hash key, for consistent hashing. `None` when the backend
+    /// has no ready endpoint.
+    pub fn pick(&self, key: &[u8], tried: &Tried) -> Option<usize> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let now = self.now_us();
+        let up = |i: usize| self.endpoints[i].down_until_us.load(Ordering::Relaxed) <= now;
+        let fresh = |i: usize| !tried.contains(&i);
+        self.choose(key, now, &|i| up(i) && fresh(i)).or_else(|| self.choose(key, now, &fresh)).or_else(|| self.choose(key, now, &|_| true))
+    }
+
+    fn choose(&self, key: &[u8], now: u64, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        match &self.algorithm {
+            Algorithm::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|i| allowed(*i))
+            }
+            Algorithm::LeastConn => {
+                // Ties go round robin, so that an idle backend is not all sent to one endpoint.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).filter(|i| allowed(*i)).min_by_key(|i| self.endpoints[*i].in_flight())
+            }
+            Algorithm::Random => self.two_choices(allowed, |i| f64::from(self.endpoints[i].in_flight())),
+            Algorithm::Ewma => self.two_choices(allowed, |i| {
+                let e = &self.endpoints[i];
+                e.ewma_at(now) * f64::from(e.in_flight() + 1)
+            }),
+            Algorithm::Hash(ring, positions) => {
+                // Walk the ring from the key's point to the first allowed endpoint; the
+                // iterator wraps around, so stop after one turn.
+                let turn = n * POINTS_PER_WEIGHT * KETAMA_WEIGHT as usize;
+                ring.node_iter(key).take(turn).filter_map(|a| positions.get(a).copied()).find(|i| allowed(*i))
+            }
+        }
+    }
+
+    /// The lower-scoring of two distinct random allowed endpoints.
+    fn two_choices(&self, allowed: &dyn Fn(usize) -> bool, score: impl Fn(usize) -> f64) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| allowed(*i)).collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (candidates[a], candidates[b]);
+                Some(if score(b) < score(a) { b } else { a })
+            }
+        }
+    }
+
+    /// Counts a request in flight to `index` until the returned guard is dropped.
+    pub fn start(&self, index: usize) -> Attempt {
+        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        Attempt { index, started: Instant::now() }
+    }
+
+    /// Ends an attempt: its response time feeds the EWMA, and a failure (could not
+    /// connect, or timed out) counts towards taking the endpoint out.
+    pub fn finish(&self, attempt: Attempt, failed: bool) {
+        let e = &self.endpoints[attempt.index];
+        e.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = self.now_us();
+        let rtt = attempt.started.elapsed().as_micros() as f64;
+        // Peak EWMA: a slower response counts in full at once; faster ones blend in.
+        let decayed = e.ewma_at(now);
+        let elapsed = now.saturating_sub(e.ewma_at_us.load(Ordering::Relaxed)) as f64;
+        let weight = (-elapsed / EWMA_DECAY.as_micros() as f64).exp();
+        let ewma = if rtt > decayed { rtt } else { decayed * weight + rtt * (1.0 - weight) };
+        e.ewma_us.store(ewma.to_bits(), Ordering::Relaxed);
+        e.ewma_at_us.store(now, Ordering::Relaxed);
+
+        if !failed {
+            e.fails.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.max_fails == 0 {
+            return;
+        }
+        let window = self.fail_timeout.as_micros() as u64;
+        if now.saturating_sub(e.fail_window_us.load(Ordering::Relaxed)) > window {
+            e.fail_window_us.store(now, Ordering::Relaxed);
+            e.fails.store(0, Ordering::Relaxed);
+        }
+        if e.fails.fetch_add(1, Ordering::Relaxed) + 1 >= self.max_fails {
+            e.fails.store(0, Ordering::Relaxed);
+            e.down_until_us.store(now + window, Ordering::Relaxed);
+            tracing::warn!(endpoint = %e.addr, fails = self.max_fails, skipped_for = ?self.fail_timeout, "endpoint failing; skipped for a while");
+        }
+    }
+}
+
+/// One request's use of one endpoint; hand it back to [`Balancer::finish`].
+#[derive(Debug)]
+#[must_use]
+pub struct Attempt {
+    pub index: usize,
+    started: Instant,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_model::Endpoint;
+    use portico_model::{Endpoint, TrafficPolicy};
+
+    fn backend(last_octets: &[u8], balance: Balance) -> Backend {
+        Backend {
+            name: "b".into(),
+            endpoints: last_octets.iter().map(|l| Endpoint { address: [127, 0, 0, *l].into(), port: 80, ready: *l != 0 }).collect(),
+            upstream: Default::default(),
+            policy: TrafficPolicy { balance, ..Default::default() },
+        }
+    }
+
+    fn ip(b: &Balancer, i: usize) -> u8 {
+        match b.endpoint(i).addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets()[3],
+            _ => 0,
+        }
+    }
 
     #[test]
-    fn cycles_through_ready_endpoints_only() {
-        let ep = |last: u8, ready| Endpoint { address: [127, 0, 0, last].into(), port: 80, ready };
-        let rr = RoundRobin::new(&Backend {
-            name: "b".into(),
-            endpoints: vec![ep(1, true), ep(2, false), ep(3, true)],
-            upstream: Default::default(),
-        });
-        let picks: Vec<_> = (0..4).map(|_| rr.pick().unwrap().ip().to_string()).collect();
-        assert_eq!(picks, ["127.0.0.1", "127.0.0.3", "127.0.0.1", "127.0.0.3"]);
-        let empty = RoundRobin::new(&Backend { name: "e".into(), endpoints: vec![ep(1, false)], upstream: Default::default() });
-        assert_eq!(empty.pick(), None);
+    fn round_robin_cycles_through_ready_endpoints_and_skips_tried_ones() {
+        let b = Balancer::new(&backend(&[1, 0, 3], Balance::RoundRobin));
+        let picks: Vec<u8> = (0..4).map(|_| ip(&b, b.pick(b"", &[]).unwrap())).collect();
+        assert!(picks == [1, 3, 1, 3] || picks == [3, 1, 3, 1], "{picks:?}");
+        let first = b.pick(b"", &[]).unwrap();
+        assert_ne!(b.pick(b"", &[first]), Some(first), "a retry goes elsewhere");
+        assert_eq!(b.pick(b"", &[0, 1]).map(|i| i < 2), Some(true), "all tried: any endpoint still beats none");
+        assert_eq!(Balancer::new(&backend(&[0], Balance::RoundRobin)).pick(b"", &[]), None);
+    }
+
+    #[test]
+    fn least_conn_prefers_the_endpoint_with_fewer_requests_in_flight() {
+        let b = Balancer::new(&backend(&[1, 2], Balance::LeastConn));
+        let busy = b.start(0);
+        for _ in 0..10 {
+            assert_eq!(b.pick(b"", &[]), Some(1));
+        }
+        b.finish(busy, false);
+    }
+
+    #[test]
+    fn ewma_prefers_the_faster_endpoint() {
+        let b = Balancer::new(&backend(&[1, 2], Balance::Ewma));
+        let slow = b.start(0);
+        std::thread::sleep(Duration::from_millis(20));
+        b.finish(slow, false);
+        let fast = b.start(1);
+        b.finish(fast, false);
+        assert!((0..20).all(|_| b.pick(b"", &[]) == Some(1)));
+    }
+
+    #[test]
+    fn failing_endpoints_are_skipped_for_the_fail_timeout_unless_all_are_down() {
+        let b = Balancer::new(&backend(&[1, 2], Balance::RoundRobin));
+        for _ in 0..3 {
+            let a = b.start(0);
+            b.finish(a, true);
+        }
+        assert!((0..10).all(|_| b.pick(b"", &[]) == Some(1)), "endpoint 0 is out after 3 failures");
+        for _ in 0..3 {
+            let a = b.start(1);
+            b.finish(a, true);
+        }
+        assert!(b.pick(b"", &[]).is_some(), "with every endpoint down, traffic still goes somewhere");
+    }
+
+    #[test]
+    fn consistent_hashing_moves_only_the_keys_of_a_removed_endpoint() {
+        let all: Vec<u8> = (1..=10).collect();
+        let before = Balancer::new(&backend(&all, Balance::ConsistentHash("$remote_addr".into())));
+        let after = Balancer::new(&backend(&all[..9], Balance::ConsistentHash("$remote_addr".into())));
+        let keys: Vec<String> = (0..5000).map(|k| format!("client-{k}")).collect();
+        let owner = |b: &Balancer, k: &str| ip(b, b.pick(k.as_bytes(), &[]).unwrap());
+        let moved = keys.iter().filter(|k| owner(&before, k) != owner(&after, k)).count();
+        let owned_by_removed = keys.iter().filter(|k| owner(&before, k) == 10).count();
+        assert_eq!(moved, owned_by_removed, "only the removed endpoint's keys move");
+        assert!(moved < keys.len() * 15 / 100, "{moved} of {} keys moved", keys.len());
+        assert!(keys.iter().all(|k| owner(&before, k) == owner(&before, k)), "a key always maps to one endpoint");
     }
 }

@@ -7,13 +7,13 @@
 //! routes and backends are the same keeps its matcher and counters. An endpoint change
 //! therefore rebuilds one pool and the hosts that use it, not the whole table.
 
-use crate::balancer::RoundRobin;
+use crate::balancer::Balancer;
 use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
 use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{Backend, HostMatch, Snapshot, VirtualHost};
+use portico_model::{Backend, Balance, HashKey, HostMatch, RetryPolicy, Snapshot, VirtualHost};
 use std::sync::{Arc, OnceLock};
 
 /// Keys are names from the snapshot being compiled; a fast seeded hash is enough.
@@ -35,10 +35,13 @@ pub struct CompiledSnapshot {
     metrics: Arc<ProxyMetrics>,
 }
 
-/// A backend's endpoints and how to reach them.
+/// A backend's endpoints, how to reach them, and what to do when one fails.
 pub struct BackendPool {
-    pub balancer: RoundRobin,
+    pub balancer: Balancer,
     pub upstream: UpstreamSettings,
+    /// How to build a request's key, for consistent hashing.
+    pub hash_key: Option<HashKey>,
+    pub retry: RetryPolicy,
 }
 
 struct CompiledVhost {
@@ -55,6 +58,7 @@ struct CompiledVhost {
 struct CompiledRoute {
     pool: Arc<BackendPool>,
     redirect_to_https: bool,
+    max_body_bytes: Option<u64>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -143,6 +147,14 @@ impl CompiledSnapshot {
         }
     }
 
+    /// The largest request body the matched route takes (`None`: no limit).
+    pub fn max_body_bytes(&self, routed: &Routed) -> Option<u64> {
+        match routed.target {
+            Target::Route(r) => routed.vhost.and_then(|v| self.vhosts[v].routes[r].max_body_bytes),
+            _ => None,
+        }
+    }
+
     /// The backend a routing result sends the request to.
     pub fn pool(&self, routed: &Routed) -> Option<&BackendPool> {
         match routed.target {
@@ -196,9 +208,15 @@ fn compile_pools(backends: &[Backend], previous: Option<&CompiledSnapshot>) -> R
         .map(|b| match old.get(b.name.as_str()) {
             Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
             _ => {
-                let upstream =
-                    UpstreamSettings::new(&b.upstream).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what })?;
-                Ok(Arc::new(BackendPool { balancer: RoundRobin::new(b), upstream }))
+                let fail = |what| CompileError::Upstream { backend: b.name.clone(), what };
+                let upstream = UpstreamSettings::new(&b.upstream, &b.policy).map_err(fail)?;
+                let hash_key = match &b.policy.balance {
+                    Balance::ConsistentHash(template) => {
+                        Some(HashKey::parse(template).map_err(|v| fail(format!("hash key: unknown {v}")))?)
+                    }
+                    _ => None,
+                };
+                Ok(Arc::new(BackendPool { balancer: Balancer::new(b), upstream, hash_key, retry: b.policy.retry.clone() }))
             }
         })
         .collect()
@@ -209,7 +227,11 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
     let mut routes = Vec::with_capacity(vh.routes.len());
     for route in &vh.routes {
         paths.insert(&route.path, routes.len());
-        routes.push(CompiledRoute { pool: Arc::clone(by_name[route.backend.as_str()]), redirect_to_https: route.redirect_to_https });
+        routes.push(CompiledRoute {
+            pool: Arc::clone(by_name[route.backend.as_str()]),
+            redirect_to_https: route.redirect_to_https,
+            max_body_bytes: route.max_body_bytes,
+        });
     }
     let label = match &vh.host {
         HostMatch::Any => ANY_HOST.into(),
@@ -232,8 +254,15 @@ mod tests {
                 name: name.clone(),
                 endpoints: vec![Endpoint { address: [127, 0, i as u8, last].into(), port: 80, ready: true }],
                 upstream: Default::default(),
+                policy: Default::default(),
             });
-            let route = Route { path: PathMatch::prefix("/"), backend: name, source: String::new(), redirect_to_https: false };
+            let route = Route {
+                path: PathMatch::prefix("/"),
+                backend: name,
+                source: String::new(),
+                redirect_to_https: false,
+                max_body_bytes: None,
+            };
             s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
         }
         s
@@ -246,10 +275,13 @@ mod tests {
         let second = CompiledSnapshot::compile(snapshot(2, 10, 2), &metrics, Some(&first)).unwrap();
         assert_eq!(second.reused(&first), (9, 9), "one backend changed: its pool and its one host are new");
         let routed = second.route("h0.test", "/x");
-        let picked = second.pool(&routed).unwrap().balancer.pick().unwrap();
-        assert_eq!(picked.ip().to_string(), "127.0.0.2", "the new endpoint serves");
+        let addr = |s: &CompiledSnapshot, r: &Routed| {
+            let b = &s.pool(r).unwrap().balancer;
+            b.endpoint(b.pick(b"", &[]).unwrap()).addr.ip().to_string()
+        };
+        assert_eq!(addr(&second, &routed), "127.0.0.2", "the new endpoint serves");
         let same = second.route("h5.test", "/");
-        assert_eq!(second.pool(&same).unwrap().balancer.pick().unwrap().ip().to_string(), "127.0.5.1");
+        assert_eq!(addr(&second, &same), "127.0.5.1");
 
         // A host added in front shifts every position; what is unchanged is still reused.
         let mut shifted = snapshot(3, 10, 2);
@@ -257,6 +289,6 @@ mod tests {
         let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
         assert_eq!(third.reused(&second), (10, 10));
         let routed = third.route("h3.test", "/");
-        assert_eq!(third.pool(&routed).unwrap().balancer.pick().unwrap().ip().to_string(), "127.0.3.1");
+        assert_eq!(addr(&third, &routed), "127.0.3.1");
     }
 }

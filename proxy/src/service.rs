@@ -2,17 +2,21 @@
 //! plain HTTP to HTTPS where the route asks for it, pick an endpoint, forward with the
 //! usual `X-Forwarded-*` headers, and count the answer.
 
-use crate::compile::{CompiledSnapshot, Routed};
+use crate::balancer::Attempt;
+use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::forwarded::Cidr;
 use crate::pages::{error_page, redirect, SERVER};
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::FailToProxy;
-use std::net::{IpAddr, SocketAddr};
+use portico_model::{HashKey, KeyPart};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct IngressProxy {
     pub store: Arc<SnapshotStore>,
@@ -26,7 +30,18 @@ pub struct IngressProxy {
 pub struct RequestCtx {
     snapshot: Option<Arc<CompiledSnapshot>>,
     routed: Routed,
-    upstream: Option<SocketAddr>,
+    /// The endpoint the current attempt uses.
+    attempt: Option<Attempt>,
+    /// Endpoints earlier attempts failed on; empty (and unallocated) unless retrying.
+    tried: Vec<usize>,
+    /// When the first attempt started, for `proxy-next-upstream-timeout`.
+    first_attempt: Option<Instant>,
+    /// The request's consistent-hash key, when its backend hashes.
+    hash_key: Vec<u8>,
+    /// Request body bytes seen so far, against the route's limit.
+    body_bytes: u64,
+    /// The upstream's answer is being replaced by another attempt.
+    retrying_status: bool,
     /// The client reached us over TLS, or a trusted proxy in front says it did.
     https: bool,
     /// This connection is TLS to us.
@@ -98,6 +113,102 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// Builds a request's consistent-hash key from `key`'s parts.
+fn build_hash_key(key: &HashKey, req: &RequestHeader, peer: Option<IpAddr>, out: &mut Vec<u8>) {
+    use std::io::Write;
+    for part in &key.parts {
+        match part {
+            KeyPart::Text(t) => out.extend_from_slice(t.as_bytes()),
+            KeyPart::RemoteAddr => {
+                if let Some(ip) = peer {
+                    let _ = write!(out, "{ip}");
+                }
+            }
+            KeyPart::Host => out.extend_from_slice(request_host(req).as_bytes()),
+            KeyPart::Uri => out.extend_from_slice(req.uri.path().as_bytes()),
+            KeyPart::RequestUri => out.extend_from_slice(req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes()),
+            KeyPart::Header(name) => {
+                if let Some(v) = req.headers.get(name.as_str()) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            KeyPart::Cookie(name) => {
+                let cookies = req.headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok());
+                let value = cookies.flat_map(|c| c.split(';')).find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then_some(v)
+                });
+                out.extend_from_slice(value.unwrap_or("").as_bytes());
+            }
+            KeyPart::Arg(name) => {
+                let query = req.uri.query().unwrap_or("");
+                let value = query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then_some(v)
+                });
+                out.extend_from_slice(value.unwrap_or("").as_bytes());
+            }
+        }
+    }
+}
+
+/// Whether an upstream error is the endpoint's fault: it could not be reached, or it
+/// did not answer in time. Those count against its health and may be retried.
+fn endpoint_failure(e: &Error) -> Option<Failure> {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Some(Failure::Timeout)
+        }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::ConnectionClosed
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::ConnectProxyFailure => Some(Failure::Error),
+        _ if e.esource() == &ErrorSource::Upstream => Some(Failure::Error),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Error,
+    Timeout,
+    /// The endpoint answered with a status `proxy-next-upstream` lists.
+    Status(u16),
+}
+
+impl RequestCtx {
+    fn pool(&self) -> Option<&BackendPool> {
+        self.snapshot.as_ref().and_then(|s| s.pool(&self.routed))
+    }
+
+    /// Ends the current attempt, counting a failure against its endpoint; returns the
+    /// endpoint's index.
+    fn finish_attempt(&mut self, failed: bool) -> Option<usize> {
+        let attempt = self.attempt.take()?;
+        let index = attempt.index;
+        if let Some(pool) = self.snapshot.as_ref().and_then(|s| s.pool(&self.routed)) {
+            pool.balancer.finish(attempt, failed);
+        }
+        Some(index)
+    }
+
+    /// Whether a failed attempt (already in `tried`) may be followed by another.
+    fn may_retry(&self, failure: Failure) -> bool {
+        let Some(pool) = self.pool() else { return false };
+        let retry = &pool.retry;
+        let wanted = match failure {
+            Failure::Error => retry.on_error,
+            Failure::Timeout => retry.on_timeout,
+            Failure::Status(code) => retry.on_status.contains(&code),
+        };
+        let attempts = self.tried.len() as u64;
+        let in_time = retry.timeout_ms == 0 || self.first_attempt.is_some_and(|t| t.elapsed().as_millis() < u128::from(retry.timeout_ms));
+        wanted && attempts < u64::from(retry.tries).min(pool.balancer.len() as u64) && in_time
+    }
+}
+
 async fn respond(session: &mut Session, status: u16) -> Result<()> {
     let (header, body) = error_page(status);
     session.write_response_header(Box::new(header), false).await?;
@@ -131,12 +242,29 @@ impl ProxyHttp for IngressProxy {
             }
             return Ok(true);
         }
-        let status = match snapshot.pool(&ctx.routed).map(|p| p.balancer.pick()) {
+        // A body declared larger than the route takes is refused before anything goes upstream.
+        let limit = snapshot.max_body_bytes(&ctx.routed);
+        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(limit), Some(declared)) = (limit, declared) {
+            if declared > limit {
+                ctx.snapshot = Some(snapshot);
+                respond(session, 413).await?;
+                return Ok(true);
+            }
+        }
+        let status = match snapshot.pool(&ctx.routed) {
             None => Some(404),
-            Some(None) => Some(503),
-            Some(Some(addr)) => {
-                ctx.upstream = Some(addr);
-                None
+            Some(pool) => {
+                if let Some(key) = &pool.hash_key {
+                    build_hash_key(key, req, peer_ip(session), &mut ctx.hash_key);
+                }
+                match pool.balancer.pick(&ctx.hash_key, &[]) {
+                    None => Some(503),
+                    Some(index) => {
+                        ctx.attempt = Some(pool.balancer.start(index));
+                        None
+                    }
+                }
             }
         };
         ctx.snapshot = Some(snapshot);
@@ -150,11 +278,92 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let pool = ctx.snapshot.as_ref().and_then(|s| s.pool(&ctx.routed));
-        let (Some(addr), Some(pool)) = (ctx.upstream, pool) else {
-            return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+        ctx.first_attempt.get_or_insert_with(Instant::now);
+        let Some(pool) = ctx.snapshot.as_ref().and_then(|s| s.pool(&ctx.routed)) else {
+            return Err(Error::explain(ErrorType::InternalError, "no backend routed"));
         };
-        Ok(Box::new(pool.upstream.peer(addr)))
+        // A retry: the failed endpoint is in `tried`; pick another.
+        let index = match &ctx.attempt {
+            Some(a) => a.index,
+            None => {
+                let index = pool
+                    .balancer
+                    .pick(&ctx.hash_key, &ctx.tried)
+                    .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no endpoint left"))?;
+                ctx.attempt = Some(pool.balancer.start(index));
+                index
+            }
+        };
+        Ok(Box::new(pool.upstream.peer(pool.balancer.endpoint(index).addr)))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing was sent: any request may go to another endpoint.
+        let failure = endpoint_failure(&e).unwrap_or(Failure::Error);
+        if let Some(index) = ctx.finish_attempt(true) {
+            ctx.tried.push(index);
+        }
+        e.set_retry(ctx.may_retry(failure));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.retrying_status {
+            // `upstream_response_filter` already decided, and moved on from that endpoint.
+            ctx.retrying_status = false;
+            return e;
+        }
+        let failure = endpoint_failure(&e);
+        if let Some(index) = ctx.finish_attempt(failure.is_some()) {
+            ctx.tried.push(index);
+        }
+        // A request that may have been acted on is never sent twice: only idempotent
+        // methods whose body (if any) is still held for a retry.
+        let safe = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        match failure {
+            Some(f) if safe && ctx.may_retry(f) => e.set_retry(true),
+            _ if safe => e.retry.decide_reuse(client_reused),
+            _ => e.set_retry(false),
+        }
+        e
+    }
+
+    async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let status = response.status.as_u16();
+        let listed = ctx.pool().is_some_and(|p| p.retry.on_status.contains(&status));
+        if !listed {
+            return Ok(());
+        }
+        // As for errors: only a request that cannot have been acted on twice is sent again.
+        let safe = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if let Some(index) = ctx.finish_attempt(true) {
+            ctx.tried.push(index);
+        }
+        if safe && ctx.may_retry(Failure::Status(status)) {
+            ctx.retrying_status = true;
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream status listed in proxy-next-upstream");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
+        if let (Some(chunk), Some(limit)) = (body.as_ref(), ctx.snapshot.as_ref().and_then(|s| s.max_body_bytes(&ctx.routed))) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > limit {
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body larger than the route allows"));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
@@ -214,6 +423,11 @@ impl ProxyHttp for IngressProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -232,7 +446,8 @@ impl ProxyHttp for IngressProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.finish_attempt(e.and_then(endpoint_failure).is_some());
         if let Some(snapshot) = &ctx.snapshot {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             snapshot.counters(&ctx.routed).record(status);

@@ -103,12 +103,14 @@ mod tests {
                     backend: backend.into(),
                     source: String::new(),
                     redirect_to_https: false,
+                    max_body_bytes: None,
                 }],
             }],
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],
                 upstream: Default::default(),
+                policy: Default::default(),
             }],
             ..Snapshot::default()
         }

@@ -4,9 +4,10 @@
 use openssl::x509::X509;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use portico_model::Upstream;
+use portico_model::{TrafficPolicy, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct UpstreamSettings {
@@ -15,6 +16,9 @@ pub struct UpstreamSettings {
     verify: bool,
     server_name: String,
     ca: Option<Arc<Box<[X509]>>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    send_timeout: Duration,
     /// Pingora pools connections by a hash that leaves out the trusted CAs and the
     /// protocol; without this, a connection verified against one CA (or opened as h2c)
     /// would be reused for a backend that asked for another.
@@ -22,7 +26,7 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
-    pub fn new(u: &Upstream) -> Result<Self, String> {
+    pub fn new(u: &Upstream, policy: &TrafficPolicy) -> Result<Self, String> {
         let ca = match &u.ca_pem {
             None => None,
             // An empty bundle trusts nothing: the controller sends one when the CA Secret
@@ -47,6 +51,9 @@ impl UpstreamSettings {
             verify: u.verify,
             server_name: u.server_name.clone().unwrap_or_default(),
             ca,
+            connect_timeout: Duration::from_millis(policy.connect_timeout_ms),
+            read_timeout: Duration::from_millis(policy.read_timeout_ms),
+            send_timeout: Duration::from_millis(policy.send_timeout_ms),
         })
     }
 
@@ -54,6 +61,11 @@ impl UpstreamSettings {
         let mut peer = HttpPeer::new(addr, self.tls, self.server_name.clone());
         peer.options.alpn = self.alpn.clone();
         peer.group_key = self.pool_key;
+        // The connect timeout covers the TLS handshake too, as nginx's does.
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.send_timeout);
         if self.tls {
             peer.options.verify_cert = self.verify;
             peer.options.verify_hostname = self.verify && !self.server_name.is_empty();

@@ -3,9 +3,11 @@
 //! The controller builds a [`Snapshot`] from cluster objects; the proxy validates it and
 //! compiles it into lookup structures. Nothing here does I/O or knows about Kubernetes.
 
+mod hash_key;
 mod host;
 mod validate;
 
+pub use hash_key::{HashKey, KeyPart};
 pub use host::{HostMatch, InvalidHost};
 pub use validate::ValidationError;
 
@@ -113,6 +115,9 @@ pub struct Route {
     /// Plain-HTTP requests are answered with a 308 to the same URL over HTTPS.
     #[serde(default)]
     pub redirect_to_https: bool,
+    /// The largest request body forwarded; a larger one is answered 413. `None`: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// How a route matches the request path (the query string never takes part).
@@ -149,6 +154,90 @@ pub struct Backend {
     /// How the proxy talks to the endpoints.
     #[serde(default)]
     pub upstream: Upstream,
+    /// How the proxy picks among them and when it gives up on one.
+    #[serde(default)]
+    pub policy: TrafficPolicy,
+}
+
+/// How requests are spread over a backend's endpoints, and how failures are handled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TrafficPolicy {
+    pub balance: Balance,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the next read from the endpoint (the response head or body).
+    pub read_timeout_ms: u64,
+    /// Longest wait for the endpoint to take the next write of the request.
+    pub send_timeout_ms: u64,
+    pub retry: RetryPolicy,
+    /// Passive health: an endpoint that fails (cannot be connected, or times out)
+    /// `max_fails` times within `fail_timeout_ms` is skipped for `fail_timeout_ms`.
+    /// `max_fails` 0 turns this off.
+    pub max_fails: u32,
+    pub fail_timeout_ms: u64,
+}
+
+impl Default for TrafficPolicy {
+    /// ingress-nginx's defaults.
+    fn default() -> Self {
+        TrafficPolicy {
+            balance: Balance::RoundRobin,
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            retry: RetryPolicy::default(),
+            max_fails: 3,
+            fail_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The `load-balance` algorithms, and consistent hashing (`upstream-hash-by`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight.
+    LeastConn,
+    /// Peak-EWMA of response time, times requests in flight; the lower of two random picks.
+    Ewma,
+    /// The less loaded of two random picks.
+    Random,
+    /// Ketama over a key built from the request by this template (ingress-nginx's
+    /// variable syntax: `$remote_addr`, `$host`, `$http_x_user`, ...).
+    ConsistentHash(String),
+}
+
+impl Balance {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Ewma => "ewma",
+            Balance::Random => "random",
+            Balance::ConsistentHash(_) => "hash",
+        }
+    }
+}
+
+/// When a failed attempt is tried again on another endpoint (`proxy-next-upstream`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Connection failures, and resets before any response byte arrived.
+    pub on_error: bool,
+    pub on_timeout: bool,
+    /// Upstream answers with these statuses (502, 503, 504) are tried again.
+    pub on_status: Vec<u16>,
+    /// Attempts in all, the first included (`proxy-next-upstream-tries`); 1 never retries.
+    pub tries: u32,
+    /// No new attempt starts this long after the first (`proxy-next-upstream-timeout`); 0: no limit.
+    pub timeout_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// ingress-nginx's `proxy-next-upstream: error timeout`, 3 tries.
+    fn default() -> Self {
+        RetryPolicy { on_error: true, on_timeout: true, on_status: Vec::new(), tries: 3, timeout_ms: 0 }
+    }
 }
 
 /// The protocol spoken to a backend's endpoints, and how TLS to them is checked.
@@ -272,6 +361,7 @@ mod tests {
                     backend: "ns/svc:80".into(),
                     source: "ns/ing".into(),
                     redirect_to_https: true,
+                    max_body_bytes: Some(1 << 20),
                 }],
             }],
             default_backend: None,
@@ -284,6 +374,7 @@ mod tests {
                     ca_pem: None,
                     server_name: Some("svc.ns.svc".into()),
                 },
+                policy: TrafficPolicy { balance: Balance::ConsistentHash("$remote_addr".into()), ..Default::default() },
             }],
             certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "KEY".into() }],
             tls_hosts: vec![TlsHost { host: "*.foo.com".parse().unwrap(), certificate: "ns/tls".into() }],

@@ -1,6 +1,6 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{PathMatch, Snapshot};
+use crate::{Balance, HashKey, PathMatch, Snapshot, TrafficPolicy};
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
 /// not be predictable, but it need not be SipHash either.
@@ -28,6 +28,8 @@ pub enum ValidationError {
     UnknownDefaultBackend { backend: String },
     #[error("backend {backend:?}: endpoint {address} has port 0")]
     ZeroPort { backend: String, address: std::net::IpAddr },
+    #[error("backend {backend:?}: {what}")]
+    InvalidPolicy { backend: String, what: String },
     #[error("certificate {name:?} appears more than once")]
     DuplicateCertificate { name: String },
     #[error("certificate {name:?} has an empty chain or key")]
@@ -36,6 +38,22 @@ pub enum ValidationError {
     DuplicateTlsHost { host: String },
     #[error("TLS host {host:?} names unknown certificate {certificate:?}")]
     UnknownCertificate { host: String, certificate: String },
+}
+
+fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
+    if let Balance::ConsistentHash(template) = &p.balance {
+        HashKey::parse(template).map_err(|v| format!("hash key {template:?}: unknown variable {v}"))?;
+    }
+    if p.connect_timeout_ms == 0 || p.read_timeout_ms == 0 || p.send_timeout_ms == 0 {
+        return Err("timeouts must be greater than 0".into());
+    }
+    if p.retry.tries == 0 {
+        return Err("retry tries must be at least 1".into());
+    }
+    if let Some(s) = p.retry.on_status.iter().find(|s| !(500..=599).contains(*s)) {
+        return Err(format!("retry on status {s}: only 5xx statuses are retried"));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
@@ -54,6 +72,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
         if let Some(e) = b.endpoints.iter().find(|e| e.port == 0) {
             return Err(ZeroPort { backend: b.name.clone(), address: e.address });
         }
+        validate_policy(&b.policy).map_err(|what| InvalidPolicy { backend: b.name.clone(), what })?;
     }
     if let Some(d) = &s.default_backend {
         if !backends.contains(d.as_str()) {
@@ -121,13 +140,20 @@ mod tests {
             version: 1,
             virtual_hosts: vec![VirtualHost {
                 host: HostMatch::Exact("a.com".into()),
-                routes: vec![Route { path: PathMatch::prefix("/"), backend: "b".into(), source: String::new(), redirect_to_https: false }],
+                routes: vec![Route {
+                    path: PathMatch::prefix("/"),
+                    backend: "b".into(),
+                    source: String::new(),
+                    redirect_to_https: false,
+                    max_body_bytes: None,
+                }],
             }],
             default_backend: Some("b".into()),
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 80, ready: true }],
                 upstream: Default::default(),
+                policy: Default::default(),
             }],
             certificates: vec![Certificate { name: "ns/c".into(), chain_pem: "C".into(), key_pem: "K".into() }],
             tls_hosts: vec![TlsHost { host: HostMatch::Exact("a.com".into()), certificate: "ns/c".into() }],

@@ -3,7 +3,7 @@
 //! parse is reported with the annotation and the value, and the default applies.
 
 use crate::diagnostic::Reason;
-use portico_model::UpstreamProtocol;
+use portico_model::{Balance, UpstreamProtocol};
 use std::collections::BTreeMap;
 
 pub(crate) const PORTICO_PREFIX: &str = "portico.io/";
@@ -97,6 +97,83 @@ impl<'a> Annotations<'a> {
         })
     }
 
+    /// `load-balance`: ingress-nginx's `round_robin` and `ewma`, and `least_conn`, `random`.
+    pub fn load_balance(&self) -> Result<Option<Balance>, InvalidAnnotation> {
+        self.parse("load-balance", "one of round_robin, least_conn, ewma, random", |v| match v.to_ascii_lowercase().as_str() {
+            "round_robin" => Some(Balance::RoundRobin),
+            "least_conn" => Some(Balance::LeastConn),
+            "ewma" => Some(Balance::Ewma),
+            "random" => Some(Balance::Random),
+            _ => None,
+        })
+    }
+
+    /// `upstream-hash-by`: a key template of literal text and known variables.
+    pub fn hash_key(&self) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(
+            "upstream-hash-by",
+            "a key of text and $remote_addr, $host, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME",
+            |v| (!v.is_empty() && portico_model::HashKey::parse(v).is_ok()).then(|| v.to_string()),
+        )
+    }
+
+    /// A duration as ingress-nginx's timeout annotations give it: whole seconds (`"5"`),
+    /// or with a unit (`"5s"`, `"500ms"`, `"2m"`). `allow_zero` for "no limit".
+    pub fn duration_ms(&self, name: &str, allow_zero: bool) -> Result<Option<u64>, InvalidAnnotation> {
+        let expected = if allow_zero { "a duration such as 5, 5s or 500ms" } else { "a positive duration such as 5, 5s or 500ms" };
+        self.parse(name, expected, |v| {
+            let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
+                (n, 1)
+            } else if let Some(n) = v.strip_suffix('s') {
+                (n, 1_000)
+            } else if let Some(n) = v.strip_suffix('m') {
+                (n, 60_000)
+            } else {
+                (v, 1_000)
+            };
+            let ms = number.trim().parse::<u64>().ok()?.checked_mul(scale)?;
+            (allow_zero || ms > 0).then_some(ms)
+        })
+    }
+
+    /// An nginx size: bytes, or with `k`, `m` or `g` (powers of 1024).
+    pub fn size_bytes(&self, name: &str) -> Result<Option<u64>, InvalidAnnotation> {
+        self.parse(name, "a size such as 1m, 512k or 1048576", |v| {
+            let v = v.to_ascii_lowercase();
+            let (number, scale) = match v.as_bytes().last()? {
+                b'k' => (&v[..v.len() - 1], 1u64 << 10),
+                b'm' => (&v[..v.len() - 1], 1 << 20),
+                b'g' => (&v[..v.len() - 1], 1 << 30),
+                _ => (v.as_str(), 1),
+            };
+            number.parse::<u64>().ok()?.checked_mul(scale)
+        })
+    }
+
+    /// A whole number.
+    pub fn count(&self, name: &str) -> Result<Option<u32>, InvalidAnnotation> {
+        self.parse(name, "a whole number", |v| v.parse::<u32>().ok())
+    }
+
+    /// `proxy-next-upstream`: space-separated conditions, or `off`.
+    pub fn next_upstream(&self) -> Result<Option<NextUpstream>, InvalidAnnotation> {
+        self.parse("proxy-next-upstream", "conditions among error, timeout, http_502, http_503, http_504, or off", |v| {
+            let mut when = NextUpstream::default();
+            for word in v.split_whitespace() {
+                match word {
+                    "error" => when.error = true,
+                    "timeout" => when.timeout = true,
+                    "http_502" => when.statuses.push(502),
+                    "http_503" => when.statuses.push(503),
+                    "http_504" => when.statuses.push(504),
+                    "off" => when.off = true,
+                    _ => return None,
+                }
+            }
+            (!when.off || (!when.error && !when.timeout && when.statuses.is_empty())).then_some(when)
+        })
+    }
+
     /// A Secret reference, `namespace/name` or just `name` (the Ingress's namespace).
     pub fn secret_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
         self.parse(name, "a Secret reference, namespace/name", |v| {
@@ -104,6 +181,15 @@ impl<'a> Annotations<'a> {
             (!ns.is_empty() && !n.is_empty() && !n.contains('/')).then(|| (ns.to_string(), n.to_string()))
         })
     }
+}
+
+/// The conditions of `proxy-next-upstream`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NextUpstream {
+    pub error: bool,
+    pub timeout: bool,
+    pub statuses: Vec<u16>,
+    pub off: bool,
 }
 
 #[cfg(test)]
@@ -134,5 +220,34 @@ mod tests {
         let a = Annotations::new(Some(&m));
         assert!(a.server_name("proxy-ssl-name").is_err());
         assert_eq!(a.secret_ref("proxy-ssl-secret", "ns"), Ok(Some(("other".into(), "ca".into()))));
+    }
+
+    #[test]
+    fn traffic_values_parse_as_ingress_nginx_writes_them() {
+        let m = map(&[
+            ("portico.io/proxy-read-timeout", "120"),
+            ("portico.io/proxy-send-timeout", "500ms"),
+            ("portico.io/proxy-connect-timeout", "0"),
+            ("portico.io/proxy-body-size", "8m"),
+            ("portico.io/client-body-size", "0"),
+            ("portico.io/proxy-next-upstream", "error timeout http_503"),
+            ("portico.io/load-balance", "EWMA"),
+            ("portico.io/upstream-hash-by", "$remote_addr$http_x_user"),
+        ]);
+        let a = Annotations::new(Some(&m));
+        assert_eq!(a.duration_ms("proxy-read-timeout", false), Ok(Some(120_000)));
+        assert_eq!(a.duration_ms("proxy-send-timeout", false), Ok(Some(500)));
+        assert!(a.duration_ms("proxy-connect-timeout", false).is_err(), "a zero connect timeout is refused");
+        assert_eq!(a.size_bytes("proxy-body-size"), Ok(Some(8 << 20)));
+        assert_eq!(a.size_bytes("client-body-size"), Ok(Some(0)));
+        let n = a.next_upstream().unwrap().unwrap();
+        assert!(n.error && n.timeout && n.statuses == [503]);
+        assert_eq!(a.load_balance(), Ok(Some(Balance::Ewma)));
+        assert_eq!(a.hash_key(), Ok(Some("$remote_addr$http_x_user".into())));
+
+        let m = map(&[("portico.io/proxy-next-upstream", "error http_418"), ("portico.io/upstream-hash-by", "$nope")]);
+        let a = Annotations::new(Some(&m));
+        assert!(a.next_upstream().is_err());
+        assert!(a.hash_key().unwrap_err().message().contains("$nope"));
     }
 }

@@ -6,7 +6,7 @@ use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
-use portico_model::{Backend, Endpoint, Upstream, UpstreamProtocol};
+use portico_model::{Backend, Endpoint, TrafficPolicy, Upstream, UpstreamProtocol};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,7 +43,7 @@ impl<'a> SliceIndex<'a> {
 /// `namespace/service:port`, with the protocol (and verification) appended when the
 /// backend is not plain HTTP, so that two Ingresses reaching one Service port in
 /// different ways get two backends.
-pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstream: &Upstream) -> String {
+pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstream: &Upstream, policy: &TrafficPolicy) -> String {
     let mut name = format!("{namespace}/{}:{}", svc.name, port_text(svc.port.as_ref()));
     if upstream.protocol != UpstreamProtocol::Http {
         name.push('|');
@@ -54,6 +54,12 @@ pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstrea
         let mut h = std::collections::hash_map::DefaultHasher::new();
         upstream.hash(&mut h);
         name.push_str(&format!("|tls-{:016x}", h.finish()));
+    }
+    if *policy != TrafficPolicy::default() {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        policy.hash(&mut h);
+        name.push_str(&format!("|{}-{:016x}", policy.balance.as_str(), h.finish()));
     }
     name
 }
@@ -72,10 +78,11 @@ pub(crate) fn resolve(
     namespace: &str,
     svc: &IngressServiceBackend,
     upstream: &Upstream,
+    policy: &TrafficPolicy,
 ) -> Resolved {
-    let name = backend_name(namespace, svc, upstream);
+    let name = backend_name(namespace, svc, upstream, policy);
     let unresolved = |reason, message| Resolved {
-        backend: Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone() },
+        backend: Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone(), policy: policy.clone() },
         problem: Some((reason, message)),
     };
 
@@ -128,7 +135,7 @@ pub(crate) fn resolve(
             format!("service {namespace}/{} port {:?} has no ready endpoints", svc.name, port_text(svc.port.as_ref())),
         )
     });
-    Resolved { backend: Backend { name, endpoints, upstream: upstream.clone() }, problem }
+    Resolved { backend: Backend { name, endpoints, upstream: upstream.clone(), policy: policy.clone() }, problem }
 }
 
 fn find_port<'a>(ports: &'a [ServicePort], wanted: Option<&ServiceBackendPort>) -> Option<&'a ServicePort> {

@@ -11,7 +11,7 @@ use crate::secret::{self, CheckedCertificate};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
-use portico_model::{HostMatch, PathMatch, Route, Upstream};
+use portico_model::{Balance, HostMatch, PathMatch, Route, TrafficPolicy, Upstream};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -101,7 +101,12 @@ struct RoutePolicy {
     upstream: Upstream,
     /// Verify (or send SNI) with each Service's cluster DNS name, as no name was given.
     server_name_from_service: bool,
+    traffic: TrafficPolicy,
+    max_body_bytes: Option<u64>,
 }
+
+/// ingress-nginx's `proxy-body-size` default.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 
 pub(crate) struct IngressProcessor<'a, 'b> {
     lookups: &'b mut Lookups<'a>,
@@ -117,8 +122,14 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     pub fn new(lookups: &'b mut Lookups<'a>, ingress: &'a Arc<Ingress>) -> Self {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        let policy =
-            RoutePolicy { ssl_redirect: true, force_ssl_redirect: false, upstream: Upstream::default(), server_name_from_service: false };
+        let policy = RoutePolicy {
+            ssl_redirect: true,
+            force_ssl_redirect: false,
+            upstream: Upstream::default(),
+            server_name_from_service: false,
+            traffic: TrafficPolicy::default(),
+            max_body_bytes: Some(DEFAULT_MAX_BODY_BYTES),
+        };
         let fragment = Fragment {
             ingress: ingress.clone(),
             dependencies: Vec::new(),
@@ -178,6 +189,52 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.policy.server_name_from_service = upstream.server_name.is_none() && (upstream.verify || send_sni);
         }
         self.policy.upstream = upstream;
+        self.read_traffic_annotations(&a);
+    }
+
+    /// Balancing, timeouts, retries, passive health and the body limit. Invalid values
+    /// are tuning, not security: reported, and the default applies.
+    fn read_traffic_annotations(&mut self, a: &Annotations<'_>) {
+        let t = &mut TrafficPolicy::default();
+        if let Some(balance) = self.annotation(a.load_balance()) {
+            t.balance = balance;
+        }
+        // As in ingress-nginx, a hash key overrides the algorithm.
+        if let Some(key) = self.annotation(a.hash_key()) {
+            t.balance = Balance::ConsistentHash(key);
+        }
+        for (name, field) in [
+            ("proxy-connect-timeout", &mut t.connect_timeout_ms),
+            ("proxy-read-timeout", &mut t.read_timeout_ms),
+            ("proxy-send-timeout", &mut t.send_timeout_ms),
+            ("upstream-fail-timeout", &mut t.fail_timeout_ms),
+        ] {
+            if let Some(ms) = self.annotation(a.duration_ms(name, false)) {
+                *field = ms;
+            }
+        }
+        if let Some(when) = self.annotation(a.next_upstream()) {
+            t.retry.on_error = when.error;
+            t.retry.on_timeout = when.timeout;
+            t.retry.on_status = when.statuses;
+        }
+        if let Some(tries) = self.annotation(a.count("proxy-next-upstream-tries")) {
+            // 0 is nginx's "no limit": every endpoint once.
+            t.retry.tries = if tries == 0 { u32::MAX } else { tries };
+        }
+        if !t.retry.on_error && !t.retry.on_timeout && t.retry.on_status.is_empty() {
+            t.retry.tries = 1;
+        }
+        if let Some(ms) = self.annotation(a.duration_ms("proxy-next-upstream-timeout", true)) {
+            t.retry.timeout_ms = ms;
+        }
+        if let Some(n) = self.annotation(a.count("upstream-max-fails")) {
+            t.max_fails = n;
+        }
+        self.policy.traffic = t.clone();
+        if let Some(bytes) = self.annotation(a.size_bytes("proxy-body-size")) {
+            self.policy.max_body_bytes = (bytes > 0).then_some(bytes);
+        }
     }
 
     /// The CA bundle of `proxy-ssl-secret`. A Secret that cannot be used yields a bundle
@@ -293,6 +350,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     backend,
                     source: self.fragment.source.clone(),
                     redirect_to_https: self.policy.force_ssl_redirect,
+                    max_body_bytes: self.policy.max_body_bytes,
                 };
                 routes.push(FragmentRoute {
                     route,
@@ -323,7 +381,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             Some((last, name)) if *last == svc => name.clone(),
             _ => {
                 self.observe_service(&svc.name);
-                let name = backend::backend_name(self.namespace, svc, &upstream);
+                let name = backend::backend_name(self.namespace, svc, &upstream, &self.policy.traffic);
                 self.last_backend = Some((svc, name.clone()));
                 name
             }
@@ -332,7 +390,9 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         let resolved = lookups
             .resolved
             .entry(name.clone())
-            .or_insert_with(|| Arc::new(backend::resolve(lookups.state, lookups.slices, self.namespace, svc, &upstream)))
+            .or_insert_with(|| {
+                Arc::new(backend::resolve(lookups.state, lookups.slices, self.namespace, svc, &upstream, &self.policy.traffic))
+            })
             .clone();
         if let Some((reason, message)) = resolved.problem.clone() {
             self.report(reason, format!("{}: {message}", field()));
