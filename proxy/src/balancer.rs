@@ -132,13 +132,18 @@ impl Balancer {
         if self.endpoints.is_empty() {
             return None;
         }
-        let now = self.now_us();
-        let up = |i: usize| self.endpoints[i].down_until_us.load(Ordering::Relaxed) <= now;
+        // The clock is read only when some endpoint has been taken out.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(|| self.now_us());
+        let up = |i: usize| {
+            let until = self.endpoints[i].down_until_us.load(Ordering::Relaxed);
+            until == 0 || until <= now()
+        };
         let fresh = |i: usize| !tried.contains(&i);
-        self.choose(key, now, &|i| up(i) && fresh(i)).or_else(|| self.choose(key, now, &fresh)).or_else(|| self.choose(key, now, &|_| true))
+        self.choose(key, &|i| up(i) && fresh(i)).or_else(|| self.choose(key, &fresh)).or_else(|| self.choose(key, &|_| true))
     }
 
-    fn choose(&self, key: &[u8], now: u64, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn choose(&self, key: &[u8], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.endpoints.len();
         match &self.algorithm {
             Algorithm::RoundRobin => {
@@ -151,10 +156,13 @@ impl Balancer {
                 (0..n).map(|k| (start + k) % n).filter(|i| allowed(*i)).min_by_key(|i| self.endpoints[*i].in_flight())
             }
             Algorithm::Random => self.two_choices(allowed, |i| f64::from(self.endpoints[i].in_flight())),
-            Algorithm::Ewma => self.two_choices(allowed, |i| {
-                let e = &self.endpoints[i];
-                e.ewma_at(now) * f64::from(e.in_flight() + 1)
-            }),
+            Algorithm::Ewma => {
+                let now = self.now_us();
+                self.two_choices(allowed, |i| {
+                    let e = &self.endpoints[i];
+                    e.ewma_at(now) * f64::from(e.in_flight() + 1)
+                })
+            }
             Algorithm::Hash(ring, positions) => {
                 // Walk the ring from the key's point to the first allowed endpoint; the
                 // iterator wraps around, so stop after one turn.
@@ -182,7 +190,9 @@ impl Balancer {
     /// Counts a request in flight to `index` until the returned guard is dropped.
     pub fn start(&self, index: usize) -> Attempt {
         self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
-        Attempt { index, started: Instant::now() }
+        // Only EWMA needs the response time; the clock is not read otherwise.
+        let started = matches!(self.algorithm, Algorithm::Ewma).then(Instant::now);
+        Attempt { index, started }
     }
 
     /// Ends an attempt: its response time feeds the EWMA, and a failure (could not
@@ -190,23 +200,29 @@ impl Balancer {
     pub fn finish(&self, attempt: Attempt, failed: bool) {
         let e = &self.endpoints[attempt.index];
         e.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let now = self.now_us();
-        let rtt = attempt.started.elapsed().as_micros() as f64;
-        // Peak EWMA: a slower response counts in full at once; faster ones blend in.
-        let decayed = e.ewma_at(now);
-        let elapsed = now.saturating_sub(e.ewma_at_us.load(Ordering::Relaxed)) as f64;
-        let weight = (-elapsed / EWMA_DECAY.as_micros() as f64).exp();
-        let ewma = if rtt > decayed { rtt } else { decayed * weight + rtt * (1.0 - weight) };
-        e.ewma_us.store(ewma.to_bits(), Ordering::Relaxed);
-        e.ewma_at_us.store(now, Ordering::Relaxed);
+        if let Some(started) = attempt.started {
+            let now = self.now_us();
+            let rtt = started.elapsed().as_micros() as f64;
+            // Peak EWMA: a slower response counts in full at once; faster ones blend in.
+            let decayed = e.ewma_at(now);
+            let elapsed = now.saturating_sub(e.ewma_at_us.load(Ordering::Relaxed)) as f64;
+            let weight = (-elapsed / EWMA_DECAY.as_micros() as f64).exp();
+            let ewma = if rtt > decayed { rtt } else { decayed * weight + rtt * (1.0 - weight) };
+            e.ewma_us.store(ewma.to_bits(), Ordering::Relaxed);
+            e.ewma_at_us.store(now, Ordering::Relaxed);
+        }
 
         if !failed {
-            e.fails.store(0, Ordering::Relaxed);
+            // Read first: a write on every request would bounce the cache line between workers.
+            if e.fails.load(Ordering::Relaxed) != 0 {
+                e.fails.store(0, Ordering::Relaxed);
+            }
             return;
         }
         if self.max_fails == 0 {
             return;
         }
+        let now = self.now_us();
         let window = self.fail_timeout.as_micros() as u64;
         if now.saturating_sub(e.fail_window_us.load(Ordering::Relaxed)) > window {
             e.fail_window_us.store(now, Ordering::Relaxed);
@@ -225,7 +241,8 @@ impl Balancer {
 #[must_use]
 pub struct Attempt {
     pub index: usize,
-    started: Instant,
+    /// When it started, for balancers that learn from response times.
+    started: Option<Instant>,
 }
 
 #[cfg(test)]
