@@ -192,7 +192,10 @@ async fn main() -> anyhow::Result<()> {
         task.abort();
     }
     if let Some(e) = election.as_ref().filter(|_| *leading_tx.borrow()) {
-        e.release().await;
+        // Bounded: an unreachable API server must not hold up the shutdown.
+        if tokio::time::timeout(Duration::from_secs(2), e.release()).await.is_err() {
+            tracing::warn!("releasing the lease timed out; another replica takes over when it expires");
+        }
     }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())

@@ -322,7 +322,10 @@ impl ProxyHttp for IngressProxy {
             return e;
         }
         let failure = endpoint_failure(&e);
-        if let Some(index) = ctx.finish_attempt(failure.is_some()) {
+        // A pooled connection the endpoint had already closed says nothing about its
+        // health (keep-alive timeouts race with reuse); a fresh connection failing does.
+        let stale = client_reused && failure == Some(Failure::Error);
+        if let Some(index) = ctx.finish_attempt(failure.is_some() && !stale) {
             ctx.tried.push(index);
         }
         // A request that may have been acted on is never sent twice: only idempotent
