@@ -182,24 +182,35 @@ async fn a_slow_upstream_gives_504_and_a_large_body_413() {
     assert_eq!(raw_status(portico.http, &chunked_post("t.test", &[&[b'x'; 300], &[b'y'; 300]])).await, 200);
 }
 
-/// A TCP server that accepts connections, reads what arrives, and closes without
-/// answering: an endpoint that fails after the request was sent.
-async fn black_hole() -> (SocketAddr, Arc<AtomicU64>) {
+/// A TCP server on loopback that hands each connection to `handle` and counts what
+/// `handle` reports as served.
+async fn tcp_server<F, Fut>(handle: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(tokio::net::TcpStream, Arc<AtomicU64>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            count.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
-            });
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(handle(stream, count.clone()));
         }
     });
-    (addr, accepted)
+    (addr, served)
+}
+
+/// A TCP server that accepts connections, reads what arrives, and closes without
+/// answering: an endpoint that fails after the request was sent. Counts connections.
+async fn black_hole() -> (SocketAddr, Arc<AtomicU64>) {
+    tcp_server(|mut stream, accepted| async move {
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+    })
+    .await
 }
 
 /// A loopback port nothing listens on.
@@ -269,32 +280,22 @@ async fn passive_health_survives_an_unrelated_snapshot() {
     drop(servers);
 }
 
-/// An HTTP/1.1 server that answers every request with `status` and closes.
+/// An HTTP/1.1 server that answers every request with `status` and closes. Counts answers.
 async fn fixed_status(status: u16) -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let answered = Arc::new(AtomicU64::new(0));
-    let count = answered.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-                let reply = format!("HTTP/1.1 {status} Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                let _ = stream.write_all(reply.as_bytes()).await;
-            });
+    tcp_server(move |mut stream, answered| async move {
+        let mut buf = [0u8; 8192];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
         }
-    });
-    (addr, answered)
+        answered.fetch_add(1, Ordering::Relaxed);
+        let reply = format!("HTTP/1.1 {status} Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(reply.as_bytes()).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -188,7 +188,7 @@ impl RequestCtx {
     fn finish_attempt(&mut self, failed: bool) -> Option<usize> {
         let attempt = self.attempt.take()?;
         let index = attempt.index;
-        if let Some(pool) = self.snapshot.as_ref().and_then(|s| s.pool(&self.routed)) {
+        if let Some(pool) = self.pool() {
             pool.balancer.finish(attempt, failed);
         }
         Some(index)
