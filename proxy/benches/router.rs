@@ -37,6 +37,8 @@ fn snapshot() -> Snapshot {
                 source: String::new(),
                 redirect_to_https: false,
                 max_body_bytes: None,
+                affinity: None,
+                canary: None,
             })
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });

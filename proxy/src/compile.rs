@@ -262,6 +262,8 @@ mod tests {
                 source: String::new(),
                 redirect_to_https: false,
                 max_body_bytes: None,
+                affinity: None,
+                canary: None,
             };
             s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
         }

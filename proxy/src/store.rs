@@ -104,6 +104,8 @@ mod tests {
                     source: String::new(),
                     redirect_to_https: false,
                     max_body_bytes: None,
+                    affinity: None,
+                    canary: None,
                 }],
             }],
             backends: vec![Backend {

@@ -118,6 +118,100 @@ pub struct Route {
     /// The largest request body forwarded; a larger one is answered 413. `None`: no limit.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Cookie affinity to an endpoint of [`Route::backend`].
+    #[serde(default)]
+    pub affinity: Option<SessionAffinity>,
+    /// A second backend that takes part of this route's traffic.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// `affinity: cookie`: a client keeps reaching one endpoint through a cookie that names
+/// it (by a keyed hash, never by address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionAffinity {
+    pub mode: AffinityMode,
+    pub cookie: SessionCookie,
+    /// After a failed attempt, the cookie is re-issued for the endpoint that answered.
+    pub change_on_failure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum AffinityMode {
+    /// The cookie holds a random key placed on a consistent-hash ring of the endpoints, so
+    /// scaling up moves a fair share of sessions to the new endpoints.
+    #[default]
+    Balanced,
+    /// The cookie names one endpoint; sessions move only when it goes away.
+    Persistent,
+}
+
+/// The affinity cookie's name and attributes (`session-cookie-*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionCookie {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub max_age_secs: Option<u64>,
+    pub expires_secs: Option<u64>,
+    pub same_site: Option<SameSite>,
+    /// `Secure` even on plain HTTP (it is always set on HTTPS).
+    pub secure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Which requests of a route go to the canary backend, in ingress-nginx's order: a
+/// client pinned to either side stays there, then the header, then the cookie, then the
+/// weight decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The [`Backend::name`] that takes the canary share.
+    pub backend: String,
+    /// The canary Ingress, `namespace/name`.
+    pub source: String,
+    pub header: Option<CanaryHeader>,
+    /// A cookie whose value `always` or `never` decides.
+    pub cookie: Option<String>,
+    /// Of `weight_total` requests that nothing else decided, this many go to the canary.
+    pub weight: u32,
+    pub weight_total: u32,
+    /// Cookie affinity within the canary backend.
+    pub affinity: Option<SessionAffinity>,
+    /// `affinity-canary-behavior: sticky`: a client with a canary affinity cookie stays on the canary.
+    pub sticky: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryHeader {
+    /// Lower case.
+    pub name: String,
+    pub rule: HeaderRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeaderRule {
+    /// `always` sends to the canary, `never` to the primary; other values do not decide.
+    AlwaysNever,
+    /// This exact value sends to the canary; others do not decide.
+    Equals(String),
+    /// A value this regular expression matches (anywhere) sends to the canary.
+    Matches(String),
 }
 
 /// How a route matches the request path (the query string never takes part).
@@ -174,6 +268,20 @@ pub struct TrafficPolicy {
     /// `max_fails` 0 turns this off.
     pub max_fails: u32,
     pub fail_timeout_ms: u64,
+    /// Active health checks, opt-in.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Probing each endpoint with `GET path`: a 2xx or 3xx answer is a success. An endpoint
+/// is taken out after `unhealthy_threshold` failures in a row and back in after
+/// `healthy_threshold` successes in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
 }
 
 impl Default for TrafficPolicy {
@@ -187,6 +295,7 @@ impl Default for TrafficPolicy {
             retry: RetryPolicy::default(),
             max_fails: 3,
             fail_timeout_ms: 10_000,
+            health_check: None,
         }
     }
 }
@@ -362,6 +471,29 @@ mod tests {
                     source: "ns/ing".into(),
                     redirect_to_https: true,
                     max_body_bytes: Some(1 << 20),
+                    affinity: Some(SessionAffinity {
+                        mode: AffinityMode::Persistent,
+                        cookie: SessionCookie {
+                            name: "SID".into(),
+                            path: "/x".into(),
+                            domain: None,
+                            max_age_secs: Some(60),
+                            expires_secs: None,
+                            same_site: Some(SameSite::Lax),
+                            secure: false,
+                        },
+                        change_on_failure: true,
+                    }),
+                    canary: Some(Canary {
+                        backend: "ns/svc:80".into(),
+                        source: "ns/canary".into(),
+                        header: Some(CanaryHeader { name: "x-canary".into(), rule: HeaderRule::Matches("^yes".into()) }),
+                        cookie: None,
+                        weight: 10,
+                        weight_total: 100,
+                        affinity: None,
+                        sticky: true,
+                    }),
                 }],
             }],
             default_backend: None,

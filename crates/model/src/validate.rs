@@ -1,6 +1,6 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{Balance, HashKey, PathMatch, Snapshot, TrafficPolicy};
+use crate::{Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy};
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
 /// not be predictable, but it need not be SipHash either.
@@ -24,6 +24,8 @@ pub enum ValidationError {
     DuplicateRoute { host: String, path: String },
     #[error("host {host:?}: route {path:?} names unknown backend {backend:?}")]
     UnknownRouteBackend { host: String, path: String, backend: String },
+    #[error("host {host:?}: route {path:?}: {what}")]
+    InvalidRoute { host: String, path: String, what: String },
     #[error("default backend names unknown backend {backend:?}")]
     UnknownDefaultBackend { backend: String },
     #[error("backend {backend:?}: endpoint {address} has port 0")]
@@ -53,7 +55,53 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
     if let Some(s) = p.retry.on_status.iter().find(|s| !(500..=599).contains(*s)) {
         return Err(format!("retry on status {s}: only 5xx statuses are retried"));
     }
+    if let Some(h) = &p.health_check {
+        if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("health check path {:?} must be an absolute path without spaces", h.path));
+        }
+        if h.interval_ms == 0 || h.timeout_ms == 0 || h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+            return Err("health check interval, timeout and thresholds must be greater than 0".into());
+        }
+    }
     Ok(())
+}
+
+/// An HTTP token (RFC 9110), as cookie and header names must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_affinity(a: &SessionAffinity) -> Result<(), String> {
+    let c = &a.cookie;
+    if !is_token(&c.name) {
+        return Err(format!("affinity cookie name {:?} is not a token", c.name));
+    }
+    let attribute_safe = |v: &str| v.bytes().all(|b| b > b' ' && b != b';' && b != b',' && b != 0x7f);
+    if !c.path.starts_with('/') || !attribute_safe(&c.path) {
+        return Err(format!("affinity cookie path {:?} must be an absolute path without ';', ',' or spaces", c.path));
+    }
+    if let Some(d) = c.domain.as_deref().filter(|d| d.is_empty() || !attribute_safe(d)) {
+        return Err(format!("affinity cookie domain {d:?} is not a domain"));
+    }
+    Ok(())
+}
+
+fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
+    if !backends.contains(c.backend.as_str()) {
+        return Err(format!("canary names unknown backend {:?}", c.backend));
+    }
+    if c.weight_total == 0 || c.weight > c.weight_total {
+        return Err(format!("canary weight {} out of {} is not a share", c.weight, c.weight_total));
+    }
+    if let Some(h) = &c.header {
+        if !is_token(&h.name) || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("canary header name {:?} is not a lower-case token", h.name));
+        }
+    }
+    if let Some(name) = c.cookie.as_deref().filter(|n| !is_token(n)) {
+        return Err(format!("canary cookie name {name:?} is not a token"));
+    }
+    c.affinity.as_ref().map_or(Ok(()), validate_affinity)
 }
 
 pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
@@ -125,6 +173,9 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             if !backends.contains(r.backend.as_str()) {
                 return Err(UnknownRouteBackend { host: host(), path: path.to_string(), backend: r.backend.clone() });
             }
+            let checked = r.affinity.as_ref().map_or(Ok(()), validate_affinity);
+            let checked = checked.and_then(|()| r.canary.as_ref().map_or(Ok(()), |c| validate_canary(c, &backends)));
+            checked.map_err(|what| InvalidRoute { host: host(), path: path.to_string(), what })?;
         }
     }
     Ok(())
@@ -146,6 +197,8 @@ mod tests {
                     source: String::new(),
                     redirect_to_https: false,
                     max_body_bytes: None,
+                    affinity: None,
+                    canary: None,
                 }],
             }],
             default_backend: Some("b".into()),
@@ -218,5 +271,47 @@ mod tests {
         let mut s = good();
         s.tls_hosts.push(s.tls_hosts[0].clone());
         assert!(matches!(s.validate(), Err(ValidationError::DuplicateTlsHost { .. })));
+    }
+
+    #[test]
+    fn canaries_and_affinity_cookies_must_be_usable() {
+        use crate::{AffinityMode, Canary, SessionAffinity, SessionCookie};
+        let canary = Canary {
+            backend: "b".into(),
+            source: "ns/c".into(),
+            header: None,
+            cookie: Some("canary".into()),
+            weight: 10,
+            weight_total: 100,
+            affinity: None,
+            sticky: true,
+        };
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].canary = Some(canary.clone());
+        assert_eq!(s.validate(), Ok(()));
+
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].canary = Some(Canary { backend: "gone".into(), ..canary.clone() });
+        assert!(s.validate().unwrap_err().to_string().contains("canary names unknown backend \"gone\""));
+
+        let mut s = good();
+        s.virtual_hosts[0].routes[0].canary = Some(Canary { weight: 101, ..canary.clone() });
+        assert!(matches!(s.validate(), Err(ValidationError::InvalidRoute { .. })));
+
+        let cookie = |name: &str, path: &str| SessionCookie {
+            name: name.into(),
+            path: path.into(),
+            domain: None,
+            max_age_secs: None,
+            expires_secs: None,
+            same_site: None,
+            secure: false,
+        };
+        let affinity = |c| Some(SessionAffinity { mode: AffinityMode::Balanced, cookie: c, change_on_failure: false });
+        for (name, path, ok) in [("SID", "/", true), ("S ID", "/", false), ("SID", "/a; Domain=evil", false), ("", "/", false)] {
+            let mut s = good();
+            s.virtual_hosts[0].routes[0].affinity = affinity(cookie(name, path));
+            assert_eq!(s.validate().is_ok(), ok, "{name:?} {path:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! parse is reported with the annotation and the value, and the default applies.
 
 use crate::diagnostic::Reason;
-use portico_model::{Balance, UpstreamProtocol};
+use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol};
 use std::collections::BTreeMap;
 
 pub(crate) const PORTICO_PREFIX: &str = "portico.io/";
@@ -174,6 +174,75 @@ impl<'a> Annotations<'a> {
         })
     }
 
+    /// An HTTP token, as cookie and header names are; header names are lower-cased.
+    pub fn token(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a cookie or header name (letters, digits and !#$%&'*+-.^_`|~)", |v| {
+            let ok = !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            ok.then(|| v.to_string())
+        })
+    }
+
+    /// Text that can sit in a cookie attribute or header value: printable, no `;` or `,`.
+    pub fn attribute(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "printable text without spaces, ';' or ','", |v| {
+            let ok = !v.is_empty() && v.len() <= 1024 && v.bytes().all(|b| b > b' ' && b != b';' && b != b',' && b != 0x7f);
+            ok.then(|| v.to_string())
+        })
+    }
+
+    /// An absolute URL path without spaces, `;` or `,`.
+    pub fn abs_path(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "an absolute path such as /app", |v| {
+            let ok = v.starts_with('/') && v.len() <= 1024 && v.bytes().all(|b| b > b' ' && b != b';' && b != b',' && b != 0x7f);
+            ok.then(|| v.to_string())
+        })
+    }
+
+    /// A header value to compare with (`canary-by-header-value`).
+    pub fn header_value(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a non-empty header value", |v| {
+            (!v.is_empty() && v.len() <= 1024 && v.bytes().all(|b| b >= b' ' && b != 0x7f)).then(|| v.to_string())
+        })
+    }
+
+    /// A regular expression of bounded size (`canary-by-header-pattern`).
+    pub fn regex(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a regular expression that compiles", |v| {
+            regex::RegexBuilder::new(v).size_limit(REGEX_SIZE_LIMIT).build().ok().map(|_| v.to_string())
+        })
+    }
+
+    /// `affinity`: only `cookie` exists.
+    pub fn affinity(&self) -> Result<Option<()>, InvalidAnnotation> {
+        self.parse("affinity", "\"cookie\"", |v| v.eq_ignore_ascii_case("cookie").then_some(()))
+    }
+
+    pub fn affinity_mode(&self) -> Result<Option<AffinityMode>, InvalidAnnotation> {
+        self.parse("affinity-mode", "\"balanced\" or \"persistent\"", |v| match v.to_ascii_lowercase().as_str() {
+            "balanced" => Some(AffinityMode::Balanced),
+            "persistent" => Some(AffinityMode::Persistent),
+            _ => None,
+        })
+    }
+
+    /// `affinity-canary-behavior`: `sticky` (true) or `legacy` (false).
+    pub fn canary_sticky(&self) -> Result<Option<bool>, InvalidAnnotation> {
+        self.parse("affinity-canary-behavior", "\"sticky\" or \"legacy\"", |v| match v.to_ascii_lowercase().as_str() {
+            "sticky" => Some(true),
+            "legacy" => Some(false),
+            _ => None,
+        })
+    }
+
+    pub fn same_site(&self) -> Result<Option<SameSite>, InvalidAnnotation> {
+        self.parse("session-cookie-samesite", "one of None, Lax, Strict", |v| match v.to_ascii_lowercase().as_str() {
+            "none" => Some(SameSite::None),
+            "lax" => Some(SameSite::Lax),
+            "strict" => Some(SameSite::Strict),
+            _ => None,
+        })
+    }
+
     /// A Secret reference, `namespace/name` or just `name` (the Ingress's namespace).
     pub fn secret_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
         self.parse(name, "a Secret reference, namespace/name", |v| {
@@ -182,6 +251,9 @@ impl<'a> Annotations<'a> {
         })
     }
 }
+
+/// The largest compiled program a pattern from an annotation may make.
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The conditions of `proxy-next-upstream`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -108,6 +108,7 @@ impl Translator {
         for fragment in &current {
             table.merge(fragment, &mut diagnostics);
         }
+        table.attach_canaries(&mut diagnostics);
         let translation = assemble(state, opts, table, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
         self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
         translation
@@ -133,9 +134,11 @@ fn assemble(
             let routes = h
                 .routes
                 .iter()
-                .map(|r| {
+                .enumerate()
+                .map(|(i, r)| {
                     let mut route = r.route.clone();
                     route.redirect_to_https |= tls && r.ssl_redirect;
+                    route.canary = h.canaries.get(&i).cloned();
                     route
                 })
                 .collect();

@@ -39,6 +39,8 @@ pub enum Reason {
     InvalidSecret,
     CertificateExpired,
     TLSConflict,
+    CanaryWithoutPrimary,
+    CanaryConflict,
 }
 
 impl Reason {
@@ -59,6 +61,8 @@ impl Reason {
             Reason::InvalidSecret => "InvalidSecret",
             Reason::CertificateExpired => "CertificateExpired",
             Reason::TLSConflict => "TLSConflict",
+            Reason::CanaryWithoutPrimary => "CanaryWithoutPrimary",
+            Reason::CanaryConflict => "CanaryConflict",
         }
     }
 }

@@ -11,7 +11,10 @@ use crate::secret::{self, CheckedCertificate};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
-use portico_model::{Balance, HostMatch, PathMatch, Route, TrafficPolicy, Upstream};
+use portico_model::{
+    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, HostMatch, PathMatch, Route, SessionAffinity, SessionCookie,
+    TrafficPolicy, Upstream,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -82,6 +85,9 @@ pub(crate) struct Fragment {
     /// The routes of each rule, with the rule's host.
     pub rules: Vec<(HostMatch, Vec<FragmentRoute>)>,
     pub tls: Vec<TlsClaim>,
+    /// Set on a `canary: "true"` Ingress: its routes split a primary's traffic rather
+    /// than route on their own. `backend`, `source` and `affinity` are filled per route.
+    pub canary: Option<Canary>,
     pub diagnostics: Vec<Diagnostic>,
     pub backends: Vec<Arc<Resolved>>,
     pub certificates: Vec<Arc<CheckedCertificate>>,
@@ -103,7 +109,17 @@ struct RoutePolicy {
     server_name_from_service: bool,
     traffic: TrafficPolicy,
     max_body_bytes: Option<u64>,
+    /// Cookie affinity; an empty cookie path stands for each route's own path.
+    affinity: Option<SessionAffinity>,
 }
+
+/// ingress-nginx's `session-cookie-name` default.
+const DEFAULT_AFFINITY_COOKIE: &str = "INGRESSCOOKIE";
+/// Active health check defaults, when `health-check-path` turns them on.
+const DEFAULT_HEALTH_INTERVAL_MS: u64 = 5_000;
+const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2_000;
+const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 /// ingress-nginx's `proxy-body-size` default.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
@@ -129,6 +145,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             server_name_from_service: false,
             traffic: TrafficPolicy::default(),
             max_body_bytes: Some(DEFAULT_MAX_BODY_BYTES),
+            affinity: None,
         };
         let fragment = Fragment {
             ingress: ingress.clone(),
@@ -138,6 +155,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             default_backend: None,
             rules: Vec::new(),
             tls: Vec::new(),
+            canary: None,
             diagnostics: Vec::new(),
             backends: Vec::new(),
             certificates: Vec::new(),
@@ -190,6 +208,64 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         }
         self.policy.upstream = upstream;
         self.read_traffic_annotations(&a);
+        self.policy.affinity = self.read_affinity(&a);
+        if self.annotation(a.bool("canary")) == Some(true) {
+            self.fragment.canary = Some(self.read_canary(&a));
+        }
+    }
+
+    /// `affinity: cookie` and the `session-cookie-*` attributes.
+    fn read_affinity(&mut self, a: &Annotations<'_>) -> Option<SessionAffinity> {
+        self.annotation(a.affinity())?;
+        let cookie = SessionCookie {
+            name: self.annotation(a.token("session-cookie-name")).unwrap_or_else(|| DEFAULT_AFFINITY_COOKIE.to_string()),
+            path: self.annotation(a.abs_path("session-cookie-path")).unwrap_or_default(),
+            domain: self.annotation(a.attribute("session-cookie-domain")),
+            max_age_secs: self.annotation(a.duration_ms("session-cookie-max-age", false)).map(|ms| ms / 1000),
+            expires_secs: self.annotation(a.duration_ms("session-cookie-expires", false)).map(|ms| ms / 1000),
+            same_site: self.annotation(a.same_site()),
+            secure: self.annotation(a.bool("session-cookie-secure")).unwrap_or(false),
+        };
+        Some(SessionAffinity {
+            mode: self.annotation(a.affinity_mode()).unwrap_or(AffinityMode::Balanced),
+            cookie,
+            change_on_failure: self.annotation(a.bool("session-cookie-change-on-failure")).unwrap_or(false),
+        })
+    }
+
+    /// The `canary-*` rules. A bad rule is reported and left out, so the canary gets
+    /// less traffic, never more.
+    fn read_canary(&mut self, a: &Annotations<'_>) -> Canary {
+        let header = self.annotation(a.token("canary-by-header")).map(|name| {
+            let rule =
+                match (self.annotation(a.header_value("canary-by-header-value")), self.annotation(a.regex("canary-by-header-pattern"))) {
+                    (Some(value), _) => HeaderRule::Equals(value),
+                    (None, Some(pattern)) => HeaderRule::Matches(pattern),
+                    (None, None) => HeaderRule::AlwaysNever,
+                };
+            CanaryHeader { name: name.to_ascii_lowercase(), rule }
+        });
+        let weight_total = self.annotation(a.count("canary-weight-total")).filter(|t| *t > 0).unwrap_or(100);
+        let weight = match self.annotation(a.count("canary-weight")) {
+            Some(w) if w > weight_total => {
+                let msg = format!(
+                    "annotation canary-weight: {w} is more than canary-weight-total {weight_total}; all traffic goes to the canary"
+                );
+                self.report(Reason::InvalidAnnotation, msg);
+                weight_total
+            }
+            w => w.unwrap_or(0),
+        };
+        Canary {
+            backend: String::new(),
+            source: self.fragment.source.clone(),
+            header,
+            cookie: self.annotation(a.token("canary-by-cookie")),
+            weight,
+            weight_total,
+            affinity: None,
+            sticky: self.annotation(a.canary_sticky()).unwrap_or(true),
+        }
     }
 
     /// Balancing, timeouts, retries, passive health and the body limit. Invalid values
@@ -230,6 +306,16 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         }
         if let Some(n) = self.annotation(a.count("upstream-max-fails")) {
             t.max_fails = n;
+        }
+        if let Some(path) = self.annotation(a.abs_path("health-check-path")) {
+            let positive = |n: Option<u32>, default| n.filter(|n| *n > 0).unwrap_or(default);
+            t.health_check = Some(HealthCheck {
+                path,
+                interval_ms: self.annotation(a.duration_ms("health-check-interval", false)).unwrap_or(DEFAULT_HEALTH_INTERVAL_MS),
+                timeout_ms: self.annotation(a.duration_ms("health-check-timeout", false)).unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS),
+                healthy_threshold: positive(self.annotation(a.count("health-check-healthy-threshold")), DEFAULT_HEALTHY_THRESHOLD),
+                unhealthy_threshold: positive(self.annotation(a.count("health-check-unhealthy-threshold")), DEFAULT_UNHEALTHY_THRESHOLD),
+            });
         }
         self.policy.traffic = t.clone();
         if let Some(bytes) = self.annotation(a.size_bytes("proxy-body-size")) {
@@ -345,12 +431,20 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     }
                 };
                 let Some(backend) = self.backend(&path.backend, || format!("{}.backend", field(j))) else { continue };
+                let affinity = self.policy.affinity.clone().map(|mut a| {
+                    if a.cookie.path.is_empty() {
+                        a.cookie.path = matcher.path().to_string();
+                    }
+                    a
+                });
                 let route = Route {
                     path: matcher,
                     backend,
                     source: self.fragment.source.clone(),
                     redirect_to_https: self.policy.force_ssl_redirect,
                     max_body_bytes: self.policy.max_body_bytes,
+                    affinity,
+                    canary: None,
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -2,12 +2,15 @@
 //! and path, a TLS host, or the default backend, the first claim wins and every later
 //! one gets a diagnostic naming the field and the owner. The table borrows from the
 //! fragments; only assembling the snapshot copies routes.
+//!
+//! Canary Ingresses are attached after every primary is merged, whatever their age, to
+//! the route of the same host and path; a canary with no such route gets no traffic.
 
 use crate::backend::Resolved;
 use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
-use portico_model::{Backend, HostMatch, PathMatch};
+use portico_model::{Backend, Canary, HostMatch, PathMatch};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -23,6 +26,8 @@ pub(crate) struct RouteTable<'f> {
     pub tls_hosts: BTreeMap<&'f HostMatch, TlsOwner<'f>>,
     backends: FastMap<&'f str, &'f Arc<Resolved>>,
     certificates: FastMap<&'f str, &'f Arc<CheckedCertificate>>,
+    /// Canary fragments, oldest first, attached by [`RouteTable::attach_canaries`].
+    canaries: Vec<&'f Fragment>,
 }
 
 pub(crate) struct TlsOwner<'f> {
@@ -35,11 +40,17 @@ pub(crate) struct TlsOwner<'f> {
 pub(crate) struct HostRoutes<'f> {
     pub routes: Vec<&'f FragmentRoute>,
     by_path: FastMap<&'f PathMatch, usize>,
+    /// The canary of a route, by the route's index.
+    pub canaries: FastMap<usize, Canary>,
 }
 
 impl<'f> RouteTable<'f> {
     pub fn merge(&mut self, fragment: &'f Fragment, diagnostics: &mut Vec<Diagnostic>) {
         diagnostics.extend(fragment.diagnostics.iter().cloned());
+        if fragment.canary.is_some() {
+            self.canaries.push(fragment);
+            return;
+        }
         let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
         for b in &fragment.backends {
             self.backends.entry(&b.backend.name).or_insert(b);
@@ -91,6 +102,37 @@ impl<'f> RouteTable<'f> {
                 }
                 host_routes.by_path.insert(&r.route.path, host_routes.routes.len());
                 host_routes.routes.push(r);
+            }
+        }
+    }
+
+    /// Attaches each canary route to the primary route of its host and path. Call once,
+    /// after every fragment is merged.
+    pub fn attach_canaries(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+        for fragment in std::mem::take(&mut self.canaries) {
+            let Some(template) = &fragment.canary else { continue };
+            let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
+            for (host, routes) in &fragment.rules {
+                for r in routes {
+                    let field = format!("spec.rules[{}].http.paths[{}]", r.rule, r.path);
+                    let what = format!("path {:?} on host {:?}", r.route.path.path(), host.to_string());
+                    let primary = self.hosts.get_mut(host).and_then(|h| h.by_path.get(&r.route.path).copied().map(|i| (h, i)));
+                    let Some((host_routes, index)) = primary else {
+                        let msg = format!("{field}: canary for {what}, which no other Ingress routes; it gets no traffic");
+                        report(Reason::CanaryWithoutPrimary, msg);
+                        continue;
+                    };
+                    if let Some(existing) = host_routes.canaries.get(&index) {
+                        let msg = format!("{field}: {what} already has the canary of Ingress {}, which is older; ignored", existing.source);
+                        report(Reason::CanaryConflict, msg);
+                        continue;
+                    }
+                    let canary = Canary { backend: r.route.backend.clone(), affinity: r.route.affinity.clone(), ..template.clone() };
+                    host_routes.canaries.insert(index, canary);
+                    if let Some(b) = fragment.backends.iter().find(|b| b.backend.name == r.route.backend) {
+                        self.backends.entry(&b.backend.name).or_insert(b);
+                    }
+                }
             }
         }
     }

@@ -465,3 +465,114 @@ fn a_translator_keeps_reporting_conflicts_and_remerges_a_host_when_a_claimant_go
     assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
     assert_eq!(t.snapshot, translate(&state, &Options::default()).snapshot);
 }
+
+fn annotated(ns: &str, name: &str, created: &str, annotations: Value, spec: Value) -> KubeObject {
+    ingress_with(json!({"name": name, "namespace": ns, "creationTimestamp": created, "annotations": annotations}), spec)
+}
+
+#[test]
+fn a_canary_attaches_to_the_primary_route_of_its_host_and_path_whatever_its_age() {
+    let spec = |svc: &str, path: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", path, svc, json!({"number": 80}))]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(backends_of("ns", "next"));
+    objects.push(annotated(
+        "ns",
+        "canary",
+        "2024-01-01T00:00:00Z",
+        json!({
+            "nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary",
+            "nginx.ingress.kubernetes.io/canary-by-header-pattern": "^(beta|qa)$",
+            "nginx.ingress.kubernetes.io/canary-weight": "20",
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+            "nginx.ingress.kubernetes.io/affinity-mode": "persistent",
+        }),
+        spec("next", "/"),
+    ));
+    objects.push(annotated("ns", "main", "2025-01-01T00:00:00Z", json!({}), spec("main", "/")));
+    // A canary whose path no primary routes gets nothing, and says so.
+    objects.push(annotated("ns", "orphan", "2025-01-01T00:00:00Z", json!({"portico.io/canary": "true"}), spec("next", "/beta")));
+    let t = run(objects);
+
+    let routes = &t.snapshot.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 1, "a canary adds no route of its own: {routes:?}");
+    assert_eq!(routes[0].backend, "ns/main:80");
+    let canary = routes[0].canary.as_ref().expect("canary attached");
+    assert!(canary.backend.starts_with("ns/next:80"), "{}", canary.backend);
+    assert_eq!(canary.source, "ns/canary");
+    assert_eq!((canary.weight, canary.weight_total, canary.sticky), (20, 100, true));
+    let header = canary.header.as_ref().unwrap();
+    assert_eq!((header.name.as_str(), &header.rule), ("x-canary", &portico_model::HeaderRule::Matches("^(beta|qa)$".into())));
+    let affinity = canary.affinity.as_ref().expect("the canary's own affinity");
+    assert_eq!(
+        (affinity.mode, affinity.cookie.name.as_str(), affinity.cookie.path.as_str()),
+        (portico_model::AffinityMode::Persistent, "INGRESSCOOKIE", "/")
+    );
+    assert!(t.snapshot.backends.iter().any(|b| b.name == canary.backend), "the canary's backend is in the snapshot");
+    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+    let orphan = t.diagnostics.iter().find(|d| d.reason == Reason::CanaryWithoutPrimary).expect("orphan reported");
+    assert_eq!(orphan.object.name, "orphan");
+    assert!(orphan.message.contains("\"/beta\"") && orphan.message.contains("shop.test"), "{}", orphan.message);
+}
+
+#[test]
+fn bad_canary_and_affinity_annotations_are_reported_and_never_widen_the_canary() {
+    let spec =
+        |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Exact", "/cart", svc, json!({"number": 80}))]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(backends_of("ns", "next"));
+    objects.push(annotated(
+        "ns",
+        "main",
+        "2024-01-01T00:00:00Z",
+        json!({"portico.io/affinity": "cookie", "portico.io/session-cookie-name": "bad name", "portico.io/session-cookie-samesite": "lax",
+               "portico.io/session-cookie-max-age": "3600"}),
+        spec("main"),
+    ));
+    objects.push(annotated(
+        "ns",
+        "canary",
+        "2025-01-01T00:00:00Z",
+        json!({"portico.io/canary": "true", "portico.io/canary-by-header": "x-canary", "portico.io/canary-by-header-pattern": "(unclosed",
+               "portico.io/canary-weight": "lots"}),
+        spec("next"),
+    ));
+    objects.push(annotated("ns", "second", "2025-02-01T00:00:00Z", json!({"portico.io/canary": "true"}), spec("next")));
+    let t = run(objects);
+    let route = &t.snapshot.virtual_hosts[0].routes[0];
+    let affinity = route.affinity.as_ref().unwrap();
+    assert_eq!(affinity.cookie.name, "INGRESSCOOKIE", "a bad cookie name falls back to the default");
+    assert_eq!((affinity.cookie.path.as_str(), affinity.cookie.max_age_secs), ("/cart", Some(3600)), "the path defaults to the route's");
+    assert_eq!(affinity.cookie.same_site, Some(portico_model::SameSite::Lax));
+    let canary = route.canary.as_ref().unwrap();
+    assert_eq!(canary.source, "ns/canary", "the older canary wins");
+    assert_eq!(canary.weight, 0, "an unreadable weight sends nothing by weight");
+    assert_eq!(canary.header.as_ref().unwrap().rule, portico_model::HeaderRule::AlwaysNever, "a pattern that does not compile is left out");
+    let messages: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    for expected in
+        ["session-cookie-name: value \"bad name\"", "canary-by-header-pattern: value \"(unclosed\"", "canary-weight: value \"lots\""]
+    {
+        assert!(messages.iter().any(|m| m.contains(expected)), "{expected} not in {messages:#?}");
+    }
+    assert!(reasons(&t).contains(&("second".into(), Reason::CanaryConflict)));
+}
+
+#[test]
+fn health_checks_are_opt_in_and_part_of_the_backend() {
+    let spec = json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "main", json!({"number": 80}))]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.push(annotated(
+        "ns",
+        "checked",
+        "2024-01-01T00:00:00Z",
+        json!({"portico.io/health-check-path": "/healthz", "portico.io/health-check-interval": "2s", "portico.io/health-check-unhealthy-threshold": "1"}),
+        spec,
+    ));
+    let t = run(objects);
+    let check = t.snapshot.backends[0].policy.health_check.as_ref().expect("health check on");
+    assert_eq!((check.path.as_str(), check.interval_ms, check.unhealthy_threshold, check.healthy_threshold), ("/healthz", 2000, 1, 2));
+    assert_ne!(t.snapshot.backends[0].name, "ns/main:80", "a checked backend is not shared with unchecked routes");
+}
