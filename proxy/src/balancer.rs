@@ -1,5 +1,5 @@
 //! Choosing an endpoint of a backend, and the per-endpoint state choices read: requests
-//! in flight, a peak-EWMA of response times, and passive health.
+//! in flight, a peak-EWMA of response times, and passive and active health.
 //!
 //! A [`Balancer`] lives as long as its backend is unchanged (pools are reused across
 //! snapshots), so round-robin position, EWMA scores and health survive unrelated changes.
@@ -9,7 +9,8 @@ use pingora_ketama::{Bucket, Continuum};
 use portico_model::{Backend, Balance};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How fast old response times fade from the EWMA (ingress-nginx's `DECAY_TIME`).
@@ -31,6 +32,10 @@ pub struct EndpointState {
     fail_window_us: AtomicU64,
     /// Skipped until then (microseconds since the epoch).
     down_until_us: AtomicU64,
+    /// Active health checks: taken out by failed checks, and the current run of
+    /// successes (positive) or failures (negative).
+    checked_down: AtomicBool,
+    check_streak: std::sync::atomic::AtomicI32,
 }
 
 impl EndpointState {
@@ -43,7 +48,14 @@ impl EndpointState {
             fails: AtomicU32::new(0),
             fail_window_us: AtomicU64::new(0),
             down_until_us: AtomicU64::new(0),
+            checked_down: AtomicBool::new(false),
+            check_streak: std::sync::atomic::AtomicI32::new(0),
         }
+    }
+
+    /// Whether active health checks have taken it out.
+    pub fn checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -63,16 +75,37 @@ enum Algorithm {
     LeastConn,
     Ewma,
     Random,
-    /// The ring, and each endpoint's position by address.
-    Hash(Continuum, HashMap<SocketAddr, usize>),
+    Hash,
 }
 
 /// Ketama places this many points per unit of weight on the ring (pingora-ketama's V1).
 const POINTS_PER_WEIGHT: usize = 160;
 
+/// A Ketama ring over the endpoints, and each endpoint's position by address.
+struct Ring {
+    continuum: Continuum,
+    positions: HashMap<SocketAddr, usize>,
+}
+
+impl Ring {
+    fn new(endpoints: &[EndpointState]) -> Self {
+        let buckets: Vec<Bucket> = endpoints.iter().map(|e| Bucket::new(e.addr, KETAMA_WEIGHT)).collect();
+        Ring { continuum: Continuum::new(&buckets), positions: endpoints.iter().enumerate().map(|(i, e)| (e.addr, i)).collect() }
+    }
+
+    /// From the key's point, the first allowed endpoint; the iterator wraps around, so
+    /// the walk stops after one turn.
+    fn walk(&self, key: &[u8], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let turn = self.positions.len() * POINTS_PER_WEIGHT * KETAMA_WEIGHT as usize;
+        self.continuum.node_iter(key).take(turn).filter_map(|a| self.positions.get(a).copied()).find(|i| allowed(*i))
+    }
+}
+
 pub struct Balancer {
     endpoints: Box<[EndpointState]>,
     algorithm: Algorithm,
+    /// Built on first use: by consistent hashing, and by balanced cookie affinity.
+    ring: OnceLock<Ring>,
     next: AtomicUsize,
     max_fails: u32,
     fail_timeout: Duration,
@@ -91,15 +124,12 @@ impl Balancer {
             Balance::LeastConn => Algorithm::LeastConn,
             Balance::Ewma => Algorithm::Ewma,
             Balance::Random => Algorithm::Random,
-            Balance::ConsistentHash(_) => {
-                let buckets: Vec<Bucket> = endpoints.iter().map(|e| Bucket::new(e.addr, KETAMA_WEIGHT)).collect();
-                let positions = endpoints.iter().enumerate().map(|(i, e)| (e.addr, i)).collect();
-                Algorithm::Hash(Continuum::new(&buckets), positions)
-            }
+            Balance::ConsistentHash(_) => Algorithm::Hash,
         };
         Balancer {
             endpoints,
             algorithm,
+            ring: OnceLock::new(),
             // Replicas start at different places, so that they do not all hit the first endpoint together.
             next: AtomicUsize::new(fastrand::usize(..)),
             max_fails: backend.policy.max_fails,
@@ -124,23 +154,59 @@ impl Balancer {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// An endpoint for a request, not one in `tried` and not one passive health has
-    /// taken out, unless nothing else is left: then any (all down still beats a 503).
-    /// `key` is the request's hash key, for consistent hashing. `None` when the backend
-    /// has no ready endpoint.
+    fn ring(&self) -> &Ring {
+        self.ring.get_or_init(|| Ring::new(&self.endpoints))
+    }
+
+    /// An endpoint for a request, not one in `tried` and not one health (passive or
+    /// active) has taken out, unless nothing else is left: then any (all down still
+    /// beats a 503). `key` is the request's hash key, for consistent hashing. `None` when
+    /// the backend has no ready endpoint.
     pub fn pick(&self, key: &[u8], tried: &Tried) -> Option<usize> {
+        self.pick_by(tried, |allowed| self.choose(key, allowed))
+    }
+
+    /// As [`Balancer::pick`], but by the consistent-hash ring whatever the algorithm:
+    /// the same key keeps reaching the same endpoint while it is up.
+    pub fn pick_on_ring(&self, key: &[u8], tried: &Tried) -> Option<usize> {
+        let ring = self.ring();
+        self.pick_by(tried, |allowed| ring.walk(key, allowed))
+    }
+
+    fn pick_by(&self, tried: &Tried, choose: impl Fn(&dyn Fn(usize) -> bool) -> Option<usize>) -> Option<usize> {
         if self.endpoints.is_empty() {
             return None;
         }
-        // The clock is read only when some endpoint has been taken out.
-        let now = std::cell::OnceCell::new();
-        let now = || *now.get_or_init(|| self.now_us());
-        let up = |i: usize| {
-            let until = self.endpoints[i].down_until_us.load(Ordering::Relaxed);
-            until == 0 || until <= now()
-        };
         let fresh = |i: usize| !tried.contains(&i);
-        self.choose(key, &|i| up(i) && fresh(i)).or_else(|| self.choose(key, &fresh)).or_else(|| self.choose(key, &|_| true))
+        choose(&|i| fresh(i) && self.is_up(i)).or_else(|| choose(&fresh)).or_else(|| choose(&|_| true))
+    }
+
+    /// Neither passive nor active health has taken the endpoint out.
+    pub fn is_up(&self, index: usize) -> bool {
+        let e = &self.endpoints[index];
+        // The clock is read only when the endpoint has been taken out.
+        let until = e.down_until_us.load(Ordering::Relaxed);
+        !e.checked_down() && (until == 0 || until <= self.now_us())
+    }
+
+    /// Records one active health check; returns whether that changed the endpoint's state.
+    pub fn record_check(&self, index: usize, healthy: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> bool {
+        let e = &self.endpoints[index];
+        let streak = e.check_streak.load(Ordering::Relaxed);
+        let streak = match (healthy, streak > 0) {
+            (true, true) => streak.saturating_add(1),
+            (true, false) => 1,
+            (false, true) => -1,
+            (false, false) => streak.saturating_sub(1),
+        };
+        e.check_streak.store(streak, Ordering::Relaxed);
+        let was_down = e.checked_down();
+        let down = if was_down { streak < healthy_threshold as i32 } else { streak <= -(unhealthy_threshold as i32) };
+        if down != was_down {
+            e.checked_down.store(down, Ordering::Relaxed);
+            tracing::warn!(endpoint = %e.addr, healthy = !down, "active health check changed an endpoint's state");
+        }
+        down != was_down
     }
 
     fn choose(&self, key: &[u8], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -163,12 +229,7 @@ impl Balancer {
                     e.ewma_at(now) * f64::from(e.in_flight() + 1)
                 })
             }
-            Algorithm::Hash(ring, positions) => {
-                // Walk the ring from the key's point to the first allowed endpoint; the
-                // iterator wraps around, so stop after one turn.
-                let turn = n * POINTS_PER_WEIGHT * KETAMA_WEIGHT as usize;
-                ring.node_iter(key).take(turn).filter_map(|a| positions.get(a).copied()).find(|i| allowed(*i))
-            }
+            Algorithm::Hash => self.ring().walk(key, allowed),
         }
     }
 
@@ -311,6 +372,33 @@ mod tests {
             b.finish(a, true);
         }
         assert!(b.pick(b"", &[]).is_some(), "with every endpoint down, traffic still goes somewhere");
+    }
+
+    #[test]
+    fn active_checks_take_an_endpoint_out_and_back_after_their_thresholds() {
+        let b = Balancer::new(&backend(&[1, 2], Balance::RoundRobin));
+        assert!(!b.record_check(0, false, 2, 2), "one failure is below the threshold");
+        assert!(b.record_check(0, false, 2, 2), "the second takes it out");
+        assert!((0..10).all(|_| b.pick(b"", &[]) == Some(1)));
+        assert!(!b.record_check(0, true, 2, 2));
+        assert!(!b.record_check(0, false, 2, 2), "a failure restarts the run of successes");
+        assert!(!b.record_check(0, true, 2, 2));
+        assert!(b.record_check(0, true, 2, 2), "two successes in a row bring it back");
+        assert!((0..10).any(|_| b.pick(b"", &[]) == Some(0)));
+        b.record_check(1, false, 1, 1);
+        b.record_check(0, false, 1, 1);
+        assert!(b.pick(b"", &[]).is_some(), "with every endpoint checked down, traffic still goes somewhere");
+    }
+
+    #[test]
+    fn the_ring_keeps_a_key_on_one_endpoint_while_it_is_up() {
+        let b = Balancer::new(&backend(&[1, 2, 3, 4], Balance::LeastConn));
+        let first = b.pick_on_ring(b"session-42", &[]).unwrap();
+        assert!((0..20).all(|_| b.pick_on_ring(b"session-42", &[]) == Some(first)));
+        let other = b.pick_on_ring(b"session-42", &[first]).unwrap();
+        assert_ne!(other, first, "a retry walks on along the ring");
+        b.record_check(first, false, 1, 1);
+        assert_eq!(b.pick_on_ring(b"session-42", &[]), Some(other), "a checked-down endpoint is walked past to the same next one");
     }
 
     #[test]

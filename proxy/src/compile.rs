@@ -7,13 +7,16 @@
 //! routes and backends are the same keeps its matcher and counters. An endpoint change
 //! therefore rebuilds one pool and the hosts that use it, not the whole table.
 
+use crate::affinity::PoolSessions;
 use crate::balancer::Balancer;
+use crate::canary::CompiledCanary;
 use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
 use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{Backend, Balance, HashKey, HostMatch, RetryPolicy, Snapshot, VirtualHost};
+use portico_model::{Backend, Balance, HashKey, HealthCheck, HostMatch, RetryPolicy, SessionAffinity, Snapshot, VirtualHost};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 /// Keys are names from the snapshot being compiled; a fast seeded hash is enough.
@@ -29,6 +32,8 @@ pub struct CompiledSnapshot {
     /// In the order of `source.backends`.
     pools: Vec<Arc<BackendPool>>,
     default_backend: Option<Arc<BackendPool>>,
+    /// The pools with active health checks.
+    health_checked: Vec<Arc<BackendPool>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
     unmatched: StatusCounters,
@@ -37,11 +42,42 @@ pub struct CompiledSnapshot {
 
 /// A backend's endpoints, how to reach them, and what to do when one fails.
 pub struct BackendPool {
+    pub name: Box<str>,
     pub balancer: Balancer,
     pub upstream: UpstreamSettings,
     /// How to build a request's key, for consistent hashing.
     pub hash_key: Option<HashKey>,
     pub retry: RetryPolicy,
+    /// Affinity cookie tags of the endpoints, built on first use.
+    pub sessions: PoolSessions,
+    pub health_check: Option<HealthCheck>,
+    /// A round of active checks is under way.
+    pub checking: AtomicBool,
+}
+
+impl BackendPool {
+    pub fn new(b: &Backend) -> Result<Self, String> {
+        let upstream = UpstreamSettings::new(&b.upstream, &b.policy)?;
+        let hash_key = match &b.policy.balance {
+            Balance::ConsistentHash(template) => Some(HashKey::parse(template).map_err(|v| format!("hash key: unknown {v}"))?),
+            _ => None,
+        };
+        Ok(BackendPool {
+            name: b.name.as_str().into(),
+            balancer: Balancer::new(b),
+            upstream,
+            hash_key,
+            retry: b.policy.retry.clone(),
+            sessions: PoolSessions::default(),
+            health_check: b.policy.health_check.clone(),
+            checking: AtomicBool::new(false),
+        })
+    }
+
+    /// What affinity needs of the pool.
+    pub fn affinity_parts(&self) -> (&str, &Balancer, &PoolSessions) {
+        (&self.name, &self.balancer, &self.sessions)
+    }
 }
 
 struct CompiledVhost {
@@ -55,10 +91,12 @@ struct CompiledVhost {
     counters: OnceLock<StatusCounters>,
 }
 
-struct CompiledRoute {
-    pool: Arc<BackendPool>,
+pub struct CompiledRoute {
+    pub pool: Arc<BackendPool>,
     redirect_to_https: bool,
     max_body_bytes: Option<u64>,
+    pub affinity: Option<SessionAffinity>,
+    pub canary: Option<CompiledCanary>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -69,6 +107,8 @@ pub struct Routed {
     target: Target,
     /// The matched route sends plain-HTTP requests to HTTPS.
     pub redirect_to_https: bool,
+    /// The request goes to the route's canary backend.
+    pub canary: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +133,8 @@ pub enum CompileError {
     Certificate(#[from] CertificateError),
     #[error("backend {backend:?}: {what}")]
     Upstream { backend: String, what: String },
+    #[error("host {host:?}: route {path:?}: {what}")]
+    Route { host: String, path: String, what: String },
 }
 
 impl CompiledSnapshot {
@@ -111,20 +153,29 @@ impl CompiledSnapshot {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
                 old.routes == vh.routes
-                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| Arc::ptr_eq(&c.pool, by_name[r.backend.as_str()]))
+                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| {
+                        let same_canary = match (&c.canary, &r.canary) {
+                            (Some(cc), Some(rc)) => Arc::ptr_eq(&cc.pool, by_name[rc.backend.as_str()]),
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        Arc::ptr_eq(&c.pool, by_name[r.backend.as_str()]) && same_canary
+                    })
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
-                None => Arc::new(compile_vhost(vh, &by_name)),
+                None => Arc::new(compile_vhost(vh, &by_name)?),
             });
         }
         let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
         let hsts = snapshot.tls.hsts.and_then(|h| HeaderValue::try_from(h.header_value()).ok());
+        let health_checked = pools.iter().filter(|p| p.health_check.is_some()).cloned().collect();
         Ok(CompiledSnapshot {
             hosts,
             vhosts,
             pools,
             default_backend,
+            health_checked,
             certificates,
             hsts,
             unmatched: metrics.status_counters(UNMATCHED_HOST),
@@ -141,10 +192,34 @@ impl CompiledSnapshot {
             vh.paths.lookup(path).map(|r| (r, vh.routes[r].redirect_to_https))
         });
         match matched {
-            Some((r, redirect_to_https)) => Routed { vhost, target: Target::Route(r), redirect_to_https },
-            None if self.default_backend.is_some() => Routed { vhost, target: Target::DefaultBackend, redirect_to_https: false },
-            None => Routed { vhost, target: Target::Nothing, redirect_to_https: false },
+            Some((r, redirect_to_https)) => Routed { vhost, target: Target::Route(r), redirect_to_https, canary: false },
+            None if self.default_backend.is_some() => {
+                Routed { vhost, target: Target::DefaultBackend, redirect_to_https: false, canary: false }
+            }
+            None => Routed { vhost, target: Target::Nothing, redirect_to_https: false, canary: false },
         }
+    }
+
+    /// The matched route, when a route (not the default backend) took the request.
+    pub fn matched_route(&self, routed: &Routed) -> Option<&CompiledRoute> {
+        match routed.target {
+            Target::Route(r) => routed.vhost.map(|v| &self.vhosts[v].routes[r]),
+            _ => None,
+        }
+    }
+
+    /// The cookie affinity of the side (primary or canary) the request goes to.
+    pub fn affinity(&self, routed: &Routed) -> Option<&SessionAffinity> {
+        let route = self.matched_route(routed)?;
+        match (&route.canary, routed.canary) {
+            (Some(canary), true) => canary.affinity.as_ref(),
+            _ => route.affinity.as_ref(),
+        }
+    }
+
+    /// The pools whose endpoints are actively health checked.
+    pub fn health_checked(&self) -> &[Arc<BackendPool>] {
+        &self.health_checked
     }
 
     /// The largest request body the matched route takes (`None`: no limit).
@@ -159,7 +234,13 @@ impl CompiledSnapshot {
     pub fn pool(&self, routed: &Routed) -> Option<&BackendPool> {
         match routed.target {
             Target::Nothing => None,
-            Target::Route(r) => routed.vhost.map(|v| &*self.vhosts[v].routes[r].pool),
+            Target::Route(r) => routed.vhost.map(|v| {
+                let route = &self.vhosts[v].routes[r];
+                match (&route.canary, routed.canary) {
+                    (Some(canary), true) => &*canary.pool,
+                    _ => &*route.pool,
+                }
+            }),
             Target::DefaultBackend => self.default_backend.as_deref(),
         }
     }
@@ -207,37 +288,37 @@ fn compile_pools(backends: &[Backend], previous: Option<&CompiledSnapshot>) -> R
         .iter()
         .map(|b| match old.get(b.name.as_str()) {
             Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
-            _ => {
-                let fail = |what| CompileError::Upstream { backend: b.name.clone(), what };
-                let upstream = UpstreamSettings::new(&b.upstream, &b.policy).map_err(fail)?;
-                let hash_key = match &b.policy.balance {
-                    Balance::ConsistentHash(template) => {
-                        Some(HashKey::parse(template).map_err(|v| fail(format!("hash key: unknown {v}")))?)
-                    }
-                    _ => None,
-                };
-                Ok(Arc::new(BackendPool { balancer: Balancer::new(b), upstream, hash_key, retry: b.policy.retry.clone() }))
-            }
+            _ => BackendPool::new(b).map(Arc::new).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what }),
         })
         .collect()
 }
 
-fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -> CompiledVhost {
+fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -> Result<CompiledVhost, CompileError> {
     let mut paths = PathMatcher::default();
     let mut routes = Vec::with_capacity(vh.routes.len());
     for route in &vh.routes {
         paths.insert(&route.path, routes.len());
+        let canary = match &route.canary {
+            None => None,
+            Some(c) => Some(CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()])).map_err(|what| CompileError::Route {
+                host: vh.host.to_string(),
+                path: route.path.path().to_string(),
+                what,
+            })?),
+        };
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
             max_body_bytes: route.max_body_bytes,
+            affinity: route.affinity.clone(),
+            canary,
         });
     }
     let label = match &vh.host {
         HostMatch::Any => ANY_HOST.into(),
         h => h.to_string().into_boxed_str(),
     };
-    CompiledVhost { paths, routes, label, counters: OnceLock::new() }
+    Ok(CompiledVhost { paths, routes, label, counters: OnceLock::new() })
 }
 
 #[cfg(test)]

@@ -5,9 +5,12 @@
 //! them on every request. The binary in `main.rs` wires these into a Pingora server.
 
 pub mod admin;
+pub mod affinity;
 pub mod balancer;
+pub mod canary;
 pub mod compile;
 pub mod forwarded;
+pub mod health;
 pub mod link;
 pub mod metrics;
 pub mod pages;

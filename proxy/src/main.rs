@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
-use portico_proxy::{admin, forwarded, link, metrics, service, store, tls};
+use portico_proxy::{admin, affinity, forwarded, health, link, metrics, service, store, tls};
 use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +40,11 @@ struct Args {
     /// Identifies this proxy to the controller (default: host name and process id).
     #[arg(long)]
     proxy_id: Option<String>,
+    /// A file whose bytes key the affinity cookies; give every replica the same one (a
+    /// mounted Secret) so that endpoint addresses cannot be guessed from cookies. A path
+    /// that does not exist falls back to a built-in key, with a warning.
+    #[arg(long)]
+    affinity_key_file: Option<PathBuf>,
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
@@ -64,7 +69,25 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::ProxyMetrics::new());
     let store = Arc::new(store::SnapshotStore::new(metrics));
 
-    let ingress = service::IngressProxy { store: store.clone(), trusted_proxies, https_redirect_port: args.https_redirect_port };
+    let affinity_key = match &args.affinity_key_file {
+        Some(path) if path.exists() => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading --affinity-key-file {}", path.display()))?;
+            anyhow::ensure!(bytes.trim_ascii().len() >= 16, "--affinity-key-file {}: the key must be at least 16 bytes", path.display());
+            affinity::AffinityKey::new(bytes.trim_ascii()).context("--affinity-key-file")?
+        }
+        other => {
+            if let Some(path) = other {
+                tracing::warn!(path = %path.display(), "--affinity-key-file does not exist; affinity cookies use the built-in key");
+            }
+            affinity::AffinityKey::built_in()
+        }
+    };
+    let ingress = service::IngressProxy {
+        store: store.clone(),
+        trusted_proxies,
+        https_redirect_port: args.https_redirect_port,
+        sessions: affinity::StickySessions::new(affinity_key),
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
@@ -90,6 +113,7 @@ fn main() -> anyhow::Result<()> {
     admin.add_tcp(&args.admin_addr);
     admin.threads = Some(1);
 
+    server.add_service(pingora::services::background::background_service("health-checks", health::HealthChecker { store: store.clone() }));
     let link = link::ControllerLink { socket: args.socket.clone(), proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id), store };
     server.add_service(pingora::services::background::background_service("controller-link", link));
     server.add_service(proxy);

@@ -1,7 +1,9 @@
 //! The Pingora proxy service: route each request on the snapshot it started with, send
 //! plain HTTP to HTTPS where the route asks for it, pick an endpoint, forward with the
-//! usual `X-Forwarded-*` headers, and count the answer.
+//! usual `X-Forwarded-*` headers, and count the answer. A route with a canary sends the
+//! request to one side first; a side with cookie affinity pins the client to an endpoint.
 
+use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::forwarded::Cidr;
@@ -23,6 +25,7 @@ pub struct IngressProxy {
     pub trusted_proxies: Vec<Cidr>,
     /// The port HTTP→HTTPS redirects name; 443 is left out of the URL.
     pub https_redirect_port: u16,
+    pub sessions: StickySessions,
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -38,6 +41,10 @@ pub struct RequestCtx {
     first_attempt: Option<Instant>,
     /// The request's consistent-hash key, when its backend hashes.
     hash_key: Vec<u8>,
+    /// Where the client's affinity cookie pinned it, when it had a valid one.
+    pin: Option<Pin>,
+    /// A new pin to send the client in an affinity cookie.
+    issue: Option<Pin>,
     /// Request body bytes seen so far, against the route's limit.
     body_bytes: u64,
     /// The upstream's answer is being replaced by another attempt.
@@ -60,6 +67,50 @@ const X_FORWARDED_PORT: &str = "x-forwarded-port";
 const X_REAL_IP: &str = "x-real-ip";
 
 impl IngressProxy {
+    /// Whether a request goes to its route's canary: a client pinned to the primary stays
+    /// there, one pinned to a sticky canary stays there, and the canary's rules decide
+    /// for everyone else.
+    fn takes_canary(&self, snapshot: &CompiledSnapshot, routed: &Routed, req: &RequestHeader) -> bool {
+        let Some(route) = snapshot.matched_route(routed) else { return false };
+        let Some(canary) = &route.canary else { return false };
+        if route.affinity.as_ref().is_some_and(|a| self.sessions.pinned(a, req, route.pool.affinity_parts()).is_some()) {
+            return false;
+        }
+        if canary.sticky && canary.affinity.as_ref().is_some_and(|a| self.sessions.pinned(a, req, canary.pool.affinity_parts()).is_some()) {
+            return true;
+        }
+        canary.takes(req)
+    }
+
+    /// The first endpoint for a request: by its affinity cookie where the side has
+    /// affinity, else by the balancer.
+    fn first_endpoint(&self, snapshot: &CompiledSnapshot, pool: &BackendPool, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
+        match snapshot.affinity(&ctx.routed) {
+            None => pool.balancer.pick(&ctx.hash_key, &[]),
+            Some(a) => {
+                ctx.pin = self.sessions.pinned(a, req, pool.affinity_parts());
+                let (index, issue) = self.sessions.choose(a.mode, ctx.pin, &pool.balancer, &ctx.hash_key, &[])?;
+                ctx.issue = issue;
+                Some(index)
+            }
+        }
+    }
+
+    /// The endpoint for a retry: another one. A client that was given a cookie for the
+    /// failed endpoint, or whose route re-pins on failure, is pinned to the new one.
+    fn retry_endpoint(&self, snapshot: &CompiledSnapshot, pool: &BackendPool, ctx: &mut RequestCtx) -> Option<usize> {
+        match snapshot.affinity(&ctx.routed) {
+            None => pool.balancer.pick(&ctx.hash_key, &ctx.tried),
+            Some(a) => {
+                let (index, _) = self.sessions.choose(a.mode, ctx.pin.or(ctx.issue), &pool.balancer, &ctx.hash_key, &ctx.tried)?;
+                if a.change_on_failure || ctx.issue.is_some() {
+                    ctx.issue = self.sessions.pin_for(a.mode, &pool.balancer, index).or(ctx.issue);
+                }
+                Some(index)
+            }
+        }
+    }
+
     fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
     }
@@ -252,13 +303,14 @@ impl ProxyHttp for IngressProxy {
                 return Ok(true);
             }
         }
+        ctx.routed.canary = self.takes_canary(&snapshot, &ctx.routed, req);
         let status = match snapshot.pool(&ctx.routed) {
             None => Some(404),
             Some(pool) => {
                 if let Some(key) = &pool.hash_key {
                     build_hash_key(key, req, peer_ip(session), &mut ctx.hash_key);
                 }
-                match pool.balancer.pick(&ctx.hash_key, &[]) {
+                match self.first_endpoint(&snapshot, pool, req, ctx) {
                     None => Some(503),
                     Some(index) => {
                         ctx.attempt = Some(pool.balancer.start(index));
@@ -279,16 +331,16 @@ impl ProxyHttp for IngressProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.first_attempt.get_or_insert_with(Instant::now);
-        let Some(pool) = ctx.snapshot.as_ref().and_then(|s| s.pool(&ctx.routed)) else {
+        let snapshot = ctx.snapshot.clone();
+        let Some((snapshot, pool)) = snapshot.as_ref().and_then(|s| Some((s, s.pool(&ctx.routed)?))) else {
             return Err(Error::explain(ErrorType::InternalError, "no backend routed"));
         };
         // A retry: the failed endpoint is in `tried`; pick another.
         let index = match &ctx.attempt {
             Some(a) => a.index,
             None => {
-                let index = pool
-                    .balancer
-                    .pick(&ctx.hash_key, &ctx.tried)
+                let index = self
+                    .retry_endpoint(snapshot, pool, ctx)
                     .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no endpoint left"))?;
                 ctx.attempt = Some(pool.balancer.start(index));
                 index
@@ -418,6 +470,12 @@ impl ProxyHttp for IngressProxy {
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
                 response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
+        }
+        if let (Some(pin), Some(snapshot)) = (ctx.issue, &ctx.snapshot) {
+            let side = snapshot.affinity(&ctx.routed).zip(snapshot.pool(&ctx.routed));
+            if let Some(cookie) = side.and_then(|(a, pool)| self.sessions.set_cookie(a, pin, ctx.https, pool.affinity_parts())) {
+                response.append_header(header::SET_COOKIE, cookie)?;
             }
         }
         Ok(())

@@ -26,6 +26,10 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+    }
+
     pub fn new(u: &Upstream, policy: &TrafficPolicy) -> Result<Self, String> {
         let ca = match &u.ca_pem {
             None => None,

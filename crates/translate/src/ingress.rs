@@ -317,6 +317,14 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 unhealthy_threshold: positive(self.annotation(a.count("health-check-unhealthy-threshold")), DEFAULT_UNHEALTHY_THRESHOLD),
             });
         }
+        if t.health_check.is_some() && self.policy.upstream.protocol.is_http2() {
+            let msg = format!(
+                "annotation health-check-path: health checks speak HTTP/1.1, which a {} backend does not; no active checks",
+                self.policy.upstream.protocol.as_str()
+            );
+            self.report(Reason::InvalidAnnotation, msg);
+            t.health_check = None;
+        }
         self.policy.traffic = t.clone();
         if let Some(bytes) = self.annotation(a.size_bytes("proxy-body-size")) {
             self.policy.max_body_bytes = (bytes > 0).then_some(bytes);
