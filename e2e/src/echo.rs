@@ -12,7 +12,7 @@ use openssl::ssl::SslAcceptor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -42,6 +42,9 @@ pub struct EchoServer {
     pub requests: Arc<AtomicU64>,
     /// Milliseconds every answer waits before it is sent (0: none), to play a slow endpoint.
     pub delay_ms: Arc<AtomicU64>,
+    /// What `GET /healthz` answers: 200 while true, 503 while false. Other paths are
+    /// served either way, as by an application whose health check is failing.
+    pub healthy: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,8 +70,15 @@ impl EchoServer {
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, name.to_string(), requests.clone(), delay_ms.clone(), tls));
-        Ok(EchoServer { name: name.to_string(), addr, requests, delay_ms, task })
+        let healthy = Arc::new(AtomicBool::new(true));
+        let knobs = Knobs { requests: requests.clone(), delay_ms: delay_ms.clone(), healthy: healthy.clone() };
+        let task = tokio::spawn(serve(listener, name.to_string(), knobs, tls));
+        Ok(EchoServer { name: name.to_string(), addr, requests, delay_ms, healthy, task })
+    }
+
+    /// Makes `GET /healthz` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
     }
 
     pub fn request_count(&self) -> u64 {
@@ -81,22 +91,37 @@ impl EchoServer {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>, delay_ms: Arc<AtomicU64>, tls: Option<Arc<SslAcceptor>>) {
+/// What a test can observe and turn on a running echo backend.
+#[derive(Clone)]
+struct Knobs {
+    requests: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+}
+
+async fn serve(listener: TcpListener, name: String, knobs: Knobs, tls: Option<Arc<SslAcceptor>>) {
     let name: Arc<str> = name.into();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let name = name.clone();
-        let requests = requests.clone();
-        let delay_ms = delay_ms.clone();
+        let knobs = knobs.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let over_tls = tls.is_some();
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let name = name.clone();
-                let requests = requests.clone();
-                let delay = delay_ms.load(Ordering::Relaxed);
+                let delay = knobs.delay_ms.load(Ordering::Relaxed);
+                let health_check = req.uri().path() == "/healthz";
+                if !health_check {
+                    knobs.requests.fetch_add(1, Ordering::Relaxed);
+                }
+                let healthy = knobs.healthy.load(Ordering::Relaxed);
                 async move {
-                    requests.fetch_add(1, Ordering::Relaxed);
+                    if health_check {
+                        let status = if healthy { 200 } else { 503 };
+                        let response = Response::builder().status(status).body(EchoBody::Left(Full::default())).expect("valid response");
+                        return Ok::<_, std::convert::Infallible>(response);
+                    }
                     Ok::<_, std::convert::Infallible>(answer(&name, over_tls, delay, req).await)
                 }
             });
