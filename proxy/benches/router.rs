@@ -39,6 +39,7 @@ fn snapshot() -> Snapshot {
                 max_body_bytes: None,
                 affinity: None,
                 canary: None,
+                access: None,
             })
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });

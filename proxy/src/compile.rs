@@ -345,6 +345,7 @@ mod tests {
                 max_body_bytes: None,
                 affinity: None,
                 canary: None,
+                access: None,
             };
             s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
         }

@@ -1,66 +1,36 @@
 //! Which peers may tell us about the original client: `--trusted-proxies`.
 //! From anyone else, `X-Forwarded-*` headers are replaced, never believed.
 
+pub use portico_model::cidr::{parse_list, Cidr, InvalidCidr};
 use std::net::IpAddr;
-use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid CIDR {value:?}: {reason}")]
-pub struct InvalidCidr {
-    value: String,
-    reason: &'static str,
-}
-
-impl FromStr for Cidr {
-    type Err = InvalidCidr;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| InvalidCidr { value: s.to_string(), reason };
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
-        };
-        let network: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or(bad("prefix length out of range"))?,
-            None => max,
-        };
-        Ok(Cidr { network, prefix })
+/// The client's address: the socket peer, unless the peer is a trusted proxy; then the
+/// rightmost `X-Forwarded-For` hop that is not itself trusted (hops a client wrote
+/// itself sit to the left of what our proxies appended, so they are never reached).
+/// `None` when that hop is not an address: the client is then unknown, and access lists
+/// refuse it.
+pub fn client_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
     }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => mask_eq(u32::from(n) as u128, u32::from(a) as u128, self.prefix, 32),
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask_eq(u128::from(n), u128::from(a), self.prefix, 128),
-            _ => false,
+    let Some(hops) = forwarded_for.filter(|h| !h.trim().is_empty()) else { return Some(peer) };
+    let mut client = peer;
+    for hop in hops.rsplit(',') {
+        let hop = hop.trim();
+        // `[v6]:port` and `v4:port` forms, as some proxies write them.
+        let bare = hop.strip_prefix('[').and_then(|h| h.split_once(']')).map_or(hop, |(h, _)| h);
+        let ip = bare
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| bare.rsplit_once(':').and_then(|(h, _)| h.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4)))?;
+        client = ip;
+        if !is_trusted(ip) {
+            break;
         }
     }
-}
-
-fn mask_eq(n: u128, a: u128, prefix: u8, bits: u8) -> bool {
-    if prefix == 0 {
-        return true;
-    }
-    let shift = bits - prefix;
-    (n >> shift) == (a >> shift)
-}
-
-/// Parses a comma-separated CIDR list as given to `--trusted-proxies`.
-pub fn parse_list(s: &str) -> Result<Vec<Cidr>, InvalidCidr> {
-    s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect()
+    Some(client)
 }
 
 #[cfg(test)]
@@ -68,23 +38,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matches_v4_v6_and_mapped_addresses() {
-        let list = parse_list("10.0.0.0/8, 192.168.1.7,fd00::/8").unwrap();
-        let trusted = |s: &str| list.iter().any(|c| c.contains(s.parse().unwrap()));
-        assert!(trusted("10.1.2.3"));
-        assert!(trusted("::ffff:10.9.9.9"));
-        assert!(trusted("192.168.1.7"));
-        assert!(!trusted("192.168.1.8"));
-        assert!(trusted("fd12::1"));
-        assert!(!trusted("fe80::1"));
-        assert!(!trusted("11.0.0.1"));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("1.2.3.4".parse().unwrap()));
-    }
-
-    #[test]
-    fn rejects_garbage_with_the_value() {
-        let err = parse_list("10.0.0.0/33").unwrap_err();
-        assert!(err.to_string().contains("10.0.0.0/33"));
-        assert!(parse_list("banana").is_err());
+    fn the_rightmost_untrusted_hop_is_the_client_and_only_trusted_peers_are_believed() {
+        let trusted = parse_list("10.0.0.0/8").unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9"),
+            "an untrusted peer's header is ignored"
+        );
+        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4, 198.51.100.7, 10.0.0.2"), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_address(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+        assert_eq!(client_address(ip("10.0.0.1"), Some("10.0.0.3, 10.0.0.2"), &trusted), ip("10.0.0.3"), "all trusted: the leftmost");
+        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4:5678"), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_address(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &trusted), ip("2001:db8::1"));
+        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4, garbage"), &trusted), None, "an unreadable hop makes the client unknown");
     }
 }

@@ -106,6 +106,7 @@ mod tests {
                     max_body_bytes: None,
                     affinity: None,
                     canary: None,
+                    access: None,
                 }],
             }],
             backends: vec![Backend {

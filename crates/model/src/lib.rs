@@ -3,10 +3,12 @@
 //! The controller builds a [`Snapshot`] from cluster objects; the proxy validates it and
 //! compiles it into lookup structures. Nothing here does I/O or knows about Kubernetes.
 
+pub mod cidr;
 mod hash_key;
 mod host;
 mod validate;
 
+pub use cidr::Cidr;
 pub use hash_key::{HashKey, KeyPart};
 pub use host::{HostMatch, InvalidHost};
 pub use validate::ValidationError;
@@ -124,6 +126,48 @@ pub struct Route {
     /// A second backend that takes part of this route's traffic.
     #[serde(default)]
     pub canary: Option<Canary>,
+    /// Who may use the route.
+    #[serde(default)]
+    pub access: Option<AccessPolicy>,
+}
+
+/// Who may use a route: source addresses, then credentials. Every part fails closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AccessPolicy {
+    /// A security annotation could not be used (this says which and why): every request
+    /// is answered 503 rather than served without the control it asked for.
+    pub refuse: Option<String>,
+    /// When not empty, only clients in these ranges (`allowlist-source-range`); others get 403.
+    pub allow_sources: Vec<Cidr>,
+    /// Clients in these ranges get 403 (`denylist-source-range`).
+    pub deny_sources: Vec<Cidr>,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// `auth-type: basic`: users and their password hashes (bcrypt, apr1 or `{SHA}`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    pub realm: String,
+    pub users: Vec<Credential>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub user: String,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth").field("realm", &self.realm).field("users", &self.users).finish()
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    /// The user only: hashes stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// `affinity: cookie`: a client keeps reaching one endpoint through a cookie that names
@@ -422,11 +466,15 @@ impl Snapshot {
         self.certificates.iter().find(|c| c.name == name)
     }
 
-    /// A copy fit to show people: private keys replaced by a placeholder.
+    /// A copy fit to show people: private keys and password hashes replaced by a placeholder.
     pub fn redacted(&self) -> Snapshot {
         let mut copy = self.clone();
         for c in &mut copy.certificates {
             c.key_pem = REDACTED.to_string();
+        }
+        let auth = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
+        for credential in auth.flat_map(|a| &mut a.users) {
+            credential.hash = REDACTED.to_string();
         }
         copy
     }
@@ -494,6 +542,7 @@ mod tests {
                         affinity: None,
                         sticky: true,
                     }),
+                    access: None,
                 }],
             }],
             default_backend: None,

@@ -199,6 +199,7 @@ mod tests {
                     max_body_bytes: None,
                     affinity: None,
                     canary: None,
+                    access: None,
                 }],
             }],
             default_backend: Some("b".into()),

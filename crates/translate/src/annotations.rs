@@ -243,6 +243,18 @@ impl<'a> Annotations<'a> {
         })
     }
 
+    /// A comma-separated list of CIDRs (or single addresses).
+    pub fn cidr_list(&self, name: &str) -> Result<Option<Vec<portico_model::Cidr>>, InvalidAnnotation> {
+        self.parse(name, "a comma-separated list of CIDRs such as 10.0.0.0/8,2001:db8::/32", |v| portico_model::cidr::parse_list(v).ok())
+    }
+
+    /// The realm of `WWW-Authenticate`: printable, no quotes or backslashes.
+    pub fn realm(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "printable text without quotes or backslashes", |v| {
+            (v.len() <= 256 && v.bytes().all(|b| (b' '..0x7f).contains(&b) && b != b'"' && b != b'\\')).then(|| v.to_string())
+        })
+    }
+
     /// A Secret reference, `namespace/name` or just `name` (the Ingress's namespace).
     pub fn secret_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
         self.parse(name, "a Secret reference, namespace/name", |v| {

@@ -41,6 +41,7 @@ pub enum Reason {
     TLSConflict,
     CanaryWithoutPrimary,
     CanaryConflict,
+    UnsupportedAnnotation,
 }
 
 impl Reason {
@@ -63,6 +64,7 @@ impl Reason {
             Reason::TLSConflict => "TLSConflict",
             Reason::CanaryWithoutPrimary => "CanaryWithoutPrimary",
             Reason::CanaryConflict => "CanaryConflict",
+            Reason::UnsupportedAnnotation => "UnsupportedAnnotation",
         }
     }
 }

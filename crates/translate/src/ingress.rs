@@ -6,14 +6,15 @@
 use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
+use crate::credentials::{self, SecretLayout};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::secret::{self, CheckedCertificate};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{
-    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, HostMatch, PathMatch, Route, SessionAffinity, SessionCookie,
-    TrafficPolicy, Upstream,
+    AccessPolicy, AffinityMode, Balance, BasicAuth, Canary, CanaryHeader, HeaderRule, HealthCheck, HostMatch, PathMatch, Route,
+    SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,7 +112,16 @@ struct RoutePolicy {
     max_body_bytes: Option<u64>,
     /// Cookie affinity; an empty cookie path stands for each route's own path.
     affinity: Option<SessionAffinity>,
+    access: Option<AccessPolicy>,
 }
+
+/// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
+/// that sets one is not served without it: its routes answer 503.
+const UNENFORCED_SECURITY: &[&str] =
+    &["auth-url", "auth-signin", "auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url", "satisfy"];
+
+/// The realm a basic-auth challenge names when `auth-realm` does not.
+const DEFAULT_REALM: &str = "Authentication Required";
 
 /// ingress-nginx's `session-cookie-name` default.
 const DEFAULT_AFFINITY_COOKIE: &str = "INGRESSCOOKIE";
@@ -146,6 +156,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             traffic: TrafficPolicy::default(),
             max_body_bytes: Some(DEFAULT_MAX_BODY_BYTES),
             affinity: None,
+            access: None,
         };
         let fragment = Fragment {
             ingress: ingress.clone(),
@@ -209,9 +220,96 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.policy.upstream = upstream;
         self.read_traffic_annotations(&a);
         self.policy.affinity = self.read_affinity(&a);
+        self.policy.access = self.read_access(&a);
         if self.annotation(a.bool("canary")) == Some(true) {
             self.fragment.canary = Some(self.read_canary(&a));
         }
+    }
+
+    /// Source ranges and basic auth. Unlike tuning, a security annotation that cannot be
+    /// used does not fall back to a default: the routes refuse every request (503).
+    fn read_access(&mut self, a: &Annotations<'_>) -> Option<AccessPolicy> {
+        let mut access = AccessPolicy::default();
+        let mut refusals = Vec::new();
+        let mut refuse = |this: &mut Self, reason: Reason, message: String| {
+            this.report(reason, format!("{message}; its routes answer 503"));
+            refusals.push(message);
+        };
+        let mut any = false;
+        for name in UNENFORCED_SECURITY {
+            if let Some((key, _)) = a.get(name) {
+                any = true;
+                refuse(self, Reason::UnsupportedAnnotation, format!("annotation {key} is not enforced by this version of Portico"));
+            }
+        }
+        let allow = if a.get("allowlist-source-range").is_some() { "allowlist-source-range" } else { "whitelist-source-range" };
+        for (name, field) in [(allow, &mut access.allow_sources), ("denylist-source-range", &mut access.deny_sources)] {
+            match a.cidr_list(name) {
+                Ok(None) => {}
+                Ok(Some(list)) => {
+                    any = true;
+                    *field = list;
+                }
+                Err(e) => {
+                    any = true;
+                    refuse(self, e.reason(), e.message());
+                }
+            }
+        }
+        match a.get("auth-type") {
+            None => {}
+            Some((_, v)) if v.trim().eq_ignore_ascii_case("basic") => {
+                any = true;
+                match self.basic_auth(a) {
+                    Ok(auth) => access.basic_auth = Some(auth),
+                    Err((reason, message)) => refuse(self, reason, message),
+                }
+            }
+            Some((key, v)) => {
+                any = true;
+                refuse(
+                    self,
+                    Reason::InvalidAnnotation,
+                    format!("annotation {key}: value {v:?} is not \"basic\" (digest is not supported)"),
+                );
+            }
+        }
+        if !refusals.is_empty() {
+            access.refuse = Some(refusals.join("; "));
+        }
+        any.then_some(access)
+    }
+
+    /// `auth-secret` (own namespace only), `auth-secret-type` and `auth-realm`.
+    fn basic_auth(&mut self, a: &Annotations<'_>) -> Result<BasicAuth, (Reason, String)> {
+        let invalid = |e: InvalidAnnotation| (e.reason(), e.message());
+        let layout = match a.get("auth-secret-type") {
+            None => SecretLayout::File,
+            Some((_, v)) if v.trim() == "auth-file" => SecretLayout::File,
+            Some((_, v)) if v.trim() == "auth-map" => SecretLayout::Map,
+            Some((key, v)) => {
+                return Err((Reason::InvalidAnnotation, format!("annotation {key}: value {v:?} is not auth-file or auth-map")))
+            }
+        };
+        let (namespace, name) = a
+            .secret_ref("auth-secret", self.namespace)
+            .map_err(invalid)?
+            .ok_or_else(|| (Reason::InvalidAnnotation, "auth-type basic needs annotation auth-secret".to_string()))?;
+        if namespace != self.namespace {
+            let msg = format!("annotation auth-secret: secret {namespace}/{name} is in another namespace; only {} is read", self.namespace);
+            return Err((Reason::InvalidAnnotation, msg));
+        }
+        let full = format!("{namespace}/{name}");
+        let secret = self
+            .observe_secret(&(namespace, name))
+            .ok_or_else(|| (Reason::SecretNotFound, format!("annotation auth-secret: secret {full} does not exist")))?;
+        let (users, rejected) =
+            credentials::read(&full, &secret, layout).map_err(|e| (Reason::InvalidSecret, format!("annotation auth-secret: {e}")))?;
+        for r in rejected {
+            self.report(Reason::InvalidSecret, format!("annotation auth-secret: {r}; that user cannot sign in"));
+        }
+        let realm = a.realm("auth-realm").map_err(invalid)?.unwrap_or_else(|| DEFAULT_REALM.to_string());
+        Ok(BasicAuth { realm, users })
     }
 
     /// `affinity: cookie` and the `session-cookie-*` attributes.
@@ -453,6 +551,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     max_body_bytes: self.policy.max_body_bytes,
                     affinity,
                     canary: None,
+                    access: self.policy.access.clone(),
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -10,6 +10,7 @@ mod backend;
 mod builder;
 mod cache;
 mod class;
+mod credentials;
 mod diagnostic;
 mod ingress;
 mod merge;

@@ -21,7 +21,7 @@ pub(crate) struct CheckedCertificate {
 }
 
 /// The bytes of `key`, from `data` or, as manifests written by hand often use, `stringData`.
-fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+pub(crate) fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return Some(&v.0);
     }

@@ -576,3 +576,58 @@ fn health_checks_are_opt_in_and_part_of_the_backend() {
     assert_eq!((check.path.as_str(), check.interval_ms, check.unhealthy_threshold, check.healthy_threshold), ("/healthz", 2000, 1, 2));
     assert_ne!(t.snapshot.backends[0].name, "ns/main:80", "a checked backend is not shared with unchecked routes");
 }
+
+fn opaque_secret(ns: &str, name: &str, pairs: Value) -> KubeObject {
+    KubeObject::Secret(
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "type": "Opaque", "stringData": pairs})).unwrap(),
+    )
+}
+
+#[test]
+fn security_annotations_fail_closed() {
+    let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
+    let mut objects = vec![ours(), opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"}))];
+    objects.extend(backends_of("ns", "main"));
+    let cases: &[(&str, Value)] = &[
+        (
+            "good",
+            json!({"nginx.ingress.kubernetes.io/auth-type": "basic", "nginx.ingress.kubernetes.io/auth-secret": "users",
+                        "nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8, 192.168.0.1", "portico.io/auth-realm": "Staff"}),
+        ),
+        ("badrange", json!({"portico.io/allowlist-source-range": "10.0.0.0/33"})),
+        ("nosecret", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "missing"})),
+        ("othernamespace", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"})),
+        ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
+        ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "http://auth.example/check"})),
+    ];
+    for (i, (name, annotations)) in cases.iter().enumerate() {
+        objects.push(annotated("ns", name, &format!("2024-01-0{}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
+    }
+    let t = run(objects);
+    let access = |host: &str| {
+        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
+        vh.routes[0].access.clone().expect("an access policy")
+    };
+    let good = access("good.test");
+    assert_eq!(good.refuse, None);
+    assert_eq!(good.allow_sources.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "192.168.0.1/32"]);
+    let auth = good.basic_auth.unwrap();
+    assert_eq!((auth.realm.as_str(), auth.users.len(), auth.users[0].user.as_str()), ("Staff", 1, "alice"));
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "good" && d.message.contains("bob") && d.reason == Reason::InvalidSecret));
+    for (host, why) in [
+        ("badrange.test", "10.0.0.0/33"),
+        ("nosecret.test", "ns/missing does not exist"),
+        ("othernamespace.test", "another namespace"),
+        ("digest.test", "\"digest\""),
+        ("external.test", "auth-url is not enforced"),
+    ] {
+        let refused = access(host).refuse.unwrap_or_else(|| panic!("{host} must refuse"));
+        assert!(refused.contains(why), "{host}: {refused}");
+        let name = host.trim_end_matches(".test");
+        assert!(t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains("answer 503")), "{name} reported");
+    }
+    assert!(
+        !portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.redacted().to_json_pretty().contains("5en6G6"),
+        "hashes are redacted"
+    );
+}
