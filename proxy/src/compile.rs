@@ -7,6 +7,7 @@
 //! routes and backends are the same keeps its matcher and counters. An endpoint change
 //! therefore rebuilds one pool and the hosts that use it, not the whole table.
 
+use crate::access::CompiledAccess;
 use crate::affinity::PoolSessions;
 use crate::balancer::Balancer;
 use crate::canary::CompiledCanary;
@@ -97,6 +98,7 @@ pub struct CompiledRoute {
     max_body_bytes: Option<u64>,
     pub affinity: Option<SessionAffinity>,
     pub canary: Option<CompiledCanary>,
+    pub access: Option<CompiledAccess>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -306,12 +308,21 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
                 what,
             })?),
         };
+        let access = match &route.access {
+            None => None,
+            Some(a) => Some(CompiledAccess::compile(a).map_err(|what| CompileError::Route {
+                host: vh.host.to_string(),
+                path: route.path.path().to_string(),
+                what,
+            })?),
+        };
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
             max_body_bytes: route.max_body_bytes,
             affinity: route.affinity.clone(),
             canary,
+            access,
         });
     }
     let label = match &vh.host {

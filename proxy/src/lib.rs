@@ -4,6 +4,7 @@
 //! structures of `router` and `balancer`, and `service` is the Pingora proxy that reads
 //! them on every request. The binary in `main.rs` wires these into a Pingora server.
 
+pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balancer;

@@ -3,10 +3,11 @@
 //! usual `X-Forwarded-*` headers, and count the answer. A route with a canary sends the
 //! request to one side first; a side with cookie affinity pins the client to an endpoint.
 
+use crate::access::Verdict;
 use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
-use crate::forwarded::Cidr;
+use crate::forwarded::{self, Cidr};
 use crate::pages::{error_page, redirect, SERVER};
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
@@ -292,6 +293,27 @@ impl ProxyHttp for IngressProxy {
                 None => respond(session, 400).await?,
             }
             return Ok(true);
+        }
+        if let Some(access) = snapshot.matched_route(&ctx.routed).and_then(|r| r.access.as_ref()) {
+            let client = access.checks_sources().then(|| {
+                let forwarded_for = req.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+                forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
+            });
+            let verdict = access.check(client.flatten(), req);
+            if verdict != Verdict::Allow {
+                ctx.snapshot = Some(snapshot);
+                match verdict {
+                    Verdict::Unauthorized(challenge) => {
+                        let (mut header, body) = error_page(401);
+                        header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
+                        session.write_response_header(Box::new(header), false).await?;
+                        session.write_response_body(Some(body), true).await?;
+                    }
+                    Verdict::Forbidden => respond(session, 403).await?,
+                    _ => respond(session, 503).await?,
+                }
+                return Ok(true);
+            }
         }
         // A body declared larger than the route takes is refused before anything goes upstream.
         let limit = snapshot.max_body_bytes(&ctx.routed);

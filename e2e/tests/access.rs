@@ -1,0 +1,111 @@
+//! Access control through the real binaries: basic auth, source ranges with trusted
+//! proxies, and security annotations that fail closed.
+
+use portico_e2e::client::HttpClient;
+use portico_e2e::echo::backends;
+use portico_e2e::harness::Portico;
+use portico_e2e::manifests::{ingress, to_yaml};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+
+fn site(name: &str, annotations: &[(&str, &str)]) -> Value {
+    let mut ing = ingress(name).path(&format!("{name}.test"), "Prefix", "/", "web");
+    for (k, v) in annotations {
+        ing = ing.annotation(k, v);
+    }
+    ing.build()
+}
+
+fn opaque_secret(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name, "namespace": "default"}, "stringData": data})
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", openssl::base64::encode_block(format!("{user}:{password}").as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    let bcrypt = bcrypt::hash_with_salt("bcrypt pass", 5, [3u8; 16]).unwrap().format_for_version(bcrypt::Version::TwoY);
+    let htpasswd = format!(
+        "alice:{bcrypt}\nbob:$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/\ncarol:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\nmallory:plaintext\n"
+    );
+    docs.push(opaque_secret("users", json!({"auth": htpasswd})));
+    docs.push(opaque_secret("map", json!({"dave": "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="})));
+    let auth = |secret: &'static str, kind: &'static str| {
+        vec![
+            ("nginx.ingress.kubernetes.io/auth-type", "basic"),
+            ("nginx.ingress.kubernetes.io/auth-secret", secret),
+            ("nginx.ingress.kubernetes.io/auth-secret-type", kind),
+            ("nginx.ingress.kubernetes.io/auth-realm", "Staff only"),
+        ]
+    };
+    docs.push(site("locked", &auth("users", "auth-file")));
+    docs.push(site("mapped", &auth("map", "auth-map")));
+    docs.push(site("nosecret", &auth("missing", "auth-file")));
+    docs.push(site("external", &[("nginx.ingress.kubernetes.io/auth-url", "http://127.0.0.1:1/auth")]));
+    docs.push(site("open", &[]));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let get = |host: &'static str, authorization: Option<String>| {
+        let portico = &portico;
+        async move {
+            let headers: Vec<(&str, &str)> = authorization.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+            portico.client.request("GET", host, "/", &headers).await.unwrap()
+        }
+    };
+
+    let refused = get("locked.test", None).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate"), Some("Basic realm=\"Staff only\", charset=\"UTF-8\""));
+    assert!(refused.echo().is_none(), "nothing reached the backend");
+    for (user, password) in [("alice", "bcrypt pass"), ("bob", "p@ss word"), ("carol", "secret")] {
+        let r = get("locked.test", Some(basic(user, password))).await;
+        assert_eq!((r.status, r.answered_by()), (200, "web".to_string()), "{user}");
+        assert_eq!(get("locked.test", Some(basic(user, "wrong"))).await.status, 401, "{user} with a wrong password");
+    }
+    assert_eq!(get("locked.test", Some(basic("mallory", "plaintext"))).await.status, 401, "plain-text entries are refused");
+    assert_eq!(get("locked.test", Some(basic("nobody", "secret"))).await.status, 401);
+    assert_eq!(get("mapped.test", Some(basic("dave", "secret"))).await.status, 200);
+    assert_eq!(get("mapped.test", None).await.status, 401);
+
+    // Security that cannot be enforced is not skipped: 503, and the rest still serves.
+    assert_eq!(get("nosecret.test", Some(basic("carol", "secret"))).await.status, 503);
+    assert_eq!(get("external.test", None).await.status, 503, "auth-url is not served without its check");
+    assert_eq!(get("open.test", None).await.status, 200);
+    let logs = portico.logs();
+    assert!(logs.contains("auth-url is not enforced") && logs.contains("mallory"), "the reasons are reported");
+    let config = portico.admin_get("/config").await.unwrap().text();
+    assert!(!config.contains("5en6G6") && !config.contains("$apr1$"), "password hashes are not shown");
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_ranges_use_the_peer_unless_a_trusted_proxy_forwards() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    docs.push(site("allow", &[("nginx.ingress.kubernetes.io/whitelist-source-range", "127.0.0.2/32, ::1")]));
+    docs.push(site("deny", &[("portico.io/denylist-source-range", "127.0.0.4")]));
+    let portico = Portico::start_with(&[("all.yaml", to_yaml(&docs))], &["--trusted-proxies", "127.0.0.3/32"]).await;
+    let from = |source: &str| HttpClient::from_source(portico.http, source.parse::<IpAddr>().unwrap());
+    let status = |client: HttpClient, host: &'static str, forwarded: Option<&'static str>| async move {
+        let headers: Vec<(&str, &str)> = forwarded.map(|f| vec![("x-forwarded-for", f)]).unwrap_or_default();
+        client.request("GET", host, "/", &headers).await.unwrap().status
+    };
+
+    assert_eq!(status(from("127.0.0.2"), "allow.test", None).await, 200);
+    assert_eq!(status(from("127.0.0.1"), "allow.test", None).await, 403);
+    assert_eq!(status(from("127.0.0.1"), "allow.test", Some("127.0.0.2")).await, 403, "an untrusted peer cannot claim an address");
+    // Through a trusted proxy, the rightmost hop it did not vouch for is the client.
+    assert_eq!(status(from("127.0.0.3"), "allow.test", Some("127.0.0.9, 127.0.0.2")).await, 200);
+    assert_eq!(
+        status(from("127.0.0.3"), "allow.test", Some("127.0.0.2, 127.0.0.9")).await,
+        403,
+        "a hop written by the client is never reached"
+    );
+    assert_eq!(status(from("127.0.0.3"), "allow.test", Some("not-an-address")).await, 403, "an unknown client is refused");
+
+    assert_eq!(status(from("127.0.0.4"), "deny.test", None).await, 403);
+    assert_eq!(status(from("127.0.0.1"), "deny.test", None).await, 200);
+    assert_eq!(status(from("127.0.0.3"), "deny.test", Some("127.0.0.4")).await, 403, "a denied client behind a trusted proxy");
+    drop(servers);
+}
