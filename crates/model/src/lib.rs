@@ -142,6 +142,36 @@ pub struct AccessPolicy {
     /// Clients in these ranges get 403 (`denylist-source-range`).
     pub deny_sources: Vec<Cidr>,
     pub basic_auth: Option<BasicAuth>,
+    pub external_auth: Option<ExternalAuth>,
+    /// `satisfy: any`: basic auth or the external check admits (the default needs both).
+    pub satisfy_any: bool,
+}
+
+/// `auth-url`: each request is first asked of an auth service; 2xx admits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExternalAuth {
+    /// An absolute `http` or `https` URL.
+    pub url: String,
+    pub method: String,
+    /// Where a 401 sends browsers, with the original URL in `signin_redirect_param`.
+    pub signin: Option<String>,
+    pub signin_redirect_param: String,
+    /// Copied from the auth service's answer onto the upstream request, replacing what
+    /// the client sent (lower case).
+    pub response_headers: Vec<String>,
+    /// The auth service's `Set-Cookie` also on answers that are not 2xx or 3xx.
+    pub always_set_cookie: bool,
+    pub cache: Option<AuthCache>,
+    pub timeout_ms: u64,
+}
+
+/// `auth-cache-key` and `auth-cache-duration`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuthCache {
+    /// A [`HashKey`] template.
+    pub key: String,
+    pub statuses: Vec<u16>,
+    pub duration_ms: u64,
 }
 
 /// `auth-type: basic`: users and their password hashes (bcrypt, apr1 or `{SHA}`).

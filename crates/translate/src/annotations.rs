@@ -110,11 +110,14 @@ impl<'a> Annotations<'a> {
 
     /// `upstream-hash-by`: a key template of literal text and known variables.
     pub fn hash_key(&self) -> Result<Option<String>, InvalidAnnotation> {
-        self.parse(
-            "upstream-hash-by",
-            "a key of text and $remote_addr, $host, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME",
-            |v| (!v.is_empty() && portico_model::HashKey::parse(v).is_ok()).then(|| v.to_string()),
-        )
+        self.hash_key_named("upstream-hash-by")
+    }
+
+    /// A key template of literal text and known variables.
+    pub fn hash_key_named(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a key of text and $remote_addr, $host, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME", |v| {
+            (!v.is_empty() && portico_model::HashKey::parse(v).is_ok()).then(|| v.to_string())
+        })
     }
 
     /// A duration as ingress-nginx's timeout annotations give it: whole seconds (`"5"`),
@@ -246,6 +249,47 @@ impl<'a> Annotations<'a> {
     /// A comma-separated list of CIDRs (or single addresses).
     pub fn cidr_list(&self, name: &str) -> Result<Option<Vec<portico_model::Cidr>>, InvalidAnnotation> {
         self.parse(name, "a comma-separated list of CIDRs such as 10.0.0.0/8,2001:db8::/32", |v| portico_model::cidr::parse_list(v).ok())
+    }
+
+    /// An absolute `http` or `https` URL.
+    pub fn url(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "an absolute http or https URL", |v| {
+            let uri = v.parse::<http::Uri>().ok()?;
+            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+            let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+            (scheme_ok && host_ok && !v.bytes().any(|b| b <= b' ')).then(|| v.to_string())
+        })
+    }
+
+    /// A comma-separated list of header names, lower-cased.
+    pub fn header_names(&self, name: &str) -> Result<Option<Vec<String>>, InvalidAnnotation> {
+        self.parse(name, "a comma-separated list of header names", |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok().map(|n| n.as_str().to_string()))
+                .collect()
+        })
+    }
+
+    /// An HTTP method such as `GET`.
+    pub fn method(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "an HTTP method such as GET", |v| {
+            (!v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_uppercase())).then(|| v.to_string())
+        })
+    }
+
+    /// `auth-cache-duration`: statuses, then a duration (`200 202 401 5m`).
+    pub fn cache_duration(&self, name: &str) -> Result<Option<(Vec<u16>, u64)>, InvalidAnnotation> {
+        self.parse(name, "status codes and a duration, such as 200 202 401 5m", |v| {
+            let words: Vec<&str> = v.split_whitespace().collect();
+            let (last, statuses) = words.split_last()?;
+            let statuses: Option<Vec<u16>> = statuses.iter().map(|s| s.parse::<u16>().ok().filter(|c| (100..600).contains(c))).collect();
+            let probe: BTreeMap<String, String> = [(format!("{PORTICO_PREFIX}d"), last.to_string())].into();
+            let ms = Annotations::new(Some(&probe)).duration_ms("d", false).ok()??;
+            let statuses = statuses.filter(|s| !s.is_empty()).unwrap_or_else(|| vec![200, 202, 401]);
+            Some((statuses, ms))
+        })
     }
 
     /// The realm of `WWW-Authenticate`: printable, no quotes or backslashes.

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{
-    AccessPolicy, AffinityMode, Balance, BasicAuth, Canary, CanaryHeader, HeaderRule, HealthCheck, HostMatch, PathMatch, Route,
-    SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
+    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, ExternalAuth, HeaderRule, HealthCheck, HostMatch,
+    PathMatch, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,8 +117,10 @@ struct RoutePolicy {
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
 /// that sets one is not served without it: its routes answer 503.
-const UNENFORCED_SECURITY: &[&str] =
-    &["auth-url", "auth-signin", "auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url", "satisfy"];
+const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url"];
+
+/// How long the auth service has to answer before the request gets a 500.
+const EXTERNAL_AUTH_TIMEOUT_MS: u64 = 5_000;
 
 /// The realm a basic-auth challenge names when `auth-realm` does not.
 const DEFAULT_REALM: &str = "Authentication Required";
@@ -274,10 +276,57 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 );
             }
         }
+        if a.get("auth-url").is_some() {
+            any = true;
+            match self.external_auth(a) {
+                Ok(auth) => access.external_auth = Some(auth),
+                Err(e) => refuse(self, e.reason(), e.message()),
+            }
+        }
+        match a.get("satisfy") {
+            None => {}
+            Some((_, v)) if v.trim() == "any" => access.satisfy_any = true,
+            Some((_, v)) if v.trim() == "all" => {}
+            Some((key, v)) => refuse(self, Reason::InvalidAnnotation, format!("annotation {key}: value {v:?} is not \"any\" or \"all\"")),
+        }
         if !refusals.is_empty() {
             access.refuse = Some(refusals.join("; "));
         }
         any.then_some(access)
+    }
+
+    /// `auth-url` and its companions. The URLs must be usable (or the routes refuse);
+    /// a bad cache setting only turns the cache off.
+    fn external_auth(&mut self, a: &Annotations<'_>) -> Result<ExternalAuth, InvalidAnnotation> {
+        let url = a.url("auth-url")?.unwrap_or_default();
+        let signin = a.url("auth-signin")?;
+        let method = a.method("auth-method")?.unwrap_or_else(|| "GET".to_string());
+        let signin_redirect_param = self.annotation(a.token("auth-signin-redirect-param")).unwrap_or_else(|| "rd".to_string());
+        let response_headers = self.annotation(a.header_names("auth-response-headers")).unwrap_or_default();
+        let always_set_cookie = self.annotation(a.bool("auth-always-set-cookie")).unwrap_or(false);
+        if let Some((key, _)) = a.get("auth-proxy-set-headers") {
+            self.report(
+                Reason::UnsupportedAnnotation,
+                format!("annotation {key} is not supported yet; the auth request carries the client's headers only"),
+            );
+        }
+        let cache = match (self.annotation(a.hash_key_named("auth-cache-key")), self.annotation(a.cache_duration("auth-cache-duration"))) {
+            (Some(key), duration) => {
+                let (statuses, duration_ms) = duration.unwrap_or_else(|| (vec![200, 202, 401], 0));
+                (duration_ms > 0).then_some(AuthCache { key, statuses, duration_ms })
+            }
+            (None, _) => None,
+        };
+        Ok(ExternalAuth {
+            url,
+            method,
+            signin,
+            signin_redirect_param,
+            response_headers,
+            always_set_cookie,
+            cache,
+            timeout_ms: EXTERNAL_AUTH_TIMEOUT_MS,
+        })
     }
 
     /// `auth-secret` (own namespace only), `auth-secret-type` and `auth-realm`.

@@ -598,7 +598,17 @@ fn security_annotations_fail_closed() {
         ("nosecret", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "missing"})),
         ("othernamespace", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"})),
         ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
-        ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "http://auth.example/check"})),
+        ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"})),
+        ("jwt", json!({"portico.io/auth-jwt-jwks-url": "https://idp.example/jwks"})),
+        (
+            "oauth",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "https://auth.example/oauth2/auth?x=1",
+                         "nginx.ingress.kubernetes.io/auth-signin": "https://auth.example/oauth2/start",
+                         "nginx.ingress.kubernetes.io/auth-response-headers": "X-Auth-Request-User, X-Auth-Request-Email",
+                         "nginx.ingress.kubernetes.io/auth-cache-key": "$http_authorization$cookie_session",
+                         "nginx.ingress.kubernetes.io/auth-cache-duration": "200 5m",
+                         "nginx.ingress.kubernetes.io/satisfy": "any"}),
+        ),
     ];
     for (i, (name, annotations)) in cases.iter().enumerate() {
         objects.push(annotated("ns", name, &format!("2024-01-0{}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
@@ -619,7 +629,8 @@ fn security_annotations_fail_closed() {
         ("nosecret.test", "ns/missing does not exist"),
         ("othernamespace.test", "another namespace"),
         ("digest.test", "\"digest\""),
-        ("external.test", "auth-url is not enforced"),
+        ("external.test", "auth-url: value \"auth.example/check\" is not an absolute http or https URL"),
+        ("jwt.test", "auth-jwt-jwks-url is not enforced"),
     ] {
         let refused = access(host).refuse.unwrap_or_else(|| panic!("{host} must refuse"));
         assert!(refused.contains(why), "{host}: {refused}");
