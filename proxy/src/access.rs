@@ -1,7 +1,9 @@
 //! Who may use a route: a refused policy (503), then source ranges (403), then basic
-//! auth (401 with a challenge). Each step fails closed: an address that cannot be told
-//! is outside every allowlist, and an unreadable `Authorization` header is no credential.
+//! auth (401 with a challenge) and external auth (`satisfy: any` lets either admit).
+//! Each step fails closed: an address that cannot be told is outside every allowlist,
+//! and an unreadable `Authorization` header is no credential.
 
+use crate::external_auth::ExternalAuthCheck;
 use crate::forwarded::Cidr;
 use http::header::{self, HeaderValue};
 use openssl::hash::{hash, MessageDigest};
@@ -25,6 +27,8 @@ pub enum Verdict {
     Forbidden,
     /// No valid credentials: 401 with this `WWW-Authenticate`.
     Unauthorized(HeaderValue),
+    /// The external auth service decides.
+    AskExternal,
 }
 
 pub struct CompiledAccess {
@@ -32,6 +36,8 @@ pub struct CompiledAccess {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     basic: Option<BasicCheck>,
+    pub external: Option<ExternalAuthCheck>,
+    satisfy_any: bool,
 }
 
 struct BasicCheck {
@@ -80,11 +86,14 @@ impl CompiledAccess {
                 Some(BasicCheck { challenge, users, verified: Mutex::new(Default::default()) })
             }
         };
+        let external = policy.external_auth.as_ref().map(ExternalAuthCheck::compile).transpose()?;
         Ok(CompiledAccess {
             refuse: policy.refuse.is_some(),
             allow: policy.allow_sources.clone(),
             deny: policy.deny_sources.clone(),
             basic,
+            external,
+            satisfy_any: policy.satisfy_any,
         })
     }
 
@@ -104,9 +113,13 @@ impl CompiledAccess {
                 return Verdict::Forbidden;
             }
         }
-        match &self.basic {
-            Some(basic) if !basic.admits(req) => Verdict::Unauthorized(basic.challenge.clone()),
-            _ => Verdict::Allow,
+        let basic = self.basic.as_ref().map(|b| b.admits(req));
+        match (basic, self.external.is_some(), self.satisfy_any) {
+            (Some(true), _, true) | (Some(true), false, _) | (None, false, _) => Verdict::Allow,
+            (Some(false), true, true) | (Some(true), true, false) | (None, true, _) => Verdict::AskExternal,
+            (Some(false), _, _) => {
+                Verdict::Unauthorized(self.basic.as_ref().map(|b| b.challenge.clone()).unwrap_or(HeaderValue::from_static("Basic")))
+            }
         }
     }
 }
@@ -231,7 +244,8 @@ mod tests {
             users: users.iter().map(|(u, h)| Credential { user: u.to_string(), hash: h.clone() }).collect(),
         });
         let list = |s: &str| crate::forwarded::parse_list(s).unwrap();
-        CompiledAccess::compile(&AccessPolicy { refuse: None, allow_sources: list(allow), deny_sources: list(deny), basic_auth }).unwrap()
+        CompiledAccess::compile(&AccessPolicy { allow_sources: list(allow), deny_sources: list(deny), basic_auth, ..Default::default() })
+            .unwrap()
     }
 
     fn request(auth: Option<(&str, &str)>) -> RequestHeader {

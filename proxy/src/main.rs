@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         trusted_proxies,
         https_redirect_port: args.https_redirect_port,
         sessions: affinity::StickySessions::new(affinity_key),
+        auth_connector: pingora::connectors::http::Connector::new(None),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
     if let Some(app) = proxy.app_logic_mut() {

@@ -7,8 +7,10 @@ use crate::access::Verdict;
 use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
+use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
 use crate::pages::{error_page, redirect, SERVER};
+use crate::request_key::{build_hash_key, request_host};
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,7 +18,6 @@ use http::header::{self, HeaderValue};
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::FailToProxy;
-use portico_model::{HashKey, KeyPart};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +28,8 @@ pub struct IngressProxy {
     /// The port HTTP→HTTPS redirects name; 443 is left out of the URL.
     pub https_redirect_port: u16,
     pub sessions: StickySessions,
+    /// Connections to external auth services, pooled.
+    pub auth_connector: pingora::connectors::http::Connector,
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -46,6 +49,11 @@ pub struct RequestCtx {
     pin: Option<Pin>,
     /// A new pin to send the client in an affinity cookie.
     issue: Option<Pin>,
+    /// What external auth admitted the request with: headers for the upstream request
+    /// (`None` removes), and cookies for the client (on every answer when `always`).
+    auth_headers: Vec<(http::HeaderName, Option<HeaderValue>)>,
+    auth_cookies: Vec<HeaderValue>,
+    auth_cookies_always: bool,
     /// Request body bytes seen so far, against the route's limit.
     body_bytes: u64,
     /// The upstream's answer is being replaced by another attempt.
@@ -131,10 +139,6 @@ impl IngressProxy {
     }
 }
 
-fn request_host(req: &RequestHeader) -> &str {
-    req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("")
-}
-
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
@@ -163,45 +167,6 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
     let _ = write!(cursor, "{ip}"); // 45 bytes is the longest IPv6 text form
     let len = cursor.position() as usize;
     HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
-}
-
-/// Builds a request's consistent-hash key from `key`'s parts.
-fn build_hash_key(key: &HashKey, req: &RequestHeader, peer: Option<IpAddr>, out: &mut Vec<u8>) {
-    use std::io::Write;
-    for part in &key.parts {
-        match part {
-            KeyPart::Text(t) => out.extend_from_slice(t.as_bytes()),
-            KeyPart::RemoteAddr => {
-                if let Some(ip) = peer {
-                    let _ = write!(out, "{ip}");
-                }
-            }
-            KeyPart::Host => out.extend_from_slice(request_host(req).as_bytes()),
-            KeyPart::Uri => out.extend_from_slice(req.uri.path().as_bytes()),
-            KeyPart::RequestUri => out.extend_from_slice(req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes()),
-            KeyPart::Header(name) => {
-                if let Some(v) = req.headers.get(name.as_str()) {
-                    out.extend_from_slice(v.as_bytes());
-                }
-            }
-            KeyPart::Cookie(name) => {
-                let cookies = req.headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok());
-                let value = cookies.flat_map(|c| c.split(';')).find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name).then_some(v)
-                });
-                out.extend_from_slice(value.unwrap_or("").as_bytes());
-            }
-            KeyPart::Arg(name) => {
-                let query = req.uri.query().unwrap_or("");
-                let value = query.split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k == name).then_some(v)
-                });
-                out.extend_from_slice(value.unwrap_or("").as_bytes());
-            }
-        }
-    }
 }
 
 /// Whether an upstream error is the endpoint's fault: it could not be reached, or it
@@ -295,23 +260,47 @@ impl ProxyHttp for IngressProxy {
             return Ok(true);
         }
         if let Some(access) = snapshot.matched_route(&ctx.routed).and_then(|r| r.access.as_ref()) {
-            let client = access.checks_sources().then(|| {
+            let needs_client = access.checks_sources() || access.external.is_some();
+            let client = needs_client.then(|| {
                 let forwarded_for = req.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
                 forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
             });
-            let verdict = access.check(client.flatten(), req);
+            let mut verdict = access.check(client.flatten(), req);
+            let mut denial: Vec<(http::HeaderName, HeaderValue)> = Vec::new();
+            let mut denied_with = None;
+            if let (Verdict::AskExternal, Some(external)) = (&verdict, &access.external) {
+                let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client: client.flatten() };
+                match external.ask(&self.auth_connector, &original).await {
+                    AuthAnswer::Allow { upstream_headers, cookies } => {
+                        ctx.auth_headers = upstream_headers;
+                        ctx.auth_cookies = cookies;
+                        ctx.auth_cookies_always = external.always_set_cookie();
+                        verdict = Verdict::Allow;
+                    }
+                    AuthAnswer::Deny { status, headers } => {
+                        denied_with = Some(status);
+                        denial = headers;
+                    }
+                    AuthAnswer::Failed => denied_with = Some(500),
+                }
+            }
             if verdict != Verdict::Allow {
                 ctx.snapshot = Some(snapshot);
-                match verdict {
-                    Verdict::Unauthorized(challenge) => {
-                        let (mut header, body) = error_page(401);
-                        header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
-                        session.write_response_header(Box::new(header), false).await?;
-                        session.write_response_body(Some(body), true).await?;
+                let status = match (&verdict, denied_with) {
+                    (_, Some(status)) => status,
+                    (Verdict::Unauthorized(challenge), None) => {
+                        denial.push((header::WWW_AUTHENTICATE, challenge.clone()));
+                        401
                     }
-                    Verdict::Forbidden => respond(session, 403).await?,
-                    _ => respond(session, 503).await?,
+                    (Verdict::Forbidden, None) => 403,
+                    _ => 503,
+                };
+                let (mut header, body) = error_page(status);
+                for (name, value) in denial {
+                    header.append_header(name, value)?;
                 }
+                session.write_response_header(Box::new(header), false).await?;
+                session.write_response_body(Some(body), true).await?;
                 return Ok(true);
             }
         }
@@ -476,6 +465,15 @@ impl ProxyHttp for IngressProxy {
                 }
             }
         }
+        // What the auth service vouched for replaces whatever the client sent.
+        for (name, value) in &ctx.auth_headers {
+            match value {
+                Some(v) => upstream.insert_header(name.clone(), v.clone())?,
+                None => {
+                    upstream.remove_header(name);
+                }
+            }
+        }
         if !keep(upstream, X_FORWARDED_PORT) {
             if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
                 upstream.insert_header(X_FORWARDED_PORT, port)?;
@@ -492,6 +490,12 @@ impl ProxyHttp for IngressProxy {
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
                 response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
+        }
+        let success = response.status.is_success() || response.status.is_redirection();
+        if ctx.auth_cookies_always || success {
+            for cookie in &ctx.auth_cookies {
+                response.append_header(header::SET_COOKIE, cookie.clone())?;
             }
         }
         if let (Some(pin), Some(snapshot)) = (ctx.issue, &ctx.snapshot) {
