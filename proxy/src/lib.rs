@@ -15,6 +15,7 @@ pub mod forwarded;
 pub mod health;
 pub mod link;
 pub mod metrics;
+pub mod normalize;
 pub mod pages;
 pub mod request_key;
 pub mod router;

@@ -45,6 +45,10 @@ struct Args {
     /// that does not exist falls back to a built-in key, with a warning.
     #[arg(long)]
     affinity_key_file: Option<PathBuf>,
+    /// Keep encoded slashes and backslashes (`%2F`, `%5C`) in request paths rather than
+    /// answering 400; some applications (registries, GitLab) put them in resource names.
+    #[arg(long)]
+    allow_encoded_slashes: bool,
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         https_redirect_port: args.https_redirect_port,
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
+        allow_encoded_slashes: args.allow_encoded_slashes,
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
     if let Some(app) = proxy.app_logic_mut() {

@@ -9,6 +9,7 @@ use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
+use crate::normalize::normalize;
 use crate::pages::{error_page, redirect, SERVER};
 use crate::request_key::{build_hash_key, request_host};
 use crate::store::SnapshotStore;
@@ -30,6 +31,8 @@ pub struct IngressProxy {
     pub sessions: StickySessions,
     /// Connections to external auth services, pooled.
     pub auth_connector: pingora::connectors::http::Connector,
+    /// Keep `%2F` and `%5C` in paths rather than refusing them (`--allow-encoded-slashes`).
+    pub allow_encoded_slashes: bool,
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -75,7 +78,55 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const X_FORWARDED_PORT: &str = "x-forwarded-port";
 const X_REAL_IP: &str = "x-real-ip";
 
+/// Why an HTTP/1 request's body length is ambiguous, if it is: several or malformed
+/// `Content-Length`s, or `Transfer-Encoding` beside one, or other than `chunked`.
+fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
+    if req.version == http::Version::HTTP_2 {
+        return None;
+    }
+    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Some("several Content-Length headers");
+    }
+    if length.is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit)) {
+        return Some("a Content-Length that is not a number");
+    }
+    let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(coding) = codings.next() else { return None };
+    if length.is_some() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if codings.next().is_some() || !coding.to_str().is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked")) {
+        return Some("a Transfer-Encoding other than chunked");
+    }
+    if req.version == http::Version::HTTP_10 {
+        return Some("Transfer-Encoding on HTTP/1.0");
+    }
+    None
+}
+
 impl IngressProxy {
+    /// Puts the request path into its normal form (see `normalize`), in the request
+    /// itself, so that the upstream receives what routing saw.
+    fn normalize_path(&self, session: &mut Session) -> std::result::Result<(), String> {
+        let uri = &session.req_header().uri;
+        let normal = match normalize(uri.path(), self.allow_encoded_slashes) {
+            Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+            Ok(std::borrow::Cow::Owned(p)) => p,
+            Err(why) => return Err(format!("path {:?}: {why:?}", uri.path())),
+        };
+        let path_and_query = match uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(path_and_query.parse().map_err(|e| format!("normalised path: {e}"))?);
+        let uri = http::Uri::from_parts(parts).map_err(|e| format!("normalised path: {e}"))?;
+        session.req_header_mut().set_uri(uri);
+        Ok(())
+    }
+
     /// Whether a request goes to its route's canary: a client pinned to the primary stays
     /// there, one pinned to a sticky canary stays there, and the canary's rules decide
     /// for everyone else.
@@ -247,6 +298,16 @@ impl ProxyHttp for IngressProxy {
         };
         ctx.tls = is_tls(session);
         ctx.trusted = self.is_trusted(peer_ip(session));
+        // A request whose length or path could be read two ways is refused before routing,
+        // and its connection closed, so that no other hop can read it the other way.
+        let bad = framing_problem(session.req_header()).map(str::to_string).or_else(|| self.normalize_path(session).err());
+        if let Some(why) = bad {
+            tracing::debug!(why, "request refused");
+            session.set_keepalive(None);
+            ctx.snapshot = Some(snapshot);
+            respond(session, 400).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         ctx.https =
             ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
