@@ -93,7 +93,7 @@ fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
         return Some("a Content-Length that is not a number");
     }
     let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
-    let Some(coding) = codings.next() else { return None };
+    let coding = codings.next()?;
     if length.is_some() {
         return Some("both Content-Length and Transfer-Encoding");
     }
