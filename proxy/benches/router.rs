@@ -40,6 +40,7 @@ fn snapshot() -> Snapshot {
                 affinity: None,
                 canary: None,
                 access: None,
+                rewrite: None,
             })
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });

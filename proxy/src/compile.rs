@@ -16,7 +16,7 @@ use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{Backend, Balance, HashKey, HealthCheck, HostMatch, RetryPolicy, SessionAffinity, Snapshot, VirtualHost};
+use portico_model::{Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RetryPolicy, SessionAffinity, Snapshot, VirtualHost};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -99,6 +99,9 @@ pub struct CompiledRoute {
     pub affinity: Option<SessionAffinity>,
     pub canary: Option<CompiledCanary>,
     pub access: Option<CompiledAccess>,
+    pub rewrite: Option<portico_model::Rewrite>,
+    /// The compiled pattern of a regex route, for the captures of `rewrite.target`.
+    pub path_regex: Option<regex::Regex>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -316,6 +319,14 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
                 what,
             })?),
         };
+        let path_regex = match &route.path {
+            PathMatch::Regex(p) => Some(crate::router::path_regex(p).map_err(|e| CompileError::Route {
+                host: vh.host.to_string(),
+                path: p.clone(),
+                what: format!("path pattern: {e}"),
+            })?),
+            _ => None,
+        };
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
@@ -323,6 +334,8 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
             affinity: route.affinity.clone(),
             canary,
             access,
+            rewrite: route.rewrite.clone(),
+            path_regex,
         });
     }
     let label = match &vh.host {
@@ -335,7 +348,7 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_model::{Endpoint, PathMatch, Route};
+    use portico_model::{Endpoint, Route};
 
     fn snapshot(version: u64, hosts: usize, endpoint_of_b0: u8) -> Snapshot {
         let mut s = Snapshot { version, ..Snapshot::default() };
@@ -357,6 +370,7 @@ mod tests {
                 affinity: None,
                 canary: None,
                 access: None,
+                rewrite: None,
             };
             s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
         }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pages;
 pub mod request_key;
+pub mod rewrite;
 pub mod router;
 pub mod service;
 pub mod store;

@@ -75,24 +75,53 @@ fn normalise_host<'a>(authority: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a 
 
 /// Maps a request path to a value (the compiler stores backend indexes) with Kubernetes precedence: the longest match
 /// wins, and Exact beats Prefix at equal length. Prefix matching is element-wise.
+///
+/// Regular-expression routes (`use-regex`) sit between the two, as in ingress-nginx
+/// (nginx's `location ~*` beats a plain prefix): Exact, then the first regex that
+/// matches, longest pattern first, then the longest prefix.
 #[derive(Debug, Default)]
 pub struct PathMatcher {
     exact: HashMap<Box<str>, usize>,
     /// Keyed by the normalised prefix (no trailing slash; the root is `/`).
     prefix: HashMap<Box<str>, usize>,
+    /// Longest pattern first; among equal lengths, in insertion order.
+    regex: Vec<(regex::Regex, usize)>,
+}
+
+/// The largest compiled program a path pattern may make.
+pub const PATH_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A route's path pattern as it is matched: anchored at the start, case-insensitive.
+pub fn path_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})")).case_insensitive(true).size_limit(PATH_REGEX_SIZE_LIMIT).build()
 }
 
 impl PathMatcher {
+    /// A regex path is inserted with its compiled form (see [`path_regex`]).
     pub fn insert(&mut self, path: &PathMatch, index: usize) {
         match path {
-            PathMatch::Exact(p) => self.exact.entry(p.as_str().into()).or_insert(index),
-            PathMatch::Prefix(p) => self.prefix.entry(p.as_str().into()).or_insert(index),
-        };
+            PathMatch::Exact(p) => {
+                self.exact.entry(p.as_str().into()).or_insert(index);
+            }
+            PathMatch::Prefix(p) => {
+                self.prefix.entry(p.as_str().into()).or_insert(index);
+            }
+            PathMatch::Regex(p) => {
+                // Validated upstream; a pattern that does not compile matches nothing.
+                if let Ok(re) = path_regex(p) {
+                    let at = self.regex.partition_point(|(r, _)| r.as_str().len() >= re.as_str().len());
+                    self.regex.insert(at, (re, index));
+                }
+            }
+        }
     }
 
     pub fn lookup(&self, path: &str) -> Option<usize> {
         // An exact match is as long as the request path, so nothing can beat it.
         if let Some(i) = self.exact.get(path) {
+            return Some(*i);
+        }
+        if let Some((_, i)) = self.regex.iter().find(|(r, _)| r.is_match(path)) {
             return Some(*i);
         }
         if self.prefix.is_empty() {
@@ -123,10 +152,24 @@ mod tests {
     fn matcher(rules: &[(&str, &str)]) -> PathMatcher {
         let mut m = PathMatcher::default();
         for (i, (kind, path)) in rules.iter().enumerate() {
-            let pm = if *kind == "Exact" { PathMatch::Exact(path.to_string()) } else { PathMatch::prefix(path) };
+            let pm = match *kind {
+                "Exact" => PathMatch::Exact(path.to_string()),
+                "Regex" => PathMatch::Regex(path.to_string()),
+                _ => PathMatch::prefix(path),
+            };
             m.insert(&pm, i);
         }
         m
+    }
+
+    #[test]
+    fn regex_routes_come_after_exact_and_before_prefix_longest_pattern_first() {
+        let m =
+            matcher(&[("Prefix", "/"), ("Regex", "/api/v[0-9]+/.*"), ("Regex", "/api/.*"), ("Exact", "/api/v1/x"), ("Prefix", "/api/v1")]);
+        assert_eq!(m.lookup("/api/v1/x"), Some(3), "Exact first");
+        assert_eq!(m.lookup("/api/v1/y"), Some(1), "the longer pattern before the shorter, and both before the prefix");
+        assert_eq!(m.lookup("/API/other"), Some(2), "case-insensitive");
+        assert_eq!(m.lookup("/x/api/other"), Some(0), "anchored at the start");
     }
 
     /// A table row: number, `(type, path)` rules, requests, and the rule index they reach.

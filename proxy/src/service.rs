@@ -12,6 +12,7 @@ use crate::forwarded::{self, Cidr};
 use crate::normalize::normalize;
 use crate::pages::{error_page, redirect, SERVER};
 use crate::request_key::{build_hash_key, request_host};
+use crate::rewrite::{redirect_location, upstream_path};
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,6 +58,8 @@ pub struct RequestCtx {
     auth_headers: Vec<(http::HeaderName, Option<HeaderValue>)>,
     auth_cookies: Vec<HeaderValue>,
     auth_cookies_always: bool,
+    /// The path and query `rewrite-target` made, sent upstream instead of the request's.
+    upstream_path: Option<String>,
     /// Request body bytes seen so far, against the route's limit.
     body_bytes: u64,
     /// The upstream's answer is being replaced by another attempt.
@@ -320,6 +323,26 @@ impl ProxyHttp for IngressProxy {
             }
             return Ok(true);
         }
+        // Configured redirects answer before access control, as nginx's `return` does.
+        if let Some(rw) = snapshot.matched_route(&ctx.routed).and_then(|r| r.rewrite.as_ref()) {
+            let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let configured = match (&rw.redirect, &rw.app_root) {
+                (Some(r), _) => {
+                    let host = redirect_host(request_host(req)).unwrap_or("");
+                    Some((r.code, redirect_location(&r.target, if ctx.https { "https" } else { "http" }, host, request_uri)))
+                }
+                (None, Some(root)) if req.uri.path() == "/" => Some((302, root.clone())),
+                _ => None,
+            };
+            if let Some((code, location)) = configured {
+                ctx.snapshot = Some(snapshot);
+                match HeaderValue::try_from(location) {
+                    Ok(location) => session.write_response_header(Box::new(redirect(code, location)), true).await?,
+                    Err(_) => respond(session, 400).await?,
+                }
+                return Ok(true);
+            }
+        }
         if let Some(access) = snapshot.matched_route(&ctx.routed).and_then(|r| r.access.as_ref()) {
             let needs_client = access.checks_sources() || access.external.is_some();
             let client = needs_client.then(|| {
@@ -373,6 +396,20 @@ impl ProxyHttp for IngressProxy {
                 ctx.snapshot = Some(snapshot);
                 respond(session, 413).await?;
                 return Ok(true);
+            }
+        }
+        if let Some(route) = snapshot.matched_route(&ctx.routed) {
+            if let Some(target) = route.rewrite.as_ref().and_then(|r| r.target.as_deref()) {
+                let captures = route.path_regex.as_ref().and_then(|re| re.captures(req.uri.path()));
+                match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
+                    Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
+                    Err(why) => {
+                        tracing::debug!(?why, target, "rewritten path refused");
+                        ctx.snapshot = Some(snapshot);
+                        respond(session, 400).await?;
+                        return Ok(true);
+                    }
+                }
             }
         }
         ctx.routed.canary = self.takes_canary(&snapshot, &ctx.routed, req);
@@ -524,6 +561,19 @@ impl ProxyHttp for IngressProxy {
                 _ => {
                     upstream.remove_header(X_FORWARDED_HOST);
                 }
+            }
+        }
+        if let Some(path_and_query) = &ctx.upstream_path {
+            let mut parts = upstream.uri.clone().into_parts();
+            parts.path_and_query = Some(path_and_query.parse().map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
+            upstream.set_uri(http::Uri::from_parts(parts).map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
+        }
+        if let Some(rw) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.rewrite.as_ref()) {
+            if let Some(host) = &rw.upstream_host {
+                upstream.insert_header(header::HOST, host.as_str())?;
+            }
+            if let Some(prefix) = &rw.forwarded_prefix {
+                upstream.insert_header("x-forwarded-prefix", prefix.as_str())?;
             }
         }
         // What the auth service vouched for replaces whatever the client sent.

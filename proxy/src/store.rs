@@ -107,6 +107,7 @@ mod tests {
                     affinity: None,
                     canary: None,
                     access: None,
+                    rewrite: None,
                 }],
             }],
             backends: vec![Backend {

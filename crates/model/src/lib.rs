@@ -129,6 +129,32 @@ pub struct Route {
     /// Who may use the route.
     #[serde(default)]
     pub access: Option<AccessPolicy>,
+    /// How the request is changed or answered on its way (rewrites and redirects).
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// `rewrite-target`, `app-root`, the redirects, `upstream-vhost`, `x-forwarded-prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Rewrite {
+    /// The path sent upstream, with `$1`..`$9` (or `${1}`) from the route's regex captures;
+    /// the request's query string follows.
+    pub target: Option<String>,
+    /// Requests for `/` are redirected (302) here.
+    pub app_root: Option<String>,
+    /// Every request is answered with this redirect instead of being proxied.
+    pub redirect: Option<Redirect>,
+    /// The `Host` sent upstream.
+    pub upstream_host: Option<String>,
+    /// `X-Forwarded-Prefix` sent upstream.
+    pub forwarded_prefix: Option<String>,
+}
+
+/// A redirect answered by the proxy. The target may use `$scheme`, `$host` and `$request_uri`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    pub code: u16,
+    pub target: String,
 }
 
 /// Who may use a route: source addresses, then credentials. Every part fails closed.
@@ -296,6 +322,9 @@ pub enum PathMatch {
     Exact(String),
     /// Element-wise on `/`-separated segments; stored without a trailing slash (`/` stays `/`).
     Prefix(String),
+    /// A regular expression (`use-regex`), anchored at the start, case-insensitive. Tried
+    /// after Exact and before Prefix routes, longest pattern first, as ingress-nginx orders them.
+    Regex(String),
 }
 
 impl PathMatch {
@@ -307,7 +336,7 @@ impl PathMatch {
 
     pub fn path(&self) -> &str {
         match self {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p,
         }
     }
 }
@@ -573,6 +602,7 @@ mod tests {
                         sticky: true,
                     }),
                     access: None,
+                    rewrite: None,
                 }],
             }],
             default_backend: None,

@@ -86,6 +86,27 @@ fn validate_affinity(a: &SessionAffinity) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
+    let header_safe = |v: &str| !v.is_empty() && v.bytes().all(|b| b > b' ' && b != 0x7f);
+    if let Some(t) = r.target.as_deref().filter(|t| !header_safe(t)) {
+        return Err(format!("rewrite target {t:?} is empty or holds spaces"));
+    }
+    if let Some(p) = r.app_root.as_deref().filter(|p| !p.starts_with('/') || !header_safe(p)) {
+        return Err(format!("app root {p:?} is not an absolute path"));
+    }
+    if let Some(redirect) = &r.redirect {
+        if !(300..=308).contains(&redirect.code) || !header_safe(&redirect.target) {
+            return Err(format!("redirect {} to {:?} is not a redirect", redirect.code, redirect.target));
+        }
+    }
+    for v in [&r.upstream_host, &r.forwarded_prefix].into_iter().flatten() {
+        if !header_safe(v) {
+            return Err(format!("header value {v:?} holds spaces or control characters"));
+        }
+    }
+    Ok(())
+}
+
 fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
     if !backends.contains(c.backend.as_str()) {
         return Err(format!("canary names unknown backend {:?}", c.backend));
@@ -174,6 +195,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
                 return Err(UnknownRouteBackend { host: host(), path: path.to_string(), backend: r.backend.clone() });
             }
             let checked = r.affinity.as_ref().map_or(Ok(()), validate_affinity);
+            let checked = checked.and_then(|()| r.rewrite.as_ref().map_or(Ok(()), validate_rewrite));
             let checked = checked.and_then(|()| r.canary.as_ref().map_or(Ok(()), |c| validate_canary(c, &backends)));
             checked.map_err(|what| InvalidRoute { host: host(), path: path.to_string(), what })?;
         }
@@ -200,6 +222,7 @@ mod tests {
                     affinity: None,
                     canary: None,
                     access: None,
+                    rewrite: None,
                 }],
             }],
             default_backend: Some("b".into()),

@@ -251,6 +251,37 @@ impl<'a> Annotations<'a> {
         self.parse(name, "a comma-separated list of CIDRs such as 10.0.0.0/8,2001:db8::/32", |v| portico_model::cidr::parse_list(v).ok())
     }
 
+    /// `rewrite-target`: a path, with `$1`..`$9` capture references allowed.
+    pub fn rewrite_target(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a path such as /$2", |v| {
+            let ok = (v.starts_with('/') || v.starts_with('$')) && v.len() <= 1024 && v.bytes().all(|b| b > b' ' && b != 0x7f);
+            ok.then(|| v.to_string())
+        })
+    }
+
+    /// A redirect target: an absolute http(s) URL or a path, with `$scheme`, `$host` and
+    /// `$request_uri` allowed.
+    pub fn redirect_target(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "an absolute http(s) URL or a path ($scheme, $host and $request_uri allowed)", |v| {
+            if v.bytes().any(|b| b <= b' ' || b == 0x7f) || v.len() > 2048 {
+                return None;
+            }
+            let sample = v.replace("$scheme", "http").replace("$host", "example.com").replace("$request_uri", "/");
+            if sample.contains('$') {
+                return None;
+            }
+            let absolute =
+                sample.parse::<http::Uri>().ok().is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            let path = sample.starts_with('/') && !sample.starts_with("//");
+            (absolute || path).then(|| v.to_string())
+        })
+    }
+
+    /// A redirect status, 300 to 308.
+    pub fn redirect_code(&self, name: &str) -> Result<Option<u16>, InvalidAnnotation> {
+        self.parse(name, "a redirect status from 300 to 308", |v| v.parse::<u16>().ok().filter(|c| (300..=308).contains(c)))
+    }
+
     /// An absolute `http` or `https` URL.
     pub fn url(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
         self.parse(name, "an absolute http or https URL", |v| {

@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{
     AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, ExternalAuth, HeaderRule, HealthCheck, HostMatch,
-    PathMatch, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
+    PathMatch, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -113,6 +113,9 @@ struct RoutePolicy {
     /// Cookie affinity; an empty cookie path stands for each route's own path.
     affinity: Option<SessionAffinity>,
     access: Option<AccessPolicy>,
+    /// `use-regex`, or `rewrite-target` (which implies it): Prefix paths are patterns.
+    regex_paths: bool,
+    rewrite: Option<Rewrite>,
 }
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
@@ -159,6 +162,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             max_body_bytes: Some(DEFAULT_MAX_BODY_BYTES),
             affinity: None,
             access: None,
+            regex_paths: false,
+            rewrite: None,
         };
         let fragment = Fragment {
             ingress: ingress.clone(),
@@ -223,9 +228,36 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.read_traffic_annotations(&a);
         self.policy.affinity = self.read_affinity(&a);
         self.policy.access = self.read_access(&a);
+        self.read_rewrites(&a);
         if self.annotation(a.bool("canary")) == Some(true) {
             self.fragment.canary = Some(self.read_canary(&a));
         }
+    }
+
+    /// `use-regex`, `rewrite-target`, `app-root`, the redirects, `upstream-vhost` and
+    /// `x-forwarded-prefix`. A target that cannot be used is reported and left out.
+    fn read_rewrites(&mut self, a: &Annotations<'_>) {
+        let mut rw = Rewrite {
+            target: self.annotation(a.rewrite_target("rewrite-target")),
+            app_root: self.annotation(a.abs_path("app-root")),
+            redirect: None,
+            upstream_host: self.annotation(a.attribute("upstream-vhost")),
+            forwarded_prefix: self.annotation(a.abs_path("x-forwarded-prefix")),
+        };
+        // As in ingress-nginx, a temporal redirect wins over a permanent one.
+        for (name, code_name, default_code) in
+            [("temporal-redirect", "temporal-redirect-code", 302), ("permanent-redirect", "permanent-redirect-code", 301)]
+        {
+            if rw.redirect.is_some() {
+                break;
+            }
+            if let Some(target) = self.annotation(a.redirect_target(name)) {
+                let code = self.annotation(a.redirect_code(code_name)).unwrap_or(default_code);
+                rw.redirect = Some(Redirect { code, target });
+            }
+        }
+        self.policy.regex_paths = self.annotation(a.bool("use-regex")).unwrap_or(false) || rw.target.is_some();
+        self.policy.rewrite = (rw != Rewrite::default()).then_some(rw);
     }
 
     /// Source ranges and basic auth. Unlike tuning, a security annotation that cannot be
@@ -578,7 +610,12 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             let field = |j: usize| format!("spec.rules[{i}].http.paths[{j}]");
             let mut routes = Vec::with_capacity(http.paths.len());
             for (j, path) in http.paths.iter().enumerate() {
-                let matcher = match path_match(path.path_type.as_str(), path.path.as_deref()) {
+                let matched = if self.policy.regex_paths {
+                    regex_path_match(path.path_type.as_str(), path.path.as_deref())
+                } else {
+                    path_match(path.path_type.as_str(), path.path.as_deref())
+                };
+                let matcher = match matched {
                     Ok(m) => m,
                     Err(why) => {
                         self.report(Reason::InvalidPath, format!("{}: {why}", field(j)));
@@ -601,6 +638,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     affinity,
                     canary: None,
                     access: self.policy.access.clone(),
+                    rewrite: self.policy.rewrite.clone(),
                 };
                 routes.push(FragmentRoute {
                     route,
@@ -661,6 +699,30 @@ fn static_path_type(path_type: &str) -> &'static str {
         "Prefix" => "Prefix",
         "ImplementationSpecific" => "ImplementationSpecific",
         _ => "unknown",
+    }
+}
+
+/// A path of a `use-regex` Ingress: Exact stays exact; the others are patterns that
+/// must compile (anchored at the start, case-insensitive, of bounded size).
+fn regex_path_match(path_type: &str, path: Option<&str>) -> Result<PathMatch, String> {
+    let path = path.unwrap_or("");
+    match path_type {
+        "Exact" => path_match(path_type, Some(path)),
+        "Prefix" | "ImplementationSpecific" => {
+            if !path.starts_with('/') {
+                return Err(format!("path {path:?} must start with '/'"));
+            }
+            regex::RegexBuilder::new(&format!("^(?:{path})"))
+                .case_insensitive(true)
+                .size_limit(crate::annotations::REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| {
+                    format!("path {path:?} is not a regular expression that compiles: {}", e.to_string().lines().last().unwrap_or(""))
+                })?;
+            Ok(PathMatch::Regex(path.to_string()))
+        }
+        "" => Err("pathType must be specified".into()),
+        other => Err(format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific")),
     }
 }
 

@@ -642,3 +642,53 @@ fn security_annotations_fail_closed() {
         "hashes are redacted"
     );
 }
+
+#[test]
+fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
+    let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});
+    let spec = |paths: Vec<Value>| json!({"ingressClassName": "portico", "rules": [{"host": "r.test", "http": {"paths": paths}}]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.push(annotated(
+        "ns",
+        "rewrite",
+        "2024-01-01T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2", "nginx.ingress.kubernetes.io/x-forwarded-prefix": "/something"}),
+        spec(vec![path("/something(/|$)(.*)", "ImplementationSpecific"), path("/exact", "Exact"), path("/bad(", "Prefix")]),
+    ));
+    objects.push(annotated(
+        "ns",
+        "moved",
+        "2024-01-02T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/permanent-redirect": "https://new.example$request_uri",
+               "nginx.ingress.kubernetes.io/permanent-redirect-code": "308",
+               "nginx.ingress.kubernetes.io/app-root": "/app"}),
+        spec(vec![path("/old", "Prefix")]),
+    ));
+    objects.push(annotated(
+        "ns",
+        "badredirect",
+        "2024-01-03T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/temporal-redirect": "javascript:alert(1)", "nginx.ingress.kubernetes.io/temporal-redirect-code": "200"}),
+        spec(vec![path("/b", "Prefix")]),
+    ));
+    let t = run(objects);
+    let routes = &t.snapshot.virtual_hosts[0].routes;
+    let find = |p: &str| routes.iter().find(|r| r.path.path() == p).unwrap_or_else(|| panic!("{p} routed: {routes:?}"));
+    let rewritten = find("/something(/|$)(.*)");
+    assert_eq!(rewritten.path, PathMatch::Regex("/something(/|$)(.*)".into()));
+    let rw = rewritten.rewrite.as_ref().unwrap();
+    assert_eq!((rw.target.as_deref(), rw.forwarded_prefix.as_deref()), (Some("/$2"), Some("/something")));
+    assert_eq!(find("/exact").path, PathMatch::Exact("/exact".into()), "Exact stays exact");
+    assert!(t.diagnostics.iter().any(|d| d.reason == Reason::InvalidPath && d.message.contains("/bad(")), "{:?}", t.diagnostics);
+    let moved = find("/old").rewrite.as_ref().unwrap();
+    let redirect = moved.redirect.as_ref().unwrap();
+    assert_eq!(
+        (redirect.code, redirect.target.as_str(), moved.app_root.as_deref()),
+        (308, "https://new.example$request_uri", Some("/app"))
+    );
+    assert!(find("/b").rewrite.is_none(), "an unusable redirect is left out");
+    let messages: Vec<String> = t.diagnostics.iter().map(|d| d.message.clone()).collect();
+    assert!(messages.iter().any(|m| m.contains("temporal-redirect: value \"javascript:alert(1)\"")), "{messages:#?}");
+    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+}
