@@ -1,0 +1,97 @@
+//! Regex paths, rewrites and redirects through the real binaries.
+
+use portico_e2e::echo::backends;
+use portico_e2e::harness::Portico;
+use portico_e2e::manifests::{ingress, to_yaml};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_nginx_order() {
+    let (servers, mut docs) = backends(&["api", "plain", "exact"]).await;
+    docs.push(
+        ingress("rewrite")
+            .path("r.test", "ImplementationSpecific", "/something(/|$)(.*)", "api")
+            .annotation("nginx.ingress.kubernetes.io/rewrite-target", "/$2")
+            .annotation("nginx.ingress.kubernetes.io/x-forwarded-prefix", "/something")
+            .annotation("nginx.ingress.kubernetes.io/upstream-vhost", "internal.api")
+            .build(),
+    );
+    docs.push(
+        ingress("regex")
+            .path("o.test", "ImplementationSpecific", "/v[0-9]+/users", "api")
+            .path("o.test", "ImplementationSpecific", "/v[0-9]+/.*", "plain")
+            .path("o.test", "Exact", "/v1/users", "exact")
+            .annotation("nginx.ingress.kubernetes.io/use-regex", "true")
+            .build(),
+    );
+    docs.push(ingress("prefix").path("o.test", "Prefix", "/v1", "exact").path("o.test", "Prefix", "/", "plain").build());
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+
+    let reply = portico.client.get("r.test", "/something/new/path?a=1").await.unwrap();
+    let echo = reply.echo().expect("reached the backend");
+    assert_eq!((echo.path.as_str(), echo.query.as_str()), ("/new/path", "a=1"), "the second capture group, query kept");
+    assert_eq!(echo.host, "internal.api", "upstream-vhost");
+    assert_eq!(echo.headers.get("x-forwarded-prefix").map(String::as_str), Some("/something"));
+    assert_eq!(portico.client.get("r.test", "/something").await.unwrap().echo().unwrap().path, "/");
+    assert_eq!(portico.client.get("r.test", "/SOMETHING/x").await.unwrap().echo().unwrap().path, "/x", "patterns are case-insensitive");
+    assert_eq!(portico.client.get("r.test", "/other").await.unwrap().status, 404, "anchored: nothing else matches");
+
+    // Exact, then the longest pattern, then the longest prefix.
+    let by = |path: &'static str| {
+        let portico = &portico;
+        async move { portico.client.get("o.test", path).await.unwrap().answered_by() }
+    };
+    assert_eq!(by("/v1/users").await, "exact");
+    assert_eq!(by("/v2/users").await, "api", "the longer pattern wins over the shorter");
+    assert_eq!(by("/v2/orders").await, "plain");
+    assert_eq!(by("/v1/orders").await, "plain", "a pattern beats a plain prefix, as nginx's regex locations do");
+    assert_eq!(by("/elsewhere").await, "plain");
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_answer_with_their_code_and_target() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("moved")
+            .path("moved.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://new.example$request_uri")
+            .build(),
+    );
+    docs.push(
+        ingress("moved308")
+            .path("m308.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://new.example/")
+            .annotation("nginx.ingress.kubernetes.io/permanent-redirect-code", "308")
+            .build(),
+    );
+    docs.push(
+        ingress("temp")
+            .path("temp.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/temporal-redirect", "$scheme://maintenance.$host/")
+            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://ignored.example/")
+            .build(),
+    );
+    docs.push(
+        ingress("temp307")
+            .path("t307.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/temporal-redirect", "/elsewhere")
+            .annotation("nginx.ingress.kubernetes.io/temporal-redirect-code", "307")
+            .build(),
+    );
+    docs.push(ingress("root").path("root.test", "Prefix", "/", "web").annotation("nginx.ingress.kubernetes.io/app-root", "/app").build());
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for (host, path, code, location) in [
+        ("moved.test", "/a/b?c=d", 301, "https://new.example/a/b?c=d"),
+        ("m308.test", "/x", 308, "https://new.example/"),
+        ("temp.test", "/x", 302, "http://maintenance.temp.test/"),
+        ("t307.test", "/x", 307, "/elsewhere"),
+        ("root.test", "/", 302, "/app"),
+    ] {
+        let reply = portico.client.get(host, path).await.unwrap();
+        assert_eq!((reply.status, reply.header("location")), (code, Some(location)), "{host}{path}");
+        assert!(reply.echo().is_none(), "{host}: a redirect is answered by the proxy");
+    }
+    let app = portico.client.get("root.test", "/app/page").await.unwrap();
+    assert_eq!((app.status, app.answered_by()), (200, "web".to_string()), "app-root redirects only /");
+    drop(servers);
+}
