@@ -78,7 +78,14 @@ async fn redirects_answer_with_their_code_and_target() {
             .annotation("nginx.ingress.kubernetes.io/temporal-redirect-code", "307")
             .build(),
     );
-    docs.push(ingress("root").path("root.test", "Prefix", "/", "web").annotation("nginx.ingress.kubernetes.io/app-root", "/app").build());
+    docs.push(
+        ingress("root")
+            .path("root.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/app-root", "/app")
+            .annotation("nginx.ingress.kubernetes.io/configuration-snippet", "more_set_headers \"X: y\";")
+            .annotation("nginx.ingress.kubernetes.io/enable-cors", "true")
+            .build(),
+    );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
     for (host, path, code, location) in [
         ("moved.test", "/a/b?c=d", 301, "https://new.example/a/b?c=d"),
@@ -93,5 +100,9 @@ async fn redirects_answer_with_their_code_and_target() {
     }
     let app = portico.client.get("root.test", "/app/page").await.unwrap();
     assert_eq!((app.status, app.answered_by()), (200, "web".to_string()), "app-root redirects only /");
+    // What a migrating user wrote and Portico does not act on is reported, not silently dropped.
+    let logs = portico.logs();
+    assert!(logs.contains("configuration-snippet is never supported"), "{logs}");
+    assert!(logs.contains("enable-cors is not supported by Portico yet"));
     drop(servers);
 }

@@ -209,6 +209,9 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     }
 
     fn read_annotations(&mut self) {
+        for message in crate::compat::ignored(self.ingress.metadata.annotations.as_ref()) {
+            self.report(Reason::UnsupportedAnnotation, message);
+        }
         let a = Annotations::new(self.ingress.metadata.annotations.as_ref());
         self.policy.ssl_redirect = self.annotation(a.bool("ssl-redirect")).unwrap_or(true);
         self.policy.force_ssl_redirect = self.annotation(a.bool("force-ssl-redirect")).unwrap_or(false);

@@ -1,0 +1,323 @@
+//! Which annotations Portico reads, against ingress-nginx's full list: what a migrating
+//! user is told about the ones it ignores, and the migration document, rendered from the
+//! same table so that the two cannot drift.
+
+use crate::annotations::{NGINX_PREFIX, PORTICO_PREFIX};
+use std::collections::BTreeMap;
+
+/// What Portico does with an annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Read, with ingress-nginx's meaning.
+    Same,
+    /// Read, with a difference (which).
+    Different(&'static str),
+    /// Not read yet (with a note, or empty).
+    NotYet(&'static str),
+    /// Never read (why).
+    Never(&'static str),
+}
+
+/// Every annotation of ingress-nginx (`shared/reference/ingress-nginx-annotations.tsv`).
+pub const INGRESS_NGINX: &[(&str, Status)] = &[
+    ("server-alias", Status::NotYet("")),
+    ("allowlist-source-range", Status::Same),
+    ("whitelist-source-range", Status::Same),
+    ("backend-protocol", Status::Same),
+    ("auth-realm", Status::Same),
+    ("auth-secret", Status::Same),
+    ("auth-secret-type", Status::Same),
+    ("auth-type", Status::Different("`basic` only; `digest` makes the routes answer 503")),
+    ("canary", Status::Same),
+    ("canary-by-cookie", Status::Same),
+    ("canary-by-header", Status::Same),
+    ("canary-by-header-pattern", Status::Same),
+    ("canary-by-header-value", Status::Same),
+    ("canary-weight", Status::Same),
+    ("canary-weight-total", Status::Same),
+    ("auth-tls-error-page", Status::NotYet("")),
+    ("auth-tls-match-cn", Status::NotYet("")),
+    ("auth-tls-pass-certificate-to-upstream", Status::NotYet("")),
+    ("auth-tls-secret", Status::NotYet("routes that set it answer 503 until client certificates are enforced")),
+    ("auth-tls-verify-client", Status::NotYet("routes that set it answer 503 until client certificates are enforced")),
+    ("auth-tls-verify-depth", Status::NotYet("")),
+    ("client-body-buffer-size", Status::NotYet("Pingora streams bodies; no buffer to size")),
+    (
+        "configuration-snippet",
+        Status::Never(
+            "snippets inject raw nginx configuration: Portico runs no nginx, and an annotation must never change the proxy's code",
+        ),
+    ),
+    ("connection-proxy-header", Status::NotYet("")),
+    ("cors-allow-credentials", Status::NotYet("")),
+    ("cors-allow-headers", Status::NotYet("")),
+    ("cors-allow-methods", Status::NotYet("")),
+    ("cors-allow-origin", Status::NotYet("")),
+    ("cors-expose-headers", Status::NotYet("")),
+    ("cors-max-age", Status::NotYet("")),
+    ("enable-cors", Status::NotYet("")),
+    ("custom-http-errors", Status::NotYet("")),
+    ("custom-headers", Status::NotYet("")),
+    ("default-backend", Status::NotYet("")),
+    ("denylist-source-range", Status::Same),
+    ("disable-proxy-intercept-errors", Status::NotYet("")),
+    ("enable-global-auth", Status::NotYet("there is no global auth to turn off")),
+    ("auth-always-set-cookie", Status::Same),
+    ("auth-cache-duration", Status::Same),
+    ("auth-cache-key", Status::Different("the variables of `upstream-hash-by`; not `$remote_user`")),
+    ("auth-keepalive", Status::NotYet("connections to the auth service are always pooled")),
+    ("auth-keepalive-requests", Status::NotYet("")),
+    ("auth-keepalive-share-vars", Status::NotYet("")),
+    ("auth-keepalive-timeout", Status::NotYet("")),
+    ("auth-method", Status::Same),
+    (
+        "auth-proxy-set-headers",
+        Status::Different("read and reported: ConfigMaps are not watched yet, so the auth request carries the client's headers only"),
+    ),
+    ("auth-request-redirect", Status::NotYet("")),
+    ("auth-response-headers", Status::Same),
+    ("auth-signin", Status::Same),
+    ("auth-signin-redirect-param", Status::Same),
+    ("auth-snippet", Status::Never("as configuration-snippet")),
+    ("auth-url", Status::Different("no `$variables` in the URL; a URL that does not parse makes the routes answer 503")),
+    ("fastcgi-index", Status::NotYet("FastCGI backends are not supported")),
+    ("fastcgi-params-configmap", Status::NotYet("FastCGI backends are not supported")),
+    ("http2-push-preload", Status::NotYet("browsers dropped HTTP/2 push")),
+    ("load-balance", Status::Same),
+    ("enable-access-log", Status::NotYet("")),
+    ("enable-rewrite-log", Status::NotYet("")),
+    ("mirror-host", Status::NotYet("")),
+    ("mirror-request-body", Status::NotYet("")),
+    ("mirror-target", Status::NotYet("")),
+    ("enable-modsecurity", Status::Never("ModSecurity is an nginx module; put a WAF beside Portico")),
+    ("enable-owasp-core-rules", Status::Never("as enable-modsecurity")),
+    ("modsecurity-snippet", Status::Never("as configuration-snippet")),
+    ("modsecurity-transaction-id", Status::Never("as enable-modsecurity")),
+    ("enable-opentelemetry", Status::NotYet("")),
+    ("opentelemetry-operation-name", Status::NotYet("")),
+    ("opentelemetry-trust-incoming-span", Status::NotYet("")),
+    ("proxy-body-size", Status::Same),
+    ("proxy-buffer-size", Status::NotYet("Pingora streams; no buffer to size")),
+    ("proxy-buffering", Status::NotYet("Pingora streams responses")),
+    ("proxy-buffers-number", Status::NotYet("Pingora streams; no buffers to count")),
+    ("proxy-connect-timeout", Status::Same),
+    ("proxy-cookie-domain", Status::NotYet("")),
+    ("proxy-cookie-path", Status::NotYet("")),
+    ("proxy-http-version", Status::NotYet("the protocol follows `backend-protocol`")),
+    ("proxy-max-temp-file-size", Status::NotYet("nothing is spooled to disk")),
+    (
+        "proxy-next-upstream",
+        Status::Different(
+            "`error`, `timeout`, `http_502`, `http_503`, `http_504`, `off`; a non-idempotent request is never resent once sent",
+        ),
+    ),
+    ("proxy-next-upstream-timeout", Status::Same),
+    ("proxy-next-upstream-tries", Status::Same),
+    ("proxy-read-timeout", Status::Same),
+    ("proxy-redirect-from", Status::NotYet("")),
+    ("proxy-redirect-to", Status::NotYet("")),
+    ("proxy-request-buffering", Status::NotYet("request bodies stream")),
+    ("proxy-send-timeout", Status::Same),
+    ("proxy-ssl-ciphers", Status::NotYet("")),
+    ("proxy-ssl-name", Status::Same),
+    ("proxy-ssl-protocols", Status::NotYet("")),
+    ("proxy-ssl-secret", Status::Same),
+    ("proxy-ssl-server-name", Status::Same),
+    ("proxy-ssl-verify", Status::Same),
+    ("proxy-ssl-verify-depth", Status::NotYet("")),
+    ("limit-allowlist", Status::NotYet("")),
+    ("limit-burst-multiplier", Status::NotYet("")),
+    ("limit-connections", Status::NotYet("")),
+    ("limit-rate", Status::NotYet("")),
+    ("limit-rate-after", Status::NotYet("")),
+    ("limit-rpm", Status::NotYet("")),
+    ("limit-rps", Status::NotYet("")),
+    ("from-to-www-redirect", Status::NotYet("")),
+    ("permanent-redirect", Status::Same),
+    ("permanent-redirect-code", Status::Same),
+    ("temporal-redirect", Status::Same),
+    ("temporal-redirect-code", Status::Same),
+    ("app-root", Status::Same),
+    ("force-ssl-redirect", Status::Same),
+    ("preserve-trailing-slash", Status::NotYet("")),
+    ("rewrite-target", Status::Same),
+    ("ssl-redirect", Status::Same),
+    ("use-regex", Status::Same),
+    ("ssl-ciphers", Status::NotYet("")),
+    ("ssl-prefer-server-ciphers", Status::NotYet("")),
+    ("ssl-passthrough", Status::NotYet("")),
+    ("satisfy", Status::Same),
+    ("server-snippet", Status::Never("as configuration-snippet")),
+    ("service-upstream", Status::NotYet("")),
+    ("affinity", Status::Same),
+    ("affinity-canary-behavior", Status::Same),
+    (
+        "affinity-mode",
+        Status::Different("`balanced` places a random key on a consistent-hash ring; `persistent` names the endpoint by an HMAC tag"),
+    ),
+    (
+        "session-cookie-change-on-failure",
+        Status::Different("a retry always goes to another endpoint; this says whether the cookie follows it"),
+    ),
+    ("session-cookie-conditional-samesite-none", Status::NotYet("")),
+    ("session-cookie-domain", Status::Same),
+    ("session-cookie-expires", Status::Same),
+    ("session-cookie-max-age", Status::Same),
+    ("session-cookie-name", Status::Same),
+    ("session-cookie-partitioned", Status::NotYet("")),
+    ("session-cookie-path", Status::Same),
+    ("session-cookie-samesite", Status::Same),
+    ("session-cookie-secure", Status::Same),
+    ("stream-snippet", Status::Never("as configuration-snippet")),
+    ("upstream-hash-by", Status::Different("`$remote_addr`, `$host`, `$uri`, `$request_uri`, `$http_*`, `$cookie_*`, `$arg_*` and text")),
+    ("upstream-hash-by-subset", Status::NotYet("")),
+    ("upstream-hash-by-subset-size", Status::NotYet("")),
+    ("upstream-vhost", Status::Same),
+    ("use-port-in-redirects", Status::NotYet("")),
+    ("x-forwarded-prefix", Status::Same),
+];
+
+/// Portico's own annotations, read under `portico.io/` (and, like every name, under
+/// ingress-nginx's prefix too).
+pub const PORTICO_ONLY: &[(&str, Status)] = &[
+    ("upstream-max-fails", Status::Same),
+    ("upstream-fail-timeout", Status::Same),
+    ("health-check-path", Status::Same),
+    ("health-check-interval", Status::Same),
+    ("health-check-timeout", Status::Same),
+    ("health-check-healthy-threshold", Status::Same),
+    ("health-check-unhealthy-threshold", Status::Same),
+    ("auth-jwt-jwks-secret", Status::NotYet("routes that set it answer 503 until JWT is enforced")),
+    ("auth-jwt-jwks-url", Status::NotYet("routes that set it answer 503 until JWT is enforced")),
+    ("auth-jwt-issuer", Status::NotYet("")),
+    ("auth-jwt-audience", Status::NotYet("")),
+    ("auth-jwt-algorithms", Status::NotYet("")),
+    ("auth-jwt-leeway", Status::NotYet("")),
+    ("auth-jwt-claims-to-headers", Status::NotYet("")),
+    ("match-headers", Status::NotYet("")),
+    ("match-methods", Status::NotYet("")),
+    ("match-query", Status::NotYet("")),
+    ("request-headers-set", Status::NotYet("")),
+    ("request-headers-add", Status::NotYet("")),
+    ("request-headers-remove", Status::NotYet("")),
+    ("response-headers-set", Status::NotYet("")),
+    ("response-headers-add", Status::NotYet("")),
+    ("response-headers-remove", Status::NotYet("")),
+];
+
+/// Reported elsewhere, with more to say: security annotations that make routes refuse,
+/// and annotations read but partly unsupported.
+const REPORTED_ELSEWHERE: &[&str] =
+    &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url", "auth-proxy-set-headers"];
+
+fn status_of(name: &str) -> Option<Status> {
+    INGRESS_NGINX.iter().chain(PORTICO_ONLY).find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// A message for each annotation of ours or ingress-nginx's that Portico ignores.
+pub(crate) fn ignored(annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in annotations.into_iter().flat_map(|m| m.keys()) {
+        let Some(name) = key.strip_prefix(PORTICO_PREFIX).or_else(|| key.strip_prefix(NGINX_PREFIX)) else { continue };
+        if REPORTED_ELSEWHERE.contains(&name) {
+            continue;
+        }
+        match status_of(name) {
+            Some(Status::Same | Status::Different(_)) => {}
+            Some(Status::NotYet("")) => out.push(format!("annotation {key} is not supported by Portico yet; ignored")),
+            Some(Status::NotYet(note)) => out.push(format!("annotation {key} is not supported by Portico yet ({note}); ignored")),
+            Some(Status::Never(why)) => out.push(format!("annotation {key} is never supported: {why}; ignored")),
+            None => out.push(format!("annotation {key} is not one Portico or ingress-nginx knows; ignored")),
+        }
+    }
+    out
+}
+
+/// The body of `docs/ingress-nginx-migration.md`.
+pub fn migration_document() -> String {
+    let mut doc = String::from(MIGRATION_INTRO);
+    let count = |f: fn(&Status) -> bool| INGRESS_NGINX.iter().filter(|(_, s)| f(s)).count();
+    doc.push_str(&format!(
+        "Of ingress-nginx's {} annotations: {} supported with the same meaning, {} with a difference, {} not yet, {} never.\n\n",
+        INGRESS_NGINX.len(),
+        count(|s| matches!(s, Status::Same)),
+        count(|s| matches!(s, Status::Different(_))),
+        count(|s| matches!(s, Status::NotYet(_))),
+        count(|s| matches!(s, Status::Never(_))),
+    ));
+    doc.push_str("| annotation | Portico | notes |\n| --- | --- | --- |\n");
+    let mut rows: Vec<&(&str, Status)> = INGRESS_NGINX.iter().collect();
+    rows.sort_by_key(|(n, _)| *n);
+    for (name, status) in rows {
+        let (word, note) = match status {
+            Status::Same => ("supported", ""),
+            Status::Different(n) => ("supported, differs", *n),
+            Status::NotYet(n) => ("not yet", *n),
+            Status::Never(n) => ("never", *n),
+        };
+        doc.push_str(&format!("| `{name}` | {word} | {note} |\n"));
+    }
+    doc.push_str("\n## Portico's own annotations\n\n| annotation | status |\n| --- | --- |\n");
+    for (name, status) in PORTICO_ONLY {
+        let word = if matches!(status, Status::Same) { "supported" } else { "not yet" };
+        doc.push_str(&format!("| `portico.io/{name}` | {word} |\n"));
+    }
+    doc
+}
+
+const MIGRATION_INTRO: &str = "# Moving from ingress-nginx
+
+<!-- Rendered from crates/translate/src/compat.rs; regenerate with
+     PORTICO_WRITE_DOCS=1 cargo test -p portico-translate migration_document -->
+
+Portico reads ingress-nginx's annotations under their own prefix,
+`nginx.ingress.kubernetes.io/`, and under `portico.io/` (which wins when both are set), so
+Ingresses written for ingress-nginx work unchanged where Portico has the knob. For every
+annotation it does not act on, the controller reports an `UnsupportedAnnotation` diagnostic
+(a Warning Event on the Ingress) naming it, so that nothing is ignored silently.
+Security annotations Portico does not enforce yet make their routes answer 503 instead of
+serving without the control. Defaults and details of what is supported:
+[`annotations.md`](annotations.md).
+
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_document_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ingress-nginx-migration.md");
+        let rendered = migration_document();
+        if std::env::var_os("PORTICO_WRITE_DOCS").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "docs/ingress-nginx-migration.md is stale: PORTICO_WRITE_DOCS=1 cargo test -p portico-translate migration_document"
+        );
+    }
+
+    #[test]
+    fn ignored_annotations_are_named_and_read_ones_are_not() {
+        let map: BTreeMap<String, String> = [
+            "nginx.ingress.kubernetes.io/rewrite-target",
+            "nginx.ingress.kubernetes.io/configuration-snippet",
+            "nginx.ingress.kubernetes.io/enable-cors",
+            "nginx.ingress.kubernetes.io/auth-tls-secret",
+            "portico.io/health-check-path",
+            "portico.io/rewrite-targt",
+            "kubernetes.io/ingress.class",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), "x".to_string()))
+        .collect();
+        let messages = ignored(Some(&map));
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(messages.iter().any(|m| m.contains("configuration-snippet is never supported")));
+        assert!(messages.iter().any(|m| m.contains("enable-cors is not supported by Portico yet")));
+        assert!(messages.iter().any(|m| m.contains("portico.io/rewrite-targt is not one Portico or ingress-nginx knows")));
+        assert_eq!(INGRESS_NGINX.len(), 136);
+    }
+}
