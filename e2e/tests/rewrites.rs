@@ -13,6 +13,7 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
             .annotation("nginx.ingress.kubernetes.io/rewrite-target", "/$2")
             .annotation("nginx.ingress.kubernetes.io/x-forwarded-prefix", "/something")
             .annotation("nginx.ingress.kubernetes.io/upstream-vhost", "internal.api")
+            .annotation("nginx.ingress.kubernetes.io/server-alias", "alias.test, *.aliases.test")
             .build(),
     );
     docs.push(
@@ -34,6 +35,10 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
     assert_eq!(portico.client.get("r.test", "/something").await.unwrap().echo().unwrap().path, "/");
     assert_eq!(portico.client.get("r.test", "/SOMETHING/x").await.unwrap().echo().unwrap().path, "/x", "patterns are case-insensitive");
     assert_eq!(portico.client.get("r.test", "/other").await.unwrap().status, 404, "anchored: nothing else matches");
+    for alias in ["alias.test", "one.aliases.test"] {
+        let echo = portico.client.get(alias, "/something/via/alias").await.unwrap().echo().expect("an alias serves the routes");
+        assert_eq!(echo.path, "/via/alias", "{alias}");
+    }
 
     // Exact, then the longest pattern, then the longest prefix.
     let by = |path: &'static str| {

@@ -20,7 +20,7 @@ pub enum Status {
 
 /// Every annotation of ingress-nginx (`shared/reference/ingress-nginx-annotations.tsv`).
 pub const INGRESS_NGINX: &[(&str, Status)] = &[
-    ("server-alias", Status::NotYet("")),
+    ("server-alias", Status::Same),
     ("allowlist-source-range", Status::Same),
     ("whitelist-source-range", Status::Same),
     ("backend-protocol", Status::Same),

@@ -58,6 +58,7 @@ impl Dependency {
 }
 
 /// One route as an Ingress states it, before merging with other Ingresses.
+#[derive(Clone)]
 pub(crate) struct FragmentRoute {
     pub route: Route,
     /// Whether `ssl-redirect` leaves it on (it takes effect where the host has TLS).
@@ -653,7 +654,36 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             }
             self.fragment.rules.push((host, routes));
         }
+        self.add_aliases();
         self.fragment
+    }
+
+    /// `server-alias`: each alias serves the routes (and TLS) of the Ingress's named hosts.
+    fn add_aliases(&mut self) {
+        let a = Annotations::new(self.ingress.metadata.annotations.as_ref());
+        let Some((key, value)) = a.get("server-alias") else { return };
+        let mut aliases = Vec::new();
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name.parse::<HostMatch>() {
+                Ok(h @ (HostMatch::Exact(_) | HostMatch::Wildcard(_))) => aliases.push(h),
+                Ok(HostMatch::Any) | Err(_) => {
+                    self.report(Reason::InvalidAnnotation, format!("annotation {key}: {name:?} is not a host name; ignored"))
+                }
+            }
+        }
+        let named: Vec<(HostMatch, Vec<FragmentRoute>)> =
+            self.fragment.rules.iter().filter(|(h, _)| *h != HostMatch::Any).map(|(h, r)| (h.clone(), r.clone())).collect();
+        for alias in aliases {
+            if named.iter().any(|(h, _)| *h == alias) {
+                continue;
+            }
+            let routes: Vec<FragmentRoute> = named.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+            if let Some(claim) = self.fragment.tls.iter().find(|c| named.iter().any(|(h, _)| *h == c.host)) {
+                let claim = TlsClaim { host: alias.clone(), certificate: claim.certificate.clone(), entry: claim.entry };
+                self.fragment.tls.push(claim);
+            }
+            self.fragment.rules.push((alias, routes));
+        }
     }
 
     /// Resolves a backend reference, reporting problems; `None` when it cannot be routed at all.
