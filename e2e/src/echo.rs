@@ -262,15 +262,19 @@ async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::
         .expect("valid response")
 }
 
+/// Starts one echo backend per name on 127.0.0.1.
+pub async fn echo_servers(names: &[&str]) -> Vec<EchoServer> {
+    let mut servers = Vec::new();
+    for name in names {
+        servers.push(EchoServer::start(name, "127.0.0.1:0".parse().expect("address")).await.expect("echo backend"));
+    }
+    servers
+}
+
 /// Starts one echo backend per service name on 127.0.0.1 and returns the Service and
 /// EndpointSlice documents that route to them.
 pub async fn backends(names: &[&str]) -> (Vec<EchoServer>, Vec<serde_json::Value>) {
-    let mut servers = Vec::new();
-    let mut docs = Vec::new();
-    for name in names {
-        let server = EchoServer::start(name, "127.0.0.1:0".parse().expect("address")).await.expect("echo backend");
-        docs.extend(crate::manifests::service_with_endpoints(name, &[server.addr]));
-        servers.push(server);
-    }
+    let servers = echo_servers(names).await;
+    let docs = servers.iter().flat_map(|s| crate::manifests::service_with_endpoints(&s.name, &[s.addr])).collect();
     (servers, docs)
 }

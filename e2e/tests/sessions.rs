@@ -1,21 +1,13 @@
 //! Cookie affinity, canaries and active health checks through the real binaries.
 
 use portico_e2e::client::Reply;
-use portico_e2e::echo::EchoServer;
+use portico_e2e::echo::{echo_servers, EchoServer};
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ingress, service_with_endpoints, to_yaml};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-async fn echo_servers(names: &[&str]) -> Vec<EchoServer> {
-    let mut servers = Vec::new();
-    for name in names {
-        servers.push(EchoServer::start(name, "127.0.0.1:0".parse().unwrap()).await.unwrap());
-    }
-    servers
-}
 
 fn web_service(servers: &[&EchoServer]) -> String {
     to_yaml(&service_with_endpoints("web", &servers.iter().map(|s| s.addr).collect::<Vec<SocketAddr>>()))

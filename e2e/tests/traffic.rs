@@ -1,7 +1,7 @@
 //! Traffic policies through the real binaries: balancing algorithms, consistent hashing,
 //! timeouts, body limits, retries and passive health.
 
-use portico_e2e::echo::{backends, EchoServer};
+use portico_e2e::echo::{backends, echo_servers};
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ingress, service_with_endpoints, to_yaml};
 use std::collections::BTreeMap;
@@ -10,14 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn echo_servers(names: &[&str]) -> Vec<EchoServer> {
-    let mut servers = Vec::new();
-    for name in names {
-        servers.push(EchoServer::start(name, "127.0.0.1:0".parse().unwrap()).await.unwrap());
-    }
-    servers
-}
 
 /// One Service `web` over `endpoints`, and an Ingress for `t.test` with `annotations`.
 fn site(endpoints: &[SocketAddr], annotations: &[(&str, &str)]) -> Vec<(&'static str, String)> {

@@ -31,17 +31,7 @@ fn snapshot() -> Snapshot {
         let routes = PATHS
             .iter()
             .enumerate()
-            .map(|(j, p)| Route {
-                path: if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) },
-                backend: backend.clone(),
-                source: String::new(),
-                redirect_to_https: false,
-                max_body_bytes: None,
-                affinity: None,
-                canary: None,
-                access: None,
-                rewrite: None,
-            })
+            .map(|(j, p)| Route::new(if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) }, backend.clone()))
             .collect();
         s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });
     }

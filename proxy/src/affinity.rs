@@ -12,7 +12,8 @@
 //!   consistent-hash ring, so scaling up moves a fair share of sessions to new endpoints.
 
 use crate::balancer::{Balancer, Tried};
-use http::header::{self, HeaderValue};
+use crate::request_key::cookie;
+use http::header::HeaderValue;
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
@@ -220,14 +221,6 @@ impl StickySessions {
         v.push_str("; HttpOnly");
         HeaderValue::try_from(v).ok()
     }
-}
-
-/// The value of the first cookie named `name`.
-pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
-    req.headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|c| c.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then_some(v.trim())
-    })
 }
 
 #[cfg(test)]

@@ -2,15 +2,12 @@
 //! decided by the caller first (a pinned client stays on its side); then the header, the
 //! cookie and the weight decide, in ingress-nginx's order.
 
-use crate::affinity::cookie;
 use crate::compile::BackendPool;
+use crate::request_key::cookie;
 use http::header::HeaderName;
 use pingora::http::RequestHeader;
 use portico_model::{Canary, HeaderRule, SessionAffinity};
 use std::sync::Arc;
-
-/// The largest compiled program a header pattern may make (as the controller allows).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 pub struct CompiledCanary {
     pub pool: Arc<BackendPool>,
@@ -40,7 +37,7 @@ impl CompiledCanary {
                     HeaderRule::Equals(v) => Rule::Equals(v.as_str().into()),
                     HeaderRule::Matches(p) => Rule::Matches(
                         regex::RegexBuilder::new(p)
-                            .size_limit(REGEX_SIZE_LIMIT)
+                            .size_limit(crate::router::PATH_REGEX_SIZE_LIMIT)
                             .build()
                             .map_err(|e| format!("canary header pattern: {e}"))?,
                     ),

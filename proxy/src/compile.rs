@@ -54,6 +54,8 @@ pub struct BackendPool {
     pub health_check: Option<HealthCheck>,
     /// A round of active checks is under way.
     pub checking: AtomicBool,
+    /// When the last round of active checks started.
+    last_check: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl BackendPool {
@@ -72,7 +74,21 @@ impl BackendPool {
             sessions: PoolSessions::default(),
             health_check: b.policy.health_check.clone(),
             checking: AtomicBool::new(false),
+            last_check: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Claims the next round of active checks if one is due (an interval since the last
+    /// started) and none is running; the caller runs it and clears `checking`.
+    pub fn claim_check_round(&self) -> bool {
+        let Some(check) = &self.health_check else { return false };
+        let Ok(mut last) = self.last_check.lock() else { return false };
+        let due = last.is_none_or(|at| at.elapsed().as_millis() >= u128::from(check.interval_ms));
+        if !due || self.checking.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     /// What affinity needs of the pool.
@@ -361,17 +377,7 @@ mod tests {
                 upstream: Default::default(),
                 policy: Default::default(),
             });
-            let route = Route {
-                path: PathMatch::prefix("/"),
-                backend: name,
-                source: String::new(),
-                redirect_to_https: false,
-                max_body_bytes: None,
-                affinity: None,
-                canary: None,
-                access: None,
-                rewrite: None,
-            };
+            let route = Route::new(PathMatch::prefix("/"), name);
             s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
         }
         s

@@ -150,36 +150,36 @@ impl ExternalAuthCheck {
             .next()
             .ok_or_else(|| format!("{} has no address", self.host))?;
         let peer = HttpPeer::new(addr, self.tls, self.host.clone());
-        let mut req = RequestHeader::build(self.spec.method.as_str(), self.path_and_query.as_bytes(), None).map_err(|e| e.to_string())?;
+        let mut req = RequestHeader::build(self.spec.method.as_str(), self.path_and_query.as_bytes(), None).map_err(text)?;
         for (name, value) in original.req.headers.iter() {
             if !HOP_BY_HOP.contains(&name.as_str()) {
-                req.append_header(name.clone(), value.clone()).map_err(|e| e.to_string())?;
+                req.append_header(name.clone(), value.clone()).map_err(text)?;
             }
         }
-        let value = |v: String| HeaderValue::try_from(v).map_err(|e| e.to_string());
-        req.insert_header(header::HOST, value(self.authority.clone())?).map_err(|e| e.to_string())?;
-        req.insert_header("x-original-url", value(original.url())?).map_err(|e| e.to_string())?;
-        req.insert_header("x-original-method", original.req.method.as_str()).map_err(|e| e.to_string())?;
+        let value = |v: String| HeaderValue::try_from(v).map_err(text);
+        req.insert_header(header::HOST, value(self.authority.clone())?).map_err(text)?;
+        req.insert_header("x-original-url", value(original.url())?).map_err(text)?;
+        req.insert_header("x-original-method", original.req.method.as_str()).map_err(text)?;
         req.insert_header("x-auth-request-redirect", value(original.req.uri.path_and_query().map_or("/".into(), |p| p.to_string()))?)
-            .map_err(|e| e.to_string())?;
-        req.insert_header("x-forwarded-host", value(original.host.to_string())?).map_err(|e| e.to_string())?;
-        req.insert_header("x-forwarded-proto", if original.https { "https" } else { "http" }).map_err(|e| e.to_string())?;
+            .map_err(text)?;
+        req.insert_header("x-forwarded-host", value(original.host.to_string())?).map_err(text)?;
+        req.insert_header("x-forwarded-proto", if original.https { "https" } else { "http" }).map_err(text)?;
         if let Some(ip) = original.client {
-            req.insert_header("x-forwarded-for", value(ip.to_string())?).map_err(|e| e.to_string())?;
-            req.insert_header("x-real-ip", value(ip.to_string())?).map_err(|e| e.to_string())?;
+            req.insert_header("x-forwarded-for", value(ip.to_string())?).map_err(text)?;
+            req.insert_header("x-real-ip", value(ip.to_string())?).map_err(text)?;
         }
-        req.insert_header(header::CONTENT_LENGTH, "0").map_err(|e| e.to_string())?;
+        req.insert_header(header::CONTENT_LENGTH, "0").map_err(text)?;
 
-        let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
-        session.write_request_header(Box::new(req)).await.map_err(|e| e.to_string())?;
-        session.finish_request_body().await.map_err(|e| e.to_string())?;
-        session.read_response_header().await.map_err(|e| e.to_string())?;
+        let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(text)?;
+        session.write_request_header(Box::new(req)).await.map_err(text)?;
+        session.finish_request_body().await.map_err(text)?;
+        session.read_response_header().await.map_err(text)?;
         let (status, headers) = match session.response_header() {
             Some(h) => (h.status.as_u16(), h.headers.clone()),
             None => return Err("no response header".into()),
         };
         let mut read = 0;
-        while let Some(chunk) = session.read_response_body().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = session.read_response_body().await.map_err(text)? {
             read += chunk.len();
             if read > MAX_AUTH_BODY {
                 return Ok((status, headers));
@@ -228,6 +228,11 @@ impl ExternalAuthCheck {
             }
         }
     }
+}
+
+/// An error as the reason an auth request failed.
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

@@ -11,7 +11,7 @@ use pingora::services::background::BackgroundService;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,9 +25,6 @@ pub struct HealthChecker {
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // When each pool's last round started, by pool identity; pools that leave the
-        // snapshot leave this map on the next tick.
-        let mut last_round: Vec<(Arc<BackendPool>, Instant)> = Vec::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -35,25 +32,8 @@ impl BackgroundService for HealthChecker {
                 _ = shutdown.changed() => return,
             }
             let Some(snapshot) = self.store.load() else { continue };
-            let pools = snapshot.health_checked();
-            last_round.retain(|(p, _)| pools.iter().any(|q| Arc::ptr_eq(p, q)));
-            for pool in pools {
-                let Some(check) = &pool.health_check else { continue };
-                let interval = Duration::from_millis(check.interval_ms);
-                let due = match last_round.iter_mut().find(|(p, _)| Arc::ptr_eq(p, pool)) {
-                    Some((_, at)) if at.elapsed() < interval => false,
-                    Some((_, at)) => {
-                        *at = Instant::now();
-                        true
-                    }
-                    None => {
-                        last_round.push((pool.clone(), Instant::now()));
-                        true
-                    }
-                };
-                if due && !pool.checking.swap(true, Ordering::Relaxed) {
-                    tokio::spawn(check_round(pool.clone()));
-                }
+            for pool in snapshot.health_checked().iter().filter(|p| p.claim_check_round()) {
+                tokio::spawn(check_round(pool.clone()));
             }
         }
     }

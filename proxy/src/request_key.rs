@@ -30,14 +30,7 @@ pub fn build_hash_key(key: &HashKey, req: &RequestHeader, peer: Option<IpAddr>, 
                     out.extend_from_slice(v.as_bytes());
                 }
             }
-            KeyPart::Cookie(name) => {
-                let cookies = req.headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok());
-                let value = cookies.flat_map(|c| c.split(';')).find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name).then_some(v)
-                });
-                out.extend_from_slice(value.unwrap_or("").as_bytes());
-            }
+            KeyPart::Cookie(name) => out.extend_from_slice(cookie(req, name).unwrap_or("").as_bytes()),
             KeyPart::Arg(name) => {
                 let query = req.uri.query().unwrap_or("");
                 let value = query.split('&').find_map(|kv| {
@@ -48,4 +41,12 @@ pub fn build_hash_key(key: &HashKey, req: &RequestHeader, peer: Option<IpAddr>, 
             }
         }
     }
+}
+
+/// The value of the first cookie named `name`.
+pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
+    req.headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|c| c.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v.trim())
+    })
 }

@@ -88,7 +88,7 @@ pub struct PathMatcher {
     regex: Vec<(regex::Regex, usize)>,
 }
 
-/// The largest compiled program a path pattern may make.
+/// The largest compiled program a pattern from an annotation (path or header) may make.
 pub const PATH_REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// A route's path pattern as it is matched: anchored at the start, case-insensitive.

@@ -96,20 +96,7 @@ mod tests {
     fn snapshot(version: u64, backend: &str) -> Snapshot {
         Snapshot {
             version,
-            virtual_hosts: vec![VirtualHost {
-                host: "a.com".parse().unwrap(),
-                routes: vec![Route {
-                    path: PathMatch::prefix("/"),
-                    backend: backend.into(),
-                    source: String::new(),
-                    redirect_to_https: false,
-                    max_body_bytes: None,
-                    affinity: None,
-                    canary: None,
-                    access: None,
-                    rewrite: None,
-                }],
-            }],
+            virtual_hosts: vec![VirtualHost { host: "a.com".parse().unwrap(), routes: vec![Route::new(PathMatch::prefix("/"), backend)] }],
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],

@@ -226,6 +226,23 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+impl Route {
+    /// A route to `backend` with nothing else set: no limit, redirect, policy or canary.
+    pub fn new(path: PathMatch, backend: impl Into<String>) -> Self {
+        Route {
+            path,
+            backend: backend.into(),
+            source: String::new(),
+            redirect_to_https: false,
+            max_body_bytes: None,
+            affinity: None,
+            canary: None,
+            access: None,
+            rewrite: None,
+        }
+    }
+}
+
 /// `affinity: cookie`: a client keeps reaching one endpoint through a cookie that names
 /// it (by a keyed hash, never by address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -213,17 +213,7 @@ mod tests {
             version: 1,
             virtual_hosts: vec![VirtualHost {
                 host: HostMatch::Exact("a.com".into()),
-                routes: vec![Route {
-                    path: PathMatch::prefix("/"),
-                    backend: "b".into(),
-                    source: String::new(),
-                    redirect_to_https: false,
-                    max_body_bytes: None,
-                    affinity: None,
-                    canary: None,
-                    access: None,
-                    rewrite: None,
-                }],
+                routes: vec![Route::new(PathMatch::prefix("/"), "b")],
             }],
             default_backend: Some("b".into()),
             backends: vec![Backend {

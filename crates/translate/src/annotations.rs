@@ -124,19 +124,7 @@ impl<'a> Annotations<'a> {
     /// or with a unit (`"5s"`, `"500ms"`, `"2m"`). `allow_zero` for "no limit".
     pub fn duration_ms(&self, name: &str, allow_zero: bool) -> Result<Option<u64>, InvalidAnnotation> {
         let expected = if allow_zero { "a duration such as 5, 5s or 500ms" } else { "a positive duration such as 5, 5s or 500ms" };
-        self.parse(name, expected, |v| {
-            let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
-                (n, 1)
-            } else if let Some(n) = v.strip_suffix('s') {
-                (n, 1_000)
-            } else if let Some(n) = v.strip_suffix('m') {
-                (n, 60_000)
-            } else {
-                (v, 1_000)
-            };
-            let ms = number.trim().parse::<u64>().ok()?.checked_mul(scale)?;
-            (allow_zero || ms > 0).then_some(ms)
-        })
+        self.parse(name, expected, |v| duration_ms(v).filter(|ms| allow_zero || *ms > 0))
     }
 
     /// An nginx size: bytes, or with `k`, `m` or `g` (powers of 1024).
@@ -316,8 +304,7 @@ impl<'a> Annotations<'a> {
             let words: Vec<&str> = v.split_whitespace().collect();
             let (last, statuses) = words.split_last()?;
             let statuses: Option<Vec<u16>> = statuses.iter().map(|s| s.parse::<u16>().ok().filter(|c| (100..600).contains(c))).collect();
-            let probe: BTreeMap<String, String> = [(format!("{PORTICO_PREFIX}d"), last.to_string())].into();
-            let ms = Annotations::new(Some(&probe)).duration_ms("d", false).ok()??;
+            let ms = duration_ms(last).filter(|ms| *ms > 0)?;
             let statuses = statuses.filter(|s| !s.is_empty()).unwrap_or_else(|| vec![200, 202, 401]);
             Some((statuses, ms))
         })
@@ -337,6 +324,20 @@ impl<'a> Annotations<'a> {
             (!ns.is_empty() && !n.is_empty() && !n.contains('/')).then(|| (ns.to_string(), n.to_string()))
         })
     }
+}
+
+/// Whole seconds (`"5"`), or with a unit (`"5s"`, `"500ms"`, `"2m"`), in milliseconds.
+fn duration_ms(v: &str) -> Option<u64> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (v, 1_000)
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// The largest compiled program a pattern from an annotation may make.
