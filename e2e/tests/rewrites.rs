@@ -88,7 +88,7 @@ async fn redirects_answer_with_their_code_and_target() {
             .path("root.test", "Prefix", "/", "web")
             .annotation("nginx.ingress.kubernetes.io/app-root", "/app")
             .annotation("nginx.ingress.kubernetes.io/configuration-snippet", "more_set_headers \"X: y\";")
-            .annotation("nginx.ingress.kubernetes.io/enable-cors", "true")
+            .annotation("nginx.ingress.kubernetes.io/limit-rate", "100")
             .build(),
     );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
@@ -108,6 +108,6 @@ async fn redirects_answer_with_their_code_and_target() {
     // What a migrating user wrote and Portico does not act on is reported, not silently dropped.
     let logs = portico.logs();
     assert!(logs.contains("configuration-snippet is never supported"), "{logs}");
-    assert!(logs.contains("enable-cors is not supported by Portico yet"));
+    assert!(logs.contains("limit-rate is not supported by Portico yet"));
     drop(servers);
 }

@@ -11,12 +11,16 @@ use crate::access::CompiledAccess;
 use crate::affinity::PoolSessions;
 use crate::balancer::Balancer;
 use crate::canary::CompiledCanary;
+use crate::cors::CompiledCors;
 use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
+use crate::rate_limit::RateLimiter;
 use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
 use crate::upstream::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RetryPolicy, SessionAffinity, Snapshot, VirtualHost};
+use portico_model::{
+    Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RateLimit, RetryPolicy, SessionAffinity, Snapshot, VirtualHost,
+};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -35,6 +39,8 @@ pub struct CompiledSnapshot {
     default_backend: Option<Arc<BackendPool>>,
     /// The pools with active health checks.
     health_checked: Vec<Arc<BackendPool>>,
+    /// The rate limiters of the routes, for the next snapshot to take over.
+    limiters: Vec<Arc<RateLimiter>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
     unmatched: StatusCounters,
@@ -118,6 +124,8 @@ pub struct CompiledRoute {
     pub rewrite: Option<portico_model::Rewrite>,
     /// The compiled pattern of a regex route, for the captures of `rewrite.target`.
     pub path_regex: Option<regex::Regex>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    pub cors: Option<CompiledCors>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -168,6 +176,9 @@ impl CompiledSnapshot {
 
         let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> =
             previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();
+        // Counts survive a new snapshot while the Ingress and its limits stay the same.
+        let mut limiters: Limiters =
+            previous.map(|p| p.limiters.iter().map(|l| (l.key.clone(), Arc::clone(l))).collect()).unwrap_or_default();
         let mut hosts = HostTable::default();
         let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
@@ -185,18 +196,22 @@ impl CompiledSnapshot {
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
-                None => Arc::new(compile_vhost(vh, &by_name)?),
+                None => Arc::new(compile_vhost(vh, &by_name, &mut limiters)?),
             });
         }
         let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
         let hsts = snapshot.tls.hsts.and_then(|h| HeaderValue::try_from(h.header_value()).ok());
         let health_checked = pools.iter().filter(|p| p.health_check.is_some()).cloned().collect();
+        let mut limiters: Vec<Arc<RateLimiter>> = vhosts.iter().flat_map(|v| &v.routes).filter_map(|r| r.rate_limit.clone()).collect();
+        limiters.sort_by_key(|l| Arc::as_ptr(l) as usize);
+        limiters.dedup_by(|a, b| Arc::ptr_eq(a, b));
         Ok(CompiledSnapshot {
             hosts,
             vhosts,
             pools,
             default_backend,
             health_checked,
+            limiters,
             certificates,
             hsts,
             unmatched: metrics.status_counters(UNMATCHED_HOST),
@@ -314,7 +329,13 @@ fn compile_pools(backends: &[Backend], previous: Option<&CompiledSnapshot>) -> R
         .collect()
 }
 
-fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -> Result<CompiledVhost, CompileError> {
+type Limiters = HashMap<(Box<str>, RateLimit), Arc<RateLimiter>>;
+
+fn compile_vhost(
+    vh: &VirtualHost,
+    by_name: &HashMap<&str, &Arc<BackendPool>>,
+    limiters: &mut Limiters,
+) -> Result<CompiledVhost, CompileError> {
     let mut paths = PathMatcher::default();
     let mut routes = Vec::with_capacity(vh.routes.len());
     for route in &vh.routes {
@@ -343,6 +364,18 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
             })?),
             _ => None,
         };
+        let rate_limit = route.rate_limit.as_ref().map(|limit| {
+            let key = (Box::from(route.source.as_str()), limit.clone());
+            Arc::clone(limiters.entry(key).or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))))
+        });
+        let cors = match &route.cors {
+            None => None,
+            Some(c) => Some(CompiledCors::compile(c).map_err(|what| CompileError::Route {
+                host: vh.host.to_string(),
+                path: route.path.path().to_string(),
+                what,
+            })?),
+        };
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
@@ -352,6 +385,8 @@ fn compile_vhost(vh: &VirtualHost, by_name: &HashMap<&str, &Arc<BackendPool>>) -
             access,
             rewrite: route.rewrite.clone(),
             path_regex,
+            rate_limit,
+            cors,
         });
     }
     let label = match &vh.host {

@@ -49,6 +49,10 @@ struct Args {
     /// answering 400; some applications (registries, GitLab) put them in resource names.
     #[arg(long)]
     allow_encoded_slashes: bool,
+    /// The status of answers refused by `limit-rps`, `limit-rpm` or `limit-connections`
+    /// (ingress-nginx answers 503).
+    #[arg(long, default_value_t = 429, value_parser = clap::value_parser!(u16).range(400..=599))]
+    limit_req_status_code: u16,
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
         allow_encoded_slashes: args.allow_encoded_slashes,
+        limit_status: args.limit_req_status_code,
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
     if let Some(app) = proxy.app_logic_mut() {

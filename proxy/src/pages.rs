@@ -16,6 +16,16 @@ pub fn redirect(status: u16, location: http::HeaderValue) -> ResponseHeader {
     header
 }
 
+/// The answer to a CORS preflight, before its `Access-Control-*` headers.
+pub fn preflight() -> ResponseHeader {
+    let mut header = ResponseHeader::build(204, Some(4)).expect("valid status");
+    let _ = header.insert_header(http::header::SERVER, SERVER);
+    let _ = header.insert_header(http::header::DATE, get_cached_date());
+    let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
+    header
+}
+
 /// A complete response Portico answers itself.
 pub fn error_page(status: u16) -> (ResponseHeader, Bytes) {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");

@@ -3,14 +3,16 @@
 //! usual `X-Forwarded-*` headers, and count the answer. A route with a canary sends the
 //! request to one side first; a side with cookie affinity pins the client to an endpoint.
 
-use crate::access::Verdict;
+use crate::access::{CompiledAccess, Verdict};
 use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
+use crate::cors::CompiledCors;
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
 use crate::normalize::normalize;
-use crate::pages::{error_page, redirect, SERVER};
+use crate::pages::{self, error_page, redirect, SERVER};
+use crate::rate_limit::{Admission, InProgress};
 use crate::request_key::{build_hash_key, request_host};
 use crate::rewrite::{redirect_location, upstream_path};
 use crate::store::SnapshotStore;
@@ -34,6 +36,8 @@ pub struct IngressProxy {
     pub auth_connector: pingora::connectors::http::Connector,
     /// Keep `%2F` and `%5C` in paths rather than refusing them (`--allow-encoded-slashes`).
     pub allow_encoded_slashes: bool,
+    /// The status of requests over a rate limit (`--limit-req-status-code`).
+    pub limit_status: u16,
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -70,6 +74,10 @@ pub struct RequestCtx {
     tls: bool,
     /// The peer is in `--trusted-proxies`.
     trusted: bool,
+    /// The `Access-Control-Allow-Origin` for an allowed origin of a CORS route.
+    cors_origin: Option<HeaderValue>,
+    /// Counts this request against `limit-connections` until it ends.
+    in_progress: Option<InProgress>,
 }
 
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
@@ -286,6 +294,193 @@ async fn respond(session: &mut Session, status: u16) -> Result<()> {
     session.write_response_body(Some(body), true).await
 }
 
+/// An answer Portico gives itself instead of forwarding the request.
+enum Answer {
+    /// Portico's page for this status, with these headers; `close` ends the connection.
+    Page {
+        status: u16,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+        close: bool,
+    },
+    Redirect {
+        status: u16,
+        location: HeaderValue,
+    },
+    /// A CORS preflight from an allowed origin: 204.
+    Preflight,
+}
+
+impl Answer {
+    fn page(status: u16) -> Self {
+        Answer::Page { status, headers: Vec::new(), close: false }
+    }
+}
+
+/// The request path, one step per concern, in the order of nginx's phases: framing and
+/// path (400), redirects, CORS preflights, rate limits, access, body size, rewrites, and
+/// the choice of endpoint. Each step either lets the request on or answers it.
+impl IngressProxy {
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+        ctx.tls = is_tls(session);
+        ctx.trusted = self.is_trusted(peer_ip(session));
+        // A request whose length or path could be read two ways is refused before routing,
+        // and its connection closed, so that no other hop can read it the other way.
+        if let Some(why) = framing_problem(session.req_header()).map(str::to_string).or_else(|| self.normalize_path(session).err()) {
+            tracing::debug!(why, "request refused");
+            return Some(Answer::Page { status: 400, headers: Vec::new(), close: true });
+        }
+        let req = session.req_header();
+        ctx.https =
+            ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        ctx.routed = snapshot.route(request_host(req), req.uri.path());
+        if let Some(answer) = self.redirect(req, ctx, snapshot) {
+            return Some(answer);
+        }
+        let route = snapshot.matched_route(&ctx.routed);
+        if let Some(cors) = route.and_then(|r| r.cors.as_ref()) {
+            ctx.cors_origin = cors.allowed_origin(req);
+            if ctx.cors_origin.is_some() && CompiledCors::is_preflight(req) {
+                return Some(Answer::Preflight);
+            }
+        }
+        if let Some(limiter) = route.and_then(|r| r.rate_limit.as_ref()) {
+            match limiter.admit(self.client(session)) {
+                Admission::Admit(in_progress) => ctx.in_progress = in_progress,
+                Admission::Refuse { retry_after } => {
+                    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    let headers = vec![(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))];
+                    return Some(Answer::Page { status: self.limit_status, headers, close: false });
+                }
+            }
+        }
+        if let Some(access) = route.and_then(|r| r.access.as_ref()) {
+            if let Some(answer) = self.check_access(session, ctx, access).await {
+                return Some(answer);
+            }
+        }
+        // A body declared larger than the route takes is refused before anything goes upstream.
+        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.zip(snapshot.max_body_bytes(&ctx.routed)).is_some_and(|(declared, limit)| declared > limit) {
+            return Some(Answer::page(413));
+        }
+        if let Some(target) = route.and_then(|r| r.rewrite.as_ref()).and_then(|r| r.target.as_deref()) {
+            let captures = route.and_then(|r| r.path_regex.as_ref()).and_then(|re| re.captures(req.uri.path()));
+            match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
+                Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
+                Err(why) => {
+                    tracing::debug!(?why, target, "rewritten path refused");
+                    return Some(Answer::page(400));
+                }
+            }
+        }
+        self.first_attempt(session, ctx, snapshot)
+    }
+
+    /// HTTP→HTTPS, then the route's own redirects (`permanent-redirect`, `app-root`...),
+    /// which answer before access control, as nginx's `return` does. ACME HTTP-01
+    /// challenges are never sent to HTTPS.
+    fn redirect(&self, req: &RequestHeader, ctx: &RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+        if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
+            return Some(match self.https_location(req, ctx.trusted) {
+                Some(location) => Answer::Redirect { status: 308, location },
+                None => Answer::page(400),
+            });
+        }
+        let rw = snapshot.matched_route(&ctx.routed)?.rewrite.as_ref()?;
+        let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (status, location) = match (&rw.redirect, &rw.app_root) {
+            (Some(r), _) => {
+                let host = redirect_host(request_host(req)).unwrap_or("");
+                (r.code, redirect_location(&r.target, if ctx.https { "https" } else { "http" }, host, request_uri))
+            }
+            (None, Some(root)) if req.uri.path() == "/" => (302, root.clone()),
+            _ => return None,
+        };
+        Some(match HeaderValue::try_from(location) {
+            Ok(location) => Answer::Redirect { status, location },
+            Err(_) => Answer::page(400),
+        })
+    }
+
+    /// Source ranges, then credentials: basic auth, and the external auth service.
+    async fn check_access(&self, session: &Session, ctx: &mut RequestCtx, access: &CompiledAccess) -> Option<Answer> {
+        let req = session.req_header();
+        let client = (access.checks_sources() || access.external.is_some()).then(|| self.client(session)).flatten();
+        let verdict = access.check(client, req);
+        let status = match (verdict, &access.external) {
+            (Verdict::Allow, _) => return None,
+            (Verdict::AskExternal, Some(external)) => {
+                let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client };
+                match external.ask(&self.auth_connector, &original).await {
+                    AuthAnswer::Allow { upstream_headers, cookies } => {
+                        ctx.auth_headers = upstream_headers;
+                        ctx.auth_cookies = cookies;
+                        ctx.auth_cookies_always = external.always_set_cookie();
+                        return None;
+                    }
+                    AuthAnswer::Deny { status, headers } => return Some(Answer::Page { status, headers, close: false }),
+                    AuthAnswer::Failed => 500,
+                }
+            }
+            (Verdict::Unauthorized(challenge), _) => {
+                return Some(Answer::Page { status: 401, headers: vec![(header::WWW_AUTHENTICATE, challenge)], close: false });
+            }
+            (Verdict::Forbidden, _) => 403,
+            _ => 503,
+        };
+        Some(Answer::page(status))
+    }
+
+    /// Which side of a canary, and the first endpoint: 404 when nothing routes, 503 when
+    /// no endpoint is left.
+    fn first_attempt(&self, session: &Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+        let req = session.req_header();
+        ctx.routed.canary = self.takes_canary(snapshot, &ctx.routed, req);
+        let Some(pool) = snapshot.pool(&ctx.routed) else { return Some(Answer::page(404)) };
+        if let Some(key) = &pool.hash_key {
+            build_hash_key(key, req, peer_ip(session), &mut ctx.hash_key);
+        }
+        let Some(index) = self.first_endpoint(snapshot, pool, req, ctx) else { return Some(Answer::page(503)) };
+        ctx.attempt = Some(pool.balancer.start(index));
+        None
+    }
+
+    /// The client's address, as `forwarded::client_address` tells it.
+    fn client(&self, session: &Session) -> Option<IpAddr> {
+        let forwarded_for = session.req_header().headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
+    }
+
+    /// Writes Portico's own answer, with the CORS headers of an allowed origin.
+    async fn send(&self, session: &mut Session, ctx: &RequestCtx, snapshot: &CompiledSnapshot, answer: Answer) -> Result<()> {
+        let cors = ctx.cors_origin.as_ref().zip(snapshot.matched_route(&ctx.routed).and_then(|r| r.cors.as_ref()));
+        let preflight = matches!(answer, Answer::Preflight);
+        let (mut header, body) = match answer {
+            Answer::Page { status, headers, close } => {
+                if close {
+                    session.set_keepalive(None);
+                }
+                let (mut header, body) = error_page(status);
+                for (name, value) in headers {
+                    header.append_header(name, value)?;
+                }
+                (header, Some(body))
+            }
+            Answer::Redirect { status, location } => (redirect(status, location), None),
+            Answer::Preflight => (pages::preflight(), None),
+        };
+        if let Some((origin, cors)) = cors {
+            cors.apply(&mut header, origin, preflight);
+        }
+        let end = body.is_none();
+        session.write_response_header(Box::new(header), end).await?;
+        match body {
+            Some(body) => session.write_response_body(Some(body), true).await,
+            None => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for IngressProxy {
     type CTX = RequestCtx;
@@ -299,142 +494,13 @@ impl ProxyHttp for IngressProxy {
             respond(session, 503).await?;
             return Ok(true);
         };
-        ctx.tls = is_tls(session);
-        ctx.trusted = self.is_trusted(peer_ip(session));
-        // A request whose length or path could be read two ways is refused before routing,
-        // and its connection closed, so that no other hop can read it the other way.
-        let bad = framing_problem(session.req_header()).map(str::to_string).or_else(|| self.normalize_path(session).err());
-        if let Some(why) = bad {
-            tracing::debug!(why, "request refused");
-            session.set_keepalive(None);
-            ctx.snapshot = Some(snapshot);
-            respond(session, 400).await?;
-            return Ok(true);
-        }
-        let req = session.req_header();
-        ctx.https =
-            ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        ctx.routed = snapshot.route(request_host(req), req.uri.path());
-        if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
-            ctx.snapshot = Some(snapshot);
-            match self.https_location(req, ctx.trusted) {
-                Some(location) => session.write_response_header(Box::new(redirect(308, location)), true).await?,
-                None => respond(session, 400).await?,
-            }
-            return Ok(true);
-        }
-        // Configured redirects answer before access control, as nginx's `return` does.
-        if let Some(rw) = snapshot.matched_route(&ctx.routed).and_then(|r| r.rewrite.as_ref()) {
-            let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let configured = match (&rw.redirect, &rw.app_root) {
-                (Some(r), _) => {
-                    let host = redirect_host(request_host(req)).unwrap_or("");
-                    Some((r.code, redirect_location(&r.target, if ctx.https { "https" } else { "http" }, host, request_uri)))
-                }
-                (None, Some(root)) if req.uri.path() == "/" => Some((302, root.clone())),
-                _ => None,
-            };
-            if let Some((code, location)) = configured {
-                ctx.snapshot = Some(snapshot);
-                match HeaderValue::try_from(location) {
-                    Ok(location) => session.write_response_header(Box::new(redirect(code, location)), true).await?,
-                    Err(_) => respond(session, 400).await?,
-                }
-                return Ok(true);
-            }
-        }
-        if let Some(access) = snapshot.matched_route(&ctx.routed).and_then(|r| r.access.as_ref()) {
-            let needs_client = access.checks_sources() || access.external.is_some();
-            let client = needs_client.then(|| {
-                let forwarded_for = req.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-                forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
-            });
-            let mut verdict = access.check(client.flatten(), req);
-            let mut denial: Vec<(http::HeaderName, HeaderValue)> = Vec::new();
-            let mut denied_with = None;
-            if let (Verdict::AskExternal, Some(external)) = (&verdict, &access.external) {
-                let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client: client.flatten() };
-                match external.ask(&self.auth_connector, &original).await {
-                    AuthAnswer::Allow { upstream_headers, cookies } => {
-                        ctx.auth_headers = upstream_headers;
-                        ctx.auth_cookies = cookies;
-                        ctx.auth_cookies_always = external.always_set_cookie();
-                        verdict = Verdict::Allow;
-                    }
-                    AuthAnswer::Deny { status, headers } => {
-                        denied_with = Some(status);
-                        denial = headers;
-                    }
-                    AuthAnswer::Failed => denied_with = Some(500),
-                }
-            }
-            if verdict != Verdict::Allow {
-                ctx.snapshot = Some(snapshot);
-                let status = match (&verdict, denied_with) {
-                    (_, Some(status)) => status,
-                    (Verdict::Unauthorized(challenge), None) => {
-                        denial.push((header::WWW_AUTHENTICATE, challenge.clone()));
-                        401
-                    }
-                    (Verdict::Forbidden, None) => 403,
-                    _ => 503,
-                };
-                let (mut header, body) = error_page(status);
-                for (name, value) in denial {
-                    header.append_header(name, value)?;
-                }
-                session.write_response_header(Box::new(header), false).await?;
-                session.write_response_body(Some(body), true).await?;
-                return Ok(true);
-            }
-        }
-        // A body declared larger than the route takes is refused before anything goes upstream.
-        let limit = snapshot.max_body_bytes(&ctx.routed);
-        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if let (Some(limit), Some(declared)) = (limit, declared) {
-            if declared > limit {
-                ctx.snapshot = Some(snapshot);
-                respond(session, 413).await?;
-                return Ok(true);
-            }
-        }
-        if let Some(route) = snapshot.matched_route(&ctx.routed) {
-            if let Some(target) = route.rewrite.as_ref().and_then(|r| r.target.as_deref()) {
-                let captures = route.path_regex.as_ref().and_then(|re| re.captures(req.uri.path()));
-                match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
-                    Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
-                    Err(why) => {
-                        tracing::debug!(?why, target, "rewritten path refused");
-                        ctx.snapshot = Some(snapshot);
-                        respond(session, 400).await?;
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        ctx.routed.canary = self.takes_canary(&snapshot, &ctx.routed, req);
-        let status = match snapshot.pool(&ctx.routed) {
-            None => Some(404),
-            Some(pool) => {
-                if let Some(key) = &pool.hash_key {
-                    build_hash_key(key, req, peer_ip(session), &mut ctx.hash_key);
-                }
-                match self.first_endpoint(&snapshot, pool, req, ctx) {
-                    None => Some(503),
-                    Some(index) => {
-                        ctx.attempt = Some(pool.balancer.start(index));
-                        None
-                    }
-                }
-            }
-        };
-        ctx.snapshot = Some(snapshot);
-        match status {
-            Some(code) => {
-                respond(session, code).await?;
+        ctx.snapshot = Some(Arc::clone(&snapshot));
+        match self.admit(session, ctx, &snapshot).await {
+            None => Ok(false),
+            Some(answer) => {
+                self.send(session, ctx, &snapshot, answer).await?;
                 Ok(true)
             }
-            None => Ok(false),
         }
     }
 
@@ -601,6 +667,11 @@ impl ProxyHttp for IngressProxy {
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
                 response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
+        }
+        if let Some(origin) = &ctx.cors_origin {
+            if let Some(cors) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.cors.as_ref()) {
+                cors.apply(response, origin, false);
             }
         }
         let success = response.status.is_success() || response.status.is_redirection();

@@ -132,6 +132,75 @@ pub struct Route {
     /// How the request is changed or answered on its way (rewrites and redirects).
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
+    /// How many requests a client may make.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Which browser origins may read the route's answers.
+    #[serde(default)]
+    pub cors: Option<Cors>,
+}
+
+/// `limit-rps`, `limit-rpm` and `limit-connections`, counted per client address by each
+/// proxy replica. Every route of one Ingress with the same limits shares the counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests a second; up to `per_second * burst_multiplier` more are let through at once.
+    pub per_second: Option<u32>,
+    /// Requests a minute, with the same burst.
+    pub per_minute: Option<u32>,
+    pub burst_multiplier: u32,
+    /// Requests in progress at once.
+    pub concurrent: Option<u32>,
+    /// Clients that are never limited (`limit-allowlist`).
+    pub exempt: Vec<Cidr>,
+}
+
+/// `enable-cors` and the `cors-*` annotations, with ingress-nginx's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cors {
+    /// `*`, or origins such as `https://app.example.com`, `https://*.example.com`
+    /// (any subdomain) or `http://localhost:3000`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+/// Whether `origin` is `scheme://host[:port]`, the host possibly starting with `*.` for
+/// any subdomain.
+pub fn cors_origin_is_valid(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((literal, after)) => (literal, after.strip_prefix(':').or((!after.is_empty()).then_some("x"))),
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let literal = rest.starts_with('[');
+    let host = host.strip_prefix("*.").filter(|_| !literal).unwrap_or(host);
+    let host_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') || (literal && b == b':');
+    let host_ok = !host.is_empty() && host.bytes().all(host_char);
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    scheme_ok && host_ok && port_ok
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Cors {
+            allow_origins: vec!["*".to_string()],
+            allow_methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".to_string(),
+            allow_headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization"
+                .to_string(),
+            expose_headers: String::new(),
+            allow_credentials: true,
+            max_age_secs: 1_728_000,
+        }
+    }
 }
 
 /// `rewrite-target`, `app-root`, the redirects, `upstream-vhost`, `x-forwarded-prefix`.
@@ -239,6 +308,8 @@ impl Route {
             canary: None,
             access: None,
             rewrite: None,
+            rate_limit: None,
+            cors: None,
         }
     }
 }
@@ -620,6 +691,14 @@ mod tests {
                     }),
                     access: None,
                     rewrite: None,
+                    rate_limit: Some(RateLimit {
+                        per_second: Some(5),
+                        per_minute: None,
+                        burst_multiplier: 5,
+                        concurrent: Some(10),
+                        exempt: cidr::parse_list("10.0.0.0/8").unwrap(),
+                    }),
+                    cors: Some(Cors { allow_origins: vec!["https://*.example.com".into()], ..Cors::default() }),
                 }],
             }],
             default_backend: None,
@@ -656,5 +735,17 @@ mod tests {
         assert!(!shown.contains("SECRET KEY") && shown.contains("CERT") && shown.contains(REDACTED), "{shown}");
         assert!(!format!("{:?}", snap.certificates[0]).contains("SECRET"), "Debug must not print the key either");
         assert_eq!(Hsts { max_age: 5, include_subdomains: true, preload: true }.header_value(), "max-age=5; includeSubDomains; preload");
+    }
+
+    #[test]
+    fn cors_origins_are_scheme_host_and_port() {
+        for good in ["https://app.example.com", "https://*.example.com", "http://localhost:3000", "http://[::1]:8080", "http://10.0.0.1"] {
+            assert!(cors_origin_is_valid(good), "{good}");
+        }
+        for bad in
+            ["app.example.com", "https://", "https://a.example.com/path", "https://a b", "https://*", "https://x:port", "http://[::1", "*"]
+        {
+            assert!(!cors_origin_is_valid(bad), "{bad}");
+        }
     }
 }

@@ -107,6 +107,28 @@ fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_rate_limit(l: &crate::RateLimit) -> Result<(), String> {
+    if [l.per_second, l.per_minute, l.concurrent].contains(&Some(0)) || l.burst_multiplier == 0 {
+        return Err(format!("rate limit {l:?} has a zero rate, count or burst multiplier"));
+    }
+    Ok(())
+}
+
+fn validate_cors(c: &crate::Cors) -> Result<(), String> {
+    let header_safe = |v: &str| v.bytes().all(|b| b >= b' ' && b != 0x7f);
+    for origin in &c.allow_origins {
+        if origin != "*" && !crate::cors_origin_is_valid(origin) {
+            return Err(format!("CORS origin {origin:?} is not * or scheme://host[:port]"));
+        }
+    }
+    for v in [&c.allow_methods, &c.allow_headers, &c.expose_headers] {
+        if !header_safe(v) {
+            return Err(format!("CORS header value {v:?} holds control characters"));
+        }
+    }
+    Ok(())
+}
+
 fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
     if !backends.contains(c.backend.as_str()) {
         return Err(format!("canary names unknown backend {:?}", c.backend));
@@ -197,6 +219,8 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             let checked = r.affinity.as_ref().map_or(Ok(()), validate_affinity);
             let checked = checked.and_then(|()| r.rewrite.as_ref().map_or(Ok(()), validate_rewrite));
             let checked = checked.and_then(|()| r.canary.as_ref().map_or(Ok(()), |c| validate_canary(c, &backends)));
+            let checked = checked.and_then(|()| r.rate_limit.as_ref().map_or(Ok(()), validate_rate_limit));
+            let checked = checked.and_then(|()| r.cors.as_ref().map_or(Ok(()), validate_cors));
             checked.map_err(|what| InvalidRoute { host: host(), path: path.to_string(), what })?;
         }
     }

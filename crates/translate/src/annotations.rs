@@ -291,6 +291,25 @@ impl<'a> Annotations<'a> {
         })
     }
 
+    /// `cors-allow-origin`: `*`, or a comma-separated list of `scheme://host[:port]`,
+    /// where a host may start with `*.` for any subdomain.
+    pub fn origin_list(&self, name: &str) -> Result<Option<Vec<String>>, InvalidAnnotation> {
+        self.parse(name, "* or a comma-separated list of origins such as https://*.example.com", |v| {
+            let origins: Vec<String> = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string).collect();
+            let valid = !origins.is_empty() && origins.iter().all(|o| o == "*" || portico_model::cors_origin_is_valid(o));
+            valid.then_some(origins)
+        })
+    }
+
+    /// A comma-separated list of tokens (methods or header names), as `A, B`.
+    pub fn token_list(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+        self.parse(name, "a comma-separated list of names", |v| {
+            let names: Vec<&str> = v.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+            let token = |n: &&str| n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'));
+            (names.iter().all(token) && v.len() <= 4096).then(|| names.join(", "))
+        })
+    }
+
     /// An HTTP method such as `GET`.
     pub fn method(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
         self.parse(name, "an HTTP method such as GET", |v| {

@@ -49,13 +49,18 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
         ),
     ),
     ("connection-proxy-header", Status::NotYet("")),
-    ("cors-allow-credentials", Status::NotYet("")),
-    ("cors-allow-headers", Status::NotYet("")),
-    ("cors-allow-methods", Status::NotYet("")),
-    ("cors-allow-origin", Status::NotYet("")),
-    ("cors-expose-headers", Status::NotYet("")),
-    ("cors-max-age", Status::NotYet("")),
-    ("enable-cors", Status::NotYet("")),
+    ("cors-allow-credentials", Status::Same),
+    ("cors-allow-headers", Status::Same),
+    ("cors-allow-methods", Status::Same),
+    ("cors-allow-origin", Status::Same),
+    ("cors-expose-headers", Status::Same),
+    ("cors-max-age", Status::Same),
+    (
+        "enable-cors",
+        Status::Different(
+            "preflights are answered only when they carry `Access-Control-Request-Method`; any other OPTIONS goes to the backend",
+        ),
+    ),
     ("custom-http-errors", Status::NotYet("")),
     ("custom-headers", Status::NotYet("")),
     ("default-backend", Status::NotYet("")),
@@ -125,13 +130,21 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("proxy-ssl-server-name", Status::Same),
     ("proxy-ssl-verify", Status::Same),
     ("proxy-ssl-verify-depth", Status::NotYet("")),
-    ("limit-allowlist", Status::NotYet("")),
-    ("limit-burst-multiplier", Status::NotYet("")),
-    ("limit-connections", Status::NotYet("")),
+    ("limit-allowlist", Status::Same),
+    ("limit-burst-multiplier", Status::Same),
+    (
+        "limit-connections",
+        Status::Different("counts requests in progress per client address, HTTP/2 streams included; over it, the limit status"),
+    ),
     ("limit-rate", Status::NotYet("")),
     ("limit-rate-after", Status::NotYet("")),
-    ("limit-rpm", Status::NotYet("")),
-    ("limit-rps", Status::NotYet("")),
+    ("limit-rpm", Status::Same),
+    (
+        "limit-rps",
+        Status::Different(
+            "over the limit the answer is 429 with `Retry-After` (ingress-nginx: 503); `portico-proxy --limit-req-status-code` changes it",
+        ),
+    ),
     ("from-to-www-redirect", Status::NotYet("")),
     ("permanent-redirect", Status::Same),
     ("permanent-redirect-code", Status::Same),
@@ -304,7 +317,7 @@ mod tests {
         let map: BTreeMap<String, String> = [
             "nginx.ingress.kubernetes.io/rewrite-target",
             "nginx.ingress.kubernetes.io/configuration-snippet",
-            "nginx.ingress.kubernetes.io/enable-cors",
+            "nginx.ingress.kubernetes.io/limit-rate",
             "nginx.ingress.kubernetes.io/auth-tls-secret",
             "portico.io/health-check-path",
             "portico.io/rewrite-targt",
@@ -316,7 +329,7 @@ mod tests {
         let messages = ignored(Some(&map));
         assert_eq!(messages.len(), 3, "{messages:#?}");
         assert!(messages.iter().any(|m| m.contains("configuration-snippet is never supported")));
-        assert!(messages.iter().any(|m| m.contains("enable-cors is not supported by Portico yet")));
+        assert!(messages.iter().any(|m| m.contains("limit-rate is not supported by Portico yet")));
         assert!(messages.iter().any(|m| m.contains("portico.io/rewrite-targt is not one Portico or ingress-nginx knows")));
         assert_eq!(INGRESS_NGINX.len(), 136);
     }

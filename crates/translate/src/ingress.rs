@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{
-    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, ExternalAuth, HeaderRule, HealthCheck, HostMatch,
-    PathMatch, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
+    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, Cors, ExternalAuth, HeaderRule, HealthCheck,
+    HostMatch, PathMatch, RateLimit, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,6 +117,8 @@ struct RoutePolicy {
     /// `use-regex`, or `rewrite-target` (which implies it): Prefix paths are patterns.
     regex_paths: bool,
     rewrite: Option<Rewrite>,
+    rate_limit: Option<RateLimit>,
+    cors: Option<Cors>,
 }
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
@@ -136,6 +138,9 @@ const DEFAULT_HEALTH_INTERVAL_MS: u64 = 5_000;
 const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+
+/// ingress-nginx's `limit-burst-multiplier` default.
+const DEFAULT_BURST_MULTIPLIER: u32 = 5;
 
 /// ingress-nginx's `proxy-body-size` default.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
@@ -165,6 +170,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             access: None,
             regex_paths: false,
             rewrite: None,
+            rate_limit: None,
+            cors: None,
         };
         let fragment = Fragment {
             ingress: ingress.clone(),
@@ -232,6 +239,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.read_traffic_annotations(&a);
         self.policy.affinity = self.read_affinity(&a);
         self.policy.access = self.read_access(&a);
+        self.policy.cors = self.read_cors(&a);
         self.read_rewrites(&a);
         if self.annotation(a.bool("canary")) == Some(true) {
             self.fragment.canary = Some(self.read_canary(&a));
@@ -319,6 +327,13 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 Err(e) => refuse(self, e.reason(), e.message()),
             }
         }
+        match self.read_rate_limit(a) {
+            Ok(limit) => self.policy.rate_limit = limit,
+            Err(e) => {
+                any = true;
+                refuse(self, e.reason(), e.message());
+            }
+        }
         match a.get("satisfy") {
             None => {}
             Some((_, v)) if v.trim() == "any" => access.satisfy_any = true,
@@ -329,6 +344,58 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             access.refuse = Some(refusals.join("; "));
         }
         any.then_some(access)
+    }
+
+    /// `limit-rps`, `limit-rpm`, `limit-connections` and their companions; `None` when
+    /// no limit is set.
+    fn read_rate_limit(&mut self, a: &Annotations<'_>) -> Result<Option<RateLimit>, InvalidAnnotation> {
+        let positive = |v: Option<u32>| v.filter(|n| *n > 0);
+        let per_second = positive(a.count("limit-rps")?);
+        let per_minute = positive(a.count("limit-rpm")?);
+        let concurrent = positive(a.count("limit-connections")?);
+        if per_second.is_none() && per_minute.is_none() && concurrent.is_none() {
+            return Ok(None);
+        }
+        let burst_multiplier = a.count("limit-burst-multiplier")?.filter(|m| *m > 0).unwrap_or(DEFAULT_BURST_MULTIPLIER);
+        let exempt = a.cidr_list("limit-allowlist")?.unwrap_or_default();
+        Ok(Some(RateLimit { per_second, per_minute, burst_multiplier, concurrent, exempt }))
+    }
+
+    /// `enable-cors` and the `cors-*` annotations. A value that cannot be used is reported
+    /// and CORS stays off, so that browsers keep refusing cross-origin reads.
+    fn read_cors(&mut self, a: &Annotations<'_>) -> Option<Cors> {
+        if self.annotation(a.bool("enable-cors")) != Some(true) {
+            return None;
+        }
+        let read = || -> Result<Cors, InvalidAnnotation> {
+            let mut cors = Cors::default();
+            if let Some(origins) = a.origin_list("cors-allow-origin")? {
+                cors.allow_origins = origins;
+            }
+            if let Some(methods) = a.token_list("cors-allow-methods")? {
+                cors.allow_methods = methods;
+            }
+            if let Some(headers) = a.token_list("cors-allow-headers")? {
+                cors.allow_headers = headers;
+            }
+            if let Some(headers) = a.token_list("cors-expose-headers")? {
+                cors.expose_headers = headers;
+            }
+            if let Some(credentials) = a.bool("cors-allow-credentials")? {
+                cors.allow_credentials = credentials;
+            }
+            if let Some(max_age) = a.count("cors-max-age")? {
+                cors.max_age_secs = u64::from(max_age);
+            }
+            Ok(cors)
+        };
+        match read() {
+            Ok(cors) => Some(cors),
+            Err(e) => {
+                self.report(e.reason(), format!("{}; CORS stays off", e.message()));
+                None
+            }
+        }
     }
 
     /// `auth-url` and its companions. The URLs must be usable (or the routes refuse);
@@ -643,6 +710,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     canary: None,
                     access: self.policy.access.clone(),
                     rewrite: self.policy.rewrite.clone(),
+                    rate_limit: self.policy.rate_limit.clone(),
+                    cors: self.policy.cors.clone(),
                 };
                 routes.push(FragmentRoute {
                     route,

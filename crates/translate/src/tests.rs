@@ -692,3 +692,48 @@ fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
     assert!(messages.iter().any(|m| m.contains("temporal-redirect: value \"javascript:alert(1)\"")), "{messages:#?}");
     assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
 }
+
+#[test]
+fn rate_limits_fail_closed_and_cors_fails_off() {
+    let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    let cases: &[(&str, Value)] = &[
+        (
+            "limited",
+            json!({"nginx.ingress.kubernetes.io/limit-rps": "5", "nginx.ingress.kubernetes.io/limit-connections": "3",
+                   "nginx.ingress.kubernetes.io/limit-allowlist": "10.0.0.0/8"}),
+        ),
+        ("badlimit", json!({"nginx.ingress.kubernetes.io/limit-rpm": "lots"})),
+        (
+            "cors",
+            json!({"nginx.ingress.kubernetes.io/enable-cors": "true",
+                   "nginx.ingress.kubernetes.io/cors-allow-origin": "https://app.example.com, https://*.example.org",
+                   "nginx.ingress.kubernetes.io/cors-allow-credentials": "false"}),
+        ),
+        (
+            "badcors",
+            json!({"nginx.ingress.kubernetes.io/enable-cors": "true", "nginx.ingress.kubernetes.io/cors-allow-origin": "evil.com/x"}),
+        ),
+    ];
+    for (i, (name, annotations)) in cases.iter().enumerate() {
+        objects.push(annotated("ns", name, &format!("2024-01-0{}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
+    }
+    let t = run(objects);
+    let route = |host: &str| {
+        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
+        vh.routes[0].clone()
+    };
+    let limited = route("limited.test").rate_limit.expect("a rate limit");
+    assert_eq!((limited.per_second, limited.per_minute, limited.concurrent, limited.burst_multiplier), (Some(5), None, Some(3), 5));
+    assert_eq!(limited.exempt.len(), 1);
+    let refused = route("badlimit.test").access.and_then(|a| a.refuse).expect("an unreadable limit refuses");
+    assert!(refused.contains("limit-rpm: value \"lots\""), "{refused}");
+    let cors = route("cors.test").cors.expect("CORS on");
+    assert_eq!(cors.allow_origins, ["https://app.example.com", "https://*.example.org"]);
+    assert!(!cors.allow_credentials);
+    assert_eq!(cors.max_age_secs, 1_728_000, "ingress-nginx's default");
+    assert!(route("badcors.test").cors.is_none(), "a bad origin list leaves CORS off");
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "badcors" && d.message.contains("CORS stays off")));
+    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+}
