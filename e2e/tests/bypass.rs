@@ -128,3 +128,34 @@ async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     assert!(reply.contains(&format!("\"body_bytes\":{}", smuggled.len())), "{reply}");
     assert_eq!(secret.request_count(), 0, "a smuggled request reached the protected backend");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() {
+    let (portico, servers) = protected_site().await;
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let attempts: Vec<(&str, String, u16)> = vec![
+        ("obs-fold", format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\n continued\r\n\r\n{smuggled}"), 400),
+        ("bare LF", format!("GET /p HTTP/1.1\nHost: a.test\nX-A: 1\n\n{smuggled}"), 400),
+        ("bare LF in one line", format!("GET /p HTTP/1.1\r\nHost: a.test\nX-A: 1\r\n\r\n{smuggled}"), 400),
+        ("chunk size not hex", format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n{smuggled}"), 400),
+        (
+            "chunk size overflow",
+            format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n{smuggled}"),
+            400,
+        ),
+        ("header too large", format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n{smuggled}", "a".repeat(40 * 1024)), 431),
+        (
+            "too many headers",
+            format!("GET /p HTTP/1.1\r\nHost: a.test\r\n{}\r\n{smuggled}", (0..120).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()),
+            431,
+        ),
+    ];
+    for (name, raw, status) in &attempts {
+        let reply = exchange(portico.http, raw.as_bytes()).await;
+        assert_eq!(statuses(&reply), [*status], "{name}: one refusal, then the connection is closed: {reply}");
+    }
+    // Within the limits, the same shapes are answered.
+    let fine = format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(8 * 1024));
+    assert_eq!(statuses(&exchange(portico.http, fine.as_bytes()).await), [200]);
+    assert_eq!(servers[1].request_count(), 0, "a smuggled request reached the protected backend");
+}

@@ -53,6 +53,13 @@ struct Args {
     /// (ingress-nginx answers 503).
     #[arg(long, default_value_t = 429, value_parser = clap::value_parser!(u16).range(400..=599))]
     limit_req_status_code: u16,
+    /// The largest request header (request line and fields) answered rather than
+    /// refused with 431.
+    #[arg(long, default_value_t = 32 * 1024)]
+    max_request_header_bytes: usize,
+    /// The most request header fields answered rather than refused with 431.
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         auth_connector: pingora::connectors::http::Connector::new(None),
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
+        header_limits: service::HeaderLimits { max_bytes: args.max_request_header_bytes, max_fields: args.max_request_headers },
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
     if let Some(app) = proxy.app_logic_mut() {

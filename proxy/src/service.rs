@@ -38,6 +38,29 @@ pub struct IngressProxy {
     pub allow_encoded_slashes: bool,
     /// The status of requests over a rate limit (`--limit-req-status-code`).
     pub limit_status: u16,
+    pub header_limits: HeaderLimits,
+}
+
+/// How large a request header may be (`--max-request-header-bytes`,
+/// `--max-request-headers`); a larger one is answered 431. Pingora's own bounds (1 MiB,
+/// 256 fields) sit above these.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    pub max_bytes: usize,
+    pub max_fields: usize,
+}
+
+impl HeaderLimits {
+    /// What is too large about `req`, if anything. Bytes are counted as on the wire:
+    /// the request line, and each field's name, value and separators.
+    fn exceeded_by(&self, req: &RequestHeader) -> Option<&'static str> {
+        if req.headers.len() > self.max_fields {
+            return Some("too many header fields");
+        }
+        let line = req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.method.as_str().len() + 11;
+        let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        (line + fields > self.max_bytes).then_some("request header larger than the limit")
+    }
 }
 
 /// Per-request state: the snapshot loaded once at the start, and what it decided.
@@ -89,11 +112,15 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const X_FORWARDED_PORT: &str = "x-forwarded-port";
 const X_REAL_IP: &str = "x-real-ip";
 
-/// Why an HTTP/1 request's body length is ambiguous, if it is: several or malformed
-/// `Content-Length`s, or `Transfer-Encoding` beside one, or other than `chunked`.
-fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
+/// Why an HTTP/1 request could be read two ways, if it could: a line ended by a bare LF
+/// (`raw` is the header as received), several or malformed `Content-Length`s, or
+/// `Transfer-Encoding` beside one, or other than `chunked`.
+fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static str> {
     if req.version == http::Version::HTTP_2 {
         return None;
+    }
+    if raw.is_some_and(|raw| raw.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))) {
+        return Some("a line ended by a bare LF");
     }
     let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
     let length = lengths.next();
@@ -325,7 +352,13 @@ impl IngressProxy {
         ctx.trusted = self.is_trusted(peer_ip(session));
         // A request whose length or path could be read two ways is refused before routing,
         // and its connection closed, so that no other hop can read it the other way.
-        if let Some(why) = framing_problem(session.req_header()).map(str::to_string).or_else(|| self.normalize_path(session).err()) {
+        if let Some(why) = self.header_limits.exceeded_by(session.req_header()) {
+            tracing::debug!(why, "request header refused");
+            return Some(Answer::Page { status: 431, headers: Vec::new(), close: true });
+        }
+        let raw = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let framing = framing_problem(session.req_header(), raw.as_deref());
+        if let Some(why) = framing.map(str::to_string).or_else(|| self.normalize_path(session).err()) {
             tracing::debug!(why, "request refused");
             return Some(Answer::Page { status: 400, headers: Vec::new(), close: true });
         }
