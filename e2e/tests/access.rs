@@ -241,3 +241,64 @@ async fn external_auth_decides_and_its_headers_replace_the_clients() {
     assert_eq!(get("ext.test", vec![("authorization", "Bearer slow".into())]).await.status, 500);
     drop(servers);
 }
+
+/// A compact JWS signed with an Ed25519 key, as an identity provider issues it.
+fn ed25519_token(key: &openssl::pkey::PKey<openssl::pkey::Private>, header: Value, claims: Value) -> String {
+    let b64 = |b: &[u8]| openssl::base64::encode_block(b).trim_end_matches('=').replace('+', "-").replace('/', "_");
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let signature = openssl::sign::Signer::new_without_digest(key).unwrap().sign_oneshot_to_vec(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(&signature))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_jwts_are_verified_against_the_jwks_secret() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    let key = openssl::pkey::PKey::generate_ed25519().unwrap();
+    let x = openssl::base64::encode_block(&key.raw_public_key().unwrap()).trim_end_matches('=').replace('+', "-").replace('/', "_");
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": x}]});
+    docs.push(opaque_secret("idp", json!({"jwks.json": jwks.to_string()})));
+    docs.push(site(
+        "api",
+        &[
+            ("portico.io/auth-jwt-jwks-secret", "idp"),
+            ("portico.io/auth-jwt-issuer", "https://idp.test"),
+            ("portico.io/auth-jwt-audience", "api"),
+            ("portico.io/auth-jwt-claims-to-headers", "sub:X-User, groups:X-Groups"),
+        ],
+    ));
+    docs.push(site("badset", &[("portico.io/auth-jwt-jwks-secret", "missing")]));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "exp": now + 300});
+    let get = |token: Option<String>| {
+        let portico = &portico;
+        async move {
+            let authorization = token.map(|t| format!("Bearer {t}"));
+            let mut headers = vec![("x-user", "root"), ("x-groups", "admins")];
+            if let Some(a) = authorization.as_deref() {
+                headers.push(("authorization", a));
+            }
+            portico.client.request("GET", "api.test", "/", &headers).await.unwrap()
+        }
+    };
+
+    let good = get(Some(ed25519_token(&key, json!({"alg": "EdDSA", "kid": "k1"}), claims.clone()))).await;
+    assert_eq!(good.status, 200);
+    let echo = good.echo().unwrap();
+    assert_eq!(echo.headers.get("x-user").map(String::as_str), Some("alice"), "the claim replaces what the client sent");
+    assert!(!echo.headers.contains_key("x-groups"), "a claim the token lacks removes the client's header");
+
+    let missing = get(None).await;
+    assert_eq!(missing.status, 401);
+    assert!(missing.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer error=\"invalid_token\"")));
+    let expired = json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "exp": now - 300});
+    assert_eq!(get(Some(ed25519_token(&key, json!({"alg": "EdDSA"}), expired))).await.status, 401);
+    let other_key = openssl::pkey::PKey::generate_ed25519().unwrap();
+    assert_eq!(get(Some(ed25519_token(&other_key, json!({"alg": "EdDSA", "kid": "k1"}), claims.clone()))).await.status, 401);
+    let unsigned = ed25519_token(&key, json!({"alg": "none"}), claims.clone());
+    let unsigned = format!("{}.", unsigned.rsplit_once('.').unwrap().0);
+    assert_eq!(get(Some(unsigned)).await.status, 401, "alg none");
+    assert_eq!(servers[0].request_count(), 1, "only the valid token reached the backend");
+    assert_eq!(portico.client.get("badset.test", "/").await.unwrap().status, 503, "a missing key set fails closed");
+    drop(servers);
+}

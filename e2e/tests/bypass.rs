@@ -137,10 +137,16 @@ async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() 
         ("obs-fold", format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\n continued\r\n\r\n{smuggled}"), 400),
         ("bare LF", format!("GET /p HTTP/1.1\nHost: a.test\nX-A: 1\n\n{smuggled}"), 400),
         ("bare LF in one line", format!("GET /p HTTP/1.1\r\nHost: a.test\nX-A: 1\r\n\r\n{smuggled}"), 400),
-        ("chunk size not hex", format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n{smuggled}"), 400),
+        (
+            "chunk size not hex",
+            format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n{smuggled}"),
+            400,
+        ),
         (
             "chunk size overflow",
-            format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n{smuggled}"
+            ),
             400,
         ),
         ("header too large", format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n{smuggled}", "a".repeat(40 * 1024)), 431),

@@ -5,6 +5,7 @@
 
 use crate::external_auth::ExternalAuthCheck;
 use crate::forwarded::Cidr;
+use crate::jwt::JwtCheck;
 use http::header::{self, HeaderValue};
 use openssl::hash::{hash, MessageDigest};
 use pingora::http::RequestHeader;
@@ -37,6 +38,8 @@ pub struct CompiledAccess {
     deny: Vec<Cidr>,
     basic: Option<BasicCheck>,
     pub external: Option<ExternalAuthCheck>,
+    /// A bearer JWT, needed whatever the other checks say.
+    pub jwt: Option<JwtCheck>,
     satisfy_any: bool,
 }
 
@@ -87,8 +90,19 @@ impl CompiledAccess {
             }
         };
         let external = policy.external_auth.as_ref().map(ExternalAuthCheck::compile).transpose()?;
+        // A key set Portico cannot use refuses the routes, not the whole snapshot.
+        let mut refuse = policy.refuse.is_some();
+        let jwt = policy.jwt.as_ref().and_then(|j| {
+            JwtCheck::compile(j)
+                .inspect_err(|why| {
+                    tracing::warn!(why, "auth-jwt-jwks-secret cannot be used; its routes answer 503");
+                    refuse = true;
+                })
+                .ok()
+        });
         Ok(CompiledAccess {
-            refuse: policy.refuse.is_some(),
+            refuse,
+            jwt,
             allow: policy.allow_sources.clone(),
             deny: policy.deny_sources.clone(),
             basic,

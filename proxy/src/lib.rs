@@ -14,6 +14,7 @@ pub mod cors;
 pub mod external_auth;
 pub mod forwarded;
 pub mod health;
+pub mod jwt;
 pub mod link;
 pub mod metrics;
 pub mod normalize;

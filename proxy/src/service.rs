@@ -10,6 +10,7 @@ use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::cors::CompiledCors;
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
+use crate::jwt;
 use crate::normalize::normalize;
 use crate::pages::{self, error_page, redirect, SERVER};
 use crate::rate_limit::{Admission, InProgress};
@@ -440,13 +441,27 @@ impl IngressProxy {
         let req = session.req_header();
         let client = (access.checks_sources() || access.external.is_some()).then(|| self.client(session)).flatten();
         let verdict = access.check(client, req);
+        if let (Verdict::Allow | Verdict::AskExternal, Some(jwt)) = (&verdict, &access.jwt) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            match jwt.verify(req, now) {
+                Ok(headers) => ctx.auth_headers.extend(headers),
+                Err(why) => {
+                    tracing::debug!(why, "bearer token refused");
+                    return Some(Answer::Page {
+                        status: 401,
+                        headers: vec![(header::WWW_AUTHENTICATE, jwt::challenge(why))],
+                        close: false,
+                    });
+                }
+            }
+        }
         let status = match (verdict, &access.external) {
             (Verdict::Allow, _) => return None,
             (Verdict::AskExternal, Some(external)) => {
                 let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client };
                 match external.ask(&self.auth_connector, &original).await {
                     AuthAnswer::Allow { upstream_headers, cookies } => {
-                        ctx.auth_headers = upstream_headers;
+                        ctx.auth_headers.extend(upstream_headers);
                         ctx.auth_cookies = cookies;
                         ctx.auth_cookies_always = external.always_set_cookie();
                         return None;

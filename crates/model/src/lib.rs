@@ -238,8 +238,30 @@ pub struct AccessPolicy {
     pub deny_sources: Vec<Cidr>,
     pub basic_auth: Option<BasicAuth>,
     pub external_auth: Option<ExternalAuth>,
+    /// A valid bearer token is needed as well.
+    #[serde(default)]
+    pub jwt: Option<JwtAuth>,
     /// `satisfy: any`: basic auth or the external check admits (the default needs both).
     pub satisfy_any: bool,
+}
+
+/// `portico.io/auth-jwt-*`: a signed JWT in `Authorization: Bearer`, checked against a
+/// JSON Web Key Set (public keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtAuth {
+    /// The JWKS document, as JSON.
+    pub jwks: String,
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// A token's `aud` must name one of these, when any are set.
+    pub audiences: Vec<String>,
+    /// Of `RS256`, `ES256`, `EdDSA`; a token signed otherwise is refused.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Claims copied onto the upstream request: (claim, header), the header lower case.
+    /// A claim the token lacks removes the header, so that clients cannot set it.
+    pub claims_to_headers: Vec<(String, String)>,
 }
 
 /// `auth-url`: each request is first asked of an auth service; 2xx admits.
@@ -622,6 +644,10 @@ impl Snapshot {
         let auth = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
         for credential in auth.flat_map(|a| &mut a.users) {
             credential.hash = REDACTED.to_string();
+        }
+        let jwt = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.jwt.as_mut());
+        for jwt in jwt {
+            jwt.jwks = REDACTED.to_string();
         }
         copy
     }

@@ -200,13 +200,13 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
     ("health-check-timeout", Status::Same),
     ("health-check-healthy-threshold", Status::Same),
     ("health-check-unhealthy-threshold", Status::Same),
-    ("auth-jwt-jwks-secret", Status::NotYet("routes that set it answer 503 until JWT is enforced")),
-    ("auth-jwt-jwks-url", Status::NotYet("routes that set it answer 503 until JWT is enforced")),
-    ("auth-jwt-issuer", Status::NotYet("")),
-    ("auth-jwt-audience", Status::NotYet("")),
-    ("auth-jwt-algorithms", Status::NotYet("")),
-    ("auth-jwt-leeway", Status::NotYet("")),
-    ("auth-jwt-claims-to-headers", Status::NotYet("")),
+    ("auth-jwt-jwks-secret", Status::Same),
+    ("auth-jwt-jwks-url", Status::NotYet("routes that set it answer 503 until JWKS URLs are fetched; use auth-jwt-jwks-secret")),
+    ("auth-jwt-issuer", Status::Same),
+    ("auth-jwt-audience", Status::Same),
+    ("auth-jwt-algorithms", Status::Same),
+    ("auth-jwt-leeway", Status::Same),
+    ("auth-jwt-claims-to-headers", Status::Same),
     ("match-headers", Status::NotYet("")),
     ("match-methods", Status::NotYet("")),
     ("match-query", Status::NotYet("")),
@@ -220,8 +220,7 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
 
 /// Reported elsewhere, with more to say: security annotations that make routes refuse,
 /// and annotations read but partly unsupported.
-const REPORTED_ELSEWHERE: &[&str] =
-    &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url", "auth-proxy-set-headers"];
+const REPORTED_ELSEWHERE: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-url", "auth-proxy-set-headers"];
 
 fn status_of(name: &str) -> Option<Status> {
     INGRESS_NGINX.iter().chain(PORTICO_ONLY).find(|(n, _)| *n == name).map(|(_, s)| *s)

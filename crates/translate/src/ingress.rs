@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
 use portico_model::{
     AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, Cors, ExternalAuth, HeaderRule, HealthCheck,
-    HostMatch, PathMatch, RateLimit, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
+    HostMatch, JwtAuth, PathMatch, RateLimit, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -123,7 +123,12 @@ struct RoutePolicy {
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
 /// that sets one is not served without it: its routes answer 503.
-const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-secret", "auth-jwt-jwks-url"];
+const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-url"];
+
+/// The key of an `auth-jwt-jwks-secret` Secret that holds the JWKS.
+const JWKS_KEY: &str = "jwks.json";
+/// The signature algorithms a JWT may use; the default is all of them.
+const JWT_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
 
 /// How long the auth service has to answer before the request gets a 500.
 const EXTERNAL_AUTH_TIMEOUT_MS: u64 = 5_000;
@@ -327,6 +332,13 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 Err(e) => refuse(self, e.reason(), e.message()),
             }
         }
+        if a.get("auth-jwt-jwks-secret").is_some() {
+            any = true;
+            match self.jwt_auth(a) {
+                Ok(jwt) => access.jwt = Some(jwt),
+                Err((reason, message)) => refuse(self, reason, message),
+            }
+        }
         match self.read_rate_limit(a) {
             Ok(limit) => self.policy.rate_limit = limit,
             Err(e) => {
@@ -344,6 +356,69 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             access.refuse = Some(refusals.join("; "));
         }
         any.then_some(access)
+    }
+
+    /// `auth-jwt-jwks-secret` and its companions. The JWKS must be a JSON object with a
+    /// non-empty `keys` array; the proxy reads the keys themselves.
+    fn jwt_auth(&mut self, a: &Annotations<'_>) -> Result<JwtAuth, (Reason, String)> {
+        let invalid = |e: InvalidAnnotation| (e.reason(), e.message());
+        let (namespace, name) = a.secret_ref("auth-jwt-jwks-secret", self.namespace).map_err(invalid)?.unwrap_or_default();
+        if namespace != self.namespace {
+            let msg = format!(
+                "annotation auth-jwt-jwks-secret: secret {namespace}/{name} is in another namespace; only {} is read",
+                self.namespace
+            );
+            return Err((Reason::InvalidAnnotation, msg));
+        }
+        let full = format!("{namespace}/{name}");
+        let secret = self
+            .observe_secret(&(namespace, name))
+            .ok_or_else(|| (Reason::SecretNotFound, format!("annotation auth-jwt-jwks-secret: secret {full} does not exist")))?;
+        let bad = |why: &str| (Reason::InvalidSecret, format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"));
+        let jwks = crate::secret::value(&secret, JWKS_KEY).ok_or_else(|| bad("is missing"))?;
+        let jwks = std::str::from_utf8(jwks).map_err(|_| bad("is not text"))?;
+        let parsed: serde_json::Value = serde_json::from_str(jwks).map_err(|e| bad(&format!("is not JSON: {e}")))?;
+        if parsed.get("keys").and_then(|k| k.as_array()).is_none_or(|k| k.is_empty()) {
+            return Err(bad("has no \"keys\" array with a key in it"));
+        }
+        let algorithms = match a.token_list("auth-jwt-algorithms").map_err(invalid)? {
+            None => JWT_ALGORITHMS.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                let list: Vec<String> = list.split(", ").map(str::to_string).collect();
+                if let Some(other) = list.iter().find(|alg| !JWT_ALGORITHMS.contains(&alg.as_str())) {
+                    let (key, _) = a.get("auth-jwt-algorithms").unwrap_or_default();
+                    let msg = format!("annotation {key}: algorithm {other:?} is not one of RS256, ES256, EdDSA");
+                    return Err((Reason::InvalidAnnotation, msg));
+                }
+                list
+            }
+        };
+        let claims_to_headers = match a.get("auth-jwt-claims-to-headers") {
+            None => Vec::new(),
+            Some((key, v)) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (claim, header) = pair.split_once(':').map(|(c, h)| (c.trim(), h.trim())).unwrap_or(("", ""));
+                    let header = http::HeaderName::from_bytes(header.as_bytes()).ok().filter(|_| !claim.is_empty());
+                    header
+                        .map(|h| (claim.to_string(), h.as_str().to_string()))
+                        .ok_or_else(|| (Reason::InvalidAnnotation, format!("annotation {key}: {pair:?} is not claim:Header-Name")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(JwtAuth {
+            jwks: jwks.to_string(),
+            issuer: a.attribute("auth-jwt-issuer").map_err(invalid)?,
+            audiences: a
+                .get("auth-jwt-audience")
+                .map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
+            algorithms,
+            leeway_secs: a.duration_ms("auth-jwt-leeway", true).map_err(invalid)?.unwrap_or(0) / 1000,
+            claims_to_headers,
+        })
     }
 
     /// `limit-rps`, `limit-rpm`, `limit-connections` and their companions; `None` when

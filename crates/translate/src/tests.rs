@@ -586,7 +586,11 @@ fn opaque_secret(ns: &str, name: &str, pairs: Value) -> KubeObject {
 #[test]
 fn security_annotations_fail_closed() {
     let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
-    let mut objects = vec![ours(), opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"}))];
+    let mut objects = vec![
+        ours(),
+        opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"})),
+        opaque_secret("ns", "idp", json!({"jwks.json": r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}"#})),
+    ];
     objects.extend(backends_of("ns", "main"));
     let cases: &[(&str, Value)] = &[
         (
@@ -600,6 +604,8 @@ fn security_annotations_fail_closed() {
         ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
         ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"})),
         ("jwt", json!({"portico.io/auth-jwt-jwks-url": "https://idp.example/jwks"})),
+        ("jwthmac", json!({"portico.io/auth-jwt-jwks-secret": "idp", "portico.io/auth-jwt-algorithms": "RS256,HS256"})),
+        ("jwtempty", json!({"portico.io/auth-jwt-jwks-secret": "users"})),
         (
             "oauth",
             json!({"nginx.ingress.kubernetes.io/auth-url": "https://auth.example/oauth2/auth?x=1",
@@ -611,7 +617,7 @@ fn security_annotations_fail_closed() {
         ),
     ];
     for (i, (name, annotations)) in cases.iter().enumerate() {
-        objects.push(annotated("ns", name, &format!("2024-01-0{}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
+        objects.push(annotated("ns", name, &format!("2024-01-{:02}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
     }
     let t = run(objects);
     let access = |host: &str| {
@@ -631,6 +637,8 @@ fn security_annotations_fail_closed() {
         ("digest.test", "\"digest\""),
         ("external.test", "auth-url: value \"auth.example/check\" is not an absolute http or https URL"),
         ("jwt.test", "auth-jwt-jwks-url is not enforced"),
+        ("jwthmac.test", "algorithm \"HS256\" is not one of RS256, ES256, EdDSA"),
+        ("jwtempty.test", "key \"jwks.json\" is missing"),
     ] {
         let refused = access(host).refuse.unwrap_or_else(|| panic!("{host} must refuse"));
         assert!(refused.contains(why), "{host}: {refused}");
@@ -717,7 +725,7 @@ fn rate_limits_fail_closed_and_cors_fails_off() {
         ),
     ];
     for (i, (name, annotations)) in cases.iter().enumerate() {
-        objects.push(annotated("ns", name, &format!("2024-01-0{}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
+        objects.push(annotated("ns", name, &format!("2024-01-{:02}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
     }
     let t = run(objects);
     let route = |host: &str| {
