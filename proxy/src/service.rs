@@ -120,7 +120,7 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
     if req.version == http::Version::HTTP_2 {
         return None;
     }
-    if raw.is_some_and(|raw| raw.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))) {
+    if raw.is_some_and(has_bare_lf) {
         return Some("a line ended by a bare LF");
     }
     let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
@@ -143,6 +143,14 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
         return Some("Transfer-Encoding on HTTP/1.0");
     }
     None
+}
+
+/// Whether a line of `raw` ends in LF without CR.
+fn has_bare_lf(raw: &[u8]) -> bool {
+    // Every piece but the last ended at an LF.
+    let mut lines = raw.split(|b| *b == b'\n');
+    lines.next_back();
+    lines.any(|line| line.last() != Some(&b'\r'))
 }
 
 impl IngressProxy {
