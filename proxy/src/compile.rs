@@ -340,42 +340,19 @@ fn compile_vhost(
     let mut routes = Vec::with_capacity(vh.routes.len());
     for route in &vh.routes {
         paths.insert(&route.path, routes.len());
-        let canary = match &route.canary {
-            None => None,
-            Some(c) => Some(CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()])).map_err(|what| CompileError::Route {
-                host: vh.host.to_string(),
-                path: route.path.path().to_string(),
-                what,
-            })?),
-        };
-        let access = match &route.access {
-            None => None,
-            Some(a) => Some(CompiledAccess::compile(a).map_err(|what| CompileError::Route {
-                host: vh.host.to_string(),
-                path: route.path.path().to_string(),
-                what,
-            })?),
-        };
+        let failed = |what: String| CompileError::Route { host: vh.host.to_string(), path: route.path.path().to_string(), what };
+        let canary = route.canary.as_ref().map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()]))).transpose();
+        let canary = canary.map_err(failed)?;
+        let access = route.access.as_ref().map(CompiledAccess::compile).transpose().map_err(failed)?;
+        let cors = route.cors.as_ref().map(CompiledCors::compile).transpose().map_err(failed)?;
         let path_regex = match &route.path {
-            PathMatch::Regex(p) => Some(crate::router::path_regex(p).map_err(|e| CompileError::Route {
-                host: vh.host.to_string(),
-                path: p.clone(),
-                what: format!("path pattern: {e}"),
-            })?),
+            PathMatch::Regex(p) => Some(crate::router::path_regex(p).map_err(|e| failed(format!("path pattern: {e}")))?),
             _ => None,
         };
         let rate_limit = route.rate_limit.as_ref().map(|limit| {
             let key = (Box::from(route.source.as_str()), limit.clone());
             Arc::clone(limiters.entry(key).or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))))
         });
-        let cors = match &route.cors {
-            None => None,
-            Some(c) => Some(CompiledCors::compile(c).map_err(|what| CompileError::Route {
-                host: vh.host.to_string(),
-                path: route.path.path().to_string(),
-                what,
-            })?),
-        };
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
