@@ -6,24 +6,25 @@ use pingora::protocols::http::date::get_cached_date;
 
 pub const SERVER: &str = "portico";
 
-/// A redirect with an empty body.
-pub fn redirect(status: u16, location: http::HeaderValue) -> ResponseHeader {
+/// An answer without a body, with `name: value` set.
+fn empty(status: u16, name: http::HeaderName, value: http::HeaderValue) -> ResponseHeader {
     let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    // Inserting well-known names with valid values cannot fail.
     let _ = header.insert_header(http::header::SERVER, SERVER);
     let _ = header.insert_header(http::header::DATE, get_cached_date());
-    let _ = header.insert_header(http::header::LOCATION, location);
+    let _ = header.insert_header(name, value);
     let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
     header
 }
 
+/// A redirect with an empty body.
+pub fn redirect(status: u16, location: http::HeaderValue) -> ResponseHeader {
+    empty(status, http::header::LOCATION, location)
+}
+
 /// The answer to a CORS preflight, before its `Access-Control-*` headers.
 pub fn preflight() -> ResponseHeader {
-    let mut header = ResponseHeader::build(204, Some(4)).expect("valid status");
-    let _ = header.insert_header(http::header::SERVER, SERVER);
-    let _ = header.insert_header(http::header::DATE, get_cached_date());
-    let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
-    header
+    empty(204, http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"))
 }
 
 /// A complete response Portico answers itself.

@@ -15,10 +15,17 @@ use std::time::{Duration, Instant};
 pub const MAX_CLIENTS: usize = 65_536;
 const SHARDS: usize = 16;
 
-type Shard<V> = Mutex<HashMap<IpAddr, V, foldhash::fast::RandomState>>;
+type ClientMap<V> = HashMap<IpAddr, V, foldhash::fast::RandomState>;
+type Shard<V> = Mutex<ClientMap<V>>;
 
 fn shards<V>() -> Box<[Shard<V>]> {
     (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect()
+}
+
+/// The shard that keeps `ip`, locked. A panic elsewhere while it was held leaves counts,
+/// not broken invariants, so the lock is taken over.
+fn shard<V>(shards: &[Shard<V>], ip: IpAddr) -> std::sync::MutexGuard<'_, ClientMap<V>> {
+    shards[shard_of(ip)].lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn shard_of(ip: IpAddr) -> usize {
@@ -111,7 +118,7 @@ struct Rate {
 impl Rate {
     /// Takes one request's worth, or says how long until there is one.
     fn take(&self, ip: IpAddr, now: u64) -> Result<(), u64> {
-        let mut clients = self.clients[shard_of(ip)].lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = shard(&self.clients, ip);
         let whole_at = clients.get(&ip).copied().unwrap_or(now).max(now);
         if whole_at - now > self.tolerance {
             return Err(whole_at - now - self.tolerance);
@@ -124,7 +131,7 @@ impl Rate {
     }
 
     fn give_back(&self, ip: IpAddr) {
-        let mut clients = self.clients[shard_of(ip)].lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = shard(&self.clients, ip);
         if let Some(at) = clients.get_mut(&ip) {
             *at = at.saturating_sub(self.interval);
         }
@@ -133,7 +140,7 @@ impl Rate {
 
 /// Frees an eighth of a full shard at once, so that the scan is paid once per that many
 /// new clients: first the clients whose allowance is whole again, then those nearest to it.
-fn make_room(clients: &mut HashMap<IpAddr, u64, foldhash::fast::RandomState>, now: u64) {
+fn make_room(clients: &mut ClientMap<u64>, now: u64) {
     clients.retain(|_, at| *at > now);
     let target = MAX_CLIENTS / SHARDS * 7 / 8;
     if clients.len() > target {
@@ -154,7 +161,7 @@ struct ConcurrencyTable {
 
 impl ConcurrencyTable {
     fn enter(table: &Arc<Self>, ip: IpAddr) -> Option<InProgress> {
-        let mut clients = table.clients[shard_of(ip)].lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = shard(&table.clients, ip);
         if !clients.contains_key(&ip) && clients.len() >= MAX_CLIENTS / SHARDS {
             // As many clients as the table holds are all in the middle of requests.
             return None;
@@ -182,7 +189,7 @@ impl std::fmt::Debug for InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        let mut clients = self.table.clients[shard_of(self.ip)].lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = shard(&self.table.clients, self.ip);
         if let Some(count) = clients.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

@@ -102,6 +102,9 @@ impl Fragment {
     }
 }
 
+/// A Secret and its `namespace/name`.
+type NamedSecret = (String, Arc<Secret>);
+
 /// What an Ingress's annotations say about all of its routes.
 struct RoutePolicy {
     ssl_redirect: bool,
@@ -358,22 +361,30 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         any.then_some(access)
     }
 
+    /// The Secret an annotation names, with its `namespace/name`: only one in the
+    /// Ingress's own namespace is read. `None` when the annotation is not set.
+    fn own_secret(&mut self, a: &Annotations<'_>, annotation: &str) -> Result<Option<NamedSecret>, (Reason, String)> {
+        let Some((namespace, name)) = a.secret_ref(annotation, self.namespace).map_err(|e| (e.reason(), e.message()))? else {
+            return Ok(None);
+        };
+        let full = format!("{namespace}/{name}");
+        if namespace != self.namespace {
+            let msg = format!("annotation {annotation}: secret {full} is in another namespace; only {} is read", self.namespace);
+            return Err((Reason::InvalidAnnotation, msg));
+        }
+        let secret = self
+            .observe_secret(&(namespace, name))
+            .ok_or_else(|| (Reason::SecretNotFound, format!("annotation {annotation}: secret {full} does not exist")))?;
+        Ok(Some((full, secret)))
+    }
+
     /// `auth-jwt-jwks-secret` and its companions. The JWKS must be a JSON object with a
     /// non-empty `keys` array; the proxy reads the keys themselves.
     fn jwt_auth(&mut self, a: &Annotations<'_>) -> Result<JwtAuth, (Reason, String)> {
         let invalid = |e: InvalidAnnotation| (e.reason(), e.message());
-        let (namespace, name) = a.secret_ref("auth-jwt-jwks-secret", self.namespace).map_err(invalid)?.unwrap_or_default();
-        if namespace != self.namespace {
-            let msg = format!(
-                "annotation auth-jwt-jwks-secret: secret {namespace}/{name} is in another namespace; only {} is read",
-                self.namespace
-            );
-            return Err((Reason::InvalidAnnotation, msg));
-        }
-        let full = format!("{namespace}/{name}");
-        let secret = self
-            .observe_secret(&(namespace, name))
-            .ok_or_else(|| (Reason::SecretNotFound, format!("annotation auth-jwt-jwks-secret: secret {full} does not exist")))?;
+        let Some((full, secret)) = self.own_secret(a, "auth-jwt-jwks-secret")? else {
+            return Err((Reason::InvalidAnnotation, "annotation auth-jwt-jwks-secret is empty".to_string()));
+        };
         let bad = |why: &str| (Reason::InvalidSecret, format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"));
         let jwks = crate::secret::value(&secret, JWKS_KEY).ok_or_else(|| bad("is missing"))?;
         let jwks = std::str::from_utf8(jwks).map_err(|_| bad("is not text"))?;
@@ -518,18 +529,9 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 return Err((Reason::InvalidAnnotation, format!("annotation {key}: value {v:?} is not auth-file or auth-map")))
             }
         };
-        let (namespace, name) = a
-            .secret_ref("auth-secret", self.namespace)
-            .map_err(invalid)?
+        let (full, secret) = self
+            .own_secret(a, "auth-secret")?
             .ok_or_else(|| (Reason::InvalidAnnotation, "auth-type basic needs annotation auth-secret".to_string()))?;
-        if namespace != self.namespace {
-            let msg = format!("annotation auth-secret: secret {namespace}/{name} is in another namespace; only {} is read", self.namespace);
-            return Err((Reason::InvalidAnnotation, msg));
-        }
-        let full = format!("{namespace}/{name}");
-        let secret = self
-            .observe_secret(&(namespace, name))
-            .ok_or_else(|| (Reason::SecretNotFound, format!("annotation auth-secret: secret {full} does not exist")))?;
         let (users, rejected) =
             credentials::read(&full, &secret, layout).map_err(|e| (Reason::InvalidSecret, format!("annotation auth-secret: {e}")))?;
         for r in rejected {

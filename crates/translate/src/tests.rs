@@ -1,7 +1,7 @@
 //! Translation as a whole: objects in, snapshot and diagnostics out.
 
 use crate::{translate, ClusterState, KubeObject, Options, Reason, Translation};
-use portico_model::{Endpoint, HostMatch, PathMatch};
+use portico_model::{Endpoint, HostMatch, PathMatch, Route};
 use serde_json::{json, Value};
 
 fn ingress(ns: &str, name: &str, spec: Value) -> KubeObject {
@@ -583,9 +583,26 @@ fn opaque_secret(ns: &str, name: &str, pairs: Value) -> KubeObject {
     )
 }
 
+/// For each (name, annotations): an Ingress `name` in `ns`, one a day older than the
+/// next, routing `name.test/` to Service `main`.
+fn one_route_sites(cases: &[(&str, Value)]) -> Vec<KubeObject> {
+    let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
+    let created = |i: usize| format!("2024-01-{:02}T00:00:00Z", i + 1);
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, annotations))| annotated("ns", name, &created(i), annotations.clone(), spec(&format!("{name}.test"))))
+        .collect()
+}
+
+/// The first route of `host`.
+fn first_route(t: &Translation, host: &str) -> Route {
+    let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
+    vh.routes[0].clone()
+}
+
 #[test]
 fn security_annotations_fail_closed() {
-    let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
     let mut objects = vec![
         ours(),
         opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"})),
@@ -616,14 +633,9 @@ fn security_annotations_fail_closed() {
                          "nginx.ingress.kubernetes.io/satisfy": "any"}),
         ),
     ];
-    for (i, (name, annotations)) in cases.iter().enumerate() {
-        objects.push(annotated("ns", name, &format!("2024-01-{:02}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
-    }
+    objects.extend(one_route_sites(cases));
     let t = run(objects);
-    let access = |host: &str| {
-        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
-        vh.routes[0].access.clone().expect("an access policy")
-    };
+    let access = |host: &str| first_route(&t, host).access.expect("an access policy");
     let good = access("good.test");
     assert_eq!(good.refuse, None);
     assert_eq!(good.allow_sources.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "192.168.0.1/32"]);
@@ -703,7 +715,6 @@ fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
 
 #[test]
 fn rate_limits_fail_closed_and_cors_fails_off() {
-    let spec = |host: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", "main", json!({"number": 80}))]});
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));
     let cases: &[(&str, Value)] = &[
@@ -724,14 +735,9 @@ fn rate_limits_fail_closed_and_cors_fails_off() {
             json!({"nginx.ingress.kubernetes.io/enable-cors": "true", "nginx.ingress.kubernetes.io/cors-allow-origin": "evil.com/x"}),
         ),
     ];
-    for (i, (name, annotations)) in cases.iter().enumerate() {
-        objects.push(annotated("ns", name, &format!("2024-01-{:02}T00:00:00Z", i + 1), annotations.clone(), spec(&format!("{name}.test"))));
-    }
+    objects.extend(one_route_sites(cases));
     let t = run(objects);
-    let route = |host: &str| {
-        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
-        vh.routes[0].clone()
-    };
+    let route = |host: &str| first_route(&t, host);
     let limited = route("limited.test").rate_limit.expect("a rate limit");
     assert_eq!((limited.per_second, limited.per_minute, limited.concurrent, limited.burst_multiplier), (Some(5), None, Some(3), 5));
     assert_eq!(limited.exempt.len(), 1);
