@@ -68,6 +68,10 @@ struct Args {
     /// The `kubernetes.io/tls` Secret presented for unknown SNI names (default: the proxy's self-signed one).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     default_ssl_certificate: Option<(String, String)>,
+    /// The Service (its first port) that answers requests no Ingress routes, unless an
+    /// Ingress's `spec.defaultBackend` does (default: Portico's own 404).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
+    default_backend_service: Option<(String, String)>,
     /// Send Strict-Transport-Security on HTTPS responses.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     hsts: bool,
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         // Without a cluster there may be no IngressClass object; in a cluster one must exist.
         assume_class_exists: args.manifests.is_some(),
         default_certificate: args.default_ssl_certificate.clone(),
+        default_backend_service: args.default_backend_service.clone(),
         hsts,
     };
 

@@ -63,10 +63,11 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
             KubeObject::EndpointSlice(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?)))
         }
         ("v1", "Secret") => KubeObject::Secret(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("v1", "ConfigMap") => KubeObject::ConfigMap(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
         (_, "Ingress" | "IngressClass" | "EndpointSlice") => {
             return Err(format!("{kind} {name:?}: apiVersion {api_version:?} is not supported"));
         }
-        _ => return Ok(()), // other kinds (Deployments, ConfigMaps...) are not ours to read
+        _ => return Ok(()), // other kinds (Deployments, Pods...) are not ours to read
     };
     if name.is_empty() {
         return Err(format!("{kind}: metadata.name is missing"));

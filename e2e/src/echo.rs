@@ -255,11 +255,44 @@ async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::
     }
     let echo = Echo { body_bytes, ..echo_base };
     let body = serde_json::to_vec(&echo).expect("serialisable");
-    Response::builder()
-        .header("content-type", "application/json")
-        .header("x-echo-backend", name)
+    let mut response = Response::builder().header("content-type", "application/json").header("x-echo-backend", name);
+    // `status=N` answers with that status; each `header=name:value` adds a response header.
+    let params = echo.query.split('&').filter_map(|kv| kv.split_once('='));
+    for (key, value) in params {
+        let value = percent_decode(value);
+        match key {
+            "status" => response = response.status(value.parse::<u16>().unwrap_or(200)),
+            "header" => {
+                if let Some((n, v)) = value.split_once(':') {
+                    response = response.header(n.trim(), v.trim());
+                }
+            }
+            _ => {}
+        }
+    }
+    response
         .body(EchoBody::Left(Full::new(Bytes::from(body))))
-        .expect("valid response")
+        .unwrap_or_else(|_| Response::builder().status(500).body(EchoBody::Left(Full::default())).expect("valid response"))
+}
+
+/// `%XX` escapes decoded (enough for test parameters).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Starts one echo backend per name on 127.0.0.1.

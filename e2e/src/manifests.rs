@@ -139,6 +139,12 @@ impl IngressBuilder {
 }
 
 /// A `kubernetes.io/tls` Secret in `default`, with the PEM as `stringData`.
+/// A ConfigMap in `default` with these entries.
+pub fn config_map(name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": data})
+}
+
 pub fn tls_secret(name: &str, cert_pem: &str, key_pem: &str) -> Value {
     json!({
         "apiVersion": "v1",

@@ -4,7 +4,7 @@
 use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::Portico;
 use portico_e2e::kube_api::TestApiServer;
-use portico_e2e::manifests::{ingress, ingress_class, service_with_endpoints, tls_secret};
+use portico_e2e::manifests::{config_map, ingress, ingress_class, service_with_endpoints, tls_secret};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +92,11 @@ async fn serves_certificate(p: &Portico, name: &str) -> bool {
     config["certificates"].as_array().into_iter().flatten().any(|c| c["name"].as_str() == Some(name))
 }
 
+/// Whether `k.test` answers with `X-Custom: value` (`None`: without the header).
+async fn custom_header_is(p: &Portico, value: Option<&str>) -> bool {
+    p.client.get("k.test", "/").await.is_ok_and(|r| r.header("x-custom") == value)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn create_update_and_delete_of_every_watched_kind_reach_the_proxy() {
     let (api, _servers) = cluster(&["a", "b", "c"]).await;
@@ -129,6 +134,18 @@ async fn create_update_and_delete_of_every_watched_kind_reach_the_proxy() {
     api.delete(&tls_secret("k-tls", &cert, &key));
     portico.wait_until("the certificate is gone", |p| async move { !serves_certificate(p, "default/k-tls").await }).await;
     // (A TLS section redirects plain HTTP to HTTPS; drop it to go on testing over HTTP.)
+    api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
+
+    // ConfigMap: `custom-headers` follows its entries.
+    api.apply(
+        &ingress("web").path("k.test", "Prefix", "/", "b").annotation("nginx.ingress.kubernetes.io/custom-headers", "headers").build(),
+    );
+    api.apply(&config_map("headers", &[("X-Custom", "one")]));
+    portico.wait_until("the ConfigMap's header is sent", |p| custom_header_is(p, Some("one"))).await;
+    api.apply(&config_map("headers", &[("X-Custom", "two")]));
+    portico.wait_until("the changed header is sent", |p| custom_header_is(p, Some("two"))).await;
+    api.delete(&config_map("headers", &[]));
+    portico.wait_until("the header is gone with the ConfigMap", |p| custom_header_is(p, None)).await;
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
 
     // IngressClass: without it, nothing is admitted.

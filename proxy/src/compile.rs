@@ -11,7 +11,9 @@ use crate::access::CompiledAccess;
 use crate::affinity::PoolSessions;
 use crate::balancer::Balancer;
 use crate::canary::CompiledCanary;
+use crate::conditions::CompiledConditions;
 use crate::cors::CompiledCors;
+use crate::header_edits::CompiledHeaderEdits;
 use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
 use crate::rate_limit::RateLimiter;
 use crate::router::{HostTable, PathMatcher};
@@ -104,8 +106,11 @@ impl BackendPool {
 }
 
 struct CompiledVhost {
-    /// Path to the index of its route in `routes`.
+    /// Path to the index of its group in `groups`.
     paths: PathMatcher,
+    /// The routes of one path, by index in `routes`: those with conditions first (the
+    /// most specific first), then the plain one.
+    groups: Vec<Box<[usize]>>,
     routes: Vec<CompiledRoute>,
     /// The metrics label of this host.
     label: Box<str>,
@@ -126,6 +131,43 @@ pub struct CompiledRoute {
     pub path_regex: Option<regex::Regex>,
     pub rate_limit: Option<Arc<RateLimiter>>,
     pub cors: Option<CompiledCors>,
+    conditions: Option<CompiledConditions>,
+    pub headers: Option<CompiledHeaderEdits>,
+    /// `default-backend`: takes the request when `pool` has no endpoint to offer.
+    pub fallback: Option<Arc<BackendPool>>,
+    pub error_pages: Option<CompiledErrorPages>,
+    pub preserve_trailing_slash: bool,
+}
+
+impl CompiledRoute {
+    /// Whether every pool this route holds is the one `route` names in the new snapshot,
+    /// so that the compiled route can serve it unchanged.
+    fn uses_pools_of(
+        &self,
+        route: &portico_model::Route,
+        by_name: &HashMap<&str, &Arc<BackendPool>>,
+        default: Option<&Arc<BackendPool>>,
+    ) -> bool {
+        let same = |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let error_pool = route.error_pages.as_ref().and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
+        Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
+            && same(self.canary.as_ref().map(|c| &c.pool), route.canary.as_ref().map(|c| by_name[c.backend.as_str()]))
+            && same(self.fallback.as_ref(), route.fallback_backend.as_deref().map(|b| by_name[b]))
+            && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
+    }
+}
+
+/// `custom-http-errors` of a route: which upstream statuses the error backend answers
+/// instead, and the headers that tell it about the original request.
+pub struct CompiledErrorPages {
+    pub statuses: Vec<u16>,
+    pub pool: Arc<BackendPool>,
+    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`.
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -138,6 +180,8 @@ pub struct Routed {
     pub redirect_to_https: bool,
     /// The request goes to the route's canary backend.
     pub canary: bool,
+    /// The request goes to the route's `default-backend`, as its own has no endpoint.
+    pub fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,27 +223,20 @@ impl CompiledSnapshot {
         // Counts survive a new snapshot while the Ingress and its limits stay the same.
         let mut limiters: Limiters =
             previous.map(|p| p.limiters.iter().map(|l| (l.key.clone(), Arc::clone(l))).collect()).unwrap_or_default();
+        let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
         let mut hosts = HostTable::default();
         let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
                 old.routes == vh.routes
-                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| {
-                        let same_canary = match (&c.canary, &r.canary) {
-                            (Some(cc), Some(rc)) => Arc::ptr_eq(&cc.pool, by_name[rc.backend.as_str()]),
-                            (None, None) => true,
-                            _ => false,
-                        };
-                        Arc::ptr_eq(&c.pool, by_name[r.backend.as_str()]) && same_canary
-                    })
+                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
-                None => Arc::new(compile_vhost(vh, &by_name, &mut limiters)?),
+                None => Arc::new(compile_vhost(vh, &by_name, default_backend.as_ref(), &mut limiters)?),
             });
         }
-        let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
         let hsts = snapshot.tls.hsts.and_then(|h| HeaderValue::try_from(h.header_value()).ok());
         let health_checked = pools.iter().filter(|p| p.health_check.is_some()).cloned().collect();
         let mut limiters: Vec<Arc<RateLimiter>> = vhosts.iter().flat_map(|v| &v.routes).filter_map(|r| r.rate_limit.clone()).collect();
@@ -220,20 +257,30 @@ impl CompiledSnapshot {
         })
     }
 
-    /// Routes by host and path; what matches nothing goes to the default backend.
-    pub fn route(&self, host: &str, path: &str) -> Routed {
+    /// Routes by host, path and the route's conditions; what matches nothing goes to the
+    /// default backend.
+    pub fn route(&self, host: &str, req: &http::request::Parts) -> Routed {
         let vhost = self.hosts.lookup(host);
         let matched = vhost.and_then(|i| {
             let vh = &self.vhosts[i];
-            vh.paths.lookup(path).map(|r| (r, vh.routes[r].redirect_to_https))
+            let mut found = None;
+            vh.paths.lookup_by(req.uri.path(), |group| {
+                found = vh.groups[group].iter().copied().find(|r| vh.routes[*r].conditions.as_ref().is_none_or(|c| c.admit(req)));
+                found.is_some()
+            });
+            found.map(|r| (r, vh.routes[r].redirect_to_https))
         });
+        let routed = Routed { vhost, ..Routed::default() };
         match matched {
-            Some((r, redirect_to_https)) => Routed { vhost, target: Target::Route(r), redirect_to_https, canary: false },
-            None if self.default_backend.is_some() => {
-                Routed { vhost, target: Target::DefaultBackend, redirect_to_https: false, canary: false }
-            }
-            None => Routed { vhost, target: Target::Nothing, redirect_to_https: false, canary: false },
+            Some((r, redirect_to_https)) => Routed { target: Target::Route(r), redirect_to_https, ..routed },
+            None if self.default_backend.is_some() => Routed { target: Target::DefaultBackend, ..routed },
+            None => routed,
         }
+    }
+
+    /// The snapshot's default backend, if any.
+    pub fn default_backend(&self) -> Option<&Arc<BackendPool>> {
+        self.default_backend.as_ref()
     }
 
     /// The matched route, when a route (not the default backend) took the request.
@@ -272,8 +319,9 @@ impl CompiledSnapshot {
             Target::Nothing => None,
             Target::Route(r) => routed.vhost.map(|v| {
                 let route = &self.vhosts[v].routes[r];
-                match (&route.canary, routed.canary) {
-                    (Some(canary), true) => &*canary.pool,
+                match (&route.canary, routed.canary, &route.fallback, routed.fallback) {
+                    (_, _, Some(fallback), true) => &**fallback,
+                    (Some(canary), true, _, _) => &*canary.pool,
                     _ => &*route.pool,
                 }
             }),
@@ -334,12 +382,20 @@ type Limiters = HashMap<(Box<str>, RateLimit), Arc<RateLimiter>>;
 fn compile_vhost(
     vh: &VirtualHost,
     by_name: &HashMap<&str, &Arc<BackendPool>>,
+    default_backend: Option<&Arc<BackendPool>>,
     limiters: &mut Limiters,
 ) -> Result<CompiledVhost, CompileError> {
     let mut paths = PathMatcher::default();
     let mut routes = Vec::with_capacity(vh.routes.len());
+    let mut group_of: HashMap<&PathMatch, usize> = HashMap::default();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     for route in &vh.routes {
-        paths.insert(&route.path, routes.len());
+        let group = *group_of.entry(&route.path).or_insert_with(|| {
+            paths.insert(&route.path, groups.len());
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(routes.len());
         let failed = |what: String| CompileError::Route { host: vh.host.to_string(), path: route.path.path().to_string(), what };
         let canary = route.canary.as_ref().map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()]))).transpose();
         let canary = canary.map_err(failed)?;
@@ -353,6 +409,23 @@ fn compile_vhost(
             let key = (Box::from(route.source.as_str()), limit.clone());
             Arc::clone(limiters.entry(key).or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))))
         });
+        let conditions = route.conditions.as_ref().map(CompiledConditions::compile).transpose().map_err(failed)?;
+        let headers = route.headers.as_ref().map(CompiledHeaderEdits::compile).transpose().map_err(failed)?;
+        let fallback = route.fallback_backend.as_deref().map(|b| Arc::clone(by_name[b]));
+        let error_pages = route.error_pages.as_ref().and_then(|e| {
+            let pool = e.backend.as_deref().map(|b| by_name[b]).or(default_backend)?;
+            let value = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
+            Some(CompiledErrorPages {
+                statuses: e.statuses.clone(),
+                pool: Arc::clone(pool),
+                headers: vec![
+                    ("x-namespace", value(&e.namespace)),
+                    ("x-ingress-name", value(&e.ingress)),
+                    ("x-service-name", value(&e.service)),
+                    ("x-service-port", value(&e.service_port)),
+                ],
+            })
+        });
         routes.push(CompiledRoute {
             pool: Arc::clone(by_name[route.backend.as_str()]),
             redirect_to_https: route.redirect_to_https,
@@ -364,19 +437,37 @@ fn compile_vhost(
             path_regex,
             rate_limit,
             cors,
+            conditions,
+            headers,
+            fallback,
+            error_pages,
+            preserve_trailing_slash: route.preserve_trailing_slash,
         });
     }
+    // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.
+    let weight = |r: &usize| std::cmp::Reverse(vh.routes[*r].conditions.as_ref().map_or(0, |c| c.weight() + 1));
+    let groups = groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by_key(weight);
+            g.into_boxed_slice()
+        })
+        .collect();
     let label = match &vh.host {
         HostMatch::Any => ANY_HOST.into(),
         h => h.to_string().into_boxed_str(),
     };
-    Ok(CompiledVhost { paths, routes, label, counters: OnceLock::new() })
+    Ok(CompiledVhost { paths, groups, routes, label, counters: OnceLock::new() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_model::{Endpoint, Route};
+    use portico_model::{Endpoint, RequestConditions, Route, ValueCondition, ValueRule};
+
+    fn get(path: &str) -> http::request::Parts {
+        http::Request::get(path).body(()).unwrap().into_parts().0
+    }
 
     fn snapshot(version: u64, hosts: usize, endpoint_of_b0: u8) -> Snapshot {
         let mut s = Snapshot { version, ..Snapshot::default() };
@@ -401,13 +492,13 @@ mod tests {
         let first = CompiledSnapshot::compile(snapshot(1, 10, 1), &metrics, None).unwrap();
         let second = CompiledSnapshot::compile(snapshot(2, 10, 2), &metrics, Some(&first)).unwrap();
         assert_eq!(second.reused(&first), (9, 9), "one backend changed: its pool and its one host are new");
-        let routed = second.route("h0.test", "/x");
+        let routed = second.route("h0.test", &get("/x"));
         let addr = |s: &CompiledSnapshot, r: &Routed| {
             let b = &s.pool(r).unwrap().balancer;
             b.endpoint(b.pick(b"", &[]).unwrap()).addr.ip().to_string()
         };
         assert_eq!(addr(&second, &routed), "127.0.0.2", "the new endpoint serves");
-        let same = second.route("h5.test", "/");
+        let same = second.route("h5.test", &get("/"));
         assert_eq!(addr(&second, &same), "127.0.5.1");
 
         // A host added in front shifts every position; what is unchanged is still reused.
@@ -415,7 +506,38 @@ mod tests {
         shifted.virtual_hosts.insert(0, VirtualHost { host: "a-first.test".parse().unwrap(), routes: vec![] });
         let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
         assert_eq!(third.reused(&second), (10, 10));
-        let routed = third.route("h3.test", "/");
+        let routed = third.route("h3.test", &get("/"));
         assert_eq!(addr(&third, &routed), "127.0.3.1");
+    }
+
+    #[test]
+    fn conditions_pick_among_routes_of_a_path_and_fall_through() {
+        let mut s = snapshot(1, 4, 1);
+        let when = |headers: Vec<ValueCondition>, methods: Vec<&str>| {
+            Some(RequestConditions { headers, methods: methods.into_iter().map(String::from).collect(), query: vec![] })
+        };
+        let beta = ValueCondition { name: "x-env".into(), rule: ValueRule::Equals("beta".into()) };
+        let mut routes = vec![Route::new(PathMatch::prefix("/"), "b0"), Route::new(PathMatch::prefix("/api"), "b1")];
+        routes.push(Route { conditions: when(vec![beta.clone()], vec![]), ..Route::new(PathMatch::prefix("/api"), "b2") });
+        // More conditions: tried first, though it comes later.
+        routes.push(Route { conditions: when(vec![beta], vec!["POST"]), ..Route::new(PathMatch::prefix("/api"), "b3") });
+        routes.push(Route { conditions: when(vec![], vec!["DELETE"]), ..Route::new(PathMatch::prefix("/admin"), "b3") });
+        s.virtual_hosts = vec![VirtualHost { host: "h.test".parse().unwrap(), routes }];
+        s.validate().unwrap();
+        let metrics = Arc::new(ProxyMetrics::new());
+        let compiled = CompiledSnapshot::compile(s, &metrics, None).unwrap();
+        let backend = |method: &str, path: &str, env: Option<&str>| {
+            let mut b = http::Request::builder().method(method).uri(path);
+            if let Some(env) = env {
+                b = b.header("x-env", env);
+            }
+            let req = b.body(()).unwrap().into_parts().0;
+            compiled.pool(&compiled.route("h.test", &req)).map(|p| p.name.to_string())
+        };
+        assert_eq!(backend("GET", "/api/x", None).as_deref(), Some("b1"), "no header: the plain route");
+        assert_eq!(backend("GET", "/api/x", Some("beta")).as_deref(), Some("b2"));
+        assert_eq!(backend("POST", "/api/x", Some("beta")).as_deref(), Some("b3"), "the more specific route");
+        assert_eq!(backend("DELETE", "/admin/x", None).as_deref(), Some("b3"));
+        assert_eq!(backend("GET", "/admin/x", None).as_deref(), Some("b0"), "no route of /admin admits: the shorter path");
     }
 }

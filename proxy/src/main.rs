@@ -60,6 +60,9 @@ struct Args {
     /// The most request header fields answered rather than refused with 431.
     #[arg(long, default_value_t = 100)]
     max_request_headers: usize,
+    /// Send no `Server` header, neither Portico's nor an upstream's.
+    #[arg(long)]
+    hide_server_header: bool,
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
@@ -105,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         auth_connector: pingora::connectors::http::Connector::new(None),
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
+        hide_server_header: args.hide_server_header,
         header_limits: service::HeaderLimits { max_bytes: args.max_request_header_bytes, max_fields: args.max_request_headers },
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");

@@ -117,11 +117,18 @@ impl PathMatcher {
     }
 
     pub fn lookup(&self, path: &str) -> Option<usize> {
+        self.lookup_by(path, |_| true)
+    }
+
+    /// Like [`PathMatcher::lookup`], but a value `accept` refuses does not match, and the
+    /// next best match is tried: this is how a request that meets no route's conditions
+    /// on one path falls through to a shorter one.
+    pub fn lookup_by(&self, path: &str, mut accept: impl FnMut(usize) -> bool) -> Option<usize> {
         // An exact match is as long as the request path, so nothing can beat it.
-        if let Some(i) = self.exact.get(path) {
-            return Some(*i);
+        if let Some(i) = self.exact.get(path).copied().filter(|i| accept(*i)) {
+            return Some(i);
         }
-        if let Some((_, i)) = self.regex.iter().find(|(r, _)| r.is_match(path)) {
+        if let Some((_, i)) = self.regex.iter().find(|(r, i)| r.is_match(path) && accept(*i)) {
             return Some(*i);
         }
         if self.prefix.is_empty() {
@@ -131,14 +138,14 @@ impl PathMatcher {
         let mut candidate = path.trim_end_matches('/');
         loop {
             if candidate.is_empty() {
-                return self.prefix.get("/").copied();
+                return self.prefix.get("/").copied().filter(|i| accept(*i));
             }
-            if let Some(i) = self.prefix.get(candidate) {
-                return Some(*i);
+            if let Some(i) = self.prefix.get(candidate).copied().filter(|i| accept(*i)) {
+                return Some(i);
             }
             match candidate.rfind('/') {
                 Some(cut) => candidate = &candidate[..cut],
-                None => return self.prefix.get("/").copied(),
+                None => return self.prefix.get("/").copied().filter(|i| accept(*i)),
             }
         }
     }

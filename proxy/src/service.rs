@@ -8,8 +8,10 @@ use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::cors::CompiledCors;
+use crate::error_pages;
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
+use crate::header_edits::strip_hop_by_hop;
 use crate::jwt;
 use crate::normalize::normalize;
 use crate::pages::{self, error_page, redirect, SERVER};
@@ -39,6 +41,8 @@ pub struct IngressProxy {
     pub allow_encoded_slashes: bool,
     /// The status of requests over a rate limit (`--limit-req-status-code`).
     pub limit_status: u16,
+    /// Send no `Server` header, neither Portico's nor an upstream's (`--hide-server-header`).
+    pub hide_server_header: bool,
     pub header_limits: HeaderLimits,
 }
 
@@ -102,6 +106,8 @@ pub struct RequestCtx {
     cors_origin: Option<HeaderValue>,
     /// Counts this request against `limit-connections` until it ends.
     in_progress: Option<InProgress>,
+    /// The error backend's page was sent in place of the upstream's answer.
+    error_page_sent: bool,
 }
 
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
@@ -225,10 +231,16 @@ impl IngressProxy {
     /// `https://host[:port]/path?query` for a plain-HTTP request; the host is the one a
     /// trusted proxy names in `X-Forwarded-Host`, else the request's own. `None` when the
     /// host is not fit for a URL.
-    fn https_location(&self, req: &RequestHeader, trusted: bool) -> Option<HeaderValue> {
+    /// Like ingress-nginx, it drops a trailing slash unless `keep_slash`
+    /// (`preserve-trailing-slash`).
+    fn https_location(&self, req: &RequestHeader, trusted: bool, keep_slash: bool) -> Option<HeaderValue> {
         let forwarded = trusted.then(|| req.headers.get(X_FORWARDED_HOST).and_then(|v| v.to_str().ok())).flatten();
         let host = redirect_host(forwarded.unwrap_or_else(|| request_host(req)))?;
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = match path.strip_suffix('/') {
+            Some(stripped) if !keep_slash && !stripped.is_empty() => stripped,
+            _ => path,
+        };
         let location = match self.https_redirect_port {
             443 => format!("https://{host}{path}"),
             port => format!("https://{host}:{port}{path}"),
@@ -374,7 +386,7 @@ impl IngressProxy {
         let req = session.req_header();
         ctx.https =
             ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        ctx.routed = snapshot.route(request_host(req), req.uri.path());
+        ctx.routed = snapshot.route(request_host(req), req);
         if let Some(answer) = self.redirect(req, ctx, snapshot) {
             return Some(answer);
         }
@@ -423,7 +435,8 @@ impl IngressProxy {
     /// challenges are never sent to HTTPS.
     fn redirect(&self, req: &RequestHeader, ctx: &RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
         if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
-            return Some(match self.https_location(req, ctx.trusted) {
+            let keep_slash = snapshot.matched_route(&ctx.routed).is_some_and(|r| r.preserve_trailing_slash);
+            return Some(match self.https_location(req, ctx.trusted, keep_slash) {
                 Some(location) => Answer::Redirect { status: 308, location },
                 None => Answer::page(400),
             });
@@ -492,13 +505,47 @@ impl IngressProxy {
     fn first_attempt(&self, session: &Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
         let req = session.req_header();
         ctx.routed.canary = self.takes_canary(snapshot, &ctx.routed, req);
-        let Some(pool) = snapshot.pool(&ctx.routed) else { return Some(Answer::page(404)) };
+        let Some(mut pool) = snapshot.pool(&ctx.routed) else { return Some(Answer::page(404)) };
         if let Some(key) = &pool.hash_key {
             build_hash_key(key, req, peer_ip(session), &mut ctx.hash_key);
         }
-        let Some(index) = self.first_endpoint(snapshot, pool, req, ctx) else { return Some(Answer::page(503)) };
+        let mut index = self.first_endpoint(snapshot, pool, req, ctx);
+        // `default-backend`: the route's backend has no endpoint to offer.
+        if let (None, Some(fallback)) = (index, snapshot.matched_route(&ctx.routed).and_then(|r| r.fallback.as_ref())) {
+            ctx.routed.fallback = true;
+            pool = fallback;
+            index = pool.balancer.pick(b"", &[]);
+        }
+        let Some(index) = index else { return Some(Answer::page(503)) };
         ctx.attempt = Some(pool.balancer.start(index));
         None
+    }
+
+    /// `custom-http-errors`: sends the error backend's page for a listed upstream status,
+    /// then ends proxying with an error so that the upstream's own answer is dropped.
+    /// Without a listed status or a page, the upstream's answer goes on.
+    async fn replace_error_page(&self, session: &mut Session, status: u16, ctx: &mut RequestCtx) -> Result<()> {
+        let snapshot = ctx.snapshot.clone();
+        let Some(pages) = snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.error_pages.as_ref()) else {
+            return Ok(());
+        };
+        if !pages.statuses.contains(&status) {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let Some((mut header, body)) = error_pages::fetch(&self.auth_connector, pages, status, req, request_host(req)).await else {
+            return Ok(());
+        };
+        // Portico's headers (Server, HSTS, CORS, the route's own) as on any upstream answer.
+        self.response_filter(session, &mut header, ctx).await?;
+        session.set_keepalive(None);
+        ctx.error_page_sent = true;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Err(Error::explain(ErrorType::HTTPStatus(status), "answered by the error backend"))
     }
 
     /// The client's address, as `forwarded::client_address` tells it.
@@ -527,6 +574,12 @@ impl IngressProxy {
         };
         if let Some((origin, cors)) = cors {
             cors.apply(&mut header, origin, preflight);
+        }
+        if let Some(edits) = snapshot.matched_route(&ctx.routed).and_then(|r| r.headers.as_ref()) {
+            edits.response.apply(&mut header)?;
+        }
+        if self.hide_server_header {
+            header.remove_header(&header::SERVER);
         }
         let end = body.is_none();
         session.write_response_header(Box::new(header), end).await?;
@@ -623,10 +676,11 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        strip_hop_by_hop(response);
         let status = response.status.as_u16();
         let listed = ctx.pool().is_some_and(|p| p.retry.on_status.contains(&status));
         if !listed {
-            return Ok(());
+            return self.replace_error_page(session, status, ctx).await;
         }
         // As for errors: only a request that cannot have been acted on twice is sent again.
         let safe = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
@@ -639,7 +693,7 @@ impl ProxyHttp for IngressProxy {
             e.set_retry(true);
             return Err(e);
         }
-        Ok(())
+        self.replace_error_page(session, status, ctx).await
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
@@ -698,6 +752,9 @@ impl ProxyHttp for IngressProxy {
                 upstream.insert_header("x-forwarded-prefix", prefix.as_str())?;
             }
         }
+        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_ref()) {
+            edits.request.apply(upstream)?;
+        }
         // What the auth service vouched for replaces whatever the client sent.
         for (name, value) in &ctx.auth_headers {
             match value {
@@ -716,7 +773,11 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-        response.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
+        if self.hide_server_header {
+            response.remove_header(&header::SERVER);
+        } else {
+            response.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
+        }
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
         }
@@ -742,10 +803,22 @@ impl ProxyHttp for IngressProxy {
                 response.append_header(header::SET_COOKIE, cookie)?;
             }
         }
+        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_ref()) {
+            edits.response.apply(response)?;
+        }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    /// Ending a request with the error backend's page is not a failure.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.error_page_sent
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if ctx.error_page_sent {
+            // The client has its whole answer; only this connection's state is unknown.
+            return FailToProxy { error_code: session.response_written().map_or(0, |r| r.status.as_u16()), can_reuse_downstream: false };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

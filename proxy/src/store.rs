@@ -125,8 +125,9 @@ mod tests {
 
         assert_eq!(store.last_applied(), 5);
         let serving = store.load().unwrap();
-        assert!(serving.route("a.com", "/x").is_routed());
-        assert!(!serving.route("b.com", "/x").is_routed());
+        let req = http::Request::get("/x").body(()).unwrap().into_parts().0;
+        assert!(serving.route("a.com", &req).is_routed());
+        assert!(!serving.route("b.com", &req).is_routed());
         let metrics = String::from_utf8(store.metrics().render()).unwrap();
         assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"), "{metrics}");
     }

@@ -12,13 +12,14 @@
 //! later, auth files): the bulk of a big cluster's Secret bytes is Helm release and
 //! service-account token Secrets, which this drops without the extra API calls and the
 //! watch races that fetching "only referenced Secrets" on demand would bring.
+//! ConfigMaps are watched for `custom-headers`.
 
 use super::{Source, StateSender};
 use crate::metrics::ControllerMetrics;
 use async_trait::async_trait;
 use futures_util::stream::{BoxStream, StreamExt};
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -160,19 +161,25 @@ impl Source for KubeSource {
         let namespaces: Vec<Option<String>> =
             if self.namespaces.is_empty() { vec![None] } else { self.namespaces.iter().cloned().map(Some).collect() };
         for ns in namespaces {
-            let api = |client: &Client| -> (Api<Ingress>, Api<Service>, Api<EndpointSlice>, Api<Secret>) {
-                match &ns {
-                    Some(ns) => (
-                        Api::namespaced(client.clone(), ns),
-                        Api::namespaced(client.clone(), ns),
-                        Api::namespaced(client.clone(), ns),
-                        Api::namespaced(client.clone(), ns),
-                    ),
-                    None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-                }
+            let client = &self.client;
+            type Apis = (Api<Ingress>, Api<Service>, Api<EndpointSlice>, Api<Secret>, Api<ConfigMap>);
+            let (ingresses, services, slices, secrets, config_maps): Apis = match &ns {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                ),
             };
-            let (ingresses, services, slices, secrets) = api(&self.client);
-            for kind in [ObjectKind::Ingress, ObjectKind::Service, ObjectKind::EndpointSlice, ObjectKind::Secret] {
+            for kind in [ObjectKind::Ingress, ObjectKind::Service, ObjectKind::EndpointSlice, ObjectKind::Secret, ObjectKind::ConfigMap] {
                 scopes.push(Scope { kind, namespace: ns.clone() });
             }
             let n = streams.len();
@@ -180,6 +187,7 @@ impl Source for KubeSource {
             streams.push(watch(services, n + 1, |_| true, KubeObject::Service));
             streams.push(watch(slices, n + 2, |_| true, KubeObject::EndpointSlice));
             streams.push(watch(secrets, n + 3, keep_secret, KubeObject::Secret));
+            streams.push(watch(config_maps, n + 4, |_| true, KubeObject::ConfigMap));
         }
 
         let count = scopes.len();

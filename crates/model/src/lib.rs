@@ -138,6 +138,104 @@ pub struct Route {
     /// Which browser origins may read the route's answers.
     #[serde(default)]
     pub cors: Option<Cors>,
+    /// What the request must carry besides its path (`match-headers`, `-methods`,
+    /// `-query`). Routes with conditions are tried before the plain route of the same path.
+    #[serde(default)]
+    pub conditions: Option<RequestConditions>,
+    /// Headers set, added and removed on the request and on the response.
+    #[serde(default)]
+    pub headers: Option<HeaderEdits>,
+    /// `default-backend`: the [`Backend::name`] that takes the request when `backend`
+    /// has no endpoint, and that answers for `error_pages`.
+    #[serde(default)]
+    pub fallback_backend: Option<String>,
+    /// `custom-http-errors`: upstream statuses whose answer is replaced by the error backend's.
+    #[serde(default)]
+    pub error_pages: Option<ErrorPages>,
+    /// `preserve-trailing-slash`: the HTTPS redirect keeps a trailing slash (by default it
+    /// drops one, as ingress-nginx does).
+    #[serde(default)]
+    pub preserve_trailing_slash: bool,
+}
+
+/// Conditions on a request beyond its path; all must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct RequestConditions {
+    /// Header names are lower case.
+    #[serde(default)]
+    pub headers: Vec<ValueCondition>,
+    /// Any one of these methods (upper case); empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Query parameters, compared after percent-decoding; the first occurrence counts.
+    #[serde(default)]
+    pub query: Vec<ValueCondition>,
+}
+
+impl RequestConditions {
+    /// How many things the conditions test, for ordering: more specific routes first.
+    pub fn weight(&self) -> usize {
+        self.headers.len() + self.query.len() + usize::from(!self.methods.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ValueCondition {
+    pub name: String,
+    pub rule: ValueRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ValueRule {
+    /// The header or parameter is there, whatever its value.
+    Present,
+    /// Exactly this value.
+    Equals(String),
+    /// A value this regular expression matches (anywhere; anchor it with `^...$`).
+    Matches(String),
+}
+
+/// Header changes, applied in the order remove, set, add.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub request: HeaderChanges,
+    #[serde(default)]
+    pub response: HeaderChanges,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HeaderChanges {
+    /// Lower-case names.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Replace any value of the name.
+    #[serde(default)]
+    pub set: Vec<(String, String)>,
+    /// Appended beside any value already there.
+    #[serde(default)]
+    pub add: Vec<(String, String)>,
+}
+
+impl HeaderChanges {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+/// `custom-http-errors`: these upstream statuses are answered by `backend` instead, with
+/// ingress-nginx's `X-Code`, `X-Original-URI`... headers on the request to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPages {
+    pub statuses: Vec<u16>,
+    /// The [`Backend::name`] that renders the pages; `None`: the snapshot's default backend.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// For `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`.
+    pub namespace: String,
+    pub ingress: String,
+    pub service: String,
+    pub service_port: String,
 }
 
 /// `limit-rps`, `limit-rpm` and `limit-connections`, counted per client address by each
@@ -332,6 +430,11 @@ impl Route {
             rewrite: None,
             rate_limit: None,
             cors: None,
+            conditions: None,
+            headers: None,
+            fallback_backend: None,
+            error_pages: None,
+            preserve_trailing_slash: false,
         }
     }
 }
@@ -725,6 +828,25 @@ mod tests {
                         exempt: cidr::parse_list("10.0.0.0/8").unwrap(),
                     }),
                     cors: Some(Cors { allow_origins: vec!["https://*.example.com".into()], ..Cors::default() }),
+                    conditions: Some(RequestConditions {
+                        headers: vec![ValueCondition { name: "x-env".into(), rule: ValueRule::Matches("^beta$".into()) }],
+                        methods: vec!["GET".into()],
+                        query: vec![ValueCondition { name: "v".into(), rule: ValueRule::Present }],
+                    }),
+                    headers: Some(HeaderEdits {
+                        request: HeaderChanges { remove: vec!["x-debug".into()], ..Default::default() },
+                        response: HeaderChanges { set: vec![("x-frame-options".into(), "DENY".into())], ..Default::default() },
+                    }),
+                    fallback_backend: Some("ns/svc:80".into()),
+                    error_pages: Some(ErrorPages {
+                        statuses: vec![404, 503],
+                        backend: Some("ns/svc:80".into()),
+                        namespace: "ns".into(),
+                        ingress: "web".into(),
+                        service: "svc".into(),
+                        service_port: "80".into(),
+                    }),
+                    preserve_trailing_slash: true,
                 }],
             }],
             default_backend: None,

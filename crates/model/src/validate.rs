@@ -129,6 +129,40 @@ fn validate_cors(c: &crate::Cors) -> Result<(), String> {
     Ok(())
 }
 
+fn is_header_name(s: &str) -> bool {
+    is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
+fn validate_conditions(c: &crate::RequestConditions) -> Result<(), String> {
+    if let Some(h) = c.headers.iter().find(|h| !is_header_name(&h.name)) {
+        return Err(format!("condition on header {:?}: not a lower-case header name", h.name));
+    }
+    if let Some(m) = c.methods.iter().find(|m| !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase())) {
+        return Err(format!("condition on method {m:?}: not an upper-case method"));
+    }
+    if let Some(q) = c.query.iter().find(|q| q.name.is_empty()) {
+        return Err(format!("condition on query parameter {:?}: empty name", q.name));
+    }
+    Ok(())
+}
+
+fn validate_header_edits(e: &crate::HeaderEdits) -> Result<(), String> {
+    for changes in [&e.request, &e.response] {
+        let named = changes.remove.iter().chain(changes.set.iter().chain(&changes.add).map(|(n, _)| n));
+        if let Some(n) = named.into_iter().find(|n| !is_header_name(n)) {
+            return Err(format!("header edit: {n:?} is not a lower-case header name"));
+        }
+        if let Some((n, _)) = changes.set.iter().chain(&changes.add).find(|(_, v)| !is_header_value(v)) {
+            return Err(format!("header edit: the value of {n:?} has a control character"));
+        }
+    }
+    Ok(())
+}
+
 fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
     if !backends.contains(c.backend.as_str()) {
         return Err(format!("canary names unknown backend {:?}", c.backend));
@@ -210,7 +244,7 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             if matches!(r.path, PathMatch::Prefix(_)) && path.len() > 1 && path.ends_with('/') {
                 return Err(UnnormalisedPrefix { host: host(), path: path.to_string() });
             }
-            if !paths.insert(&r.path) {
+            if !paths.insert((&r.path, &r.conditions)) {
                 return Err(DuplicateRoute { host: host(), path: path.to_string() });
             }
             if !backends.contains(r.backend.as_str()) {
@@ -221,6 +255,15 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             let checked = checked.and_then(|()| r.canary.as_ref().map_or(Ok(()), |c| validate_canary(c, &backends)));
             let checked = checked.and_then(|()| r.rate_limit.as_ref().map_or(Ok(()), validate_rate_limit));
             let checked = checked.and_then(|()| r.cors.as_ref().map_or(Ok(()), validate_cors));
+            let checked = checked.and_then(|()| r.conditions.as_ref().map_or(Ok(()), validate_conditions));
+            let checked = checked.and_then(|()| r.headers.as_ref().map_or(Ok(()), validate_header_edits));
+            let checked = checked.and_then(|()| {
+                let named = r.fallback_backend.iter().chain(r.error_pages.as_ref().and_then(|e| e.backend.as_ref()));
+                match named.into_iter().find(|b| !backends.contains(b.as_str())) {
+                    Some(b) => Err(format!("unknown fallback or error backend {b:?}")),
+                    None => Ok(()),
+                }
+            });
             checked.map_err(|what| InvalidRoute { host: host(), path: path.to_string(), what })?;
         }
     }

@@ -3,7 +3,7 @@
 //! parse is reported with the annotation and the value, and the default applies.
 
 use crate::diagnostic::Reason;
-use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol};
+use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol, ValueCondition, ValueRule};
 use std::collections::BTreeMap;
 
 pub(crate) const PORTICO_PREFIX: &str = "portico.io/";
@@ -336,6 +336,96 @@ impl<'a> Annotations<'a> {
         })
     }
 
+    /// `match-headers` and `match-query`: `name=value`, `name~=regex` or `name` alone (present).
+    /// Header names are lower-cased.
+    pub fn value_conditions(&self, name: &str, of_headers: bool) -> Result<Option<Vec<ValueCondition>>, InvalidAnnotation> {
+        self.parse(name, "conditions such as x-env=beta, x-user~=^a, x-debug (one per line or comma-separated)", |v| {
+            let conditions: Option<Vec<ValueCondition>> = entries(v)
+                .map(|entry| {
+                    let (name, rule) = if let Some((n, re)) = entry.split_once("~=") {
+                        regex::RegexBuilder::new(re).size_limit(REGEX_SIZE_LIMIT).build().ok()?;
+                        (n, ValueRule::Matches(re.to_string()))
+                    } else if let Some((n, value)) = entry.split_once('=') {
+                        (n, ValueRule::Equals(value.trim().to_string()))
+                    } else {
+                        (entry, ValueRule::Present)
+                    };
+                    let name = name.trim();
+                    let name = if of_headers {
+                        http::HeaderName::from_bytes(name.as_bytes()).ok()?.as_str().to_string()
+                    } else {
+                        (!name.is_empty() && name.bytes().all(|b| b > b' ' && b != 0x7f && b != b'&')).then(|| name.to_string())?
+                    };
+                    let printable = |t: &str| t.bytes().all(|b| b >= b' ' && b != 0x7f);
+                    match &rule {
+                        ValueRule::Equals(t) | ValueRule::Matches(t) if !printable(t) => None,
+                        _ => Some(ValueCondition { name, rule }),
+                    }
+                })
+                .collect();
+            conditions.filter(|c| !c.is_empty() && v.len() <= 4096)
+        })
+    }
+
+    /// `match-methods`: a comma-separated list of methods, upper-cased.
+    pub fn methods(&self, name: &str) -> Result<Option<Vec<String>>, InvalidAnnotation> {
+        self.parse(name, "a comma-separated list of HTTP methods such as GET, POST", |v| {
+            let methods: Option<Vec<String>> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(|m| (m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic())).then(|| m.to_ascii_uppercase()))
+                .collect();
+            methods.filter(|m| !m.is_empty())
+        })
+    }
+
+    /// `request-headers-set` and the like: `Name: value`, one per line (or comma-separated
+    /// on one line). Names are lower-cased.
+    pub fn header_lines(&self, name: &str) -> Result<Option<Vec<(String, String)>>, InvalidAnnotation> {
+        self.parse(name, "headers as Name: value, one per line", |v| {
+            let lines: Option<Vec<(String, String)>> = entries(v)
+                .map(|line| {
+                    let (n, value) = line.split_once(':')?;
+                    let n = http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?;
+                    let value = value.trim();
+                    http::HeaderValue::from_str(value).ok()?;
+                    Some((n.as_str().to_string(), value.to_string()))
+                })
+                .collect();
+            lines.filter(|l| !l.is_empty() && v.len() <= 8192)
+        })
+    }
+
+    /// `custom-http-errors`: a comma-separated list of statuses from 400 to 599.
+    pub fn error_statuses(&self, name: &str) -> Result<Option<Vec<u16>>, InvalidAnnotation> {
+        self.parse(name, "a comma-separated list of statuses from 400 to 599", |v| {
+            let statuses: Option<Vec<u16>> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<u16>().ok().filter(|c| (400..600).contains(c)))
+                .collect();
+            let mut statuses = statuses.filter(|s| !s.is_empty())?;
+            statuses.sort_unstable();
+            statuses.dedup();
+            Some(statuses)
+        })
+    }
+
+    /// A Service of the Ingress's namespace, `name` or `name:port` (a number or a port name).
+    pub fn service_ref(&self, name: &str) -> Result<Option<(String, Option<String>)>, InvalidAnnotation> {
+        self.parse(name, "a Service of the Ingress's namespace, name or name:port", |v| {
+            let (service, port) = match v.split_once(':') {
+                Some((s, p)) => (s, Some(p)),
+                None => (v, None),
+            };
+            let dns_label =
+                |t: &str| !t.is_empty() && t.len() <= 63 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            (dns_label(service) && port.is_none_or(dns_label)).then(|| (service.to_string(), port.map(str::to_string)))
+        })
+    }
+
     /// A Secret reference, `namespace/name` or just `name` (the Ingress's namespace).
     pub fn secret_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
         self.parse(name, "a Secret reference, namespace/name", |v| {
@@ -343,6 +433,13 @@ impl<'a> Annotations<'a> {
             (!ns.is_empty() && !n.is_empty() && !n.contains('/')).then(|| (ns.to_string(), n.to_string()))
         })
     }
+}
+
+/// The entries of a list annotation: its lines when it has several, else its
+/// comma-separated parts; trimmed, empty ones skipped.
+fn entries(v: &str) -> impl Iterator<Item = &str> {
+    let separator = if v.trim().contains('\n') { '\n' } else { ',' };
+    v.split(separator).map(str::trim).filter(|e| !e.is_empty())
 }
 
 /// Whole seconds (`"5"`), or with a unit (`"5s"`, `"500ms"`, `"2m"`), in milliseconds.
@@ -423,6 +520,38 @@ mod tests {
         assert!(n.error && n.timeout && n.statuses == [503]);
         assert_eq!(a.load_balance(), Ok(Some(Balance::Ewma)));
         assert_eq!(a.hash_key(), Ok(Some("$remote_addr$http_x_user".into())));
+
+        let m = map(&[
+            ("portico.io/match-headers", "X-Env=beta, x-user~=^a[0-9]+$, x-debug"),
+            ("portico.io/match-query", "v=2\ntoken~=^(a,b)$"),
+            ("portico.io/match-methods", "get, Post"),
+            ("portico.io/response-headers-set", "X-Frame-Options: DENY\nCache-Control: no-store, private"),
+            ("portico.io/custom-http-errors", "503,404, 404"),
+            ("portico.io/default-backend", "errors:http"),
+        ]);
+        let a = Annotations::new(Some(&m));
+        let headers = a.value_conditions("match-headers", true).unwrap().unwrap();
+        assert_eq!(headers[0], ValueCondition { name: "x-env".into(), rule: ValueRule::Equals("beta".into()) });
+        assert_eq!(headers[1].rule, ValueRule::Matches("^a[0-9]+$".into()));
+        assert_eq!(headers[2].rule, ValueRule::Present);
+        let query = a.value_conditions("match-query", false).unwrap().unwrap();
+        assert_eq!(query[1].rule, ValueRule::Matches("^(a,b)$".into()), "one condition per line keeps commas");
+        assert_eq!(a.methods("match-methods"), Ok(Some(vec!["GET".into(), "POST".into()])));
+        let set = a.header_lines("response-headers-set").unwrap().unwrap();
+        assert_eq!(set[1], ("cache-control".into(), "no-store, private".into()));
+        assert_eq!(a.error_statuses("custom-http-errors"), Ok(Some(vec![404, 503])));
+        assert_eq!(a.service_ref("default-backend"), Ok(Some(("errors".into(), Some("http".into())))));
+        let m = map(&[
+            ("portico.io/match-headers", "bad header=1"),
+            ("portico.io/match-query", "a~=(unclosed"),
+            ("portico.io/response-headers-set", "no colon"),
+            ("portico.io/custom-http-errors", "200"),
+        ]);
+        let a = Annotations::new(Some(&m));
+        assert!(a.value_conditions("match-headers", true).is_err());
+        assert!(a.value_conditions("match-query", false).is_err());
+        assert!(a.header_lines("response-headers-set").is_err());
+        assert!(a.error_statuses("custom-http-errors").is_err());
 
         let m = map(&[("portico.io/proxy-next-upstream", "error http_418"), ("portico.io/upstream-hash-by", "$nope")]);
         let a = Annotations::new(Some(&m));

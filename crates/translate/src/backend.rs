@@ -64,7 +64,7 @@ pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstrea
     name
 }
 
-fn port_text(port: Option<&ServiceBackendPort>) -> String {
+pub(crate) fn port_text(port: Option<&ServiceBackendPort>) -> String {
     match port {
         Some(ServiceBackendPort { number: Some(n), .. }) => n.to_string(),
         Some(ServiceBackendPort { name: Some(n), .. }) => n.clone(),
@@ -136,6 +136,18 @@ pub(crate) fn resolve(
         )
     });
     Resolved { backend: Backend { name, endpoints, upstream: upstream.clone(), policy: policy.clone() }, problem }
+}
+
+/// A Service as a plain HTTP backend on its first port (`--default-backend-service`).
+pub(crate) fn resolve_first_port(state: &ClusterState, slices: &SliceIndex<'_>, namespace: &str, name: &str) -> Resolved {
+    let port = first_port(state, namespace, name).map(|number| ServiceBackendPort { number: Some(number), name: None });
+    let svc = IngressServiceBackend { name: name.to_string(), port };
+    resolve(state, slices, namespace, &svc, &Upstream::default(), &TrafficPolicy::default())
+}
+
+/// The number of a Service's first port.
+pub(crate) fn first_port(state: &ClusterState, namespace: &str, name: &str) -> Option<i32> {
+    state.service(namespace, name)?.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port)
 }
 
 fn find_port<'a>(ports: &'a [ServicePort], wanted: Option<&ServiceBackendPort>) -> Option<&'a ServicePort> {

@@ -2,7 +2,7 @@
 //! Ingress's fragment between translations and reprocesses only the Ingresses whose own
 //! object, or an object they read, changed; merging and assembly run every time.
 
-use crate::backend::SliceIndex;
+use crate::backend::{self, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
@@ -25,6 +25,9 @@ pub struct Options {
     pub default_certificate: Option<ObjectKey>,
     /// `Strict-Transport-Security` for HTTPS responses.
     pub hsts: Option<Hsts>,
+    /// The Service (on its first port) that takes requests no route matches, unless an
+    /// Ingress's `spec.defaultBackend` does (`--default-backend-service`).
+    pub default_backend_service: Option<ObjectKey>,
 }
 
 impl Default for Options {
@@ -34,6 +37,7 @@ impl Default for Options {
             assume_class_exists: false,
             default_certificate: None,
             hsts: Some(Hsts { max_age: 31_536_000, include_subdomains: false, preload: false }),
+            default_backend_service: None,
         }
     }
 }
@@ -104,11 +108,24 @@ impl Translator {
                 }
             });
         }
+        let global_default = opts.default_backend_service.as_ref().and_then(|(namespace, name)| {
+            let resolved = backend::resolve_first_port(state, &slices, namespace, name);
+            if let Some((reason, message)) = &resolved.problem {
+                let object = ObjectRef { kind: "Service", namespace: namespace.clone(), name: name.clone() };
+                diagnostics.push(Diagnostic { object, reason: *reason, message: format!("--default-backend-service: {message}") });
+            }
+            // A Service that is not there (or has no port) leaves 404 for unmatched requests.
+            (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound)).then(|| Arc::new(resolved))
+        });
         let mut table = RouteTable::default();
         for fragment in &current {
             table.merge(fragment, &mut diagnostics);
         }
+        if let Some(resolved) = &global_default {
+            table.default_backend_if_unset(resolved);
+        }
         table.attach_canaries(&mut diagnostics);
+        table.attach_www_redirects();
         let translation = assemble(state, opts, table, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
         self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
         translation

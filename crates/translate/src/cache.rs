@@ -2,7 +2,7 @@
 //! (`Arc`), as kube-rs reflectors hand them out: taking a copy of the state for one
 //! translation copies pointers, not objects, and an unchanged object keeps its address.
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,6 +20,8 @@ pub enum KubeObject {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     Secret(Arc<Secret>),
+    /// Read for `custom-headers`.
+    ConfigMap(Arc<ConfigMap>),
 }
 
 /// The kinds of [`KubeObject`].
@@ -30,6 +32,7 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     Secret,
+    ConfigMap,
 }
 
 impl ObjectKind {
@@ -40,6 +43,7 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
+            ObjectKind::ConfigMap => "ConfigMap",
         }
     }
 }
@@ -52,6 +56,7 @@ impl KubeObject {
             KubeObject::Service(_) => ObjectKind::Service,
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Secret(_) => ObjectKind::Secret,
+            KubeObject::ConfigMap(_) => ObjectKind::ConfigMap,
         }
     }
 
@@ -62,6 +67,7 @@ impl KubeObject {
             KubeObject::Service(o) => &o.metadata,
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
+            KubeObject::ConfigMap(o) => &o.metadata,
         }
     }
 }
@@ -76,6 +82,7 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
+    pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
 }
 
 fn key(meta: &ObjectMeta) -> ObjectKey {
@@ -101,6 +108,9 @@ impl ClusterState {
             KubeObject::Secret(o) => {
                 self.secrets.insert(key(&o.metadata), o);
             }
+            KubeObject::ConfigMap(o) => {
+                self.config_maps.insert(key(&o.metadata), o);
+            }
         }
     }
 
@@ -123,6 +133,9 @@ impl ClusterState {
             ObjectKind::Secret => {
                 self.secrets.remove(&k);
             }
+            ObjectKind::ConfigMap => {
+                self.config_maps.remove(&k);
+            }
         }
     }
 
@@ -136,6 +149,7 @@ impl ClusterState {
             ObjectKind::Service => self.services.retain(|k, _| keep(k)),
             ObjectKind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep(k)),
             ObjectKind::Secret => self.secrets.retain(|k, _| keep(k)),
+            ObjectKind::ConfigMap => self.config_maps.retain(|k, _| keep(k)),
         }
         for o in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(o);
@@ -151,6 +165,7 @@ impl ClusterState {
             "Service" => &self.services.get(&k)?.metadata,
             "EndpointSlice" => &self.endpoint_slices.get(&k)?.metadata,
             "Secret" => &self.secrets.get(&k)?.metadata,
+            "ConfigMap" => &self.config_maps.get(&k)?.metadata,
             _ => return None,
         };
         meta.uid.clone()

@@ -42,6 +42,7 @@ pub enum Reason {
     CanaryWithoutPrimary,
     CanaryConflict,
     UnsupportedAnnotation,
+    ConfigMapNotFound,
 }
 
 impl Reason {
@@ -65,6 +66,7 @@ impl Reason {
             Reason::CanaryWithoutPrimary => "CanaryWithoutPrimary",
             Reason::CanaryConflict => "CanaryConflict",
             Reason::UnsupportedAnnotation => "UnsupportedAnnotation",
+            Reason::ConfigMapNotFound => "ConfigMapNotFound",
         }
     }
 }

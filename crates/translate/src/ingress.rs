@@ -9,12 +9,13 @@ use crate::cache::{ClusterState, ObjectKey};
 use crate::credentials::{self, SecretLayout};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::secret::{self, CheckedCertificate};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend, ServiceBackendPort};
 use portico_model::{
-    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, Cors, ExternalAuth, HeaderRule, HealthCheck,
-    HostMatch, JwtAuth, PathMatch, RateLimit, Redirect, Rewrite, Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
+    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, Cors, ErrorPages, ExternalAuth, HeaderEdits,
+    HeaderRule, HealthCheck, HostMatch, JwtAuth, PathMatch, RateLimit, Redirect, RequestConditions, Rewrite, Route, SessionAffinity,
+    SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub(crate) struct Lookups<'a> {
 enum Dependency {
     Service { key: ObjectKey, service: Option<Arc<Service>>, slices: Vec<Arc<EndpointSlice>> },
     Secret { key: ObjectKey, secret: Option<Arc<Secret>> },
+    ConfigMap { key: ObjectKey, config_map: Option<Arc<ConfigMap>> },
 }
 
 fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
@@ -53,6 +55,7 @@ impl Dependency {
                     && now.iter().zip(seen).all(|(a, b)| Arc::ptr_eq(a, b))
             }
             Dependency::Secret { key, secret } => same(state.secrets.get(key), secret.as_ref()),
+            Dependency::ConfigMap { key, config_map } => same(state.config_maps.get(key), config_map.as_ref()),
         }
     }
 }
@@ -90,6 +93,9 @@ pub(crate) struct Fragment {
     /// Set on a `canary: "true"` Ingress: its routes split a primary's traffic rather
     /// than route on their own. `backend`, `source` and `affinity` are filled per route.
     pub canary: Option<Canary>,
+    /// `from-to-www-redirect`: the other name of each host, with routes that redirect to
+    /// the host. They yield to any Ingress that routes that name itself.
+    pub www_redirects: Vec<(HostMatch, Vec<FragmentRoute>)>,
     pub diagnostics: Vec<Diagnostic>,
     pub backends: Vec<Arc<Resolved>>,
     pub certificates: Vec<Arc<CheckedCertificate>>,
@@ -122,6 +128,17 @@ struct RoutePolicy {
     rewrite: Option<Rewrite>,
     rate_limit: Option<RateLimit>,
     cors: Option<Cors>,
+    /// `match-*`. `Err` when one did not parse: the Ingress then routes nothing, since
+    /// without its conditions a route would take traffic meant for others.
+    conditions: Result<Option<RequestConditions>, ()>,
+    headers: Option<HeaderEdits>,
+    /// `default-backend`, resolved.
+    fallback_backend: Option<String>,
+    /// `custom-http-errors`.
+    error_statuses: Option<Vec<u16>>,
+    preserve_trailing_slash: bool,
+    /// `from-to-www-redirect`.
+    www_redirect: bool,
 }
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
@@ -180,6 +197,12 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             rewrite: None,
             rate_limit: None,
             cors: None,
+            conditions: Ok(None),
+            headers: None,
+            fallback_backend: None,
+            error_statuses: None,
+            preserve_trailing_slash: false,
+            www_redirect: false,
         };
         let fragment = Fragment {
             ingress: ingress.clone(),
@@ -190,6 +213,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             rules: Vec::new(),
             tls: Vec::new(),
             canary: None,
+            www_redirects: Vec::new(),
             diagnostics: Vec::new(),
             backends: Vec::new(),
             certificates: Vec::new(),
@@ -249,6 +273,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.policy.access = self.read_access(&a);
         self.policy.cors = self.read_cors(&a);
         self.read_rewrites(&a);
+        self.read_routing_annotations(&a);
         if self.annotation(a.bool("canary")) == Some(true) {
             self.fragment.canary = Some(self.read_canary(&a));
         }
@@ -278,6 +303,108 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         }
         self.policy.regex_paths = self.annotation(a.bool("use-regex")).unwrap_or(false) || rw.target.is_some();
         self.policy.rewrite = (rw != Rewrite::default()).then_some(rw);
+    }
+
+    /// `match-*`, header edits, `default-backend`, `custom-http-errors`,
+    /// `preserve-trailing-slash` and `from-to-www-redirect`.
+    fn read_routing_annotations(&mut self, a: &Annotations<'_>) {
+        let headers = a.value_conditions("match-headers", true);
+        let query = a.value_conditions("match-query", false);
+        let methods = a.methods("match-methods");
+        self.policy.conditions = match (headers, methods, query) {
+            (Ok(headers), Ok(methods), Ok(query)) => {
+                let c = RequestConditions {
+                    headers: headers.unwrap_or_default(),
+                    methods: methods.unwrap_or_default(),
+                    query: query.unwrap_or_default(),
+                };
+                Ok((c != RequestConditions::default()).then_some(c))
+            }
+            (headers, methods, query) => {
+                for e in [headers.err(), query.err(), methods.err()].into_iter().flatten() {
+                    self.report(e.reason(), format!("{}; the Ingress's routes are skipped", e.message()));
+                }
+                Err(())
+            }
+        };
+        let mut edits = HeaderEdits::default();
+        edits.response.set = self.custom_headers(a);
+        for (changes, side) in [(&mut edits.request, "request"), (&mut edits.response, "response")] {
+            let remove = a.header_names(&format!("{side}-headers-remove"));
+            changes.remove = self.annotation(remove).unwrap_or_default();
+            changes.set.extend(self.annotation(a.header_lines(&format!("{side}-headers-set"))).unwrap_or_default());
+            changes.add = self.annotation(a.header_lines(&format!("{side}-headers-add"))).unwrap_or_default();
+        }
+        self.policy.headers = (edits != HeaderEdits::default()).then_some(edits);
+        if let Some((service, port)) = self.annotation(a.service_ref("default-backend")) {
+            self.policy.fallback_backend = self.fallback_backend(&service, port);
+        }
+        self.policy.error_statuses = self.annotation(a.error_statuses("custom-http-errors"));
+        self.policy.preserve_trailing_slash = self.annotation(a.bool("preserve-trailing-slash")).unwrap_or(false);
+        self.policy.www_redirect = self.annotation(a.bool("from-to-www-redirect")).unwrap_or(false);
+    }
+
+    /// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace, set on
+    /// every response. An entry that is not a header is reported and left out.
+    fn custom_headers(&mut self, a: &Annotations<'_>) -> Vec<(String, String)> {
+        let Some((namespace, name)) = self.annotation(a.secret_ref("custom-headers", self.namespace)) else { return Vec::new() };
+        let key = a.get("custom-headers").map(|(k, _)| k).unwrap_or_default();
+        if namespace != self.namespace {
+            let msg = format!("annotation {key}: ConfigMap {namespace}/{name} is in another namespace; only the Ingress's own is read");
+            self.report(Reason::InvalidAnnotation, msg);
+            return Vec::new();
+        }
+        let object_key = (namespace, name);
+        let config_map = self.lookups.state.config_maps.get(&object_key).cloned();
+        self.fragment.dependencies.push(Dependency::ConfigMap { key: object_key.clone(), config_map: config_map.clone() });
+        let Some(config_map) = config_map else {
+            let msg = format!("annotation {key}: ConfigMap {}/{} does not exist", object_key.0, object_key.1);
+            self.report(Reason::ConfigMapNotFound, msg);
+            return Vec::new();
+        };
+        let mut headers = Vec::new();
+        for (entry, value) in config_map.data.iter().flatten() {
+            let parsed = http::HeaderName::from_bytes(entry.as_bytes()).ok().zip(http::HeaderValue::from_str(value.trim()).ok());
+            match parsed {
+                Some((header, _)) => headers.push((header.as_str().to_string(), value.trim().to_string())),
+                None => {
+                    let msg = format!(
+                        "annotation {key}: ConfigMap {}/{} entry {entry:?} is not a header name and value; left out",
+                        object_key.0, object_key.1
+                    );
+                    self.report(Reason::InvalidAnnotation, msg);
+                }
+            }
+        }
+        headers
+    }
+
+    /// The `default-backend` Service as a plain HTTP backend; without a port, its first.
+    fn fallback_backend(&mut self, service: &str, port: Option<String>) -> Option<String> {
+        let port = match port {
+            Some(p) => match p.parse::<i32>() {
+                Ok(number) => ServiceBackendPort { number: Some(number), name: None },
+                Err(_) => ServiceBackendPort { number: None, name: Some(p) },
+            },
+            None => match backend::first_port(self.lookups.state, self.namespace, service) {
+                Some(number) => ServiceBackendPort { number: Some(number), name: None },
+                None => {
+                    self.observe_service(service);
+                    let msg = format!("annotation default-backend: service {}/{service} does not exist or has no port", self.namespace);
+                    self.report(Reason::ServiceNotFound, msg);
+                    return None;
+                }
+            },
+        };
+        let svc = IngressServiceBackend { name: service.to_string(), port: Some(port) };
+        self.observe_service(service);
+        let (upstream, traffic) = (Upstream::default(), TrafficPolicy::default());
+        let name = backend::backend_name(self.namespace, &svc, &upstream, &traffic);
+        let resolved = self.resolved(name.clone(), &svc, &upstream, &traffic);
+        if let Some((reason, message)) = resolved.problem.clone() {
+            self.report(reason, format!("annotation default-backend: {message}"));
+        }
+        Some(name)
     }
 
     /// Source ranges and basic auth. Unlike tuning, a security annotation that cannot be
@@ -744,6 +871,9 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         if let Some(default) = &spec.default_backend {
             self.fragment.default_backend = self.backend(default, || "spec.defaultBackend".into());
         }
+        if self.policy.conditions.is_err() {
+            return self.fragment;
+        }
         for (i, rule) in rules.iter().enumerate() {
             let host_text = rule.host.as_deref().unwrap_or("");
             let host: HostMatch = match host_text.parse() {
@@ -789,6 +919,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     rewrite: self.policy.rewrite.clone(),
                     rate_limit: self.policy.rate_limit.clone(),
                     cors: self.policy.cors.clone(),
+                    conditions: self.policy.conditions.clone().unwrap_or_default(),
+                    headers: self.policy.headers.clone(),
+                    fallback_backend: self.policy.fallback_backend.clone(),
+                    error_pages: self.error_pages(&path.backend),
+                    preserve_trailing_slash: self.policy.preserve_trailing_slash,
                 };
                 routes.push(FragmentRoute {
                     route,
@@ -801,7 +936,54 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.fragment.rules.push((host, routes));
         }
         self.add_aliases();
+        if self.policy.www_redirect {
+            self.add_www_redirects();
+        }
         self.fragment
+    }
+
+    /// `custom-http-errors` for a route to `backend`: the pages come from `default-backend`
+    /// or, without it, from the default backend of the snapshot.
+    fn error_pages(&self, backend: &IngressBackend) -> Option<ErrorPages> {
+        let statuses = self.policy.error_statuses.clone()?;
+        let service = backend.service.as_ref()?;
+        Some(ErrorPages {
+            statuses,
+            backend: self.policy.fallback_backend.clone(),
+            namespace: self.namespace.to_string(),
+            ingress: self.fragment.object.name.clone(),
+            service: service.name.clone(),
+            service_port: backend::port_text(service.port.as_ref()),
+        })
+    }
+
+    /// `from-to-www-redirect`: `www.example.com` for `example.com` and the other way
+    /// round, each path answering 308 to the same URL on the named host.
+    fn add_www_redirects(&mut self) {
+        let mut redirects = Vec::new();
+        for (host, routes) in &self.fragment.rules {
+            let HostMatch::Exact(name) = host else { continue };
+            let other = match name.strip_prefix("www.") {
+                Some(bare) => bare.to_string(),
+                None => format!("www.{name}"),
+            };
+            let Ok(other) = other.parse::<HostMatch>() else { continue };
+            if self.fragment.rules.iter().any(|(h, _)| *h == other) {
+                continue;
+            }
+            let target = format!("$scheme://{name}$request_uri");
+            let routes = routes
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    let rewrite = Rewrite { redirect: Some(Redirect { code: 308, target: target.clone() }), ..Rewrite::default() };
+                    r.route.rewrite = Some(rewrite);
+                    r
+                })
+                .collect();
+            redirects.push((other, routes));
+        }
+        self.fragment.www_redirects = redirects;
     }
 
     /// `server-alias`: each alias serves the routes (and TLS) of the Ingress's named hosts.
@@ -853,21 +1035,28 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 name
             }
         };
-        let lookups = &mut *self.lookups;
-        let resolved = lookups
-            .resolved
-            .entry(name.clone())
-            .or_insert_with(|| {
-                Arc::new(backend::resolve(lookups.state, lookups.slices, self.namespace, svc, &upstream, &self.policy.traffic))
-            })
-            .clone();
+        let traffic = self.policy.traffic.clone();
+        let resolved = self.resolved(name.clone(), svc, &upstream, &traffic);
         if let Some((reason, message)) = resolved.problem.clone() {
             self.report(reason, format!("{}: {message}", field()));
         }
-        if !self.fragment.backends.iter().any(|b| Arc::ptr_eq(b, &resolved)) {
-            self.fragment.backends.push(resolved);
-        }
         Some(name)
+    }
+
+    /// The backend `name` of a Service port, resolved once per translation and listed
+    /// among the fragment's backends.
+    fn resolved(&mut self, name: String, svc: &IngressServiceBackend, upstream: &Upstream, traffic: &TrafficPolicy) -> Arc<Resolved> {
+        let lookups = &mut *self.lookups;
+        let namespace = self.namespace;
+        let resolved = lookups
+            .resolved
+            .entry(name)
+            .or_insert_with(|| Arc::new(backend::resolve(lookups.state, lookups.slices, namespace, svc, upstream, traffic)))
+            .clone();
+        if !self.fragment.backends.iter().any(|b| Arc::ptr_eq(b, &resolved)) {
+            self.fragment.backends.push(Arc::clone(&resolved));
+        }
+        resolved
     }
 }
 

@@ -10,7 +10,7 @@ use crate::backend::Resolved;
 use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
-use portico_model::{Backend, Canary, HostMatch, PathMatch};
+use portico_model::{Backend, Canary, HostMatch, PathMatch, RequestConditions, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub(crate) struct RouteTable<'f> {
     certificates: FastMap<&'f str, &'f Arc<CheckedCertificate>>,
     /// Canary fragments, oldest first, attached by [`RouteTable::attach_canaries`].
     canaries: Vec<&'f Fragment>,
+    /// Fragments with `from-to-www-redirect`, oldest first, attached by [`RouteTable::attach_www_redirects`].
+    www_redirects: Vec<&'f Fragment>,
 }
 
 pub(crate) struct TlsOwner<'f> {
@@ -35,11 +37,18 @@ pub(crate) struct TlsOwner<'f> {
     pub owner: &'f str,
 }
 
+type RouteKey<'f> = (&'f PathMatch, &'f Option<RequestConditions>);
+
+fn key(route: &Route) -> RouteKey<'_> {
+    (&route.path, &route.conditions)
+}
+
 /// The routes of one host, and which route claimed each path.
 #[derive(Default)]
 pub(crate) struct HostRoutes<'f> {
     pub routes: Vec<&'f FragmentRoute>,
-    by_path: FastMap<&'f PathMatch, usize>,
+    /// Routes are told apart by path and conditions.
+    by_path: FastMap<RouteKey<'f>, usize>,
     /// The canary of a route, by the route's index.
     pub canaries: FastMap<usize, Canary>,
 }
@@ -50,6 +59,9 @@ impl<'f> RouteTable<'f> {
         if fragment.canary.is_some() {
             self.canaries.push(fragment);
             return;
+        }
+        if !fragment.www_redirects.is_empty() {
+            self.www_redirects.push(fragment);
         }
         let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
         for b in &fragment.backends {
@@ -88,7 +100,7 @@ impl<'f> RouteTable<'f> {
         for (host, routes) in &fragment.rules {
             let host_routes = self.hosts.entry(host).or_default();
             for r in routes {
-                if let Some(owner) = host_routes.by_path.get(&r.route.path).map(|i| &host_routes.routes[*i].route.source) {
+                if let Some(owner) = host_routes.by_path.get(&key(&r.route)).map(|i| &host_routes.routes[*i].route.source) {
                     let msg = format!(
                         "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
                         r.rule,
@@ -100,8 +112,32 @@ impl<'f> RouteTable<'f> {
                     report(Reason::PathConflict, msg);
                     continue;
                 }
-                host_routes.by_path.insert(&r.route.path, host_routes.routes.len());
+                host_routes.by_path.insert(key(&r.route), host_routes.routes.len());
                 host_routes.routes.push(r);
+            }
+        }
+    }
+
+    /// The default backend when no Ingress set one (`--default-backend-service`).
+    pub fn default_backend_if_unset(&mut self, resolved: &'f Arc<Resolved>) {
+        if self.default_backend.is_none() {
+            self.default_backend = Some((&resolved.backend.name, "--default-backend-service"));
+            self.backends.entry(&resolved.backend.name).or_insert(resolved);
+        }
+    }
+
+    /// Adds the redirect routes of `from-to-www-redirect` where no Ingress routes the same
+    /// host and path. Call once, after every fragment is merged.
+    pub fn attach_www_redirects(&mut self) {
+        for fragment in std::mem::take(&mut self.www_redirects) {
+            for (host, routes) in &fragment.www_redirects {
+                let host_routes = self.hosts.entry(host).or_default();
+                for r in routes {
+                    if !host_routes.by_path.contains_key(&key(&r.route)) {
+                        host_routes.by_path.insert(key(&r.route), host_routes.routes.len());
+                        host_routes.routes.push(r);
+                    }
+                }
             }
         }
     }
@@ -116,7 +152,7 @@ impl<'f> RouteTable<'f> {
                 for r in routes {
                     let field = format!("spec.rules[{}].http.paths[{}]", r.rule, r.path);
                     let what = format!("path {:?} on host {:?}", r.route.path.path(), host.to_string());
-                    let primary = self.hosts.get_mut(host).and_then(|h| h.by_path.get(&r.route.path).copied().map(|i| (h, i)));
+                    let primary = self.hosts.get_mut(host).and_then(|h| h.by_path.get(&key(&r.route)).copied().map(|i| (h, i)));
                     let Some((host_routes, index)) = primary else {
                         let msg = format!("{field}: canary for {what}, which no other Ingress routes; it gets no traffic");
                         report(Reason::CanaryWithoutPrimary, msg);

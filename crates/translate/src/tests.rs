@@ -751,3 +751,116 @@ fn rate_limits_fail_closed_and_cors_fails_off() {
     assert!(t.diagnostics.iter().any(|d| d.object.name == "badcors" && d.message.contains("CORS stays off")));
     assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
 }
+
+#[test]
+fn conditions_tell_routes_of_one_path_apart_and_a_bad_one_routes_nothing() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    let spec = json!({"ingressClassName": "portico", "rules": [rule("app.test", "Prefix", "/", "main", json!({"number": 80}))]});
+    objects.push(annotated("ns", "plain", "2024-01-01T00:00:00Z", json!({}), spec.clone()));
+    let beta = json!({"portico.io/match-headers": "x-env=beta", "portico.io/match-methods": "get,post",
+                      "portico.io/match-query": "v~=^2"});
+    objects.push(annotated("ns", "beta", "2024-01-02T00:00:00Z", beta, spec.clone()));
+    objects.push(annotated("ns", "broken", "2024-01-03T00:00:00Z", json!({"portico.io/match-headers": "x-env~=(beta"}), spec));
+    let t = run(objects);
+    let routes = &t.snapshot.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 2, "the same path twice, told apart by conditions; the broken one left out");
+    let c = routes.iter().find_map(|r| r.conditions.clone()).expect("a route with conditions");
+    assert_eq!(c.methods, ["GET", "POST"]);
+    assert_eq!(c.headers[0].rule, portico_model::ValueRule::Equals("beta".into()));
+    assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
+    let broken = t.diagnostics.iter().find(|d| d.object.name == "broken").expect("the bad pattern is reported");
+    assert!(broken.message.contains("match-headers") && broken.message.contains("routes are skipped"), "{}", broken.message);
+    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+}
+
+#[test]
+fn header_edits_error_pages_fallbacks_and_www_redirects() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(backends_of("ns", "errors"));
+    let cases: &[(&str, Value)] = &[
+        (
+            "edited",
+            json!({"portico.io/request-headers-set": "X-Env: prod", "portico.io/response-headers-remove": "x-powered-by",
+                   "portico.io/response-headers-add": "X-Frame-Options: DENY\nCache-Control: no-store, private",
+                   "portico.io/request-headers-add": "not a header"}),
+        ),
+        (
+            "pages",
+            json!({"nginx.ingress.kubernetes.io/default-backend": "errors", "nginx.ingress.kubernetes.io/custom-http-errors": "404,503",
+                   "nginx.ingress.kubernetes.io/preserve-trailing-slash": "true"}),
+        ),
+        ("nofallback", json!({"nginx.ingress.kubernetes.io/default-backend": "missing"})),
+        ("custom", json!({"nginx.ingress.kubernetes.io/custom-headers": "ns/security"})),
+        ("elsewhere", json!({"nginx.ingress.kubernetes.io/custom-headers": "other/security"})),
+        ("nomap", json!({"nginx.ingress.kubernetes.io/custom-headers": "absent"})),
+        ("www.shop", json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"})),
+    ];
+    objects.extend(one_route_sites(cases));
+    // A younger Ingress that routes the bare name itself keeps it.
+    let taken = json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/", "main", json!({"number": 80}))]});
+    objects.push(annotated("ns", "bare", "2025-01-01T00:00:00Z", json!({}), taken));
+    objects.extend(one_route_sites(&[("blog", json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"}))]));
+    let config_map = |ns: &str| {
+        KubeObject::ConfigMap(std::sync::Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "security", "namespace": ns},
+                "data": {"X-Content-Type-Options": "nosniff", "bad name": "x"}}))
+            .unwrap(),
+        ))
+    };
+    objects.push(config_map("ns"));
+    objects.push(config_map("other"));
+    let t = run(objects);
+    let route = |host: &str| first_route(&t, host);
+
+    let custom = route("custom.test").headers.expect("custom headers");
+    assert_eq!(custom.response.set, [("x-content-type-options".to_string(), "nosniff".to_string())]);
+    let reported = |name: &str, text: &str| t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains(text));
+    assert!(reported("custom", "\"bad name\" is not a header"));
+    assert!(route("elsewhere.test").headers.is_none() && reported("elsewhere", "another namespace"));
+    assert!(route("nomap.test").headers.is_none() && reported("nomap", "does not exist"));
+
+    let edits = route("edited.test").headers.expect("header edits");
+    assert_eq!(edits.request.set, [("x-env".to_string(), "prod".to_string())]);
+    assert!(edits.request.add.is_empty(), "a bad value is reported and left out");
+    assert_eq!(edits.response.remove, ["x-powered-by"]);
+    assert_eq!(edits.response.add[1], ("cache-control".to_string(), "no-store, private".to_string()));
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "edited" && d.message.contains("request-headers-add")));
+
+    let pages = route("pages.test");
+    assert_eq!(pages.fallback_backend.as_deref(), Some("ns/errors:80"));
+    let e = pages.error_pages.expect("error pages");
+    assert_eq!(
+        (e.statuses.as_slice(), e.backend.as_deref(), e.service.as_str(), e.ingress.as_str()),
+        (&[404, 503][..], Some("ns/errors:80"), "main", "pages")
+    );
+    assert!(pages.preserve_trailing_slash);
+    assert!(route("nofallback.test").fallback_backend.is_none());
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "nofallback" && d.reason == Reason::ServiceNotFound));
+
+    assert!(route("blog.test").rewrite.is_none(), "the named host itself is not redirected");
+    let www = route("www.blog.test").rewrite.and_then(|r| r.redirect).expect("the www name redirects");
+    assert_eq!((www.code, www.target.as_str()), (308, "$scheme://blog.test$request_uri"));
+    let shop = route("shop.test");
+    assert!(shop.rewrite.is_none() && shop.source == "ns/bare", "an Ingress that routes the other name keeps it");
+    assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict), "a redirect yields without a conflict");
+    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+}
+
+#[test]
+fn the_default_backend_service_serves_when_no_ingress_sets_one() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("infra", "fallback"));
+    objects.extend(one_route_sites(&[("site", json!({}))]));
+    objects.extend(backends_of("ns", "main"));
+    let state: ClusterState = objects.into_iter().collect();
+    let opts = Options { default_backend_service: Some(("infra".into(), "fallback".into())), ..Options::default() };
+    let t = translate(&state, &opts);
+    assert_eq!(t.snapshot.default_backend.as_deref(), Some("infra/fallback:80"));
+    assert!(t.snapshot.backends.iter().any(|b| b.name == "infra/fallback:80" && !b.endpoints.is_empty()));
+    let missing = Options { default_backend_service: Some(("infra".into(), "nope".into())), ..Options::default() };
+    let t = translate(&state, &missing);
+    assert!(t.snapshot.default_backend.is_none());
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "nope" && d.message.contains("--default-backend-service")));
+}
