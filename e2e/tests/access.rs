@@ -45,7 +45,7 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     docs.push(site("mapped", &auth("map", "auth-map")));
     docs.push(site("nosecret", &auth("missing", "auth-file")));
     docs.push(site("external", &[("nginx.ingress.kubernetes.io/auth-url", "auth.example/check")]));
-    docs.push(site("jwt", &[("portico.io/auth-jwt-jwks-url", "https://idp.example/jwks")]));
+    docs.push(site("mtls", &[("nginx.ingress.kubernetes.io/auth-tls-secret", "client-ca")]));
     docs.push(site("open", &[]));
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
     let get = |host: &'static str, authorization: Option<String>| {
@@ -73,10 +73,10 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     // Security that cannot be enforced is not skipped: 503, and the rest still serves.
     assert_eq!(get("nosecret.test", Some(basic("carol", "secret"))).await.status, 503);
     assert_eq!(get("external.test", None).await.status, 503, "an auth-url that is not a URL is not served without its check");
-    assert_eq!(get("jwt.test", None).await.status, 503, "a control not built yet is not skipped");
+    assert_eq!(get("mtls.test", None).await.status, 503, "a control not built yet is not skipped");
     assert_eq!(get("open.test", None).await.status, 200);
     let logs = portico.logs();
-    assert!(logs.contains("auth-jwt-jwks-url is not enforced") && logs.contains("mallory"), "the reasons are reported");
+    assert!(logs.contains("auth-tls-secret is not enforced") && logs.contains("mallory"), "the reasons are reported");
     let config = portico.admin_get("/config").await.unwrap().text();
     assert!(!config.contains("5en6G6") && !config.contains("$apr1$"), "password hashes are not shown");
     drop(servers);
@@ -300,5 +300,70 @@ async fn bearer_jwts_are_verified_against_the_jwks_secret() {
     assert_eq!(get(Some(unsigned)).await.status, 401, "alg none");
     assert_eq!(servers[0].request_count(), 1, "only the valid token reached the backend");
     assert_eq!(portico.client.get("badset.test", "/").await.unwrap().status, 503, "a missing key set fails closed");
+    drop(servers);
+}
+
+/// Serves `body` as JSON to every request on 127.0.0.1, counting requests.
+async fn jwks_server(body: String) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    (addr, fetches)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_jwts_are_verified_against_a_fetched_and_cached_jwks() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    let key = openssl::pkey::PKey::generate_ed25519().unwrap();
+    let x = openssl::base64::encode_block(&key.raw_public_key().unwrap()).trim_end_matches('=').replace('+', "-").replace('/', "_");
+    let (idp, fetches) = jwks_server(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": x}]}).to_string()).await;
+    docs.push(site("remote", &[("portico.io/auth-jwt-jwks-url", &format!("http://{idp}/.well-known/jwks.json"))]));
+    docs.push(site("down", &[("portico.io/auth-jwt-jwks-url", "http://127.0.0.1:1/jwks")]));
+    docs.push(site("both", &[("portico.io/auth-jwt-jwks-url", &format!("http://{idp}/jwks")), ("portico.io/auth-jwt-jwks-secret", "idp")]));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"sub": "alice", "exp": now + 300});
+    let get = |host: &'static str, token: String| {
+        let portico = &portico;
+        async move {
+            let authorization = format!("Bearer {token}");
+            portico.client.request("GET", host, "/", &[("authorization", &authorization)]).await.unwrap()
+        }
+    };
+    let good = ed25519_token(&key, json!({"alg": "EdDSA", "kid": "k1"}), claims.clone());
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing is fetched before a request needs it");
+    for _ in 0..3 {
+        assert_eq!(get("remote.test", good.clone()).await.status, 200);
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::Relaxed), 1, "the key set is fetched once and cached");
+    let other_key = openssl::pkey::PKey::generate_ed25519().unwrap();
+    let unknown = ed25519_token(&other_key, json!({"alg": "EdDSA", "kid": "k2"}), claims.clone());
+    assert_eq!(get("remote.test", unknown).await.status, 401, "an unknown kid is refused");
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::Relaxed), 1, "and fetches again at most every 30 s");
+    assert_eq!(get("down.test", good.clone()).await.status, 503, "no key set: fail closed");
+    assert_eq!(get("both.test", good).await.status, 503, "a Secret and a URL at once is ambiguous");
     drop(servers);
 }

@@ -95,7 +95,7 @@ impl CompiledAccess {
         let jwt = policy.jwt.as_ref().and_then(|j| {
             JwtCheck::compile(j)
                 .inspect_err(|why| {
-                    tracing::warn!(why, "auth-jwt-jwks-secret cannot be used; its routes answer 503");
+                    tracing::warn!(why, "the JWKS Secret cannot be used; its routes answer 503");
                     refuse = true;
                 })
                 .ok()

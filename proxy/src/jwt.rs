@@ -39,14 +39,14 @@ impl Algorithm {
     }
 }
 
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     algorithm: Algorithm,
     key: PKey<Public>,
 }
 
 pub struct JwtCheck {
-    keys: Vec<Key>,
+    keys: KeySource,
     algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audiences: Vec<String>,
@@ -54,8 +54,36 @@ pub struct JwtCheck {
     claims_to_headers: Vec<(String, HeaderName)>,
 }
 
+impl Key {
+    #[cfg(test)]
+    pub(crate) fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
+
+/// Where a check's keys come from.
+enum KeySource {
+    /// `auth-jwt-jwks-secret`, read when the snapshot is compiled.
+    Fixed(Vec<Key>),
+    /// `auth-jwt-jwks-url`, fetched and cached by [`crate::jwks::JwksCache`].
+    Url(String),
+}
+
 /// Why a token was refused, for the `error_description` of the challenge.
 pub type Refusal = &'static str;
+
+/// The refusal when no key has the token's `kid`: a fetched key set may be stale.
+pub const UNKNOWN_KID: Refusal = "no key for the token's kid";
+
+/// The signing keys of a JWKS document that Portico can use (see [`read_jwk`]).
+pub(crate) fn read_jwks(text: &str) -> Result<Vec<Key>, String> {
+    let jwks: Value = serde_json::from_str(text).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys: Vec<Key> = jwks.get("keys").and_then(Value::as_array).into_iter().flatten().filter_map(read_jwk).collect();
+    if keys.is_empty() {
+        return Err("the JWKS has no RSA (2048 bits or more), P-256 or Ed25519 signing key".to_string());
+    }
+    Ok(keys)
+}
 
 fn base64url(text: &str) -> Option<Vec<u8>> {
     if text.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
@@ -115,11 +143,10 @@ fn read_jwk(jwk: &Value) -> Option<Key> {
 impl JwtCheck {
     /// Fails when the JWKS holds no key Portico can use.
     pub fn compile(auth: &JwtAuth) -> Result<Self, String> {
-        let jwks: Value = serde_json::from_str(&auth.jwks).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let keys: Vec<Key> = jwks.get("keys").and_then(Value::as_array).into_iter().flatten().filter_map(read_jwk).collect();
-        if keys.is_empty() {
-            return Err("the JWKS has no RSA (2048 bits or more), P-256 or Ed25519 signing key".to_string());
-        }
+        let keys = match &auth.jwks_url {
+            Some(url) => KeySource::Url(url.clone()),
+            None => KeySource::Fixed(read_jwks(&auth.jwks)?),
+        };
         let claims_to_headers = auth
             .claims_to_headers
             .iter()
@@ -135,9 +162,31 @@ impl JwtCheck {
         })
     }
 
-    /// The request's bearer token, checked at `now` (seconds since the epoch): the
-    /// headers its claims set on the upstream request, or why it was refused.
+    /// The URL the keys are fetched from, for `auth-jwt-jwks-url`.
+    pub fn jwks_url(&self) -> Option<&str> {
+        match &self.keys {
+            KeySource::Url(url) => Some(url),
+            KeySource::Fixed(_) => None,
+        }
+    }
+
+    /// [`JwtCheck::verify_with`] the keys of the JWKS Secret; a check whose keys come
+    /// from a URL needs them passed in.
     pub fn verify(&self, req: &RequestHeader, now: u64) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal> {
+        match &self.keys {
+            KeySource::Fixed(keys) => self.verify_with(keys, req, now),
+            KeySource::Url(_) => Err("no keys"),
+        }
+    }
+
+    /// The request's bearer token, checked against `keys` at `now` (seconds since the
+    /// epoch): the headers its claims set on the upstream request, or why it was refused.
+    pub(crate) fn verify_with(
+        &self,
+        keys: &[Key],
+        req: &RequestHeader,
+        now: u64,
+    ) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal> {
         let authorization = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or("no bearer token")?;
         let token = authorization
             .split_once(' ')
@@ -164,12 +213,12 @@ impl JwtCheck {
         let signature = base64url(signature).ok_or("unreadable signature")?;
         let kid = header.get("kid").and_then(Value::as_str);
         let signed = &token.as_bytes()[..head.len() + 1 + body.len()];
-        let verified = self
-            .keys
-            .iter()
-            .filter(|k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
-            .any(|k| signature_holds(k, signed, &signature));
-        if !verified {
+        let mut candidates =
+            keys.iter().filter(|k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid))).peekable();
+        if kid.is_some() && candidates.peek().is_none() {
+            return Err(UNKNOWN_KID);
+        }
+        if !candidates.any(|k| signature_holds(k, signed, &signature)) {
             return Err("signature does not verify");
         }
         let claims: Value = base64url(body).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("unreadable claims")?;
@@ -303,6 +352,7 @@ pub(crate) mod tests {
     fn check(jwks: Value) -> JwtCheck {
         JwtCheck::compile(&JwtAuth {
             jwks: jwks.to_string(),
+            jwks_url: None,
             issuer: Some("https://idp.test".into()),
             audiences: vec!["api".into()],
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
@@ -387,6 +437,7 @@ pub(crate) mod tests {
         let set = json!({"keys": [jwk(&short, "short"), encryption, {"kty": "oct", "k": "c2VjcmV0"}]});
         let auth = |jwks: &Value| JwtAuth {
             jwks: jwks.to_string(),
+            jwks_url: None,
             issuer: None,
             audiences: vec![],
             algorithms: vec!["RS256".into()],

@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         https_redirect_port: args.https_redirect_port,
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
+        jwks: portico_proxy::jwks::JwksCache::default(),
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
         hide_server_header: args.hide_server_header,

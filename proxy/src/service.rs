@@ -12,6 +12,7 @@ use crate::error_pages;
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
 use crate::header_edits::strip_hop_by_hop;
+use crate::jwks::{JwksCache, Need};
 use crate::jwt;
 use crate::normalize::normalize;
 use crate::pages::{self, error_page, redirect, SERVER};
@@ -37,6 +38,8 @@ pub struct IngressProxy {
     pub sessions: StickySessions,
     /// Connections to external auth services, pooled.
     pub auth_connector: pingora::connectors::http::Connector,
+    /// The key sets of `auth-jwt-jwks-url`.
+    pub jwks: JwksCache,
     /// Keep `%2F` and `%5C` in paths rather than refusing them (`--allow-encoded-slashes`).
     pub allow_encoded_slashes: bool,
     /// The status of requests over a rate limit (`--limit-req-status-code`).
@@ -464,7 +467,21 @@ impl IngressProxy {
         let verdict = access.check(client, req);
         if let (Verdict::Allow | Verdict::AskExternal, Some(jwt)) = (&verdict, &access.jwt) {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            match jwt.verify(req, now) {
+            let verified = match jwt.jwks_url() {
+                None => jwt.verify(req, now),
+                Some(url) => match self.jwks.keys(url, Need::Any).await {
+                    None => return Some(Answer::page(503)),
+                    Some(keys) => match jwt.verify_with(&keys, req, now) {
+                        // The provider may have rotated its keys since they were fetched.
+                        Err(jwt::UNKNOWN_KID) => match self.jwks.keys(url, Need::Newer).await {
+                            Some(newer) if !Arc::ptr_eq(&newer, &keys) => jwt.verify_with(&newer, req, now),
+                            _ => Err(jwt::UNKNOWN_KID),
+                        },
+                        other => other,
+                    },
+                },
+            };
+            match verified {
                 Ok(headers) => ctx.auth_headers.extend(headers),
                 Err(why) => {
                     tracing::debug!(why, "bearer token refused");

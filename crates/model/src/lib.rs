@@ -347,8 +347,11 @@ pub struct AccessPolicy {
 /// JSON Web Key Set (public keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwtAuth {
-    /// The JWKS document, as JSON.
+    /// The JWKS document, as JSON (`auth-jwt-jwks-secret`); empty when `jwks_url` is set.
     pub jwks: String,
+    /// Where the proxy fetches the JWKS from (`auth-jwt-jwks-url`), instead of `jwks`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
     /// The `iss` a token must carry, when set.
     pub issuer: Option<String>,
     /// A token's `aud` must name one of these, when any are set.

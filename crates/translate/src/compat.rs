@@ -201,7 +201,7 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
     ("health-check-healthy-threshold", Status::Same),
     ("health-check-unhealthy-threshold", Status::Same),
     ("auth-jwt-jwks-secret", Status::Same),
-    ("auth-jwt-jwks-url", Status::NotYet("routes that set it answer 503 until JWKS URLs are fetched; use auth-jwt-jwks-secret")),
+    ("auth-jwt-jwks-url", Status::Same),
     ("auth-jwt-issuer", Status::Same),
     ("auth-jwt-audience", Status::Same),
     ("auth-jwt-algorithms", Status::Same),
@@ -220,7 +220,7 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
 
 /// Reported elsewhere, with more to say: security annotations that make routes refuse,
 /// and annotations read but partly unsupported.
-const REPORTED_ELSEWHERE: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-url", "auth-proxy-set-headers"];
+const REPORTED_ELSEWHERE: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-proxy-set-headers"];
 
 fn status_of(name: &str) -> Option<Status> {
     INGRESS_NGINX.iter().chain(PORTICO_ONLY).find(|(n, _)| *n == name).map(|(_, s)| *s)

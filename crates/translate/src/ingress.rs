@@ -143,7 +143,7 @@ struct RoutePolicy {
 
 /// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
 /// that sets one is not served without it: its routes answer 503.
-const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-jwt-jwks-url"];
+const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client"];
 
 /// The key of an `auth-jwt-jwks-secret` Secret that holds the JWKS.
 const JWKS_KEY: &str = "jwks.json";
@@ -462,7 +462,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 Err(e) => refuse(self, e.reason(), e.message()),
             }
         }
-        if a.get("auth-jwt-jwks-secret").is_some() {
+        if a.get("auth-jwt-jwks-secret").is_some() || a.get("auth-jwt-jwks-url").is_some() {
             any = true;
             match self.jwt_auth(a) {
                 Ok(jwt) => access.jwt = Some(jwt),
@@ -505,20 +505,17 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         Ok(Some((full, secret)))
     }
 
-    /// `auth-jwt-jwks-secret` and its companions. The JWKS must be a JSON object with a
-    /// non-empty `keys` array; the proxy reads the keys themselves.
+    /// `auth-jwt-jwks-secret` or `auth-jwt-jwks-url`, and their companions.
     fn jwt_auth(&mut self, a: &Annotations<'_>) -> Result<JwtAuth, (Reason, String)> {
         let invalid = |e: InvalidAnnotation| (e.reason(), e.message());
-        let Some((full, secret)) = self.own_secret(a, "auth-jwt-jwks-secret")? else {
-            return Err((Reason::InvalidAnnotation, "annotation auth-jwt-jwks-secret is empty".to_string()));
+        let jwks_url = a.url("auth-jwt-jwks-url").map_err(invalid)?;
+        let jwks = match (&jwks_url, a.get("auth-jwt-jwks-secret")) {
+            (Some(_), Some((key, _))) => {
+                return Err((Reason::InvalidAnnotation, format!("annotation {key}: set either a JWKS Secret or a JWKS URL, not both")));
+            }
+            (Some(_), None) => String::new(),
+            (None, _) => self.jwks_from_secret(a)?,
         };
-        let bad = |why: &str| (Reason::InvalidSecret, format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"));
-        let jwks = crate::secret::value(&secret, JWKS_KEY).ok_or_else(|| bad("is missing"))?;
-        let jwks = std::str::from_utf8(jwks).map_err(|_| bad("is not text"))?;
-        let parsed: serde_json::Value = serde_json::from_str(jwks).map_err(|e| bad(&format!("is not JSON: {e}")))?;
-        if parsed.get("keys").and_then(|k| k.as_array()).is_none_or(|k| k.is_empty()) {
-            return Err(bad("has no \"keys\" array with a key in it"));
-        }
         let algorithms = match a.token_list("auth-jwt-algorithms").map_err(invalid)? {
             None => JWT_ALGORITHMS.iter().map(|s| s.to_string()).collect(),
             Some(list) => {
@@ -547,7 +544,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 .collect::<Result<_, _>>()?,
         };
         Ok(JwtAuth {
-            jwks: jwks.to_string(),
+            jwks,
+            jwks_url,
             issuer: a.attribute("auth-jwt-issuer").map_err(invalid)?,
             audiences: a
                 .get("auth-jwt-audience")
@@ -557,6 +555,22 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             leeway_secs: a.duration_ms("auth-jwt-leeway", true).map_err(invalid)?.unwrap_or(0) / 1000,
             claims_to_headers,
         })
+    }
+
+    /// The JWKS of `auth-jwt-jwks-secret`: a JSON object with a non-empty `keys` array;
+    /// the proxy reads the keys themselves.
+    fn jwks_from_secret(&mut self, a: &Annotations<'_>) -> Result<String, (Reason, String)> {
+        let Some((full, secret)) = self.own_secret(a, "auth-jwt-jwks-secret")? else {
+            return Err((Reason::InvalidAnnotation, "annotation auth-jwt-jwks-secret is empty".to_string()));
+        };
+        let bad = |why: &str| (Reason::InvalidSecret, format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"));
+        let jwks = crate::secret::value(&secret, JWKS_KEY).ok_or_else(|| bad("is missing"))?;
+        let jwks = std::str::from_utf8(jwks).map_err(|_| bad("is not text"))?;
+        let parsed: serde_json::Value = serde_json::from_str(jwks).map_err(|e| bad(&format!("is not JSON: {e}")))?;
+        if parsed.get("keys").and_then(|k| k.as_array()).is_none_or(|k| k.is_empty()) {
+            return Err(bad("has no \"keys\" array with a key in it"));
+        }
+        Ok(jwks.to_string())
     }
 
     /// `limit-rps`, `limit-rpm`, `limit-connections` and their companions; `None` when

@@ -620,7 +620,12 @@ fn security_annotations_fail_closed() {
         ("othernamespace", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"})),
         ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
         ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"})),
-        ("jwt", json!({"portico.io/auth-jwt-jwks-url": "https://idp.example/jwks"})),
+        ("jwt", json!({"portico.io/auth-tls-secret": "client-ca"})),
+        ("jwturl", json!({"portico.io/auth-jwt-jwks-url": "idp.example/jwks"})),
+        (
+            "remote",
+            json!({"portico.io/auth-jwt-jwks-url": "https://idp.example/jwks", "portico.io/auth-jwt-issuer": "https://idp.example"}),
+        ),
         ("jwthmac", json!({"portico.io/auth-jwt-jwks-secret": "idp", "portico.io/auth-jwt-algorithms": "RS256,HS256"})),
         ("jwtempty", json!({"portico.io/auth-jwt-jwks-secret": "users"})),
         (
@@ -648,7 +653,8 @@ fn security_annotations_fail_closed() {
         ("othernamespace.test", "another namespace"),
         ("digest.test", "\"digest\""),
         ("external.test", "auth-url: value \"auth.example/check\" is not an absolute http or https URL"),
-        ("jwt.test", "auth-jwt-jwks-url is not enforced"),
+        ("jwt.test", "auth-tls-secret is not enforced"),
+        ("jwturl.test", "auth-jwt-jwks-url: value \"idp.example/jwks\" is not an absolute http or https URL"),
         ("jwthmac.test", "algorithm \"HS256\" is not one of RS256, ES256, EdDSA"),
         ("jwtempty.test", "key \"jwks.json\" is missing"),
     ] {
@@ -657,6 +663,9 @@ fn security_annotations_fail_closed() {
         let name = host.trim_end_matches(".test");
         assert!(t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains("answer 503")), "{name} reported");
     }
+    let remote = access("remote.test");
+    let jwt = remote.jwt.expect("a JWT check");
+    assert_eq!((remote.refuse, jwt.jwks_url.as_deref(), jwt.jwks.as_str()), (None, Some("https://idp.example/jwks"), ""));
     assert!(
         !portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.redacted().to_json_pretty().contains("5en6G6"),
         "hashes are redacted"
