@@ -1,5 +1,6 @@
 //! `portico-controller`: turns Ingress state into snapshots and serves them to proxies.
 
+mod check;
 mod duties;
 mod events;
 mod leader;
@@ -29,6 +30,10 @@ struct Args {
     /// Read objects from this directory of manifests (re-read on change) instead of a cluster.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// Print what this directory of manifests would produce (admitted Ingresses, routes,
+    /// diagnostics) and exit: 0 without errors, 1 with.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["manifests", "kubeconfig"])]
+    check: Option<PathBuf>,
     /// The kubeconfig to reach the cluster with (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -110,6 +115,13 @@ async fn main() -> anyhow::Result<()> {
         default_backend_service: args.default_backend_service.clone(),
         hsts,
     };
+
+    if let Some(dir) = &args.check {
+        let check_options = Options { assume_class_exists: true, ..options };
+        let (report, ok) = check::report(dir, &check_options).with_context(|| format!("--check {}", dir.display()))?;
+        print!("{report}");
+        std::process::exit(if ok { 0 } else { 1 });
+    }
 
     let (server, publisher) = SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
         .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;

@@ -82,7 +82,7 @@ impl FileSource {
     }
 }
 
-fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {

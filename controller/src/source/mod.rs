@@ -4,6 +4,7 @@
 mod files;
 mod kube;
 
+pub(crate) use files::manifest_files;
 pub use files::FileSource;
 pub use kube::KubeSource;
 
