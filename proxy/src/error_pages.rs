@@ -4,7 +4,8 @@
 //! `X-Service-Name`, `X-Service-Port`). Its answer, status included, goes to the client.
 
 use crate::compile::CompiledErrorPages;
-use bytes::{Bytes, BytesMut};
+use crate::http_fetch::{self, text};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -48,19 +49,7 @@ pub async fn fetch(
         if let Some(id) = original.headers.get("x-request-id") {
             req.insert_header("x-request-id", id.clone()).map_err(text)?;
         }
-        let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(text)?;
-        session.write_request_header(Box::new(req)).await.map_err(text)?;
-        session.finish_request_body().await.map_err(text)?;
-        session.read_response_header().await.map_err(text)?;
-        let answer = session.response_header().ok_or("no response header")?.clone();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_response_body().await.map_err(text)? {
-            if body.len() + chunk.len() > MAX_PAGE {
-                return Err(format!("page larger than {MAX_PAGE} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
+        let (answer, body) = http_fetch::exchange(connector, &peer, req, MAX_PAGE).await?;
         let mut header = ResponseHeader::build(answer.status, Some(PASSED.len() + 2)).map_err(text)?;
         for name in PASSED {
             for v in answer.headers.get_all(name) {
@@ -68,7 +57,7 @@ pub async fn fetch(
             }
         }
         header.insert_header(header::CONTENT_LENGTH, body.len()).map_err(text)?;
-        Ok::<_, String>((header, body.freeze()))
+        Ok::<_, String>((header, body))
     };
     match tokio::time::timeout(TIMEOUT, exchange).await {
         Ok(Ok(page)) => Some(page),
@@ -81,8 +70,4 @@ pub async fn fetch(
             None
         }
     }
-}
-
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }

@@ -4,6 +4,7 @@
 //! (a 401 as a redirect to `auth-signin` when set); anything else, or no answer in time,
 //! is a 500. Answers may be cached by a key built from the request.
 
+use crate::http_fetch::text;
 use crate::request_key::build_hash_key;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
@@ -228,11 +229,6 @@ impl ExternalAuthCheck {
             }
         }
     }
-}
-
-/// An error as the reason an auth request failed.
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

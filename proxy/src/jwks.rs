@@ -5,6 +5,7 @@
 //! the background while the cached one serves. Every fetch is bounded by [`TIMEOUT`];
 //! a failed one keeps the keys there were.
 
+use crate::http_fetch::{self, text};
 use crate::jwt::{read_jwks, Key};
 use arc_swap::ArcSwapOption;
 use http::header;
@@ -131,27 +132,11 @@ async fn download(connector: &Connector, url: &str) -> Result<String, String> {
     let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
     req.insert_header(header::HOST, authority).map_err(text)?;
     req.insert_header(header::ACCEPT, "application/json").map_err(text)?;
-    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(text)?;
-    session.write_request_header(Box::new(req)).await.map_err(text)?;
-    session.finish_request_body().await.map_err(text)?;
-    session.read_response_header().await.map_err(text)?;
-    let status = session.response_header().map_or(0, |h| h.status.as_u16());
-    if status != 200 {
-        return Err(format!("status {status}"));
+    let (answer, body) = http_fetch::exchange(connector, &peer, req, MAX_JWKS_BYTES).await?;
+    if answer.status != 200 {
+        return Err(format!("status {}", answer.status.as_u16()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_response_body().await.map_err(text)? {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
-    String::from_utf8(body).map_err(text)
-}
-
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
+    String::from_utf8(body.to_vec()).map_err(text)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod external_auth;
 pub mod forwarded;
 pub mod header_edits;
 pub mod health;
+pub mod http_fetch;
 pub mod jwks;
 pub mod jwt;
 pub mod link;

@@ -426,9 +426,9 @@ impl<'a> Annotations<'a> {
         })
     }
 
-    /// A Secret reference, `namespace/name` or just `name` (the Ingress's namespace).
-    pub fn secret_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
-        self.parse(name, "a Secret reference, namespace/name", |v| {
+    /// A Secret or ConfigMap reference, `namespace/name` or just `name` (the Ingress's namespace).
+    pub fn object_ref(&self, name: &str, own_namespace: &str) -> Result<Option<(String, String)>, InvalidAnnotation> {
+        self.parse(name, "a reference, namespace/name or name", |v| {
             let (ns, n) = v.split_once('/').unwrap_or((own_namespace, v));
             (!ns.is_empty() && !n.is_empty() && !n.contains('/')).then(|| (ns.to_string(), n.to_string()))
         })
@@ -495,7 +495,7 @@ mod tests {
         let m = map(&[("portico.io/proxy-ssl-name", "bad name"), ("portico.io/proxy-ssl-secret", "other/ca")]);
         let a = Annotations::new(Some(&m));
         assert!(a.server_name("proxy-ssl-name").is_err());
-        assert_eq!(a.secret_ref("proxy-ssl-secret", "ns"), Ok(Some(("other".into(), "ca".into()))));
+        assert_eq!(a.object_ref("proxy-ssl-secret", "ns"), Ok(Some(("other".into(), "ca".into()))));
     }
 
     #[test]

@@ -261,8 +261,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             upstream.verify = self.annotation(a.on_off("proxy-ssl-verify")).unwrap_or(false);
             let send_sni = self.annotation(a.on_off("proxy-ssl-server-name")).unwrap_or(false);
             upstream.server_name = self.annotation(a.server_name("proxy-ssl-name"));
-            if let Some(secret_ref) = self.annotation(a.secret_ref("proxy-ssl-secret", self.namespace)) {
-                upstream.ca_pem = Some(self.ca_bundle(secret_ref));
+            if let Some(object_ref) = self.annotation(a.object_ref("proxy-ssl-secret", self.namespace)) {
+                upstream.ca_pem = Some(self.ca_bundle(object_ref));
             }
             // Verification needs a name; the Service's cluster DNS name is the one its certificate carries.
             self.policy.server_name_from_service = upstream.server_name.is_none() && (upstream.verify || send_sni);
@@ -347,7 +347,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     /// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace, set on
     /// every response. An entry that is not a header is reported and left out.
     fn custom_headers(&mut self, a: &Annotations<'_>) -> Vec<(String, String)> {
-        let Some((namespace, name)) = self.annotation(a.secret_ref("custom-headers", self.namespace)) else { return Vec::new() };
+        let Some((namespace, name)) = self.annotation(a.object_ref("custom-headers", self.namespace)) else { return Vec::new() };
         let key = a.get("custom-headers").map(|(k, _)| k).unwrap_or_default();
         if namespace != self.namespace {
             let msg = format!("annotation {key}: ConfigMap {namespace}/{name} is in another namespace; only the Ingress's own is read");
@@ -491,7 +491,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     /// The Secret an annotation names, with its `namespace/name`: only one in the
     /// Ingress's own namespace is read. `None` when the annotation is not set.
     fn own_secret(&mut self, a: &Annotations<'_>, annotation: &str) -> Result<Option<NamedSecret>, (Reason, String)> {
-        let Some((namespace, name)) = a.secret_ref(annotation, self.namespace).map_err(|e| (e.reason(), e.message()))? else {
+        let Some((namespace, name)) = a.object_ref(annotation, self.namespace).map_err(|e| (e.reason(), e.message()))? else {
             return Ok(None);
         };
         let full = format!("{namespace}/{name}");
