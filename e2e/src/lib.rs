@@ -8,4 +8,5 @@ pub mod grpc;
 pub mod harness;
 pub mod kube_api;
 pub mod manifests;
+pub mod otlp_receiver;
 pub mod tls;

@@ -350,8 +350,9 @@ async fn admin_endpoints_report_readiness_config_and_metrics() {
     portico
         .wait_until("both requests are counted", |p| async move {
             let metrics = p.admin_get("/metrics").await.unwrap().text();
-            metrics.contains(r#"portico_requests_total{code="2xx",host="metrics.test"} 4"#)
-                && metrics.contains(r#"portico_requests_total{code="4xx",host="_unmatched"} 1"#)
+            metrics.contains(
+                r#"portico_requests_total{code="2xx",host="metrics.test",ingress="m",namespace="default",path="/",service="m"} 4"#,
+            ) && metrics.contains(r#"portico_requests_total{code="4xx",host="_unmatched",ingress="",namespace="",path="",service=""} 1"#)
         })
         .await;
     let metrics = portico.admin_get("/metrics").await.unwrap().text();

@@ -14,7 +14,7 @@ use crate::canary::CompiledCanary;
 use crate::conditions::CompiledConditions;
 use crate::cors::CompiledCors;
 use crate::header_edits::CompiledHeaderEdits;
-use crate::metrics::{ProxyMetrics, StatusCounters, ANY_HOST, UNMATCHED_HOST};
+use crate::metrics::{BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, ANY_HOST, UNMATCHED_HOST};
 use crate::rate_limit::RateLimiter;
 use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
@@ -45,7 +45,8 @@ pub struct CompiledSnapshot {
     limiters: Vec<Arc<RateLimiter>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
-    unmatched: StatusCounters,
+    /// The series of requests no virtual host matched: unrouted, and to the default backend.
+    unmatched: [OnceLock<Arc<RouteSeries>>; 2],
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -64,6 +65,8 @@ pub struct BackendPool {
     pub checking: AtomicBool,
     /// When the last round of active checks started.
     last_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Registered on the backend's first request.
+    series: OnceLock<Arc<BackendSeries>>,
 }
 
 impl BackendPool {
@@ -83,6 +86,7 @@ impl BackendPool {
             health_check: b.policy.health_check.clone(),
             checking: AtomicBool::new(false),
             last_check: std::sync::Mutex::new(None),
+            series: OnceLock::new(),
         })
     }
 
@@ -97,6 +101,11 @@ impl BackendPool {
         }
         *last = Some(std::time::Instant::now());
         true
+    }
+
+    /// The pool's metrics series.
+    pub fn series(&self, metrics: &Arc<ProxyMetrics>) -> &BackendSeries {
+        self.series.get_or_init(|| metrics.backend_series(&self.name))
     }
 
     /// What affinity needs of the pool.
@@ -114,9 +123,9 @@ struct CompiledVhost {
     routes: Vec<CompiledRoute>,
     /// The metrics label of this host.
     label: Box<str>,
-    /// Registered on the host's first request, so that applying a snapshot of 10 000
-    /// hosts does not register 60 000 counters up front.
-    counters: OnceLock<StatusCounters>,
+    /// The series of requests for this host that no route took: unrouted, and to the
+    /// default backend.
+    unrouted: [OnceLock<Arc<RouteSeries>>; 2],
 }
 
 pub struct CompiledRoute {
@@ -137,6 +146,12 @@ pub struct CompiledRoute {
     pub fallback: Option<Arc<BackendPool>>,
     pub error_pages: Option<CompiledErrorPages>,
     pub preserve_trailing_slash: bool,
+    /// The Ingress (`namespace/name`) and path rule, for metrics.
+    source: Box<str>,
+    path_label: Box<str>,
+    /// Metrics series of the primary, canary and fallback sides, registered on the
+    /// side's first request, so that applying 100 000 routes registers nothing up front.
+    series: [OnceLock<Arc<RouteSeries>>; 3],
 }
 
 impl CompiledRoute {
@@ -251,7 +266,7 @@ impl CompiledSnapshot {
             limiters,
             certificates,
             hsts,
-            unmatched: metrics.status_counters(UNMATCHED_HOST),
+            unmatched: Default::default(),
             metrics: metrics.clone(),
             source: snapshot,
         })
@@ -342,15 +357,29 @@ impl CompiledSnapshot {
         self.hsts.as_ref()
     }
 
-    /// The request counters of a routing result's virtual host.
-    pub fn counters(&self, routed: &Routed) -> &StatusCounters {
-        match routed.vhost {
-            Some(i) => {
-                let vh = &self.vhosts[i];
-                vh.counters.get_or_init(|| self.metrics.status_counters(&vh.label))
+    /// The metrics series a routing result's requests count in.
+    pub fn series(&self, routed: &Routed) -> &RouteSeries {
+        let vh = routed.vhost.map(|v| &*self.vhosts[v]);
+        let pool = self.pool(routed);
+        let new = |source: &str, path: &str| {
+            let host = vh.map_or(UNMATCHED_HOST, |v| &v.label);
+            self.metrics.route_series(RouteLabels::new(source, host, path, pool.map(|p| &*p.name)))
+        };
+        match (routed.target, vh) {
+            (Target::Route(r), Some(vh)) => {
+                let route = &vh.routes[r];
+                let side = if routed.fallback { 2 } else { usize::from(routed.canary) };
+                route.series[side].get_or_init(|| new(&route.source, &route.path_label))
             }
-            None => &self.unmatched,
+            (target, vh) => {
+                let slots = vh.map_or(&self.unmatched, |v| &v.unrouted);
+                slots[usize::from(target == Target::DefaultBackend)].get_or_init(|| new("", ""))
+            }
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
     }
 
     /// How many pools and virtual hosts this snapshot took over from the previous one.
@@ -442,6 +471,9 @@ fn compile_vhost(
             fallback,
             error_pages,
             preserve_trailing_slash: route.preserve_trailing_slash,
+            source: route.source.as_str().into(),
+            path_label: route.path.path().into(),
+            series: Default::default(),
         });
     }
     // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.
@@ -457,7 +489,7 @@ fn compile_vhost(
         HostMatch::Any => ANY_HOST.into(),
         h => h.to_string().into_boxed_str(),
     };
-    Ok(CompiledVhost { paths, groups, routes, label, counters: OnceLock::new() })
+    Ok(CompiledVhost { paths, groups, routes, label, unrouted: Default::default() })
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! them on every request. The binary in `main.rs` wires these into a Pingora server.
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod balancer;
 pub mod canary;
 pub mod compile;
 pub mod conditions;
+pub mod connections;
 pub mod cors;
 pub mod error_pages;
 pub mod external_auth;
@@ -23,6 +25,7 @@ pub mod jwt;
 pub mod link;
 pub mod metrics;
 pub mod normalize;
+pub mod otlp;
 pub mod pages;
 pub mod rate_limit;
 pub mod request_key;
@@ -31,6 +34,7 @@ pub mod router;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod trace_context;
 pub mod upstream;
 
 use pingora::server::configuration::ServerConf;

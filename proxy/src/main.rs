@@ -5,7 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
-use portico_proxy::{admin, affinity, forwarded, health, link, metrics, service, store, tls};
+use portico_proxy::access_log::{AccessLog, AccessLogFormat};
+use portico_proxy::otlp::{OtlpEndpoint, SpanExporter};
+use portico_proxy::{admin, affinity, connections, forwarded, health, link, metrics, service, store, tls};
 use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,8 +68,35 @@ struct Args {
     /// Seconds to keep serving after SIGTERM before closing listeners.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
+    /// One line per request on stdout.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    access_log: Switch,
+    /// `json`, or `text` for a line like nginx's combined format.
+    #[arg(long, value_enum, default_value_t = AccessLogFormat::Json)]
+    access_log_format: AccessLogFormat,
+    /// Export a span per sampled request to this OTLP/HTTP collector
+    /// (`http://host:4318`, JSON encoding).
+    #[arg(long)]
+    otlp_endpoint: Option<OtlpEndpoint>,
+    /// The share of the traces Portico starts that are sampled (0 to 1); a client's
+    /// `traceparent` keeps its own decision.
+    #[arg(long, default_value_t = 1.0, value_parser = sample_ratio)]
+    trace_sample_ratio: f64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+fn sample_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
 }
 
 fn default_proxy_id() -> String {
@@ -85,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     server.bootstrap();
 
     let metrics = Arc::new(metrics::ProxyMetrics::new());
-    let store = Arc::new(store::SnapshotStore::new(metrics));
+    let store = Arc::new(store::SnapshotStore::new(metrics.clone()));
 
     let affinity_key = match &args.affinity_key_file {
         Some(path) if path.exists() => {
@@ -111,13 +140,27 @@ fn main() -> anyhow::Result<()> {
         limit_status: args.limit_req_status_code,
         hide_server_header: args.hide_server_header,
         header_limits: service::HeaderLimits { max_bytes: args.max_request_header_bytes, max_fields: args.max_request_headers },
+        access_log: match args.access_log {
+            Switch::On => {
+                Some(AccessLog::start(args.access_log_format, metrics.access_log_dropped.clone()).context("starting the access log")?)
+            }
+            Switch::Off => None,
+        },
+        spans: match args.otlp_endpoint {
+            Some(endpoint) => Some(
+                SpanExporter::start(endpoint, metrics.spans_exported.clone(), metrics.spans_dropped.clone())
+                    .context("starting the OTLP exporter")?,
+            ),
+            None => None,
+        },
+        trace_sample_ratio: args.trace_sample_ratio,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, ingress, "portico-http");
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut http = pingora::proxy::http_proxy(&server.configuration, ingress);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    http.server_options = Some(options);
+    let app = connections::CountedConnections { inner: Arc::new(http), metrics: metrics.clone() };
+    let mut proxy = pingora::services::listening::Service::new("portico-http".to_string(), app);
     proxy.add_tcp(&args.http_addr);
     let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
     if !args.https_addr.is_empty() {

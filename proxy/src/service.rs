@@ -4,6 +4,7 @@
 //! request to one side first; a side with cookie affinity pins the client to an endpoint.
 
 use crate::access::{CompiledAccess, Verdict};
+use crate::access_log::{self, AccessLog};
 use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
@@ -14,21 +15,24 @@ use crate::forwarded::{self, Cidr};
 use crate::header_edits::strip_hop_by_hop;
 use crate::jwks::{JwksCache, Need};
 use crate::jwt;
+use crate::metrics::Refusal;
 use crate::normalize::normalize;
+use crate::otlp::{Attribute, Span, SpanExporter};
 use crate::pages::{self, error_page, redirect, SERVER};
 use crate::rate_limit::{Admission, InProgress};
 use crate::request_key::{build_hash_key, request_host};
 use crate::rewrite::{redirect_location, upstream_path};
 use crate::store::SnapshotStore;
+use crate::trace_context::{self, TraceContext};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::FailToProxy;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct IngressProxy {
     pub store: Arc<SnapshotStore>,
@@ -47,6 +51,12 @@ pub struct IngressProxy {
     /// Send no `Server` header, neither Portico's nor an upstream's (`--hide-server-header`).
     pub hide_server_header: bool,
     pub header_limits: HeaderLimits,
+    /// `--access-log`: one line per request, unless off.
+    pub access_log: Option<AccessLog>,
+    /// `--otlp-endpoint`: a span per sampled request.
+    pub spans: Option<SpanExporter>,
+    /// `--trace-sample-ratio`: the share of traces Portico starts that are sampled.
+    pub trace_sample_ratio: f64,
 }
 
 /// How large a request header may be (`--max-request-header-bytes`,
@@ -111,6 +121,36 @@ pub struct RequestCtx {
     in_progress: Option<InProgress>,
     /// The error backend's page was sent in place of the upstream's answer.
     error_page_sent: bool,
+    /// When the request's header had been read.
+    started: Option<(Instant, SystemTime)>,
+    /// Counts the request in `portico_requests_in_flight` until it ends.
+    in_flight: Option<InFlight>,
+    /// The request's `X-Request-ID` and place in its trace.
+    request_id: Option<HeaderValue>,
+    trace: Option<TraceContext>,
+    /// When the current attempt chose its endpoint, and how long the endpoint took to
+    /// send its response header.
+    attempt_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    upstream_addr: Option<SocketAddr>,
+    /// Why Portico answered the request itself, when it refused it.
+    refusal: Option<Refusal>,
+}
+
+/// Lowers the in-flight gauge when the request's context goes.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
@@ -121,6 +161,8 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const X_FORWARDED_PORT: &str = "x-forwarded-port";
 const X_REAL_IP: &str = "x-real-ip";
+const X_REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
 
 /// Why an HTTP/1 request could be read two ways, if it could: a line ended by a bare LF
 /// (`raw` is the header as received), several or malformed `Content-Length`s, or
@@ -313,6 +355,11 @@ impl RequestCtx {
         self.snapshot.as_ref().and_then(|s| s.pool(&self.routed))
     }
 
+    fn backend_series(&self) -> Option<&crate::metrics::BackendSeries> {
+        let snapshot = self.snapshot.as_ref()?;
+        Some(snapshot.pool(&self.routed)?.series(snapshot.metrics()))
+    }
+
     /// Ends the current attempt, counting a failure against its endpoint; returns the
     /// endpoint's index.
     fn finish_attempt(&mut self, failed: bool) -> Option<usize> {
@@ -378,12 +425,14 @@ impl IngressProxy {
         // and its connection closed, so that no other hop can read it the other way.
         if let Some(why) = self.header_limits.exceeded_by(session.req_header()) {
             tracing::debug!(why, "request header refused");
+            ctx.refusal = Some(Refusal::BadRequest);
             return Some(Answer::Page { status: 431, headers: Vec::new(), close: true });
         }
         let raw = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
         let framing = framing_problem(session.req_header(), raw.as_deref());
         if let Some(why) = framing.map(str::to_string).or_else(|| self.normalize_path(session).err()) {
             tracing::debug!(why, "request refused");
+            ctx.refusal = Some(Refusal::BadRequest);
             return Some(Answer::Page { status: 400, headers: Vec::new(), close: true });
         }
         let req = session.req_header();
@@ -404,6 +453,7 @@ impl IngressProxy {
             match limiter.admit(self.client(session)) {
                 Admission::Admit(in_progress) => ctx.in_progress = in_progress,
                 Admission::Refuse { retry_after } => {
+                    ctx.refusal = Some(Refusal::RateLimit);
                     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                     let headers = vec![(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))];
                     return Some(Answer::Page { status: self.limit_status, headers, close: false });
@@ -411,13 +461,15 @@ impl IngressProxy {
             }
         }
         if let Some(access) = route.and_then(|r| r.access.as_ref()) {
-            if let Some(answer) = self.check_access(session, ctx, access).await {
+            if let Some((answer, why)) = self.check_access(session, ctx, access).await {
+                ctx.refusal = Some(why);
                 return Some(answer);
             }
         }
         // A body declared larger than the route takes is refused before anything goes upstream.
         let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.zip(snapshot.max_body_bytes(&ctx.routed)).is_some_and(|(declared, limit)| declared > limit) {
+            ctx.refusal = Some(Refusal::BodyTooLarge);
             return Some(Answer::page(413));
         }
         if let Some(target) = route.and_then(|r| r.rewrite.as_ref()).and_then(|r| r.target.as_deref()) {
@@ -426,6 +478,7 @@ impl IngressProxy {
                 Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
                 Err(why) => {
                     tracing::debug!(?why, target, "rewritten path refused");
+                    ctx.refusal = Some(Refusal::BadRequest);
                     return Some(Answer::page(400));
                 }
             }
@@ -460,8 +513,9 @@ impl IngressProxy {
         })
     }
 
-    /// Source ranges, then credentials: basic auth, and the external auth service.
-    async fn check_access(&self, session: &Session, ctx: &mut RequestCtx, access: &CompiledAccess) -> Option<Answer> {
+    /// Source ranges, then credentials: basic auth, and the external auth service. A
+    /// refusal comes with its reason, for metrics.
+    async fn check_access(&self, session: &Session, ctx: &mut RequestCtx, access: &CompiledAccess) -> Option<(Answer, Refusal)> {
         let req = session.req_header();
         let client = (access.checks_sources() || access.external.is_some()).then(|| self.client(session)).flatten();
         let verdict = access.check(client, req);
@@ -470,7 +524,7 @@ impl IngressProxy {
             let verified = match jwt.jwks_url() {
                 None => jwt.verify(req, now),
                 Some(url) => match self.jwks.keys(url, Need::Any).await {
-                    None => return Some(Answer::page(503)),
+                    None => return Some((Answer::page(503), Refusal::PolicyUnavailable)),
                     Some(keys) => match jwt.verify_with(&keys, req, now) {
                         // The provider may have rotated its keys since they were fetched.
                         Err(jwt::UNKNOWN_KID) => match self.jwks.keys(url, Need::Newer).await {
@@ -485,15 +539,12 @@ impl IngressProxy {
                 Ok(headers) => ctx.auth_headers.extend(headers),
                 Err(why) => {
                     tracing::debug!(why, "bearer token refused");
-                    return Some(Answer::Page {
-                        status: 401,
-                        headers: vec![(header::WWW_AUTHENTICATE, jwt::challenge(why))],
-                        close: false,
-                    });
+                    let challenge = vec![(header::WWW_AUTHENTICATE, jwt::challenge(why))];
+                    return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::Jwt));
                 }
             }
         }
-        let status = match (verdict, &access.external) {
+        let (status, why) = match (verdict, &access.external) {
             (Verdict::Allow, _) => return None,
             (Verdict::AskExternal, Some(external)) => {
                 let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client };
@@ -504,17 +555,20 @@ impl IngressProxy {
                         ctx.auth_cookies_always = external.always_set_cookie();
                         return None;
                     }
-                    AuthAnswer::Deny { status, headers } => return Some(Answer::Page { status, headers, close: false }),
-                    AuthAnswer::Failed => 500,
+                    AuthAnswer::Deny { status, headers } => {
+                        return Some((Answer::Page { status, headers, close: false }, Refusal::ExternalAuth))
+                    }
+                    AuthAnswer::Failed => (500, Refusal::ExternalAuth),
                 }
             }
             (Verdict::Unauthorized(challenge), _) => {
-                return Some(Answer::Page { status: 401, headers: vec![(header::WWW_AUTHENTICATE, challenge)], close: false });
+                let challenge = vec![(header::WWW_AUTHENTICATE, challenge)];
+                return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::BasicAuth));
             }
-            (Verdict::Forbidden, _) => 403,
-            _ => 503,
+            (Verdict::Forbidden, _) => (403, Refusal::SourceRange),
+            _ => (503, Refusal::PolicyUnavailable),
         };
-        Some(Answer::page(status))
+        Some((Answer::page(status), why))
     }
 
     /// Which side of a canary, and the first endpoint: 404 when nothing routes, 503 when
@@ -565,6 +619,96 @@ impl IngressProxy {
         Err(Error::explain(ErrorType::HTTPStatus(status), "answered by the error backend"))
     }
 
+    /// Gives the request its id and its place in a trace, in the request itself, so that
+    /// the upstream, the auth service and the error backend all see the same.
+    fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let req = session.req_header_mut();
+        let id = match req.headers.get(X_REQUEST_ID) {
+            Some(id) if trace_context::usable_request_id(Some(id)) => id.clone(),
+            _ => {
+                let id = trace_context::new_request_id();
+                req.insert_header(X_REQUEST_ID, id.clone())?;
+                id
+            }
+        };
+        ctx.request_id = Some(id);
+        let trace = TraceContext::continue_or_start(req.headers.get(TRACEPARENT).map(HeaderValue::as_bytes), self.trace_sample_ratio);
+        req.insert_header(TRACEPARENT, trace.traceparent())?;
+        ctx.trace = Some(trace);
+        Ok(())
+    }
+
+    /// Writes the request's access log line and exports its span, when those are on.
+    fn report(&self, session: &Session, ctx: &RequestCtx, status: u16, labels: &crate::metrics::RouteLabels) {
+        let Some((started, started_at)) = ctx.started else { return };
+        let sampled = ctx.trace.filter(|t| t.sampled && self.spans.is_some());
+        if self.access_log.is_none() && sampled.is_none() {
+            return;
+        }
+        let req = session.req_header();
+        let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let protocol = match req.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        };
+        let elapsed = started.elapsed();
+        if let Some(log) = &self.access_log {
+            let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
+            log.write(&access_log::Entry {
+                time: started_at,
+                client: self.client(session),
+                method: req.method.as_str(),
+                host: request_host(req),
+                path: req.uri.path(),
+                query: req.uri.query().unwrap_or(""),
+                protocol,
+                status,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                duration: access_log::seconds(elapsed),
+                upstream_addr: ctx.upstream_addr,
+                upstream_duration: ctx.upstream_elapsed.map(access_log::seconds),
+                namespace: labels.namespace(),
+                ingress: labels.ingress(),
+                service: labels.service(),
+                request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                trace_id: &trace_id,
+                user_agent: header(header::USER_AGENT),
+                referer: header(header::REFERER),
+                tls_version: session.digest().and_then(|d| d.ssl_digest.as_ref()).map_or("", |d| &d.version),
+            });
+        }
+        if let (Some(exporter), Some(context)) = (&self.spans, sampled) {
+            let route = labels.path();
+            let mut attributes = vec![
+                ("http.request.method", Attribute::Text(req.method.to_string())),
+                ("url.path", Attribute::Text(req.uri.path().to_string())),
+                ("server.address", Attribute::Text(request_host(req).to_string())),
+                ("network.protocol.version", Attribute::Text(protocol.trim_start_matches("HTTP/").to_string())),
+                ("http.response.status_code", Attribute::Int(i64::from(status))),
+            ];
+            if let Some(client) = self.client(session) {
+                attributes.push(("client.address", Attribute::Text(client.to_string())));
+            }
+            if !route.is_empty() {
+                attributes.push(("http.route", Attribute::Text(route.to_string())));
+                attributes.push(("portico.ingress", Attribute::Text(format!("{}/{}", labels.namespace(), labels.ingress()))));
+            }
+            if !labels.service().is_empty() {
+                attributes.push(("portico.service", Attribute::Text(labels.service().to_string())));
+            }
+            if let Some(addr) = ctx.upstream_addr {
+                attributes.push(("portico.upstream.address", Attribute::Text(addr.to_string())));
+            }
+            if let Some(id) = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+                attributes.push(("portico.request_id", Attribute::Text(id.to_string())));
+            }
+            let name = if route.is_empty() { req.method.to_string() } else { format!("{} {route}", req.method) };
+            exporter.export(Span { context, name, start: started_at, end: started_at + elapsed, attributes, error: status >= 500 });
+        }
+    }
+
     /// The client's address, as `forwarded::client_address` tells it.
     fn client(&self, session: &Session) -> Option<IpAddr> {
         let forwarded_for = session.req_header().headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
@@ -598,6 +742,9 @@ impl IngressProxy {
         if self.hide_server_header {
             header.remove_header(&header::SERVER);
         }
+        if let Some(id) = &ctx.request_id {
+            header.insert_header(X_REQUEST_ID, id.clone())?;
+        }
         let end = body.is_none();
         session.write_response_header(Box::new(header), end).await?;
         match body {
@@ -616,6 +763,9 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some((Instant::now(), SystemTime::now()));
+        ctx.in_flight = Some(InFlight::new(&self.store.metrics().requests_in_flight));
+        self.identify(session, ctx)?;
         let Some(snapshot) = self.store.load() else {
             respond(session, 503).await?;
             return Ok(true);
@@ -647,7 +797,10 @@ impl ProxyHttp for IngressProxy {
                 index
             }
         };
-        Ok(Box::new(pool.upstream.peer(pool.balancer.endpoint(index).addr)))
+        let addr = pool.balancer.endpoint(index).addr;
+        ctx.attempt_started = Some(Instant::now());
+        ctx.upstream_addr = Some(addr);
+        Ok(Box::new(pool.upstream.peer(addr)))
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
@@ -656,8 +809,35 @@ impl ProxyHttp for IngressProxy {
         if let Some(index) = ctx.finish_attempt(true) {
             ctx.tried.push(index);
         }
-        e.set_retry(ctx.may_retry(failure));
+        let retry = ctx.may_retry(failure);
+        if let Some(series) = ctx.backend_series() {
+            match failure {
+                Failure::Timeout => series.timeouts.inc(),
+                _ => series.connect_errors.inc(),
+            }
+            if retry {
+                series.retries.inc();
+            }
+        }
+        e.set_retry(retry);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(series) = ctx.backend_series() {
+            let used = if reused { &series.reused_connections } else { &series.new_connections };
+            used.inc();
+        }
+        Ok(())
     }
 
     fn error_while_proxy(
@@ -684,8 +864,17 @@ impl ProxyHttp for IngressProxy {
         // A request that may have been acted on is never sent twice: only idempotent
         // methods whose body (if any) is still held for a retry.
         let safe = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let retry = failure.is_some_and(|f| safe && ctx.may_retry(f));
+        if let Some(series) = ctx.backend_series() {
+            if failure == Some(Failure::Timeout) {
+                series.timeouts.inc();
+            }
+            if retry {
+                series.retries.inc();
+            }
+        }
         match failure {
-            Some(f) if safe && ctx.may_retry(f) => e.set_retry(true),
+            Some(_) if retry => e.set_retry(true),
             _ if safe => e.retry.decide_reuse(client_reused),
             _ => e.set_retry(false),
         }
@@ -695,6 +884,12 @@ impl ProxyHttp for IngressProxy {
     async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         strip_hop_by_hop(response);
         let status = response.status.as_u16();
+        if let Some(elapsed) = ctx.attempt_started.map(|t| t.elapsed()) {
+            ctx.upstream_elapsed = Some(elapsed);
+            if let Some(series) = ctx.backend_series() {
+                series.upstream_duration.observe(elapsed.as_secs_f64());
+            }
+        }
         let listed = ctx.pool().is_some_and(|p| p.retry.on_status.contains(&status));
         if !listed {
             return self.replace_error_page(session, status, ctx).await;
@@ -705,6 +900,9 @@ impl ProxyHttp for IngressProxy {
             ctx.tried.push(index);
         }
         if safe && ctx.may_retry(Failure::Status(status)) {
+            if let Some(series) = ctx.backend_series() {
+                series.retries.inc();
+            }
             ctx.retrying_status = true;
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream status listed in proxy-next-upstream");
             e.set_retry(true);
@@ -798,6 +996,9 @@ impl ProxyHttp for IngressProxy {
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
         }
+        if let Some(id) = &ctx.request_id {
+            response.insert_header(X_REQUEST_ID, id.clone())?;
+        }
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
                 response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
@@ -863,9 +1064,14 @@ impl ProxyHttp for IngressProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.finish_attempt(e.and_then(endpoint_failure).is_some());
-        if let Some(snapshot) = &ctx.snapshot {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            snapshot.counters(&ctx.routed).record(status);
+        let Some(snapshot) = ctx.snapshot.clone() else { return };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let series = snapshot.series(&ctx.routed);
+        let elapsed = ctx.started.map_or(Duration::ZERO, |(t, _)| t.elapsed());
+        series.record(status, elapsed, session.body_bytes_read(), session.body_bytes_sent());
+        if let Some(why) = ctx.refusal {
+            series.refused(why);
         }
+        self.report(session, ctx, status, series.labels());
     }
 }

@@ -65,6 +65,7 @@ impl SnapshotSink for SnapshotStore {
         self.current.store(Some(compiled.clone()));
         let serving = started.elapsed();
         self.metrics.snapshot_applies.with_label_values(&["applied"]).inc();
+        self.metrics.snapshot_apply_duration.observe(serving.as_secs_f64());
         self.metrics.snapshot_version.set(version as i64);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.metrics.snapshot_apply_timestamp.set(now as i64);

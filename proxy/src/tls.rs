@@ -141,9 +141,15 @@ impl TlsAccept for SniCertificates {
         let snapshot = self.store.load();
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
         let chosen = snapshot.as_ref().and_then(|s| s.certificates().lookup(sni.as_deref())).unwrap_or(&self.fallback);
+        self.store.metrics().tls_client_hellos.inc();
         if let Err(e) = chosen.install(ssl) {
             tracing::warn!(certificate = %chosen.name, sni = ?sni, error = %e, "could not use certificate for handshake");
         }
+    }
+
+    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.store.metrics().tls_handshake(ssl.version_str());
+        None
     }
 }
 

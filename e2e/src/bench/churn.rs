@@ -81,7 +81,12 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
     let first_cert = ca.issue(&["steady.test"]);
     let issued = Arc::new(Mutex::new(HashSet::from([first_cert.serial.clone()])));
     let portico = Arc::new(
-        Portico::start(&[("steady.yaml", steady_manifest(&addrs, 3)), ("steady-tls.yaml", certificate_manifest(&first_cert))]).await,
+        Portico::start_with(
+            &[("steady.yaml", steady_manifest(&addrs, 3)), ("steady-tls.yaml", certificate_manifest(&first_cert))],
+            // A line per request of a minute of wrk would fill the disk, not test anything.
+            &["--access-log", "off"],
+        )
+        .await,
     );
 
     // The checker: every answer for steady.test must come from a steady pod.

@@ -225,6 +225,9 @@ pub fn start_wrapped(
                     &admin.to_string(),
                     "--threads",
                     &threads.to_string(),
+                    // As for nginx and HAProxy: the comparison measures proxying, not logging.
+                    "--access-log",
+                    "off",
                 ]),
                 &log,
             )?;
