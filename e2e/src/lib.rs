@@ -2,6 +2,7 @@
 //! that runs the real `portico-controller` and `portico-proxy` binaries on loopback.
 
 pub mod bench;
+pub mod browser;
 pub mod client;
 pub mod echo;
 pub mod grpc;

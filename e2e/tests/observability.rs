@@ -114,6 +114,28 @@ async fn metrics_count_routes_backends_and_refusals_but_never_request_data() {
     assert_eq!(count("portico_requests_in_flight", &[]), 0.0);
     assert!(count("portico_snapshot_apply_duration_seconds_count", &[]) >= 1.0);
 
+    // The Grafana dashboard asks only for metrics that exist.
+    let grafana = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/portico-dashboard.json")).unwrap();
+    let controller_metrics = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../controller/src/metrics.rs")).unwrap();
+    let names: BTreeSet<&str> = grafana
+        .match_indices("portico_")
+        .map(|(at, _)| {
+            let name = &grafana[at..];
+            let end = name.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(name.len());
+            let name = &name[..end];
+            name.strip_suffix("_bucket").unwrap_or(name)
+        })
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    for name in names {
+        let exported = if name.starts_with("portico_controller_") {
+            controller_metrics.contains(&format!("\"{name}\""))
+        } else {
+            text.contains(&format!("# TYPE {name} "))
+        };
+        assert!(exported, "the Grafana dashboard uses {name}, which is not exported");
+    }
+
     // A deleted Ingress leaves no series behind.
     docs.retain(|d| d["metadata"]["name"] != "private");
     portico.apply("shop.yaml", &to_yaml(&docs)).await;

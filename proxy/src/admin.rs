@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness, the applied snapshot, and metrics.
+//! The admin listener: liveness, readiness, the applied snapshot, metrics, and the
+//! dashboard.
 
 use crate::store::SnapshotStore;
 use async_trait::async_trait;
@@ -81,7 +82,14 @@ impl ServeHttp for AdminApp {
                 None => reply(StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"error":"no snapshot applied yet"}"#.to_vec()),
             },
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.store.metrics().render()),
-            _ => reply(StatusCode::NOT_FOUND, TEXT, b"not found: try /healthz, /readyz, /config or /metrics\n".to_vec()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", crate::dashboard::PAGE.as_bytes().to_vec()),
+            // `null` rather than an error before the first snapshot, so the page has nothing to report.
+            "/api/state" => {
+                let applied_at = self.store.metrics().snapshot_apply_timestamp.get();
+                let state = self.store.load().map(|s| crate::dashboard::state(&s, applied_at));
+                reply(StatusCode::OK, JSON, serde_json::to_vec(&state).unwrap_or_default())
+            }
+            _ => reply(StatusCode::NOT_FOUND, TEXT, b"not found: try /, /healthz, /readyz, /config or /metrics\n".to_vec()),
         }
     }
 }

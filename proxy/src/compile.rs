@@ -348,6 +348,11 @@ impl CompiledSnapshot {
         self.source.version
     }
 
+    /// The pools, in the order of `source.backends`.
+    pub fn pools(&self) -> &[Arc<BackendPool>] {
+        &self.pools
+    }
+
     pub fn certificates(&self) -> &CertificateTable {
         &self.certificates
     }

@@ -14,6 +14,7 @@ pub mod compile;
 pub mod conditions;
 pub mod connections;
 pub mod cors;
+pub mod dashboard;
 pub mod error_pages;
 pub mod external_auth;
 pub mod forwarded;

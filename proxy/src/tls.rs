@@ -78,6 +78,24 @@ impl ServedCertificate {
         Ok(ServedCertificate { name: CN.to_string(), chain: vec![b.build()], key })
     }
 
+    /// The DNS names of the leaf certificate (its common name when it has none).
+    pub fn names(&self) -> Vec<String> {
+        let leaf = &self.chain[0];
+        let sans: Vec<String> =
+            leaf.subject_alt_names().map(|n| n.iter().filter_map(|g| g.dnsname().map(str::to_string)).collect()).unwrap_or_default();
+        if !sans.is_empty() {
+            return sans;
+        }
+        leaf.subject_name().entries_by_nid(Nid::COMMONNAME).filter_map(|e| e.data().to_string().ok()).map(|s| s.to_string()).collect()
+    }
+
+    /// When the leaf certificate expires, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let epoch = Asn1Time::from_unix(0).ok()?;
+        let diff = epoch.diff(self.chain[0].not_after()).ok()?;
+        Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+    }
+
     fn install(&self, ssl: &mut TlsRef) -> Result<(), openssl::error::ErrorStack> {
         ext::ssl_use_certificate(ssl, &self.chain[0])?;
         ext::ssl_use_private_key(ssl, &self.key)?;
@@ -120,6 +138,11 @@ impl CertificateTable {
         }
         let default = snapshot.tls.default_certificate.as_deref().map(|n| index[n]);
         Ok(CertificateTable { hosts, certificates, default })
+    }
+
+    /// Every certificate, in the order of the snapshot's.
+    pub fn served(&self) -> &[Arc<ServedCertificate>] {
+        &self.certificates
     }
 
     /// The certificate for an SNI name (or none), `None` meaning the proxy's own fallback.

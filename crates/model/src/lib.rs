@@ -42,6 +42,19 @@ pub struct Snapshot {
     /// Listener-wide TLS behaviour.
     #[serde(default)]
     pub tls: TlsPolicy,
+    /// What the controller could not apply as written, for the proxy's dashboard; routing
+    /// never reads it.
+    #[serde(default)]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One thing the controller reported about an object: which object, why, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub reason: String,
+    pub message: String,
 }
 
 /// A certificate chain (leaf first) and its private key, both PEM, already checked by the
@@ -867,6 +880,11 @@ mod tests {
             certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "KEY".into() }],
             tls_hosts: vec![TlsHost { host: "*.foo.com".parse().unwrap(), certificate: "ns/tls".into() }],
             tls: TlsPolicy { default_certificate: None, hsts: Some(Hsts { max_age: 10, include_subdomains: true, preload: false }) },
+            diagnostics: vec![Diagnostic {
+                object: "Ingress ns/bad".into(),
+                reason: "ServiceNotFound".into(),
+                message: "service ns/ghost does not exist".into(),
+            }],
         };
         assert_eq!(Snapshot::from_bytes(&snap.to_bytes()).unwrap(), snap);
         assert!(snap.to_json_pretty().contains(r#""host": "*.foo.com""#));

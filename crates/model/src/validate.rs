@@ -292,6 +292,7 @@ mod tests {
             certificates: vec![Certificate { name: "ns/c".into(), chain_pem: "C".into(), key_pem: "K".into() }],
             tls_hosts: vec![TlsHost { host: HostMatch::Exact("a.com".into()), certificate: "ns/c".into() }],
             tls: Default::default(),
+            diagnostics: Vec::new(),
         }
     }
 

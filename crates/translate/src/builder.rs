@@ -203,6 +203,8 @@ fn assemble(
         certificates: certificates.into_values().collect(),
         tls_hosts: tls_bindings,
         tls,
+        // The controller adds these for the proxy's dashboard when it publishes.
+        diagnostics: Vec::new(),
     };
     diagnostics.sort();
     diagnostics.dedup();

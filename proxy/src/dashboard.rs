@@ -1,0 +1,109 @@
+//! The admin listener's dashboard: a page embedded in the binary (no CDN, works
+//! offline) and the JSON it reads, the serving snapshot as hosts → routes → backends →
+//! endpoints with their health, the certificates with their expiry, and the
+//! controller's diagnostics. Live rates come from `/metrics`, which the page polls.
+
+use crate::compile::CompiledSnapshot;
+use portico_model::{HostMatch, PathMatch};
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The page: HTML, CSS and JavaScript in one file.
+pub const PAGE: &str = include_str!("dashboard.html");
+
+fn host_text(host: &HostMatch) -> String {
+    match host {
+        HostMatch::Any => "*".to_string(),
+        h => h.to_string(),
+    }
+}
+
+fn path_kind(path: &PathMatch) -> &'static str {
+    match path {
+        PathMatch::Exact(_) => "Exact",
+        PathMatch::Prefix(_) => "Prefix",
+        PathMatch::Regex(_) => "Regex",
+    }
+}
+
+/// What the page shows of a snapshot; no secret (keys, hashes, tokens) is ever in it.
+pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
+    let source = &snapshot.source;
+    let hosts: Vec<Value> = source
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let routes: Vec<Value> = vh
+                .routes
+                .iter()
+                .map(|r| {
+                    json!({
+                        "path": r.path.path(),
+                        "kind": path_kind(&r.path),
+                        "ingress": r.source,
+                        "backend": r.backend,
+                        "canary": r.canary.as_ref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
+                        "https_redirect": r.redirect_to_https,
+                        "conditions": r.conditions.is_some(),
+                        "auth": r.access.is_some(),
+                        "rate_limit": r.rate_limit.is_some(),
+                    })
+                })
+                .collect();
+            json!({"host": host_text(&vh.host), "label": match &vh.host { HostMatch::Any => "_".to_string(), h => h.to_string() }, "routes": routes})
+        })
+        .collect();
+    let backends: Vec<Value> = source
+        .backends
+        .iter()
+        .zip(snapshot.pools())
+        .map(|(b, pool)| {
+            let mut ready = 0;
+            let endpoints: Vec<Value> = b
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let address = std::net::SocketAddr::new(e.address, e.port).to_string();
+                    if !e.ready {
+                        return json!({"address": address, "state": "not ready", "in_flight": 0});
+                    }
+                    let index = ready;
+                    ready += 1;
+                    let up = pool.balancer.is_up(index);
+                    let state = match (up, pool.balancer.endpoint(index).checked_down()) {
+                        (true, _) => "up",
+                        (false, true) => "failing checks",
+                        (false, false) => "failing",
+                    };
+                    json!({"address": address, "state": state, "in_flight": pool.balancer.endpoint(index).in_flight()})
+                })
+                .collect();
+            json!({"name": b.name, "balance": b.policy.balance.as_str(), "endpoints": endpoints})
+        })
+        .collect();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let certificates: Vec<Value> = snapshot
+        .certificates()
+        .served()
+        .iter()
+        .map(|c| {
+            let not_after = c.not_after();
+            json!({
+                "name": c.name,
+                "names": c.names(),
+                "not_after": not_after,
+                "days_left": not_after.map(|t| (t - now).div_euclid(86_400)),
+            })
+        })
+        .collect();
+    json!({
+        "version": source.version,
+        "applied_at": applied_at,
+        "now": now,
+        "default_backend": source.default_backend,
+        "hosts": hosts,
+        "backends": backends,
+        "certificates": certificates,
+        "diagnostics": source.diagnostics,
+    })
+}
