@@ -125,6 +125,18 @@ fn report_diagnostics(reported: &mut BTreeSet<Diagnostic>, current: &[Diagnostic
     *reported = current;
 }
 
+/// The most diagnostics a snapshot carries to the proxy's dashboard; the controller's
+/// log, Events and `--check` have them all.
+const DASHBOARD_DIAGNOSTICS: usize = 1_000;
+
+fn dashboard_diagnostics(diagnostics: &[Diagnostic]) -> Vec<portico_model::Diagnostic> {
+    diagnostics
+        .iter()
+        .take(DASHBOARD_DIAGNOSTICS)
+        .map(|d| portico_model::Diagnostic { object: d.object.to_string(), reason: d.reason.to_string(), message: d.message.clone() })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,16 +149,4 @@ mod tests {
         let d = c.next();
         assert!(a > 1_600_000_000_000 && b > a && d > b);
     }
-}
-
-/// The most diagnostics a snapshot carries to the proxy's dashboard; the controller's
-/// log, Events and `--check` have them all.
-const DASHBOARD_DIAGNOSTICS: usize = 1_000;
-
-fn dashboard_diagnostics(diagnostics: &[portico_translate::Diagnostic]) -> Vec<portico_model::Diagnostic> {
-    diagnostics
-        .iter()
-        .take(DASHBOARD_DIAGNOSTICS)
-        .map(|d| portico_model::Diagnostic { object: d.object.to_string(), reason: d.reason.to_string(), message: d.message.clone() })
-        .collect()
 }

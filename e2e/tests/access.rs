@@ -78,7 +78,10 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     let logs = portico.logs();
     assert!(logs.contains("auth-tls-secret is not enforced") && logs.contains("mallory"), "the reasons are reported");
     let config = portico.admin_get("/config").await.unwrap().text();
-    assert!(!config.contains("5en6G6") && !config.contains("$apr1$"), "password hashes are not shown");
+    for hash in ["5en6G6", "$apr1$s4ltS4lt"] {
+        let at = config.find(hash).map(|i| &config[i.saturating_sub(300)..(i + 100).min(config.len())]);
+        assert_eq!(at, None, "password hashes are not shown");
+    }
     drop(servers);
 }
 
