@@ -149,25 +149,31 @@ impl RouteSeries {
 
 impl Drop for RouteSeries {
     fn drop(&mut self) {
-        let Ok(mut live) = self.metrics.live_routes.lock() else { return };
-        // Another snapshot may have registered the same labels again since this handle's
-        // last holder let go; only a label set nobody holds is removed.
-        if live.get(&self.labels).is_some_and(|w| w.strong_count() == 0) {
-            live.remove(&self.labels);
-            let values = self.labels.values();
-            let m = &self.metrics;
+        let (m, values) = (&self.metrics, self.labels.values());
+        forget_if_unheld(&m.live_routes, &self.labels, || {
+            let [n, i, h, p, s] = values;
             for code in CODE_CLASSES {
-                let [n, i, h, p, s] = values;
                 let _ = m.requests.remove_label_values(&[n, i, h, p, s, code]);
             }
             for why in Refusal::ALL {
-                let [n, i, h, p, s] = values;
                 let _ = m.refusals.remove_label_values(&[n, i, h, p, s, why.as_str()]);
             }
             let _ = m.request_duration.remove_label_values(&values);
             let _ = m.request_bytes.remove_label_values(&values);
             let _ = m.response_bytes.remove_label_values(&values);
-        }
+        });
+    }
+}
+
+/// When no series holds `labels` any more, forgets them and runs `remove` (which takes
+/// their series out of the registry), under the lock that registering takes, so that no
+/// new holder can pick up a series being removed. Another snapshot may have registered
+/// the same labels again since the dropped handle's last holder let go: those stay.
+fn forget_if_unheld<L: Eq + std::hash::Hash, T>(live: &Mutex<HashMap<L, Weak<T>>>, labels: &L, remove: impl FnOnce()) {
+    let Ok(mut live) = live.lock() else { return };
+    if live.get(labels).is_some_and(|w| w.strong_count() == 0) {
+        live.remove(labels);
+        remove();
     }
 }
 
@@ -187,11 +193,8 @@ pub struct BackendSeries {
 
 impl Drop for BackendSeries {
     fn drop(&mut self) {
-        let Ok(mut live) = self.metrics.live_backends.lock() else { return };
-        if live.get(&self.labels).is_some_and(|w| w.strong_count() == 0) {
-            live.remove(&self.labels);
-            let values = self.labels.values();
-            let m = &self.metrics;
+        let (m, values) = (&self.metrics, self.labels.values());
+        forget_if_unheld(&m.live_backends, &self.labels, || {
             let _ = m.upstream_duration.remove_label_values(&values);
             let _ = m.upstream_connect_errors.remove_label_values(&values);
             let _ = m.upstream_timeouts.remove_label_values(&values);
@@ -199,7 +202,7 @@ impl Drop for BackendSeries {
             let [n, s, p] = values;
             let _ = m.upstream_connections.remove_label_values(&[n, s, p, "true"]);
             let _ = m.upstream_connections.remove_label_values(&[n, s, p, "false"]);
-        }
+        });
     }
 }
 
