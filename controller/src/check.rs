@@ -57,11 +57,7 @@ pub fn report(dir: &Path, options: &Options) -> anyhow::Result<(String, bool)> {
     writeln!(out, "routes: {routes}")?;
     for vh in &t.snapshot.virtual_hosts {
         for r in &vh.routes {
-            let matched = match &r.path {
-                portico_model::PathMatch::Exact(p) => format!("Exact {p}"),
-                portico_model::PathMatch::Prefix(p) => format!("Prefix {p}"),
-                portico_model::PathMatch::Regex(p) => format!("Regex {p}"),
-            };
+            let matched = format!("{} {}", r.path.kind(), r.path.path());
             let conditions = if r.conditions.is_some() { " (with conditions)" } else { "" };
             writeln!(out, "  {} {matched}{conditions} -> {} ({} endpoints) from {}", vh.host, r.backend, endpoints(&r.backend), r.source)?;
         }

@@ -568,6 +568,15 @@ impl PathMatch {
             PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p,
         }
     }
+
+    /// `Exact`, `Prefix` or `Regex`, for people to read.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PathMatch::Exact(_) => "Exact",
+            PathMatch::Prefix(_) => "Prefix",
+            PathMatch::Regex(_) => "Regex",
+        }
+    }
 }
 
 /// A named set of endpoints, usually one port of one Service.
