@@ -14,7 +14,7 @@ use crate::canary::CompiledCanary;
 use crate::conditions::CompiledConditions;
 use crate::cors::CompiledCors;
 use crate::header_edits::CompiledHeaderEdits;
-use crate::metrics::{BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, ANY_HOST, UNMATCHED_HOST};
+use crate::metrics::{host_label, BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST};
 use crate::rate_limit::RateLimiter;
 use crate::router::{HostTable, PathMatcher};
 use crate::tls::{CertificateError, CertificateTable};
@@ -121,8 +121,6 @@ struct CompiledVhost {
     /// most specific first), then the plain one.
     groups: Vec<Box<[usize]>>,
     routes: Vec<CompiledRoute>,
-    /// The metrics label of this host.
-    label: Box<str>,
     /// The series of requests for this host that no route took: unrouted, and to the
     /// default backend.
     unrouted: [OnceLock<Arc<RouteSeries>>; 2],
@@ -146,9 +144,6 @@ pub struct CompiledRoute {
     pub fallback: Option<Arc<BackendPool>>,
     pub error_pages: Option<CompiledErrorPages>,
     pub preserve_trailing_slash: bool,
-    /// The Ingress (`namespace/name`) and path rule, for metrics.
-    source: Box<str>,
-    path_label: Box<str>,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -362,21 +357,23 @@ impl CompiledSnapshot {
         self.hsts.as_ref()
     }
 
-    /// The metrics series a routing result's requests count in.
+    /// The metrics series a routing result's requests count in. Its labels are read from
+    /// `source`, whose routes a compiled host holds in the same order.
     pub fn series(&self, routed: &Routed) -> &RouteSeries {
-        let vh = routed.vhost.map(|v| &*self.vhosts[v]);
+        let declared = routed.vhost.map(|v| &self.source.virtual_hosts[v]);
         let pool = self.pool(routed);
         let new = |source: &str, path: &str| {
-            let host = vh.map_or(UNMATCHED_HOST, |v| &v.label);
-            self.metrics.route_series(RouteLabels::new(source, host, path, pool.map(|p| &*p.name)))
+            let host = declared.map_or_else(|| UNMATCHED_HOST.to_string(), |vh| host_label(&vh.host));
+            self.metrics.route_series(RouteLabels::new(source, &host, path, pool.map(|p| &*p.name)))
         };
-        match (routed.target, vh) {
-            (Target::Route(r), Some(vh)) => {
-                let route = &vh.routes[r];
+        let compiled = routed.vhost.map(|v| &*self.vhosts[v]);
+        match (routed.target, compiled, declared) {
+            (Target::Route(r), Some(vh), Some(declared)) => {
+                let route = &declared.routes[r];
                 let side = if routed.fallback { 2 } else { usize::from(routed.canary) };
-                route.series[side].get_or_init(|| new(&route.source, &route.path_label))
+                vh.routes[r].series[side].get_or_init(|| new(&route.source, route.path.path()))
             }
-            (target, vh) => {
+            (target, vh, _) => {
                 let slots = vh.map_or(&self.unmatched, |v| &v.unrouted);
                 slots[usize::from(target == Target::DefaultBackend)].get_or_init(|| new("", ""))
             }
@@ -476,8 +473,6 @@ fn compile_vhost(
             fallback,
             error_pages,
             preserve_trailing_slash: route.preserve_trailing_slash,
-            source: route.source.as_str().into(),
-            path_label: route.path.path().into(),
             series: Default::default(),
         });
     }
@@ -490,11 +485,7 @@ fn compile_vhost(
             g.into_boxed_slice()
         })
         .collect();
-    let label = match &vh.host {
-        HostMatch::Any => ANY_HOST.into(),
-        h => h.to_string().into_boxed_str(),
-    };
-    Ok(CompiledVhost { paths, groups, routes, label, unrouted: Default::default() })
+    Ok(CompiledVhost { paths, groups, routes, unrouted: Default::default() })
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! controller's diagnostics. Live rates come from `/metrics`, which the page polls.
 
 use crate::compile::CompiledSnapshot;
-use portico_model::{HostMatch, PathMatch};
+use crate::metrics::host_label;
+use portico_model::HostMatch;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,14 +16,6 @@ fn host_text(host: &HostMatch) -> String {
     match host {
         HostMatch::Any => "*".to_string(),
         h => h.to_string(),
-    }
-}
-
-fn path_kind(path: &PathMatch) -> &'static str {
-    match path {
-        PathMatch::Exact(_) => "Exact",
-        PathMatch::Prefix(_) => "Prefix",
-        PathMatch::Regex(_) => "Regex",
     }
 }
 
@@ -39,7 +32,7 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
                 .map(|r| {
                     json!({
                         "path": r.path.path(),
-                        "kind": path_kind(&r.path),
+                        "kind": r.path.kind(),
                         "ingress": r.source,
                         "backend": r.backend,
                         "canary": r.canary.as_ref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
@@ -50,7 +43,7 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
                     })
                 })
                 .collect();
-            json!({"host": host_text(&vh.host), "label": match &vh.host { HostMatch::Any => "_".to_string(), h => h.to_string() }, "routes": routes})
+            json!({"host": host_text(&vh.host), "label": host_label(&vh.host), "routes": routes})
         })
         .collect();
     let backends: Vec<Value> = source
@@ -58,26 +51,21 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
         .iter()
         .zip(snapshot.pools())
         .map(|(b, pool)| {
-            let mut ready = 0;
-            let endpoints: Vec<Value> = b
-                .endpoints
-                .iter()
-                .map(|e| {
-                    let address = std::net::SocketAddr::new(e.address, e.port).to_string();
-                    if !e.ready {
-                        return json!({"address": address, "state": "not ready", "in_flight": 0});
-                    }
-                    let index = ready;
-                    ready += 1;
-                    let up = pool.balancer.is_up(index);
-                    let state = match (up, pool.balancer.endpoint(index).checked_down()) {
-                        (true, _) => "up",
-                        (false, true) => "failing checks",
-                        (false, false) => "failing",
-                    };
-                    json!({"address": address, "state": state, "in_flight": pool.balancer.endpoint(index).in_flight()})
-                })
-                .collect();
+            // The balancer holds the ready endpoints and their health; the snapshot the rest.
+            let balancer = &pool.balancer;
+            let ready = (0..balancer.len()).map(|i| {
+                let endpoint = balancer.endpoint(i);
+                let state = match (balancer.is_up(i), endpoint.checked_down()) {
+                    (true, _) => "up",
+                    (false, true) => "failing checks",
+                    (false, false) => "failing",
+                };
+                json!({"address": endpoint.addr.to_string(), "state": state, "in_flight": endpoint.in_flight()})
+            });
+            let not_ready = b.endpoints.iter().filter(|e| !e.ready).map(
+                |e| json!({"address": std::net::SocketAddr::new(e.address, e.port).to_string(), "state": "not ready", "in_flight": 0}),
+            );
+            let endpoints: Vec<Value> = ready.chain(not_ready).collect();
             json!({"name": b.name, "balance": b.policy.balance.as_str(), "endpoints": endpoints})
         })
         .collect();

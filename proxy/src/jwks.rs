@@ -6,9 +6,9 @@
 //! a failed one keeps the keys there were.
 
 use crate::http_fetch::{self, text};
-use crate::jwt::{read_jwks, Key};
+use crate::jwt::{self, read_jwks, JwtCheck, Key, Refusal};
 use arc_swap::ArcSwapOption;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
@@ -84,6 +84,27 @@ impl JwksCache {
             });
         }
         set.keys.load_full()
+    }
+
+    /// The request's bearer token checked against the key set of `url` (see
+    /// [`JwtCheck::verify_with`]). A token naming a key the cached set lacks gets one
+    /// newer set: the provider may have rotated its keys since they were fetched. `None`
+    /// when no usable set was ever fetched.
+    pub(crate) async fn verify(
+        &self,
+        check: &JwtCheck,
+        url: &str,
+        req: &RequestHeader,
+        now: u64,
+    ) -> Option<Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal>> {
+        let keys = self.keys(url, Need::Any).await?;
+        Some(match check.verify_with(&keys, req, now) {
+            Err(jwt::UNKNOWN_KID) => match self.keys(url, Need::Newer).await {
+                Some(newer) if !Arc::ptr_eq(&newer, &keys) => check.verify_with(&newer, req, now),
+                _ => Err(jwt::UNKNOWN_KID),
+            },
+            other => other,
+        })
     }
 
     fn set(&self, url: &str) -> Arc<RemoteKeySet> {

@@ -6,6 +6,7 @@
 //! Series of a route or backend are registered on their first request and removed when
 //! no compiled snapshot holds them any more, so a deleted Ingress leaves no series behind.
 
+use portico_model::HostMatch;
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -15,6 +16,14 @@ use std::time::Duration;
 pub const UNMATCHED_HOST: &str = "_unmatched";
 /// Label value for the catch-all virtual host (rules without `host`).
 pub const ANY_HOST: &str = "_";
+
+/// The `host` label of a virtual host.
+pub fn host_label(host: &HostMatch) -> String {
+    match host {
+        HostMatch::Any => ANY_HOST.to_string(),
+        h => h.to_string(),
+    }
+}
 
 /// Latency buckets from 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

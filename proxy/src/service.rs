@@ -13,7 +13,7 @@ use crate::error_pages;
 use crate::external_auth::{AuthAnswer, OriginalRequest};
 use crate::forwarded::{self, Cidr};
 use crate::header_edits::strip_hop_by_hop;
-use crate::jwks::{JwksCache, Need};
+use crate::jwks::JwksCache;
 use crate::jwt;
 use crate::metrics::Refusal;
 use crate::normalize::normalize;
@@ -125,8 +125,7 @@ pub struct RequestCtx {
     started: Option<(Instant, SystemTime)>,
     /// Counts the request in `portico_requests_in_flight` until it ends.
     in_flight: Option<InFlight>,
-    /// The request's `X-Request-ID` and place in its trace.
-    request_id: Option<HeaderValue>,
+    /// The request's place in its trace. (Its `X-Request-ID` is in the request itself.)
     trace: Option<TraceContext>,
     /// When the current attempt chose its endpoint, and how long the endpoint took to
     /// send its response header.
@@ -360,6 +359,20 @@ impl RequestCtx {
         Some(snapshot.pool(&self.routed)?.series(snapshot.metrics()))
     }
 
+    /// Counts a failed attempt in its backend's metrics: a timeout, a connection that
+    /// could not be made (`connecting`), and whether another endpoint is tried.
+    fn count_failure(&self, failure: Failure, connecting: bool, retried: bool) {
+        let Some(series) = self.backend_series() else { return };
+        match failure {
+            Failure::Timeout => series.timeouts.inc(),
+            Failure::Error if connecting => series.connect_errors.inc(),
+            _ => {}
+        }
+        if retried {
+            series.retries.inc();
+        }
+    }
+
     /// Ends the current attempt, counting a failure against its endpoint; returns the
     /// endpoint's index.
     fn finish_attempt(&mut self, failed: bool) -> Option<usize> {
@@ -523,16 +536,9 @@ impl IngressProxy {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let verified = match jwt.jwks_url() {
                 None => jwt.verify(req, now),
-                Some(url) => match self.jwks.keys(url, Need::Any).await {
+                Some(url) => match self.jwks.verify(jwt, url, req, now).await {
+                    Some(verified) => verified,
                     None => return Some((Answer::page(503), Refusal::PolicyUnavailable)),
-                    Some(keys) => match jwt.verify_with(&keys, req, now) {
-                        // The provider may have rotated its keys since they were fetched.
-                        Err(jwt::UNKNOWN_KID) => match self.jwks.keys(url, Need::Newer).await {
-                            Some(newer) if !Arc::ptr_eq(&newer, &keys) => jwt.verify_with(&newer, req, now),
-                            _ => Err(jwt::UNKNOWN_KID),
-                        },
-                        other => other,
-                    },
                 },
             };
             match verified {
@@ -623,15 +629,9 @@ impl IngressProxy {
     /// the upstream, the auth service and the error backend all see the same.
     fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header_mut();
-        let id = match req.headers.get(X_REQUEST_ID) {
-            Some(id) if trace_context::usable_request_id(Some(id)) => id.clone(),
-            _ => {
-                let id = trace_context::new_request_id();
-                req.insert_header(X_REQUEST_ID, id.clone())?;
-                id
-            }
-        };
-        ctx.request_id = Some(id);
+        if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID)) {
+            req.insert_header(X_REQUEST_ID, trace_context::new_request_id())?;
+        }
         let trace = TraceContext::continue_or_start(req.headers.get(TRACEPARENT).map(HeaderValue::as_bytes), self.trace_sample_ratio);
         req.insert_header(TRACEPARENT, trace.traceparent())?;
         ctx.trace = Some(trace);
@@ -653,11 +653,13 @@ impl IngressProxy {
             _ => "HTTP/1.1",
         };
         let elapsed = started.elapsed();
+        let client = self.client(session);
+        let request_id = req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
         if let Some(log) = &self.access_log {
             let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
             log.write(&access_log::Entry {
                 time: started_at,
-                client: self.client(session),
+                client,
                 method: req.method.as_str(),
                 host: request_host(req),
                 path: req.uri.path(),
@@ -672,7 +674,7 @@ impl IngressProxy {
                 namespace: labels.namespace(),
                 ingress: labels.ingress(),
                 service: labels.service(),
-                request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                request_id,
                 trace_id: &trace_id,
                 user_agent: header(header::USER_AGENT),
                 referer: header(header::REFERER),
@@ -688,7 +690,7 @@ impl IngressProxy {
                 ("network.protocol.version", Attribute::Text(protocol.trim_start_matches("HTTP/").to_string())),
                 ("http.response.status_code", Attribute::Int(i64::from(status))),
             ];
-            if let Some(client) = self.client(session) {
+            if let Some(client) = client {
                 attributes.push(("client.address", Attribute::Text(client.to_string())));
             }
             if !route.is_empty() {
@@ -701,8 +703,8 @@ impl IngressProxy {
             if let Some(addr) = ctx.upstream_addr {
                 attributes.push(("portico.upstream.address", Attribute::Text(addr.to_string())));
             }
-            if let Some(id) = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-                attributes.push(("portico.request_id", Attribute::Text(id.to_string())));
+            if !request_id.is_empty() {
+                attributes.push(("portico.request_id", Attribute::Text(request_id.to_string())));
             }
             let name = if route.is_empty() { req.method.to_string() } else { format!("{} {route}", req.method) };
             exporter.export(Span { context, name, start: started_at, end: started_at + elapsed, attributes, error: status >= 500 });
@@ -742,7 +744,7 @@ impl IngressProxy {
         if self.hide_server_header {
             header.remove_header(&header::SERVER);
         }
-        if let Some(id) = &ctx.request_id {
+        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID) {
             header.insert_header(X_REQUEST_ID, id.clone())?;
         }
         let end = body.is_none();
@@ -810,15 +812,7 @@ impl ProxyHttp for IngressProxy {
             ctx.tried.push(index);
         }
         let retry = ctx.may_retry(failure);
-        if let Some(series) = ctx.backend_series() {
-            match failure {
-                Failure::Timeout => series.timeouts.inc(),
-                _ => series.connect_errors.inc(),
-            }
-            if retry {
-                series.retries.inc();
-            }
-        }
+        ctx.count_failure(failure, true, retry);
         e.set_retry(retry);
         e
     }
@@ -865,13 +859,8 @@ impl ProxyHttp for IngressProxy {
         // methods whose body (if any) is still held for a retry.
         let safe = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         let retry = failure.is_some_and(|f| safe && ctx.may_retry(f));
-        if let Some(series) = ctx.backend_series() {
-            if failure == Some(Failure::Timeout) {
-                series.timeouts.inc();
-            }
-            if retry {
-                series.retries.inc();
-            }
+        if let Some(f) = failure {
+            ctx.count_failure(f, false, retry);
         }
         match failure {
             Some(_) if retry => e.set_retry(true),
@@ -900,9 +889,7 @@ impl ProxyHttp for IngressProxy {
             ctx.tried.push(index);
         }
         if safe && ctx.may_retry(Failure::Status(status)) {
-            if let Some(series) = ctx.backend_series() {
-                series.retries.inc();
-            }
+            ctx.count_failure(Failure::Status(status), false, true);
             ctx.retrying_status = true;
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream status listed in proxy-next-upstream");
             e.set_retry(true);
@@ -987,7 +974,7 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         if self.hide_server_header {
             response.remove_header(&header::SERVER);
         } else {
@@ -996,7 +983,7 @@ impl ProxyHttp for IngressProxy {
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
         }
-        if let Some(id) = &ctx.request_id {
+        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID) {
             response.insert_header(X_REQUEST_ID, id.clone())?;
         }
         if ctx.https {

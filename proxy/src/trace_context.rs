@@ -67,8 +67,8 @@ fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     (trace_id != [0; 16] && parent != [0; 8]).then_some((trace_id, parent, flags))
 }
 
-/// The request id to use: the client's when it is 1 to 200 visible ASCII characters,
-/// else `None`, and the caller sets a new one from [`new_request_id`].
+/// Whether the client's request id can be kept: 1 to 200 visible ASCII characters. If
+/// not, the caller sets a new one from [`new_request_id`].
 pub fn usable_request_id(value: Option<&HeaderValue>) -> bool {
     value.is_some_and(|v| (1..=200).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
 }
