@@ -133,6 +133,8 @@ pub struct ClientOptions<'a> {
     /// Offer only this version (e.g. TLS 1.1, to check it is refused).
     pub only_version: Option<SslVersion>,
     pub session: Option<SslSession>,
+    /// A client certificate (and its key) to present when the server asks for one.
+    pub certificate: Option<&'a Issued>,
 }
 
 /// Handshakes with `addr` without verifying the server (the tests inspect what it presents).
@@ -152,6 +154,12 @@ pub async fn connect(addr: SocketAddr, opts: ClientOptions<'_>) -> anyhow::Resul
             wire.extend_from_slice(p.as_bytes());
         }
         b.set_alpn_protos(&wire)?;
+    }
+    if let Some(issued) = opts.certificate {
+        let cert = X509::from_pem(issued.cert_pem.as_bytes())?;
+        let key = PKey::private_key_from_pem(issued.key_pem.as_bytes())?;
+        b.set_certificate(&cert)?;
+        b.set_private_key(&key)?;
     }
     let connector = b.build();
     let mut config = connector.configure()?;
@@ -196,10 +204,18 @@ pub fn session_of(stream: &SslStream<TcpStream>) -> Option<SslSession> {
 
 /// One GET over an established connection, HTTP/2 when ALPN chose `h2`.
 pub async fn get(stream: SslStream<TcpStream>, host: &str, path: &str) -> anyhow::Result<Reply> {
+    get_with(stream, host, path, &[]).await
+}
+
+/// [`get`] with extra request headers.
+pub async fn get_with(stream: SslStream<TcpStream>, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
     let h2 = stream.ssl().selected_alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     let uri = format!("https://{host}{path}");
-    let req = http::Request::builder().uri(&uri);
+    let mut req = http::Request::builder().uri(&uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     let resp = if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);

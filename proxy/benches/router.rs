@@ -33,7 +33,7 @@ fn snapshot() -> Snapshot {
             .enumerate()
             .map(|(j, p)| Route::new(if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) }, backend.clone()))
             .collect();
-        s.virtual_hosts.push(VirtualHost { host: host(i).parse().unwrap(), routes });
+        s.virtual_hosts.push(VirtualHost::new(host(i).parse().unwrap(), routes));
     }
     s.validate().expect("valid snapshot");
     s

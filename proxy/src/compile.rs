@@ -11,6 +11,7 @@ use crate::access::CompiledAccess;
 use crate::affinity::PoolSessions;
 use crate::balancer::Balancer;
 use crate::canary::CompiledCanary;
+use crate::client_cert::ClientCertificates;
 use crate::conditions::CompiledConditions;
 use crate::cors::CompiledCors;
 use crate::header_edits::CompiledHeaderEdits;
@@ -124,6 +125,8 @@ struct CompiledVhost {
     /// The series of requests for this host that no route took: unrouted, and to the
     /// default backend.
     unrouted: [OnceLock<Arc<RouteSeries>>; 2],
+    /// `auth-tls-*`: what handshakes for this host ask for, and its requests need.
+    client_auth: Option<Arc<ClientCertificates>>,
 }
 
 pub struct CompiledRoute {
@@ -218,6 +221,8 @@ pub enum CompileError {
     Upstream { backend: String, what: String },
     #[error("host {host:?}: route {path:?}: {what}")]
     Route { host: String, path: String, what: String },
+    #[error("host {host:?}: client certificates: {what}")]
+    ClientAuth { host: String, what: String },
 }
 
 impl CompiledSnapshot {
@@ -240,6 +245,7 @@ impl CompiledSnapshot {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
                 old.routes == vh.routes
+                    && old.client_auth == vh.client_auth
                     && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
             });
             vhosts.push(match reusable {
@@ -286,6 +292,16 @@ impl CompiledSnapshot {
             None if self.default_backend.is_some() => Routed { target: Target::DefaultBackend, ..routed },
             None => routed,
         }
+    }
+
+    /// The client certificates of the host a routing result matched.
+    pub fn client_auth(&self, routed: &Routed) -> Option<&Arc<ClientCertificates>> {
+        self.vhosts[routed.vhost?].client_auth.as_ref()
+    }
+
+    /// The client certificates a handshake with this SNI name asks for.
+    pub fn client_auth_for_sni(&self, sni: &str) -> Option<&Arc<ClientCertificates>> {
+        self.vhosts[self.hosts.lookup(sni)?].client_auth.as_ref()
     }
 
     /// The snapshot's default backend, if any.
@@ -485,7 +501,13 @@ fn compile_vhost(
             g.into_boxed_slice()
         })
         .collect();
-    Ok(CompiledVhost { paths, groups, routes, unrouted: Default::default() })
+    let client_auth = match &vh.client_auth {
+        None => None,
+        Some(c) => {
+            Some(Arc::new(ClientCertificates::compile(c).map_err(|what| CompileError::ClientAuth { host: vh.host.to_string(), what })?))
+        }
+    };
+    Ok(CompiledVhost { paths, groups, routes, unrouted: Default::default(), client_auth })
 }
 
 #[cfg(test)]
@@ -509,7 +531,7 @@ mod tests {
                 policy: Default::default(),
             });
             let route = Route::new(PathMatch::prefix("/"), name);
-            s.virtual_hosts.push(VirtualHost { host: format!("h{i}.test").parse().unwrap(), routes: vec![route] });
+            s.virtual_hosts.push(VirtualHost::new(format!("h{i}.test").parse().unwrap(), vec![route]));
         }
         s
     }
@@ -531,7 +553,7 @@ mod tests {
 
         // A host added in front shifts every position; what is unchanged is still reused.
         let mut shifted = snapshot(3, 10, 2);
-        shifted.virtual_hosts.insert(0, VirtualHost { host: "a-first.test".parse().unwrap(), routes: vec![] });
+        shifted.virtual_hosts.insert(0, VirtualHost::new("a-first.test".parse().unwrap(), vec![]));
         let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
         assert_eq!(third.reused(&second), (10, 10));
         let routed = third.route("h3.test", &get("/"));
@@ -550,7 +572,7 @@ mod tests {
         // More conditions: tried first, though it comes later.
         routes.push(Route { conditions: when(vec![beta], vec!["POST"]), ..Route::new(PathMatch::prefix("/api"), "b3") });
         routes.push(Route { conditions: when(vec![], vec!["DELETE"]), ..Route::new(PathMatch::prefix("/admin"), "b3") });
-        s.virtual_hosts = vec![VirtualHost { host: "h.test".parse().unwrap(), routes }];
+        s.virtual_hosts = vec![VirtualHost::new("h.test".parse().unwrap(), routes)];
         s.validate().unwrap();
         let metrics = Arc::new(ProxyMetrics::new());
         let compiled = CompiledSnapshot::compile(s, &metrics, None).unwrap();

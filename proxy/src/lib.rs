@@ -10,6 +10,7 @@ pub mod admin;
 pub mod affinity;
 pub mod balancer;
 pub mod canary;
+pub mod client_cert;
 pub mod compile;
 pub mod conditions;
 pub mod connections;

@@ -43,10 +43,12 @@ pub enum Refusal {
     /// A security annotation could not be read: 503.
     PolicyUnavailable,
     BodyTooLarge,
+    /// `auth-tls-*`: no certificate, a bad one, another subject, or another host's handshake.
+    ClientCertificate,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::BadRequest,
         Refusal::RateLimit,
         Refusal::SourceRange,
@@ -55,6 +57,7 @@ impl Refusal {
         Refusal::ExternalAuth,
         Refusal::PolicyUnavailable,
         Refusal::BodyTooLarge,
+        Refusal::ClientCertificate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Refusal {
             Refusal::ExternalAuth => "external_auth",
             Refusal::PolicyUnavailable => "policy_unavailable",
             Refusal::BodyTooLarge => "body_too_large",
+            Refusal::ClientCertificate => "client_certificate",
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::access::{CompiledAccess, Verdict};
 use crate::access_log::{self, AccessLog};
 use crate::affinity::{Pin, StickySessions};
 use crate::balancer::Attempt;
+use crate::client_cert::{ConnectionCertificate, Refused};
 use crate::compile::{BackendPool, CompiledSnapshot, Routed};
 use crate::cors::CompiledCors;
 use crate::error_pages;
@@ -452,6 +453,22 @@ impl IngressProxy {
         ctx.https =
             ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req);
+        // Client certificates are checked before anything but the HTTPS redirect answers.
+        if let Some(policy) = snapshot.client_auth(&ctx.routed).filter(|_| ctx.https || !ctx.routed.redirect_to_https) {
+            let connection = session.digest().and_then(|d| d.ssl_digest.as_ref()).and_then(|d| d.extension.get::<ConnectionCertificate>());
+            match policy.check(ctx.tls, connection) {
+                Ok(headers) => ctx.auth_headers.extend(headers.0),
+                Err(refused) => {
+                    ctx.refusal = Some(Refusal::ClientCertificate);
+                    return Some(match refused {
+                        Refused::BadCertificate => Answer::page(400),
+                        Refused::Redirect(location) => Answer::Redirect { status: 302, location },
+                        Refused::Forbidden => Answer::page(403),
+                        Refused::Misdirected => Answer::page(421),
+                    });
+                }
+            }
+        }
         if let Some(answer) = self.redirect(req, ctx, snapshot) {
             return Some(answer);
         }

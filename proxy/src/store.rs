@@ -97,7 +97,7 @@ mod tests {
     fn snapshot(version: u64, backend: &str) -> Snapshot {
         Snapshot {
             version,
-            virtual_hosts: vec![VirtualHost { host: "a.com".parse().unwrap(), routes: vec![Route::new(PathMatch::prefix("/"), backend)] }],
+            virtual_hosts: vec![VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), backend)])],
             backends: vec![Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],

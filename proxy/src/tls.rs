@@ -96,6 +96,11 @@ impl ServedCertificate {
         Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
     }
 
+    #[cfg(test)]
+    pub(crate) fn chain_pem(&self) -> String {
+        self.chain.iter().map(|c| String::from_utf8(c.to_pem().unwrap()).unwrap()).collect()
+    }
+
     fn install(&self, ssl: &mut TlsRef) -> Result<(), openssl::error::ErrorStack> {
         ext::ssl_use_certificate(ssl, &self.chain[0])?;
         ext::ssl_use_private_key(ssl, &self.key)?;
@@ -168,11 +173,17 @@ impl TlsAccept for SniCertificates {
         if let Err(e) = chosen.install(ssl) {
             tracing::warn!(certificate = %chosen.name, sni = ?sni, error = %e, "could not use certificate for handshake");
         }
+        if let Some(client_auth) = snapshot.as_ref().zip(sni.as_deref()).and_then(|(s, sni)| s.client_auth_for_sni(sni)) {
+            client_auth.request(ssl);
+        }
     }
 
+    /// Keeps what a host with client certificates was shown, for its requests to check.
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         self.store.metrics().tls_handshake(ssl.version_str());
-        None
+        let snapshot = self.store.load()?;
+        let client_auth = snapshot.client_auth_for_sni(ssl.servername(NameType::HOST_NAME)?)?;
+        Some(Arc::new(client_auth.inspect(ssl)))
     }
 }
 
@@ -186,6 +197,9 @@ pub fn listener_settings(callbacks: SniCertificates) -> pingora::Result<TlsSetti
     settings.set_max_proto_version(Some(SslVersion::TLS1_3)).map_err(conf_err)?;
     settings.set_session_cache_mode(SslSessionCacheMode::SERVER);
     settings.set_session_id_context(b"portico").map_err(conf_err)?;
+    // Accepting the SNI name keeps it in the session, so that a resumed TLS 1.2 handshake
+    // still names its host (without this, OpenSSL reports none), as client certificates need.
+    settings.set_servername_callback(|_, _| Ok(()));
     Ok(settings)
 }
 

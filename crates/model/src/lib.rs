@@ -19,6 +19,32 @@ use std::net::IpAddr;
 /// What [`Snapshot::redacted`] puts where private keys were.
 pub const REDACTED: &str = "<redacted>";
 
+/// `text` with the user information of every URL in it (`https://user:password@host`)
+/// replaced by [`REDACTED`], for messages and views that quote URLs from annotations.
+pub fn redact_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace()).unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(i) => {
+                out.push_str(REDACTED);
+                out.push_str(&authority[i..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// A complete, self-contained routing configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Snapshot {
@@ -117,6 +143,45 @@ pub struct VirtualHost {
     pub host: HostMatch,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The client certificate a handshake for this host asks for, and every request to
+    /// the host needs: as in ingress-nginx, a property of the host, not of one path.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl VirtualHost {
+    /// A host that asks for no client certificate.
+    pub fn new(host: HostMatch, routes: Vec<Route>) -> Self {
+        VirtualHost { host, routes, client_auth: None }
+    }
+}
+
+/// `auth-tls-*`: client certificates, checked against a CA bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAuth {
+    /// The CA certificates (PEM) a client certificate must chain to (`auth-tls-secret`'s `ca.crt`).
+    pub ca_pem: String,
+    pub verify: ClientVerify,
+    /// `auth-tls-verify-depth`: how many certificates may stand between the client's and a trusted CA's.
+    pub depth: u32,
+    /// `auth-tls-pass-certificate-to-upstream`: the certificate, URL-encoded PEM, in `ssl-client-cert`.
+    pub pass_certificate: bool,
+    /// `auth-tls-error-page`: a refused request is redirected here instead of answered 400.
+    pub error_page: Option<String>,
+    /// `auth-tls-match-cn`: a pattern the certificate's subject (`CN=...,O=...`) must match, else 403.
+    #[serde(default)]
+    pub match_subject: Option<String>,
+}
+
+/// `auth-tls-verify-client` (`off` is no [`ClientAuth`] at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientVerify {
+    /// A verified certificate is required.
+    On,
+    /// A certificate is asked for; one that is sent must verify.
+    Optional,
+    /// A certificate is asked for; the upstream is told whether it verified.
+    OptionalNoCa,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -776,6 +841,19 @@ impl Snapshot {
         let jwt = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.jwt.as_mut());
         for jwt in jwt {
             jwt.jwks = REDACTED.to_string();
+            if let Some(url) = &mut jwt.jwks_url {
+                *url = redact_userinfo(url).into_owned();
+            }
+        }
+        let external = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.external_auth.as_mut());
+        for e in external {
+            e.url = redact_userinfo(&e.url).into_owned();
+            if let Some(signin) = &mut e.signin {
+                *signin = redact_userinfo(signin).into_owned();
+            }
+        }
+        for d in &mut copy.diagnostics {
+            d.message = redact_userinfo(&d.message).into_owned();
         }
         copy
     }
@@ -800,6 +878,16 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_information_in_urls_is_redacted_and_nothing_else() {
+        assert_eq!(
+            redact_userinfo(r#"value "https://svc:s3cret@auth.test:8443/check?u=a@b" and http://plain.test/x"#),
+            r#"value "https://<redacted>@auth.test:8443/check?u=a@b" and http://plain.test/x"#
+        );
+        assert_eq!(redact_userinfo("mail admin@example.com"), "mail admin@example.com");
+        assert!(matches!(redact_userinfo("https://auth.test/"), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn prefix_drops_trailing_slashes_but_keeps_root() {
@@ -873,6 +961,14 @@ mod tests {
                     }),
                     preserve_trailing_slash: true,
                 }],
+                client_auth: Some(ClientAuth {
+                    ca_pem: "CA".into(),
+                    verify: ClientVerify::Optional,
+                    depth: 2,
+                    pass_certificate: true,
+                    error_page: Some("https://example.com/denied".into()),
+                    match_subject: Some("CN=client".into()),
+                }),
             }],
             default_backend: None,
             backends: vec![Backend {

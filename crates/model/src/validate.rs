@@ -40,6 +40,8 @@ pub enum ValidationError {
     DuplicateTlsHost { host: String },
     #[error("TLS host {host:?} names unknown certificate {certificate:?}")]
     UnknownCertificate { host: String, certificate: String },
+    #[error("host {host:?}: client certificates: {what}")]
+    InvalidClientAuth { host: String, what: String },
 }
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
@@ -69,6 +71,16 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
 /// An HTTP token (RFC 9110), as cookie and header names must be.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_client_auth(c: &crate::ClientAuth) -> Result<(), String> {
+    if !c.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("the CA bundle holds no PEM certificate".into());
+    }
+    if let Some(page) = c.error_page.as_deref().filter(|p| p.is_empty() || p.bytes().any(|b| b <= b' ' || b == 0x7f)) {
+        return Err(format!("error page {page:?} is empty or holds spaces"));
+    }
+    Ok(())
 }
 
 fn validate_affinity(a: &SessionAffinity) -> Result<(), String> {
@@ -233,6 +245,9 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
         if !hosts.insert(&vh.host) {
             return Err(DuplicateHost { host: vh.host.to_string() });
         }
+        if let Some(c) = &vh.client_auth {
+            validate_client_auth(c).map_err(|what| InvalidClientAuth { host: vh.host.to_string(), what })?;
+        }
         paths.clear();
         for r in &vh.routes {
             // Formatted only when something is wrong.
@@ -281,6 +296,7 @@ mod tests {
             virtual_hosts: vec![VirtualHost {
                 host: HostMatch::Exact("a.com".into()),
                 routes: vec![Route::new(PathMatch::prefix("/"), "b")],
+                client_auth: None,
             }],
             default_backend: Some("b".into()),
             backends: vec![Backend {

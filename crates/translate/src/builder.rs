@@ -159,7 +159,7 @@ fn assemble(
                     route
                 })
                 .collect();
-            VirtualHost { host: host.clone(), routes }
+            VirtualHost { host: host.clone(), routes, client_auth: h.client_auth.map(|(c, _)| c.clone()) }
         })
         .collect();
 

@@ -35,12 +35,17 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("canary-by-header-value", Status::Same),
     ("canary-weight", Status::Same),
     ("canary-weight-total", Status::Same),
-    ("auth-tls-error-page", Status::NotYet("")),
-    ("auth-tls-match-cn", Status::NotYet("")),
-    ("auth-tls-pass-certificate-to-upstream", Status::NotYet("")),
-    ("auth-tls-secret", Status::NotYet("routes that set it answer 503 until client certificates are enforced")),
-    ("auth-tls-verify-client", Status::NotYet("routes that set it answer 503 until client certificates are enforced")),
-    ("auth-tls-verify-depth", Status::NotYet("")),
+    ("auth-tls-error-page", Status::Same),
+    ("auth-tls-match-cn", Status::Same),
+    ("auth-tls-pass-certificate-to-upstream", Status::Same),
+    (
+        "auth-tls-secret",
+        Status::Different(
+            "a property of the host, as in ingress-nginx; a newer Ingress asking the same host for other client certificates has its routes for it left out. Requests whose Host is not their connection's SNI get 421",
+        ),
+    ),
+    ("auth-tls-verify-client", Status::Different("without `auth-tls-secret` the routes answer 503 (ingress-nginx verifies nothing)")),
+    ("auth-tls-verify-depth", Status::Same),
     ("client-body-buffer-size", Status::NotYet("Pingora streams bodies; no buffer to size")),
     (
         "configuration-snippet",
@@ -220,7 +225,7 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
 
 /// Reported elsewhere, with more to say: security annotations that make routes refuse,
 /// and annotations read but partly unsupported.
-const REPORTED_ELSEWHERE: &[&str] = &["auth-tls-secret", "auth-tls-verify-client", "auth-proxy-set-headers"];
+const REPORTED_ELSEWHERE: &[&str] = &["auth-proxy-set-headers"];
 
 fn status_of(name: &str) -> Option<Status> {
     INGRESS_NGINX.iter().chain(PORTICO_ONLY).find(|(n, _)| *n == name).map(|(_, s)| *s)
@@ -318,6 +323,7 @@ mod tests {
             "nginx.ingress.kubernetes.io/configuration-snippet",
             "nginx.ingress.kubernetes.io/limit-rate",
             "nginx.ingress.kubernetes.io/auth-tls-secret",
+            "nginx.ingress.kubernetes.io/connection-proxy-header",
             "portico.io/health-check-path",
             "portico.io/rewrite-targt",
             "kubernetes.io/ingress.class",
@@ -326,8 +332,9 @@ mod tests {
         .map(|k| (k.to_string(), "x".to_string()))
         .collect();
         let messages = ignored(Some(&map));
-        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert_eq!(messages.len(), 4, "{messages:#?}");
         assert!(messages.iter().any(|m| m.contains("configuration-snippet is never supported")));
+        assert!(messages.iter().any(|m| m.contains("connection-proxy-header is not supported by Portico yet")));
         assert!(messages.iter().any(|m| m.contains("limit-rate is not supported by Portico yet")));
         assert!(messages.iter().any(|m| m.contains("portico.io/rewrite-targt is not one Portico or ingress-nginx knows")));
         assert_eq!(INGRESS_NGINX.len(), 136);

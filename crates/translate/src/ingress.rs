@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend, ServiceBackendPort};
 use portico_model::{
-    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, Cors, ErrorPages, ExternalAuth, HeaderEdits,
-    HeaderRule, HealthCheck, HostMatch, JwtAuth, PathMatch, RateLimit, Redirect, RequestConditions, Rewrite, Route, SessionAffinity,
-    SessionCookie, TrafficPolicy, Upstream,
+    AccessPolicy, AffinityMode, AuthCache, Balance, BasicAuth, Canary, CanaryHeader, ClientAuth, ClientVerify, Cors, ErrorPages,
+    ExternalAuth, HeaderEdits, HeaderRule, HealthCheck, HostMatch, JwtAuth, PathMatch, RateLimit, Redirect, RequestConditions, Rewrite,
+    Route, SessionAffinity, SessionCookie, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +99,8 @@ pub(crate) struct Fragment {
     pub diagnostics: Vec<Diagnostic>,
     pub backends: Vec<Arc<Resolved>>,
     pub certificates: Vec<Arc<CheckedCertificate>>,
+    /// `auth-tls-*`: the client certificates the Ingress's hosts ask for.
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl Fragment {
@@ -141,9 +143,8 @@ struct RoutePolicy {
     www_redirect: bool,
 }
 
-/// Security annotations of ingress-nginx that Portico does not enforce yet. An Ingress
-/// that sets one is not served without it: its routes answer 503.
-const UNENFORCED_SECURITY: &[&str] = &["auth-tls-secret", "auth-tls-verify-client"];
+/// ingress-nginx's `auth-tls-verify-depth` default.
+const DEFAULT_CLIENT_VERIFY_DEPTH: u32 = 1;
 
 /// The key of an `auth-jwt-jwks-secret` Secret that holds the JWKS.
 const JWKS_KEY: &str = "jwks.json";
@@ -217,11 +218,14 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             diagnostics: Vec::new(),
             backends: Vec::new(),
             certificates: Vec::new(),
+            client_auth: None,
         };
         IngressProcessor { lookups, ingress, namespace, last_backend: None, policy, fragment }
     }
 
+    /// Messages may quote annotations; a URL's credentials are not repeated in Events and logs.
     fn report(&mut self, reason: Reason, message: String) {
+        let message = portico_model::redact_userinfo(&message).into_owned();
         self.fragment.diagnostics.push(Diagnostic { object: self.fragment.object.clone(), reason, message });
     }
 
@@ -413,14 +417,18 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         let mut access = AccessPolicy::default();
         let mut refusals = Vec::new();
         let mut refuse = |this: &mut Self, reason: Reason, message: String| {
+            let message = portico_model::redact_userinfo(&message).into_owned();
             this.report(reason, format!("{message}; its routes answer 503"));
             refusals.push(message);
         };
         let mut any = false;
-        for name in UNENFORCED_SECURITY {
-            if let Some((key, _)) = a.get(name) {
-                any = true;
-                refuse(self, Reason::UnsupportedAnnotation, format!("annotation {key} is not enforced by this version of Portico"));
+        if a.get("auth-tls-secret").is_some() || a.get("auth-tls-verify-client").is_some() {
+            match self.client_auth(a) {
+                Ok(client_auth) => self.fragment.client_auth = client_auth,
+                Err((reason, message)) => {
+                    any = true;
+                    refuse(self, reason, message);
+                }
             }
         }
         let allow = if a.get("allowlist-source-range").is_some() { "allowlist-source-range" } else { "whitelist-source-range" };
@@ -503,6 +511,42 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             .observe_secret(&(namespace, name))
             .ok_or_else(|| (Reason::SecretNotFound, format!("annotation {annotation}: secret {full} does not exist")))?;
         Ok(Some((full, secret)))
+    }
+
+    /// `auth-tls-*`; `None` when `auth-tls-verify-client` is `off`. Unlike ingress-nginx,
+    /// which then verifies nothing, a verification mode without a CA bundle is refused.
+    fn client_auth(&mut self, a: &Annotations<'_>) -> Result<Option<ClientAuth>, (Reason, String)> {
+        let invalid = |e: InvalidAnnotation| (e.reason(), e.message());
+        let verify = match a.get("auth-tls-verify-client") {
+            None => ClientVerify::On,
+            Some((key, v)) => match v.trim() {
+                "on" => ClientVerify::On,
+                "optional" => ClientVerify::Optional,
+                "optional_no_ca" => ClientVerify::OptionalNoCa,
+                "off" => return Ok(None),
+                _ => {
+                    let msg = format!("annotation {key}: value {v:?} is not one of on, optional, optional_no_ca, off");
+                    return Err((Reason::InvalidAnnotation, msg));
+                }
+            },
+        };
+        let Some((name, secret)) = self.own_secret(a, "auth-tls-secret")? else {
+            let (key, _) = a.get("auth-tls-verify-client").unwrap_or_default();
+            return Err((
+                Reason::InvalidAnnotation,
+                format!("annotation {key} is set without auth-tls-secret, the CA bundle to verify against"),
+            ));
+        };
+        let ca_pem = secret::ca_bundle(&name, &secret).map_err(|e| (Reason::InvalidSecret, format!("annotation auth-tls-secret: {e}")))?;
+        let match_subject = a.regex("auth-tls-match-cn").map_err(invalid)?;
+        Ok(Some(ClientAuth {
+            ca_pem,
+            verify,
+            depth: a.count("auth-tls-verify-depth").map_err(invalid)?.unwrap_or(DEFAULT_CLIENT_VERIFY_DEPTH),
+            pass_certificate: a.bool("auth-tls-pass-certificate-to-upstream").map_err(invalid)?.unwrap_or(false),
+            error_page: a.url("auth-tls-error-page").map_err(invalid)?,
+            match_subject,
+        }))
     }
 
     /// `auth-jwt-jwks-secret` or `auth-jwt-jwks-url`, and their companions.

@@ -10,7 +10,7 @@ use crate::backend::Resolved;
 use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
-use portico_model::{Backend, Canary, HostMatch, PathMatch, RequestConditions, Route};
+use portico_model::{Backend, Canary, ClientAuth, HostMatch, PathMatch, RequestConditions, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -51,6 +51,8 @@ pub(crate) struct HostRoutes<'f> {
     by_path: FastMap<RouteKey<'f>, usize>,
     /// The canary of a route, by the route's index.
     pub canaries: FastMap<usize, Canary>,
+    /// The client certificates the host asks for, and the Ingress that asked first.
+    pub client_auth: Option<(&'f ClientAuth, &'f str)>,
 }
 
 impl<'f> RouteTable<'f> {
@@ -99,6 +101,21 @@ impl<'f> RouteTable<'f> {
         }
         for (host, routes) in &fragment.rules {
             let host_routes = self.hosts.entry(host).or_default();
+            // Client certificates are asked for in the handshake, before any path is known:
+            // one host, one policy. A second one would leave routes less guarded than their
+            // Ingress asks, so they are left out.
+            match (&fragment.client_auth, host_routes.client_auth) {
+                (Some(wanted), None) => host_routes.client_auth = Some((wanted, &fragment.source)),
+                (Some(wanted), Some((have, owner))) if wanted != have => {
+                    let msg = format!(
+                        "host {:?} already asks for the client certificates of Ingress {owner}, which is older; this Ingress's routes for it are ignored",
+                        host.to_string()
+                    );
+                    report(Reason::ClientAuthConflict, msg);
+                    continue;
+                }
+                _ => {}
+            }
             for r in routes {
                 if let Some(owner) = host_routes.by_path.get(&key(&r.route)).map(|i| &host_routes.routes[*i].route.source) {
                     let msg = format!(

@@ -620,6 +620,7 @@ fn security_annotations_fail_closed() {
         ("othernamespace", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"})),
         ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
         ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"})),
+        ("leaky", json!({"nginx.ingress.kubernetes.io/auth-url": "ftp://svc:hunter2@auth.example/check"})),
         ("jwt", json!({"portico.io/auth-tls-secret": "client-ca"})),
         ("jwturl", json!({"portico.io/auth-jwt-jwks-url": "idp.example/jwks"})),
         (
@@ -630,7 +631,7 @@ fn security_annotations_fail_closed() {
         ("jwtempty", json!({"portico.io/auth-jwt-jwks-secret": "users"})),
         (
             "oauth",
-            json!({"nginx.ingress.kubernetes.io/auth-url": "https://auth.example/oauth2/auth?x=1",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "https://svc:s3cret@auth.example/oauth2/auth?x=1",
                          "nginx.ingress.kubernetes.io/auth-signin": "https://auth.example/oauth2/start",
                          "nginx.ingress.kubernetes.io/auth-response-headers": "X-Auth-Request-User, X-Auth-Request-Email",
                          "nginx.ingress.kubernetes.io/auth-cache-key": "$http_authorization$cookie_session",
@@ -653,7 +654,8 @@ fn security_annotations_fail_closed() {
         ("othernamespace.test", "another namespace"),
         ("digest.test", "\"digest\""),
         ("external.test", "auth-url: value \"auth.example/check\" is not an absolute http or https URL"),
-        ("jwt.test", "auth-tls-secret is not enforced"),
+        ("jwt.test", "annotation auth-tls-secret: secret ns/client-ca does not exist"),
+        ("leaky.test", "value \"ftp://<redacted>@auth.example/check\" is not an absolute http or https URL"),
         ("jwturl.test", "auth-jwt-jwks-url: value \"idp.example/jwks\" is not an absolute http or https URL"),
         ("jwthmac.test", "algorithm \"HS256\" is not one of RS256, ES256, EdDSA"),
         ("jwtempty.test", "key \"jwks.json\" is missing"),
@@ -663,13 +665,14 @@ fn security_annotations_fail_closed() {
         let name = host.trim_end_matches(".test");
         assert!(t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains("answer 503")), "{name} reported");
     }
+    assert!(!t.diagnostics.iter().any(|d| d.message.contains("hunter2")), "credentials in a URL are not repeated");
     let remote = access("remote.test");
     let jwt = remote.jwt.expect("a JWT check");
     assert_eq!((remote.refuse, jwt.jwks_url.as_deref(), jwt.jwks.as_str()), (None, Some("https://idp.example/jwks"), ""));
-    assert!(
-        !portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.redacted().to_json_pretty().contains("5en6G6"),
-        "hashes are redacted"
-    );
+    let shown = portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.redacted().to_json_pretty();
+    assert!(!shown.contains("5en6G6"), "hashes are redacted");
+    assert!(!shown.contains("s3cret") && shown.contains("https://<redacted>@auth.example/oauth2/auth?x=1"), "so are a URL's credentials");
+    assert!(t.snapshot.to_json_pretty().contains("s3cret"), "the proxy still gets them");
 }
 
 #[test]
@@ -872,4 +875,57 @@ fn the_default_backend_service_serves_when_no_ingress_sets_one() {
     let t = translate(&state, &missing);
     assert!(t.snapshot.default_backend.is_none());
     assert!(t.diagnostics.iter().any(|d| d.object.name == "nope" && d.message.contains("--default-backend-service")));
+}
+
+#[test]
+fn client_certificates_are_a_property_of_the_host() {
+    let (ca, _) = crate::secret::tests::self_signed("Client CA", -1, 30);
+    let (other_ca, _) = crate::secret::tests::self_signed("Other CA", -1, 30);
+    let mut objects =
+        vec![ours(), opaque_secret("ns", "client-ca", json!({"ca.crt": ca})), opaque_secret("ns", "other-ca", json!({"ca.crt": other_ca}))];
+    objects.extend(backends_of("ns", "main"));
+    let tls = |extra: Value| {
+        let mut a = json!({"nginx.ingress.kubernetes.io/auth-tls-secret": "ns/client-ca",
+                           "nginx.ingress.kubernetes.io/auth-tls-verify-depth": "2",
+                           "nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream": "true",
+                           "nginx.ingress.kubernetes.io/auth-tls-match-cn": "CN=(alice|bob)"});
+        a.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        a
+    };
+    objects.extend(one_route_sites(&[
+        ("strict", tls(json!({}))),
+        ("optional", tls(json!({"portico.io/auth-tls-verify-client": "optional_no_ca"}))),
+        ("off", tls(json!({"portico.io/auth-tls-verify-client": "off"}))),
+        ("noca", json!({"portico.io/auth-tls-verify-client": "on"})),
+        ("badmode", tls(json!({"portico.io/auth-tls-verify-client": "require"}))),
+        ("elsewhere", json!({"portico.io/auth-tls-secret": "kube-system/client-ca"})),
+    ]));
+    // Two newer Ingresses on strict.test: one without client certificates shares the
+    // host's, one with another CA is left out.
+    let path = |p: &str| json!({"ingressClassName": "portico", "rules": [rule("strict.test", "Prefix", p, "main", json!({"number": 80}))]});
+    objects.push(annotated("ns", "plain", "2024-02-01T00:00:00Z", json!({}), path("/plain")));
+    objects.push(annotated("ns", "rival", "2024-02-02T00:00:00Z", json!({"portico.io/auth-tls-secret": "other-ca"}), path("/rival")));
+    let t = run(objects);
+    let vhost = |host: &str| t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host}"));
+
+    let strict = vhost("strict.test").client_auth.clone().expect("strict.test asks for certificates");
+    assert_eq!(strict.verify, portico_model::ClientVerify::On);
+    assert_eq!((strict.depth, strict.pass_certificate, strict.match_subject.as_deref()), (2, true, Some("CN=(alice|bob)")));
+    assert!(strict.ca_pem.contains("BEGIN CERTIFICATE"));
+    let paths: Vec<&str> = vhost("strict.test").routes.iter().map(|r| r.path.path()).collect();
+    assert_eq!(paths, ["/", "/plain"], "the rival's path is left out, the plain one is kept under the host's policy");
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "rival" && d.reason == Reason::ClientAuthConflict));
+
+    assert_eq!(vhost("optional.test").client_auth.as_ref().map(|c| c.verify), Some(portico_model::ClientVerify::OptionalNoCa));
+    assert_eq!(vhost("off.test").client_auth, None);
+    assert_eq!(first_route(&t, "off.test").access, None, "off asks for nothing and refuses nothing");
+    for (host, why) in [
+        ("noca.test", "without auth-tls-secret"),
+        ("badmode.test", "\"require\" is not one of on, optional, optional_no_ca, off"),
+        ("elsewhere.test", "another namespace"),
+    ] {
+        assert_eq!(vhost(host).client_auth, None);
+        let refused = first_route(&t, host).access.and_then(|a| a.refuse).unwrap_or_else(|| panic!("{host} must refuse"));
+        assert!(refused.contains(why), "{host}: {refused}");
+    }
 }
