@@ -139,6 +139,11 @@ pub struct ClientOptions<'a> {
 
 /// Handshakes with `addr` without verifying the server (the tests inspect what it presents).
 pub async fn connect(addr: SocketAddr, opts: ClientOptions<'_>) -> anyhow::Result<(SslStream<TcpStream>, Handshake)> {
+    connect_over(TcpStream::connect(addr).await?, opts).await
+}
+
+/// [`connect`] over a connection already open (and perhaps already written to).
+pub async fn connect_over(tcp: TcpStream, opts: ClientOptions<'_>) -> anyhow::Result<(SslStream<TcpStream>, Handshake)> {
     let mut b = SslConnector::builder(SslMethod::tls()).context("connector")?;
     b.set_verify(SslVerifyMode::NONE);
     if let Some(v) = opts.only_version {
@@ -170,7 +175,6 @@ pub async fn connect(addr: SocketAddr, opts: ClientOptions<'_>) -> anyhow::Resul
         // SAFETY: the session came from a connection to the same server with the same settings.
         unsafe { ssl.set_session(s)? };
     }
-    let tcp = TcpStream::connect(addr).await?;
     let mut stream = SslStream::new(ssl, tcp)?;
     tokio::time::timeout(Duration::from_secs(5), Pin::new(&mut stream).connect()).await.context("handshake timed out")??;
     let ssl = stream.ssl();

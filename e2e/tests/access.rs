@@ -73,10 +73,10 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     // Security that cannot be enforced is not skipped: 503, and the rest still serves.
     assert_eq!(get("nosecret.test", Some(basic("carol", "secret"))).await.status, 503);
     assert_eq!(get("external.test", None).await.status, 503, "an auth-url that is not a URL is not served without its check");
-    assert_eq!(get("mtls.test", None).await.status, 503, "a control not built yet is not skipped");
+    assert_eq!(get("mtls.test", None).await.status, 503, "client certificates against a missing CA bundle are not skipped");
     assert_eq!(get("open.test", None).await.status, 200);
     let logs = portico.logs();
-    assert!(logs.contains("auth-tls-secret is not enforced") && logs.contains("mallory"), "the reasons are reported");
+    assert!(logs.contains("secret default/client-ca does not exist") && logs.contains("mallory"), "the reasons are reported");
     let config = portico.admin_get("/config").await.unwrap().text();
     for hash in ["5en6G6", "$apr1$s4ltS4lt"] {
         let at = config.find(hash).map(|i| &config[i.saturating_sub(300)..(i + 100).min(config.len())]);

@@ -1,7 +1,10 @@
 //! Counts client connections around the proxy application: Pingora 0.9 has no hook for
 //! a connection's accept and close, but every connection passes through `process_new`.
+//! Plain-HTTP connections also read their PROXY protocol header here (TLS ones did
+//! before their handshake).
 
 use crate::metrics::ProxyMetrics;
+use crate::proxy_protocol::ProxyProtocol;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 pub struct CountedConnections<A> {
     pub inner: Arc<A>,
     pub metrics: Arc<ProxyMetrics>,
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
 
 /// Lowers the open-connections gauge however the connection ends.
@@ -28,6 +32,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedConnections<A> {
         self.metrics.downstream_connections_total.inc();
         self.metrics.downstream_connections.inc();
         let _open = Open(&self.metrics.downstream_connections);
+        let stream = match &self.proxy_protocol {
+            Some(p) if stream.get_ssl().is_none() => p.accept_plain(stream).await?,
+            _ => stream,
+        };
         // What Pingora's own loop does with a kept-alive connection, here so that the
         // connection is counted once for all its requests.
         let mut next = self.inner.process_new(stream, shutdown).await;

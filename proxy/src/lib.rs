@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod otlp;
 pub mod pages;
+pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod request_key;
 pub mod rewrite;

@@ -36,9 +36,13 @@ struct Args {
     /// Worker threads for the proxy service (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Peers whose X-Forwarded-* headers are believed, comma-separated CIDRs.
+    /// Peers whose X-Forwarded-* headers (and PROXY protocol headers) are believed, comma-separated CIDRs.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
+    /// Every connection, on both listeners, starts with a PROXY protocol header (v1 or v2);
+    /// its client address is used when the sender is in --trusted-proxies.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Identifies this proxy to the controller (default: host name and process id).
     #[arg(long)]
     proxy_id: Option<String>,
@@ -99,6 +103,9 @@ fn sample_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
+/// How long a connection has to send its PROXY protocol header.
+const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn default_proxy_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
@@ -129,6 +136,9 @@ fn main() -> anyhow::Result<()> {
             affinity::AffinityKey::built_in()
         }
     };
+    let proxy_protocol = args.proxy_protocol.then(|| {
+        Arc::new(portico_proxy::proxy_protocol::ProxyProtocol { trusted: trusted_proxies.clone(), timeout: PROXY_HEADER_TIMEOUT })
+    });
     let ingress = service::IngressProxy {
         store: store.clone(),
         trusted_proxies,
@@ -159,8 +169,11 @@ fn main() -> anyhow::Result<()> {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     http.server_options = Some(options);
-    let app = connections::CountedConnections { inner: Arc::new(http), metrics: metrics.clone() };
+    let app = connections::CountedConnections { inner: Arc::new(http), metrics: metrics.clone(), proxy_protocol: proxy_protocol.clone() };
     let mut proxy = pingora::services::listening::Service::new("portico-http".to_string(), app);
+    if let Some(p) = proxy_protocol {
+        proxy.endpoints().set_pre_tls_callback(p);
+    }
     proxy.add_tcp(&args.http_addr);
     let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
     if !args.https_addr.is_empty() {
