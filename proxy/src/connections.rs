@@ -3,6 +3,7 @@
 //! Plain-HTTP connections also read their PROXY protocol header here (TLS ones did
 //! before their handshake).
 
+use crate::header_deadline::{self, ClientTimeouts};
 use crate::metrics::ProxyMetrics;
 use crate::proxy_protocol::ProxyProtocol;
 use async_trait::async_trait;
@@ -15,6 +16,8 @@ pub struct CountedConnections<A> {
     pub inner: Arc<A>,
     pub metrics: Arc<ProxyMetrics>,
     pub proxy_protocol: Option<Arc<ProxyProtocol>>,
+    /// `--client-header-timeout` and `--client-keepalive-timeout`; `None` leaves Pingora's own.
+    pub client_timeouts: Option<ClientTimeouts>,
 }
 
 /// Lowers the open-connections gauge however the connection ends.
@@ -35,6 +38,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedConnections<A> {
         let stream = match &self.proxy_protocol {
             Some(p) if stream.get_ssl().is_none() => p.accept_plain(stream).await?,
             _ => stream,
+        };
+        let stream = match self.client_timeouts {
+            Some(timeouts) => header_deadline::guard(stream, timeouts),
+            None => stream,
         };
         // What Pingora's own loop does with a kept-alive connection, here so that the
         // connection is counted once for all its requests.

@@ -19,6 +19,7 @@ pub mod dashboard;
 pub mod error_pages;
 pub mod external_auth;
 pub mod forwarded;
+pub mod header_deadline;
 pub mod header_edits;
 pub mod health;
 pub mod http_fetch;

@@ -7,10 +7,11 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
 use portico_proxy::access_log::{AccessLog, AccessLogFormat};
 use portico_proxy::otlp::{OtlpEndpoint, SpanExporter};
-use portico_proxy::{admin, affinity, connections, forwarded, health, link, metrics, service, store, tls};
+use portico_proxy::{admin, affinity, connections, forwarded, header_deadline, health, link, metrics, service, store, tls};
 use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,6 +40,14 @@ struct Args {
     /// Peers whose X-Forwarded-* headers (and PROXY protocol headers) are believed, comma-separated CIDRs.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
+    /// Seconds a client has to send a whole HTTP/1 request header, from its first byte
+    /// (from the accept, for a connection's first request); 0 leaves only Pingora's
+    /// per-read timeout.
+    #[arg(long, default_value_t = 60)]
+    client_header_timeout: u64,
+    /// Seconds an HTTP/1 connection may wait idle for its next request.
+    #[arg(long, default_value_t = 75)]
+    client_keepalive_timeout: u64,
     /// Every connection, on both listeners, starts with a PROXY protocol header (v1 or v2);
     /// its client address is used when the sender is in --trusted-proxies.
     #[arg(long)]
@@ -104,7 +113,7 @@ fn sample_ratio(text: &str) -> Result<f64, String> {
 }
 
 /// How long a connection has to send its PROXY protocol header.
-const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn default_proxy_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -169,7 +178,16 @@ fn main() -> anyhow::Result<()> {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     http.server_options = Some(options);
-    let app = connections::CountedConnections { inner: Arc::new(http), metrics: metrics.clone(), proxy_protocol: proxy_protocol.clone() };
+    let client_timeouts = (args.client_header_timeout > 0).then(|| header_deadline::ClientTimeouts {
+        header: Duration::from_secs(args.client_header_timeout),
+        keepalive: Duration::from_secs(args.client_keepalive_timeout),
+    });
+    let app = connections::CountedConnections {
+        inner: Arc::new(http),
+        metrics: metrics.clone(),
+        proxy_protocol: proxy_protocol.clone(),
+        client_timeouts,
+    };
     let mut proxy = pingora::services::listening::Service::new("portico-http".to_string(), app);
     if let Some(p) = proxy_protocol {
         proxy.endpoints().set_pre_tls_callback(p);

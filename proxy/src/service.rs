@@ -915,6 +915,21 @@ impl ProxyHttp for IngressProxy {
         self.replace_error_page(session, status, ctx).await
     }
 
+    /// A request stops counting against `limit-connections` before its last bytes are
+    /// sent, so that a client that has its answer can be admitted again at once.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            ctx.in_progress = None;
+        }
+        Ok(None)
+    }
+
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
         if let (Some(chunk), Some(limit)) = (body.as_ref(), ctx.snapshot.as_ref().and_then(|s| s.max_body_bytes(&ctx.routed))) {
             ctx.body_bytes += chunk.len() as u64;

@@ -1,0 +1,305 @@
+//! `--client-header-timeout`: a deadline on a whole HTTP/1 request header. Pingora bounds
+//! each read of a header (60 s) but not the header, so a client sending a byte a minute
+//! holds its connection for ever; and before each request on the plain port it peeks for
+//! the HTTP/2 preface with no bound at all. This wraps a connection's stream and watches
+//! its bytes: from the first byte of a request (or the accept, for the first request) to
+//! the blank line that ends its header, the client has the header timeout; between
+//! requests it has the keep-alive timeout. Bodies, HTTP/2 and upgraded connections are
+//! left to Pingora's own timeouts.
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest, UniqueID, ALPN,
+};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request header; `ended` counts how much of `\r\n\r\n` the bytes so far end with.
+    Header { ended: u8, start: bool },
+    /// The header is in; the body and the response are Pingora's.
+    Body,
+    /// A response was written; waiting for the next request.
+    Idle,
+    /// HTTP/2 or an upgraded connection: not HTTP/1 headers any more.
+    Off,
+}
+
+/// Where a connection is between requests, from the bytes that pass.
+#[derive(Debug)]
+struct RequestBoundaries {
+    phase: Phase,
+}
+
+impl RequestBoundaries {
+    /// Follows bytes the client sent; true when they start a new request's header.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return false;
+        }
+        let started = self.phase == Phase::Idle;
+        if started {
+            self.phase = Phase::Header { ended: 0, start: true };
+        }
+        let Phase::Header { mut ended, start } = self.phase else { return false };
+        // HTTP/2 with prior knowledge: Pingora's h2 timeouts apply.
+        if start && bytes.starts_with(H2_PREFACE_START) {
+            self.phase = Phase::Off;
+            return started;
+        }
+        for &b in bytes {
+            ended = match (ended, b) {
+                (0 | 2, b'\r') => ended + 1,
+                (1 | 3, b'\n') => ended + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if ended == 4 {
+                self.phase = Phase::Body;
+                return started;
+            }
+        }
+        self.phase = Phase::Header { ended, start: false };
+        started
+    }
+
+    /// Follows bytes the proxy wrote; true when a final response ends the request. A 101
+    /// ends HTTP/1 on the connection.
+    fn wrote(&mut self, bytes: &[u8]) -> bool {
+        if matches!(self.phase, Phase::Off | Phase::Idle) || !bytes.starts_with(b"HTTP/1.") {
+            return false;
+        }
+        match bytes.get(9..12) {
+            Some(b"101") => self.phase = Phase::Off,
+            Some(status) if status[0] != b'1' => self.phase = Phase::Idle,
+            _ => {}
+        }
+        self.phase == Phase::Idle
+    }
+}
+
+/// Timeouts for [`HeaderDeadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    pub header: Duration,
+    pub keepalive: Duration,
+}
+
+/// A connection's stream with the header and keep-alive deadlines.
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeouts: ClientTimeouts,
+    boundaries: RequestBoundaries,
+    deadline: Pin<Box<Sleep>>,
+    /// Bytes a peek read, served before the stream's.
+    peeked: Vec<u8>,
+}
+
+impl HeaderDeadline {
+    /// Wraps a new connection; its first header must arrive within the header timeout.
+    pub fn new(inner: Stream, timeouts: ClientTimeouts) -> Self {
+        HeaderDeadline {
+            inner,
+            timeouts,
+            boundaries: RequestBoundaries { phase: Phase::Header { ended: 0, start: true } },
+            deadline: Box::pin(tokio::time::sleep(timeouts.header)),
+            peeked: Vec::new(),
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.deadline.as_mut().reset(Instant::now() + after);
+    }
+
+    /// Whether the deadline of the current phase has passed (registering the waker if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        matches!(self.boundaries.phase, Phase::Header { .. } | Phase::Idle) && self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.boundaries.read(&buf.filled()[before..]) {
+                    this.arm(this.timeouts.header);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(match this.boundaries.phase {
+                // An idle keep-alive connection ends as if the client had closed it.
+                Phase::Idle => Ok(()),
+                _ => Err(io::Error::new(io::ErrorKind::TimedOut, "client header timeout")),
+            }),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            if this.boundaries.wrote(&buf[..n]) {
+                this.arm(this.timeouts.keepalive);
+            }
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Pingora peeks for the HTTP/2 preface before each request on the plain port; the peek
+/// reads through the deadline and keeps what it read for the next read.
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut read = std::mem::take(&mut self.peeked);
+        while read.len() < buf.len() {
+            let mut chunk = vec![0u8; buf.len() - read.len()];
+            let n = self.read(&mut chunk).await?;
+            if n == 0 {
+                self.peeked = read;
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            read.extend_from_slice(&chunk[..n]);
+        }
+        buf.copy_from_slice(&read[..buf.len()]);
+        self.peeked = read;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+/// Wraps `stream` unless it speaks HTTP/2 by ALPN.
+pub fn guard(stream: Stream, timeouts: ClientTimeouts) -> Stream {
+    if stream.selected_alpn_proto() == Some(ALPN::H2) {
+        return stream;
+    }
+    Box::new(HeaderDeadline::new(stream, timeouts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The phase after each chunk; chunks starting `HTTP/1.1 ` are the proxy's writes.
+    fn phases(chunks: &[&[u8]]) -> Vec<(Phase, bool)> {
+        let mut b = RequestBoundaries { phase: Phase::Header { ended: 0, start: true } };
+        chunks
+            .iter()
+            .map(|c| {
+                let armed = if c.starts_with(b"HTTP/1.1 ") { b.wrote(c) } else { b.read(c) };
+                (b.phase, armed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_header_ends_at_its_blank_line_even_across_reads_and_a_response_starts_the_next_wait() {
+        let got = phases(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r", b"\nbody", b"HTTP/1.1 200 OK\r\n", b"G"]);
+        assert_eq!(
+            got,
+            [
+                (Phase::Header { ended: 1, start: false }, false),
+                (Phase::Header { ended: 3, start: false }, false),
+                (Phase::Body, false),
+                (Phase::Idle, true),
+                (Phase::Header { ended: 0, start: false }, true),
+            ]
+        );
+        assert_eq!(phases(&[b"GET / HTTP/1.1\r\n", b"\r\n"])[1].0, Phase::Body);
+        assert_eq!(phases(&[b"GET /\n\n"])[0].0, Phase::Header { ended: 0, start: false }, "bare LFs are Pingora's to refuse");
+    }
+
+    #[test]
+    fn interim_responses_keep_the_body_going_and_http2_or_upgrades_end_the_watch() {
+        let got = phases(&[b"POST / HTTP/1.1\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 101 Switching\r\n\r\n", b"x"]);
+        let got: Vec<Phase> = got.into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, [Phase::Body, Phase::Body, Phase::Off, Phase::Off]);
+        assert_eq!(phases(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])[0].0, Phase::Off);
+    }
+}
