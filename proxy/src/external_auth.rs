@@ -10,6 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use portico_model::redact_userinfo;
 use portico_model::{ExternalAuth, HashKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -114,11 +115,11 @@ impl ExternalAuthCheck {
         let answer = match tokio::time::timeout(timeout, self.exchange(connector, original)).await {
             Ok(Ok((status, headers))) => self.decide(status, &headers, original),
             Ok(Err(e)) => {
-                tracing::warn!(auth_url = %self.spec.url, error = %e, "external auth failed");
+                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), error = %e, "external auth failed");
                 AuthAnswer::Failed
             }
             Err(_) => {
-                tracing::warn!(auth_url = %self.spec.url, timeout_ms = self.spec.timeout_ms, "external auth timed out");
+                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), timeout_ms = self.spec.timeout_ms, "external auth timed out");
                 AuthAnswer::Failed
             }
         };
@@ -224,7 +225,7 @@ impl ExternalAuthCheck {
                 AuthAnswer::Deny { status: 403, headers: out }
             }
             other => {
-                tracing::warn!(auth_url = %self.spec.url, status = other, "external auth answered neither 2xx, 401 nor 403");
+                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), status = other, "external auth answered neither 2xx, 401 nor 403");
                 AuthAnswer::Failed
             }
         }

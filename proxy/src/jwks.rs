@@ -12,6 +12,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use portico_model::redact_userinfo;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,13 +130,15 @@ impl RemoteKeySet {
         match tokio::time::timeout(TIMEOUT, download(connector, url)).await {
             Ok(Ok(text)) => match read_jwks(&text) {
                 Ok(keys) => {
-                    tracing::debug!(url, keys = keys.len(), "JWKS fetched");
+                    tracing::debug!(url = %redact_userinfo(url), keys = keys.len(), "JWKS fetched");
                     self.keys.store(Some(Arc::new(keys)));
                 }
-                Err(why) => tracing::warn!(url, why, "JWKS unusable; the keys there were stay"),
+                Err(why) => tracing::warn!(url = %redact_userinfo(url), why, "JWKS unusable; the keys there were stay"),
             },
-            Ok(Err(why)) => tracing::warn!(url, why, "JWKS fetch failed; the keys there were stay"),
-            Err(_) => tracing::warn!(url, timeout_ms = TIMEOUT.as_millis() as u64, "JWKS fetch timed out; the keys there were stay"),
+            Ok(Err(why)) => tracing::warn!(url = %redact_userinfo(url), why, "JWKS fetch failed; the keys there were stay"),
+            Err(_) => {
+                tracing::warn!(url = %redact_userinfo(url), timeout_ms = TIMEOUT.as_millis() as u64, "JWKS fetch timed out; the keys there were stay")
+            }
         }
     }
 }
