@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+const BLANK_LINE: &[u8] = b"\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -52,24 +53,23 @@ impl RequestBoundaries {
         if started {
             self.phase = Phase::Header { ended: 0, start: true };
         }
-        let Phase::Header { mut ended, start } = self.phase else { return false };
+        let Phase::Header { ended, start } = self.phase else { return false };
         // HTTP/2 with prior knowledge: Pingora's h2 timeouts apply.
         if start && bytes.starts_with(H2_PREFACE_START) {
             self.phase = Phase::Off;
             return started;
         }
-        for &b in bytes {
-            ended = match (ended, b) {
-                (0 | 2, b'\r') => ended + 1,
-                (1 | 3, b'\n') => ended + 1,
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-            if ended == 4 {
-                self.phase = Phase::Body;
-                return started;
-            }
+        // The blank line may straddle reads: `ended` bytes of it closed the last one.
+        let rest = &BLANK_LINE[usize::from(ended)..];
+        if ended > 0 && bytes.starts_with(rest) || memchr::memmem::find(bytes, BLANK_LINE).is_some() {
+            self.phase = Phase::Body;
+            return started;
         }
+        let ended = if ended > 0 && rest.starts_with(bytes) {
+            ended + bytes.len() as u8
+        } else {
+            (1..=3).rev().find(|&n| bytes.ends_with(&BLANK_LINE[..n])).map_or(0, |n| n as u8)
+        };
         self.phase = Phase::Header { ended, start: false };
         started
     }
@@ -292,6 +292,8 @@ mod tests {
             ]
         );
         assert_eq!(phases(&[b"GET / HTTP/1.1\r\n", b"\r\n"])[1].0, Phase::Body);
+        assert_eq!(phases(&[b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"])[0].0, Phase::Body, "a body in the same read");
+        assert_eq!(phases(&[b"GET / HTTP/1.1\r\nA: b\r\n\r", b"x\r\n"])[1].0, Phase::Header { ended: 2, start: false });
         assert_eq!(phases(&[b"GET /\n\n"])[0].0, Phase::Header { ended: 0, start: false }, "bare LFs are Pingora's to refuse");
     }
 
