@@ -46,6 +46,9 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     docs.push(site("nosecret", &auth("missing", "auth-file")));
     docs.push(site("external", &[("nginx.ingress.kubernetes.io/auth-url", "auth.example/check")]));
     docs.push(site("mtls", &[("nginx.ingress.kubernetes.io/auth-tls-secret", "client-ca")]));
+    // Credentials in an auth URL, usable and not: neither is repeated anywhere.
+    docs.push(site("leaky", &[("nginx.ingress.kubernetes.io/auth-url", "http://svc:hunter2@127.0.0.1:9/check")]));
+    docs.push(site("leakier", &[("nginx.ingress.kubernetes.io/auth-url", "ftp://svc:hunter3@auth.example/check")]));
     docs.push(site("open", &[]));
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
     let get = |host: &'static str, authorization: Option<String>| {
@@ -75,9 +78,15 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
     assert_eq!(get("external.test", None).await.status, 503, "an auth-url that is not a URL is not served without its check");
     assert_eq!(get("mtls.test", None).await.status, 503, "client certificates against a missing CA bundle are not skipped");
     assert_eq!(get("open.test", None).await.status, 200);
+    assert_eq!(get("leaky.test", None).await.status, 500, "an auth service that cannot be reached admits no one");
+    assert_eq!(get("leakier.test", None).await.status, 503);
     let logs = portico.logs();
     assert!(logs.contains("secret default/client-ca does not exist") && logs.contains("mallory"), "the reasons are reported");
+    assert!(logs.contains("ftp://<redacted>@auth.example/check") && logs.contains("http://<redacted>@127.0.0.1:9/check"));
     let config = portico.admin_get("/config").await.unwrap().text();
+    for shown in [&logs, &config] {
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "a URL's password is never shown");
+    }
     for hash in ["5en6G6", "$apr1$s4ltS4lt"] {
         let at = config.find(hash).map(|i| &config[i.saturating_sub(300)..(i + 100).min(config.len())]);
         assert_eq!(at, None, "password hashes are not shown");
