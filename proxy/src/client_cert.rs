@@ -63,13 +63,11 @@ impl ClientCertificates {
     /// Makes the handshake ask for a certificate. Verification waits for [`Self::inspect`].
     pub fn request(&self, ssl: &mut SslRef) {
         ssl.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
-        let mut names = Stack::new().ok();
-        for name in &self.ca_names {
-            if let (Some(stack), Ok(owned)) = (names.as_mut(), X509NameRef::to_owned(name)) {
-                let _ = stack.push(owned);
+        // The list is handed over with each handshake, so it is copied for each.
+        if let Ok(mut names) = Stack::new() {
+            for owned in self.ca_names.iter().filter_map(|name| X509NameRef::to_owned(name).ok()) {
+                let _ = names.push(owned);
             }
-        }
-        if let Some(names) = names {
             ssl.set_client_ca_list(names);
         }
     }

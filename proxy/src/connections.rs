@@ -1,7 +1,8 @@
 //! Counts client connections around the proxy application: Pingora 0.9 has no hook for
 //! a connection's accept and close, but every connection passes through `process_new`.
-//! Plain-HTTP connections also read their PROXY protocol header here (TLS ones did
-//! before their handshake).
+//! Each connection also gets its per-connection layers here: plain-HTTP ones read their
+//! PROXY protocol header (TLS ones did before their handshake), and HTTP/1 ones get the
+//! header and keep-alive deadlines of `header_deadline`.
 
 use crate::header_deadline::{self, ClientTimeouts};
 use crate::metrics::ProxyMetrics;

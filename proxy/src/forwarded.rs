@@ -5,13 +5,18 @@ pub use portico_model::cidr::{parse_list, Cidr, InvalidCidr};
 use std::net::IpAddr;
 
 /// The client's address: the socket peer, unless the peer is a trusted proxy; then the
+/// Whether `ip` is one of the `--trusted-proxies`, whose forwarding headers are believed.
+pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
 /// rightmost `X-Forwarded-For` hop that is not itself trusted (hops a client wrote
 /// itself sit to the left of what our proxies appended, so they are never reached).
 /// `None` when that hop is not an address: the client is then unknown, and access lists
 /// refuse it.
 pub fn client_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
     let peer = peer?;
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| is_trusted(trusted, ip);
     if !is_trusted(peer) {
         return Some(peer);
     }

@@ -4,7 +4,7 @@
 //! the connection's peer only when the sender is in `--trusted-proxies`, so that anyone
 //! else's claim changes nothing.
 
-use crate::forwarded::Cidr;
+use crate::forwarded::{self, Cidr};
 use async_trait::async_trait;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -149,7 +149,7 @@ impl ProxyProtocol {
         };
         stream.rewind(&buf[used..]);
         let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let trusted = peer.is_some_and(|p| self.trusted.iter().any(|c| c.contains(p.ip())));
+        let trusted = peer.is_some_and(|p| forwarded::is_trusted(&self.trusted, p.ip()));
         match header {
             ProxyHeader::Forwarded { source, destination } if trusted => {
                 let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());

@@ -270,7 +270,7 @@ impl IngressProxy {
     }
 
     fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
+        peer.is_some_and(|ip| forwarded::is_trusted(&self.trusted_proxies, ip))
     }
 
     /// `https://host[:port]/path?query` for a plain-HTTP request; the host is the one a
