@@ -129,23 +129,24 @@ struct CompiledVhost {
     client_auth: Option<Arc<ClientCertificates>>,
 }
 
+/// As in the model's `Route`, what few routes have is boxed, to keep 100 000 routes small.
 pub struct CompiledRoute {
     pub pool: Arc<BackendPool>,
     redirect_to_https: bool,
     max_body_bytes: Option<u64>,
-    pub affinity: Option<SessionAffinity>,
-    pub canary: Option<CompiledCanary>,
-    pub access: Option<CompiledAccess>,
-    pub rewrite: Option<portico_model::Rewrite>,
+    pub affinity: Option<Box<SessionAffinity>>,
+    pub canary: Option<Box<CompiledCanary>>,
+    pub access: Option<Box<CompiledAccess>>,
+    pub rewrite: Option<Box<portico_model::Rewrite>>,
     /// The compiled pattern of a regex route, for the captures of `rewrite.target`.
     pub path_regex: Option<regex::Regex>,
     pub rate_limit: Option<Arc<RateLimiter>>,
-    pub cors: Option<CompiledCors>,
-    conditions: Option<CompiledConditions>,
-    pub headers: Option<CompiledHeaderEdits>,
+    pub cors: Option<Box<CompiledCors>>,
+    conditions: Option<Box<CompiledConditions>>,
+    pub headers: Option<Box<CompiledHeaderEdits>>,
     /// `default-backend`: takes the request when `pool` has no endpoint to offer.
     pub fallback: Option<Arc<BackendPool>>,
-    pub error_pages: Option<CompiledErrorPages>,
+    pub error_pages: Option<Box<CompiledErrorPages>>,
     pub preserve_trailing_slash: bool,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
@@ -166,9 +167,9 @@ impl CompiledRoute {
             (None, None) => true,
             _ => false,
         };
-        let error_pool = route.error_pages.as_ref().and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
+        let error_pool = route.error_pages.as_deref().and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
         Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
-            && same(self.canary.as_ref().map(|c| &c.pool), route.canary.as_ref().map(|c| by_name[c.backend.as_str()]))
+            && same(self.canary.as_ref().map(|c| &c.pool), route.canary.as_deref().map(|c| by_name[c.backend.as_str()]))
             && same(self.fallback.as_ref(), route.fallback_backend.as_deref().map(|b| by_name[b]))
             && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
     }
@@ -322,7 +323,7 @@ impl CompiledSnapshot {
         let route = self.matched_route(routed)?;
         match (&route.canary, routed.canary) {
             (Some(canary), true) => canary.affinity.as_ref(),
-            _ => route.affinity.as_ref(),
+            _ => route.affinity.as_deref(),
         }
     }
 
@@ -444,22 +445,22 @@ fn compile_vhost(
         });
         groups[group].push(routes.len());
         let failed = |what: String| CompileError::Route { host: vh.host.to_string(), path: route.path.path().to_string(), what };
-        let canary = route.canary.as_ref().map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()]))).transpose();
+        let canary = route.canary.as_deref().map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()]))).transpose();
         let canary = canary.map_err(failed)?;
-        let access = route.access.as_ref().map(CompiledAccess::compile).transpose().map_err(failed)?;
-        let cors = route.cors.as_ref().map(CompiledCors::compile).transpose().map_err(failed)?;
+        let access = route.access.as_deref().map(CompiledAccess::compile).transpose().map_err(failed)?;
+        let cors = route.cors.as_deref().map(CompiledCors::compile).transpose().map_err(failed)?;
         let path_regex = match &route.path {
             PathMatch::Regex(p) => Some(crate::router::path_regex(p).map_err(|e| failed(format!("path pattern: {e}")))?),
             _ => None,
         };
-        let rate_limit = route.rate_limit.as_ref().map(|limit| {
+        let rate_limit = route.rate_limit.as_deref().map(|limit| {
             let key = (Box::from(route.source.as_str()), limit.clone());
             Arc::clone(limiters.entry(key).or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))))
         });
-        let conditions = route.conditions.as_ref().map(CompiledConditions::compile).transpose().map_err(failed)?;
-        let headers = route.headers.as_ref().map(CompiledHeaderEdits::compile).transpose().map_err(failed)?;
+        let conditions = route.conditions.as_deref().map(CompiledConditions::compile).transpose().map_err(failed)?;
+        let headers = route.headers.as_deref().map(CompiledHeaderEdits::compile).transpose().map_err(failed)?;
         let fallback = route.fallback_backend.as_deref().map(|b| Arc::clone(by_name[b]));
-        let error_pages = route.error_pages.as_ref().and_then(|e| {
+        let error_pages = route.error_pages.as_deref().and_then(|e| {
             let pool = e.backend.as_deref().map(|b| by_name[b]).or(default_backend)?;
             let value = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
             Some(CompiledErrorPages {
@@ -478,16 +479,16 @@ fn compile_vhost(
             redirect_to_https: route.redirect_to_https,
             max_body_bytes: route.max_body_bytes,
             affinity: route.affinity.clone(),
-            canary,
-            access,
+            canary: canary.map(Box::new),
+            access: access.map(Box::new),
             rewrite: route.rewrite.clone(),
             path_regex,
             rate_limit,
-            cors,
-            conditions,
-            headers,
+            cors: cors.map(Box::new),
+            conditions: conditions.map(Box::new),
+            headers: headers.map(Box::new),
             fallback,
-            error_pages,
+            error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
             series: Default::default(),
         });
@@ -568,10 +569,10 @@ mod tests {
         };
         let beta = ValueCondition { name: "x-env".into(), rule: ValueRule::Equals("beta".into()) };
         let mut routes = vec![Route::new(PathMatch::prefix("/"), "b0"), Route::new(PathMatch::prefix("/api"), "b1")];
-        routes.push(Route { conditions: when(vec![beta.clone()], vec![]), ..Route::new(PathMatch::prefix("/api"), "b2") });
+        routes.push(Route { conditions: when(vec![beta.clone()], vec![]).map(Box::new), ..Route::new(PathMatch::prefix("/api"), "b2") });
         // More conditions: tried first, though it comes later.
-        routes.push(Route { conditions: when(vec![beta], vec!["POST"]), ..Route::new(PathMatch::prefix("/api"), "b3") });
-        routes.push(Route { conditions: when(vec![], vec!["DELETE"]), ..Route::new(PathMatch::prefix("/admin"), "b3") });
+        routes.push(Route { conditions: when(vec![beta], vec!["POST"]).map(Box::new), ..Route::new(PathMatch::prefix("/api"), "b3") });
+        routes.push(Route { conditions: when(vec![], vec!["DELETE"]).map(Box::new), ..Route::new(PathMatch::prefix("/admin"), "b3") });
         s.virtual_hosts = vec![VirtualHost::new("h.test".parse().unwrap(), routes)];
         s.validate().unwrap();
         let metrics = Arc::new(ProxyMetrics::new());

@@ -35,7 +35,7 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
                         "kind": r.path.kind(),
                         "ingress": r.source,
                         "backend": r.backend,
-                        "canary": r.canary.as_ref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
+                        "canary": r.canary.as_deref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
                         "https_redirect": r.redirect_to_https,
                         "conditions": r.conditions.is_some(),
                         "auth": r.access.is_some(),

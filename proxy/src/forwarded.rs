@@ -4,12 +4,12 @@
 pub use portico_model::cidr::{parse_list, Cidr, InvalidCidr};
 use std::net::IpAddr;
 
-/// The client's address: the socket peer, unless the peer is a trusted proxy; then the
 /// Whether `ip` is one of the `--trusted-proxies`, whose forwarding headers are believed.
 pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
     trusted.iter().any(|c| c.contains(ip))
 }
 
+/// The client's address: the socket peer, unless the peer is a trusted proxy; then the
 /// rightmost `X-Forwarded-For` hop that is not itself trusted (hops a client wrote
 /// itself sit to the left of what our proxies appended, so they are never reached).
 /// `None` when that hop is not an address: the client is then unknown, and access lists

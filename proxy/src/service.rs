@@ -231,7 +231,7 @@ impl IngressProxy {
     fn takes_canary(&self, snapshot: &CompiledSnapshot, routed: &Routed, req: &RequestHeader) -> bool {
         let Some(route) = snapshot.matched_route(routed) else { return false };
         let Some(canary) = &route.canary else { return false };
-        if route.affinity.as_ref().is_some_and(|a| self.sessions.pinned(a, req, route.pool.affinity_parts()).is_some()) {
+        if route.affinity.as_deref().is_some_and(|a| self.sessions.pinned(a, req, route.pool.affinity_parts()).is_some()) {
             return false;
         }
         if canary.sticky && canary.affinity.as_ref().is_some_and(|a| self.sessions.pinned(a, req, canary.pool.affinity_parts()).is_some()) {
@@ -473,13 +473,13 @@ impl IngressProxy {
             return Some(answer);
         }
         let route = snapshot.matched_route(&ctx.routed);
-        if let Some(cors) = route.and_then(|r| r.cors.as_ref()) {
+        if let Some(cors) = route.and_then(|r| r.cors.as_deref()) {
             ctx.cors_origin = cors.allowed_origin(req);
             if ctx.cors_origin.is_some() && CompiledCors::is_preflight(req) {
                 return Some(Answer::Preflight);
             }
         }
-        if let Some(limiter) = route.and_then(|r| r.rate_limit.as_ref()) {
+        if let Some(limiter) = route.and_then(|r| r.rate_limit.as_deref()) {
             match limiter.admit(self.client(session)) {
                 Admission::Admit(in_progress) => ctx.in_progress = in_progress,
                 Admission::Refuse { retry_after } => {
@@ -490,7 +490,7 @@ impl IngressProxy {
                 }
             }
         }
-        if let Some(access) = route.and_then(|r| r.access.as_ref()) {
+        if let Some(access) = route.and_then(|r| r.access.as_deref()) {
             if let Some((answer, why)) = self.check_access(session, ctx, access).await {
                 ctx.refusal = Some(why);
                 return Some(answer);
@@ -502,7 +502,7 @@ impl IngressProxy {
             ctx.refusal = Some(Refusal::BodyTooLarge);
             return Some(Answer::page(413));
         }
-        if let Some(target) = route.and_then(|r| r.rewrite.as_ref()).and_then(|r| r.target.as_deref()) {
+        if let Some(target) = route.and_then(|r| r.rewrite.as_deref()).and_then(|r| r.target.as_deref()) {
             let captures = route.and_then(|r| r.path_regex.as_ref()).and_then(|re| re.captures(req.uri.path()));
             match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
                 Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
@@ -620,7 +620,7 @@ impl IngressProxy {
     /// Without a listed status or a page, the upstream's answer goes on.
     async fn replace_error_page(&self, session: &mut Session, status: u16, ctx: &mut RequestCtx) -> Result<()> {
         let snapshot = ctx.snapshot.clone();
-        let Some(pages) = snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.error_pages.as_ref()) else {
+        let Some(pages) = snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.error_pages.as_deref()) else {
             return Ok(());
         };
         if !pages.statuses.contains(&status) {
@@ -736,7 +736,7 @@ impl IngressProxy {
 
     /// Writes Portico's own answer, with the CORS headers of an allowed origin.
     async fn send(&self, session: &mut Session, ctx: &RequestCtx, snapshot: &CompiledSnapshot, answer: Answer) -> Result<()> {
-        let cors = ctx.cors_origin.as_ref().zip(snapshot.matched_route(&ctx.routed).and_then(|r| r.cors.as_ref()));
+        let cors = ctx.cors_origin.as_ref().zip(snapshot.matched_route(&ctx.routed).and_then(|r| r.cors.as_deref()));
         let preflight = matches!(answer, Answer::Preflight);
         let (mut header, body) = match answer {
             Answer::Page { status, headers, close } => {
@@ -755,7 +755,7 @@ impl IngressProxy {
         if let Some((origin, cors)) = cors {
             cors.apply(&mut header, origin, preflight);
         }
-        if let Some(edits) = snapshot.matched_route(&ctx.routed).and_then(|r| r.headers.as_ref()) {
+        if let Some(edits) = snapshot.matched_route(&ctx.routed).and_then(|r| r.headers.as_deref()) {
             edits.response.apply(&mut header)?;
         }
         if self.hide_server_header {
@@ -978,7 +978,7 @@ impl ProxyHttp for IngressProxy {
             parts.path_and_query = Some(path_and_query.parse().map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
             upstream.set_uri(http::Uri::from_parts(parts).map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
         }
-        if let Some(rw) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.rewrite.as_ref()) {
+        if let Some(rw) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.rewrite.as_deref()) {
             if let Some(host) = &rw.upstream_host {
                 upstream.insert_header(header::HOST, host.as_str())?;
             }
@@ -986,7 +986,7 @@ impl ProxyHttp for IngressProxy {
                 upstream.insert_header("x-forwarded-prefix", prefix.as_str())?;
             }
         }
-        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_ref()) {
+        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_deref()) {
             edits.request.apply(upstream)?;
         }
         // What the auth service vouched for replaces whatever the client sent.
@@ -1024,7 +1024,7 @@ impl ProxyHttp for IngressProxy {
             }
         }
         if let Some(origin) = &ctx.cors_origin {
-            if let Some(cors) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.cors.as_ref()) {
+            if let Some(cors) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.cors.as_deref()) {
                 cors.apply(response, origin, false);
             }
         }
@@ -1040,7 +1040,7 @@ impl ProxyHttp for IngressProxy {
                 response.append_header(header::SET_COOKIE, cookie)?;
             }
         }
-        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_ref()) {
+        if let Some(edits) = ctx.snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.headers.as_deref()) {
             edits.response.apply(response)?;
         }
         Ok(())

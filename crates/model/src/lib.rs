@@ -184,6 +184,9 @@ pub enum ClientVerify {
     OptionalNoCa,
 }
 
+/// The policies a route seldom has are boxed: a route without them is a few pointers wide
+/// rather than 1.6 KiB, which at 100 000 routes is the difference between 20 and 160 MiB
+/// in each of the controller and the proxy. Boxes serialize as what they hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub path: PathMatch,
@@ -200,36 +203,36 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// Cookie affinity to an endpoint of [`Route::backend`].
     #[serde(default)]
-    pub affinity: Option<SessionAffinity>,
+    pub affinity: Option<Box<SessionAffinity>>,
     /// A second backend that takes part of this route's traffic.
     #[serde(default)]
-    pub canary: Option<Canary>,
+    pub canary: Option<Box<Canary>>,
     /// Who may use the route.
     #[serde(default)]
-    pub access: Option<AccessPolicy>,
+    pub access: Option<Box<AccessPolicy>>,
     /// How the request is changed or answered on its way (rewrites and redirects).
     #[serde(default)]
-    pub rewrite: Option<Rewrite>,
+    pub rewrite: Option<Box<Rewrite>>,
     /// How many requests a client may make.
     #[serde(default)]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
     /// Which browser origins may read the route's answers.
     #[serde(default)]
-    pub cors: Option<Cors>,
+    pub cors: Option<Box<Cors>>,
     /// What the request must carry besides its path (`match-headers`, `-methods`,
     /// `-query`). Routes with conditions are tried before the plain route of the same path.
     #[serde(default)]
-    pub conditions: Option<RequestConditions>,
+    pub conditions: Option<Box<RequestConditions>>,
     /// Headers set, added and removed on the request and on the response.
     #[serde(default)]
-    pub headers: Option<HeaderEdits>,
+    pub headers: Option<Box<HeaderEdits>>,
     /// `default-backend`: the [`Backend::name`] that takes the request when `backend`
     /// has no endpoint, and that answers for `error_pages`.
     #[serde(default)]
     pub fallback_backend: Option<String>,
     /// `custom-http-errors`: upstream statuses whose answer is replaced by the error backend's.
     #[serde(default)]
-    pub error_pages: Option<ErrorPages>,
+    pub error_pages: Option<Box<ErrorPages>>,
     /// `preserve-trailing-slash`: the HTTPS redirect keeps a trailing slash (by default it
     /// drops one, as ingress-nginx does).
     #[serde(default)]
@@ -908,7 +911,7 @@ mod tests {
                     source: "ns/ing".into(),
                     redirect_to_https: true,
                     max_body_bytes: Some(1 << 20),
-                    affinity: Some(SessionAffinity {
+                    affinity: Some(Box::new(SessionAffinity {
                         mode: AffinityMode::Persistent,
                         cookie: SessionCookie {
                             name: "SID".into(),
@@ -920,8 +923,8 @@ mod tests {
                             secure: false,
                         },
                         change_on_failure: true,
-                    }),
-                    canary: Some(Canary {
+                    })),
+                    canary: Some(Box::new(Canary {
                         backend: "ns/svc:80".into(),
                         source: "ns/canary".into(),
                         header: Some(CanaryHeader { name: "x-canary".into(), rule: HeaderRule::Matches("^yes".into()) }),
@@ -930,35 +933,35 @@ mod tests {
                         weight_total: 100,
                         affinity: None,
                         sticky: true,
-                    }),
+                    })),
                     access: None,
                     rewrite: None,
-                    rate_limit: Some(RateLimit {
+                    rate_limit: Some(Box::new(RateLimit {
                         per_second: Some(5),
                         per_minute: None,
                         burst_multiplier: 5,
                         concurrent: Some(10),
                         exempt: cidr::parse_list("10.0.0.0/8").unwrap(),
-                    }),
-                    cors: Some(Cors { allow_origins: vec!["https://*.example.com".into()], ..Cors::default() }),
-                    conditions: Some(RequestConditions {
+                    })),
+                    cors: Some(Box::new(Cors { allow_origins: vec!["https://*.example.com".into()], ..Cors::default() })),
+                    conditions: Some(Box::new(RequestConditions {
                         headers: vec![ValueCondition { name: "x-env".into(), rule: ValueRule::Matches("^beta$".into()) }],
                         methods: vec!["GET".into()],
                         query: vec![ValueCondition { name: "v".into(), rule: ValueRule::Present }],
-                    }),
-                    headers: Some(HeaderEdits {
+                    })),
+                    headers: Some(Box::new(HeaderEdits {
                         request: HeaderChanges { remove: vec!["x-debug".into()], ..Default::default() },
                         response: HeaderChanges { set: vec![("x-frame-options".into(), "DENY".into())], ..Default::default() },
-                    }),
+                    })),
                     fallback_backend: Some("ns/svc:80".into()),
-                    error_pages: Some(ErrorPages {
+                    error_pages: Some(Box::new(ErrorPages {
                         statuses: vec![404, 503],
                         backend: Some("ns/svc:80".into()),
                         namespace: "ns".into(),
                         ingress: "web".into(),
                         service: "svc".into(),
                         service_port: "80".into(),
-                    }),
+                    })),
                     preserve_trailing_slash: true,
                 }],
                 client_auth: Some(ClientAuth {

@@ -265,15 +265,15 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             if !backends.contains(r.backend.as_str()) {
                 return Err(UnknownRouteBackend { host: host(), path: path.to_string(), backend: r.backend.clone() });
             }
-            let checked = r.affinity.as_ref().map_or(Ok(()), validate_affinity);
-            let checked = checked.and_then(|()| r.rewrite.as_ref().map_or(Ok(()), validate_rewrite));
-            let checked = checked.and_then(|()| r.canary.as_ref().map_or(Ok(()), |c| validate_canary(c, &backends)));
-            let checked = checked.and_then(|()| r.rate_limit.as_ref().map_or(Ok(()), validate_rate_limit));
-            let checked = checked.and_then(|()| r.cors.as_ref().map_or(Ok(()), validate_cors));
-            let checked = checked.and_then(|()| r.conditions.as_ref().map_or(Ok(()), validate_conditions));
-            let checked = checked.and_then(|()| r.headers.as_ref().map_or(Ok(()), validate_header_edits));
+            let checked = r.affinity.as_deref().map_or(Ok(()), validate_affinity);
+            let checked = checked.and_then(|()| r.rewrite.as_deref().map_or(Ok(()), validate_rewrite));
+            let checked = checked.and_then(|()| r.canary.as_deref().map_or(Ok(()), |c| validate_canary(c, &backends)));
+            let checked = checked.and_then(|()| r.rate_limit.as_deref().map_or(Ok(()), validate_rate_limit));
+            let checked = checked.and_then(|()| r.cors.as_deref().map_or(Ok(()), validate_cors));
+            let checked = checked.and_then(|()| r.conditions.as_deref().map_or(Ok(()), validate_conditions));
+            let checked = checked.and_then(|()| r.headers.as_deref().map_or(Ok(()), validate_header_edits));
             let checked = checked.and_then(|()| {
-                let named = r.fallback_backend.iter().chain(r.error_pages.as_ref().and_then(|e| e.backend.as_ref()));
+                let named = r.fallback_backend.iter().chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()));
                 match named.into_iter().find(|b| !backends.contains(b.as_str())) {
                     Some(b) => Err(format!("unknown fallback or error backend {b:?}")),
                     None => Ok(()),
@@ -385,15 +385,15 @@ mod tests {
             sticky: true,
         };
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(canary.clone());
+        s.virtual_hosts[0].routes[0].canary = Some(Box::new(canary.clone()));
         assert_eq!(s.validate(), Ok(()));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(Canary { backend: "gone".into(), ..canary.clone() });
+        s.virtual_hosts[0].routes[0].canary = Some(Box::new(Canary { backend: "gone".into(), ..canary.clone() }));
         assert!(s.validate().unwrap_err().to_string().contains("canary names unknown backend \"gone\""));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(Canary { weight: 101, ..canary.clone() });
+        s.virtual_hosts[0].routes[0].canary = Some(Box::new(Canary { weight: 101, ..canary.clone() }));
         assert!(matches!(s.validate(), Err(ValidationError::InvalidRoute { .. })));
 
         let cookie = |name: &str, path: &str| SessionCookie {
@@ -408,7 +408,7 @@ mod tests {
         let affinity = |c| Some(SessionAffinity { mode: AffinityMode::Balanced, cookie: c, change_on_failure: false });
         for (name, path, ok) in [("SID", "/", true), ("S ID", "/", false), ("SID", "/a; Domain=evil", false), ("", "/", false)] {
             let mut s = good();
-            s.virtual_hosts[0].routes[0].affinity = affinity(cookie(name, path));
+            s.virtual_hosts[0].routes[0].affinity = affinity(cookie(name, path)).map(Box::new);
             assert_eq!(s.validate().is_ok(), ok, "{name:?} {path:?}");
         }
     }

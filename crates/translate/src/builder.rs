@@ -155,7 +155,7 @@ fn assemble(
                 .map(|(i, r)| {
                     let mut route = r.route.clone();
                     route.redirect_to_https |= tls && r.ssl_redirect;
-                    route.canary = h.canaries.get(&i).cloned();
+                    route.canary = h.canaries.get(&i).cloned().map(Box::new);
                     route
                 })
                 .collect();

@@ -971,16 +971,16 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     source: self.fragment.source.clone(),
                     redirect_to_https: self.policy.force_ssl_redirect,
                     max_body_bytes: self.policy.max_body_bytes,
-                    affinity,
+                    affinity: affinity.map(Box::new),
                     canary: None,
-                    access: self.policy.access.clone(),
-                    rewrite: self.policy.rewrite.clone(),
-                    rate_limit: self.policy.rate_limit.clone(),
-                    cors: self.policy.cors.clone(),
-                    conditions: self.policy.conditions.clone().unwrap_or_default(),
-                    headers: self.policy.headers.clone(),
+                    access: self.policy.access.clone().map(Box::new),
+                    rewrite: self.policy.rewrite.clone().map(Box::new),
+                    rate_limit: self.policy.rate_limit.clone().map(Box::new),
+                    cors: self.policy.cors.clone().map(Box::new),
+                    conditions: self.policy.conditions.clone().unwrap_or_default().map(Box::new),
+                    headers: self.policy.headers.clone().map(Box::new),
                     fallback_backend: self.policy.fallback_backend.clone(),
-                    error_pages: self.error_pages(&path.backend),
+                    error_pages: self.error_pages(&path.backend).map(Box::new),
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
                 };
                 routes.push(FragmentRoute {
@@ -1035,7 +1035,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 .map(|r| {
                     let mut r = r.clone();
                     let rewrite = Rewrite { redirect: Some(Redirect { code: 308, target: target.clone() }), ..Rewrite::default() };
-                    r.route.rewrite = Some(rewrite);
+                    r.route.rewrite = Some(Box::new(rewrite));
                     r
                 })
                 .collect();

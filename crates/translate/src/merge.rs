@@ -37,7 +37,7 @@ pub(crate) struct TlsOwner<'f> {
     pub owner: &'f str,
 }
 
-type RouteKey<'f> = (&'f PathMatch, &'f Option<RequestConditions>);
+type RouteKey<'f> = (&'f PathMatch, &'f Option<Box<RequestConditions>>);
 
 fn key(route: &Route) -> RouteKey<'_> {
     (&route.path, &route.conditions)
@@ -180,7 +180,8 @@ impl<'f> RouteTable<'f> {
                         report(Reason::CanaryConflict, msg);
                         continue;
                     }
-                    let canary = Canary { backend: r.route.backend.clone(), affinity: r.route.affinity.clone(), ..template.clone() };
+                    let canary =
+                        Canary { backend: r.route.backend.clone(), affinity: r.route.affinity.as_deref().cloned(), ..template.clone() };
                     host_routes.canaries.insert(index, canary);
                     if let Some(b) = fragment.backends.iter().find(|b| b.backend.name == r.route.backend) {
                         self.backends.entry(&b.backend.name).or_insert(b);

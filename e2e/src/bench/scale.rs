@@ -172,7 +172,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the binaries on `n` Ingresses from `feed`, then flips a probe route between two
 /// live backends `changes` times, timing each flip from the write until it is served.
-pub async fn process_run(n: usize, changes: usize, feed: Feed) -> anyhow::Result<ProcessRun> {
+/// The controller's and proxy's logs, which time every stage of every change, are kept
+/// in `logs` (as `scale-<feed>.log`).
+pub async fn process_run(n: usize, changes: usize, feed: Feed, logs: &std::path::Path) -> anyhow::Result<ProcessRun> {
     let a = EchoServer::start("probe-a", "127.0.0.1:0".parse()?).await?;
     let b = EchoServer::start("probe-b", "127.0.0.1:0".parse()?).await?;
     let mut probe_backends = service_with_endpoints("probe-a", &[a.addr]);
@@ -228,6 +230,11 @@ pub async fn process_run(n: usize, changes: usize, feed: Feed) -> anyhow::Result
         }
         latencies.push(millis(written.elapsed()));
     }
+    let name = match feed {
+        Feed::Files => "scale-files.log",
+        Feed::KubeApi => "scale-kube.log",
+    };
+    std::fs::write(logs.join(name), portico.logs())?;
     latencies.sort_by(f64::total_cmp);
     Ok(ProcessRun {
         feed,

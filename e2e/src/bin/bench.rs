@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             if process > 0 {
                 let rt = tokio::runtime::Runtime::new()?;
                 for feed in [scale::Feed::Files, scale::Feed::KubeApi] {
-                    let r = rt.block_on(scale::process_run(process, changes, feed))?;
+                    let r = rt.block_on(scale::process_run(process, changes, feed, &out))?;
                     md += &format!(
                         "\nThrough the binaries at {} Ingresses ({}): proxy RSS {:.0} MiB, controller RSS {:.0} MiB; \
                          propagation of one changed Ingress over {} changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
