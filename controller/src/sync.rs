@@ -63,6 +63,7 @@ impl SyncLoop {
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
             // let the runtime move the socket writers and the source to another worker meanwhile.
             let translation = tokio::task::block_in_place(|| translator.translate(&state));
+            let translated = started.elapsed();
             self.metrics.translations.inc();
             self.metrics.set_diagnostics(&translation.diagnostics);
             report_diagnostics(&mut reported, &translation.diagnostics);
@@ -78,9 +79,11 @@ impl SyncLoop {
                 continue;
             }
             // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
+            let compared = started.elapsed();
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
             let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 version = snapshot.version,
                 bytes = payload.len(),
@@ -88,7 +91,10 @@ impl SyncLoop {
                 admitted = translation.admitted.len(),
                 diagnostics = translation.diagnostics.len(),
                 reprocessed = translator.reprocessed(),
-                build_ms = started.elapsed().as_secs_f64() * 1e3,
+                translate_ms = ms(translated),
+                compare_ms = ms(compared - translated),
+                encode_ms = ms(started.elapsed() - compared),
+                build_ms = ms(started.elapsed()),
                 "snapshot published"
             );
             self.metrics.snapshots_published.inc();
