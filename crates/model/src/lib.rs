@@ -882,6 +882,14 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    /// A cluster has 100 000 routes and most set no policy: an inline `Option` of a large
+    /// policy costs every one of them, in the controller and the proxy (session 9 found
+    /// routes of 1.6 KiB and a proxy of 491 MiB at 10 000 Ingresses). Box new policies.
+    #[test]
+    fn a_route_without_policies_stays_small() {
+        assert!(std::mem::size_of::<Route>() <= 256, "Route is {} bytes", std::mem::size_of::<Route>());
+    }
+
     #[test]
     fn user_information_in_urls_is_redacted_and_nothing_else() {
         assert_eq!(
