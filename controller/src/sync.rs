@@ -74,12 +74,13 @@ impl SyncLoop {
             })));
             let mut translation = translation;
             translation.snapshot.diagnostics = dashboard_diagnostics(&translation.diagnostics);
+            let comparing = started.elapsed();
             if last.as_ref() == Some(&translation.snapshot) {
                 tracing::debug!("translation unchanged; no new snapshot");
                 continue;
             }
-            // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
             let compared = started.elapsed();
+            // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
             let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
@@ -92,7 +93,7 @@ impl SyncLoop {
                 diagnostics = translation.diagnostics.len(),
                 reprocessed = translator.reprocessed(),
                 translate_ms = ms(translated),
-                compare_ms = ms(compared - translated),
+                compare_ms = ms(compared - comparing),
                 encode_ms = ms(started.elapsed() - compared),
                 build_ms = ms(started.elapsed()),
                 "snapshot published"
