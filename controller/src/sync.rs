@@ -50,7 +50,9 @@ impl SyncLoop {
     pub async fn run(self, mut states: watch::Receiver<Option<Arc<ClusterState>>>) {
         let mut clock = VersionClock::default();
         let mut translator = Translator::new(self.options.clone());
-        let mut last: Option<Snapshot> = None;
+        // The last snapshot published, unstamped so that the next translation compares
+        // equal when nothing changed, and its version.
+        let mut last: Option<(Snapshot, u64)> = None;
         let mut reported = BTreeSet::new();
         loop {
             if states.changed().await.is_err() {
@@ -75,19 +77,24 @@ impl SyncLoop {
             let mut translation = translation;
             translation.snapshot.diagnostics = dashboard_diagnostics(&translation.diagnostics);
             let comparing = started.elapsed();
-            if last.as_ref() == Some(&translation.snapshot) {
+            if last.as_ref().is_some_and(|(s, _)| *s == translation.snapshot) {
                 tracing::debug!("translation unchanged; no new snapshot");
                 continue;
             }
             let compared = started.elapsed();
-            // Stamp, encode, then keep the unstamped snapshot to compare the next one with.
+            // Stamp, encode whole and as a delta from the last, then keep the unstamped
+            // snapshot to compare the next one with.
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
-            let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
+            let (payload, delta) = tokio::task::block_in_place(|| {
+                let delta = last.as_ref().and_then(|(base, base_version)| Some((*base_version, snapshot.delta_from(base)?.to_bytes())));
+                (snapshot.to_bytes(), delta)
+            });
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 version = snapshot.version,
                 bytes = payload.len(),
+                delta_bytes = delta.as_ref().map(|(_, d)| d.len()),
                 hosts = snapshot.virtual_hosts.len(),
                 admitted = translation.admitted.len(),
                 diagnostics = translation.diagnostics.len(),
@@ -101,9 +108,13 @@ impl SyncLoop {
             self.metrics.snapshots_published.inc();
             self.metrics.snapshot_bytes.set(payload.len() as i64);
             self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
-            self.publisher.publish(snapshot.version, payload);
+            let version = snapshot.version;
+            match delta {
+                Some((base_version, delta)) => self.publisher.publish_with_delta(version, payload, base_version, delta),
+                None => self.publisher.publish(version, payload),
+            }
             snapshot.version = 0;
-            last = Some(snapshot);
+            last = Some((snapshot, version));
         }
     }
 

@@ -6,6 +6,7 @@ use portico_model::{Backend, Endpoint, PathMatch, Route, Snapshot, VirtualHost};
 use portico_proxy::compile::CompiledSnapshot;
 use portico_proxy::metrics::ProxyMetrics;
 use std::hint::black_box;
+use std::sync::Arc;
 
 const HOSTS: usize = 10_000;
 const PATHS: [&str; 10] = ["/", "/api", "/api/v1", "/api/v1/users", "/api/v2", "/static", "/static/img", "/login", "/admin", "/healthz"];
@@ -22,18 +23,18 @@ fn snapshot() -> Snapshot {
     let mut s = Snapshot { version: 1, ..Snapshot::default() };
     for i in 0..HOSTS {
         let backend = format!("ns{i}/svc:80");
-        s.backends.push(Backend {
+        s.backends.push(Arc::new(Backend {
             name: backend.clone(),
             endpoints: vec![Endpoint { address: [10, 0, (i / 256) as u8, (i % 256) as u8].into(), port: 8080, ready: true }],
             upstream: Default::default(),
             policy: Default::default(),
-        });
+        }));
         let routes = PATHS
             .iter()
             .enumerate()
             .map(|(j, p)| Route::new(if j % 3 == 2 { PathMatch::Exact(p.to_string()) } else { PathMatch::prefix(p) }, backend.clone()))
             .collect();
-        s.virtual_hosts.push(VirtualHost::new(host(i).parse().unwrap(), routes));
+        s.virtual_hosts.push(Arc::new(VirtualHost::new(host(i).parse().unwrap(), routes)));
     }
     s.validate().expect("valid snapshot");
     s

@@ -234,8 +234,9 @@ impl CompiledSnapshot {
         let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot.backends.iter().map(|b| b.name.as_str()).zip(&pools).collect();
         // `previous` was validated: its hosts are unique.
 
-        let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> =
-            previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();
+        let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> = previous
+            .map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (&**vh, c))).collect())
+            .unwrap_or_default();
         // Counts survive a new snapshot while the Ingress and its limits stay the same.
         let mut limiters: Limiters =
             previous.map(|p| p.limiters.iter().map(|l| (l.key.clone(), Arc::clone(l))).collect()).unwrap_or_default();
@@ -245,8 +246,7 @@ impl CompiledSnapshot {
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
-                old.routes == vh.routes
-                    && old.client_auth == vh.client_auth
+                (std::ptr::eq(*old, &**vh) || (old.routes == vh.routes && old.client_auth == vh.client_auth))
                     && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
             });
             vhosts.push(match reusable {
@@ -412,14 +412,14 @@ impl CompiledSnapshot {
 }
 
 /// One pool per backend, taken over from `previous` when the backend is defined the same.
-fn compile_pools(backends: &[Backend], previous: Option<&CompiledSnapshot>) -> Result<Vec<Arc<BackendPool>>, CompileError> {
+fn compile_pools(backends: &[Arc<Backend>], previous: Option<&CompiledSnapshot>) -> Result<Vec<Arc<BackendPool>>, CompileError> {
     let old: HashMap<&str, (&Backend, &Arc<BackendPool>)> = previous
-        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (b, pool))).collect())
+        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (&**b, pool))).collect())
         .unwrap_or_default();
     backends
         .iter()
         .map(|b| match old.get(b.name.as_str()) {
-            Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
+            Some((was, pool)) if std::ptr::eq(*was, &**b) || *was == &**b => Ok(Arc::clone(pool)),
             _ => BackendPool::new(b).map(Arc::new).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what }),
         })
         .collect()
@@ -531,14 +531,14 @@ mod tests {
         for i in 0..hosts {
             let name = format!("b{i}");
             let last = if i == 0 { endpoint_of_b0 } else { 1 };
-            s.backends.push(Backend {
+            s.backends.push(Arc::new(Backend {
                 name: name.clone(),
                 endpoints: vec![Endpoint { address: [127, 0, i as u8, last].into(), port: 80, ready: true }],
                 upstream: Default::default(),
                 policy: Default::default(),
-            });
+            }));
             let route = Route::new(PathMatch::prefix("/"), name);
-            s.virtual_hosts.push(VirtualHost::new(format!("h{i}.test").parse().unwrap(), vec![route]));
+            s.virtual_hosts.push(Arc::new(VirtualHost::new(format!("h{i}.test").parse().unwrap(), vec![route])));
         }
         s
     }
@@ -560,7 +560,7 @@ mod tests {
 
         // A host added in front shifts every position; what is unchanged is still reused.
         let mut shifted = snapshot(3, 10, 2);
-        shifted.virtual_hosts.insert(0, VirtualHost::new("a-first.test".parse().unwrap(), vec![]));
+        shifted.virtual_hosts.insert(0, Arc::new(VirtualHost::new("a-first.test".parse().unwrap(), vec![])));
         let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
         assert_eq!(third.reused(&second), (10, 10));
         let routed = third.route("h3.test", &get("/"));
@@ -579,7 +579,7 @@ mod tests {
         // More conditions: tried first, though it comes later.
         routes.push(Route { conditions: when(vec![beta], vec!["POST"]).map(Box::new), ..Route::new(PathMatch::prefix("/api"), "b3") });
         routes.push(Route { conditions: when(vec![], vec!["DELETE"]).map(Box::new), ..Route::new(PathMatch::prefix("/admin"), "b3") });
-        s.virtual_hosts = vec![VirtualHost::new("h.test".parse().unwrap(), routes)];
+        s.virtual_hosts = vec![Arc::new(VirtualHost::new("h.test".parse().unwrap(), routes))];
         s.validate().unwrap();
         let metrics = Arc::new(ProxyMetrics::new());
         let compiled = CompiledSnapshot::compile(s, &metrics, None).unwrap();

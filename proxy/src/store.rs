@@ -4,7 +4,7 @@
 use crate::compile::CompiledSnapshot;
 use crate::metrics::ProxyMetrics;
 use arc_swap::ArcSwapOption;
-use portico_model::Snapshot;
+use portico_model::{Snapshot, SnapshotDelta};
 use portico_wire::SnapshotSink;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -48,6 +48,33 @@ impl SnapshotSink for SnapshotStore {
         if snapshot.version != version {
             return self.refuse(format!("frame says version {version} but the snapshot says {}", snapshot.version));
         }
+        self.install(snapshot, started, "whole")
+    }
+
+    fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String> {
+        let started = Instant::now();
+        let delta = match SnapshotDelta::from_bytes(&payload) {
+            Ok(d) => d,
+            Err(e) => return self.refuse(format!("delta {version} does not decode: {e}")),
+        };
+        if delta.version != version {
+            return self.refuse(format!("frame says version {version} but the delta says {}", delta.version));
+        }
+        let Some(base) = self.current.load_full().filter(|c| c.version() == base_version) else {
+            return self.refuse(format!("delta {version} is against version {base_version}, which is not serving"));
+        };
+        match base.source.with_delta(delta) {
+            Ok(snapshot) => self.install(snapshot, started, "delta"),
+            Err(e) => self.refuse(format!("delta {version} does not fit version {base_version}: {e}")),
+        }
+    }
+}
+
+impl SnapshotStore {
+    /// Validates, compiles against the serving snapshot, and swaps. `sent_as` is how the
+    /// snapshot travelled, `whole` or `delta`, for the log.
+    fn install(&self, snapshot: Snapshot, started: Instant, sent_as: &'static str) -> Result<(), String> {
+        let version = snapshot.version;
         let current = self.last_applied();
         if version < current {
             return self.refuse(format!("snapshot {version} is older than the serving {current}"));
@@ -75,6 +102,7 @@ impl SnapshotSink for SnapshotStore {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             version,
+            sent_as,
             decode_ms = ms(decoded),
             validate_ms = ms(validated - decoded),
             compile_ms = ms(serving - validated),
@@ -97,13 +125,13 @@ mod tests {
     fn snapshot(version: u64, backend: &str) -> Snapshot {
         Snapshot {
             version,
-            virtual_hosts: vec![VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), backend)])],
-            backends: vec![Backend {
+            virtual_hosts: vec![Arc::new(VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), backend)]))],
+            backends: vec![Arc::new(Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],
                 upstream: Default::default(),
                 policy: Default::default(),
-            }],
+            })],
             ..Snapshot::default()
         }
     }
@@ -131,5 +159,52 @@ mod tests {
         assert!(!serving.route("b.com", &req).is_routed());
         let metrics = String::from_utf8(store.metrics().render()).unwrap();
         assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"), "{metrics}");
+    }
+
+    #[test]
+    fn applies_deltas_against_the_serving_snapshot_and_refuses_those_that_do_not_fit() {
+        let store = SnapshotStore::new(Arc::new(ProxyMetrics::new()));
+        let mut base = snapshot(5, "b");
+        base.virtual_hosts.push(Arc::new(VirtualHost::new("c.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/c"), "b")])));
+        store.apply(5, base.to_bytes()).unwrap();
+        let req = |path: &str| http::Request::get(path).body(()).unwrap().into_parts().0;
+
+        // c.com moves its route from /c to /d; a.com is untouched.
+        let mut next = base.clone();
+        next.version = 6;
+        next.virtual_hosts[1] = Arc::new(VirtualHost::new("c.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/d"), "b")]));
+        let delta = next.delta_from(&base).unwrap();
+        assert_eq!(delta.hosts.len(), 1);
+        store.apply_delta(5, 6, delta.to_bytes()).unwrap();
+        let serving = store.load().unwrap();
+        assert_eq!(serving.version(), 6);
+        assert!(serving.route("c.com", &req("/d")).is_routed());
+        assert!(!serving.route("c.com", &req("/c")).is_routed());
+        assert!(serving.route("a.com", &req("/x")).is_routed());
+        assert_eq!(serving.source, next);
+
+        // Against a version that is not serving; not decodable; removing a host that is not there;
+        // giving a result that does not validate: each is refused, and version 6 keeps serving.
+        let mut later = next.clone();
+        later.version = 7;
+        later.virtual_hosts.pop();
+        let err = store.apply_delta(5, 7, later.delta_from(&next).unwrap().to_bytes()).unwrap_err();
+        assert!(err.contains("against version 5"), "{err}");
+        assert!(store.apply_delta(6, 7, b"junk".to_vec()).unwrap_err().contains("does not decode"));
+        let mut elsewhere = next.clone();
+        elsewhere.virtual_hosts.push(Arc::new(VirtualHost::new("z.com".parse().unwrap(), vec![])));
+        let err = store.apply_delta(6, 7, later.delta_from(&elsewhere).unwrap().to_bytes()).unwrap_err();
+        assert!(err.contains("does not fit version 6") && err.contains("z.com"), "{err}");
+        let mut broken = next.clone();
+        broken.version = 7;
+        broken.virtual_hosts[0] = Arc::new(VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), "gone")]));
+        let err = store.apply_delta(6, 7, broken.delta_from(&next).unwrap().to_bytes()).unwrap_err();
+        assert!(err.contains("unknown backend \"gone\""), "{err}");
+        assert_eq!(store.last_applied(), 6);
+
+        store.apply_delta(6, 7, later.delta_from(&next).unwrap().to_bytes()).unwrap();
+        let serving = store.load().unwrap();
+        assert!(!serving.route("c.com", &req("/d")).is_routed());
+        assert!(serving.route("a.com", &req("/x")).is_routed());
     }
 }

@@ -4,17 +4,20 @@
 //! compiles it into lookup structures. Nothing here does I/O or knows about Kubernetes.
 
 pub mod cidr;
+mod delta;
 mod hash_key;
 mod host;
 mod validate;
 
 pub use cidr::Cidr;
+pub use delta::{DeltaError, SnapshotDelta};
 pub use hash_key::{HashKey, KeyPart};
 pub use host::{HostMatch, InvalidHost};
 pub use validate::ValidationError;
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What [`Snapshot::redacted`] puts where private keys were.
 pub const REDACTED: &str = "<redacted>";
@@ -52,13 +55,15 @@ pub struct Snapshot {
     pub version: u64,
     /// At most one per distinct [`HostMatch`].
     #[serde(default)]
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Shared, so that a translation can reuse the hosts that did not change, and comparing
+    /// two snapshots skips them by pointer.
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
     /// Serves requests that match no virtual host, or no route of the matched host.
     #[serde(default)]
     pub default_backend: Option<String>,
     /// Every backend a route or the default backend names, by [`Backend::name`].
     #[serde(default)]
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Arc<Backend>>,
     /// Certificates the HTTPS listener can present, by [`Certificate::name`].
     #[serde(default)]
     pub certificates: Vec<Certificate>,
@@ -824,7 +829,7 @@ impl Snapshot {
     }
 
     pub fn backend(&self, name: &str) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.name == name)
+        self.backends.iter().find(|b| b.name == name).map(|b| &**b)
     }
 
     pub fn certificate(&self, name: &str) -> Option<&Certificate> {
@@ -837,18 +842,23 @@ impl Snapshot {
         for c in &mut copy.certificates {
             c.key_pem = REDACTED.to_string();
         }
-        let auth = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
+        let auth =
+            copy.virtual_hosts.iter_mut().flat_map(|v| &mut Arc::make_mut(v).routes).filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
         for credential in auth.flat_map(|a| &mut a.users) {
             credential.hash = REDACTED.to_string();
         }
-        let jwt = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.jwt.as_mut());
+        let jwt = copy.virtual_hosts.iter_mut().flat_map(|v| &mut Arc::make_mut(v).routes).filter_map(|r| r.access.as_mut()?.jwt.as_mut());
         for jwt in jwt {
             jwt.jwks = REDACTED.to_string();
             if let Some(url) = &mut jwt.jwks_url {
                 *url = redact_userinfo(url).into_owned();
             }
         }
-        let external = copy.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes).filter_map(|r| r.access.as_mut()?.external_auth.as_mut());
+        let external = copy
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|v| &mut Arc::make_mut(v).routes)
+            .filter_map(|r| r.access.as_mut()?.external_auth.as_mut());
         for e in external {
             e.url = redact_userinfo(&e.url).into_owned();
             if let Some(signin) = &mut e.signin {
@@ -911,7 +921,7 @@ mod tests {
     fn round_trips_through_bytes_and_renders_hosts_readably() {
         let snap = Snapshot {
             version: 7,
-            virtual_hosts: vec![VirtualHost {
+            virtual_hosts: vec![Arc::new(VirtualHost {
                 host: "*.foo.com".parse().unwrap(),
                 routes: vec![Route {
                     path: PathMatch::Exact("/x".into()),
@@ -980,9 +990,9 @@ mod tests {
                     error_page: Some("https://example.com/denied".into()),
                     match_subject: Some("CN=client".into()),
                 }),
-            }],
+            })],
             default_backend: None,
-            backends: vec![Backend {
+            backends: vec![Arc::new(Backend {
                 name: "ns/svc:80".into(),
                 endpoints: vec![Endpoint { address: "::1".parse().unwrap(), port: 8080, ready: true }],
                 upstream: Upstream {
@@ -992,7 +1002,7 @@ mod tests {
                     server_name: Some("svc.ns.svc".into()),
                 },
                 policy: TrafficPolicy { balance: Balance::ConsistentHash("$remote_addr".into()), ..Default::default() },
-            }],
+            })],
             certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "KEY".into() }],
             tls_hosts: vec![TlsHost { host: "*.foo.com".parse().unwrap(), certificate: "ns/tls".into() }],
             tls: TlsPolicy { default_certificate: None, hsts: Some(Hsts { max_age: 10, include_subdomains: true, preload: false }) },

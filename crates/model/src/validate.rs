@@ -289,22 +289,23 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
 mod tests {
     use super::*;
     use crate::{Backend, Certificate, Endpoint, HostMatch, Route, TlsHost, VirtualHost};
+    use std::sync::Arc;
 
     fn good() -> Snapshot {
         Snapshot {
             version: 1,
-            virtual_hosts: vec![VirtualHost {
+            virtual_hosts: vec![Arc::new(VirtualHost {
                 host: HostMatch::Exact("a.com".into()),
                 routes: vec![Route::new(PathMatch::prefix("/"), "b")],
                 client_auth: None,
-            }],
+            })],
             default_backend: Some("b".into()),
-            backends: vec![Backend {
+            backends: vec![Arc::new(Backend {
                 name: "b".into(),
                 endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 80, ready: true }],
                 upstream: Default::default(),
                 policy: Default::default(),
-            }],
+            })],
             certificates: vec![Certificate { name: "ns/c".into(), chain_pem: "C".into(), key_pem: "K".into() }],
             tls_hosts: vec![TlsHost { host: HostMatch::Exact("a.com".into()), certificate: "ns/c".into() }],
             tls: Default::default(),
@@ -324,7 +325,7 @@ mod tests {
         assert_eq!(s.validate(), Err(ValidationError::ZeroVersion));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].backend = "missing".into();
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].backend = "missing".into();
         let err = s.validate().unwrap_err();
         assert!(err.to_string().contains("unknown backend \"missing\""), "{err}");
 
@@ -334,15 +335,15 @@ mod tests {
 
         let mut s = good();
         let route = s.virtual_hosts[0].routes[0].clone();
-        s.virtual_hosts[0].routes.push(route);
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes.push(route);
         assert!(matches!(s.validate(), Err(ValidationError::DuplicateRoute { .. })));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].path = PathMatch::Prefix("/a/".into());
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].path = PathMatch::Prefix("/a/".into());
         assert!(matches!(s.validate(), Err(ValidationError::UnnormalisedPrefix { .. })));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].path = PathMatch::Exact("a".into());
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].path = PathMatch::Exact("a".into());
         assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
 
         let mut s = good();
@@ -350,7 +351,7 @@ mod tests {
         assert!(matches!(s.validate(), Err(ValidationError::UnknownDefaultBackend { .. })));
 
         let mut s = good();
-        s.backends[0].endpoints[0].port = 0;
+        Arc::make_mut(&mut s.backends[0]).endpoints[0].port = 0;
         assert!(matches!(s.validate(), Err(ValidationError::ZeroPort { .. })));
 
         let mut s = good();
@@ -385,15 +386,15 @@ mod tests {
             sticky: true,
         };
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(Box::new(canary.clone()));
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(canary.clone()));
         assert_eq!(s.validate(), Ok(()));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(Box::new(Canary { backend: "gone".into(), ..canary.clone() }));
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary { backend: "gone".into(), ..canary.clone() }));
         assert!(s.validate().unwrap_err().to_string().contains("canary names unknown backend \"gone\""));
 
         let mut s = good();
-        s.virtual_hosts[0].routes[0].canary = Some(Box::new(Canary { weight: 101, ..canary.clone() }));
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary { weight: 101, ..canary.clone() }));
         assert!(matches!(s.validate(), Err(ValidationError::InvalidRoute { .. })));
 
         let cookie = |name: &str, path: &str| SessionCookie {
@@ -408,7 +409,7 @@ mod tests {
         let affinity = |c| Some(SessionAffinity { mode: AffinityMode::Balanced, cookie: c, change_on_failure: false });
         for (name, path, ok) in [("SID", "/", true), ("S ID", "/", false), ("SID", "/a; Domain=evil", false), ("", "/", false)] {
             let mut s = good();
-            s.virtual_hosts[0].routes[0].affinity = affinity(cookie(name, path)).map(Box::new);
+            Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].affinity = affinity(cookie(name, path)).map(Box::new);
             assert_eq!(s.validate().is_ok(), ok, "{name:?} {path:?}");
         }
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// A resolved backend, with the problem found on the way, if any. A problem still
 /// yields a backend (possibly without endpoints) so its routes answer 503, not 404.
 pub(crate) struct Resolved {
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     pub problem: Option<(Reason, String)>,
 }
 
@@ -82,7 +82,7 @@ pub(crate) fn resolve(
 ) -> Resolved {
     let name = backend_name(namespace, svc, upstream, policy);
     let unresolved = |reason, message| Resolved {
-        backend: Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone(), policy: policy.clone() },
+        backend: Arc::new(Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone(), policy: policy.clone() }),
         problem: Some((reason, message)),
     };
 
@@ -135,7 +135,7 @@ pub(crate) fn resolve(
             format!("service {namespace}/{} port {:?} has no ready endpoints", svc.name, port_text(svc.port.as_ref())),
         )
     });
-    Resolved { backend: Backend { name, endpoints, upstream: upstream.clone(), policy: policy.clone() }, problem }
+    Resolved { backend: Arc::new(Backend { name, endpoints, upstream: upstream.clone(), policy: policy.clone() }), problem }
 }
 
 /// A Service as a plain HTTP backend on its first port (`--default-backend-service`).

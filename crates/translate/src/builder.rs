@@ -6,11 +6,12 @@ use crate::backend::{self, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
+use crate::ingress::FragmentRoute;
 use crate::ingress::{Fragment, IngressProcessor, Lookups};
-use crate::merge::RouteTable;
+use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Certificate, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost};
+use portico_model::{Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -63,17 +64,25 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
 pub struct Translator {
     opts: Options,
     fragments: HashMap<ObjectKey, Arc<Fragment>>,
+    /// The virtual hosts built from `fragments`, whose routes they point into.
+    hosts: BuiltHosts,
     reprocessed: usize,
+    rebuilt_hosts: usize,
 }
 
 impl Translator {
     pub fn new(opts: Options) -> Self {
-        Translator { opts, fragments: HashMap::new(), reprocessed: 0 }
+        Translator { opts, fragments: HashMap::new(), hosts: BuiltHosts::default(), reprocessed: 0, rebuilt_hosts: 0 }
     }
 
     /// How many Ingresses the last translation processed again rather than reused.
     pub fn reprocessed(&self) -> usize {
         self.reprocessed
+    }
+
+    /// How many virtual hosts the last translation built again rather than reused.
+    pub fn rebuilt_hosts(&self) -> usize {
+        self.rebuilt_hosts
     }
 
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
@@ -98,10 +107,13 @@ impl Translator {
         let slices = SliceIndex::new(state);
         let mut lookups = Lookups { state, slices: &slices, resolved: HashMap::new(), secrets: HashMap::new() };
         self.reprocessed = 0;
+        // The previous fragments stay alive until the snapshot is assembled: `BuiltHosts`
+        // knows routes by address, and no new fragment may be allocated where one of them was.
+        let previous = std::mem::take(&mut self.fragments);
         let mut current = Vec::with_capacity(admitted.len());
         for (key, ingress) in &admitted {
-            current.push(match self.fragments.remove(*key) {
-                Some(f) if f.is_current(ingress, state, &slices) => f,
+            current.push(match previous.get(*key) {
+                Some(f) if f.is_current(ingress, state, &slices) => f.clone(),
                 _ => {
                     self.reprocessed += 1;
                     Arc::new(IngressProcessor::new(&mut lookups, ingress).process())
@@ -126,42 +138,103 @@ impl Translator {
         }
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
-        let translation = assemble(state, opts, table, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
+        let mut hosts = BuiltHosts::default();
+        let virtual_hosts = hosts.build(&mut table, &self.hosts);
+        self.rebuilt_hosts = hosts.rebuilt;
+        let translation = assemble(state, opts, table, virtual_hosts, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
+        self.hosts = hosts;
         self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
+        drop(previous);
         translation
     }
 }
 
-/// Builds the snapshot from the merged table and the listener-wide options.
+/// The virtual hosts of one translation, each with what it was built from, so that the
+/// next translation can reuse every host whose inputs did not change (and comparing the
+/// two snapshots skips it by pointer).
+#[derive(Default)]
+struct BuiltHosts {
+    by_host: HashMap<HostMatch, BuiltHost>,
+    /// How many hosts this translation built rather than reused.
+    rebuilt: usize,
+}
+
+struct BuiltHost {
+    inputs: HostInputs,
+    host: Arc<VirtualHost>,
+}
+
+/// Everything a virtual host is built from. Routes and the client-certificate policy are
+/// known by address: they live in fragments, which never change once made, and the
+/// translator keeps the fragments these addresses came from alive until the next
+/// translation has compared against them, so an equal address is the same route.
+#[derive(PartialEq)]
+struct HostInputs {
+    routes: Vec<usize>,
+    tls: bool,
+    /// Sorted by route index.
+    canaries: Vec<(usize, Canary)>,
+    client_auth: Option<usize>,
+}
+
+impl BuiltHosts {
+    /// The virtual hosts of the merged table, in host order, reusing those of `previous`
+    /// that were built from the same inputs.
+    fn build(&mut self, table: &mut RouteTable, previous: &BuiltHosts) -> Vec<Arc<VirtualHost>> {
+        let hosts = std::mem::take(&mut table.hosts);
+        self.by_host.reserve(hosts.len());
+        let mut virtual_hosts = Vec::with_capacity(hosts.len());
+        // A host whose every path was invalid or taken has no routes and is left out.
+        for (host, h) in hosts.into_iter().filter(|(_, h)| !h.routes.is_empty()) {
+            // `ssl-redirect` (on unless turned off) applies where the host has a TLS section.
+            let tls = has_tls(&table.tls_hosts, host);
+            let mut canaries: Vec<(usize, Canary)> = h.canaries.iter().map(|(i, c)| (*i, c.clone())).collect();
+            canaries.sort_unstable_by_key(|(i, _)| *i);
+            let inputs = HostInputs {
+                routes: h.routes.iter().map(|r| std::ptr::from_ref::<FragmentRoute>(r) as usize).collect(),
+                tls,
+                canaries,
+                client_auth: h.client_auth.map(|(c, _)| std::ptr::from_ref::<ClientAuth>(c) as usize),
+            };
+            let built = match previous.by_host.get(host) {
+                Some(b) if b.inputs == inputs => b.host.clone(),
+                _ => {
+                    self.rebuilt += 1;
+                    Arc::new(build_host(host, &h, tls))
+                }
+            };
+            virtual_hosts.push(built.clone());
+            self.by_host.insert(host.clone(), BuiltHost { inputs, host: built });
+        }
+        virtual_hosts
+    }
+}
+
+fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
+    let routes = h
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut route = r.route.clone();
+            route.redirect_to_https |= tls && r.ssl_redirect;
+            route.canary = h.canaries.get(&i).cloned().map(Box::new);
+            route
+        })
+        .collect();
+    VirtualHost { host: host.clone(), routes, client_auth: h.client_auth.map(|(c, _)| c.clone()) }
+}
+
+/// Builds the snapshot from the merged table, its virtual hosts and the listener-wide options.
 fn assemble(
     state: &ClusterState,
     opts: &Options,
     mut table: RouteTable,
+    virtual_hosts: Vec<Arc<VirtualHost>>,
     mut diagnostics: Vec<Diagnostic>,
     admitted: Vec<ObjectKey>,
 ) -> Translation {
-    // A host whose every path was invalid or taken has no routes and is left out.
     let tls_hosts = std::mem::take(&mut table.tls_hosts);
-    let virtual_hosts = std::mem::take(&mut table.hosts)
-        .into_iter()
-        .filter(|(_, h)| !h.routes.is_empty())
-        .map(|(host, h)| {
-            // `ssl-redirect` (on unless turned off) applies where the host has a TLS section.
-            let tls = has_tls(&tls_hosts, host);
-            let routes = h
-                .routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let mut route = r.route.clone();
-                    route.redirect_to_https |= tls && r.ssl_redirect;
-                    route.canary = h.canaries.get(&i).cloned().map(Box::new);
-                    route
-                })
-                .collect();
-            VirtualHost { host: host.clone(), routes, client_auth: h.client_auth.map(|(c, _)| c.clone()) }
-        })
-        .collect();
 
     let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
     let mut tls = TlsPolicy { default_certificate: None, hsts: opts.hsts };

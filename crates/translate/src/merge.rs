@@ -196,9 +196,9 @@ impl<'f> RouteTable<'f> {
     }
 
     /// The resolved backends, sorted by name so that translation is deterministic.
-    pub fn backends(&self) -> Vec<Backend> {
-        let mut backends: Vec<&Backend> = self.backends.values().map(|r| &r.backend).collect();
-        backends.sort_by(|a, b| a.name.cmp(&b.name));
-        backends.into_iter().cloned().collect()
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        let mut backends: Vec<Arc<Backend>> = self.backends.values().map(|r| r.backend.clone()).collect();
+        backends.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        backends
     }
 }

@@ -1,8 +1,9 @@
 //! Translation as a whole: objects in, snapshot and diagnostics out.
 
 use crate::{translate, ClusterState, KubeObject, Options, Reason, Translation};
-use portico_model::{Endpoint, HostMatch, PathMatch, Route};
+use portico_model::{Endpoint, HostMatch, PathMatch, Route, VirtualHost};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 fn ingress(ns: &str, name: &str, spec: Value) -> KubeObject {
     ingress_with(json!({"name": name, "namespace": ns}), spec)
@@ -402,14 +403,26 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
     assert_eq!(translator.reprocessed(), 20);
     assert_eq!(first.snapshot, translate(&state, &opts).snapshot);
 
-    assert_eq!(translator.translate(&state).snapshot, first.snapshot);
+    let again = translator.translate(&state);
+    assert_eq!(again.snapshot, first.snapshot);
     assert_eq!(translator.reprocessed(), 0, "nothing changed, nothing reprocessed");
+    assert_eq!(translator.rebuilt_hosts(), 0);
+    assert!(again.snapshot.virtual_hosts.iter().zip(&first.snapshot.virtual_hosts).all(|(a, b)| Arc::ptr_eq(a, b)));
 
-    // One EndpointSlice changes: only the Ingress behind that Service is reprocessed.
+    // One EndpointSlice changes: only the Ingress behind that Service is reprocessed,
+    // only its host is built again, and the other hosts and backends are shared.
     state.insert(slice("ns", "s7-1", "s7", "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.9"]}])));
     let second = translator.translate(&state);
     assert_eq!(translator.reprocessed(), 1);
+    assert_eq!(translator.rebuilt_hosts(), 1);
     assert_eq!(second.snapshot, translate(&state, &opts).snapshot);
+    let shared = |a: &[Arc<VirtualHost>], b: &[Arc<VirtualHost>]| {
+        a.iter().zip(b).filter(|(a, b)| Arc::ptr_eq(a, b)).map(|(a, _)| a.host.to_string()).collect::<Vec<_>>()
+    };
+    let reused = shared(&second.snapshot.virtual_hosts, &first.snapshot.virtual_hosts);
+    assert_eq!(reused.len(), 19);
+    assert!(!reused.contains(&"a7.test".to_string()), "{reused:?}");
+    assert_eq!(second.snapshot.backends.iter().zip(&first.snapshot.backends).filter(|(a, b)| Arc::ptr_eq(a, b)).count(), 19);
     let backend = second.snapshot.backend("ns/s7:80").unwrap();
     assert_eq!(backend.endpoints[0].address.to_string(), "10.0.0.9");
 
@@ -464,6 +477,49 @@ fn a_translator_keeps_reporting_conflicts_and_remerges_a_host_when_a_claimant_go
     assert_eq!(route_backend(&t), "ns/s2:80", "the younger Ingress takes the path once the older one is gone");
     assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
     assert_eq!(t.snapshot, translate(&state, &Options::default()).snapshot);
+}
+
+#[test]
+fn a_translator_rebuilds_a_host_whose_tls_canary_or_routes_change_through_another_ingress() {
+    use crate::Translator;
+    let spec = |svc: &str, path: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", path, svc, json!({"number": 80}))]});
+    let mut objects = vec![ours(), tls_secret("ns", "cert", "shop.test")];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(backends_of("ns", "next"));
+    objects.push(annotated("ns", "main", "2026-01-01T00:00:00Z", json!({}), spec("main", "/")));
+    let mut state: ClusterState = objects.into_iter().collect();
+    let opts = Options::default();
+    let mut translator = Translator::new(opts.clone());
+    let first = translator.translate(&state);
+    let route = |t: &Translation| {
+        let shop = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == "shop.test").expect("shop.test is routed");
+        shop.routes[0].clone()
+    };
+    assert!(!route(&first).redirect_to_https);
+
+    // Another Ingress, routing another host, adds TLS for this one: the unchanged route
+    // now redirects to HTTPS.
+    let mut with_tls = json!({"ingressClassName": "portico", "rules": [rule("other.test", "Prefix", "/", "main", json!({"number": 80}))]});
+    with_tls["tls"] = json!([{"hosts": ["shop.test"], "secretName": "cert"}]);
+    state.insert(annotated("ns", "tls", "2026-02-01T00:00:00Z", json!({}), with_tls));
+    let second = translator.translate(&state);
+    assert_eq!(translator.reprocessed(), 1);
+    assert!(route(&second).redirect_to_https, "{:?}", route(&second));
+    assert_eq!(second.snapshot, translate(&state, &opts).snapshot);
+
+    // A canary for the same path attaches to the unchanged route.
+    let canary = json!({"nginx.ingress.kubernetes.io/canary": "true", "nginx.ingress.kubernetes.io/canary-weight": "20"});
+    state.insert(annotated("ns", "canary", "2026-03-01T00:00:00Z", canary, spec("next", "/")));
+    let third = translator.translate(&state);
+    assert_eq!(route(&third).canary.as_ref().map(|c| c.weight), Some(20));
+    assert_eq!(third.snapshot, translate(&state, &opts).snapshot);
+
+    // And each goes away again.
+    state.ingresses.remove(&("ns".to_string(), "canary".to_string()));
+    state.ingresses.remove(&("ns".to_string(), "tls".to_string()));
+    let fourth = translator.translate(&state);
+    assert_eq!(route(&fourth), route(&first));
+    assert_eq!(fourth.snapshot, translate(&state, &opts).snapshot);
 }
 
 fn annotated(ns: &str, name: &str, created: &str, annotations: Value, spec: Value) -> KubeObject {

@@ -12,6 +12,9 @@ pub trait SnapshotSink: Send + Sync {
     fn last_applied(&self) -> u64;
     /// Validates and applies; on error the previous snapshot must keep serving.
     fn apply(&self, version: u64, payload: Vec<u8>) -> Result<(), String>;
+    /// As [`SnapshotSink::apply`], for a delta against the serving snapshot, which is
+    /// `base_version`.
+    fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String>;
 }
 
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of
@@ -89,13 +92,21 @@ impl SnapshotClient {
                     if version == sink.last_applied() {
                         Message::Ack { version }
                     } else {
-                        match sink.apply(version, payload) {
-                            Ok(()) => Message::Ack { version },
-                            Err(reason) => {
-                                tracing::warn!(version, %reason, "snapshot refused; the last good one keeps serving");
-                                Message::Nack { version, reason }
-                            }
-                        }
+                        reply(version, sink.apply(version, payload))
+                    }
+                }
+                Ok(Message::Delta { version, base_version, payload }) => {
+                    received_any = true;
+                    let serving = sink.last_applied();
+                    if version == serving {
+                        Message::Ack { version }
+                    } else if base_version != serving {
+                        // The controller answers this by sending the latest snapshot whole.
+                        let reason = format!("delta {version} is against version {base_version}, but {serving} serves");
+                        tracing::info!(version, %reason, "delta not applicable; asking for the whole snapshot");
+                        Message::Nack { version, reason }
+                    } else {
+                        reply(version, sink.apply_delta(base_version, version, payload))
                     }
                 }
                 Ok(other) => {
@@ -117,6 +128,16 @@ impl SnapshotClient {
             if let Err(end) = write_message(&mut writer, &reply).await {
                 return SessionEnd { end, received_any };
             }
+        }
+    }
+}
+
+fn reply(version: u64, applied: Result<(), String>) -> Message {
+    match applied {
+        Ok(()) => Message::Ack { version },
+        Err(reason) => {
+            tracing::warn!(version, %reason, "snapshot refused; the last good one keeps serving");
+            Message::Nack { version, reason }
         }
     }
 }

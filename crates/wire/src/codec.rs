@@ -8,8 +8,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub enum Message {
     /// Proxy → controller, first thing on a connection.
     Hello { proxy_id: String, last_applied_version: u64 },
-    /// Controller → proxy.
+    /// Controller → proxy: a whole snapshot.
     Snapshot { version: u64, payload: Vec<u8> },
+    /// Controller → proxy: what turns snapshot `base_version` into `version`. Sent only
+    /// to a proxy that was sent `base_version`; one that does not serve it answers with a
+    /// `Nack` and is sent the whole snapshot.
+    Delta { version: u64, base_version: u64, payload: Vec<u8> },
     /// Proxy → controller: this version now serves.
     Ack { version: u64 },
     /// Proxy → controller: this version was refused; the previous one keeps serving.
@@ -20,6 +24,7 @@ const KIND_HELLO: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
 const KIND_ACK: u8 = 3;
 const KIND_NACK: u8 = 4;
+const KIND_DELTA: u8 = 5;
 const HEADER_LEN: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,7 @@ impl Message {
             Message::Snapshot { payload, .. } => (KIND_SNAPSHOT, 8 + payload.len()),
             Message::Ack { .. } => (KIND_ACK, 8),
             Message::Nack { reason, .. } => (KIND_NACK, 8 + reason.len()),
+            Message::Delta { payload, .. } => (KIND_DELTA, 16 + payload.len()),
         };
         let frame_len = HEADER_LEN + body_len;
         let mut out = Vec::with_capacity(4 + frame_len);
@@ -66,6 +72,11 @@ impl Message {
             }
             Message::Snapshot { version, payload } => {
                 out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+            Message::Delta { version, base_version, payload } => {
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&base_version.to_be_bytes());
                 out.extend_from_slice(payload);
             }
             Message::Ack { version } => out.extend_from_slice(&version.to_be_bytes()),
@@ -91,6 +102,7 @@ impl Message {
             KIND_SNAPSHOT => "Snapshot",
             KIND_ACK => "Ack",
             KIND_NACK => "Nack",
+            KIND_DELTA => "Delta",
             other => return Err(WireError::UnknownKind(other)),
         };
         let body = &frame[HEADER_LEN..];
@@ -108,6 +120,13 @@ impl Message {
                 let mut payload = frame;
                 payload.drain(..HEADER_LEN + 8);
                 Message::Snapshot { version, payload }
+            }
+            KIND_DELTA => {
+                let Some(base) = rest.get(..8) else {
+                    return Err(WireError::Malformed { kind: name, reason: "missing base version" });
+                };
+                let base_version = u64::from_be_bytes(base.try_into().expect("8 bytes"));
+                Message::Delta { version, base_version, payload: rest[8..].to_vec() }
             }
             KIND_ACK if rest.is_empty() => Message::Ack { version },
             KIND_ACK => return Err(WireError::Malformed { kind: name, reason: "trailing bytes" }),
@@ -154,6 +173,7 @@ mod tests {
         for msg in [
             Message::Hello { proxy_id: "p-1".into(), last_applied_version: 9 },
             Message::Snapshot { version: 3, payload: b"{\"x\":1}".to_vec() },
+            Message::Delta { version: 4, base_version: 3, payload: b"changes".to_vec() },
             Message::Ack { version: 3 },
             Message::Nack { version: 4, reason: "bad host".into() },
         ] {
@@ -190,5 +210,8 @@ mod tests {
         bytes.extend([0xff, 0xfe]);
         assert!(matches!(read_message(&mut bytes.as_slice(), 1024).await, Err(WireError::Malformed { .. })));
         assert!(matches!(read_message(&mut [0u8, 0].as_slice(), 1024).await, Err(WireError::Closed)));
+        let bytes = [0, 0, 0, 11, 0, 1, KIND_DELTA, 0, 0, 0, 0, 0, 0, 0, 2];
+        let err = read_message(&mut bytes.as_slice(), 1024).await.unwrap_err();
+        assert!(matches!(err, WireError::Malformed { kind: "Delta", reason: "missing base version" }), "{err}");
     }
 }

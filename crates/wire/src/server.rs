@@ -1,5 +1,6 @@
 //! The controller's half: a Unix socket that hands every connected proxy the latest
-//! snapshot on connect and each newer one as it is published.
+//! snapshot on connect and each newer one as it is published: as a delta when the
+//! proxy was sent the delta's base, else whole.
 
 use crate::codec::{read_message, write_message, Message, WireError};
 use std::collections::BTreeMap;
@@ -9,12 +10,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-/// A snapshot as it travels: its version and its serialised bytes.
+/// A snapshot as it travels: its version and its serialised bytes, whole and, when the
+/// controller had a base for it, as a delta.
 #[derive(Debug)]
 struct Published {
     version: u64,
+    payload: Vec<u8>,
+    delta: Option<Delta>,
+}
+
+#[derive(Debug)]
+struct Delta {
+    base_version: u64,
     payload: Vec<u8>,
 }
 
@@ -29,7 +38,14 @@ pub struct SnapshotPublisher {
 impl SnapshotPublisher {
     /// Makes `payload` the snapshot every connected and future proxy receives.
     pub fn publish(&self, version: u64, payload: Vec<u8>) {
-        self.tx.send_replace(Some(Arc::new(Published { version, payload })));
+        self.tx.send_replace(Some(Arc::new(Published { version, payload, delta: None })));
+    }
+
+    /// As [`SnapshotPublisher::publish`]; a proxy that was last sent `base_version` gets
+    /// `delta` instead of `payload`.
+    pub fn publish_with_delta(&self, version: u64, payload: Vec<u8>, base_version: u64, delta: Vec<u8>) {
+        let delta = Some(Delta { base_version, payload: delta });
+        self.tx.send_replace(Some(Arc::new(Published { version, payload, delta })));
     }
 }
 
@@ -133,20 +149,41 @@ impl Connection {
         tracing::info!(proxy = %proxy_id, last_applied, "proxy connected");
         self.acked.set(&proxy_id, last_applied);
 
-        let mut read_loop = tokio::spawn(read_replies(reader, self.max_frame, proxy_id.clone(), self.acked.clone()));
+        let (replies_tx, mut replies) = mpsc::unbounded_channel();
+        let mut read_loop = tokio::spawn(read_replies(reader, self.max_frame, proxy_id.clone(), self.acked.clone(), replies_tx));
         let mut sent = last_applied;
+        // Versions sent as deltas and not yet answered, and whether the proxy refused one:
+        // it then does not serve the base of the next, so the latest goes whole.
+        let mut deltas_unanswered = std::collections::BTreeSet::new();
+        let mut send_whole = false;
         loop {
             let latest = self.rx.borrow_and_update().clone();
-            if let Some(p) = latest.filter(|p| p.version != sent) {
-                let msg = Message::Snapshot { version: p.version, payload: p.payload.clone() };
+            if let Some(p) = latest.filter(|p| p.version != sent || send_whole) {
+                let msg = match &p.delta {
+                    Some(d) if d.base_version == sent && !send_whole => {
+                        deltas_unanswered.insert(p.version);
+                        Message::Delta { version: p.version, base_version: d.base_version, payload: d.payload.clone() }
+                    }
+                    _ => Message::Snapshot { version: p.version, payload: p.payload.clone() },
+                };
                 if let Err(e) = write_message(&mut writer, &msg).await {
                     tracing::info!(proxy = %proxy_id, error = %e, "sending snapshot failed; dropping connection");
                     break;
                 }
                 sent = p.version;
+                send_whole = false;
             }
             tokio::select! {
                 changed = self.rx.changed() => if changed.is_err() { break },
+                Some(Reply { version, applied }) = replies.recv() => {
+                    // Replies come in the order snapshots were sent.
+                    let refused_delta = deltas_unanswered.remove(&version) && !applied;
+                    deltas_unanswered.retain(|v| *v > version);
+                    if refused_delta {
+                        tracing::info!(proxy = %proxy_id, version, "proxy refused a delta; sending the latest snapshot whole");
+                        send_whole = true;
+                    }
+                }
                 _ = &mut read_loop => break,
             }
         }
@@ -156,15 +193,29 @@ impl Connection {
     }
 }
 
-async fn read_replies(mut reader: tokio::net::unix::OwnedReadHalf, max_frame: usize, proxy_id: String, acked: AckedVersions) {
+/// A proxy's answer to one snapshot or delta.
+struct Reply {
+    version: u64,
+    applied: bool,
+}
+
+async fn read_replies(
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    max_frame: usize,
+    proxy_id: String,
+    acked: AckedVersions,
+    replies: mpsc::UnboundedSender<Reply>,
+) {
     loop {
         match read_message(&mut reader, max_frame).await {
             Ok(Message::Ack { version }) => {
                 tracing::debug!(proxy = %proxy_id, version, "snapshot acknowledged");
                 acked.set(&proxy_id, version);
+                let _ = replies.send(Reply { version, applied: true });
             }
             Ok(Message::Nack { version, reason }) => {
                 tracing::warn!(proxy = %proxy_id, version, %reason, "proxy refused snapshot");
+                let _ = replies.send(Reply { version, applied: false });
             }
             Ok(other) => tracing::warn!(proxy = %proxy_id, message = ?kind_of(&other), "unexpected message from proxy"),
             Err(WireError::Closed) => return,
@@ -178,6 +229,7 @@ fn kind_of(m: &Message) -> &'static str {
     match m {
         Message::Hello { .. } => "Hello",
         Message::Snapshot { .. } => "Snapshot",
+        Message::Delta { .. } => "Delta",
         Message::Ack { .. } => "Ack",
         Message::Nack { .. } => "Nack",
     }

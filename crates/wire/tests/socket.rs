@@ -5,10 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Applies anything except payloads equal to `b"bad"`.
+/// Applies anything except payloads equal to `b"bad"`, deltas included, and records
+/// which versions came as deltas.
 #[derive(Default)]
 struct RecordingSink {
     applied: Mutex<Vec<(u64, Vec<u8>)>>,
+    deltas: Mutex<Vec<u64>>,
 }
 
 impl SnapshotSink for RecordingSink {
@@ -20,6 +22,12 @@ impl SnapshotSink for RecordingSink {
             return Err("payload is bad".into());
         }
         self.applied.lock().unwrap().push((version, payload));
+        Ok(())
+    }
+    fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String> {
+        assert_eq!(base_version, self.last_applied(), "the client checks the base before applying");
+        self.apply(version, payload)?;
+        self.deltas.lock().unwrap().push(version);
         Ok(())
     }
 }
@@ -127,6 +135,52 @@ async fn oversized_snapshot_is_refused_by_the_client() {
     assert_eq!(sink.last_applied(), 0);
     publisher.publish(2, b"small".to_vec());
     eventually("small snapshot applied after the refusal", || sink.last_applied() == 2).await;
+}
+
+#[tokio::test]
+async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    let acked = server.acked_versions();
+    tokio::spawn(server.serve());
+    let first: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "first");
+    tokio::spawn(async move { c.run(first).await });
+
+    publisher.publish(1, b"one".to_vec());
+    eventually("ack 1", || acked.get("first") == Some(1)).await;
+    publisher.publish_with_delta(2, b"two whole".to_vec(), 1, b"two delta".to_vec());
+    eventually("ack 2", || acked.get("first") == Some(2)).await;
+    assert_eq!(first.applied.lock().unwrap().last(), Some(&(2, b"two delta".to_vec())));
+
+    // A proxy that connects now serves nothing, so it gets version 2 whole.
+    let second: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "second");
+    tokio::spawn(async move { c.run(second).await });
+    eventually("second acks 2", || acked.get("second") == Some(2)).await;
+    assert_eq!(second.applied.lock().unwrap().clone(), vec![(2, b"two whole".to_vec())]);
+
+    // A refused delta: the proxy keeps serving 2 and is sent version 3 whole.
+    publisher.publish_with_delta(3, b"three whole".to_vec(), 2, b"bad".to_vec());
+    eventually("both ack 3", || acked.get("first") == Some(3) && acked.get("second") == Some(3)).await;
+    for sink in [first, second] {
+        assert_eq!(sink.applied.lock().unwrap().last(), Some(&(3, b"three whole".to_vec())));
+    }
+    publisher.publish_with_delta(4, b"four whole".to_vec(), 3, b"four delta".to_vec());
+    eventually("both ack 4", || acked.get("first") == Some(4) && acked.get("second") == Some(4)).await;
+    assert_eq!(first.deltas.lock().unwrap().clone(), vec![2, 4]);
+    assert_eq!(second.deltas.lock().unwrap().clone(), vec![4]);
+
+    // A delta whose base this proxy never served (it refused version 5) is not applied:
+    // the proxy says so and gets version 6 whole.
+    publisher.publish(5, b"bad".to_vec());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher.publish_with_delta(6, b"six whole".to_vec(), 5, b"six delta".to_vec());
+    eventually("both ack 6", || acked.get("first") == Some(6) && acked.get("second") == Some(6)).await;
+    for sink in [first, second] {
+        assert_eq!(sink.applied.lock().unwrap().last(), Some(&(6, b"six whole".to_vec())));
+    }
 }
 
 #[test]
