@@ -82,14 +82,20 @@ impl SyncLoop {
                 continue;
             }
             let compared = started.elapsed();
-            // Stamp, encode whole and as a delta from the last, then keep the unstamped
-            // snapshot to compare the next one with.
+            // Stamp; publish the delta from the last snapshot at once, then the whole one
+            // for proxies that connect or lack the base; keep the unstamped snapshot to
+            // compare the next one with.
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
-            let (payload, delta) = tokio::task::block_in_place(|| {
-                let delta = last.as_ref().and_then(|(base, base_version)| Some((*base_version, snapshot.delta_from(base)?.to_bytes())));
-                (snapshot.to_bytes(), delta)
+            let version = snapshot.version;
+            let delta = tokio::task::block_in_place(|| {
+                last.as_ref().and_then(|(base, base_version)| Some((*base_version, snapshot.delta_from(base)?.to_bytes())))
             });
+            if let Some((base_version, delta)) = &delta {
+                self.publisher.publish_delta(version, *base_version, delta.clone());
+            }
+            let delta_published = started.elapsed();
+            let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 version = snapshot.version,
@@ -101,14 +107,14 @@ impl SyncLoop {
                 reprocessed = translator.reprocessed(),
                 translate_ms = ms(translated),
                 compare_ms = ms(compared - comparing),
-                encode_ms = ms(started.elapsed() - compared),
+                delta_ms = ms(delta_published - compared),
+                encode_ms = ms(started.elapsed() - delta_published),
                 build_ms = ms(started.elapsed()),
                 "snapshot published"
             );
             self.metrics.snapshots_published.inc();
             self.metrics.snapshot_bytes.set(payload.len() as i64);
             self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
-            let version = snapshot.version;
             match delta {
                 Some((base_version, delta)) => self.publisher.publish_with_delta(version, payload, base_version, delta),
                 None => self.publisher.publish(version, payload),

@@ -302,6 +302,17 @@ async fn manifest_changes_are_served_within_a_second_without_failed_requests() {
     let failures = load.await.unwrap();
     assert!(sent.load(Ordering::Relaxed) > 50, "the client should have kept sending");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during swaps: {failures:?}");
+
+    // The first snapshot travels whole; each change after it only as what changed.
+    let proxy_log = std::fs::read_to_string(portico.log_path("proxy")).unwrap();
+    let sent_as: Vec<&str> = proxy_log
+        .lines()
+        .filter(|l| l.contains("snapshot applied"))
+        .filter_map(|l| l.split("sent_as=").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(sent_as.first(), Some(&"\"whole\""), "{proxy_log}");
+    assert!(sent_as.len() > 5 && sent_as[1..].iter().all(|s| *s == "\"delta\""), "{proxy_log}");
+    assert!(!proxy_log.contains("refused"), "{proxy_log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,11 +13,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 /// A snapshot as it travels: its version and its serialised bytes, whole and, when the
-/// controller had a base for it, as a delta.
+/// controller had a base for it, as a delta. The delta can be published before the whole
+/// is encoded, so that proxies holding the base need not wait for it.
 #[derive(Debug)]
 struct Published {
     version: u64,
-    payload: Vec<u8>,
+    whole: Option<Vec<u8>>,
     delta: Option<Delta>,
 }
 
@@ -38,14 +39,22 @@ pub struct SnapshotPublisher {
 impl SnapshotPublisher {
     /// Makes `payload` the snapshot every connected and future proxy receives.
     pub fn publish(&self, version: u64, payload: Vec<u8>) {
-        self.tx.send_replace(Some(Arc::new(Published { version, payload, delta: None })));
+        self.tx.send_replace(Some(Arc::new(Published { version, whole: Some(payload), delta: None })));
     }
 
     /// As [`SnapshotPublisher::publish`]; a proxy that was last sent `base_version` gets
     /// `delta` instead of `payload`.
     pub fn publish_with_delta(&self, version: u64, payload: Vec<u8>, base_version: u64, delta: Vec<u8>) {
         let delta = Some(Delta { base_version, payload: delta });
-        self.tx.send_replace(Some(Arc::new(Published { version, payload, delta })));
+        self.tx.send_replace(Some(Arc::new(Published { version, whole: Some(payload), delta })));
+    }
+
+    /// Sends `delta` to the proxies that were last sent `base_version`, before the whole
+    /// snapshot is encoded; the other proxies get nothing until
+    /// [`SnapshotPublisher::publish_with_delta`] follows with the same version.
+    pub fn publish_delta(&self, version: u64, base_version: u64, delta: Vec<u8>) {
+        let delta = Some(Delta { base_version, payload: delta });
+        self.tx.send_replace(Some(Arc::new(Published { version, whole: None, delta })));
     }
 }
 
@@ -158,20 +167,25 @@ impl Connection {
         let mut send_whole = false;
         loop {
             let latest = self.rx.borrow_and_update().clone();
-            if let Some(p) = latest.filter(|p| p.version != sent || send_whole) {
-                let msg = match &p.delta {
-                    Some(d) if d.base_version == sent && !send_whole => {
-                        deltas_unanswered.insert(p.version);
-                        Message::Delta { version: p.version, base_version: d.base_version, payload: d.payload.clone() }
-                    }
-                    _ => Message::Snapshot { version: p.version, payload: p.payload.clone() },
-                };
+            let latest = latest.filter(|p| p.version != sent || send_whole);
+            let msg = latest.as_ref().and_then(|p| match (&p.delta, &p.whole) {
+                (Some(d), _) if d.base_version == sent && !send_whole => {
+                    deltas_unanswered.insert(p.version);
+                    Some(Message::Delta { version: p.version, base_version: d.base_version, payload: d.payload.clone() })
+                }
+                (_, Some(whole)) => Some(Message::Snapshot { version: p.version, payload: whole.clone() }),
+                // The whole snapshot is being encoded and follows.
+                _ => None,
+            });
+            if let Some(msg) = msg {
                 if let Err(e) = write_message(&mut writer, &msg).await {
                     tracing::info!(proxy = %proxy_id, error = %e, "sending snapshot failed; dropping connection");
                     break;
                 }
-                sent = p.version;
-                send_whole = false;
+                if let Message::Snapshot { version, .. } | Message::Delta { version, .. } = msg {
+                    sent = version;
+                }
+                send_whole &= matches!(msg, Message::Delta { .. });
             }
             tokio::select! {
                 changed = self.rx.changed() => if changed.is_err() { break },

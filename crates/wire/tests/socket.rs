@@ -181,6 +181,21 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     for sink in [first, second] {
         assert_eq!(sink.applied.lock().unwrap().last(), Some(&(6, b"six whole".to_vec())));
     }
+
+    // The delta goes out before the whole snapshot is encoded: the proxies that serve its
+    // base apply it, and one that connects meanwhile waits for the whole.
+    publisher.publish_delta(7, 6, b"seven delta".to_vec());
+    eventually("both ack 7", || acked.get("first") == Some(7) && acked.get("second") == Some(7)).await;
+    let third: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "third");
+    tokio::spawn(async move { c.run(third).await });
+    eventually("third connects", || acked.get("third") == Some(0)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(third.last_applied(), 0);
+    publisher.publish_with_delta(7, b"seven whole".to_vec(), 6, b"seven delta".to_vec());
+    eventually("third acks 7", || acked.get("third") == Some(7)).await;
+    assert_eq!(third.applied.lock().unwrap().clone(), vec![(7, b"seven whole".to_vec())]);
+    assert_eq!(first.deltas.lock().unwrap().clone(), vec![2, 4, 7], "version 7 is not sent twice");
 }
 
 #[test]
