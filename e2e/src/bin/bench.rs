@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             let mut md = String::from(
                 "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms \
-                 | one endpoint changed: translate ms (Ingresses reprocessed) | encode ms | apply ms | total ms |\n\
+                 | one endpoint changed: translate ms (Ingresses reprocessed) | delta encode ms | delta apply ms | total ms |\n\
                  | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
             let mut stages = Vec::new();
