@@ -138,8 +138,7 @@ impl Translator {
         }
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
-        let mut hosts = BuiltHosts::default();
-        let virtual_hosts = hosts.build(&mut table, &self.hosts);
+        let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
         self.rebuilt_hosts = hosts.rebuilt;
         let translation = assemble(state, opts, table, virtual_hosts, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
         self.hosts = hosts;
@@ -168,7 +167,6 @@ struct BuiltHost {
 /// known by address: they live in fragments, which never change once made, and the
 /// translator keeps the fragments these addresses came from alive until the next
 /// translation has compared against them, so an equal address is the same route.
-#[derive(PartialEq)]
 struct HostInputs {
     routes: Vec<usize>,
     tls: bool,
@@ -180,33 +178,53 @@ struct HostInputs {
 impl BuiltHosts {
     /// The virtual hosts of the merged table, in host order, reusing those of `previous`
     /// that were built from the same inputs.
-    fn build(&mut self, table: &mut RouteTable, previous: &BuiltHosts) -> Vec<Arc<VirtualHost>> {
+    fn build(table: &mut RouteTable, mut previous: BuiltHosts) -> (BuiltHosts, Vec<Arc<VirtualHost>>) {
         let hosts = std::mem::take(&mut table.hosts);
-        self.by_host.reserve(hosts.len());
+        let mut built = BuiltHosts { by_host: HashMap::with_capacity(hosts.len()), rebuilt: 0 };
         let mut virtual_hosts = Vec::with_capacity(hosts.len());
         // A host whose every path was invalid or taken has no routes and is left out.
         for (host, h) in hosts.into_iter().filter(|(_, h)| !h.routes.is_empty()) {
             // `ssl-redirect` (on unless turned off) applies where the host has a TLS section.
             let tls = has_tls(&table.tls_hosts, host);
-            let mut canaries: Vec<(usize, Canary)> = h.canaries.iter().map(|(i, c)| (*i, c.clone())).collect();
-            canaries.sort_unstable_by_key(|(i, _)| *i);
-            let inputs = HostInputs {
-                routes: h.routes.iter().map(|r| std::ptr::from_ref::<FragmentRoute>(r) as usize).collect(),
-                tls,
-                canaries,
-                client_auth: h.client_auth.map(|(c, _)| std::ptr::from_ref::<ClientAuth>(c) as usize),
-            };
-            let built = match previous.by_host.get(host) {
-                Some(b) if b.inputs == inputs => b.host.clone(),
+            let (key, entry) = match previous.by_host.remove_entry(host) {
+                Some((key, b)) if b.inputs.are_of(&h, tls) => (key, b),
                 _ => {
-                    self.rebuilt += 1;
-                    Arc::new(build_host(host, &h, tls))
+                    built.rebuilt += 1;
+                    let host_built = Arc::new(build_host(host, &h, tls));
+                    (host.clone(), BuiltHost { inputs: HostInputs::of(&h, tls), host: host_built })
                 }
             };
-            virtual_hosts.push(built.clone());
-            self.by_host.insert(host.clone(), BuiltHost { inputs, host: built });
+            virtual_hosts.push(entry.host.clone());
+            built.by_host.insert(key, entry);
         }
-        virtual_hosts
+        (built, virtual_hosts)
+    }
+}
+
+fn address<T>(r: &T) -> usize {
+    std::ptr::from_ref::<T>(r) as usize
+}
+
+impl HostInputs {
+    fn of(h: &HostRoutes, tls: bool) -> Self {
+        let mut canaries: Vec<(usize, Canary)> = h.canaries.iter().map(|(i, c)| (*i, c.clone())).collect();
+        canaries.sort_unstable_by_key(|(i, _)| *i);
+        HostInputs {
+            routes: h.routes.iter().map(|r| address::<FragmentRoute>(r)).collect(),
+            tls,
+            canaries,
+            client_auth: h.client_auth.map(|(c, _)| address::<ClientAuth>(c)),
+        }
+    }
+
+    /// Whether `h` with `tls` is what these inputs were taken from; allocates nothing.
+    fn are_of(&self, h: &HostRoutes, tls: bool) -> bool {
+        self.tls == tls
+            && self.client_auth == h.client_auth.map(|(c, _)| address::<ClientAuth>(c))
+            && self.routes.len() == h.routes.len()
+            && self.routes.iter().zip(&h.routes).all(|(a, r)| *a == address::<FragmentRoute>(r))
+            && self.canaries.len() == h.canaries.len()
+            && self.canaries.iter().all(|(i, c)| h.canaries.get(i) == Some(c))
     }
 }
 

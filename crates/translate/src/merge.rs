@@ -43,16 +43,44 @@ fn key(route: &Route) -> RouteKey<'_> {
     (&route.path, &route.conditions)
 }
 
+/// Up to this many routes, a host finds a path by looking through its routes: most hosts
+/// have a handful, and a map per host cost more to build than the search.
+const SEARCHED_ROUTES: usize = 16;
+
 /// The routes of one host, and which route claimed each path.
 #[derive(Default)]
 pub(crate) struct HostRoutes<'f> {
     pub routes: Vec<&'f FragmentRoute>,
-    /// Routes are told apart by path and conditions.
+    /// Routes are told apart by path and conditions; indexed once there are more than
+    /// [`SEARCHED_ROUTES`].
     by_path: FastMap<RouteKey<'f>, usize>,
     /// The canary of a route, by the route's index.
     pub canaries: FastMap<usize, Canary>,
     /// The client certificates the host asks for, and the Ingress that asked first.
     pub client_auth: Option<(&'f ClientAuth, &'f str)>,
+}
+
+impl<'f> HostRoutes<'f> {
+    /// The index of the route that claimed `route`'s path and conditions.
+    fn claimed(&self, route: &Route) -> Option<usize> {
+        if self.routes.len() <= SEARCHED_ROUTES {
+            let wanted = key(route);
+            self.routes.iter().position(|r| key(&r.route) == wanted)
+        } else {
+            self.by_path.get(&key(route)).copied()
+        }
+    }
+
+    fn claim(&mut self, route: &'f FragmentRoute) {
+        self.routes.push(route);
+        if self.routes.len() > SEARCHED_ROUTES {
+            if self.by_path.is_empty() {
+                self.by_path.extend(self.routes.iter().enumerate().map(|(i, r)| (key(&r.route), i)));
+            } else {
+                self.by_path.insert(key(&route.route), self.routes.len() - 1);
+            }
+        }
+    }
 }
 
 impl<'f> RouteTable<'f> {
@@ -116,8 +144,9 @@ impl<'f> RouteTable<'f> {
                 }
                 _ => {}
             }
+            host_routes.routes.reserve(routes.len());
             for r in routes {
-                if let Some(owner) = host_routes.by_path.get(&key(&r.route)).map(|i| &host_routes.routes[*i].route.source) {
+                if let Some(owner) = host_routes.claimed(&r.route).map(|i| &host_routes.routes[i].route.source) {
                     let msg = format!(
                         "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
                         r.rule,
@@ -129,8 +158,7 @@ impl<'f> RouteTable<'f> {
                     report(Reason::PathConflict, msg);
                     continue;
                 }
-                host_routes.by_path.insert(key(&r.route), host_routes.routes.len());
-                host_routes.routes.push(r);
+                host_routes.claim(r);
             }
         }
     }
@@ -150,9 +178,8 @@ impl<'f> RouteTable<'f> {
             for (host, routes) in &fragment.www_redirects {
                 let host_routes = self.hosts.entry(host).or_default();
                 for r in routes {
-                    if !host_routes.by_path.contains_key(&key(&r.route)) {
-                        host_routes.by_path.insert(key(&r.route), host_routes.routes.len());
-                        host_routes.routes.push(r);
+                    if host_routes.claimed(&r.route).is_none() {
+                        host_routes.claim(r);
                     }
                 }
             }
@@ -169,7 +196,7 @@ impl<'f> RouteTable<'f> {
                 for r in routes {
                     let field = format!("spec.rules[{}].http.paths[{}]", r.rule, r.path);
                     let what = format!("path {:?} on host {:?}", r.route.path.path(), host.to_string());
-                    let primary = self.hosts.get_mut(host).and_then(|h| h.by_path.get(&key(&r.route)).copied().map(|i| (h, i)));
+                    let primary = self.hosts.get_mut(host).and_then(|h| h.claimed(&r.route).map(|i| (h, i)));
                     let Some((host_routes, index)) = primary else {
                         let msg = format!("{field}: canary for {what}, which no other Ingress routes; it gets no traffic");
                         report(Reason::CanaryWithoutPrimary, msg);

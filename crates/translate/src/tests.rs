@@ -115,6 +115,33 @@ fn the_oldest_ingress_wins_a_path_conflict() {
 }
 
 #[test]
+fn path_conflicts_are_found_on_hosts_with_many_routes() {
+    // Hosts of up to 16 routes are searched, longer ones indexed: both must find a taken path.
+    let paths = |svc: &str, range: std::ops::Range<usize>| {
+        let paths: Vec<Value> = range
+            .map(|i| json!({"path": format!("/p{i}"), "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"number": 80}}}}))
+            .collect();
+        json!({"ingressClassName": "portico", "rules": [{"host": "many.test", "http": {"paths": paths}}]})
+    };
+    for taken in [3, 15, 16, 30] {
+        let older =
+            ingress_with(json!({"name": "older", "namespace": "ns", "creationTimestamp": "2024-01-01T00:00:00Z"}), paths("old", 0..40));
+        let newer = ingress_with(
+            json!({"name": "newer", "namespace": "ns", "creationTimestamp": "2025-01-01T00:00:00Z"}),
+            paths("new", taken..taken + 1),
+        );
+        let extra =
+            ingress_with(json!({"name": "extra", "namespace": "ns", "creationTimestamp": "2025-02-01T00:00:00Z"}), paths("new", 40..41));
+        let t = run(vec![ours(), older, newer, extra]);
+        let routes = &t.snapshot.virtual_hosts[0].routes;
+        assert_eq!(routes.len(), 41, "taken {taken}");
+        assert!(routes.iter().filter(|r| r.backend == "ns/new:80").map(|r| r.path.path()).eq(["/p40"]), "taken {taken}");
+        let conflicts: Vec<_> = reasons(&t).into_iter().filter(|(_, r)| *r == Reason::PathConflict).collect();
+        assert_eq!(conflicts, [("newer".to_string(), Reason::PathConflict)], "taken {taken}");
+    }
+}
+
+#[test]
 fn default_backends_and_invalid_ingresses() {
     let default = |svc: &str| json!({"ingressClassName": "portico", "defaultBackend": {"service": {"name": svc, "port": {"number": 80}}}});
     let t = run(vec![
