@@ -48,7 +48,7 @@ impl SnapshotSink for SnapshotStore {
         if snapshot.version != version {
             return self.refuse(format!("frame says version {version} but the snapshot says {}", snapshot.version));
         }
-        self.install(snapshot, started, "whole")
+        self.install(snapshot, started, None)
     }
 
     fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String> {
@@ -64,23 +64,28 @@ impl SnapshotSink for SnapshotStore {
             return self.refuse(format!("delta {version} is against version {base_version}, which is not serving"));
         };
         match base.source.with_delta(delta) {
-            Ok(snapshot) => self.install(snapshot, started, "delta"),
+            Ok(snapshot) => self.install(snapshot, started, Some(&base.source)),
             Err(e) => self.refuse(format!("delta {version} does not fit version {base_version}: {e}")),
         }
     }
 }
 
 impl SnapshotStore {
-    /// Validates, compiles against the serving snapshot, and swaps. `sent_as` is how the
-    /// snapshot travelled, `whole` or `delta`, for the log.
-    fn install(&self, snapshot: Snapshot, started: Instant, sent_as: &'static str) -> Result<(), String> {
+    /// Validates, compiles against the serving snapshot, and swaps. `delta_base` is the
+    /// snapshot a delta was applied to, which was validated.
+    fn install(&self, snapshot: Snapshot, started: Instant, delta_base: Option<&Snapshot>) -> Result<(), String> {
+        let sent_as = if delta_base.is_some() { "delta" } else { "whole" };
         let version = snapshot.version;
         let current = self.last_applied();
         if version < current {
             return self.refuse(format!("snapshot {version} is older than the serving {current}"));
         }
         let decoded = started.elapsed();
-        if let Err(e) = snapshot.validate() {
+        let validated = match delta_base {
+            Some(base) => snapshot.validate_from(base),
+            None => snapshot.validate(),
+        };
+        if let Err(e) = validated {
             return self.refuse(format!("snapshot {version} is invalid: {e}"));
         }
         let validated = started.elapsed();

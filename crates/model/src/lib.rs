@@ -825,7 +825,14 @@ pub struct Endpoint {
 impl Snapshot {
     /// Checks the invariants the proxy relies on; the first violation is returned.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate::validate(self)
+        validate::validate(self, None)
+    }
+
+    /// As [`Snapshot::validate`], for a snapshot made by applying a delta to `base`, which
+    /// was validated: the hosts shared with `base` are not checked route by route again
+    /// unless a backend of `base` is gone.
+    pub fn validate_from(&self, base: &Snapshot) -> Result<(), ValidationError> {
+        validate::validate(self, Some(base))
     }
 
     pub fn backend(&self, name: &str) -> Option<&Backend> {

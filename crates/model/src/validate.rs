@@ -1,6 +1,7 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy};
+use crate::{Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost};
+use std::sync::Arc;
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
 /// not be predictable, but it need not be SipHash either.
@@ -193,7 +194,10 @@ fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
     c.affinity.as_ref().map_or(Ok(()), validate_affinity)
 }
 
-pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
+/// `base`, when given, is a validated snapshot `s` was made from by a delta: the hosts `s`
+/// shares with it (the same `Arc`) passed every check that concerns only their routes, so
+/// theirs are checked again only if a backend they could name is gone.
+pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), ValidationError> {
     use ValidationError::*;
     if s.version == 0 {
         return Err(ZeroVersion);
@@ -239,11 +243,20 @@ pub(crate) fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             return Err(UnknownCertificate { host: "(default)".into(), certificate: d.clone() });
         }
     }
+    let shared: HashSet<*const VirtualHost> = match base {
+        Some(base) if base.backends.iter().all(|b| backends.contains(b.name.as_str())) => {
+            base.virtual_hosts.iter().map(Arc::as_ptr).collect()
+        }
+        _ => HashSet::default(),
+    };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();
     for vh in &s.virtual_hosts {
         if !hosts.insert(&vh.host) {
             return Err(DuplicateHost { host: vh.host.to_string() });
+        }
+        if shared.contains(&Arc::as_ptr(vh)) {
+            continue;
         }
         if let Some(c) = &vh.client_auth {
             validate_client_auth(c).map_err(|what| InvalidClientAuth { host: vh.host.to_string(), what })?;
@@ -316,6 +329,29 @@ mod tests {
     #[test]
     fn accepts_a_consistent_snapshot() {
         assert_eq!(good().validate(), Ok(()));
+    }
+
+    #[test]
+    fn after_a_delta_shared_hosts_are_checked_again_only_when_a_backend_went() {
+        let base = good();
+        let backend = |name: &str| Arc::new(Backend { name: name.into(), ..(*base.backends[0]).clone() });
+        let mut next = base.clone();
+        next.version = 2;
+        next.backends.push(backend("c"));
+        next.virtual_hosts.push(Arc::new(VirtualHost::new("b.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), "c")])));
+        assert_eq!(next.validate_from(&base), Ok(()));
+
+        // A changed host is checked route by route.
+        let mut bad = next.clone();
+        Arc::make_mut(&mut bad.virtual_hosts[1]).routes[0].backend = "missing".into();
+        assert!(matches!(bad.validate_from(&base), Err(ValidationError::UnknownRouteBackend { .. })));
+
+        // So is a shared one once a backend is gone: a.com still names "b".
+        let mut gone = next.clone();
+        gone.backends.retain(|b| b.name != "b");
+        gone.default_backend = None;
+        let err = gone.validate_from(&base).unwrap_err();
+        assert_eq!(err, ValidationError::UnknownRouteBackend { host: "a.com".into(), path: "/".into(), backend: "b".into() });
     }
 
     #[test]
