@@ -830,7 +830,7 @@ impl Snapshot {
 
     /// As [`Snapshot::validate`], for a snapshot made by applying a delta to `base`, which
     /// was validated: the hosts shared with `base` are not checked route by route again
-    /// unless a backend of `base` is gone.
+    /// unless they name a backend that is gone.
     pub fn validate_from(&self, base: &Snapshot) -> Result<(), ValidationError> {
         validate::validate(self, Some(base))
     }

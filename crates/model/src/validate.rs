@@ -69,6 +69,13 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
     Ok(())
 }
 
+/// Every backend a route names: its own, its canary's, its fallback and its error backend.
+fn named_backends(r: &crate::Route) -> impl Iterator<Item = &str> {
+    let canary = r.canary.as_deref().map(|c| c.backend.as_str());
+    let error = r.error_pages.as_deref().and_then(|e| e.backend.as_deref());
+    std::iter::once(r.backend.as_str()).chain(canary).chain(r.fallback_backend.as_deref()).chain(error)
+}
+
 /// An HTTP token (RFC 9110), as cookie and header names must be.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -196,7 +203,7 @@ fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
 
 /// `base`, when given, is a validated snapshot `s` was made from by a delta: the hosts `s`
 /// shares with it (the same `Arc`) passed every check that concerns only their routes, so
-/// theirs are checked again only if a backend they could name is gone.
+/// theirs are checked again only if they name a backend that is gone.
 pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), ValidationError> {
     use ValidationError::*;
     if s.version == 0 {
@@ -243,19 +250,17 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             return Err(UnknownCertificate { host: "(default)".into(), certificate: d.clone() });
         }
     }
-    let shared: HashSet<*const VirtualHost> = match base {
-        Some(base) if base.backends.iter().all(|b| backends.contains(b.name.as_str())) => {
-            base.virtual_hosts.iter().map(Arc::as_ptr).collect()
-        }
-        _ => HashSet::default(),
-    };
+    let shared: HashSet<*const VirtualHost> = base.map(|b| b.virtual_hosts.iter().map(Arc::as_ptr).collect()).unwrap_or_default();
+    let gone: HashSet<&str> =
+        base.map(|b| b.backends.iter().map(|b| b.name.as_str()).filter(|n| !backends.contains(n)).collect()).unwrap_or_default();
+    let names_a_gone_backend = |vh: &VirtualHost| !gone.is_empty() && vh.routes.iter().any(|r| named_backends(r).any(|b| gone.contains(b)));
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();
     for vh in &s.virtual_hosts {
         if !hosts.insert(&vh.host) {
             return Err(DuplicateHost { host: vh.host.to_string() });
         }
-        if shared.contains(&Arc::as_ptr(vh)) {
+        if shared.contains(&Arc::as_ptr(vh)) && !names_a_gone_backend(vh) {
             continue;
         }
         if let Some(c) = &vh.client_auth {
@@ -332,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn after_a_delta_shared_hosts_are_checked_again_only_when_a_backend_went() {
+    fn after_a_delta_shared_hosts_are_checked_again_only_when_a_backend_they_name_went() {
         let base = good();
         let backend = |name: &str| Arc::new(Backend { name: name.into(), ..(*base.backends[0]).clone() });
         let mut next = base.clone();
@@ -346,7 +351,14 @@ mod tests {
         Arc::make_mut(&mut bad.virtual_hosts[1]).routes[0].backend = "missing".into();
         assert!(matches!(bad.validate_from(&base), Err(ValidationError::UnknownRouteBackend { .. })));
 
-        // So is a shared one once a backend is gone: a.com still names "b".
+        // A backend nobody names any more may go without a.com being checked again.
+        let mut next_without_c = next.clone();
+        next_without_c.version = 3;
+        next_without_c.virtual_hosts.pop();
+        next_without_c.backends.pop();
+        assert_eq!(next_without_c.validate_from(&next), Ok(()));
+
+        // A shared host is checked again when a backend it names is gone: a.com still names "b".
         let mut gone = next.clone();
         gone.backends.retain(|b| b.name != "b");
         gone.default_backend = None;
