@@ -6,8 +6,7 @@ use crate::backend::{self, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
-use crate::ingress::FragmentRoute;
-use crate::ingress::{Fragment, IngressProcessor, Lookups};
+use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -67,12 +66,11 @@ pub struct Translator {
     /// The virtual hosts built from `fragments`, whose routes they point into.
     hosts: BuiltHosts,
     reprocessed: usize,
-    rebuilt_hosts: usize,
 }
 
 impl Translator {
     pub fn new(opts: Options) -> Self {
-        Translator { opts, fragments: HashMap::new(), hosts: BuiltHosts::default(), reprocessed: 0, rebuilt_hosts: 0 }
+        Translator { opts, fragments: HashMap::new(), hosts: BuiltHosts::default(), reprocessed: 0 }
     }
 
     /// How many Ingresses the last translation processed again rather than reused.
@@ -82,7 +80,7 @@ impl Translator {
 
     /// How many virtual hosts the last translation built again rather than reused.
     pub fn rebuilt_hosts(&self) -> usize {
-        self.rebuilt_hosts
+        self.hosts.rebuilt
     }
 
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
@@ -139,7 +137,6 @@ impl Translator {
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
-        self.rebuilt_hosts = hosts.rebuilt;
         let translation = assemble(state, opts, table, virtual_hosts, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
         self.hosts = hosts;
         self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
