@@ -234,9 +234,9 @@ impl CompiledSnapshot {
         let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot.backends.iter().map(|b| b.name.as_str()).zip(&pools).collect();
         // `previous` was validated: its hosts are unique.
 
-        let old_vhosts: HashMap<&HostMatch, (&VirtualHost, &Arc<CompiledVhost>)> = previous
-            .map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (&**vh, c))).collect())
-            .unwrap_or_default();
+        // `Arc<VirtualHost>`'s `==` is true at once for a host shared with the previous snapshot.
+        let old_vhosts: HashMap<&HostMatch, (&Arc<VirtualHost>, &Arc<CompiledVhost>)> =
+            previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();
         // Counts survive a new snapshot while the Ingress and its limits stay the same.
         let mut limiters: Limiters =
             previous.map(|p| p.limiters.iter().map(|l| (l.key.clone(), Arc::clone(l))).collect()).unwrap_or_default();
@@ -246,8 +246,7 @@ impl CompiledSnapshot {
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
-                (std::ptr::eq(*old, &**vh) || (old.routes == vh.routes && old.client_auth == vh.client_auth))
-                    && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
+                *old == vh && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
@@ -413,13 +412,13 @@ impl CompiledSnapshot {
 
 /// One pool per backend, taken over from `previous` when the backend is defined the same.
 fn compile_pools(backends: &[Arc<Backend>], previous: Option<&CompiledSnapshot>) -> Result<Vec<Arc<BackendPool>>, CompileError> {
-    let old: HashMap<&str, (&Backend, &Arc<BackendPool>)> = previous
-        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (&**b, pool))).collect())
+    let old: HashMap<&str, (&Arc<Backend>, &Arc<BackendPool>)> = previous
+        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (b, pool))).collect())
         .unwrap_or_default();
     backends
         .iter()
         .map(|b| match old.get(b.name.as_str()) {
-            Some((was, pool)) if std::ptr::eq(*was, &**b) || *was == &**b => Ok(Arc::clone(pool)),
+            Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
             _ => BackendPool::new(b).map(Arc::new).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what }),
         })
         .collect()

@@ -48,9 +48,9 @@ impl Snapshot {
     /// and unique by key (translation always sorts them; a snapshot from elsewhere may not),
     /// so that the whole snapshot has to be sent.
     pub fn delta_from(&self, base: &Snapshot) -> Option<SnapshotDelta> {
-        let (hosts, removed_hosts) = diff(&base.virtual_hosts, &self.virtual_hosts, |v| &v.host, same_arc)?;
-        let (backends, removed_backends) = diff(&base.backends, &self.backends, |b| &b.name, same_arc)?;
-        let (certificates, removed_certificates) = diff(&base.certificates, &self.certificates, |c| &c.name, |a, b| a == b)?;
+        let (hosts, removed_hosts) = diff(&base.virtual_hosts, &self.virtual_hosts, |v| &v.host)?;
+        let (backends, removed_backends) = diff(&base.backends, &self.backends, |b| &b.name)?;
+        let (certificates, removed_certificates) = diff(&base.certificates, &self.certificates, |c| &c.name)?;
         Some(SnapshotDelta {
             version: self.version,
             hosts,
@@ -91,17 +91,14 @@ impl SnapshotDelta {
     }
 }
 
-fn same_arc<T: Eq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
 fn sorted_unique<T, K: Ord>(items: &[T], key: impl Fn(&T) -> &K) -> bool {
     items.windows(2).all(|w| key(&w[0]) < key(&w[1]))
 }
 
 /// The entries of `new` that `old` lacks or holds differently, and the keys of `old`
-/// that `new` lacks; `None` unless both are sorted and unique by key.
-fn diff<T: Clone, K: Ord + Clone>(old: &[T], new: &[T], key: impl Fn(&T) -> &K, same: impl Fn(&T, &T) -> bool) -> Option<(Vec<T>, Vec<K>)> {
+/// that `new` lacks; `None` unless both are sorted and unique by key. For `Arc`s of `Eq`
+/// types `==` is true at once for the same allocation, so shared entries cost nothing.
+fn diff<T: Clone + PartialEq, K: Ord + Clone>(old: &[T], new: &[T], key: impl Fn(&T) -> &K) -> Option<(Vec<T>, Vec<K>)> {
     if !sorted_unique(old, &key) || !sorted_unique(new, &key) {
         return None;
     }
@@ -128,7 +125,7 @@ fn diff<T: Clone, K: Ord + Clone>(old: &[T], new: &[T], key: impl Fn(&T) -> &K, 
                     n.next();
                 }
                 Ordering::Equal => {
-                    if !same(a, b) {
+                    if a != b {
                         changed.push((*b).clone());
                     }
                     o.next();
