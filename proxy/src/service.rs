@@ -28,6 +28,7 @@ use crate::trace_context::{self, TraceContext};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use pingora::http::PreparedHeaderName;
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::FailToProxy;
@@ -156,13 +157,17 @@ impl Drop for InFlight {
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const X_FORWARDED_PORT: &str = "x-forwarded-port";
-const X_REAL_IP: &str = "x-real-ip";
-const X_REQUEST_ID: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
+// The headers Portico adds to every request (and `X-Request-ID` to every answer), parsed
+// once: inserting or looking up a name given as a string parses it each time.
+static X_FORWARDED_FOR: PreparedHeaderName = PreparedHeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: PreparedHeaderName = PreparedHeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: PreparedHeaderName = PreparedHeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: PreparedHeaderName = PreparedHeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: PreparedHeaderName = PreparedHeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: PreparedHeaderName = PreparedHeaderName::from_static("x-request-id");
+static TRACEPARENT: PreparedHeaderName = PreparedHeaderName::from_static("traceparent");
+/// How many of those `upstream_request_filter` may add, so that the maps grow once.
+const FORWARDING_HEADERS: usize = 5;
 
 /// Why an HTTP/1 request could be read two ways, if it could: a line ended by a bare LF
 /// (`raw` is the header as received), several or malformed `Content-Length`s, or
@@ -198,10 +203,7 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
 
 /// Whether a line of `raw` ends in LF without CR.
 fn has_bare_lf(raw: &[u8]) -> bool {
-    // Every piece but the last ended at an LF.
-    let mut lines = raw.split(|b| *b == b'\n');
-    lines.next_back();
-    lines.any(|line| line.last() != Some(&b'\r'))
+    memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r')
 }
 
 impl IngressProxy {
@@ -279,7 +281,7 @@ impl IngressProxy {
     /// Like ingress-nginx, it drops a trailing slash unless `keep_slash`
     /// (`preserve-trailing-slash`).
     fn https_location(&self, req: &RequestHeader, trusted: bool, keep_slash: bool) -> Option<HeaderValue> {
-        let forwarded = trusted.then(|| req.headers.get(X_FORWARDED_HOST).and_then(|v| v.to_str().ok())).flatten();
+        let forwarded = trusted.then(|| req.headers.get(X_FORWARDED_HOST.name()).and_then(|v| v.to_str().ok())).flatten();
         let host = redirect_host(forwarded.unwrap_or_else(|| request_host(req)))?;
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = match path.strip_suffix('/') {
@@ -318,10 +320,38 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
     use std::io::Write;
     let mut buf = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}"); // 45 bytes is the longest IPv6 text form
-    let len = cursor.position() as usize;
+    let len = match ip {
+        IpAddr::V4(v4) => write_ipv4(v4, &mut buf),
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}"); // 45 bytes is the longest IPv6 text form
+            cursor.position() as usize
+        }
+    };
     HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it, without the formatting machinery
+/// (a tenth of its cost, on every request).
+fn write_ipv4(ip: std::net::Ipv4Addr, buf: &mut [u8; 48]) -> usize {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
 }
 
 /// Whether an upstream error is the endpoint's fault: it could not be reached, or it
@@ -450,8 +480,8 @@ impl IngressProxy {
             return Some(Answer::Page { status: 400, headers: Vec::new(), close: true });
         }
         let req = session.req_header();
-        ctx.https =
-            ctx.tls || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        ctx.https = ctx.tls
+            || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO.name()).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req);
         // Client certificates are checked before anything but the HTTPS redirect answers.
         if let Some(policy) = snapshot.client_auth(&ctx.routed).filter(|_| ctx.https || !ctx.routed.redirect_to_https) {
@@ -618,7 +648,7 @@ impl IngressProxy {
     /// `custom-http-errors`: sends the error backend's page for a listed upstream status,
     /// then ends proxying with an error so that the upstream's own answer is dropped.
     /// Without a listed status or a page, the upstream's answer goes on.
-    async fn replace_error_page(&self, session: &mut Session, status: u16, ctx: &mut RequestCtx) -> Result<()> {
+    async fn replace_error_page(&self, session: &mut Session, status: u16, ctx: &mut Box<RequestCtx>) -> Result<()> {
         let snapshot = ctx.snapshot.clone();
         let Some(pages) = snapshot.as_ref().and_then(|s| s.matched_route(&ctx.routed)).and_then(|r| r.error_pages.as_deref()) else {
             return Ok(());
@@ -646,11 +676,13 @@ impl IngressProxy {
     /// the upstream, the auth service and the error backend all see the same.
     fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header_mut();
-        if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID)) {
-            req.insert_header(X_REQUEST_ID, trace_context::new_request_id())?;
+        req.reserve_headers(2)?;
+        if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
+            req.insert_prepared_header(&X_REQUEST_ID, trace_context::new_request_id())?;
         }
-        let trace = TraceContext::continue_or_start(req.headers.get(TRACEPARENT).map(HeaderValue::as_bytes), self.trace_sample_ratio);
-        req.insert_header(TRACEPARENT, trace.traceparent())?;
+        let trace =
+            TraceContext::continue_or_start(req.headers.get(TRACEPARENT.name()).map(HeaderValue::as_bytes), self.trace_sample_ratio);
+        req.insert_prepared_header(&TRACEPARENT, trace.traceparent())?;
         ctx.trace = Some(trace);
         Ok(())
     }
@@ -671,7 +703,7 @@ impl IngressProxy {
         };
         let elapsed = started.elapsed();
         let client = self.client(session);
-        let request_id = req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let request_id = req.headers.get(X_REQUEST_ID.name()).and_then(|v| v.to_str().ok()).unwrap_or("");
         if let Some(log) = &self.access_log {
             let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
             log.write(&access_log::Entry {
@@ -730,7 +762,7 @@ impl IngressProxy {
 
     /// The client's address, as `forwarded::client_address` tells it.
     fn client(&self, session: &Session) -> Option<IpAddr> {
-        let forwarded_for = session.req_header().headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let forwarded_for = session.req_header().headers.get(X_FORWARDED_FOR.name()).and_then(|v| v.to_str().ok());
         forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
     }
 
@@ -761,8 +793,8 @@ impl IngressProxy {
         if self.hide_server_header {
             header.remove_header(&header::SERVER);
         }
-        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID) {
-            header.insert_header(X_REQUEST_ID, id.clone())?;
+        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
+            header.insert_prepared_header(&X_REQUEST_ID, id.clone())?;
         }
         let end = body.is_none();
         session.write_response_header(Box::new(header), end).await?;
@@ -775,13 +807,15 @@ impl IngressProxy {
 
 #[async_trait]
 impl ProxyHttp for IngressProxy {
-    type CTX = RequestCtx;
+    // Boxed: Pingora keeps the context in each request's future, which it moves into a new
+    // allocation for every request on a connection, so an inline context is copied whole.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::default()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.started = Some((Instant::now(), SystemTime::now()));
         ctx.in_flight = Some(InFlight::new(&self.store.metrics().requests_in_flight));
         self.identify(session, ctx)?;
@@ -799,7 +833,7 @@ impl ProxyHttp for IngressProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         ctx.first_attempt.get_or_insert_with(Instant::now);
         let snapshot = ctx.snapshot.clone();
         let Some((snapshot, pool)) = snapshot.as_ref().and_then(|s| Some((s, s.pool(&ctx.routed)?))) else {
@@ -822,7 +856,7 @@ impl ProxyHttp for IngressProxy {
         Ok(Box::new(pool.upstream.peer(addr)))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Self::CTX, mut e: Box<Error>) -> Box<Error> {
         // Nothing was sent: any request may go to another endpoint.
         let failure = endpoint_failure(&e).unwrap_or(Failure::Error);
         if let Some(index) = ctx.finish_attempt(true) {
@@ -842,7 +876,7 @@ impl ProxyHttp for IngressProxy {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(series) = ctx.backend_series() {
             let used = if reused { &series.reused_connections } else { &series.new_connections };
@@ -856,7 +890,7 @@ impl ProxyHttp for IngressProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -887,7 +921,7 @@ impl ProxyHttp for IngressProxy {
         e
     }
 
-    async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
         strip_hop_by_hop(response);
         let status = response.status.as_u16();
         if let Some(elapsed) = ctx.attempt_started.map(|t| t.elapsed()) {
@@ -922,7 +956,7 @@ impl ProxyHttp for IngressProxy {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             ctx.in_progress = None;
@@ -930,7 +964,7 @@ impl ProxyHttp for IngressProxy {
         Ok(None)
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Self::CTX) -> Result<()> {
         if let (Some(chunk), Some(limit)) = (body.as_ref(), ctx.snapshot.as_ref().and_then(|s| s.max_body_bytes(&ctx.routed))) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
@@ -940,25 +974,26 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Self::CTX) -> Result<()> {
         let peer = peer_ip(session);
         let trusted = ctx.trusted;
         let peer_value = peer.map_or(HeaderValue::from_static(""), ip_header_value);
 
-        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        upstream.reserve_headers(FORWARDING_HEADERS)?;
+        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR.name()).and_then(|v| v.to_str().ok()) {
             Some(prior) if trusted && !prior.is_empty() => HeaderValue::try_from(format!("{prior}, {}", peer_value.to_str().unwrap_or("")))
                 .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
             _ => peer_value.clone(),
         };
-        upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-        upstream.insert_header(X_REAL_IP, peer_value)?;
+        upstream.insert_prepared_header(&X_FORWARDED_FOR, forwarded_for)?;
+        upstream.insert_prepared_header(&X_REAL_IP, peer_value)?;
 
         // From a trusted proxy, what it says about the original request stands.
-        let keep = |upstream: &RequestHeader, name: &str| trusted && upstream.headers.contains_key(name);
-        if !keep(upstream, X_FORWARDED_PROTO) {
-            upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+        let keep = |upstream: &RequestHeader, name: &PreparedHeaderName| trusted && upstream.headers.contains_key(name.name());
+        if !keep(upstream, &X_FORWARDED_PROTO) {
+            upstream.insert_prepared_header(&X_FORWARDED_PROTO, HeaderValue::from_static(if ctx.tls { "https" } else { "http" }))?;
         }
-        if !keep(upstream, X_FORWARDED_HOST) {
+        if !keep(upstream, &X_FORWARDED_HOST) {
             // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`, whose value is
             // shared rather than copied.
             let req = session.req_header();
@@ -967,9 +1002,9 @@ impl ProxyHttp for IngressProxy {
                 None => req.headers.get(header::HOST).cloned(),
             };
             match host {
-                Some(host) if !host.is_empty() => upstream.insert_header(X_FORWARDED_HOST, host)?,
+                Some(host) if !host.is_empty() => upstream.insert_prepared_header(&X_FORWARDED_HOST, host)?,
                 _ => {
-                    upstream.remove_header(X_FORWARDED_HOST);
+                    upstream.remove_header(X_FORWARDED_HOST.name());
                 }
             }
         }
@@ -998,15 +1033,17 @@ impl ProxyHttp for IngressProxy {
                 }
             }
         }
-        if !keep(upstream, X_FORWARDED_PORT) {
+        if !keep(upstream, &X_FORWARDED_PORT) {
             if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
-                upstream.insert_header(X_FORWARDED_PORT, port)?;
+                upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;
             }
         }
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
+        // `X-Request-ID`, and the `Connection` and `Date` Pingora writes.
+        response.reserve_headers(3)?;
         if self.hide_server_header {
             response.remove_header(&header::SERVER);
         } else {
@@ -1015,8 +1052,8 @@ impl ProxyHttp for IngressProxy {
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
         }
-        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID) {
-            response.insert_header(X_REQUEST_ID, id.clone())?;
+        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
+            response.insert_prepared_header(&X_REQUEST_ID, id.clone())?;
         }
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
@@ -1047,11 +1084,11 @@ impl ProxyHttp for IngressProxy {
     }
 
     /// Ending a request with the error backend's page is not a failure.
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         ctx.error_page_sent
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
         if ctx.error_page_sent {
             // The client has its whole answer; only this connection's state is unknown.
             return FailToProxy { error_code: session.response_written().map_or(0, |r| r.status.as_u16()), can_reuse_downstream: false };
@@ -1081,7 +1118,7 @@ impl ProxyHttp for IngressProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.finish_attempt(e.and_then(endpoint_failure).is_some());
         let Some(snapshot) = ctx.snapshot.clone() else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -1092,5 +1129,38 @@ impl ProxyHttp for IngressProxy {
             series.refused(why);
         }
         self.report(session, ctx, status, series.labels());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_lf_is_found_wherever_it_ends_a_line() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!has_bare_lf(b""));
+        assert!(has_bare_lf(b"\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "127.0.0.1",
+            "10.0.100.9",
+            "1.20.3.45",
+            "192.168.10.200",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
+        }
     }
 }
