@@ -61,7 +61,8 @@ impl RequestBoundaries {
         }
         // The blank line may straddle reads: `ended` bytes of it closed the last one.
         let rest = &BLANK_LINE[usize::from(ended)..];
-        if ended > 0 && bytes.starts_with(rest) || memchr::memmem::find(bytes, BLANK_LINE).is_some() {
+        // Most headers arrive whole in one read, ending the bytes: no search for those.
+        if ended > 0 && bytes.starts_with(rest) || bytes.ends_with(BLANK_LINE) || memchr::memmem::find(bytes, BLANK_LINE).is_some() {
             self.phase = Phase::Body;
             return started;
         }
@@ -102,6 +103,10 @@ pub struct HeaderDeadline {
     inner: Stream,
     timeouts: ClientTimeouts,
     boundaries: RequestBoundaries,
+    /// When the current phase's time is up.
+    due: Instant,
+    /// A timer set to `due` only when a read has to wait: most requests arrive whole and
+    /// never need it, and moving a timer costs more than comparing two instants.
     deadline: Pin<Box<Sleep>>,
     /// Bytes a peek read, served before the stream's.
     peeked: Vec<u8>,
@@ -114,18 +119,25 @@ impl HeaderDeadline {
             inner,
             timeouts,
             boundaries: RequestBoundaries { phase: Phase::Header { ended: 0, start: true } },
+            due: Instant::now() + timeouts.header,
             deadline: Box::pin(tokio::time::sleep(timeouts.header)),
             peeked: Vec::new(),
         }
     }
 
     fn arm(&mut self, after: Duration) {
-        self.deadline.as_mut().reset(Instant::now() + after);
+        self.due = Instant::now() + after;
     }
 
     /// Whether the deadline of the current phase has passed (registering the waker if not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        matches!(self.boundaries.phase, Phase::Header { .. } | Phase::Idle) && self.deadline.as_mut().poll(cx).is_ready()
+        if !matches!(self.boundaries.phase, Phase::Header { .. } | Phase::Idle) {
+            return false;
+        }
+        if self.deadline.deadline() != self.due {
+            self.deadline.as_mut().reset(self.due);
+        }
+        self.deadline.as_mut().poll(cx).is_ready()
     }
 }
 
