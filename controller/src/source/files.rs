@@ -108,19 +108,36 @@ fn is_manifest(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
-/// Wakes `wake` on any filesystem event below `dir`; `None` (polling only) when the
-/// platform or the filesystem does not support watching.
+/// Wakes `wake` when something below `dir` may have changed; `None` (polling only) when
+/// the platform or the filesystem does not support watching.
 fn watch(dir: &Path, wake: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| wake.notify_one())
-        .map_err(|e| tracing::info!(error = %e, "cannot watch the manifests directory; polling only"))
-        .ok()?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // An error (a full event queue, say) may hide a change, so it wakes too.
+        if event.map_or(true, |e| may_change(&e.kind)) {
+            wake.notify_one();
+        }
+    })
+    .map_err(|e| tracing::info!(error = %e, "cannot watch the manifests directory; polling only"))
+    .ok()?;
     match watcher.watch(dir, notify::RecursiveMode::Recursive) {
         Ok(()) => Some(watcher),
         Err(e) => {
             tracing::info!(dir = %dir.display(), error = %e, "cannot watch the manifests directory; polling only");
             None
         }
+    }
+}
+
+/// Whether an event can mean a changed manifest. Opening and reading files and the
+/// directory are events too, and the refresh that a wake-up starts does exactly that:
+/// waking on them re-read the directory in a loop, hundreds of times a second.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -171,6 +188,23 @@ mod tests {
 
     fn names(cache: &FileCache) -> Vec<String> {
         cache.state().services.keys().map(|(_, n)| n.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn reading_the_manifests_does_not_wake_the_watch_but_writing_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _watcher = watch(dir.path(), wake.clone()).expect("inotify on this machine");
+        let woken = |within| tokio::time::timeout(Duration::from_millis(within), wake.notified());
+        let _ = woken(200).await; // whatever setting up the watch reported
+
+        let mut cache = FileCache::default();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert!(woken(300).await.is_err(), "reading the directory and its files woke the watch");
+
+        std::fs::write(dir.path().join("b.yaml"), service("b")).unwrap();
+        assert!(woken(5000).await.is_ok(), "a new manifest did not wake the watch");
     }
 
     #[test]
