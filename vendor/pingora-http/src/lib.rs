@@ -891,10 +891,14 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     const PINGORA_MAX_HEADER_COUNT: usize = 4096;
     const INIT_HEADER_SIZE: usize = 8;
 
+    // Portico's addition (PORTICO.md): a message parsed with `size_hint` headers gets room for
+    // the headers a proxy adds to it, so that the maps are not grown and rehashed per request.
+    const PROXY_HEADROOM: usize = 8;
+
     // We select the size hint or the max size here, ensuring that we pick a value substantially lower
     // than 1 << 15 with room to grow the header map.
     std::cmp::min(
-        size_hint.unwrap_or(INIT_HEADER_SIZE),
+        size_hint.map_or(INIT_HEADER_SIZE, |n| n.saturating_add(PROXY_HEADROOM)),
         PINGORA_MAX_HEADER_COUNT,
     )
 }
@@ -1150,7 +1154,9 @@ mod tests {
     #[test]
     fn header_map_upper_bound() {
         assert_eq!(8, http_header_map_upper_bound(None));
-        assert_eq!(16, http_header_map_upper_bound(Some(16)));
+        // Portico's addition: room for what a proxy adds (PROXY_HEADROOM).
+        assert_eq!(24, http_header_map_upper_bound(Some(16)));
+        assert_eq!(4096, http_header_map_upper_bound(Some(usize::MAX)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
     }
 

@@ -40,7 +40,7 @@ impl PreparedHeaderName {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RequestHeader, ResponseHeader};
+    use crate::{CaseMap, RequestHeader, ResponseHeader};
 
     static X_FORWARDED_FOR: PreparedHeaderName = PreparedHeaderName::from_static("x-forwarded-for");
 
@@ -67,6 +67,25 @@ mod tests {
             wire(&req),
             "Host: a.test\r\nx-forwarded-for: 192.0.2.1\r\nAccept: */*\r\n"
         );
+    }
+
+    #[test]
+    fn a_message_built_for_its_parsed_headers_takes_eight_more_without_growing() {
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"].map(PreparedHeaderName::from_static);
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        req.append_header("Host", "a.test").unwrap();
+        resp.append_header("Server", "b").unwrap();
+        let capacity = |h: &http::HeaderMap, c: Option<&CaseMap>| (h.capacity(), c.map(|c| c.capacity()));
+        let req_before = capacity(&req.headers, req.header_name_map.as_ref());
+        let resp_before = capacity(&resp.headers, resp.header_name_map.as_ref());
+        for (i, name) in names.iter().enumerate() {
+            req.insert_prepared_header(name, i.into()).unwrap();
+            resp.insert_prepared_header(name, i.into()).unwrap();
+        }
+        assert_eq!(req.headers.len(), 9);
+        assert_eq!(capacity(&req.headers, req.header_name_map.as_ref()), req_before);
+        assert_eq!(capacity(&resp.headers, resp.header_name_map.as_ref()), resp_before);
     }
 
     #[test]
