@@ -8,6 +8,7 @@ pub mod compare;
 pub mod contenders;
 pub mod h2load;
 pub mod instructions;
+pub mod placement;
 pub mod procs;
 pub mod scale;
 pub mod wrk;

@@ -64,6 +64,32 @@ pub fn usage(root: u32) -> Usage {
     u
 }
 
+/// The hypervisor's `steal` counter of `/proc/stat`: CPU time this machine's CPUs wanted
+/// to run but the host gave to others, summed over `cpus` CPUs since boot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostSteal {
+    pub seconds: f64,
+    pub cpus: usize,
+}
+
+impl HostSteal {
+    pub fn now() -> HostSteal {
+        HostSteal::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// The share of all CPUs' time stolen between `earlier` and `self`, `elapsed` apart.
+    pub fn share_since(&self, earlier: &HostSteal, elapsed: std::time::Duration) -> f64 {
+        (self.seconds - earlier.seconds) / (elapsed.as_secs_f64() * self.cpus.max(1) as f64)
+    }
+
+    fn parse(stat: &str) -> HostSteal {
+        // cpu  user nice system idle iowait irq softirq steal ...; then one line per CPU.
+        let steal = stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|s| s.parse::<f64>().ok());
+        let cpus = stat.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count();
+        HostSteal { seconds: steal.unwrap_or(0.0) / TICKS_PER_SECOND, cpus }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +108,15 @@ mod tests {
         assert!(after.cpu_seconds > before.cpu_seconds, "{before:?} {after:?}");
         assert!(after.peak_rss_bytes >= after.rss_bytes && after.rss_bytes > 1 << 20);
         assert_eq!(tree(me)[0], me);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line_summed_over_the_cpus() {
+        let stat = "cpu  4651029 2024 761983 1313710 29909 0 52582 52888 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\ncpu1 1 2 3 4 5 6 7 8 0 0\nintr 1\n";
+        let later = HostSteal::parse(stat);
+        assert_eq!(later, HostSteal { seconds: 528.88, cpus: 2 });
+        let earlier = HostSteal { seconds: 527.88, ..later };
+        assert_eq!(later.share_since(&earlier, std::time::Duration::from_secs(5)), 0.1);
+        assert_eq!(HostSteal::parse("cpu  1 2 3 4\ncpu0 1 2 3 4\n").seconds, 0.0, "kernels that do not report it");
     }
 }

@@ -41,6 +41,10 @@ enum Run {
         /// Skip the HTTP/2-over-TLS half (h2load).
         #[arg(long)]
         no_h2: bool,
+        /// Let the scheduler place every process, instead of giving the proxy under test
+        /// cores of its own (the default when there are more cores than --threads).
+        #[arg(long)]
+        no_pin: bool,
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
@@ -82,7 +86,7 @@ enum Run {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().run {
-        Run::Compare { threads, connections, duration, warmup, rounds, only, no_h2, out } => {
+        Run::Compare { threads, connections, duration, warmup, rounds, only, no_h2, no_pin, out } => {
             let opts = CompareOptions {
                 threads,
                 connections,
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 contenders: if only.is_empty() { Contender::ALL.to_vec() } else { only },
                 h2: !no_h2,
+                pin: !no_pin,
             };
             let report = compare::run(&opts)?;
             println!("{}", report.markdown());
