@@ -794,7 +794,7 @@ impl IngressProxy {
             header.remove_header(&header::SERVER);
         }
         if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
-            header.insert_prepared_header(&X_REQUEST_ID, id.clone())?;
+            header.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
         }
         let end = body.is_none();
         session.write_response_header(Box::new(header), end).await?;
@@ -1053,7 +1053,7 @@ impl ProxyHttp for IngressProxy {
             response.insert_header(header::DATE, get_cached_date())?;
         }
         if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
-            response.insert_prepared_header(&X_REQUEST_ID, id.clone())?;
+            response.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
         }
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {

@@ -40,7 +40,7 @@ impl TraceContext {
         out[35] = b'-';
         hex_into(&self.span_id, &mut out[36..52]);
         out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        HeaderValue::from_bytes(&out).expect("hex digits and dashes")
+        unique_per_request(HeaderValue::from_bytes(&out).expect("hex digits and dashes"))
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -77,7 +77,15 @@ pub fn usable_request_id(value: Option<&HeaderValue>) -> bool {
 pub fn new_request_id() -> HeaderValue {
     let mut out = [0u8; 32];
     hex_into(&fastrand::u128(..).to_be_bytes(), &mut out);
-    HeaderValue::from_bytes(&out).expect("hex digits")
+    unique_per_request(HeaderValue::from_bytes(&out).expect("hex digits"))
+}
+
+/// `value`, marked never-indexed: HTTP/2's HPACK then sends it as a literal instead of
+/// adding to the peer's table a value that never repeats, where it would evict the
+/// entries that do (`content-type`, `server`...) and be compared against on every request.
+pub fn unique_per_request(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 fn nonzero_u128() -> u128 {
@@ -157,6 +165,13 @@ mod tests {
         assert!(!TraceContext::continue_or_start(None, 0.0).sampled);
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future";
         assert!(TraceContext::continue_or_start(Some(later.as_bytes()), 1.0).parent_id.is_some(), "later versions are read");
+    }
+
+    #[test]
+    fn values_unique_to_a_request_are_never_indexed_by_hpack() {
+        assert!(new_request_id().is_sensitive());
+        assert!(TraceContext::continue_or_start(None, 1.0).traceparent().is_sensitive());
+        assert!(unique_per_request(HeaderValue::from_static("client-chosen-id")).is_sensitive());
     }
 
     #[test]

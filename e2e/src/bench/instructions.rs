@@ -1,9 +1,10 @@
 //! Instructions per request under callgrind: deterministic where wall-clock figures on a
 //! shared machine are not. Each proxy runs under `valgrind --tool=callgrind` twice, serving
-//! two fixed numbers of requests (h2load, HTTP/1.1); the difference divided by the extra
-//! requests is the marginal cost of one request, start-up excluded.
+//! two fixed numbers of requests (h2load, HTTP/1.1 or HTTP/2 over TLS) on the same eight
+//! connections; the difference divided by the extra requests is the marginal cost of one
+//! request, start-up and TLS handshakes excluded.
 
-use super::contenders::{self, Contender, BENCH_HOST};
+use super::contenders::{self, Contender, TlsFiles, BENCH_HOST};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -26,13 +27,22 @@ fn total_instructions(profile: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("no totals in {}", profile.display()))
 }
 
-fn load(addr: SocketAddr, requests: u32) -> anyhow::Result<()> {
-    let out = Command::new("h2load")
-        .args(["--h1", "-n", &requests.to_string(), "-c", "8", "-t", "1"])
-        .args(["-H", &format!(":authority: {BENCH_HOST}")])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("running h2load (apt-get install nghttp2-client)")?;
+/// Which protocol the requests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over TLS, SNI `BENCH_HOST`.
+    H2Tls,
+}
+
+fn load(addr: SocketAddr, protocol: Protocol, requests: u32) -> anyhow::Result<()> {
+    let mut h2load = Command::new("h2load");
+    h2load.args(["-n", &requests.to_string(), "-c", "8", "-t", "1"]);
+    match protocol {
+        Protocol::Http1 => h2load.args(["--h1", "-H", &format!(":authority: {BENCH_HOST}")]).arg(format!("http://{addr}/")),
+        Protocol::H2Tls => h2load.arg(format!("--connect-to={addr}")).arg(format!("https://{BENCH_HOST}/")),
+    };
+    let out = h2load.output().context("running h2load (apt-get install nghttp2-client)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let ok = format!("{requests} succeeded");
     if !out.status.success() || !stdout.contains(&ok) {
@@ -41,8 +51,12 @@ fn load(addr: SocketAddr, requests: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(contender: Contender, small: u32, large: u32, dir: &Path) -> anyhow::Result<InstructionCount> {
+pub fn run(contender: Contender, protocol: Protocol, small: u32, large: u32, dir: &Path) -> anyhow::Result<InstructionCount> {
     let backend = contenders::start_backend(dir)?;
+    let tls = match protocol {
+        Protocol::Http1 => None,
+        Protocol::H2Tls => Some(TlsFiles::create(dir)?),
+    };
     let mut totals = Vec::new();
     let mut profile = PathBuf::new();
     for requests in [small, large] {
@@ -55,8 +69,12 @@ pub fn run(contender: Contender, small: u32, large: u32, dir: &Path) -> anyhow::
             format!("--callgrind-out-file={}", profile.display()),
             "--dump-instr=no".into(),
         ];
-        let running = contenders::start_wrapped(contender, backend.addr, 1, &run_dir, &wrapper, None)?;
-        load(running.addr, requests)?;
+        let running = contenders::start_wrapped(contender, backend.addr, 1, &run_dir, &wrapper, tls.as_ref())?;
+        let addr = match protocol {
+            Protocol::Http1 => running.addr,
+            Protocol::H2Tls => running.tls_addr.context("no TLS listener")?,
+        };
+        load(addr, protocol, requests)?;
         running.interrupt_and_wait();
         totals.push(total_instructions(&profile)?);
     }

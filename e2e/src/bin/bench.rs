@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 use portico_e2e::bench::compare::{self, CompareOptions};
 use portico_e2e::bench::contenders::Contender;
-use portico_e2e::bench::{churn, instructions, scale};
+use portico_e2e::bench::instructions::{self, Protocol};
+use portico_e2e::bench::{churn, scale};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +80,9 @@ enum Run {
         small: u32,
         #[arg(long, default_value_t = 12000)]
         large: u32,
+        /// HTTP/2 over TLS instead of HTTP/1.1; profiles go to OUT/h2.
+        #[arg(long)]
+        h2: bool,
         #[arg(long, default_value = "target/bench/instructions")]
         out: PathBuf,
     },
@@ -202,13 +206,14 @@ fn main() -> anyhow::Result<()> {
                 "requests failed or were misrouted under churn"
             );
         }
-        Run::Instructions { only, small, large, out } => {
+        Run::Instructions { only, small, large, h2, out } => {
+            let (protocol, out) = if h2 { (Protocol::H2Tls, out.join("h2")) } else { (Protocol::Http1, out) };
             std::fs::create_dir_all(&out)?;
             let out = out.canonicalize()?;
             let mut counts = Vec::new();
             println!("| proxy | instructions per request |\n| --- | ---: |");
             for c in only {
-                let count = instructions::run(c, small, large, &out)?;
+                let count = instructions::run(c, protocol, small, large, &out)?;
                 println!("| {} | {:.0} |", count.name, count.instructions_per_request);
                 counts.push(count);
             }
