@@ -51,6 +51,12 @@ pub fn server_conf(threads: usize, shutdown_grace_seconds: u64) -> ServerConf {
         work_stealing: false,
         grace_period_seconds: Some(shutdown_grace_seconds),
         graceful_shutdown_timeout_seconds: Some(10),
+        // Timeouts of a second or more (the upstream read and send timeouts, 60 s by
+        // default) use tokio's timer rather than Pingora's shared fast-timeout map: each
+        // worker is its own single-threaded runtime, so tokio's timer is uncontended, and
+        // these timeouts are nearly always cancelled, which tokio cleans up at once while
+        // Pingora's map keeps them until their deadline.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     }
 }
