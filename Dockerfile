@@ -4,8 +4,8 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake perl make pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p portico-controller -p portico-proxy \
- && install -D -m 0755 target/release/portico-controller target/release/portico-proxy -t /out/
+RUN cargo build --profile production --locked -p portico-controller -p portico-proxy \
+ && install -D -m 0755 target/production/portico-controller target/production/portico-proxy -t /out/
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
