@@ -134,7 +134,8 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
 /// (pass-through rounds at 12 700 requests/s with 10 % stolen and 15 100 with 2 %, against
 /// 17 000–19 000 with 1 % or less).
 const STEAL_LIMIT: f64 = 0.03;
-/// How often one contender's round is measured at most; the last measurement counts.
+/// How often one contender's round is measured at most; the last measurement counts, with
+/// the errors of the ones before it added, so that measuring again never hides a failure.
 const MEASUREMENTS_PER_ROUND: u32 = 3;
 
 /// Runs `load` on every contender for every round, rotating the order, and summarises.
@@ -151,7 +152,7 @@ fn measure(
         for k in 0..running.len() {
             let i = (k + round) % running.len();
             let (c, r) = &running[i];
-            let mut attempt = 0;
+            let (mut attempt, mut earlier_errors) = (0, 0);
             let (result, cpu_per_100k) = loop {
                 attempt += 1;
                 let (steal_before, started) = (procs::HostSteal::now(), std::time::Instant::now());
@@ -173,8 +174,9 @@ fn measure(
                     stolen * 100.0
                 );
                 if stolen <= STEAL_LIMIT || attempt == MEASUREMENTS_PER_ROUND {
-                    break (result, cpu_per_100k);
+                    break (LoadResult { errors: result.errors + earlier_errors, ..result }, cpu_per_100k);
                 }
+                earlier_errors += result.errors;
                 eprintln!("  the host took more than {:.0} % of the CPUs; measuring again", STEAL_LIMIT * 100.0);
             };
             samples[i].push((result, cpu_per_100k));
