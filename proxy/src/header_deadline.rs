@@ -115,12 +115,13 @@ pub struct HeaderDeadline {
 impl HeaderDeadline {
     /// Wraps a new connection; its first header must arrive within the header timeout.
     pub fn new(inner: Stream, timeouts: ClientTimeouts) -> Self {
+        let due = Instant::now() + timeouts.header;
         HeaderDeadline {
             inner,
             timeouts,
             boundaries: RequestBoundaries { phase: Phase::Header { ended: 0, start: true } },
-            due: Instant::now() + timeouts.header,
-            deadline: Box::pin(tokio::time::sleep(timeouts.header)),
+            due,
+            deadline: Box::pin(tokio::time::sleep_until(due)),
             peeked: Vec::new(),
         }
     }

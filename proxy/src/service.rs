@@ -201,6 +201,15 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
     None
 }
 
+/// Gives `answer` the request's `X-Request-ID`. The client may have chosen it, so it is
+/// marked here as unique to the request (see `trace_context::unique_per_request`).
+fn echo_request_id(req: &RequestHeader, answer: &mut ResponseHeader) -> Result<()> {
+    if let Some(id) = req.headers.get(X_REQUEST_ID.name()) {
+        answer.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
+    }
+    Ok(())
+}
+
 /// Whether a line of `raw` ends in LF without CR.
 fn has_bare_lf(raw: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r')
@@ -793,9 +802,7 @@ impl IngressProxy {
         if self.hide_server_header {
             header.remove_header(&header::SERVER);
         }
-        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
-            header.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
-        }
+        echo_request_id(session.req_header(), &mut header)?;
         let end = body.is_none();
         session.write_response_header(Box::new(header), end).await?;
         match body {
@@ -1052,9 +1059,7 @@ impl ProxyHttp for IngressProxy {
         if !response.headers.contains_key(header::DATE) {
             response.insert_header(header::DATE, get_cached_date())?;
         }
-        if let Some(id) = session.req_header().headers.get(X_REQUEST_ID.name()) {
-            response.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
-        }
+        echo_request_id(session.req_header(), response)?;
         if ctx.https {
             if let Some(hsts) = ctx.snapshot.as_ref().and_then(|s| s.hsts()) {
                 response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;

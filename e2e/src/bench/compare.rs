@@ -65,19 +65,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The machine's cores (all of them, whatever this process is pinned to) and CPU model.
 pub fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map_or("unknown CPU", str::trim);
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     format!("{cores} cores, {cpu}")
 }
 
 pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     let work = tempfile::tempdir()?;
-    // Before pinning: the machine as a whole, not the cores left to this process.
-    let machine = machine_description();
     let placement = if opts.pin { Placement::split(opts.threads)? } else { None };
     if let Some(p) = &placement {
         p.enter_rest()?;
@@ -122,7 +119,7 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
         duration_seconds: opts.duration.as_secs(),
         rounds: opts.rounds,
         body_bytes: contenders::BODY_BYTES,
-        machine,
+        machine: machine_description(),
         placement: placement.map_or_else(|| "not pinned: the scheduler places every process".to_string(), |p| p.describe()),
         results,
         h2_results,
