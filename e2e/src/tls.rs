@@ -173,7 +173,10 @@ pub async fn connect_over(tcp: TcpStream, opts: ClientOptions<'_>) -> anyhow::Re
     let mut ssl = config.into_ssl(opts.sni.unwrap_or("none"))?;
     if let Some(s) = &opts.session {
         // SAFETY: the session came from a connection to the same server with the same settings.
-        unsafe { ssl.set_session(s)? };
+        #[allow(unsafe_code)]
+        unsafe {
+            ssl.set_session(s)?
+        };
     }
     let mut stream = SslStream::new(ssl, tcp)?;
     tokio::time::timeout(Duration::from_secs(5), Pin::new(&mut stream).connect()).await.context("handshake timed out")??;

@@ -195,6 +195,55 @@ async fn plain_http_is_redirected_where_asked_and_trusted_proxies_are_believed()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn portico_own_answers_over_https_carry_hsts_and_cors_as_upstream_answers_do() {
+    let ca = TestCa::new("test ca");
+    let app = ca.issue(&["app.test"]);
+    let (servers, mut docs) = backends(&["web"]).await;
+    docs.push(tls_secret("app-tls", &app.cert_pem, &app.key_pem));
+    docs.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "users", "namespace": "default"},
+        "stringData": {"auth": "carol:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n"}}));
+    docs.push(
+        ingress("app")
+            .tls(&["app.test"], "app-tls")
+            .annotation("nginx.ingress.kubernetes.io/enable-cors", "true")
+            .annotation("nginx.ingress.kubernetes.io/cors-allow-origin", "https://spa.example.com")
+            .annotation("nginx.ingress.kubernetes.io/auth-type", "basic")
+            .annotation("nginx.ingress.kubernetes.io/auth-secret", "users")
+            .path("app.test", "Prefix", "/api", "web")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let https = portico.https;
+        async move {
+            let (stream, _) = tls::connect(https, sni("app.test")).await.unwrap();
+            tls::get_with(stream, "app.test", path, headers).await.unwrap()
+        }
+    };
+    const ORIGIN: &[(&str, &str)] = &[("origin", "https://spa.example.com")];
+    const SIGNED_IN: &[(&str, &str)] = &[("origin", "https://spa.example.com"), ("authorization", "Basic Y2Fyb2w6c2VjcmV0")];
+
+    // The sign-in fails: the SPA must be able to read the 401, and the browser must keep HTTPS.
+    let refused = get("/api/me", ORIGIN).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(refused.header("access-control-allow-origin"), Some("https://spa.example.com"));
+    assert!(refused.header("x-request-id").is_some_and(|id| !id.is_empty()));
+
+    // A path no route takes: Portico's 404 over HTTPS carries HSTS too.
+    let missing = get("/elsewhere", &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("strict-transport-security"), Some("max-age=31536000"));
+
+    // The upstream's answer gets the same headers, from the same place.
+    let admitted = get("/api/me", SIGNED_IN).await;
+    assert_eq!((admitted.status, admitted.header("strict-transport-security")), (200, Some("max-age=31536000")));
+    assert_eq!(admitted.header("access-control-allow-origin"), Some("https://spa.example.com"));
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn http2_with_prior_knowledge_on_the_plain_port() {
     let (_servers, mut docs) = backends(&["web"]).await;
     docs.push(ingress("app").path("app.test", "Prefix", "/", "web").build());

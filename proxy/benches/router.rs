@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_model::{Backend, Endpoint, PathMatch, Route, Snapshot, VirtualHost};
-use portico_proxy::compile::CompiledSnapshot;
-use portico_proxy::metrics::ProxyMetrics;
+use portico_proxy::config::compile::CompiledSnapshot;
+use portico_proxy::telemetry::metrics::ProxyMetrics;
 use std::hint::black_box;
 use std::sync::Arc;
 

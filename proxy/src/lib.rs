@@ -1,44 +1,18 @@
 //! Portico's data plane: applies snapshots from the controller and routes HTTP with them.
 //!
-//! `store` holds the serving snapshot, `compile` turns a snapshot into the lookup
-//! structures of `router` and `balancer`, and `service` is the Pingora proxy that reads
-//! them on every request. The binary in `main.rs` wires these into a Pingora server.
+//! The folders follow a request: `listener` accepts the connection, `service` runs the
+//! request's phases against the snapshot `config` published, `routing` picks the route,
+//! `policy` admits it, `upstream` picks the endpoint and reaches it, `answer` writes what
+//! Portico says itself, and `telemetry` records it. `admin` serves the admin listener.
 
-pub mod access;
-pub mod access_log;
 pub mod admin;
-pub mod affinity;
-pub mod balancer;
-pub mod canary;
-pub mod client_cert;
-pub mod compile;
-pub mod conditions;
-pub mod connections;
-pub mod cors;
-pub mod dashboard;
-pub mod error_pages;
-pub mod external_auth;
-pub mod forwarded;
-pub mod header_deadline;
-pub mod header_edits;
-pub mod health;
-pub mod http_fetch;
-pub mod jwks;
-pub mod jwt;
-pub mod link;
-pub mod metrics;
-pub mod normalize;
-pub mod otlp;
-pub mod pages;
-pub mod proxy_protocol;
-pub mod rate_limit;
-pub mod request_key;
-pub mod rewrite;
-pub mod router;
+pub mod answer;
+pub mod config;
+pub mod listener;
+pub mod policy;
+pub mod routing;
 pub mod service;
-pub mod store;
-pub mod tls;
-pub mod trace_context;
+pub mod telemetry;
 pub mod upstream;
 
 use pingora::server::configuration::ServerConf;

@@ -5,9 +5,14 @@ use anyhow::Context;
 use clap::Parser;
 use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
-use portico_proxy::access_log::{AccessLog, AccessLogFormat};
-use portico_proxy::otlp::{OtlpEndpoint, SpanExporter};
-use portico_proxy::{admin, affinity, connections, forwarded, header_deadline, health, link, metrics, service, store, tls};
+use portico_proxy::admin;
+use portico_proxy::config::{link, store};
+use portico_proxy::listener::{connections, forwarded, header_deadline, tls};
+use portico_proxy::service;
+use portico_proxy::telemetry::access_log::{AccessLog, AccessLogFormat};
+use portico_proxy::telemetry::metrics;
+use portico_proxy::telemetry::otlp::{OtlpEndpoint, SpanExporter};
+use portico_proxy::upstream::{affinity, health};
 use portico_telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let proxy_protocol = args.proxy_protocol.then(|| {
-        Arc::new(portico_proxy::proxy_protocol::ProxyProtocol { trusted: trusted_proxies.clone(), timeout: PROXY_HEADER_TIMEOUT })
+        Arc::new(portico_proxy::listener::proxy_protocol::ProxyProtocol { trusted: trusted_proxies.clone(), timeout: PROXY_HEADER_TIMEOUT })
     });
     let ingress = service::IngressProxy {
         store: store.clone(),
@@ -154,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         https_redirect_port: args.https_redirect_port,
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
-        jwks: portico_proxy::jwks::JwksCache::default(),
+        jwks: portico_proxy::policy::jwks::JwksCache::default(),
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
         hide_server_header: args.hide_server_header,

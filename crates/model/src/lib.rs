@@ -7,6 +7,7 @@ pub mod cidr;
 mod delta;
 mod hash_key;
 mod host;
+pub mod pattern;
 mod validate;
 
 pub use cidr::Cidr;

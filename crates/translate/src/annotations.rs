@@ -2,7 +2,7 @@
 //! wins over `nginx.ingress.kubernetes.io/` when both set a name; a value that does not
 //! parse is reported with the annotation and the value, and the default applies.
 
-use crate::diagnostic::Reason;
+use crate::diagnostic::{Problem, Reason};
 use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol, ValueCondition, ValueRule};
 use std::collections::BTreeMap;
 
@@ -29,6 +29,12 @@ impl InvalidAnnotation {
 
     pub fn message(&self) -> String {
         format!("annotation {}: value {:?} is not {}", self.key, self.value, self.expected)
+    }
+}
+
+impl From<InvalidAnnotation> for Problem {
+    fn from(e: InvalidAnnotation) -> Self {
+        Problem::new(e.reason(), e.message())
     }
 }
 
@@ -198,9 +204,7 @@ impl<'a> Annotations<'a> {
 
     /// A regular expression of bounded size (`canary-by-header-pattern`).
     pub fn regex(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
-        self.parse(name, "a regular expression that compiles", |v| {
-            regex::RegexBuilder::new(v).size_limit(REGEX_SIZE_LIMIT).build().ok().map(|_| v.to_string())
-        })
+        self.parse(name, "a regular expression that compiles", |v| portico_model::pattern::value_regex(v).ok().map(|_| v.to_string()))
     }
 
     /// `affinity`: only `cookie` exists.
@@ -343,7 +347,7 @@ impl<'a> Annotations<'a> {
             let conditions: Option<Vec<ValueCondition>> = entries(v)
                 .map(|entry| {
                     let (name, rule) = if let Some((n, re)) = entry.split_once("~=") {
-                        regex::RegexBuilder::new(re).size_limit(REGEX_SIZE_LIMIT).build().ok()?;
+                        portico_model::pattern::value_regex(re).ok()?;
                         (n, ValueRule::Matches(re.to_string()))
                     } else if let Some((n, value)) = entry.split_once('=') {
                         (n, ValueRule::Equals(value.trim().to_string()))
@@ -455,9 +459,6 @@ fn duration_ms(v: &str) -> Option<u64> {
     };
     number.trim().parse::<u64>().ok()?.checked_mul(scale)
 }
-
-/// The largest compiled program a pattern from an annotation may make.
-pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The conditions of `proxy-next-upstream`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

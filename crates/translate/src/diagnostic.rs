@@ -92,3 +92,41 @@ impl fmt::Display for Diagnostic {
         write!(f, "{}: {}: {}", self.object, self.reason, self.message)
     }
 }
+
+/// What is wrong, before it is known which object it is about: a diagnostic's reason and
+/// message. The annotation readers return these, and the Ingress processor turns each into
+/// a [`Diagnostic`] on its Ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Problem { reason, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Problem::new(Reason::InvalidAnnotation, message)
+    }
+}
+
+/// The problems met while reading values that fall back to a default when they cannot be
+/// used (tuning): each is kept for a diagnostic, and reading goes on.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, problem: Problem) {
+        self.0.push(problem);
+    }
+
+    /// The value, or `None` (the default) with the problem kept.
+    pub fn take<T, E: Into<Problem>>(&mut self, parsed: Result<Option<T>, E>) -> Option<T> {
+        parsed.unwrap_or_else(|e| {
+            self.0.push(e.into());
+            None
+        })
+    }
+}

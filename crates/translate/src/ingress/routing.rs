@@ -1,0 +1,125 @@
+//! What an Ingress's annotations change about routing itself: rewrites and redirects
+//! (`use-regex`, `rewrite-target`, `app-root`, the redirects, `upstream-vhost`,
+//! `x-forwarded-prefix`), the request conditions (`match-*`) and `server-alias`.
+
+use crate::annotations::Annotations;
+use crate::diagnostic::{Problem, Problems};
+use portico_model::{HostMatch, Redirect, RequestConditions, Rewrite};
+
+/// The rewrites of an Ingress's routes, and whether its Prefix paths are patterns.
+pub(super) struct Rewrites {
+    pub rewrite: Option<Rewrite>,
+    /// `use-regex`, or `rewrite-target` (which implies it).
+    pub regex_paths: bool,
+}
+
+/// A target that cannot be used is reported and left out.
+pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites {
+    let mut rw = Rewrite {
+        target: problems.take(a.rewrite_target("rewrite-target")),
+        app_root: problems.take(a.abs_path("app-root")),
+        redirect: None,
+        upstream_host: problems.take(a.attribute("upstream-vhost")),
+        forwarded_prefix: problems.take(a.abs_path("x-forwarded-prefix")),
+    };
+    // As in ingress-nginx, a temporal redirect wins over a permanent one.
+    for (name, code_name, default_code) in
+        [("temporal-redirect", "temporal-redirect-code", 302), ("permanent-redirect", "permanent-redirect-code", 301)]
+    {
+        if rw.redirect.is_some() {
+            break;
+        }
+        if let Some(target) = problems.take(a.redirect_target(name)) {
+            let code = problems.take(a.redirect_code(code_name)).unwrap_or(default_code);
+            rw.redirect = Some(Redirect { code, target });
+        }
+    }
+    let regex_paths = problems.take(a.bool("use-regex")).unwrap_or(false) || rw.target.is_some();
+    Rewrites { rewrite: (rw != Rewrite::default()).then_some(rw), regex_paths }
+}
+
+/// `match-headers`, `match-methods` and `match-query`; `None` when none is set. A
+/// condition that does not parse is an error for the whole Ingress, since without its
+/// conditions a route would take traffic meant for others.
+pub(super) fn conditions(a: &Annotations<'_>) -> Result<Option<RequestConditions>, Vec<Problem>> {
+    let headers = a.value_conditions("match-headers", true);
+    let query = a.value_conditions("match-query", false);
+    let methods = a.methods("match-methods");
+    match (headers, methods, query) {
+        (Ok(headers), Ok(methods), Ok(query)) => {
+            let c = RequestConditions {
+                headers: headers.unwrap_or_default(),
+                methods: methods.unwrap_or_default(),
+                query: query.unwrap_or_default(),
+            };
+            Ok((c != RequestConditions::default()).then_some(c))
+        }
+        (headers, methods, query) => Err([headers.err(), query.err(), methods.err()]
+            .into_iter()
+            .flatten()
+            .map(|e| Problem::new(e.reason(), format!("{}; the Ingress's routes are skipped", e.message())))
+            .collect()),
+    }
+}
+
+/// `server-alias`: the other names that serve the routes of the Ingress's named hosts.
+/// A name that is not a host name (or is a catch-all) is reported and ignored.
+pub(super) fn aliases(a: &Annotations<'_>, problems: &mut Problems) -> Vec<HostMatch> {
+    let Some((key, value)) = a.get("server-alias") else { return Vec::new() };
+    let mut aliases = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.parse::<HostMatch>() {
+            Ok(h @ (HostMatch::Exact(_) | HostMatch::Wildcard(_))) => aliases.push(h),
+            Ok(HostMatch::Any) | Err(_) => {
+                problems.push(Problem::invalid(format!("annotation {key}: {name:?} is not a host name; ignored")))
+            }
+        }
+    }
+    aliases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_rewrite_target_makes_paths_patterns_and_temporal_beats_permanent() {
+        let mut problems = Problems::default();
+        let map =
+            annotations(&[("rewrite-target", "/$2"), ("permanent-redirect", "https://a.test"), ("temporal-redirect", "https://b.test")]);
+        let r = rewrites(&Annotations::new(Some(&map)), &mut problems);
+        assert!(r.regex_paths);
+        let rw = r.rewrite.unwrap();
+        assert_eq!(rw.target.as_deref(), Some("/$2"));
+        assert_eq!(rw.redirect, Some(Redirect { code: 302, target: "https://b.test".into() }));
+        let plain = rewrites(&Annotations::new(None), &mut problems);
+        assert!(!plain.regex_paths && plain.rewrite.is_none());
+        assert!(problems.0.is_empty(), "{:?}", problems.0);
+    }
+
+    #[test]
+    fn conditions_that_do_not_parse_skip_the_ingress() {
+        let map = annotations(&[("match-methods", "GET, POST"), ("match-headers", "x-env=staging")]);
+        let c = conditions(&Annotations::new(Some(&map))).unwrap().unwrap();
+        assert_eq!(c.methods, vec!["GET".to_string(), "POST".to_string()]);
+        assert_eq!(conditions(&Annotations::new(None)), Ok(None));
+        let bad = annotations(&[("match-headers", "x-env~=(")]);
+        let problems = conditions(&Annotations::new(Some(&bad))).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.ends_with("; the Ingress's routes are skipped"), "{problems:?}");
+    }
+
+    #[test]
+    fn aliases_must_be_host_names() {
+        let mut problems = Problems::default();
+        let map = annotations(&[("server-alias", "a.test, *.b.test, *, bad host")]);
+        let found = aliases(&Annotations::new(Some(&map)), &mut problems);
+        assert_eq!(found, vec!["a.test".parse().unwrap(), "*.b.test".parse().unwrap()]);
+        assert_eq!(problems.0.len(), 2);
+    }
+}

@@ -1,0 +1,118 @@
+//! The admin listener: liveness, readiness, the applied snapshot, metrics, and the
+//! dashboard.
+
+pub mod dashboard;
+
+use crate::config::store::SnapshotStore;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct AdminApp {
+    pub store: Arc<SnapshotStore>,
+    pub listeners: ListenerCheck,
+}
+
+/// Whether the proxy's own listeners accept connections yet. Pingora binds each service's
+/// listeners on that service's thread, so a snapshot can be applied before traffic could
+/// reach it; `/readyz` waits for both. Once every listener has accepted, it is not asked again.
+pub struct ListenerCheck {
+    addrs: Vec<SocketAddr>,
+    accepted: AtomicBool,
+}
+
+impl ListenerCheck {
+    /// `addrs` as configured; an unspecified address (`0.0.0.0`, `::`) is checked on loopback.
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let addrs = addrs
+            .into_iter()
+            .map(|a| match a.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port()),
+                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port()),
+                _ => a,
+            })
+            .collect();
+        ListenerCheck { addrs, accepted: AtomicBool::new(false) }
+    }
+
+    async fn all_accept(&self) -> bool {
+        if self.accepted.load(Ordering::Relaxed) {
+            return true;
+        }
+        for addr in &self.addrs {
+            let connect = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr));
+            if !matches!(connect.await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.accepted.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::SERVER, crate::answer::pages::SERVER)
+        .body(body)
+        .expect("valid response")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        const JSON: &str = "application/json";
+        match session.req_header().uri.path() {
+            "/healthz" => reply(StatusCode::OK, TEXT, b"ok\n".to_vec()),
+            "/readyz" => match self.store.load() {
+                None => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"no snapshot applied yet\n".to_vec()),
+                Some(_) if !self.listeners.all_accept().await => {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"proxy listeners not accepting yet\n".to_vec())
+                }
+                Some(s) => reply(StatusCode::OK, TEXT, format!("ready: snapshot {}\n", s.version()).into_bytes()),
+            },
+            "/config" => match self.store.load() {
+                Some(s) => reply(StatusCode::OK, JSON, s.source.redacted().to_json_pretty().into_bytes()),
+                None => reply(StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"error":"no snapshot applied yet"}"#.to_vec()),
+            },
+            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.store.metrics().render()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.as_bytes().to_vec()),
+            // `null` rather than an error before the first snapshot, so the page has nothing to report.
+            "/api/state" => {
+                let applied_at = self.store.metrics().snapshot_apply_timestamp.get();
+                let state = self.store.load().map(|s| crate::admin::dashboard::state(&s, applied_at));
+                reply(StatusCode::OK, JSON, serde_json::to_vec(&state).unwrap_or_default())
+            }
+            _ => reply(StatusCode::NOT_FOUND, TEXT, b"not found: try /, /healthz, /readyz, /config or /metrics\n".to_vec()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_count_once_they_accept() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(!ListenerCheck::new([open, closed]).all_accept().await, "one listener is not there");
+        let unspecified: SocketAddr = format!("0.0.0.0:{}", open.port()).parse().unwrap();
+        let check = ListenerCheck::new([unspecified]);
+        assert!(check.all_accept().await, "0.0.0.0 is checked on loopback");
+        drop(listener);
+        assert!(check.all_accept().await, "once accepted, not asked again");
+    }
+}

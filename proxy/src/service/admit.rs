@@ -1,0 +1,388 @@
+//! The first phase: whether a request is let on, one step per concern in the order of
+//! nginx's phases: size and framing (431, 400), the path in normal form (400), routing,
+//! client certificates, redirects, CORS preflights, rate limits, access, body size, and
+//! rewrites. Each step either lets the request on or names the answer Portico gives.
+
+use super::context::RequestCtx;
+use super::respond::Answer;
+use super::{IngressProxy, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::config::compile::CompiledSnapshot;
+use crate::listener::client_cert::{ConnectionCertificate, Refused};
+use crate::policy::access::{CompiledAccess, Verdict};
+use crate::policy::cors::CompiledCors;
+use crate::policy::external_auth::{AuthAnswer, OriginalRequest};
+use crate::policy::jwt;
+use crate::policy::rate_limit::Admission;
+use crate::routing::normalize::normalize;
+use crate::routing::request_key::request_host;
+use crate::routing::rewrite::{redirect_location, upstream_path};
+use crate::telemetry::metrics::Refusal;
+use http::header::{self, HeaderValue};
+use pingora::prelude::*;
+use std::borrow::Cow;
+
+/// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// How large a request header may be (`--max-request-header-bytes`,
+/// `--max-request-headers`); a larger one is answered 431. Pingora's own bounds (1 MiB,
+/// 256 fields) sit above these.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    pub max_bytes: usize,
+    pub max_fields: usize,
+}
+
+impl HeaderLimits {
+    /// What is too large about `req`, if anything. Bytes are counted as on the wire:
+    /// the request line, and each field's name, value and separators.
+    fn exceeded_by(&self, req: &RequestHeader) -> Option<&'static str> {
+        if req.headers.len() > self.max_fields {
+            return Some("too many header fields");
+        }
+        let line = req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.method.as_str().len() + 11;
+        let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        (line + fields > self.max_bytes).then_some("request header larger than the limit")
+    }
+}
+
+/// Why an HTTP/1 request could be read two ways, if it could: a line ended by a bare LF
+/// (`raw` is the header as received), several or malformed `Content-Length`s, or
+/// `Transfer-Encoding` beside one, or other than `chunked`.
+fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static str> {
+    if req.version == http::Version::HTTP_2 {
+        return None;
+    }
+    if raw.is_some_and(has_bare_lf) {
+        return Some("a line ended by a bare LF");
+    }
+    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Some("several Content-Length headers");
+    }
+    if length.is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit)) {
+        return Some("a Content-Length that is not a number");
+    }
+    let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
+    let coding = codings.next()?;
+    if length.is_some() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if codings.next().is_some() || !coding.to_str().is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked")) {
+        return Some("a Transfer-Encoding other than chunked");
+    }
+    if req.version == http::Version::HTTP_10 {
+        return Some("Transfer-Encoding on HTTP/1.0");
+    }
+    None
+}
+
+/// Whether a line of `raw` ends in LF without CR.
+fn has_bare_lf(raw: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r')
+}
+
+/// The host part of an authority (no port), if it is made only of characters a host
+/// name or address literal can hold, so that it is safe to put into a `Location`.
+fn redirect_host(authority: &str) -> Option<&str> {
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':');
+    (!host.is_empty() && host.len() <= 255 && host.bytes().all(allowed)).then_some(host)
+}
+
+/// `https://host[:port]/path?query` for a plain-HTTP request to `host`. Like
+/// ingress-nginx, it drops a trailing slash unless `keep_slash`
+/// (`preserve-trailing-slash`); port 443 is left out of the URL. `None` when the host is
+/// not fit for a URL.
+fn https_location(host: &str, path_and_query: &str, port: u16, keep_slash: bool) -> Option<String> {
+    let host = redirect_host(host)?;
+    let path = match path_and_query.strip_suffix('/') {
+        Some(stripped) if !keep_slash && !stripped.is_empty() => stripped,
+        _ => path_and_query,
+    };
+    Some(match port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    })
+}
+
+impl IngressProxy {
+    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+        ctx.tls = super::is_tls(session);
+        ctx.trusted = self.is_trusted(super::peer_ip(session));
+        // A request whose length or path could be read two ways is refused before routing,
+        // and its connection closed, so that no other hop can read it the other way.
+        if let Some(why) = self.header_limits.exceeded_by(session.req_header()) {
+            tracing::debug!(why, "request header refused");
+            ctx.refusal = Some(Refusal::BadRequest);
+            return Some(Answer::closing(431));
+        }
+        let raw = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let framing = framing_problem(session.req_header(), raw.as_deref());
+        if let Some(why) = framing.map(str::to_string).or_else(|| self.normalize_path(session).err()) {
+            tracing::debug!(why, "request refused");
+            ctx.refusal = Some(Refusal::BadRequest);
+            return Some(Answer::closing(400));
+        }
+        let req = session.req_header();
+        ctx.https = ctx.tls
+            || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO.name()).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        ctx.routed = snapshot.route(request_host(req), req);
+        let route = snapshot.matched_route(&ctx.routed);
+        // Every answer from here on, refusals included, is readable by an allowed origin.
+        let cors = route.and_then(|r| r.cors.as_deref());
+        ctx.cors_origin = cors.and_then(|c| c.allowed_origin(req));
+        // Client certificates are checked before anything but the HTTPS redirect answers.
+        if let Some(policy) = snapshot.client_auth(&ctx.routed).filter(|_| ctx.https || !ctx.routed.redirect_to_https) {
+            let connection = session.digest().and_then(|d| d.ssl_digest.as_ref()).and_then(|d| d.extension.get::<ConnectionCertificate>());
+            match policy.check(ctx.tls, connection) {
+                Ok(headers) => ctx.auth_headers.extend(headers.0),
+                Err(refused) => {
+                    ctx.refusal = Some(Refusal::ClientCertificate);
+                    return Some(match refused {
+                        Refused::BadCertificate => Answer::page(400),
+                        Refused::Redirect(location) => Answer::Redirect { status: 302, location },
+                        Refused::Forbidden => Answer::page(403),
+                        Refused::Misdirected => Answer::page(421),
+                    });
+                }
+            }
+        }
+        if let Some(answer) = self.redirect(req, ctx, snapshot) {
+            return Some(answer);
+        }
+        if ctx.cors_origin.is_some() && CompiledCors::is_preflight(req) {
+            return Some(Answer::Preflight);
+        }
+        if let Some(limiter) = route.and_then(|r| r.rate_limit.as_deref()) {
+            match limiter.admit(self.client(session)) {
+                Admission::Admit(in_progress) => ctx.in_progress = in_progress,
+                Admission::Refuse { retry_after } => {
+                    ctx.refusal = Some(Refusal::RateLimit);
+                    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    let headers = vec![(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))];
+                    return Some(Answer::Page { status: self.limit_status, headers, close: false });
+                }
+            }
+        }
+        if let Some(access) = route.and_then(|r| r.access.as_deref()) {
+            if let Some((answer, why)) = self.check_access(session, ctx, access).await {
+                ctx.refusal = Some(why);
+                return Some(answer);
+            }
+        }
+        // A body declared larger than the route takes is refused before anything goes upstream.
+        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.zip(snapshot.max_body_bytes(&ctx.routed)).is_some_and(|(declared, limit)| declared > limit) {
+            ctx.refusal = Some(Refusal::BodyTooLarge);
+            return Some(Answer::page(413));
+        }
+        if let Some(target) = route.and_then(|r| r.rewrite.as_deref()).and_then(|r| r.target.as_deref()) {
+            let captures = route.and_then(|r| r.path_regex.as_ref()).and_then(|re| re.captures(req.uri.path()));
+            match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
+                Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
+                Err(why) => {
+                    tracing::debug!(?why, target, "rewritten path refused");
+                    ctx.refusal = Some(Refusal::BadRequest);
+                    return Some(Answer::page(400));
+                }
+            }
+        }
+        self.first_attempt(session, ctx, snapshot)
+    }
+
+    /// Puts the request path into its normal form (see `normalize`), in the request
+    /// itself, so that the upstream receives what routing saw.
+    fn normalize_path(&self, session: &mut Session) -> std::result::Result<(), String> {
+        let uri = &session.req_header().uri;
+        let normal = match normalize(uri.path(), self.allow_encoded_slashes) {
+            Ok(Cow::Borrowed(_)) => return Ok(()),
+            Ok(Cow::Owned(p)) => p,
+            Err(why) => return Err(format!("path {:?}: {why:?}", uri.path())),
+        };
+        let path_and_query = match uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(path_and_query.parse().map_err(|e| format!("normalised path: {e}"))?);
+        let uri = http::Uri::from_parts(parts).map_err(|e| format!("normalised path: {e}"))?;
+        session.req_header_mut().set_uri(uri);
+        Ok(())
+    }
+
+    /// HTTP→HTTPS, then the route's own redirects (`permanent-redirect`, `app-root`...),
+    /// which answer before access control, as nginx's `return` does. ACME HTTP-01
+    /// challenges are never sent to HTTPS.
+    fn redirect(&self, req: &RequestHeader, ctx: &RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+        let route = snapshot.matched_route(&ctx.routed);
+        if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
+            // A trusted proxy in front names the host the client asked for.
+            let forwarded = ctx.trusted.then(|| req.headers.get(X_FORWARDED_HOST.name()).and_then(|v| v.to_str().ok())).flatten();
+            let host = forwarded.unwrap_or_else(|| request_host(req));
+            let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let keep_slash = route.is_some_and(|r| r.preserve_trailing_slash);
+            let location = https_location(host, path, self.https_redirect_port, keep_slash);
+            return Some(match location.and_then(|l| HeaderValue::try_from(l).ok()) {
+                Some(location) => Answer::Redirect { status: 308, location },
+                None => Answer::page(400),
+            });
+        }
+        let rw = route?.rewrite.as_ref()?;
+        let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (status, location) = match (&rw.redirect, &rw.app_root) {
+            (Some(r), _) => {
+                let host = redirect_host(request_host(req)).unwrap_or("");
+                (r.code, redirect_location(&r.target, if ctx.https { "https" } else { "http" }, host, request_uri))
+            }
+            (None, Some(root)) if req.uri.path() == "/" => (302, root.clone()),
+            _ => return None,
+        };
+        Some(match HeaderValue::try_from(location) {
+            Ok(location) => Answer::Redirect { status, location },
+            Err(_) => Answer::page(400),
+        })
+    }
+
+    /// Source ranges, then credentials: bearer JWTs, basic auth, and the external auth
+    /// service. A refusal comes with its reason, for metrics.
+    async fn check_access(&self, session: &Session, ctx: &mut RequestCtx, access: &CompiledAccess) -> Option<(Answer, Refusal)> {
+        let req = session.req_header();
+        let client = (access.checks_sources() || access.external.is_some()).then(|| self.client(session)).flatten();
+        let verdict = access.check(client, req);
+        if let (Verdict::Allow | Verdict::AskExternal, Some(jwt)) = (&verdict, &access.jwt) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let verified = match jwt.jwks_url() {
+                None => jwt.verify(req, now),
+                Some(url) => match self.jwks.verify(jwt, url, req, now).await {
+                    Some(verified) => verified,
+                    None => return Some((Answer::page(503), Refusal::PolicyUnavailable)),
+                },
+            };
+            match verified {
+                Ok(headers) => ctx.auth_headers.extend(headers),
+                Err(why) => {
+                    tracing::debug!(why, "bearer token refused");
+                    let challenge = vec![(header::WWW_AUTHENTICATE, jwt::challenge(why))];
+                    return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::Jwt));
+                }
+            }
+        }
+        let (status, why) = match (verdict, &access.external) {
+            (Verdict::Allow, _) => return None,
+            (Verdict::AskExternal, Some(external)) => {
+                let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client };
+                match external.ask(&self.auth_connector, &original).await {
+                    AuthAnswer::Allow { upstream_headers, cookies } => {
+                        ctx.auth_headers.extend(upstream_headers);
+                        ctx.auth_cookies = cookies;
+                        ctx.auth_cookies_always = external.always_set_cookie();
+                        return None;
+                    }
+                    AuthAnswer::Deny { status, headers } => {
+                        return Some((Answer::Page { status, headers, close: false }, Refusal::ExternalAuth))
+                    }
+                    AuthAnswer::Failed => (500, Refusal::ExternalAuth),
+                }
+            }
+            (Verdict::Unauthorized(challenge), _) => {
+                let challenge = vec![(header::WWW_AUTHENTICATE, challenge)];
+                return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::BasicAuth));
+            }
+            (Verdict::Forbidden, _) => (403, Refusal::SourceRange),
+            _ => (503, Refusal::PolicyUnavailable),
+        };
+        Some((Answer::page(status), why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_lf_is_found_wherever_it_ends_a_line() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!has_bare_lf(b""));
+        assert!(has_bare_lf(b"\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+    }
+
+    fn request(version: http::Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.set_version(version);
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    /// A name, the request's version and headers, and the problem expected.
+    type FramingCase<'a> = (&'a str, http::Version, &'a [(&'a str, &'a str)], Option<&'a str>);
+
+    #[test]
+    fn requests_that_could_be_framed_two_ways_are_found() {
+        use http::Version;
+        #[rustfmt::skip]
+        let cases: &[FramingCase] = &[
+            ("no body", Version::HTTP_11, &[], None),
+            ("one length", Version::HTTP_11, &[("content-length", "12")], None),
+            ("chunked", Version::HTTP_11, &[("transfer-encoding", "chunked")], None),
+            ("chunked in capitals", Version::HTTP_11, &[("transfer-encoding", " Chunked ")], None),
+            ("two lengths", Version::HTTP_11, &[("content-length", "1"), ("content-length", "1")], Some("several Content-Length headers")),
+            ("a signed length", Version::HTTP_11, &[("content-length", "+1")], Some("a Content-Length that is not a number")),
+            ("an empty length", Version::HTTP_11, &[("content-length", "")], Some("a Content-Length that is not a number")),
+            ("length and chunked", Version::HTTP_11, &[("content-length", "1"), ("transfer-encoding", "chunked")], Some("both Content-Length and Transfer-Encoding")),
+            ("gzip", Version::HTTP_11, &[("transfer-encoding", "gzip")], Some("a Transfer-Encoding other than chunked")),
+            ("chunked twice", Version::HTTP_11, &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")], Some("a Transfer-Encoding other than chunked")),
+            ("chunked on 1.0", Version::HTTP_10, &[("transfer-encoding", "chunked")], Some("Transfer-Encoding on HTTP/1.0")),
+            ("h2 frames its own", Version::HTTP_2, &[("content-length", "1"), ("content-length", "2")], None),
+        ];
+        for (case, version, headers, expected) in cases {
+            assert_eq!(framing_problem(&request(*version, headers), None), *expected, "{case}");
+        }
+        let bare = request(http::Version::HTTP_11, &[]);
+        assert_eq!(framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")), Some("a line ended by a bare LF"));
+    }
+
+    #[test]
+    fn https_redirects_name_the_host_path_and_port() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, u16, bool, Option<&str>)] = &[
+            ("a.test", "/x?y=1", 443, false, Some("https://a.test/x?y=1")),
+            ("a.test:8080", "/x", 443, false, Some("https://a.test/x")),
+            ("a.test", "/x", 8443, false, Some("https://a.test:8443/x")),
+            ("a.test", "/x/", 443, false, Some("https://a.test/x")),
+            ("a.test", "/x/", 443, true, Some("https://a.test/x/")),
+            ("a.test", "/", 443, false, Some("https://a.test/")),
+            ("[::1]:80", "/", 443, false, Some("https://[::1]/")),
+            ("a.test\r\nx", "/", 443, false, None),
+            ("a.test/evil", "/", 443, false, None),
+            ("", "/", 443, false, None),
+        ];
+        for (host, path, port, keep_slash, expected) in cases {
+            assert_eq!(https_location(host, path, *port, *keep_slash).as_deref(), *expected, "{host} {path}");
+        }
+    }
+
+    #[test]
+    fn header_limits_count_the_line_and_every_field() {
+        let limits = HeaderLimits { max_bytes: 64, max_fields: 2 };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("a", "1").unwrap();
+        req.append_header("b", "2").unwrap();
+        assert_eq!(limits.exceeded_by(&req), None);
+        req.append_header("c", "3").unwrap();
+        assert_eq!(limits.exceeded_by(&req), Some("too many header fields"));
+        let mut long = RequestHeader::build("GET", b"/", None).unwrap();
+        long.append_header("a", "x".repeat(60)).unwrap();
+        assert_eq!(limits.exceeded_by(&long), Some("request header larger than the limit"));
+    }
+}
