@@ -31,7 +31,8 @@ pub fn report(dir: &Path, options: &Options) -> anyhow::Result<(String, bool)> {
     let mut errors = 0;
     let mut objects = Vec::new();
     for path in manifest_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let (parsed, problems) = manifests::parse(&text);
         objects.extend(parsed);
         for p in problems {
@@ -52,14 +53,36 @@ pub fn report(dir: &Path, options: &Options) -> anyhow::Result<(String, bool)> {
     for (namespace, name) in &t.admitted {
         writeln!(out, "  {namespace}/{name}")?;
     }
-    let endpoints = |backend: &str| t.snapshot.backends.iter().find(|b| b.name == backend).map_or(0, |b| b.endpoints.len());
-    let routes: usize = t.snapshot.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+    let endpoints = |backend: &str| {
+        t.snapshot
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .map_or(0, |b| b.endpoints.len())
+    };
+    let routes: usize = t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .map(|v| v.routes.len())
+        .sum();
     writeln!(out, "routes: {routes}")?;
     for vh in &t.snapshot.virtual_hosts {
         for r in &vh.routes {
             let matched = format!("{} {}", r.path.kind(), r.path.path());
-            let conditions = if r.conditions.is_some() { " (with conditions)" } else { "" };
-            writeln!(out, "  {} {matched}{conditions} -> {} ({} endpoints) from {}", vh.host, r.backend, endpoints(&r.backend), r.source)?;
+            let conditions = if r.conditions.is_some() {
+                " (with conditions)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  {} {matched}{conditions} -> {} ({} endpoints) from {}",
+                vh.host,
+                r.backend,
+                endpoints(&r.backend),
+                r.source
+            )?;
         }
     }
     if let Some(default) = &t.snapshot.default_backend {

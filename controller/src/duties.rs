@@ -27,7 +27,11 @@ pub struct LeaderDuties {
 }
 
 impl LeaderDuties {
-    pub async fn run(mut self, mut leading: watch::Receiver<bool>, mut outcomes: watch::Receiver<Option<Arc<Outcome>>>) {
+    pub async fn run(
+        mut self,
+        mut leading: watch::Receiver<bool>,
+        mut outcomes: watch::Receiver<Option<Arc<Outcome>>>,
+    ) {
         let mut retry_at: Option<Instant> = None;
         loop {
             let addresses_changed = async {
@@ -53,10 +57,14 @@ impl LeaderDuties {
                 self.events.reset();
                 continue;
             }
-            let Some(outcome) = outcomes.borrow_and_update().clone() else { continue };
+            let Some(outcome) = outcomes.borrow_and_update().clone() else {
+                continue;
+            };
             self.events.report(&outcome).await;
             if let Some((writer, addresses)) = self.status.as_mut() {
-                let Some(desired) = addresses.borrow_and_update().clone() else { continue };
+                let Some(desired) = addresses.borrow_and_update().clone() else {
+                    continue;
+                };
                 if !writer.sync(&outcome, &desired).await {
                     retry_at = Some(Instant::now() + RETRY);
                 }
@@ -67,7 +75,10 @@ impl LeaderDuties {
 
 /// The published addresses for `source`: fixed ones at once, or those of the publish
 /// Service, kept current by a watch of that one Service (the task runs until dropped).
-pub fn publish_addresses(client: &Client, source: &PublishSource) -> (Addresses, Option<tokio::task::JoinHandle<()>>) {
+pub fn publish_addresses(
+    client: &Client,
+    source: &PublishSource,
+) -> (Addresses, Option<tokio::task::JoinHandle<()>>) {
     match source {
         PublishSource::Addresses(list) => {
             let mut addresses: Vec<Address> = list.iter().map(|a| Address::parse(a)).collect();

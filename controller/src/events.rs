@@ -33,15 +33,25 @@ fn reference(object: &ObjectRef, outcome: &Outcome) -> ObjectReference {
         kind: Some(object.kind.to_string()),
         namespace: (!object.namespace.is_empty()).then(|| object.namespace.clone()),
         name: Some(object.name.clone()),
-        uid: outcome.state.uid(object.kind, &object.namespace, &object.name),
+        uid: outcome
+            .state
+            .uid(object.kind, &object.namespace, &object.name),
         ..Default::default()
     }
 }
 
 impl EventReporter {
     pub fn new(client: Client, instance: String, metrics: Arc<ControllerMetrics>) -> Self {
-        let reporter = Reporter { controller: "portico-controller".into(), instance: Some(instance) };
-        EventReporter { recorder: Recorder::new(client, reporter), metrics, reported: BTreeSet::new(), admitted: BTreeSet::new() }
+        let reporter = Reporter {
+            controller: "portico-controller".into(),
+            instance: Some(instance),
+        };
+        EventReporter {
+            recorder: Recorder::new(client, reporter),
+            metrics,
+            reported: BTreeSet::new(),
+            admitted: BTreeSet::new(),
+        }
     }
 
     /// Forgets what was reported, so that a controller that leads again reports afresh.
@@ -66,7 +76,11 @@ impl EventReporter {
 
         let admitted: BTreeSet<ObjectKey> = outcome.admitted.iter().cloned().collect();
         for (namespace, name) in admitted.difference(&self.admitted) {
-            let object = ObjectRef { kind: "Ingress", namespace: namespace.clone(), name: name.clone() };
+            let object = ObjectRef {
+                kind: "Ingress",
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
             let event = Event {
                 type_: EventType::Normal,
                 reason: "Sync".into(),
@@ -80,10 +94,16 @@ impl EventReporter {
     }
 
     async fn publish(&self, event: &Event, reference: &ObjectReference) {
-        let kind = if event.type_ == EventType::Warning { "Warning" } else { "Normal" };
+        let kind = if event.type_ == EventType::Warning {
+            "Warning"
+        } else {
+            "Normal"
+        };
         match self.recorder.publish(event, reference).await {
             Ok(()) => self.metrics.events.with_label_values(&[kind]).inc(),
-            Err(e) => tracing::warn!(reason = %event.reason, object = ?reference.name, error = %e, "emitting an Event failed"),
+            Err(e) => {
+                tracing::warn!(reason = %event.reason, object = ?reference.name, error = %e, "emitting an Event failed")
+            }
         }
     }
 }

@@ -27,7 +27,9 @@ pub struct LeaderElection {
 }
 
 fn now() -> MicroTime {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(micros).expect("a time after 1970"))
 }
 
@@ -37,7 +39,13 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 impl LeaderElection {
     pub fn new(api: Api<Lease>, name: String, identity: String, duration: Duration) -> Self {
-        LeaderElection { api, name, identity, duration, observed: None }
+        LeaderElection {
+            api,
+            name,
+            identity,
+            duration,
+            observed: None,
+        }
     }
 
     /// How often the leader renews and followers look: a fifth of the lease duration.
@@ -68,13 +76,17 @@ impl LeaderElection {
                 }
                 Err(e) => {
                     tracing::warn!(lease = %self.name, error = %e, "leader election: lease request failed");
-                    if *leading.borrow() && last_renewal.is_none_or(|t| t.elapsed() > renew_deadline) {
+                    if *leading.borrow()
+                        && last_renewal.is_none_or(|t| t.elapsed() > renew_deadline)
+                    {
                         tracing::warn!(identity = %self.identity, "could not renew the lease in time; no longer leading");
                         leading.send_replace(false);
                     }
                 }
             }
-            let jitter = Duration::from_millis(fastrand::u64(0..=self.retry_period().as_millis() as u64 / 5));
+            let jitter = Duration::from_millis(fastrand::u64(
+                0..=self.retry_period().as_millis() as u64 / 5,
+            ));
             tokio::time::sleep(self.retry_period() + jitter).await;
         }
     }
@@ -84,7 +96,10 @@ impl LeaderElection {
         let seconds = self.duration.as_secs().max(1) as i32;
         let Some(lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
-                metadata: kube::api::ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: kube::api::ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(seconds),
@@ -112,7 +127,8 @@ impl LeaderElection {
             }
         };
         let ours = holder.as_deref() == Some(self.identity.as_str());
-        let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(0) as u64);
+        let held_for =
+            Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(0) as u64);
         let expired = holder.is_none() || seen_since.elapsed() > held_for;
         if !ours && !expired {
             return Ok(false);
@@ -127,7 +143,11 @@ impl LeaderElection {
             lease_transitions: Some(if ours { transitions } else { transitions + 1 }),
             ..spec
         });
-        match self.api.replace(&self.name, &PostParams::default(), &renewed).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &renewed)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),
@@ -137,15 +157,23 @@ impl LeaderElection {
     /// Gives the Lease up, so another controller takes over at once instead of after
     /// the lease duration. Used on a clean shutdown.
     pub async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
-        let Some(spec) = lease.spec.as_mut() else { return };
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => tracing::info!(lease = %self.name, "released the lease"),
             Err(e) => tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed"),
         }

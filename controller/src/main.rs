@@ -25,7 +25,10 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Portico's controller: Ingress objects in, routing snapshots out")]
+#[command(
+    version,
+    about = "Portico's controller: Ingress objects in, routing snapshots out"
+)]
 struct Args {
     /// Read objects from this directory of manifests (re-read on change) instead of a cluster.
     #[arg(long)]
@@ -92,7 +95,9 @@ struct Args {
 
 fn parse_object_ref(text: &str) -> Result<(String, String), String> {
     match text.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.to_string(), name.to_string())),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
         _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
     }
 }
@@ -117,21 +122,28 @@ async fn main() -> anyhow::Result<()> {
     };
 
     if let Some(dir) = &args.check {
-        let check_options = Options { assume_class_exists: true, ..options };
-        let (report, ok) = check::report(dir, &check_options).with_context(|| format!("--check {}", dir.display()))?;
+        let check_options = Options {
+            assume_class_exists: true,
+            ..options
+        };
+        let (report, ok) = check::report(dir, &check_options)
+            .with_context(|| format!("--check {}", dir.display()))?;
         print!("{report}");
         std::process::exit(if ok { 0 } else { 1 });
     }
 
-    let (server, publisher) = SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
-        .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;
+    let (server, publisher) =
+        SnapshotServer::bind(&args.socket, portico_wire::DEFAULT_MAX_FRAME)
+            .with_context(|| format!("binding snapshot socket {}", args.socket.display()))?;
     tracing::info!(socket = %args.socket.display(), "serving snapshots");
     let metrics = metrics::ControllerMetrics::new(server.acked_versions());
     let metrics_server = async {
         match args.metrics_addr.as_str() {
             "" => std::future::pending().await,
             addr => {
-                let addr: SocketAddr = addr.parse().with_context(|| format!("--metrics-addr {addr:?}"))?;
+                let addr: SocketAddr = addr
+                    .parse()
+                    .with_context(|| format!("--metrics-addr {addr:?}"))?;
                 metrics::serve(addr, metrics.clone()).await
             }
         }
@@ -158,8 +170,15 @@ async fn main() -> anyhow::Result<()> {
         None => Some(Cluster::connect(&args).await?),
     };
     let source: Box<dyn Source> = match (&args.manifests, &cluster) {
-        (Some(dir), _) => Box::new(FileSource::new(dir.clone(), Duration::from_millis(args.manifests_poll_ms))),
-        (None, Some(c)) => Box::new(KubeSource::new(c.client.clone(), args.watch_namespaces.clone(), metrics.clone())),
+        (Some(dir), _) => Box::new(FileSource::new(
+            dir.clone(),
+            Duration::from_millis(args.manifests_poll_ms),
+        )),
+        (None, Some(c)) => Box::new(KubeSource::new(
+            c.client.clone(),
+            args.watch_namespaces.clone(),
+            metrics.clone(),
+        )),
         (None, None) => unreachable!("a cluster is connected when there are no manifests"),
     };
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
@@ -175,12 +194,24 @@ async fn main() -> anyhow::Result<()> {
         let status = c.publish_source(&args).map(|source| {
             let (addresses, task) = duties::publish_addresses(&c.client, &source);
             publish_task = task;
-            (status::StatusWriter::new(c.client.clone(), metrics.clone()), addresses)
+            (
+                status::StatusWriter::new(c.client.clone(), metrics.clone()),
+                addresses,
+            )
         });
         if status.is_none() {
-            tracing::info!("no --publish-service or --publish-status-address: Ingress status is not written");
+            tracing::info!(
+                "no --publish-service or --publish-status-address: Ingress status is not written"
+            );
         }
-        duties::LeaderDuties { events: events::EventReporter::new(c.client.clone(), c.identity.clone(), metrics.clone()), status }
+        duties::LeaderDuties {
+            events: events::EventReporter::new(
+                c.client.clone(),
+                c.identity.clone(),
+                metrics.clone(),
+            ),
+            status,
+        }
     });
     let duties_run = async {
         match duties {
@@ -210,8 +241,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(e) = election.as_ref().filter(|_| *leading_tx.borrow()) {
         // Bounded: an unreachable API server must not hold up the shutdown.
-        if tokio::time::timeout(Duration::from_secs(2), e.release()).await.is_err() {
-            tracing::warn!("releasing the lease timed out; another replica takes over when it expires");
+        if tokio::time::timeout(Duration::from_secs(2), e.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "releasing the lease timed out; another replica takes over when it expires"
+            );
         }
     }
     let _ = std::fs::remove_file(&args.socket);
@@ -228,25 +264,34 @@ impl Cluster {
     async fn connect(args: &Args) -> anyhow::Result<Cluster> {
         let config = match &args.kubeconfig {
             Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}", path.display()))?;
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("--kubeconfig {}", path.display()))?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                     .await
                     .with_context(|| format!("--kubeconfig {}", path.display()))?
             }
-            None => kube::Config::infer().await.context("finding Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
+            None => kube::Config::infer().await.context(
+                "finding Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config)",
+            )?,
         };
         tracing::info!(server = %config.cluster_url, "connecting to the Kubernetes API");
         let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
         // The pod name is unique among replicas; outside a pod, host name and process id are.
-        let identity = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
         Ok(Cluster { client, identity })
     }
 
     fn election(&self, args: &Args) -> leader::LeaderElection {
-        let namespace = args.election_namespace.clone().unwrap_or_else(|| self.client.default_namespace().to_string());
+        let namespace = args
+            .election_namespace
+            .clone()
+            .unwrap_or_else(|| self.client.default_namespace().to_string());
         tracing::info!(lease = %format!("{namespace}/{}", args.election_id), identity = %self.identity, "taking part in leader election");
         leader::LeaderElection::new(
             kube::Api::namespaced(self.client.clone(), &namespace),
@@ -260,7 +305,12 @@ impl Cluster {
         if let Some(service) = &args.publish_service {
             return Some(PublishSource::Service(service.clone()));
         }
-        let addresses: Vec<String> = args.publish_status_address.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        let addresses: Vec<String> = args
+            .publish_status_address
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
         (!addresses.is_empty()).then_some(PublishSource::Addresses(addresses))
     }
 }

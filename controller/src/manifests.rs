@@ -20,7 +20,10 @@ pub fn parse(text: &str) -> (Vec<KubeObject>, Vec<DocumentError>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde::Deserialize::deserialize(de).map_err(|e: serde_yaml::Error| e.to_string()).and_then(yaml_to_json) {
+        let value = match serde::Deserialize::deserialize(de)
+            .map_err(|e: serde_yaml::Error| e.to_string())
+            .and_then(yaml_to_json)
+        {
             Ok(v) => v,
             Err(reason) => {
                 errors.push(DocumentError { document, reason });
@@ -31,7 +34,8 @@ pub fn parse(text: &str) -> (Vec<KubeObject>, Vec<DocumentError>) {
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        collect(value, &mut objects).unwrap_or_else(|reason| errors.push(DocumentError { document, reason }));
+        collect(value, &mut objects)
+            .unwrap_or_else(|reason| errors.push(DocumentError { document, reason }));
     }
     (objects, errors)
 }
@@ -41,31 +45,63 @@ fn yaml_to_json(v: serde_yaml::Value) -> Result<Value, String> {
 }
 
 fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
-    let kind = value.get("kind").and_then(Value::as_str).ok_or("missing kind")?.to_string();
-    let api_version = value.get("apiVersion").and_then(Value::as_str).ok_or("missing apiVersion")?.to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("missing kind")?
+        .to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("missing apiVersion")?
+        .to_string();
     if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        let items = value
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let mut failures = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             if let Err(e) = collect(item, out) {
                 failures.push(format!("items[{i}]: {e}"));
             }
         }
-        return if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) };
+        return if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        };
     }
-    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let what = |e: serde_json::Error| format!("{kind} {name:?}: {e}");
     let object = match (api_version.as_str(), kind.as_str()) {
-        ("networking.k8s.io/v1", "IngressClass") => KubeObject::IngressClass(serde_json::from_value(value).map_err(what)?),
-        ("networking.k8s.io/v1", "Ingress") => KubeObject::Ingress(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
-        ("v1", "Service") => KubeObject::Service(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            KubeObject::EndpointSlice(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?)))
+        ("networking.k8s.io/v1", "IngressClass") => {
+            KubeObject::IngressClass(serde_json::from_value(value).map_err(what)?)
         }
-        ("v1", "Secret") => KubeObject::Secret(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
-        ("v1", "ConfigMap") => KubeObject::ConfigMap(Arc::new(namespaced(serde_json::from_value(value).map_err(what)?))),
+        ("networking.k8s.io/v1", "Ingress") => KubeObject::Ingress(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
+        ("v1", "Service") => KubeObject::Service(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(Arc::new(
+            namespaced(serde_json::from_value(value).map_err(what)?),
+        )),
+        ("v1", "Secret") => KubeObject::Secret(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
+        ("v1", "ConfigMap") => KubeObject::ConfigMap(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
         (_, "Ingress" | "IngressClass" | "EndpointSlice") => {
-            return Err(format!("{kind} {name:?}: apiVersion {api_version:?} is not supported"));
+            return Err(format!(
+                "{kind} {name:?}: apiVersion {api_version:?} is not supported"
+            ));
         }
         _ => return Ok(()), // other kinds (Deployments, Pods...) are not ours to read
     };
@@ -77,7 +113,11 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
 }
 
 /// Gives namespaced objects without a namespace the `default` one, as kubectl would.
-fn namespaced<K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(mut o: K) -> K {
+fn namespaced<
+    K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+>(
+    mut o: K,
+) -> K {
     let meta = o.metadata_mut();
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
         meta.namespace = Some("default".into());
@@ -111,7 +151,8 @@ mod tests {
 
     #[test]
     fn reads_json() {
-        let (objects, errors) = parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}"#);
+        let (objects, errors) =
+            parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}"#);
         assert!(errors.is_empty());
         assert_eq!(objects.len(), 1);
     }
@@ -125,11 +166,16 @@ mod tests {
         assert_eq!(objects.len(), 2);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].document, 1);
-        assert!(errors[0].reason.contains("Ingress \"broken\""), "{}", errors[0].reason);
+        assert!(
+            errors[0].reason.contains("Ingress \"broken\""),
+            "{}",
+            errors[0].reason
+        );
 
         let (_, errors) = parse("kind: Ingress\n");
         assert_eq!(errors[0].reason, "missing apiVersion");
-        let (_, errors) = parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n");
+        let (_, errors) =
+            parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n");
         assert!(errors[0].reason.contains("not supported"));
         let (_, errors) = parse("a: [unclosed\n");
         assert_eq!(errors.len(), 1);

@@ -20,7 +20,9 @@ pub struct VersionClock {
 
 impl VersionClock {
     pub fn next(&mut self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         self.last = now.max(self.last + 1);
         self.last
     }
@@ -59,7 +61,9 @@ impl SyncLoop {
                 return;
             }
             self.settle(&mut states).await;
-            let Some(state) = states.borrow_and_update().clone() else { continue };
+            let Some(state) = states.borrow_and_update().clone() else {
+                continue;
+            };
 
             let started = Instant::now();
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
@@ -77,7 +81,10 @@ impl SyncLoop {
             let mut translation = translation;
             translation.snapshot.diagnostics = dashboard_diagnostics(&translation.diagnostics);
             let comparing = started.elapsed();
-            if last.as_ref().is_some_and(|(s, _)| *s == translation.snapshot) {
+            if last
+                .as_ref()
+                .is_some_and(|(s, _)| *s == translation.snapshot)
+            {
                 tracing::debug!("translation unchanged; no new snapshot");
                 continue;
             }
@@ -89,10 +96,13 @@ impl SyncLoop {
             snapshot.version = clock.next();
             let version = snapshot.version;
             let delta = tokio::task::block_in_place(|| {
-                last.as_ref().and_then(|(base, base_version)| Some((*base_version, snapshot.delta_from(base)?.to_bytes())))
+                last.as_ref().and_then(|(base, base_version)| {
+                    Some((*base_version, snapshot.delta_from(base)?.to_bytes()))
+                })
             });
             if let Some((base_version, delta)) = &delta {
-                self.publisher.publish_delta(version, *base_version, delta.clone());
+                self.publisher
+                    .publish_delta(version, *base_version, delta.clone());
             }
             let delta_published = started.elapsed();
             let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
@@ -114,9 +124,14 @@ impl SyncLoop {
             );
             self.metrics.snapshots_published.inc();
             self.metrics.snapshot_bytes.set(payload.len() as i64);
-            self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .build_seconds
+                .observe(started.elapsed().as_secs_f64());
             match delta {
-                Some((base_version, delta)) => self.publisher.publish_with_delta(version, payload, base_version, delta),
+                Some((base_version, delta)) => {
+                    self.publisher
+                        .publish_with_delta(version, payload, base_version, delta)
+                }
                 None => self.publisher.publish(version, payload),
             }
             snapshot.version = 0;
@@ -157,7 +172,11 @@ fn dashboard_diagnostics(diagnostics: &[Diagnostic]) -> Vec<portico_model::Diagn
     diagnostics
         .iter()
         .take(DASHBOARD_DIAGNOSTICS)
-        .map(|d| portico_model::Diagnostic { object: d.object.to_string(), reason: d.reason.to_string(), message: d.message.clone() })
+        .map(|d| portico_model::Diagnostic {
+            object: d.object.to_string(),
+            reason: d.reason.to_string(),
+            message: d.message.clone(),
+        })
         .collect()
 }
 

@@ -67,7 +67,10 @@ impl Browser {
         let stderr = child.stderr.take().context("chromium stderr")?;
         let (found, url) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(at) = line.find("ws://") {
                     let _ = found.send(line[at..].trim().to_string());
                 }
@@ -76,28 +79,65 @@ impl Browser {
         let url = tokio::task::spawn_blocking(move || url.recv_timeout(Duration::from_secs(30)))
             .await?
             .context("chromium did not announce its DevTools endpoint within 30 s")?;
-        let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_string();
-        let tcp = TcpStream::connect(&authority).await.with_context(|| format!("connecting to DevTools at {authority}"))?;
-        let (devtools, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.context("DevTools handshake")?;
-        Ok(Browser { child, _profile: profile, devtools, session: None, next_id: 0, errors: Vec::new() })
+        let authority = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let tcp = TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("connecting to DevTools at {authority}"))?;
+        let (devtools, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .context("DevTools handshake")?;
+        Ok(Browser {
+            child,
+            _profile: profile,
+            devtools,
+            session: None,
+            next_id: 0,
+            errors: Vec::new(),
+        })
     }
 
     /// Opens `url` in a new page and waits for it to load.
     pub async fn open(&mut self, url: &str) -> anyhow::Result<()> {
-        let target = self.call("Target.createTarget", json!({"url": "about:blank"})).await?;
+        let target = self
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await?;
         let target_id = target["targetId"].as_str().context("targetId")?.to_string();
-        let attached = self.call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true})).await?;
-        self.session = Some(attached["sessionId"].as_str().context("sessionId")?.to_string());
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            )
+            .await?;
+        self.session = Some(
+            attached["sessionId"]
+                .as_str()
+                .context("sessionId")?
+                .to_string(),
+        );
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
             self.call(domain, json!({})).await?;
         }
         self.call("Page.navigate", json!({"url": url})).await?;
-        self.wait_for("document.readyState === 'complete'", Duration::from_secs(10)).await
+        self.wait_for(
+            "document.readyState === 'complete'",
+            Duration::from_secs(10),
+        )
+        .await
     }
 
     /// Evaluates `expression` in the page; its value as JSON.
     pub async fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
-        let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true, "awaitPromise": true})).await?;
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await?;
         if let Some(e) = result.get("exceptionDetails") {
             anyhow::bail!("{expression}: {e}");
         }
@@ -111,19 +151,32 @@ impl Browser {
             if self.eval(condition).await? == Value::Bool(true) {
                 return Ok(());
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "{condition} still false after {within:?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{condition} still false after {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// The page's text, as a user reads it.
     pub async fn text(&mut self) -> anyhow::Result<String> {
-        Ok(self.eval("document.body.innerText").await?.as_str().unwrap_or_default().to_string())
+        Ok(self
+            .eval("document.body.innerText")
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// A PNG of the whole page.
     pub async fn screenshot(&mut self) -> anyhow::Result<Vec<u8>> {
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await?;
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await?;
         let data = shot["data"].as_str().context("screenshot data")?;
         Ok(openssl::base64::decode_block(data)?)
     }
@@ -141,10 +194,14 @@ impl Browser {
         if let (Some(session), false) = (&self.session, method.starts_with("Target.")) {
             message["sessionId"] = json!(session);
         }
-        self.devtools.send(Message::text(message.to_string())).await?;
+        self.devtools
+            .send(Message::text(message.to_string()))
+            .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let next = tokio::time::timeout_at(deadline, self.devtools.next()).await.with_context(|| format!("{method}: no answer"))?;
+            let next = tokio::time::timeout_at(deadline, self.devtools.next())
+                .await
+                .with_context(|| format!("{method}: no answer"))?;
             let Some(Ok(Message::Text(text))) = next else {
                 match next {
                     Some(Ok(_)) => continue,
@@ -165,11 +222,15 @@ impl Browser {
     fn note_event(&mut self, event: &Value) {
         let params = &event["params"];
         match event["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self.errors.push(format!("exception: {}", params["exceptionDetails"])),
-            Some("Runtime.consoleAPICalled") if params["type"] == "error" => self.errors.push(format!("console.error: {}", params["args"])),
-            Some("Log.entryAdded") if params["entry"]["level"] == "error" => {
-                self.errors.push(format!("{}: {}", params["entry"]["source"], params["entry"]["text"]))
-            }
+            Some("Runtime.exceptionThrown") => self
+                .errors
+                .push(format!("exception: {}", params["exceptionDetails"])),
+            Some("Runtime.consoleAPICalled") if params["type"] == "error" => self
+                .errors
+                .push(format!("console.error: {}", params["args"])),
+            Some("Log.entryAdded") if params["entry"]["level"] == "error" => self.errors.push(
+                format!("{}: {}", params["entry"]["source"], params["entry"]["text"]),
+            ),
             _ => {}
         }
     }

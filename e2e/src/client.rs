@@ -23,7 +23,8 @@ impl Reply {
 
     /// The name of the backend that answered, or `status:NNN` when none did.
     pub fn answered_by(&self) -> String {
-        self.echo().map_or_else(|| format!("status:{}", self.status), |e| e.backend)
+        self.echo()
+            .map_or_else(|| format!("status:{}", self.status), |e| e.backend)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -54,7 +55,9 @@ impl HttpClient {
     fn build(target: SocketAddr, source: Option<std::net::IpAddr>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_local_address(source);
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
         HttpClient { inner, target }
     }
 
@@ -63,8 +66,16 @@ impl HttpClient {
         self.request("GET", host, path_and_query, &[]).await
     }
 
-    pub async fn request(&self, method: &str, host: &str, path_and_query: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        let mut req = http::Request::builder().method(method).uri(format!("http://{}{}", self.target, path_and_query));
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.target, path_and_query));
         if !host.is_empty() {
             req = req.header(http::header::HOST, host);
         }
@@ -75,7 +86,11 @@ impl HttpClient {
         let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req)).await??;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
@@ -83,11 +98,21 @@ impl HttpClient {
 /// into `:authority`, as HTTP/2 clients send it.
 pub async fn h2c_get(target: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
     let tcp = tokio::net::TcpStream::connect(target).await?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
     tokio::spawn(conn);
-    let req = http::Request::builder().uri(format!("http://{host}{path}")).body(Empty::<Bytes>::new())?;
+    let req = http::Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .body(Empty::<Bytes>::new())?;
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await??;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }

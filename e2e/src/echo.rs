@@ -61,19 +61,38 @@ impl EchoServer {
     }
 
     /// Serves over TLS with `acceptor`'s certificate (ALPN `h2`, `http/1.1`).
-    pub async fn start_tls(name: &str, addr: SocketAddr, acceptor: SslAcceptor) -> std::io::Result<EchoServer> {
+    pub async fn start_tls(
+        name: &str,
+        addr: SocketAddr,
+        acceptor: SslAcceptor,
+    ) -> std::io::Result<EchoServer> {
         Self::start_inner(name, addr, Some(Arc::new(acceptor))).await
     }
 
-    async fn start_inner(name: &str, addr: SocketAddr, tls: Option<Arc<SslAcceptor>>) -> std::io::Result<EchoServer> {
+    async fn start_inner(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<Arc<SslAcceptor>>,
+    ) -> std::io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
-        let knobs = Knobs { requests: requests.clone(), delay_ms: delay_ms.clone(), healthy: healthy.clone() };
+        let knobs = Knobs {
+            requests: requests.clone(),
+            delay_ms: delay_ms.clone(),
+            healthy: healthy.clone(),
+        };
         let task = tokio::spawn(serve(listener, name.to_string(), knobs, tls));
-        Ok(EchoServer { name: name.to_string(), addr, requests, delay_ms, healthy, task })
+        Ok(EchoServer {
+            name: name.to_string(),
+            addr,
+            requests,
+            delay_ms,
+            healthy,
+            task,
+        })
     }
 
     /// Makes `GET /healthz` answer 200 (true) or 503 (false).
@@ -87,7 +106,8 @@ impl EchoServer {
 
     /// Makes every later answer wait `delay` first.
     pub fn set_delay(&self, delay: std::time::Duration) {
-        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -102,7 +122,9 @@ struct Knobs {
 async fn serve(listener: TcpListener, name: String, knobs: Knobs, tls: Option<Arc<SslAcceptor>>) {
     let name: Arc<str> = name.into();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let name = name.clone();
         let knobs = knobs.clone();
         let tls = tls.clone();
@@ -119,7 +141,10 @@ async fn serve(listener: TcpListener, name: String, knobs: Knobs, tls: Option<Ar
                 async move {
                     if health_check {
                         let status = if healthy { 200 } else { 503 };
-                        let response = Response::builder().status(status).body(EchoBody::Left(Full::default())).expect("valid response");
+                        let response = Response::builder()
+                            .status(status)
+                            .body(EchoBody::Left(Full::default()))
+                            .expect("valid response");
                         return Ok::<_, std::convert::Infallible>(response);
                     }
                     Ok::<_, std::convert::Infallible>(answer(&name, over_tls, delay, req).await)
@@ -128,11 +153,17 @@ async fn serve(listener: TcpListener, name: String, knobs: Knobs, tls: Option<Ar
             let builder = auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
-                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
                 }
                 Some(acceptor) => {
-                    let Some(stream) = crate::tls::accept(&acceptor, stream).await else { return };
-                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                    let Some(stream) = crate::tls::accept(&acceptor, stream).await else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
                 }
             }
         });
@@ -165,7 +196,9 @@ impl hyper::body::Body for Zeros {
         }
         let n = self.left.min(CHUNK.len());
         self.left -= n;
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(&CHUNK[..n])))))
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -179,13 +212,27 @@ type EchoBody = http_body_util::Either<Full<Bytes>, Zeros>;
 fn websocket(name: &str, mut req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
-    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
-        return Response::builder().status(400).body(EchoBody::Left(Full::default())).expect("valid response");
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return Response::builder()
+            .status(400)
+            .body(EchoBody::Left(Full::default()))
+            .expect("valid response");
     };
     let name = name.to_string();
     tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             let reply = match msg {
                 Message::Text(text) => Message::text(format!("{name}: {text}")),
@@ -208,20 +255,35 @@ fn websocket(name: &str, mut req: Request<hyper::body::Incoming>) -> Response<Ec
 
 /// The `download=N` query parameter: answer with N bytes instead of the report.
 fn download_size(query: Option<&str>) -> Option<usize> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("download=")).and_then(|n| n.parse().ok())
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("download="))
+        .and_then(|n| n.parse().ok())
 }
 
 /// The `sleep_ms=N` query parameter: wait N ms before answering.
 fn sleep_ms(query: Option<&str>) -> Option<u64> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("sleep_ms=")).and_then(|n| n.parse().ok())
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|n| n.parse().ok())
 }
 
-async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::Incoming>) -> Response<EchoBody> {
+async fn answer(
+    name: &str,
+    tls: bool,
+    delay_ms: u64,
+    req: Request<hyper::body::Incoming>,
+) -> Response<EchoBody> {
     let delay = delay_ms.max(sleep_ms(req.uri().query()).unwrap_or(0));
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
-    if req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
         return websocket(name, req);
     }
     if let Some(len) = download_size(req.uri().query()) {
@@ -234,14 +296,21 @@ async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        headers.entry(k.as_str().to_string()).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| *e = format!("{e}, {v}"))
+            .or_insert(v);
     }
     let echo_base = Echo {
         backend: name.to_string(),
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
-        host: headers.get("host").cloned().or_else(|| req.uri().authority().map(|a| a.to_string())).unwrap_or_default(),
+        host: headers
+            .get("host")
+            .cloned()
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default(),
         headers,
         body_bytes: 0,
         version: format!("{:?}", req.version()),
@@ -253,9 +322,14 @@ async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::
     while let Some(Ok(frame)) = body.frame().await {
         body_bytes += frame.data_ref().map_or(0, |d| d.len());
     }
-    let echo = Echo { body_bytes, ..echo_base };
+    let echo = Echo {
+        body_bytes,
+        ..echo_base
+    };
     let body = serde_json::to_vec(&echo).expect("serialisable");
-    let mut response = Response::builder().header("content-type", "application/json").header("x-echo-backend", name);
+    let mut response = Response::builder()
+        .header("content-type", "application/json")
+        .header("x-echo-backend", name);
     // `status=N` answers with that status; each `header=name:value` adds a response header.
     let params = echo.query.split('&').filter_map(|kv| kv.split_once('='));
     for (key, value) in params {
@@ -272,7 +346,12 @@ async fn answer(name: &str, tls: bool, delay_ms: u64, req: Request<hyper::body::
     }
     response
         .body(EchoBody::Left(Full::new(Bytes::from(body))))
-        .unwrap_or_else(|_| Response::builder().status(500).body(EchoBody::Left(Full::default())).expect("valid response"))
+        .unwrap_or_else(|_| {
+            Response::builder()
+                .status(500)
+                .body(EchoBody::Left(Full::default()))
+                .expect("valid response")
+        })
 }
 
 /// `%XX` escapes decoded (enough for test parameters).
@@ -281,7 +360,12 @@ fn percent_decode(v: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+        match (
+            bytes[i],
+            bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
+        ) {
             (b'%', Some(b)) => {
                 out.push(b);
                 i += 3;
@@ -299,7 +383,11 @@ fn percent_decode(v: &str) -> String {
 pub async fn echo_servers(names: &[&str]) -> Vec<EchoServer> {
     let mut servers = Vec::new();
     for name in names {
-        servers.push(EchoServer::start(name, "127.0.0.1:0".parse().expect("address")).await.expect("echo backend"));
+        servers.push(
+            EchoServer::start(name, "127.0.0.1:0".parse().expect("address"))
+                .await
+                .expect("echo backend"),
+        );
     }
     servers
 }
@@ -308,6 +396,9 @@ pub async fn echo_servers(names: &[&str]) -> Vec<EchoServer> {
 /// EndpointSlice documents that route to them.
 pub async fn backends(names: &[&str]) -> (Vec<EchoServer>, Vec<serde_json::Value>) {
     let servers = echo_servers(names).await;
-    let docs = servers.iter().flat_map(|s| crate::manifests::service_with_endpoints(&s.name, &[s.addr])).collect();
+    let docs = servers
+        .iter()
+        .flat_map(|s| crate::manifests::service_with_endpoints(&s.name, &[s.addr]))
+        .collect();
     (servers, docs)
 }

@@ -70,7 +70,11 @@ pub enum MaybeTls {
 }
 
 impl AsyncRead for MaybeTls {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -79,7 +83,11 @@ impl AsyncRead for MaybeTls {
 }
 
 impl AsyncWrite for MaybeTls {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -127,18 +135,31 @@ impl tonic::server::UnaryService<Bytes> for Unary {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let svc = self.0.clone();
         Box::pin(async move {
-            let timeout = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
+            let timeout = request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
             let message = String::from_utf8_lossy(request.get_ref()).into_owned();
             if message == "fail" {
                 let mut status = Status::new(Code::NotFound, "no such thing");
-                status.metadata_mut().insert("x-detail", "trailer intact".parse().expect("ascii"));
+                status
+                    .metadata_mut()
+                    .insert("x-detail", "trailer intact".parse().expect("ascii"));
                 return Err(status);
             }
             if let Some(ms) = message.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            let mut response = Response::new(Bytes::from(format!("backend={} tls={} timeout={timeout} msg={message}", svc.name, svc.tls)));
-            response.metadata_mut().insert("x-backend", svc.name.parse().map_err(|_| Status::internal("name"))?);
+            let mut response = Response::new(Bytes::from(format!(
+                "backend={} tls={} timeout={timeout} msg={message}",
+                svc.name, svc.tls
+            )));
+            response.metadata_mut().insert(
+                "x-backend",
+                svc.name.parse().map_err(|_| Status::internal("name"))?,
+            );
             Ok(response)
         })
     }
@@ -151,8 +172,11 @@ impl tonic::server::ServerStreamingService<Bytes> for Count {
     type ResponseStream = tokio_stream::Iter<std::vec::IntoIter<Result<Bytes, Status>>>;
     type Future = BoxFuture<Result<Response<Self::ResponseStream>, Status>>;
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let n: usize = String::from_utf8_lossy(request.get_ref()).parse().unwrap_or(0);
-        let items: Vec<Result<Bytes, Status>> = (0..n).map(|i| Ok(Bytes::from(i.to_string()))).collect();
+        let n: usize = String::from_utf8_lossy(request.get_ref())
+            .parse()
+            .unwrap_or(0);
+        let items: Vec<Result<Bytes, Status>> =
+            (0..n).map(|i| Ok(Bytes::from(i.to_string()))).collect();
         Box::pin(async move { Ok(Response::new(tokio_stream::iter(items))) })
     }
 }
@@ -173,8 +197,16 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.clone();
         match req.uri().path() {
-            UNARY => Box::pin(async move { Ok(tonic::server::Grpc::new(RawCodec).unary(Unary(svc), req).await) }),
-            COUNT => Box::pin(async move { Ok(tonic::server::Grpc::new(RawCodec).server_streaming(Count, req).await) }),
+            UNARY => Box::pin(async move {
+                Ok(tonic::server::Grpc::new(RawCodec)
+                    .unary(Unary(svc), req)
+                    .await)
+            }),
+            COUNT => Box::pin(async move {
+                Ok(tonic::server::Grpc::new(RawCodec)
+                    .server_streaming(Count, req)
+                    .await)
+            }),
             _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
         }
     }
@@ -194,15 +226,24 @@ impl Drop for GrpcServer {
 
 impl GrpcServer {
     /// Serves h2c, or h2 over TLS with `tls`'s certificate.
-    pub async fn start(name: &str, addr: SocketAddr, tls: Option<SslAcceptor>) -> io::Result<GrpcServer> {
+    pub async fn start(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<SslAcceptor>,
+    ) -> io::Result<GrpcServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let service = EchoService { name: name.into(), tls: tls.is_some() };
+        let service = EchoService {
+            name: name.into(),
+            tls: tls.is_some(),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<MaybeTls>>(16);
         let tls = tls.map(Arc::new);
         let acceptor = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let tx = tx.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -219,7 +260,9 @@ impl GrpcServer {
         });
         let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder().serve_with_incoming(service, incoming).await;
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming(service, incoming)
+                .await;
             acceptor.abort();
         });
         Ok(GrpcServer { addr, task })
@@ -249,7 +292,11 @@ impl Service<http::Uri> for FixedConnector {
             let conn = match this.tls_sni {
                 None => MaybeTls::Plain(TcpStream::connect(this.target).await?),
                 Some(sni) => {
-                    let opts = ClientOptions { sni: Some(&sni), alpn: &["h2"], ..ClientOptions::default() };
+                    let opts = ClientOptions {
+                        sni: Some(&sni),
+                        alpn: &["h2"],
+                        ..ClientOptions::default()
+                    };
                     let (stream, handshake) = crate::tls::connect(this.target, opts).await?;
                     if handshake.alpn.as_deref() != Some("h2") {
                         return Err("the server did not select h2".into());
@@ -271,25 +318,54 @@ impl GrpcClient {
     pub async fn connect(target: SocketAddr, host: &str, tls: bool) -> anyhow::Result<GrpcClient> {
         let scheme = if tls { "https" } else { "http" };
         let endpoint = Endpoint::from_shared(format!("{scheme}://{host}"))?;
-        let connector = FixedConnector { target, tls_sni: tls.then(|| host.to_string()) };
+        let connector = FixedConnector {
+            target,
+            tls_sni: tls.then(|| host.to_string()),
+        };
         let channel = endpoint.connect_with_connector(connector).await?;
-        Ok(GrpcClient { grpc: tonic::client::Grpc::new(channel) })
+        Ok(GrpcClient {
+            grpc: tonic::client::Grpc::new(channel),
+        })
     }
 
-    pub async fn unary(&mut self, message: &str, deadline: Option<Duration>) -> Result<Response<Bytes>, Status> {
-        self.grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    pub async fn unary(
+        &mut self,
+        message: &str,
+        deadline: Option<Duration>,
+    ) -> Result<Response<Bytes>, Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut request = Request::new(Bytes::from(message.to_string()));
         if let Some(d) = deadline {
             request.set_timeout(d);
         }
-        self.grpc.unary(request, http::uri::PathAndQuery::from_static(UNARY), RawCodec).await
+        self.grpc
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(UNARY),
+                RawCodec,
+            )
+            .await
     }
 
     /// The streamed messages, in order.
     pub async fn count(&mut self, n: usize) -> Result<Vec<String>, Status> {
-        self.grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let request = Request::new(Bytes::from(n.to_string()));
-        let mut stream = self.grpc.server_streaming(request, http::uri::PathAndQuery::from_static(COUNT), RawCodec).await?.into_inner();
+        let mut stream = self
+            .grpc
+            .server_streaming(
+                request,
+                http::uri::PathAndQuery::from_static(COUNT),
+                RawCodec,
+            )
+            .await?
+            .into_inner();
         let mut out = Vec::new();
         while let Some(m) = stream.message().await? {
             out.push(String::from_utf8_lossy(&m).into_owned());

@@ -17,7 +17,11 @@ pub fn binary(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(path.exists(), "{} not found: build the binaries first (scripts/test does: cargo build --release --bins)", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (scripts/test does: cargo build --release --bins)",
+        path.display()
+    );
     path
 }
 
@@ -88,7 +92,11 @@ impl Portico {
     }
 
     /// Starts with extra controller arguments too.
-    pub async fn start_full(files: &[(&str, String)], controller_args: &[&str], proxy_args: &[&str]) -> Portico {
+    pub async fn start_full(
+        files: &[(&str, String)],
+        controller_args: &[&str],
+        proxy_args: &[&str],
+    ) -> Portico {
         let dir = tempfile::tempdir().expect("tempdir");
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests).expect("manifests dir");
@@ -96,40 +104,71 @@ impl Portico {
             std::fs::write(manifests.join(name), content).expect("write manifest");
         }
         let mut args = vec!["--manifests".to_string(), manifests.display().to_string()];
-        args.extend(with_defaults(controller_args, &[("--debounce-ms", "50"), ("--manifests-poll-ms", "100"), ("--metrics-addr", "")]));
+        args.extend(with_defaults(
+            controller_args,
+            &[
+                ("--debounce-ms", "50"),
+                ("--manifests-poll-ms", "100"),
+                ("--metrics-addr", ""),
+            ],
+        ));
         Self::start_processes(dir, manifests, args, proxy_args).await
     }
 
     /// Starts the controller on the Kubernetes API at `api` (through `--kubeconfig`),
     /// and a proxy, and waits for the first snapshot.
-    pub async fn start_kube(api: &TestApiServer, controller_args: &[&str], proxy_args: &[&str]) -> Portico {
+    pub async fn start_kube(
+        api: &TestApiServer,
+        controller_args: &[&str],
+        proxy_args: &[&str],
+    ) -> Portico {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, api.kubeconfig()).expect("write kubeconfig");
         let mut args = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
         args.extend(with_defaults(
             controller_args,
-            &[("--debounce-ms", "50"), ("--metrics-addr", ""), ("--lease-duration-secs", "3"), ("--election-namespace", "portico-system")],
+            &[
+                ("--debounce-ms", "50"),
+                ("--metrics-addr", ""),
+                ("--lease-duration-secs", "3"),
+                ("--election-namespace", "portico-system"),
+            ],
         ));
         let manifests = dir.path().join("unused");
         Self::start_processes(dir, manifests, args, proxy_args).await
     }
 
-    async fn start_processes(dir: tempfile::TempDir, manifests: PathBuf, controller_args: Vec<String>, proxy_args: &[&str]) -> Portico {
+    async fn start_processes(
+        dir: tempfile::TempDir,
+        manifests: PathBuf,
+        controller_args: Vec<String>,
+        proxy_args: &[&str],
+    ) -> Portico {
         let socket = dir.path().join("portico.sock");
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let https: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
 
         let controller = spawn(
-            Command::new(binary("portico-controller")).arg("--socket").arg(&socket).args(&controller_args),
+            Command::new(binary("portico-controller"))
+                .arg("--socket")
+                .arg(&socket)
+                .args(&controller_args),
             &dir.path().join("controller.log"),
         );
         let proxy = spawn(
             Command::new(binary("portico-proxy"))
                 .arg("--socket")
                 .arg(&socket)
-                .args(["--http-addr", &http.to_string(), "--https-addr", &https.to_string(), "--admin-addr", &admin.to_string()])
+                .args([
+                    "--http-addr",
+                    &http.to_string(),
+                    "--https-addr",
+                    &https.to_string(),
+                    "--admin-addr",
+                    &admin.to_string(),
+                ])
                 .args(["--threads", "2"])
                 .args(proxy_args),
             &dir.path().join("proxy.log"),
@@ -147,7 +186,11 @@ impl Portico {
             controller: Some(controller),
             proxy,
         };
-        portico.wait_until("the proxy is ready", |p| async move { p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200) }).await;
+        portico
+            .wait_until("the proxy is ready", |p| async move {
+                p.admin_get("/readyz").await.is_ok_and(|r| r.status == 200)
+            })
+            .await;
         // `/readyz` also waits for the proxy listeners to accept, so requests can start now.
         portico
     }
@@ -158,8 +201,15 @@ impl Portico {
 
     /// The version of the snapshot the proxy serves.
     pub async fn applied_version(&self) -> Option<u64> {
-        let reply = self.admin_get("/config").await.ok().filter(|r| r.status == 200)?;
-        serde_json::from_slice::<serde_json::Value>(&reply.body).ok()?.get("version")?.as_u64()
+        let reply = self
+            .admin_get("/config")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)?;
+        serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()?
+            .get("version")?
+            .as_u64()
     }
 
     /// Writes a manifest atomically (write, then rename), as a deploy tool would.
@@ -188,7 +238,10 @@ impl Portico {
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        panic!("timed out waiting for a snapshot newer than {before:?}\n{}", self.logs());
+        panic!(
+            "timed out waiting for a snapshot newer than {before:?}\n{}",
+            self.logs()
+        );
     }
 
     /// Polls `check` for up to 15 s.
@@ -210,16 +263,33 @@ impl Portico {
     /// Every process's log: the controller's, replicas', and the proxy's.
     pub fn logs(&self) -> String {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".log")).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".log"))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
-        names.iter().map(|n| format!("--- {n} ---\n{}\n", std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default())).collect()
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n} ---\n{}\n",
+                    std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     /// Kills the controller (as a crash would) and starts it again with the same arguments.
     pub fn restart_controller(&mut self) {
         self.kill_controller();
-        let log = std::fs::OpenOptions::new().append(true).create(true).open(self.dir.path().join("controller.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("controller.log"))
+            .expect("log file");
         let err = log.try_clone().expect("log file");
         let child = Command::new(binary("portico-controller"))
             .arg("--socket")
@@ -244,7 +314,10 @@ impl Portico {
     /// Stops the controller with SIGTERM, as Kubernetes does, and waits for it to exit.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -265,7 +338,10 @@ impl Portico {
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let child = spawn(
-            Command::new(binary("portico-controller")).arg("--socket").arg(self.dir.path().join(format!("{name}.sock"))).args(&args),
+            Command::new(binary("portico-controller"))
+                .arg("--socket")
+                .arg(self.dir.path().join(format!("{name}.sock")))
+                .args(&args),
             &log,
         );
         Replica { child, log }
@@ -289,7 +365,10 @@ impl Portico {
 fn with_defaults(args: &[&str], defaults: &[(&str, &str)]) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     for (flag, value) in defaults {
-        if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+        if !args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        {
             out.extend([flag.to_string(), value.to_string()]);
         }
     }
@@ -299,7 +378,12 @@ fn with_defaults(args: &[&str], defaults: &[(&str, &str)]) -> Vec<String> {
 fn spawn(cmd: &mut Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_LOG", "info").spawn().expect("spawn binary")
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn binary")
 }
 
 impl Drop for Portico {

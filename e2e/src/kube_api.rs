@@ -54,10 +54,38 @@ struct Kind {
 }
 
 const KINDS: &[Kind] = &[
-    Kind { prefix: "api/v1", plural: "services", kind: "Service", api_version: "v1", namespaced: true, has_status: true },
-    Kind { prefix: "api/v1", plural: "secrets", kind: "Secret", api_version: "v1", namespaced: true, has_status: false },
-    Kind { prefix: "api/v1", plural: "configmaps", kind: "ConfigMap", api_version: "v1", namespaced: true, has_status: false },
-    Kind { prefix: "api/v1", plural: "events", kind: "Event", api_version: "v1", namespaced: true, has_status: false },
+    Kind {
+        prefix: "api/v1",
+        plural: "services",
+        kind: "Service",
+        api_version: "v1",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
+        prefix: "api/v1",
+        plural: "secrets",
+        kind: "Secret",
+        api_version: "v1",
+        namespaced: true,
+        has_status: false,
+    },
+    Kind {
+        prefix: "api/v1",
+        plural: "configmaps",
+        kind: "ConfigMap",
+        api_version: "v1",
+        namespaced: true,
+        has_status: false,
+    },
+    Kind {
+        prefix: "api/v1",
+        plural: "events",
+        kind: "Event",
+        api_version: "v1",
+        namespaced: true,
+        has_status: false,
+    },
     Kind {
         prefix: "apis/networking.k8s.io/v1",
         plural: "ingresses",
@@ -101,7 +129,9 @@ const KINDS: &[Kind] = &[
 ];
 
 fn kind_index(api_version: &str, kind: &str) -> Option<usize> {
-    KINDS.iter().position(|k| k.api_version == api_version && k.kind == kind)
+    KINDS
+        .iter()
+        .position(|k| k.api_version == api_version && k.kind == kind)
 }
 
 type Key = (usize, String, String);
@@ -132,7 +162,12 @@ struct Store {
 
 impl Store {
     fn record(&mut self, kind: usize, event: &'static str, object: Value) {
-        let change = Arc::new(Change { rv: self.rv, kind, event, object });
+        let change = Arc::new(Change {
+            rv: self.rv,
+            kind,
+            event,
+            object,
+        });
         self.history.push_back(change.clone());
         while self.history.len() > HISTORY {
             let dropped = self.history.pop_front().expect("non-empty");
@@ -176,8 +211,16 @@ impl Store {
         if k.namespaced {
             meta["namespace"] = json!(namespace);
         }
-        if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).map(str::to_string) {
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            if let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            {
                 meta["name"] = json!(format!("{prefix}{:05x}", fastrand::u32(..0xfffff)));
             }
         }
@@ -193,7 +236,10 @@ impl Store {
 
 /// Moves a Secret's `stringData` into `data`, base64-encoded, as the API server does on write.
 fn fold_string_data(secret: &mut Value) {
-    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
     if !secret["data"].is_object() {
         secret["data"] = json!({});
     }
@@ -206,7 +252,9 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8) | u32::from(*chunk.get(2).unwrap_or(&0));
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -227,8 +275,12 @@ fn without_rv(object: &Value) -> Value {
 }
 
 fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    k8s_openapi::jiff::Timestamp::from_second(secs).expect("a time after 1970").to_string()
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .expect("a time after 1970")
+        .to_string()
 }
 
 /// A running test API server; stops when dropped.
@@ -263,10 +315,16 @@ impl TestApiServer {
         }));
         let (cut, _) = watch::channel(0);
         let forbidden = Arc::new(Mutex::new(Vec::new()));
-        let server = Server { store: store.clone(), cut: cut.subscribe(), forbidden: forbidden.clone() };
+        let server = Server {
+            store: store.clone(),
+            cut: cut.subscribe(),
+            forbidden: forbidden.clone(),
+        };
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -279,7 +337,13 @@ impl TestApiServer {
                 });
             }
         });
-        Ok(TestApiServer { addr, store, cut, forbidden, task })
+        Ok(TestApiServer {
+            addr,
+            store,
+            cut,
+            forbidden,
+            task,
+        })
     }
 
     /// A kubeconfig naming this server, for `--kubeconfig`.
@@ -299,10 +363,27 @@ impl TestApiServer {
     /// Creates or replaces an object (as `kubectl apply` would, without field ownership):
     /// its kind comes from `apiVersion` and `kind`. Status is taken as given.
     pub fn apply(&self, object: &Value) -> Value {
-        let kind = kind_index(object["apiVersion"].as_str().unwrap_or(""), object["kind"].as_str().unwrap_or(""))
-            .unwrap_or_else(|| panic!("the test API server does not serve {} {}", object["apiVersion"], object["kind"]));
-        let namespace = if KINDS[kind].namespaced { object["metadata"]["namespace"].as_str().unwrap_or("default") } else { "" };
-        let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
+        let kind = kind_index(
+            object["apiVersion"].as_str().unwrap_or(""),
+            object["kind"].as_str().unwrap_or(""),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "the test API server does not serve {} {}",
+                object["apiVersion"], object["kind"]
+            )
+        });
+        let namespace = if KINDS[kind].namespaced {
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+        } else {
+            ""
+        };
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("metadata.name")
+            .to_string();
         let key = (kind, namespace.to_string(), name);
         let mut store = self.lock();
         let mut object = object.clone();
@@ -328,35 +409,71 @@ impl TestApiServer {
 
     /// Deletes an object named like `object` (its apiVersion, kind, namespace and name).
     pub fn delete(&self, object: &Value) -> bool {
-        let Some(kind) = kind_index(object["apiVersion"].as_str().unwrap_or(""), object["kind"].as_str().unwrap_or("")) else {
+        let Some(kind) = kind_index(
+            object["apiVersion"].as_str().unwrap_or(""),
+            object["kind"].as_str().unwrap_or(""),
+        ) else {
             return false;
         };
-        let namespace = if KINDS[kind].namespaced { object["metadata"]["namespace"].as_str().unwrap_or("default") } else { "" };
-        let key = (kind, namespace.to_string(), object["metadata"]["name"].as_str().unwrap_or("").to_string());
+        let namespace = if KINDS[kind].namespaced {
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+        } else {
+            ""
+        };
+        let key = (
+            kind,
+            namespace.to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
         self.lock().remove(&key).is_some()
     }
 
     /// The stored object of `api_version`/`kind` at `namespace`/`name`.
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let kind = kind_index(api_version, kind)?;
-        let namespace = if KINDS[kind].namespaced { namespace } else { "" };
-        self.lock().objects.get(&(kind, namespace.to_string(), name.to_string())).cloned()
+        let namespace = if KINDS[kind].namespaced {
+            namespace
+        } else {
+            ""
+        };
+        self.lock()
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Every stored object of one kind.
     pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
-        let Some(kind) = kind_index(api_version, kind) else { return Vec::new() };
-        self.lock().objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(_, v)| v.clone()).collect()
+        let Some(kind) = kind_index(api_version, kind) else {
+            return Vec::new();
+        };
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Answers every request for the resource `plural` (such as `secrets`) with 403
     /// Forbidden, as missing RBAC would, until [`TestApiServer::allow`].
     pub fn forbid(&self, plural: &'static str) {
-        self.forbidden.lock().unwrap_or_else(|p| p.into_inner()).push(plural);
+        self.forbidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(plural);
     }
 
     pub fn allow(&self, plural: &str) {
-        self.forbidden.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != plural);
+        self.forbidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| *p != plural);
     }
 
     /// Every write request so far, as `METHOD path`.
@@ -417,11 +534,18 @@ fn parse_target(path: &str) -> Option<Target> {
         [plural, name, "status"] => (*plural, Some(name.to_string()), true),
         _ => return None,
     };
-    let kind = KINDS.iter().position(|k| k.prefix == prefix && k.plural == plural)?;
+    let kind = KINDS
+        .iter()
+        .position(|k| k.prefix == prefix && k.plural == plural)?;
     if status && !KINDS[kind].has_status {
         return None;
     }
-    Some(Target { kind, namespace, name, status })
+    Some(Target {
+        kind,
+        namespace,
+        name,
+        status,
+    })
 }
 
 fn query_params(req: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
@@ -443,7 +567,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            ) {
                 Ok(b) => {
                     out.push(b);
                     i += 3;
@@ -468,11 +595,15 @@ struct Selector {
 impl Selector {
     fn parse(params: &BTreeMap<String, String>) -> Result<Selector, String> {
         let terms = |text: Option<&String>| -> Result<Vec<(String, String)>, String> {
-            let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok(Vec::new()) };
+            let Some(text) = text.filter(|t| !t.is_empty()) else {
+                return Ok(Vec::new());
+            };
             text.split(',')
                 .map(|term| {
-                    let (k, v) =
-                        term.split_once("==").or_else(|| term.split_once('=')).ok_or(format!("unsupported selector term {term:?}"))?;
+                    let (k, v) = term
+                        .split_once("==")
+                        .or_else(|| term.split_once('='))
+                        .ok_or(format!("unsupported selector term {term:?}"))?;
                     if k.ends_with('!') {
                         return Err(format!("unsupported selector term {term:?}"));
                     }
@@ -481,16 +612,29 @@ impl Selector {
                 .collect()
         };
         let fields = terms(params.get("fieldSelector"))?;
-        if let Some((k, _)) = fields.iter().find(|(k, _)| k != "metadata.name" && k != "metadata.namespace") {
+        if let Some((k, _)) = fields
+            .iter()
+            .find(|(k, _)| k != "metadata.name" && k != "metadata.namespace")
+        {
             return Err(format!("field label not supported: {k}"));
         }
-        Ok(Selector { fields, labels: terms(params.get("labelSelector"))? })
+        Ok(Selector {
+            fields,
+            labels: terms(params.get("labelSelector"))?,
+        })
     }
 
     fn matches(&self, object: &Value) -> bool {
         let meta = &object["metadata"];
-        self.fields.iter().all(|(k, v)| meta[k.trim_start_matches("metadata.")].as_str().unwrap_or("") == v)
-            && self.labels.iter().all(|(k, v)| meta["labels"][k].as_str() == Some(v))
+        self.fields.iter().all(|(k, v)| {
+            meta[k.trim_start_matches("metadata.")]
+                .as_str()
+                .unwrap_or("")
+                == v
+        }) && self
+            .labels
+            .iter()
+            .all(|(k, v)| meta["labels"][k].as_str() == Some(v))
     }
 }
 
@@ -504,7 +648,11 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
 
 fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     let bytes = Bytes::from(serde_json::to_vec(body).expect("serialisable"));
-    Response::builder().status(code).header("content-type", "application/json").body(Full::new(bytes).boxed()).expect("valid response")
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes).boxed())
+        .expect("valid response")
 }
 
 /// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
@@ -535,26 +683,52 @@ impl Server {
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let Some(target) = parse_target(&path) else {
-            return status(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find the requested resource ({path})"));
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            );
         };
-        if self.forbidden.lock().unwrap_or_else(|p| p.into_inner()).contains(&KINDS[target.kind].plural) {
+        if self
+            .forbidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&KINDS[target.kind].plural)
+        {
             let k = &KINDS[target.kind];
-            return status(StatusCode::FORBIDDEN, "Forbidden", format!("{} is forbidden: the test says so", k.plural));
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("{} is forbidden: the test says so", k.plural),
+            );
         }
         let params = query_params(&req);
         let method = req.method().clone();
-        let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         if method != Method::GET {
             self.lock().writes.push(format!("{method} {path}"));
         }
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("reading body: {e}")),
+            Err(e) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("reading body: {e}"),
+                )
+            }
         };
         let parse = || serde_json::from_slice::<Value>(&body).map_err(|e| format!("body: {e}"));
         let bad_request = |e: String| status(StatusCode::BAD_REQUEST, "BadRequest", e);
         match (method, &target.name) {
-            (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true" || w == "1") => self.watch(target, &params),
+            (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                self.watch(target, &params)
+            }
             (Method::GET, None) => self.list(target, &params),
             (Method::GET, Some(name)) => self.get(&target, name),
             (Method::POST, None) => match parse() {
@@ -574,7 +748,11 @@ impl Server {
                     );
                 }
                 match parse() {
-                    Ok(patch) => self.patch(target, patch, content_type.starts_with("application/apply-patch")),
+                    Ok(patch) => self.patch(
+                        target,
+                        patch,
+                        content_type.starts_with("application/apply-patch"),
+                    ),
                     Err(e) => bad_request(e),
                 }
             }
@@ -585,12 +763,20 @@ impl Server {
                     None => not_found(&target, name),
                 }
             }
-            (m, _) => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{m} is not supported on {path}")),
+            (m, _) => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{m} is not supported on {path}"),
+            ),
         }
     }
 
     fn get(&self, target: &Target, name: &str) -> Response<Body> {
-        match self.lock().objects.get(&(target.kind, target.namespace.clone(), name.to_string())) {
+        match self
+            .lock()
+            .objects
+            .get(&(target.kind, target.namespace.clone(), name.to_string()))
+        {
             Some(object) => json_response(StatusCode::OK, object),
             None => not_found(target, name),
         }
@@ -617,19 +803,30 @@ impl Server {
             },
             None => (store.rv, None),
         };
-        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let limit = params
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut more = None;
-        let start =
-            (target.kind, after.as_ref().map_or(String::new(), |a| a.0.clone()), after.as_ref().map_or(String::new(), |a| a.1.clone()));
+        let start = (
+            target.kind,
+            after.as_ref().map_or(String::new(), |a| a.0.clone()),
+            after.as_ref().map_or(String::new(), |a| a.1.clone()),
+        );
         for ((kind, ns, name), object) in store.objects.range(start..) {
             if *kind != target.kind {
                 break;
             }
-            if after.as_ref().is_some_and(|(a_ns, a_name)| a_ns == ns && a_name == name) {
+            if after
+                .as_ref()
+                .is_some_and(|(a_ns, a_name)| a_ns == ns && a_name == name)
+            {
                 continue;
             }
-            if !target.namespace.is_empty() && *ns != target.namespace || !selector.matches(object) {
+            if !target.namespace.is_empty() && *ns != target.namespace || !selector.matches(object)
+            {
                 continue;
             }
             if items.len() == limit {
@@ -652,14 +849,33 @@ impl Server {
     fn create(&self, target: Target, mut object: Value) -> Response<Body> {
         let mut store = self.lock();
         store.stamp_new(&mut object, target.kind, &target.namespace);
-        let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
-            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value".into());
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.name: Required value".into(),
+            );
         }
-        let key = (target.kind, if KINDS[target.kind].namespaced { target.namespace.clone() } else { String::new() }, name.clone());
+        let key = (
+            target.kind,
+            if KINDS[target.kind].namespaced {
+                target.namespace.clone()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
         if store.objects.contains_key(&key) {
             let k = &KINDS[target.kind];
-            return status(StatusCode::CONFLICT, "AlreadyExists", format!("{}.{} {name:?} already exists", k.plural, group_of(k)));
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{}.{} {name:?} already exists", k.plural, group_of(k)),
+            );
         }
         let stored = store.put(key, object);
         json_response(StatusCode::CREATED, &stored)
@@ -669,7 +885,9 @@ impl Server {
         let name = target.name.clone().expect("named");
         let key = (target.kind, target.namespace.clone(), name.clone());
         let mut store = self.lock();
-        let Some(old) = store.objects.get(&key).cloned() else { return not_found(&target, &name) };
+        let Some(old) = store.objects.get(&key).cloned() else {
+            return not_found(&target, &name);
+        };
         let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
         if !given.is_empty() && given != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
             let k = &KINDS[target.kind];
@@ -684,7 +902,13 @@ impl Server {
             );
         }
         let object = self.subresource_view(&target, &old, {
-            for field in ["uid", "creationTimestamp", "generation", "namespace", "name"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 object["metadata"][field] = old["metadata"][field].clone();
             }
             object["apiVersion"] = old["apiVersion"].clone();
@@ -713,7 +937,14 @@ impl Server {
         };
         let mut patched = old.clone();
         merge_patch(&mut patched, &patch);
-        for field in ["uid", "creationTimestamp", "generation", "namespace", "name", "resourceVersion"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "namespace",
+            "name",
+            "resourceVersion",
+        ] {
             patched["metadata"][field] = old["metadata"][field].clone();
         }
         let object = self.subresource_view(&target, &old, patched);
@@ -752,25 +983,40 @@ impl Server {
             Ok(s) => s,
             Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
         };
-        let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-        let timeout = params.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+        let bookmarks = params
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true");
+        let timeout = params
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs);
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
         let k = &KINDS[target.kind];
         let matches = move |c: &Change| {
             c.kind == target.kind
-                && (target.namespace.is_empty() || c.object["metadata"]["namespace"].as_str() == Some(target.namespace.as_str()))
+                && (target.namespace.is_empty()
+                    || c.object["metadata"]["namespace"].as_str()
+                        == Some(target.namespace.as_str()))
                 && selector.matches(&c.object)
         };
 
         let store = self.lock();
         let live = store.changes.subscribe();
-        let requested = params.get("resourceVersion").map(String::as_str).unwrap_or("");
+        let requested = params
+            .get("resourceVersion")
+            .map(String::as_str)
+            .unwrap_or("");
         let mut first: Vec<Value> = Vec::new();
         let from = match requested {
             // No version, or "0": the current state as ADDED events, then changes.
             "" | "0" => {
                 for (key, object) in &store.objects {
-                    let c = Change { rv: 0, kind: key.0, event: "ADDED", object: object.clone() };
+                    let c = Change {
+                        rv: 0,
+                        kind: key.0,
+                        event: "ADDED",
+                        object: object.clone(),
+                    };
                     if matches(&c) {
                         first.push(json!({"type": "ADDED", "object": c.object}));
                     }
@@ -794,7 +1040,13 @@ impl Server {
                     }}));
                     u64::MAX
                 }
-                Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("invalid resourceVersion {rv:?}")),
+                Err(_) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("invalid resourceVersion {rv:?}"),
+                    )
+                }
             },
         };
         drop(store);
@@ -869,13 +1121,27 @@ fn group_of(k: &Kind) -> &'static str {
 
 fn not_found(target: &Target, name: &str) -> Response<Body> {
     let k = &KINDS[target.kind];
-    let resource = if group_of(k).is_empty() { k.plural.to_string() } else { format!("{}.{}", k.plural, group_of(k)) };
-    status(StatusCode::NOT_FOUND, "NotFound", format!("{resource} {name:?} not found"))
+    let resource = if group_of(k).is_empty() {
+        k.plural.to_string()
+    } else {
+        format!("{}.{}", k.plural, group_of(k))
+    };
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{resource} {name:?} not found"),
+    )
 }
 
 fn items_last_key(items: &[Value]) -> (String, String) {
     let last = items.last().expect("a full page has items");
-    (last["metadata"]["namespace"].as_str().unwrap_or("").to_string(), last["metadata"]["name"].as_str().unwrap_or("").to_string())
+    (
+        last["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        last["metadata"]["name"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 fn encode_continue(rv: u64, (ns, name): &(String, String)) -> String {
@@ -884,11 +1150,21 @@ fn encode_continue(rv: u64, (ns, name): &(String, String)) -> String {
 }
 
 fn decode_continue(token: &str) -> Option<(u64, String, String)> {
-    let bytes: Option<Vec<u8>> =
-        (0..token.len()).step_by(2).map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.splitn(3, '/');
-    Some((parts.next()?.parse().ok()?, parts.next()?.to_string(), parts.next()?.to_string()))
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -906,27 +1182,52 @@ mod tests {
 
     #[test]
     fn urls_map_to_kinds_namespaces_and_subresources() {
-        let t = parse_target("/apis/networking.k8s.io/v1/namespaces/ns1/ingresses/web/status").unwrap();
-        assert_eq!((KINDS[t.kind].kind, t.namespace.as_str(), t.name.as_deref(), t.status), ("Ingress", "ns1", Some("web"), true));
+        let t =
+            parse_target("/apis/networking.k8s.io/v1/namespaces/ns1/ingresses/web/status").unwrap();
+        assert_eq!(
+            (
+                KINDS[t.kind].kind,
+                t.namespace.as_str(),
+                t.name.as_deref(),
+                t.status
+            ),
+            ("Ingress", "ns1", Some("web"), true)
+        );
         let t = parse_target("/api/v1/services").unwrap();
-        assert_eq!((KINDS[t.kind].kind, t.namespace.as_str(), t.name), ("Service", "", None));
+        assert_eq!(
+            (KINDS[t.kind].kind, t.namespace.as_str(), t.name),
+            ("Service", "", None)
+        );
         let t = parse_target("/apis/networking.k8s.io/v1/ingressclasses/portico").unwrap();
-        assert_eq!((KINDS[t.kind].kind, t.name.as_deref()), ("IngressClass", Some("portico")));
-        assert!(parse_target("/api/v1/namespaces/x/secrets/s/status").is_none(), "Secrets have no status subresource");
+        assert_eq!(
+            (KINDS[t.kind].kind, t.name.as_deref()),
+            ("IngressClass", Some("portico"))
+        );
+        assert!(
+            parse_target("/api/v1/namespaces/x/secrets/s/status").is_none(),
+            "Secrets have no status subresource"
+        );
         assert!(parse_target("/apis/apps/v1/deployments").is_none());
     }
 
     #[test]
     fn secrets_string_data_is_stored_as_base64_data() {
-        let mut secret = json!({"stringData": {"a": "hello", "b": "hi", "c": ""}, "data": {"d": "eA=="}});
+        let mut secret =
+            json!({"stringData": {"a": "hello", "b": "hi", "c": ""}, "data": {"d": "eA=="}});
         fold_string_data(&mut secret);
-        assert_eq!(secret, json!({"data": {"a": "aGVsbG8=", "b": "aGk=", "c": "", "d": "eA=="}}));
+        assert_eq!(
+            secret,
+            json!({"data": {"a": "aGVsbG8=", "b": "aGk=", "c": "", "d": "eA=="}})
+        );
     }
 
     #[test]
     fn continue_tokens_round_trip() {
         let token = encode_continue(42, &("ns".into(), "a/b".into()));
-        assert_eq!(decode_continue(&token), Some((42, "ns".into(), "a/b".into())));
+        assert_eq!(
+            decode_continue(&token),
+            Some((42, "ns".into(), "a/b".into()))
+        );
         assert_eq!(decode_continue("zz"), None);
     }
 }

@@ -10,7 +10,10 @@ pub const SERVICE_PORT: u16 = 80;
 
 /// Renders documents as one multi-document YAML stream.
 pub fn to_yaml(docs: &[Value]) -> String {
-    docs.iter().map(|d| serde_json::to_string_pretty(d).expect("serialisable")).collect::<Vec<_>>().join("\n---\n")
+    docs.iter()
+        .map(|d| serde_json::to_string_pretty(d).expect("serialisable"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 pub fn ingress_class(name: &str, controller: &str, default: bool) -> Value {
@@ -21,7 +24,8 @@ pub fn ingress_class(name: &str, controller: &str, default: bool) -> Value {
         "spec": {"controller": controller},
     });
     if default {
-        class["metadata"]["annotations"] = json!({"ingressclass.kubernetes.io/is-default-class": "true"});
+        class["metadata"]["annotations"] =
+            json!({"ingressclass.kubernetes.io/is-default-class": "true"});
     }
     class
 }
@@ -41,7 +45,10 @@ pub fn service_with_endpoints(name: &str, endpoints: &[SocketAddr]) -> Vec<Value
     }
     for (i, (port, addrs)) in by_port.into_iter().enumerate() {
         let family = if addrs[0].is_ipv4() { "IPv4" } else { "IPv6" };
-        let eps: Vec<Value> = addrs.iter().map(|a| json!({"addresses": [a.ip().to_string()], "conditions": {"ready": true}})).collect();
+        let eps: Vec<Value> = addrs
+            .iter()
+            .map(|a| json!({"addresses": [a.ip().to_string()], "conditions": {"ready": true}}))
+            .collect();
         docs.push(json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
@@ -80,7 +87,10 @@ impl IngressBuilder {
         match class {
             Some(c) => self.value["spec"]["ingressClassName"] = json!(c),
             None => {
-                self.value["spec"].as_object_mut().expect("spec").remove("ingressClassName");
+                self.value["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("ingressClassName");
             }
         }
         self
@@ -110,11 +120,14 @@ impl IngressBuilder {
                 rules.len() - 1
             }
         };
-        rules[index]["http"]["paths"].as_array_mut().expect("paths").push(json!({
-            "path": path,
-            "pathType": path_type,
-            "backend": backend(service),
-        }));
+        rules[index]["http"]["paths"]
+            .as_array_mut()
+            .expect("paths")
+            .push(json!({
+                "path": path,
+                "pathType": path_type,
+                "backend": backend(service),
+            }));
         self
     }
 
@@ -124,7 +137,10 @@ impl IngressBuilder {
         if spec.get("tls").is_none() {
             spec["tls"] = json!([]);
         }
-        spec["tls"].as_array_mut().expect("tls").push(json!({"hosts": hosts, "secretName": secret}));
+        spec["tls"]
+            .as_array_mut()
+            .expect("tls")
+            .push(json!({"hosts": hosts, "secretName": secret}));
         self
     }
 
@@ -141,7 +157,10 @@ impl IngressBuilder {
 /// A `kubernetes.io/tls` Secret in `default`, with the PEM as `stringData`.
 /// A ConfigMap in `default` with these entries.
 pub fn config_map(name: &str, data: &[(&str, &str)]) -> Value {
-    let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": data})
 }
 

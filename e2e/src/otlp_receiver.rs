@@ -32,15 +32,26 @@ impl OtlpReceiver {
         let kept = spans.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let kept = kept.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let kept = kept.clone();
                         async move {
-                            let wanted = req.method() == hyper::Method::POST && req.uri().path() == "/v1/traces";
-                            let json = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let wanted = req.method() == hyper::Method::POST
+                                && req.uri().path() == "/v1/traces";
+                            let json = req
+                                .headers()
+                                .get("content-type")
+                                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let status = match serde_json::from_slice::<Value>(&body) {
                                 Ok(request) if wanted && json => {
                                     kept.lock().expect("spans").extend(spans_of(&request));
@@ -48,11 +59,16 @@ impl OtlpReceiver {
                                 }
                                 _ => 400,
                             };
-                            let answer = Response::builder().status(status).body(Full::new(Bytes::from_static(b"{}"))).expect("response");
+                            let answer = Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"{}")))
+                                .expect("response");
                             Ok::<_, std::convert::Infallible>(answer)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -94,7 +110,13 @@ fn spans_of(request: &Value) -> Vec<Value> {
 
 /// The value of a span's attribute, as text (`intValue`s are strings in OTLP JSON).
 pub fn attribute(span: &Value, key: &str) -> Option<String> {
-    let a = span["attributes"].as_array()?.iter().find(|a| a["key"] == key)?;
+    let a = span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?;
     let v = &a["value"];
-    v["stringValue"].as_str().or(v["intValue"].as_str()).map(str::to_string)
+    v["stringValue"]
+        .as_str()
+        .or(v["intValue"].as_str())
+        .map(str::to_string)
 }

@@ -20,26 +20,40 @@ async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
 
 /// The status codes of every response in `text`, in order.
 fn statuses(text: &str) -> Vec<u16> {
-    text.match_indices("HTTP/1.1 ").filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok()).collect()
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
 }
 
 async fn protected_site() -> (Portico, Vec<portico_e2e::echo::EchoServer>) {
     let (servers, mut docs) = backends(&["site", "secret"]).await;
-    docs.push(ingress("public").path("a.test", "Prefix", "/", "site").build());
+    docs.push(
+        ingress("public")
+            .path("a.test", "Prefix", "/", "site")
+            .build(),
+    );
     docs.push(
         ingress("admin")
             .path("a.test", "Prefix", "/admin", "secret")
-            .annotation("nginx.ingress.kubernetes.io/whitelist-source-range", "10.0.0.0/8")
+            .annotation(
+                "nginx.ingress.kubernetes.io/whitelist-source-range",
+                "10.0.0.0/8",
+            )
             .build(),
     );
-    (Portico::start(&[("all.yaml", to_yaml(&docs))]).await, servers)
+    (
+        Portico::start(&[("all.yaml", to_yaml(&docs))]).await,
+        servers,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn path_and_host_tricks_reach_the_access_check_or_are_refused() {
     let (portico, servers) = protected_site().await;
     let secret = &servers[1];
-    let get = |target: &str, host: &str| format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes();
+    let get = |target: &str, host: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+    };
     for (target, host, expected) in [
         ("/admin", "a.test", 403),
         ("/admin/", "a.test", 403),
@@ -61,22 +75,43 @@ async fn path_and_host_tricks_reach_the_access_check_or_are_refused() {
         ("http://a.test/admin", "b.test", 400),
     ] {
         let reply = exchange(portico.http, &get(target, host)).await;
-        assert_eq!(statuses(&reply).first().copied(), Some(expected), "GET {target} Host: {host}\n{reply}");
+        assert_eq!(
+            statuses(&reply).first().copied(),
+            Some(expected),
+            "GET {target} Host: {host}\n{reply}"
+        );
     }
     // Two Host headers: refused, never routed by either.
-    let reply = exchange(portico.http, b"GET /admin HTTP/1.1\r\nHost: b.test\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+    let reply = exchange(
+        portico.http,
+        b"GET /admin HTTP/1.1\r\nHost: b.test\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_ne!(statuses(&reply).first().copied(), Some(200), "{reply}");
     // Keep-alive: every request on a connection is checked, not only the first.
     let mut stream = tokio::net::TcpStream::connect(portico.http).await.unwrap();
-    stream.write_all(b"GET /ok HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut first = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut first)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(statuses(&String::from_utf8_lossy(&first[..n])), [200]);
-    stream.write_all(b"GET /admin HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /admin HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
     assert_eq!(statuses(&String::from_utf8_lossy(&rest)), [403]);
-    assert_eq!(secret.request_count(), 0, "the protected backend was reached");
+    assert_eq!(
+        secret.request_count(),
+        0,
+        "the protected backend was reached"
+    );
     // A path that only looks odd still works, normalised for the backend as it was routed.
     let reply = exchange(portico.http, &get("/x/./y//z/../w", "a.test")).await;
     assert!(reply.contains("\"path\":\"/x/y/w\""), "{reply}");
@@ -112,11 +147,18 @@ async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     for (name, raw) in &attempts {
         let reply = exchange(portico.http, raw.as_bytes()).await;
         let seen = statuses(&reply);
-        assert_eq!(seen.len(), 1, "{name}: one answer, then the connection is closed: {reply}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "{name}: one answer, then the connection is closed: {reply}"
+        );
         if name.starts_with("CL.TE") || name.starts_with("TE.CL") {
             // Pingora drops the Content-Length and reads the body as chunked (RFC 9112,
             // 6.3), then closes: the bytes after the last chunk are never a request.
-            assert!(reply.contains("\"body_bytes\":0") && reply.contains("Connection: close"), "{name}: {reply}");
+            assert!(
+                reply.contains("\"body_bytes\":0") && reply.contains("Connection: close"),
+                "{name}: {reply}"
+            );
         } else {
             assert_eq!(seen, [400], "{name}: {reply}");
         }
@@ -125,8 +167,15 @@ async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     let honest = format!("POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggled}", smuggled.len());
     let reply = exchange(portico.http, honest.as_bytes()).await;
     assert_eq!(statuses(&reply), [200], "{reply}");
-    assert!(reply.contains(&format!("\"body_bytes\":{}", smuggled.len())), "{reply}");
-    assert_eq!(secret.request_count(), 0, "a smuggled request reached the protected backend");
+    assert!(
+        reply.contains(&format!("\"body_bytes\":{}", smuggled.len())),
+        "{reply}"
+    );
+    assert_eq!(
+        secret.request_count(),
+        0,
+        "a smuggled request reached the protected backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,10 +207,24 @@ async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() 
     ];
     for (name, raw, status) in &attempts {
         let reply = exchange(portico.http, raw.as_bytes()).await;
-        assert_eq!(statuses(&reply), [*status], "{name}: one refusal, then the connection is closed: {reply}");
+        assert_eq!(
+            statuses(&reply),
+            [*status],
+            "{name}: one refusal, then the connection is closed: {reply}"
+        );
     }
     // Within the limits, the same shapes are answered.
-    let fine = format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(8 * 1024));
-    assert_eq!(statuses(&exchange(portico.http, fine.as_bytes()).await), [200]);
-    assert_eq!(servers[1].request_count(), 0, "a smuggled request reached the protected backend");
+    let fine = format!(
+        "GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    assert_eq!(
+        statuses(&exchange(portico.http, fine.as_bytes()).await),
+        [200]
+    );
+    assert_eq!(
+        servers[1].request_count(),
+        0,
+        "a smuggled request reached the protected backend"
+    );
 }

@@ -8,35 +8,86 @@ fn check(files: &[(&str, String)]) -> (i32, String) {
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).expect("write manifest");
     }
-    let out = std::process::Command::new(binary("portico-controller")).arg("--check").arg(dir.path()).output().expect("runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = std::process::Command::new(binary("portico-controller"))
+        .arg("--check")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn good_manifests_pass_and_list_what_they_route() {
     let mut docs = service_with_endpoints("web", &["127.0.0.1:8080".parse().unwrap()]);
-    docs.push(ingress("site").path("app.test", "Prefix", "/api", "web").path("app.test", "Exact", "/", "web").build());
+    docs.push(
+        ingress("site")
+            .path("app.test", "Prefix", "/api", "web")
+            .path("app.test", "Exact", "/", "web")
+            .build(),
+    );
     // Objects of a cluster the directory does not hold are warnings, not errors.
-    docs.push(ingress("elsewhere").path("other.test", "Prefix", "/", "not-here").build());
+    docs.push(
+        ingress("elsewhere")
+            .path("other.test", "Prefix", "/", "not-here")
+            .build(),
+    );
     let (code, out) = check(&[("site.yaml", to_yaml(&docs))]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("  default/site\n") && out.contains("  default/elsewhere\n"), "{out}");
-    assert!(out.contains("app.test Prefix /api -> default/web:80 (1 endpoints) from default/site"), "{out}");
-    assert!(out.contains("warning  Ingress default/elsewhere: ServiceNotFound"), "{out}");
+    assert!(
+        out.contains("  default/site\n") && out.contains("  default/elsewhere\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("app.test Prefix /api -> default/web:80 (1 endpoints) from default/site"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning  Ingress default/elsewhere: ServiceNotFound"),
+        "{out}"
+    );
     assert!(out.contains("0 errors, 1 warnings"), "{out}");
 }
 
 #[test]
 fn bad_manifests_fail_naming_the_object_and_field() {
     let mut docs = service_with_endpoints("web", &["127.0.0.1:8080".parse().unwrap()]);
-    docs.push(ingress("older").path("app.test", "Prefix", "/", "web").build());
-    docs.push(ingress("taken").path("app.test", "Prefix", "/", "web").build());
-    docs.push(ingress("badpath").path("bad.test", "Exact", "no-slash", "web").build());
-    docs.push(ingress("badregex").path("re.test", "Prefix", "/", "web").annotation("portico.io/match-headers", "x~=(").build());
+    docs.push(
+        ingress("older")
+            .path("app.test", "Prefix", "/", "web")
+            .build(),
+    );
+    docs.push(
+        ingress("taken")
+            .path("app.test", "Prefix", "/", "web")
+            .build(),
+    );
+    docs.push(
+        ingress("badpath")
+            .path("bad.test", "Exact", "no-slash", "web")
+            .build(),
+    );
+    docs.push(
+        ingress("badregex")
+            .path("re.test", "Prefix", "/", "web")
+            .annotation("portico.io/match-headers", "x~=(")
+            .build(),
+    );
     let broken = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: typo}\nspec: {rules: 7}\n".to_string();
     let (code, out) = check(&[("all.yaml", to_yaml(&docs)), ("broken.yaml", broken)]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("error    Ingress default/badpath: InvalidPath: spec.rules[0].http.paths[0]"), "{out}");
-    assert!(out.contains("error    Ingress default/badregex: InvalidAnnotation"), "{out}");
-    assert!(out.contains("PathConflict") && out.contains("broken.yaml: document 0"), "{out}");
+    assert!(
+        out.contains("error    Ingress default/badpath: InvalidPath: spec.rules[0].http.paths[0]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error    Ingress default/badregex: InvalidAnnotation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("PathConflict") && out.contains("broken.yaml: document 0"),
+        "{out}"
+    );
 }

@@ -17,15 +17,29 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
     for site in 0..100 {
         let mut site_ingress = ingress(&format!("site-{site}"));
         for path in 0..10 {
-            site_ingress = site_ingress.path(&format!("site-{site}.test"), "Prefix", &format!("/p{path}"), "web");
+            site_ingress = site_ingress.path(
+                &format!("site-{site}.test"),
+                "Prefix",
+                &format!("/p{path}"),
+                "web",
+            );
         }
         docs.push(site_ingress.build());
     }
     let ca = TestCa::new("dashboard ca");
     let soon = ca.issue_valid(&["shop.test"], (-1, 10));
     docs.push(tls_secret("shop-tls", &soon.cert_pem, &soon.key_pem));
-    docs.push(ingress("shop").tls(&["shop.test"], "shop-tls").path("shop.test", "Prefix", "/api", "web").build());
-    docs.push(ingress("broken").path("broken.test", "Prefix", "/", "ghost").build());
+    docs.push(
+        ingress("shop")
+            .tls(&["shop.test"], "shop-tls")
+            .path("shop.test", "Prefix", "/api", "web")
+            .build(),
+    );
+    docs.push(
+        ingress("broken")
+            .path("broken.test", "Prefix", "/", "ghost")
+            .build(),
+    );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
 
     // Steady traffic, so that rates and latencies have something to show.
@@ -40,14 +54,34 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
         })
     };
 
-    let mut browser = Browser::launch(1400, 1000).await.expect("headless chromium (apt package chromium)");
-    browser.open(&format!("http://{}/", portico.admin)).await.unwrap();
-    browser.wait_for("document.body.innerText.includes('shop.test')", Duration::from_secs(10)).await.unwrap();
+    let mut browser = Browser::launch(1400, 1000)
+        .await
+        .expect("headless chromium (apt package chromium)");
+    browser
+        .open(&format!("http://{}/", portico.admin))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "document.body.innerText.includes('shop.test')",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     let text = browser.text().await.unwrap();
-    assert!(text.contains("site-99.test") && text.contains("/p9"), "every route is listed");
+    assert!(
+        text.contains("site-99.test") && text.contains("/p9"),
+        "every route is listed"
+    );
     assert!(text.contains("default/shop"), "routes name their Ingress");
-    assert!(text.contains("default/shop-tls") && text.contains("shop.test"), "certificates are listed:\n{text}");
-    assert!(text.contains("default/broken") && text.contains("ServiceNotFound"), "the controller's diagnostics are shown");
+    assert!(
+        text.contains("default/shop-tls") && text.contains("shop.test"),
+        "certificates are listed:\n{text}"
+    );
+    assert!(
+        text.contains("default/broken") && text.contains("ServiceNotFound"),
+        "the controller's diagnostics are shown"
+    );
 
     // Live numbers: the request rate of the busy host becomes a number.
     browser
@@ -57,23 +91,49 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
         )
         .await
         .unwrap();
-    let days = browser.eval("document.querySelector('#certificates td.days').className").await.unwrap();
-    assert!(days.as_str().unwrap().contains("warn"), "a certificate expiring within 30 days is highlighted: {days}");
+    let days = browser
+        .eval("document.querySelector('#certificates td.days').className")
+        .await
+        .unwrap();
+    assert!(
+        days.as_str().unwrap().contains("warn"),
+        "a certificate expiring within 30 days is highlighted: {days}"
+    );
 
     // A route created now is on the page within 3 s.
     let created = Instant::now();
-    portico.write("fresh.yaml", &to_yaml(&[ingress("fresh").path("fresh.test", "Prefix", "/new", "web").build()]));
-    browser.wait_for("document.body.innerText.includes('fresh.test')", Duration::from_secs(3)).await.unwrap();
-    println!("a new route appeared on the dashboard {:?} after its manifest was written", created.elapsed());
+    portico.write(
+        "fresh.yaml",
+        &to_yaml(&[ingress("fresh")
+            .path("fresh.test", "Prefix", "/new", "web")
+            .build()]),
+    );
+    browser
+        .wait_for(
+            "document.body.innerText.includes('fresh.test')",
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    println!(
+        "a new route appeared on the dashboard {:?} after its manifest was written",
+        created.elapsed()
+    );
 
     // The filter narrows a thousand routes down to one host.
     browser
         .eval("const f = document.getElementById('filter'); f.value = 'site-42.test'; f.dispatchEvent(new Event('input')); 0")
         .await
         .unwrap();
-    let count = browser.eval("document.getElementById('route-count').innerText").await.unwrap();
+    let count = browser
+        .eval("document.getElementById('route-count').innerText")
+        .await
+        .unwrap();
     assert_eq!(count.as_str(), Some("10 of 1003"));
-    let render_ms = browser.eval("(() => { const t = performance.now(); render(); return performance.now() - t; })()").await.unwrap();
+    let render_ms = browser
+        .eval("(() => { const t = performance.now(); render(); return performance.now() - t; })()")
+        .await
+        .unwrap();
     println!("rendering the page with 1 003 routes took {render_ms} ms");
     browser.eval("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input')); 0").await.unwrap();
 
@@ -83,7 +143,11 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
     std::fs::write(&target, &png).unwrap();
     println!("screenshot: {}", target.display());
     if std::env::var_os("PORTICO_WRITE_DOCS").is_some() {
-        std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/dashboard.png"), &png).unwrap();
+        std::fs::write(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/dashboard.png"),
+            &png,
+        )
+        .unwrap();
     }
 
     running.store(false, Ordering::Relaxed);

@@ -13,8 +13,16 @@ use tonic::Code;
 async fn grpc_calls_keep_status_trailers_and_deadlines_through_the_proxy() {
     let ca = TestCa::new("test ca");
     let any = || "127.0.0.1:0".parse().unwrap();
-    let grpcs = GrpcServer::start("grpcs-backend", any(), Some(ca.acceptor(&["grpcs.default.svc"]))).await.unwrap();
-    let grpc = GrpcServer::start("grpc-backend", any(), None).await.unwrap();
+    let grpcs = GrpcServer::start(
+        "grpcs-backend",
+        any(),
+        Some(ca.acceptor(&["grpcs.default.svc"])),
+    )
+    .await
+    .unwrap();
+    let grpc = GrpcServer::start("grpc-backend", any(), None)
+        .await
+        .unwrap();
     let front = ca.issue(&["grpcs.test", "grpc.test"]);
 
     let mut docs = service_with_endpoints("grpcs", &[grpcs.addr]);
@@ -46,26 +54,75 @@ async fn grpc_calls_keep_status_trailers_and_deadlines_through_the_proxy() {
     for (host, tls, backend, backend_tls) in cases {
         let target = if tls { portico.https } else { portico.http };
         let what = format!("{host} over {}", if tls { "TLS" } else { "h2c" });
-        let mut client = GrpcClient::connect(target, host, tls).await.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", portico.logs()));
+        let mut client = GrpcClient::connect(target, host, tls)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", portico.logs()));
 
-        let reply = client.unary("hello", Some(Duration::from_secs(5))).await.unwrap_or_else(|s| panic!("{what}: {s:?}"));
-        assert_eq!(reply.metadata().get("x-backend").and_then(|v| v.to_str().ok()), Some(backend), "{what}: response headers intact");
+        let reply = client
+            .unary("hello", Some(Duration::from_secs(5)))
+            .await
+            .unwrap_or_else(|s| panic!("{what}: {s:?}"));
+        assert_eq!(
+            reply
+                .metadata()
+                .get("x-backend")
+                .and_then(|v| v.to_str().ok()),
+            Some(backend),
+            "{what}: response headers intact"
+        );
         let text = String::from_utf8_lossy(reply.get_ref()).into_owned();
-        assert!(text.starts_with(&format!("backend={backend} tls={backend_tls} ")) && text.ends_with("msg=hello"), "{what}: {text}");
-        let timeout = text.split("timeout=").nth(1).and_then(|t| t.split(' ').next()).unwrap_or("");
-        let seen = grpc_timeout(timeout).unwrap_or_else(|| panic!("{what}: no grpc-timeout reached the backend, got {timeout:?}"));
-        assert!(seen > Duration::from_secs(4) && seen <= Duration::from_secs(5), "{what}: the client's 5 s deadline arrived as {seen:?}");
+        assert!(
+            text.starts_with(&format!("backend={backend} tls={backend_tls} "))
+                && text.ends_with("msg=hello"),
+            "{what}: {text}"
+        );
+        let timeout = text
+            .split("timeout=")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .unwrap_or("");
+        let seen = grpc_timeout(timeout).unwrap_or_else(|| {
+            panic!("{what}: no grpc-timeout reached the backend, got {timeout:?}")
+        });
+        assert!(
+            seen > Duration::from_secs(4) && seen <= Duration::from_secs(5),
+            "{what}: the client's 5 s deadline arrived as {seen:?}"
+        );
 
         let status = client.unary("fail", None).await.unwrap_err();
-        assert_eq!((status.code(), status.message()), (Code::NotFound, "no such thing"), "{what}: grpc-status and grpc-message");
-        assert_eq!(status.metadata().get("x-detail").and_then(|v| v.to_str().ok()), Some("trailer intact"), "{what}: trailers");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "no such thing"),
+            "{what}: grpc-status and grpc-message"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get("x-detail")
+                .and_then(|v| v.to_str().ok()),
+            Some("trailer intact"),
+            "{what}: trailers"
+        );
 
         let started = Instant::now();
-        let status = client.unary("sleep:3000", Some(Duration::from_millis(300))).await.unwrap_err();
-        assert!(matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded), "{what}: {status:?}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{what}: the backend honoured the deadline");
+        let status = client
+            .unary("sleep:3000", Some(Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+            "{what}: {status:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{what}: the backend honoured the deadline"
+        );
 
-        assert_eq!(client.count(5).await.unwrap(), ["0", "1", "2", "3", "4"], "{what}: server streaming");
+        assert_eq!(
+            client.count(5).await.unwrap(),
+            ["0", "1", "2", "3", "4"],
+            "{what}: server streaming"
+        );
     }
 }
 

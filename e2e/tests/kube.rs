@@ -4,7 +4,9 @@
 use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::Portico;
 use portico_e2e::kube_api::TestApiServer;
-use portico_e2e::manifests::{config_map, ingress, ingress_class, service_with_endpoints, tls_secret};
+use portico_e2e::manifests::{
+    config_map, ingress, ingress_class, service_with_endpoints, tls_secret,
+};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,22 +24,37 @@ async fn cluster(names: &[&str]) -> (TestApiServer, Vec<EchoServer>) {
 }
 
 async fn answered_by(portico: &Portico, host: &str, path: &str) -> String {
-    portico.client.get(host, path).await.map_or_else(|e| format!("error:{e}"), |r| r.answered_by())
+    portico
+        .client
+        .get(host, path)
+        .await
+        .map_or_else(|e| format!("error:{e}"), |r| r.answered_by())
 }
 
 async fn wait_for_answer(portico: &Portico, host: &str, path: &str, expected: &str) {
     let what = format!("{host}{path} is answered by {expected}");
-    portico.wait_until(&what, |p| async move { answered_by(p, host, path).await == expected }).await;
+    portico
+        .wait_until(&what, |p| async move {
+            answered_by(p, host, path).await == expected
+        })
+        .await;
 }
 
 /// The status addresses of an Ingress as `ip` or `hostname` strings.
 fn status_addresses(api: &TestApiServer, name: &str) -> Vec<String> {
-    let Some(ingress) = api.get("networking.k8s.io/v1", "Ingress", "default", name) else { return vec![] };
+    let Some(ingress) = api.get("networking.k8s.io/v1", "Ingress", "default", name) else {
+        return vec![];
+    };
     ingress["status"]["loadBalancer"]["ingress"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|a| a["ip"].as_str().or(a["hostname"].as_str()).map(String::from))
+        .filter_map(|a| {
+            a["ip"]
+                .as_str()
+                .or(a["hostname"].as_str())
+                .map(String::from)
+        })
         .collect()
 }
 
@@ -50,20 +67,31 @@ struct Load {
 
 impl Load {
     fn start(portico: &Portico, hosts: Vec<String>, expected: &'static str) -> Load {
-        let (stop, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, failures) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let (client, stop2, failures2) = (portico.client.clone(), stop.clone(), failures.clone());
         let task = tokio::spawn(async move {
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
                 let host = &hosts[n as usize % hosts.len()];
-                if !client.get(host, "/").await.is_ok_and(|r| r.answered_by() == expected) {
+                if !client
+                    .get(host, "/")
+                    .await
+                    .is_ok_and(|r| r.answered_by() == expected)
+                {
                     failures2.fetch_add(1, Ordering::Relaxed);
                 }
                 n += 1;
             }
             n
         });
-        Load { stop, failures, task }
+        Load {
+            stop,
+            failures,
+            task,
+        }
     }
 
     /// Stops it: (requests, failures).
@@ -74,7 +102,12 @@ impl Load {
     }
 }
 
-async fn eventually(portico: &Portico, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+async fn eventually(
+    portico: &Portico,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if check() {
@@ -82,19 +115,31 @@ async fn eventually(portico: &Portico, what: &str, timeout: Duration, mut check:
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out after {timeout:?} waiting until {what}\n{}", portico.logs());
+    panic!(
+        "timed out after {timeout:?} waiting until {what}\n{}",
+        portico.logs()
+    );
 }
 
 /// Whether the proxy's applied snapshot holds the certificate of Secret `name` (NS/NAME).
 async fn serves_certificate(p: &Portico, name: &str) -> bool {
-    let Ok(reply) = p.admin_get("/config").await else { return false };
+    let Ok(reply) = p.admin_get("/config").await else {
+        return false;
+    };
     let config: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-    config["certificates"].as_array().into_iter().flatten().any(|c| c["name"].as_str() == Some(name))
+    config["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"].as_str() == Some(name))
 }
 
 /// Whether `k.test` answers with `X-Custom: value` (`None`: without the header).
 async fn custom_header_is(p: &Portico, value: Option<&str>) -> bool {
-    p.client.get("k.test", "/").await.is_ok_and(|r| r.header("x-custom") == value)
+    p.client
+        .get("k.test", "/")
+        .await
+        .is_ok_and(|r| r.header("x-custom") == value)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,7 +152,9 @@ async fn create_update_and_delete_of_every_watched_kind_reach_the_proxy() {
     // Ingress: update, then a second one, then delete it.
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
     wait_for_answer(&portico, "k.test", "/", "b").await;
-    let second = ingress("second").path("two.test", "Prefix", "/", "a").build();
+    let second = ingress("second")
+        .path("two.test", "Prefix", "/", "a")
+        .build();
     api.apply(&second);
     wait_for_answer(&portico, "two.test", "/", "a").await;
     api.delete(&second);
@@ -128,24 +175,52 @@ async fn create_update_and_delete_of_every_watched_kind_reach_the_proxy() {
     // Secret: a TLS Secret named by the Ingress becomes a served certificate, and goes.
     let issued = portico_e2e::tls::TestCa::new("Kube CA").issue(&["k.test"]);
     let (cert, key) = (issued.cert_pem, issued.key_pem);
-    api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").tls(&["k.test"], "k-tls").build());
+    api.apply(
+        &ingress("web")
+            .path("k.test", "Prefix", "/", "b")
+            .tls(&["k.test"], "k-tls")
+            .build(),
+    );
     api.apply(&tls_secret("k-tls", &cert, &key));
-    portico.wait_until("the certificate is served", |p| serves_certificate(p, "default/k-tls")).await;
+    portico
+        .wait_until("the certificate is served", |p| {
+            serves_certificate(p, "default/k-tls")
+        })
+        .await;
     api.delete(&tls_secret("k-tls", &cert, &key));
-    portico.wait_until("the certificate is gone", |p| async move { !serves_certificate(p, "default/k-tls").await }).await;
+    portico
+        .wait_until("the certificate is gone", |p| async move {
+            !serves_certificate(p, "default/k-tls").await
+        })
+        .await;
     // (A TLS section redirects plain HTTP to HTTPS; drop it to go on testing over HTTP.)
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
 
     // ConfigMap: `custom-headers` follows its entries.
     api.apply(
-        &ingress("web").path("k.test", "Prefix", "/", "b").annotation("nginx.ingress.kubernetes.io/custom-headers", "headers").build(),
+        &ingress("web")
+            .path("k.test", "Prefix", "/", "b")
+            .annotation("nginx.ingress.kubernetes.io/custom-headers", "headers")
+            .build(),
     );
     api.apply(&config_map("headers", &[("X-Custom", "one")]));
-    portico.wait_until("the ConfigMap's header is sent", |p| custom_header_is(p, Some("one"))).await;
+    portico
+        .wait_until("the ConfigMap's header is sent", |p| {
+            custom_header_is(p, Some("one"))
+        })
+        .await;
     api.apply(&config_map("headers", &[("X-Custom", "two")]));
-    portico.wait_until("the changed header is sent", |p| custom_header_is(p, Some("two"))).await;
+    portico
+        .wait_until("the changed header is sent", |p| {
+            custom_header_is(p, Some("two"))
+        })
+        .await;
     api.delete(&config_map("headers", &[]));
-    portico.wait_until("the header is gone with the ConfigMap", |p| custom_header_is(p, None)).await;
+    portico
+        .wait_until("the header is gone with the ConfigMap", |p| {
+            custom_header_is(p, None)
+        })
+        .await;
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "b").build());
 
     // IngressClass: without it, nothing is admitted.
@@ -173,7 +248,10 @@ async fn no_snapshot_is_served_until_every_kind_is_listed() {
     };
     let begun = Instant::now();
     let portico = Portico::start_kube(&api, &[], &[]).await;
-    assert!(begun.elapsed() >= Duration::from_secs(2), "ready before the Secret list succeeded");
+    assert!(
+        begun.elapsed() >= Duration::from_secs(2),
+        "ready before the Secret list succeeded"
+    );
     allow.await.unwrap();
     assert_eq!(answered_by(&portico, "k.test", "/").await, "a");
 }
@@ -182,7 +260,11 @@ async fn no_snapshot_is_served_until_every_kind_is_listed() {
 async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     let (api, _servers) = cluster(&["a", "b"]).await;
     for i in 0..20 {
-        api.apply(&ingress(&format!("ing{i}")).path(&format!("h{i}.test"), "Prefix", "/", "a").build());
+        api.apply(
+            &ingress(&format!("ing{i}"))
+                .path(&format!("h{i}.test"), "Prefix", "/", "a")
+                .build(),
+        );
     }
     let metrics = portico_e2e::harness::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics}");
@@ -192,10 +274,18 @@ async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     }
 
     // Requests keep flowing while every watch expires and relists.
-    let load = Load::start(&portico, (0..20).map(|i| format!("h{i}.test")).collect(), "a");
+    let load = Load::start(
+        &portico,
+        (0..20).map(|i| format!("h{i}.test")).collect(),
+        "a",
+    );
     api.expire_watches();
     // Changed while the watchers are between their old watch and their relist.
-    api.apply(&ingress("late").path("late.test", "Prefix", "/", "b").build());
+    api.apply(
+        &ingress("late")
+            .path("late.test", "Prefix", "/", "b")
+            .build(),
+    );
     api.delete(&ingress("ing0").build());
     wait_for_answer(&portico, "late.test", "/", "b").await;
     wait_for_answer(&portico, "h0.test", "/", "status:404").await;
@@ -203,50 +293,118 @@ async fn an_expired_watch_relists_without_losing_or_duplicating_routes() {
     let (requests, failures) = load.stop().await;
 
     // h0 answers 404 once deleted; any other failure is a lost route.
-    let config: Value = serde_json::from_slice(&portico.admin_get("/config").await.unwrap().body).unwrap();
-    let hosts: Vec<&str> = config["virtual_hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap_or("")).collect();
+    let config: Value =
+        serde_json::from_slice(&portico.admin_get("/config").await.unwrap().body).unwrap();
+    let hosts: Vec<&str> = config["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap_or(""))
+        .collect();
     let mut unique = hosts.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(hosts.len(), unique.len(), "a host is duplicated: {hosts:?}");
     assert_eq!(hosts.len(), 20, "19 old hosts and late.test: {hosts:?}");
-    let text = portico_e2e::client::HttpClient::new(([127, 0, 0, 1], metrics).into()).get("", "/metrics").await.unwrap().text();
+    let text = portico_e2e::client::HttpClient::new(([127, 0, 0, 1], metrics).into())
+        .get("", "/metrics")
+        .await
+        .unwrap()
+        .text();
     // (A watcher that saw a change after the compaction resumes from it without a 410.)
-    let restarts = text.lines().filter(|l| l.starts_with("portico_controller_watch_restarts_total{")).count();
+    let restarts = text
+        .lines()
+        .filter(|l| l.starts_with("portico_controller_watch_restarts_total{"))
+        .count();
     assert!(restarts >= 3, "the expired watches are counted:\n{text}");
     // Only requests for h0 after its deletion may fail.
-    assert!(failures <= requests / 20 + 1, "{failures} of {requests} requests failed");
+    assert!(
+        failures <= requests / 20 + 1,
+        "{failures} of {requests} requests failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_addresses_go_on_admitted_ingresses_only_and_are_cleared_after() {
     let (api, _servers) = cluster(&["a"]).await;
-    api.apply(&ingress_class("other", "example.com/other-controller", false));
-    api.apply(&ingress("ours").path("ours.test", "Prefix", "/", "a").build());
-    api.apply(&ingress("theirs").class(Some("other")).path("theirs.test", "Prefix", "/", "a").build());
-    let portico = Portico::start_kube(&api, &["--publish-status-address", "192.0.2.10,lb.example.com"], &[]).await;
+    api.apply(&ingress_class(
+        "other",
+        "example.com/other-controller",
+        false,
+    ));
+    api.apply(
+        &ingress("ours")
+            .path("ours.test", "Prefix", "/", "a")
+            .build(),
+    );
+    api.apply(
+        &ingress("theirs")
+            .class(Some("other"))
+            .path("theirs.test", "Prefix", "/", "a")
+            .build(),
+    );
+    let portico = Portico::start_kube(
+        &api,
+        &["--publish-status-address", "192.0.2.10,lb.example.com"],
+        &[],
+    )
+    .await;
 
     let expected = vec!["192.0.2.10".to_string(), "lb.example.com".to_string()];
-    eventually(&portico, "the admitted Ingress has the status", Duration::from_secs(15), || {
-        let mut got = status_addresses(&api, "ours");
-        got.sort();
-        got == expected
-    })
+    eventually(
+        &portico,
+        "the admitted Ingress has the status",
+        Duration::from_secs(15),
+        || {
+            let mut got = status_addresses(&api, "ours");
+            got.sort();
+            got == expected
+        },
+    )
     .await;
-    assert!(status_addresses(&api, "theirs").is_empty(), "another controller's Ingress got our status");
+    assert!(
+        status_addresses(&api, "theirs").is_empty(),
+        "another controller's Ingress got our status"
+    );
 
     // A correct status is not written again, however often the controller translates.
-    let status_writes = |api: &TestApiServer| api.writes().iter().filter(|w| w.ends_with("/status")).count();
+    let status_writes = |api: &TestApiServer| {
+        api.writes()
+            .iter()
+            .filter(|w| w.ends_with("/status"))
+            .count()
+    };
     let before = status_writes(&api);
     for i in 0..3 {
-        api.apply(&ingress(&format!("noise{i}")).class(Some("other")).path("n.test", "Prefix", "/", "a").build());
+        api.apply(
+            &ingress(&format!("noise{i}"))
+                .class(Some("other"))
+                .path("n.test", "Prefix", "/", "a")
+                .build(),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(status_writes(&api), before, "status was rewritten though unchanged: {:?}", api.writes());
+    assert_eq!(
+        status_writes(&api),
+        before,
+        "status was rewritten though unchanged: {:?}",
+        api.writes()
+    );
 
     // Moved to the other class: our status is taken away.
-    api.apply(&ingress("ours").class(Some("other")).path("ours.test", "Prefix", "/", "a").build());
-    eventually(&portico, "the status is cleared", Duration::from_secs(15), || status_addresses(&api, "ours").is_empty()).await;
+    api.apply(
+        &ingress("ours")
+            .class(Some("other"))
+            .path("ours.test", "Prefix", "/", "a")
+            .build(),
+    );
+    eventually(
+        &portico,
+        "the status is cleared",
+        Duration::from_secs(15),
+        || status_addresses(&api, "ours").is_empty(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,19 +418,35 @@ async fn a_publish_service_gives_its_load_balancer_address() {
     });
     api.apply(&service);
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "a").build());
-    let portico = Portico::start_kube(&api, &["--publish-service", "portico-system/portico"], &[]).await;
-    eventually(&portico, "the Service's address is published", Duration::from_secs(15), || {
-        status_addresses(&api, "web") == ["203.0.113.7"]
-    })
+    let portico =
+        Portico::start_kube(&api, &["--publish-service", "portico-system/portico"], &[]).await;
+    eventually(
+        &portico,
+        "the Service's address is published",
+        Duration::from_secs(15),
+        || status_addresses(&api, "web") == ["203.0.113.7"],
+    )
     .await;
     service["status"]["loadBalancer"]["ingress"] = json!([{"hostname": "lb.example.net"}]);
     api.apply(&service);
-    eventually(&portico, "the new address is published", Duration::from_secs(15), || status_addresses(&api, "web") == ["lb.example.net"])
-        .await;
+    eventually(
+        &portico,
+        "the new address is published",
+        Duration::from_secs(15),
+        || status_addresses(&api, "web") == ["lb.example.net"],
+    )
+    .await;
 }
 
 fn lease_holder(api: &TestApiServer) -> Option<String> {
-    api.get("coordination.k8s.io/v1", "Lease", "portico-system", "portico-leader")?["spec"]["holderIdentity"].as_str().map(String::from)
+    api.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        "portico-system",
+        "portico-leader",
+    )?["spec"]["holderIdentity"]
+        .as_str()
+        .map(String::from)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,24 +454,47 @@ async fn two_controllers_elect_one_leader_and_the_other_takes_over_when_it_dies(
     let (api, _servers) = cluster(&["a"]).await;
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "a").build());
     // Each replica would publish a different address: the status shows who writes.
-    let mut portico = Portico::start_kube(&api, &["--publish-status-address", "192.0.2.1"], &[]).await;
+    let mut portico =
+        Portico::start_kube(&api, &["--publish-status-address", "192.0.2.1"], &[]).await;
     let mut replica = portico.start_replica("replica", &["--publish-status-address", "192.0.2.2"]);
     let first = ["192.0.2.1", "192.0.2.2"];
-    eventually(&portico, "a leader has written status", Duration::from_secs(15), || {
-        let s = status_addresses(&api, "web");
-        s.len() == 1 && first.contains(&s[0].as_str())
-    })
+    eventually(
+        &portico,
+        "a leader has written status",
+        Duration::from_secs(15),
+        || {
+            let s = status_addresses(&api, "web");
+            s.len() == 1 && first.contains(&s[0].as_str())
+        },
+    )
     .await;
     let leader_address = status_addresses(&api, "web")[0].clone();
     // Both keep running for more than a lease duration: the status must not flip.
     let holder = lease_holder(&api);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(status_addresses(&api, "web"), [leader_address.as_str()], "a follower wrote status");
-        assert_eq!(lease_holder(&api), holder, "the lease changed hands while the leader was alive");
+        assert_eq!(
+            status_addresses(&api, "web"),
+            [leader_address.as_str()],
+            "a follower wrote status"
+        );
+        assert_eq!(
+            lease_holder(&api),
+            holder,
+            "the lease changed hands while the leader was alive"
+        );
     }
-    let writes = api.writes().iter().filter(|w| w.ends_with("/status")).count();
-    assert_eq!(writes, 1, "one status write by the one leader: {:?}", api.writes());
+    let writes = api
+        .writes()
+        .iter()
+        .filter(|w| w.ends_with("/status"))
+        .count();
+    assert_eq!(
+        writes,
+        1,
+        "one status write by the one leader: {:?}",
+        api.writes()
+    );
 
     // Kill the leader without a clean shutdown; the follower takes over within the
     // lease duration (3 s here) plus one retry period.
@@ -308,10 +505,17 @@ async fn two_controllers_elect_one_leader_and_the_other_takes_over_when_it_dies(
         replica.kill();
         "192.0.2.1"
     };
-    let handover =
-        eventually(&portico, "the follower took over", Duration::from_secs(15), || status_addresses(&api, "web") == [follower_address])
-            .await;
-    assert!(handover < Duration::from_secs(6), "handover took {handover:?}");
+    let handover = eventually(
+        &portico,
+        "the follower took over",
+        Duration::from_secs(15),
+        || status_addresses(&api, "web") == [follower_address],
+    )
+    .await;
+    assert!(
+        handover < Duration::from_secs(6),
+        "handover took {handover:?}"
+    );
     assert_ne!(lease_holder(&api), holder);
 }
 
@@ -336,50 +540,98 @@ async fn a_controller_restart_keeps_the_proxy_serving_throughout() {
 fn events_for(api: &TestApiServer, name: &str, reason: &str) -> usize {
     api.list("events.k8s.io/v1", "Event")
         .iter()
-        .filter(|e| e["regarding"]["name"].as_str() == Some(name) && e["reason"].as_str() == Some(reason))
+        .filter(|e| {
+            e["regarding"]["name"].as_str() == Some(name) && e["reason"].as_str() == Some(reason)
+        })
         .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn diagnostics_become_warning_events_once_and_admission_a_sync_event() {
     let (api, _servers) = cluster(&["a"]).await;
-    api.apply(&ingress("good").path("good.test", "Prefix", "/", "a").build());
-    api.apply(&ingress("broken").path("broken.test", "Prefix", "/", "missing").build());
+    api.apply(
+        &ingress("good")
+            .path("good.test", "Prefix", "/", "a")
+            .build(),
+    );
+    api.apply(
+        &ingress("broken")
+            .path("broken.test", "Prefix", "/", "missing")
+            .build(),
+    );
     let metrics = portico_e2e::harness::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics}");
     let portico = Portico::start_kube(&api, &["--metrics-addr", &metrics_addr], &[]).await;
-    eventually(&portico, "a ServiceNotFound Warning on the broken Ingress", Duration::from_secs(15), || {
-        events_for(&api, "broken", "ServiceNotFound") == 1
-    })
+    eventually(
+        &portico,
+        "a ServiceNotFound Warning on the broken Ingress",
+        Duration::from_secs(15),
+        || events_for(&api, "broken", "ServiceNotFound") == 1,
+    )
     .await;
-    eventually(&portico, "Sync events for both", Duration::from_secs(15), || {
-        events_for(&api, "good", "Sync") == 1 && events_for(&api, "broken", "Sync") == 1
-    })
+    eventually(
+        &portico,
+        "Sync events for both",
+        Duration::from_secs(15),
+        || events_for(&api, "good", "Sync") == 1 && events_for(&api, "broken", "Sync") == 1,
+    )
     .await;
-    let event = api.list("events.k8s.io/v1", "Event").into_iter().find(|e| e["reason"] == "ServiceNotFound").unwrap();
+    let event = api
+        .list("events.k8s.io/v1", "Event")
+        .into_iter()
+        .find(|e| e["reason"] == "ServiceNotFound")
+        .unwrap();
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["regarding"]["kind"], "Ingress");
-    assert!(event["note"].as_str().unwrap_or("").contains("missing"), "the note names the Service: {event}");
-    assert!(event["regarding"]["uid"].as_str().is_some_and(|u| !u.is_empty()), "the event names the object's uid");
+    assert!(
+        event["note"].as_str().unwrap_or("").contains("missing"),
+        "the note names the Service: {event}"
+    );
+    assert!(
+        event["regarding"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty()),
+        "the event names the object's uid"
+    );
 
     // More translations, same problem: no more Events.
     for i in 0..3 {
-        api.apply(&ingress("good").annotation("touch", &i.to_string()).path("good.test", "Prefix", "/", "a").build());
+        api.apply(
+            &ingress("good")
+                .annotation("touch", &i.to_string())
+                .path("good.test", "Prefix", "/", "a")
+                .build(),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(events_for(&api, "broken", "ServiceNotFound"), 1);
     assert_eq!(events_for(&api, "good", "Sync"), 1);
 
-    let text = portico_e2e::client::HttpClient::new(([127, 0, 0, 1], metrics).into()).get("", "/metrics").await.unwrap().text();
+    let text = portico_e2e::client::HttpClient::new(([127, 0, 0, 1], metrics).into())
+        .get("", "/metrics")
+        .await
+        .unwrap()
+        .text();
     for expected in [
         "portico_controller_leader 1",
         "portico_controller_connected_proxies 1",
         "portico_controller_diagnostics{reason=\"ServiceNotFound\"} 1",
     ] {
-        assert!(text.lines().any(|l| l == expected), "metrics lack {expected:?}:\n{text}");
+        assert!(
+            text.lines().any(|l| l == expected),
+            "metrics lack {expected:?}:\n{text}"
+        );
     }
-    assert!(text.contains("portico_controller_proxy_acknowledged_version{proxy="), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("portico_controller_snapshot_builds_total ") && !l.ends_with(" 0")), "{text}");
+    assert!(
+        text.contains("portico_controller_proxy_acknowledged_version{proxy="),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("portico_controller_snapshot_builds_total ") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -387,15 +639,43 @@ async fn a_leader_stopped_cleanly_releases_the_lease_at_once() {
     let (api, _servers) = cluster(&["a"]).await;
     api.apply(&ingress("web").path("k.test", "Prefix", "/", "a").build());
     // A long lease: only a released one can change hands quickly.
-    let mut portico = Portico::start_kube(&api, &["--publish-status-address", "192.0.2.1", "--lease-duration-secs", "30"], &[]).await;
-    eventually(&portico, "the first controller leads", Duration::from_secs(15), || status_addresses(&api, "web") == ["192.0.2.1"]).await;
+    let mut portico = Portico::start_kube(
+        &api,
+        &[
+            "--publish-status-address",
+            "192.0.2.1",
+            "--lease-duration-secs",
+            "30",
+        ],
+        &[],
+    )
+    .await;
+    eventually(
+        &portico,
+        "the first controller leads",
+        Duration::from_secs(15),
+        || status_addresses(&api, "web") == ["192.0.2.1"],
+    )
+    .await;
     let _replica = portico.start_replica("replica", &["--publish-status-address", "192.0.2.2"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(status_addresses(&api, "web"), ["192.0.2.1"], "the second replica must follow");
+    assert_eq!(
+        status_addresses(&api, "web"),
+        ["192.0.2.1"],
+        "the second replica must follow"
+    );
 
     portico.stop_controller();
-    let handover =
-        eventually(&portico, "the replica took over", Duration::from_secs(20), || status_addresses(&api, "web") == ["192.0.2.2"]).await;
+    let handover = eventually(
+        &portico,
+        "the replica took over",
+        Duration::from_secs(20),
+        || status_addresses(&api, "web") == ["192.0.2.2"],
+    )
+    .await;
     // The replica looks every lease/5 = 6 s; without the release it would wait 30 s.
-    assert!(handover < Duration::from_secs(10), "handover after a clean stop took {handover:?}");
+    assert!(
+        handover < Duration::from_secs(10),
+        "handover after a clean stop took {handover:?}"
+    );
 }

@@ -9,11 +9,22 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
     let (servers, mut docs) = backends(&["api", "plain", "exact"]).await;
     docs.push(
         ingress("rewrite")
-            .path("r.test", "ImplementationSpecific", "/something(/|$)(.*)", "api")
+            .path(
+                "r.test",
+                "ImplementationSpecific",
+                "/something(/|$)(.*)",
+                "api",
+            )
             .annotation("nginx.ingress.kubernetes.io/rewrite-target", "/$2")
-            .annotation("nginx.ingress.kubernetes.io/x-forwarded-prefix", "/something")
+            .annotation(
+                "nginx.ingress.kubernetes.io/x-forwarded-prefix",
+                "/something",
+            )
             .annotation("nginx.ingress.kubernetes.io/upstream-vhost", "internal.api")
-            .annotation("nginx.ingress.kubernetes.io/server-alias", "alias.test, *.aliases.test")
+            .annotation(
+                "nginx.ingress.kubernetes.io/server-alias",
+                "alias.test, *.aliases.test",
+            )
             .build(),
     );
     docs.push(
@@ -24,31 +35,93 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
             .annotation("nginx.ingress.kubernetes.io/use-regex", "true")
             .build(),
     );
-    docs.push(ingress("prefix").path("o.test", "Prefix", "/v1", "exact").path("o.test", "Prefix", "/", "plain").build());
+    docs.push(
+        ingress("prefix")
+            .path("o.test", "Prefix", "/v1", "exact")
+            .path("o.test", "Prefix", "/", "plain")
+            .build(),
+    );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
 
-    let reply = portico.client.get("r.test", "/something/new/path?a=1").await.unwrap();
+    let reply = portico
+        .client
+        .get("r.test", "/something/new/path?a=1")
+        .await
+        .unwrap();
     let echo = reply.echo().expect("reached the backend");
-    assert_eq!((echo.path.as_str(), echo.query.as_str()), ("/new/path", "a=1"), "the second capture group, query kept");
+    assert_eq!(
+        (echo.path.as_str(), echo.query.as_str()),
+        ("/new/path", "a=1"),
+        "the second capture group, query kept"
+    );
     assert_eq!(echo.host, "internal.api", "upstream-vhost");
-    assert_eq!(echo.headers.get("x-forwarded-prefix").map(String::as_str), Some("/something"));
-    assert_eq!(portico.client.get("r.test", "/something").await.unwrap().echo().unwrap().path, "/");
-    assert_eq!(portico.client.get("r.test", "/SOMETHING/x").await.unwrap().echo().unwrap().path, "/x", "patterns are case-insensitive");
-    assert_eq!(portico.client.get("r.test", "/other").await.unwrap().status, 404, "anchored: nothing else matches");
+    assert_eq!(
+        echo.headers.get("x-forwarded-prefix").map(String::as_str),
+        Some("/something")
+    );
+    assert_eq!(
+        portico
+            .client
+            .get("r.test", "/something")
+            .await
+            .unwrap()
+            .echo()
+            .unwrap()
+            .path,
+        "/"
+    );
+    assert_eq!(
+        portico
+            .client
+            .get("r.test", "/SOMETHING/x")
+            .await
+            .unwrap()
+            .echo()
+            .unwrap()
+            .path,
+        "/x",
+        "patterns are case-insensitive"
+    );
+    assert_eq!(
+        portico.client.get("r.test", "/other").await.unwrap().status,
+        404,
+        "anchored: nothing else matches"
+    );
     for alias in ["alias.test", "one.aliases.test"] {
-        let echo = portico.client.get(alias, "/something/via/alias").await.unwrap().echo().expect("an alias serves the routes");
+        let echo = portico
+            .client
+            .get(alias, "/something/via/alias")
+            .await
+            .unwrap()
+            .echo()
+            .expect("an alias serves the routes");
         assert_eq!(echo.path, "/via/alias", "{alias}");
     }
 
     // Exact, then the longest pattern, then the longest prefix.
     let by = |path: &'static str| {
         let portico = &portico;
-        async move { portico.client.get("o.test", path).await.unwrap().answered_by() }
+        async move {
+            portico
+                .client
+                .get("o.test", path)
+                .await
+                .unwrap()
+                .answered_by()
+        }
     };
     assert_eq!(by("/v1/users").await, "exact");
-    assert_eq!(by("/v2/users").await, "api", "the longer pattern wins over the shorter");
+    assert_eq!(
+        by("/v2/users").await,
+        "api",
+        "the longer pattern wins over the shorter"
+    );
     assert_eq!(by("/v2/orders").await, "plain");
-    assert_eq!(by("/v1/orders").await, "plain", "a pattern beats a plain prefix, as nginx's regex locations do");
+    assert_eq!(
+        by("/v1/orders").await,
+        "plain",
+        "a pattern beats a plain prefix, as nginx's regex locations do"
+    );
     assert_eq!(by("/elsewhere").await, "plain");
     drop(servers);
 }
@@ -59,27 +132,42 @@ async fn redirects_answer_with_their_code_and_target() {
     docs.push(
         ingress("moved")
             .path("moved.test", "Prefix", "/", "web")
-            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://new.example$request_uri")
+            .annotation(
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://new.example$request_uri",
+            )
             .build(),
     );
     docs.push(
         ingress("moved308")
             .path("m308.test", "Prefix", "/", "web")
-            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://new.example/")
+            .annotation(
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://new.example/",
+            )
             .annotation("nginx.ingress.kubernetes.io/permanent-redirect-code", "308")
             .build(),
     );
     docs.push(
         ingress("temp")
             .path("temp.test", "Prefix", "/", "web")
-            .annotation("nginx.ingress.kubernetes.io/temporal-redirect", "$scheme://maintenance.$host/")
-            .annotation("nginx.ingress.kubernetes.io/permanent-redirect", "https://ignored.example/")
+            .annotation(
+                "nginx.ingress.kubernetes.io/temporal-redirect",
+                "$scheme://maintenance.$host/",
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://ignored.example/",
+            )
             .build(),
     );
     docs.push(
         ingress("temp307")
             .path("t307.test", "Prefix", "/", "web")
-            .annotation("nginx.ingress.kubernetes.io/temporal-redirect", "/elsewhere")
+            .annotation(
+                "nginx.ingress.kubernetes.io/temporal-redirect",
+                "/elsewhere",
+            )
             .annotation("nginx.ingress.kubernetes.io/temporal-redirect-code", "307")
             .build(),
     );
@@ -87,7 +175,10 @@ async fn redirects_answer_with_their_code_and_target() {
         ingress("root")
             .path("root.test", "Prefix", "/", "web")
             .annotation("nginx.ingress.kubernetes.io/app-root", "/app")
-            .annotation("nginx.ingress.kubernetes.io/configuration-snippet", "more_set_headers \"X: y\";")
+            .annotation(
+                "nginx.ingress.kubernetes.io/configuration-snippet",
+                "more_set_headers \"X: y\";",
+            )
             .annotation("nginx.ingress.kubernetes.io/limit-rate", "100")
             .build(),
     );
@@ -100,14 +191,28 @@ async fn redirects_answer_with_their_code_and_target() {
         ("root.test", "/", 302, "/app"),
     ] {
         let reply = portico.client.get(host, path).await.unwrap();
-        assert_eq!((reply.status, reply.header("location")), (code, Some(location)), "{host}{path}");
-        assert!(reply.echo().is_none(), "{host}: a redirect is answered by the proxy");
+        assert_eq!(
+            (reply.status, reply.header("location")),
+            (code, Some(location)),
+            "{host}{path}"
+        );
+        assert!(
+            reply.echo().is_none(),
+            "{host}: a redirect is answered by the proxy"
+        );
     }
     let app = portico.client.get("root.test", "/app/page").await.unwrap();
-    assert_eq!((app.status, app.answered_by()), (200, "web".to_string()), "app-root redirects only /");
+    assert_eq!(
+        (app.status, app.answered_by()),
+        (200, "web".to_string()),
+        "app-root redirects only /"
+    );
     // What a migrating user wrote and Portico does not act on is reported, not silently dropped.
     let logs = portico.logs();
-    assert!(logs.contains("configuration-snippet is never supported"), "{logs}");
+    assert!(
+        logs.contains("configuration-snippet is never supported"),
+        "{logs}"
+    );
     assert!(logs.contains("limit-rate is not supported by Portico yet"));
     drop(servers);
 }

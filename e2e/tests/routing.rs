@@ -19,9 +19,19 @@ fn file(docs: Vec<Value>) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_path_matching_table() {
     // (row, rules as "Type /path", requests, expected rule index or None for 404)
-    type Row = (u32, &'static [&'static str], &'static [&'static str], Option<usize>);
+    type Row = (
+        u32,
+        &'static [&'static str],
+        &'static [&'static str],
+        Option<usize>,
+    );
     let rows: &[Row] = &[
-        (1, &["Prefix /"], &["/", "/anything", "/a/b/c", "/foo?x=1"], Some(0)),
+        (
+            1,
+            &["Prefix /"],
+            &["/", "/anything", "/a/b/c", "/foo?x=1"],
+            Some(0),
+        ),
         (2, &["Exact /foo"], &["/foo"], Some(0)),
         (3, &["Exact /foo"], &["/bar"], None),
         (4, &["Exact /foo"], &["/foo/"], None),
@@ -41,24 +51,68 @@ async fn kubernetes_path_matching_table() {
         (18, &["Prefix /aaa/bbb"], &["/aaa/bbb/ccc"], Some(0)),
         (19, &["Prefix /aaa/bbb"], &["/aaa/bbbxyz"], None),
         (20, &["Prefix /", "Prefix /aaa"], &["/aaa/ccc"], Some(1)),
-        (21, &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"], &["/aaa/bbb"], Some(2)),
-        (22, &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"], &["/ccc"], Some(0)),
-        (23, &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"], &["/aaa", "/aaa/", "/aaa/bbbx"], Some(1)),
+        (
+            21,
+            &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"],
+            &["/aaa/bbb"],
+            Some(2),
+        ),
+        (
+            22,
+            &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"],
+            &["/ccc"],
+            Some(0),
+        ),
+        (
+            23,
+            &["Prefix /", "Prefix /aaa", "Prefix /aaa/bbb"],
+            &["/aaa", "/aaa/", "/aaa/bbbx"],
+            Some(1),
+        ),
         (24, &["Prefix /aaa"], &["/ccc"], None),
         (25, &["Prefix /foo", "Exact /foo"], &["/foo"], Some(1)),
-        (26, &["Prefix /foo", "Exact /foo"], &["/foo/", "/foo/x"], Some(0)),
-        (28, &["Prefix /foo", "Exact /foo/bar", "Prefix /foo/bar"], &["/foo/bar"], Some(1)),
-        (29, &["Prefix /foo", "Exact /foo/bar", "Prefix /foo/bar"], &["/foo/bar/", "/foo/bar/baz"], Some(2)),
-        (30, &["Exact /foo/bar", "Prefix /foo"], &["/foo/bar/"], Some(1)),
+        (
+            26,
+            &["Prefix /foo", "Exact /foo"],
+            &["/foo/", "/foo/x"],
+            Some(0),
+        ),
+        (
+            28,
+            &["Prefix /foo", "Exact /foo/bar", "Prefix /foo/bar"],
+            &["/foo/bar"],
+            Some(1),
+        ),
+        (
+            29,
+            &["Prefix /foo", "Exact /foo/bar", "Prefix /foo/bar"],
+            &["/foo/bar/", "/foo/bar/baz"],
+            Some(2),
+        ),
+        (
+            30,
+            &["Exact /foo/bar", "Prefix /foo"],
+            &["/foo/bar/"],
+            Some(1),
+        ),
     ];
     let service = |row: u32, i: usize| format!("r{row}-{i}");
-    let names: Vec<String> = rows.iter().flat_map(|(row, rules, _, _)| (0..rules.len()).map(move |i| service(*row, i))).collect();
-    let (_servers, mut docs) = backends(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let names: Vec<String> = rows
+        .iter()
+        .flat_map(|(row, rules, _, _)| (0..rules.len()).map(move |i| service(*row, i)))
+        .collect();
+    let (_servers, mut docs) =
+        backends(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let mut ing = ingress("paths");
     for (row, rules, _, _) in rows {
         for (i, rule) in rules.iter().enumerate() {
             let (kind, path) = rule.split_once(' ').unwrap();
-            ing = ing.path(&format!("row{row}.paths.test"), kind, path, &service(*row, i));
+            ing = ing.path(
+                &format!("row{row}.paths.test"),
+                kind,
+                path,
+                &service(*row, i),
+            );
         }
     }
     docs.push(ing.build());
@@ -68,9 +122,16 @@ async fn kubernetes_path_matching_table() {
     for (row, rules, requests, expected) in rows {
         let want = expected.map_or("status:404".to_string(), |i| service(*row, i));
         for req in *requests {
-            let got = portico.client.get(&format!("row{row}.paths.test"), req).await.unwrap().answered_by();
+            let got = portico
+                .client
+                .get(&format!("row{row}.paths.test"), req)
+                .await
+                .unwrap()
+                .answered_by();
             if got != want {
-                failures.push(format!("row {row}: rules {rules:?}, GET {req}: expected {want}, got {got}"));
+                failures.push(format!(
+                    "row {row}: rules {rules:?}, GET {req}: expected {want}, got {got}"
+                ));
             }
         }
     }
@@ -87,7 +148,11 @@ async fn host_rules_with_wildcards_and_a_catch_all() {
             .path("bar.foo.com", "Prefix", "/only-exact", "exact-bar")
             .build(),
     );
-    docs.push(ingress("catch-all").path("", "Prefix", "/catch", "service3").build());
+    docs.push(
+        ingress("catch-all")
+            .path("", "Prefix", "/catch", "service3")
+            .build(),
+    );
     let portico = Portico::start(&[("hosts.yaml", file(docs))]).await;
 
     let cases = [
@@ -117,12 +182,37 @@ async fn host_rules_with_wildcards_and_a_catch_all() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn default_backend_and_class_admission() {
-    let (_servers, mut docs) = backends(&["fallback", "site", "legacy", "classless", "other", "ghost", "later-default"]).await;
-    docs.push(ingress_class("portico", "portico.io/ingress-controller", true));
-    docs.push(ingress_class("other", "example.com/other-controller", false));
+    let (_servers, mut docs) = backends(&[
+        "fallback",
+        "site",
+        "legacy",
+        "classless",
+        "other",
+        "ghost",
+        "later-default",
+    ])
+    .await;
+    docs.push(ingress_class(
+        "portico",
+        "portico.io/ingress-controller",
+        true,
+    ));
+    docs.push(ingress_class(
+        "other",
+        "example.com/other-controller",
+        false,
+    ));
     docs.push(ingress("a-default").default_backend("fallback").build());
-    docs.push(ingress("b-second-default").default_backend("later-default").build());
-    docs.push(ingress("site").path("site.test", "Prefix", "/", "site").build());
+    docs.push(
+        ingress("b-second-default")
+            .default_backend("later-default")
+            .build(),
+    );
+    docs.push(
+        ingress("site")
+            .path("site.test", "Prefix", "/", "site")
+            .build(),
+    );
     docs.push(
         ingress("legacy")
             .class(None)
@@ -130,9 +220,24 @@ async fn default_backend_and_class_admission() {
             .path("legacy.test", "Prefix", "/", "legacy")
             .build(),
     );
-    docs.push(ingress("classless").class(None).path("classless.test", "Prefix", "/", "classless").build());
-    docs.push(ingress("other").class(Some("other")).path("other.test", "Prefix", "/", "other").build());
-    docs.push(ingress("ghost").class(Some("ghost")).path("ghost.test", "Prefix", "/", "ghost").build());
+    docs.push(
+        ingress("classless")
+            .class(None)
+            .path("classless.test", "Prefix", "/", "classless")
+            .build(),
+    );
+    docs.push(
+        ingress("other")
+            .class(Some("other"))
+            .path("other.test", "Prefix", "/", "other")
+            .build(),
+    );
+    docs.push(
+        ingress("ghost")
+            .class(Some("ghost"))
+            .path("ghost.test", "Prefix", "/", "ghost")
+            .build(),
+    );
     let portico = Portico::start(&[("classes.yaml", file(docs))]).await;
 
     let cases = [
@@ -146,25 +251,60 @@ async fn default_backend_and_class_admission() {
         ("nowhere.test", "/x", "fallback"),
     ];
     for (host, path, want) in cases {
-        assert_eq!(portico.client.get(host, path).await.unwrap().answered_by(), want, "Host {host} GET {path}");
+        assert_eq!(
+            portico.client.get(host, path).await.unwrap().answered_by(),
+            want,
+            "Host {host} GET {path}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_default_class_classless_ingresses_are_ignored() {
     let (_servers, mut docs) = backends(&["classless", "site"]).await;
-    docs.push(ingress_class("portico", "portico.io/ingress-controller", false));
-    docs.push(ingress("classless").class(None).path("classless.test", "Prefix", "/", "classless").build());
-    docs.push(ingress("site").path("site.test", "Prefix", "/", "site").build());
+    docs.push(ingress_class(
+        "portico",
+        "portico.io/ingress-controller",
+        false,
+    ));
+    docs.push(
+        ingress("classless")
+            .class(None)
+            .path("classless.test", "Prefix", "/", "classless")
+            .build(),
+    );
+    docs.push(
+        ingress("site")
+            .path("site.test", "Prefix", "/", "site")
+            .build(),
+    );
     let portico = Portico::start(&[("c.yaml", file(docs))]).await;
-    assert_eq!(portico.client.get("site.test", "/").await.unwrap().answered_by(), "site");
-    assert_eq!(portico.client.get("classless.test", "/").await.unwrap().status, 404);
+    assert_eq!(
+        portico
+            .client
+            .get("site.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "site"
+    );
+    assert_eq!(
+        portico
+            .client
+            .get("classless.test", "/")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_reaches_all_ten_endpoints() {
     // Ten pods of one Service: same port, different loopback addresses.
-    let first = EchoServer::start("pod-1", "127.0.0.11:0".parse().unwrap()).await.unwrap();
+    let first = EchoServer::start("pod-1", "127.0.0.11:0".parse().unwrap())
+        .await
+        .unwrap();
     let port = first.addr.port();
     let mut pods = vec![first];
     for i in 2..=10 {
@@ -172,7 +312,11 @@ async fn round_robin_reaches_all_ten_endpoints() {
         pods.push(EchoServer::start(&format!("pod-{i}"), addr).await.unwrap());
     }
     let mut docs = service_with_endpoints("web", &pods.iter().map(|p| p.addr).collect::<Vec<_>>());
-    docs.push(ingress("web").path("web.test", "Prefix", "/", "web").build());
+    docs.push(
+        ingress("web")
+            .path("web.test", "Prefix", "/", "web")
+            .build(),
+    );
     let portico = Portico::start(&[("web.yaml", file(docs))]).await;
 
     let mut hits: BTreeMap<String, u32> = BTreeMap::new();
@@ -182,7 +326,10 @@ async fn round_robin_reaches_all_ten_endpoints() {
         *hits.entry(reply.answered_by()).or_default() += 1;
     }
     assert_eq!(hits.len(), 10, "every endpoint should be reached: {hits:?}");
-    assert!(hits.values().all(|n| *n == 10), "round robin should be even: {hits:?}");
+    assert!(
+        hits.values().all(|n| *n == 10),
+        "round robin should be even: {hits:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,14 +348,29 @@ async fn requests_are_forwarded_unchanged_with_forwarding_headers() {
 
     let reply = portico
         .client
-        .request("DELETE", "API.test:8123", "/api/v1/items%20x/?b=2&a=1", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")])
+        .request(
+            "DELETE",
+            "API.test:8123",
+            "/api/v1/items%20x/?b=2&a=1",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("server"), Some("portico"));
     assert!(reply.header("date").is_some());
     let echo = reply.echo().unwrap();
-    assert_eq!((echo.method.as_str(), echo.path.as_str(), echo.query.as_str()), ("DELETE", "/api/v1/items%20x/", "b=2&a=1"));
+    assert_eq!(
+        (
+            echo.method.as_str(),
+            echo.path.as_str(),
+            echo.query.as_str()
+        ),
+        ("DELETE", "/api/v1/items%20x/", "b=2&a=1")
+    );
     assert_eq!(echo.host, "API.test:8123", "Host is passed through as sent");
     let h = |n: &str| echo.headers.get(n).cloned().unwrap_or_default();
     // The client is not a trusted proxy: what it claims is replaced, not appended to.
@@ -218,7 +380,11 @@ async fn requests_are_forwarded_unchanged_with_forwarding_headers() {
     assert_eq!(h("x-forwarded-host"), "API.test:8123");
     assert_eq!(h("x-forwarded-port"), port);
 
-    let not_found = portico.client.get("api.test", "/nothing-here").await.unwrap();
+    let not_found = portico
+        .client
+        .get("api.test", "/nothing-here")
+        .await
+        .unwrap();
     assert_eq!(not_found.status, 404);
     assert_eq!(not_found.text(), "404 Not Found\n");
     assert_eq!(not_found.header("server"), Some("portico"));
@@ -237,15 +403,27 @@ async fn requests_are_forwarded_unchanged_with_forwarding_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn trusted_proxies_may_extend_forwarding_headers() {
     let (_servers, mut docs) = backends(&["api"]).await;
-    docs.push(ingress("api").path("api.test", "Prefix", "/", "api").build());
-    let portico = Portico::start_with(&[("api.yaml", file(docs))], &["--trusted-proxies", "127.0.0.0/8"]).await;
+    docs.push(
+        ingress("api")
+            .path("api.test", "Prefix", "/", "api")
+            .build(),
+    );
+    let portico = Portico::start_with(
+        &[("api.yaml", file(docs))],
+        &["--trusted-proxies", "127.0.0.0/8"],
+    )
+    .await;
     let reply = portico
         .client
         .request(
             "GET",
             "api.test",
             "/",
-            &[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "public.example")],
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "public.example"),
+            ],
         )
         .await
         .unwrap();
@@ -259,14 +437,23 @@ async fn trusted_proxies_may_extend_forwarding_headers() {
 async fn manifest_changes_are_served_within_a_second_without_failed_requests() {
     let (_servers, mut docs) = backends(&["steady", "v1", "v2"]).await;
     let base = docs.clone();
-    docs.push(ingress("steady").path("steady.test", "Prefix", "/", "steady").build());
+    docs.push(
+        ingress("steady")
+            .path("steady.test", "Prefix", "/", "steady")
+            .build(),
+    );
     let portico = Arc::new(Portico::start(&[("steady.yaml", file(docs.clone()))]).await);
 
     // A client that keeps sending on its keep-alive connection throughout.
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = {
-        let (client, stop, sent, failed) = (portico.client.clone(), stop.clone(), sent.clone(), failed.clone());
+        let (client, stop, sent, failed) = (
+            portico.client.clone(),
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+        );
         tokio::spawn(async move {
             let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -285,23 +472,46 @@ async fn manifest_changes_are_served_within_a_second_without_failed_requests() {
 
     for (round, target) in ["v1", "v2", "v1", "v2", "v1"].iter().enumerate() {
         let mut docs = base.clone();
-        docs.push(ingress("steady").path("steady.test", "Prefix", "/", "steady").build());
-        docs.push(ingress("changing").path("changing.test", "Prefix", "/", target).build());
+        docs.push(
+            ingress("steady")
+                .path("steady.test", "Prefix", "/", "steady")
+                .build(),
+        );
+        docs.push(
+            ingress("changing")
+                .path("changing.test", "Prefix", "/", target)
+                .build(),
+        );
         let written = Instant::now();
         portico.write("changing.yaml", &file(docs));
         loop {
-            let got = portico.client.get("changing.test", "/").await.unwrap().answered_by();
+            let got = portico
+                .client
+                .get("changing.test", "/")
+                .await
+                .unwrap()
+                .answered_by();
             if got == *target {
                 break;
             }
-            assert!(written.elapsed() < Duration::from_secs(1), "round {round}: change to {target} not served within 1 s (still {got})");
+            assert!(
+                written.elapsed() < Duration::from_secs(1),
+                "round {round}: change to {target} not served within 1 s (still {got})"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     stop.store(true, Ordering::Relaxed);
     let failures = load.await.unwrap();
-    assert!(sent.load(Ordering::Relaxed) > 50, "the client should have kept sending");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during swaps: {failures:?}");
+    assert!(
+        sent.load(Ordering::Relaxed) > 50,
+        "the client should have kept sending"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during swaps: {failures:?}"
+    );
 
     // The first snapshot travels whole; each change after it only as what changed.
     let proxy_log = std::fs::read_to_string(portico.log_path("proxy")).unwrap();
@@ -311,15 +521,25 @@ async fn manifest_changes_are_served_within_a_second_without_failed_requests() {
         .filter_map(|l| l.split("sent_as=").nth(1)?.split(' ').next())
         .collect();
     assert_eq!(sent_as.first(), Some(&"\"whole\""), "{proxy_log}");
-    assert!(sent_as.len() > 5 && sent_as[1..].iter().all(|s| *s == "\"delta\""), "{proxy_log}");
+    assert!(
+        sent_as.len() > 5 && sent_as[1..].iter().all(|s| *s == "\"delta\""),
+        "{proxy_log}"
+    );
     assert!(!proxy_log.contains("refused"), "{proxy_log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_manifests_are_skipped_and_the_rest_applies() {
     let (_servers, mut docs) = backends(&["good"]).await;
-    docs.push(ingress("good").path("good.test", "Prefix", "/", "good").build());
-    let broken_ingress = ingress("bad-host").path("10.0.0.1", "Prefix", "/", "good").path("ok-half.test", "Prefix", "/", "good").build();
+    docs.push(
+        ingress("good")
+            .path("good.test", "Prefix", "/", "good")
+            .build(),
+    );
+    let broken_ingress = ingress("bad-host")
+        .path("10.0.0.1", "Prefix", "/", "good")
+        .path("ok-half.test", "Prefix", "/", "good")
+        .build();
     let portico = Portico::start(&[
         ("good.yaml", file(docs)),
         ("broken.yaml", "apiVersion: v1\nkind: [unclosed\n".to_string()),
@@ -330,25 +550,52 @@ async fn bad_manifests_are_skipped_and_the_rest_applies() {
         ),
     ])
     .await;
-    assert_eq!(portico.client.get("good.test", "/").await.unwrap().answered_by(), "good");
+    assert_eq!(
+        portico
+            .client
+            .get("good.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "good"
+    );
     // The valid rule of a partly invalid Ingress still applies.
-    assert_eq!(portico.client.get("ok-half.test", "/").await.unwrap().answered_by(), "good");
+    assert_eq!(
+        portico
+            .client
+            .get("ok-half.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "good"
+    );
 
     let logs = std::fs::read_to_string(portico.log_path("controller")).unwrap();
-    assert!(logs.contains("broken.yaml") && logs.contains("document=0"), "parse error should name file and document:\n{logs}");
+    assert!(
+        logs.contains("broken.yaml") && logs.contains("document=0"),
+        "parse error should name file and document:\n{logs}"
+    );
     assert!(logs.contains("wrong-shape.json"), "{logs}");
-    assert!(logs.contains("InvalidHost") && logs.contains(r#"spec.rules[0].host "10.0.0.1""#), "{logs}");
+    assert!(
+        logs.contains("InvalidHost") && logs.contains(r#"spec.rules[0].host "10.0.0.1""#),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoints_report_readiness_config_and_metrics() {
     let (_servers, mut docs) = backends(&["m"]).await;
-    docs.push(ingress("m").path("metrics.test", "Prefix", "/", "m").build());
+    docs.push(
+        ingress("m")
+            .path("metrics.test", "Prefix", "/", "m")
+            .build(),
+    );
     let portico = Portico::start(&[("m.yaml", file(docs))]).await;
 
     assert_eq!(portico.admin_get("/healthz").await.unwrap().status, 200);
     assert_eq!(portico.admin_get("/readyz").await.unwrap().status, 200);
-    let config: Value = serde_json::from_slice(&portico.admin_get("/config").await.unwrap().body).unwrap();
+    let config: Value =
+        serde_json::from_slice(&portico.admin_get("/config").await.unwrap().body).unwrap();
     assert!(config["version"].as_u64().unwrap() > 0);
     assert_eq!(config["virtual_hosts"][0]["host"], "metrics.test");
 
@@ -356,7 +603,11 @@ async fn admin_endpoints_report_readiness_config_and_metrics() {
         portico.client.get("metrics.test", "/").await.unwrap();
     }
     portico.client.get("metrics.test", "/").await.unwrap();
-    portico.client.get("elsewhere.test", "/secret/path").await.unwrap();
+    portico
+        .client
+        .get("elsewhere.test", "/secret/path")
+        .await
+        .unwrap();
     // Requests are counted as they finish, just after the client has its answer.
     portico
         .wait_until("both requests are counted", |p| async move {
@@ -367,20 +618,32 @@ async fn admin_endpoints_report_readiness_config_and_metrics() {
         })
         .await;
     let metrics = portico.admin_get("/metrics").await.unwrap().text();
-    assert!(!metrics.contains("secret") && !metrics.contains("elsewhere"), "request data must not become labels");
+    assert!(
+        !metrics.contains("secret") && !metrics.contains("elsewhere"),
+        "request data must not become labels"
+    );
 
     // A removed route is gone after the next snapshot, which the version shows.
     let before = portico.applied_version().await;
     portico.remove("m.yaml");
     portico.wait_for_version_after(before).await;
-    assert_eq!(portico.client.get("metrics.test", "/").await.unwrap().status, 404);
-    let hosts: BTreeSet<String> = serde_json::from_slice::<Value>(&portico.admin_get("/config").await.unwrap().body).unwrap()
-        ["virtual_hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["host"].to_string())
-        .collect();
+    assert_eq!(
+        portico
+            .client
+            .get("metrics.test", "/")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    let hosts: BTreeSet<String> =
+        serde_json::from_slice::<Value>(&portico.admin_get("/config").await.unwrap().body).unwrap()
+            ["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["host"].to_string())
+            .collect();
     assert!(hosts.is_empty(), "{hosts:?}");
 }
 
@@ -388,10 +651,33 @@ async fn admin_endpoints_report_readiness_config_and_metrics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_manifests_directory_is_watched_not_only_polled() {
     let (_servers, base) = backends(&["one", "two"]).await;
-    let route = |svc: &str| to_yaml(&[ingress("watched").path("watched.test", "Prefix", "/", svc).build()]);
-    let files = [("backends.yaml", to_yaml(&base)), ("route.yaml", route("one"))];
+    let route = |svc: &str| {
+        to_yaml(&[ingress("watched")
+            .path("watched.test", "Prefix", "/", svc)
+            .build()])
+    };
+    let files = [
+        ("backends.yaml", to_yaml(&base)),
+        ("route.yaml", route("one")),
+    ];
     let portico = Portico::start_full(&files, &["--manifests-poll-ms", "60000"], &[]).await;
-    assert_eq!(portico.client.get("watched.test", "/").await.unwrap().answered_by(), "one");
+    assert_eq!(
+        portico
+            .client
+            .get("watched.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "one"
+    );
     portico.apply("route.yaml", &route("two")).await;
-    assert_eq!(portico.client.get("watched.test", "/").await.unwrap().answered_by(), "two");
+    assert_eq!(
+        portico
+            .client
+            .get("watched.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "two"
+    );
 }

@@ -15,17 +15,29 @@ const KEEPALIVE_TIMEOUT: &str = "3";
 
 /// Sends `bytes` one every `every`, watching for the server to close; how long the
 /// connection lasted, or `None` if it outlived all of `bytes`.
-async fn trickle<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], every: Duration) -> Option<Duration> {
+async fn trickle<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    every: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let mut buf = [0u8; 1024];
     for b in bytes {
-        if stream.write_all(&[*b]).await.and(stream.flush().await).is_err() {
+        if stream
+            .write_all(&[*b])
+            .await
+            .and(stream.flush().await)
+            .is_err()
+        {
             return Some(start.elapsed());
         }
         match tokio::time::timeout(every, stream.read(&mut buf)).await {
             Err(_) => {}
             Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
-            Ok(Ok(n)) => panic!("answered a header that never ended: {}", String::from_utf8_lossy(&buf[..n])),
+            Ok(Ok(n)) => panic!(
+                "answered a header that never ended: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
         }
     }
     None
@@ -36,13 +48,26 @@ async fn response<S: AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("an answer").unwrap();
-        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head.lines().find_map(|l| l.strip_prefix("content-length: ").or_else(|| l.strip_prefix("Content-Length: ")));
-            if length.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| body.len() >= l) {
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length: ")
+                    .or_else(|| l.strip_prefix("Content-Length: "))
+            });
+            if length
+                .and_then(|l| l.trim().parse::<usize>().ok())
+                .is_some_and(|l| body.len() >= l)
+            {
                 return text;
             }
         }
@@ -62,7 +87,12 @@ async fn slow_headers_are_cut_off_while_slow_bodies_and_prompt_keep_alives_are_n
             .annotation("nginx.ingress.kubernetes.io/ssl-redirect", "false")
             .build(),
     );
-    let args = ["--client-header-timeout", HEADER_TIMEOUT, "--client-keepalive-timeout", KEEPALIVE_TIMEOUT];
+    let args = [
+        "--client-header-timeout",
+        HEADER_TIMEOUT,
+        "--client-keepalive-timeout",
+        KEEPALIVE_TIMEOUT,
+    ];
     let portico = Portico::start_with(&[("all.yaml", to_yaml(&docs))], &args).await;
     let step = Duration::from_millis(400);
     let slow_header =
@@ -70,25 +100,48 @@ async fn slow_headers_are_cut_off_while_slow_bodies_and_prompt_keep_alives_are_n
 
     // A byte every 400 ms never trips a per-read timeout, but the header as a whole has 2 s.
     let mut plain = TcpStream::connect(portico.http).await.unwrap();
-    let lasted = trickle(&mut plain, slow_header, step).await.expect("the plain connection is closed");
-    assert!(lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(6), "plain: closed after {lasted:?}");
-    let opts = ClientOptions { sni: Some("slow.test"), alpn: &["http/1.1"], ..ClientOptions::default() };
+    let lasted = trickle(&mut plain, slow_header, step)
+        .await
+        .expect("the plain connection is closed");
+    assert!(
+        lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(6),
+        "plain: closed after {lasted:?}"
+    );
+    let opts = ClientOptions {
+        sni: Some("slow.test"),
+        alpn: &["http/1.1"],
+        ..ClientOptions::default()
+    };
     let (mut secure, _) = tls::connect(portico.https, opts.clone()).await.unwrap();
-    let lasted = trickle(&mut secure, slow_header, step).await.expect("the TLS connection is closed");
-    assert!(lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(6), "TLS: closed after {lasted:?}");
+    let lasted = trickle(&mut secure, slow_header, step)
+        .await
+        .expect("the TLS connection is closed");
+    assert!(
+        lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(6),
+        "TLS: closed after {lasted:?}"
+    );
 
     // A connection that never sends a byte is closed too.
     let mut silent = TcpStream::connect(portico.http).await.unwrap();
     let mut buf = [0u8; 16];
     let start = Instant::now();
-    let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf)).await.expect("closed in time");
+    let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(start.elapsed() < Duration::from_secs(6));
 
     // A body may take longer than the header timeout: only the header is bounded.
     let mut upload = TcpStream::connect(portico.http).await.unwrap();
-    upload.write_all(b"POST /upload HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 12\r\n\r\n").await.unwrap();
-    assert_eq!(trickle(&mut upload, b"hello world", step).await, None, "the upload is not cut off");
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 12\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        trickle(&mut upload, b"hello world", step).await,
+        None,
+        "the upload is not cut off"
+    );
     upload.write_all(b"!").await.unwrap();
     let answer = response(&mut upload).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -101,14 +154,30 @@ async fn slow_headers_are_cut_off_while_slow_bodies_and_prompt_keep_alives_are_n
     upload.write_all(request).await.unwrap();
     assert!(response(&mut upload).await.starts_with("HTTP/1.1 200"));
     let start = Instant::now();
-    let read = tokio::time::timeout(Duration::from_secs(8), upload.read(&mut buf)).await.expect("closed in time");
+    let read = tokio::time::timeout(Duration::from_secs(8), upload.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let idle = start.elapsed();
-    assert!(idle >= Duration::from_millis(2500) && idle < Duration::from_secs(7), "idle connection closed after {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(2500) && idle < Duration::from_secs(7),
+        "idle connection closed after {idle:?}"
+    );
 
     // HTTP/2 over TLS is left to its own timeouts: a request after the header timeout works.
-    let (stream, hs) = tls::connect(portico.https, ClientOptions { alpn: &["h2"], ..opts }).await.unwrap();
+    let (stream, hs) = tls::connect(
+        portico.https,
+        ClientOptions {
+            alpn: &["h2"],
+            ..opts
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(hs.alpn.as_deref(), Some("h2"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(tls::get(stream, "slow.test", "/").await.unwrap().status, 200);
+    assert_eq!(
+        tls::get(stream, "slow.test", "/").await.unwrap().status,
+        200
+    );
 }

@@ -17,13 +17,28 @@ fn site(endpoints: &[SocketAddr], annotations: &[(&str, &str)]) -> Vec<(&'static
     for (k, v) in annotations {
         ing = ing.annotation(k, v);
     }
-    vec![("web.yaml", to_yaml(&service_with_endpoints("web", endpoints))), ("ingress.yaml", to_yaml(&[ing.build()]))]
+    vec![
+        (
+            "web.yaml",
+            to_yaml(&service_with_endpoints("web", endpoints)),
+        ),
+        ("ingress.yaml", to_yaml(&[ing.build()])),
+    ]
 }
 
 async fn tally(portico: &Portico, requests: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..requests {
-        *counts.entry(portico.client.get("t.test", "/").await.unwrap().answered_by()).or_insert(0) += 1;
+        *counts
+            .entry(
+                portico
+                    .client
+                    .get("t.test", "/")
+                    .await
+                    .unwrap()
+                    .answered_by(),
+            )
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -42,12 +57,19 @@ async fn round_robin_spreads_requests_evenly() {
     let counts = tally(&portico, 2100).await;
     for name in ["a", "b", "c"] {
         let s = share(&counts, name);
-        assert!((s - 100.0 / 3.0).abs() <= 5.0, "{name} got {s:.1}%: {counts:?}");
+        assert!(
+            (s - 100.0 / 3.0).abs() <= 5.0,
+            "{name} got {s:.1}%: {counts:?}"
+        );
     }
 }
 
 /// Sends requests from `concurrency` clients for `duration`; counts by backend.
-async fn concurrent_tally(portico: &Portico, concurrency: usize, duration: Duration) -> BTreeMap<String, usize> {
+async fn concurrent_tally(
+    portico: &Portico,
+    concurrency: usize,
+    duration: Duration,
+) -> BTreeMap<String, usize> {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -55,7 +77,14 @@ async fn concurrent_tally(portico: &Portico, concurrency: usize, duration: Durat
         tasks.push(tokio::spawn(async move {
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             while Instant::now() < deadline {
-                *counts.entry(client.get("t.test", "/").await.map_or_else(|e| e.to_string(), |r| r.answered_by())).or_insert(0) += 1;
+                *counts
+                    .entry(
+                        client
+                            .get("t.test", "/")
+                            .await
+                            .map_or_else(|e| e.to_string(), |r| r.answered_by()),
+                    )
+                    .or_insert(0) += 1;
             }
             counts
         }));
@@ -75,16 +104,30 @@ async fn least_conn_and_ewma_send_less_to_a_slow_endpoint() {
     servers[1].set_delay(Duration::from_millis(40));
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     for algorithm in ["least_conn", "ewma", "round_robin"] {
-        let portico = Portico::start(&site(&addrs, &[("portico.io/load-balance", algorithm)])).await;
+        let portico =
+            Portico::start(&site(&addrs, &[("portico.io/load-balance", algorithm)])).await;
         let counts = concurrent_tally(&portico, 8, Duration::from_secs(2)).await;
         let slow = share(&counts, "slow");
         if algorithm == "round_robin" {
             // The baseline: an even split, whatever the speed.
-            assert!((slow - 50.0).abs() <= 5.0, "round_robin gave the slow endpoint {slow:.1}%: {counts:?}");
+            assert!(
+                (slow - 50.0).abs() <= 5.0,
+                "round_robin gave the slow endpoint {slow:.1}%: {counts:?}"
+            );
         } else {
-            assert!(slow < 25.0, "{algorithm} gave the slow endpoint {slow:.1}%: {counts:?}");
+            assert!(
+                slow < 25.0,
+                "{algorithm} gave the slow endpoint {slow:.1}%: {counts:?}"
+            );
         }
-        assert_eq!(counts.keys().filter(|k| *k != "fast" && *k != "slow").count(), 0, "failures: {counts:?}");
+        assert_eq!(
+            counts
+                .keys()
+                .filter(|k| *k != "fast" && *k != "slow")
+                .count(),
+            0,
+            "failures: {counts:?}"
+        );
     }
 }
 
@@ -93,25 +136,51 @@ async fn consistent_hashing_pins_keys_and_moves_few_when_an_endpoint_goes() {
     let names: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
     let servers = echo_servers(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let portico = Portico::start(&site(&addrs, &[("nginx.ingress.kubernetes.io/upstream-hash-by", "user-$http_x_user")])).await;
+    let portico = Portico::start(&site(
+        &addrs,
+        &[(
+            "nginx.ingress.kubernetes.io/upstream-hash-by",
+            "user-$http_x_user",
+        )],
+    ))
+    .await;
     let owners = |portico: &Portico| {
         let client = portico.client.clone();
         async move {
             let mut owners = Vec::new();
             for user in 0..300 {
                 let user = user.to_string();
-                let reply = client.request("GET", "t.test", "/", &[("x-user", &user)]).await.unwrap();
+                let reply = client
+                    .request("GET", "t.test", "/", &[("x-user", &user)])
+                    .await
+                    .unwrap();
                 owners.push(reply.answered_by());
             }
             owners
         }
     };
     let before = owners(&portico).await;
-    assert_eq!(owners(&portico).await, before, "every key keeps its endpoint");
-    assert!(before.iter().collect::<std::collections::BTreeSet<_>>().len() >= 8, "keys spread over the endpoints: {before:?}");
+    assert_eq!(
+        owners(&portico).await,
+        before,
+        "every key keeps its endpoint"
+    );
+    assert!(
+        before
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= 8,
+        "keys spread over the endpoints: {before:?}"
+    );
 
     // e9 goes away: only its keys move.
-    portico.apply("web.yaml", &to_yaml(&service_with_endpoints("web", &addrs[..9]))).await;
+    portico
+        .apply(
+            "web.yaml",
+            &to_yaml(&service_with_endpoints("web", &addrs[..9])),
+        )
+        .await;
     let after = owners(&portico).await;
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     let on_removed = before.iter().filter(|b| *b == "e9").count();
@@ -134,11 +203,18 @@ async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
         }
     }
     let head = String::from_utf8_lossy(&got);
-    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn post(host: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    let mut r = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     r.extend_from_slice(body);
     r
 }
@@ -157,21 +233,68 @@ fn chunked_post(host: &str, chunks: &[&[u8]]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_upstream_gives_504_and_a_large_body_413() {
     let servers = echo_servers(&["a"]).await;
-    let portico =
-        Portico::start(&site(&[servers[0].addr], &[("portico.io/proxy-read-timeout", "1"), ("portico.io/proxy-body-size", "1k")])).await;
+    let portico = Portico::start(&site(
+        &[servers[0].addr],
+        &[
+            ("portico.io/proxy-read-timeout", "1"),
+            ("portico.io/proxy-body-size", "1k"),
+        ],
+    ))
+    .await;
 
     let started = Instant::now();
-    let reply = portico.client.get("t.test", "/?sleep_ms=2500").await.unwrap();
+    let reply = portico
+        .client
+        .get("t.test", "/?sleep_ms=2500")
+        .await
+        .unwrap();
     assert_eq!(reply.status, 504, "{}", reply.text());
-    assert!(started.elapsed() < Duration::from_millis(2400), "the timeout is 1 s, took {:?}", started.elapsed());
-    assert_eq!(portico.client.get("t.test", "/?sleep_ms=200").await.unwrap().status, 200, "within the timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2400),
+        "the timeout is 1 s, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        portico
+            .client
+            .get("t.test", "/?sleep_ms=200")
+            .await
+            .unwrap()
+            .status,
+        200,
+        "within the timeout"
+    );
 
     let before = servers[0].request_count();
-    assert_eq!(raw_status(portico.http, &post("t.test", &[b'x'; 2048])).await, 413);
-    assert_eq!(servers[0].request_count(), before, "a declared oversize body never reaches the backend");
-    assert_eq!(raw_status(portico.http, &chunked_post("t.test", &[&[b'x'; 600], &[b'y'; 600]])).await, 413);
-    assert_eq!(raw_status(portico.http, &post("t.test", &[b'x'; 512])).await, 200);
-    assert_eq!(raw_status(portico.http, &chunked_post("t.test", &[&[b'x'; 300], &[b'y'; 300]])).await, 200);
+    assert_eq!(
+        raw_status(portico.http, &post("t.test", &[b'x'; 2048])).await,
+        413
+    );
+    assert_eq!(
+        servers[0].request_count(),
+        before,
+        "a declared oversize body never reaches the backend"
+    );
+    assert_eq!(
+        raw_status(
+            portico.http,
+            &chunked_post("t.test", &[&[b'x'; 600], &[b'y'; 600]])
+        )
+        .await,
+        413
+    );
+    assert_eq!(
+        raw_status(portico.http, &post("t.test", &[b'x'; 512])).await,
+        200
+    );
+    assert_eq!(
+        raw_status(
+            portico.http,
+            &chunked_post("t.test", &[&[b'x'; 300], &[b'y'; 300]])
+        )
+        .await,
+        200
+    );
 }
 
 /// A TCP server on loopback that hands each connection to `handle` and counts what
@@ -187,7 +310,9 @@ where
     let count = served.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(handle(stream, count.clone()));
         }
     });
@@ -216,30 +341,67 @@ async fn retries_mask_a_dead_endpoint_and_never_resend_a_non_idempotent_request(
     let servers = echo_servers(&["live"]).await;
     let dead = dead_port();
     // Passive health off, so that the failing endpoints stay in rotation throughout.
-    let portico = Portico::start(&site(&[servers[0].addr, dead], &[("portico.io/upstream-max-fails", "0")])).await;
+    let portico = Portico::start(&site(
+        &[servers[0].addr, dead],
+        &[("portico.io/upstream-max-fails", "0")],
+    ))
+    .await;
     // Connection refused: nothing was sent, so every request goes to the live endpoint.
     for i in 0..50 {
-        assert_eq!(portico.client.get("t.test", "/").await.unwrap().answered_by(), "live", "request {i}");
-        assert_eq!(raw_status(portico.http, &post("t.test", b"data")).await, 200, "POST {i}");
+        assert_eq!(
+            portico
+                .client
+                .get("t.test", "/")
+                .await
+                .unwrap()
+                .answered_by(),
+            "live",
+            "request {i}"
+        );
+        assert_eq!(
+            raw_status(portico.http, &post("t.test", b"data")).await,
+            200,
+            "POST {i}"
+        );
     }
 
     // An endpoint that takes the request and drops it: a GET is tried again elsewhere,
     // a POST is not (it may have been acted on).
     let (hole, accepted) = black_hole().await;
-    portico.apply("web.yaml", &to_yaml(&service_with_endpoints("web", &[servers[0].addr, hole]))).await;
+    portico
+        .apply(
+            "web.yaml",
+            &to_yaml(&service_with_endpoints("web", &[servers[0].addr, hole])),
+        )
+        .await;
     let mut post_failures = 0;
     for _ in 0..20 {
-        assert_eq!(portico.client.get("t.test", "/").await.unwrap().answered_by(), "live");
+        assert_eq!(
+            portico
+                .client
+                .get("t.test", "/")
+                .await
+                .unwrap()
+                .answered_by(),
+            "live"
+        );
         let before = accepted.load(Ordering::Relaxed);
         let status = raw_status(portico.http, &post("t.test", b"data")).await;
         if status != 200 {
             assert_eq!(status, 502);
-            assert_eq!(accepted.load(Ordering::Relaxed), before + 1, "the failed POST went to the black hole once");
+            assert_eq!(
+                accepted.load(Ordering::Relaxed),
+                before + 1,
+                "the failed POST went to the black hole once"
+            );
             post_failures += 1;
         }
     }
     // Round robin over two endpoints: about half the POSTs land on the black hole.
-    assert!(post_failures >= 3, "only {post_failures} of 20 POSTs reached the black hole");
+    assert!(
+        post_failures >= 3,
+        "only {post_failures} of 20 POSTs reached the black hole"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,27 +410,63 @@ async fn passive_health_survives_an_unrelated_snapshot() {
     let live = echo_servers(&["live"]).await;
     let (hole, accepted) = black_hole().await;
     let mut files = site(&[live[0].addr, hole], &[]);
-    docs.push(ingress("other").path("other.test", "Prefix", "/", "other").build());
+    docs.push(
+        ingress("other")
+            .path("other.test", "Prefix", "/", "other")
+            .build(),
+    );
     files.push(("other.yaml", to_yaml(&docs)));
     let portico = Portico::start(&files).await;
     // Three failures take the black hole out for the fail timeout (10 s).
     while accepted.load(Ordering::Relaxed) < 3 {
-        assert_eq!(portico.client.get("t.test", "/").await.unwrap().answered_by(), "live");
+        assert_eq!(
+            portico
+                .client
+                .get("t.test", "/")
+                .await
+                .unwrap()
+                .answered_by(),
+            "live"
+        );
     }
     let taken_out = accepted.load(Ordering::Relaxed);
     for _ in 0..20 {
         portico.client.get("t.test", "/").await.unwrap();
     }
-    assert_eq!(accepted.load(Ordering::Relaxed), taken_out, "the failing endpoint is skipped");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        taken_out,
+        "the failing endpoint is skipped"
+    );
 
     // Another Ingress changes; web's pool, and what it learnt, stay.
-    let mut changed = ingress("other").path("other.test", "Prefix", "/", "other").path("other.test", "Prefix", "/v2", "other").build();
+    let mut changed = ingress("other")
+        .path("other.test", "Prefix", "/", "other")
+        .path("other.test", "Prefix", "/v2", "other")
+        .build();
     changed["metadata"]["labels"] = serde_json::json!({"changed": "yes"});
-    portico.apply("other.yaml", &to_yaml(&[docs[0].clone(), docs[1].clone(), changed])).await;
+    portico
+        .apply(
+            "other.yaml",
+            &to_yaml(&[docs[0].clone(), docs[1].clone(), changed]),
+        )
+        .await;
     for _ in 0..20 {
-        assert_eq!(portico.client.get("t.test", "/").await.unwrap().answered_by(), "live");
+        assert_eq!(
+            portico
+                .client
+                .get("t.test", "/")
+                .await
+                .unwrap()
+                .answered_by(),
+            "live"
+        );
     }
-    assert_eq!(accepted.load(Ordering::Relaxed), taken_out, "health was reset by an unrelated snapshot");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        taken_out,
+        "health was reset by an unrelated snapshot"
+    );
     drop(servers);
 }
 
@@ -284,7 +482,9 @@ async fn fixed_status(status: u16) -> (SocketAddr, Arc<AtomicU64>) {
             }
         }
         answered.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("HTTP/1.1 {status} Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let reply = format!(
+            "HTTP/1.1 {status} Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         let _ = stream.write_all(reply.as_bytes()).await;
     })
     .await
@@ -294,12 +494,27 @@ async fn fixed_status(status: u16) -> (SocketAddr, Arc<AtomicU64>) {
 async fn listed_upstream_statuses_are_retried_for_idempotent_requests_only() {
     let servers = echo_servers(&["live"]).await;
     let (failing, answered) = fixed_status(503).await;
-    let annotations = [("portico.io/proxy-next-upstream", "error timeout http_503"), ("portico.io/upstream-max-fails", "0")];
+    let annotations = [
+        ("portico.io/proxy-next-upstream", "error timeout http_503"),
+        ("portico.io/upstream-max-fails", "0"),
+    ];
     let portico = Portico::start(&site(&[servers[0].addr, failing], &annotations)).await;
     for i in 0..20 {
-        assert_eq!(portico.client.get("t.test", "/").await.unwrap().answered_by(), "live", "GET {i}");
+        assert_eq!(
+            portico
+                .client
+                .get("t.test", "/")
+                .await
+                .unwrap()
+                .answered_by(),
+            "live",
+            "GET {i}"
+        );
     }
-    assert!(answered.load(Ordering::Relaxed) >= 5, "the failing endpoint was tried, and its 503 replaced");
+    assert!(
+        answered.load(Ordering::Relaxed) >= 5,
+        "the failing endpoint was tried, and its 503 replaced"
+    );
     let statuses: Vec<u16> = {
         let mut s = Vec::new();
         for _ in 0..20 {
@@ -307,14 +522,27 @@ async fn listed_upstream_statuses_are_retried_for_idempotent_requests_only() {
         }
         s
     };
-    assert!(statuses.contains(&503), "a POST's 503 is passed on, not retried: {statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(
+        statuses.contains(&503),
+        "a POST's 503 is passed on, not retried: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
 
     // Without http_503 listed, a 503 is the answer.
-    portico.apply("ingress.yaml", &to_yaml(&[ingress("web").path("t.test", "Prefix", "/", "web").build()])).await;
+    portico
+        .apply(
+            "ingress.yaml",
+            &to_yaml(&[ingress("web").path("t.test", "Prefix", "/", "web").build()]),
+        )
+        .await;
     let mut seen = BTreeMap::new();
     for _ in 0..20 {
-        *seen.entry(portico.client.get("t.test", "/").await.unwrap().status).or_insert(0) += 1;
+        *seen
+            .entry(portico.client.get("t.test", "/").await.unwrap().status)
+            .or_insert(0) += 1;
     }
     assert!(seen.get(&503).is_some_and(|n| *n >= 5), "{seen:?}");
 }

@@ -22,7 +22,10 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Portico's proxy: serves the routes the controller sends")]
+#[command(
+    version,
+    about = "Portico's proxy: serves the routes the controller sends"
+)]
 struct Args {
     /// The controller's snapshot socket.
     #[arg(long, default_value = "/var/run/portico/portico.sock")]
@@ -128,10 +131,16 @@ fn default_proxy_id() -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    let trusted_proxies = forwarded::parse_list(&args.trusted_proxies).context("--trusted-proxies")?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let trusted_proxies =
+        forwarded::parse_list(&args.trusted_proxies).context("--trusted-proxies")?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
-    let mut server = Server::new_with_opt_and_conf(None, portico_proxy::server_conf(threads, args.shutdown_grace_seconds));
+    let mut server = Server::new_with_opt_and_conf(
+        None,
+        portico_proxy::server_conf(threads, args.shutdown_grace_seconds),
+    );
     server.bootstrap();
 
     let metrics = Arc::new(metrics::ProxyMetrics::new());
@@ -139,8 +148,13 @@ fn main() -> anyhow::Result<()> {
 
     let affinity_key = match &args.affinity_key_file {
         Some(path) if path.exists() => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading --affinity-key-file {}", path.display()))?;
-            anyhow::ensure!(bytes.trim_ascii().len() >= 16, "--affinity-key-file {}: the key must be at least 16 bytes", path.display());
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading --affinity-key-file {}", path.display()))?;
+            anyhow::ensure!(
+                bytes.trim_ascii().len() >= 16,
+                "--affinity-key-file {}: the key must be at least 16 bytes",
+                path.display()
+            );
             affinity::AffinityKey::new(bytes.trim_ascii()).context("--affinity-key-file")?
         }
         other => {
@@ -151,7 +165,10 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let proxy_protocol = args.proxy_protocol.then(|| {
-        Arc::new(portico_proxy::listener::proxy_protocol::ProxyProtocol { trusted: trusted_proxies.clone(), timeout: PROXY_HEADER_TIMEOUT })
+        Arc::new(portico_proxy::listener::proxy_protocol::ProxyProtocol {
+            trusted: trusted_proxies.clone(),
+            timeout: PROXY_HEADER_TIMEOUT,
+        })
     });
     let ingress = service::IngressProxy {
         store: store.clone(),
@@ -163,17 +180,25 @@ fn main() -> anyhow::Result<()> {
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
         hide_server_header: args.hide_server_header,
-        header_limits: service::HeaderLimits { max_bytes: args.max_request_header_bytes, max_fields: args.max_request_headers },
+        header_limits: service::HeaderLimits {
+            max_bytes: args.max_request_header_bytes,
+            max_fields: args.max_request_headers,
+        },
         access_log: match args.access_log {
-            Switch::On => {
-                Some(AccessLog::start(args.access_log_format, metrics.access_log_dropped.clone()).context("starting the access log")?)
-            }
+            Switch::On => Some(
+                AccessLog::start(args.access_log_format, metrics.access_log_dropped.clone())
+                    .context("starting the access log")?,
+            ),
             Switch::Off => None,
         },
         spans: match args.otlp_endpoint {
             Some(endpoint) => Some(
-                SpanExporter::start(endpoint, metrics.spans_exported.clone(), metrics.spans_dropped.clone())
-                    .context("starting the OTLP exporter")?,
+                SpanExporter::start(
+                    endpoint,
+                    metrics.spans_exported.clone(),
+                    metrics.spans_dropped.clone(),
+                )
+                .context("starting the OTLP exporter")?,
             ),
             None => None,
         },
@@ -183,10 +208,11 @@ fn main() -> anyhow::Result<()> {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     http.server_options = Some(options);
-    let client_timeouts = (args.client_header_timeout > 0).then(|| header_deadline::ClientTimeouts {
-        header: Duration::from_secs(args.client_header_timeout),
-        keepalive: Duration::from_secs(args.client_keepalive_timeout),
-    });
+    let client_timeouts =
+        (args.client_header_timeout > 0).then(|| header_deadline::ClientTimeouts {
+            header: Duration::from_secs(args.client_header_timeout),
+            keepalive: Duration::from_secs(args.client_keepalive_timeout),
+        });
     let app = connections::CountedConnections {
         inner: Arc::new(http),
         metrics: metrics.clone(),
@@ -198,27 +224,51 @@ fn main() -> anyhow::Result<()> {
         proxy.endpoints().set_pre_tls_callback(p);
     }
     proxy.add_tcp(&args.http_addr);
-    let mut proxy_addrs = vec![args.http_addr.parse::<std::net::SocketAddr>().context("--http-addr")?];
+    let mut proxy_addrs = vec![args
+        .http_addr
+        .parse::<std::net::SocketAddr>()
+        .context("--http-addr")?];
     if !args.https_addr.is_empty() {
         proxy_addrs.push(args.https_addr.parse().context("--https-addr")?);
-        let fallback = Arc::new(tls::ServedCertificate::self_signed().context("generating the self-signed default certificate")?);
-        let settings = tls::listener_settings(tls::SniCertificates { store: store.clone(), fallback })
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("configuring the HTTPS listener")?;
+        let fallback = Arc::new(
+            tls::ServedCertificate::self_signed()
+                .context("generating the self-signed default certificate")?,
+        );
+        let settings = tls::listener_settings(tls::SniCertificates {
+            store: store.clone(),
+            fallback,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("configuring the HTTPS listener")?;
         proxy.add_tls_with_settings(&args.https_addr, None, settings);
     }
 
     let listeners = admin::ListenerCheck::new(proxy_addrs);
     let mut admin = pingora::services::listening::Service::new(
         "portico-admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp { store: store.clone(), listeners }),
+        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp {
+            store: store.clone(),
+            listeners,
+        }),
     );
     admin.add_tcp(&args.admin_addr);
     admin.threads = Some(1);
 
-    server.add_service(pingora::services::background::background_service("health-checks", health::HealthChecker { store: store.clone() }));
-    let link = link::ControllerLink { socket: args.socket.clone(), proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id), store };
-    server.add_service(pingora::services::background::background_service("controller-link", link));
+    server.add_service(pingora::services::background::background_service(
+        "health-checks",
+        health::HealthChecker {
+            store: store.clone(),
+        },
+    ));
+    let link = link::ControllerLink {
+        socket: args.socket.clone(),
+        proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
+        store,
+    };
+    server.add_service(pingora::services::background::background_service(
+        "controller-link",
+        link,
+    ));
     server.add_service(proxy);
     server.add_service(admin);
 

@@ -45,18 +45,32 @@ impl FileCache {
             let meta = std::fs::metadata(&path).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
             let modified = meta.and_then(|m| m.modified().ok());
-            if self.files.get(&path).is_some_and(|f| f.len == len && f.modified == modified) {
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|f| f.len == len && f.modified == modified)
+            {
                 continue;
             }
             let objects = read_manifest(&path);
-            self.files.insert(path, ParsedFile { len, modified, objects });
+            self.files.insert(
+                path,
+                ParsedFile {
+                    len,
+                    modified,
+                    objects,
+                },
+            );
             changed = true;
         }
         Ok(changed)
     }
 
     fn state(&self) -> ClusterState {
-        self.files.values().flat_map(|f| f.objects.iter().cloned()).collect()
+        self.files
+            .values()
+            .flat_map(|f| f.objects.iter().cloned())
+            .collect()
     }
 }
 
@@ -86,7 +100,8 @@ pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| anyhow::anyhow!("reading manifests directory {}: {e}", d.display()))?;
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| anyhow::anyhow!("reading manifests directory {}: {e}", d.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             // Follows symlinks, so Kubernetes ConfigMap volumes (..data links) work.
@@ -105,7 +120,10 @@ pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Wakes `wake` when something below `dir` may have changed; `None` (polling only) when
@@ -152,7 +170,9 @@ impl Source for FileSource {
             // Reading and parsing are blocking file work; keep them off the async workers.
             let dir = self.dir.clone();
             let (returned, refreshed) = tokio::task::spawn_blocking(move || {
-                let refreshed = cache.refresh(&dir).map(|changed| changed.then(|| cache.state()));
+                let refreshed = cache
+                    .refresh(&dir)
+                    .map(|changed| changed.then(|| cache.state()));
                 (cache, refreshed)
             })
             .await?;
@@ -167,7 +187,9 @@ impl Source for FileSource {
                     states.send_replace(Some(Arc::new(ClusterState::default())));
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "manifests directory unreadable; keeping the last state"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "manifests directory unreadable; keeping the last state")
+                }
             }
             first = false;
             tokio::select! {
@@ -187,7 +209,12 @@ mod tests {
     }
 
     fn names(cache: &FileCache) -> Vec<String> {
-        cache.state().services.keys().map(|(_, n)| n.clone()).collect()
+        cache
+            .state()
+            .services
+            .keys()
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     #[tokio::test]
@@ -201,17 +228,26 @@ mod tests {
 
         let mut cache = FileCache::default();
         assert!(cache.refresh(dir.path()).unwrap());
-        assert!(woken(300).await.is_err(), "reading the directory and its files woke the watch");
+        assert!(
+            woken(300).await.is_err(),
+            "reading the directory and its files woke the watch"
+        );
 
         std::fs::write(dir.path().join("b.yaml"), service("b")).unwrap();
-        assert!(woken(5000).await.is_ok(), "a new manifest did not wake the watch");
+        assert!(
+            woken(5000).await.is_ok(),
+            "a new manifest did not wake the watch"
+        );
     }
 
     #[test]
     fn refresh_follows_additions_edits_and_deletions() {
         let dir = tempfile::tempdir().unwrap();
         let mut cache = FileCache::default();
-        assert!(!cache.refresh(dir.path()).unwrap(), "an empty directory is no change");
+        assert!(
+            !cache.refresh(dir.path()).unwrap(),
+            "an empty directory is no change"
+        );
 
         std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -221,7 +257,11 @@ mod tests {
         assert_eq!(names(&cache), ["a", "b"]);
         assert!(!cache.refresh(dir.path()).unwrap(), "nothing changed since");
 
-        std::fs::write(dir.path().join("a.yaml"), service("a2") + "---\n" + &service("a3")).unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            service("a2") + "---\n" + &service("a3"),
+        )
+        .unwrap();
         assert!(cache.refresh(dir.path()).unwrap());
         assert_eq!(names(&cache), ["a2", "a3", "b"]);
 

@@ -44,7 +44,11 @@ pub struct KubeSource {
 
 impl KubeSource {
     pub fn new(client: Client, namespaces: Vec<String>, metrics: Arc<ControllerMetrics>) -> Self {
-        KubeSource { client, namespaces, metrics }
+        KubeSource {
+            client,
+            namespaces,
+            metrics,
+        }
     }
 }
 
@@ -69,7 +73,12 @@ fn keep_secret(secret: &Secret) -> bool {
 }
 
 /// A watcher of `api` whose objects become [`KubeObject`]s, tagged with `index`.
-fn watch<K>(api: Api<K>, index: usize, keep: fn(&K) -> bool, wrap: fn(Arc<K>) -> KubeObject) -> BoxStream<'static, Update>
+fn watch<K>(
+    api: Api<K>,
+    index: usize,
+    keep: fn(&K) -> bool,
+    wrap: fn(Arc<K>) -> KubeObject,
+) -> BoxStream<'static, Update>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -128,7 +137,8 @@ impl Reflection {
                     objects = objects.len(),
                     "listed"
                 );
-                self.state.replace_all(scope.kind, scope.namespace.as_deref(), objects);
+                self.state
+                    .replace_all(scope.kind, scope.namespace.as_deref(), objects);
                 self.listed[index] = true;
                 true
             }
@@ -141,7 +151,10 @@ impl Reflection {
                 true
             }
             Err(e) => {
-                metrics.watch_restarts.with_label_values(&[scope.kind.as_str()]).inc();
+                metrics
+                    .watch_restarts
+                    .with_label_values(&[scope.kind.as_str()])
+                    .inc();
                 tracing::warn!(kind = scope.kind.as_str(), error = %e, "watch failed; resuming");
                 false
             }
@@ -156,13 +169,30 @@ impl Reflection {
 #[async_trait]
 impl Source for KubeSource {
     async fn run(self: Box<Self>, states: StateSender) -> anyhow::Result<()> {
-        let mut scopes = vec![Scope { kind: ObjectKind::IngressClass, namespace: None }];
-        let mut streams = vec![watch(Api::<IngressClass>::all(self.client.clone()), 0, |_| true, KubeObject::IngressClass)];
-        let namespaces: Vec<Option<String>> =
-            if self.namespaces.is_empty() { vec![None] } else { self.namespaces.iter().cloned().map(Some).collect() };
+        let mut scopes = vec![Scope {
+            kind: ObjectKind::IngressClass,
+            namespace: None,
+        }];
+        let mut streams = vec![watch(
+            Api::<IngressClass>::all(self.client.clone()),
+            0,
+            |_| true,
+            KubeObject::IngressClass,
+        )];
+        let namespaces: Vec<Option<String>> = if self.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.namespaces.iter().cloned().map(Some).collect()
+        };
         for ns in namespaces {
             let client = &self.client;
-            type Apis = (Api<Ingress>, Api<Service>, Api<EndpointSlice>, Api<Secret>, Api<ConfigMap>);
+            type Apis = (
+                Api<Ingress>,
+                Api<Service>,
+                Api<EndpointSlice>,
+                Api<Secret>,
+                Api<ConfigMap>,
+            );
             let (ingresses, services, slices, secrets, config_maps): Apis = match &ns {
                 Some(ns) => (
                     Api::namespaced(client.clone(), ns),
@@ -179,8 +209,17 @@ impl Source for KubeSource {
                     Api::all(client.clone()),
                 ),
             };
-            for kind in [ObjectKind::Ingress, ObjectKind::Service, ObjectKind::EndpointSlice, ObjectKind::Secret, ObjectKind::ConfigMap] {
-                scopes.push(Scope { kind, namespace: ns.clone() });
+            for kind in [
+                ObjectKind::Ingress,
+                ObjectKind::Service,
+                ObjectKind::EndpointSlice,
+                ObjectKind::Secret,
+                ObjectKind::ConfigMap,
+            ] {
+                scopes.push(Scope {
+                    kind,
+                    namespace: ns.clone(),
+                });
             }
             let n = streams.len();
             streams.push(watch(ingresses, n, |_| true, KubeObject::Ingress));
@@ -191,7 +230,12 @@ impl Source for KubeSource {
         }
 
         let count = scopes.len();
-        let mut reflection = Reflection { state: ClusterState::default(), scopes, listing: vec![None; count], listed: vec![false; count] };
+        let mut reflection = Reflection {
+            state: ClusterState::default(),
+            scopes,
+            listing: vec![None; count],
+            listed: vec![false; count],
+        };
         let mut updates = futures_util::stream::select_all(streams);
         let mut announced = false;
         while let Some(update) = updates.next().await {
@@ -232,17 +276,32 @@ mod tests {
     }
 
     fn names(r: &Reflection) -> Vec<String> {
-        r.state.services.keys().map(|(ns, n)| format!("{ns}/{n}")).collect()
+        r.state
+            .services
+            .keys()
+            .map(|(ns, n)| format!("{ns}/{n}"))
+            .collect()
     }
 
     #[test]
     fn a_relist_replaces_its_scope_at_init_done_and_not_before() {
         let metrics = ControllerMetrics::new(Default::default());
         let scopes = vec![
-            Scope { kind: ObjectKind::Service, namespace: Some("a".into()) },
-            Scope { kind: ObjectKind::Service, namespace: Some("b".into()) },
+            Scope {
+                kind: ObjectKind::Service,
+                namespace: Some("a".into()),
+            },
+            Scope {
+                kind: ObjectKind::Service,
+                namespace: Some("b".into()),
+            },
         ];
-        let mut r = Reflection { state: ClusterState::default(), scopes, listing: vec![None, None], listed: vec![false, false] };
+        let mut r = Reflection {
+            state: ClusterState::default(),
+            scopes,
+            listing: vec![None, None],
+            listed: vec![false, false],
+        };
         for (i, ns) in [(0, "a"), (1, "b")] {
             r.apply((i, Ok(Event::Init)), &metrics);
             r.apply((i, Ok(Event::InitApply(service(ns, "old")))), &metrics);
@@ -257,7 +316,11 @@ mod tests {
         r.apply((0, Ok(Event::InitApply(service("a", "new")))), &metrics);
         assert_eq!(names(&r), ["a/old", "b/old"]);
         assert!(r.apply((0, Ok(Event::InitDone)), &metrics));
-        assert_eq!(names(&r), ["a/new", "b/old"], "only namespace a's objects are replaced");
+        assert_eq!(
+            names(&r),
+            ["a/new", "b/old"],
+            "only namespace a's objects are replaced"
+        );
 
         assert!(r.apply((1, Ok(Event::Delete(service("b", "old")))), &metrics));
         assert_eq!(names(&r), ["a/new"]);
@@ -265,20 +328,37 @@ mod tests {
 
     #[test]
     fn only_tls_and_opaque_secrets_are_kept_and_metadata_is_trimmed() {
-        let secret = |t: Option<&str>| Secret { type_: t.map(String::from), ..Default::default() };
+        let secret = |t: Option<&str>| Secret {
+            type_: t.map(String::from),
+            ..Default::default()
+        };
         assert!(keep_secret(&secret(Some("kubernetes.io/tls"))));
         assert!(keep_secret(&secret(Some("Opaque"))));
-        assert!(keep_secret(&secret(None)), "a Secret without a type is Opaque");
+        assert!(
+            keep_secret(&secret(None)),
+            "a Secret without a type is Opaque"
+        );
         assert!(!keep_secret(&secret(Some("helm.sh/release.v1"))));
-        assert!(!keep_secret(&secret(Some("kubernetes.io/service-account-token"))));
+        assert!(!keep_secret(&secret(Some(
+            "kubernetes.io/service-account-token"
+        ))));
 
         let mut meta = ObjectMeta {
-            annotations: Some([(LAST_APPLIED.to_string(), "{...}".to_string()), ("keep".to_string(), "me".to_string())].into()),
+            annotations: Some(
+                [
+                    (LAST_APPLIED.to_string(), "{...}".to_string()),
+                    ("keep".to_string(), "me".to_string()),
+                ]
+                .into(),
+            ),
             managed_fields: Some(vec![Default::default()]),
             ..Default::default()
         };
         strip(&mut meta);
         assert!(meta.managed_fields.is_none());
-        assert_eq!(meta.annotations.unwrap().keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(
+            meta.annotations.unwrap().keys().collect::<Vec<_>>(),
+            ["keep"]
+        );
     }
 }

@@ -22,7 +22,10 @@ impl FromStr for Cidr {
     type Err = InvalidCidr;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| InvalidCidr { value: s.to_string(), reason };
+        let bad = |reason| InvalidCidr {
+            value: s.to_string(),
+            reason,
+        };
         let (addr, prefix) = match s.trim().split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s.trim(), None),
@@ -30,7 +33,11 @@ impl FromStr for Cidr {
         let network: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or(bad("prefix length out of range"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or(bad("prefix length out of range"))?,
             None => max,
         };
         Ok(Cidr { network, prefix })
@@ -64,8 +71,12 @@ impl Cidr {
             v4 => v4,
         };
         match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => mask_eq(u32::from(n) as u128, u32::from(a) as u128, self.prefix, 32),
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask_eq(u128::from(n), u128::from(a), self.prefix, 128),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                mask_eq(u32::from(n) as u128, u32::from(a) as u128, self.prefix, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                mask_eq(u128::from(n), u128::from(a), self.prefix, 128)
+            }
             _ => false,
         }
     }
@@ -81,7 +92,10 @@ fn mask_eq(n: u128, a: u128, prefix: u8, bits: u8) -> bool {
 
 /// Parses a comma-separated CIDR list, as `--trusted-proxies` and `allowlist-source-range` give them.
 pub fn parse_list(s: &str) -> Result<Vec<Cidr>, InvalidCidr> {
-    s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect()
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(str::parse)
+        .collect()
 }
 
 #[cfg(test)]
@@ -99,7 +113,10 @@ mod tests {
         assert!(trusted("fd12::1"));
         assert!(!trusted("fe80::1"));
         assert!(!trusted("11.0.0.1"));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!("0.0.0.0/0"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
     }
 
     #[test]

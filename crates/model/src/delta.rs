@@ -7,7 +7,9 @@
 //! emits them, and travel as the entries added or changed and the keys removed; the
 //! rest of the snapshot is small and travels whole.
 
-use crate::{Backend, Certificate, Diagnostic, HostMatch, Snapshot, TlsHost, TlsPolicy, VirtualHost};
+use crate::{
+    Backend, Certificate, Diagnostic, HostMatch, Snapshot, TlsHost, TlsPolicy, VirtualHost,
+};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -39,7 +41,9 @@ pub struct SnapshotDelta {
 pub enum DeltaError {
     #[error("the delta removes {kind} {key:?}, which the snapshot does not have")]
     UnknownKey { kind: &'static str, key: String },
-    #[error("the {kind} of the delta or of the snapshot are not sorted by key, or repeat one ({key:?})")]
+    #[error(
+        "the {kind} of the delta or of the snapshot are not sorted by key, or repeat one ({key:?})"
+    )]
     Unsorted { kind: &'static str, key: String },
 }
 
@@ -50,7 +54,8 @@ impl Snapshot {
     pub fn delta_from(&self, base: &Snapshot) -> Option<SnapshotDelta> {
         let (hosts, removed_hosts) = diff(&base.virtual_hosts, &self.virtual_hosts, |v| &v.host)?;
         let (backends, removed_backends) = diff(&base.backends, &self.backends, |b| &b.name)?;
-        let (certificates, removed_certificates) = diff(&base.certificates, &self.certificates, |c| &c.name)?;
+        let (certificates, removed_certificates) =
+            diff(&base.certificates, &self.certificates, |c| &c.name)?;
         Some(SnapshotDelta {
             version: self.version,
             hosts,
@@ -70,10 +75,28 @@ impl Snapshot {
     pub fn with_delta(&self, delta: SnapshotDelta) -> Result<Snapshot, DeltaError> {
         Ok(Snapshot {
             version: delta.version,
-            virtual_hosts: patch("virtual hosts", &self.virtual_hosts, delta.hosts, &delta.removed_hosts, |v| &v.host)?,
+            virtual_hosts: patch(
+                "virtual hosts",
+                &self.virtual_hosts,
+                delta.hosts,
+                &delta.removed_hosts,
+                |v| &v.host,
+            )?,
             default_backend: delta.default_backend,
-            backends: patch("backends", &self.backends, delta.backends, &delta.removed_backends, |b| &b.name)?,
-            certificates: patch("certificates", &self.certificates, delta.certificates, &delta.removed_certificates, |c| &c.name)?,
+            backends: patch(
+                "backends",
+                &self.backends,
+                delta.backends,
+                &delta.removed_backends,
+                |b| &b.name,
+            )?,
+            certificates: patch(
+                "certificates",
+                &self.certificates,
+                delta.certificates,
+                &delta.removed_certificates,
+                |c| &c.name,
+            )?,
             tls_hosts: delta.tls_hosts,
             tls: delta.tls,
             diagnostics: delta.diagnostics,
@@ -98,7 +121,11 @@ fn sorted_unique<T, K: Ord>(items: &[T], key: impl Fn(&T) -> &K) -> bool {
 /// The entries of `new` that `old` lacks or holds differently, and the keys of `old`
 /// that `new` lacks; `None` unless both are sorted and unique by key. For `Arc`s of `Eq`
 /// types `==` is true at once for the same allocation, so shared entries cost nothing.
-fn diff<T: Clone + PartialEq, K: Ord + Clone>(old: &[T], new: &[T], key: impl Fn(&T) -> &K) -> Option<(Vec<T>, Vec<K>)> {
+fn diff<T: Clone + PartialEq, K: Ord + Clone>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> &K,
+) -> Option<(Vec<T>, Vec<K>)> {
     if !sorted_unique(old, &key) || !sorted_unique(new, &key) {
         return None;
     }
@@ -144,7 +171,10 @@ fn patch<T: Clone, K: Ord + std::fmt::Display>(
     removed: &[K],
     key: impl Fn(&T) -> &K,
 ) -> Result<Vec<T>, DeltaError> {
-    let unsorted = |k: &K| DeltaError::Unsorted { kind, key: k.to_string() };
+    let unsorted = |k: &K| DeltaError::Unsorted {
+        kind,
+        key: k.to_string(),
+    };
     for list in [old, &changed] {
         if let Some(w) = list.windows(2).find(|w| key(&w[0]) >= key(&w[1])) {
             return Err(unsorted(key(&w[1])));
@@ -163,10 +193,16 @@ fn patch<T: Clone, K: Ord + std::fmt::Display>(
         }
         if let Some(r) = removed.next_if(|r| *r <= k) {
             if r < k {
-                return Err(DeltaError::UnknownKey { kind, key: r.to_string() });
+                return Err(DeltaError::UnknownKey {
+                    kind,
+                    key: r.to_string(),
+                });
             }
             if changed.peek().is_some_and(|c| key(c) == k) {
-                return Err(DeltaError::Unsorted { kind, key: format!("{k} is both removed and changed") });
+                return Err(DeltaError::Unsorted {
+                    kind,
+                    key: format!("{k} is both removed and changed"),
+                });
             }
             continue;
         }
@@ -176,7 +212,10 @@ fn patch<T: Clone, K: Ord + std::fmt::Display>(
         }
     }
     if let Some(r) = removed.next() {
-        return Err(DeltaError::UnknownKey { kind, key: r.to_string() });
+        return Err(DeltaError::UnknownKey {
+            kind,
+            key: r.to_string(),
+        });
     }
     out.extend(changed);
     Ok(out)
@@ -188,13 +227,20 @@ mod tests {
     use crate::{Endpoint, PathMatch, Route};
 
     fn host(name: &str, backend: &str) -> Arc<VirtualHost> {
-        Arc::new(VirtualHost::new(name.parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), backend)]))
+        Arc::new(VirtualHost::new(
+            name.parse().unwrap(),
+            vec![Route::new(PathMatch::prefix("/"), backend)],
+        ))
     }
 
     fn backend(name: &str, last_octet: u8) -> Arc<Backend> {
         Arc::new(Backend {
             name: name.into(),
-            endpoints: vec![Endpoint { address: [10, 0, 0, last_octet].into(), port: 80, ready: true }],
+            endpoints: vec![Endpoint {
+                address: [10, 0, 0, last_octet].into(),
+                port: 80,
+                ready: true,
+            }],
             upstream: Default::default(),
             policy: Default::default(),
         })
@@ -211,7 +257,11 @@ mod tests {
 
     #[test]
     fn a_delta_carries_only_what_changed_and_rebuilds_the_new_snapshot() {
-        let base = snapshot(1, &[("a.test", "x"), ("b.test", "x"), ("c.test", "y")], &[("x", 1), ("y", 2)]);
+        let base = snapshot(
+            1,
+            &[("a.test", "x"), ("b.test", "x"), ("c.test", "y")],
+            &[("x", 1), ("y", 2)],
+        );
         let mut next = base.clone();
         next.version = 2;
         next.virtual_hosts.remove(1); // b.test goes
@@ -222,16 +272,31 @@ mod tests {
         next.default_backend = Some("x".into());
 
         let delta = next.delta_from(&base).expect("sorted lists");
-        let names = |hosts: &[Arc<VirtualHost>]| hosts.iter().map(|v| v.host.to_string()).collect::<Vec<_>>();
+        let names = |hosts: &[Arc<VirtualHost>]| {
+            hosts.iter().map(|v| v.host.to_string()).collect::<Vec<_>>()
+        };
         assert_eq!(names(&delta.hosts), ["0.test", "c.test", "d.test"]);
-        assert_eq!(delta.removed_hosts, vec!["b.test".parse::<HostMatch>().unwrap()]);
-        assert_eq!(delta.backends.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["y"]);
+        assert_eq!(
+            delta.removed_hosts,
+            vec!["b.test".parse::<HostMatch>().unwrap()]
+        );
+        assert_eq!(
+            delta
+                .backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>(),
+            ["y"]
+        );
         assert!(delta.removed_backends.is_empty());
 
         let decoded = SnapshotDelta::from_bytes(&delta.to_bytes()).unwrap();
         let rebuilt = base.with_delta(decoded).unwrap();
         assert_eq!(rebuilt, next);
-        assert!(Arc::ptr_eq(&rebuilt.virtual_hosts[1], &base.virtual_hosts[0]), "a.test is shared, not copied");
+        assert!(
+            Arc::ptr_eq(&rebuilt.virtual_hosts[1], &base.virtual_hosts[0]),
+            "a.test is shared, not copied"
+        );
         assert!(delta.to_bytes().len() < next.to_bytes().len());
     }
 
@@ -240,7 +305,9 @@ mod tests {
         let base = snapshot(1, &[("a.test", "x")], &[("x", 1)]);
         let next = snapshot(2, &[("a.test", "x")], &[("x", 1)]);
         let delta = next.delta_from(&base).unwrap();
-        assert!(delta.hosts.is_empty() && delta.backends.is_empty() && delta.removed_hosts.is_empty());
+        assert!(
+            delta.hosts.is_empty() && delta.backends.is_empty() && delta.removed_hosts.is_empty()
+        );
         assert_eq!(base.with_delta(delta).unwrap(), next);
     }
 
@@ -259,15 +326,30 @@ mod tests {
         let next = snapshot(2, &[("a.test", "x")], &[("x", 1)]);
         let delta = next.delta_from(&other).unwrap();
         let err = base.with_delta(delta).unwrap_err();
-        assert_eq!(err, DeltaError::UnknownKey { kind: "virtual hosts", key: "gone.test".into() });
+        assert_eq!(
+            err,
+            DeltaError::UnknownKey {
+                kind: "virtual hosts",
+                key: "gone.test".into()
+            }
+        );
 
         let mut unsorted = next.delta_from(&base).unwrap();
         unsorted.hosts = vec![host("b.test", "x"), host("a.test", "x")];
-        assert!(matches!(base.with_delta(unsorted), Err(DeltaError::Unsorted { kind: "virtual hosts", .. })));
+        assert!(matches!(
+            base.with_delta(unsorted),
+            Err(DeltaError::Unsorted {
+                kind: "virtual hosts",
+                ..
+            })
+        ));
 
         let mut both = next.delta_from(&base).unwrap();
         both.hosts = vec![host("a.test", "y")];
         both.removed_hosts = vec!["a.test".parse().unwrap()];
-        assert!(matches!(base.with_delta(both), Err(DeltaError::Unsorted { .. })));
+        assert!(matches!(
+            base.with_delta(both),
+            Err(DeltaError::Unsorted { .. })
+        ));
     }
 }

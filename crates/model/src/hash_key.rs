@@ -36,10 +36,14 @@ impl HashKey {
             text.push_str(&rest[..i]);
             rest = &rest[i + 1..];
             let (name, after) = if let Some(braced) = rest.strip_prefix('{') {
-                let end = braced.find('}').ok_or_else(|| format!("unclosed ${{ in {template:?}"))?;
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {template:?}"))?;
                 (&braced[..end], &braced[end + 1..])
             } else {
-                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
                 (&rest[..end], &rest[end..])
             };
             let part = variable(name).ok_or_else(|| format!("${name}"))?;
@@ -58,7 +62,11 @@ impl HashKey {
 }
 
 fn variable(name: &str) -> Option<KeyPart> {
-    let named = |prefix: &str| name.strip_prefix(prefix).filter(|n| !n.is_empty()).map(str::to_ascii_lowercase);
+    let named = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .filter(|n| !n.is_empty())
+            .map(str::to_ascii_lowercase)
+    };
     Some(match name {
         "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
         "host" => KeyPart::Host,
@@ -97,7 +105,10 @@ mod tests {
                 KeyPart::RemoteAddr,
             ]
         );
-        assert_eq!(HashKey::parse("$request_uri").unwrap().parts, vec![KeyPart::RequestUri]);
+        assert_eq!(
+            HashKey::parse("$request_uri").unwrap().parts,
+            vec![KeyPart::RequestUri]
+        );
         assert_eq!(HashKey::parse("$unknown").unwrap_err(), "$unknown");
         assert!(HashKey::parse("${host").is_err());
         assert!(HashKey::parse("$http_").is_err());

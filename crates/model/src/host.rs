@@ -30,7 +30,10 @@ impl FromStr for HostMatch {
         if s.is_empty() {
             return Ok(HostMatch::Any);
         }
-        let bad = |reason| InvalidHost { host: s.to_string(), reason };
+        let bad = |reason| InvalidHost {
+            host: s.to_string(),
+            reason,
+        };
         let lower = s.to_ascii_lowercase();
         if lower.parse::<std::net::IpAddr>().is_ok() {
             return Err(bad("must be a DNS name, not an IP address"));
@@ -49,14 +52,21 @@ impl FromStr for HostMatch {
             if label == "*" || label.contains('*') {
                 return Err(bad("'*' is only allowed as the whole first label"));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(bad("labels may contain only letters, digits and '-'"));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(bad("labels must not start or end with '-'"));
             }
         }
-        Ok(if wildcard { HostMatch::Wildcard(name.to_string()) } else { HostMatch::Exact(lower) })
+        Ok(if wildcard {
+            HostMatch::Wildcard(name.to_string())
+        } else {
+            HostMatch::Exact(lower)
+        })
     }
 }
 
@@ -90,15 +100,38 @@ mod tests {
     #[test]
     fn parses_the_three_forms_and_lowercases() {
         assert_eq!("".parse::<HostMatch>().unwrap(), HostMatch::Any);
-        assert_eq!("Foo.Bar.com".parse::<HostMatch>().unwrap(), HostMatch::Exact("foo.bar.com".into()));
-        assert_eq!("*.foo.com".parse::<HostMatch>().unwrap(), HostMatch::Wildcard("foo.com".into()));
-        assert_eq!(HostMatch::Wildcard("foo.com".into()).to_string(), "*.foo.com");
+        assert_eq!(
+            "Foo.Bar.com".parse::<HostMatch>().unwrap(),
+            HostMatch::Exact("foo.bar.com".into())
+        );
+        assert_eq!(
+            "*.foo.com".parse::<HostMatch>().unwrap(),
+            HostMatch::Wildcard("foo.com".into())
+        );
+        assert_eq!(
+            HostMatch::Wildcard("foo.com".into()).to_string(),
+            "*.foo.com"
+        );
     }
 
     #[test]
     fn rejects_what_kubernetes_rejects() {
-        for bad in ["*", "*.", "a.*.com", "foo*.com", "10.0.0.1", "::1", "a..b", "-a.com", "a_b.com", "foo.com:80"] {
-            assert!(bad.parse::<HostMatch>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "*",
+            "*.",
+            "a.*.com",
+            "foo*.com",
+            "10.0.0.1",
+            "::1",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "foo.com:80",
+        ] {
+            assert!(
+                bad.parse::<HostMatch>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

@@ -34,7 +34,9 @@ pub fn redact_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let authority_end = after.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace()).unwrap_or(after.len());
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(after.len());
         let authority = &after[..authority_end];
         match authority.rfind('@') {
             Some(i) => {
@@ -101,7 +103,10 @@ pub struct Certificate {
 
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Certificate").field("name", &self.name).field("chain_pem", &self.chain_pem).finish_non_exhaustive()
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("chain_pem", &self.chain_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,7 +163,11 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// A host that asks for no client certificate.
     pub fn new(host: HostMatch, routes: Vec<Route>) -> Self {
-        VirtualHost { host, routes, client_auth: None }
+        VirtualHost {
+            host,
+            routes,
+            client_auth: None,
+        }
     }
 }
 
@@ -356,11 +365,20 @@ pub struct Cors {
 /// Whether `origin` is `scheme://host[:port]`, the host possibly starting with `*.` for
 /// any subdomain.
 pub fn cors_origin_is_valid(origin: &str) -> bool {
-    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
-        Some((literal, after)) => (literal, after.strip_prefix(':').or((!after.is_empty()).then_some("x"))),
+        Some((literal, after)) => (
+            literal,
+            after
+                .strip_prefix(':')
+                .or((!after.is_empty()).then_some("x")),
+        ),
         None => match rest.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (rest, None),
@@ -368,9 +386,11 @@ pub fn cors_origin_is_valid(origin: &str) -> bool {
     };
     let literal = rest.starts_with('[');
     let host = host.strip_prefix("*.").filter(|_| !literal).unwrap_or(host);
-    let host_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') || (literal && b == b':');
+    let host_char =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') || (literal && b == b':');
     let host_ok = !host.is_empty() && host.bytes().all(host_char);
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     scheme_ok && host_ok && port_ok
 }
 
@@ -494,14 +514,19 @@ pub struct Credential {
 
 impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicAuth").field("realm", &self.realm).field("users", &self.users).finish()
+        f.debug_struct("BasicAuth")
+            .field("realm", &self.realm)
+            .field("users", &self.users)
+            .finish()
     }
 }
 
 impl std::fmt::Debug for Credential {
     /// The user only: hashes stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential").field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("Credential")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -634,7 +659,11 @@ impl PathMatch {
     /// Builds a prefix matcher, dropping a trailing slash the way Kubernetes ignores it.
     pub fn prefix(path: &str) -> Self {
         let trimmed = path.trim_end_matches('/');
-        PathMatch::Prefix(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+        PathMatch::Prefix(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -760,7 +789,13 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// ingress-nginx's `proxy-next-upstream: error timeout`, 3 tries.
     fn default() -> Self {
-        RetryPolicy { on_error: true, on_timeout: true, on_status: Vec::new(), tries: 3, timeout_ms: 0 }
+        RetryPolicy {
+            on_error: true,
+            on_timeout: true,
+            on_status: Vec::new(),
+            tries: 3,
+            timeout_ms: 0,
+        }
     }
 }
 
@@ -801,7 +836,10 @@ impl UpstreamProtocol {
     }
 
     pub fn is_http2(self) -> bool {
-        matches!(self, UpstreamProtocol::Grpc | UpstreamProtocol::Grpcs | UpstreamProtocol::H2c)
+        matches!(
+            self,
+            UpstreamProtocol::Grpc | UpstreamProtocol::Grpcs | UpstreamProtocol::H2c
+        )
     }
 
     /// The `backend-protocol` annotation's spelling.
@@ -850,12 +888,19 @@ impl Snapshot {
         for c in &mut copy.certificates {
             c.key_pem = REDACTED.to_string();
         }
-        let auth =
-            copy.virtual_hosts.iter_mut().flat_map(|v| &mut Arc::make_mut(v).routes).filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
+        let auth = copy
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|v| &mut Arc::make_mut(v).routes)
+            .filter_map(|r| r.access.as_mut()?.basic_auth.as_mut());
         for credential in auth.flat_map(|a| &mut a.users) {
             credential.hash = REDACTED.to_string();
         }
-        let jwt = copy.virtual_hosts.iter_mut().flat_map(|v| &mut Arc::make_mut(v).routes).filter_map(|r| r.access.as_mut()?.jwt.as_mut());
+        let jwt = copy
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|v| &mut Arc::make_mut(v).routes)
+            .filter_map(|r| r.access.as_mut()?.jwt.as_mut());
         for jwt in jwt {
             jwt.jwks = REDACTED.to_string();
             if let Some(url) = &mut jwt.jwks_url {
@@ -905,17 +950,29 @@ mod tests {
     /// routes of 1.6 KiB and a proxy of 491 MiB at 10 000 Ingresses). Box new policies.
     #[test]
     fn a_route_without_policies_stays_small() {
-        assert!(std::mem::size_of::<Route>() <= 256, "Route is {} bytes", std::mem::size_of::<Route>());
+        assert!(
+            std::mem::size_of::<Route>() <= 256,
+            "Route is {} bytes",
+            std::mem::size_of::<Route>()
+        );
     }
 
     #[test]
     fn user_information_in_urls_is_redacted_and_nothing_else() {
         assert_eq!(
-            redact_userinfo(r#"value "https://svc:s3cret@auth.test:8443/check?u=a@b" and http://plain.test/x"#),
+            redact_userinfo(
+                r#"value "https://svc:s3cret@auth.test:8443/check?u=a@b" and http://plain.test/x"#
+            ),
             r#"value "https://<redacted>@auth.test:8443/check?u=a@b" and http://plain.test/x"#
         );
-        assert_eq!(redact_userinfo("mail admin@example.com"), "mail admin@example.com");
-        assert!(matches!(redact_userinfo("https://auth.test/"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            redact_userinfo("mail admin@example.com"),
+            "mail admin@example.com"
+        );
+        assert!(matches!(
+            redact_userinfo("https://auth.test/"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -953,7 +1010,10 @@ mod tests {
                     canary: Some(Box::new(Canary {
                         backend: "ns/svc:80".into(),
                         source: "ns/canary".into(),
-                        header: Some(CanaryHeader { name: "x-canary".into(), rule: HeaderRule::Matches("^yes".into()) }),
+                        header: Some(CanaryHeader {
+                            name: "x-canary".into(),
+                            rule: HeaderRule::Matches("^yes".into()),
+                        }),
                         cookie: None,
                         weight: 10,
                         weight_total: 100,
@@ -969,15 +1029,30 @@ mod tests {
                         concurrent: Some(10),
                         exempt: cidr::parse_list("10.0.0.0/8").unwrap(),
                     })),
-                    cors: Some(Box::new(Cors { allow_origins: vec!["https://*.example.com".into()], ..Cors::default() })),
+                    cors: Some(Box::new(Cors {
+                        allow_origins: vec!["https://*.example.com".into()],
+                        ..Cors::default()
+                    })),
                     conditions: Some(Box::new(RequestConditions {
-                        headers: vec![ValueCondition { name: "x-env".into(), rule: ValueRule::Matches("^beta$".into()) }],
+                        headers: vec![ValueCondition {
+                            name: "x-env".into(),
+                            rule: ValueRule::Matches("^beta$".into()),
+                        }],
                         methods: vec!["GET".into()],
-                        query: vec![ValueCondition { name: "v".into(), rule: ValueRule::Present }],
+                        query: vec![ValueCondition {
+                            name: "v".into(),
+                            rule: ValueRule::Present,
+                        }],
                     })),
                     headers: Some(Box::new(HeaderEdits {
-                        request: HeaderChanges { remove: vec!["x-debug".into()], ..Default::default() },
-                        response: HeaderChanges { set: vec![("x-frame-options".into(), "DENY".into())], ..Default::default() },
+                        request: HeaderChanges {
+                            remove: vec!["x-debug".into()],
+                            ..Default::default()
+                        },
+                        response: HeaderChanges {
+                            set: vec![("x-frame-options".into(), "DENY".into())],
+                            ..Default::default()
+                        },
                     })),
                     fallback_backend: Some("ns/svc:80".into()),
                     error_pages: Some(Box::new(ErrorPages {
@@ -1002,18 +1077,39 @@ mod tests {
             default_backend: None,
             backends: vec![Arc::new(Backend {
                 name: "ns/svc:80".into(),
-                endpoints: vec![Endpoint { address: "::1".parse().unwrap(), port: 8080, ready: true }],
+                endpoints: vec![Endpoint {
+                    address: "::1".parse().unwrap(),
+                    port: 8080,
+                    ready: true,
+                }],
                 upstream: Upstream {
                     protocol: UpstreamProtocol::Grpcs,
                     verify: true,
                     ca_pem: None,
                     server_name: Some("svc.ns.svc".into()),
                 },
-                policy: TrafficPolicy { balance: Balance::ConsistentHash("$remote_addr".into()), ..Default::default() },
+                policy: TrafficPolicy {
+                    balance: Balance::ConsistentHash("$remote_addr".into()),
+                    ..Default::default()
+                },
             })],
-            certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "KEY".into() }],
-            tls_hosts: vec![TlsHost { host: "*.foo.com".parse().unwrap(), certificate: "ns/tls".into() }],
-            tls: TlsPolicy { default_certificate: None, hsts: Some(Hsts { max_age: 10, include_subdomains: true, preload: false }) },
+            certificates: vec![Certificate {
+                name: "ns/tls".into(),
+                chain_pem: "CERT".into(),
+                key_pem: "KEY".into(),
+            }],
+            tls_hosts: vec![TlsHost {
+                host: "*.foo.com".parse().unwrap(),
+                certificate: "ns/tls".into(),
+            }],
+            tls: TlsPolicy {
+                default_certificate: None,
+                hsts: Some(Hsts {
+                    max_age: 10,
+                    include_subdomains: true,
+                    preload: false,
+                }),
+            },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),
                 reason: "ServiceNotFound".into(),
@@ -1024,30 +1120,64 @@ mod tests {
         assert!(snap.to_json_pretty().contains(r#""host": "*.foo.com""#));
         let from_json: Snapshot = serde_json::from_str(&snap.to_json_pretty()).unwrap();
         assert_eq!(from_json, snap);
-        assert!(Snapshot::from_bytes(&snap.to_bytes()[..10]).is_err(), "truncated input is an error, not a panic");
+        assert!(
+            Snapshot::from_bytes(&snap.to_bytes()[..10]).is_err(),
+            "truncated input is an error, not a panic"
+        );
     }
 
     #[test]
     fn redaction_hides_private_keys_only() {
         let snap = Snapshot {
             version: 1,
-            certificates: vec![Certificate { name: "ns/tls".into(), chain_pem: "CERT".into(), key_pem: "SECRET KEY".into() }],
+            certificates: vec![Certificate {
+                name: "ns/tls".into(),
+                chain_pem: "CERT".into(),
+                key_pem: "SECRET KEY".into(),
+            }],
             ..Snapshot::default()
         };
         let shown = snap.redacted().to_json_pretty();
-        assert!(!shown.contains("SECRET KEY") && shown.contains("CERT") && shown.contains(REDACTED), "{shown}");
-        assert!(!format!("{:?}", snap.certificates[0]).contains("SECRET"), "Debug must not print the key either");
-        assert_eq!(Hsts { max_age: 5, include_subdomains: true, preload: true }.header_value(), "max-age=5; includeSubDomains; preload");
+        assert!(
+            !shown.contains("SECRET KEY") && shown.contains("CERT") && shown.contains(REDACTED),
+            "{shown}"
+        );
+        assert!(
+            !format!("{:?}", snap.certificates[0]).contains("SECRET"),
+            "Debug must not print the key either"
+        );
+        assert_eq!(
+            Hsts {
+                max_age: 5,
+                include_subdomains: true,
+                preload: true
+            }
+            .header_value(),
+            "max-age=5; includeSubDomains; preload"
+        );
     }
 
     #[test]
     fn cors_origins_are_scheme_host_and_port() {
-        for good in ["https://app.example.com", "https://*.example.com", "http://localhost:3000", "http://[::1]:8080", "http://10.0.0.1"] {
+        for good in [
+            "https://app.example.com",
+            "https://*.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080",
+            "http://10.0.0.1",
+        ] {
             assert!(cors_origin_is_valid(good), "{good}");
         }
-        for bad in
-            ["app.example.com", "https://", "https://a.example.com/path", "https://a b", "https://*", "https://x:port", "http://[::1", "*"]
-        {
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a.example.com/path",
+            "https://a b",
+            "https://*",
+            "https://x:port",
+            "http://[::1",
+            "*",
+        ] {
             assert!(!cors_origin_is_valid(bad), "{bad}");
         }
     }

@@ -9,7 +9,10 @@ pub const SIZE_LIMIT: usize = 1 << 20;
 
 /// A route's path pattern as it is matched: anchored at the start, case-insensitive.
 pub fn path_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(&format!("^(?:{pattern})")).case_insensitive(true).size_limit(SIZE_LIMIT).build()
+    RegexBuilder::new(&format!("^(?:{pattern})"))
+        .case_insensitive(true)
+        .size_limit(SIZE_LIMIT)
+        .build()
 }
 
 /// A pattern a value (a header, a cookie, a certificate subject) is searched with, as

@@ -1,6 +1,8 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost};
+use crate::{
+    Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost,
+};
 use std::sync::Arc;
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
@@ -24,13 +26,24 @@ pub enum ValidationError {
     #[error("host {host:?}: route {path:?} appears more than once")]
     DuplicateRoute { host: String, path: String },
     #[error("host {host:?}: route {path:?} names unknown backend {backend:?}")]
-    UnknownRouteBackend { host: String, path: String, backend: String },
+    UnknownRouteBackend {
+        host: String,
+        path: String,
+        backend: String,
+    },
     #[error("host {host:?}: route {path:?}: {what}")]
-    InvalidRoute { host: String, path: String, what: String },
+    InvalidRoute {
+        host: String,
+        path: String,
+        what: String,
+    },
     #[error("default backend names unknown backend {backend:?}")]
     UnknownDefaultBackend { backend: String },
     #[error("backend {backend:?}: endpoint {address} has port 0")]
-    ZeroPort { backend: String, address: std::net::IpAddr },
+    ZeroPort {
+        backend: String,
+        address: std::net::IpAddr,
+    },
     #[error("backend {backend:?}: {what}")]
     InvalidPolicy { backend: String, what: String },
     #[error("certificate {name:?} appears more than once")]
@@ -47,7 +60,8 @@ pub enum ValidationError {
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
     if let Balance::ConsistentHash(template) = &p.balance {
-        HashKey::parse(template).map_err(|v| format!("hash key {template:?}: unknown variable {v}"))?;
+        HashKey::parse(template)
+            .map_err(|v| format!("hash key {template:?}: unknown variable {v}"))?;
     }
     if p.connect_timeout_ms == 0 || p.read_timeout_ms == 0 || p.send_timeout_ms == 0 {
         return Err("timeouts must be greater than 0".into());
@@ -56,14 +70,25 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
         return Err("retry tries must be at least 1".into());
     }
     if let Some(s) = p.retry.on_status.iter().find(|s| !(500..=599).contains(*s)) {
-        return Err(format!("retry on status {s}: only 5xx statuses are retried"));
+        return Err(format!(
+            "retry on status {s}: only 5xx statuses are retried"
+        ));
     }
     if let Some(h) = &p.health_check {
         if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!("health check path {:?} must be an absolute path without spaces", h.path));
+            return Err(format!(
+                "health check path {:?} must be an absolute path without spaces",
+                h.path
+            ));
         }
-        if h.interval_ms == 0 || h.timeout_ms == 0 || h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-            return Err("health check interval, timeout and thresholds must be greater than 0".into());
+        if h.interval_ms == 0
+            || h.timeout_ms == 0
+            || h.healthy_threshold == 0
+            || h.unhealthy_threshold == 0
+        {
+            return Err(
+                "health check interval, timeout and thresholds must be greater than 0".into(),
+            );
         }
     }
     Ok(())
@@ -73,19 +98,28 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
 fn named_backends(r: &crate::Route) -> impl Iterator<Item = &str> {
     let canary = r.canary.as_deref().map(|c| c.backend.as_str());
     let error = r.error_pages.as_deref().and_then(|e| e.backend.as_deref());
-    std::iter::once(r.backend.as_str()).chain(canary).chain(r.fallback_backend.as_deref()).chain(error)
+    std::iter::once(r.backend.as_str())
+        .chain(canary)
+        .chain(r.fallback_backend.as_deref())
+        .chain(error)
 }
 
 /// An HTTP token (RFC 9110), as cookie and header names must be.
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn validate_client_auth(c: &crate::ClientAuth) -> Result<(), String> {
     if !c.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err("the CA bundle holds no PEM certificate".into());
     }
-    if let Some(page) = c.error_page.as_deref().filter(|p| p.is_empty() || p.bytes().any(|b| b <= b' ' || b == 0x7f)) {
+    if let Some(page) = c
+        .error_page
+        .as_deref()
+        .filter(|p| p.is_empty() || p.bytes().any(|b| b <= b' ' || b == 0x7f))
+    {
         return Err(format!("error page {page:?} is empty or holds spaces"));
     }
     Ok(())
@@ -96,11 +130,21 @@ fn validate_affinity(a: &SessionAffinity) -> Result<(), String> {
     if !is_token(&c.name) {
         return Err(format!("affinity cookie name {:?} is not a token", c.name));
     }
-    let attribute_safe = |v: &str| v.bytes().all(|b| b > b' ' && b != b';' && b != b',' && b != 0x7f);
+    let attribute_safe = |v: &str| {
+        v.bytes()
+            .all(|b| b > b' ' && b != b';' && b != b',' && b != 0x7f)
+    };
     if !c.path.starts_with('/') || !attribute_safe(&c.path) {
-        return Err(format!("affinity cookie path {:?} must be an absolute path without ';', ',' or spaces", c.path));
+        return Err(format!(
+            "affinity cookie path {:?} must be an absolute path without ';', ',' or spaces",
+            c.path
+        ));
     }
-    if let Some(d) = c.domain.as_deref().filter(|d| d.is_empty() || !attribute_safe(d)) {
+    if let Some(d) = c
+        .domain
+        .as_deref()
+        .filter(|d| d.is_empty() || !attribute_safe(d))
+    {
         return Err(format!("affinity cookie domain {d:?} is not a domain"));
     }
     Ok(())
@@ -111,17 +155,29 @@ fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
     if let Some(t) = r.target.as_deref().filter(|t| !header_safe(t)) {
         return Err(format!("rewrite target {t:?} is empty or holds spaces"));
     }
-    if let Some(p) = r.app_root.as_deref().filter(|p| !p.starts_with('/') || !header_safe(p)) {
+    if let Some(p) = r
+        .app_root
+        .as_deref()
+        .filter(|p| !p.starts_with('/') || !header_safe(p))
+    {
         return Err(format!("app root {p:?} is not an absolute path"));
     }
     if let Some(redirect) = &r.redirect {
         if !(300..=308).contains(&redirect.code) || !header_safe(&redirect.target) {
-            return Err(format!("redirect {} to {:?} is not a redirect", redirect.code, redirect.target));
+            return Err(format!(
+                "redirect {} to {:?} is not a redirect",
+                redirect.code, redirect.target
+            ));
         }
     }
-    for v in [&r.upstream_host, &r.forwarded_prefix].into_iter().flatten() {
+    for v in [&r.upstream_host, &r.forwarded_prefix]
+        .into_iter()
+        .flatten()
+    {
         if !header_safe(v) {
-            return Err(format!("header value {v:?} holds spaces or control characters"));
+            return Err(format!(
+                "header value {v:?} holds spaces or control characters"
+            ));
         }
     }
     Ok(())
@@ -129,7 +185,9 @@ fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
 
 fn validate_rate_limit(l: &crate::RateLimit) -> Result<(), String> {
     if [l.per_second, l.per_minute, l.concurrent].contains(&Some(0)) || l.burst_multiplier == 0 {
-        return Err(format!("rate limit {l:?} has a zero rate, count or burst multiplier"));
+        return Err(format!(
+            "rate limit {l:?} has a zero rate, count or burst multiplier"
+        ));
     }
     Ok(())
 }
@@ -138,7 +196,9 @@ fn validate_cors(c: &crate::Cors) -> Result<(), String> {
     let header_safe = |v: &str| v.bytes().all(|b| b >= b' ' && b != 0x7f);
     for origin in &c.allow_origins {
         if origin != "*" && !crate::cors_origin_is_valid(origin) {
-            return Err(format!("CORS origin {origin:?} is not * or scheme://host[:port]"));
+            return Err(format!(
+                "CORS origin {origin:?} is not * or scheme://host[:port]"
+            ));
         }
     }
     for v in [&c.allow_methods, &c.allow_headers, &c.expose_headers] {
@@ -159,25 +219,49 @@ fn is_header_value(s: &str) -> bool {
 
 fn validate_conditions(c: &crate::RequestConditions) -> Result<(), String> {
     if let Some(h) = c.headers.iter().find(|h| !is_header_name(&h.name)) {
-        return Err(format!("condition on header {:?}: not a lower-case header name", h.name));
+        return Err(format!(
+            "condition on header {:?}: not a lower-case header name",
+            h.name
+        ));
     }
-    if let Some(m) = c.methods.iter().find(|m| !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase())) {
-        return Err(format!("condition on method {m:?}: not an upper-case method"));
+    if let Some(m) = c
+        .methods
+        .iter()
+        .find(|m| !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()))
+    {
+        return Err(format!(
+            "condition on method {m:?}: not an upper-case method"
+        ));
     }
     if let Some(q) = c.query.iter().find(|q| q.name.is_empty()) {
-        return Err(format!("condition on query parameter {:?}: empty name", q.name));
+        return Err(format!(
+            "condition on query parameter {:?}: empty name",
+            q.name
+        ));
     }
     Ok(())
 }
 
 fn validate_header_edits(e: &crate::HeaderEdits) -> Result<(), String> {
     for changes in [&e.request, &e.response] {
-        let named = changes.remove.iter().chain(changes.set.iter().chain(&changes.add).map(|(n, _)| n));
+        let named = changes
+            .remove
+            .iter()
+            .chain(changes.set.iter().chain(&changes.add).map(|(n, _)| n));
         if let Some(n) = named.into_iter().find(|n| !is_header_name(n)) {
-            return Err(format!("header edit: {n:?} is not a lower-case header name"));
+            return Err(format!(
+                "header edit: {n:?} is not a lower-case header name"
+            ));
         }
-        if let Some((n, _)) = changes.set.iter().chain(&changes.add).find(|(_, v)| !is_header_value(v)) {
-            return Err(format!("header edit: the value of {n:?} has a control character"));
+        if let Some((n, _)) = changes
+            .set
+            .iter()
+            .chain(&changes.add)
+            .find(|(_, v)| !is_header_value(v))
+        {
+            return Err(format!(
+                "header edit: the value of {n:?} has a control character"
+            ));
         }
     }
     Ok(())
@@ -188,11 +272,17 @@ fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
         return Err(format!("canary names unknown backend {:?}", c.backend));
     }
     if c.weight_total == 0 || c.weight > c.weight_total {
-        return Err(format!("canary weight {} out of {} is not a share", c.weight, c.weight_total));
+        return Err(format!(
+            "canary weight {} out of {} is not a share",
+            c.weight, c.weight_total
+        ));
     }
     if let Some(h) = &c.header {
         if !is_token(&h.name) || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(format!("canary header name {:?} is not a lower-case token", h.name));
+            return Err(format!(
+                "canary header name {:?} is not a lower-case token",
+                h.name
+            ));
         }
     }
     if let Some(name) = c.cookie.as_deref().filter(|n| !is_token(n)) {
@@ -215,12 +305,20 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             return Err(EmptyBackendName);
         }
         if !backends.insert(b.name.as_str()) {
-            return Err(DuplicateBackend { name: b.name.clone() });
+            return Err(DuplicateBackend {
+                name: b.name.clone(),
+            });
         }
         if let Some(e) = b.endpoints.iter().find(|e| e.port == 0) {
-            return Err(ZeroPort { backend: b.name.clone(), address: e.address });
+            return Err(ZeroPort {
+                backend: b.name.clone(),
+                address: e.address,
+            });
         }
-        validate_policy(&b.policy).map_err(|what| InvalidPolicy { backend: b.name.clone(), what })?;
+        validate_policy(&b.policy).map_err(|what| InvalidPolicy {
+            backend: b.name.clone(),
+            what,
+        })?;
     }
     if let Some(d) = &s.default_backend {
         if !backends.contains(d.as_str()) {
@@ -230,41 +328,73 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
     let mut certificates = HashSet::default();
     for c in &s.certificates {
         if !certificates.insert(c.name.as_str()) {
-            return Err(DuplicateCertificate { name: c.name.clone() });
+            return Err(DuplicateCertificate {
+                name: c.name.clone(),
+            });
         }
         if c.chain_pem.trim().is_empty() || c.key_pem.trim().is_empty() {
-            return Err(EmptyCertificate { name: c.name.clone() });
+            return Err(EmptyCertificate {
+                name: c.name.clone(),
+            });
         }
     }
     let mut tls_hosts = HashSet::default();
     for t in &s.tls_hosts {
         if !tls_hosts.insert(&t.host) {
-            return Err(DuplicateTlsHost { host: t.host.to_string() });
+            return Err(DuplicateTlsHost {
+                host: t.host.to_string(),
+            });
         }
         if !certificates.contains(t.certificate.as_str()) {
-            return Err(UnknownCertificate { host: t.host.to_string(), certificate: t.certificate.clone() });
+            return Err(UnknownCertificate {
+                host: t.host.to_string(),
+                certificate: t.certificate.clone(),
+            });
         }
     }
     if let Some(d) = &s.tls.default_certificate {
         if !certificates.contains(d.as_str()) {
-            return Err(UnknownCertificate { host: "(default)".into(), certificate: d.clone() });
+            return Err(UnknownCertificate {
+                host: "(default)".into(),
+                certificate: d.clone(),
+            });
         }
     }
-    let shared: HashSet<*const VirtualHost> = base.map(|b| b.virtual_hosts.iter().map(Arc::as_ptr).collect()).unwrap_or_default();
-    let gone: HashSet<&str> =
-        base.map(|b| b.backends.iter().map(|b| b.name.as_str()).filter(|n| !backends.contains(n)).collect()).unwrap_or_default();
-    let names_a_gone_backend = |vh: &VirtualHost| !gone.is_empty() && vh.routes.iter().any(|r| named_backends(r).any(|b| gone.contains(b)));
+    let shared: HashSet<*const VirtualHost> = base
+        .map(|b| b.virtual_hosts.iter().map(Arc::as_ptr).collect())
+        .unwrap_or_default();
+    let gone: HashSet<&str> = base
+        .map(|b| {
+            b.backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .filter(|n| !backends.contains(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names_a_gone_backend = |vh: &VirtualHost| {
+        !gone.is_empty()
+            && vh
+                .routes
+                .iter()
+                .any(|r| named_backends(r).any(|b| gone.contains(b)))
+    };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();
     for vh in &s.virtual_hosts {
         if !hosts.insert(&vh.host) {
-            return Err(DuplicateHost { host: vh.host.to_string() });
+            return Err(DuplicateHost {
+                host: vh.host.to_string(),
+            });
         }
         if shared.contains(&Arc::as_ptr(vh)) && !names_a_gone_backend(vh) {
             continue;
         }
         if let Some(c) = &vh.client_auth {
-            validate_client_auth(c).map_err(|what| InvalidClientAuth { host: vh.host.to_string(), what })?;
+            validate_client_auth(c).map_err(|what| InvalidClientAuth {
+                host: vh.host.to_string(),
+                what,
+            })?;
         }
         paths.clear();
         for r in &vh.routes {
@@ -272,32 +402,60 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             let host = || vh.host.to_string();
             let path = r.path.path();
             if !path.starts_with('/') {
-                return Err(RelativePath { host: host(), path: path.to_string() });
+                return Err(RelativePath {
+                    host: host(),
+                    path: path.to_string(),
+                });
             }
             if matches!(r.path, PathMatch::Prefix(_)) && path.len() > 1 && path.ends_with('/') {
-                return Err(UnnormalisedPrefix { host: host(), path: path.to_string() });
+                return Err(UnnormalisedPrefix {
+                    host: host(),
+                    path: path.to_string(),
+                });
             }
             if !paths.insert((&r.path, &r.conditions)) {
-                return Err(DuplicateRoute { host: host(), path: path.to_string() });
+                return Err(DuplicateRoute {
+                    host: host(),
+                    path: path.to_string(),
+                });
             }
             if !backends.contains(r.backend.as_str()) {
-                return Err(UnknownRouteBackend { host: host(), path: path.to_string(), backend: r.backend.clone() });
+                return Err(UnknownRouteBackend {
+                    host: host(),
+                    path: path.to_string(),
+                    backend: r.backend.clone(),
+                });
             }
             let checked = r.affinity.as_deref().map_or(Ok(()), validate_affinity);
-            let checked = checked.and_then(|()| r.rewrite.as_deref().map_or(Ok(()), validate_rewrite));
-            let checked = checked.and_then(|()| r.canary.as_deref().map_or(Ok(()), |c| validate_canary(c, &backends)));
-            let checked = checked.and_then(|()| r.rate_limit.as_deref().map_or(Ok(()), validate_rate_limit));
-            let checked = checked.and_then(|()| r.cors.as_deref().map_or(Ok(()), validate_cors));
-            let checked = checked.and_then(|()| r.conditions.as_deref().map_or(Ok(()), validate_conditions));
-            let checked = checked.and_then(|()| r.headers.as_deref().map_or(Ok(()), validate_header_edits));
+            let checked =
+                checked.and_then(|()| r.rewrite.as_deref().map_or(Ok(()), validate_rewrite));
             let checked = checked.and_then(|()| {
-                let named = r.fallback_backend.iter().chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()));
+                r.canary
+                    .as_deref()
+                    .map_or(Ok(()), |c| validate_canary(c, &backends))
+            });
+            let checked =
+                checked.and_then(|()| r.rate_limit.as_deref().map_or(Ok(()), validate_rate_limit));
+            let checked = checked.and_then(|()| r.cors.as_deref().map_or(Ok(()), validate_cors));
+            let checked =
+                checked.and_then(|()| r.conditions.as_deref().map_or(Ok(()), validate_conditions));
+            let checked =
+                checked.and_then(|()| r.headers.as_deref().map_or(Ok(()), validate_header_edits));
+            let checked = checked.and_then(|()| {
+                let named = r
+                    .fallback_backend
+                    .iter()
+                    .chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()));
                 match named.into_iter().find(|b| !backends.contains(b.as_str())) {
                     Some(b) => Err(format!("unknown fallback or error backend {b:?}")),
                     None => Ok(()),
                 }
             });
-            checked.map_err(|what| InvalidRoute { host: host(), path: path.to_string(), what })?;
+            checked.map_err(|what| InvalidRoute {
+                host: host(),
+                path: path.to_string(),
+                what,
+            })?;
         }
     }
     Ok(())
@@ -320,12 +478,23 @@ mod tests {
             default_backend: Some("b".into()),
             backends: vec![Arc::new(Backend {
                 name: "b".into(),
-                endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 80, ready: true }],
+                endpoints: vec![Endpoint {
+                    address: [127, 0, 0, 1].into(),
+                    port: 80,
+                    ready: true,
+                }],
                 upstream: Default::default(),
                 policy: Default::default(),
             })],
-            certificates: vec![Certificate { name: "ns/c".into(), chain_pem: "C".into(), key_pem: "K".into() }],
-            tls_hosts: vec![TlsHost { host: HostMatch::Exact("a.com".into()), certificate: "ns/c".into() }],
+            certificates: vec![Certificate {
+                name: "ns/c".into(),
+                chain_pem: "C".into(),
+                key_pem: "K".into(),
+            }],
+            tls_hosts: vec![TlsHost {
+                host: HostMatch::Exact("a.com".into()),
+                certificate: "ns/c".into(),
+            }],
             tls: Default::default(),
             diagnostics: Vec::new(),
         }
@@ -339,17 +508,28 @@ mod tests {
     #[test]
     fn after_a_delta_shared_hosts_are_checked_again_only_when_a_backend_they_name_went() {
         let base = good();
-        let backend = |name: &str| Arc::new(Backend { name: name.into(), ..(*base.backends[0]).clone() });
+        let backend = |name: &str| {
+            Arc::new(Backend {
+                name: name.into(),
+                ..(*base.backends[0]).clone()
+            })
+        };
         let mut next = base.clone();
         next.version = 2;
         next.backends.push(backend("c"));
-        next.virtual_hosts.push(Arc::new(VirtualHost::new("b.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), "c")])));
+        next.virtual_hosts.push(Arc::new(VirtualHost::new(
+            "b.com".parse().unwrap(),
+            vec![Route::new(PathMatch::prefix("/"), "c")],
+        )));
         assert_eq!(next.validate_from(&base), Ok(()));
 
         // A changed host is checked route by route.
         let mut bad = next.clone();
         Arc::make_mut(&mut bad.virtual_hosts[1]).routes[0].backend = "missing".into();
-        assert!(matches!(bad.validate_from(&base), Err(ValidationError::UnknownRouteBackend { .. })));
+        assert!(matches!(
+            bad.validate_from(&base),
+            Err(ValidationError::UnknownRouteBackend { .. })
+        ));
 
         // A backend nobody names any more may go without a.com being checked again.
         let mut next_without_c = next.clone();
@@ -363,7 +543,14 @@ mod tests {
         gone.backends.retain(|b| b.name != "b");
         gone.default_backend = None;
         let err = gone.validate_from(&base).unwrap_err();
-        assert_eq!(err, ValidationError::UnknownRouteBackend { host: "a.com".into(), path: "/".into(), backend: "b".into() });
+        assert_eq!(
+            err,
+            ValidationError::UnknownRouteBackend {
+                host: "a.com".into(),
+                path: "/".into(),
+                backend: "b".into()
+            }
+        );
     }
 
     #[test]
@@ -375,49 +562,82 @@ mod tests {
         let mut s = good();
         Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].backend = "missing".into();
         let err = s.validate().unwrap_err();
-        assert!(err.to_string().contains("unknown backend \"missing\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown backend \"missing\""),
+            "{err}"
+        );
 
         let mut s = good();
         s.virtual_hosts.push(s.virtual_hosts[0].clone());
-        assert!(matches!(s.validate(), Err(ValidationError::DuplicateHost { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::DuplicateHost { .. })
+        ));
 
         let mut s = good();
         let route = s.virtual_hosts[0].routes[0].clone();
         Arc::make_mut(&mut s.virtual_hosts[0]).routes.push(route);
-        assert!(matches!(s.validate(), Err(ValidationError::DuplicateRoute { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::DuplicateRoute { .. })
+        ));
 
         let mut s = good();
         Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].path = PathMatch::Prefix("/a/".into());
-        assert!(matches!(s.validate(), Err(ValidationError::UnnormalisedPrefix { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::UnnormalisedPrefix { .. })
+        ));
 
         let mut s = good();
         Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].path = PathMatch::Exact("a".into());
-        assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::RelativePath { .. })
+        ));
 
         let mut s = good();
         s.default_backend = Some("nope".into());
-        assert!(matches!(s.validate(), Err(ValidationError::UnknownDefaultBackend { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::UnknownDefaultBackend { .. })
+        ));
 
         let mut s = good();
         Arc::make_mut(&mut s.backends[0]).endpoints[0].port = 0;
-        assert!(matches!(s.validate(), Err(ValidationError::ZeroPort { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::ZeroPort { .. })
+        ));
 
         let mut s = good();
         s.tls_hosts[0].certificate = "ns/other".into();
         let err = s.validate().unwrap_err();
-        assert!(err.to_string().contains("a.com") && err.to_string().contains("ns/other"), "{err}");
+        assert!(
+            err.to_string().contains("a.com") && err.to_string().contains("ns/other"),
+            "{err}"
+        );
 
         let mut s = good();
         s.tls.default_certificate = Some("ns/gone".into());
-        assert!(matches!(s.validate(), Err(ValidationError::UnknownCertificate { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::UnknownCertificate { .. })
+        ));
 
         let mut s = good();
         s.certificates[0].key_pem = " ".into();
-        assert!(matches!(s.validate(), Err(ValidationError::EmptyCertificate { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::EmptyCertificate { .. })
+        ));
 
         let mut s = good();
         s.tls_hosts.push(s.tls_hosts[0].clone());
-        assert!(matches!(s.validate(), Err(ValidationError::DuplicateTlsHost { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::DuplicateTlsHost { .. })
+        ));
     }
 
     #[test]
@@ -438,12 +658,25 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
 
         let mut s = good();
-        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary { backend: "gone".into(), ..canary.clone() }));
-        assert!(s.validate().unwrap_err().to_string().contains("canary names unknown backend \"gone\""));
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary {
+            backend: "gone".into(),
+            ..canary.clone()
+        }));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("canary names unknown backend \"gone\""));
 
         let mut s = good();
-        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary { weight: 101, ..canary.clone() }));
-        assert!(matches!(s.validate(), Err(ValidationError::InvalidRoute { .. })));
+        Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].canary = Some(Box::new(Canary {
+            weight: 101,
+            ..canary.clone()
+        }));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::InvalidRoute { .. })
+        ));
 
         let cookie = |name: &str, path: &str| SessionCookie {
             name: name.into(),
@@ -454,10 +687,22 @@ mod tests {
             same_site: None,
             secure: false,
         };
-        let affinity = |c| Some(SessionAffinity { mode: AffinityMode::Balanced, cookie: c, change_on_failure: false });
-        for (name, path, ok) in [("SID", "/", true), ("S ID", "/", false), ("SID", "/a; Domain=evil", false), ("", "/", false)] {
+        let affinity = |c| {
+            Some(SessionAffinity {
+                mode: AffinityMode::Balanced,
+                cookie: c,
+                change_on_failure: false,
+            })
+        };
+        for (name, path, ok) in [
+            ("SID", "/", true),
+            ("S ID", "/", false),
+            ("SID", "/a; Domain=evil", false),
+            ("", "/", false),
+        ] {
             let mut s = good();
-            Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].affinity = affinity(cookie(name, path)).map(Box::new);
+            Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].affinity =
+                affinity(cookie(name, path)).map(Box::new);
             assert_eq!(s.validate().is_ok(), ok, "{name:?} {path:?}");
         }
     }

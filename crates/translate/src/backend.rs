@@ -28,22 +28,40 @@ impl<'a> SliceIndex<'a> {
     pub fn new(state: &'a ClusterState) -> Self {
         let mut index: HashMap<&str, HashMap<&str, Vec<&Arc<EndpointSlice>>>> = HashMap::new();
         for ((namespace, _), slice) in &state.endpoint_slices {
-            if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                index.entry(namespace.as_str()).or_default().entry(service.as_str()).or_default().push(slice);
+            if let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                index
+                    .entry(namespace.as_str())
+                    .or_default()
+                    .entry(service.as_str())
+                    .or_default()
+                    .push(slice);
             }
         }
         SliceIndex(index)
     }
 
     pub fn of(&self, namespace: &str, service: &str) -> &[&'a Arc<EndpointSlice>] {
-        self.0.get(namespace).and_then(|services| services.get(service)).map_or(&[], Vec::as_slice)
+        self.0
+            .get(namespace)
+            .and_then(|services| services.get(service))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
 /// `namespace/service:port`, with the protocol (and verification) appended when the
 /// backend is not plain HTTP, so that two Ingresses reaching one Service port in
 /// different ways get two backends.
-pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstream: &Upstream, policy: &TrafficPolicy) -> String {
+pub(crate) fn backend_name(
+    namespace: &str,
+    svc: &IngressServiceBackend,
+    upstream: &Upstream,
+    policy: &TrafficPolicy,
+) -> String {
     let mut name = format!("{namespace}/{}:{}", svc.name, port_text(svc.port.as_ref()));
     if upstream.protocol != UpstreamProtocol::Http {
         name.push('|');
@@ -66,7 +84,9 @@ pub(crate) fn backend_name(namespace: &str, svc: &IngressServiceBackend, upstrea
 
 pub(crate) fn port_text(port: Option<&ServiceBackendPort>) -> String {
     match port {
-        Some(ServiceBackendPort { number: Some(n), .. }) => n.to_string(),
+        Some(ServiceBackendPort {
+            number: Some(n), ..
+        }) => n.to_string(),
         Some(ServiceBackendPort { name: Some(n), .. }) => n.clone(),
         _ => String::new(),
     }
@@ -82,25 +102,40 @@ pub(crate) fn resolve(
 ) -> Resolved {
     let name = backend_name(namespace, svc, upstream, policy);
     let unresolved = |reason, message| Resolved {
-        backend: Arc::new(Backend { name: name.clone(), endpoints: Vec::new(), upstream: upstream.clone(), policy: policy.clone() }),
+        backend: Arc::new(Backend {
+            name: name.clone(),
+            endpoints: Vec::new(),
+            upstream: upstream.clone(),
+            policy: policy.clone(),
+        }),
         problem: Some((reason, message)),
     };
 
     let Some(service) = state.service(namespace, &svc.name) else {
-        return unresolved(Reason::ServiceNotFound, format!("service {namespace}/{} does not exist", svc.name));
+        return unresolved(
+            Reason::ServiceNotFound,
+            format!("service {namespace}/{} does not exist", svc.name),
+        );
     };
     let spec = service.spec.as_ref();
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         return unresolved(
             Reason::UnsupportedBackend,
-            format!("service {namespace}/{} is of type ExternalName, which is not supported", svc.name),
+            format!(
+                "service {namespace}/{} is of type ExternalName, which is not supported",
+                svc.name
+            ),
         );
     }
     let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let Some(service_port) = find_port(ports, svc.port.as_ref()) else {
         return unresolved(
             Reason::ServicePortNotFound,
-            format!("service {namespace}/{} has no port {:?}", svc.name, port_text(svc.port.as_ref())),
+            format!(
+                "service {namespace}/{} has no port {:?}",
+                svc.name,
+                port_text(svc.port.as_ref())
+            ),
         );
     };
 
@@ -124,7 +159,11 @@ pub(crate) fn resolve(
         for ep in &slice.endpoints {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
             for address in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                endpoints.insert(Endpoint { address, port, ready });
+                endpoints.insert(Endpoint {
+                    address,
+                    port,
+                    ready,
+                });
             }
         }
     }
@@ -132,28 +171,72 @@ pub(crate) fn resolve(
     let problem = (!endpoints.iter().any(|e| e.ready)).then(|| {
         (
             Reason::NoReadyEndpoints,
-            format!("service {namespace}/{} port {:?} has no ready endpoints", svc.name, port_text(svc.port.as_ref())),
+            format!(
+                "service {namespace}/{} port {:?} has no ready endpoints",
+                svc.name,
+                port_text(svc.port.as_ref())
+            ),
         )
     });
-    Resolved { backend: Arc::new(Backend { name, endpoints, upstream: upstream.clone(), policy: policy.clone() }), problem }
+    Resolved {
+        backend: Arc::new(Backend {
+            name,
+            endpoints,
+            upstream: upstream.clone(),
+            policy: policy.clone(),
+        }),
+        problem,
+    }
 }
 
 /// A Service as a plain HTTP backend on its first port (`--default-backend-service`).
-pub(crate) fn resolve_first_port(state: &ClusterState, slices: &SliceIndex<'_>, namespace: &str, name: &str) -> Resolved {
-    let port = first_port(state, namespace, name).map(|number| ServiceBackendPort { number: Some(number), name: None });
-    let svc = IngressServiceBackend { name: name.to_string(), port };
-    resolve(state, slices, namespace, &svc, &Upstream::default(), &TrafficPolicy::default())
+pub(crate) fn resolve_first_port(
+    state: &ClusterState,
+    slices: &SliceIndex<'_>,
+    namespace: &str,
+    name: &str,
+) -> Resolved {
+    let port = first_port(state, namespace, name).map(|number| ServiceBackendPort {
+        number: Some(number),
+        name: None,
+    });
+    let svc = IngressServiceBackend {
+        name: name.to_string(),
+        port,
+    };
+    resolve(
+        state,
+        slices,
+        namespace,
+        &svc,
+        &Upstream::default(),
+        &TrafficPolicy::default(),
+    )
 }
 
 /// The number of a Service's first port.
 pub(crate) fn first_port(state: &ClusterState, namespace: &str, name: &str) -> Option<i32> {
-    state.service(namespace, name)?.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port)
+    state
+        .service(namespace, name)?
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .first()
+        .map(|p| p.port)
 }
 
-fn find_port<'a>(ports: &'a [ServicePort], wanted: Option<&ServiceBackendPort>) -> Option<&'a ServicePort> {
+fn find_port<'a>(
+    ports: &'a [ServicePort],
+    wanted: Option<&ServiceBackendPort>,
+) -> Option<&'a ServicePort> {
     match wanted? {
-        ServiceBackendPort { number: Some(n), .. } => ports.iter().find(|p| p.port == *n),
-        ServiceBackendPort { name: Some(name), .. } => ports.iter().find(|p| p.name.as_deref() == Some(name)),
+        ServiceBackendPort {
+            number: Some(n), ..
+        } => ports.iter().find(|p| p.port == *n),
+        ServiceBackendPort {
+            name: Some(name), ..
+        } => ports.iter().find(|p| p.name.as_deref() == Some(name)),
         _ => None,
     }
 }

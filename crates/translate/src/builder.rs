@@ -10,7 +10,9 @@ use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost};
+use portico_model::{
+    Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -36,7 +38,11 @@ impl Default for Options {
             ingress_class: "portico".into(),
             assume_class_exists: false,
             default_certificate: None,
-            hsts: Some(Hsts { max_age: 31_536_000, include_subdomains: false, preload: false }),
+            hsts: Some(Hsts {
+                max_age: 31_536_000,
+                include_subdomains: false,
+                preload: false,
+            }),
             default_backend_service: None,
         }
     }
@@ -70,7 +76,12 @@ pub struct Translator {
 
 impl Translator {
     pub fn new(opts: Options) -> Self {
-        Translator { opts, fragments: HashMap::new(), hosts: BuiltHosts::default(), reprocessed: 0 }
+        Translator {
+            opts,
+            fragments: HashMap::new(),
+            hosts: BuiltHosts::default(),
+            reprocessed: 0,
+        }
     }
 
     /// How many Ingresses the last translation processed again rather than reused.
@@ -93,17 +104,33 @@ impl Translator {
                 Admission::Admitted => admitted.push((key, ingress)),
                 Admission::Ignored => {}
                 Admission::UnknownClass(class) => diagnostics.push(Diagnostic {
-                    object: ObjectRef { kind: "Ingress", namespace: key.0.clone(), name: key.1.clone() },
+                    object: ObjectRef {
+                        kind: "Ingress",
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                    },
                     reason: Reason::UnknownIngressClass,
-                    message: format!("spec.ingressClassName {class:?}: no IngressClass of that name exists"),
+                    message: format!(
+                        "spec.ingressClassName {class:?}: no IngressClass of that name exists"
+                    ),
                 }),
             }
         }
         // Oldest first, so that on a conflict the oldest Ingress wins.
-        admitted.sort_by(|(ka, a), (kb, b)| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then_with(|| ka.cmp(kb)));
+        admitted.sort_by(|(ka, a), (kb, b)| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+                .then_with(|| ka.cmp(kb))
+        });
 
         let slices = SliceIndex::new(state);
-        let mut lookups = Lookups { state, slices: &slices, resolved: HashMap::new(), secrets: HashMap::new() };
+        let mut lookups = Lookups {
+            state,
+            slices: &slices,
+            resolved: HashMap::new(),
+            secrets: HashMap::new(),
+        };
         self.reprocessed = 0;
         // The previous fragments stay alive until the snapshot is assembled: `BuiltHosts`
         // knows routes by address, and no new fragment may be allocated where one of them was.
@@ -118,15 +145,27 @@ impl Translator {
                 }
             });
         }
-        let global_default = opts.default_backend_service.as_ref().and_then(|(namespace, name)| {
-            let resolved = backend::resolve_first_port(state, &slices, namespace, name);
-            if let Some((reason, message)) = &resolved.problem {
-                let object = ObjectRef { kind: "Service", namespace: namespace.clone(), name: name.clone() };
-                diagnostics.push(Diagnostic { object, reason: *reason, message: format!("--default-backend-service: {message}") });
-            }
-            // A Service that is not there (or has no port) leaves 404 for unmatched requests.
-            (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound)).then(|| Arc::new(resolved))
-        });
+        let global_default = opts
+            .default_backend_service
+            .as_ref()
+            .and_then(|(namespace, name)| {
+                let resolved = backend::resolve_first_port(state, &slices, namespace, name);
+                if let Some((reason, message)) = &resolved.problem {
+                    let object = ObjectRef {
+                        kind: "Service",
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    };
+                    diagnostics.push(Diagnostic {
+                        object,
+                        reason: *reason,
+                        message: format!("--default-backend-service: {message}"),
+                    });
+                }
+                // A Service that is not there (or has no port) leaves 404 for unmatched requests.
+                (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound))
+                    .then(|| Arc::new(resolved))
+            });
         let mut table = RouteTable::default();
         for fragment in &current {
             table.merge(fragment, &mut diagnostics);
@@ -137,9 +176,20 @@ impl Translator {
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
-        let translation = assemble(state, opts, table, virtual_hosts, diagnostics, admitted.iter().map(|(k, _)| (*k).clone()).collect());
+        let translation = assemble(
+            state,
+            opts,
+            table,
+            virtual_hosts,
+            diagnostics,
+            admitted.iter().map(|(k, _)| (*k).clone()).collect(),
+        );
         self.hosts = hosts;
-        self.fragments = admitted.into_iter().map(|(k, _)| k.clone()).zip(current).collect();
+        self.fragments = admitted
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .zip(current)
+            .collect();
         drop(previous);
         translation
     }
@@ -175,9 +225,15 @@ struct HostInputs {
 impl BuiltHosts {
     /// The virtual hosts of the merged table, in host order, reusing those of `previous`
     /// that were built from the same inputs.
-    fn build(table: &mut RouteTable, mut previous: BuiltHosts) -> (BuiltHosts, Vec<Arc<VirtualHost>>) {
+    fn build(
+        table: &mut RouteTable,
+        mut previous: BuiltHosts,
+    ) -> (BuiltHosts, Vec<Arc<VirtualHost>>) {
         let hosts = std::mem::take(&mut table.hosts);
-        let mut built = BuiltHosts { by_host: HashMap::with_capacity(hosts.len()), rebuilt: 0 };
+        let mut built = BuiltHosts {
+            by_host: HashMap::with_capacity(hosts.len()),
+            rebuilt: 0,
+        };
         let mut virtual_hosts = Vec::with_capacity(hosts.len());
         // A host whose every path was invalid or taken has no routes and is left out.
         for (host, h) in hosts.into_iter().filter(|(_, h)| !h.routes.is_empty()) {
@@ -188,7 +244,13 @@ impl BuiltHosts {
                 _ => {
                     built.rebuilt += 1;
                     let host_built = Arc::new(build_host(host, &h, tls));
-                    (host.clone(), BuiltHost { inputs: HostInputs::of(&h, tls), host: host_built })
+                    (
+                        host.clone(),
+                        BuiltHost {
+                            inputs: HostInputs::of(&h, tls),
+                            host: host_built,
+                        },
+                    )
                 }
             };
             virtual_hosts.push(entry.host.clone());
@@ -204,10 +266,15 @@ fn address<T>(r: &T) -> usize {
 
 impl HostInputs {
     fn of(h: &HostRoutes, tls: bool) -> Self {
-        let mut canaries: Vec<(usize, Canary)> = h.canaries.iter().map(|(i, c)| (*i, c.clone())).collect();
+        let mut canaries: Vec<(usize, Canary)> =
+            h.canaries.iter().map(|(i, c)| (*i, c.clone())).collect();
         canaries.sort_unstable_by_key(|(i, _)| *i);
         HostInputs {
-            routes: h.routes.iter().map(|r| address::<FragmentRoute>(r)).collect(),
+            routes: h
+                .routes
+                .iter()
+                .map(|r| address::<FragmentRoute>(r))
+                .collect(),
             tls,
             canaries,
             client_auth: h.client_auth.map(|(c, _)| address::<ClientAuth>(c)),
@@ -219,9 +286,16 @@ impl HostInputs {
         self.tls == tls
             && self.client_auth == h.client_auth.map(|(c, _)| address::<ClientAuth>(c))
             && self.routes.len() == h.routes.len()
-            && self.routes.iter().zip(&h.routes).all(|(a, r)| *a == address::<FragmentRoute>(r))
+            && self
+                .routes
+                .iter()
+                .zip(&h.routes)
+                .all(|(a, r)| *a == address::<FragmentRoute>(r))
             && self.canaries.len() == h.canaries.len()
-            && self.canaries.iter().all(|(i, c)| h.canaries.get(i) == Some(c))
+            && self
+                .canaries
+                .iter()
+                .all(|(i, c)| h.canaries.get(i) == Some(c))
     }
 }
 
@@ -237,7 +311,11 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
             route
         })
         .collect();
-    VirtualHost { host: host.clone(), routes, client_auth: h.client_auth.map(|(c, _)| c.clone()) }
+    VirtualHost {
+        host: host.clone(),
+        routes,
+        client_auth: h.client_auth.map(|(c, _)| c.clone()),
+    }
 }
 
 /// Builds the snapshot from the merged table, its virtual hosts and the listener-wide options.
@@ -252,16 +330,33 @@ fn assemble(
     let tls_hosts = std::mem::take(&mut table.tls_hosts);
 
     let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
-    let mut tls = TlsPolicy { default_certificate: None, hsts: opts.hsts };
+    let mut tls = TlsPolicy {
+        default_certificate: None,
+        hsts: opts.hsts,
+    };
     if let Some((namespace, name)) = &opts.default_certificate {
-        let object = ObjectRef { kind: "Secret", namespace: namespace.clone(), name: name.clone() };
+        let object = ObjectRef {
+            kind: "Secret",
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
         let full = format!("{namespace}/{name}");
-        let checked = secret::tls_certificate_of(&full, state.secrets.get(&(namespace.clone(), name.clone())).map(|s| &**s))
-            .map_err(|(reason, message)| (reason, format!("--default-ssl-certificate: {message}")));
+        let checked = secret::tls_certificate_of(
+            &full,
+            state
+                .secrets
+                .get(&(namespace.clone(), name.clone()))
+                .map(|s| &**s),
+        )
+        .map_err(|(reason, message)| (reason, format!("--default-ssl-certificate: {message}")));
         match checked {
             Ok(c) => {
                 if let Some(w) = c.warning {
-                    diagnostics.push(Diagnostic { object, reason: Reason::CertificateExpired, message: w });
+                    diagnostics.push(Diagnostic {
+                        object,
+                        reason: Reason::CertificateExpired,
+                        message: w,
+                    });
                 }
                 tls.default_certificate = Some(c.certificate.name.clone());
                 certificates.insert(c.certificate.name.clone(), c.certificate);
@@ -269,20 +364,32 @@ fn assemble(
             Err((reason, message)) => diagnostics.push(Diagnostic {
                 object,
                 reason,
-                message: format!("{message}; the proxy's self-signed certificate is presented instead"),
+                message: format!(
+                    "{message}; the proxy's self-signed certificate is presented instead"
+                ),
             }),
         }
     }
     let mut tls_bindings = Vec::new();
     for (host, claim) in tls_hosts {
-        let Some(name) = claim.certificate else { continue };
+        let Some(name) = claim.certificate else {
+            continue;
+        };
         if let Some(c) = table.certificate(name) {
-            certificates.entry(name.to_string()).or_insert_with(|| c.certificate.clone());
-            tls_bindings.push(TlsHost { host: host.clone(), certificate: name.to_string() });
+            certificates
+                .entry(name.to_string())
+                .or_insert_with(|| c.certificate.clone());
+            tls_bindings.push(TlsHost {
+                host: host.clone(),
+                certificate: name.to_string(),
+            });
         }
     }
 
-    let default_backend = table.default_backend.take().map(|(name, _)| name.to_string());
+    let default_backend = table
+        .default_backend
+        .take()
+        .map(|(name, _)| name.to_string());
     let snapshot = Snapshot {
         version: 0,
         virtual_hosts,
@@ -296,8 +403,16 @@ fn assemble(
     };
     diagnostics.sort();
     diagnostics.dedup();
-    let admitted = admitted.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    Translation { snapshot, diagnostics, admitted }
+    let admitted = admitted
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Translation {
+        snapshot,
+        diagnostics,
+        admitted,
+    }
 }
 
 /// Whether a TLS section covers `host`: named exactly, or by a wildcard one label up.
@@ -306,9 +421,9 @@ fn has_tls<V>(tls_hosts: &BTreeMap<&HostMatch, V>, host: &HostMatch) -> bool {
         return true;
     }
     match host {
-        HostMatch::Exact(name) => {
-            name.split_once('.').is_some_and(|(_, suffix)| tls_hosts.contains_key(&HostMatch::Wildcard(suffix.to_string())))
-        }
+        HostMatch::Exact(name) => name.split_once('.').is_some_and(|(_, suffix)| {
+            tls_hosts.contains_key(&HostMatch::Wildcard(suffix.to_string()))
+        }),
         _ => false,
     }
 }

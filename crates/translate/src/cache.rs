@@ -86,7 +86,10 @@ pub struct ClusterState {
 }
 
 fn key(meta: &ObjectMeta) -> ObjectKey {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 impl ClusterState {
@@ -94,7 +97,8 @@ impl ClusterState {
     pub fn insert(&mut self, object: KubeObject) {
         match object {
             KubeObject::IngressClass(o) => {
-                self.ingress_classes.insert(o.metadata.name.clone().unwrap_or_default(), o);
+                self.ingress_classes
+                    .insert(o.metadata.name.clone().unwrap_or_default(), o);
             }
             KubeObject::Ingress(o) => {
                 self.ingresses.insert(key(&o.metadata), o);
@@ -141,7 +145,12 @@ impl ClusterState {
 
     /// Replaces every object of `kind` in `namespace` (in all, when `None`) with
     /// `objects`: what a watcher's complete relist means.
-    pub fn replace_all(&mut self, kind: ObjectKind, namespace: Option<&str>, objects: Vec<KubeObject>) {
+    pub fn replace_all(
+        &mut self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        objects: Vec<KubeObject>,
+    ) {
         let keep = |k: &ObjectKey| namespace.is_some_and(|ns| k.0 != ns);
         match kind {
             ObjectKind::IngressClass => self.ingress_classes.clear(),
@@ -172,7 +181,9 @@ impl ClusterState {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&(namespace.to_string(), name.to_string())).map(|s| &**s)
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|s| &**s)
     }
 }
 

@@ -25,7 +25,10 @@ pub(crate) struct ClassFilter {
 impl ClassFilter {
     pub(crate) fn new(state: &ClusterState, opts: &Options) -> Self {
         let ours = match state.ingress_classes.get(&opts.ingress_class) {
-            Some(class) => class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(crate::CONTROLLER_NAME),
+            Some(class) => {
+                class.spec.as_ref().and_then(|s| s.controller.as_deref())
+                    == Some(crate::CONTROLLER_NAME)
+            }
             None => opts.assume_class_exists,
         };
         let ours_is_default = ours
@@ -35,12 +38,23 @@ impl ClassFilter {
                 .and_then(|c| c.metadata.annotations.as_ref())
                 .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
                 .is_some_and(|v| v == "true");
-        ClassFilter { ours: ours.then(|| opts.ingress_class.clone()), ours_is_default }
+        ClassFilter {
+            ours: ours.then(|| opts.ingress_class.clone()),
+            ours_is_default,
+        }
     }
 
     pub(crate) fn admit(&self, state: &ClusterState, ingress: &Ingress) -> Admission {
-        let by_spec = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
-        let by_annotation = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).map(String::as_str);
+        let by_spec = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
+        let by_annotation = ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+            .map(String::as_str);
         match (by_spec, by_annotation) {
             (Some(name), _) => {
                 if self.ours.as_deref() == Some(name) {

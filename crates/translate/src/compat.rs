@@ -228,23 +228,40 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
 const REPORTED_ELSEWHERE: &[&str] = &["auth-proxy-set-headers"];
 
 fn status_of(name: &str) -> Option<Status> {
-    INGRESS_NGINX.iter().chain(PORTICO_ONLY).find(|(n, _)| *n == name).map(|(_, s)| *s)
+    INGRESS_NGINX
+        .iter()
+        .chain(PORTICO_ONLY)
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
 }
 
 /// A message for each annotation of ours or ingress-nginx's that Portico ignores.
 pub(crate) fn ignored(annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
     let mut out = Vec::new();
     for key in annotations.into_iter().flat_map(|m| m.keys()) {
-        let Some(name) = key.strip_prefix(PORTICO_PREFIX).or_else(|| key.strip_prefix(NGINX_PREFIX)) else { continue };
+        let Some(name) = key
+            .strip_prefix(PORTICO_PREFIX)
+            .or_else(|| key.strip_prefix(NGINX_PREFIX))
+        else {
+            continue;
+        };
         if REPORTED_ELSEWHERE.contains(&name) {
             continue;
         }
         match status_of(name) {
             Some(Status::Same | Status::Different(_)) => {}
-            Some(Status::NotYet("")) => out.push(format!("annotation {key} is not supported by Portico yet; ignored")),
-            Some(Status::NotYet(note)) => out.push(format!("annotation {key} is not supported by Portico yet ({note}); ignored")),
-            Some(Status::Never(why)) => out.push(format!("annotation {key} is never supported: {why}; ignored")),
-            None => out.push(format!("annotation {key} is not one Portico or ingress-nginx knows; ignored")),
+            Some(Status::NotYet("")) => out.push(format!(
+                "annotation {key} is not supported by Portico yet; ignored"
+            )),
+            Some(Status::NotYet(note)) => out.push(format!(
+                "annotation {key} is not supported by Portico yet ({note}); ignored"
+            )),
+            Some(Status::Never(why)) => out.push(format!(
+                "annotation {key} is never supported: {why}; ignored"
+            )),
+            None => out.push(format!(
+                "annotation {key} is not one Portico or ingress-nginx knows; ignored"
+            )),
         }
     }
     out
@@ -276,7 +293,11 @@ pub fn migration_document() -> String {
     }
     doc.push_str("\n## Portico's own annotations\n\n| annotation | status |\n| --- | --- |\n");
     for (name, status) in PORTICO_ONLY {
-        let word = if matches!(status, Status::Same) { "supported" } else { "not yet" };
+        let word = if matches!(status, Status::Same) {
+            "supported"
+        } else {
+            "not yet"
+        };
         doc.push_str(&format!("| `portico.io/{name}` | {word} |\n"));
     }
     doc
@@ -304,7 +325,8 @@ mod tests {
 
     #[test]
     fn migration_document_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ingress-nginx-migration.md");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/ingress-nginx-migration.md");
         let rendered = migration_document();
         if std::env::var_os("PORTICO_WRITE_DOCS").is_some() {
             std::fs::write(&path, &rendered).unwrap();
@@ -333,10 +355,19 @@ mod tests {
         .collect();
         let messages = ignored(Some(&map));
         assert_eq!(messages.len(), 4, "{messages:#?}");
-        assert!(messages.iter().any(|m| m.contains("configuration-snippet is never supported")));
-        assert!(messages.iter().any(|m| m.contains("connection-proxy-header is not supported by Portico yet")));
-        assert!(messages.iter().any(|m| m.contains("limit-rate is not supported by Portico yet")));
-        assert!(messages.iter().any(|m| m.contains("portico.io/rewrite-targt is not one Portico or ingress-nginx knows")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("configuration-snippet is never supported")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("connection-proxy-header is not supported by Portico yet")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("limit-rate is not supported by Portico yet")));
+        assert!(messages
+            .iter()
+            .any(|m| m
+                .contains("portico.io/rewrite-targt is not one Portico or ingress-nginx knows")));
         assert_eq!(INGRESS_NGINX.len(), 136);
     }
 }

@@ -24,28 +24,52 @@ const AUTH_FILE_KEY: &str = "auth";
 
 /// The users of a basic-auth Secret (`name` is its `namespace/name`), and what was
 /// rejected. An error when nothing usable is there.
-pub(crate) fn read(name: &str, secret: &Secret, layout: SecretLayout) -> Result<(Vec<Credential>, Vec<Rejected>), String> {
+pub(crate) fn read(
+    name: &str,
+    secret: &Secret,
+    layout: SecretLayout,
+) -> Result<(Vec<Credential>, Vec<Rejected>), String> {
     let mut rejected = Vec::new();
     // (user, hash, where it was found)
     let mut entries: Vec<(String, String, String)> = Vec::new();
     match layout {
         SecretLayout::File => {
-            let file = value(secret, AUTH_FILE_KEY).ok_or_else(|| format!("secret {name}: key {AUTH_FILE_KEY:?} is missing"))?;
-            let text = std::str::from_utf8(file).map_err(|_| format!("secret {name}: key {AUTH_FILE_KEY:?} is not text"))?;
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+            let file = value(secret, AUTH_FILE_KEY)
+                .ok_or_else(|| format!("secret {name}: key {AUTH_FILE_KEY:?} is missing"))?;
+            let text = std::str::from_utf8(file)
+                .map_err(|_| format!("secret {name}: key {AUTH_FILE_KEY:?} is not text"))?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            {
                 match line.split_once(':') {
-                    Some((user, hash)) => entries.push((user.to_string(), hash.to_string(), format!("line {}", i + 1))),
+                    Some((user, hash)) => entries.push((
+                        user.to_string(),
+                        hash.to_string(),
+                        format!("line {}", i + 1),
+                    )),
                     None => rejected.push(format!("secret {name}: line {}: not user:hash", i + 1)),
                 }
             }
         }
         SecretLayout::Map => {
-            let data = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone()));
-            let string_data = secret.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+            let data = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()));
+            let string_data = secret
+                .string_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
             for (user, hash) in data.chain(string_data) {
                 match String::from_utf8(hash) {
                     Ok(hash) => entries.push((user.clone(), hash, format!("key {user:?}"))),
-                    Err(_) => rejected.push(format!("secret {name}: key {user:?}: the hash is not text")),
+                    Err(_) => {
+                        rejected.push(format!("secret {name}: key {user:?}: the hash is not text"))
+                    }
                 }
             }
         }
@@ -54,7 +78,9 @@ pub(crate) fn read(name: &str, secret: &Secret, layout: SecretLayout) -> Result<
     for (user, hash, at) in entries {
         let (user, hash) = (user.trim(), hash.trim());
         if user.is_empty() || user.contains(':') {
-            rejected.push(format!("secret {name}: {at}: user name {user:?} is empty or holds ':'"));
+            rejected.push(format!(
+                "secret {name}: {at}: user name {user:?} is empty or holds ':'"
+            ));
         } else if let Err(why) = check_hash(hash) {
             rejected.push(format!("secret {name}: {at}: user {user:?}: {why}"));
         } else {
@@ -62,10 +88,19 @@ pub(crate) fn read(name: &str, secret: &Secret, layout: SecretLayout) -> Result<
         }
     }
     if users.is_empty() {
-        let why = rejected.first().cloned().unwrap_or_else(|| format!("secret {name} holds no users"));
+        let why = rejected
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("secret {name} holds no users"));
         return Err(why);
     }
-    Ok((users.into_iter().map(|(user, hash)| Credential { user, hash }).collect(), rejected))
+    Ok((
+        users
+            .into_iter()
+            .map(|(user, hash)| Credential { user, hash })
+            .collect(),
+        rejected,
+    ))
 }
 
 /// Whether the proxy can verify this hash.
@@ -74,16 +109,24 @@ fn check_hash(hash: &str) -> Result<(), &'static str> {
     if bcrypt {
         // $2y$NN$ + 53 characters of salt and hash.
         let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
-        return if hash.len() == 60 && cost.is_some_and(|c| (4..=31).contains(&c)) { Ok(()) } else { Err("a malformed bcrypt hash") };
+        return if hash.len() == 60 && cost.is_some_and(|c| (4..=31).contains(&c)) {
+            Ok(())
+        } else {
+            Err("a malformed bcrypt hash")
+        };
     }
     if let Some(rest) = hash.strip_prefix("$apr1$") {
         return match rest.split_once('$') {
-            Some((salt, digest)) if !salt.is_empty() && salt.len() <= 8 && digest.len() == 22 => Ok(()),
+            Some((salt, digest)) if !salt.is_empty() && salt.len() <= 8 && digest.len() == 22 => {
+                Ok(())
+            }
             _ => Err("a malformed apr1 hash"),
         };
     }
     if let Some(digest) = hash.strip_prefix("{SHA}") {
-        return if digest.len() == 28 && openssl::base64::decode_block(digest).is_ok_and(|d| d.len() == 20) {
+        return if digest.len() == 28
+            && openssl::base64::decode_block(digest).is_ok_and(|d| d.len() == 20)
+        {
             Ok(())
         } else {
             Err("a malformed {SHA} hash")
@@ -98,7 +141,15 @@ mod tests {
     use k8s_openapi::ByteString;
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
-        Secret { data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()), ..Default::default() }
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
     }
 
     const BCRYPT: &str = "$2y$05$6B7Jm0X8xO2mRX5r8YQ0ROiU0z1m0t3sZp9n0VJmYv2f8C1qk3Vxa";
@@ -106,21 +157,40 @@ mod tests {
     #[test]
     fn htpasswd_lines_with_known_hashes_pass_and_the_rest_is_named() {
         let file = format!("alice:{BCRYPT}\nbob:$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/\n# comment\ncarol:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\nmallory:plaintext\nnocolon\n");
-        let (users, rejected) = read("ns/auth", &secret(&[("auth", &file)]), SecretLayout::File).unwrap();
+        let (users, rejected) =
+            read("ns/auth", &secret(&[("auth", &file)]), SecretLayout::File).unwrap();
         let names: Vec<&str> = users.iter().map(|c| c.user.as_str()).collect();
         assert_eq!(names, ["alice", "bob", "carol"]);
         assert_eq!(rejected.len(), 2, "{rejected:?}");
-        assert!(rejected.iter().any(|r| r.contains("line 5") && r.contains("mallory") && r.contains("plain-text")), "{rejected:?}");
-        assert!(rejected.iter().any(|r| r.contains("line 6")), "{rejected:?}");
+        assert!(
+            rejected
+                .iter()
+                .any(|r| r.contains("line 5") && r.contains("mallory") && r.contains("plain-text")),
+            "{rejected:?}"
+        );
+        assert!(
+            rejected.iter().any(|r| r.contains("line 6")),
+            "{rejected:?}"
+        );
     }
 
     #[test]
     fn an_auth_map_has_one_user_per_key_and_an_unusable_secret_is_an_error() {
-        let (users, _) = read("ns/m", &secret(&[("dave", "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=")]), SecretLayout::Map).unwrap();
+        let (users, _) = read(
+            "ns/m",
+            &secret(&[("dave", "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=")]),
+            SecretLayout::Map,
+        )
+        .unwrap();
         assert_eq!(users[0].user, "dave");
         let err = read("ns/m", &secret(&[("other", "x")]), SecretLayout::File).unwrap_err();
         assert!(err.contains("ns/m") && err.contains("\"auth\""), "{err}");
-        let err = read("ns/m", &secret(&[("auth", "eve:secret\n")]), SecretLayout::File).unwrap_err();
+        let err = read(
+            "ns/m",
+            &secret(&[("auth", "eve:secret\n")]),
+            SecretLayout::File,
+        )
+        .unwrap_err();
         assert!(err.contains("eve"), "{err}");
     }
 }

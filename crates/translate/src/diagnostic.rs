@@ -104,7 +104,10 @@ pub(crate) struct Problem {
 
 impl Problem {
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Problem { reason, message: message.into() }
+        Problem {
+            reason,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -75,9 +75,15 @@ impl<'f> HostRoutes<'f> {
         self.routes.push(route);
         if self.routes.len() > SEARCHED_ROUTES {
             if self.by_path.is_empty() {
-                self.by_path.extend(self.routes.iter().enumerate().map(|(i, r)| (key(&r.route), i)));
+                self.by_path.extend(
+                    self.routes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (key(&r.route), i)),
+                );
             } else {
-                self.by_path.insert(key(&route.route), self.routes.len() - 1);
+                self.by_path
+                    .insert(key(&route.route), self.routes.len() - 1);
             }
         }
     }
@@ -93,7 +99,13 @@ impl<'f> RouteTable<'f> {
         if !fragment.www_redirects.is_empty() {
             self.www_redirects.push(fragment);
         }
-        let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
+        let mut report = |reason, message| {
+            diagnostics.push(Diagnostic {
+                object: fragment.object.clone(),
+                reason,
+                message,
+            })
+        };
         for b in &fragment.backends {
             self.backends.entry(&b.backend.name).or_insert(b);
         }
@@ -146,7 +158,10 @@ impl<'f> RouteTable<'f> {
             }
             host_routes.routes.reserve(routes.len());
             for r in routes {
-                if let Some(owner) = host_routes.claimed(&r.route).map(|i| &host_routes.routes[i].route.source) {
+                if let Some(owner) = host_routes
+                    .claimed(&r.route)
+                    .map(|i| &host_routes.routes[i].route.source)
+                {
                     let msg = format!(
                         "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
                         r.rule,
@@ -167,7 +182,9 @@ impl<'f> RouteTable<'f> {
     pub fn default_backend_if_unset(&mut self, resolved: &'f Arc<Resolved>) {
         if self.default_backend.is_none() {
             self.default_backend = Some((&resolved.backend.name, "--default-backend-service"));
-            self.backends.entry(&resolved.backend.name).or_insert(resolved);
+            self.backends
+                .entry(&resolved.backend.name)
+                .or_insert(resolved);
         }
     }
 
@@ -190,13 +207,28 @@ impl<'f> RouteTable<'f> {
     /// after every fragment is merged.
     pub fn attach_canaries(&mut self, diagnostics: &mut Vec<Diagnostic>) {
         for fragment in std::mem::take(&mut self.canaries) {
-            let Some(template) = &fragment.canary else { continue };
-            let mut report = |reason, message| diagnostics.push(Diagnostic { object: fragment.object.clone(), reason, message });
+            let Some(template) = &fragment.canary else {
+                continue;
+            };
+            let mut report = |reason, message| {
+                diagnostics.push(Diagnostic {
+                    object: fragment.object.clone(),
+                    reason,
+                    message,
+                })
+            };
             for (host, routes) in &fragment.rules {
                 for r in routes {
                     let field = format!("spec.rules[{}].http.paths[{}]", r.rule, r.path);
-                    let what = format!("path {:?} on host {:?}", r.route.path.path(), host.to_string());
-                    let primary = self.hosts.get_mut(host).and_then(|h| h.claimed(&r.route).map(|i| (h, i)));
+                    let what = format!(
+                        "path {:?} on host {:?}",
+                        r.route.path.path(),
+                        host.to_string()
+                    );
+                    let primary = self
+                        .hosts
+                        .get_mut(host)
+                        .and_then(|h| h.claimed(&r.route).map(|i| (h, i)));
                     let Some((host_routes, index)) = primary else {
                         let msg = format!("{field}: canary for {what}, which no other Ingress routes; it gets no traffic");
                         report(Reason::CanaryWithoutPrimary, msg);
@@ -207,10 +239,17 @@ impl<'f> RouteTable<'f> {
                         report(Reason::CanaryConflict, msg);
                         continue;
                     }
-                    let canary =
-                        Canary { backend: r.route.backend.clone(), affinity: r.route.affinity.as_deref().cloned(), ..template.clone() };
+                    let canary = Canary {
+                        backend: r.route.backend.clone(),
+                        affinity: r.route.affinity.as_deref().cloned(),
+                        ..template.clone()
+                    };
                     host_routes.canaries.insert(index, canary);
-                    if let Some(b) = fragment.backends.iter().find(|b| b.backend.name == r.route.backend) {
+                    if let Some(b) = fragment
+                        .backends
+                        .iter()
+                        .find(|b| b.backend.name == r.route.backend)
+                    {
                         self.backends.entry(&b.backend.name).or_insert(b);
                     }
                 }
@@ -224,7 +263,8 @@ impl<'f> RouteTable<'f> {
 
     /// The resolved backends, sorted by name so that translation is deterministic.
     pub fn backends(&self) -> Vec<Arc<Backend>> {
-        let mut backends: Vec<Arc<Backend>> = self.backends.values().map(|r| r.backend.clone()).collect();
+        let mut backends: Vec<Arc<Backend>> =
+            self.backends.values().map(|r| r.backend.clone()).collect();
         backends.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         backends
     }

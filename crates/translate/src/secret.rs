@@ -25,7 +25,11 @@ pub(crate) fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return Some(&v.0);
     }
-    secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.as_bytes())
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|s| s.as_bytes())
 }
 
 /// Checks a `kubernetes.io/tls` Secret; `name` is its `namespace/name`.
@@ -37,10 +41,13 @@ pub(crate) fn tls_certificate(name: &str, secret: &Secret) -> Result<CheckedCert
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("secret {name}: {TLS_CERT_KEY} does not hold a PEM certificate"))?;
-    let key =
-        PKey::private_key_from_pem(key_pem).map_err(|_| format!("secret {name}: {TLS_PRIVATE_KEY} does not hold a PEM private key"))?;
+    let key = PKey::private_key_from_pem(key_pem)
+        .map_err(|_| format!("secret {name}: {TLS_PRIVATE_KEY} does not hold a PEM private key"))?;
     let leaf = &chain[0];
-    let matches = leaf.public_key().map(|public| public.public_eq(&key)).unwrap_or(false);
+    let matches = leaf
+        .public_key()
+        .map(|public| public.public_eq(&key))
+        .unwrap_or(false);
     if !matches {
         return Err(format!("secret {name}: the private key in {TLS_PRIVATE_KEY} does not match the certificate in {TLS_CERT_KEY}"));
     }
@@ -51,10 +58,14 @@ pub(crate) fn tls_certificate(name: &str, secret: &Secret) -> Result<CheckedCert
     // Re-encoded from what parsed, so the proxy never sees text it cannot read.
     let mut chain_text = String::new();
     for cert in &chain {
-        let pem = cert.to_pem().map_err(|e| format!("secret {name}: {TLS_CERT_KEY}: {e}"))?;
+        let pem = cert
+            .to_pem()
+            .map_err(|e| format!("secret {name}: {TLS_CERT_KEY}: {e}"))?;
         chain_text.push_str(&String::from_utf8_lossy(&pem));
     }
-    let key_text = key.private_key_to_pem_pkcs8().map_err(|e| format!("secret {name}: {TLS_PRIVATE_KEY}: {e}"))?;
+    let key_text = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| format!("secret {name}: {TLS_PRIVATE_KEY}: {e}"))?;
     Ok(CheckedCertificate {
         certificate: Certificate {
             name: name.to_string(),
@@ -66,23 +77,34 @@ pub(crate) fn tls_certificate(name: &str, secret: &Secret) -> Result<CheckedCert
 }
 
 /// [`tls_certificate`] of a Secret that may not exist, with the reason to report either way.
-pub(crate) fn tls_certificate_of(name: &str, secret: Option<&Secret>) -> Result<CheckedCertificate, (Reason, String)> {
+pub(crate) fn tls_certificate_of(
+    name: &str,
+    secret: Option<&Secret>,
+) -> Result<CheckedCertificate, (Reason, String)> {
     match secret {
-        None => Err((Reason::SecretNotFound, format!("secret {name} does not exist"))),
+        None => Err((
+            Reason::SecretNotFound,
+            format!("secret {name} does not exist"),
+        )),
         Some(s) => tls_certificate(name, s).map_err(|e| (Reason::InvalidSecret, e)),
     }
 }
 
 /// The trusted CA certificates (PEM) of a Secret's `ca.crt`.
 pub(crate) fn ca_bundle(name: &str, secret: &Secret) -> Result<String, String> {
-    let pem = value(secret, CA_CERT_KEY).ok_or_else(|| format!("secret {name}: key {CA_CERT_KEY:?} is missing"))?;
+    let pem = value(secret, CA_CERT_KEY)
+        .ok_or_else(|| format!("secret {name}: key {CA_CERT_KEY:?} is missing"))?;
     let certs = X509::stack_from_pem(pem)
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("secret {name}: {CA_CERT_KEY} does not hold a PEM certificate"))?;
     let mut text = String::new();
     for cert in &certs {
-        text.push_str(&String::from_utf8_lossy(&cert.to_pem().map_err(|e| format!("secret {name}: {CA_CERT_KEY}: {e}"))?));
+        text.push_str(&String::from_utf8_lossy(
+            &cert
+                .to_pem()
+                .map_err(|e| format!("secret {name}: {CA_CERT_KEY}: {e}"))?,
+        ));
     }
     Ok(text)
 }
@@ -101,32 +123,56 @@ pub(crate) mod tests {
 
     /// A self-signed certificate for `cn`, valid from `from_days` to `to_days` relative to now.
     pub fn self_signed(cn: &str, from_days: i64, to_days: i64) -> (String, String) {
-        let key = PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+        let key = PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
         let mut name = X509NameBuilder::new().unwrap();
         name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
         let name = name.build();
         let mut b = X509::builder().unwrap();
         b.set_version(2).unwrap();
-        b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
+        b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
         b.set_subject_name(&name).unwrap();
         b.set_issuer_name(&name).unwrap();
         b.set_pubkey(&key).unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap()).unwrap();
-        let san = SubjectAlternativeName::new().dns(cn).build(&b.x509v3_context(None, None)).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns(cn)
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
         b.append_extension(san).unwrap();
         b.sign(&key, MessageDigest::sha256()).unwrap();
         let cert = b.build();
-        (String::from_utf8(cert.to_pem().unwrap()).unwrap(), String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap())
+        (
+            String::from_utf8(cert.to_pem().unwrap()).unwrap(),
+            String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        )
     }
 
     pub fn tls_secret(cert: &str, key: &str) -> Secret {
-        let mut secret = Secret { type_: Some("kubernetes.io/tls".into()), ..Secret::default() };
+        let mut secret = Secret {
+            type_: Some("kubernetes.io/tls".into()),
+            ..Secret::default()
+        };
         secret.data = Some(
             [
-                (TLS_CERT_KEY.to_string(), ByteString(cert.as_bytes().to_vec())),
-                (TLS_PRIVATE_KEY.to_string(), ByteString(key.as_bytes().to_vec())),
+                (
+                    TLS_CERT_KEY.to_string(),
+                    ByteString(cert.as_bytes().to_vec()),
+                ),
+                (
+                    TLS_PRIVATE_KEY.to_string(),
+                    ByteString(key.as_bytes().to_vec()),
+                ),
             ]
             .into(),
         );
@@ -151,25 +197,50 @@ pub(crate) mod tests {
         let (_, other_key) = self_signed("b.example.com", -1, 30);
         let mut no_key = tls_secret(&cert, &key);
         no_key.data.as_mut().unwrap().remove(TLS_PRIVATE_KEY);
-        assert_eq!(tls_certificate("ns/s", &no_key).unwrap_err(), "secret ns/s: key \"tls.key\" is missing");
+        assert_eq!(
+            tls_certificate("ns/s", &no_key).unwrap_err(),
+            "secret ns/s: key \"tls.key\" is missing"
+        );
         let garbage = tls_secret("not pem", &key);
-        assert!(tls_certificate("ns/s", &garbage).unwrap_err().contains("tls.crt does not hold a PEM certificate"));
-        let bad_key = tls_secret(&cert, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-        assert!(tls_certificate("ns/s", &bad_key).unwrap_err().contains("tls.key does not hold a PEM private key"));
+        assert!(tls_certificate("ns/s", &garbage)
+            .unwrap_err()
+            .contains("tls.crt does not hold a PEM certificate"));
+        let bad_key = tls_secret(
+            &cert,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        assert!(tls_certificate("ns/s", &bad_key)
+            .unwrap_err()
+            .contains("tls.key does not hold a PEM private key"));
         let mismatch = tls_secret(&cert, &other_key);
-        assert!(tls_certificate("ns/s", &mismatch).unwrap_err().contains("does not match"));
+        assert!(tls_certificate("ns/s", &mismatch)
+            .unwrap_err()
+            .contains("does not match"));
     }
 
     #[test]
     fn reads_string_data_and_ca_bundles() {
         let (cert, key) = self_signed("a.example.com", -1, 30);
         let secret = Secret {
-            string_data: Some([(TLS_CERT_KEY.to_string(), cert.clone()), (TLS_PRIVATE_KEY.to_string(), key)].into()),
+            string_data: Some(
+                [
+                    (TLS_CERT_KEY.to_string(), cert.clone()),
+                    (TLS_PRIVATE_KEY.to_string(), key),
+                ]
+                .into(),
+            ),
             ..Secret::default()
         };
         assert!(tls_certificate("ns/s", &secret).is_ok());
-        let ca = Secret { string_data: Some([(CA_CERT_KEY.to_string(), cert)].into()), ..Secret::default() };
-        assert!(ca_bundle("ns/ca", &ca).unwrap().contains("BEGIN CERTIFICATE"));
-        assert!(ca_bundle("ns/ca", &Secret::default()).unwrap_err().contains("\"ca.crt\" is missing"));
+        let ca = Secret {
+            string_data: Some([(CA_CERT_KEY.to_string(), cert)].into()),
+            ..Secret::default()
+        };
+        assert!(ca_bundle("ns/ca", &ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        assert!(ca_bundle("ns/ca", &Secret::default())
+            .unwrap_err()
+            .contains("\"ca.crt\" is missing"));
     }
 }

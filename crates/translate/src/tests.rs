@@ -10,11 +10,17 @@ fn ingress(ns: &str, name: &str, spec: Value) -> KubeObject {
 }
 
 fn ingress_with(metadata: Value, spec: Value) -> KubeObject {
-    KubeObject::Ingress(serde_json::from_value(json!({"metadata": metadata, "spec": spec})).unwrap())
+    KubeObject::Ingress(
+        serde_json::from_value(json!({"metadata": metadata, "spec": spec})).unwrap(),
+    )
 }
 
 fn class(name: &str, controller: &str, default: bool) -> KubeObject {
-    let annotations = if default { json!({"ingressclass.kubernetes.io/is-default-class": "true"}) } else { json!({}) };
+    let annotations = if default {
+        json!({"ingressclass.kubernetes.io/is-default-class": "true"})
+    } else {
+        json!({})
+    };
     KubeObject::IngressClass(
         serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}, "spec": {"controller": controller}}))
             .unwrap(),
@@ -22,10 +28,22 @@ fn class(name: &str, controller: &str, default: bool) -> KubeObject {
 }
 
 fn service(ns: &str, name: &str, ports: Value) -> KubeObject {
-    KubeObject::Service(serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": {"ports": ports}})).unwrap())
+    KubeObject::Service(
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": ns}, "spec": {"ports": ports}}),
+        )
+        .unwrap(),
+    )
 }
 
-fn slice(ns: &str, name: &str, svc: &str, family: &str, ports: Value, endpoints: Value) -> KubeObject {
+fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    family: &str,
+    ports: Value,
+    endpoints: Value,
+) -> KubeObject {
     KubeObject::EndpointSlice(
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
@@ -40,15 +58,25 @@ fn rule(host: &str, path_type: &str, path: &str, svc: &str, port: Value) -> Valu
 }
 
 fn run(objects: Vec<KubeObject>) -> Translation {
-    translate(&objects.into_iter().collect::<ClusterState>(), &Options::default())
+    translate(
+        &objects.into_iter().collect::<ClusterState>(),
+        &Options::default(),
+    )
 }
 
 fn reasons(t: &Translation) -> Vec<(String, Reason)> {
-    t.diagnostics.iter().map(|d| (d.object.name.clone(), d.reason)).collect()
+    t.diagnostics
+        .iter()
+        .map(|d| (d.object.name.clone(), d.reason))
+        .collect()
 }
 
 fn hosts(t: &Translation) -> Vec<String> {
-    t.snapshot.virtual_hosts.iter().map(|v| v.host.to_string()).collect()
+    t.snapshot
+        .virtual_hosts
+        .iter()
+        .map(|v| v.host.to_string())
+        .collect()
 }
 
 fn ours() -> KubeObject {
@@ -57,8 +85,7 @@ fn ours() -> KubeObject {
 
 #[test]
 fn class_admission() {
-    let simple =
-        |name: &str, host: &str| json!({"ingressClassName": name, "rules": [rule(host, "Prefix", "/", "s", json!({"number": 80}))]});
+    let simple = |name: &str, host: &str| json!({"ingressClassName": name, "rules": [rule(host, "Prefix", "/", "s", json!({"number": 80}))]});
     let t = run(vec![
         ours(),
         class("other", "example.com/other", false),
@@ -69,47 +96,83 @@ fn class_admission() {
             json!({"name": "legacy", "namespace": "ns", "annotations": {"kubernetes.io/ingress.class": "portico"}}),
             json!({"rules": [rule("legacy.test", "Prefix", "/", "s", json!({"number": 80}))]}),
         ),
-        ingress("ns", "classless", json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]})),
+        ingress(
+            "ns",
+            "classless",
+            json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]}),
+        ),
     ]);
     assert_eq!(hosts(&t), ["legacy.test", "mine.test"]);
     assert!(reasons(&t).contains(&("ghost".into(), Reason::UnknownIngressClass)));
-    assert!(!reasons(&t).iter().any(|(n, _)| n == "theirs"), "other controllers' Ingresses are not ours to judge");
+    assert!(
+        !reasons(&t).iter().any(|(n, _)| n == "theirs"),
+        "other controllers' Ingresses are not ours to judge"
+    );
 
     // Marked default, the class also takes Ingresses that name none.
     let t = run(vec![
         class("portico", crate::CONTROLLER_NAME, true),
-        ingress("ns", "classless", json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]})),
+        ingress(
+            "ns",
+            "classless",
+            json!({"rules": [rule("classless.test", "Prefix", "/", "s", json!({"number": 80}))]}),
+        ),
     ]);
     assert_eq!(hosts(&t), ["classless.test"]);
 
     // An IngressClass named portico that belongs to another controller is not ours.
-    let t = run(vec![class("portico", "example.com/other", true), ingress("ns", "mine", simple("portico", "mine.test"))]);
+    let t = run(vec![
+        class("portico", "example.com/other", true),
+        ingress("ns", "mine", simple("portico", "mine.test")),
+    ]);
     assert!(hosts(&t).is_empty());
 
     // Without the class object, only the manifests mode assumes it exists.
-    let state: ClusterState = [ingress("ns", "mine", simple("portico", "mine.test"))].into_iter().collect();
+    let state: ClusterState = [ingress("ns", "mine", simple("portico", "mine.test"))]
+        .into_iter()
+        .collect();
     assert!(hosts(&translate(&state, &Options::default())).is_empty());
-    let assumed = Options { assume_class_exists: true, ..Options::default() };
+    let assumed = Options {
+        assume_class_exists: true,
+        ..Options::default()
+    };
     assert_eq!(hosts(&translate(&state, &assumed)), ["mine.test"]);
 }
 
 #[test]
 fn the_oldest_ingress_wins_a_path_conflict() {
-    let spec =
-        |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/cart/", svc, json!({"number": 80}))]});
-    let older = ingress_with(json!({"name": "z-older", "namespace": "b", "creationTimestamp": "2024-01-01T00:00:00Z"}), spec("old"));
-    let newer = ingress_with(json!({"name": "a-newer", "namespace": "a", "creationTimestamp": "2025-01-01T00:00:00Z"}), spec("new"));
+    let spec = |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/cart/", svc, json!({"number": 80}))]});
+    let older = ingress_with(
+        json!({"name": "z-older", "namespace": "b", "creationTimestamp": "2024-01-01T00:00:00Z"}),
+        spec("old"),
+    );
+    let newer = ingress_with(
+        json!({"name": "a-newer", "namespace": "a", "creationTimestamp": "2025-01-01T00:00:00Z"}),
+        spec("new"),
+    );
     let t = run(vec![ours(), newer, older]);
     let routes = &t.snapshot.virtual_hosts[0].routes;
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].backend, "b/old:80");
-    let conflict = t.diagnostics.iter().find(|d| d.reason == Reason::PathConflict).expect("conflict diagnostic");
+    let conflict = t
+        .diagnostics
+        .iter()
+        .find(|d| d.reason == Reason::PathConflict)
+        .expect("conflict diagnostic");
     assert_eq!(conflict.object.name, "a-newer");
-    assert!(conflict.message.contains("b/z-older") && conflict.message.contains("\"/cart\""), "{}", conflict.message);
+    assert!(
+        conflict.message.contains("b/z-older") && conflict.message.contains("\"/cart\""),
+        "{}",
+        conflict.message
+    );
 
     // Same path but another type is no conflict: Exact and Prefix live side by side.
     let exact = json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Exact", "/cart", "x", json!({"number": 80}))]});
-    let t = run(vec![ours(), ingress("a", "one", spec("old")), ingress("a", "two", exact)]);
+    let t = run(vec![
+        ours(),
+        ingress("a", "one", spec("old")),
+        ingress("a", "two", exact),
+    ]);
     assert_eq!(t.snapshot.virtual_hosts[0].routes.len(), 2);
     assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
 }
@@ -124,20 +187,38 @@ fn path_conflicts_are_found_on_hosts_with_many_routes() {
         json!({"ingressClassName": "portico", "rules": [{"host": "many.test", "http": {"paths": paths}}]})
     };
     for taken in [3, 15, 16, 30] {
-        let older =
-            ingress_with(json!({"name": "older", "namespace": "ns", "creationTimestamp": "2024-01-01T00:00:00Z"}), paths("old", 0..40));
+        let older = ingress_with(
+            json!({"name": "older", "namespace": "ns", "creationTimestamp": "2024-01-01T00:00:00Z"}),
+            paths("old", 0..40),
+        );
         let newer = ingress_with(
             json!({"name": "newer", "namespace": "ns", "creationTimestamp": "2025-01-01T00:00:00Z"}),
             paths("new", taken..taken + 1),
         );
-        let extra =
-            ingress_with(json!({"name": "extra", "namespace": "ns", "creationTimestamp": "2025-02-01T00:00:00Z"}), paths("new", 40..41));
+        let extra = ingress_with(
+            json!({"name": "extra", "namespace": "ns", "creationTimestamp": "2025-02-01T00:00:00Z"}),
+            paths("new", 40..41),
+        );
         let t = run(vec![ours(), older, newer, extra]);
         let routes = &t.snapshot.virtual_hosts[0].routes;
         assert_eq!(routes.len(), 41, "taken {taken}");
-        assert!(routes.iter().filter(|r| r.backend == "ns/new:80").map(|r| r.path.path()).eq(["/p40"]), "taken {taken}");
-        let conflicts: Vec<_> = reasons(&t).into_iter().filter(|(_, r)| *r == Reason::PathConflict).collect();
-        assert_eq!(conflicts, [("newer".to_string(), Reason::PathConflict)], "taken {taken}");
+        assert!(
+            routes
+                .iter()
+                .filter(|r| r.backend == "ns/new:80")
+                .map(|r| r.path.path())
+                .eq(["/p40"]),
+            "taken {taken}"
+        );
+        let conflicts: Vec<_> = reasons(&t)
+            .into_iter()
+            .filter(|(_, r)| *r == Reason::PathConflict)
+            .collect();
+        assert_eq!(
+            conflicts,
+            [("newer".to_string(), Reason::PathConflict)],
+            "taken {taken}"
+        );
     }
 }
 
@@ -150,23 +231,44 @@ fn default_backends_and_invalid_ingresses() {
         ingress("ns", "a", default("first")),
         ingress("ns", "b", default("second")),
         ingress("ns", "empty", json!({"ingressClassName": "portico"})),
-        ingress("ns", "resource", json!({"ingressClassName": "portico", "defaultBackend": {"resource": {"kind": "Bucket", "name": "x"}}})),
+        ingress(
+            "ns",
+            "resource",
+            json!({"ingressClassName": "portico", "defaultBackend": {"resource": {"kind": "Bucket", "name": "x"}}}),
+        ),
     ]);
     assert_eq!(t.snapshot.default_backend.as_deref(), Some("ns/first:80"));
     let r = reasons(&t);
-    assert!(r.contains(&("b".into(), Reason::DefaultBackendConflict)), "{r:?}");
-    assert!(r.contains(&("empty".into(), Reason::InvalidIngress)), "{r:?}");
-    assert!(r.contains(&("resource".into(), Reason::UnsupportedBackend)), "{r:?}");
+    assert!(
+        r.contains(&("b".into(), Reason::DefaultBackendConflict)),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&("empty".into(), Reason::InvalidIngress)),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&("resource".into(), Reason::UnsupportedBackend)),
+        "{r:?}"
+    );
     let mut stamped = t.snapshot.clone();
     stamped.version = 1;
-    assert_eq!(stamped.validate(), Ok(()), "a translation always yields a valid snapshot");
+    assert_eq!(
+        stamped.validate(),
+        Ok(()),
+        "a translation always yields a valid snapshot"
+    );
 }
 
 #[test]
 fn backends_resolve_through_service_and_slice_ports() {
     let t = run(vec![
         ours(),
-        service("ns", "web", json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}])),
+        service(
+            "ns",
+            "web",
+            json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}]),
+        ),
         slice(
             "ns",
             "web-v4",
@@ -179,10 +281,31 @@ fn backends_resolve_through_service_and_slice_ports() {
                 {"addresses": ["10.0.0.3"]},
             ]),
         ),
-        slice("ns", "web-v6", "web", "IPv6", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["fd00::1"]}])),
-        slice("ns", "web-fqdn", "web", "FQDN", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["x.example"]}])),
+        slice(
+            "ns",
+            "web-v6",
+            "web",
+            "IPv6",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["fd00::1"]}]),
+        ),
+        slice(
+            "ns",
+            "web-fqdn",
+            "web",
+            "FQDN",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["x.example"]}]),
+        ),
         // Same label, other namespace: never read across namespaces.
-        slice("other", "web-elsewhere", "web", "IPv4", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["10.9.9.9"]}])),
+        slice(
+            "other",
+            "web-elsewhere",
+            "web",
+            "IPv4",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["10.9.9.9"]}]),
+        ),
         ingress(
             "ns",
             "site",
@@ -192,13 +315,35 @@ fn backends_resolve_through_service_and_slice_ports() {
             ]}),
         ),
     ]);
-    let by_name = |n: &str| t.snapshot.backend(n).unwrap_or_else(|| panic!("backend {n}")).endpoints.clone();
-    let ep = |a: &str, port, ready| Endpoint { address: a.parse().unwrap(), port, ready };
+    let by_name = |n: &str| {
+        t.snapshot
+            .backend(n)
+            .unwrap_or_else(|| panic!("backend {n}"))
+            .endpoints
+            .clone()
+    };
+    let ep = |a: &str, port, ready| Endpoint {
+        address: a.parse().unwrap(),
+        port,
+        ready,
+    };
     assert_eq!(
         by_name("ns/web:http"),
-        [ep("10.0.0.1", 8080, true), ep("10.0.0.2", 8080, false), ep("10.0.0.3", 8080, true), ep("fd00::1", 8080, true)]
+        [
+            ep("10.0.0.1", 8080, true),
+            ep("10.0.0.2", 8080, false),
+            ep("10.0.0.3", 8080, true),
+            ep("fd00::1", 8080, true)
+        ]
     );
-    assert_eq!(by_name("ns/web:9000"), [ep("10.0.0.1", 9090, true), ep("10.0.0.2", 9090, false), ep("10.0.0.3", 9090, true)]);
+    assert_eq!(
+        by_name("ns/web:9000"),
+        [
+            ep("10.0.0.1", 9090, true),
+            ep("10.0.0.2", 9090, false),
+            ep("10.0.0.3", 9090, true)
+        ]
+    );
     assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
 }
 
@@ -208,7 +353,14 @@ fn unroutable_backends_keep_their_route_and_say_why() {
         ours(),
         service("ns", "noports", json!([{"name": "http", "port": 80}])),
         service("ns", "idle", json!([{"port": 80}])),
-        slice("ns", "idle-1", "idle", "IPv4", json!([{"port": 80}]), json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}])),
+        slice(
+            "ns",
+            "idle-1",
+            "idle",
+            "IPv4",
+            json!([{"port": 80}]),
+            json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
+        ),
         service("b", "elsewhere", json!([{"port": 80}])),
         ingress(
             "ns",
@@ -221,12 +373,31 @@ fn unroutable_backends_keep_their_route_and_say_why() {
             ]}}]}),
         ),
     ]);
-    assert_eq!(t.snapshot.virtual_hosts[0].routes.len(), 4, "routes stay, to answer 503");
+    assert_eq!(
+        t.snapshot.virtual_hosts[0].routes.len(),
+        4,
+        "routes stay, to answer 503"
+    );
     let r: Vec<Reason> = t.diagnostics.iter().map(|d| d.reason).collect();
-    assert_eq!(r, [Reason::ServiceNotFound, Reason::ServiceNotFound, Reason::ServicePortNotFound, Reason::NoReadyEndpoints]);
+    assert_eq!(
+        r,
+        [
+            Reason::ServiceNotFound,
+            Reason::ServiceNotFound,
+            Reason::ServicePortNotFound,
+            Reason::NoReadyEndpoints
+        ]
+    );
     let missing = &t.diagnostics[0].message;
-    assert!(missing.contains("spec.rules[0].http.paths") && missing.contains("ns/"), "{missing}");
-    assert!(t.snapshot.backends.iter().all(|b| !b.endpoints.iter().any(|e| e.ready)));
+    assert!(
+        missing.contains("spec.rules[0].http.paths") && missing.contains("ns/"),
+        "{missing}"
+    );
+    assert!(t
+        .snapshot
+        .backends
+        .iter()
+        .all(|b| !b.endpoints.iter().any(|e| e.ready)));
 }
 
 #[test]
@@ -244,18 +415,45 @@ fn invalid_rules_skip_only_themselves() {
             ]}),
         ),
     ]);
-    let vh: Vec<(HostMatch, Vec<PathMatch>)> =
-        t.snapshot.virtual_hosts.iter().map(|v| (v.host.clone(), v.routes.iter().map(|r| r.path.clone()).collect())).collect();
+    let vh: Vec<(HostMatch, Vec<PathMatch>)> = t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .map(|v| {
+            (
+                v.host.clone(),
+                v.routes.iter().map(|r| r.path.clone()).collect(),
+            )
+        })
+        .collect();
     assert_eq!(
         vh,
         [
-            (HostMatch::Exact("good.test".into()), vec![PathMatch::Exact("/ok".into())]),
-            (HostMatch::Wildcard("wild.test".into()), vec![PathMatch::Prefix("/x".into())]),
+            (
+                HostMatch::Exact("good.test".into()),
+                vec![PathMatch::Exact("/ok".into())]
+            ),
+            (
+                HostMatch::Wildcard("wild.test".into()),
+                vec![PathMatch::Prefix("/x".into())]
+            ),
         ]
     );
-    let msgs: Vec<String> = t.diagnostics.iter().map(|d| format!("{}: {}", d.reason, d.message)).collect();
-    assert!(msgs.iter().any(|m| m.starts_with("InvalidHost: spec.rules[0].host \"10.0.0.1\"")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.starts_with("InvalidPath: spec.rules[1].http.paths[0]: path \"/a/../b\"")), "{msgs:?}");
+    let msgs: Vec<String> = t
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}: {}", d.reason, d.message))
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("InvalidHost: spec.rules[0].host \"10.0.0.1\"")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("InvalidPath: spec.rules[1].http.paths[0]: path \"/a/../b\"")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -263,9 +461,24 @@ fn translation_is_deterministic_whatever_the_arrival_order() {
     let objects = vec![
         ours(),
         service("ns", "a", json!([{"port": 80}])),
-        slice("ns", "a-1", "a", "IPv4", json!([{"port": 80}]), json!([{"addresses": ["10.0.0.2", "10.0.0.1"]}])),
-        ingress("ns", "x", json!({"ingressClassName": "portico", "rules": [rule("b.test", "Prefix", "/", "a", json!({"number": 80}))]})),
-        ingress("ns", "y", json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "a", json!({"number": 80}))]})),
+        slice(
+            "ns",
+            "a-1",
+            "a",
+            "IPv4",
+            json!([{"port": 80}]),
+            json!([{"addresses": ["10.0.0.2", "10.0.0.1"]}]),
+        ),
+        ingress(
+            "ns",
+            "x",
+            json!({"ingressClassName": "portico", "rules": [rule("b.test", "Prefix", "/", "a", json!({"number": 80}))]}),
+        ),
+        ingress(
+            "ns",
+            "y",
+            json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "a", json!({"number": 80}))]}),
+        ),
     ];
     let forward = run(objects.clone());
     let backward = run(objects.into_iter().rev().collect());
@@ -284,7 +497,14 @@ fn tls_secret(ns: &str, name: &str, cn: &str) -> KubeObject {
 fn backends_of(ns: &str, svc: &str) -> Vec<KubeObject> {
     vec![
         service(ns, svc, json!([{"port": 80}])),
-        slice(ns, &format!("{svc}-1"), svc, "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.1"]}])),
+        slice(
+            ns,
+            &format!("{svc}-1"),
+            svc,
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([{"addresses": ["10.0.0.1"]}]),
+        ),
     ]
 }
 
@@ -316,26 +536,67 @@ fn tls_sections_bind_certificates_and_turn_on_redirects() {
     objects.extend(backends_of("ns", "s"));
     let t = run(objects);
     let snap = &t.snapshot;
-    let bound: Vec<(String, String)> = snap.tls_hosts.iter().map(|h| (h.host.to_string(), h.certificate.clone())).collect();
-    assert_eq!(bound, [("a.test".to_string(), "ns/good".to_string()), ("*.w.test".into(), "ns/wild".into())]);
-    assert_eq!(snap.certificates.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["ns/good", "ns/wild"]);
+    let bound: Vec<(String, String)> = snap
+        .tls_hosts
+        .iter()
+        .map(|h| (h.host.to_string(), h.certificate.clone()))
+        .collect();
+    assert_eq!(
+        bound,
+        [
+            ("a.test".to_string(), "ns/good".to_string()),
+            ("*.w.test".into(), "ns/wild".into())
+        ]
+    );
+    assert_eq!(
+        snap.certificates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["ns/good", "ns/wild"]
+    );
     assert!(snap.validate().is_err(), "version 0 is stamped later");
 
     let redirect = |host: &str, path: &str| {
-        let vh = snap.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap();
-        vh.routes.iter().find(|r| r.path.path() == path).unwrap().redirect_to_https
+        let vh = snap
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .unwrap();
+        vh.routes
+            .iter()
+            .find(|r| r.path.path() == path)
+            .unwrap()
+            .redirect_to_https
     };
     assert!(redirect("a.test", "/"), "a host with TLS redirects");
-    assert!(redirect("x.w.test", "/"), "a wildcard TLS section covers the host");
-    assert!(redirect("b.test", "/"), "a TLS section with a missing Secret still means HTTPS, on the default certificate");
-    assert!(!redirect("a.test", "/open"), "ssl-redirect: false turns it off for that Ingress's routes");
+    assert!(
+        redirect("x.w.test", "/"),
+        "a wildcard TLS section covers the host"
+    );
+    assert!(
+        redirect("b.test", "/"),
+        "a TLS section with a missing Secret still means HTTPS, on the default certificate"
+    );
+    assert!(
+        !redirect("a.test", "/open"),
+        "ssl-redirect: false turns it off for that Ingress's routes"
+    );
     assert!(!redirect("plain.test", "/"), "no TLS, no redirect");
-    assert!(redirect("plain.test", "/forced"), "force-ssl-redirect redirects without TLS");
+    assert!(
+        redirect("plain.test", "/forced"),
+        "force-ssl-redirect redirects without TLS"
+    );
 
     let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
-    assert!(msgs.iter().any(|m| m.contains("SecretNotFound") && m.contains("ns/missing")), "{msgs:?}");
     assert!(
-        msgs.iter().any(|m| m.contains("SecretNotFound") && m.contains("ns/theirs")),
+        msgs.iter()
+            .any(|m| m.contains("SecretNotFound") && m.contains("ns/missing")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("SecretNotFound") && m.contains("ns/theirs")),
         "a Secret in another namespace is not read: {msgs:?}"
     );
 }
@@ -345,10 +606,12 @@ fn bad_and_expired_secrets_are_reported_and_the_rest_applies() {
     let (cert, _) = crate::secret::tests::self_signed("a.test", -1, 30);
     let (_, other_key) = crate::secret::tests::self_signed("z.test", -1, 30);
     let mut mismatched = crate::secret::tests::tls_secret(&cert, &other_key);
-    mismatched.metadata = serde_json::from_value(json!({"name": "mismatched", "namespace": "ns"})).unwrap();
+    mismatched.metadata =
+        serde_json::from_value(json!({"name": "mismatched", "namespace": "ns"})).unwrap();
     let (old_cert, old_key) = crate::secret::tests::self_signed("old.test", -30, -1);
     let mut expired = crate::secret::tests::tls_secret(&old_cert, &old_key);
-    expired.metadata = serde_json::from_value(json!({"name": "expired", "namespace": "ns"})).unwrap();
+    expired.metadata =
+        serde_json::from_value(json!({"name": "expired", "namespace": "ns"})).unwrap();
     let mut objects = vec![
         ours(),
         KubeObject::Secret(mismatched.into()),
@@ -363,15 +626,28 @@ fn bad_and_expired_secrets_are_reported_and_the_rest_applies() {
     ];
     objects.extend(backends_of("ns", "s"));
     let t = run(objects);
-    assert_eq!(hosts(&t), ["a.test", "old.test"], "routes apply whatever the certificates");
+    assert_eq!(
+        hosts(&t),
+        ["a.test", "old.test"],
+        "routes apply whatever the certificates"
+    );
     assert_eq!(t.snapshot.tls_hosts.len(), 1);
-    assert_eq!(t.snapshot.tls_hosts[0].certificate, "ns/expired", "an expired certificate is still served");
+    assert_eq!(
+        t.snapshot.tls_hosts[0].certificate, "ns/expired",
+        "an expired certificate is still served"
+    );
     let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
     assert!(
-        msgs.iter().any(|m| m.contains("InvalidSecret") && m.contains("secret ns/mismatched") && m.contains("does not match")),
+        msgs.iter().any(|m| m.contains("InvalidSecret")
+            && m.contains("secret ns/mismatched")
+            && m.contains("does not match")),
         "{msgs:?}"
     );
-    assert!(msgs.iter().any(|m| m.contains("CertificateExpired") && m.contains("ns/expired")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("CertificateExpired") && m.contains("ns/expired")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -390,23 +666,50 @@ fn backend_protocol_shapes_the_upstream_and_bad_values_fall_back() {
             json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPCS", "portico.io/proxy-ssl-verify": "on"}),
         ),
         annotated("plain", "plain.test", json!({})),
-        annotated("ftp", "ftp.test", json!({"portico.io/backend-protocol": "FTP"})),
+        annotated(
+            "ftp",
+            "ftp.test",
+            json!({"portico.io/backend-protocol": "FTP"}),
+        ),
     ];
     objects.extend(backends_of("ns", "s"));
     let t = run(objects);
     let backend_of = |host: &str| {
-        let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap();
+        let vh = t
+            .snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .unwrap();
         t.snapshot.backend(&vh.routes[0].backend).unwrap().clone()
     };
     let grpc = backend_of("grpc.test");
-    assert_eq!(grpc.upstream.protocol, portico_model::UpstreamProtocol::Grpcs);
+    assert_eq!(
+        grpc.upstream.protocol,
+        portico_model::UpstreamProtocol::Grpcs
+    );
     assert!(grpc.upstream.verify);
-    assert_eq!(grpc.upstream.server_name.as_deref(), Some("s.ns.svc"), "verification names the Service's cluster DNS name");
+    assert_eq!(
+        grpc.upstream.server_name.as_deref(),
+        Some("s.ns.svc"),
+        "verification names the Service's cluster DNS name"
+    );
     assert_eq!(grpc.endpoints.len(), 1);
-    assert_eq!(backend_of("plain.test").upstream, portico_model::Upstream::default());
-    assert_eq!(backend_of("ftp.test").name, backend_of("plain.test").name, "an unknown protocol falls back to HTTP");
+    assert_eq!(
+        backend_of("plain.test").upstream,
+        portico_model::Upstream::default()
+    );
+    assert_eq!(
+        backend_of("ftp.test").name,
+        backend_of("plain.test").name,
+        "an unknown protocol falls back to HTTP"
+    );
     let msgs: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
-    assert!(msgs.iter().any(|m| m.contains("Ingress ns/ftp: InvalidAnnotation") && m.contains("\"FTP\"")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("Ingress ns/ftp: InvalidAnnotation") && m.contains("\"FTP\"")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -416,8 +719,7 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
     for i in 0..20 {
         let svc = format!("s{i}");
         objects.extend(backends_of("ns", &svc));
-        let mut spec =
-            json!({"ingressClassName": "portico", "rules": [rule(&format!("a{i}.test"), "Prefix", "/", &svc, json!({"number": 80}))]});
+        let mut spec = json!({"ingressClassName": "portico", "rules": [rule(&format!("a{i}.test"), "Prefix", "/", &svc, json!({"number": 80}))]});
         if i == 0 {
             spec["tls"] = json!([{"hosts": ["a0.test"], "secretName": "cert"}]);
         }
@@ -432,24 +734,56 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
 
     let again = translator.translate(&state);
     assert_eq!(again.snapshot, first.snapshot);
-    assert_eq!(translator.reprocessed(), 0, "nothing changed, nothing reprocessed");
+    assert_eq!(
+        translator.reprocessed(),
+        0,
+        "nothing changed, nothing reprocessed"
+    );
     assert_eq!(translator.rebuilt_hosts(), 0);
-    assert!(again.snapshot.virtual_hosts.iter().zip(&first.snapshot.virtual_hosts).all(|(a, b)| Arc::ptr_eq(a, b)));
+    assert!(again
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .zip(&first.snapshot.virtual_hosts)
+        .all(|(a, b)| Arc::ptr_eq(a, b)));
 
     // One EndpointSlice changes: only the Ingress behind that Service is reprocessed,
     // only its host is built again, and the other hosts and backends are shared.
-    state.insert(slice("ns", "s7-1", "s7", "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.9"]}])));
+    state.insert(slice(
+        "ns",
+        "s7-1",
+        "s7",
+        "IPv4",
+        json!([{"port": 8080}]),
+        json!([{"addresses": ["10.0.0.9"]}]),
+    ));
     let second = translator.translate(&state);
     assert_eq!(translator.reprocessed(), 1);
     assert_eq!(translator.rebuilt_hosts(), 1);
     assert_eq!(second.snapshot, translate(&state, &opts).snapshot);
     let shared = |a: &[Arc<VirtualHost>], b: &[Arc<VirtualHost>]| {
-        a.iter().zip(b).filter(|(a, b)| Arc::ptr_eq(a, b)).map(|(a, _)| a.host.to_string()).collect::<Vec<_>>()
+        a.iter()
+            .zip(b)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .map(|(a, _)| a.host.to_string())
+            .collect::<Vec<_>>()
     };
-    let reused = shared(&second.snapshot.virtual_hosts, &first.snapshot.virtual_hosts);
+    let reused = shared(
+        &second.snapshot.virtual_hosts,
+        &first.snapshot.virtual_hosts,
+    );
     assert_eq!(reused.len(), 19);
     assert!(!reused.contains(&"a7.test".to_string()), "{reused:?}");
-    assert_eq!(second.snapshot.backends.iter().zip(&first.snapshot.backends).filter(|(a, b)| Arc::ptr_eq(a, b)).count(), 19);
+    assert_eq!(
+        second
+            .snapshot
+            .backends
+            .iter()
+            .zip(&first.snapshot.backends)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count(),
+        19
+    );
     let backend = second.snapshot.backend("ns/s7:80").unwrap();
     assert_eq!(backend.endpoints[0].address.to_string(), "10.0.0.9");
 
@@ -467,13 +801,20 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
         json!({"ingressClassName": "portico", "rules": [rule("late.test", "Prefix", "/", "late", json!({"number": 80}))]}),
     ));
     let fourth = translator.translate(&state);
-    assert!(fourth.diagnostics.iter().any(|d| d.reason == Reason::ServiceNotFound && d.object.name == "late"));
+    assert!(fourth
+        .diagnostics
+        .iter()
+        .any(|d| d.reason == Reason::ServiceNotFound && d.object.name == "late"));
     for o in backends_of("ns", "late") {
         state.insert(o);
     }
     let fifth = translator.translate(&state);
     assert_eq!(translator.reprocessed(), 1);
-    assert!(!fifth.diagnostics.iter().any(|d| d.object.name == "late"), "{:?}", fifth.diagnostics);
+    assert!(
+        !fifth.diagnostics.iter().any(|d| d.object.name == "late"),
+        "{:?}",
+        fifth.diagnostics
+    );
     assert_eq!(fifth.snapshot, translate(&state, &opts).snapshot);
 }
 
@@ -497,11 +838,20 @@ fn a_translator_keeps_reporting_conflicts_and_remerges_a_host_when_a_claimant_go
     for _ in 0..2 {
         let t = translator.translate(&state);
         assert_eq!(route_backend(&t), "ns/s1:80");
-        assert!(reasons(&t).contains(&("younger".into(), Reason::PathConflict)), "reported on every translation");
+        assert!(
+            reasons(&t).contains(&("younger".into(), Reason::PathConflict)),
+            "reported on every translation"
+        );
     }
-    state.ingresses.remove(&("ns".to_string(), "older".to_string()));
+    state
+        .ingresses
+        .remove(&("ns".to_string(), "older".to_string()));
     let t = translator.translate(&state);
-    assert_eq!(route_backend(&t), "ns/s2:80", "the younger Ingress takes the path once the older one is gone");
+    assert_eq!(
+        route_backend(&t),
+        "ns/s2:80",
+        "the younger Ingress takes the path once the older one is gone"
+    );
     assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
     assert_eq!(t.snapshot, translate(&state, &Options::default()).snapshot);
 }
@@ -513,13 +863,24 @@ fn a_translator_rebuilds_a_host_whose_tls_canary_or_routes_change_through_anothe
     let mut objects = vec![ours(), tls_secret("ns", "cert", "shop.test")];
     objects.extend(backends_of("ns", "main"));
     objects.extend(backends_of("ns", "next"));
-    objects.push(annotated("ns", "main", "2026-01-01T00:00:00Z", json!({}), spec("main", "/")));
+    objects.push(annotated(
+        "ns",
+        "main",
+        "2026-01-01T00:00:00Z",
+        json!({}),
+        spec("main", "/"),
+    ));
     let mut state: ClusterState = objects.into_iter().collect();
     let opts = Options::default();
     let mut translator = Translator::new(opts.clone());
     let first = translator.translate(&state);
     let route = |t: &Translation| {
-        let shop = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == "shop.test").expect("shop.test is routed");
+        let shop = t
+            .snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == "shop.test")
+            .expect("shop.test is routed");
         shop.routes[0].clone()
     };
     assert!(!route(&first).redirect_to_https);
@@ -528,7 +889,13 @@ fn a_translator_rebuilds_a_host_whose_tls_canary_or_routes_change_through_anothe
     // now redirects to HTTPS.
     let mut with_tls = json!({"ingressClassName": "portico", "rules": [rule("other.test", "Prefix", "/", "main", json!({"number": 80}))]});
     with_tls["tls"] = json!([{"hosts": ["shop.test"], "secretName": "cert"}]);
-    state.insert(annotated("ns", "tls", "2026-02-01T00:00:00Z", json!({}), with_tls));
+    state.insert(annotated(
+        "ns",
+        "tls",
+        "2026-02-01T00:00:00Z",
+        json!({}),
+        with_tls,
+    ));
     let second = translator.translate(&state);
     assert_eq!(translator.reprocessed(), 1);
     assert!(route(&second).redirect_to_https, "{:?}", route(&second));
@@ -536,21 +903,34 @@ fn a_translator_rebuilds_a_host_whose_tls_canary_or_routes_change_through_anothe
 
     // A canary for the same path attaches to the unchanged route.
     let canary = json!({"nginx.ingress.kubernetes.io/canary": "true", "nginx.ingress.kubernetes.io/canary-weight": "20"});
-    state.insert(annotated("ns", "canary", "2026-03-01T00:00:00Z", canary, spec("next", "/")));
+    state.insert(annotated(
+        "ns",
+        "canary",
+        "2026-03-01T00:00:00Z",
+        canary,
+        spec("next", "/"),
+    ));
     let third = translator.translate(&state);
     assert_eq!(route(&third).canary.as_ref().map(|c| c.weight), Some(20));
     assert_eq!(third.snapshot, translate(&state, &opts).snapshot);
 
     // And each goes away again.
-    state.ingresses.remove(&("ns".to_string(), "canary".to_string()));
-    state.ingresses.remove(&("ns".to_string(), "tls".to_string()));
+    state
+        .ingresses
+        .remove(&("ns".to_string(), "canary".to_string()));
+    state
+        .ingresses
+        .remove(&("ns".to_string(), "tls".to_string()));
     let fourth = translator.translate(&state);
     assert_eq!(route(&fourth), route(&first));
     assert_eq!(fourth.snapshot, translate(&state, &opts).snapshot);
 }
 
 fn annotated(ns: &str, name: &str, created: &str, annotations: Value, spec: Value) -> KubeObject {
-    ingress_with(json!({"name": name, "namespace": ns, "creationTimestamp": created, "annotations": annotations}), spec)
+    ingress_with(
+        json!({"name": name, "namespace": ns, "creationTimestamp": created, "annotations": annotations}),
+        spec,
+    )
 }
 
 #[test]
@@ -573,36 +953,90 @@ fn a_canary_attaches_to_the_primary_route_of_its_host_and_path_whatever_its_age(
         }),
         spec("next", "/"),
     ));
-    objects.push(annotated("ns", "main", "2025-01-01T00:00:00Z", json!({}), spec("main", "/")));
+    objects.push(annotated(
+        "ns",
+        "main",
+        "2025-01-01T00:00:00Z",
+        json!({}),
+        spec("main", "/"),
+    ));
     // A canary whose path no primary routes gets nothing, and says so.
-    objects.push(annotated("ns", "orphan", "2025-01-01T00:00:00Z", json!({"portico.io/canary": "true"}), spec("next", "/beta")));
+    objects.push(annotated(
+        "ns",
+        "orphan",
+        "2025-01-01T00:00:00Z",
+        json!({"portico.io/canary": "true"}),
+        spec("next", "/beta"),
+    ));
     let t = run(objects);
 
     let routes = &t.snapshot.virtual_hosts[0].routes;
-    assert_eq!(routes.len(), 1, "a canary adds no route of its own: {routes:?}");
+    assert_eq!(
+        routes.len(),
+        1,
+        "a canary adds no route of its own: {routes:?}"
+    );
     assert_eq!(routes[0].backend, "ns/main:80");
     let canary = routes[0].canary.as_ref().expect("canary attached");
-    assert!(canary.backend.starts_with("ns/next:80"), "{}", canary.backend);
+    assert!(
+        canary.backend.starts_with("ns/next:80"),
+        "{}",
+        canary.backend
+    );
     assert_eq!(canary.source, "ns/canary");
-    assert_eq!((canary.weight, canary.weight_total, canary.sticky), (20, 100, true));
+    assert_eq!(
+        (canary.weight, canary.weight_total, canary.sticky),
+        (20, 100, true)
+    );
     let header = canary.header.as_ref().unwrap();
-    assert_eq!((header.name.as_str(), &header.rule), ("x-canary", &portico_model::HeaderRule::Matches("^(beta|qa)$".into())));
+    assert_eq!(
+        (header.name.as_str(), &header.rule),
+        (
+            "x-canary",
+            &portico_model::HeaderRule::Matches("^(beta|qa)$".into())
+        )
+    );
     let affinity = canary.affinity.as_ref().expect("the canary's own affinity");
     assert_eq!(
-        (affinity.mode, affinity.cookie.name.as_str(), affinity.cookie.path.as_str()),
-        (portico_model::AffinityMode::Persistent, "INGRESSCOOKIE", "/")
+        (
+            affinity.mode,
+            affinity.cookie.name.as_str(),
+            affinity.cookie.path.as_str()
+        ),
+        (
+            portico_model::AffinityMode::Persistent,
+            "INGRESSCOOKIE",
+            "/"
+        )
     );
-    assert!(t.snapshot.backends.iter().any(|b| b.name == canary.backend), "the canary's backend is in the snapshot");
-    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
-    let orphan = t.diagnostics.iter().find(|d| d.reason == Reason::CanaryWithoutPrimary).expect("orphan reported");
+    assert!(
+        t.snapshot.backends.iter().any(|b| b.name == canary.backend),
+        "the canary's backend is in the snapshot"
+    );
+    assert_eq!(
+        portico_model::Snapshot {
+            version: 1,
+            ..t.snapshot.clone()
+        }
+        .validate(),
+        Ok(())
+    );
+    let orphan = t
+        .diagnostics
+        .iter()
+        .find(|d| d.reason == Reason::CanaryWithoutPrimary)
+        .expect("orphan reported");
     assert_eq!(orphan.object.name, "orphan");
-    assert!(orphan.message.contains("\"/beta\"") && orphan.message.contains("shop.test"), "{}", orphan.message);
+    assert!(
+        orphan.message.contains("\"/beta\"") && orphan.message.contains("shop.test"),
+        "{}",
+        orphan.message
+    );
 }
 
 #[test]
 fn bad_canary_and_affinity_annotations_are_reported_and_never_widen_the_canary() {
-    let spec =
-        |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Exact", "/cart", svc, json!({"number": 80}))]});
+    let spec = |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Exact", "/cart", svc, json!({"number": 80}))]});
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));
     objects.extend(backends_of("ns", "next"));
@@ -622,22 +1056,50 @@ fn bad_canary_and_affinity_annotations_are_reported_and_never_widen_the_canary()
                "portico.io/canary-weight": "lots"}),
         spec("next"),
     ));
-    objects.push(annotated("ns", "second", "2025-02-01T00:00:00Z", json!({"portico.io/canary": "true"}), spec("next")));
+    objects.push(annotated(
+        "ns",
+        "second",
+        "2025-02-01T00:00:00Z",
+        json!({"portico.io/canary": "true"}),
+        spec("next"),
+    ));
     let t = run(objects);
     let route = &t.snapshot.virtual_hosts[0].routes[0];
     let affinity = route.affinity.as_ref().unwrap();
-    assert_eq!(affinity.cookie.name, "INGRESSCOOKIE", "a bad cookie name falls back to the default");
-    assert_eq!((affinity.cookie.path.as_str(), affinity.cookie.max_age_secs), ("/cart", Some(3600)), "the path defaults to the route's");
-    assert_eq!(affinity.cookie.same_site, Some(portico_model::SameSite::Lax));
+    assert_eq!(
+        affinity.cookie.name, "INGRESSCOOKIE",
+        "a bad cookie name falls back to the default"
+    );
+    assert_eq!(
+        (affinity.cookie.path.as_str(), affinity.cookie.max_age_secs),
+        ("/cart", Some(3600)),
+        "the path defaults to the route's"
+    );
+    assert_eq!(
+        affinity.cookie.same_site,
+        Some(portico_model::SameSite::Lax)
+    );
     let canary = route.canary.as_ref().unwrap();
     assert_eq!(canary.source, "ns/canary", "the older canary wins");
-    assert_eq!(canary.weight, 0, "an unreadable weight sends nothing by weight");
-    assert_eq!(canary.header.as_ref().unwrap().rule, portico_model::HeaderRule::AlwaysNever, "a pattern that does not compile is left out");
+    assert_eq!(
+        canary.weight, 0,
+        "an unreadable weight sends nothing by weight"
+    );
+    assert_eq!(
+        canary.header.as_ref().unwrap().rule,
+        portico_model::HeaderRule::AlwaysNever,
+        "a pattern that does not compile is left out"
+    );
     let messages: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
-    for expected in
-        ["session-cookie-name: value \"bad name\"", "canary-by-header-pattern: value \"(unclosed\"", "canary-weight: value \"lots\""]
-    {
-        assert!(messages.iter().any(|m| m.contains(expected)), "{expected} not in {messages:#?}");
+    for expected in [
+        "session-cookie-name: value \"bad name\"",
+        "canary-by-header-pattern: value \"(unclosed\"",
+        "canary-weight: value \"lots\"",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "{expected} not in {messages:#?}"
+        );
     }
     assert!(reasons(&t).contains(&("second".into(), Reason::CanaryConflict)));
 }
@@ -655,9 +1117,24 @@ fn health_checks_are_opt_in_and_part_of_the_backend() {
         spec,
     ));
     let t = run(objects);
-    let check = t.snapshot.backends[0].policy.health_check.as_ref().expect("health check on");
-    assert_eq!((check.path.as_str(), check.interval_ms, check.unhealthy_threshold, check.healthy_threshold), ("/healthz", 2000, 1, 2));
-    assert_ne!(t.snapshot.backends[0].name, "ns/main:80", "a checked backend is not shared with unchecked routes");
+    let check = t.snapshot.backends[0]
+        .policy
+        .health_check
+        .as_ref()
+        .expect("health check on");
+    assert_eq!(
+        (
+            check.path.as_str(),
+            check.interval_ms,
+            check.unhealthy_threshold,
+            check.healthy_threshold
+        ),
+        ("/healthz", 2000, 1, 2)
+    );
+    assert_ne!(
+        t.snapshot.backends[0].name, "ns/main:80",
+        "a checked backend is not shared with unchecked routes"
+    );
 }
 
 fn opaque_secret(ns: &str, name: &str, pairs: Value) -> KubeObject {
@@ -674,13 +1151,26 @@ fn one_route_sites(cases: &[(&str, Value)]) -> Vec<KubeObject> {
     cases
         .iter()
         .enumerate()
-        .map(|(i, (name, annotations))| annotated("ns", name, &created(i), annotations.clone(), spec(&format!("{name}.test"))))
+        .map(|(i, (name, annotations))| {
+            annotated(
+                "ns",
+                name,
+                &created(i),
+                annotations.clone(),
+                spec(&format!("{name}.test")),
+            )
+        })
         .collect()
 }
 
 /// The first route of `host`.
 fn first_route(t: &Translation, host: &str) -> Route {
-    let vh = t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host} routed"));
+    let vh = t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .find(|v| v.host.to_string() == host)
+        .unwrap_or_else(|| panic!("{host} routed"));
     vh.routes[0].clone()
 }
 
@@ -688,8 +1178,16 @@ fn first_route(t: &Translation, host: &str) -> Route {
 fn security_annotations_fail_closed() {
     let mut objects = vec![
         ours(),
-        opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"})),
-        opaque_secret("ns", "idp", json!({"jwks.json": r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}"#})),
+        opaque_secret(
+            "ns",
+            "users",
+            json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:hunter2\n"}),
+        ),
+        opaque_secret(
+            "ns",
+            "idp",
+            json!({"jwks.json": r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}"#}),
+        ),
     ];
     objects.extend(backends_of("ns", "main"));
     let cases: &[(&str, Value)] = &[
@@ -698,20 +1196,47 @@ fn security_annotations_fail_closed() {
             json!({"nginx.ingress.kubernetes.io/auth-type": "basic", "nginx.ingress.kubernetes.io/auth-secret": "users",
                         "nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8, 192.168.0.1", "portico.io/auth-realm": "Staff"}),
         ),
-        ("badrange", json!({"portico.io/allowlist-source-range": "10.0.0.0/33"})),
-        ("nosecret", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "missing"})),
-        ("othernamespace", json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"})),
-        ("digest", json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"})),
-        ("external", json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"})),
-        ("leaky", json!({"nginx.ingress.kubernetes.io/auth-url": "ftp://svc:hunter2@auth.example/check"})),
+        (
+            "badrange",
+            json!({"portico.io/allowlist-source-range": "10.0.0.0/33"}),
+        ),
+        (
+            "nosecret",
+            json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "missing"}),
+        ),
+        (
+            "othernamespace",
+            json!({"portico.io/auth-type": "basic", "portico.io/auth-secret": "kube-system/users"}),
+        ),
+        (
+            "digest",
+            json!({"portico.io/auth-type": "digest", "portico.io/auth-secret": "users"}),
+        ),
+        (
+            "external",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "auth.example/check"}),
+        ),
+        (
+            "leaky",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "ftp://svc:hunter2@auth.example/check"}),
+        ),
         ("jwt", json!({"portico.io/auth-tls-secret": "client-ca"})),
-        ("jwturl", json!({"portico.io/auth-jwt-jwks-url": "idp.example/jwks"})),
+        (
+            "jwturl",
+            json!({"portico.io/auth-jwt-jwks-url": "idp.example/jwks"}),
+        ),
         (
             "remote",
             json!({"portico.io/auth-jwt-jwks-url": "https://idp.example/jwks", "portico.io/auth-jwt-issuer": "https://idp.example"}),
         ),
-        ("jwthmac", json!({"portico.io/auth-jwt-jwks-secret": "idp", "portico.io/auth-jwt-algorithms": "RS256,HS256"})),
-        ("jwtempty", json!({"portico.io/auth-jwt-jwks-secret": "users"})),
+        (
+            "jwthmac",
+            json!({"portico.io/auth-jwt-jwks-secret": "idp", "portico.io/auth-jwt-algorithms": "RS256,HS256"}),
+        ),
+        (
+            "jwtempty",
+            json!({"portico.io/auth-jwt-jwks-secret": "users"}),
+        ),
         (
             "oauth",
             json!({"nginx.ingress.kubernetes.io/auth-url": "https://svc:s3cret@auth.example/oauth2/auth?x=1",
@@ -727,35 +1252,90 @@ fn security_annotations_fail_closed() {
     let access = |host: &str| first_route(&t, host).access.expect("an access policy");
     let good = access("good.test");
     assert_eq!(good.refuse, None);
-    assert_eq!(good.allow_sources.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "192.168.0.1/32"]);
+    assert_eq!(
+        good.allow_sources
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["10.0.0.0/8", "192.168.0.1/32"]
+    );
     let auth = good.basic_auth.unwrap();
-    assert_eq!((auth.realm.as_str(), auth.users.len(), auth.users[0].user.as_str()), ("Staff", 1, "alice"));
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "good" && d.message.contains("bob") && d.reason == Reason::InvalidSecret));
+    assert_eq!(
+        (
+            auth.realm.as_str(),
+            auth.users.len(),
+            auth.users[0].user.as_str()
+        ),
+        ("Staff", 1, "alice")
+    );
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "good"
+        && d.message.contains("bob")
+        && d.reason == Reason::InvalidSecret));
     for (host, why) in [
         ("badrange.test", "10.0.0.0/33"),
         ("nosecret.test", "ns/missing does not exist"),
         ("othernamespace.test", "another namespace"),
         ("digest.test", "\"digest\""),
-        ("external.test", "auth-url: value \"auth.example/check\" is not an absolute http or https URL"),
-        ("jwt.test", "annotation auth-tls-secret: secret ns/client-ca does not exist"),
-        ("leaky.test", "value \"ftp://<redacted>@auth.example/check\" is not an absolute http or https URL"),
-        ("jwturl.test", "auth-jwt-jwks-url: value \"idp.example/jwks\" is not an absolute http or https URL"),
-        ("jwthmac.test", "algorithm \"HS256\" is not one of RS256, ES256, EdDSA"),
+        (
+            "external.test",
+            "auth-url: value \"auth.example/check\" is not an absolute http or https URL",
+        ),
+        (
+            "jwt.test",
+            "annotation auth-tls-secret: secret ns/client-ca does not exist",
+        ),
+        (
+            "leaky.test",
+            "value \"ftp://<redacted>@auth.example/check\" is not an absolute http or https URL",
+        ),
+        (
+            "jwturl.test",
+            "auth-jwt-jwks-url: value \"idp.example/jwks\" is not an absolute http or https URL",
+        ),
+        (
+            "jwthmac.test",
+            "algorithm \"HS256\" is not one of RS256, ES256, EdDSA",
+        ),
         ("jwtempty.test", "key \"jwks.json\" is missing"),
     ] {
-        let refused = access(host).refuse.unwrap_or_else(|| panic!("{host} must refuse"));
+        let refused = access(host)
+            .refuse
+            .unwrap_or_else(|| panic!("{host} must refuse"));
         assert!(refused.contains(why), "{host}: {refused}");
         let name = host.trim_end_matches(".test");
-        assert!(t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains("answer 503")), "{name} reported");
+        assert!(
+            t.diagnostics
+                .iter()
+                .any(|d| d.object.name == name && d.message.contains("answer 503")),
+            "{name} reported"
+        );
     }
-    assert!(!t.diagnostics.iter().any(|d| d.message.contains("hunter2")), "credentials in a URL are not repeated");
+    assert!(
+        !t.diagnostics.iter().any(|d| d.message.contains("hunter2")),
+        "credentials in a URL are not repeated"
+    );
     let remote = access("remote.test");
     let jwt = remote.jwt.expect("a JWT check");
-    assert_eq!((remote.refuse, jwt.jwks_url.as_deref(), jwt.jwks.as_str()), (None, Some("https://idp.example/jwks"), ""));
-    let shown = portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.redacted().to_json_pretty();
+    assert_eq!(
+        (remote.refuse, jwt.jwks_url.as_deref(), jwt.jwks.as_str()),
+        (None, Some("https://idp.example/jwks"), "")
+    );
+    let shown = portico_model::Snapshot {
+        version: 1,
+        ..t.snapshot.clone()
+    }
+    .redacted()
+    .to_json_pretty();
     assert!(!shown.contains("5en6G6"), "hashes are redacted");
-    assert!(!shown.contains("s3cret") && shown.contains("https://<redacted>@auth.example/oauth2/auth?x=1"), "so are a URL's credentials");
-    assert!(t.snapshot.to_json_pretty().contains("s3cret"), "the proxy still gets them");
+    assert!(
+        !shown.contains("s3cret")
+            && shown.contains("https://<redacted>@auth.example/oauth2/auth?x=1"),
+        "so are a URL's credentials"
+    );
+    assert!(
+        t.snapshot.to_json_pretty().contains("s3cret"),
+        "the proxy still gets them"
+    );
 }
 
 #[test]
@@ -789,23 +1369,63 @@ fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
     ));
     let t = run(objects);
     let routes = &t.snapshot.virtual_hosts[0].routes;
-    let find = |p: &str| routes.iter().find(|r| r.path.path() == p).unwrap_or_else(|| panic!("{p} routed: {routes:?}"));
+    let find = |p: &str| {
+        routes
+            .iter()
+            .find(|r| r.path.path() == p)
+            .unwrap_or_else(|| panic!("{p} routed: {routes:?}"))
+    };
     let rewritten = find("/something(/|$)(.*)");
-    assert_eq!(rewritten.path, PathMatch::Regex("/something(/|$)(.*)".into()));
+    assert_eq!(
+        rewritten.path,
+        PathMatch::Regex("/something(/|$)(.*)".into())
+    );
     let rw = rewritten.rewrite.as_ref().unwrap();
-    assert_eq!((rw.target.as_deref(), rw.forwarded_prefix.as_deref()), (Some("/$2"), Some("/something")));
-    assert_eq!(find("/exact").path, PathMatch::Exact("/exact".into()), "Exact stays exact");
-    assert!(t.diagnostics.iter().any(|d| d.reason == Reason::InvalidPath && d.message.contains("/bad(")), "{:?}", t.diagnostics);
+    assert_eq!(
+        (rw.target.as_deref(), rw.forwarded_prefix.as_deref()),
+        (Some("/$2"), Some("/something"))
+    );
+    assert_eq!(
+        find("/exact").path,
+        PathMatch::Exact("/exact".into()),
+        "Exact stays exact"
+    );
+    assert!(
+        t.diagnostics
+            .iter()
+            .any(|d| d.reason == Reason::InvalidPath && d.message.contains("/bad(")),
+        "{:?}",
+        t.diagnostics
+    );
     let moved = find("/old").rewrite.as_ref().unwrap();
     let redirect = moved.redirect.as_ref().unwrap();
     assert_eq!(
-        (redirect.code, redirect.target.as_str(), moved.app_root.as_deref()),
+        (
+            redirect.code,
+            redirect.target.as_str(),
+            moved.app_root.as_deref()
+        ),
         (308, "https://new.example$request_uri", Some("/app"))
     );
-    assert!(find("/b").rewrite.is_none(), "an unusable redirect is left out");
+    assert!(
+        find("/b").rewrite.is_none(),
+        "an unusable redirect is left out"
+    );
     let messages: Vec<String> = t.diagnostics.iter().map(|d| d.message.clone()).collect();
-    assert!(messages.iter().any(|m| m.contains("temporal-redirect: value \"javascript:alert(1)\"")), "{messages:#?}");
-    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("temporal-redirect: value \"javascript:alert(1)\"")),
+        "{messages:#?}"
+    );
+    assert_eq!(
+        portico_model::Snapshot {
+            version: 1,
+            ..t.snapshot.clone()
+        }
+        .validate(),
+        Ok(())
+    );
 }
 
 #[test]
@@ -818,7 +1438,10 @@ fn rate_limits_fail_closed_and_cors_fails_off() {
             json!({"nginx.ingress.kubernetes.io/limit-rps": "5", "nginx.ingress.kubernetes.io/limit-connections": "3",
                    "nginx.ingress.kubernetes.io/limit-allowlist": "10.0.0.0/8"}),
         ),
-        ("badlimit", json!({"nginx.ingress.kubernetes.io/limit-rpm": "lots"})),
+        (
+            "badlimit",
+            json!({"nginx.ingress.kubernetes.io/limit-rpm": "lots"}),
+        ),
         (
             "cors",
             json!({"nginx.ingress.kubernetes.io/enable-cors": "true",
@@ -834,17 +1457,44 @@ fn rate_limits_fail_closed_and_cors_fails_off() {
     let t = run(objects);
     let route = |host: &str| first_route(&t, host);
     let limited = route("limited.test").rate_limit.expect("a rate limit");
-    assert_eq!((limited.per_second, limited.per_minute, limited.concurrent, limited.burst_multiplier), (Some(5), None, Some(3), 5));
+    assert_eq!(
+        (
+            limited.per_second,
+            limited.per_minute,
+            limited.concurrent,
+            limited.burst_multiplier
+        ),
+        (Some(5), None, Some(3), 5)
+    );
     assert_eq!(limited.exempt.len(), 1);
-    let refused = route("badlimit.test").access.and_then(|a| a.refuse).expect("an unreadable limit refuses");
+    let refused = route("badlimit.test")
+        .access
+        .and_then(|a| a.refuse)
+        .expect("an unreadable limit refuses");
     assert!(refused.contains("limit-rpm: value \"lots\""), "{refused}");
     let cors = route("cors.test").cors.expect("CORS on");
-    assert_eq!(cors.allow_origins, ["https://app.example.com", "https://*.example.org"]);
+    assert_eq!(
+        cors.allow_origins,
+        ["https://app.example.com", "https://*.example.org"]
+    );
     assert!(!cors.allow_credentials);
     assert_eq!(cors.max_age_secs, 1_728_000, "ingress-nginx's default");
-    assert!(route("badcors.test").cors.is_none(), "a bad origin list leaves CORS off");
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "badcors" && d.message.contains("CORS stays off")));
-    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+    assert!(
+        route("badcors.test").cors.is_none(),
+        "a bad origin list leaves CORS off"
+    );
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "badcors" && d.message.contains("CORS stays off")));
+    assert_eq!(
+        portico_model::Snapshot {
+            version: 1,
+            ..t.snapshot.clone()
+        }
+        .validate(),
+        Ok(())
+    );
 }
 
 #[test]
@@ -852,21 +1502,64 @@ fn conditions_tell_routes_of_one_path_apart_and_a_bad_one_routes_nothing() {
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));
     let spec = json!({"ingressClassName": "portico", "rules": [rule("app.test", "Prefix", "/", "main", json!({"number": 80}))]});
-    objects.push(annotated("ns", "plain", "2024-01-01T00:00:00Z", json!({}), spec.clone()));
+    objects.push(annotated(
+        "ns",
+        "plain",
+        "2024-01-01T00:00:00Z",
+        json!({}),
+        spec.clone(),
+    ));
     let beta = json!({"portico.io/match-headers": "x-env=beta", "portico.io/match-methods": "get,post",
                       "portico.io/match-query": "v~=^2"});
-    objects.push(annotated("ns", "beta", "2024-01-02T00:00:00Z", beta, spec.clone()));
-    objects.push(annotated("ns", "broken", "2024-01-03T00:00:00Z", json!({"portico.io/match-headers": "x-env~=(beta"}), spec));
+    objects.push(annotated(
+        "ns",
+        "beta",
+        "2024-01-02T00:00:00Z",
+        beta,
+        spec.clone(),
+    ));
+    objects.push(annotated(
+        "ns",
+        "broken",
+        "2024-01-03T00:00:00Z",
+        json!({"portico.io/match-headers": "x-env~=(beta"}),
+        spec,
+    ));
     let t = run(objects);
     let routes = &t.snapshot.virtual_hosts[0].routes;
-    assert_eq!(routes.len(), 2, "the same path twice, told apart by conditions; the broken one left out");
-    let c = routes.iter().find_map(|r| r.conditions.clone()).expect("a route with conditions");
+    assert_eq!(
+        routes.len(),
+        2,
+        "the same path twice, told apart by conditions; the broken one left out"
+    );
+    let c = routes
+        .iter()
+        .find_map(|r| r.conditions.clone())
+        .expect("a route with conditions");
     assert_eq!(c.methods, ["GET", "POST"]);
-    assert_eq!(c.headers[0].rule, portico_model::ValueRule::Equals("beta".into()));
+    assert_eq!(
+        c.headers[0].rule,
+        portico_model::ValueRule::Equals("beta".into())
+    );
     assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict));
-    let broken = t.diagnostics.iter().find(|d| d.object.name == "broken").expect("the bad pattern is reported");
-    assert!(broken.message.contains("match-headers") && broken.message.contains("routes are skipped"), "{}", broken.message);
-    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+    let broken = t
+        .diagnostics
+        .iter()
+        .find(|d| d.object.name == "broken")
+        .expect("the bad pattern is reported");
+    assert!(
+        broken.message.contains("match-headers") && broken.message.contains("routes are skipped"),
+        "{}",
+        broken.message
+    );
+    assert_eq!(
+        portico_model::Snapshot {
+            version: 1,
+            ..t.snapshot.clone()
+        }
+        .validate(),
+        Ok(())
+    );
 }
 
 #[test]
@@ -886,17 +1579,41 @@ fn header_edits_error_pages_fallbacks_and_www_redirects() {
             json!({"nginx.ingress.kubernetes.io/default-backend": "errors", "nginx.ingress.kubernetes.io/custom-http-errors": "404,503",
                    "nginx.ingress.kubernetes.io/preserve-trailing-slash": "true"}),
         ),
-        ("nofallback", json!({"nginx.ingress.kubernetes.io/default-backend": "missing"})),
-        ("custom", json!({"nginx.ingress.kubernetes.io/custom-headers": "ns/security"})),
-        ("elsewhere", json!({"nginx.ingress.kubernetes.io/custom-headers": "other/security"})),
-        ("nomap", json!({"nginx.ingress.kubernetes.io/custom-headers": "absent"})),
-        ("www.shop", json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"})),
+        (
+            "nofallback",
+            json!({"nginx.ingress.kubernetes.io/default-backend": "missing"}),
+        ),
+        (
+            "custom",
+            json!({"nginx.ingress.kubernetes.io/custom-headers": "ns/security"}),
+        ),
+        (
+            "elsewhere",
+            json!({"nginx.ingress.kubernetes.io/custom-headers": "other/security"}),
+        ),
+        (
+            "nomap",
+            json!({"nginx.ingress.kubernetes.io/custom-headers": "absent"}),
+        ),
+        (
+            "www.shop",
+            json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"}),
+        ),
     ];
     objects.extend(one_route_sites(cases));
     // A younger Ingress that routes the bare name itself keeps it.
     let taken = json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/", "main", json!({"number": 80}))]});
-    objects.push(annotated("ns", "bare", "2025-01-01T00:00:00Z", json!({}), taken));
-    objects.extend(one_route_sites(&[("blog", json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"}))]));
+    objects.push(annotated(
+        "ns",
+        "bare",
+        "2025-01-01T00:00:00Z",
+        json!({}),
+        taken,
+    ));
+    objects.extend(one_route_sites(&[(
+        "blog",
+        json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"}),
+    )]));
     let config_map = |ns: &str| {
         KubeObject::ConfigMap(std::sync::Arc::new(
             serde_json::from_value(json!({"metadata": {"name": "security", "namespace": ns},
@@ -910,37 +1627,88 @@ fn header_edits_error_pages_fallbacks_and_www_redirects() {
     let route = |host: &str| first_route(&t, host);
 
     let custom = route("custom.test").headers.expect("custom headers");
-    assert_eq!(custom.response.set, [("x-content-type-options".to_string(), "nosniff".to_string())]);
-    let reported = |name: &str, text: &str| t.diagnostics.iter().any(|d| d.object.name == name && d.message.contains(text));
+    assert_eq!(
+        custom.response.set,
+        [("x-content-type-options".to_string(), "nosniff".to_string())]
+    );
+    let reported = |name: &str, text: &str| {
+        t.diagnostics
+            .iter()
+            .any(|d| d.object.name == name && d.message.contains(text))
+    };
     assert!(reported("custom", "\"bad name\" is not a header"));
-    assert!(route("elsewhere.test").headers.is_none() && reported("elsewhere", "another namespace"));
+    assert!(
+        route("elsewhere.test").headers.is_none() && reported("elsewhere", "another namespace")
+    );
     assert!(route("nomap.test").headers.is_none() && reported("nomap", "does not exist"));
 
     let edits = route("edited.test").headers.expect("header edits");
-    assert_eq!(edits.request.set, [("x-env".to_string(), "prod".to_string())]);
-    assert!(edits.request.add.is_empty(), "a bad value is reported and left out");
+    assert_eq!(
+        edits.request.set,
+        [("x-env".to_string(), "prod".to_string())]
+    );
+    assert!(
+        edits.request.add.is_empty(),
+        "a bad value is reported and left out"
+    );
     assert_eq!(edits.response.remove, ["x-powered-by"]);
-    assert_eq!(edits.response.add[1], ("cache-control".to_string(), "no-store, private".to_string()));
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "edited" && d.message.contains("request-headers-add")));
+    assert_eq!(
+        edits.response.add[1],
+        ("cache-control".to_string(), "no-store, private".to_string())
+    );
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "edited" && d.message.contains("request-headers-add")));
 
     let pages = route("pages.test");
     assert_eq!(pages.fallback_backend.as_deref(), Some("ns/errors:80"));
     let e = pages.error_pages.expect("error pages");
     assert_eq!(
-        (e.statuses.as_slice(), e.backend.as_deref(), e.service.as_str(), e.ingress.as_str()),
+        (
+            e.statuses.as_slice(),
+            e.backend.as_deref(),
+            e.service.as_str(),
+            e.ingress.as_str()
+        ),
         (&[404, 503][..], Some("ns/errors:80"), "main", "pages")
     );
     assert!(pages.preserve_trailing_slash);
     assert!(route("nofallback.test").fallback_backend.is_none());
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "nofallback" && d.reason == Reason::ServiceNotFound));
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "nofallback" && d.reason == Reason::ServiceNotFound));
 
-    assert!(route("blog.test").rewrite.is_none(), "the named host itself is not redirected");
-    let www = route("www.blog.test").rewrite.and_then(|r| r.redirect).expect("the www name redirects");
-    assert_eq!((www.code, www.target.as_str()), (308, "$scheme://blog.test$request_uri"));
+    assert!(
+        route("blog.test").rewrite.is_none(),
+        "the named host itself is not redirected"
+    );
+    let www = route("www.blog.test")
+        .rewrite
+        .and_then(|r| r.redirect)
+        .expect("the www name redirects");
+    assert_eq!(
+        (www.code, www.target.as_str()),
+        (308, "$scheme://blog.test$request_uri")
+    );
     let shop = route("shop.test");
-    assert!(shop.rewrite.is_none() && shop.source == "ns/bare", "an Ingress that routes the other name keeps it");
-    assert!(!reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict), "a redirect yields without a conflict");
-    assert_eq!(portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate(), Ok(()));
+    assert!(
+        shop.rewrite.is_none() && shop.source == "ns/bare",
+        "an Ingress that routes the other name keeps it"
+    );
+    assert!(
+        !reasons(&t).iter().any(|(_, r)| *r == Reason::PathConflict),
+        "a redirect yields without a conflict"
+    );
+    assert_eq!(
+        portico_model::Snapshot {
+            version: 1,
+            ..t.snapshot.clone()
+        }
+        .validate(),
+        Ok(())
+    );
 }
 
 #[test]
@@ -950,65 +1718,153 @@ fn the_default_backend_service_serves_when_no_ingress_sets_one() {
     objects.extend(one_route_sites(&[("site", json!({}))]));
     objects.extend(backends_of("ns", "main"));
     let state: ClusterState = objects.into_iter().collect();
-    let opts = Options { default_backend_service: Some(("infra".into(), "fallback".into())), ..Options::default() };
+    let opts = Options {
+        default_backend_service: Some(("infra".into(), "fallback".into())),
+        ..Options::default()
+    };
     let t = translate(&state, &opts);
-    assert_eq!(t.snapshot.default_backend.as_deref(), Some("infra/fallback:80"));
-    assert!(t.snapshot.backends.iter().any(|b| b.name == "infra/fallback:80" && !b.endpoints.is_empty()));
-    let missing = Options { default_backend_service: Some(("infra".into(), "nope".into())), ..Options::default() };
+    assert_eq!(
+        t.snapshot.default_backend.as_deref(),
+        Some("infra/fallback:80")
+    );
+    assert!(t
+        .snapshot
+        .backends
+        .iter()
+        .any(|b| b.name == "infra/fallback:80" && !b.endpoints.is_empty()));
+    let missing = Options {
+        default_backend_service: Some(("infra".into(), "nope".into())),
+        ..Options::default()
+    };
     let t = translate(&state, &missing);
     assert!(t.snapshot.default_backend.is_none());
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "nope" && d.message.contains("--default-backend-service")));
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "nope" && d.message.contains("--default-backend-service")));
 }
 
 #[test]
 fn client_certificates_are_a_property_of_the_host() {
     let (ca, _) = crate::secret::tests::self_signed("Client CA", -1, 30);
     let (other_ca, _) = crate::secret::tests::self_signed("Other CA", -1, 30);
-    let mut objects =
-        vec![ours(), opaque_secret("ns", "client-ca", json!({"ca.crt": ca})), opaque_secret("ns", "other-ca", json!({"ca.crt": other_ca}))];
+    let mut objects = vec![
+        ours(),
+        opaque_secret("ns", "client-ca", json!({"ca.crt": ca})),
+        opaque_secret("ns", "other-ca", json!({"ca.crt": other_ca})),
+    ];
     objects.extend(backends_of("ns", "main"));
     let tls = |extra: Value| {
         let mut a = json!({"nginx.ingress.kubernetes.io/auth-tls-secret": "ns/client-ca",
                            "nginx.ingress.kubernetes.io/auth-tls-verify-depth": "2",
                            "nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream": "true",
                            "nginx.ingress.kubernetes.io/auth-tls-match-cn": "CN=(alice|bob)"});
-        a.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         a
     };
     objects.extend(one_route_sites(&[
         ("strict", tls(json!({}))),
-        ("optional", tls(json!({"portico.io/auth-tls-verify-client": "optional_no_ca"}))),
-        ("off", tls(json!({"portico.io/auth-tls-verify-client": "off"}))),
+        (
+            "optional",
+            tls(json!({"portico.io/auth-tls-verify-client": "optional_no_ca"})),
+        ),
+        (
+            "off",
+            tls(json!({"portico.io/auth-tls-verify-client": "off"})),
+        ),
         ("noca", json!({"portico.io/auth-tls-verify-client": "on"})),
-        ("badmode", tls(json!({"portico.io/auth-tls-verify-client": "require"}))),
-        ("elsewhere", json!({"portico.io/auth-tls-secret": "kube-system/client-ca"})),
+        (
+            "badmode",
+            tls(json!({"portico.io/auth-tls-verify-client": "require"})),
+        ),
+        (
+            "elsewhere",
+            json!({"portico.io/auth-tls-secret": "kube-system/client-ca"}),
+        ),
     ]));
     // Two newer Ingresses on strict.test: one without client certificates shares the
     // host's, one with another CA is left out.
     let path = |p: &str| json!({"ingressClassName": "portico", "rules": [rule("strict.test", "Prefix", p, "main", json!({"number": 80}))]});
-    objects.push(annotated("ns", "plain", "2024-02-01T00:00:00Z", json!({}), path("/plain")));
-    objects.push(annotated("ns", "rival", "2024-02-02T00:00:00Z", json!({"portico.io/auth-tls-secret": "other-ca"}), path("/rival")));
+    objects.push(annotated(
+        "ns",
+        "plain",
+        "2024-02-01T00:00:00Z",
+        json!({}),
+        path("/plain"),
+    ));
+    objects.push(annotated(
+        "ns",
+        "rival",
+        "2024-02-02T00:00:00Z",
+        json!({"portico.io/auth-tls-secret": "other-ca"}),
+        path("/rival"),
+    ));
     let t = run(objects);
-    let vhost = |host: &str| t.snapshot.virtual_hosts.iter().find(|v| v.host.to_string() == host).unwrap_or_else(|| panic!("{host}"));
+    let vhost = |host: &str| {
+        t.snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .unwrap_or_else(|| panic!("{host}"))
+    };
 
-    let strict = vhost("strict.test").client_auth.clone().expect("strict.test asks for certificates");
+    let strict = vhost("strict.test")
+        .client_auth
+        .clone()
+        .expect("strict.test asks for certificates");
     assert_eq!(strict.verify, portico_model::ClientVerify::On);
-    assert_eq!((strict.depth, strict.pass_certificate, strict.match_subject.as_deref()), (2, true, Some("CN=(alice|bob)")));
+    assert_eq!(
+        (
+            strict.depth,
+            strict.pass_certificate,
+            strict.match_subject.as_deref()
+        ),
+        (2, true, Some("CN=(alice|bob)"))
+    );
     assert!(strict.ca_pem.contains("BEGIN CERTIFICATE"));
-    let paths: Vec<&str> = vhost("strict.test").routes.iter().map(|r| r.path.path()).collect();
-    assert_eq!(paths, ["/", "/plain"], "the rival's path is left out, the plain one is kept under the host's policy");
-    assert!(t.diagnostics.iter().any(|d| d.object.name == "rival" && d.reason == Reason::ClientAuthConflict));
+    let paths: Vec<&str> = vhost("strict.test")
+        .routes
+        .iter()
+        .map(|r| r.path.path())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/", "/plain"],
+        "the rival's path is left out, the plain one is kept under the host's policy"
+    );
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "rival" && d.reason == Reason::ClientAuthConflict));
 
-    assert_eq!(vhost("optional.test").client_auth.as_ref().map(|c| c.verify), Some(portico_model::ClientVerify::OptionalNoCa));
+    assert_eq!(
+        vhost("optional.test")
+            .client_auth
+            .as_ref()
+            .map(|c| c.verify),
+        Some(portico_model::ClientVerify::OptionalNoCa)
+    );
     assert_eq!(vhost("off.test").client_auth, None);
-    assert_eq!(first_route(&t, "off.test").access, None, "off asks for nothing and refuses nothing");
+    assert_eq!(
+        first_route(&t, "off.test").access,
+        None,
+        "off asks for nothing and refuses nothing"
+    );
     for (host, why) in [
         ("noca.test", "without auth-tls-secret"),
-        ("badmode.test", "\"require\" is not one of on, optional, optional_no_ca, off"),
+        (
+            "badmode.test",
+            "\"require\" is not one of on, optional, optional_no_ca, off",
+        ),
         ("elsewhere.test", "another namespace"),
     ] {
         assert_eq!(vhost(host).client_auth, None);
-        let refused = first_route(&t, host).access.and_then(|a| a.refuse).unwrap_or_else(|| panic!("{host} must refuse"));
+        let refused = first_route(&t, host)
+            .access
+            .and_then(|a| a.refuse)
+            .unwrap_or_else(|| panic!("{host} must refuse"));
         assert!(refused.contains(why), "{host}: {refused}");
     }
 }

@@ -28,7 +28,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { initial, max, current: initial }
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -72,7 +76,9 @@ impl SnapshotClient {
                     }
                     tracing::warn!(error = %outcome.end, "controller connection ended; serving the last good snapshot");
                 }
-                Err(e) => tracing::debug!(socket = %self.socket.display(), error = %e, "controller not reachable"),
+                Err(e) => {
+                    tracing::debug!(socket = %self.socket.display(), error = %e, "controller not reachable")
+                }
             }
             tokio::time::sleep(self.backoff.next_delay()).await;
         }
@@ -81,7 +87,10 @@ impl SnapshotClient {
     async fn session(&self, stream: UnixStream, sink: &dyn SnapshotSink) -> SessionEnd {
         let (mut reader, mut writer) = stream.into_split();
         let mut received_any = false;
-        let hello = Message::Hello { proxy_id: self.proxy_id.clone(), last_applied_version: sink.last_applied() };
+        let hello = Message::Hello {
+            proxy_id: self.proxy_id.clone(),
+            last_applied_version: sink.last_applied(),
+        };
         if let Err(end) = write_message(&mut writer, &hello).await {
             return SessionEnd { end, received_any };
         }
@@ -95,7 +104,11 @@ impl SnapshotClient {
                         reply(version, sink.apply(version, payload))
                     }
                 }
-                Ok(Message::Delta { version, base_version, payload }) => {
+                Ok(Message::Delta {
+                    version,
+                    base_version,
+                    payload,
+                }) => {
                     received_any = true;
                     let serving = sink.last_applied();
                     if version == serving {
@@ -115,12 +128,22 @@ impl SnapshotClient {
                 }
                 Err(e) if e.stream_intact() => {
                     tracing::warn!(error = %e, "malformed message from controller");
-                    Message::Nack { version: 0, reason: e.to_string() }
+                    Message::Nack {
+                        version: 0,
+                        reason: e.to_string(),
+                    }
                 }
                 Err(end) => {
                     if let WireError::FrameTooLarge { .. } = end {
                         // The stream is no longer aligned, but the controller should still hear why.
-                        let _ = write_message(&mut writer, &Message::Nack { version: 0, reason: end.to_string() }).await;
+                        let _ = write_message(
+                            &mut writer,
+                            &Message::Nack {
+                                version: 0,
+                                reason: end.to_string(),
+                            },
+                        )
+                        .await;
                     }
                     return SessionEnd { end, received_any };
                 }

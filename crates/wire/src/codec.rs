@@ -7,13 +7,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Proxy → controller, first thing on a connection.
-    Hello { proxy_id: String, last_applied_version: u64 },
+    Hello {
+        proxy_id: String,
+        last_applied_version: u64,
+    },
     /// Controller → proxy: a whole snapshot.
     Snapshot { version: u64, payload: Vec<u8> },
     /// Controller → proxy: what turns snapshot `base_version` into `version`. Sent only
     /// to a proxy that was sent `base_version`; one that does not serve it answers with a
     /// `Nack` and is sent the whole snapshot.
-    Delta { version: u64, base_version: u64, payload: Vec<u8> },
+    Delta {
+        version: u64,
+        base_version: u64,
+        payload: Vec<u8>,
+    },
     /// Proxy → controller: this version now serves.
     Ack { version: u64 },
     /// Proxy → controller: this version was refused; the previous one keeps serving.
@@ -36,7 +43,10 @@ pub enum WireError {
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
     #[error("malformed {kind} message: {reason}")]
-    Malformed { kind: &'static str, reason: &'static str },
+    Malformed {
+        kind: &'static str,
+        reason: &'static str,
+    },
     #[error("connection closed")]
     Closed,
     #[error(transparent)]
@@ -47,7 +57,12 @@ impl WireError {
     /// True when the stream is still aligned on a frame boundary, so the peer can be
     /// told what was wrong and the connection kept.
     pub fn stream_intact(&self) -> bool {
-        matches!(self, WireError::UnsupportedVersion(_) | WireError::UnknownKind(_) | WireError::Malformed { .. })
+        matches!(
+            self,
+            WireError::UnsupportedVersion(_)
+                | WireError::UnknownKind(_)
+                | WireError::Malformed { .. }
+        )
     }
 }
 
@@ -66,7 +81,10 @@ impl Message {
         out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
         out.push(kind);
         match self {
-            Message::Hello { proxy_id, last_applied_version } => {
+            Message::Hello {
+                proxy_id,
+                last_applied_version,
+            } => {
                 out.extend_from_slice(&last_applied_version.to_be_bytes());
                 out.extend_from_slice(proxy_id.as_bytes());
             }
@@ -74,7 +92,11 @@ impl Message {
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(payload);
             }
-            Message::Delta { version, base_version, payload } => {
+            Message::Delta {
+                version,
+                base_version,
+                payload,
+            } => {
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&base_version.to_be_bytes());
                 out.extend_from_slice(payload);
@@ -90,7 +112,10 @@ impl Message {
 
     fn decode(frame: Vec<u8>) -> Result<Self, WireError> {
         if frame.len() < HEADER_LEN {
-            return Err(WireError::Malformed { kind: "frame", reason: "shorter than its header" });
+            return Err(WireError::Malformed {
+                kind: "frame",
+                reason: "shorter than its header",
+            });
         }
         let protocol = u16::from_be_bytes([frame[0], frame[1]]);
         if protocol != PROTOCOL_VERSION {
@@ -107,14 +132,24 @@ impl Message {
         };
         let body = &frame[HEADER_LEN..];
         if body.len() < 8 {
-            return Err(WireError::Malformed { kind: name, reason: "missing version" });
+            return Err(WireError::Malformed {
+                kind: name,
+                reason: "missing version",
+            });
         }
         let version = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
-        let text =
-            |rest: &[u8]| String::from_utf8(rest.to_vec()).map_err(|_| WireError::Malformed { kind: name, reason: "text is not UTF-8" });
+        let text = |rest: &[u8]| {
+            String::from_utf8(rest.to_vec()).map_err(|_| WireError::Malformed {
+                kind: name,
+                reason: "text is not UTF-8",
+            })
+        };
         let rest = &body[8..];
         Ok(match kind {
-            KIND_HELLO => Message::Hello { proxy_id: text(rest)?, last_applied_version: version },
+            KIND_HELLO => Message::Hello {
+                proxy_id: text(rest)?,
+                last_applied_version: version,
+            },
             KIND_SNAPSHOT => {
                 // Reuse the frame's allocation: snapshots can be tens of megabytes.
                 let mut payload = frame;
@@ -123,27 +158,48 @@ impl Message {
             }
             KIND_DELTA => {
                 let Some(base) = rest.get(..8) else {
-                    return Err(WireError::Malformed { kind: name, reason: "missing base version" });
+                    return Err(WireError::Malformed {
+                        kind: name,
+                        reason: "missing base version",
+                    });
                 };
                 let base_version = u64::from_be_bytes(base.try_into().expect("8 bytes"));
-                Message::Delta { version, base_version, payload: rest[8..].to_vec() }
+                Message::Delta {
+                    version,
+                    base_version,
+                    payload: rest[8..].to_vec(),
+                }
             }
             KIND_ACK if rest.is_empty() => Message::Ack { version },
-            KIND_ACK => return Err(WireError::Malformed { kind: name, reason: "trailing bytes" }),
-            _ => Message::Nack { version, reason: text(rest)? },
+            KIND_ACK => {
+                return Err(WireError::Malformed {
+                    kind: name,
+                    reason: "trailing bytes",
+                })
+            }
+            _ => Message::Nack {
+                version,
+                reason: text(rest)?,
+            },
         })
     }
 }
 
 /// Writes one message as one frame.
-pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Message,
+) -> Result<(), WireError> {
     w.write_all(&msg.encode()).await?;
     w.flush().await?;
     Ok(())
 }
 
 /// Reads one frame; a length over `max_frame` is refused before the body is read.
-pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, max_frame: usize) -> Result<Message, WireError> {
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame: usize,
+) -> Result<Message, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -152,7 +208,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, max_frame: usize) -> 
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max_frame {
-        return Err(WireError::FrameTooLarge { len, max: max_frame });
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
     }
     let mut frame = vec![0u8; len];
     r.read_exact(&mut frame).await?;
@@ -171,11 +230,24 @@ mod tests {
     #[tokio::test]
     async fn every_message_round_trips() {
         for msg in [
-            Message::Hello { proxy_id: "p-1".into(), last_applied_version: 9 },
-            Message::Snapshot { version: 3, payload: b"{\"x\":1}".to_vec() },
-            Message::Delta { version: 4, base_version: 3, payload: b"changes".to_vec() },
+            Message::Hello {
+                proxy_id: "p-1".into(),
+                last_applied_version: 9,
+            },
+            Message::Snapshot {
+                version: 3,
+                payload: b"{\"x\":1}".to_vec(),
+            },
+            Message::Delta {
+                version: 4,
+                base_version: 3,
+                payload: b"changes".to_vec(),
+            },
             Message::Ack { version: 3 },
-            Message::Nack { version: 4, reason: "bad host".into() },
+            Message::Nack {
+                version: 4,
+                reason: "bad host".into(),
+            },
         ] {
             assert_eq!(round_trip(msg.clone()).await, msg);
         }
@@ -185,8 +257,19 @@ mod tests {
     async fn oversized_frame_is_refused_from_its_length_alone() {
         // Only the length prefix exists: a reader that tried to read the body would hit EOF.
         let prefix = (1_000_000u32).to_be_bytes();
-        let err = read_message(&mut prefix.as_slice(), 1024).await.unwrap_err();
-        assert!(matches!(err, WireError::FrameTooLarge { len: 1_000_000, max: 1024 }), "{err}");
+        let err = read_message(&mut prefix.as_slice(), 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::FrameTooLarge {
+                    len: 1_000_000,
+                    max: 1024
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -196,22 +279,46 @@ mod tests {
         let mut r = bytes.as_slice();
         let err = read_message(&mut r, 1024).await.unwrap_err();
         assert!(matches!(err, WireError::UnsupportedVersion(99)) && err.stream_intact());
-        assert_eq!(read_message(&mut r, 1024).await.unwrap(), Message::Ack { version: 5 });
+        assert_eq!(
+            read_message(&mut r, 1024).await.unwrap(),
+            Message::Ack { version: 5 }
+        );
 
         let bytes = [0, 0, 0, 3, 0, 1, 42];
-        assert!(matches!(read_message(&mut bytes.as_slice(), 1024).await, Err(WireError::UnknownKind(42))));
+        assert!(matches!(
+            read_message(&mut bytes.as_slice(), 1024).await,
+            Err(WireError::UnknownKind(42))
+        ));
     }
 
     #[tokio::test]
     async fn truncated_and_invalid_bodies_are_malformed() {
         let bytes = [0, 0, 0, 5, 0, 1, KIND_ACK, 1, 2];
-        assert!(matches!(read_message(&mut bytes.as_slice(), 1024).await, Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            read_message(&mut bytes.as_slice(), 1024).await,
+            Err(WireError::Malformed { .. })
+        ));
         let mut bytes = vec![0, 0, 0, 13, 0, 1, KIND_NACK, 0, 0, 0, 0, 0, 0, 0, 1];
         bytes.extend([0xff, 0xfe]);
-        assert!(matches!(read_message(&mut bytes.as_slice(), 1024).await, Err(WireError::Malformed { .. })));
-        assert!(matches!(read_message(&mut [0u8, 0].as_slice(), 1024).await, Err(WireError::Closed)));
+        assert!(matches!(
+            read_message(&mut bytes.as_slice(), 1024).await,
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            read_message(&mut [0u8, 0].as_slice(), 1024).await,
+            Err(WireError::Closed)
+        ));
         let bytes = [0, 0, 0, 11, 0, 1, KIND_DELTA, 0, 0, 0, 0, 0, 0, 0, 2];
         let err = read_message(&mut bytes.as_slice(), 1024).await.unwrap_err();
-        assert!(matches!(err, WireError::Malformed { kind: "Delta", reason: "missing base version" }), "{err}");
+        assert!(
+            matches!(
+                err,
+                WireError::Malformed {
+                    kind: "Delta",
+                    reason: "missing base version"
+                }
+            ),
+            "{err}"
+        );
     }
 }

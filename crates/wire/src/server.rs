@@ -39,22 +39,46 @@ pub struct SnapshotPublisher {
 impl SnapshotPublisher {
     /// Makes `payload` the snapshot every connected and future proxy receives.
     pub fn publish(&self, version: u64, payload: Vec<u8>) {
-        self.tx.send_replace(Some(Arc::new(Published { version, whole: Some(payload), delta: None })));
+        self.tx.send_replace(Some(Arc::new(Published {
+            version,
+            whole: Some(payload),
+            delta: None,
+        })));
     }
 
     /// As [`SnapshotPublisher::publish`]; a proxy that was last sent `base_version` gets
     /// `delta` instead of `payload`.
-    pub fn publish_with_delta(&self, version: u64, payload: Vec<u8>, base_version: u64, delta: Vec<u8>) {
-        let delta = Some(Delta { base_version, payload: delta });
-        self.tx.send_replace(Some(Arc::new(Published { version, whole: Some(payload), delta })));
+    pub fn publish_with_delta(
+        &self,
+        version: u64,
+        payload: Vec<u8>,
+        base_version: u64,
+        delta: Vec<u8>,
+    ) {
+        let delta = Some(Delta {
+            base_version,
+            payload: delta,
+        });
+        self.tx.send_replace(Some(Arc::new(Published {
+            version,
+            whole: Some(payload),
+            delta,
+        })));
     }
 
     /// Sends `delta` to the proxies that were last sent `base_version`, before the whole
     /// snapshot is encoded; the other proxies get nothing until
     /// [`SnapshotPublisher::publish_with_delta`] follows with the same version.
     pub fn publish_delta(&self, version: u64, base_version: u64, delta: Vec<u8>) {
-        let delta = Some(Delta { base_version, payload: delta });
-        self.tx.send_replace(Some(Arc::new(Published { version, whole: None, delta })));
+        let delta = Some(Delta {
+            base_version,
+            payload: delta,
+        });
+        self.tx.send_replace(Some(Arc::new(Published {
+            version,
+            whole: None,
+            delta,
+        })));
     }
 }
 
@@ -102,10 +126,16 @@ impl SnapshotServer {
     pub fn bind(path: &Path, max_frame: usize) -> io::Result<(SnapshotServer, SnapshotPublisher)> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is served by another process", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is served by another process", path.display()),
+                ));
             }
             std::fs::remove_file(path)?;
         }
@@ -115,7 +145,13 @@ impl SnapshotServer {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let (tx, rx) = watch::channel(None);
-        let server = SnapshotServer { listener, path: path.to_path_buf(), rx, max_frame, acked: AckedVersions::default() };
+        let server = SnapshotServer {
+            listener,
+            path: path.to_path_buf(),
+            rx,
+            max_frame,
+            acked: AckedVersions::default(),
+        };
         Ok((server, SnapshotPublisher { tx: Arc::new(tx) }))
     }
 
@@ -128,7 +164,11 @@ impl SnapshotServer {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let conn = Connection { rx: self.rx.clone(), max_frame: self.max_frame, acked: self.acked.clone() };
+                    let conn = Connection {
+                        rx: self.rx.clone(),
+                        max_frame: self.max_frame,
+                        acked: self.acked.clone(),
+                    };
                     tokio::spawn(conn.run(stream));
                 }
                 Err(e) => {
@@ -149,9 +189,19 @@ struct Connection {
 impl Connection {
     async fn run(mut self, stream: UnixStream) {
         let (mut reader, mut writer) = stream.into_split();
-        let (proxy_id, last_applied) = match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut reader, self.max_frame)).await {
-            Ok(Ok(Message::Hello { proxy_id, last_applied_version })) => (proxy_id, last_applied_version),
-            Ok(Ok(other)) => return tracing::warn!(message = ?kind_of(&other), "proxy did not start with Hello; closing"),
+        let (proxy_id, last_applied) = match tokio::time::timeout(
+            HELLO_TIMEOUT,
+            read_message(&mut reader, self.max_frame),
+        )
+        .await
+        {
+            Ok(Ok(Message::Hello {
+                proxy_id,
+                last_applied_version,
+            })) => (proxy_id, last_applied_version),
+            Ok(Ok(other)) => {
+                return tracing::warn!(message = ?kind_of(&other), "proxy did not start with Hello; closing")
+            }
             Ok(Err(e)) => return tracing::warn!(error = %e, "reading Hello failed; closing"),
             Err(_) => return tracing::warn!("no Hello within {HELLO_TIMEOUT:?}; closing"),
         };
@@ -159,7 +209,13 @@ impl Connection {
         self.acked.set(&proxy_id, last_applied);
 
         let (replies_tx, mut replies) = mpsc::unbounded_channel();
-        let mut read_loop = tokio::spawn(read_replies(reader, self.max_frame, proxy_id.clone(), self.acked.clone(), replies_tx));
+        let mut read_loop = tokio::spawn(read_replies(
+            reader,
+            self.max_frame,
+            proxy_id.clone(),
+            self.acked.clone(),
+            replies_tx,
+        ));
         let mut sent = last_applied;
         // Versions sent as deltas and not yet answered, and whether the proxy refused one:
         // it then does not serve the base of the next, so the latest goes whole.
@@ -171,9 +227,16 @@ impl Connection {
             let msg = latest.as_ref().and_then(|p| match (&p.delta, &p.whole) {
                 (Some(d), _) if d.base_version == sent && !send_whole => {
                     deltas_unanswered.insert(p.version);
-                    Some(Message::Delta { version: p.version, base_version: d.base_version, payload: d.payload.clone() })
+                    Some(Message::Delta {
+                        version: p.version,
+                        base_version: d.base_version,
+                        payload: d.payload.clone(),
+                    })
                 }
-                (_, Some(whole)) => Some(Message::Snapshot { version: p.version, payload: whole.clone() }),
+                (_, Some(whole)) => Some(Message::Snapshot {
+                    version: p.version,
+                    payload: whole.clone(),
+                }),
                 // The whole snapshot is being encoded and follows.
                 _ => None,
             });
@@ -225,16 +288,28 @@ async fn read_replies(
             Ok(Message::Ack { version }) => {
                 tracing::debug!(proxy = %proxy_id, version, "snapshot acknowledged");
                 acked.set(&proxy_id, version);
-                let _ = replies.send(Reply { version, applied: true });
+                let _ = replies.send(Reply {
+                    version,
+                    applied: true,
+                });
             }
             Ok(Message::Nack { version, reason }) => {
                 tracing::warn!(proxy = %proxy_id, version, %reason, "proxy refused snapshot");
-                let _ = replies.send(Reply { version, applied: false });
+                let _ = replies.send(Reply {
+                    version,
+                    applied: false,
+                });
             }
-            Ok(other) => tracing::warn!(proxy = %proxy_id, message = ?kind_of(&other), "unexpected message from proxy"),
+            Ok(other) => {
+                tracing::warn!(proxy = %proxy_id, message = ?kind_of(&other), "unexpected message from proxy")
+            }
             Err(WireError::Closed) => return,
-            Err(e) if e.stream_intact() => tracing::warn!(proxy = %proxy_id, error = %e, "bad message from proxy"),
-            Err(e) => return tracing::warn!(proxy = %proxy_id, error = %e, "reading from proxy failed"),
+            Err(e) if e.stream_intact() => {
+                tracing::warn!(proxy = %proxy_id, error = %e, "bad message from proxy")
+            }
+            Err(e) => {
+                return tracing::warn!(proxy = %proxy_id, error = %e, "reading from proxy failed")
+            }
         }
     }
 }

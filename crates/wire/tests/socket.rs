@@ -25,7 +25,11 @@ impl SnapshotSink for RecordingSink {
         Ok(())
     }
     fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String> {
-        assert_eq!(base_version, self.last_applied(), "the client checks the base before applying");
+        assert_eq!(
+            base_version,
+            self.last_applied(),
+            "the client checks the base before applying"
+        );
         self.apply(version, payload)?;
         self.deltas.lock().unwrap().push(version);
         Ok(())
@@ -53,7 +57,10 @@ async fn proxies_get_latest_on_connect_then_every_newer_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portico.sock");
     let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let acked = server.acked_versions();
     tokio::spawn(server.serve());
     publisher.publish(1, b"one".to_vec());
@@ -64,16 +71,25 @@ async fn proxies_get_latest_on_connect_then_every_newer_one() {
         let sink: &'static RecordingSink = sink;
         tokio::spawn(async move { c.run(sink).await });
     }
-    eventually("both proxies ack version 1", || acked.get("proxy-0") == Some(1) && acked.get("proxy-1") == Some(1)).await;
+    eventually("both proxies ack version 1", || {
+        acked.get("proxy-0") == Some(1) && acked.get("proxy-1") == Some(1)
+    })
+    .await;
 
     publisher.publish(2, b"bad".to_vec());
     publisher.publish(3, b"three".to_vec());
-    eventually("both proxies ack version 3", || acked.get("proxy-0") == Some(3) && acked.get("proxy-1") == Some(3)).await;
+    eventually("both proxies ack version 3", || {
+        acked.get("proxy-0") == Some(3) && acked.get("proxy-1") == Some(3)
+    })
+    .await;
     for sink in &sinks {
         let applied = sink.applied.lock().unwrap().clone();
         assert_eq!(applied.first(), Some(&(1, b"one".to_vec())));
         assert_eq!(applied.last(), Some(&(3, b"three".to_vec())));
-        assert!(applied.iter().all(|(_, p)| p != b"bad"), "a refused snapshot was applied");
+        assert!(
+            applied.iter().all(|(_, p)| p != b"bad"),
+            "a refused snapshot was applied"
+        );
     }
 }
 
@@ -134,7 +150,10 @@ async fn oversized_snapshot_is_refused_by_the_client() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sink.last_applied(), 0);
     publisher.publish(2, b"small".to_vec());
-    eventually("small snapshot applied after the refusal", || sink.last_applied() == 2).await;
+    eventually("small snapshot applied after the refusal", || {
+        sink.last_applied() == 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -152,23 +171,38 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     eventually("ack 1", || acked.get("first") == Some(1)).await;
     publisher.publish_with_delta(2, b"two whole".to_vec(), 1, b"two delta".to_vec());
     eventually("ack 2", || acked.get("first") == Some(2)).await;
-    assert_eq!(first.applied.lock().unwrap().last(), Some(&(2, b"two delta".to_vec())));
+    assert_eq!(
+        first.applied.lock().unwrap().last(),
+        Some(&(2, b"two delta".to_vec()))
+    );
 
     // A proxy that connects now serves nothing, so it gets version 2 whole.
     let second: &'static RecordingSink = Box::leak(Box::default());
     let c = client(&path, "second");
     tokio::spawn(async move { c.run(second).await });
     eventually("second acks 2", || acked.get("second") == Some(2)).await;
-    assert_eq!(second.applied.lock().unwrap().clone(), vec![(2, b"two whole".to_vec())]);
+    assert_eq!(
+        second.applied.lock().unwrap().clone(),
+        vec![(2, b"two whole".to_vec())]
+    );
 
     // A refused delta: the proxy keeps serving 2 and is sent version 3 whole.
     publisher.publish_with_delta(3, b"three whole".to_vec(), 2, b"bad".to_vec());
-    eventually("both ack 3", || acked.get("first") == Some(3) && acked.get("second") == Some(3)).await;
+    eventually("both ack 3", || {
+        acked.get("first") == Some(3) && acked.get("second") == Some(3)
+    })
+    .await;
     for sink in [first, second] {
-        assert_eq!(sink.applied.lock().unwrap().last(), Some(&(3, b"three whole".to_vec())));
+        assert_eq!(
+            sink.applied.lock().unwrap().last(),
+            Some(&(3, b"three whole".to_vec()))
+        );
     }
     publisher.publish_with_delta(4, b"four whole".to_vec(), 3, b"four delta".to_vec());
-    eventually("both ack 4", || acked.get("first") == Some(4) && acked.get("second") == Some(4)).await;
+    eventually("both ack 4", || {
+        acked.get("first") == Some(4) && acked.get("second") == Some(4)
+    })
+    .await;
     assert_eq!(first.deltas.lock().unwrap().clone(), vec![2, 4]);
     assert_eq!(second.deltas.lock().unwrap().clone(), vec![4]);
 
@@ -177,15 +211,24 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     publisher.publish(5, b"bad".to_vec());
     tokio::time::sleep(Duration::from_millis(100)).await;
     publisher.publish_with_delta(6, b"six whole".to_vec(), 5, b"six delta".to_vec());
-    eventually("both ack 6", || acked.get("first") == Some(6) && acked.get("second") == Some(6)).await;
+    eventually("both ack 6", || {
+        acked.get("first") == Some(6) && acked.get("second") == Some(6)
+    })
+    .await;
     for sink in [first, second] {
-        assert_eq!(sink.applied.lock().unwrap().last(), Some(&(6, b"six whole".to_vec())));
+        assert_eq!(
+            sink.applied.lock().unwrap().last(),
+            Some(&(6, b"six whole".to_vec()))
+        );
     }
 
     // The delta goes out before the whole snapshot is encoded: the proxies that serve its
     // base apply it, and one that connects meanwhile waits for the whole.
     publisher.publish_delta(7, 6, b"seven delta".to_vec());
-    eventually("both ack 7", || acked.get("first") == Some(7) && acked.get("second") == Some(7)).await;
+    eventually("both ack 7", || {
+        acked.get("first") == Some(7) && acked.get("second") == Some(7)
+    })
+    .await;
     let third: &'static RecordingSink = Box::leak(Box::default());
     let c = client(&path, "third");
     tokio::spawn(async move { c.run(third).await });
@@ -194,18 +237,30 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     assert_eq!(third.last_applied(), 0);
     publisher.publish_with_delta(7, b"seven whole".to_vec(), 6, b"seven delta".to_vec());
     eventually("third acks 7", || acked.get("third") == Some(7)).await;
-    assert_eq!(third.applied.lock().unwrap().clone(), vec![(7, b"seven whole".to_vec())]);
-    assert_eq!(first.deltas.lock().unwrap().clone(), vec![2, 4, 7], "version 7 is not sent twice");
+    assert_eq!(
+        third.applied.lock().unwrap().clone(),
+        vec![(7, b"seven whole".to_vec())]
+    );
+    assert_eq!(
+        first.deltas.lock().unwrap().clone(),
+        vec![2, 4, 7],
+        "version 7 is not sent twice"
+    );
 }
 
 #[test]
 fn bind_refuses_a_live_socket_and_a_regular_file() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.sock");
         let (_server, _p) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
-        let err = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).err().unwrap();
+        let err = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME)
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").unwrap();
@@ -219,7 +274,10 @@ fn backoff_grows_to_its_cap_with_jitter_and_resets() {
     let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
     assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
     assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-    assert!(delays[9] >= Duration::from_secs(1), "should reach the cap's range: {delays:?}");
+    assert!(
+        delays[9] >= Duration::from_secs(1),
+        "should reach the cap's range: {delays:?}"
+    );
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(100));
 }
@@ -241,28 +299,58 @@ async fn bad_frames_are_nacked_and_the_connection_kept() {
 
     // Every read is bounded: a proxy that stopped answering fails the test, not hangs it.
     async fn recv(stream: &mut tokio::net::UnixStream) -> Message {
-        tokio::time::timeout(Duration::from_secs(5), read_message(stream, DEFAULT_MAX_FRAME))
-            .await
-            .expect("proxy answered in time")
-            .unwrap()
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            read_message(stream, DEFAULT_MAX_FRAME),
+        )
+        .await
+        .expect("proxy answered in time")
+        .unwrap()
     }
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     let hello = recv(&mut stream).await;
-    assert_eq!(hello, Message::Hello { proxy_id: "p".into(), last_applied_version: 0 });
+    assert_eq!(
+        hello,
+        Message::Hello {
+            proxy_id: "p".into(),
+            last_applied_version: 0
+        }
+    );
 
     // Protocol version 99, kind Snapshot, version 1, payload "x".
-    stream.write_all(&[0, 0, 0, 12, 0, 99, 2, 0, 0, 0, 0, 0, 0, 0, 1, b'x']).await.unwrap();
+    stream
+        .write_all(&[0, 0, 0, 12, 0, 99, 2, 0, 0, 0, 0, 0, 0, 0, 1, b'x'])
+        .await
+        .unwrap();
     match recv(&mut stream).await {
-        Message::Nack { version: 0, reason } => assert!(reason.contains("protocol version 99"), "{reason}"),
+        Message::Nack { version: 0, reason } => {
+            assert!(reason.contains("protocol version 99"), "{reason}")
+        }
         other => panic!("expected a Nack, got {other:?}"),
     }
     // A Snapshot frame too short to hold its version.
-    stream.write_all(&[0, 0, 0, 5, 0, 1, 2, 0, 0]).await.unwrap();
+    stream
+        .write_all(&[0, 0, 0, 5, 0, 1, 2, 0, 0])
+        .await
+        .unwrap();
     match recv(&mut stream).await {
-        Message::Nack { version: 0, reason } => assert!(reason.contains("malformed Snapshot"), "{reason}"),
+        Message::Nack { version: 0, reason } => {
+            assert!(reason.contains("malformed Snapshot"), "{reason}")
+        }
         other => panic!("expected a Nack, got {other:?}"),
     }
-    write_message(&mut stream, &Message::Snapshot { version: 3, payload: b"good".to_vec() }).await.unwrap();
+    write_message(
+        &mut stream,
+        &Message::Snapshot {
+            version: 3,
+            payload: b"good".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(recv(&mut stream).await, Message::Ack { version: 3 });
     assert_eq!(sink.last_applied(), 3);
 }

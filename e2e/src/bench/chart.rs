@@ -10,9 +10,14 @@ fn register_font() -> anyhow::Result<()> {
     static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let bytes = std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
-            plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-                .map_err(|_| format!("{FONT}: not a usable font"))
+            let bytes = std::fs::read(FONT)
+                .map_err(|e| format!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
+            plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .map_err(|_| format!("{FONT}: not a usable font"))
         })
         .clone()
         .map_err(|e| anyhow!(e))
@@ -40,7 +45,13 @@ pub fn bar_panels(path: &Path, panels: &[Panel<'_>]) -> anyhow::Result<()> {
         RGBColor(0x8e, 0x44, 0xad),
     ];
     for (area, panel) in areas.iter().zip(panels) {
-        let max = panel.bars.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0) * 1.15;
+        let max = panel
+            .bars
+            .iter()
+            .map(|(_, v)| *v)
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.15;
         let n = panel.bars.len();
         let mut chart = ChartBuilder::on(area)
             .caption(panel.title, ("sans-serif", 20))
@@ -65,17 +76,28 @@ pub fn bar_panels(path: &Path, panels: &[Panel<'_>]) -> anyhow::Result<()> {
         chart
             .draw_series(panel.bars.iter().enumerate().map(|(i, (_, v))| {
                 let color = palette[i % palette.len()];
-                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)], color.filled());
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *v),
+                    ],
+                    color.filled(),
+                );
                 bar.set_margin(0, 0, 14, 14);
                 bar
             }))
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .draw_series(panel.bars.iter().enumerate().map(|(i, (_, v))| {
-                Text::new(format!("{v:.0}"), (SegmentValue::CenterOf(i), *v + max * 0.02), ("sans-serif", 13).into_font())
+                Text::new(
+                    format!("{v:.0}"),
+                    (SegmentValue::CenterOf(i), *v + max * 0.02),
+                    ("sans-serif", 13).into_font(),
+                )
             }))
             .map_err(|e| anyhow!("{e}"))?;
     }
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

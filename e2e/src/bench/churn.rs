@@ -41,7 +41,9 @@ pub struct ChurnReport {
 fn steady_manifest(pods: &[SocketAddr], scale: usize) -> String {
     let mut docs = service_with_endpoints("steady", &pods[..scale]);
     // HTTPS too, without redirecting the plain HTTP load.
-    let steady = ingress("steady").tls(&["steady.test"], "steady-tls").annotation("portico.io/ssl-redirect", "false");
+    let steady = ingress("steady")
+        .tls(&["steady.test"], "steady-tls")
+        .annotation("portico.io/ssl-redirect", "false");
     docs.push(steady.path("steady.test", "Prefix", "/", "steady").build());
     to_yaml(&docs)
 }
@@ -52,18 +54,24 @@ fn certificate_manifest(issued: &tls::Issued) -> String {
 
 fn extra_manifest(k: u64, extra: SocketAddr) -> String {
     let mut docs = service_with_endpoints("extra", &[extra]);
-    docs.push(ingress(&format!("extra-{k}")).path(&format!("extra{k}.test"), "Prefix", "/", "extra").build());
+    docs.push(
+        ingress(&format!("extra-{k}"))
+            .path(&format!("extra{k}.test"), "Prefix", "/", "extra")
+            .build(),
+    );
     to_yaml(&docs)
 }
 
 async fn wrk_in_background(target: SocketAddr, seconds: u64) -> anyhow::Result<LoadResult> {
     let dir = tempfile::tempdir()?;
     tokio::task::spawn_blocking(move || {
-        Wrk { connections: 32, threads: 1, host: "steady.test".into(), path: "/".into() }.run(
-            target,
-            Duration::from_secs(seconds),
-            dir.path(),
-        )
+        Wrk {
+            connections: 32,
+            threads: 1,
+            host: "steady.test".into(),
+            path: "/".into(),
+        }
+        .run(target, Duration::from_secs(seconds), dir.path())
     })
     .await?
 }
@@ -73,7 +81,13 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
     let port = first.addr.port();
     let mut pods = vec![first];
     for i in 2..=3 {
-        pods.push(EchoServer::start(&format!("steady-{i}"), format!("127.0.0.{}:{port}", 20 + i).parse()?).await?);
+        pods.push(
+            EchoServer::start(
+                &format!("steady-{i}"),
+                format!("127.0.0.{}:{port}", 20 + i).parse()?,
+            )
+            .await?,
+        );
     }
     let extra = EchoServer::start("extra", "127.0.0.1:0".parse()?).await?;
     let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
@@ -82,7 +96,10 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
     let issued = Arc::new(Mutex::new(HashSet::from([first_cert.serial.clone()])));
     let portico = Arc::new(
         Portico::start_with(
-            &[("steady.yaml", steady_manifest(&addrs, 3)), ("steady-tls.yaml", certificate_manifest(&first_cert))],
+            &[
+                ("steady.yaml", steady_manifest(&addrs, 3)),
+                ("steady-tls.yaml", certificate_manifest(&first_cert)),
+            ],
             // A line per request of a minute of wrk would fill the disk, not test anything.
             &["--access-log", "off"],
         )
@@ -91,9 +108,19 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
 
     // The checker: every answer for steady.test must come from a steady pod.
     let stop = Arc::new(AtomicBool::new(false));
-    let (checked, failed, misrouted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (checked, failed, misrouted) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let checker = {
-        let (p, stop, checked, failed, misrouted) = (portico.clone(), stop.clone(), checked.clone(), failed.clone(), misrouted.clone());
+        let (p, stop, checked, failed, misrouted) = (
+            portico.clone(),
+            stop.clone(),
+            checked.clone(),
+            failed.clone(),
+            misrouted.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 checked.fetch_add(1, Ordering::Relaxed);
@@ -112,15 +139,30 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
 
     // The TLS checker: a fresh handshake each time; the certificate must be one issued for
     // the host (rotations race with handshakes, so any of them), the answer a steady pod's.
-    let (tls_checked, tls_failed, tls_wrong) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (tls_checked, tls_failed, tls_wrong) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let tls_checker = {
-        let (p, stop, checked, failed, wrong, issued, seen) =
-            (portico.clone(), stop.clone(), tls_checked.clone(), tls_failed.clone(), tls_wrong.clone(), issued.clone(), seen.clone());
+        let (p, stop, checked, failed, wrong, issued, seen) = (
+            portico.clone(),
+            stop.clone(),
+            tls_checked.clone(),
+            tls_failed.clone(),
+            tls_wrong.clone(),
+            issued.clone(),
+            seen.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 checked.fetch_add(1, Ordering::Relaxed);
-                let opts = ClientOptions { sni: Some("steady.test"), alpn: &["h2", "http/1.1"], ..ClientOptions::default() };
+                let opts = ClientOptions {
+                    sni: Some("steady.test"),
+                    alpn: &["h2", "http/1.1"],
+                    ..ClientOptions::default()
+                };
                 let ok = match tls::connect(p.https, opts).await {
                     Ok((stream, hs)) => {
                         if !issued.lock().expect("lock").contains(&hs.serial) {
@@ -148,7 +190,10 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
     while started.elapsed() < Duration::from_secs(seconds) {
         // In turn: scale the steady Service, add or remove a route, rotate the certificate.
         match changes % 3 {
-            0 => portico.write("steady.yaml", &steady_manifest(&addrs, 1 + (changes as usize / 3) % 3)),
+            0 => portico.write(
+                "steady.yaml",
+                &steady_manifest(&addrs, 1 + (changes as usize / 3) % 3),
+            ),
             1 => {
                 let k = changes / 3 % 5;
                 let name = format!("extra-{k}.yaml");

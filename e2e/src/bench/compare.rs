@@ -68,20 +68,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The machine's cores (all of them, whatever this process is pinned to) and CPU model.
 pub fn machine_description() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map_or("unknown CPU", str::trim);
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim);
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     format!("{cores} cores, {cpu}")
 }
 
 pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     let work = tempfile::tempdir()?;
-    let placement = if opts.pin { Placement::split(opts.threads)? } else { None };
+    let placement = if opts.pin {
+        Placement::split(opts.threads)?
+    } else {
+        None
+    };
     if let Some(p) = &placement {
         p.enter_rest()?;
     }
     let backend = contenders::start_backend(work.path())?;
     eprintln!("backend nginx on {}", backend.addr);
-    let tls = if opts.h2 { Some(TlsFiles::create(work.path())?) } else { None };
+    let tls = if opts.h2 {
+        Some(TlsFiles::create(work.path())?)
+    } else {
+        None
+    };
     let mut running: Vec<(Contender, Running)> = Vec::new();
     for c in &opts.contenders {
         let dir = work.path().join(c.name());
@@ -92,9 +107,18 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
             None => start()?,
         };
         running.push((*c, started));
-        eprintln!("{} ready on {}", c.name(), running.last().expect("pushed").1.addr);
+        eprintln!(
+            "{} ready on {}",
+            c.name(),
+            running.last().expect("pushed").1.addr
+        );
     }
-    let wrk = Wrk { connections: opts.connections, threads: 1, host: BENCH_HOST.into(), path: "/".into() };
+    let wrk = Wrk {
+        connections: opts.connections,
+        threads: 1,
+        host: BENCH_HOST.into(),
+        path: "/".into(),
+    };
     let results = measure(opts, &running, "http/1.1", |r| {
         wrk.run(r.addr, opts.warmup, work.path())?;
         let before = procs::usage(r.measured_pid);
@@ -102,9 +126,15 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
         Ok((result, before))
     })?;
     let h2_results = if opts.h2 {
-        let h2load = H2load { connections: opts.connections, streams: 1, host: BENCH_HOST.into() };
+        let h2load = H2load {
+            connections: opts.connections,
+            streams: 1,
+            host: BENCH_HOST.into(),
+        };
         measure(opts, &running, "h2 over TLS", |r| {
-            let addr = r.tls_addr.ok_or_else(|| anyhow::anyhow!("no TLS listener"))?;
+            let addr = r
+                .tls_addr
+                .ok_or_else(|| anyhow::anyhow!("no TLS listener"))?;
             // h2load's warm-up runs inside the same invocation; CPU is read around both.
             let before = procs::usage(r.measured_pid);
             let result = h2load.run(addr, opts.warmup, opts.duration, work.path())?;
@@ -120,7 +150,10 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
         rounds: opts.rounds,
         body_bytes: contenders::BODY_BYTES,
         machine: machine_description(),
-        placement: placement.map_or_else(|| "not pinned: the scheduler places every process".to_string(), |p| p.describe()),
+        placement: placement.map_or_else(
+            || "not pinned: the scheduler places every process".to_string(),
+            |p| p.describe(),
+        ),
         results,
         h2_results,
     })
@@ -156,7 +189,9 @@ fn measure(
                 let (result, before) = load(r)?;
                 let stolen = procs::HostSteal::now().share_since(&steal_before, started.elapsed());
                 let after = procs::usage(r.measured_pid);
-                let cpu_per_100k = (after.cpu_seconds - before.cpu_seconds) / result.requests.max(1) as f64 * 100_000.0;
+                let cpu_per_100k = (after.cpu_seconds - before.cpu_seconds)
+                    / result.requests.max(1) as f64
+                    * 100_000.0;
                 eprintln!(
                     "{label} round {}/{} {:<20} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  cpu {:.2} s/100k  errors {}  host steal {:.1} %",
                     round + 1,
@@ -171,10 +206,19 @@ fn measure(
                     stolen * 100.0
                 );
                 if stolen <= STEAL_LIMIT || attempt == MEASUREMENTS_PER_ROUND {
-                    break (LoadResult { errors: result.errors + earlier_errors, ..result }, cpu_per_100k);
+                    break (
+                        LoadResult {
+                            errors: result.errors + earlier_errors,
+                            ..result
+                        },
+                        cpu_per_100k,
+                    );
                 }
                 earlier_errors += result.errors;
-                eprintln!("  the host took more than {:.0} % of the CPUs; measuring again", STEAL_LIMIT * 100.0);
+                eprintln!(
+                    "  the host took more than {:.0} % of the CPUs; measuring again",
+                    STEAL_LIMIT * 100.0
+                );
             };
             samples[i].push((result, cpu_per_100k));
         }
@@ -216,15 +260,34 @@ impl CompareReport {
         std::fs::write(dir.join("compare.md"), self.markdown())?;
         std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(self)?)?;
         let bars = |results: &[ContenderSummary], f: fn(&ContenderSummary) -> f64| {
-            results.iter().map(|r| (r.name.replace("pingora-passthrough", "pingora"), f(r))).collect()
+            results
+                .iter()
+                .map(|r| (r.name.replace("pingora-passthrough", "pingora"), f(r)))
+                .collect()
         };
         let mut panels = vec![
-            Panel { title: "HTTP/1.1 throughput (higher is better)", unit: "requests / s", bars: bars(&self.results, |r| r.rps) },
-            Panel { title: "HTTP/1.1 p99 latency (lower is better)", unit: "microseconds", bars: bars(&self.results, |r| r.p99_ms * 1e3) },
+            Panel {
+                title: "HTTP/1.1 throughput (higher is better)",
+                unit: "requests / s",
+                bars: bars(&self.results, |r| r.rps),
+            },
+            Panel {
+                title: "HTTP/1.1 p99 latency (lower is better)",
+                unit: "microseconds",
+                bars: bars(&self.results, |r| r.p99_ms * 1e3),
+            },
         ];
         if !self.h2_results.is_empty() {
-            panels.push(Panel { title: "h2 over TLS throughput", unit: "requests / s", bars: bars(&self.h2_results, |r| r.rps) });
-            panels.push(Panel { title: "h2 over TLS p99 latency", unit: "microseconds", bars: bars(&self.h2_results, |r| r.p99_ms * 1e3) });
+            panels.push(Panel {
+                title: "h2 over TLS throughput",
+                unit: "requests / s",
+                bars: bars(&self.h2_results, |r| r.rps),
+            });
+            panels.push(Panel {
+                title: "h2 over TLS p99 latency",
+                unit: "microseconds",
+                bars: bars(&self.h2_results, |r| r.p99_ms * 1e3),
+            });
         }
         bar_panels(&dir.join("compare.png"), &panels)
     }
@@ -239,7 +302,14 @@ fn table(results: &[ContenderSummary]) -> String {
     for r in results {
         s += &format!(
             "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} |\n",
-            r.name, r.rps, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_seconds_per_100k, r.peak_rss_mib, r.errors
+            r.name,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.cpu_seconds_per_100k,
+            r.peak_rss_mib,
+            r.errors
         );
     }
     let find = |n: &str| results.iter().find(|r| r.name == n);

@@ -26,7 +26,12 @@ pub enum Contender {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 4] = [Contender::Portico, Contender::PingoraPassthrough, Contender::Nginx, Contender::Haproxy];
+    pub const ALL: [Contender; 4] = [
+        Contender::Portico,
+        Contender::PingoraPassthrough,
+        Contender::Nginx,
+        Contender::Haproxy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,7 +64,10 @@ impl TlsFiles {
         };
         std::fs::write(&files.cert, &files.cert_pem)?;
         std::fs::write(&files.key, &files.key_pem)?;
-        std::fs::write(&files.combined, format!("{}{}", files.cert_pem, files.key_pem))?;
+        std::fs::write(
+            &files.combined,
+            format!("{}{}", files.cert_pem, files.key_pem),
+        )?;
         Ok(files)
     }
 }
@@ -78,9 +86,17 @@ impl Running {
     /// Asks the measured process to stop (SIGINT) and waits up to a minute for it to exit,
     /// so that tools wrapped around it can write their output.
     pub fn interrupt_and_wait(mut self) {
-        let _ = Command::new("kill").arg("-INT").arg(self.measured_pid.to_string()).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.measured_pid.to_string())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(60);
-        if let Some(child) = self.children.iter_mut().find(|c| c.id() == self.measured_pid) {
+        if let Some(child) = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == self.measured_pid)
+        {
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -91,8 +107,17 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         // Whole trees: nginx's workers outlive a killed master otherwise.
-        let pids: Vec<String> = self.children.iter().flat_map(|c| super::procs::tree(c.id())).map(|p| p.to_string()).collect();
-        let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
+        let pids: Vec<String> = self
+            .children
+            .iter()
+            .flat_map(|c| super::procs::tree(c.id()))
+            .map(|p| p.to_string())
+            .collect();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
         for c in &mut self.children {
             let _ = c.wait();
         }
@@ -102,17 +127,29 @@ impl Drop for Running {
 fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {cmd:?}"))
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
 }
 
 /// One blocking HTTP/1.1 GET; the status code.
 pub fn get_status(addr: SocketAddr, host: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
-    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<()> {
@@ -123,7 +160,10 @@ fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{what} did not answer 200 on {addr}; logs in {}", log_dir.display())
+    bail!(
+        "{what} did not answer 200 on {addr}; logs in {}",
+        log_dir.display()
+    )
 }
 
 /// The proxying location of the nginx contender, the same on both listeners.
@@ -144,10 +184,20 @@ pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
     let conf_path = dir.join("backend.conf");
     std::fs::write(&conf_path, conf)?;
     let child = spawn(
-        Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]),
+        Command::new("nginx").arg("-c").arg(&conf_path).args([
+            "-p",
+            &dir.display().to_string(),
+            "-g",
+            "daemon off;",
+        ]),
         &dir.join("backend.log"),
     )?;
-    let running = Running { addr, tls_addr: None, measured_pid: child.id(), children: vec![child] };
+    let running = Running {
+        addr,
+        tls_addr: None,
+        measured_pid: child.id(),
+        children: vec![child],
+    };
     wait_for_200(addr, "backend nginx", dir)?;
     Ok(running)
 }
@@ -160,7 +210,13 @@ fn nginx_temp_paths(dir: &Path, name: &str) -> String {
 }
 
 /// Starts `contender`, with an HTTPS listener too when `tls` is given.
-pub fn start(contender: Contender, backend: SocketAddr, threads: usize, dir: &Path, tls: Option<&TlsFiles>) -> anyhow::Result<Running> {
+pub fn start(
+    contender: Contender,
+    backend: SocketAddr,
+    threads: usize,
+    dir: &Path,
+    tls: Option<&TlsFiles>,
+) -> anyhow::Result<Running> {
     start_wrapped(contender, backend, threads, dir, &[], tls)
 }
 
@@ -198,49 +254,75 @@ pub fn start_wrapped(
             if let Some(t) = tls {
                 docs.push(tls_secret("bench-tls", &t.cert_pem, &t.key_pem));
                 // The plain listener is measured too: no redirect there.
-                bench = bench.tls(&[BENCH_HOST], "bench-tls").annotation("portico.io/ssl-redirect", "false");
+                bench = bench
+                    .tls(&[BENCH_HOST], "bench-tls")
+                    .annotation("portico.io/ssl-redirect", "false");
             }
             docs.push(bench.build());
             std::fs::write(manifests.join("bench.yaml"), to_yaml(&docs))?;
             let socket = dir.join("portico.sock");
             // No HSTS: the other proxies are not configured to add it either.
             let controller = spawn(
-                Command::new(binary("portico-controller")).arg("--manifests").arg(&manifests).arg("--socket").arg(&socket).args([
-                    "--hsts",
-                    "false",
-                    "--metrics-addr",
-                    "",
-                ]),
+                Command::new(binary("portico-controller"))
+                    .arg("--manifests")
+                    .arg(&manifests)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["--hsts", "false", "--metrics-addr", ""]),
                 &dir.join("portico-controller.log"),
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let https = tls_addr;
             let proxy = spawn(
-                command(binary("portico-proxy"), wrapper).arg("--socket").arg(&socket).args([
-                    "--http-addr",
-                    &addr.to_string(),
-                    "--https-addr",
-                    &https.to_string(),
-                    "--admin-addr",
-                    &admin.to_string(),
-                    "--threads",
-                    &threads.to_string(),
-                    // As for nginx and HAProxy: the comparison measures proxying, not logging.
-                    "--access-log",
-                    "off",
-                ]),
+                command(binary("portico-proxy"), wrapper)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args([
+                        "--http-addr",
+                        &addr.to_string(),
+                        "--https-addr",
+                        &https.to_string(),
+                        "--admin-addr",
+                        &admin.to_string(),
+                        "--threads",
+                        &threads.to_string(),
+                        // As for nginx and HAProxy: the comparison measures proxying, not logging.
+                        "--access-log",
+                        "off",
+                    ]),
                 &log,
             )?;
-            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: proxy.id(), children: vec![proxy, controller] }
+            Running {
+                addr,
+                tls_addr: tls.map(|_| tls_addr),
+                measured_pid: proxy.id(),
+                children: vec![proxy, controller],
+            }
         }
         Contender::PingoraPassthrough => {
             let mut cmd = command(binary("pingora-passthrough"), wrapper);
-            cmd.args(["--listen", &addr.to_string(), "--upstream", &backend.to_string(), "--threads", &threads.to_string()]);
+            cmd.args([
+                "--listen",
+                &addr.to_string(),
+                "--upstream",
+                &backend.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ]);
             if let Some(t) = tls {
-                cmd.args(["--tls-listen", &tls_addr.to_string()]).arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
+                cmd.args(["--tls-listen", &tls_addr.to_string()])
+                    .arg("--cert")
+                    .arg(&t.cert)
+                    .arg("--key")
+                    .arg(&t.key);
             }
             let child = spawn(&mut cmd, &log)?;
-            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
+            Running {
+                addr,
+                tls_addr: tls.map(|_| tls_addr),
+                measured_pid: child.id(),
+                children: vec![child],
+            }
         }
         Contender::Nginx => {
             let conf = format!(
@@ -260,9 +342,21 @@ pub fn start_wrapped(
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf)?;
-            let child =
-                spawn(Command::new("nginx").arg("-c").arg(&conf_path).args(["-p", &dir.display().to_string(), "-g", "daemon off;"]), &log)?;
-            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
+            let child = spawn(
+                Command::new("nginx").arg("-c").arg(&conf_path).args([
+                    "-p",
+                    &dir.display().to_string(),
+                    "-g",
+                    "daemon off;",
+                ]),
+                &log,
+            )?;
+            Running {
+                addr,
+                tls_addr: tls.map(|_| tls_addr),
+                measured_pid: child.id(),
+                children: vec![child],
+            }
         }
         Contender::Haproxy => {
             let conf = format!(
@@ -274,8 +368,19 @@ pub fn start_wrapped(
             );
             let conf_path = dir.join("haproxy.cfg");
             std::fs::write(&conf_path, conf)?;
-            let child = spawn(command("haproxy", wrapper).arg("-f").arg(&conf_path).arg("-db"), &log)?;
-            Running { addr, tls_addr: tls.map(|_| tls_addr), measured_pid: child.id(), children: vec![child] }
+            let child = spawn(
+                command("haproxy", wrapper)
+                    .arg("-f")
+                    .arg(&conf_path)
+                    .arg("-db"),
+                &log,
+            )?;
+            Running {
+                addr,
+                tls_addr: tls.map(|_| tls_addr),
+                measured_pid: child.id(),
+                children: vec![child],
+            }
         }
     };
     wait_for_200(addr, name, dir)?;

@@ -17,13 +17,30 @@ pub struct H2load {
 }
 
 impl H2load {
-    pub fn run(&self, target: SocketAddr, warmup: Duration, duration: Duration, work_dir: &Path) -> anyhow::Result<LoadResult> {
+    pub fn run(
+        &self,
+        target: SocketAddr,
+        warmup: Duration,
+        duration: Duration,
+        work_dir: &Path,
+    ) -> anyhow::Result<LoadResult> {
         let log = work_dir.join("h2load.log");
         let _ = std::fs::remove_file(&log);
         let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as f64;
         let out = Command::new("h2load")
-            .args(["-t", "1", "-c", &self.connections.to_string(), "-m", &self.streams.to_string()])
-            .args(["-D", &duration.as_secs().max(1).to_string(), &format!("--warm-up-time={}", warmup.as_secs())])
+            .args([
+                "-t",
+                "1",
+                "-c",
+                &self.connections.to_string(),
+                "-m",
+                &self.streams.to_string(),
+            ])
+            .args([
+                "-D",
+                &duration.as_secs().max(1).to_string(),
+                &format!("--warm-up-time={}", warmup.as_secs()),
+            ])
             .arg(format!("--connect-to={target}"))
             .arg(format!("--log-file={}", log.display()))
             .arg(format!("https://{}/", self.host))
@@ -31,15 +48,20 @@ impl H2load {
             .context("running h2load (apt-get install nghttp2-client)")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            bail!("h2load failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "h2load failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         if !stdout.contains("h2") {
             bail!("h2load did not negotiate HTTP/2:\n{stdout}");
         }
-        let errors = failed_requests(&stdout).with_context(|| format!("unexpected h2load output:\n{stdout}"))?;
+        let errors = failed_requests(&stdout)
+            .with_context(|| format!("unexpected h2load output:\n{stdout}"))?;
         // Only requests started after the warm-up count.
         let measured_from = started + warmup.as_micros() as f64;
-        let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
         let mut latencies: Vec<f64> = text
             .lines()
             .filter_map(|l| {
@@ -71,7 +93,14 @@ impl H2load {
 /// `failed + errored + timeout` from h2load's `requests:` line.
 fn failed_requests(stdout: &str) -> Option<u64> {
     let line = stdout.lines().find(|l| l.starts_with("requests:"))?;
-    let count = |what: &str| -> Option<u64> { line.split(',').find(|p| p.trim().ends_with(what))?.split_whitespace().next()?.parse().ok() };
+    let count = |what: &str| -> Option<u64> {
+        line.split(',')
+            .find(|p| p.trim().ends_with(what))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
     Some(count("failed")? + count("errored")? + count("timeout").unwrap_or(0))
 }
 

@@ -20,9 +20,13 @@ pub struct InstructionCount {
 }
 
 fn total_instructions(profile: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(profile).with_context(|| format!("reading {}", profile.display()))?;
+    let text = std::fs::read_to_string(profile)
+        .with_context(|| format!("reading {}", profile.display()))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("totals: ").or_else(|| l.strip_prefix("summary: ")))
+        .find_map(|l| {
+            l.strip_prefix("totals: ")
+                .or_else(|| l.strip_prefix("summary: "))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no totals in {}", profile.display()))
 }
@@ -39,10 +43,16 @@ fn load(addr: SocketAddr, protocol: Protocol, requests: u32) -> anyhow::Result<(
     let mut h2load = Command::new("h2load");
     h2load.args(["-n", &requests.to_string(), "-c", "8", "-t", "1"]);
     match protocol {
-        Protocol::Http1 => h2load.args(["--h1", "-H", &format!(":authority: {BENCH_HOST}")]).arg(format!("http://{addr}/")),
-        Protocol::H2Tls => h2load.arg(format!("--connect-to={addr}")).arg(format!("https://{BENCH_HOST}/")),
+        Protocol::Http1 => h2load
+            .args(["--h1", "-H", &format!(":authority: {BENCH_HOST}")])
+            .arg(format!("http://{addr}/")),
+        Protocol::H2Tls => h2load
+            .arg(format!("--connect-to={addr}"))
+            .arg(format!("https://{BENCH_HOST}/")),
     };
-    let out = h2load.output().context("running h2load (apt-get install nghttp2-client)")?;
+    let out = h2load
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let ok = format!("{requests} succeeded");
     if !out.status.success() || !stdout.contains(&ok) {
@@ -51,7 +61,13 @@ fn load(addr: SocketAddr, protocol: Protocol, requests: u32) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn run(contender: Contender, protocol: Protocol, small: u32, large: u32, dir: &Path) -> anyhow::Result<InstructionCount> {
+pub fn run(
+    contender: Contender,
+    protocol: Protocol,
+    small: u32,
+    large: u32,
+    dir: &Path,
+) -> anyhow::Result<InstructionCount> {
     let backend = contenders::start_backend(dir)?;
     let tls = match protocol {
         Protocol::Http1 => None,
@@ -69,7 +85,14 @@ pub fn run(contender: Contender, protocol: Protocol, small: u32, large: u32, dir
             format!("--callgrind-out-file={}", profile.display()),
             "--dump-instr=no".into(),
         ];
-        let running = contenders::start_wrapped(contender, backend.addr, 1, &run_dir, &wrapper, tls.as_ref())?;
+        let running = contenders::start_wrapped(
+            contender,
+            backend.addr,
+            1,
+            &run_dir,
+            &wrapper,
+            tls.as_ref(),
+        )?;
         let addr = match protocol {
             Protocol::Http1 => running.addr,
             Protocol::H2Tls => running.tls_addr.context("no TLS listener")?,
@@ -79,5 +102,9 @@ pub fn run(contender: Contender, protocol: Protocol, small: u32, large: u32, dir
         totals.push(total_instructions(&profile)?);
     }
     let per_request = (totals[1] as f64 - totals[0] as f64) / f64::from(large - small);
-    Ok(InstructionCount { name: contender.name(), instructions_per_request: per_request, profile })
+    Ok(InstructionCount {
+        name: contender.name(),
+        instructions_per_request: per_request,
+        profile,
+    })
 }

@@ -17,12 +17,17 @@ impl Placement {
     /// the rest; `None` when there are not more cores than `threads`.
     pub fn split(threads: usize) -> anyhow::Result<Option<Placement>> {
         let allowed = sched_getaffinity(Pid::from_raw(0))?;
-        let cores: Vec<usize> = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+        let cores: Vec<usize> = (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect();
         if threads == 0 || cores.len() <= threads {
             return Ok(None);
         }
         let (rest, proxy) = cores.split_at(cores.len() - threads);
-        Ok(Some(Placement { proxy: proxy.to_vec(), rest: rest.to_vec() }))
+        Ok(Some(Placement {
+            proxy: proxy.to_vec(),
+            rest: rest.to_vec(),
+        }))
     }
 
     /// Moves the calling thread to the other cores, so that what it starts from now on
@@ -33,7 +38,10 @@ impl Placement {
 
     /// Runs `start` on the proxy's cores, so that the processes it starts (and their
     /// threads and children) stay there, then moves this thread back to the others.
-    pub fn on_proxy_cores<T>(&self, start: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn on_proxy_cores<T>(
+        &self,
+        start: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         pin_this_thread(&self.proxy)?;
         let started = start();
         self.enter_rest()?;
@@ -41,7 +49,10 @@ impl Placement {
     }
 
     pub fn describe(&self) -> String {
-        format!("proxy on core(s) {:?}, load generator and backend on {:?}", self.proxy, self.rest)
+        format!(
+            "proxy on core(s) {:?}, load generator and backend on {:?}",
+            self.proxy, self.rest
+        )
     }
 }
 
@@ -65,15 +76,28 @@ mod tests {
         };
         let allowed = |pid: u32| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim().to_string()
+            status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string()
         };
-        let mut child = placement.on_proxy_cores(|| Ok(std::process::Command::new("sleep").arg("5").spawn()?)).unwrap();
+        let mut child = placement
+            .on_proxy_cores(|| Ok(std::process::Command::new("sleep").arg("5").spawn()?))
+            .unwrap();
         let proxy_core = allowed(child.id());
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(proxy_core, placement.proxy[0].to_string());
         let here = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        assert!(!here.is_set(placement.proxy[0]).unwrap(), "the caller is back on the other cores");
+        assert!(
+            !here.is_set(placement.proxy[0]).unwrap(),
+            "the caller is back on the other cores"
+        );
         assert!(here.is_set(placement.rest[0]).unwrap());
     }
 }

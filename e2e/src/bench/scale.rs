@@ -45,7 +45,12 @@ pub fn generate(n: usize) -> Vec<Value> {
         }));
         let mut ing = ingress(&format!("app-{i}"));
         for p in 0..PATHS_PER_INGRESS {
-            ing = ing.path(&format!("app{i}.scale.test"), "Prefix", &format!("/p{p}"), &svc);
+            ing = ing.path(
+                &format!("app{i}.scale.test"),
+                "Prefix",
+                &format!("/p{p}"),
+                &svc,
+            );
         }
         docs.push(ing.build());
     }
@@ -57,7 +62,9 @@ fn to_objects(docs: &[Value]) -> anyhow::Result<Vec<KubeObject>> {
         .map(|d| {
             Ok(match d["kind"].as_str() {
                 Some("Service") => KubeObject::Service(serde_json::from_value(d.clone())?),
-                Some("EndpointSlice") => KubeObject::EndpointSlice(serde_json::from_value(d.clone())?),
+                Some("EndpointSlice") => {
+                    KubeObject::EndpointSlice(serde_json::from_value(d.clone())?)
+                }
                 Some("Ingress") => KubeObject::Ingress(serde_json::from_value(d.clone())?),
                 other => anyhow::bail!("unexpected kind {other:?}"),
             })
@@ -103,7 +110,10 @@ pub struct StageTimes {
 pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
     let docs = generate(n);
     let mut state: ClusterState = to_objects(&docs)?.into_iter().collect();
-    let opts = Options { assume_class_exists: true, ..Options::default() };
+    let opts = Options {
+        assume_class_exists: true,
+        ..Options::default()
+    };
     let mut translator = Translator::new(opts);
     let (translation, translate_ms) = timed(|| translator.translate(&state));
     let mut snapshot = translation.snapshot;
@@ -126,7 +136,12 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
     let change_reprocessed = translator.reprocessed();
     let mut changed = changed;
     changed.version = 2;
-    let (bytes, change_encode_ms) = timed(|| changed.delta_from(&first).expect("translation sorts its lists").to_bytes());
+    let (bytes, change_encode_ms) = timed(|| {
+        changed
+            .delta_from(&first)
+            .expect("translation sorts its lists")
+            .to_bytes()
+    });
     let ((), change_apply_ms) = timed(|| store.apply_delta(1, 2, bytes).expect("valid delta"));
     let endpoint_change_ms = change_translate_ms + change_encode_ms + change_apply_ms;
 
@@ -177,26 +192,43 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// live backends `changes` times, timing each flip from the write until it is served.
 /// The controller's and proxy's logs, which time every stage of every change, are kept
 /// in `logs` (as `scale-<feed>.log`).
-pub async fn process_run(n: usize, changes: usize, feed: Feed, logs: &std::path::Path) -> anyhow::Result<ProcessRun> {
+pub async fn process_run(
+    n: usize,
+    changes: usize,
+    feed: Feed,
+    logs: &std::path::Path,
+) -> anyhow::Result<ProcessRun> {
     let a = EchoServer::start("probe-a", "127.0.0.1:0".parse()?).await?;
     let b = EchoServer::start("probe-b", "127.0.0.1:0".parse()?).await?;
     let mut probe_backends = service_with_endpoints("probe-a", &[a.addr]);
     probe_backends.extend(service_with_endpoints("probe-b", &[b.addr]));
-    let probe = |target: &str| ingress("probe").path("probe.scale.test", "Prefix", "/", target).build();
+    let probe = |target: &str| {
+        ingress("probe")
+            .path("probe.scale.test", "Prefix", "/", target)
+            .build()
+    };
     let api;
     let portico = match feed {
         Feed::Files => {
-            let mut files: Vec<(String, String)> =
-                generate(n).chunks(300).enumerate().map(|(i, c)| (format!("bulk-{i:04}.yaml"), to_yaml(c))).collect();
+            let mut files: Vec<(String, String)> = generate(n)
+                .chunks(300)
+                .enumerate()
+                .map(|(i, c)| (format!("bulk-{i:04}.yaml"), to_yaml(c)))
+                .collect();
             files.push(("probe-backends.yaml".into(), to_yaml(&probe_backends)));
             files.push(("probe.yaml".into(), to_yaml(&[probe("probe-a")])));
-            let refs: Vec<(&str, String)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+            let refs: Vec<(&str, String)> =
+                files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
             api = None;
             Portico::start(&refs).await
         }
         Feed::KubeApi => {
             let server = TestApiServer::start().await?;
-            server.apply(&ingress_class("portico", portico_translate::CONTROLLER_NAME, false));
+            server.apply(&ingress_class(
+                "portico",
+                portico_translate::CONTROLLER_NAME,
+                false,
+            ));
             server.apply_all(&generate(n));
             server.apply_all(&probe_backends);
             server.apply(&probe("probe-a"));
@@ -207,7 +239,10 @@ pub async fn process_run(n: usize, changes: usize, feed: Feed, logs: &std::path:
     };
     portico
         .wait_until("the probe route is served", |p| async move {
-            p.client.get("probe.scale.test", "/").await.is_ok_and(|r| r.answered_by() == "probe-a")
+            p.client
+                .get("probe.scale.test", "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == "probe-a")
         })
         .await;
     let proxy_rss = super::procs::usage(portico.proxy_pid()).rss_bytes;
@@ -215,7 +250,11 @@ pub async fn process_run(n: usize, changes: usize, feed: Feed, logs: &std::path:
 
     let mut latencies = Vec::with_capacity(changes);
     for i in 0..changes {
-        let target = if i.is_multiple_of(2) { "probe-b" } else { "probe-a" };
+        let target = if i.is_multiple_of(2) {
+            "probe-b"
+        } else {
+            "probe-a"
+        };
         let written = Instant::now();
         match &api {
             Some(api) => {
@@ -224,11 +263,18 @@ pub async fn process_run(n: usize, changes: usize, feed: Feed, logs: &std::path:
             None => portico.write("probe.yaml", &to_yaml(&[probe(target)])),
         }
         loop {
-            let got = portico.client.get("probe.scale.test", "/").await?.answered_by();
+            let got = portico
+                .client
+                .get("probe.scale.test", "/")
+                .await?
+                .answered_by();
             if got == target {
                 break;
             }
-            anyhow::ensure!(written.elapsed() < Duration::from_secs(30), "change {i} to {target} not served within 30 s");
+            anyhow::ensure!(
+                written.elapsed() < Duration::from_secs(30),
+                "change {i} to {target} not served within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         latencies.push(millis(written.elapsed()));

@@ -34,11 +34,21 @@ pub struct Wrk {
 }
 
 impl Wrk {
-    pub fn run(&self, target: SocketAddr, duration: Duration, work_dir: &Path) -> anyhow::Result<LoadResult> {
+    pub fn run(
+        &self,
+        target: SocketAddr,
+        duration: Duration,
+        work_dir: &Path,
+    ) -> anyhow::Result<LoadResult> {
         let script = work_dir.join("report.lua");
         std::fs::write(&script, SCRIPT)?;
         let out = Command::new("wrk")
-            .args(["-t", &self.threads.to_string(), "-c", &self.connections.to_string()])
+            .args([
+                "-t",
+                &self.threads.to_string(),
+                "-c",
+                &self.connections.to_string(),
+            ])
             .args(["-d", &format!("{}s", duration.as_secs().max(1))])
             .args(["-H", &format!("Host: {}", self.host)])
             .arg("-s")
@@ -48,7 +58,11 @@ impl Wrk {
             .context("running wrk (apt-get install wrk)")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            bail!("wrk failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "wrk failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         parse(&stdout).with_context(|| format!("unexpected wrk output:\n{stdout}"))
     }
@@ -56,9 +70,20 @@ impl Wrk {
 
 fn parse(stdout: &str) -> Option<LoadResult> {
     let line = stdout.lines().find_map(|l| l.strip_prefix("WRKJSON "))?;
-    let n: Vec<f64> = line.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let n: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
     let seconds = n[1] / 1e6;
-    Some(LoadResult { requests: n[0] as u64, errors: n[2] as u64, seconds, rps: n[0] / seconds, p50_us: n[3], p99_us: n[4], p999_us: n[5] })
+    Some(LoadResult {
+        requests: n[0] as u64,
+        errors: n[2] as u64,
+        seconds,
+        rps: n[0] / seconds,
+        p50_us: n[3],
+        p99_us: n[4],
+        p999_us: n[5],
+    })
 }
 
 #[cfg(test)]
@@ -66,7 +91,10 @@ mod tests {
     #[test]
     fn parses_the_done_hook_line() {
         let r = super::parse("Running 1s test\nWRKJSON 1000 2000000 3 120 900 1500\n").unwrap();
-        assert_eq!((r.requests, r.errors, r.rps, r.p99_us), (1000, 3, 500.0, 900.0));
+        assert_eq!(
+            (r.requests, r.errors, r.rps, r.p99_us),
+            (1000, 3, 500.0, 900.0)
+        );
         assert!(super::parse("nothing").is_none());
     }
 }

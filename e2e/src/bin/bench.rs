@@ -74,7 +74,12 @@ enum Run {
     },
     /// Instructions per request under callgrind (deterministic, unlike wall-clock figures).
     Instructions {
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "portico,pingora-passthrough,nginx,haproxy")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "portico,pingora-passthrough,nginx,haproxy"
+        )]
         only: Vec<Contender>,
         #[arg(long, default_value_t = 2000)]
         small: u32,
@@ -90,23 +95,45 @@ enum Run {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().run {
-        Run::Compare { threads, connections, duration, warmup, rounds, only, no_h2, no_pin, out } => {
+        Run::Compare {
+            threads,
+            connections,
+            duration,
+            warmup,
+            rounds,
+            only,
+            no_h2,
+            no_pin,
+            out,
+        } => {
             let opts = CompareOptions {
                 threads,
                 connections,
                 duration: Duration::from_secs(duration),
                 warmup: Duration::from_secs(warmup),
                 rounds,
-                contenders: if only.is_empty() { Contender::ALL.to_vec() } else { only },
+                contenders: if only.is_empty() {
+                    Contender::ALL.to_vec()
+                } else {
+                    only
+                },
                 h2: !no_h2,
                 pin: !no_pin,
             };
             let report = compare::run(&opts)?;
             println!("{}", report.markdown());
             report.write(&out)?;
-            eprintln!("wrote {0}/compare.md, {0}/compare.json, {0}/compare.png", out.display());
+            eprintln!(
+                "wrote {0}/compare.md, {0}/compare.json, {0}/compare.png",
+                out.display()
+            );
         }
-        Run::Scale { ingresses, process, changes, out } => {
+        Run::Scale {
+            ingresses,
+            process,
+            changes,
+            out,
+        } => {
             std::fs::create_dir_all(&out)?;
             let mut md = String::from(
                 "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms \
@@ -162,12 +189,19 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(out.join("scale.md"), &md)?;
             std::fs::write(
                 out.join("scale.json"),
-                serde_json::to_vec_pretty(&serde_json::json!({"stages": stages, "process": process_runs}))?,
+                serde_json::to_vec_pretty(
+                    &serde_json::json!({"stages": stages, "process": process_runs}),
+                )?,
             )?;
         }
-        Run::Churn { seconds, changes_per_second, out } => {
+        Run::Churn {
+            seconds,
+            changes_per_second,
+            out,
+        } => {
             std::fs::create_dir_all(&out)?;
-            let r = tokio::runtime::Runtime::new()?.block_on(churn::run(seconds, changes_per_second))?;
+            let r = tokio::runtime::Runtime::new()?
+                .block_on(churn::run(seconds, changes_per_second))?;
             let md = format!(
                 "{} s of wrk (32 connections) on one route while {} changes were written ({} snapshots applied):\n\n\
                  | | req/s | p50 ms | p99 ms | p99.9 ms | wrk errors |\n| --- | ---: | ---: | ---: | ---: | ---: |\n\
@@ -202,12 +236,23 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(out.join("churn.md"), &md)?;
             std::fs::write(out.join("churn.json"), serde_json::to_vec_pretty(&r)?)?;
             anyhow::ensure!(
-                r.failed + r.misrouted + r.churn.errors + r.tls_failed + r.tls_wrong_certificate == 0,
+                r.failed + r.misrouted + r.churn.errors + r.tls_failed + r.tls_wrong_certificate
+                    == 0,
                 "requests failed or were misrouted under churn"
             );
         }
-        Run::Instructions { only, small, large, h2, out } => {
-            let (protocol, out) = if h2 { (Protocol::H2Tls, out.join("h2")) } else { (Protocol::Http1, out) };
+        Run::Instructions {
+            only,
+            small,
+            large,
+            h2,
+            out,
+        } => {
+            let (protocol, out) = if h2 {
+                (Protocol::H2Tls, out.join("h2"))
+            } else {
+                (Protocol::Http1, out)
+            };
             std::fs::create_dir_all(&out)?;
             let out = out.canonicalize()?;
             let mut counts = Vec::new();
@@ -217,8 +262,14 @@ fn main() -> anyhow::Result<()> {
                 println!("| {} | {:.0} |", count.name, count.instructions_per_request);
                 counts.push(count);
             }
-            std::fs::write(out.join("instructions.json"), serde_json::to_vec_pretty(&counts)?)?;
-            eprintln!("profiles: callgrind_annotate {}/<proxy>-{large}/callgrind.out", out.display());
+            std::fs::write(
+                out.join("instructions.json"),
+                serde_json::to_vec_pretty(&counts)?,
+            )?;
+            eprintln!(
+                "profiles: callgrind_annotate {}/<proxy>-{large}/callgrind.out",
+                out.display()
+            );
         }
     }
     Ok(())

@@ -43,12 +43,19 @@ impl ProxyHttp for Passthrough {
 
 fn main() {
     let args = Args::parse();
-    let mut server = Server::new_with_opt_and_conf(None, portico_proxy::server_conf(args.threads, 0));
+    let mut server =
+        Server::new_with_opt_and_conf(None, portico_proxy::server_conf(args.threads, 0));
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream: args.upstream });
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Passthrough {
+            upstream: args.upstream,
+        },
+    );
     proxy.add_tcp(&args.listen);
     if let (Some(addr), Some(cert), Some(key)) = (&args.tls_listen, &args.cert, &args.key) {
-        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(cert, key).expect("certificate and key load");
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(cert, key)
+            .expect("certificate and key load");
         tls.enable_h2();
         proxy.add_tls_with_settings(addr, None, tls);
     }

@@ -17,9 +17,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut servers = Vec::new();
     for spec in &args.listen {
-        let (name, addr) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--listen {spec:?}: expected NAME=ADDR"))?;
-        let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("--listen {spec:?}: {e}"))?;
-        let server = EchoServer::start(name, addr).await.map_err(|e| anyhow::anyhow!("--listen {spec:?}: {e}"))?;
+        let (name, addr) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--listen {spec:?}: expected NAME=ADDR"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--listen {spec:?}: {e}"))?;
+        let server = EchoServer::start(name, addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--listen {spec:?}: {e}"))?;
         eprintln!("echo backend {name} listening on {}", server.addr);
         servers.push(server);
     }

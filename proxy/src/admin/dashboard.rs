@@ -69,7 +69,9 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
             json!({"name": b.name, "balance": b.policy.balance.as_str(), "endpoints": endpoints})
         })
         .collect();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let certificates: Vec<Value> = snapshot
         .certificates()
         .served()

@@ -32,12 +32,19 @@ impl ListenerCheck {
         let addrs = addrs
             .into_iter()
             .map(|a| match a.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port()),
-                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port()),
+                IpAddr::V4(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+                }
+                IpAddr::V6(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+                }
                 _ => a,
             })
             .collect();
-        ListenerCheck { addrs, accepted: AtomicBool::new(false) }
+        ListenerCheck {
+            addrs,
+            accepted: AtomicBool::new(false),
+        }
     }
 
     async fn all_accept(&self) -> bool {
@@ -45,7 +52,10 @@ impl ListenerCheck {
             return true;
         }
         for addr in &self.addrs {
-            let connect = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr));
+            let connect = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            );
             if !matches!(connect.await, Ok(Ok(_))) {
                 return false;
             }
@@ -73,25 +83,62 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/healthz" => reply(StatusCode::OK, TEXT, b"ok\n".to_vec()),
             "/readyz" => match self.store.load() {
-                None => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"no snapshot applied yet\n".to_vec()),
-                Some(_) if !self.listeners.all_accept().await => {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, b"proxy listeners not accepting yet\n".to_vec())
-                }
-                Some(s) => reply(StatusCode::OK, TEXT, format!("ready: snapshot {}\n", s.version()).into_bytes()),
+                None => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    b"no snapshot applied yet\n".to_vec(),
+                ),
+                Some(_) if !self.listeners.all_accept().await => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    b"proxy listeners not accepting yet\n".to_vec(),
+                ),
+                Some(s) => reply(
+                    StatusCode::OK,
+                    TEXT,
+                    format!("ready: snapshot {}\n", s.version()).into_bytes(),
+                ),
             },
             "/config" => match self.store.load() {
-                Some(s) => reply(StatusCode::OK, JSON, s.source.redacted().to_json_pretty().into_bytes()),
-                None => reply(StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"error":"no snapshot applied yet"}"#.to_vec()),
+                Some(s) => reply(
+                    StatusCode::OK,
+                    JSON,
+                    s.source.redacted().to_json_pretty().into_bytes(),
+                ),
+                None => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    JSON,
+                    br#"{"error":"no snapshot applied yet"}"#.to_vec(),
+                ),
             },
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.store.metrics().render()),
-            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.as_bytes().to_vec()),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.store.metrics().render(),
+            ),
+            "/" => reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::admin::dashboard::PAGE.as_bytes().to_vec(),
+            ),
             // `null` rather than an error before the first snapshot, so the page has nothing to report.
             "/api/state" => {
                 let applied_at = self.store.metrics().snapshot_apply_timestamp.get();
-                let state = self.store.load().map(|s| crate::admin::dashboard::state(&s, applied_at));
-                reply(StatusCode::OK, JSON, serde_json::to_vec(&state).unwrap_or_default())
+                let state = self
+                    .store
+                    .load()
+                    .map(|s| crate::admin::dashboard::state(&s, applied_at));
+                reply(
+                    StatusCode::OK,
+                    JSON,
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                )
             }
-            _ => reply(StatusCode::NOT_FOUND, TEXT, b"not found: try /, /healthz, /readyz, /config or /metrics\n".to_vec()),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                b"not found: try /, /healthz, /readyz, /config or /metrics\n".to_vec(),
+            ),
         }
     }
 }
@@ -108,7 +155,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        assert!(!ListenerCheck::new([open, closed]).all_accept().await, "one listener is not there");
+        assert!(
+            !ListenerCheck::new([open, closed]).all_accept().await,
+            "one listener is not there"
+        );
         let unspecified: SocketAddr = format!("0.0.0.0:{}", open.port()).parse().unwrap();
         let check = ListenerCheck::new([unspecified]);
         assert!(check.all_accept().await, "0.0.0.0 is checked on loopback");

@@ -17,7 +17,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PAGE: usize = 1 << 20;
 
 /// The fields of the error backend's answer passed to the client; framing is Portico's.
-const PASSED: &[header::HeaderName] = &[header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_LANGUAGE, header::SET_COOKIE];
+const PASSED: &[header::HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::CONTENT_LANGUAGE,
+    header::SET_COOKIE,
+];
 
 /// Asks the error backend for the page of `status`. `None` when it has no endpoint, fails
 /// or takes too long: the caller keeps the upstream's answer.
@@ -33,30 +38,43 @@ pub async fn fetch(
     let peer = pool.upstream.peer(pool.balancer.endpoint(index).addr);
     let exchange = async {
         // The page is fetched, never acted on: GET (HEAD stays HEAD), without the body.
-        let method = if original.method == http::Method::HEAD { "HEAD" } else { "GET" };
+        let method = if original.method == http::Method::HEAD {
+            "HEAD"
+        } else {
+            "GET"
+        };
         let uri = original.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = RequestHeader::build(method, uri.as_bytes(), None).map_err(text)?;
         let value = |v: &str| HeaderValue::from_str(v).map_err(text);
-        req.insert_header(header::HOST, value(host)?).map_err(text)?;
+        req.insert_header(header::HOST, value(host)?)
+            .map_err(text)?;
         req.insert_header("x-code", status).map_err(text)?;
         if let Some(accept) = original.headers.get(header::ACCEPT) {
-            req.insert_header("x-format", accept.clone()).map_err(text)?;
+            req.insert_header("x-format", accept.clone())
+                .map_err(text)?;
         }
-        req.insert_header("x-original-uri", value(uri)?).map_err(text)?;
+        req.insert_header("x-original-uri", value(uri)?)
+            .map_err(text)?;
         for (name, value) in &pages.headers {
             req.insert_header(*name, value.clone()).map_err(text)?;
         }
         if let Some(id) = original.headers.get("x-request-id") {
-            req.insert_header("x-request-id", id.clone()).map_err(text)?;
+            req.insert_header("x-request-id", id.clone())
+                .map_err(text)?;
         }
         let (answer, body) = fetch::exchange(connector, &peer, req, MAX_PAGE).await?;
-        let mut header = ResponseHeader::build(answer.status, Some(PASSED.len() + 2)).map_err(text)?;
+        let mut header =
+            ResponseHeader::build(answer.status, Some(PASSED.len() + 2)).map_err(text)?;
         for name in PASSED {
             for v in answer.headers.get_all(name) {
-                header.append_header(name.clone(), v.clone()).map_err(text)?;
+                header
+                    .append_header(name.clone(), v.clone())
+                    .map_err(text)?;
             }
         }
-        header.insert_header(header::CONTENT_LENGTH, body.len()).map_err(text)?;
+        header
+            .insert_header(header::CONTENT_LENGTH, body.len())
+            .map_err(text)?;
         Ok::<_, String>((header, body))
     };
     match tokio::time::timeout(TIMEOUT, exchange).await {

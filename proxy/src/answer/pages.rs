@@ -24,12 +24,19 @@ pub fn redirect(status: u16, location: http::HeaderValue) -> ResponseHeader {
 
 /// The answer to a CORS preflight, before its `Access-Control-*` headers.
 pub fn preflight() -> ResponseHeader {
-    empty(204, http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"))
+    empty(
+        204,
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    )
 }
 
 /// A complete response Portico answers itself.
 pub fn error_page(status: u16) -> (ResponseHeader, Bytes) {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
     let body = Bytes::from(format!("{status} {reason}\n"));
     let mut header = ResponseHeader::build(status, Some(5)).expect("valid status");
     // Inserting well-known names with valid values cannot fail.

@@ -16,13 +16,16 @@ use crate::policy::rate_limit::RateLimiter;
 use crate::routing::canary::CompiledCanary;
 use crate::routing::conditions::CompiledConditions;
 use crate::routing::router::{HostTable, PathMatcher};
-use crate::telemetry::metrics::{host_label, BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST};
+use crate::telemetry::metrics::{
+    host_label, BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST,
+};
 use crate::upstream::affinity::PoolSessions;
 use crate::upstream::balancer::Balancer;
 use crate::upstream::peer::UpstreamSettings;
 use http::HeaderValue;
 use portico_model::{
-    Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RateLimit, RetryPolicy, SessionAffinity, Snapshot, VirtualHost,
+    Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RateLimit, RetryPolicy,
+    SessionAffinity, Snapshot, VirtualHost,
 };
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -74,7 +77,9 @@ impl BackendPool {
     pub fn new(b: &Backend) -> Result<Self, String> {
         let upstream = UpstreamSettings::new(&b.upstream, &b.policy)?;
         let hash_key = match &b.policy.balance {
-            Balance::ConsistentHash(template) => Some(HashKey::parse(template).map_err(|v| format!("hash key: unknown {v}"))?),
+            Balance::ConsistentHash(template) => {
+                Some(HashKey::parse(template).map_err(|v| format!("hash key: unknown {v}"))?)
+            }
             _ => None,
         };
         Ok(BackendPool {
@@ -94,10 +99,18 @@ impl BackendPool {
     /// Claims the next round of active checks if one is due (an interval since the last
     /// started) and none is running; the caller runs it and clears `checking`.
     pub fn claim_check_round(&self) -> bool {
-        let Some(check) = &self.health_check else { return false };
-        let Ok(mut last) = self.last_check.lock() else { return false };
+        let Some(check) = &self.health_check else {
+            return false;
+        };
+        let Ok(mut last) = self.last_check.lock() else {
+            return false;
+        };
         let due = last.is_none_or(|at| at.elapsed().as_millis() >= u128::from(check.interval_ms));
-        if !due || self.checking.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !due
+            || self
+                .checking
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return false;
         }
         *last = Some(std::time::Instant::now());
@@ -106,7 +119,8 @@ impl BackendPool {
 
     /// The pool's metrics series.
     pub fn series(&self, metrics: &Arc<ProxyMetrics>) -> &BackendSeries {
-        self.series.get_or_init(|| metrics.backend_series(&self.name))
+        self.series
+            .get_or_init(|| metrics.backend_series(&self.name))
     }
 
     /// What affinity needs of the pool.
@@ -162,15 +176,26 @@ impl CompiledRoute {
         by_name: &HashMap<&str, &Arc<BackendPool>>,
         default: Option<&Arc<BackendPool>>,
     ) -> bool {
-        let same = |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let error_pool = route.error_pages.as_deref().and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
+        let same =
+            |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named)
+            {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+        let error_pool = route
+            .error_pages
+            .as_deref()
+            .and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
         Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
-            && same(self.canary.as_ref().map(|c| &c.pool), route.canary.as_deref().map(|c| by_name[c.backend.as_str()]))
-            && same(self.fallback.as_ref(), route.fallback_backend.as_deref().map(|b| by_name[b]))
+            && same(
+                self.canary.as_ref().map(|c| &c.pool),
+                route.canary.as_deref().map(|c| by_name[c.backend.as_str()]),
+            )
+            && same(
+                self.fallback.as_ref(),
+                route.fallback_backend.as_deref().map(|b| by_name[b]),
+            )
             && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
     }
 }
@@ -242,41 +267,93 @@ pub enum CompileError {
     #[error("backend {backend:?}: {what}")]
     Upstream { backend: String, what: String },
     #[error("host {host:?}: route {path:?}: {what}")]
-    Route { host: String, path: String, what: String },
+    Route {
+        host: String,
+        path: String,
+        what: String,
+    },
     #[error("host {host:?}: client certificates: {what}")]
     ClientAuth { host: String, what: String },
 }
 
 impl CompiledSnapshot {
     /// `snapshot` must already be validated: every name it uses resolves.
-    pub fn compile(snapshot: Snapshot, metrics: &Arc<ProxyMetrics>, previous: Option<&CompiledSnapshot>) -> Result<Self, CompileError> {
-        let certificates = CertificateTable::compile(&snapshot, previous.map(|p| (&p.source, &p.certificates)))?;
+    pub fn compile(
+        snapshot: Snapshot,
+        metrics: &Arc<ProxyMetrics>,
+        previous: Option<&CompiledSnapshot>,
+    ) -> Result<Self, CompileError> {
+        let certificates =
+            CertificateTable::compile(&snapshot, previous.map(|p| (&p.source, &p.certificates)))?;
         let pools = compile_pools(&snapshot.backends, previous)?;
-        let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot.backends.iter().map(|b| b.name.as_str()).zip(&pools).collect();
+        let by_name: HashMap<&str, &Arc<BackendPool>> = snapshot
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .zip(&pools)
+            .collect();
         // `previous` was validated: its hosts are unique.
 
         // `Arc<VirtualHost>`'s `==` is true at once for a host shared with the previous snapshot.
-        let old_vhosts: HashMap<&HostMatch, (&Arc<VirtualHost>, &Arc<CompiledVhost>)> =
-            previous.map(|p| p.source.virtual_hosts.iter().zip(&p.vhosts).map(|(vh, c)| (&vh.host, (vh, c))).collect()).unwrap_or_default();
+        let old_vhosts: HashMap<&HostMatch, (&Arc<VirtualHost>, &Arc<CompiledVhost>)> = previous
+            .map(|p| {
+                p.source
+                    .virtual_hosts
+                    .iter()
+                    .zip(&p.vhosts)
+                    .map(|(vh, c)| (&vh.host, (vh, c)))
+                    .collect()
+            })
+            .unwrap_or_default();
         // Counts survive a new snapshot while the Ingress and its limits stay the same.
-        let mut limiters: Limiters =
-            previous.map(|p| p.limiters.iter().map(|l| (l.key.clone(), Arc::clone(l))).collect()).unwrap_or_default();
-        let default_backend = snapshot.default_backend.as_deref().map(|n| Arc::clone(by_name[n]));
+        let mut limiters: Limiters = previous
+            .map(|p| {
+                p.limiters
+                    .iter()
+                    .map(|l| (l.key.clone(), Arc::clone(l)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let default_backend = snapshot
+            .default_backend
+            .as_deref()
+            .map(|n| Arc::clone(by_name[n]));
         let mut hosts = HostTable::default();
         let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
             hosts.insert(&vh.host, i);
             let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
-                *old == vh && compiled.routes.iter().zip(&vh.routes).all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
+                *old == vh
+                    && compiled
+                        .routes
+                        .iter()
+                        .zip(&vh.routes)
+                        .all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
-                None => Arc::new(compile_vhost(vh, &by_name, default_backend.as_ref(), &mut limiters)?),
+                None => Arc::new(compile_vhost(
+                    vh,
+                    &by_name,
+                    default_backend.as_ref(),
+                    &mut limiters,
+                )?),
             });
         }
-        let hsts = snapshot.tls.hsts.and_then(|h| HeaderValue::try_from(h.header_value()).ok());
-        let health_checked = pools.iter().filter(|p| p.health_check.is_some()).cloned().collect();
-        let mut limiters: Vec<Arc<RateLimiter>> = vhosts.iter().flat_map(|v| &v.routes).filter_map(|r| r.rate_limit.clone()).collect();
+        let hsts = snapshot
+            .tls
+            .hsts
+            .and_then(|h| HeaderValue::try_from(h.header_value()).ok());
+        let health_checked = pools
+            .iter()
+            .filter(|p| p.health_check.is_some())
+            .cloned()
+            .collect();
+        let mut limiters: Vec<Arc<RateLimiter>> = vhosts
+            .iter()
+            .flat_map(|v| &v.routes)
+            .filter_map(|r| r.rate_limit.clone())
+            .collect();
         limiters.sort_by_key(|l| Arc::as_ptr(l) as usize);
         limiters.dedup_by(|a, b| Arc::ptr_eq(a, b));
         Ok(CompiledSnapshot {
@@ -302,15 +379,30 @@ impl CompiledSnapshot {
             let vh = &self.vhosts[i];
             let mut found = None;
             vh.paths.lookup_by(req.uri.path(), |group| {
-                found = vh.groups[group].iter().copied().find(|r| vh.routes[*r].conditions.as_ref().is_none_or(|c| c.admit(req)));
+                found = vh.groups[group].iter().copied().find(|r| {
+                    vh.routes[*r]
+                        .conditions
+                        .as_ref()
+                        .is_none_or(|c| c.admit(req))
+                });
                 found.is_some()
             });
             found.map(|r| (r, vh.routes[r].redirect_to_https))
         });
-        let routed = Routed { vhost, ..Routed::default() };
+        let routed = Routed {
+            vhost,
+            ..Routed::default()
+        };
         match matched {
-            Some((r, redirect_to_https)) => Routed { target: Target::Route(r), redirect_to_https, ..routed },
-            None if self.default_backend.is_some() => Routed { target: Target::DefaultBackend, ..routed },
+            Some((r, redirect_to_https)) => Routed {
+                target: Target::Route(r),
+                redirect_to_https,
+                ..routed
+            },
+            None if self.default_backend.is_some() => Routed {
+                target: Target::DefaultBackend,
+                ..routed
+            },
             None => routed,
         }
     }
@@ -357,7 +449,9 @@ impl CompiledSnapshot {
     /// The largest request body the matched route takes (`None`: no limit).
     pub fn max_body_bytes(&self, routed: &Routed) -> Option<u64> {
         match routed.target {
-            Target::Route(r) => routed.vhost.and_then(|v| self.vhosts[v].routes[r].max_body_bytes),
+            Target::Route(r) => routed
+                .vhost
+                .and_then(|v| self.vhosts[v].routes[r].max_body_bytes),
             _ => None,
         }
     }
@@ -402,14 +496,21 @@ impl CompiledSnapshot {
         let declared = routed.vhost.map(|v| &self.source.virtual_hosts[v]);
         let pool = self.pool(routed);
         let new = |source: &str, path: &str| {
-            let host = declared.map_or_else(|| UNMATCHED_HOST.to_string(), |vh| host_label(&vh.host));
-            self.metrics.route_series(RouteLabels::new(source, &host, path, pool.map(|p| &*p.name)))
+            let host =
+                declared.map_or_else(|| UNMATCHED_HOST.to_string(), |vh| host_label(&vh.host));
+            self.metrics.route_series(RouteLabels::new(
+                source,
+                &host,
+                path,
+                pool.map(|p| &*p.name),
+            ))
         };
         let compiled = routed.vhost.map(|v| &*self.vhosts[v]);
         match (routed.target, compiled, declared) {
             (Target::Route(r), Some(vh), Some(declared)) => {
                 let route = &declared.routes[r];
-                vh.routes[r].series[routed.side.slot()].get_or_init(|| new(&route.source, route.path.path()))
+                vh.routes[r].series[routed.side.slot()]
+                    .get_or_init(|| new(&route.source, route.path.path()))
             }
             (target, vh, _) => {
                 let slots = vh.map_or(&self.unmatched, |v| &v.unrouted);
@@ -424,24 +525,49 @@ impl CompiledSnapshot {
 
     /// How many pools and virtual hosts this snapshot took over from the previous one.
     pub fn reused(&self, previous: &CompiledSnapshot) -> (usize, usize) {
-        let old_pools: HashSet<*const BackendPool> = previous.pools.iter().map(Arc::as_ptr).collect();
-        let old_vhosts: HashSet<*const CompiledVhost> = previous.vhosts.iter().map(Arc::as_ptr).collect();
-        let pools = self.pools.iter().filter(|p| old_pools.contains(&Arc::as_ptr(p))).count();
-        let vhosts = self.vhosts.iter().filter(|v| old_vhosts.contains(&Arc::as_ptr(v))).count();
+        let old_pools: HashSet<*const BackendPool> =
+            previous.pools.iter().map(Arc::as_ptr).collect();
+        let old_vhosts: HashSet<*const CompiledVhost> =
+            previous.vhosts.iter().map(Arc::as_ptr).collect();
+        let pools = self
+            .pools
+            .iter()
+            .filter(|p| old_pools.contains(&Arc::as_ptr(p)))
+            .count();
+        let vhosts = self
+            .vhosts
+            .iter()
+            .filter(|v| old_vhosts.contains(&Arc::as_ptr(v)))
+            .count();
         (pools, vhosts)
     }
 }
 
 /// One pool per backend, taken over from `previous` when the backend is defined the same.
-fn compile_pools(backends: &[Arc<Backend>], previous: Option<&CompiledSnapshot>) -> Result<Vec<Arc<BackendPool>>, CompileError> {
+fn compile_pools(
+    backends: &[Arc<Backend>],
+    previous: Option<&CompiledSnapshot>,
+) -> Result<Vec<Arc<BackendPool>>, CompileError> {
     let old: HashMap<&str, (&Arc<Backend>, &Arc<BackendPool>)> = previous
-        .map(|p| p.source.backends.iter().zip(&p.pools).map(|(b, pool)| (b.name.as_str(), (b, pool))).collect())
+        .map(|p| {
+            p.source
+                .backends
+                .iter()
+                .zip(&p.pools)
+                .map(|(b, pool)| (b.name.as_str(), (b, pool)))
+                .collect()
+        })
         .unwrap_or_default();
     backends
         .iter()
         .map(|b| match old.get(b.name.as_str()) {
             Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
-            _ => BackendPool::new(b).map(Arc::new).map_err(|what| CompileError::Upstream { backend: b.name.clone(), what }),
+            _ => BackendPool::new(b)
+                .map(Arc::new)
+                .map_err(|what| CompileError::Upstream {
+                    backend: b.name.clone(),
+                    what,
+                }),
         })
         .collect()
 }
@@ -459,10 +585,17 @@ fn compile_vhost(
     let mut group_of: HashMap<&PathMatch, usize> = HashMap::default();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for route in &vh.routes {
-        let failed = |what: String| CompileError::Route { host: vh.host.to_string(), path: route.path.path().to_string(), what };
+        let failed = |what: String| CompileError::Route {
+            host: vh.host.to_string(),
+            path: route.path.path().to_string(),
+            what,
+        };
         // Compiled once per path, for the matcher and for the captures of `rewrite-target`.
         let path_regex = match &route.path {
-            PathMatch::Regex(p) => Some(portico_model::pattern::path_regex(p).map_err(|e| failed(format!("path pattern: {e}")))?),
+            PathMatch::Regex(p) => Some(
+                portico_model::pattern::path_regex(p)
+                    .map_err(|e| failed(format!("path pattern: {e}")))?,
+            ),
             _ => None,
         };
         let group = *group_of.entry(&route.path).or_insert_with(|| {
@@ -471,20 +604,56 @@ fn compile_vhost(
             groups.len() - 1
         });
         groups[group].push(routes.len());
-        let canary = route.canary.as_deref().map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()]))).transpose();
+        let canary = route
+            .canary
+            .as_deref()
+            .map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()])))
+            .transpose();
         let canary = canary.map_err(failed)?;
-        let access = route.access.as_deref().map(CompiledAccess::compile).transpose().map_err(failed)?;
-        let cors = route.cors.as_deref().map(CompiledCors::compile).transpose().map_err(failed)?;
+        let access = route
+            .access
+            .as_deref()
+            .map(CompiledAccess::compile)
+            .transpose()
+            .map_err(failed)?;
+        let cors = route
+            .cors
+            .as_deref()
+            .map(CompiledCors::compile)
+            .transpose()
+            .map_err(failed)?;
         let rate_limit = route.rate_limit.as_deref().map(|limit| {
             let key = (Box::from(route.source.as_str()), limit.clone());
-            Arc::clone(limiters.entry(key).or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))))
+            Arc::clone(
+                limiters
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))),
+            )
         });
-        let conditions = route.conditions.as_deref().map(CompiledConditions::compile).transpose().map_err(failed)?;
-        let headers = route.headers.as_deref().map(CompiledHeaderEdits::compile).transpose().map_err(failed)?;
-        let fallback = route.fallback_backend.as_deref().map(|b| Arc::clone(by_name[b]));
+        let conditions = route
+            .conditions
+            .as_deref()
+            .map(CompiledConditions::compile)
+            .transpose()
+            .map_err(failed)?;
+        let headers = route
+            .headers
+            .as_deref()
+            .map(CompiledHeaderEdits::compile)
+            .transpose()
+            .map_err(failed)?;
+        let fallback = route
+            .fallback_backend
+            .as_deref()
+            .map(|b| Arc::clone(by_name[b]));
         let error_pages = route.error_pages.as_deref().and_then(|e| {
-            let pool = e.backend.as_deref().map(|b| by_name[b]).or(default_backend)?;
-            let value = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
+            let pool = e
+                .backend
+                .as_deref()
+                .map(|b| by_name[b])
+                .or(default_backend)?;
+            let value =
+                |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
             Some(CompiledErrorPages {
                 statuses: e.statuses.clone(),
                 pool: Arc::clone(pool),
@@ -516,7 +685,14 @@ fn compile_vhost(
         });
     }
     // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.
-    let weight = |r: &usize| std::cmp::Reverse(vh.routes[*r].conditions.as_ref().map_or(0, |c| c.weight() + 1));
+    let weight = |r: &usize| {
+        std::cmp::Reverse(
+            vh.routes[*r]
+                .conditions
+                .as_ref()
+                .map_or(0, |c| c.weight() + 1),
+        )
+    };
     let groups = groups
         .into_iter()
         .map(|mut g| {
@@ -526,11 +702,20 @@ fn compile_vhost(
         .collect();
     let client_auth = match &vh.client_auth {
         None => None,
-        Some(c) => {
-            Some(Arc::new(ClientCertificates::compile(c).map_err(|what| CompileError::ClientAuth { host: vh.host.to_string(), what })?))
-        }
+        Some(c) => Some(Arc::new(ClientCertificates::compile(c).map_err(
+            |what| CompileError::ClientAuth {
+                host: vh.host.to_string(),
+                what,
+            },
+        )?)),
     };
-    Ok(CompiledVhost { paths, groups, routes, unrouted: Default::default(), client_auth })
+    Ok(CompiledVhost {
+        paths,
+        groups,
+        routes,
+        unrouted: Default::default(),
+        client_auth,
+    })
 }
 
 #[cfg(test)]
@@ -541,7 +726,11 @@ mod tests {
     /// As the model's `Route`: 100 000 compiled routes must not pay for policies they lack.
     #[test]
     fn a_compiled_route_without_policies_stays_small() {
-        assert!(std::mem::size_of::<CompiledRoute>() <= 256, "CompiledRoute is {} bytes", std::mem::size_of::<CompiledRoute>());
+        assert!(
+            std::mem::size_of::<CompiledRoute>() <= 256,
+            "CompiledRoute is {} bytes",
+            std::mem::size_of::<CompiledRoute>()
+        );
     }
 
     fn get(path: &str) -> http::request::Parts {
@@ -549,18 +738,28 @@ mod tests {
     }
 
     fn snapshot(version: u64, hosts: usize, endpoint_of_b0: u8) -> Snapshot {
-        let mut s = Snapshot { version, ..Snapshot::default() };
+        let mut s = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
         for i in 0..hosts {
             let name = format!("b{i}");
             let last = if i == 0 { endpoint_of_b0 } else { 1 };
             s.backends.push(Arc::new(Backend {
                 name: name.clone(),
-                endpoints: vec![Endpoint { address: [127, 0, i as u8, last].into(), port: 80, ready: true }],
+                endpoints: vec![Endpoint {
+                    address: [127, 0, i as u8, last].into(),
+                    port: 80,
+                    ready: true,
+                }],
                 upstream: Default::default(),
                 policy: Default::default(),
             }));
             let route = Route::new(PathMatch::prefix("/"), name);
-            s.virtual_hosts.push(Arc::new(VirtualHost::new(format!("h{i}.test").parse().unwrap(), vec![route])));
+            s.virtual_hosts.push(Arc::new(VirtualHost::new(
+                format!("h{i}.test").parse().unwrap(),
+                vec![route],
+            )));
         }
         s
     }
@@ -570,19 +769,30 @@ mod tests {
         let metrics = Arc::new(ProxyMetrics::new());
         let first = CompiledSnapshot::compile(snapshot(1, 10, 1), &metrics, None).unwrap();
         let second = CompiledSnapshot::compile(snapshot(2, 10, 2), &metrics, Some(&first)).unwrap();
-        assert_eq!(second.reused(&first), (9, 9), "one backend changed: its pool and its one host are new");
+        assert_eq!(
+            second.reused(&first),
+            (9, 9),
+            "one backend changed: its pool and its one host are new"
+        );
         let routed = second.route("h0.test", &get("/x"));
         let addr = |s: &CompiledSnapshot, r: &Routed| {
             let b = &s.pool(r).unwrap().balancer;
             b.endpoint(b.pick(b"", &[]).unwrap()).addr.ip().to_string()
         };
-        assert_eq!(addr(&second, &routed), "127.0.0.2", "the new endpoint serves");
+        assert_eq!(
+            addr(&second, &routed),
+            "127.0.0.2",
+            "the new endpoint serves"
+        );
         let same = second.route("h5.test", &get("/"));
         assert_eq!(addr(&second, &same), "127.0.5.1");
 
         // A host added in front shifts every position; what is unchanged is still reused.
         let mut shifted = snapshot(3, 10, 2);
-        shifted.virtual_hosts.insert(0, Arc::new(VirtualHost::new("a-first.test".parse().unwrap(), vec![])));
+        shifted.virtual_hosts.insert(
+            0,
+            Arc::new(VirtualHost::new("a-first.test".parse().unwrap(), vec![])),
+        );
         let third = CompiledSnapshot::compile(shifted, &metrics, Some(&second)).unwrap();
         assert_eq!(third.reused(&second), (10, 10));
         let routed = third.route("h3.test", &get("/"));
@@ -593,15 +803,37 @@ mod tests {
     fn conditions_pick_among_routes_of_a_path_and_fall_through() {
         let mut s = snapshot(1, 4, 1);
         let when = |headers: Vec<ValueCondition>, methods: Vec<&str>| {
-            Some(RequestConditions { headers, methods: methods.into_iter().map(String::from).collect(), query: vec![] })
+            Some(RequestConditions {
+                headers,
+                methods: methods.into_iter().map(String::from).collect(),
+                query: vec![],
+            })
         };
-        let beta = ValueCondition { name: "x-env".into(), rule: ValueRule::Equals("beta".into()) };
-        let mut routes = vec![Route::new(PathMatch::prefix("/"), "b0"), Route::new(PathMatch::prefix("/api"), "b1")];
-        routes.push(Route { conditions: when(vec![beta.clone()], vec![]).map(Box::new), ..Route::new(PathMatch::prefix("/api"), "b2") });
+        let beta = ValueCondition {
+            name: "x-env".into(),
+            rule: ValueRule::Equals("beta".into()),
+        };
+        let mut routes = vec![
+            Route::new(PathMatch::prefix("/"), "b0"),
+            Route::new(PathMatch::prefix("/api"), "b1"),
+        ];
+        routes.push(Route {
+            conditions: when(vec![beta.clone()], vec![]).map(Box::new),
+            ..Route::new(PathMatch::prefix("/api"), "b2")
+        });
         // More conditions: tried first, though it comes later.
-        routes.push(Route { conditions: when(vec![beta], vec!["POST"]).map(Box::new), ..Route::new(PathMatch::prefix("/api"), "b3") });
-        routes.push(Route { conditions: when(vec![], vec!["DELETE"]).map(Box::new), ..Route::new(PathMatch::prefix("/admin"), "b3") });
-        s.virtual_hosts = vec![Arc::new(VirtualHost::new("h.test".parse().unwrap(), routes))];
+        routes.push(Route {
+            conditions: when(vec![beta], vec!["POST"]).map(Box::new),
+            ..Route::new(PathMatch::prefix("/api"), "b3")
+        });
+        routes.push(Route {
+            conditions: when(vec![], vec!["DELETE"]).map(Box::new),
+            ..Route::new(PathMatch::prefix("/admin"), "b3")
+        });
+        s.virtual_hosts = vec![Arc::new(VirtualHost::new(
+            "h.test".parse().unwrap(),
+            routes,
+        ))];
         s.validate().unwrap();
         let metrics = Arc::new(ProxyMetrics::new());
         let compiled = CompiledSnapshot::compile(s, &metrics, None).unwrap();
@@ -611,12 +843,29 @@ mod tests {
                 b = b.header("x-env", env);
             }
             let req = b.body(()).unwrap().into_parts().0;
-            compiled.pool(&compiled.route("h.test", &req)).map(|p| p.name.to_string())
+            compiled
+                .pool(&compiled.route("h.test", &req))
+                .map(|p| p.name.to_string())
         };
-        assert_eq!(backend("GET", "/api/x", None).as_deref(), Some("b1"), "no header: the plain route");
-        assert_eq!(backend("GET", "/api/x", Some("beta")).as_deref(), Some("b2"));
-        assert_eq!(backend("POST", "/api/x", Some("beta")).as_deref(), Some("b3"), "the more specific route");
+        assert_eq!(
+            backend("GET", "/api/x", None).as_deref(),
+            Some("b1"),
+            "no header: the plain route"
+        );
+        assert_eq!(
+            backend("GET", "/api/x", Some("beta")).as_deref(),
+            Some("b2")
+        );
+        assert_eq!(
+            backend("POST", "/api/x", Some("beta")).as_deref(),
+            Some("b3"),
+            "the more specific route"
+        );
         assert_eq!(backend("DELETE", "/admin/x", None).as_deref(), Some("b3"));
-        assert_eq!(backend("GET", "/admin/x", None).as_deref(), Some("b0"), "no route of /admin admits: the shorter path");
+        assert_eq!(
+            backend("GET", "/admin/x", None).as_deref(),
+            Some("b0"),
+            "no route of /admin admits: the shorter path"
+        );
     }
 }

@@ -16,7 +16,10 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
-        SnapshotStore { current: ArcSwapOption::empty(), metrics }
+        SnapshotStore {
+            current: ArcSwapOption::empty(),
+            metrics,
+        }
     }
 
     /// The serving snapshot, `None` before the first apply.
@@ -29,7 +32,10 @@ impl SnapshotStore {
     }
 
     fn refuse(&self, reason: String) -> Result<(), String> {
-        self.metrics.snapshot_applies.with_label_values(&["refused"]).inc();
+        self.metrics
+            .snapshot_applies
+            .with_label_values(&["refused"])
+            .inc();
         Err(reason)
     }
 }
@@ -46,7 +52,10 @@ impl SnapshotSink for SnapshotStore {
             Err(e) => return self.refuse(format!("snapshot {version} does not decode: {e}")),
         };
         if snapshot.version != version {
-            return self.refuse(format!("frame says version {version} but the snapshot says {}", snapshot.version));
+            return self.refuse(format!(
+                "frame says version {version} but the snapshot says {}",
+                snapshot.version
+            ));
         }
         self.install(snapshot, started, None)
     }
@@ -58,14 +67,25 @@ impl SnapshotSink for SnapshotStore {
             Err(e) => return self.refuse(format!("delta {version} does not decode: {e}")),
         };
         if delta.version != version {
-            return self.refuse(format!("frame says version {version} but the delta says {}", delta.version));
+            return self.refuse(format!(
+                "frame says version {version} but the delta says {}",
+                delta.version
+            ));
         }
-        let Some(base) = self.current.load_full().filter(|c| c.version() == base_version) else {
-            return self.refuse(format!("delta {version} is against version {base_version}, which is not serving"));
+        let Some(base) = self
+            .current
+            .load_full()
+            .filter(|c| c.version() == base_version)
+        else {
+            return self.refuse(format!(
+                "delta {version} is against version {base_version}, which is not serving"
+            ));
         };
         match base.source.with_delta(delta) {
             Ok(snapshot) => self.install(snapshot, started, Some(&base.source)),
-            Err(e) => self.refuse(format!("delta {version} does not fit version {base_version}: {e}")),
+            Err(e) => self.refuse(format!(
+                "delta {version} does not fit version {base_version}: {e}"
+            )),
         }
     }
 }
@@ -73,12 +93,23 @@ impl SnapshotSink for SnapshotStore {
 impl SnapshotStore {
     /// Validates, compiles against the serving snapshot, and swaps. `delta_base` is the
     /// snapshot a delta was applied to, which was validated.
-    fn install(&self, snapshot: Snapshot, started: Instant, delta_base: Option<&Snapshot>) -> Result<(), String> {
-        let sent_as = if delta_base.is_some() { "delta" } else { "whole" };
+    fn install(
+        &self,
+        snapshot: Snapshot,
+        started: Instant,
+        delta_base: Option<&Snapshot>,
+    ) -> Result<(), String> {
+        let sent_as = if delta_base.is_some() {
+            "delta"
+        } else {
+            "whole"
+        };
         let version = snapshot.version;
         let current = self.last_applied();
         if version < current {
-            return self.refuse(format!("snapshot {version} is older than the serving {current}"));
+            return self.refuse(format!(
+                "snapshot {version} is older than the serving {current}"
+            ));
         }
         let decoded = started.elapsed();
         let validated = match delta_base {
@@ -90,20 +121,32 @@ impl SnapshotStore {
         }
         let validated = started.elapsed();
         let previous = self.current.load_full();
-        let compiled = match CompiledSnapshot::compile(snapshot, &self.metrics, previous.as_deref()) {
+        let compiled = match CompiledSnapshot::compile(snapshot, &self.metrics, previous.as_deref())
+        {
             Ok(c) => Arc::new(c),
             Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
         };
         self.current.store(Some(compiled.clone()));
         let serving = started.elapsed();
-        self.metrics.snapshot_applies.with_label_values(&["applied"]).inc();
-        self.metrics.snapshot_apply_duration.observe(serving.as_secs_f64());
+        self.metrics
+            .snapshot_applies
+            .with_label_values(&["applied"])
+            .inc();
+        self.metrics
+            .snapshot_apply_duration
+            .observe(serving.as_secs_f64());
         self.metrics.snapshot_version.set(version as i64);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         self.metrics.snapshot_apply_timestamp.set(now as i64);
         // Bookkeeping after the swap, off the path to serving the new snapshot.
-        let (reused_pools, reused_hosts) = previous.as_deref().map_or((0, 0), |p| compiled.reused(p));
-        let (pools, hosts) = (compiled.source.backends.len(), compiled.source.virtual_hosts.len());
+        let (reused_pools, reused_hosts) =
+            previous.as_deref().map_or((0, 0), |p| compiled.reused(p));
+        let (pools, hosts) = (
+            compiled.source.backends.len(),
+            compiled.source.virtual_hosts.len(),
+        );
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             version,
@@ -130,10 +173,17 @@ mod tests {
     fn snapshot(version: u64, backend: &str) -> Snapshot {
         Snapshot {
             version,
-            virtual_hosts: vec![Arc::new(VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), backend)]))],
+            virtual_hosts: vec![Arc::new(VirtualHost::new(
+                "a.com".parse().unwrap(),
+                vec![Route::new(PathMatch::prefix("/"), backend)],
+            ))],
             backends: vec![Arc::new(Backend {
                 name: "b".into(),
-                endpoints: vec![Endpoint { address: [127, 0, 0, 1].into(), port: 9, ready: true }],
+                endpoints: vec![Endpoint {
+                    address: [127, 0, 0, 1].into(),
+                    port: 9,
+                    ready: true,
+                }],
                 upstream: Default::default(),
                 policy: Default::default(),
             })],
@@ -147,15 +197,33 @@ mod tests {
         assert!(store.load().is_none());
         store.apply(5, snapshot(5, "b").to_bytes()).unwrap();
 
-        let err = store.apply(6, snapshot(6, "missing").to_bytes()).unwrap_err();
+        let err = store
+            .apply(6, snapshot(6, "missing").to_bytes())
+            .unwrap_err();
         assert!(err.contains("unknown backend \"missing\""), "{err}");
-        assert!(store.apply(7, b"{not json".to_vec()).unwrap_err().contains("does not decode"));
-        assert!(store.apply(8, snapshot(9, "b").to_bytes()).unwrap_err().contains("says 9"));
-        assert!(store.apply(4, snapshot(4, "b").to_bytes()).unwrap_err().contains("older"));
+        assert!(store
+            .apply(7, b"{not json".to_vec())
+            .unwrap_err()
+            .contains("does not decode"));
+        assert!(store
+            .apply(8, snapshot(9, "b").to_bytes())
+            .unwrap_err()
+            .contains("says 9"));
+        assert!(store
+            .apply(4, snapshot(4, "b").to_bytes())
+            .unwrap_err()
+            .contains("older"));
         let mut unparsable = snapshot(10, "b");
-        unparsable.certificates.push(portico_model::Certificate { name: "ns/c".into(), chain_pem: "junk".into(), key_pem: "junk".into() });
+        unparsable.certificates.push(portico_model::Certificate {
+            name: "ns/c".into(),
+            chain_pem: "junk".into(),
+            key_pem: "junk".into(),
+        });
         let err = store.apply(10, unparsable.to_bytes()).unwrap_err();
-        assert!(err.contains("cannot be compiled") && err.contains("ns/c"), "{err}");
+        assert!(
+            err.contains("cannot be compiled") && err.contains("ns/c"),
+            "{err}"
+        );
 
         assert_eq!(store.last_applied(), 5);
         let serving = store.load().unwrap();
@@ -163,21 +231,30 @@ mod tests {
         assert!(serving.route("a.com", &req).is_routed());
         assert!(!serving.route("b.com", &req).is_routed());
         let metrics = String::from_utf8(store.metrics().render()).unwrap();
-        assert!(metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"), "{metrics}");
+        assert!(
+            metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"),
+            "{metrics}"
+        );
     }
 
     #[test]
     fn applies_deltas_against_the_serving_snapshot_and_refuses_those_that_do_not_fit() {
         let store = SnapshotStore::new(Arc::new(ProxyMetrics::new()));
         let mut base = snapshot(5, "b");
-        base.virtual_hosts.push(Arc::new(VirtualHost::new("c.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/c"), "b")])));
+        base.virtual_hosts.push(Arc::new(VirtualHost::new(
+            "c.com".parse().unwrap(),
+            vec![Route::new(PathMatch::prefix("/c"), "b")],
+        )));
         store.apply(5, base.to_bytes()).unwrap();
         let req = |path: &str| http::Request::get(path).body(()).unwrap().into_parts().0;
 
         // c.com moves its route from /c to /d; a.com is untouched.
         let mut next = base.clone();
         next.version = 6;
-        next.virtual_hosts[1] = Arc::new(VirtualHost::new("c.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/d"), "b")]));
+        next.virtual_hosts[1] = Arc::new(VirtualHost::new(
+            "c.com".parse().unwrap(),
+            vec![Route::new(PathMatch::prefix("/d"), "b")],
+        ));
         let delta = next.delta_from(&base).unwrap();
         assert_eq!(delta.hosts.len(), 1);
         store.apply_delta(5, 6, delta.to_bytes()).unwrap();
@@ -193,21 +270,40 @@ mod tests {
         let mut later = next.clone();
         later.version = 7;
         later.virtual_hosts.pop();
-        let err = store.apply_delta(5, 7, later.delta_from(&next).unwrap().to_bytes()).unwrap_err();
+        let err = store
+            .apply_delta(5, 7, later.delta_from(&next).unwrap().to_bytes())
+            .unwrap_err();
         assert!(err.contains("against version 5"), "{err}");
-        assert!(store.apply_delta(6, 7, b"junk".to_vec()).unwrap_err().contains("does not decode"));
+        assert!(store
+            .apply_delta(6, 7, b"junk".to_vec())
+            .unwrap_err()
+            .contains("does not decode"));
         let mut elsewhere = next.clone();
-        elsewhere.virtual_hosts.push(Arc::new(VirtualHost::new("z.com".parse().unwrap(), vec![])));
-        let err = store.apply_delta(6, 7, later.delta_from(&elsewhere).unwrap().to_bytes()).unwrap_err();
-        assert!(err.contains("does not fit version 6") && err.contains("z.com"), "{err}");
+        elsewhere
+            .virtual_hosts
+            .push(Arc::new(VirtualHost::new("z.com".parse().unwrap(), vec![])));
+        let err = store
+            .apply_delta(6, 7, later.delta_from(&elsewhere).unwrap().to_bytes())
+            .unwrap_err();
+        assert!(
+            err.contains("does not fit version 6") && err.contains("z.com"),
+            "{err}"
+        );
         let mut broken = next.clone();
         broken.version = 7;
-        broken.virtual_hosts[0] = Arc::new(VirtualHost::new("a.com".parse().unwrap(), vec![Route::new(PathMatch::prefix("/"), "gone")]));
-        let err = store.apply_delta(6, 7, broken.delta_from(&next).unwrap().to_bytes()).unwrap_err();
+        broken.virtual_hosts[0] = Arc::new(VirtualHost::new(
+            "a.com".parse().unwrap(),
+            vec![Route::new(PathMatch::prefix("/"), "gone")],
+        ));
+        let err = store
+            .apply_delta(6, 7, broken.delta_from(&next).unwrap().to_bytes())
+            .unwrap_err();
         assert!(err.contains("unknown backend \"gone\""), "{err}");
         assert_eq!(store.last_applied(), 6);
 
-        store.apply_delta(6, 7, later.delta_from(&next).unwrap().to_bytes()).unwrap();
+        store
+            .apply_delta(6, 7, later.delta_from(&next).unwrap().to_bytes())
+            .unwrap();
         let serving = store.load().unwrap();
         assert!(!serving.route("c.com", &req("/d")).is_routed());
         assert!(serving.route("a.com", &req("/x")).is_routed());

@@ -29,13 +29,16 @@ pub struct ClientCertificates {
 
 impl std::fmt::Debug for ClientCertificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCertificates").field("verify", &self.source.verify).finish_non_exhaustive()
+        f.debug_struct("ClientCertificates")
+            .field("verify", &self.source.verify)
+            .finish_non_exhaustive()
     }
 }
 
 impl ClientCertificates {
     pub fn compile(source: &ClientAuth) -> Result<Self, String> {
-        let cas = X509::stack_from_pem(source.ca_pem.as_bytes()).map_err(|e| format!("CA bundle does not parse: {e}"))?;
+        let cas = X509::stack_from_pem(source.ca_pem.as_bytes())
+            .map_err(|e| format!("CA bundle does not parse: {e}"))?;
         if cas.is_empty() {
             return Err("CA bundle holds no certificate".into());
         }
@@ -51,13 +54,25 @@ impl ClientCertificates {
         store.set_param(&param).map_err(openssl_err)?;
         let error_page = match source.error_page.as_deref() {
             None => None,
-            Some(p) => Some(HeaderValue::from_str(p).map_err(|_| format!("error page {p:?} is not a header value"))?),
+            Some(p) => Some(
+                HeaderValue::from_str(p)
+                    .map_err(|_| format!("error page {p:?} is not a header value"))?,
+            ),
         };
         let match_subject = match source.match_subject.as_deref() {
             None => None,
-            Some(p) => Some(portico_model::pattern::value_regex(p).map_err(|e| format!("auth-tls-match-cn {p:?}: {e}"))?),
+            Some(p) => Some(
+                portico_model::pattern::value_regex(p)
+                    .map_err(|e| format!("auth-tls-match-cn {p:?}: {e}"))?,
+            ),
         };
-        Ok(ClientCertificates { source: source.clone(), store: store.build(), ca_names, error_page, match_subject })
+        Ok(ClientCertificates {
+            source: source.clone(),
+            store: store.build(),
+            ca_names,
+            error_page,
+            match_subject,
+        })
     }
 
     /// Makes the handshake ask for a certificate. Verification waits for [`Self::inspect`].
@@ -65,7 +80,11 @@ impl ClientCertificates {
         ssl.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
         // The list is handed over with each handshake, so it is copied for each.
         if let Ok(mut names) = Stack::new() {
-            for owned in self.ca_names.iter().filter_map(|name| X509NameRef::to_owned(name).ok()) {
+            for owned in self
+                .ca_names
+                .iter()
+                .filter_map(|name| X509NameRef::to_owned(name).ok())
+            {
                 let _ = names.push(owned);
             }
             ssl.set_client_ca_list(names);
@@ -80,11 +99,17 @@ impl ClientCertificates {
             PresentedCertificate {
                 subject: distinguished_name(leaf.subject_name()),
                 issuer: distinguished_name(leaf.issuer_name()),
-                pem: leaf.to_pem().map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default(),
+                pem: leaf
+                    .to_pem()
+                    .map(|p| String::from_utf8_lossy(&p).into_owned())
+                    .unwrap_or_default(),
                 verified,
             }
         });
-        ConnectionCertificate { policy: Arc::clone(self), presented }
+        ConnectionCertificate {
+            policy: Arc::clone(self),
+            presented,
+        }
     }
 
     fn verify(&self, leaf: &X509Ref, ssl: &SslRef) -> Result<(), String> {
@@ -95,7 +120,13 @@ impl ClientCertificates {
         }
         let mut context = X509StoreContext::new().map_err(failed)?;
         context
-            .init(&self.store, leaf, &chain, |c| Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error().error_string().to_string()) }))
+            .init(&self.store, leaf, &chain, |c| {
+                Ok(if c.verify_cert()? {
+                    Ok(())
+                } else {
+                    Err(c.error().error_string().to_string())
+                })
+            })
             .map_err(failed)?
     }
 
@@ -107,7 +138,11 @@ impl ClientCertificates {
 
     /// Checks a request to a host with this policy: `connection` is what its connection's
     /// handshake proved, `None` for plain HTTP or a handshake that asked for nothing.
-    pub fn check(self: &Arc<Self>, tls: bool, connection: Option<&ConnectionCertificate>) -> Result<UpstreamHeaders, Refused> {
+    pub fn check(
+        self: &Arc<Self>,
+        tls: bool,
+        connection: Option<&ConnectionCertificate>,
+    ) -> Result<UpstreamHeaders, Refused> {
         let presented = match connection {
             Some(c) if c.policy.same_as(self) => c.presented.as_ref(),
             // Plain HTTP proved nothing: no certificate.
@@ -132,7 +167,11 @@ impl ClientCertificates {
                 return Err(Refused::Forbidden);
             }
         }
-        Ok(UpstreamHeaders::new(&status, presented, self.source.pass_certificate))
+        Ok(UpstreamHeaders::new(
+            &status,
+            presented,
+            self.source.pass_certificate,
+        ))
     }
 
     fn refused(&self) -> Refused {
@@ -183,20 +222,34 @@ pub enum Refused {
 pub struct UpstreamHeaders(pub [(http::HeaderName, Option<HeaderValue>); 4]);
 
 impl UpstreamHeaders {
-    fn new(status: &Verification<'_>, presented: Option<&PresentedCertificate>, pass_certificate: bool) -> Self {
+    fn new(
+        status: &Verification<'_>,
+        presented: Option<&PresentedCertificate>,
+        pass_certificate: bool,
+    ) -> Self {
         let verify = match status {
             Verification::Success => HeaderValue::from_static("SUCCESS"),
             Verification::None => HeaderValue::from_static("NONE"),
-            Verification::Failed(why) => {
-                HeaderValue::try_from(format!("FAILED:{why}")).unwrap_or_else(|_| HeaderValue::from_static("FAILED"))
-            }
+            Verification::Failed(why) => HeaderValue::try_from(format!("FAILED:{why}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("FAILED")),
         };
         let value = |s: &str| HeaderValue::try_from(s).ok().filter(|_| !s.is_empty());
-        let cert = presented.filter(|_| pass_certificate).and_then(|p| value(&escaped_pem(&p.pem)));
+        let cert = presented
+            .filter(|_| pass_certificate)
+            .and_then(|p| value(&escaped_pem(&p.pem)));
         UpstreamHeaders([
-            (http::HeaderName::from_static("ssl-client-verify"), Some(verify)),
-            (http::HeaderName::from_static("ssl-client-subject-dn"), presented.and_then(|p| value(&p.subject))),
-            (http::HeaderName::from_static("ssl-client-issuer-dn"), presented.and_then(|p| value(&p.issuer))),
+            (
+                http::HeaderName::from_static("ssl-client-verify"),
+                Some(verify),
+            ),
+            (
+                http::HeaderName::from_static("ssl-client-subject-dn"),
+                presented.and_then(|p| value(&p.subject)),
+            ),
+            (
+                http::HeaderName::from_static("ssl-client-issuer-dn"),
+                presented.and_then(|p| value(&p.issuer)),
+            ),
             (http::HeaderName::from_static("ssl-client-cert"), cert),
         ])
     }
@@ -204,7 +257,11 @@ impl UpstreamHeaders {
 
 /// nginx's `$ssl_client_escaped_cert`: the PEM, URL-encoded.
 fn escaped_pem(pem: &str) -> String {
-    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
     percent_encoding::utf8_percent_encode(pem, COMPONENT).to_string()
 }
 
@@ -221,7 +278,9 @@ fn distinguished_name(name: &X509NameRef) -> String {
             if c.is_control() {
                 continue;
             }
-            if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') || (i == 0 && matches!(c, '#' | ' ')) {
+            if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+                || (i == 0 && matches!(c, '#' | ' '))
+            {
                 escaped.push('\\');
             }
             escaped.push(c);
@@ -240,14 +299,18 @@ mod tests {
     #[test]
     fn names_read_most_significant_last_with_specials_escaped() {
         let mut b = X509NameBuilder::new().unwrap();
-        b.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example, Inc").unwrap();
+        b.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example, Inc")
+            .unwrap();
         b.append_entry_by_nid(Nid::COMMONNAME, "alice").unwrap();
         assert_eq!(distinguished_name(&b.build()), "CN=alice,O=Example\\, Inc");
     }
 
     #[test]
     fn the_certificate_is_escaped_as_a_url_component() {
-        assert_eq!(escaped_pem("-----BEGIN CERT-----\nab+/=\n"), "-----BEGIN%20CERT-----%0Aab%2B%2F%3D%0A");
+        assert_eq!(
+            escaped_pem("-----BEGIN CERT-----\nab+/=\n"),
+            "-----BEGIN%20CERT-----%0Aab%2B%2F%3D%0A"
+        );
     }
 
     #[test]
@@ -260,15 +323,23 @@ mod tests {
             error_page: None,
             match_subject: pattern.map(str::to_string),
         };
-        assert!(ClientCertificates::compile(&auth("not pem", None)).unwrap_err().contains("CA bundle"));
-        let ca = crate::listener::tls::ServedCertificate::self_signed().unwrap().chain_pem();
+        assert!(ClientCertificates::compile(&auth("not pem", None))
+            .unwrap_err()
+            .contains("CA bundle"));
+        let ca = crate::listener::tls::ServedCertificate::self_signed()
+            .unwrap()
+            .chain_pem();
         assert!(ClientCertificates::compile(&auth(&ca, None)).is_ok());
-        assert!(ClientCertificates::compile(&auth(&ca, Some("CN=("))).unwrap_err().contains("auth-tls-match-cn"));
+        assert!(ClientCertificates::compile(&auth(&ca, Some("CN=(")))
+            .unwrap_err()
+            .contains("auth-tls-match-cn"));
     }
 
     #[test]
     fn plain_http_is_no_certificate_and_another_hosts_handshake_is_misdirected() {
-        let ca = crate::listener::tls::ServedCertificate::self_signed().unwrap().chain_pem();
+        let ca = crate::listener::tls::ServedCertificate::self_signed()
+            .unwrap()
+            .chain_pem();
         let policy = |verify, page: Option<&str>| {
             Arc::new(
                 ClientCertificates::compile(&ClientAuth {
@@ -283,17 +354,44 @@ mod tests {
             )
         };
         let required = policy(ClientVerify::On, None);
-        assert_eq!(required.check(false, None).err(), Some(Refused::BadCertificate));
+        assert_eq!(
+            required.check(false, None).err(),
+            Some(Refused::BadCertificate)
+        );
         assert_eq!(required.check(true, None).err(), Some(Refused::Misdirected));
         let redirecting = policy(ClientVerify::On, Some("https://login.test/cert"));
-        assert!(matches!(redirecting.check(false, None), Err(Refused::Redirect(_))));
-        let other = ConnectionCertificate { policy: policy(ClientVerify::Optional, None), presented: None };
-        assert_eq!(required.check(true, Some(&other)).err(), Some(Refused::Misdirected));
-        let same = ConnectionCertificate { policy: policy(ClientVerify::On, None), presented: None };
-        assert_eq!(required.check(true, Some(&same)).err(), Some(Refused::BadCertificate), "an equal policy is the same host's");
+        assert!(matches!(
+            redirecting.check(false, None),
+            Err(Refused::Redirect(_))
+        ));
+        let other = ConnectionCertificate {
+            policy: policy(ClientVerify::Optional, None),
+            presented: None,
+        };
+        assert_eq!(
+            required.check(true, Some(&other)).err(),
+            Some(Refused::Misdirected)
+        );
+        let same = ConnectionCertificate {
+            policy: policy(ClientVerify::On, None),
+            presented: None,
+        };
+        assert_eq!(
+            required.check(true, Some(&same)).err(),
+            Some(Refused::BadCertificate),
+            "an equal policy is the same host's"
+        );
         let optional = policy(ClientVerify::Optional, None);
-        let headers = optional.check(false, None).expect("optional admits without a certificate");
-        assert_eq!(headers.0[0].1.as_ref().map(|v| v.as_bytes()), Some(&b"NONE"[..]));
-        assert!(headers.0[1..].iter().all(|(_, v)| v.is_none()), "a client's own ssl-client-* headers are removed");
+        let headers = optional
+            .check(false, None)
+            .expect("optional admits without a certificate");
+        assert_eq!(
+            headers.0[0].1.as_ref().map(|v| v.as_bytes()),
+            Some(&b"NONE"[..])
+        );
+        assert!(
+            headers.0[1..].iter().all(|(_, v)| v.is_none()),
+            "a client's own ssl-client-* headers are removed"
+        );
     }
 }

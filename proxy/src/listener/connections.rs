@@ -32,7 +32,11 @@ impl Drop for Open<'_> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedConnections<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         self.metrics.downstream_connections_total.inc();
         self.metrics.downstream_connections.inc();
         let _open = Open(&self.metrics.downstream_connections);

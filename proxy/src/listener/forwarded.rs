@@ -14,22 +14,31 @@ pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
 /// itself sit to the left of what our proxies appended, so they are never reached).
 /// `None` when that hop is not an address: the client is then unknown, and access lists
 /// refuse it.
-pub fn client_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
+pub fn client_address(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: IpAddr| is_trusted(trusted, ip);
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let Some(hops) = forwarded_for.filter(|h| !h.trim().is_empty()) else { return Some(peer) };
+    let Some(hops) = forwarded_for.filter(|h| !h.trim().is_empty()) else {
+        return Some(peer);
+    };
     let mut client = peer;
     for hop in hops.rsplit(',') {
         let hop = hop.trim();
         // `[v6]:port` and `v4:port` forms, as some proxies write them.
-        let bare = hop.strip_prefix('[').and_then(|h| h.split_once(']')).map_or(hop, |(h, _)| h);
-        let ip = bare
-            .parse::<IpAddr>()
-            .ok()
-            .or_else(|| bare.rsplit_once(':').and_then(|(h, _)| h.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4)))?;
+        let bare = hop
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']'))
+            .map_or(hop, |(h, _)| h);
+        let ip = bare.parse::<IpAddr>().ok().or_else(|| {
+            bare.rsplit_once(':')
+                .and_then(|(h, _)| h.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
+        })?;
         client = ip;
         if !is_trusted(ip) {
             break;
@@ -51,11 +60,35 @@ mod tests {
             ip("203.0.113.9"),
             "an untrusted peer's header is ignored"
         );
-        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4, 198.51.100.7, 10.0.0.2"), &trusted), ip("198.51.100.7"));
-        assert_eq!(client_address(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
-        assert_eq!(client_address(ip("10.0.0.1"), Some("10.0.0.3, 10.0.0.2"), &trusted), ip("10.0.0.3"), "all trusted: the leftmost");
-        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4:5678"), &trusted), ip("1.2.3.4"));
-        assert_eq!(client_address(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &trusted), ip("2001:db8::1"));
-        assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4, garbage"), &trusted), None, "an unreadable hop makes the client unknown");
+        assert_eq!(
+            client_address(
+                ip("10.0.0.1"),
+                Some("1.2.3.4, 198.51.100.7, 10.0.0.2"),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), None, &trusted),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("10.0.0.3, 10.0.0.2"), &trusted),
+            ip("10.0.0.3"),
+            "all trusted: the leftmost"
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("1.2.3.4:5678"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("1.2.3.4, garbage"), &trusted),
+            None,
+            "an unreadable hop makes the client unknown"
+        );
     }
 }

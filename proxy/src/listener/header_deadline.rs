@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest, UniqueID, ALPN,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, ALPN,
 };
 use std::future::Future;
 use std::io;
@@ -51,9 +52,14 @@ impl RequestBoundaries {
         }
         let started = self.phase == Phase::Idle;
         if started {
-            self.phase = Phase::Header { ended: 0, start: true };
+            self.phase = Phase::Header {
+                ended: 0,
+                start: true,
+            };
         }
-        let Phase::Header { ended, start } = self.phase else { return false };
+        let Phase::Header { ended, start } = self.phase else {
+            return false;
+        };
         // HTTP/2 with prior knowledge: Pingora's h2 timeouts apply.
         if start && bytes.starts_with(H2_PREFACE_START) {
             self.phase = Phase::Off;
@@ -62,16 +68,25 @@ impl RequestBoundaries {
         // The blank line may straddle reads: `ended` bytes of it closed the last one.
         let rest = &BLANK_LINE[usize::from(ended)..];
         // Most headers arrive whole in one read, ending the bytes: no search for those.
-        if ended > 0 && bytes.starts_with(rest) || bytes.ends_with(BLANK_LINE) || memchr::memmem::find(bytes, BLANK_LINE).is_some() {
+        if ended > 0 && bytes.starts_with(rest)
+            || bytes.ends_with(BLANK_LINE)
+            || memchr::memmem::find(bytes, BLANK_LINE).is_some()
+        {
             self.phase = Phase::Body;
             return started;
         }
         let ended = if ended > 0 && rest.starts_with(bytes) {
             ended + bytes.len() as u8
         } else {
-            (1..=3).rev().find(|&n| bytes.ends_with(&BLANK_LINE[..n])).map_or(0, |n| n as u8)
+            (1..=3)
+                .rev()
+                .find(|&n| bytes.ends_with(&BLANK_LINE[..n]))
+                .map_or(0, |n| n as u8)
         };
-        self.phase = Phase::Header { ended, start: false };
+        self.phase = Phase::Header {
+            ended,
+            start: false,
+        };
         started
     }
 
@@ -119,7 +134,12 @@ impl HeaderDeadline {
         HeaderDeadline {
             inner,
             timeouts,
-            boundaries: RequestBoundaries { phase: Phase::Header { ended: 0, start: true } },
+            boundaries: RequestBoundaries {
+                phase: Phase::Header {
+                    ended: 0,
+                    start: true,
+                },
+            },
             due,
             deadline: Box::pin(tokio::time::sleep_until(due)),
             peeked: Vec::new(),
@@ -143,7 +163,11 @@ impl HeaderDeadline {
 }
 
 impl AsyncRead for HeaderDeadline {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.peeked.is_empty() {
             let n = this.peeked.len().min(buf.remaining());
@@ -162,7 +186,10 @@ impl AsyncRead for HeaderDeadline {
             Poll::Pending if this.expired(cx) => Poll::Ready(match this.boundaries.phase {
                 // An idle keep-alive connection ends as if the client had closed it.
                 Phase::Idle => Ok(()),
-                _ => Err(io::Error::new(io::ErrorKind::TimedOut, "client header timeout")),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client header timeout",
+                )),
             }),
             other => other,
         }
@@ -170,7 +197,11 @@ impl AsyncRead for HeaderDeadline {
 }
 
 impl AsyncWrite for HeaderDeadline {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
@@ -281,11 +312,20 @@ mod tests {
 
     /// The phase after each chunk; chunks starting `HTTP/1.1 ` are the proxy's writes.
     fn phases(chunks: &[&[u8]]) -> Vec<(Phase, bool)> {
-        let mut b = RequestBoundaries { phase: Phase::Header { ended: 0, start: true } };
+        let mut b = RequestBoundaries {
+            phase: Phase::Header {
+                ended: 0,
+                start: true,
+            },
+        };
         chunks
             .iter()
             .map(|c| {
-                let armed = if c.starts_with(b"HTTP/1.1 ") { b.wrote(c) } else { b.read(c) };
+                let armed = if c.starts_with(b"HTTP/1.1 ") {
+                    b.wrote(c)
+                } else {
+                    b.read(c)
+                };
                 (b.phase, armed)
             })
             .collect()
@@ -293,28 +333,77 @@ mod tests {
 
     #[test]
     fn a_header_ends_at_its_blank_line_even_across_reads_and_a_response_starts_the_next_wait() {
-        let got = phases(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r", b"\nbody", b"HTTP/1.1 200 OK\r\n", b"G"]);
+        let got = phases(&[
+            b"GET / HTTP/1.1\r\nHost: a\r",
+            b"\n\r",
+            b"\nbody",
+            b"HTTP/1.1 200 OK\r\n",
+            b"G",
+        ]);
         assert_eq!(
             got,
             [
-                (Phase::Header { ended: 1, start: false }, false),
-                (Phase::Header { ended: 3, start: false }, false),
+                (
+                    Phase::Header {
+                        ended: 1,
+                        start: false
+                    },
+                    false
+                ),
+                (
+                    Phase::Header {
+                        ended: 3,
+                        start: false
+                    },
+                    false
+                ),
                 (Phase::Body, false),
                 (Phase::Idle, true),
-                (Phase::Header { ended: 0, start: false }, true),
+                (
+                    Phase::Header {
+                        ended: 0,
+                        start: false
+                    },
+                    true
+                ),
             ]
         );
         assert_eq!(phases(&[b"GET / HTTP/1.1\r\n", b"\r\n"])[1].0, Phase::Body);
-        assert_eq!(phases(&[b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"])[0].0, Phase::Body, "a body in the same read");
-        assert_eq!(phases(&[b"GET / HTTP/1.1\r\nA: b\r\n\r", b"x\r\n"])[1].0, Phase::Header { ended: 2, start: false });
-        assert_eq!(phases(&[b"GET /\n\n"])[0].0, Phase::Header { ended: 0, start: false }, "bare LFs are Pingora's to refuse");
+        assert_eq!(
+            phases(&[b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"])[0].0,
+            Phase::Body,
+            "a body in the same read"
+        );
+        assert_eq!(
+            phases(&[b"GET / HTTP/1.1\r\nA: b\r\n\r", b"x\r\n"])[1].0,
+            Phase::Header {
+                ended: 2,
+                start: false
+            }
+        );
+        assert_eq!(
+            phases(&[b"GET /\n\n"])[0].0,
+            Phase::Header {
+                ended: 0,
+                start: false
+            },
+            "bare LFs are Pingora's to refuse"
+        );
     }
 
     #[test]
     fn interim_responses_keep_the_body_going_and_http2_or_upgrades_end_the_watch() {
-        let got = phases(&[b"POST / HTTP/1.1\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 101 Switching\r\n\r\n", b"x"]);
+        let got = phases(&[
+            b"POST / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 101 Switching\r\n\r\n",
+            b"x",
+        ]);
         let got: Vec<Phase> = got.into_iter().map(|(p, _)| p).collect();
         assert_eq!(got, [Phase::Body, Phase::Body, Phase::Off, Phase::Off]);
-        assert_eq!(phases(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])[0].0, Phase::Off);
+        assert_eq!(
+            phases(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])[0].0,
+            Phase::Off
+        );
     }
 }

@@ -23,7 +23,10 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyHeader {
     /// The client's address, and the address it connected to.
-    Forwarded { source: SocketAddr, destination: SocketAddr },
+    Forwarded {
+        source: SocketAddr,
+        destination: SocketAddr,
+    },
     /// `UNKNOWN` (v1) or `LOCAL` (v2), or a family other than TCP over IPv4/IPv6: the
     /// connection stays the sender's own.
     Local,
@@ -57,26 +60,44 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyHeaderErro
 
 fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyHeaderError> {
     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return if buf.len() >= 107 { Err(ProxyHeaderError::Malformed("v1 line longer than 107 bytes")) } else { Ok(None) };
+        return if buf.len() >= 107 {
+            Err(ProxyHeaderError::Malformed("v1 line longer than 107 bytes"))
+        } else {
+            Ok(None)
+        };
     };
     if end + 2 > 107 {
         return Err(ProxyHeaderError::Malformed("v1 line longer than 107 bytes"));
     }
-    let line = std::str::from_utf8(&buf[..end]).map_err(|_| ProxyHeaderError::Malformed("v1 line is not text"))?;
+    let line = std::str::from_utf8(&buf[..end])
+        .map_err(|_| ProxyHeaderError::Malformed("v1 line is not text"))?;
     let fields: Vec<&str> = line.split(' ').collect();
     let header = match fields.as_slice() {
         ["PROXY", "UNKNOWN", ..] => ProxyHeader::Local,
         ["PROXY", family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
-            let ip = |s: &str| s.parse::<IpAddr>().map_err(|_| ProxyHeaderError::Malformed("v1 address"));
+            let ip = |s: &str| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| ProxyHeaderError::Malformed("v1 address"))
+            };
             let port = |s: &str| {
                 let valid = !s.is_empty() && s.len() <= 5 && !(s.len() > 1 && s.starts_with('0'));
-                s.parse::<u16>().ok().filter(|_| valid).ok_or(ProxyHeaderError::Malformed("v1 port"))
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|_| valid)
+                    .ok_or(ProxyHeaderError::Malformed("v1 port"))
             };
             let (src, dst) = (ip(src)?, ip(dst)?);
-            if (*family == "TCP4") != (src.is_ipv4() && dst.is_ipv4()) || src.is_ipv4() != dst.is_ipv4() {
-                return Err(ProxyHeaderError::Malformed("v1 addresses do not match the family"));
+            if (*family == "TCP4") != (src.is_ipv4() && dst.is_ipv4())
+                || src.is_ipv4() != dst.is_ipv4()
+            {
+                return Err(ProxyHeaderError::Malformed(
+                    "v1 addresses do not match the family",
+                ));
             }
-            ProxyHeader::Forwarded { source: SocketAddr::new(src, port(sport)?), destination: SocketAddr::new(dst, port(dport)?) }
+            ProxyHeader::Forwarded {
+                source: SocketAddr::new(src, port(sport)?),
+                destination: SocketAddr::new(dst, port(dport)?),
+            }
         }
         _ => return Err(ProxyHeaderError::Malformed("v1 fields")),
     };
@@ -111,7 +132,8 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyHeaderError
             }
         }
         (_, 0x21) if len >= 36 => {
-            let ip = |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")));
+            let ip =
+                |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")));
             ProxyHeader::Forwarded {
                 source: SocketAddr::new(ip(&body[0..16]), port(&body[32..34])),
                 destination: SocketAddr::new(ip(&body[16..32]), port(&body[34..36])),
@@ -148,10 +170,15 @@ impl ProxyProtocol {
             buf.extend_from_slice(&chunk[..n]);
         };
         stream.rewind(&buf[used..]);
-        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let trusted = peer.is_some_and(|p| forwarded::is_trusted(&self.trusted, p.ip()));
         match header {
-            ProxyHeader::Forwarded { source, destination } if trusted => {
+            ProxyHeader::Forwarded {
+                source,
+                destination,
+            } if trusted => {
                 let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
                 let _ = digest.peer_addr.set(Some(source.into()));
                 let _ = digest.local_addr.set(Some(destination.into()));
@@ -184,7 +211,9 @@ impl ProxyProtocol {
 #[async_trait]
 impl PreTlsProcess for ProxyProtocol {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        self.read(stream).await.map_err(|e| pingora::Error::because(pingora::ErrorType::AcceptError, "PROXY protocol", e))
+        self.read(stream).await.map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::AcceptError, "PROXY protocol", e)
+        })
     }
 }
 
@@ -193,15 +222,30 @@ mod tests {
     use super::*;
 
     fn forwarded(src: &str, dst: &str) -> ProxyHeader {
-        ProxyHeader::Forwarded { source: src.parse().unwrap(), destination: dst.parse().unwrap() }
+        ProxyHeader::Forwarded {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+        }
     }
 
     #[test]
     fn v1_lines_give_addresses_or_nothing_and_wait_for_their_end() {
         let line = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\nGET /";
-        assert_eq!(parse(line), Ok(Some((forwarded("203.0.113.7:51000", "10.0.0.1:443"), 43))));
-        assert_eq!(parse(b"PROXY TCP6 2001:db8::1 ::1 1 80\r\n").unwrap().unwrap().0, forwarded("[2001:db8::1]:1", "[::1]:80"));
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Some((ProxyHeader::Local, 15))));
+        assert_eq!(
+            parse(line),
+            Ok(Some((forwarded("203.0.113.7:51000", "10.0.0.1:443"), 43)))
+        );
+        assert_eq!(
+            parse(b"PROXY TCP6 2001:db8::1 ::1 1 80\r\n")
+                .unwrap()
+                .unwrap()
+                .0,
+            forwarded("[2001:db8::1]:1", "[::1]:80")
+        );
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n"),
+            Ok(Some((ProxyHeader::Local, 15)))
+        );
         assert_eq!(parse(b"PROXY TCP4 203.0.113.7 10.0"), Ok(None));
         assert_eq!(parse(b"PRO"), Ok(None));
         for bad in [
@@ -211,19 +255,32 @@ mod tests {
             b"PROXY TCP4 203.0.113.7 10.0.0.1 1\r\n",
             b"PROXY UDP4 203.0.113.7 10.0.0.1 1 2\r\n",
         ] {
-            assert!(matches!(parse(bad), Err(ProxyHeaderError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(parse(bad), Err(ProxyHeaderError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(parse(&[b'P'; 200][..]).is_err());
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ProxyHeaderError::Missing));
-        assert_eq!(parse(b"\x16\x03\x01"), Err(ProxyHeaderError::Missing), "a TLS ClientHello is not a header");
+        assert_eq!(
+            parse(b"\x16\x03\x01"),
+            Err(ProxyHeaderError::Missing),
+            "a TLS ClientHello is not a header"
+        );
     }
 
     #[test]
     fn v2_headers_give_addresses_skip_tlvs_and_honour_local() {
         let mut v4 = V2_SIGNATURE.to_vec();
-        v4.extend_from_slice(&[0x21, 0x11, 0, 15, 203, 0, 113, 9, 10, 0, 0, 1, 0xc3, 0x50, 0x01, 0xbb, 0x04, 0, 0]);
+        v4.extend_from_slice(&[
+            0x21, 0x11, 0, 15, 203, 0, 113, 9, 10, 0, 0, 1, 0xc3, 0x50, 0x01, 0xbb, 0x04, 0, 0,
+        ]);
         v4.extend_from_slice(b"rest");
-        assert_eq!(parse(&v4), Ok(Some((forwarded("203.0.113.9:50000", "10.0.0.1:443"), 31))));
+        assert_eq!(
+            parse(&v4),
+            Ok(Some((forwarded("203.0.113.9:50000", "10.0.0.1:443"), 31)))
+        );
         assert_eq!(parse(&v4[..20]), Ok(None));
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0, 0]);
@@ -233,6 +290,9 @@ mod tests {
         assert!(matches!(parse(&short), Err(ProxyHeaderError::Malformed(_))));
         let mut v1_version = V2_SIGNATURE.to_vec();
         v1_version.extend_from_slice(&[0x11, 0x11, 0, 0]);
-        assert!(matches!(parse(&v1_version), Err(ProxyHeaderError::Malformed(_))));
+        assert!(matches!(
+            parse(&v1_version),
+            Err(ProxyHeaderError::Malformed(_))
+        ));
     }
 }

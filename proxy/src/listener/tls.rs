@@ -38,16 +38,29 @@ pub struct CertificateError {
 
 impl ServedCertificate {
     pub fn parse(c: &Certificate) -> Result<Self, CertificateError> {
-        let err = |what: &str| CertificateError { name: c.name.clone(), what: what.to_string() };
-        let chain = X509::stack_from_pem(c.chain_pem.as_bytes()).map_err(|e| err(&format!("chain does not parse: {e}")))?;
+        let err = |what: &str| CertificateError {
+            name: c.name.clone(),
+            what: what.to_string(),
+        };
+        let chain = X509::stack_from_pem(c.chain_pem.as_bytes())
+            .map_err(|e| err(&format!("chain does not parse: {e}")))?;
         if chain.is_empty() {
             return Err(err("chain holds no certificate"));
         }
-        let key = PKey::private_key_from_pem(c.key_pem.as_bytes()).map_err(|e| err(&format!("key does not parse: {e}")))?;
-        if !chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false) {
+        let key = PKey::private_key_from_pem(c.key_pem.as_bytes())
+            .map_err(|e| err(&format!("key does not parse: {e}")))?;
+        if !chain[0]
+            .public_key()
+            .map(|p| p.public_eq(&key))
+            .unwrap_or(false)
+        {
             return Err(err("key does not match the leaf certificate"));
         }
-        Ok(ServedCertificate { name: c.name.clone(), chain, key })
+        Ok(ServedCertificate {
+            name: c.name.clone(),
+            chain,
+            key,
+        })
     }
 
     /// A self-signed certificate for when no default certificate is configured, as
@@ -72,21 +85,37 @@ impl ServedCertificate {
         b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
         b.set_not_after(&*Asn1Time::days_from_now(365)?)?;
         b.append_extension(BasicConstraints::new().build()?)?;
-        let san = SubjectAlternativeName::new().dns("ingress.local").build(&b.x509v3_context(None, None))?;
+        let san = SubjectAlternativeName::new()
+            .dns("ingress.local")
+            .build(&b.x509v3_context(None, None))?;
         b.append_extension(san)?;
         b.sign(&key, MessageDigest::sha256())?;
-        Ok(ServedCertificate { name: CN.to_string(), chain: vec![b.build()], key })
+        Ok(ServedCertificate {
+            name: CN.to_string(),
+            chain: vec![b.build()],
+            key,
+        })
     }
 
     /// The DNS names of the leaf certificate (its common name when it has none).
     pub fn names(&self) -> Vec<String> {
         let leaf = &self.chain[0];
-        let sans: Vec<String> =
-            leaf.subject_alt_names().map(|n| n.iter().filter_map(|g| g.dnsname().map(str::to_string)).collect()).unwrap_or_default();
+        let sans: Vec<String> = leaf
+            .subject_alt_names()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|g| g.dnsname().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         if !sans.is_empty() {
             return sans;
         }
-        leaf.subject_name().entries_by_nid(Nid::COMMONNAME).filter_map(|e| e.data().to_string().ok()).map(|s| s.to_string()).collect()
+        leaf.subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .filter_map(|e| e.data().to_string().ok())
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// When the leaf certificate expires, in seconds since the Unix epoch.
@@ -98,7 +127,10 @@ impl ServedCertificate {
 
     #[cfg(test)]
     pub(crate) fn chain_pem(&self) -> String {
-        self.chain.iter().map(|c| String::from_utf8(c.to_pem().unwrap()).unwrap()).collect()
+        self.chain
+            .iter()
+            .map(|c| String::from_utf8(c.to_pem().unwrap()).unwrap())
+            .collect()
     }
 
     fn install(&self, ssl: &mut TlsRef) -> Result<(), openssl::error::ErrorStack> {
@@ -121,10 +153,17 @@ pub struct CertificateTable {
 
 impl CertificateTable {
     /// Parses the snapshot's certificates, reusing those of `previous` whose PEM is unchanged.
-    pub fn compile(snapshot: &Snapshot, previous: Option<(&Snapshot, &CertificateTable)>) -> Result<Self, CertificateError> {
+    pub fn compile(
+        snapshot: &Snapshot,
+        previous: Option<(&Snapshot, &CertificateTable)>,
+    ) -> Result<Self, CertificateError> {
         let reusable: HashMap<&str, (&Certificate, &Arc<ServedCertificate>)> = previous
             .map(|(snap, table)| {
-                snap.certificates.iter().zip(&table.certificates).map(|(c, served)| (c.name.as_str(), (c, served))).collect()
+                snap.certificates
+                    .iter()
+                    .zip(&table.certificates)
+                    .map(|(c, served)| (c.name.as_str(), (c, served)))
+                    .collect()
             })
             .unwrap_or_default();
         let mut certificates = Vec::with_capacity(snapshot.certificates.len());
@@ -141,8 +180,16 @@ impl CertificateTable {
         for t in &snapshot.tls_hosts {
             hosts.insert(&t.host, index[t.certificate.as_str()]);
         }
-        let default = snapshot.tls.default_certificate.as_deref().map(|n| index[n]);
-        Ok(CertificateTable { hosts, certificates, default })
+        let default = snapshot
+            .tls
+            .default_certificate
+            .as_deref()
+            .map(|n| index[n]);
+        Ok(CertificateTable {
+            hosts,
+            certificates,
+            default,
+        })
     }
 
     /// Every certificate, in the order of the snapshot's.
@@ -152,7 +199,9 @@ impl CertificateTable {
 
     /// The certificate for an SNI name (or none), `None` meaning the proxy's own fallback.
     pub fn lookup(&self, sni: Option<&str>) -> Option<&Arc<ServedCertificate>> {
-        let i = sni.and_then(|name| self.hosts.lookup(name)).or(self.default)?;
+        let i = sni
+            .and_then(|name| self.hosts.lookup(name))
+            .or(self.default)?;
         self.certificates.get(i)
     }
 }
@@ -168,18 +217,28 @@ impl TlsAccept for SniCertificates {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let snapshot = self.store.load();
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
-        let chosen = snapshot.as_ref().and_then(|s| s.certificates().lookup(sni.as_deref())).unwrap_or(&self.fallback);
+        let chosen = snapshot
+            .as_ref()
+            .and_then(|s| s.certificates().lookup(sni.as_deref()))
+            .unwrap_or(&self.fallback);
         self.store.metrics().tls_client_hellos.inc();
         if let Err(e) = chosen.install(ssl) {
             tracing::warn!(certificate = %chosen.name, sni = ?sni, error = %e, "could not use certificate for handshake");
         }
-        if let Some(client_auth) = snapshot.as_ref().zip(sni.as_deref()).and_then(|(s, sni)| s.client_auth_for_sni(sni)) {
+        if let Some(client_auth) = snapshot
+            .as_ref()
+            .zip(sni.as_deref())
+            .and_then(|(s, sni)| s.client_auth_for_sni(sni))
+        {
             client_auth.request(ssl);
         }
     }
 
     /// Keeps what a host with client certificates was shown, for its requests to check.
-    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         self.store.metrics().tls_handshake(ssl.version_str());
         let snapshot = self.store.load()?;
         let client_auth = snapshot.client_auth_for_sni(ssl.servername(NameType::HOST_NAME)?)?;
@@ -192,11 +251,23 @@ impl TlsAccept for SniCertificates {
 pub fn listener_settings(callbacks: SniCertificates) -> pingora::Result<TlsSettings> {
     let mut settings = TlsSettings::with_callbacks(Box::new(callbacks))?;
     settings.enable_h2();
-    let conf_err = |e| pingora::Error::because(pingora::ErrorType::InternalError, "configuring TLS listener", e);
-    settings.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(conf_err)?;
-    settings.set_max_proto_version(Some(SslVersion::TLS1_3)).map_err(conf_err)?;
+    let conf_err = |e| {
+        pingora::Error::because(
+            pingora::ErrorType::InternalError,
+            "configuring TLS listener",
+            e,
+        )
+    };
+    settings
+        .set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(conf_err)?;
+    settings
+        .set_max_proto_version(Some(SslVersion::TLS1_3))
+        .map_err(conf_err)?;
     settings.set_session_cache_mode(SslSessionCacheMode::SERVER);
-    settings.set_session_id_context(b"portico").map_err(conf_err)?;
+    settings
+        .set_session_id_context(b"portico")
+        .map_err(conf_err)?;
     // Accepting the SNI name keeps it in the session, so that a resumed TLS 1.2 handshake
     // still names its host (without this, OpenSSL reports none), as client certificates need.
     settings.set_servername_callback(|_, _| Ok(()));
@@ -224,24 +295,48 @@ mod tests {
             version: 1,
             certificates: vec![a.clone(), w.clone()],
             tls_hosts: vec![
-                TlsHost { host: "a.test".parse().unwrap(), certificate: "ns/a".into() },
-                TlsHost { host: "*.w.test".parse().unwrap(), certificate: "ns/w".into() },
+                TlsHost {
+                    host: "a.test".parse().unwrap(),
+                    certificate: "ns/a".into(),
+                },
+                TlsHost {
+                    host: "*.w.test".parse().unwrap(),
+                    certificate: "ns/w".into(),
+                },
             ],
-            tls: portico_model::TlsPolicy { default_certificate: Some("ns/a".into()), hsts: None },
+            tls: portico_model::TlsPolicy {
+                default_certificate: Some("ns/a".into()),
+                hsts: None,
+            },
             ..Snapshot::default()
         };
         let table = CertificateTable::compile(&snap, None).unwrap();
         assert_eq!(table.lookup(Some("A.TEST")).unwrap().name, "ns/a");
         assert_eq!(table.lookup(Some("x.w.test")).unwrap().name, "ns/w");
-        assert_eq!(table.lookup(Some("other.test")).unwrap().name, "ns/a", "unknown SNI gets the default");
+        assert_eq!(
+            table.lookup(Some("other.test")).unwrap().name,
+            "ns/a",
+            "unknown SNI gets the default"
+        );
         assert_eq!(table.lookup(None).unwrap().name, "ns/a");
 
         let next = CertificateTable::compile(&snap, Some((&snap, &table))).unwrap();
-        assert!(Arc::ptr_eq(next.lookup(Some("a.test")).unwrap(), table.lookup(Some("a.test")).unwrap()), "unchanged: reused");
+        assert!(
+            Arc::ptr_eq(
+                next.lookup(Some("a.test")).unwrap(),
+                table.lookup(Some("a.test")).unwrap()
+            ),
+            "unchanged: reused"
+        );
 
         let mut bad = snap.clone();
         bad.certificates[1].key_pem = a.key_pem.clone();
-        let err = CertificateTable::compile(&bad, Some((&snap, &table))).err().unwrap();
-        assert!(err.to_string().contains("ns/w") && err.to_string().contains("does not match"), "{err}");
+        let err = CertificateTable::compile(&bad, Some((&snap, &table)))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("ns/w") && err.to_string().contains("does not match"),
+            "{err}"
+        );
     }
 }

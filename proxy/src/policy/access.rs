@@ -67,9 +67,14 @@ impl PasswordHash {
         }
         if let Some(rest) = h.strip_prefix("$apr1$") {
             let (salt, _) = rest.split_once('$')?;
-            return Some(PasswordHash::Apr1 { full: h.to_string(), salt: salt.to_string() });
+            return Some(PasswordHash::Apr1 {
+                full: h.to_string(),
+                salt: salt.to_string(),
+            });
         }
-        let digest = openssl::base64::decode_block(h.strip_prefix("{SHA}")?).ok().filter(|d| d.len() == 20)?;
+        let digest = openssl::base64::decode_block(h.strip_prefix("{SHA}")?)
+            .ok()
+            .filter(|d| d.len() == 20)?;
         Some(PasswordHash::Sha1(digest))
     }
 }
@@ -79,17 +84,30 @@ impl CompiledAccess {
         let basic = match &policy.basic_auth {
             None => None,
             Some(auth) => {
-                let challenge = HeaderValue::try_from(format!("Basic realm=\"{}\", charset=\"UTF-8\"", auth.realm))
-                    .map_err(|_| format!("basic auth realm {:?} cannot be sent", auth.realm))?;
+                let challenge = HeaderValue::try_from(format!(
+                    "Basic realm=\"{}\", charset=\"UTF-8\"",
+                    auth.realm
+                ))
+                .map_err(|_| format!("basic auth realm {:?} cannot be sent", auth.realm))?;
                 let mut users = HashMap::new();
                 for c in &auth.users {
-                    let hash = PasswordHash::parse(&c.hash).ok_or_else(|| format!("basic auth user {:?}: unknown hash format", c.user))?;
+                    let hash = PasswordHash::parse(&c.hash).ok_or_else(|| {
+                        format!("basic auth user {:?}: unknown hash format", c.user)
+                    })?;
                     users.insert(c.user.clone(), hash);
                 }
-                Some(BasicCheck { challenge, users, verified: Mutex::new(Default::default()) })
+                Some(BasicCheck {
+                    challenge,
+                    users,
+                    verified: Mutex::new(Default::default()),
+                })
             }
         };
-        let external = policy.external_auth.as_ref().map(ExternalAuthCheck::compile).transpose()?;
+        let external = policy
+            .external_auth
+            .as_ref()
+            .map(ExternalAuthCheck::compile)
+            .transpose()?;
         // A key set Portico cannot use refuses the routes, not the whole snapshot.
         let mut refuse = policy.refuse.is_some();
         let jwt = policy.jwt.as_ref().and_then(|j| {
@@ -122,31 +140,46 @@ impl CompiledAccess {
             return Verdict::Unavailable;
         }
         if self.checks_sources() {
-            let Some(ip) = client else { return Verdict::Forbidden };
-            if self.deny.iter().any(|c| c.contains(ip)) || (!self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(ip))) {
+            let Some(ip) = client else {
+                return Verdict::Forbidden;
+            };
+            if self.deny.iter().any(|c| c.contains(ip))
+                || (!self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(ip)))
+            {
                 return Verdict::Forbidden;
             }
         }
         let basic = self.basic.as_ref().map(|b| b.admits(req));
         match (basic, self.external.is_some(), self.satisfy_any) {
             (Some(true), _, true) | (Some(true), false, _) | (None, false, _) => Verdict::Allow,
-            (Some(false), true, true) | (Some(true), true, false) | (None, true, _) => Verdict::AskExternal,
-            (Some(false), _, _) => {
-                Verdict::Unauthorized(self.basic.as_ref().map(|b| b.challenge.clone()).unwrap_or(HeaderValue::from_static("Basic")))
+            (Some(false), true, true) | (Some(true), true, false) | (None, true, _) => {
+                Verdict::AskExternal
             }
+            (Some(false), _, _) => Verdict::Unauthorized(
+                self.basic
+                    .as_ref()
+                    .map(|b| b.challenge.clone())
+                    .unwrap_or(HeaderValue::from_static("Basic")),
+            ),
         }
     }
 }
 
 impl BasicCheck {
     fn admits(&self, req: &RequestHeader) -> bool {
-        let Some((user, password)) = credentials(req) else { return false };
-        let Some(stored) = self.users.get(&user) else { return false };
+        let Some((user, password)) = credentials(req) else {
+            return false;
+        };
+        let Some(stored) = self.users.get(&user) else {
+            return false;
+        };
         match stored {
-            PasswordHash::Sha1(digest) => hash(MessageDigest::sha1(), password.as_bytes()).is_ok_and(|d| openssl::memcmp::eq(&d, digest)),
+            PasswordHash::Sha1(digest) => hash(MessageDigest::sha1(), password.as_bytes())
+                .is_ok_and(|d| openssl::memcmp::eq(&d, digest)),
             PasswordHash::Apr1 { full, salt } => {
                 let computed = apr1(password.as_bytes(), salt.as_bytes());
-                computed.len() == full.len() && openssl::memcmp::eq(computed.as_bytes(), full.as_bytes())
+                computed.len() == full.len()
+                    && openssl::memcmp::eq(computed.as_bytes(), full.as_bytes())
             }
             PasswordHash::Bcrypt(h) => {
                 let key = cache_key(&user, h, &password);
@@ -179,7 +212,12 @@ fn cache_key(user: &str, hash_text: &str, password: &str) -> [u8; 32] {
 
 /// The user and password of an `Authorization: Basic` header.
 fn credentials(req: &RequestHeader) -> Option<(String, String)> {
-    let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let value = req
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -213,7 +251,11 @@ fn apr1(password: &[u8], salt: &[u8]) -> String {
     }
     let mut i = password.len();
     while i > 0 {
-        first.push(if i & 1 == 1 { 0 } else { password.first().copied().unwrap_or(0) });
+        first.push(if i & 1 == 1 {
+            0
+        } else {
+            password.first().copied().unwrap_or(0)
+        });
         i >>= 1;
     }
     let mut digest = md5(&[&first]);
@@ -255,17 +297,35 @@ mod tests {
     fn policy(users: &[(&str, String)], allow: &str, deny: &str) -> CompiledAccess {
         let basic_auth = (!users.is_empty()).then(|| BasicAuth {
             realm: "Staff".into(),
-            users: users.iter().map(|(u, h)| Credential { user: u.to_string(), hash: h.clone() }).collect(),
+            users: users
+                .iter()
+                .map(|(u, h)| Credential {
+                    user: u.to_string(),
+                    hash: h.clone(),
+                })
+                .collect(),
         });
         let list = |s: &str| crate::listener::forwarded::parse_list(s).unwrap();
-        CompiledAccess::compile(&AccessPolicy { allow_sources: list(allow), deny_sources: list(deny), basic_auth, ..Default::default() })
-            .unwrap()
+        CompiledAccess::compile(&AccessPolicy {
+            allow_sources: list(allow),
+            deny_sources: list(deny),
+            basic_auth,
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     fn request(auth: Option<(&str, &str)>) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         if let Some((u, p)) = auth {
-            req.insert_header("authorization", format!("Basic {}", openssl::base64::encode_block(format!("{u}:{p}").as_bytes()))).unwrap();
+            req.insert_header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    openssl::base64::encode_block(format!("{u}:{p}").as_bytes())
+                ),
+            )
+            .unwrap();
         }
         req
     }
@@ -273,29 +333,60 @@ mod tests {
     #[test]
     fn apr1_matches_what_htpasswd_and_openssl_write() {
         // openssl passwd -apr1 -salt s4ltS4lt 'p@ss word'
-        assert_eq!(apr1(b"p@ss word", b"s4ltS4lt"), "$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/");
+        assert_eq!(
+            apr1(b"p@ss word", b"s4ltS4lt"),
+            "$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/"
+        );
     }
 
     #[test]
     fn each_hash_format_admits_its_password_only() {
-        let bcrypt = bcrypt::hash_with_salt("b-pass", 4, [7u8; 16]).unwrap().format_for_version(bcrypt::Version::TwoY);
+        let bcrypt = bcrypt::hash_with_salt("b-pass", 4, [7u8; 16])
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
         let access = policy(
-            &[("sha", "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=".into()), ("md5", "$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/".into()), ("bc", bcrypt)],
+            &[
+                ("sha", "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=".into()),
+                ("md5", "$apr1$s4ltS4lt$CBftm/Gc1GsAc.A7xS.6W/".into()),
+                ("bc", bcrypt),
+            ],
             "",
             "",
         );
         let ip = Some("192.0.2.1".parse().unwrap());
         for (user, good) in [("sha", "secret"), ("md5", "p@ss word"), ("bc", "b-pass")] {
-            assert_eq!(access.check(ip, &request(Some((user, good)))), Verdict::Allow, "{user}");
-            assert_eq!(access.check(ip, &request(Some((user, good)))), Verdict::Allow, "{user}, again (cached for bcrypt)");
-            assert!(matches!(access.check(ip, &request(Some((user, "wrong")))), Verdict::Unauthorized(_)), "{user}");
+            assert_eq!(
+                access.check(ip, &request(Some((user, good)))),
+                Verdict::Allow,
+                "{user}"
+            );
+            assert_eq!(
+                access.check(ip, &request(Some((user, good)))),
+                Verdict::Allow,
+                "{user}, again (cached for bcrypt)"
+            );
+            assert!(
+                matches!(
+                    access.check(ip, &request(Some((user, "wrong")))),
+                    Verdict::Unauthorized(_)
+                ),
+                "{user}"
+            );
         }
-        assert!(matches!(access.check(ip, &request(Some(("nobody", "secret")))), Verdict::Unauthorized(_)));
-        let Verdict::Unauthorized(challenge) = access.check(ip, &request(None)) else { panic!("no credentials") };
+        assert!(matches!(
+            access.check(ip, &request(Some(("nobody", "secret")))),
+            Verdict::Unauthorized(_)
+        ));
+        let Verdict::Unauthorized(challenge) = access.check(ip, &request(None)) else {
+            panic!("no credentials")
+        };
         assert_eq!(challenge, "Basic realm=\"Staff\", charset=\"UTF-8\"");
         let mut garbage = RequestHeader::build("GET", b"/", None).unwrap();
         garbage.insert_header("authorization", "Basic !!!").unwrap();
-        assert!(matches!(access.check(ip, &garbage), Verdict::Unauthorized(_)));
+        assert!(matches!(
+            access.check(ip, &garbage),
+            Verdict::Unauthorized(_)
+        ));
     }
 
     #[test]
@@ -304,10 +395,25 @@ mod tests {
         let check = |ip: &str| access.check(Some(ip.parse().unwrap()), &request(None));
         assert_eq!(check("10.1.2.3"), Verdict::Allow);
         assert_eq!(check("2001:db8::7"), Verdict::Allow);
-        assert_eq!(check("10.6.6.6"), Verdict::Forbidden, "deny wins over allow");
+        assert_eq!(
+            check("10.6.6.6"),
+            Verdict::Forbidden,
+            "deny wins over allow"
+        );
         assert_eq!(check("192.0.2.1"), Verdict::Forbidden);
-        assert_eq!(access.check(None, &request(None)), Verdict::Forbidden, "an unknown client is outside every allowlist");
-        let refused = CompiledAccess::compile(&AccessPolicy { refuse: Some("bad".into()), ..Default::default() }).unwrap();
-        assert_eq!(refused.check(Some("10.1.2.3".parse().unwrap()), &request(None)), Verdict::Unavailable);
+        assert_eq!(
+            access.check(None, &request(None)),
+            Verdict::Forbidden,
+            "an unknown client is outside every allowlist"
+        );
+        let refused = CompiledAccess::compile(&AccessPolicy {
+            refuse: Some("bad".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            refused.check(Some("10.1.2.3".parse().unwrap()), &request(None)),
+            Verdict::Unavailable
+        );
     }
 }

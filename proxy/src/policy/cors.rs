@@ -34,11 +34,18 @@ impl OriginPattern {
             Some(suffix) => (format!(".{suffix}"), true),
             None => (host.to_string(), false),
         };
-        OriginPattern { scheme: scheme.to_string(), host, port: port.map(str::to_string), wildcard }
+        OriginPattern {
+            scheme: scheme.to_string(),
+            host,
+            port: port.map(str::to_string),
+            wildcard,
+        }
     }
 
     fn matches(&self, origin: &str) -> bool {
-        let Some((scheme, rest)) = origin.split_once("://") else { return false };
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return false;
+        };
         let (host, port) = split_port(rest);
         if !scheme.eq_ignore_ascii_case(&self.scheme) || port != self.port.as_deref() {
             return false;
@@ -46,9 +53,18 @@ impl OriginPattern {
         if !self.wildcard {
             return host.eq_ignore_ascii_case(&self.host);
         }
-        let split = host.len().checked_sub(self.host.len()).filter(|n| *n > 0).and_then(|n| Some((host.get(..n)?, host.get(n..)?)));
-        let Some((label, suffix)) = split else { return false };
-        suffix.eq_ignore_ascii_case(&self.host) && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        let split = host
+            .len()
+            .checked_sub(self.host.len())
+            .filter(|n| *n > 0)
+            .and_then(|n| Some((host.get(..n)?, host.get(n..)?)));
+        let Some((label, suffix)) = split else {
+            return false;
+        };
+        suffix.eq_ignore_ascii_case(&self.host)
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     }
 }
 
@@ -61,13 +77,22 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
 
 impl CompiledCors {
     pub fn compile(cors: &Cors) -> Result<Self, String> {
-        let value = |v: &str| HeaderValue::try_from(v).map_err(|_| format!("CORS value {v:?} cannot be sent"));
+        let value = |v: &str| {
+            HeaderValue::try_from(v).map_err(|_| format!("CORS value {v:?} cannot be sent"))
+        };
         Ok(CompiledCors {
             any_origin: cors.allow_origins.iter().any(|o| o == "*"),
-            origins: cors.allow_origins.iter().filter(|o| *o != "*").map(|o| OriginPattern::parse(o)).collect(),
+            origins: cors
+                .allow_origins
+                .iter()
+                .filter(|o| *o != "*")
+                .map(|o| OriginPattern::parse(o))
+                .collect(),
             allow_methods: value(&cors.allow_methods)?,
             allow_headers: value(&cors.allow_headers)?,
-            expose_headers: (!cors.expose_headers.is_empty()).then(|| value(&cors.expose_headers)).transpose()?,
+            expose_headers: (!cors.expose_headers.is_empty())
+                .then(|| value(&cors.expose_headers))
+                .transpose()?,
             allow_credentials: cors.allow_credentials,
             max_age: HeaderValue::from(cors.max_age_secs),
         })
@@ -81,12 +106,18 @@ impl CompiledCors {
             return Some(HeaderValue::from_static("*"));
         }
         let text = origin.to_str().ok()?;
-        self.origins.iter().any(|p| p.matches(text)).then(|| origin.clone())
+        self.origins
+            .iter()
+            .any(|p| p.matches(text))
+            .then(|| origin.clone())
     }
 
     /// Whether the request is a preflight: `OPTIONS` asking which method it may use.
     pub fn is_preflight(req: &RequestHeader) -> bool {
-        req.method == http::Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        req.method == http::Method::OPTIONS
+            && req
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
     /// The headers of an answer to an allowed origin.
@@ -96,11 +127,20 @@ impl CompiledCors {
         };
         set(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed.clone());
         if self.allow_credentials {
-            set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            set(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if preflight {
-            set(header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
-            set(header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
+            set(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                self.allow_methods.clone(),
+            );
+            set(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                self.allow_headers.clone(),
+            );
             set(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         } else if let Some(expose) = &self.expose_headers {
             set(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
@@ -122,23 +162,47 @@ mod tests {
             req.insert_header("origin", o).unwrap();
         }
         if preflight {
-            req.insert_header("access-control-request-method", "PUT").unwrap();
+            req.insert_header("access-control-request-method", "PUT")
+                .unwrap();
         }
         req
     }
 
     fn cors(origins: &[&str]) -> CompiledCors {
-        CompiledCors::compile(&Cors { allow_origins: origins.iter().map(|o| o.to_string()).collect(), ..Cors::default() }).unwrap()
+        CompiledCors::compile(&Cors {
+            allow_origins: origins.iter().map(|o| o.to_string()).collect(),
+            ..Cors::default()
+        })
+        .unwrap()
     }
 
     #[test]
     fn listed_and_wildcard_origins_are_reflected_others_are_not() {
-        let c = cors(&["https://app.example.com", "https://*.example.org", "http://localhost:3000"]);
-        let allowed = |o: &str| c.allowed_origin(&request("GET", Some(o), false)).map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(allowed("https://app.example.com").as_deref(), Some("https://app.example.com"));
-        assert_eq!(allowed("HTTPS://APP.example.com").as_deref(), Some("HTTPS://APP.example.com"));
-        assert_eq!(allowed("https://a.example.org").as_deref(), Some("https://a.example.org"));
-        assert_eq!(allowed("http://localhost:3000").as_deref(), Some("http://localhost:3000"));
+        let c = cors(&[
+            "https://app.example.com",
+            "https://*.example.org",
+            "http://localhost:3000",
+        ]);
+        let allowed = |o: &str| {
+            c.allowed_origin(&request("GET", Some(o), false))
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            allowed("https://app.example.com").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            allowed("HTTPS://APP.example.com").as_deref(),
+            Some("HTTPS://APP.example.com")
+        );
+        assert_eq!(
+            allowed("https://a.example.org").as_deref(),
+            Some("https://a.example.org")
+        );
+        assert_eq!(
+            allowed("http://localhost:3000").as_deref(),
+            Some("http://localhost:3000")
+        );
         for refused in [
             "https://example.org",
             "https://a.b.example.org",
@@ -158,21 +222,51 @@ mod tests {
     #[test]
     fn star_allows_every_origin_with_a_star() {
         let c = cors(&["*"]);
-        assert_eq!(c.allowed_origin(&request("GET", Some("https://any.where"), false)).unwrap(), "*");
+        assert_eq!(
+            c.allowed_origin(&request("GET", Some("https://any.where"), false))
+                .unwrap(),
+            "*"
+        );
     }
 
     #[test]
     fn preflight_answers_carry_methods_headers_and_max_age() {
         let c = cors(&["https://app.example.com"]);
-        assert!(CompiledCors::is_preflight(&request("OPTIONS", Some("https://app.example.com"), true)));
-        assert!(!CompiledCors::is_preflight(&request("OPTIONS", Some("https://app.example.com"), false)));
+        assert!(CompiledCors::is_preflight(&request(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            true
+        )));
+        assert!(!CompiledCors::is_preflight(&request(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            false
+        )));
         let mut response = ResponseHeader::build(204, None).unwrap();
-        c.apply(&mut response, &HeaderValue::from_static("https://app.example.com"), true);
-        let h = |n: &str| response.headers.get(n).map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(h("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
-        assert_eq!(h("access-control-allow-methods").as_deref(), Some("GET, PUT, POST, DELETE, PATCH, OPTIONS"));
+        c.apply(
+            &mut response,
+            &HeaderValue::from_static("https://app.example.com"),
+            true,
+        );
+        let h = |n: &str| {
+            response
+                .headers
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            h("access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            h("access-control-allow-methods").as_deref(),
+            Some("GET, PUT, POST, DELETE, PATCH, OPTIONS")
+        );
         assert_eq!(h("access-control-max-age").as_deref(), Some("1728000"));
-        assert_eq!(h("access-control-allow-credentials").as_deref(), Some("true"));
+        assert_eq!(
+            h("access-control-allow-credentials").as_deref(),
+            Some("true")
+        );
         assert_eq!(h("vary").as_deref(), Some("Origin"));
     }
 }

@@ -23,17 +23,32 @@ const CACHE_ENTRIES: usize = 10_000;
 const MAX_AUTH_BODY: usize = 64 << 10;
 
 /// Headers that describe one connection and are never copied onto the auth request.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "host"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
 
 /// The auth service's decision, as the proxy acts on it.
 #[derive(Debug, Clone)]
 pub enum AuthAnswer {
     /// Admit; set (or, for `None`, remove) these headers on the upstream request, and
     /// send these cookies to the client.
-    Allow { upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>, cookies: Vec<HeaderValue> },
+    Allow {
+        upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+        cookies: Vec<HeaderValue>,
+    },
     /// Answer the client with this status and headers.
-    Deny { status: u16, headers: Vec<(HeaderName, HeaderValue)> },
+    Deny {
+        status: u16,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
     /// The auth service failed: 500.
     Failed,
 }
@@ -49,7 +64,11 @@ pub struct OriginalRequest<'r> {
 impl OriginalRequest<'_> {
     fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.host, self.req.uri.path_and_query().map_or("/", |p| p.as_str()))
+        format!(
+            "{scheme}://{}{}",
+            self.host,
+            self.req.uri.path_and_query().map_or("/", |p| p.as_str())
+        )
     }
 }
 
@@ -67,16 +86,32 @@ pub struct ExternalAuthCheck {
 
 impl ExternalAuthCheck {
     pub fn compile(spec: &ExternalAuth) -> Result<Self, String> {
-        let uri: http::Uri = spec.url.parse().map_err(|e| format!("auth-url {:?}: {e}", spec.url))?;
+        let uri: http::Uri = spec
+            .url
+            .parse()
+            .map_err(|e| format!("auth-url {:?}: {e}", spec.url))?;
         let tls = uri.scheme_str() == Some("https");
-        let host = uri.host().ok_or_else(|| format!("auth-url {:?} names no host", spec.url))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("auth-url {:?} names no host", spec.url))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let path_and_query = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
-        let response_headers = spec.response_headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect();
+        let path_and_query = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        let response_headers = spec
+            .response_headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
         let cache_key = match &spec.cache {
-            Some(c) => Some(HashKey::parse(&c.key).map_err(|v| format!("auth-cache-key: unknown {v}"))?),
+            Some(c) => {
+                Some(HashKey::parse(&c.key).map_err(|v| format!("auth-cache-key: unknown {v}"))?)
+            }
             None => None,
         };
         Ok(ExternalAuthCheck {
@@ -105,7 +140,9 @@ impl ExternalAuthCheck {
             key
         });
         if let Some(key) = &key {
-            if let Some((expires, answer)) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
+            if let Some((expires, answer)) =
+                self.cache.lock().ok().and_then(|c| c.get(key).cloned())
+            {
                 if expires > Instant::now() {
                     return answer;
                 }
@@ -130,14 +167,22 @@ impl ExternalAuthCheck {
                 AuthAnswer::Failed => None,
             };
             // A 2xx is cached as 200; the statuses listed say which answers may be kept.
-            let cacheable =
-                status.is_some_and(|s| cache.statuses.contains(&s) || (s == 200 && cache.statuses.iter().any(|c| (200..300).contains(c))));
+            let cacheable = status.is_some_and(|s| {
+                cache.statuses.contains(&s)
+                    || (s == 200 && cache.statuses.iter().any(|c| (200..300).contains(c)))
+            });
             if cacheable {
                 if let Ok(mut c) = self.cache.lock() {
                     if c.len() >= CACHE_ENTRIES {
                         c.clear();
                     }
-                    c.insert(key, (Instant::now() + Duration::from_millis(cache.duration_ms), answer.clone()));
+                    c.insert(
+                        key,
+                        (
+                            Instant::now() + Duration::from_millis(cache.duration_ms),
+                            answer.clone(),
+                        ),
+                    );
                 }
             }
         }
@@ -145,35 +190,68 @@ impl ExternalAuthCheck {
     }
 
     /// Sends the auth request and reads the answer's status and headers.
-    async fn exchange(&self, connector: &Connector, original: &OriginalRequest<'_>) -> Result<(u16, http::HeaderMap), String> {
+    async fn exchange(
+        &self,
+        connector: &Connector,
+        original: &OriginalRequest<'_>,
+    ) -> Result<(u16, http::HeaderMap), String> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("resolving {}: {e}", self.host))?
             .next()
             .ok_or_else(|| format!("{} has no address", self.host))?;
         let peer = HttpPeer::new(addr, self.tls, self.host.clone());
-        let mut req = RequestHeader::build(self.spec.method.as_str(), self.path_and_query.as_bytes(), None).map_err(text)?;
+        let mut req = RequestHeader::build(
+            self.spec.method.as_str(),
+            self.path_and_query.as_bytes(),
+            None,
+        )
+        .map_err(text)?;
         for (name, value) in original.req.headers.iter() {
             if !HOP_BY_HOP.contains(&name.as_str()) {
-                req.append_header(name.clone(), value.clone()).map_err(text)?;
+                req.append_header(name.clone(), value.clone())
+                    .map_err(text)?;
             }
         }
         let value = |v: String| HeaderValue::try_from(v).map_err(text);
-        req.insert_header(header::HOST, value(self.authority.clone())?).map_err(text)?;
-        req.insert_header("x-original-url", value(original.url())?).map_err(text)?;
-        req.insert_header("x-original-method", original.req.method.as_str()).map_err(text)?;
-        req.insert_header("x-auth-request-redirect", value(original.req.uri.path_and_query().map_or("/".into(), |p| p.to_string()))?)
+        req.insert_header(header::HOST, value(self.authority.clone())?)
             .map_err(text)?;
-        req.insert_header("x-forwarded-host", value(original.host.to_string())?).map_err(text)?;
-        req.insert_header("x-forwarded-proto", if original.https { "https" } else { "http" }).map_err(text)?;
+        req.insert_header("x-original-url", value(original.url())?)
+            .map_err(text)?;
+        req.insert_header("x-original-method", original.req.method.as_str())
+            .map_err(text)?;
+        req.insert_header(
+            "x-auth-request-redirect",
+            value(
+                original
+                    .req
+                    .uri
+                    .path_and_query()
+                    .map_or("/".into(), |p| p.to_string()),
+            )?,
+        )
+        .map_err(text)?;
+        req.insert_header("x-forwarded-host", value(original.host.to_string())?)
+            .map_err(text)?;
+        req.insert_header(
+            "x-forwarded-proto",
+            if original.https { "https" } else { "http" },
+        )
+        .map_err(text)?;
         if let Some(ip) = original.client {
-            req.insert_header("x-forwarded-for", value(ip.to_string())?).map_err(text)?;
-            req.insert_header("x-real-ip", value(ip.to_string())?).map_err(text)?;
+            req.insert_header("x-forwarded-for", value(ip.to_string())?)
+                .map_err(text)?;
+            req.insert_header("x-real-ip", value(ip.to_string())?)
+                .map_err(text)?;
         }
-        req.insert_header(header::CONTENT_LENGTH, "0").map_err(text)?;
+        req.insert_header(header::CONTENT_LENGTH, "0")
+            .map_err(text)?;
 
         let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(text)?;
-        session.write_request_header(Box::new(req)).await.map_err(text)?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(text)?;
         session.finish_request_body().await.map_err(text)?;
         session.read_response_header().await.map_err(text)?;
         let (status, headers) = match session.response_header() {
@@ -187,42 +265,81 @@ impl ExternalAuthCheck {
                 return Ok((status, headers));
             }
         }
-        connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
+        connector
+            .release_http_session(session, &peer, Some(Duration::from_secs(60)))
+            .await;
         Ok((status, headers))
     }
 
-    fn decide(&self, status: u16, headers: &http::HeaderMap, original: &OriginalRequest<'_>) -> AuthAnswer {
-        let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    fn decide(
+        &self,
+        status: u16,
+        headers: &http::HeaderMap,
+        original: &OriginalRequest<'_>,
+    ) -> AuthAnswer {
+        let cookies: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
         match status {
             200..=299 => AuthAnswer::Allow {
-                upstream_headers: self.response_headers.iter().map(|n| (n.clone(), headers.get(n).cloned())).collect(),
+                upstream_headers: self
+                    .response_headers
+                    .iter()
+                    .map(|n| (n.clone(), headers.get(n).cloned()))
+                    .collect(),
                 cookies,
             },
             401 => {
-                let mut out: Vec<(HeaderName, HeaderValue)> = cookies.into_iter().map(|c| (header::SET_COOKIE, c)).collect();
+                let mut out: Vec<(HeaderName, HeaderValue)> = cookies
+                    .into_iter()
+                    .map(|c| (header::SET_COOKIE, c))
+                    .collect();
                 match &self.spec.signin {
                     Some(signin) => {
                         let separator = if signin.contains('?') { '&' } else { '?' };
-                        let target = format!("{signin}{separator}{}={}", self.spec.signin_redirect_param, percent_encode(&original.url()));
+                        let target = format!(
+                            "{signin}{separator}{}={}",
+                            self.spec.signin_redirect_param,
+                            percent_encode(&original.url())
+                        );
                         match HeaderValue::try_from(target) {
                             Ok(location) => {
                                 out.push((header::LOCATION, location));
-                                AuthAnswer::Deny { status: 302, headers: out }
+                                AuthAnswer::Deny {
+                                    status: 302,
+                                    headers: out,
+                                }
                             }
                             Err(_) => AuthAnswer::Failed,
                         }
                     }
                     None => {
-                        out.extend(headers.get_all(header::WWW_AUTHENTICATE).iter().map(|v| (header::WWW_AUTHENTICATE, v.clone())));
-                        AuthAnswer::Deny { status: 401, headers: out }
+                        out.extend(
+                            headers
+                                .get_all(header::WWW_AUTHENTICATE)
+                                .iter()
+                                .map(|v| (header::WWW_AUTHENTICATE, v.clone())),
+                        );
+                        AuthAnswer::Deny {
+                            status: 401,
+                            headers: out,
+                        }
                     }
                 }
             }
             403 => {
-                let mut out: Vec<(HeaderName, HeaderValue)> =
-                    headers.get(header::LOCATION).map(|l| (header::LOCATION, l.clone())).into_iter().collect();
+                let mut out: Vec<(HeaderName, HeaderValue)> = headers
+                    .get(header::LOCATION)
+                    .map(|l| (header::LOCATION, l.clone()))
+                    .into_iter()
+                    .collect();
                 out.extend(cookies.into_iter().map(|c| (header::SET_COOKIE, c)));
-                AuthAnswer::Deny { status: 403, headers: out }
+                AuthAnswer::Deny {
+                    status: 403,
+                    headers: out,
+                }
             }
             other => {
                 tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), status = other, "external auth answered neither 2xx, 401 nor 403");
@@ -251,6 +368,9 @@ mod tests {
 
     #[test]
     fn the_original_url_is_encoded_whole_into_the_signin_redirect() {
-        assert_eq!(percent_encode("https://a.test/p?x=1&y=2"), "https%3A%2F%2Fa.test%2Fp%3Fx%3D1%26y%3D2");
+        assert_eq!(
+            percent_encode("https://a.test/p?x=1&y=2"),
+            "https%3A%2F%2Fa.test%2Fp%3Fx%3D1%26y%3D2"
+        );
     }
 }

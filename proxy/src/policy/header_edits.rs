@@ -50,8 +50,15 @@ editable_header!(ResponseHeader);
 
 impl Changes {
     fn compile(c: &HeaderChanges) -> Result<Self, String> {
-        let name = |n: &String| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("header name {n:?}"));
-        let pair = |(n, v): &(String, String)| Ok((name(n)?, HeaderValue::from_str(v).map_err(|_| format!("value of header {n:?}"))?));
+        let name = |n: &String| {
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("header name {n:?}"))
+        };
+        let pair = |(n, v): &(String, String)| {
+            Ok((
+                name(n)?,
+                HeaderValue::from_str(v).map_err(|_| format!("value of header {n:?}"))?,
+            ))
+        };
         Ok(Changes {
             remove: c.remove.iter().map(name).collect::<Result<_, _>>()?,
             set: c.set.iter().map(pair).collect::<Result<_, String>>()?,
@@ -79,7 +86,10 @@ impl Changes {
 
 impl CompiledHeaderEdits {
     pub fn compile(e: &HeaderEdits) -> Result<Self, String> {
-        Ok(CompiledHeaderEdits { request: Changes::compile(&e.request)?, response: Changes::compile(&e.response)? })
+        Ok(CompiledHeaderEdits {
+            request: Changes::compile(&e.request)?,
+            response: Changes::compile(&e.response)?,
+        })
     }
 }
 
@@ -94,9 +104,21 @@ pub fn strip_hop_by_hop(response: &mut ResponseHeader) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in response.headers.iter() {
         if name == http::header::CONNECTION {
-            let tokens = value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii);
-            let named = tokens.filter(|t| !t.is_empty() && !CONNECTION_OPTIONS.iter().any(|o| t.eq_ignore_ascii_case(o.as_bytes())));
-            doomed.extend(named.filter_map(|t| HeaderName::from_bytes(t).ok()).take(16));
+            let tokens = value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii);
+            let named = tokens.filter(|t| {
+                !t.is_empty()
+                    && !CONNECTION_OPTIONS
+                        .iter()
+                        .any(|o| t.eq_ignore_ascii_case(o.as_bytes()))
+            });
+            doomed.extend(
+                named
+                    .filter_map(|t| HeaderName::from_bytes(t).ok())
+                    .take(16),
+            );
         } else if HOP_BY_HOP.contains(&name.as_str()) {
             doomed.push(name.clone());
         }
@@ -107,7 +129,14 @@ pub fn strip_hop_by_hop(response: &mut ResponseHeader) {
 }
 
 /// Fields that describe only the connection they arrived on.
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authenticate"];
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
 /// `Connection` options that are not field names.
 const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "upgrade"];
 
@@ -127,24 +156,42 @@ mod tests {
         })
         .unwrap();
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for (n, v) in [("x-debug", "1"), ("x-env", "dev"), ("x-env", "qa"), ("x-tag", "a")] {
+        for (n, v) in [
+            ("x-debug", "1"),
+            ("x-env", "dev"),
+            ("x-env", "qa"),
+            ("x-tag", "a"),
+        ] {
             req.append_header(n, v).unwrap();
         }
         edits.request.apply(&mut req).unwrap();
         assert!(req.headers.get("x-debug").is_none());
-        assert_eq!(req.headers.get_all("x-env").iter().collect::<Vec<_>>(), ["prod"]);
-        assert_eq!(req.headers.get_all("x-tag").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            req.headers.get_all("x-env").iter().collect::<Vec<_>>(),
+            ["prod"]
+        );
+        assert_eq!(
+            req.headers.get_all("x-tag").iter().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert!(edits.response.is_empty());
     }
 
     #[test]
     fn upstream_hop_by_hop_fields_stop_at_the_proxy() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        for (n, v) in [("connection", "keep-alive, X-Internal"), ("x-internal", "secret"), ("keep-alive", "timeout=5"), ("x-kept", "1")] {
+        for (n, v) in [
+            ("connection", "keep-alive, X-Internal"),
+            ("x-internal", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ] {
             resp.append_header(n, v).unwrap();
         }
         strip_hop_by_hop(&mut resp);
-        assert!(resp.headers.get("x-internal").is_none() && resp.headers.get("keep-alive").is_none());
+        assert!(
+            resp.headers.get("x-internal").is_none() && resp.headers.get("keep-alive").is_none()
+        );
         assert_eq!(resp.headers.get("x-kept").unwrap(), "1");
     }
 }

@@ -56,7 +56,11 @@ pub enum Need {
 
 impl Default for JwksCache {
     fn default() -> Self {
-        JwksCache { sets: Mutex::default(), connector: Arc::new(Connector::new(None)), refetch_after: UNKNOWN_KID_REFETCH }
+        JwksCache {
+            sets: Mutex::default(),
+            connector: Arc::new(Connector::new(None)),
+            refetch_after: UNKNOWN_KID_REFETCH,
+        }
     }
 }
 
@@ -67,7 +71,8 @@ impl JwksCache {
         let set = self.set(url);
         let age = set.age();
         let current = set.keys.load_full();
-        let must_fetch = (current.is_none() || need == Need::Newer) && age.is_none_or(|a| a >= self.refetch_after);
+        let must_fetch = (current.is_none() || need == Need::Newer)
+            && age.is_none_or(|a| a >= self.refetch_after);
         if must_fetch {
             let _one = set.fetching.lock().await;
             // Another request may have fetched while this one waited.
@@ -75,7 +80,11 @@ impl JwksCache {
                 set.fetch(&self.connector, url).await;
             }
         } else if age.is_some_and(|a| a >= REFRESH) {
-            let (set, connector, url) = (Arc::clone(&set), Arc::clone(&self.connector), url.to_string());
+            let (set, connector, url) = (
+                Arc::clone(&set),
+                Arc::clone(&self.connector),
+                url.to_string(),
+            );
             tokio::spawn(async move {
                 if let Ok(_one) = set.fetching.try_lock() {
                     if set.age().is_some_and(|a| a >= REFRESH) {
@@ -122,7 +131,10 @@ impl JwksCache {
 
 impl RemoteKeySet {
     fn age(&self) -> Option<Duration> {
-        self.attempted.lock().unwrap_or_else(|e| e.into_inner()).map(|at| at.elapsed())
+        self.attempted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed())
     }
 
     async fn fetch(&self, connector: &Connector, url: &str) {
@@ -133,9 +145,13 @@ impl RemoteKeySet {
                     tracing::debug!(url = %redact_userinfo(url), keys = keys.len(), "JWKS fetched");
                     self.keys.store(Some(Arc::new(keys)));
                 }
-                Err(why) => tracing::warn!(url = %redact_userinfo(url), why, "JWKS unusable; the keys there were stay"),
+                Err(why) => {
+                    tracing::warn!(url = %redact_userinfo(url), why, "JWKS unusable; the keys there were stay")
+                }
             },
-            Ok(Err(why)) => tracing::warn!(url = %redact_userinfo(url), why, "JWKS fetch failed; the keys there were stay"),
+            Ok(Err(why)) => {
+                tracing::warn!(url = %redact_userinfo(url), why, "JWKS fetch failed; the keys there were stay")
+            }
             Err(_) => {
                 tracing::warn!(url = %redact_userinfo(url), timeout_ms = TIMEOUT.as_millis() as u64, "JWKS fetch timed out; the keys there were stay")
             }
@@ -147,15 +163,25 @@ impl RemoteKeySet {
 async fn download(connector: &Connector, url: &str) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(text)?;
     let tls = uri.scheme_str() == Some("https");
-    let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = uri
+        .host()
+        .ok_or("no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr = tokio::net::lookup_host((host.as_str(), port)).await.map_err(text)?.next().ok_or("no address")?;
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(text)?
+        .next()
+        .ok_or("no address")?;
     let peer = HttpPeer::new(addr, tls, host.clone());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(text)?;
     let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
     req.insert_header(header::HOST, authority).map_err(text)?;
-    req.insert_header(header::ACCEPT, "application/json").map_err(text)?;
+    req.insert_header(header::ACCEPT, "application/json")
+        .map_err(text)?;
     let (answer, body) = fetch::exchange(connector, &peer, req, MAX_JWKS_BYTES).await?;
     if answer.status != 200 {
         return Err(format!("status {}", answer.status.as_u16()));
@@ -171,8 +197,12 @@ mod tests {
     /// A JWKS of one Ed25519 key with this `kid`.
     fn jwks(kid: &str) -> String {
         let key = openssl::pkey::PKey::generate_ed25519().unwrap();
-        let x = openssl::base64::encode_block(&key.raw_public_key().unwrap()).trim_end_matches('=').replace('+', "-").replace('/', "_");
-        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}]}).to_string()
+        let x = openssl::base64::encode_block(&key.raw_public_key().unwrap())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_");
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}]})
+            .to_string()
     }
 
     /// Serves whatever `body` holds at the time of each request, on 127.0.0.1.
@@ -185,7 +215,10 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 2048];
                     let _ = stream.read(&mut buf).await;
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
                     let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
                 });
             }
@@ -194,24 +227,53 @@ mod tests {
     }
 
     fn kids(keys: &Option<Arc<Vec<Key>>>) -> Vec<String> {
-        keys.iter().flat_map(|k| k.iter()).filter_map(|k| k.kid().map(str::to_string)).collect()
+        keys.iter()
+            .flat_map(|k| k.iter())
+            .filter_map(|k| k.kid().map(str::to_string))
+            .collect()
     }
 
     #[tokio::test]
     async fn keys_are_cached_refetched_for_an_unknown_kid_and_kept_when_a_fetch_fails() {
         let body = Arc::new(Mutex::new(jwks("a")));
         let url = format!("http://{}/jwks", server(body.clone()).await);
-        let cache = JwksCache { refetch_after: Duration::ZERO, ..JwksCache::default() };
-        assert_eq!(kids(&cache.keys(&url, Need::Any).await), ["a"], "fetched on first use");
+        let cache = JwksCache {
+            refetch_after: Duration::ZERO,
+            ..JwksCache::default()
+        };
+        assert_eq!(
+            kids(&cache.keys(&url, Need::Any).await),
+            ["a"],
+            "fetched on first use"
+        );
         *body.lock().unwrap() = jwks("b");
-        assert_eq!(kids(&cache.keys(&url, Need::Any).await), ["a"], "served from the cache");
-        assert_eq!(kids(&cache.keys(&url, Need::Newer).await), ["b"], "a token naming another key fetches again");
+        assert_eq!(
+            kids(&cache.keys(&url, Need::Any).await),
+            ["a"],
+            "served from the cache"
+        );
+        assert_eq!(
+            kids(&cache.keys(&url, Need::Newer).await),
+            ["b"],
+            "a token naming another key fetches again"
+        );
         *body.lock().unwrap() = "not json".into();
-        assert_eq!(kids(&cache.keys(&url, Need::Newer).await), ["b"], "a failed fetch keeps the keys there were");
+        assert_eq!(
+            kids(&cache.keys(&url, Need::Newer).await),
+            ["b"],
+            "a failed fetch keeps the keys there were"
+        );
 
         let patient = JwksCache::default();
-        assert_eq!(kids(&patient.keys(&url, Need::Any).await), Vec::<String>::new(), "nothing usable: no keys");
+        assert_eq!(
+            kids(&patient.keys(&url, Need::Any).await),
+            Vec::<String>::new(),
+            "nothing usable: no keys"
+        );
         *body.lock().unwrap() = jwks("c");
-        assert!(patient.keys(&url, Need::Newer).await.is_none(), "no second try within the refetch interval");
+        assert!(
+            patient.keys(&url, Need::Newer).await.is_none(),
+            "no second try within the refetch interval"
+        );
     }
 }

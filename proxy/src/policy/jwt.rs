@@ -78,15 +78,26 @@ pub const UNKNOWN_KID: Refusal = "no key for the token's kid";
 /// The signing keys of a JWKS document that Portico can use (see [`read_jwk`]).
 pub(crate) fn read_jwks(text: &str) -> Result<Vec<Key>, String> {
     let jwks: Value = serde_json::from_str(text).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-    let keys: Vec<Key> = jwks.get("keys").and_then(Value::as_array).into_iter().flatten().filter_map(read_jwk).collect();
+    let keys: Vec<Key> = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(read_jwk)
+        .collect();
     if keys.is_empty() {
-        return Err("the JWKS has no RSA (2048 bits or more), P-256 or Ed25519 signing key".to_string());
+        return Err(
+            "the JWKS has no RSA (2048 bits or more), P-256 or Ed25519 signing key".to_string(),
+        );
     }
     Ok(keys)
 }
 
 fn base64url(text: &str) -> Option<Vec<u8>> {
-    if text.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+    if text
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
         return None;
     }
     let mut standard: String = text
@@ -118,7 +129,11 @@ fn read_jwk(jwk: &Value) -> Option<Key> {
     }
     let (algorithm, key) = match (field("kty")?, field("crv")) {
         ("RSA", _) => {
-            let rsa = Rsa::from_public_components(BigNum::from_slice(&bytes("n")?).ok()?, BigNum::from_slice(&bytes("e")?).ok()?).ok()?;
+            let rsa = Rsa::from_public_components(
+                BigNum::from_slice(&bytes("n")?).ok()?,
+                BigNum::from_slice(&bytes("e")?).ok()?,
+            )
+            .ok()?;
             if rsa.n().num_bits() < MIN_RSA_BITS as i32 {
                 return None;
             }
@@ -126,18 +141,28 @@ fn read_jwk(jwk: &Value) -> Option<Key> {
         }
         ("EC", Some("P-256")) => {
             let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok()?;
-            let (x, y) = (BigNum::from_slice(&bytes("x")?).ok()?, BigNum::from_slice(&bytes("y")?).ok()?);
+            let (x, y) = (
+                BigNum::from_slice(&bytes("x")?).ok()?,
+                BigNum::from_slice(&bytes("y")?).ok()?,
+            );
             let ec = EcKey::from_public_key_affine_coordinates(&group, &x, &y).ok()?;
             ec.check_key().ok()?;
             (Algorithm::Es256, PKey::from_ec_key(ec).ok()?)
         }
-        ("OKP", Some("Ed25519")) => (Algorithm::EdDsa, PKey::public_key_from_raw_bytes(&bytes("x")?, Id::ED25519).ok()?),
+        ("OKP", Some("Ed25519")) => (
+            Algorithm::EdDsa,
+            PKey::public_key_from_raw_bytes(&bytes("x")?, Id::ED25519).ok()?,
+        ),
         _ => return None,
     };
     if field("alg").is_some_and(|alg| Algorithm::parse(alg) != Some(algorithm)) {
         return None;
     }
-    Some(Key { kid: field("kid").map(str::to_string), algorithm, key })
+    Some(Key {
+        kid: field("kid").map(str::to_string),
+        algorithm,
+        key,
+    })
 }
 
 impl JwtCheck {
@@ -150,11 +175,21 @@ impl JwtCheck {
         let claims_to_headers = auth
             .claims_to_headers
             .iter()
-            .map(|(claim, name)| Ok((claim.clone(), HeaderName::try_from(name.as_str()).map_err(|_| format!("header name {name:?}"))?)))
+            .map(|(claim, name)| {
+                Ok((
+                    claim.clone(),
+                    HeaderName::try_from(name.as_str())
+                        .map_err(|_| format!("header name {name:?}"))?,
+                ))
+            })
             .collect::<Result<_, String>>()?;
         Ok(JwtCheck {
             keys,
-            algorithms: auth.algorithms.iter().filter_map(|a| Algorithm::parse(a)).collect(),
+            algorithms: auth
+                .algorithms
+                .iter()
+                .filter_map(|a| Algorithm::parse(a))
+                .collect(),
             issuer: auth.issuer.clone(),
             audiences: auth.audiences.clone(),
             leeway_secs: auth.leeway_secs,
@@ -172,7 +207,11 @@ impl JwtCheck {
 
     /// [`JwtCheck::verify_with`] the keys of the JWKS Secret; a check whose keys come
     /// from a URL needs them passed in.
-    pub fn verify(&self, req: &RequestHeader, now: u64) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal> {
+    pub fn verify(
+        &self,
+        req: &RequestHeader,
+        now: u64,
+    ) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal> {
         match &self.keys {
             KeySource::Fixed(keys) => self.verify_with(keys, req, now),
             KeySource::Url(_) => Err("no keys"),
@@ -187,7 +226,11 @@ impl JwtCheck {
         req: &RequestHeader,
         now: u64,
     ) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, Refusal> {
-        let authorization = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or("no bearer token")?;
+        let authorization = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no bearer token")?;
         let token = authorization
             .split_once(' ')
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -197,10 +240,14 @@ impl JwtCheck {
             return Err("token too long");
         }
         let mut parts = token.split('.');
-        let (Some(head), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(head), Some(body), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err("not a signed JWT");
         };
-        let header: Value = base64url(head).and_then(|h| serde_json::from_slice(&h).ok()).ok_or("unreadable token header")?;
+        let header: Value = base64url(head)
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or("unreadable token header")?;
         if header.get("crit").is_some() {
             return Err("critical token header parameters are not supported");
         }
@@ -213,15 +260,21 @@ impl JwtCheck {
         let signature = base64url(signature).ok_or("unreadable signature")?;
         let kid = header.get("kid").and_then(Value::as_str);
         let signed = &token.as_bytes()[..head.len() + 1 + body.len()];
-        let mut candidates =
-            keys.iter().filter(|k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid))).peekable();
+        let mut candidates = keys
+            .iter()
+            .filter(|k| {
+                k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid))
+            })
+            .peekable();
         if kid.is_some() && candidates.peek().is_none() {
             return Err(UNKNOWN_KID);
         }
         if !candidates.any(|k| signature_holds(k, signed, &signature)) {
             return Err("signature does not verify");
         }
-        let claims: Value = base64url(body).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("unreadable claims")?;
+        let claims: Value = base64url(body)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("unreadable claims")?;
         self.check_claims(&claims, now)?;
         Ok(self
             .claims_to_headers
@@ -238,16 +291,26 @@ impl JwtCheck {
     }
 
     fn check_claims(&self, claims: &Value, now: u64) -> Result<(), Refusal> {
-        let time = |name: &str| claims.get(name).map(|v| v.as_f64().filter(|t| t.is_finite() && *t >= 0.0).map(|t| t as u64));
+        let time = |name: &str| {
+            claims.get(name).map(|v| {
+                v.as_f64()
+                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .map(|t| t as u64)
+            })
+        };
         match time("exp") {
             None => return Err("token has no exp"),
             Some(None) => return Err("unreadable exp"),
-            Some(Some(exp)) if now > exp.saturating_add(self.leeway_secs) => return Err("token expired"),
+            Some(Some(exp)) if now > exp.saturating_add(self.leeway_secs) => {
+                return Err("token expired")
+            }
             _ => {}
         }
         match time("nbf") {
             Some(None) => return Err("unreadable nbf"),
-            Some(Some(nbf)) if now.saturating_add(self.leeway_secs) < nbf => return Err("token not valid yet"),
+            Some(Some(nbf)) if now.saturating_add(self.leeway_secs) < nbf => {
+                return Err("token not valid yet")
+            }
             _ => {}
         }
         if let Some(issuer) = &self.issuer {
@@ -271,7 +334,9 @@ impl JwtCheck {
 }
 
 fn signature_holds(key: &Key, signed: &[u8], signature: &[u8]) -> bool {
-    let verify = |digest: Option<MessageDigest>, signature: &[u8]| -> Result<bool, openssl::error::ErrorStack> {
+    let verify = |digest: Option<MessageDigest>,
+                  signature: &[u8]|
+     -> Result<bool, openssl::error::ErrorStack> {
         let mut verifier = match digest {
             Some(d) => Verifier::new(d, &key.key)?,
             None => Verifier::new_without_digest(&key.key)?,
@@ -297,8 +362,10 @@ fn signature_holds(key: &Key, signed: &[u8], signature: &[u8]) -> bool {
 
 /// The `WWW-Authenticate` of a refused token.
 pub fn challenge(why: Refusal) -> HeaderValue {
-    HeaderValue::try_from(format!("Bearer error=\"invalid_token\", error_description=\"{why}\""))
-        .unwrap_or(HeaderValue::from_static("Bearer"))
+    HeaderValue::try_from(format!(
+        "Bearer error=\"invalid_token\", error_description=\"{why}\""
+    ))
+    .unwrap_or(HeaderValue::from_static("Bearer"))
 }
 
 #[cfg(test)]
@@ -309,7 +376,10 @@ pub(crate) mod tests {
     use serde_json::json;
 
     fn b64(bytes: &[u8]) -> String {
-        openssl::base64::encode_block(bytes).trim_end_matches('=').replace('+', "-").replace('/', "_")
+        openssl::base64::encode_block(bytes)
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
     }
 
     /// A JWKS entry for `key`, and the token signer for it.
@@ -323,30 +393,56 @@ pub(crate) mod tests {
                 let ec = key.ec_key().unwrap();
                 let mut ctx = openssl::bn::BigNumContext::new().unwrap();
                 let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
-                ec.public_key().affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx).unwrap();
+                ec.public_key()
+                    .affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)
+                    .unwrap();
                 json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap())})
             }
-            _ => json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&key.raw_public_key().unwrap())}),
+            _ => {
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&key.raw_public_key().unwrap())})
+            }
         }
     }
 
     pub(crate) fn sign(key: &PKey<Private>, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let signature = match key.id() {
-            Id::ED25519 => Signer::new_without_digest(key).unwrap().sign_oneshot_to_vec(input.as_bytes()).unwrap(),
+            Id::ED25519 => Signer::new_without_digest(key)
+                .unwrap()
+                .sign_oneshot_to_vec(input.as_bytes())
+                .unwrap(),
             Id::EC => {
-                let der = Signer::new(MessageDigest::sha256(), key).unwrap().sign_oneshot_to_vec(input.as_bytes()).unwrap();
+                let der = Signer::new(MessageDigest::sha256(), key)
+                    .unwrap()
+                    .sign_oneshot_to_vec(input.as_bytes())
+                    .unwrap();
                 let sig = EcdsaSig::from_der(&der).unwrap();
-                [sig.r().to_vec_padded(32).unwrap(), sig.s().to_vec_padded(32).unwrap()].concat()
+                [
+                    sig.r().to_vec_padded(32).unwrap(),
+                    sig.s().to_vec_padded(32).unwrap(),
+                ]
+                .concat()
             }
-            _ => Signer::new(MessageDigest::sha256(), key).unwrap().sign_oneshot_to_vec(input.as_bytes()).unwrap(),
+            _ => Signer::new(MessageDigest::sha256(), key)
+                .unwrap()
+                .sign_oneshot_to_vec(input.as_bytes())
+                .unwrap(),
         };
         format!("{input}.{}", b64(&signature))
     }
 
     fn keys() -> [PKey<Private>; 3] {
-        let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
-        [PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(), PKey::from_ec_key(ec).unwrap(), PKey::generate_ed25519().unwrap()]
+        let ec =
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
+        [
+            PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+            PKey::from_ec_key(ec).unwrap(),
+            PKey::generate_ed25519().unwrap(),
+        ]
     }
 
     fn check(jwks: Value) -> JwtCheck {
@@ -357,14 +453,18 @@ pub(crate) mod tests {
             audiences: vec!["api".into()],
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
             leeway_secs: 30,
-            claims_to_headers: vec![("sub".into(), "x-user".into()), ("admin".into(), "x-admin".into())],
+            claims_to_headers: vec![
+                ("sub".into(), "x-user".into()),
+                ("admin".into(), "x-admin".into()),
+            ],
         })
         .unwrap()
     }
 
     fn bearer(token: &str) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("authorization", format!("Bearer {token}")).unwrap();
+        req.insert_header("authorization", format!("Bearer {token}"))
+            .unwrap();
         req
     }
 
@@ -377,15 +477,35 @@ pub(crate) mod tests {
     #[test]
     fn each_algorithm_verifies_with_its_key_and_sets_claim_headers() {
         let keys = keys();
-        let check = check(json!({"keys": [jwk(&keys[0], "r"), jwk(&keys[1], "e"), jwk(&keys[2], "o")]}));
-        for (key, alg, kid) in [(&keys[0], "RS256", "r"), (&keys[1], "ES256", "e"), (&keys[2], "EdDSA", "o")] {
+        let check =
+            check(json!({"keys": [jwk(&keys[0], "r"), jwk(&keys[1], "e"), jwk(&keys[2], "o")]}));
+        for (key, alg, kid) in [
+            (&keys[0], "RS256", "r"),
+            (&keys[1], "ES256", "e"),
+            (&keys[2], "EdDSA", "o"),
+        ] {
             let token = sign(key, &json!({"alg": alg, "kid": kid}), &claims());
-            let headers = check.verify(&bearer(&token), NOW).unwrap_or_else(|e| panic!("{alg}: {e}"));
-            assert_eq!(headers[0], (HeaderName::from_static("x-user"), Some(HeaderValue::from_static("alice"))));
-            assert_eq!(headers[1], (HeaderName::from_static("x-admin"), None), "an absent claim removes the header");
+            let headers = check
+                .verify(&bearer(&token), NOW)
+                .unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(
+                headers[0],
+                (
+                    HeaderName::from_static("x-user"),
+                    Some(HeaderValue::from_static("alice"))
+                )
+            );
+            assert_eq!(
+                headers[1],
+                (HeaderName::from_static("x-admin"), None),
+                "an absent claim removes the header"
+            );
             // Without a kid, every key of the algorithm is tried.
             let token = sign(key, &json!({"alg": alg}), &claims());
-            assert!(check.verify(&bearer(&token), NOW).is_ok(), "{alg} without kid");
+            assert!(
+                check.verify(&bearer(&token), NOW).is_ok(),
+                "{alg} without kid"
+            );
         }
     }
 
@@ -399,29 +519,75 @@ pub(crate) mod tests {
         let (_, signature) = rest.split_once('.').unwrap();
 
         // Claims changed after signing.
-        let forged_claims = b64(json!({"iss": "https://idp.test", "aud": "api", "sub": "root", "exp": NOW + 60}).to_string().as_bytes());
-        assert_eq!(refused(&format!("{head}.{forged_claims}.{signature}"), NOW), "signature does not verify");
+        let forged_claims = b64(
+            json!({"iss": "https://idp.test", "aud": "api", "sub": "root", "exp": NOW + 60})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(
+            refused(&format!("{head}.{forged_claims}.{signature}"), NOW),
+            "signature does not verify"
+        );
         // alg none, and HMAC keyed with the public key's bytes.
-        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims().to_string().as_bytes()));
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none"}"#),
+            b64(claims().to_string().as_bytes())
+        );
         assert_eq!(refused(&none, NOW), "signature algorithm not allowed");
-        let hs_input = format!("{}.{}", b64(br#"{"alg":"HS256","kid":"r"}"#), b64(claims().to_string().as_bytes()));
+        let hs_input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"HS256","kid":"r"}"#),
+            b64(claims().to_string().as_bytes())
+        );
         let public_pem = keys[0].public_key_to_pem().unwrap();
         let hmac_key = PKey::hmac(&public_pem).unwrap();
-        let mac = Signer::new(MessageDigest::sha256(), &hmac_key).unwrap().sign_oneshot_to_vec(hs_input.as_bytes()).unwrap();
-        assert_eq!(refused(&format!("{hs_input}.{}", b64(&mac)), NOW), "signature algorithm not allowed");
+        let mac = Signer::new(MessageDigest::sha256(), &hmac_key)
+            .unwrap()
+            .sign_oneshot_to_vec(hs_input.as_bytes())
+            .unwrap();
+        assert_eq!(
+            refused(&format!("{hs_input}.{}", b64(&mac)), NOW),
+            "signature algorithm not allowed"
+        );
         // An RSA-signed token that claims ES256, and a key from another set.
         let relabelled = sign(&keys[0], &json!({"alg": "ES256", "kid": "e"}), &claims());
         assert_eq!(refused(&relabelled, NOW), "signature does not verify");
         let stranger = sign(&keys[2], &json!({"alg": "EdDSA"}), &claims());
-        assert_eq!(refused(&stranger, NOW), "signature does not verify", "no Ed25519 key in this set");
+        assert_eq!(
+            refused(&stranger, NOW),
+            "signature does not verify",
+            "no Ed25519 key in this set"
+        );
         // Time, issuer and audience.
         assert_eq!(refused(&good, NOW + 91), "token expired");
-        assert!(check.verify(&bearer(&good), NOW + 89).is_ok(), "within the leeway");
+        assert!(
+            check.verify(&bearer(&good), NOW + 89).is_ok(),
+            "within the leeway"
+        );
         assert_eq!(refused(&good, NOW - 91), "token not valid yet");
         let sign_claims = |c: Value| sign(&keys[0], &json!({"alg": "RS256"}), &c);
-        assert_eq!(refused(&sign_claims(json!({"iss": "https://idp.test", "aud": "api"})), NOW), "token has no exp");
-        assert_eq!(refused(&sign_claims(json!({"iss": "https://evil", "aud": "api", "exp": NOW + 60})), NOW), "wrong issuer");
-        assert_eq!(refused(&sign_claims(json!({"iss": "https://idp.test", "aud": "web", "exp": NOW + 60})), NOW), "wrong audience");
+        assert_eq!(
+            refused(
+                &sign_claims(json!({"iss": "https://idp.test", "aud": "api"})),
+                NOW
+            ),
+            "token has no exp"
+        );
+        assert_eq!(
+            refused(
+                &sign_claims(json!({"iss": "https://evil", "aud": "api", "exp": NOW + 60})),
+                NOW
+            ),
+            "wrong issuer"
+        );
+        assert_eq!(
+            refused(
+                &sign_claims(json!({"iss": "https://idp.test", "aud": "web", "exp": NOW + 60})),
+                NOW
+            ),
+            "wrong audience"
+        );
         // Not a token at all.
         assert_eq!(refused("abc", NOW), "not a signed JWT");
         let mut basic = RequestHeader::build("GET", b"/", None).unwrap();
@@ -434,7 +600,8 @@ pub(crate) mod tests {
         let short = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
         let mut encryption = jwk(&keys()[2], "enc");
         encryption["use"] = json!("enc");
-        let set = json!({"keys": [jwk(&short, "short"), encryption, {"kty": "oct", "k": "c2VjcmV0"}]});
+        let set =
+            json!({"keys": [jwk(&short, "short"), encryption, {"kty": "oct", "k": "c2VjcmV0"}]});
         let auth = |jwks: &Value| JwtAuth {
             jwks: jwks.to_string(),
             jwks_url: None,

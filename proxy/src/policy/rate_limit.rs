@@ -19,13 +19,17 @@ type ClientMap<V> = HashMap<IpAddr, V, foldhash::fast::RandomState>;
 type Shard<V> = Mutex<ClientMap<V>>;
 
 fn shards<V>() -> Box<[Shard<V>]> {
-    (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect()
+    (0..SHARDS)
+        .map(|_| Mutex::new(HashMap::default()))
+        .collect()
 }
 
 /// The shard that keeps `ip`, locked. A panic elsewhere while it was held leaves counts,
 /// not broken invariants, so the lock is taken over.
 fn shard<V>(shards: &[Shard<V>], ip: IpAddr) -> std::sync::MutexGuard<'_, ClientMap<V>> {
-    shards[shard_of(ip)].lock().unwrap_or_else(|e| e.into_inner())
+    shards[shard_of(ip)]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 fn shard_of(ip: IpAddr) -> usize {
@@ -67,15 +71,27 @@ impl RateLimiter {
         let rate = |per: Option<u32>, period: Duration| {
             per.map(|n| {
                 let interval = (period.as_nanos() as u64 / u64::from(n)).max(1);
-                Rate { interval, tolerance: interval.saturating_mul(burst.saturating_mul(u64::from(n))), clients: shards() }
+                Rate {
+                    interval,
+                    tolerance: interval.saturating_mul(burst.saturating_mul(u64::from(n))),
+                    clients: shards(),
+                }
             })
         };
-        let rates = [rate(limit.per_second, Duration::from_secs(1)), rate(limit.per_minute, Duration::from_secs(60))];
+        let rates = [
+            rate(limit.per_second, Duration::from_secs(1)),
+            rate(limit.per_minute, Duration::from_secs(60)),
+        ];
         RateLimiter {
             key: (source.into(), limit.clone()),
             exempt: limit.exempt.clone(),
             rates: rates.into_iter().flatten().collect(),
-            concurrent: limit.concurrent.map(|max| Arc::new(ConcurrencyTable { max, clients: shards() })),
+            concurrent: limit.concurrent.map(|max| {
+                Arc::new(ConcurrencyTable {
+                    max,
+                    clients: shards(),
+                })
+            }),
         }
     }
 
@@ -91,7 +107,9 @@ impl RateLimiter {
             if let Err(wait) = rate.take(ip, now) {
                 // The rates already counted give the request back.
                 self.rates[..i].iter().for_each(|r| r.give_back(ip));
-                return Admission::Refuse { retry_after: Duration::from_nanos(wait) };
+                return Admission::Refuse {
+                    retry_after: Duration::from_nanos(wait),
+                };
             }
         }
         match &self.concurrent {
@@ -100,7 +118,9 @@ impl RateLimiter {
                 Some(permit) => Admission::Admit(Some(permit)),
                 None => {
                     self.rates.iter().for_each(|r| r.give_back(ip));
-                    Admission::Refuse { retry_after: Duration::from_secs(1) }
+                    Admission::Refuse {
+                        retry_after: Duration::from_secs(1),
+                    }
                 }
             },
         }
@@ -171,7 +191,10 @@ impl ConcurrencyTable {
             return None;
         }
         *count += 1;
-        Some(InProgress { table: Arc::clone(table), ip })
+        Some(InProgress {
+            table: Arc::clone(table),
+            ip,
+        })
     }
 }
 
@@ -203,8 +226,19 @@ impl Drop for InProgress {
 mod tests {
     use super::*;
 
-    fn limit(per_second: Option<u32>, per_minute: Option<u32>, burst_multiplier: u32, concurrent: Option<u32>) -> RateLimit {
-        RateLimit { per_second, per_minute, burst_multiplier, concurrent, exempt: vec![] }
+    fn limit(
+        per_second: Option<u32>,
+        per_minute: Option<u32>,
+        burst_multiplier: u32,
+        concurrent: Option<u32>,
+    ) -> RateLimit {
+        RateLimit {
+            per_second,
+            per_minute,
+            burst_multiplier,
+            concurrent,
+            exempt: vec![],
+        }
     }
 
     fn ip(s: &str) -> Option<IpAddr> {
@@ -219,16 +253,23 @@ mod tests {
     fn a_burst_is_admitted_then_the_rate_holds() {
         // 2/s with a multiplier of 5: a burst of 10 beyond the first request.
         let limiter = RateLimiter::new("ns/a", &limit(Some(2), None, 5, None));
-        let admitted_now = (0..20).filter(|_| admitted(&limiter.admit(ip("10.0.0.1")))).count();
+        let admitted_now = (0..20)
+            .filter(|_| admitted(&limiter.admit(ip("10.0.0.1"))))
+            .count();
         assert_eq!(admitted_now, 11);
         match limiter.admit(ip("10.0.0.1")) {
-            Admission::Refuse { retry_after } => assert!(retry_after <= Duration::from_millis(500), "{retry_after:?}"),
+            Admission::Refuse { retry_after } => {
+                assert!(retry_after <= Duration::from_millis(500), "{retry_after:?}")
+            }
             other => panic!("{other:?}"),
         }
         // Another client has its own allowance.
         assert!(admitted(&limiter.admit(ip("10.0.0.2"))));
         std::thread::sleep(Duration::from_millis(600));
-        assert!(admitted(&limiter.admit(ip("10.0.0.1"))), "half a second regains one request");
+        assert!(
+            admitted(&limiter.admit(ip("10.0.0.1"))),
+            "half a second regains one request"
+        );
     }
 
     #[test]
@@ -258,7 +299,10 @@ mod tests {
         assert!(admitted(&limiter.admit(ip("10.0.0.1"))));
         drop(second);
         let table = limiter.concurrent.as_ref().unwrap();
-        assert!(table.clients.iter().all(|s| s.lock().unwrap().is_empty()), "finished clients are forgotten");
+        assert!(
+            table.clients.iter().all(|s| s.lock().unwrap().is_empty()),
+            "finished clients are forgotten"
+        );
     }
 
     #[test]
@@ -279,7 +323,11 @@ mod tests {
         for i in 0..(3 * MAX_CLIENTS as u32) {
             limiter.admit(Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))));
         }
-        let kept: usize = limiter.rates[0].clients.iter().map(|s| s.lock().unwrap().len()).sum();
+        let kept: usize = limiter.rates[0]
+            .clients
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum();
         assert!(kept <= MAX_CLIENTS, "{kept}");
         // A client that has used its burst is still limited while the table churns.
         let heavy = ip("192.0.2.1");

@@ -31,13 +31,15 @@ impl CompiledCanary {
         let header = match &canary.header {
             None => None,
             Some(h) => {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("canary header name {:?}", h.name))?;
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("canary header name {:?}", h.name))?;
                 let rule = match &h.rule {
                     HeaderRule::AlwaysNever => Rule::AlwaysNever,
                     HeaderRule::Equals(v) => Rule::Equals(v.as_str().into()),
-                    HeaderRule::Matches(p) => {
-                        Rule::Matches(portico_model::pattern::value_regex(p).map_err(|e| format!("canary header pattern: {e}"))?)
-                    }
+                    HeaderRule::Matches(p) => Rule::Matches(
+                        portico_model::pattern::value_regex(p)
+                            .map_err(|e| format!("canary header pattern: {e}"))?,
+                    ),
                 };
                 Some((name, rule))
             }
@@ -88,14 +90,22 @@ mod tests {
         let spec = Canary {
             backend: "b".into(),
             source: "ns/canary".into(),
-            header: header.map(|rule| CanaryHeader { name: "x-canary".into(), rule }),
+            header: header.map(|rule| CanaryHeader {
+                name: "x-canary".into(),
+                rule,
+            }),
             cookie: cookie.then(|| "canary".into()),
             weight,
             weight_total: 100,
             affinity: None,
             sticky: true,
         };
-        let backend = Backend { name: "b".into(), endpoints: vec![], upstream: Default::default(), policy: Default::default() };
+        let backend = Backend {
+            name: "b".into(),
+            endpoints: vec![],
+            upstream: Default::default(),
+            policy: Default::default(),
+        };
         CompiledCanary::compile(&spec, Arc::new(BackendPool::new(&backend).unwrap())).unwrap()
     }
 
@@ -110,17 +120,45 @@ mod tests {
     #[test]
     fn header_then_cookie_then_weight() {
         let c = canary(Some(HeaderRule::AlwaysNever), true, 100);
-        assert!(!c.takes(&request(&[("x-canary", "never"), ("cookie", "canary=always")])), "the header outranks the cookie");
-        assert!(c.takes(&request(&[("x-canary", "always"), ("cookie", "canary=never")])));
-        assert!(!c.takes(&request(&[("x-canary", "maybe"), ("cookie", "canary=never")])), "other header values leave it to the cookie");
-        assert!(c.takes(&request(&[("x-canary", "maybe")])), "then to the weight (100 of 100)");
+        assert!(
+            !c.takes(&request(&[
+                ("x-canary", "never"),
+                ("cookie", "canary=always")
+            ])),
+            "the header outranks the cookie"
+        );
+        assert!(c.takes(&request(&[
+            ("x-canary", "always"),
+            ("cookie", "canary=never")
+        ])));
+        assert!(
+            !c.takes(&request(&[
+                ("x-canary", "maybe"),
+                ("cookie", "canary=never")
+            ])),
+            "other header values leave it to the cookie"
+        );
+        assert!(
+            c.takes(&request(&[("x-canary", "maybe")])),
+            "then to the weight (100 of 100)"
+        );
         let none = canary(Some(HeaderRule::AlwaysNever), true, 0);
-        assert!(!none.takes(&request(&[("cookie", "canary=maybe")])), "weight 0 sends nothing");
+        assert!(
+            !none.takes(&request(&[("cookie", "canary=maybe")])),
+            "weight 0 sends nothing"
+        );
 
         let exact = canary(Some(HeaderRule::Equals("beta".into())), false, 0);
         assert!(exact.takes(&request(&[("x-canary", "beta")])));
-        assert!(!exact.takes(&request(&[("x-canary", "always")])), "with a value, always is just another value");
-        let pattern = canary(Some(HeaderRule::Matches("^(qa|beta)-\\d+$".into())), false, 0);
+        assert!(
+            !exact.takes(&request(&[("x-canary", "always")])),
+            "with a value, always is just another value"
+        );
+        let pattern = canary(
+            Some(HeaderRule::Matches("^(qa|beta)-\\d+$".into())),
+            false,
+            0,
+        );
         assert!(pattern.takes(&request(&[("x-canary", "qa-7")])));
         assert!(!pattern.takes(&request(&[("x-canary", "prod-7")])));
     }

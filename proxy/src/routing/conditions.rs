@@ -25,7 +25,10 @@ impl Rule {
         Ok(match rule {
             ValueRule::Present => Rule::Present,
             ValueRule::Equals(v) => Rule::Equals(v.clone()),
-            ValueRule::Matches(p) => Rule::Matches(portico_model::pattern::value_regex(p).map_err(|e| format!("pattern {p:?}: {e}"))?),
+            ValueRule::Matches(p) => Rule::Matches(
+                portico_model::pattern::value_regex(p)
+                    .map_err(|e| format!("pattern {p:?}: {e}"))?,
+            ),
         })
     }
 
@@ -44,14 +47,26 @@ impl CompiledConditions {
             .headers
             .iter()
             .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("header name {:?}", h.name))?;
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("header name {:?}", h.name))?;
                 Ok((name, Rule::compile(&h.rule)?))
             })
             .collect::<Result<_, String>>()?;
-        let methods =
-            c.methods.iter().map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("method {m:?}"))).collect::<Result<_, _>>()?;
-        let query = c.query.iter().map(|q| Ok((q.name.clone(), Rule::compile(&q.rule)?))).collect::<Result<_, String>>()?;
-        Ok(CompiledConditions { headers, methods, query })
+        let methods = c
+            .methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("method {m:?}")))
+            .collect::<Result<_, _>>()?;
+        let query = c
+            .query
+            .iter()
+            .map(|q| Ok((q.name.clone(), Rule::compile(&q.rule)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(CompiledConditions {
+            headers,
+            methods,
+            query,
+        })
     }
 
     /// Every condition holds. A header condition holds when any value of the header
@@ -60,11 +75,18 @@ impl CompiledConditions {
         if !self.methods.is_empty() && !self.methods.contains(&req.method) {
             return false;
         }
-        let headers_hold = self.headers.iter().all(|(name, rule)| req.headers.get_all(name).iter().any(|v| rule.admits(v.as_bytes())));
+        let headers_hold = self.headers.iter().all(|(name, rule)| {
+            req.headers
+                .get_all(name)
+                .iter()
+                .any(|v| rule.admits(v.as_bytes()))
+        });
         headers_hold
-            && self.query.iter().all(|(name, rule)| match query_value(req.uri.query().unwrap_or(""), name) {
-                Some(value) => rule.admits(value.as_bytes()),
-                None => false,
+            && self.query.iter().all(|(name, rule)| {
+                match query_value(req.uri.query().unwrap_or(""), name) {
+                    Some(value) => rule.admits(value.as_bytes()),
+                    None => false,
+                }
             })
     }
 }
@@ -82,7 +104,11 @@ fn decode(s: &str) -> Cow<'_, str> {
         return Cow::Borrowed(s);
     }
     let plus_as_space = s.replace('+', " ");
-    Cow::Owned(percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy().into_owned())
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&plus_as_space)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -99,31 +125,73 @@ mod tests {
     }
 
     fn cond(name: &str, rule: ValueRule) -> ValueCondition {
-        ValueCondition { name: name.into(), rule }
+        ValueCondition {
+            name: name.into(),
+            rule,
+        }
     }
 
     #[test]
     fn every_condition_must_hold() {
         let c = CompiledConditions::compile(&RequestConditions {
-            headers: vec![cond("x-env", ValueRule::Equals("beta".into())), cond("x-user", ValueRule::Matches("^a[0-9]+$".into()))],
+            headers: vec![
+                cond("x-env", ValueRule::Equals("beta".into())),
+                cond("x-user", ValueRule::Matches("^a[0-9]+$".into())),
+            ],
             methods: vec!["GET".into(), "HEAD".into()],
-            query: vec![cond("v", ValueRule::Equals("2 b".into())), cond("debug", ValueRule::Present)],
+            query: vec![
+                cond("v", ValueRule::Equals("2 b".into())),
+                cond("debug", ValueRule::Present),
+            ],
         })
         .unwrap();
         let good = [("x-env", "beta"), ("x-user", "a42")];
         assert!(c.admit(&request("GET", "/p?v=2+b&debug", &good)));
         assert!(c.admit(&request("HEAD", "/p?debug=1&v=2%20b", &good)));
-        assert!(!c.admit(&request("POST", "/p?v=2+b&debug", &good)), "method");
-        assert!(!c.admit(&request("GET", "/p?v=2+b", &good)), "missing parameter");
-        assert!(!c.admit(&request("GET", "/p?v=3&v=2+b&debug", &good)), "the first occurrence counts");
-        assert!(!c.admit(&request("GET", "/p?v=2+b&debug", &[("x-env", "Beta"), ("x-user", "a42")])), "values are case-sensitive");
-        assert!(!c.admit(&request("GET", "/p?v=2+b&debug", &[("x-env", "beta"), ("x-user", "a42b")])), "pattern");
-        assert!(c.admit(&request("GET", "/p?v=2+b&debug", &[("x-env", "alpha"), ("x-env", "beta"), ("x-user", "a1")])), "any value");
+        assert!(
+            !c.admit(&request("POST", "/p?v=2+b&debug", &good)),
+            "method"
+        );
+        assert!(
+            !c.admit(&request("GET", "/p?v=2+b", &good)),
+            "missing parameter"
+        );
+        assert!(
+            !c.admit(&request("GET", "/p?v=3&v=2+b&debug", &good)),
+            "the first occurrence counts"
+        );
+        assert!(
+            !c.admit(&request(
+                "GET",
+                "/p?v=2+b&debug",
+                &[("x-env", "Beta"), ("x-user", "a42")]
+            )),
+            "values are case-sensitive"
+        );
+        assert!(
+            !c.admit(&request(
+                "GET",
+                "/p?v=2+b&debug",
+                &[("x-env", "beta"), ("x-user", "a42b")]
+            )),
+            "pattern"
+        );
+        assert!(
+            c.admit(&request(
+                "GET",
+                "/p?v=2+b&debug",
+                &[("x-env", "alpha"), ("x-env", "beta"), ("x-user", "a1")]
+            )),
+            "any value"
+        );
     }
 
     #[test]
     fn a_bad_pattern_does_not_compile() {
-        let c = RequestConditions { headers: vec![cond("x", ValueRule::Matches("(".into()))], ..Default::default() };
+        let c = RequestConditions {
+            headers: vec![cond("x", ValueRule::Matches("(".into()))],
+            ..Default::default()
+        };
         assert!(CompiledConditions::compile(&c).is_err());
     }
 }

@@ -26,7 +26,9 @@ pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>
     }
     let bytes = path.as_bytes();
     // Fast path: nothing to decode, merge or resolve.
-    let suspicious = bytes.iter().any(|b| matches!(b, b'%' | b'\\' | 0)) || path.contains("//") || path.contains("/.");
+    let suspicious = bytes.iter().any(|b| matches!(b, b'%' | b'\\' | 0))
+        || path.contains("//")
+        || path.contains("/.");
     if !suspicious {
         return Ok(Cow::Borrowed(path));
     }
@@ -38,14 +40,21 @@ pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>
             b'\\' => return Err(BadPath::Backslash),
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
-                let (Some(h), Some(l)) = (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) else {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
                     return Err(BadPath::MalformedEscape);
                 };
                 let c = (h * 16 + l) as u8;
                 match c {
                     0 => return Err(BadPath::Nul),
-                    b'/' | b'\\' if !allow_encoded_slashes => return Err(BadPath::EncodedSeparator),
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => decoded.push(c),
+                    b'/' | b'\\' if !allow_encoded_slashes => {
+                        return Err(BadPath::EncodedSeparator)
+                    }
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        decoded.push(c)
+                    }
                     // Other escapes stay escaped, in upper case.
                     _ => decoded.extend_from_slice(format!("%{c:02X}").as_bytes()),
                 }
@@ -80,7 +89,11 @@ pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>
     if normal.is_empty() || trailing_slash {
         normal.push('/');
     }
-    Ok(if normal == path { Cow::Borrowed(path) } else { Cow::Owned(normal) })
+    Ok(if normal == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normal)
+    })
 }
 
 #[cfg(test)]
@@ -89,7 +102,10 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed_and_the_rest_resolved() {
-        assert!(matches!(normalize("/api/v1/items", false), Ok(Cow::Borrowed("/api/v1/items"))));
+        assert!(matches!(
+            normalize("/api/v1/items", false),
+            Ok(Cow::Borrowed("/api/v1/items"))
+        ));
         for (raw, normal) in [
             ("/public/../admin", "/admin"),
             ("/public/%2e%2E/admin", "/admin"),
@@ -120,6 +136,10 @@ mod tests {
         ] {
             assert_eq!(normalize(raw, false), Err(why), "{raw}");
         }
-        assert_eq!(normalize("/repo/a%2Fb", true).as_deref(), Ok("/repo/a%2Fb"), "allowed when asked for, and kept encoded");
+        assert_eq!(
+            normalize("/repo/a%2Fb", true).as_deref(),
+            Ok("/repo/a%2Fb"),
+            "allowed when asked for, and kept encoded"
+        );
     }
 }

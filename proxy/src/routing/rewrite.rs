@@ -43,9 +43,17 @@ pub fn upstream_path(
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (expanded, None),
     };
-    let path = if path.starts_with('/') { path } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
     let mut out = normalize(&path, allow_encoded_slashes)?.into_owned();
-    let queries: Vec<&str> = [own_query.as_deref(), query].into_iter().flatten().filter(|q| !q.is_empty()).collect();
+    let queries: Vec<&str> = [own_query.as_deref(), query]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
     if !queries.is_empty() {
         out.push('?');
         out.push_str(&queries.join("&"));
@@ -55,7 +63,10 @@ pub fn upstream_path(
 
 /// A redirect target with `$scheme`, `$host` and `$request_uri` filled in.
 pub fn redirect_location(target: &str, scheme: &str, host: &str, request_uri: &str) -> String {
-    target.replace("$request_uri", request_uri).replace("$scheme", scheme).replace("$host", host)
+    target
+        .replace("$request_uri", request_uri)
+        .replace("$scheme", scheme)
+        .replace("$host", host)
 }
 
 #[cfg(test)]
@@ -66,25 +77,61 @@ mod tests {
     fn capture_groups_fill_the_target_and_the_query_follows() {
         let re = portico_model::pattern::path_regex("/something(/|$)(.*)").unwrap();
         let caps = re.captures("/something/new/path").unwrap();
-        assert_eq!(upstream_path("/$2", Some(&caps), Some("a=1"), false).as_deref(), Ok("/new/path?a=1"));
-        let caps = re.captures("/something").unwrap();
-        assert_eq!(upstream_path("/$2", Some(&caps), None, false).as_deref(), Ok("/"));
         assert_eq!(
-            upstream_path("/v2/${2}?x=y", Some(&re.captures("/SOMETHING/a").unwrap()), Some("q=1"), false).as_deref(),
+            upstream_path("/$2", Some(&caps), Some("a=1"), false).as_deref(),
+            Ok("/new/path?a=1")
+        );
+        let caps = re.captures("/something").unwrap();
+        assert_eq!(
+            upstream_path("/$2", Some(&caps), None, false).as_deref(),
+            Ok("/")
+        );
+        assert_eq!(
+            upstream_path(
+                "/v2/${2}?x=y",
+                Some(&re.captures("/SOMETHING/a").unwrap()),
+                Some("q=1"),
+                false
+            )
+            .as_deref(),
             Ok("/v2/a?x=y&q=1")
         );
-        assert_eq!(upstream_path("/fixed", None, None, false).as_deref(), Ok("/fixed"));
-        assert_eq!(upstream_path("$1", None, None, false).as_deref(), Ok("/"), "an absent capture is empty");
+        assert_eq!(
+            upstream_path("/fixed", None, None, false).as_deref(),
+            Ok("/fixed")
+        );
+        assert_eq!(
+            upstream_path("$1", None, None, false).as_deref(),
+            Ok("/"),
+            "an absent capture is empty"
+        );
         let dots = portico_model::pattern::path_regex("/x(.*)").unwrap();
         assert!(
-            upstream_path("/$1/../../etc", Some(&dots.captures("/x..").unwrap()), None, false).is_err(),
+            upstream_path(
+                "/$1/../../etc",
+                Some(&dots.captures("/x..").unwrap()),
+                None,
+                false
+            )
+            .is_err(),
             "a rewrite cannot climb above the root"
         );
     }
 
     #[test]
     fn redirect_targets_take_the_request_values() {
-        assert_eq!(redirect_location("https://new.example$request_uri", "http", "a.test", "/p?q=1"), "https://new.example/p?q=1");
-        assert_eq!(redirect_location("$scheme://www.$host/", "https", "a.test", "/"), "https://www.a.test/");
+        assert_eq!(
+            redirect_location(
+                "https://new.example$request_uri",
+                "http",
+                "a.test",
+                "/p?q=1"
+            ),
+            "https://new.example/p?q=1"
+        );
+        assert_eq!(
+            redirect_location("$scheme://www.$host/", "https", "a.test", "/"),
+            "https://www.a.test/"
+        );
     }
 }

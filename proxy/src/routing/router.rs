@@ -35,7 +35,9 @@ impl HostTable {
     /// without a port.
     pub fn lookup(&self, authority: &str) -> Option<usize> {
         let mut buf = [0u8; 256];
-        let Some(host) = normalise_host(authority, &mut buf) else { return self.any };
+        let Some(host) = normalise_host(authority, &mut buf) else {
+            return self.any;
+        };
         if let Some(i) = self.exact.get(host) {
             return Some(*i);
         }
@@ -101,7 +103,9 @@ impl PathMatcher {
             }
             PathMatch::Regex(_) => {
                 if let Some(re) = compiled.cloned() {
-                    let at = self.regex.partition_point(|(r, _)| r.as_str().len() >= re.as_str().len());
+                    let at = self
+                        .regex
+                        .partition_point(|(r, _)| r.as_str().len() >= re.as_str().len());
                     self.regex.insert(at, (re, index));
                 }
             }
@@ -120,7 +124,11 @@ impl PathMatcher {
         if let Some(i) = self.exact.get(path).copied().filter(|i| accept(*i)) {
             return Some(i);
         }
-        if let Some((_, i)) = self.regex.iter().find(|(r, i)| r.is_match(path) && accept(*i)) {
+        if let Some((_, i)) = self
+            .regex
+            .iter()
+            .find(|(r, i)| r.is_match(path) && accept(*i))
+        {
             return Some(*i);
         }
         if self.prefix.is_empty() {
@@ -156,7 +164,9 @@ mod tests {
                 "Regex" => PathMatch::Regex(path.to_string()),
                 _ => PathMatch::prefix(path),
             };
-            let compiled = portico_model::pattern::path_regex(path).ok().filter(|_| *kind == "Regex");
+            let compiled = portico_model::pattern::path_regex(path)
+                .ok()
+                .filter(|_| *kind == "Regex");
             m.insert(&pm, compiled.as_ref(), i);
         }
         m
@@ -164,23 +174,42 @@ mod tests {
 
     #[test]
     fn regex_routes_come_after_exact_and_before_prefix_longest_pattern_first() {
-        let m =
-            matcher(&[("Prefix", "/"), ("Regex", "/api/v[0-9]+/.*"), ("Regex", "/api/.*"), ("Exact", "/api/v1/x"), ("Prefix", "/api/v1")]);
+        let m = matcher(&[
+            ("Prefix", "/"),
+            ("Regex", "/api/v[0-9]+/.*"),
+            ("Regex", "/api/.*"),
+            ("Exact", "/api/v1/x"),
+            ("Prefix", "/api/v1"),
+        ]);
         assert_eq!(m.lookup("/api/v1/x"), Some(3), "Exact first");
-        assert_eq!(m.lookup("/api/v1/y"), Some(1), "the longer pattern before the shorter, and both before the prefix");
+        assert_eq!(
+            m.lookup("/api/v1/y"),
+            Some(1),
+            "the longer pattern before the shorter, and both before the prefix"
+        );
         assert_eq!(m.lookup("/API/other"), Some(2), "case-insensitive");
         assert_eq!(m.lookup("/x/api/other"), Some(0), "anchored at the start");
     }
 
     /// A table row: number, `(type, path)` rules, requests, and the rule index they reach.
-    type Row = (u32, &'static [(&'static str, &'static str)], &'static [&'static str], Option<usize>);
+    type Row = (
+        u32,
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+        Option<usize>,
+    );
 
     /// Rows of the Kubernetes documentation's examples table, expanded in
     /// `shared/reference/k8s-ingress-matching.md` §3 (row number in each message).
     #[test]
     fn kubernetes_path_matching_table() {
         let cases: &[Row] = &[
-            (1, &[("Prefix", "/")], &["/", "/anything", "/a/b/c", "/foo"], Some(0)),
+            (
+                1,
+                &[("Prefix", "/")],
+                &["/", "/anything", "/a/b/c", "/foo"],
+                Some(0),
+            ),
             (2, &[("Exact", "/foo")], &["/foo"], Some(0)),
             (3, &[("Exact", "/foo")], &["/bar"], None),
             (4, &[("Exact", "/foo")], &["/foo/"], None),
@@ -199,21 +228,78 @@ mod tests {
             (17, &[("Prefix", "/aaa/bbb")], &["/aaa/bbb/"], Some(0)),
             (18, &[("Prefix", "/aaa/bbb")], &["/aaa/bbb/ccc"], Some(0)),
             (19, &[("Prefix", "/aaa/bbb")], &["/aaa/bbbxyz"], None),
-            (20, &[("Prefix", "/"), ("Prefix", "/aaa")], &["/aaa/ccc"], Some(1)),
-            (21, &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")], &["/aaa/bbb"], Some(2)),
-            (22, &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")], &["/ccc"], Some(0)),
-            (23, &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")], &["/aaa", "/aaa/", "/aaa/bbbx"], Some(1)),
+            (
+                20,
+                &[("Prefix", "/"), ("Prefix", "/aaa")],
+                &["/aaa/ccc"],
+                Some(1),
+            ),
+            (
+                21,
+                &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")],
+                &["/aaa/bbb"],
+                Some(2),
+            ),
+            (
+                22,
+                &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")],
+                &["/ccc"],
+                Some(0),
+            ),
+            (
+                23,
+                &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")],
+                &["/aaa", "/aaa/", "/aaa/bbbx"],
+                Some(1),
+            ),
             (24, &[("Prefix", "/aaa")], &["/ccc"], None),
-            (25, &[("Prefix", "/foo"), ("Exact", "/foo")], &["/foo"], Some(1)),
-            (26, &[("Prefix", "/foo"), ("Exact", "/foo")], &["/foo/", "/foo/x"], Some(0)),
-            (28, &[("Prefix", "/foo"), ("Exact", "/foo/bar"), ("Prefix", "/foo/bar")], &["/foo/bar"], Some(1)),
-            (29, &[("Prefix", "/foo"), ("Exact", "/foo/bar"), ("Prefix", "/foo/bar")], &["/foo/bar/", "/foo/bar/baz"], Some(2)),
-            (30, &[("Exact", "/foo/bar"), ("Prefix", "/foo")], &["/foo/bar/"], Some(1)),
+            (
+                25,
+                &[("Prefix", "/foo"), ("Exact", "/foo")],
+                &["/foo"],
+                Some(1),
+            ),
+            (
+                26,
+                &[("Prefix", "/foo"), ("Exact", "/foo")],
+                &["/foo/", "/foo/x"],
+                Some(0),
+            ),
+            (
+                28,
+                &[
+                    ("Prefix", "/foo"),
+                    ("Exact", "/foo/bar"),
+                    ("Prefix", "/foo/bar"),
+                ],
+                &["/foo/bar"],
+                Some(1),
+            ),
+            (
+                29,
+                &[
+                    ("Prefix", "/foo"),
+                    ("Exact", "/foo/bar"),
+                    ("Prefix", "/foo/bar"),
+                ],
+                &["/foo/bar/", "/foo/bar/baz"],
+                Some(2),
+            ),
+            (
+                30,
+                &[("Exact", "/foo/bar"), ("Prefix", "/foo")],
+                &["/foo/bar/"],
+                Some(1),
+            ),
         ];
         for (row, rules, requests, expected) in cases {
             let m = matcher(rules);
             for req in *requests {
-                assert_eq!(m.lookup(req), *expected, "row {row}: rules {rules:?}, request {req}");
+                assert_eq!(
+                    m.lookup(req),
+                    *expected,
+                    "row {row}: rules {rules:?}, request {req}"
+                );
             }
         }
     }
@@ -229,7 +315,11 @@ mod tests {
         assert_eq!(t.lookup("foo.bar.com."), Some(0));
         assert_eq!(t.lookup("baz.foo.com"), Some(1));
         assert_eq!(t.lookup("bar.foo.com"), Some(2), "exact beats wildcard");
-        assert_eq!(t.lookup("baz.bar.foo.com"), None, "wildcard covers one label only");
+        assert_eq!(
+            t.lookup("baz.bar.foo.com"),
+            None,
+            "wildcard covers one label only"
+        );
         assert_eq!(t.lookup("foo.com"), None, "wildcard needs one label");
         assert_eq!(t.lookup(""), None);
         t.insert(&HostMatch::Any, 3);

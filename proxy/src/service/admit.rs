@@ -40,8 +40,14 @@ impl HeaderLimits {
         if req.headers.len() > self.max_fields {
             return Some("too many header fields");
         }
-        let line = req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.method.as_str().len() + 11;
-        let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let line = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + req.method.as_str().len()
+            + 11;
+        let fields: usize = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
         (line + fields > self.max_bytes).then_some("request header larger than the limit")
     }
 }
@@ -69,7 +75,11 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
     if length.is_some() {
         return Some("both Content-Length and Transfer-Encoding");
     }
-    if codings.next().is_some() || !coding.to_str().is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked")) {
+    if codings.next().is_some()
+        || !coding
+            .to_str()
+            .is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    {
         return Some("a Transfer-Encoding other than chunked");
     }
     if req.version == http::Version::HTTP_10 {
@@ -91,7 +101,8 @@ fn redirect_host(authority: &str) -> Option<&str> {
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':');
+    let allowed =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':');
     (!host.is_empty() && host.len() <= 255 && host.bytes().all(allowed)).then_some(host)
 }
 
@@ -112,7 +123,12 @@ fn https_location(host: &str, path_and_query: &str, port: u16, keep_slash: bool)
 }
 
 impl IngressProxy {
-    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &CompiledSnapshot,
+    ) -> Option<Answer> {
         ctx.tls = super::is_tls(session);
         ctx.trusted = self.is_trusted(super::peer_ip(session));
         // A request whose length or path could be read two ways is refused before routing,
@@ -122,31 +138,50 @@ impl IngressProxy {
             ctx.refusal = Some(Refusal::BadRequest);
             return Some(Answer::closing(431));
         }
-        let raw = session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let raw = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
         let framing = framing_problem(session.req_header(), raw.as_deref());
-        if let Some(why) = framing.map(str::to_string).or_else(|| self.normalize_path(session).err()) {
+        if let Some(why) = framing
+            .map(str::to_string)
+            .or_else(|| self.normalize_path(session).err())
+        {
             tracing::debug!(why, "request refused");
             ctx.refusal = Some(Refusal::BadRequest);
             return Some(Answer::closing(400));
         }
         let req = session.req_header();
         ctx.https = ctx.tls
-            || (ctx.trusted && req.headers.get(X_FORWARDED_PROTO.name()).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+            || (ctx.trusted
+                && req
+                    .headers
+                    .get(X_FORWARDED_PROTO.name())
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req);
         let route = snapshot.matched_route(&ctx.routed);
         // Every answer from here on, refusals included, is readable by an allowed origin.
         let cors = route.and_then(|r| r.cors.as_deref());
         ctx.cors_origin = cors.and_then(|c| c.allowed_origin(req));
         // Client certificates are checked before anything but the HTTPS redirect answers.
-        if let Some(policy) = snapshot.client_auth(&ctx.routed).filter(|_| ctx.https || !ctx.routed.redirect_to_https) {
-            let connection = session.digest().and_then(|d| d.ssl_digest.as_ref()).and_then(|d| d.extension.get::<ConnectionCertificate>());
+        if let Some(policy) = snapshot
+            .client_auth(&ctx.routed)
+            .filter(|_| ctx.https || !ctx.routed.redirect_to_https)
+        {
+            let connection = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|d| d.extension.get::<ConnectionCertificate>());
             match policy.check(ctx.tls, connection) {
                 Ok(headers) => ctx.auth_headers.extend(headers.0),
                 Err(refused) => {
                     ctx.refusal = Some(Refusal::ClientCertificate);
                     return Some(match refused {
                         Refused::BadCertificate => Answer::page(400),
-                        Refused::Redirect(location) => Answer::Redirect { status: 302, location },
+                        Refused::Redirect(location) => Answer::Redirect {
+                            status: 302,
+                            location,
+                        },
                         Refused::Forbidden => Answer::page(403),
                         Refused::Misdirected => Answer::page(421),
                     });
@@ -166,7 +201,11 @@ impl IngressProxy {
                     ctx.refusal = Some(Refusal::RateLimit);
                     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                     let headers = vec![(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))];
-                    return Some(Answer::Page { status: self.limit_status, headers, close: false });
+                    return Some(Answer::Page {
+                        status: self.limit_status,
+                        headers,
+                        close: false,
+                    });
                 }
             }
         }
@@ -177,14 +216,31 @@ impl IngressProxy {
             }
         }
         // A body declared larger than the route takes is refused before anything goes upstream.
-        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.zip(snapshot.max_body_bytes(&ctx.routed)).is_some_and(|(declared, limit)| declared > limit) {
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared
+            .zip(snapshot.max_body_bytes(&ctx.routed))
+            .is_some_and(|(declared, limit)| declared > limit)
+        {
             ctx.refusal = Some(Refusal::BodyTooLarge);
             return Some(Answer::page(413));
         }
-        if let Some(target) = route.and_then(|r| r.rewrite.as_deref()).and_then(|r| r.target.as_deref()) {
-            let captures = route.and_then(|r| r.path_regex.as_ref()).and_then(|re| re.captures(req.uri.path()));
-            match upstream_path(target, captures.as_ref(), req.uri.query(), self.allow_encoded_slashes) {
+        if let Some(target) = route
+            .and_then(|r| r.rewrite.as_deref())
+            .and_then(|r| r.target.as_deref())
+        {
+            let captures = route
+                .and_then(|r| r.path_regex.as_ref())
+                .and_then(|re| re.captures(req.uri.path()));
+            match upstream_path(
+                target,
+                captures.as_ref(),
+                req.uri.query(),
+                self.allow_encoded_slashes,
+            ) {
                 Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
                 Err(why) => {
                     tracing::debug!(?why, target, "rewritten path refused");
@@ -210,7 +266,11 @@ impl IngressProxy {
             None => normal,
         };
         let mut parts = uri.clone().into_parts();
-        parts.path_and_query = Some(path_and_query.parse().map_err(|e| format!("normalised path: {e}"))?);
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .map_err(|e| format!("normalised path: {e}"))?,
+        );
         let uri = http::Uri::from_parts(parts).map_err(|e| format!("normalised path: {e}"))?;
         session.req_header_mut().set_uri(uri);
         Ok(())
@@ -219,17 +279,35 @@ impl IngressProxy {
     /// HTTP→HTTPS, then the route's own redirects (`permanent-redirect`, `app-root`...),
     /// which answer before access control, as nginx's `return` does. ACME HTTP-01
     /// challenges are never sent to HTTPS.
-    fn redirect(&self, req: &RequestHeader, ctx: &RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+    fn redirect(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        snapshot: &CompiledSnapshot,
+    ) -> Option<Answer> {
         let route = snapshot.matched_route(&ctx.routed);
-        if ctx.routed.redirect_to_https && !ctx.https && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
+        if ctx.routed.redirect_to_https
+            && !ctx.https
+            && !req.uri.path().starts_with(ACME_CHALLENGE_PREFIX)
+        {
             // A trusted proxy in front names the host the client asked for.
-            let forwarded = ctx.trusted.then(|| req.headers.get(X_FORWARDED_HOST.name()).and_then(|v| v.to_str().ok())).flatten();
+            let forwarded = ctx
+                .trusted
+                .then(|| {
+                    req.headers
+                        .get(X_FORWARDED_HOST.name())
+                        .and_then(|v| v.to_str().ok())
+                })
+                .flatten();
             let host = forwarded.unwrap_or_else(|| request_host(req));
             let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
             let keep_slash = route.is_some_and(|r| r.preserve_trailing_slash);
             let location = https_location(host, path, self.https_redirect_port, keep_slash);
             return Some(match location.and_then(|l| HeaderValue::try_from(l).ok()) {
-                Some(location) => Answer::Redirect { status: 308, location },
+                Some(location) => Answer::Redirect {
+                    status: 308,
+                    location,
+                },
                 None => Answer::page(400),
             });
         }
@@ -238,7 +316,15 @@ impl IngressProxy {
         let (status, location) = match (&rw.redirect, &rw.app_root) {
             (Some(r), _) => {
                 let host = redirect_host(request_host(req)).unwrap_or("");
-                (r.code, redirect_location(&r.target, if ctx.https { "https" } else { "http" }, host, request_uri))
+                (
+                    r.code,
+                    redirect_location(
+                        &r.target,
+                        if ctx.https { "https" } else { "http" },
+                        host,
+                        request_uri,
+                    ),
+                )
             }
             (None, Some(root)) if req.uri.path() == "/" => (302, root.clone()),
             _ => return None,
@@ -251,12 +337,21 @@ impl IngressProxy {
 
     /// Source ranges, then credentials: bearer JWTs, basic auth, and the external auth
     /// service. A refusal comes with its reason, for metrics.
-    async fn check_access(&self, session: &Session, ctx: &mut RequestCtx, access: &CompiledAccess) -> Option<(Answer, Refusal)> {
+    async fn check_access(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        access: &CompiledAccess,
+    ) -> Option<(Answer, Refusal)> {
         let req = session.req_header();
-        let client = (access.checks_sources() || access.external.is_some()).then(|| self.client(session)).flatten();
+        let client = (access.checks_sources() || access.external.is_some())
+            .then(|| self.client(session))
+            .flatten();
         let verdict = access.check(client, req);
         if let (Verdict::Allow | Verdict::AskExternal, Some(jwt)) = (&verdict, &access.jwt) {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let verified = match jwt.jwks_url() {
                 None => jwt.verify(req, now),
                 Some(url) => match self.jwks.verify(jwt, url, req, now).await {
@@ -269,30 +364,59 @@ impl IngressProxy {
                 Err(why) => {
                     tracing::debug!(why, "bearer token refused");
                     let challenge = vec![(header::WWW_AUTHENTICATE, jwt::challenge(why))];
-                    return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::Jwt));
+                    return Some((
+                        Answer::Page {
+                            status: 401,
+                            headers: challenge,
+                            close: false,
+                        },
+                        Refusal::Jwt,
+                    ));
                 }
             }
         }
         let (status, why) = match (verdict, &access.external) {
             (Verdict::Allow, _) => return None,
             (Verdict::AskExternal, Some(external)) => {
-                let original = OriginalRequest { req, host: request_host(req), https: ctx.https, client };
+                let original = OriginalRequest {
+                    req,
+                    host: request_host(req),
+                    https: ctx.https,
+                    client,
+                };
                 match external.ask(&self.auth_connector, &original).await {
-                    AuthAnswer::Allow { upstream_headers, cookies } => {
+                    AuthAnswer::Allow {
+                        upstream_headers,
+                        cookies,
+                    } => {
                         ctx.auth_headers.extend(upstream_headers);
                         ctx.auth_cookies = cookies;
                         ctx.auth_cookies_always = external.always_set_cookie();
                         return None;
                     }
                     AuthAnswer::Deny { status, headers } => {
-                        return Some((Answer::Page { status, headers, close: false }, Refusal::ExternalAuth))
+                        return Some((
+                            Answer::Page {
+                                status,
+                                headers,
+                                close: false,
+                            },
+                            Refusal::ExternalAuth,
+                        ))
                     }
                     AuthAnswer::Failed => (500, Refusal::ExternalAuth),
                 }
             }
             (Verdict::Unauthorized(challenge), _) => {
                 let challenge = vec![(header::WWW_AUTHENTICATE, challenge)];
-                return Some((Answer::Page { status: 401, headers: challenge, close: false }, Refusal::BasicAuth));
+                return Some((
+                    Answer::Page {
+                        status: 401,
+                        headers: challenge,
+                        close: false,
+                    },
+                    Refusal::BasicAuth,
+                ));
             }
             (Verdict::Forbidden, _) => (403, Refusal::SourceRange),
             _ => (503, Refusal::PolicyUnavailable),
@@ -325,7 +449,12 @@ mod tests {
     }
 
     /// A name, the request's version and headers, and the problem expected.
-    type FramingCase<'a> = (&'a str, http::Version, &'a [(&'a str, &'a str)], Option<&'a str>);
+    type FramingCase<'a> = (
+        &'a str,
+        http::Version,
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+    );
 
     #[test]
     fn requests_that_could_be_framed_two_ways_are_found() {
@@ -346,10 +475,17 @@ mod tests {
             ("h2 frames its own", Version::HTTP_2, &[("content-length", "1"), ("content-length", "2")], None),
         ];
         for (case, version, headers, expected) in cases {
-            assert_eq!(framing_problem(&request(*version, headers), None), *expected, "{case}");
+            assert_eq!(
+                framing_problem(&request(*version, headers), None),
+                *expected,
+                "{case}"
+            );
         }
         let bare = request(http::Version::HTTP_11, &[]);
-        assert_eq!(framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")), Some("a line ended by a bare LF"));
+        assert_eq!(
+            framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")),
+            Some("a line ended by a bare LF")
+        );
     }
 
     #[test]
@@ -368,13 +504,20 @@ mod tests {
             ("", "/", 443, false, None),
         ];
         for (host, path, port, keep_slash, expected) in cases {
-            assert_eq!(https_location(host, path, *port, *keep_slash).as_deref(), *expected, "{host} {path}");
+            assert_eq!(
+                https_location(host, path, *port, *keep_slash).as_deref(),
+                *expected,
+                "{host} {path}"
+            );
         }
     }
 
     #[test]
     fn header_limits_count_the_line_and_every_field() {
-        let limits = HeaderLimits { max_bytes: 64, max_fields: 2 };
+        let limits = HeaderLimits {
+            max_bytes: 64,
+            max_fields: 2,
+        };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.append_header("a", "1").unwrap();
         req.append_header("b", "2").unwrap();
@@ -383,6 +526,9 @@ mod tests {
         assert_eq!(limits.exceeded_by(&req), Some("too many header fields"));
         let mut long = RequestHeader::build("GET", b"/", None).unwrap();
         long.append_header("a", "x".repeat(60)).unwrap();
-        assert_eq!(limits.exceeded_by(&long), Some("request header larger than the limit"));
+        assert_eq!(
+            limits.exceeded_by(&long),
+            Some("request header larger than the limit")
+        );
     }
 }

@@ -34,7 +34,9 @@ impl RequestCtx {
     /// Counts a failed attempt in its backend's metrics: a timeout, a connection that
     /// could not be made, and whether another endpoint is tried.
     pub(super) fn count_failure(&self, failure: Failure, stage: Stage, retried: bool) {
-        let Some(series) = self.backend_series() else { return };
+        let Some(series) = self.backend_series() else {
+            return;
+        };
         match (failure, stage) {
             (Failure::Timeout, _) => series.timeouts.inc(),
             (Failure::Error, Stage::Connecting) => series.connect_errors.inc(),
@@ -66,9 +68,17 @@ impl RequestCtx {
 
     /// Whether a failed attempt (already set aside) may be followed by another.
     pub(super) fn may_retry(&self, failure: Failure) -> bool {
-        let Some(pool) = self.pool() else { return false };
+        let Some(pool) = self.pool() else {
+            return false;
+        };
         let since_first = self.first_attempt.map(|t| t.elapsed());
-        retry_allowed(&pool.retry, failure, self.tried.len(), pool.balancer.len(), since_first)
+        retry_allowed(
+            &pool.retry,
+            failure,
+            self.tried.len(),
+            pool.balancer.len(),
+            since_first,
+        )
     }
 }
 
@@ -76,9 +86,10 @@ impl RequestCtx {
 /// did not answer in time. Those count against its health and may be retried.
 pub(super) fn endpoint_failure(e: &Error) -> Option<Failure> {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            Some(Failure::Timeout)
-        }
+        ErrorType::ConnectTimedout
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout => Some(Failure::Timeout),
         ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
@@ -93,14 +104,21 @@ pub(super) fn endpoint_failure(e: &Error) -> Option<Failure> {
 /// `proxy-next-upstream`: whether `failure` is one the policy retries, another attempt
 /// is left (`tries` counts the first; there are never more attempts than endpoints), and
 /// `proxy-next-upstream-timeout` has not run out since the first attempt.
-fn retry_allowed(policy: &RetryPolicy, failure: Failure, tried: usize, endpoints: usize, since_first: Option<Duration>) -> bool {
+fn retry_allowed(
+    policy: &RetryPolicy,
+    failure: Failure,
+    tried: usize,
+    endpoints: usize,
+    since_first: Option<Duration>,
+) -> bool {
     let wanted = match failure {
         Failure::Error => policy.on_error,
         Failure::Timeout => policy.on_timeout,
         Failure::Status(code) => policy.on_status.contains(&code),
     };
     let attempts_left = (tried as u64) < u64::from(policy.tries).min(endpoints as u64);
-    let in_time = policy.timeout_ms == 0 || since_first.is_some_and(|t| t.as_millis() < u128::from(policy.timeout_ms));
+    let in_time = policy.timeout_ms == 0
+        || since_first.is_some_and(|t| t.as_millis() < u128::from(policy.timeout_ms));
     wanted && attempts_left && in_time
 }
 
@@ -114,13 +132,32 @@ impl IngressProxy {
     /// Whether a request goes to its route's canary: a client pinned to the primary stays
     /// there, one pinned to a sticky canary stays there, and the canary's rules decide
     /// for everyone else.
-    fn takes_canary(&self, snapshot: &CompiledSnapshot, routed: &Routed, req: &RequestHeader) -> bool {
-        let Some(route) = snapshot.matched_route(routed) else { return false };
-        let Some(canary) = &route.canary else { return false };
-        if route.affinity.as_deref().is_some_and(|a| self.sessions.pinned(a, req, route.pool.affinity_parts()).is_some()) {
+    fn takes_canary(
+        &self,
+        snapshot: &CompiledSnapshot,
+        routed: &Routed,
+        req: &RequestHeader,
+    ) -> bool {
+        let Some(route) = snapshot.matched_route(routed) else {
+            return false;
+        };
+        let Some(canary) = &route.canary else {
+            return false;
+        };
+        if route.affinity.as_deref().is_some_and(|a| {
+            self.sessions
+                .pinned(a, req, route.pool.affinity_parts())
+                .is_some()
+        }) {
             return false;
         }
-        if canary.sticky && canary.affinity.as_ref().is_some_and(|a| self.sessions.pinned(a, req, canary.pool.affinity_parts()).is_some()) {
+        if canary.sticky
+            && canary.affinity.as_ref().is_some_and(|a| {
+                self.sessions
+                    .pinned(a, req, canary.pool.affinity_parts())
+                    .is_some()
+            })
+        {
             return true;
         }
         canary.takes(req)
@@ -128,12 +165,20 @@ impl IngressProxy {
 
     /// The first endpoint for a request: by its affinity cookie where the side has
     /// affinity, else by the balancer.
-    fn first_endpoint(&self, snapshot: &CompiledSnapshot, pool: &BackendPool, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
+    fn first_endpoint(
+        &self,
+        snapshot: &CompiledSnapshot,
+        pool: &BackendPool,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<usize> {
         match snapshot.affinity(&ctx.routed) {
             None => pool.balancer.pick(&ctx.hash_key, &[]),
             Some(a) => {
                 ctx.pin = self.sessions.pinned(a, req, pool.affinity_parts());
-                let (index, issue) = self.sessions.choose(a.mode, ctx.pin, &pool.balancer, &ctx.hash_key, &[])?;
+                let (index, issue) =
+                    self.sessions
+                        .choose(a.mode, ctx.pin, &pool.balancer, &ctx.hash_key, &[])?;
                 ctx.issue = issue;
                 Some(index)
             }
@@ -142,13 +187,27 @@ impl IngressProxy {
 
     /// The endpoint for a retry: another one. A client that was given a cookie for the
     /// failed endpoint, or whose route re-pins on failure, is pinned to the new one.
-    fn retry_endpoint(&self, snapshot: &CompiledSnapshot, pool: &BackendPool, ctx: &mut RequestCtx) -> Option<usize> {
+    fn retry_endpoint(
+        &self,
+        snapshot: &CompiledSnapshot,
+        pool: &BackendPool,
+        ctx: &mut RequestCtx,
+    ) -> Option<usize> {
         match snapshot.affinity(&ctx.routed) {
             None => pool.balancer.pick(&ctx.hash_key, &ctx.tried),
             Some(a) => {
-                let (index, _) = self.sessions.choose(a.mode, ctx.pin.or(ctx.issue), &pool.balancer, &ctx.hash_key, &ctx.tried)?;
+                let (index, _) = self.sessions.choose(
+                    a.mode,
+                    ctx.pin.or(ctx.issue),
+                    &pool.balancer,
+                    &ctx.hash_key,
+                    &ctx.tried,
+                )?;
                 if a.change_on_failure || ctx.issue.is_some() {
-                    ctx.issue = self.sessions.pin_for(a.mode, &pool.balancer, index).or(ctx.issue);
+                    ctx.issue = self
+                        .sessions
+                        .pin_for(a.mode, &pool.balancer, index)
+                        .or(ctx.issue);
                 }
                 Some(index)
             }
@@ -157,23 +216,37 @@ impl IngressProxy {
 
     /// Which side of a canary, and the first endpoint: 404 when nothing routes, 503 when
     /// no endpoint is left.
-    pub(super) fn first_attempt(&self, session: &Session, ctx: &mut RequestCtx, snapshot: &CompiledSnapshot) -> Option<Answer> {
+    pub(super) fn first_attempt(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        snapshot: &CompiledSnapshot,
+    ) -> Option<Answer> {
         let req = session.req_header();
         if self.takes_canary(snapshot, &ctx.routed, req) {
             ctx.routed.side = Side::Canary;
         }
-        let Some(mut pool) = snapshot.pool(&ctx.routed) else { return Some(Answer::page(404)) };
+        let Some(mut pool) = snapshot.pool(&ctx.routed) else {
+            return Some(Answer::page(404));
+        };
         if let Some(key) = &pool.hash_key {
             build_hash_key(key, req, super::peer_ip(session), &mut ctx.hash_key);
         }
         let mut index = self.first_endpoint(snapshot, pool, req, ctx);
         // `default-backend`: the route's backend has no endpoint to offer.
-        if let (None, Some(fallback)) = (index, snapshot.matched_route(&ctx.routed).and_then(|r| r.fallback.as_ref())) {
+        if let (None, Some(fallback)) = (
+            index,
+            snapshot
+                .matched_route(&ctx.routed)
+                .and_then(|r| r.fallback.as_ref()),
+        ) {
             ctx.routed.side = Side::Fallback;
             pool = fallback;
             index = pool.balancer.pick(b"", &[]);
         }
-        let Some(index) = index else { return Some(Answer::page(503)) };
+        let Some(index) = index else {
+            return Some(Answer::page(503));
+        };
         ctx.attempt = Some(pool.balancer.start(index));
         None
     }
@@ -182,16 +255,22 @@ impl IngressProxy {
     pub(super) fn peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.first_attempt.get_or_insert_with(Instant::now);
         let snapshot = ctx.snapshot.clone();
-        let Some((snapshot, pool)) = snapshot.as_ref().and_then(|s| Some((s, s.pool(&ctx.routed)?))) else {
-            return Err(Error::explain(ErrorType::InternalError, "no backend routed"));
+        let Some((snapshot, pool)) = snapshot
+            .as_ref()
+            .and_then(|s| Some((s, s.pool(&ctx.routed)?)))
+        else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no backend routed",
+            ));
         };
         // A retry: the failed endpoint is in `tried`; pick another.
         let index = match &ctx.attempt {
             Some(a) => a.index,
             None => {
-                let index = self
-                    .retry_endpoint(snapshot, pool, ctx)
-                    .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no endpoint left"))?;
+                let index = self.retry_endpoint(snapshot, pool, ctx).ok_or_else(|| {
+                    Error::explain(ErrorType::HTTPStatus(503), "no endpoint left")
+                })?;
                 ctx.attempt = Some(pool.balancer.start(index));
                 index
             }
@@ -216,7 +295,12 @@ pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Err
 
 /// The attempt failed while proxying. A request that may have been acted on is never
 /// sent twice: only one `safe_to_repeat` is retried.
-pub(super) fn proxy_failed(ctx: &mut RequestCtx, mut e: Box<Error>, safe: bool, client_reused: bool) -> Box<Error> {
+pub(super) fn proxy_failed(
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+    safe: bool,
+    client_reused: bool,
+) -> Box<Error> {
     if ctx.retrying_status {
         // `retry_on_status` already decided, and moved on from that endpoint.
         ctx.retrying_status = false;
@@ -248,7 +332,10 @@ pub(super) fn retry_on_status(ctx: &mut RequestCtx, status: u16, safe: bool) -> 
     }
     ctx.count_failure(Failure::Status(status), Stage::Proxying, true);
     ctx.retrying_status = true;
-    let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream status listed in proxy-next-upstream");
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        "upstream status listed in proxy-next-upstream",
+    );
     e.set_retry(true);
     Some(e)
 }
@@ -257,13 +344,33 @@ pub(super) fn retry_on_status(ctx: &mut RequestCtx, status: u16, safe: bool) -> 
 mod tests {
     use super::*;
 
-    fn policy(on_error: bool, on_timeout: bool, on_status: &[u16], tries: u32, timeout_ms: u64) -> RetryPolicy {
-        RetryPolicy { on_error, on_timeout, on_status: on_status.to_vec(), tries, timeout_ms }
+    fn policy(
+        on_error: bool,
+        on_timeout: bool,
+        on_status: &[u16],
+        tries: u32,
+        timeout_ms: u64,
+    ) -> RetryPolicy {
+        RetryPolicy {
+            on_error,
+            on_timeout,
+            on_status: on_status.to_vec(),
+            tries,
+            timeout_ms,
+        }
     }
 
     /// A name, the policy, the failure, attempts set aside, endpoints, time since the first
     /// attempt, and whether another attempt is expected.
-    type RetryCase<'a> = (&'a str, &'a RetryPolicy, Failure, usize, usize, Option<Duration>, bool);
+    type RetryCase<'a> = (
+        &'a str,
+        &'a RetryPolicy,
+        Failure,
+        usize,
+        usize,
+        Option<Duration>,
+        bool,
+    );
 
     #[test]
     fn retries_follow_proxy_next_upstream() {
@@ -287,17 +394,39 @@ mod tests {
             ("past the timeout", &policy(true, true, &[], 3, 100), Failure::Error, 1, 3, Some(ms(100)), false),
         ];
         for (case, policy, failure, tried, endpoints, since_first, expected) in cases {
-            assert_eq!(retry_allowed(policy, *failure, *tried, *endpoints, *since_first), *expected, "{case}");
+            assert_eq!(
+                retry_allowed(policy, *failure, *tried, *endpoints, *since_first),
+                *expected,
+                "{case}"
+            );
         }
     }
 
     #[test]
     fn endpoint_failures_are_told_from_other_errors() {
-        assert_eq!(endpoint_failure(&Error::new(ErrorType::ConnectTimedout)), Some(Failure::Timeout));
-        assert_eq!(endpoint_failure(&Error::new(ErrorType::ReadTimedout)), Some(Failure::Timeout));
-        assert_eq!(endpoint_failure(&Error::new(ErrorType::ConnectRefused)), Some(Failure::Error));
-        assert_eq!(endpoint_failure(&Error::new_up(ErrorType::InvalidHTTPHeader)), Some(Failure::Error));
-        assert_eq!(endpoint_failure(&Error::new(ErrorType::InvalidHTTPHeader)), None);
-        assert_eq!(endpoint_failure(&Error::new(ErrorType::HTTPStatus(413))), None);
+        assert_eq!(
+            endpoint_failure(&Error::new(ErrorType::ConnectTimedout)),
+            Some(Failure::Timeout)
+        );
+        assert_eq!(
+            endpoint_failure(&Error::new(ErrorType::ReadTimedout)),
+            Some(Failure::Timeout)
+        );
+        assert_eq!(
+            endpoint_failure(&Error::new(ErrorType::ConnectRefused)),
+            Some(Failure::Error)
+        );
+        assert_eq!(
+            endpoint_failure(&Error::new_up(ErrorType::InvalidHTTPHeader)),
+            Some(Failure::Error)
+        );
+        assert_eq!(
+            endpoint_failure(&Error::new(ErrorType::InvalidHTTPHeader)),
+            None
+        );
+        assert_eq!(
+            endpoint_failure(&Error::new(ErrorType::HTTPStatus(413))),
+            None
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! what external auth vouched for.
 
 use super::context::RequestCtx;
-use super::{IngressProxy, TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID};
+use super::{
+    IngressProxy, TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
+    X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+};
 use crate::telemetry::trace_context::{self, TraceContext};
 use http::header::{self, HeaderValue};
 use pingora::http::PreparedHeaderName;
@@ -22,32 +25,52 @@ impl IngressProxy {
         if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
             req.insert_prepared_header(&X_REQUEST_ID, trace_context::new_request_id())?;
         }
-        let trace =
-            TraceContext::continue_or_start(req.headers.get(TRACEPARENT.name()).map(HeaderValue::as_bytes), self.trace_sample_ratio);
+        let trace = TraceContext::continue_or_start(
+            req.headers
+                .get(TRACEPARENT.name())
+                .map(HeaderValue::as_bytes),
+            self.trace_sample_ratio,
+        );
         req.insert_prepared_header(&TRACEPARENT, trace.traceparent())?;
         ctx.trace = Some(trace);
         Ok(())
     }
 
     /// Turns the request Pingora copied for the upstream into the one Portico sends.
-    pub(super) fn forward(&self, session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    pub(super) fn forward(
+        &self,
+        session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
         let peer = super::peer_ip(session);
         let trusted = ctx.trusted;
         let peer_value = peer.map_or(HeaderValue::from_static(""), ip_header_value);
 
         upstream.reserve_headers(FORWARDING_HEADERS)?;
-        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR.name()).and_then(|v| v.to_str().ok()) {
-            Some(prior) if trusted && !prior.is_empty() => HeaderValue::try_from(format!("{prior}, {}", peer_value.to_str().unwrap_or("")))
-                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
+        let forwarded_for = match upstream
+            .headers
+            .get(X_FORWARDED_FOR.name())
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) if trusted && !prior.is_empty() => {
+                HeaderValue::try_from(format!("{prior}, {}", peer_value.to_str().unwrap_or("")))
+                    .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?
+            }
             _ => peer_value.clone(),
         };
         upstream.insert_prepared_header(&X_FORWARDED_FOR, forwarded_for)?;
         upstream.insert_prepared_header(&X_REAL_IP, peer_value)?;
 
         // From a trusted proxy, what it says about the original request stands.
-        let keep = |upstream: &RequestHeader, name: &PreparedHeaderName| trusted && upstream.headers.contains_key(name.name());
+        let keep = |upstream: &RequestHeader, name: &PreparedHeaderName| {
+            trusted && upstream.headers.contains_key(name.name())
+        };
         if !keep(upstream, &X_FORWARDED_PROTO) {
-            upstream.insert_prepared_header(&X_FORWARDED_PROTO, HeaderValue::from_static(if ctx.tls { "https" } else { "http" }))?;
+            upstream.insert_prepared_header(
+                &X_FORWARDED_PROTO,
+                HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+            )?;
         }
         if !keep(upstream, &X_FORWARDED_HOST) {
             // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`, whose value is
@@ -58,7 +81,9 @@ impl IngressProxy {
                 None => req.headers.get(header::HOST).cloned(),
             };
             match host {
-                Some(host) if !host.is_empty() => upstream.insert_prepared_header(&X_FORWARDED_HOST, host)?,
+                Some(host) if !host.is_empty() => {
+                    upstream.insert_prepared_header(&X_FORWARDED_HOST, host)?
+                }
                 _ => {
                     upstream.remove_header(X_FORWARDED_HOST.name());
                 }
@@ -66,8 +91,15 @@ impl IngressProxy {
         }
         if let Some(path_and_query) = &ctx.upstream_path {
             let mut parts = upstream.uri.clone().into_parts();
-            parts.path_and_query = Some(path_and_query.parse().map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
-            upstream.set_uri(http::Uri::from_parts(parts).map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?);
+            parts.path_and_query = Some(
+                path_and_query
+                    .parse()
+                    .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
+            );
+            upstream.set_uri(
+                http::Uri::from_parts(parts)
+                    .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
+            );
         }
         let route = ctx.route();
         if let Some(rw) = route.and_then(|r| r.rewrite.as_deref()) {
@@ -91,7 +123,11 @@ impl IngressProxy {
             }
         }
         if !keep(upstream, &X_FORWARDED_PORT) {
-            if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+            if let Some(port) = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port())
+            {
                 upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;
             }
         }

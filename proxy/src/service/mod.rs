@@ -72,7 +72,10 @@ fn is_tls(session: &Session) -> bool {
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 impl IngressProxy {
@@ -82,7 +85,11 @@ impl IngressProxy {
 
     /// The client's address, as `forwarded::client_address` tells it.
     fn client(&self, session: &Session) -> Option<IpAddr> {
-        let forwarded_for = session.req_header().headers.get(X_FORWARDED_FOR.name()).and_then(|v| v.to_str().ok());
+        let forwarded_for = session
+            .req_header()
+            .headers
+            .get(X_FORWARDED_FOR.name())
+            .and_then(|v| v.to_str().ok());
         forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
     }
 }
@@ -115,11 +122,21 @@ impl ProxyHttp for IngressProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         self.peer(ctx)
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Self::CTX, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        e: Box<Error>,
+    ) -> Box<Error> {
         attempt::connect_failed(ctx, e)
     }
 
@@ -134,7 +151,11 @@ impl ProxyHttp for IngressProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(series) = ctx.backend_series() {
-            let used = if reused { &series.reused_connections } else { &series.new_connections };
+            let used = if reused {
+                &series.reused_connections
+            } else {
+                &series.new_connections
+            };
             used.inc();
         }
         Ok(())
@@ -152,7 +173,12 @@ impl ProxyHttp for IngressProxy {
         attempt::proxy_failed(ctx, e, attempt::safe_to_repeat(session), client_reused)
     }
 
-    async fn upstream_response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
         self.upstream_answered(session, response, ctx).await
     }
 
@@ -171,21 +197,45 @@ impl ProxyHttp for IngressProxy {
         Ok(None)
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Self::CTX) -> Result<()> {
-        if let (Some(chunk), Some(limit)) = (body.as_ref(), ctx.snapshot.as_ref().and_then(|s| s.max_body_bytes(&ctx.routed))) {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(limit)) = (
+            body.as_ref(),
+            ctx.snapshot
+                .as_ref()
+                .and_then(|s| s.max_body_bytes(&ctx.routed)),
+        ) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
-                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body larger than the route allows"));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than the route allows",
+                ));
             }
         }
         Ok(())
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Self::CTX) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
         self.forward(session, upstream, ctx)
     }
 
-    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
         self.decorate(session.req_header(), ctx, response, Made::Upstream)
     }
 
@@ -194,22 +244,40 @@ impl ProxyHttp for IngressProxy {
         ctx.error_page_sent
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         if ctx.error_page_sent {
             // The client has its whole answer; only this connection's state is unknown.
-            return FailToProxy { error_code: session.response_written().map_or(0, |r| r.status.as_u16()), can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: session.response_written().map_or(0, |r| r.status.as_u16()),
+                can_reuse_downstream: false,
+            };
         }
         let error_code = self.answer_failure(session, e, ctx).await;
-        FailToProxy { error_code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.finish_attempt(e.and_then(attempt::endpoint_failure).is_some());
-        let Some(snapshot) = ctx.snapshot.clone() else { return };
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return;
+        };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let series = snapshot.series(&ctx.routed);
         let elapsed = ctx.started.map_or(Duration::ZERO, |(t, _)| t.elapsed());
-        series.record(status, elapsed, session.body_bytes_read(), session.body_bytes_sent());
+        series.record(
+            status,
+            elapsed,
+            session.body_bytes_read(),
+            session.body_bytes_sent(),
+        );
         if let Some(why) = ctx.refusal {
             series.refused(why);
         }

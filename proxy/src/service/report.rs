@@ -12,14 +12,27 @@ use pingora::prelude::*;
 
 impl IngressProxy {
     /// Writes the request's access log line and exports its span, when those are on.
-    pub(super) fn report(&self, session: &Session, ctx: &RequestCtx, status: u16, labels: &RouteLabels) {
-        let Some((started, started_at)) = ctx.started else { return };
+    pub(super) fn report(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        status: u16,
+        labels: &RouteLabels,
+    ) {
+        let Some((started, started_at)) = ctx.started else {
+            return;
+        };
         let sampled = ctx.trace.filter(|t| t.sampled && self.spans.is_some());
         if self.access_log.is_none() && sampled.is_none() {
             return;
         }
         let req = session.req_header();
-        let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let header = |name: header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
         let protocol = match req.version {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_2 => "HTTP/2.0",
@@ -27,7 +40,11 @@ impl IngressProxy {
         };
         let elapsed = started.elapsed();
         let client = self.client(session);
-        let request_id = req.headers.get(X_REQUEST_ID.name()).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let request_id = req
+            .headers
+            .get(X_REQUEST_ID.name())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if let Some(log) = &self.access_log {
             let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
             log.write(&access_log::Entry {
@@ -51,36 +68,74 @@ impl IngressProxy {
                 trace_id: &trace_id,
                 user_agent: header(header::USER_AGENT),
                 referer: header(header::REFERER),
-                tls_version: session.digest().and_then(|d| d.ssl_digest.as_ref()).map_or("", |d| &d.version),
+                tls_version: session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .map_or("", |d| &d.version),
             });
         }
         if let (Some(exporter), Some(context)) = (&self.spans, sampled) {
             let route = labels.path();
             let mut attributes = vec![
-                ("http.request.method", Attribute::Text(req.method.to_string())),
+                (
+                    "http.request.method",
+                    Attribute::Text(req.method.to_string()),
+                ),
                 ("url.path", Attribute::Text(req.uri.path().to_string())),
-                ("server.address", Attribute::Text(request_host(req).to_string())),
-                ("network.protocol.version", Attribute::Text(protocol.trim_start_matches("HTTP/").to_string())),
-                ("http.response.status_code", Attribute::Int(i64::from(status))),
+                (
+                    "server.address",
+                    Attribute::Text(request_host(req).to_string()),
+                ),
+                (
+                    "network.protocol.version",
+                    Attribute::Text(protocol.trim_start_matches("HTTP/").to_string()),
+                ),
+                (
+                    "http.response.status_code",
+                    Attribute::Int(i64::from(status)),
+                ),
             ];
             if let Some(client) = client {
                 attributes.push(("client.address", Attribute::Text(client.to_string())));
             }
             if !route.is_empty() {
                 attributes.push(("http.route", Attribute::Text(route.to_string())));
-                attributes.push(("portico.ingress", Attribute::Text(format!("{}/{}", labels.namespace(), labels.ingress()))));
+                attributes.push((
+                    "portico.ingress",
+                    Attribute::Text(format!("{}/{}", labels.namespace(), labels.ingress())),
+                ));
             }
             if !labels.service().is_empty() {
-                attributes.push(("portico.service", Attribute::Text(labels.service().to_string())));
+                attributes.push((
+                    "portico.service",
+                    Attribute::Text(labels.service().to_string()),
+                ));
             }
             if let Some(addr) = ctx.upstream_addr {
-                attributes.push(("portico.upstream.address", Attribute::Text(addr.to_string())));
+                attributes.push((
+                    "portico.upstream.address",
+                    Attribute::Text(addr.to_string()),
+                ));
             }
             if !request_id.is_empty() {
-                attributes.push(("portico.request_id", Attribute::Text(request_id.to_string())));
+                attributes.push((
+                    "portico.request_id",
+                    Attribute::Text(request_id.to_string()),
+                ));
             }
-            let name = if route.is_empty() { req.method.to_string() } else { format!("{} {route}", req.method) };
-            exporter.export(Span { context, name, start: started_at, end: started_at + elapsed, attributes, error: status >= 500 });
+            let name = if route.is_empty() {
+                req.method.to_string()
+            } else {
+                format!("{} {route}", req.method)
+            };
+            exporter.export(Span {
+                context,
+                name,
+                start: started_at,
+                end: started_at + elapsed,
+                attributes,
+                error: status >= 500,
+            });
         }
     }
 }

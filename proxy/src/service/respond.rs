@@ -33,13 +33,21 @@ pub(super) enum Answer {
 
 impl Answer {
     pub(super) fn page(status: u16) -> Self {
-        Answer::Page { status, headers: Vec::new(), close: false }
+        Answer::Page {
+            status,
+            headers: Vec::new(),
+            close: false,
+        }
     }
 
     /// A page after which the connection is closed, for a request whose end cannot be
     /// trusted.
     pub(super) fn closing(status: u16) -> Self {
-        Answer::Page { status, headers: Vec::new(), close: true }
+        Answer::Page {
+            status,
+            headers: Vec::new(),
+            close: true,
+        }
     }
 }
 
@@ -59,7 +67,13 @@ impl IngressProxy {
     /// policy, `Date`, the request's `X-Request-ID`, HSTS over HTTPS, CORS for an allowed
     /// origin, the auth service's cookies, an affinity cookie, and last the route's own
     /// response header edits.
-    pub(super) fn decorate(&self, req: &RequestHeader, ctx: &RequestCtx, answer: &mut ResponseHeader, made: Made) -> Result<()> {
+    pub(super) fn decorate(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        answer: &mut ResponseHeader,
+        made: Made,
+    ) -> Result<()> {
         // `X-Request-ID`, and the `Connection` and `Date` Pingora writes.
         answer.reserve_headers(3)?;
         if self.hide_server_header {
@@ -77,7 +91,9 @@ impl IngressProxy {
             }
         }
         let route = ctx.route();
-        if let (Some(origin), Some(cors)) = (&ctx.cors_origin, route.and_then(|r| r.cors.as_deref())) {
+        if let (Some(origin), Some(cors)) =
+            (&ctx.cors_origin, route.and_then(|r| r.cors.as_deref()))
+        {
             cors.apply(answer, origin, made == Made::Preflight);
         }
         let success = answer.status.is_success() || answer.status.is_redirection();
@@ -87,8 +103,13 @@ impl IngressProxy {
             }
         }
         if let (Made::Upstream, Some(pin), Some(snapshot)) = (made, ctx.issue, &ctx.snapshot) {
-            let side = snapshot.affinity(&ctx.routed).zip(snapshot.pool(&ctx.routed));
-            if let Some(cookie) = side.and_then(|(a, pool)| self.sessions.set_cookie(a, pin, ctx.https, pool.affinity_parts())) {
+            let side = snapshot
+                .affinity(&ctx.routed)
+                .zip(snapshot.pool(&ctx.routed));
+            if let Some(cookie) = side.and_then(|(a, pool)| {
+                self.sessions
+                    .set_cookie(a, pin, ctx.https, pool.affinity_parts())
+            }) {
                 answer.append_header(header::SET_COOKIE, cookie)?;
             }
         }
@@ -99,9 +120,18 @@ impl IngressProxy {
     }
 
     /// Writes Portico's own answer.
-    pub(super) async fn send(&self, session: &mut Session, ctx: &RequestCtx, answer: Answer) -> Result<()> {
+    pub(super) async fn send(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: Answer,
+    ) -> Result<()> {
         let (mut header, body, made) = match answer {
-            Answer::Page { status, headers, close } => {
+            Answer::Page {
+                status,
+                headers,
+                close,
+            } => {
                 if close {
                     session.set_keepalive(None);
                 }
@@ -111,7 +141,9 @@ impl IngressProxy {
                 }
                 (header, Some(body), Made::Portico)
             }
-            Answer::Redirect { status, location } => (redirect(status, location), None, Made::Portico),
+            Answer::Redirect { status, location } => {
+                (redirect(status, location), None, Made::Portico)
+            }
             Answer::Preflight => (pages::preflight(), None, Made::Preflight),
         };
         self.decorate(session.req_header(), ctx, &mut header, made)?;
@@ -126,7 +158,12 @@ impl IngressProxy {
     /// An upstream's response header arrived: time it, and either let it on, try another
     /// endpoint for a status `proxy-next-upstream` lists, or replace it with the error
     /// backend's page.
-    pub(super) async fn upstream_answered(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    pub(super) async fn upstream_answered(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         strip_hop_by_hop(response);
         let status = response.status.as_u16();
         if let Some(elapsed) = ctx.attempt_started.map(|t| t.elapsed()) {
@@ -135,7 +172,10 @@ impl IngressProxy {
                 series.upstream_duration.observe(elapsed.as_secs_f64());
             }
         }
-        if ctx.pool().is_some_and(|p| p.retry.on_status.contains(&status)) {
+        if ctx
+            .pool()
+            .is_some_and(|p| p.retry.on_status.contains(&status))
+        {
             if let Some(retry) = attempt::retry_on_status(ctx, status, safe_to_repeat(session)) {
                 return Err(retry);
             }
@@ -146,28 +186,49 @@ impl IngressProxy {
     /// `custom-http-errors`: sends the error backend's page for a listed upstream status,
     /// then ends proxying with an error so that the upstream's own answer is dropped.
     /// Without a listed status or a page, the upstream's answer goes on.
-    async fn replace_error_page(&self, session: &mut Session, status: u16, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(pages) = ctx.route().and_then(|r| r.error_pages.as_deref()).filter(|p| p.statuses.contains(&status)) else {
+    async fn replace_error_page(
+        &self,
+        session: &mut Session,
+        status: u16,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(pages) = ctx
+            .route()
+            .and_then(|r| r.error_pages.as_deref())
+            .filter(|p| p.statuses.contains(&status))
+        else {
             return Ok(());
         };
         let req = session.req_header();
-        let Some((mut header, body)) = error_pages::fetch(&self.auth_connector, pages, status, req, request_host(req)).await else {
+        let Some((mut header, body)) =
+            error_pages::fetch(&self.auth_connector, pages, status, req, request_host(req)).await
+        else {
             return Ok(());
         };
         self.decorate(req, ctx, &mut header, Made::Upstream)?;
         session.set_keepalive(None);
         ctx.error_page_sent = true;
         let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(header), head).await?;
+        session
+            .write_response_header(Box::new(header), head)
+            .await?;
         if !head {
             session.write_response_body(Some(body), true).await?;
         }
-        Err(Error::explain(ErrorType::HTTPStatus(status), "answered by the error backend"))
+        Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "answered by the error backend",
+        ))
     }
 
     /// Proxying failed: answers with the status the error stands for (0: the client is
     /// gone, nothing to write), and returns that status.
-    pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &RequestCtx) -> u16 {
+    pub(super) async fn answer_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &RequestCtx,
+    ) -> u16 {
         let code = failure_status(e);
         if code > 0 {
             let (mut header, body) = error_page(code);
@@ -188,7 +249,10 @@ impl IngressProxy {
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ErrorType::ConnectTimedout
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
             if e.esource() == &ErrorSource::Upstream =>
         {
             504
@@ -208,7 +272,8 @@ fn failure_status(e: &Error) -> u16 {
 /// marked here as unique to the request (see `trace_context::unique_per_request`).
 fn echo_request_id(req: &RequestHeader, answer: &mut ResponseHeader) -> Result<()> {
     if let Some(id) = req.headers.get(X_REQUEST_ID.name()) {
-        answer.insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
+        answer
+            .insert_prepared_header(&X_REQUEST_ID, trace_context::unique_per_request(id.clone()))?;
     }
     Ok(())
 }

@@ -58,22 +58,32 @@ impl AccessLog {
         Self::start_on(format, dropped, std::io::stdout())
     }
 
-    fn start_on(format: AccessLogFormat, dropped: IntCounter, out: impl Write + Send + 'static) -> std::io::Result<Self> {
+    fn start_on(
+        format: AccessLogFormat,
+        dropped: IntCounter,
+        out: impl Write + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (queue, lines) = sync_channel::<String>(QUEUE_LINES);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-            while let Ok(line) = lines.recv() {
-                let mut result = out.write_all(line.as_bytes());
-                // Write what else is waiting, then flush once: a burst costs one syscall.
-                while let (Ok(()), Ok(line)) = (&result, lines.try_recv()) {
-                    result = out.write_all(line.as_bytes());
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+                while let Ok(line) = lines.recv() {
+                    let mut result = out.write_all(line.as_bytes());
+                    // Write what else is waiting, then flush once: a burst costs one syscall.
+                    while let (Ok(()), Ok(line)) = (&result, lines.try_recv()) {
+                        result = out.write_all(line.as_bytes());
+                    }
+                    if result.and_then(|()| out.flush()).is_err() {
+                        return; // stdout is gone; the queue fills and lines are counted as dropped
+                    }
                 }
-                if result.and_then(|()| out.flush()).is_err() {
-                    return; // stdout is gone; the queue fills and lines are counted as dropped
-                }
-            }
-        })?;
-        Ok(AccessLog { queue, format, dropped })
+            })?;
+        Ok(AccessLog {
+            queue,
+            format,
+            dropped,
+        })
     }
 
     pub fn write(&self, entry: &Entry) {
@@ -85,7 +95,9 @@ impl AccessLog {
             }
             AccessLogFormat::Text => text_line(entry),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(line) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(line)
+        {
             self.dropped.inc();
         }
     }
@@ -97,8 +109,14 @@ impl AccessLog {
 fn text_line(e: &Entry) -> String {
     let client = e.client.map_or("-".to_string(), |c| c.to_string());
     let upstream = e.upstream_addr.map_or("-".to_string(), |a| a.to_string());
-    let upstream_time = e.upstream_duration.map_or("-".to_string(), |d| format!("{d:.3}"));
-    let query = if e.query.is_empty() { String::new() } else { format!("?{}", escape(e.query)) };
+    let upstream_time = e
+        .upstream_duration
+        .map_or("-".to_string(), |d| format!("{d:.3}"));
+    let query = if e.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", escape(e.query))
+    };
     format!(
         "{client} - - [{}] \"{} {}{query} {}\" {} {} \"{}\" \"{}\" {} {:.3} [{}-{}-{}] {upstream} {upstream_time} {}\n",
         clf_time(e.time),
@@ -164,18 +182,33 @@ fn civil(time: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     let rem = secs % 86_400;
-    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60, since.subsec_millis())
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis(),
+    )
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     let (y, mo, d, h, mi, sec, ms) = civil(*time);
-    s.serialize_str(&format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{ms:03}Z"))
+    s.serialize_str(&format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{ms:03}Z"
+    ))
 }
 
 fn clf_time(time: SystemTime) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let (y, mo, d, h, mi, sec, _) = civil(time);
-    format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{sec:02} +0000", MONTHS[(mo - 1) as usize])
+    format!(
+        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{sec:02} +0000",
+        MONTHS[(mo - 1) as usize]
+    )
 }
 
 #[cfg(test)]
@@ -246,20 +279,39 @@ mod tests {
         let written = Arc::new(Mutex::new(Vec::new()));
         let held = gate.lock().unwrap();
         let dropped = IntCounter::new("dropped", "test").unwrap();
-        let log = AccessLog::start_on(AccessLogFormat::Json, dropped.clone(), Stalled(gate.clone(), written.clone())).unwrap();
+        let log = AccessLog::start_on(
+            AccessLogFormat::Json,
+            dropped.clone(),
+            Stalled(gate.clone(), written.clone()),
+        )
+        .unwrap();
         let started = std::time::Instant::now();
         for _ in 0..QUEUE_LINES + 5_000 {
             log.write(&entry("/x"));
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "writing never waits for the writer");
-        assert!(dropped.get() >= 4_000, "lines beyond the queue are dropped and counted: {}", dropped.get());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writing never waits for the writer"
+        );
+        assert!(
+            dropped.get() >= 4_000,
+            "lines beyond the queue are dropped and counted: {}",
+            dropped.get()
+        );
         drop(held);
         drop(log);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline && written.lock().unwrap().is_empty() {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let first = written.lock().unwrap().split(|b| *b == b'\n').next().map(<[u8]>::to_vec).unwrap();
-        serde_json::from_slice::<serde_json::Value>(&first).expect("queued lines are written once the writer moves");
+        let first = written
+            .lock()
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .next()
+            .map(<[u8]>::to_vec)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&first)
+            .expect("queued lines are written once the writer moves");
     }
 }

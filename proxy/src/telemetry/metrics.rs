@@ -7,7 +7,10 @@
 //! no compiled snapshot holds them any more, so a deleted Ingress leaves no series behind.
 
 use portico_model::HostMatch;
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -26,7 +29,9 @@ pub fn host_label(host: &HostMatch) -> String {
 }
 
 /// Latency buckets from 1 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 const ROUTE_LABELS: [&str; 5] = ["namespace", "ingress", "host", "path", "service"];
 const BACKEND_LABELS: [&str; 3] = ["namespace", "service", "port"];
 
@@ -83,8 +88,17 @@ impl RouteLabels {
     /// `source` is the route's `namespace/name`; `backend` a backend name (`namespace/service:port|...`).
     pub fn new(source: &str, host: &str, path: &str, backend: Option<&str>) -> Self {
         let (namespace, ingress) = source.split_once('/').unwrap_or(("", source));
-        let service = backend.map(BackendLabels::parse).map(|b| b.0[1].clone()).unwrap_or_default();
-        RouteLabels([namespace.into(), ingress.into(), host.into(), path.into(), service])
+        let service = backend
+            .map(BackendLabels::parse)
+            .map(|b| b.0[1].clone())
+            .unwrap_or_default();
+        RouteLabels([
+            namespace.into(),
+            ingress.into(),
+            host.into(),
+            path.into(),
+            service,
+        ])
     }
 
     fn values(&self) -> [&str; 5] {
@@ -156,7 +170,10 @@ impl RouteSeries {
 
     pub fn refused(&self, why: Refusal) {
         let [n, i, h, p, s] = self.labels.values();
-        self.metrics.refusals.with_label_values(&[n, i, h, p, s, why.as_str()]).inc();
+        self.metrics
+            .refusals
+            .with_label_values(&[n, i, h, p, s, why.as_str()])
+            .inc();
     }
 }
 
@@ -169,7 +186,9 @@ impl Drop for RouteSeries {
                 let _ = m.requests.remove_label_values(&[n, i, h, p, s, code]);
             }
             for why in Refusal::ALL {
-                let _ = m.refusals.remove_label_values(&[n, i, h, p, s, why.as_str()]);
+                let _ = m
+                    .refusals
+                    .remove_label_values(&[n, i, h, p, s, why.as_str()]);
             }
             let _ = m.request_duration.remove_label_values(&values);
             let _ = m.request_bytes.remove_label_values(&values);
@@ -182,7 +201,11 @@ impl Drop for RouteSeries {
 /// their series out of the registry), under the lock that registering takes, so that no
 /// new holder can pick up a series being removed. Another snapshot may have registered
 /// the same labels again since the dropped handle's last holder let go: those stay.
-fn forget_if_unheld<L: Eq + std::hash::Hash, T>(live: &Mutex<HashMap<L, Weak<T>>>, labels: &L, remove: impl FnOnce()) {
+fn forget_if_unheld<L: Eq + std::hash::Hash, T>(
+    live: &Mutex<HashMap<L, Weak<T>>>,
+    labels: &L,
+    remove: impl FnOnce(),
+) {
     let Ok(mut live) = live.lock() else { return };
     if live.get(labels).is_some_and(|w| w.strong_count() == 0) {
         live.remove(labels);
@@ -213,8 +236,12 @@ impl Drop for BackendSeries {
             let _ = m.upstream_timeouts.remove_label_values(&values);
             let _ = m.upstream_retries.remove_label_values(&values);
             let [n, s, p] = values;
-            let _ = m.upstream_connections.remove_label_values(&[n, s, p, "true"]);
-            let _ = m.upstream_connections.remove_label_values(&[n, s, p, "false"]);
+            let _ = m
+                .upstream_connections
+                .remove_label_values(&[n, s, p, "true"]);
+            let _ = m
+                .upstream_connections
+                .remove_label_values(&[n, s, p, "false"]);
         });
     }
 }
@@ -252,7 +279,11 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 }
 
 fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("valid metric")
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
 }
 
 impl ProxyMetrics {
@@ -377,7 +408,8 @@ impl ProxyMetrics {
         }
         let values = labels.values();
         let [n, i, h, p, s] = values;
-        let codes = CODE_CLASSES.map(|code| self.requests.with_label_values(&[n, i, h, p, s, code]));
+        let codes =
+            CODE_CLASSES.map(|code| self.requests.with_label_values(&[n, i, h, p, s, code]));
         let series = Arc::new(RouteSeries {
             codes,
             duration: self.request_duration.with_label_values(&values),
@@ -404,8 +436,12 @@ impl ProxyMetrics {
             connect_errors: self.upstream_connect_errors.with_label_values(&values),
             timeouts: self.upstream_timeouts.with_label_values(&values),
             retries: self.upstream_retries.with_label_values(&values),
-            new_connections: self.upstream_connections.with_label_values(&[n, s, p, "false"]),
-            reused_connections: self.upstream_connections.with_label_values(&[n, s, p, "true"]),
+            new_connections: self
+                .upstream_connections
+                .with_label_values(&[n, s, p, "false"]),
+            reused_connections: self
+                .upstream_connections
+                .with_label_values(&[n, s, p, "true"]),
             labels: labels.clone(),
             metrics: Arc::clone(self),
         });
@@ -425,7 +461,9 @@ impl ProxyMetrics {
 
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
         out
     }
 }
@@ -446,9 +484,17 @@ mod tests {
 
     #[test]
     fn labels_come_from_the_route_and_its_backend() {
-        let l = RouteLabels::new("shop/web", "shop.example", "/api", Some("shop/api:8080|grpc"));
+        let l = RouteLabels::new(
+            "shop/web",
+            "shop.example",
+            "/api",
+            Some("shop/api:8080|grpc"),
+        );
         assert_eq!(l.values(), ["shop", "web", "shop.example", "/api", "api"]);
-        assert_eq!(BackendLabels::parse("shop/api:http|tls-00ff").values(), ["shop", "api", "http"]);
+        assert_eq!(
+            BackendLabels::parse("shop/api:http|tls-00ff").values(),
+            ["shop", "api", "http"]
+        );
     }
 
     #[test]
@@ -470,11 +516,16 @@ mod tests {
         assert!(t.contains(r#"portico_response_bytes_total{host="a.test",ingress="ing",namespace="ns",path="/",service="svc"} 20"#), "{t}");
         drop(second);
         let t = text(&m);
-        assert!(!t.contains("a.test"), "the last holder gone, the series are removed:\n{t}");
+        assert!(
+            !t.contains("a.test"),
+            "the last holder gone, the series are removed:\n{t}"
+        );
 
         let b = m.backend_series("ns/svc:80");
         b.retries.inc();
-        assert!(text(&m).contains(r#"portico_upstream_retries_total{namespace="ns",port="80",service="svc"} 1"#));
+        assert!(text(&m).contains(
+            r#"portico_upstream_retries_total{namespace="ns",port="80",service="svc"} 1"#
+        ));
         drop(b);
         assert!(!text(&m).contains("upstream_retries_total{"));
     }

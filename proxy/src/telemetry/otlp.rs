@@ -42,14 +42,23 @@ impl std::str::FromStr for OtlpEndpoint {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url:?}: only http:// endpoints are supported"))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: only http:// endpoints are supported"))?;
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
         if authority.is_empty() || authority.contains('@') {
             return Err(format!("{url:?}: expected http://host:port[/path]"));
         }
-        let authority =
-            if authority.contains(':') && !authority.ends_with(']') { authority.to_string() } else { format!("{authority}:80") };
-        let path = if path.is_empty() || path == "/" { "/v1/traces".to_string() } else { path.to_string() };
+        let authority = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let path = if path.is_empty() || path == "/" {
+            "/v1/traces".to_string()
+        } else {
+            path.to_string()
+        };
         Ok(OtlpEndpoint { authority, path })
     }
 }
@@ -60,10 +69,16 @@ pub struct SpanExporter {
 }
 
 impl SpanExporter {
-    pub fn start(endpoint: OtlpEndpoint, exported: IntCounter, dropped: IntCounter) -> std::io::Result<Self> {
+    pub fn start(
+        endpoint: OtlpEndpoint,
+        exported: IntCounter,
+        dropped: IntCounter,
+    ) -> std::io::Result<Self> {
         let (queue, spans) = sync_channel(QUEUE_SPANS);
         let thread_dropped = dropped.clone();
-        std::thread::Builder::new().name("otlp-export".into()).spawn(move || export_loop(&endpoint, &spans, &exported, &thread_dropped))?;
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || export_loop(&endpoint, &spans, &exported, &thread_dropped))?;
         Ok(SpanExporter { queue, dropped })
     }
 
@@ -74,7 +89,12 @@ impl SpanExporter {
     }
 }
 
-fn export_loop(endpoint: &OtlpEndpoint, spans: &Receiver<Span>, exported: &IntCounter, dropped: &IntCounter) {
+fn export_loop(
+    endpoint: &OtlpEndpoint,
+    spans: &Receiver<Span>,
+    exported: &IntCounter,
+    dropped: &IntCounter,
+) {
     let mut batch = Vec::with_capacity(BATCH_SPANS);
     loop {
         match spans.recv() {
@@ -102,7 +122,9 @@ fn export_loop(endpoint: &OtlpEndpoint, spans: &Receiver<Span>, exported: &IntCo
 }
 
 fn nanos(t: SystemTime) -> String {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()).to_string()
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        .to_string()
 }
 
 /// `ExportTraceServiceRequest` in OTLP's JSON encoding: ids as hex, 64-bit integers as strings.
@@ -144,22 +166,36 @@ fn encode(spans: &[Span]) -> Vec<u8> {
 
 /// One POST on a fresh connection; at most one a second, so pooling would buy nothing.
 fn post(endpoint: &OtlpEndpoint, body: &[u8]) -> Result<(), String> {
-    let addr = endpoint.authority.to_socket_addrs().map_err(|e| format!("resolving: {e}"))?.next().ok_or("resolving: no address")?;
-    let mut conn = TcpStream::connect_timeout(&addr, SEND_TIMEOUT).map_err(|e| format!("connecting: {e}"))?;
-    conn.set_write_timeout(Some(SEND_TIMEOUT)).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(SEND_TIMEOUT)).map_err(|e| e.to_string())?;
+    let addr = endpoint
+        .authority
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving: {e}"))?
+        .next()
+        .ok_or("resolving: no address")?;
+    let mut conn =
+        TcpStream::connect_timeout(&addr, SEND_TIMEOUT).map_err(|e| format!("connecting: {e}"))?;
+    conn.set_write_timeout(Some(SEND_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(SEND_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         endpoint.path,
         endpoint.authority,
         body.len()
     );
-    conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body)).map_err(|e| format!("sending: {e}"))?;
+    conn.write_all(head.as_bytes())
+        .and_then(|()| conn.write_all(body))
+        .map_err(|e| format!("sending: {e}"))?;
     let mut status = [0u8; 12];
-    conn.read_exact(&mut status).map_err(|e| format!("reading the answer: {e}"))?;
+    conn.read_exact(&mut status)
+        .map_err(|e| format!("reading the answer: {e}"))?;
     match &status[9..10] {
         b"2" => Ok(()),
-        _ => Err(format!("collector answered {:?}", String::from_utf8_lossy(&status[9..12]))),
+        _ => Err(format!(
+            "collector answered {:?}",
+            String::from_utf8_lossy(&status[9..12])
+        )),
     }
 }
 
@@ -170,22 +206,37 @@ mod tests {
     #[test]
     fn endpoints_are_plain_http_urls() {
         let e: OtlpEndpoint = "http://127.0.0.1:4318".parse().unwrap();
-        assert_eq!((e.authority.as_str(), e.path.as_str()), ("127.0.0.1:4318", "/v1/traces"));
+        assert_eq!(
+            (e.authority.as_str(), e.path.as_str()),
+            ("127.0.0.1:4318", "/v1/traces")
+        );
         let e: OtlpEndpoint = "http://collector/otlp/v1/traces".parse().unwrap();
-        assert_eq!((e.authority.as_str(), e.path.as_str()), ("collector:80", "/otlp/v1/traces"));
-        assert!("https://collector:4318".parse::<OtlpEndpoint>().unwrap_err().contains("only http://"));
+        assert_eq!(
+            (e.authority.as_str(), e.path.as_str()),
+            ("collector:80", "/otlp/v1/traces")
+        );
+        assert!("https://collector:4318"
+            .parse::<OtlpEndpoint>()
+            .unwrap_err()
+            .contains("only http://"));
         assert!("http://".parse::<OtlpEndpoint>().is_err());
     }
 
     #[test]
     fn spans_encode_as_otlp_json() {
-        let context = TraceContext::continue_or_start(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), 0.0);
+        let context = TraceContext::continue_or_start(
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            0.0,
+        );
         let span = Span {
             context,
             name: "GET /api".into(),
             start: UNIX_EPOCH + Duration::from_secs(1),
             end: UNIX_EPOCH + Duration::from_secs(2),
-            attributes: vec![("http.response.status_code", Attribute::Int(502)), ("http.route", Attribute::Text("/api".into()))],
+            attributes: vec![
+                ("http.response.status_code", Attribute::Int(502)),
+                ("http.route", Attribute::Text("/api".into())),
+            ],
             error: true,
         };
         let v: Value = serde_json::from_slice(&encode(&[span])).unwrap();

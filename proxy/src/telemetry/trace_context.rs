@@ -22,12 +22,18 @@ impl TraceContext {
     pub fn continue_or_start(traceparent: Option<&[u8]>, sample_ratio: f64) -> Self {
         let span_id = nonzero_u64().to_be_bytes();
         match traceparent.and_then(parse_traceparent) {
-            Some((trace_id, parent, flags)) => TraceContext { trace_id, span_id, parent_id: Some(parent), sampled: flags & 1 == 1 },
+            Some((trace_id, parent, flags)) => TraceContext {
+                trace_id,
+                span_id,
+                parent_id: Some(parent),
+                sampled: flags & 1 == 1,
+            },
             None => TraceContext {
                 trace_id: nonzero_u128().to_be_bytes(),
                 span_id,
                 parent_id: None,
-                sampled: sample_ratio >= 1.0 || (sample_ratio > 0.0 && fastrand::f64() < sample_ratio),
+                sampled: sample_ratio >= 1.0
+                    || (sample_ratio > 0.0 && fastrand::f64() < sample_ratio),
             },
         }
     }
@@ -70,7 +76,9 @@ fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 /// Whether the client's request id can be kept: 1 to 200 visible ASCII characters. If
 /// not, the caller sets a new one from [`new_request_id`].
 pub fn usable_request_id(value: Option<&HeaderValue>) -> bool {
-    value.is_some_and(|v| (1..=200).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+    value.is_some_and(|v| {
+        (1..=200).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    })
 }
 
 /// 32 hex digits, as nginx's `$request_id`.
@@ -138,12 +146,22 @@ mod tests {
     fn continues_the_clients_trace_under_a_span_of_its_own() {
         let t = TraceContext::continue_or_start(Some(CLIENT.as_bytes()), 0.0);
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            t.parent_id.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert!(t.sampled, "the client's decision stands over the ratio");
         let sent = t.traceparent();
         let sent = sent.to_str().unwrap();
-        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"), "{sent}");
-        assert_ne!(&sent[36..52], "00f067aa0ba902b7", "the upstream's parent is Portico's span");
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"),
+            "{sent}"
+        );
+        assert_ne!(
+            &sent[36..52],
+            "00f067aa0ba902b7",
+            "the upstream's parent is Portico's span"
+        );
         assert_eq!(parse_traceparent(sent.as_bytes()).unwrap().1, t.span_id);
     }
 
@@ -164,20 +182,31 @@ mod tests {
         }
         assert!(!TraceContext::continue_or_start(None, 0.0).sampled);
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future";
-        assert!(TraceContext::continue_or_start(Some(later.as_bytes()), 1.0).parent_id.is_some(), "later versions are read");
+        assert!(
+            TraceContext::continue_or_start(Some(later.as_bytes()), 1.0)
+                .parent_id
+                .is_some(),
+            "later versions are read"
+        );
     }
 
     #[test]
     fn values_unique_to_a_request_are_never_indexed_by_hpack() {
         assert!(new_request_id().is_sensitive());
-        assert!(TraceContext::continue_or_start(None, 1.0).traceparent().is_sensitive());
+        assert!(TraceContext::continue_or_start(None, 1.0)
+            .traceparent()
+            .is_sensitive());
         assert!(unique_per_request(HeaderValue::from_static("client-chosen-id")).is_sensitive());
     }
 
     #[test]
     fn request_ids_are_kept_when_usable() {
-        assert!(usable_request_id(Some(&HeaderValue::from_static("abc-123"))));
-        assert!(!usable_request_id(Some(&HeaderValue::from_static("has space"))));
+        assert!(usable_request_id(Some(&HeaderValue::from_static(
+            "abc-123"
+        ))));
+        assert!(!usable_request_id(Some(&HeaderValue::from_static(
+            "has space"
+        ))));
         assert!(!usable_request_id(None));
         let id = new_request_id();
         assert_eq!(id.len(), 32);

@@ -27,7 +27,8 @@ use std::time::{Duration, SystemTime};
 
 /// Used when no key file is given: replicas still agree with one another, but the tag
 /// then only hides addresses from people who have not read this source.
-const BUILT_IN_KEY: &[u8] = b"portico affinity key: set --affinity-key-file to keep endpoint addresses private";
+const BUILT_IN_KEY: &[u8] =
+    b"portico affinity key: set --affinity-key-file to keep endpoint addresses private";
 
 /// Hex characters of a persistent tag (128 bits) and of a balanced key and its tag (64 + 64).
 const PERSISTENT_LEN: usize = 32;
@@ -49,7 +50,9 @@ pub struct AffinityKey {
 
 impl AffinityKey {
     pub fn new(secret: &[u8]) -> Result<Self, openssl::error::ErrorStack> {
-        Ok(AffinityKey { key: PKey::hmac(secret)? })
+        Ok(AffinityKey {
+            key: PKey::hmac(secret)?,
+        })
     }
 
     pub fn built_in() -> Self {
@@ -71,7 +74,10 @@ impl AffinityKey {
 
     fn balanced_tag(&self, service: &str, key: u64) -> String {
         let mut v = format!("{key:016x}");
-        hex(&mut v, &self.tag(&[b"balanced", service.as_bytes(), &key.to_be_bytes()])[..8]);
+        hex(
+            &mut v,
+            &self.tag(&[b"balanced", service.as_bytes(), &key.to_be_bytes()])[..8],
+        );
         v
     }
 }
@@ -102,12 +108,27 @@ impl SessionTags {
             .map(|i| {
                 let addr: SocketAddr = balancer.endpoint(i).addr;
                 let mut v = String::with_capacity(PERSISTENT_LEN);
-                hex(&mut v, &key.tag(&[b"persistent", service.as_bytes(), addr.to_string().as_bytes()])[..PERSISTENT_LEN / 2]);
+                hex(
+                    &mut v,
+                    &key.tag(&[
+                        b"persistent",
+                        service.as_bytes(),
+                        addr.to_string().as_bytes(),
+                    ])[..PERSISTENT_LEN / 2],
+                );
                 v
             })
             .collect();
-        let by_tag = tags.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect();
-        SessionTags { service: service.into(), tags, by_tag }
+        let by_tag = tags
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        SessionTags {
+            service: service.into(),
+            tags,
+            by_tag,
+        }
     }
 }
 
@@ -126,12 +147,24 @@ impl StickySessions {
         StickySessions { key }
     }
 
-    fn tags<'p>(&self, sessions: &'p PoolSessions, backend: &str, balancer: &Balancer) -> &'p SessionTags {
-        sessions.0.get_or_init(|| SessionTags::new(&self.key, backend, balancer))
+    fn tags<'p>(
+        &self,
+        sessions: &'p PoolSessions,
+        backend: &str,
+        balancer: &Balancer,
+    ) -> &'p SessionTags {
+        sessions
+            .0
+            .get_or_init(|| SessionTags::new(&self.key, backend, balancer))
     }
 
     /// Where the request's cookie pins it in this pool, if the cookie is valid here.
-    pub fn pinned(&self, affinity: &SessionAffinity, req: &RequestHeader, pool: (&str, &Balancer, &PoolSessions)) -> Option<Pin> {
+    pub fn pinned(
+        &self,
+        affinity: &SessionAffinity,
+        req: &RequestHeader,
+        pool: (&str, &Balancer, &PoolSessions),
+    ) -> Option<Pin> {
         let value = cookie(req, &affinity.cookie.name)?;
         let (backend, balancer, sessions) = pool;
         match affinity.mode {
@@ -139,7 +172,10 @@ impl StickySessions {
                 if value.len() != PERSISTENT_LEN {
                     return None;
                 }
-                self.tags(sessions, backend, balancer).by_tag.get(value).map(|i| Pin::Endpoint(*i))
+                self.tags(sessions, backend, balancer)
+                    .by_tag
+                    .get(value)
+                    .map(|i| Pin::Endpoint(*i))
             }
             AffinityMode::Balanced => {
                 if value.len() != BALANCED_LEN {
@@ -164,14 +200,22 @@ impl StickySessions {
         tried: &Tried,
     ) -> Option<(usize, Option<Pin>)> {
         match (mode, pin) {
-            (AffinityMode::Persistent, Some(Pin::Endpoint(i))) if i < balancer.len() && balancer.is_up(i) && !tried.contains(&i) => {
+            (AffinityMode::Persistent, Some(Pin::Endpoint(i)))
+                if i < balancer.len() && balancer.is_up(i) && !tried.contains(&i) =>
+            {
                 Some((i, None))
             }
-            (AffinityMode::Persistent, _) => balancer.pick(hash_key, tried).map(|i| (i, Some(Pin::Endpoint(i)))),
-            (AffinityMode::Balanced, Some(Pin::Key(k))) => balancer.pick_on_ring(&k.to_be_bytes(), tried).map(|i| (i, None)),
+            (AffinityMode::Persistent, _) => balancer
+                .pick(hash_key, tried)
+                .map(|i| (i, Some(Pin::Endpoint(i)))),
+            (AffinityMode::Balanced, Some(Pin::Key(k))) => balancer
+                .pick_on_ring(&k.to_be_bytes(), tried)
+                .map(|i| (i, None)),
             (AffinityMode::Balanced, _) => {
                 let k = fastrand::u64(..);
-                balancer.pick_on_ring(&k.to_be_bytes(), tried).map(|i| (i, Some(Pin::Key(k))))
+                balancer
+                    .pick_on_ring(&k.to_be_bytes(), tried)
+                    .map(|i| (i, Some(Pin::Key(k))))
             }
         }
     }
@@ -199,7 +243,9 @@ impl StickySessions {
         let (backend, balancer, sessions) = pool;
         let value = match pin {
             Pin::Endpoint(i) => self.tags(sessions, backend, balancer).tags.get(i)?.clone(),
-            Pin::Key(k) => self.key.balanced_tag(&self.tags(sessions, backend, balancer).service, k),
+            Pin::Key(k) => self
+                .key
+                .balanced_tag(&self.tags(sessions, backend, balancer).service, k),
         };
         let c = &affinity.cookie;
         let mut v = format!("{}={value}; Path={}", c.name, c.path);
@@ -207,7 +253,11 @@ impl StickySessions {
             let _ = write!(v, "; Domain={domain}");
         }
         if let Some(secs) = c.expires_secs {
-            let _ = write!(v, "; Expires={}", httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs)));
+            let _ = write!(
+                v,
+                "; Expires={}",
+                httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
+            );
         }
         if let Some(secs) = c.max_age_secs {
             let _ = write!(v, "; Max-Age={secs}");
@@ -231,7 +281,13 @@ mod tests {
     fn balancer(n: u8) -> Balancer {
         Balancer::new(&Backend {
             name: "ns/web:80|round_robin-1234".into(),
-            endpoints: (1..=n).map(|l| Endpoint { address: [10, 0, 0, l].into(), port: 8080, ready: true }).collect(),
+            endpoints: (1..=n)
+                .map(|l| Endpoint {
+                    address: [10, 0, 0, l].into(),
+                    port: 8080,
+                    ready: true,
+                })
+                .collect(),
             upstream: Default::default(),
             policy: Default::default(),
         })
@@ -255,35 +311,77 @@ mod tests {
 
     fn request_with(cookie: &str) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/app", None).unwrap();
-        req.insert_header("cookie", format!("other=1; {cookie}")).unwrap();
+        req.insert_header("cookie", format!("other=1; {cookie}"))
+            .unwrap();
         req
     }
 
     /// The `name=value` part of a `Set-Cookie`.
     fn pair(set_cookie: &HeaderValue) -> String {
-        set_cookie.to_str().unwrap().split(';').next().unwrap().to_string()
+        set_cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
-    fn a_persistent_cookie_names_its_endpoint_without_its_address_and_forgeries_are_not_recognised() {
+    fn a_persistent_cookie_names_its_endpoint_without_its_address_and_forgeries_are_not_recognised()
+    {
         let sessions = StickySessions::new(AffinityKey::new(b"k1").unwrap());
         let (b, tags) = (balancer(4), PoolSessions::default());
         let a = affinity(AffinityMode::Persistent);
         let pool = ("ns/web:80|round_robin-1234", &b, &tags);
-        let header = sessions.set_cookie(&a, Pin::Endpoint(2), false, pool).unwrap();
+        let header = sessions
+            .set_cookie(&a, Pin::Endpoint(2), false, pool)
+            .unwrap();
         let text = header.to_str().unwrap();
-        assert!(text.starts_with("SID=") && text.contains("; Path=/app; Domain=example.com; Max-Age=60; SameSite=Lax; HttpOnly"), "{text}");
+        assert!(
+            text.starts_with("SID=")
+                && text.contains(
+                    "; Path=/app; Domain=example.com; Max-Age=60; SameSite=Lax; HttpOnly"
+                ),
+            "{text}"
+        );
         assert!(!text.contains("10.0.0") && !text.contains("8080"), "{text}");
-        assert_eq!(sessions.pinned(&a, &request_with(&pair(&header)), pool), Some(Pin::Endpoint(2)));
-        assert_eq!(sessions.pinned(&a, &request_with("SID=00000000000000000000000000000000"), pool), None);
-        let other_key = StickySessions::new(AffinityKey::new(b"k2").unwrap());
-        assert_eq!(other_key.pinned(&a, &request_with(&pair(&header)), (pool.0, &b, &PoolSessions::default())), None);
-        // A policy change renames the backend but keeps the Service port: sessions survive.
         assert_eq!(
-            sessions.pinned(&a, &request_with(&pair(&header)), ("ns/web:80|ewma-99", &b, &PoolSessions::default())),
+            sessions.pinned(&a, &request_with(&pair(&header)), pool),
             Some(Pin::Endpoint(2))
         );
-        assert!(sessions.set_cookie(&a, Pin::Endpoint(2), true, pool).unwrap().to_str().unwrap().contains("; Secure"));
+        assert_eq!(
+            sessions.pinned(
+                &a,
+                &request_with("SID=00000000000000000000000000000000"),
+                pool
+            ),
+            None
+        );
+        let other_key = StickySessions::new(AffinityKey::new(b"k2").unwrap());
+        assert_eq!(
+            other_key.pinned(
+                &a,
+                &request_with(&pair(&header)),
+                (pool.0, &b, &PoolSessions::default())
+            ),
+            None
+        );
+        // A policy change renames the backend but keeps the Service port: sessions survive.
+        assert_eq!(
+            sessions.pinned(
+                &a,
+                &request_with(&pair(&header)),
+                ("ns/web:80|ewma-99", &b, &PoolSessions::default())
+            ),
+            Some(Pin::Endpoint(2))
+        );
+        assert!(sessions
+            .set_cookie(&a, Pin::Endpoint(2), true, pool)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("; Secure"));
     }
 
     #[test]
@@ -292,17 +390,31 @@ mod tests {
         let (b, tags) = (balancer(5), PoolSessions::default());
         let a = affinity(AffinityMode::Balanced);
         let pool = ("ns/web:80", &b, &tags);
-        let (index, pin) = sessions.choose(AffinityMode::Balanced, None, &b, b"", &[]).unwrap();
+        let (index, pin) = sessions
+            .choose(AffinityMode::Balanced, None, &b, b"", &[])
+            .unwrap();
         let header = sessions.set_cookie(&a, pin.unwrap(), false, pool).unwrap();
         let pinned = sessions.pinned(&a, &request_with(&pair(&header)), pool);
         assert_eq!(pinned, pin);
         for _ in 0..10 {
-            assert_eq!(sessions.choose(AffinityMode::Balanced, pinned, &b, b"", &[]), Some((index, None)));
+            assert_eq!(
+                sessions.choose(AffinityMode::Balanced, pinned, &b, b"", &[]),
+                Some((index, None))
+            );
         }
         let mut forged = pair(&header);
-        forged.replace_range(forged.len() - 1.., if forged.ends_with('0') { "1" } else { "0" });
-        assert_eq!(sessions.pinned(&a, &request_with(&forged), pool), None, "{forged}");
-        let Some(Pin::Key(k)) = sessions.pin_for(AffinityMode::Balanced, &b, 3) else { panic!("a key for endpoint 3") };
+        forged.replace_range(
+            forged.len() - 1..,
+            if forged.ends_with('0') { "1" } else { "0" },
+        );
+        assert_eq!(
+            sessions.pinned(&a, &request_with(&forged), pool),
+            None,
+            "{forged}"
+        );
+        let Some(Pin::Key(k)) = sessions.pin_for(AffinityMode::Balanced, &b, 3) else {
+            panic!("a key for endpoint 3")
+        };
         assert_eq!(b.pick_on_ring(&k.to_be_bytes(), &[]), Some(3));
     }
 }

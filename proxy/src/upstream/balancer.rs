@@ -89,15 +89,29 @@ struct Ring {
 
 impl Ring {
     fn new(endpoints: &[EndpointState]) -> Self {
-        let buckets: Vec<Bucket> = endpoints.iter().map(|e| Bucket::new(e.addr, KETAMA_WEIGHT)).collect();
-        Ring { continuum: Continuum::new(&buckets), positions: endpoints.iter().enumerate().map(|(i, e)| (e.addr, i)).collect() }
+        let buckets: Vec<Bucket> = endpoints
+            .iter()
+            .map(|e| Bucket::new(e.addr, KETAMA_WEIGHT))
+            .collect();
+        Ring {
+            continuum: Continuum::new(&buckets),
+            positions: endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.addr, i))
+                .collect(),
+        }
     }
 
     /// From the key's point, the first allowed endpoint; the iterator wraps around, so
     /// the walk stops after one turn.
     fn walk(&self, key: &[u8], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
         let turn = self.positions.len() * POINTS_PER_WEIGHT * KETAMA_WEIGHT as usize;
-        self.continuum.node_iter(key).take(turn).filter_map(|a| self.positions.get(a).copied()).find(|i| allowed(*i))
+        self.continuum
+            .node_iter(key)
+            .take(turn)
+            .filter_map(|a| self.positions.get(a).copied())
+            .find(|i| allowed(*i))
     }
 }
 
@@ -117,8 +131,12 @@ pub type Tried = [usize];
 
 impl Balancer {
     pub fn new(backend: &Backend) -> Self {
-        let endpoints: Box<[EndpointState]> =
-            backend.endpoints.iter().filter(|e| e.ready).map(|e| EndpointState::new(SocketAddr::new(e.address, e.port))).collect();
+        let endpoints: Box<[EndpointState]> = backend
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .map(|e| EndpointState::new(SocketAddr::new(e.address, e.port)))
+            .collect();
         let algorithm = match &backend.policy.balance {
             Balance::RoundRobin => Algorithm::RoundRobin,
             Balance::LeastConn => Algorithm::LeastConn,
@@ -173,12 +191,18 @@ impl Balancer {
         self.pick_by(tried, |allowed| ring.walk(key, allowed))
     }
 
-    fn pick_by(&self, tried: &Tried, choose: impl Fn(&dyn Fn(usize) -> bool) -> Option<usize>) -> Option<usize> {
+    fn pick_by(
+        &self,
+        tried: &Tried,
+        choose: impl Fn(&dyn Fn(usize) -> bool) -> Option<usize>,
+    ) -> Option<usize> {
         if self.endpoints.is_empty() {
             return None;
         }
         let fresh = |i: usize| !tried.contains(&i);
-        choose(&|i| fresh(i) && self.is_up(i)).or_else(|| choose(&fresh)).or_else(|| choose(&|_| true))
+        choose(&|i| fresh(i) && self.is_up(i))
+            .or_else(|| choose(&fresh))
+            .or_else(|| choose(&|_| true))
     }
 
     /// Neither passive nor active health has taken the endpoint out.
@@ -190,7 +214,13 @@ impl Balancer {
     }
 
     /// Records one active health check; returns whether that changed the endpoint's state.
-    pub fn record_check(&self, index: usize, healthy: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> bool {
+    pub fn record_check(
+        &self,
+        index: usize,
+        healthy: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> bool {
         let e = &self.endpoints[index];
         let streak = e.check_streak.load(Ordering::Relaxed);
         let streak = match (healthy, streak > 0) {
@@ -201,7 +231,11 @@ impl Balancer {
         };
         e.check_streak.store(streak, Ordering::Relaxed);
         let was_down = e.checked_down();
-        let down = if was_down { streak < healthy_threshold as i32 } else { streak <= -(unhealthy_threshold as i32) };
+        let down = if was_down {
+            streak < healthy_threshold as i32
+        } else {
+            streak <= -(unhealthy_threshold as i32)
+        };
         if down != was_down {
             e.checked_down.store(down, Ordering::Relaxed);
             tracing::warn!(endpoint = %e.addr, healthy = !down, "active health check changed an endpoint's state");
@@ -219,9 +253,14 @@ impl Balancer {
             Algorithm::LeastConn => {
                 // Ties go round robin, so that an idle backend is not all sent to one endpoint.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).filter(|i| allowed(*i)).min_by_key(|i| self.endpoints[*i].in_flight())
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|i| allowed(*i))
+                    .min_by_key(|i| self.endpoints[*i].in_flight())
             }
-            Algorithm::Random => self.two_choices(allowed, |i| f64::from(self.endpoints[i].in_flight())),
+            Algorithm::Random => {
+                self.two_choices(allowed, |i| f64::from(self.endpoints[i].in_flight()))
+            }
             Algorithm::Ewma => {
                 let now = self.now_us();
                 self.two_choices(allowed, |i| {
@@ -234,7 +273,11 @@ impl Balancer {
     }
 
     /// The lower-scoring of two distinct random allowed endpoints.
-    fn two_choices(&self, allowed: &dyn Fn(usize) -> bool, score: impl Fn(usize) -> f64) -> Option<usize> {
+    fn two_choices(
+        &self,
+        allowed: &dyn Fn(usize) -> bool,
+        score: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| allowed(*i)).collect();
         match candidates.len() {
             0 => None,
@@ -250,7 +293,9 @@ impl Balancer {
 
     /// Counts a request in flight to `index` until the returned guard is dropped.
     pub fn start(&self, index: usize) -> Attempt {
-        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        self.endpoints[index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         // Only EWMA needs the response time; the clock is not read otherwise.
         let started = matches!(self.algorithm, Algorithm::Ewma).then(Instant::now);
         Attempt { index, started }
@@ -268,7 +313,11 @@ impl Balancer {
             let decayed = e.ewma_at(now);
             let elapsed = now.saturating_sub(e.ewma_at_us.load(Ordering::Relaxed)) as f64;
             let weight = (-elapsed / EWMA_DECAY.as_micros() as f64).exp();
-            let ewma = if rtt > decayed { rtt } else { decayed * weight + rtt * (1.0 - weight) };
+            let ewma = if rtt > decayed {
+                rtt
+            } else {
+                decayed * weight + rtt * (1.0 - weight)
+            };
             e.ewma_us.store(ewma.to_bits(), Ordering::Relaxed);
             e.ewma_at_us.store(now, Ordering::Relaxed);
         }
@@ -314,9 +363,19 @@ mod tests {
     fn backend(last_octets: &[u8], balance: Balance) -> Backend {
         Backend {
             name: "b".into(),
-            endpoints: last_octets.iter().map(|l| Endpoint { address: [127, 0, 0, *l].into(), port: 80, ready: *l != 0 }).collect(),
+            endpoints: last_octets
+                .iter()
+                .map(|l| Endpoint {
+                    address: [127, 0, 0, *l].into(),
+                    port: 80,
+                    ready: *l != 0,
+                })
+                .collect(),
             upstream: Default::default(),
-            policy: TrafficPolicy { balance, ..Default::default() },
+            policy: TrafficPolicy {
+                balance,
+                ..Default::default()
+            },
         }
     }
 
@@ -334,8 +393,15 @@ mod tests {
         assert!(picks == [1, 3, 1, 3] || picks == [3, 1, 3, 1], "{picks:?}");
         let first = b.pick(b"", &[]).unwrap();
         assert_ne!(b.pick(b"", &[first]), Some(first), "a retry goes elsewhere");
-        assert_eq!(b.pick(b"", &[0, 1]).map(|i| i < 2), Some(true), "all tried: any endpoint still beats none");
-        assert_eq!(Balancer::new(&backend(&[0], Balance::RoundRobin)).pick(b"", &[]), None);
+        assert_eq!(
+            b.pick(b"", &[0, 1]).map(|i| i < 2),
+            Some(true),
+            "all tried: any endpoint still beats none"
+        );
+        assert_eq!(
+            Balancer::new(&backend(&[0], Balance::RoundRobin)).pick(b"", &[]),
+            None
+        );
     }
 
     #[test]
@@ -366,28 +432,46 @@ mod tests {
             let a = b.start(0);
             b.finish(a, true);
         }
-        assert!((0..10).all(|_| b.pick(b"", &[]) == Some(1)), "endpoint 0 is out after 3 failures");
+        assert!(
+            (0..10).all(|_| b.pick(b"", &[]) == Some(1)),
+            "endpoint 0 is out after 3 failures"
+        );
         for _ in 0..3 {
             let a = b.start(1);
             b.finish(a, true);
         }
-        assert!(b.pick(b"", &[]).is_some(), "with every endpoint down, traffic still goes somewhere");
+        assert!(
+            b.pick(b"", &[]).is_some(),
+            "with every endpoint down, traffic still goes somewhere"
+        );
     }
 
     #[test]
     fn active_checks_take_an_endpoint_out_and_back_after_their_thresholds() {
         let b = Balancer::new(&backend(&[1, 2], Balance::RoundRobin));
-        assert!(!b.record_check(0, false, 2, 2), "one failure is below the threshold");
+        assert!(
+            !b.record_check(0, false, 2, 2),
+            "one failure is below the threshold"
+        );
         assert!(b.record_check(0, false, 2, 2), "the second takes it out");
         assert!((0..10).all(|_| b.pick(b"", &[]) == Some(1)));
         assert!(!b.record_check(0, true, 2, 2));
-        assert!(!b.record_check(0, false, 2, 2), "a failure restarts the run of successes");
+        assert!(
+            !b.record_check(0, false, 2, 2),
+            "a failure restarts the run of successes"
+        );
         assert!(!b.record_check(0, true, 2, 2));
-        assert!(b.record_check(0, true, 2, 2), "two successes in a row bring it back");
+        assert!(
+            b.record_check(0, true, 2, 2),
+            "two successes in a row bring it back"
+        );
         assert!((0..10).any(|_| b.pick(b"", &[]) == Some(0)));
         b.record_check(1, false, 1, 1);
         b.record_check(0, false, 1, 1);
-        assert!(b.pick(b"", &[]).is_some(), "with every endpoint checked down, traffic still goes somewhere");
+        assert!(
+            b.pick(b"", &[]).is_some(),
+            "with every endpoint checked down, traffic still goes somewhere"
+        );
     }
 
     #[test]
@@ -398,20 +482,43 @@ mod tests {
         let other = b.pick_on_ring(b"session-42", &[first]).unwrap();
         assert_ne!(other, first, "a retry walks on along the ring");
         b.record_check(first, false, 1, 1);
-        assert_eq!(b.pick_on_ring(b"session-42", &[]), Some(other), "a checked-down endpoint is walked past to the same next one");
+        assert_eq!(
+            b.pick_on_ring(b"session-42", &[]),
+            Some(other),
+            "a checked-down endpoint is walked past to the same next one"
+        );
     }
 
     #[test]
     fn consistent_hashing_moves_only_the_keys_of_a_removed_endpoint() {
         let all: Vec<u8> = (1..=10).collect();
-        let before = Balancer::new(&backend(&all, Balance::ConsistentHash("$remote_addr".into())));
-        let after = Balancer::new(&backend(&all[..9], Balance::ConsistentHash("$remote_addr".into())));
+        let before = Balancer::new(&backend(
+            &all,
+            Balance::ConsistentHash("$remote_addr".into()),
+        ));
+        let after = Balancer::new(&backend(
+            &all[..9],
+            Balance::ConsistentHash("$remote_addr".into()),
+        ));
         let keys: Vec<String> = (0..5000).map(|k| format!("client-{k}")).collect();
         let owner = |b: &Balancer, k: &str| ip(b, b.pick(k.as_bytes(), &[]).unwrap());
-        let moved = keys.iter().filter(|k| owner(&before, k) != owner(&after, k)).count();
+        let moved = keys
+            .iter()
+            .filter(|k| owner(&before, k) != owner(&after, k))
+            .count();
         let owned_by_removed = keys.iter().filter(|k| owner(&before, k) == 10).count();
-        assert_eq!(moved, owned_by_removed, "only the removed endpoint's keys move");
-        assert!(moved < keys.len() * 15 / 100, "{moved} of {} keys moved", keys.len());
-        assert!(keys.iter().all(|k| owner(&before, k) == owner(&before, k)), "a key always maps to one endpoint");
+        assert_eq!(
+            moved, owned_by_removed,
+            "only the removed endpoint's keys move"
+        );
+        assert!(
+            moved < keys.len() * 15 / 100,
+            "{moved} of {} keys moved",
+            keys.len()
+        );
+        assert!(
+            keys.iter().all(|k| owner(&before, k) == owner(&before, k)),
+            "a key always maps to one endpoint"
+        );
     }
 }

@@ -19,10 +19,16 @@ pub async fn exchange(
     max_body: usize,
 ) -> Result<(ResponseHeader, Bytes), String> {
     let (mut session, _reused) = connector.get_http_session(peer).await.map_err(text)?;
-    session.write_request_header(Box::new(req)).await.map_err(text)?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(text)?;
     session.finish_request_body().await.map_err(text)?;
     session.read_response_header().await.map_err(text)?;
-    let header = session.response_header().ok_or("no response header")?.clone();
+    let header = session
+        .response_header()
+        .ok_or("no response header")?
+        .clone();
     let mut body = BytesMut::new();
     while let Some(chunk) = session.read_response_body().await.map_err(text)? {
         if body.len() + chunk.len() > max_body {
@@ -30,7 +36,9 @@ pub async fn exchange(
         }
         body.extend_from_slice(&chunk);
     }
-    connector.release_http_session(session, peer, Some(IDLE)).await;
+    connector
+        .release_http_session(session, peer, Some(IDLE))
+        .await;
     Ok((header, body.freeze()))
 }
 

@@ -37,11 +37,17 @@ impl UpstreamSettings {
             // was unusable, so that verification fails closed.
             Some(pem) if pem.trim().is_empty() => Some(Arc::new(Vec::new().into_boxed_slice())),
             Some(pem) => Some(Arc::new(
-                X509::stack_from_pem(pem.as_bytes()).map_err(|e| format!("CA bundle does not parse: {e}"))?.into_boxed_slice(),
+                X509::stack_from_pem(pem.as_bytes())
+                    .map_err(|e| format!("CA bundle does not parse: {e}"))?
+                    .into_boxed_slice(),
             )),
         };
         // HTTP/2 only for gRPC and h2c: over clear text there is no ALPN, so the peer is trusted to speak it.
-        let alpn = if u.protocol.is_http2() { ALPN::H2 } else { ALPN::H1 };
+        let alpn = if u.protocol.is_http2() {
+            ALPN::H2
+        } else {
+            ALPN::H1
+        };
         let pool_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();

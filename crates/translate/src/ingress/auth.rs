@@ -34,8 +34,15 @@ pub(super) struct SourceRanges {
 }
 
 pub(super) fn source_ranges(a: &Annotations<'_>) -> Result<SourceRanges, InvalidAnnotation> {
-    let allow = if a.get("allowlist-source-range").is_some() { "allowlist-source-range" } else { "whitelist-source-range" };
-    Ok(SourceRanges { allow: a.cidr_list(allow)?, deny: a.cidr_list("denylist-source-range")? })
+    let allow = if a.get("allowlist-source-range").is_some() {
+        "allowlist-source-range"
+    } else {
+        "whitelist-source-range"
+    };
+    Ok(SourceRanges {
+        allow: a.cidr_list(allow)?,
+        deny: a.cidr_list("denylist-source-range")?,
+    })
 }
 
 /// `satisfy`: whether either of source ranges and credentials admits (`any`), rather than
@@ -45,60 +52,99 @@ pub(super) fn satisfy_any(a: &Annotations<'_>) -> Result<bool, Problem> {
         None => Ok(false),
         Some((_, v)) if v.trim() == "any" => Ok(true),
         Some((_, v)) if v.trim() == "all" => Ok(false),
-        Some((key, v)) => Err(Problem::invalid(format!("annotation {key}: value {v:?} is not \"any\" or \"all\""))),
+        Some((key, v)) => Err(Problem::invalid(format!(
+            "annotation {key}: value {v:?} is not \"any\" or \"all\""
+        ))),
     }
 }
 
 /// `auth-type: basic` with `auth-secret` (own namespace only), `auth-secret-type` and
 /// `auth-realm`; `None` without `auth-type`. A user whose entry cannot be read is
 /// reported and cannot sign in; the others can.
-pub(super) fn basic(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problems: &mut Problems) -> Result<Option<BasicAuth>, Problem> {
+pub(super) fn basic(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> Result<Option<BasicAuth>, Problem> {
     match a.get("auth-type") {
         None => return Ok(None),
         Some((_, v)) if v.trim().eq_ignore_ascii_case("basic") => {}
         Some((key, v)) => {
-            return Err(Problem::invalid(format!("annotation {key}: value {v:?} is not \"basic\" (digest is not supported)")))
+            return Err(Problem::invalid(format!(
+                "annotation {key}: value {v:?} is not \"basic\" (digest is not supported)"
+            )))
         }
     }
     let layout = match a.get("auth-secret-type") {
         None => SecretLayout::File,
         Some((_, v)) if v.trim() == "auth-file" => SecretLayout::File,
         Some((_, v)) if v.trim() == "auth-map" => SecretLayout::Map,
-        Some((key, v)) => return Err(Problem::invalid(format!("annotation {key}: value {v:?} is not auth-file or auth-map"))),
+        Some((key, v)) => {
+            return Err(Problem::invalid(format!(
+                "annotation {key}: value {v:?} is not auth-file or auth-map"
+            )))
+        }
     };
-    let (full, secret) =
-        own_secret(a, "auth-secret", reads)?.ok_or_else(|| Problem::invalid("auth-type basic needs annotation auth-secret"))?;
-    let (users, rejected) = credentials::read(&full, &secret, layout)
-        .map_err(|e| Problem::new(Reason::InvalidSecret, format!("annotation auth-secret: {e}")))?;
+    let (full, secret) = own_secret(a, "auth-secret", reads)?
+        .ok_or_else(|| Problem::invalid("auth-type basic needs annotation auth-secret"))?;
+    let (users, rejected) = credentials::read(&full, &secret, layout).map_err(|e| {
+        Problem::new(
+            Reason::InvalidSecret,
+            format!("annotation auth-secret: {e}"),
+        )
+    })?;
     for r in rejected {
-        problems.push(Problem::new(Reason::InvalidSecret, format!("annotation auth-secret: {r}; that user cannot sign in")));
+        problems.push(Problem::new(
+            Reason::InvalidSecret,
+            format!("annotation auth-secret: {r}; that user cannot sign in"),
+        ));
     }
-    let realm = a.realm("auth-realm")?.unwrap_or_else(|| DEFAULT_REALM.to_string());
+    let realm = a
+        .realm("auth-realm")?
+        .unwrap_or_else(|| DEFAULT_REALM.to_string());
     Ok(Some(BasicAuth { realm, users }))
 }
 
 /// `auth-url` and its companions; `None` without `auth-url`. The URLs must be usable;
 /// a bad cache or header setting is only reported.
-pub(super) fn external(a: &Annotations<'_>, problems: &mut Problems) -> Result<Option<ExternalAuth>, InvalidAnnotation> {
+pub(super) fn external(
+    a: &Annotations<'_>,
+    problems: &mut Problems,
+) -> Result<Option<ExternalAuth>, InvalidAnnotation> {
     if a.get("auth-url").is_none() {
         return Ok(None);
     }
     let url = a.url("auth-url")?.unwrap_or_default();
     let signin = a.url("auth-signin")?;
-    let method = a.method("auth-method")?.unwrap_or_else(|| "GET".to_string());
-    let signin_redirect_param = problems.take(a.token("auth-signin-redirect-param")).unwrap_or_else(|| "rd".to_string());
-    let response_headers = problems.take(a.header_names("auth-response-headers")).unwrap_or_default();
-    let always_set_cookie = problems.take(a.bool("auth-always-set-cookie")).unwrap_or(false);
+    let method = a
+        .method("auth-method")?
+        .unwrap_or_else(|| "GET".to_string());
+    let signin_redirect_param = problems
+        .take(a.token("auth-signin-redirect-param"))
+        .unwrap_or_else(|| "rd".to_string());
+    let response_headers = problems
+        .take(a.header_names("auth-response-headers"))
+        .unwrap_or_default();
+    let always_set_cookie = problems
+        .take(a.bool("auth-always-set-cookie"))
+        .unwrap_or(false);
     if let Some((key, _)) = a.get("auth-proxy-set-headers") {
         problems.push(Problem::new(
             Reason::UnsupportedAnnotation,
             format!("annotation {key} is not supported yet; the auth request carries the client's headers only"),
         ));
     }
-    let cache = match (problems.take(a.hash_key_named("auth-cache-key")), problems.take(a.cache_duration("auth-cache-duration"))) {
+    let cache = match (
+        problems.take(a.hash_key_named("auth-cache-key")),
+        problems.take(a.cache_duration("auth-cache-duration")),
+    ) {
         (Some(key), duration) => {
             let (statuses, duration_ms) = duration.unwrap_or_else(|| (vec![200, 202, 401], 0));
-            (duration_ms > 0).then_some(AuthCache { key, statuses, duration_ms })
+            (duration_ms > 0).then_some(AuthCache {
+                key,
+                statuses,
+                duration_ms,
+            })
         }
         (None, _) => None,
     };
@@ -116,12 +162,17 @@ pub(super) fn external(a: &Annotations<'_>, problems: &mut Problems) -> Result<O
 
 /// `auth-jwt-jwks-secret` or `auth-jwt-jwks-url`, and their companions; `None` without
 /// either.
-pub(super) fn jwt(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<Option<JwtAuth>, Problem> {
+pub(super) fn jwt(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+) -> Result<Option<JwtAuth>, Problem> {
     let jwks_url = a.url("auth-jwt-jwks-url")?;
     let jwks = match (&jwks_url, a.get("auth-jwt-jwks-secret")) {
         (None, None) => return Ok(None),
         (Some(_), Some((key, _))) => {
-            return Err(Problem::invalid(format!("annotation {key}: set either a JWKS Secret or a JWKS URL, not both")));
+            return Err(Problem::invalid(format!(
+                "annotation {key}: set either a JWKS Secret or a JWKS URL, not both"
+            )));
         }
         (Some(_), None) => String::new(),
         (None, Some(_)) => jwks_from_secret(a, reads)?,
@@ -130,9 +181,14 @@ pub(super) fn jwt(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<Op
         None => JWT_ALGORITHMS.iter().map(|s| s.to_string()).collect(),
         Some(list) => {
             let list: Vec<String> = list.split(", ").map(str::to_string).collect();
-            if let Some(other) = list.iter().find(|alg| !JWT_ALGORITHMS.contains(&alg.as_str())) {
+            if let Some(other) = list
+                .iter()
+                .find(|alg| !JWT_ALGORITHMS.contains(&alg.as_str()))
+            {
                 let (key, _) = a.get("auth-jwt-algorithms").unwrap_or_default();
-                return Err(Problem::invalid(format!("annotation {key}: algorithm {other:?} is not one of RS256, ES256, EdDSA")));
+                return Err(Problem::invalid(format!(
+                    "annotation {key}: algorithm {other:?} is not one of RS256, ES256, EdDSA"
+                )));
             }
             list
         }
@@ -144,11 +200,20 @@ pub(super) fn jwt(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<Op
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(|pair| {
-                let (claim, header) = pair.split_once(':').map(|(c, h)| (c.trim(), h.trim())).unwrap_or(("", ""));
-                let header = http::HeaderName::from_bytes(header.as_bytes()).ok().filter(|_| !claim.is_empty());
+                let (claim, header) = pair
+                    .split_once(':')
+                    .map(|(c, h)| (c.trim(), h.trim()))
+                    .unwrap_or(("", ""));
+                let header = http::HeaderName::from_bytes(header.as_bytes())
+                    .ok()
+                    .filter(|_| !claim.is_empty());
                 header
                     .map(|h| (claim.to_string(), h.as_str().to_string()))
-                    .ok_or_else(|| Problem::invalid(format!("annotation {key}: {pair:?} is not claim:Header-Name")))
+                    .ok_or_else(|| {
+                        Problem::invalid(format!(
+                            "annotation {key}: {pair:?} is not claim:Header-Name"
+                        ))
+                    })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -158,7 +223,13 @@ pub(super) fn jwt(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<Op
         issuer: a.attribute("auth-jwt-issuer")?,
         audiences: a
             .get("auth-jwt-audience")
-            .map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
         algorithms,
         leeway_secs: a.duration_ms("auth-jwt-leeway", true)?.unwrap_or(0) / 1000,
@@ -172,12 +243,21 @@ fn jwks_from_secret(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<
     let Some((full, secret)) = own_secret(a, "auth-jwt-jwks-secret", reads)? else {
         return Err(Problem::invalid("annotation auth-jwt-jwks-secret is empty"));
     };
-    let bad =
-        |why: &str| Problem::new(Reason::InvalidSecret, format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"));
+    let bad = |why: &str| {
+        Problem::new(
+            Reason::InvalidSecret,
+            format!("annotation auth-jwt-jwks-secret: secret {full}: key {JWKS_KEY:?} {why}"),
+        )
+    };
     let jwks = secret::value(&secret, JWKS_KEY).ok_or_else(|| bad("is missing"))?;
     let jwks = std::str::from_utf8(jwks).map_err(|_| bad("is not text"))?;
-    let parsed: serde_json::Value = serde_json::from_str(jwks).map_err(|e| bad(&format!("is not JSON: {e}")))?;
-    if parsed.get("keys").and_then(|k| k.as_array()).is_none_or(|k| k.is_empty()) {
+    let parsed: serde_json::Value =
+        serde_json::from_str(jwks).map_err(|e| bad(&format!("is not JSON: {e}")))?;
+    if parsed
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .is_none_or(|k| k.is_empty())
+    {
         return Err(bad("has no \"keys\" array with a key in it"));
     }
     Ok(jwks.to_string())
@@ -186,7 +266,10 @@ fn jwks_from_secret(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<
 /// `auth-tls-*`: `None` when neither `auth-tls-secret` nor `auth-tls-verify-client` is
 /// set, or verification is `off`. Unlike ingress-nginx, which then verifies nothing, a
 /// verification mode without a CA bundle is refused.
-pub(super) fn client_certificates(a: &Annotations<'_>, reads: &mut ObjectReads<'_>) -> Result<Option<ClientAuth>, Problem> {
+pub(super) fn client_certificates(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+) -> Result<Option<ClientAuth>, Problem> {
     if a.get("auth-tls-secret").is_none() && a.get("auth-tls-verify-client").is_none() {
         return Ok(None);
     }
@@ -197,20 +280,34 @@ pub(super) fn client_certificates(a: &Annotations<'_>, reads: &mut ObjectReads<'
             "optional" => ClientVerify::Optional,
             "optional_no_ca" => ClientVerify::OptionalNoCa,
             "off" => return Ok(None),
-            _ => return Err(Problem::invalid(format!("annotation {key}: value {v:?} is not one of on, optional, optional_no_ca, off"))),
+            _ => {
+                return Err(Problem::invalid(format!(
+                    "annotation {key}: value {v:?} is not one of on, optional, optional_no_ca, off"
+                )))
+            }
         },
     };
     let Some((name, secret)) = own_secret(a, "auth-tls-secret", reads)? else {
         let (key, _) = a.get("auth-tls-verify-client").unwrap_or_default();
-        return Err(Problem::invalid(format!("annotation {key} is set without auth-tls-secret, the CA bundle to verify against")));
+        return Err(Problem::invalid(format!(
+            "annotation {key} is set without auth-tls-secret, the CA bundle to verify against"
+        )));
     };
-    let ca_pem =
-        secret::ca_bundle(&name, &secret).map_err(|e| Problem::new(Reason::InvalidSecret, format!("annotation auth-tls-secret: {e}")))?;
+    let ca_pem = secret::ca_bundle(&name, &secret).map_err(|e| {
+        Problem::new(
+            Reason::InvalidSecret,
+            format!("annotation auth-tls-secret: {e}"),
+        )
+    })?;
     Ok(Some(ClientAuth {
         ca_pem,
         verify,
-        depth: a.count("auth-tls-verify-depth")?.unwrap_or(DEFAULT_CLIENT_VERIFY_DEPTH),
-        pass_certificate: a.bool("auth-tls-pass-certificate-to-upstream")?.unwrap_or(false),
+        depth: a
+            .count("auth-tls-verify-depth")?
+            .unwrap_or(DEFAULT_CLIENT_VERIFY_DEPTH),
+        pass_certificate: a
+            .bool("auth-tls-pass-certificate-to-upstream")?
+            .unwrap_or(false),
         error_page: a.url("auth-tls-error-page")?,
         match_subject: a.regex("auth-tls-match-cn")?,
     }))
@@ -218,7 +315,11 @@ pub(super) fn client_certificates(a: &Annotations<'_>, reads: &mut ObjectReads<'
 
 /// The Secret an annotation names, with its `namespace/name`: only one in the Ingress's
 /// own namespace is read. `None` when the annotation is not set.
-fn own_secret(a: &Annotations<'_>, annotation: &str, reads: &mut ObjectReads<'_>) -> Result<Option<NamedSecret>, Problem> {
+fn own_secret(
+    a: &Annotations<'_>,
+    annotation: &str,
+    reads: &mut ObjectReads<'_>,
+) -> Result<Option<NamedSecret>, Problem> {
     let Some((namespace, name)) = a.object_ref(annotation, reads.namespace)? else {
         return Ok(None);
     };
@@ -229,8 +330,11 @@ fn own_secret(a: &Annotations<'_>, annotation: &str, reads: &mut ObjectReads<'_>
             reads.namespace
         )));
     }
-    let secret = reads
-        .secret(&name)
-        .ok_or_else(|| Problem::new(Reason::SecretNotFound, format!("annotation {annotation}: secret {full} does not exist")))?;
+    let secret = reads.secret(&name).ok_or_else(|| {
+        Problem::new(
+            Reason::SecretNotFound,
+            format!("annotation {annotation}: secret {full} does not exist"),
+        )
+    })?;
     Ok(Some((full, secret)))
 }

@@ -16,9 +16,19 @@ use std::sync::Arc;
 /// An object a fragment read, held so that "unchanged" can be told by identity (the
 /// `Arc`s are kept alive, so their addresses cannot be reused by other objects).
 pub(crate) enum Dependency {
-    Service { key: ObjectKey, service: Option<Arc<Service>>, slices: Vec<Arc<EndpointSlice>> },
-    Secret { key: ObjectKey, secret: Option<Arc<Secret>> },
-    ConfigMap { key: ObjectKey, config_map: Option<Arc<ConfigMap>> },
+    Service {
+        key: ObjectKey,
+        service: Option<Arc<Service>>,
+        slices: Vec<Arc<EndpointSlice>>,
+    },
+    Secret {
+        key: ObjectKey,
+        secret: Option<Arc<Secret>>,
+    },
+    ConfigMap {
+        key: ObjectKey,
+        config_map: Option<Arc<ConfigMap>>,
+    },
 }
 
 fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
@@ -32,14 +42,20 @@ fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
 impl Dependency {
     fn unchanged(&self, state: &ClusterState, slices: &SliceIndex<'_>) -> bool {
         match self {
-            Dependency::Service { key, service, slices: seen } => {
+            Dependency::Service {
+                key,
+                service,
+                slices: seen,
+            } => {
                 let now = slices.of(&key.0, &key.1);
                 same(state.services.get(key), service.as_ref())
                     && now.len() == seen.len()
                     && now.iter().zip(seen).all(|(a, b)| Arc::ptr_eq(a, b))
             }
             Dependency::Secret { key, secret } => same(state.secrets.get(key), secret.as_ref()),
-            Dependency::ConfigMap { key, config_map } => same(state.config_maps.get(key), config_map.as_ref()),
+            Dependency::ConfigMap { key, config_map } => {
+                same(state.config_maps.get(key), config_map.as_ref())
+            }
         }
     }
 }
@@ -54,15 +70,28 @@ pub(crate) struct ObjectReads<'r> {
 }
 
 impl<'r> ObjectReads<'r> {
-    pub fn new(state: &'r ClusterState, slices: &'r SliceIndex<'r>, namespace: &'r str, dependencies: &'r mut Vec<Dependency>) -> Self {
-        ObjectReads { state, slices, namespace, dependencies }
+    pub fn new(
+        state: &'r ClusterState,
+        slices: &'r SliceIndex<'r>,
+        namespace: &'r str,
+        dependencies: &'r mut Vec<Dependency>,
+    ) -> Self {
+        ObjectReads {
+            state,
+            slices,
+            namespace,
+            dependencies,
+        }
     }
 
     /// Secret `name` of the namespace.
     pub fn secret(&mut self, name: &str) -> Option<Arc<Secret>> {
         let key = (self.namespace.to_string(), name.to_string());
         let secret = self.state.secrets.get(&key).cloned();
-        self.dependencies.push(Dependency::Secret { key, secret: secret.clone() });
+        self.dependencies.push(Dependency::Secret {
+            key,
+            secret: secret.clone(),
+        });
         secret
     }
 
@@ -70,19 +99,35 @@ impl<'r> ObjectReads<'r> {
     pub fn config_map(&mut self, name: &str) -> Option<Arc<ConfigMap>> {
         let key = (self.namespace.to_string(), name.to_string());
         let config_map = self.state.config_maps.get(&key).cloned();
-        self.dependencies.push(Dependency::ConfigMap { key, config_map: config_map.clone() });
+        self.dependencies.push(Dependency::ConfigMap {
+            key,
+            config_map: config_map.clone(),
+        });
         config_map
     }
 
     /// Service `name` of the namespace and its EndpointSlices, once however often it is named.
     pub fn service(&mut self, name: &str) {
         let key = (self.namespace.to_string(), name.to_string());
-        if self.dependencies.iter().any(|d| matches!(d, Dependency::Service { key: k, .. } if *k == key)) {
+        if self
+            .dependencies
+            .iter()
+            .any(|d| matches!(d, Dependency::Service { key: k, .. } if *k == key))
+        {
             return;
         }
         let service = self.state.services.get(&key).cloned();
-        let slices = self.slices.of(self.namespace, name).iter().map(|s| Arc::clone(s)).collect();
-        self.dependencies.push(Dependency::Service { key, service, slices });
+        let slices = self
+            .slices
+            .of(self.namespace, name)
+            .iter()
+            .map(|s| Arc::clone(s))
+            .collect();
+        self.dependencies.push(Dependency::Service {
+            key,
+            service,
+            slices,
+        });
     }
 }
 
@@ -149,7 +194,13 @@ impl Fragment {
     }
 
     /// Still what processing `ingress` would give: the same object, and nothing it read changed.
-    pub fn is_current(&self, ingress: &Arc<Ingress>, state: &ClusterState, slices: &SliceIndex<'_>) -> bool {
-        Arc::ptr_eq(&self.ingress, ingress) && self.dependencies.iter().all(|d| d.unchanged(state, slices))
+    pub fn is_current(
+        &self,
+        ingress: &Arc<Ingress>,
+        state: &ClusterState,
+        slices: &SliceIndex<'_>,
+    ) -> bool {
+        Arc::ptr_eq(&self.ingress, ingress)
+            && self.dependencies.iter().all(|d| d.unchanged(state, slices))
     }
 }

@@ -9,21 +9,43 @@ use portico_model::{Cors, HeaderEdits};
 
 /// The header edits of both directions, `None` when there are none. `custom-headers`
 /// entries are set first, so that `response-headers-set` can override them.
-pub(super) fn header_edits(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problems: &mut Problems) -> Option<HeaderEdits> {
+pub(super) fn header_edits(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> Option<HeaderEdits> {
     let mut edits = HeaderEdits::default();
     edits.response.set = custom_headers(a, reads, problems);
-    for (changes, side) in [(&mut edits.request, "request"), (&mut edits.response, "response")] {
-        changes.remove = problems.take(a.header_names(&format!("{side}-headers-remove"))).unwrap_or_default();
-        changes.set.extend(problems.take(a.header_lines(&format!("{side}-headers-set"))).unwrap_or_default());
-        changes.add = problems.take(a.header_lines(&format!("{side}-headers-add"))).unwrap_or_default();
+    for (changes, side) in [
+        (&mut edits.request, "request"),
+        (&mut edits.response, "response"),
+    ] {
+        changes.remove = problems
+            .take(a.header_names(&format!("{side}-headers-remove")))
+            .unwrap_or_default();
+        changes.set.extend(
+            problems
+                .take(a.header_lines(&format!("{side}-headers-set")))
+                .unwrap_or_default(),
+        );
+        changes.add = problems
+            .take(a.header_lines(&format!("{side}-headers-add")))
+            .unwrap_or_default();
     }
     (edits != HeaderEdits::default()).then_some(edits)
 }
 
 /// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace. An entry that
 /// is not a header is reported and left out.
-fn custom_headers(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problems: &mut Problems) -> Vec<(String, String)> {
-    let Some((namespace, name)) = problems.take(a.object_ref("custom-headers", reads.namespace)) else { return Vec::new() };
+fn custom_headers(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> Vec<(String, String)> {
+    let Some((namespace, name)) = problems.take(a.object_ref("custom-headers", reads.namespace))
+    else {
+        return Vec::new();
+    };
     let key = a.get("custom-headers").map(|(k, _)| k).unwrap_or_default();
     if namespace != reads.namespace {
         let msg = format!("annotation {key}: ConfigMap {namespace}/{name} is in another namespace; only the Ingress's own is read");
@@ -31,12 +53,17 @@ fn custom_headers(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problems: &m
         return Vec::new();
     }
     let Some(config_map) = reads.config_map(&name) else {
-        problems.push(Problem::new(Reason::ConfigMapNotFound, format!("annotation {key}: ConfigMap {namespace}/{name} does not exist")));
+        problems.push(Problem::new(
+            Reason::ConfigMapNotFound,
+            format!("annotation {key}: ConfigMap {namespace}/{name} does not exist"),
+        ));
         return Vec::new();
     };
     let mut headers = Vec::new();
     for (entry, value) in config_map.data.iter().flatten() {
-        let parsed = http::HeaderName::from_bytes(entry.as_bytes()).ok().zip(http::HeaderValue::from_str(value.trim()).ok());
+        let parsed = http::HeaderName::from_bytes(entry.as_bytes())
+            .ok()
+            .zip(http::HeaderValue::from_str(value.trim()).ok());
         match parsed {
             Some((header, _)) => headers.push((header.as_str().to_string(), value.trim().to_string())),
             None => problems.push(Problem::invalid(format!(
@@ -90,20 +117,43 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn cors_is_off_unless_enabled_and_stays_off_on_a_bad_value() {
         let mut problems = Problems::default();
-        assert_eq!(cors(&Annotations::new(Some(&annotations(&[("cors-allow-origin", "https://a.test")]))), &mut problems), None);
-        let on = annotations(&[("enable-cors", "true"), ("cors-allow-origin", "https://a.test"), ("cors-max-age", "60")]);
+        assert_eq!(
+            cors(
+                &Annotations::new(Some(&annotations(&[(
+                    "cors-allow-origin",
+                    "https://a.test"
+                )]))),
+                &mut problems
+            ),
+            None
+        );
+        let on = annotations(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.test"),
+            ("cors-max-age", "60"),
+        ]);
         let read = cors(&Annotations::new(Some(&on)), &mut problems).unwrap();
-        assert_eq!((read.allow_origins, read.max_age_secs), (vec!["https://a.test".to_string()], 60));
+        assert_eq!(
+            (read.allow_origins, read.max_age_secs),
+            (vec!["https://a.test".to_string()], 60)
+        );
         assert!(problems.0.is_empty());
         let bad = annotations(&[("enable-cors", "true"), ("cors-max-age", "forever")]);
         assert_eq!(cors(&Annotations::new(Some(&bad)), &mut problems), None);
         assert_eq!(problems.0.len(), 1);
-        assert!(problems.0[0].message.ends_with("; CORS stays off"), "{:?}", problems.0);
+        assert!(
+            problems.0[0].message.ends_with("; CORS stays off"),
+            "{:?}",
+            problems.0
+        );
     }
 }

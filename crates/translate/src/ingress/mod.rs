@@ -24,10 +24,12 @@ use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef, Problem, Problems, Reason};
 use crate::secret::{self, CheckedCertificate};
 use fragment::ObjectReads;
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressServiceBackend, ServiceBackendPort};
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressBackend, IngressServiceBackend, ServiceBackendPort,
+};
 use portico_model::{
-    AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit, Redirect, RequestConditions, Rewrite, Route,
-    SessionAffinity, TrafficPolicy, Upstream,
+    AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit, Redirect,
+    RequestConditions, Rewrite, Route, SessionAffinity, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -122,15 +124,30 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     pub fn new(lookups: &'b mut Lookups<'a>, ingress: &'a Arc<Ingress>) -> Self {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        let object = ObjectRef { kind: "Ingress", namespace: namespace.to_string(), name: name.to_string() };
+        let object = ObjectRef {
+            kind: "Ingress",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         let fragment = Fragment::new(ingress, object);
-        IngressProcessor { lookups, ingress, namespace, last_backend: None, policy: RoutePolicy::default(), fragment }
+        IngressProcessor {
+            lookups,
+            ingress,
+            namespace,
+            last_backend: None,
+            policy: RoutePolicy::default(),
+            fragment,
+        }
     }
 
     /// Messages may quote annotations; a URL's credentials are not repeated in Events and logs.
     fn report(&mut self, reason: Reason, message: String) {
         let message = portico_model::redact_userinfo(&message).into_owned();
-        self.fragment.diagnostics.push(Diagnostic { object: self.fragment.object.clone(), reason, message });
+        self.fragment.diagnostics.push(Diagnostic {
+            object: self.fragment.object.clone(),
+            reason,
+            message,
+        });
     }
 
     fn report_all(&mut self, problems: Problems) {
@@ -141,7 +158,12 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
 
     /// The objects of the Ingress's namespace, read as dependencies of its fragment.
     fn reads(&mut self) -> ObjectReads<'_> {
-        ObjectReads::new(self.lookups.state, self.lookups.slices, self.namespace, &mut self.fragment.dependencies)
+        ObjectReads::new(
+            self.lookups.state,
+            self.lookups.slices,
+            self.namespace,
+            &mut self.fragment.dependencies,
+        )
     }
 
     fn read_annotations(&mut self) {
@@ -151,24 +173,31 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         let a = Annotations::new(self.ingress.metadata.annotations.as_ref());
         let mut problems = Problems::default();
         self.policy.ssl_redirect = problems.take(a.bool("ssl-redirect")).unwrap_or(true);
-        self.policy.force_ssl_redirect = problems.take(a.bool("force-ssl-redirect")).unwrap_or(false);
+        self.policy.force_ssl_redirect =
+            problems.take(a.bool("force-ssl-redirect")).unwrap_or(false);
         let upstream = upstream::upstream(&a, &mut self.reads(), &mut problems);
         self.policy.traffic = traffic::traffic(&a, upstream.upstream.protocol, &mut problems);
-        (self.policy.upstream, self.policy.server_name_from_service) = (upstream.upstream, upstream.server_name_from_service);
+        (self.policy.upstream, self.policy.server_name_from_service) =
+            (upstream.upstream, upstream.server_name_from_service);
         self.policy.max_body_bytes = traffic::max_body_bytes(&a, &mut problems);
         self.policy.affinity = traffic::affinity(&a, &mut problems);
         self.read_access_controls(&a, &mut problems);
         self.policy.cors = headers::cors(&a, &mut problems);
         let rewrites = routing::rewrites(&a, &mut problems);
         (self.policy.rewrite, self.policy.regex_paths) = (rewrites.rewrite, rewrites.regex_paths);
-        self.policy.conditions = routing::conditions(&a).map_err(|errors| problems.0.extend(errors));
+        self.policy.conditions =
+            routing::conditions(&a).map_err(|errors| problems.0.extend(errors));
         self.policy.headers = headers::header_edits(&a, &mut self.reads(), &mut problems);
         if let Some((service, port)) = problems.take(a.service_ref("default-backend")) {
             self.policy.fallback_backend = self.fallback_backend(&service, port, &mut problems);
         }
         self.policy.error_statuses = problems.take(a.error_statuses("custom-http-errors"));
-        self.policy.preserve_trailing_slash = problems.take(a.bool("preserve-trailing-slash")).unwrap_or(false);
-        self.policy.www_redirect = problems.take(a.bool("from-to-www-redirect")).unwrap_or(false);
+        self.policy.preserve_trailing_slash = problems
+            .take(a.bool("preserve-trailing-slash"))
+            .unwrap_or(false);
+        self.policy.www_redirect = problems
+            .take(a.bool("from-to-www-redirect"))
+            .unwrap_or(false);
         if problems.take(a.bool("canary")) == Some(true) {
             self.fragment.canary = Some(traffic::canary(&a, &self.fragment.source, &mut problems));
         }
@@ -180,23 +209,34 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     /// every request (503).
     fn read_access_controls(&mut self, a: &Annotations<'_>, problems: &mut Problems) {
         let mut refusals = Refusals::default();
-        let client_auth: Option<ClientAuth> = refusals.check(auth::client_certificates(a, &mut self.reads())).flatten();
+        let client_auth: Option<ClientAuth> = refusals
+            .check(auth::client_certificates(a, &mut self.reads()))
+            .flatten();
         let sources = refusals.check(auth::source_ranges(a));
-        let basic = refusals.check(auth::basic(a, &mut self.reads(), problems)).flatten();
+        let basic = refusals
+            .check(auth::basic(a, &mut self.reads(), problems))
+            .flatten();
         let external = refusals.check(auth::external(a, problems)).flatten();
         let jwt = refusals.check(auth::jwt(a, &mut self.reads())).flatten();
         self.policy.rate_limit = refusals.check(traffic::rate_limit(a)).flatten();
         let satisfy_any = refusals.check(auth::satisfy_any(a)).unwrap_or(false);
         self.fragment.client_auth = client_auth;
         let (allow, deny) = sources.map_or((None, None), |s| (s.allow, s.deny));
-        let controlled = allow.is_some() || deny.is_some() || basic.is_some() || external.is_some() || jwt.is_some();
+        let controlled = allow.is_some()
+            || deny.is_some()
+            || basic.is_some()
+            || external.is_some()
+            || jwt.is_some();
         if !controlled && refusals.0.is_empty() {
             return;
         }
         let mut reasons = Vec::new();
         for p in refusals.0 {
             let message = portico_model::redact_userinfo(&p.message).into_owned();
-            problems.push(Problem::new(p.reason, format!("{message}; its routes answer 503")));
+            problems.push(Problem::new(
+                p.reason,
+                format!("{message}; its routes answer 503"),
+            ));
             reasons.push(message);
         }
         self.policy.access = Some(AccessPolicy {
@@ -211,14 +251,28 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     }
 
     /// The `default-backend` Service as a plain HTTP backend; without a port, its first.
-    fn fallback_backend(&mut self, service: &str, port: Option<String>, problems: &mut Problems) -> Option<String> {
+    fn fallback_backend(
+        &mut self,
+        service: &str,
+        port: Option<String>,
+        problems: &mut Problems,
+    ) -> Option<String> {
         let port = match port {
             Some(p) => match p.parse::<i32>() {
-                Ok(number) => ServiceBackendPort { number: Some(number), name: None },
-                Err(_) => ServiceBackendPort { number: None, name: Some(p) },
+                Ok(number) => ServiceBackendPort {
+                    number: Some(number),
+                    name: None,
+                },
+                Err(_) => ServiceBackendPort {
+                    number: None,
+                    name: Some(p),
+                },
             },
             None => match backend::first_port(self.lookups.state, self.namespace, service) {
-                Some(number) => ServiceBackendPort { number: Some(number), name: None },
+                Some(number) => ServiceBackendPort {
+                    number: Some(number),
+                    name: None,
+                },
                 None => {
                     self.reads().service(service);
                     let msg = format!("annotation default-backend: service {}/{service} does not exist or has no port", self.namespace);
@@ -227,20 +281,28 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 }
             },
         };
-        let svc = IngressServiceBackend { name: service.to_string(), port: Some(port) };
+        let svc = IngressServiceBackend {
+            name: service.to_string(),
+            port: Some(port),
+        };
         self.reads().service(service);
         let (upstream, traffic) = (Upstream::default(), TrafficPolicy::default());
         let name = backend::backend_name(self.namespace, &svc, &upstream, &traffic);
         let resolved = self.resolved(name.clone(), &svc, &upstream, &traffic);
         if let Some((reason, message)) = resolved.problem.clone() {
-            problems.push(Problem::new(reason, format!("annotation default-backend: {message}")));
+            problems.push(Problem::new(
+                reason,
+                format!("annotation default-backend: {message}"),
+            ));
         }
         Some(name)
     }
 
     /// Records which certificate each host of each `spec.tls` entry asks for.
     fn process_tls(&mut self) {
-        let Some(spec) = self.ingress.spec.as_ref() else { return };
+        let Some(spec) = self.ingress.spec.as_ref() else {
+            return;
+        };
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let certificate = match tls.secret_name.as_deref() {
                 None | Some("") => None,
@@ -249,12 +311,24 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             // An entry without hosts covers the hosts of this Ingress's rules.
             let hosts: Vec<&str> = match tls.hosts.as_deref() {
                 Some(h) if !h.is_empty() => h.iter().map(String::as_str).collect(),
-                _ => spec.rules.iter().flatten().filter_map(|r| r.host.as_deref()).collect(),
+                _ => spec
+                    .rules
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.host.as_deref())
+                    .collect(),
             };
             for (j, text) in hosts.into_iter().enumerate() {
                 match text.parse::<HostMatch>() {
-                    Ok(host) => self.fragment.tls.push(TlsClaim { host, certificate: certificate.clone(), entry: i }),
-                    Err(e) => self.report(Reason::InvalidHost, format!("spec.tls[{i}].hosts[{j}] {text:?}: {}", e.reason)),
+                    Ok(host) => self.fragment.tls.push(TlsClaim {
+                        host,
+                        certificate: certificate.clone(),
+                        entry: i,
+                    }),
+                    Err(e) => self.report(
+                        Reason::InvalidHost,
+                        format!("spec.tls[{i}].hosts[{j}] {text:?}: {}", e.reason),
+                    ),
                 }
             }
         }
@@ -268,12 +342,18 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             .lookups
             .secrets
             .entry(key.clone())
-            .or_insert_with(|| secret::tls_certificate_of(&format!("{}/{name}", key.0), secret.as_deref()).map(Arc::new))
+            .or_insert_with(|| {
+                secret::tls_certificate_of(&format!("{}/{name}", key.0), secret.as_deref())
+                    .map(Arc::new)
+            })
             .clone();
         match checked {
             Ok(c) => {
                 if let Some(w) = &c.warning {
-                    self.report(Reason::CertificateExpired, format!("spec.tls[{i}].secretName: {w}"));
+                    self.report(
+                        Reason::CertificateExpired,
+                        format!("spec.tls[{i}].secretName: {w}"),
+                    );
                 }
                 let name = c.certificate.name.clone();
                 self.fragment.certificates.push(c);
@@ -294,7 +374,10 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         };
         let rules = spec.rules.as_deref().unwrap_or_default();
         if rules.is_empty() && spec.default_backend.is_none() {
-            self.report(Reason::InvalidIngress, "either spec.defaultBackend or spec.rules must be specified".into());
+            self.report(
+                Reason::InvalidIngress,
+                "either spec.defaultBackend or spec.rules must be specified".into(),
+            );
             return self.fragment;
         }
         self.read_annotations();
@@ -310,11 +393,16 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             let host: HostMatch = match host_text.parse() {
                 Ok(h) => h,
                 Err(e) => {
-                    self.report(Reason::InvalidHost, format!("spec.rules[{i}].host {host_text:?}: {}", e.reason));
+                    self.report(
+                        Reason::InvalidHost,
+                        format!("spec.rules[{i}].host {host_text:?}: {}", e.reason),
+                    );
                     continue;
                 }
             };
-            let Some(http) = rule.http.as_ref() else { continue };
+            let Some(http) = rule.http.as_ref() else {
+                continue;
+            };
             // Field names are only formatted when something is wrong with the field.
             let field = |j: usize| format!("spec.rules[{i}].http.paths[{j}]");
             let mut routes = Vec::with_capacity(http.paths.len());
@@ -331,7 +419,10 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                         continue;
                     }
                 };
-                let Some(backend) = self.backend(&path.backend, || format!("{}.backend", field(j))) else { continue };
+                let Some(backend) = self.backend(&path.backend, || format!("{}.backend", field(j)))
+                else {
+                    continue;
+                };
                 let affinity = self.policy.affinity.clone().map(|mut a| {
                     if a.cookie.path.is_empty() {
                         a.cookie.path = matcher.path().to_string();
@@ -350,7 +441,12 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     rewrite: self.policy.rewrite.clone().map(Box::new),
                     rate_limit: self.policy.rate_limit.clone().map(Box::new),
                     cors: self.policy.cors.clone().map(Box::new),
-                    conditions: self.policy.conditions.clone().unwrap_or_default().map(Box::new),
+                    conditions: self
+                        .policy
+                        .conditions
+                        .clone()
+                        .unwrap_or_default()
+                        .map(Box::new),
                     headers: self.policy.headers.clone().map(Box::new),
                     fallback_backend: self.policy.fallback_backend.clone(),
                     error_pages: self.error_pages(&path.backend).map(Box::new),
@@ -393,12 +489,16 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     fn add_www_redirects(&mut self) {
         let mut redirects = Vec::new();
         for (host, routes) in &self.fragment.rules {
-            let HostMatch::Exact(name) = host else { continue };
+            let HostMatch::Exact(name) = host else {
+                continue;
+            };
             let other = match name.strip_prefix("www.") {
                 Some(bare) => bare.to_string(),
                 None => format!("www.{name}"),
             };
-            let Ok(other) = other.parse::<HostMatch>() else { continue };
+            let Ok(other) = other.parse::<HostMatch>() else {
+                continue;
+            };
             if self.fragment.rules.iter().any(|(h, _)| *h == other) {
                 continue;
             }
@@ -407,7 +507,13 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 .iter()
                 .map(|r| {
                     let mut r = r.clone();
-                    let rewrite = Rewrite { redirect: Some(Redirect { code: 308, target: target.clone() }), ..Rewrite::default() };
+                    let rewrite = Rewrite {
+                        redirect: Some(Redirect {
+                            code: 308,
+                            target: target.clone(),
+                        }),
+                        ..Rewrite::default()
+                    };
                     r.route.rewrite = Some(Box::new(rewrite));
                     r
                 })
@@ -426,15 +532,30 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         if aliases.is_empty() {
             return;
         }
-        let named: Vec<(HostMatch, Vec<FragmentRoute>)> =
-            self.fragment.rules.iter().filter(|(h, _)| *h != HostMatch::Any).map(|(h, r)| (h.clone(), r.clone())).collect();
+        let named: Vec<(HostMatch, Vec<FragmentRoute>)> = self
+            .fragment
+            .rules
+            .iter()
+            .filter(|(h, _)| *h != HostMatch::Any)
+            .map(|(h, r)| (h.clone(), r.clone()))
+            .collect();
         for alias in aliases {
             if named.iter().any(|(h, _)| *h == alias) {
                 continue;
             }
-            let routes: Vec<FragmentRoute> = named.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
-            if let Some(claim) = self.fragment.tls.iter().find(|c| named.iter().any(|(h, _)| *h == c.host)) {
-                let claim = TlsClaim { host: alias.clone(), certificate: claim.certificate.clone(), entry: claim.entry };
+            let routes: Vec<FragmentRoute> =
+                named.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+            if let Some(claim) = self
+                .fragment
+                .tls
+                .iter()
+                .find(|c| named.iter().any(|(h, _)| *h == c.host))
+            {
+                let claim = TlsClaim {
+                    host: alias.clone(),
+                    certificate: claim.certificate.clone(),
+                    entry: claim.entry,
+                };
                 self.fragment.tls.push(claim);
             }
             self.fragment.rules.push((alias, routes));
@@ -442,9 +563,17 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
     }
 
     /// Resolves a backend reference, reporting problems; `None` when it cannot be routed at all.
-    fn backend(&mut self, backend: &'a IngressBackend, field: impl Fn() -> String) -> Option<String> {
+    fn backend(
+        &mut self,
+        backend: &'a IngressBackend,
+        field: impl Fn() -> String,
+    ) -> Option<String> {
         let Some(svc) = backend.service.as_ref() else {
-            let what = if backend.resource.is_some() { "resource backends are not supported" } else { "no service is named" };
+            let what = if backend.resource.is_some() {
+                "resource backends are not supported"
+            } else {
+                "no service is named"
+            };
             self.report(Reason::UnsupportedBackend, format!("{}: {what}", field()));
             return None;
         };
@@ -457,7 +586,8 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             Some((last, name)) if *last == svc => name.clone(),
             _ => {
                 self.reads().service(&svc.name);
-                let name = backend::backend_name(self.namespace, svc, &upstream, &self.policy.traffic);
+                let name =
+                    backend::backend_name(self.namespace, svc, &upstream, &self.policy.traffic);
                 self.last_backend = Some((svc, name.clone()));
                 name
             }
@@ -472,15 +602,35 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
 
     /// The backend `name` of a Service port, resolved once per translation and listed
     /// among the fragment's backends.
-    fn resolved(&mut self, name: String, svc: &IngressServiceBackend, upstream: &Upstream, traffic: &TrafficPolicy) -> Arc<Resolved> {
+    fn resolved(
+        &mut self,
+        name: String,
+        svc: &IngressServiceBackend,
+        upstream: &Upstream,
+        traffic: &TrafficPolicy,
+    ) -> Arc<Resolved> {
         let lookups = &mut *self.lookups;
         let namespace = self.namespace;
         let resolved = lookups
             .resolved
             .entry(name)
-            .or_insert_with(|| Arc::new(backend::resolve(lookups.state, lookups.slices, namespace, svc, upstream, traffic)))
+            .or_insert_with(|| {
+                Arc::new(backend::resolve(
+                    lookups.state,
+                    lookups.slices,
+                    namespace,
+                    svc,
+                    upstream,
+                    traffic,
+                ))
+            })
             .clone();
-        if !self.fragment.backends.iter().any(|b| Arc::ptr_eq(b, &resolved)) {
+        if !self
+            .fragment
+            .backends
+            .iter()
+            .any(|b| Arc::ptr_eq(b, &resolved))
+        {
             self.fragment.backends.push(Arc::clone(&resolved));
         }
         resolved

@@ -25,12 +25,17 @@ pub(super) fn regex_path_match(path_type: &str, path: Option<&str>) -> Result<Pa
                 return Err(format!("path {path:?} must start with '/'"));
             }
             portico_model::pattern::path_regex(path).map_err(|e| {
-                format!("path {path:?} is not a regular expression that compiles: {}", e.to_string().lines().last().unwrap_or(""))
+                format!(
+                    "path {path:?} is not a regular expression that compiles: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                )
             })?;
             Ok(PathMatch::Regex(path.to_string()))
         }
         "" => Err("pathType must be specified".into()),
-        other => Err(format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific")),
+        other => Err(format!(
+            "pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"
+        )),
     }
 }
 
@@ -51,13 +56,19 @@ pub(super) fn path_match(path_type: &str, path: Option<&str>) -> Result<PathMatc
             if path.ends_with("/..") || path.ends_with("/.") {
                 return Err(format!("path {path:?} must not end with '/..' or '/.'"));
             }
-            Ok(if path_type == "Exact" { PathMatch::Exact(path.to_string()) } else { PathMatch::prefix(path) })
+            Ok(if path_type == "Exact" {
+                PathMatch::Exact(path.to_string())
+            } else {
+                PathMatch::prefix(path)
+            })
         }
         "ImplementationSpecific" if path.is_empty() => Ok(PathMatch::prefix("/")),
         "ImplementationSpecific" if path.starts_with('/') => Ok(PathMatch::prefix(path)),
         "ImplementationSpecific" => Err(format!("path {path:?} must be an absolute path")),
         "" => Err("pathType must be specified".into()),
-        other => Err(format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific")),
+        other => Err(format!(
+            "pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"
+        )),
     }
 }
 
@@ -68,10 +79,22 @@ mod tests {
 
     #[test]
     fn path_types_follow_the_api() {
-        assert_eq!(path_match("Exact", Some("/foo/")), Ok(PathMatch::Exact("/foo/".into())));
-        assert_eq!(path_match("Prefix", Some("/foo/")), Ok(PathMatch::Prefix("/foo".into())));
-        assert_eq!(path_match("ImplementationSpecific", None), Ok(PathMatch::Prefix("/".into())));
-        assert_eq!(path_match("ImplementationSpecific", Some("/a/")), Ok(PathMatch::Prefix("/a".into())));
+        assert_eq!(
+            path_match("Exact", Some("/foo/")),
+            Ok(PathMatch::Exact("/foo/".into()))
+        );
+        assert_eq!(
+            path_match("Prefix", Some("/foo/")),
+            Ok(PathMatch::Prefix("/foo".into()))
+        );
+        assert_eq!(
+            path_match("ImplementationSpecific", None),
+            Ok(PathMatch::Prefix("/".into()))
+        );
+        assert_eq!(
+            path_match("ImplementationSpecific", Some("/a/")),
+            Ok(PathMatch::Prefix("/a".into()))
+        );
         for (t, p) in [
             ("Prefix", "foo"),
             ("Exact", "/a//b"),

@@ -23,19 +23,25 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
         forwarded_prefix: problems.take(a.abs_path("x-forwarded-prefix")),
     };
     // As in ingress-nginx, a temporal redirect wins over a permanent one.
-    for (name, code_name, default_code) in
-        [("temporal-redirect", "temporal-redirect-code", 302), ("permanent-redirect", "permanent-redirect-code", 301)]
-    {
+    for (name, code_name, default_code) in [
+        ("temporal-redirect", "temporal-redirect-code", 302),
+        ("permanent-redirect", "permanent-redirect-code", 301),
+    ] {
         if rw.redirect.is_some() {
             break;
         }
         if let Some(target) = problems.take(a.redirect_target(name)) {
-            let code = problems.take(a.redirect_code(code_name)).unwrap_or(default_code);
+            let code = problems
+                .take(a.redirect_code(code_name))
+                .unwrap_or(default_code);
             rw.redirect = Some(Redirect { code, target });
         }
     }
     let regex_paths = problems.take(a.bool("use-regex")).unwrap_or(false) || rw.target.is_some();
-    Rewrites { rewrite: (rw != Rewrite::default()).then_some(rw), regex_paths }
+    Rewrites {
+        rewrite: (rw != Rewrite::default()).then_some(rw),
+        regex_paths,
+    }
 }
 
 /// `match-headers`, `match-methods` and `match-query`; `None` when none is set. A
@@ -57,7 +63,12 @@ pub(super) fn conditions(a: &Annotations<'_>) -> Result<Option<RequestConditions
         (headers, methods, query) => Err([headers.err(), query.err(), methods.err()]
             .into_iter()
             .flatten()
-            .map(|e| Problem::new(e.reason(), format!("{}; the Ingress's routes are skipped", e.message())))
+            .map(|e| {
+                Problem::new(
+                    e.reason(),
+                    format!("{}; the Ingress's routes are skipped", e.message()),
+                )
+            })
             .collect()),
     }
 }
@@ -65,14 +76,16 @@ pub(super) fn conditions(a: &Annotations<'_>) -> Result<Option<RequestConditions
 /// `server-alias`: the other names that serve the routes of the Ingress's named hosts.
 /// A name that is not a host name (or is a catch-all) is reported and ignored.
 pub(super) fn aliases(a: &Annotations<'_>, problems: &mut Problems) -> Vec<HostMatch> {
-    let Some((key, value)) = a.get("server-alias") else { return Vec::new() };
+    let Some((key, value)) = a.get("server-alias") else {
+        return Vec::new();
+    };
     let mut aliases = Vec::new();
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name.parse::<HostMatch>() {
             Ok(h @ (HostMatch::Exact(_) | HostMatch::Wildcard(_))) => aliases.push(h),
-            Ok(HostMatch::Any) | Err(_) => {
-                problems.push(Problem::invalid(format!("annotation {key}: {name:?} is not a host name; ignored")))
-            }
+            Ok(HostMatch::Any) | Err(_) => problems.push(Problem::invalid(format!(
+                "annotation {key}: {name:?} is not a host name; ignored"
+            ))),
         }
     }
     aliases
@@ -84,19 +97,31 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn a_rewrite_target_makes_paths_patterns_and_temporal_beats_permanent() {
         let mut problems = Problems::default();
-        let map =
-            annotations(&[("rewrite-target", "/$2"), ("permanent-redirect", "https://a.test"), ("temporal-redirect", "https://b.test")]);
+        let map = annotations(&[
+            ("rewrite-target", "/$2"),
+            ("permanent-redirect", "https://a.test"),
+            ("temporal-redirect", "https://b.test"),
+        ]);
         let r = rewrites(&Annotations::new(Some(&map)), &mut problems);
         assert!(r.regex_paths);
         let rw = r.rewrite.unwrap();
         assert_eq!(rw.target.as_deref(), Some("/$2"));
-        assert_eq!(rw.redirect, Some(Redirect { code: 302, target: "https://b.test".into() }));
+        assert_eq!(
+            rw.redirect,
+            Some(Redirect {
+                code: 302,
+                target: "https://b.test".into()
+            })
+        );
         let plain = rewrites(&Annotations::new(None), &mut problems);
         assert!(!plain.regex_paths && plain.rewrite.is_none());
         assert!(problems.0.is_empty(), "{:?}", problems.0);
@@ -104,14 +129,22 @@ mod tests {
 
     #[test]
     fn conditions_that_do_not_parse_skip_the_ingress() {
-        let map = annotations(&[("match-methods", "GET, POST"), ("match-headers", "x-env=staging")]);
+        let map = annotations(&[
+            ("match-methods", "GET, POST"),
+            ("match-headers", "x-env=staging"),
+        ]);
         let c = conditions(&Annotations::new(Some(&map))).unwrap().unwrap();
         assert_eq!(c.methods, vec!["GET".to_string(), "POST".to_string()]);
         assert_eq!(conditions(&Annotations::new(None)), Ok(None));
         let bad = annotations(&[("match-headers", "x-env~=(")]);
         let problems = conditions(&Annotations::new(Some(&bad))).unwrap_err();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].message.ends_with("; the Ingress's routes are skipped"), "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .ends_with("; the Ingress's routes are skipped"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -119,7 +152,10 @@ mod tests {
         let mut problems = Problems::default();
         let map = annotations(&[("server-alias", "a.test, *.b.test, *, bad host")]);
         let found = aliases(&Annotations::new(Some(&map)), &mut problems);
-        assert_eq!(found, vec!["a.test".parse().unwrap(), "*.b.test".parse().unwrap()]);
+        assert_eq!(
+            found,
+            vec!["a.test".parse().unwrap(), "*.b.test".parse().unwrap()]
+        );
         assert_eq!(problems.0.len(), 2);
     }
 }

@@ -6,8 +6,8 @@
 use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{
-    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit, SessionAffinity, SessionCookie, TrafficPolicy,
-    UpstreamProtocol,
+    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit,
+    SessionAffinity, SessionCookie, TrafficPolicy, UpstreamProtocol,
 };
 
 /// ingress-nginx's `session-cookie-name` default.
@@ -24,7 +24,11 @@ pub(super) const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 
 /// Balancing, timeouts, retries and passive and active health, for backends spoken to
 /// with `protocol`.
-pub(super) fn traffic(a: &Annotations<'_>, protocol: UpstreamProtocol, problems: &mut Problems) -> TrafficPolicy {
+pub(super) fn traffic(
+    a: &Annotations<'_>,
+    protocol: UpstreamProtocol,
+    problems: &mut Problems,
+) -> TrafficPolicy {
     let mut t = TrafficPolicy::default();
     if let Some(balance) = problems.take(a.load_balance()) {
         t.balance = balance;
@@ -79,10 +83,20 @@ fn health_check(a: &Annotations<'_>, problems: &mut Problems) -> Option<HealthCh
     let positive = |n: Option<u32>, default| n.filter(|n| *n > 0).unwrap_or(default);
     Some(HealthCheck {
         path,
-        interval_ms: problems.take(a.duration_ms("health-check-interval", false)).unwrap_or(DEFAULT_HEALTH_INTERVAL_MS),
-        timeout_ms: problems.take(a.duration_ms("health-check-timeout", false)).unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS),
-        healthy_threshold: positive(problems.take(a.count("health-check-healthy-threshold")), DEFAULT_HEALTHY_THRESHOLD),
-        unhealthy_threshold: positive(problems.take(a.count("health-check-unhealthy-threshold")), DEFAULT_UNHEALTHY_THRESHOLD),
+        interval_ms: problems
+            .take(a.duration_ms("health-check-interval", false))
+            .unwrap_or(DEFAULT_HEALTH_INTERVAL_MS),
+        timeout_ms: problems
+            .take(a.duration_ms("health-check-timeout", false))
+            .unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS),
+        healthy_threshold: positive(
+            problems.take(a.count("health-check-healthy-threshold")),
+            DEFAULT_HEALTHY_THRESHOLD,
+        ),
+        unhealthy_threshold: positive(
+            problems.take(a.count("health-check-unhealthy-threshold")),
+            DEFAULT_UNHEALTHY_THRESHOLD,
+        ),
     })
 }
 
@@ -99,18 +113,32 @@ pub(super) fn max_body_bytes(a: &Annotations<'_>, problems: &mut Problems) -> Op
 pub(super) fn affinity(a: &Annotations<'_>, problems: &mut Problems) -> Option<SessionAffinity> {
     problems.take(a.affinity())?;
     let cookie = SessionCookie {
-        name: problems.take(a.token("session-cookie-name")).unwrap_or_else(|| DEFAULT_AFFINITY_COOKIE.to_string()),
-        path: problems.take(a.abs_path("session-cookie-path")).unwrap_or_default(),
+        name: problems
+            .take(a.token("session-cookie-name"))
+            .unwrap_or_else(|| DEFAULT_AFFINITY_COOKIE.to_string()),
+        path: problems
+            .take(a.abs_path("session-cookie-path"))
+            .unwrap_or_default(),
         domain: problems.take(a.attribute("session-cookie-domain")),
-        max_age_secs: problems.take(a.duration_ms("session-cookie-max-age", false)).map(|ms| ms / 1000),
-        expires_secs: problems.take(a.duration_ms("session-cookie-expires", false)).map(|ms| ms / 1000),
+        max_age_secs: problems
+            .take(a.duration_ms("session-cookie-max-age", false))
+            .map(|ms| ms / 1000),
+        expires_secs: problems
+            .take(a.duration_ms("session-cookie-expires", false))
+            .map(|ms| ms / 1000),
         same_site: problems.take(a.same_site()),
-        secure: problems.take(a.bool("session-cookie-secure")).unwrap_or(false),
+        secure: problems
+            .take(a.bool("session-cookie-secure"))
+            .unwrap_or(false),
     };
     Some(SessionAffinity {
-        mode: problems.take(a.affinity_mode()).unwrap_or(AffinityMode::Balanced),
+        mode: problems
+            .take(a.affinity_mode())
+            .unwrap_or(AffinityMode::Balanced),
         cookie,
-        change_on_failure: problems.take(a.bool("session-cookie-change-on-failure")).unwrap_or(false),
+        change_on_failure: problems
+            .take(a.bool("session-cookie-change-on-failure"))
+            .unwrap_or(false),
     })
 }
 
@@ -124,23 +152,41 @@ pub(super) fn rate_limit(a: &Annotations<'_>) -> Result<Option<RateLimit>, Inval
     if per_second.is_none() && per_minute.is_none() && concurrent.is_none() {
         return Ok(None);
     }
-    let burst_multiplier = a.count("limit-burst-multiplier")?.filter(|m| *m > 0).unwrap_or(DEFAULT_BURST_MULTIPLIER);
+    let burst_multiplier = a
+        .count("limit-burst-multiplier")?
+        .filter(|m| *m > 0)
+        .unwrap_or(DEFAULT_BURST_MULTIPLIER);
     let exempt = a.cidr_list("limit-allowlist")?.unwrap_or_default();
-    Ok(Some(RateLimit { per_second, per_minute, burst_multiplier, concurrent, exempt }))
+    Ok(Some(RateLimit {
+        per_second,
+        per_minute,
+        burst_multiplier,
+        concurrent,
+        exempt,
+    }))
 }
 
 /// The `canary-*` rules of a `canary: "true"` Ingress named `source`. A bad rule is
 /// reported and left out, so the canary gets less traffic, never more.
 pub(super) fn canary(a: &Annotations<'_>, source: &str, problems: &mut Problems) -> Canary {
     let header = problems.take(a.token("canary-by-header")).map(|name| {
-        let rule = match (problems.take(a.header_value("canary-by-header-value")), problems.take(a.regex("canary-by-header-pattern"))) {
+        let rule = match (
+            problems.take(a.header_value("canary-by-header-value")),
+            problems.take(a.regex("canary-by-header-pattern")),
+        ) {
             (Some(value), _) => HeaderRule::Equals(value),
             (None, Some(pattern)) => HeaderRule::Matches(pattern),
             (None, None) => HeaderRule::AlwaysNever,
         };
-        CanaryHeader { name: name.to_ascii_lowercase(), rule }
+        CanaryHeader {
+            name: name.to_ascii_lowercase(),
+            rule,
+        }
     });
-    let weight_total = problems.take(a.count("canary-weight-total")).filter(|t| *t > 0).unwrap_or(100);
+    let weight_total = problems
+        .take(a.count("canary-weight-total"))
+        .filter(|t| *t > 0)
+        .unwrap_or(100);
     let weight = match problems.take(a.count("canary-weight")) {
         Some(w) if w > weight_total => {
             let msg =
@@ -167,9 +213,14 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn read<T>(pairs: &[(&str, &str)], f: impl Fn(&Annotations<'_>, &mut Problems) -> T) -> (T, Vec<String>) {
-        let map: BTreeMap<String, String> =
-            pairs.iter().map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string())).collect();
+    fn read<T>(
+        pairs: &[(&str, &str)],
+        f: impl Fn(&Annotations<'_>, &mut Problems) -> T,
+    ) -> (T, Vec<String>) {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
+            .collect();
         let mut problems = Problems::default();
         let value = f(&Annotations::new(Some(&map)), &mut problems);
         (value, problems.0.into_iter().map(|p| p.message).collect())
@@ -180,7 +231,11 @@ mod tests {
 
     #[test]
     fn retries_follow_proxy_next_upstream_as_nginx_reads_it() {
-        let traffic = |pairs: &[(&str, &str)]| read(pairs, |a, p| traffic(a, UpstreamProtocol::Http, p)).0.retry;
+        let traffic = |pairs: &[(&str, &str)]| {
+            read(pairs, |a, p| traffic(a, UpstreamProtocol::Http, p))
+                .0
+                .retry
+        };
         #[rustfmt::skip]
         let cases: &[RetryCase] = &[
             (&[], true, true, &[], 3),
@@ -201,18 +256,27 @@ mod tests {
 
     #[test]
     fn a_bad_tuning_value_keeps_its_default_and_is_reported() {
-        let (t, problems) = read(&[("proxy-read-timeout", "soon"), ("load-balance", "ewma")], |a, p| traffic(a, UpstreamProtocol::Http, p));
+        let (t, problems) = read(
+            &[("proxy-read-timeout", "soon"), ("load-balance", "ewma")],
+            |a, p| traffic(a, UpstreamProtocol::Http, p),
+        );
         assert_eq!(t.read_timeout_ms, TrafficPolicy::default().read_timeout_ms);
         assert_eq!(t.balance, Balance::Ewma);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].contains("proxy-read-timeout") && problems[0].contains("\"soon\""), "{problems:?}");
+        assert!(
+            problems[0].contains("proxy-read-timeout") && problems[0].contains("\"soon\""),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn health_checks_are_left_out_for_http2_backends() {
         let pairs = [("health-check-path", "/healthz")];
         let (plain, _) = read(&pairs, |a, p| traffic(a, UpstreamProtocol::Http, p));
-        assert_eq!(plain.health_check.map(|h| (h.path, h.interval_ms)), Some(("/healthz".to_string(), DEFAULT_HEALTH_INTERVAL_MS)));
+        assert_eq!(
+            plain.health_check.map(|h| (h.path, h.interval_ms)),
+            Some(("/healthz".to_string(), DEFAULT_HEALTH_INTERVAL_MS))
+        );
         let (grpc, problems) = read(&pairs, |a, p| traffic(a, UpstreamProtocol::Grpc, p));
         assert!(grpc.health_check.is_none());
         assert_eq!(problems.len(), 1);
@@ -221,7 +285,10 @@ mod tests {
     #[test]
     fn body_size_defaults_to_a_mebibyte_and_zero_lifts_it() {
         assert_eq!(read(&[], max_body_bytes).0, Some(DEFAULT_MAX_BODY_BYTES));
-        assert_eq!(read(&[("proxy-body-size", "8m")], max_body_bytes).0, Some(8 << 20));
+        assert_eq!(
+            read(&[("proxy-body-size", "8m")], max_body_bytes).0,
+            Some(8 << 20)
+        );
         assert_eq!(read(&[("proxy-body-size", "0")], max_body_bytes).0, None);
         assert_eq!(
             read(&[("proxy-body-size", "huge")], max_body_bytes),
@@ -239,16 +306,34 @@ mod tests {
         assert_eq!(limit(&[]), Ok(None));
         assert_eq!(limit(&[("limit-rps", "0")]), Ok(None));
         let set = limit(&[("limit-rps", "10")]).unwrap().unwrap();
-        assert_eq!((set.per_second, set.burst_multiplier), (Some(10), DEFAULT_BURST_MULTIPLIER));
+        assert_eq!(
+            (set.per_second, set.burst_multiplier),
+            (Some(10), DEFAULT_BURST_MULTIPLIER)
+        );
         assert!(limit(&[("limit-rps", "ten")]).is_err());
     }
 
     #[test]
     fn a_canary_weight_above_the_total_takes_everything_and_is_reported() {
         let (c, problems) = read(&[("canary-weight", "150")], |a, p| canary(a, "ns/c", p));
-        assert_eq!((c.weight, c.weight_total, c.source.as_str()), (100, 100, "ns/c"));
+        assert_eq!(
+            (c.weight, c.weight_total, c.source.as_str()),
+            (100, 100, "ns/c")
+        );
         assert_eq!(problems.len(), 1);
-        let (c, _) = read(&[("canary-by-header", "X-Canary"), ("canary-by-header-pattern", "^(yes|1)$")], |a, p| canary(a, "ns/c", p));
-        assert_eq!(c.header.map(|h| (h.name, h.rule)), Some(("x-canary".to_string(), HeaderRule::Matches("^(yes|1)$".into()))));
+        let (c, _) = read(
+            &[
+                ("canary-by-header", "X-Canary"),
+                ("canary-by-header-pattern", "^(yes|1)$"),
+            ],
+            |a, p| canary(a, "ns/c", p),
+        );
+        assert_eq!(
+            c.header.map(|h| (h.name, h.rule)),
+            Some((
+                "x-canary".to_string(),
+                HeaderRule::Matches("^(yes|1)$".into())
+            ))
+        );
     }
 }

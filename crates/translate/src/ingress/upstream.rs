@@ -16,13 +16,22 @@ pub(super) struct UpstreamPolicy {
 
 /// An unknown protocol or a bad TLS setting is reported and its default kept; a CA
 /// bundle that cannot be read trusts nothing, so verification fails closed.
-pub(super) fn upstream(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problems: &mut Problems) -> UpstreamPolicy {
+pub(super) fn upstream(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> UpstreamPolicy {
     let protocol = problems.take(a.backend_protocol()).unwrap_or_default();
-    let mut upstream = Upstream { protocol, ..Upstream::default() };
+    let mut upstream = Upstream {
+        protocol,
+        ..Upstream::default()
+    };
     let mut server_name_from_service = false;
     if protocol.uses_tls() {
         upstream.verify = problems.take(a.on_off("proxy-ssl-verify")).unwrap_or(false);
-        let send_sni = problems.take(a.on_off("proxy-ssl-server-name")).unwrap_or(false);
+        let send_sni = problems
+            .take(a.on_off("proxy-ssl-server-name"))
+            .unwrap_or(false);
         upstream.server_name = problems.take(a.server_name("proxy-ssl-name"));
         if let Some(object_ref) = problems.take(a.object_ref("proxy-ssl-secret", reads.namespace)) {
             upstream.ca_pem = Some(ca_bundle(object_ref, reads, problems));
@@ -30,12 +39,19 @@ pub(super) fn upstream(a: &Annotations<'_>, reads: &mut ObjectReads<'_>, problem
         // Verification needs a name; the Service's cluster DNS name is the one its certificate carries.
         server_name_from_service = upstream.server_name.is_none() && (upstream.verify || send_sni);
     }
-    UpstreamPolicy { upstream, server_name_from_service }
+    UpstreamPolicy {
+        upstream,
+        server_name_from_service,
+    }
 }
 
 /// The CA bundle of `proxy-ssl-secret`. A Secret that cannot be used yields a bundle
 /// that trusts nothing, so verification fails closed rather than trusting everyone.
-fn ca_bundle((namespace, name): (String, String), reads: &mut ObjectReads<'_>, problems: &mut Problems) -> String {
+fn ca_bundle(
+    (namespace, name): (String, String),
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> String {
     if namespace != reads.namespace {
         let msg =
             format!("annotation proxy-ssl-secret: secret {namespace}/{name} is in another namespace; only {} is read", reads.namespace);
@@ -51,7 +67,10 @@ fn ca_bundle((namespace, name): (String, String), reads: &mut ObjectReads<'_>, p
             String::new()
         }
         Some(s) => secret::ca_bundle(&format!("{namespace}/{name}"), &s).unwrap_or_else(|e| {
-            problems.push(Problem::new(Reason::InvalidSecret, format!("annotation proxy-ssl-secret: {e}")));
+            problems.push(Problem::new(
+                Reason::InvalidSecret,
+                format!("annotation proxy-ssl-secret: {e}"),
+            ));
             String::new()
         }),
     }
