@@ -39,6 +39,7 @@ fn snapshot() -> Snapshot {
         let backend = format!("ns{i}/svc:80");
         s.backends.push(Arc::new(Backend {
             name: backend.clone(),
+            service: Default::default(),
             endpoints: vec![Endpoint {
                 address: [10, 0, (i / 256) as u8, (i % 256) as u8].into(),
                 port: 8080,

@@ -236,6 +236,7 @@ mod tests {
     fn backend(name: &str, last_octet: u8) -> Arc<Backend> {
         Arc::new(Backend {
             name: name.into(),
+            service: Default::default(),
             endpoints: vec![Endpoint {
                 address: [10, 0, 0, last_octet].into(),
                 port: 80,

@@ -1,8 +1,6 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{
-    Balance, Canary, HashKey, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost,
-};
+use crate::{Canary, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost};
 use std::sync::Arc;
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
@@ -59,10 +57,6 @@ pub enum ValidationError {
 }
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
-    if let Balance::ConsistentHash(template) = &p.balance {
-        HashKey::parse(template)
-            .map_err(|v| format!("hash key {template:?}: unknown variable {v}"))?;
-    }
     if p.connect_timeout_ms == 0 || p.read_timeout_ms == 0 || p.send_timeout_ms == 0 {
         return Err("timeouts must be greater than 0".into());
     }
@@ -478,6 +472,7 @@ mod tests {
             default_backend: Some("b".into()),
             backends: vec![Arc::new(Backend {
                 name: "b".into(),
+                service: Default::default(),
                 endpoints: vec![Endpoint {
                     address: [127, 0, 0, 1].into(),
                     port: 80,
@@ -511,6 +506,7 @@ mod tests {
         let backend = |name: &str| {
             Arc::new(Backend {
                 name: name.into(),
+                service: Default::default(),
                 ..(*base.backends[0]).clone()
             })
         };

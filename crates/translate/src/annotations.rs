@@ -1,6 +1,10 @@
 //! Annotations, read under both prefixes and parsed into typed values. `portico.io/`
 //! wins over `nginx.ingress.kubernetes.io/` when both set a name; a value that does not
 //! parse is reported with the annotation and the value, and the default applies.
+//!
+//! Every annotation's value grammar lives here, one reader per kind of value, so that the
+//! groups in `ingress/` share them and a value means the same wherever it is read; that
+//! is why this file is longer than most (about 650 lines before its tests).
 
 use crate::diagnostic::{Problem, Reason};
 use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol, ValueCondition, ValueRule};
@@ -143,14 +147,17 @@ impl<'a> Annotations<'a> {
     }
 
     /// `upstream-hash-by`: a key template of literal text and known variables.
-    pub fn hash_key(&self) -> Result<Option<String>, InvalidAnnotation> {
+    pub fn hash_key(&self) -> Result<Option<portico_model::HashKey>, InvalidAnnotation> {
         self.hash_key_named("upstream-hash-by")
     }
 
     /// A key template of literal text and known variables.
-    pub fn hash_key_named(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
+    pub fn hash_key_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<portico_model::HashKey>, InvalidAnnotation> {
         self.parse(name, "a key of text and $remote_addr, $host, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME", |v| {
-            (!v.is_empty() && portico_model::HashKey::parse(v).is_ok()).then(|| v.to_string())
+            portico_model::HashKey::parse(v).ok().filter(|_| !v.is_empty())
         })
     }
 
@@ -725,7 +732,12 @@ mod tests {
         let n = a.next_upstream().unwrap().unwrap();
         assert!(n.error && n.timeout && n.statuses == [503]);
         assert_eq!(a.load_balance(), Ok(Some(Balance::Ewma)));
-        assert_eq!(a.hash_key(), Ok(Some("$remote_addr$http_x_user".into())));
+        assert_eq!(
+            a.hash_key(),
+            Ok(Some(
+                portico_model::HashKey::parse("$remote_addr$http_x_user").unwrap()
+            ))
+        );
 
         let m = map(&[
             (

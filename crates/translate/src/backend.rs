@@ -6,7 +6,7 @@ use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
-use portico_model::{Backend, Endpoint, TrafficPolicy, Upstream, UpstreamProtocol};
+use portico_model::{Backend, Endpoint, ServiceRef, TrafficPolicy, Upstream, UpstreamProtocol};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -101,9 +101,15 @@ pub(crate) fn resolve(
     policy: &TrafficPolicy,
 ) -> Resolved {
     let name = backend_name(namespace, svc, upstream, policy);
+    let service_ref = ServiceRef {
+        namespace: namespace.to_string(),
+        name: svc.name.clone(),
+        port: port_text(svc.port.as_ref()),
+    };
     let unresolved = |reason, message| Resolved {
         backend: Arc::new(Backend {
             name: name.clone(),
+            service: service_ref.clone(),
             endpoints: Vec::new(),
             upstream: upstream.clone(),
             policy: policy.clone(),
@@ -181,6 +187,7 @@ pub(crate) fn resolve(
     Resolved {
         backend: Arc::new(Backend {
             name,
+            service: service_ref,
             endpoints,
             upstream: upstream.clone(),
             policy: policy.clone(),

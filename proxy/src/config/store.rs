@@ -179,6 +179,7 @@ mod tests {
             ))],
             backends: vec![Arc::new(Backend {
                 name: "b".into(),
+                service: Default::default(),
                 endpoints: vec![Endpoint {
                     address: [127, 0, 0, 1].into(),
                     port: 9,

@@ -108,12 +108,7 @@ impl ExternalAuthCheck {
             .iter()
             .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
             .collect();
-        let cache_key = match &spec.cache {
-            Some(c) => {
-                Some(HashKey::parse(&c.key).map_err(|v| format!("auth-cache-key: unknown {v}"))?)
-            }
-            None => None,
-        };
+        let cache_key = spec.cache.as_ref().map(|c| c.key.clone());
         Ok(ExternalAuthCheck {
             spec: spec.clone(),
             tls,

@@ -102,6 +102,7 @@ mod tests {
         };
         let backend = Backend {
             name: "b".into(),
+            service: Default::default(),
             endpoints: vec![],
             upstream: Default::default(),
             policy: Default::default(),

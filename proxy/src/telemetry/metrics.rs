@@ -6,7 +6,7 @@
 //! Series of a route or backend are registered on their first request and removed when
 //! no compiled snapshot holds them any more, so a deleted Ingress leaves no series behind.
 
-use portico_model::HostMatch;
+use portico_model::{HostMatch, ServiceRef};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -85,19 +85,16 @@ impl Refusal {
 pub struct RouteLabels(pub [Box<str>; 5]);
 
 impl RouteLabels {
-    /// `source` is the route's `namespace/name`; `backend` a backend name (`namespace/service:port|...`).
-    pub fn new(source: &str, host: &str, path: &str, backend: Option<&str>) -> Self {
+    /// `source` is the route's `namespace/name`; `service` the Service its backend stands for.
+    pub fn new(source: &str, host: &str, path: &str, service: Option<&ServiceRef>) -> Self {
         let (namespace, ingress) = source.split_once('/').unwrap_or(("", source));
-        let service = backend
-            .map(BackendLabels::parse)
-            .map(|b| b.0[1].clone())
-            .unwrap_or_default();
+        let service = service.map_or("", |s| s.name.as_str());
         RouteLabels([
             namespace.into(),
             ingress.into(),
             host.into(),
             path.into(),
-            service,
+            service.into(),
         ])
     }
 
@@ -127,12 +124,12 @@ impl RouteLabels {
 pub struct BackendLabels(pub [Box<str>; 3]);
 
 impl BackendLabels {
-    /// From a backend name, `namespace/service:port` with an optional `|...` suffix.
-    pub fn parse(backend: &str) -> Self {
-        let base = backend.split('|').next().unwrap_or(backend);
-        let (namespace, service_port) = base.split_once('/').unwrap_or(("", base));
-        let (service, port) = service_port.rsplit_once(':').unwrap_or((service_port, ""));
-        BackendLabels([namespace.into(), service.into(), port.into()])
+    pub fn of(service: &ServiceRef) -> Self {
+        BackendLabels([
+            service.namespace.as_str().into(),
+            service.name.as_str().into(),
+            service.port.as_str().into(),
+        ])
     }
 
     fn values(&self) -> [&str; 3] {
@@ -422,9 +419,9 @@ impl ProxyMetrics {
         series
     }
 
-    /// The series of a backend, by its name in the snapshot.
-    pub fn backend_series(self: &Arc<Self>, backend: &str) -> Arc<BackendSeries> {
-        let labels = BackendLabels::parse(backend);
+    /// The series of a backend, by the Service port it stands for.
+    pub fn backend_series(self: &Arc<Self>, service: &ServiceRef) -> Arc<BackendSeries> {
+        let labels = BackendLabels::of(service);
         let mut live = self.live_backends.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(series) = live.get(&labels).and_then(Weak::upgrade) {
             return series;
@@ -482,25 +479,29 @@ mod tests {
         String::from_utf8(m.render()).unwrap()
     }
 
+    fn service(namespace: &str, name: &str, port: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+        }
+    }
+
     #[test]
     fn labels_come_from_the_route_and_its_backend() {
-        let l = RouteLabels::new(
-            "shop/web",
-            "shop.example",
-            "/api",
-            Some("shop/api:8080|grpc"),
-        );
+        let api = service("shop", "api", "http");
+        let l = RouteLabels::new("shop/web", "shop.example", "/api", Some(&api));
         assert_eq!(l.values(), ["shop", "web", "shop.example", "/api", "api"]);
-        assert_eq!(
-            BackendLabels::parse("shop/api:http|tls-00ff").values(),
-            ["shop", "api", "http"]
-        );
+        assert_eq!(BackendLabels::of(&api).values(), ["shop", "api", "http"]);
+        let none = RouteLabels::new("", "", "", None);
+        assert_eq!(none.values(), ["", "", "", "", ""]);
     }
 
     #[test]
     fn series_live_while_a_snapshot_holds_them() {
         let m = Arc::new(ProxyMetrics::new());
-        let labels = RouteLabels::new("ns/ing", "a.test", "/", Some("ns/svc:80"));
+        let svc = service("ns", "svc", "80");
+        let labels = RouteLabels::new("ns/ing", "a.test", "/", Some(&svc));
         let first = m.route_series(labels.clone());
         first.record(200, Duration::from_millis(3), 10, 20);
         let second = m.route_series(labels.clone());
@@ -521,7 +522,7 @@ mod tests {
             "the last holder gone, the series are removed:\n{t}"
         );
 
-        let b = m.backend_series("ns/svc:80");
+        let b = m.backend_series(&svc);
         b.retries.inc();
         assert!(text(&m).contains(
             r#"portico_upstream_retries_total{namespace="ns",port="80",service="svc"} 1"#

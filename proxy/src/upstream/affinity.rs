@@ -88,12 +88,6 @@ fn hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// The part of a backend name that names the Service port (`ns/svc:80`), so that a
-/// policy change does not re-pin every session.
-fn service_of(backend: &str) -> &str {
-    backend.split('|').next().unwrap_or(backend)
-}
-
 /// A backend's persistent tags, computed once per pool on first use.
 pub struct SessionTags {
     service: Box<str>,
@@ -102,8 +96,7 @@ pub struct SessionTags {
 }
 
 impl SessionTags {
-    fn new(key: &AffinityKey, backend: &str, balancer: &Balancer) -> Self {
-        let service = service_of(backend);
+    fn new(key: &AffinityKey, service: &str, balancer: &Balancer) -> Self {
         let tags: Vec<String> = (0..balancer.len())
             .map(|i| {
                 let addr: SocketAddr = balancer.endpoint(i).addr;
@@ -182,7 +175,7 @@ impl StickySessions {
                     return None;
                 }
                 let key = u64::from_str_radix(&value[..16], 16).ok()?;
-                let expected = self.key.balanced_tag(service_of(backend), key);
+                let expected = self.key.balanced_tag(backend, key);
                 openssl::memcmp::eq(expected.as_bytes(), value.as_bytes()).then_some(Pin::Key(key))
             }
         }
@@ -281,6 +274,7 @@ mod tests {
     fn balancer(n: u8) -> Balancer {
         Balancer::new(&Backend {
             name: "ns/web:80|round_robin-1234".into(),
+            service: Default::default(),
             endpoints: (1..=n)
                 .map(|l| Endpoint {
                     address: [10, 0, 0, l].into(),
@@ -333,7 +327,7 @@ mod tests {
         let sessions = StickySessions::new(AffinityKey::new(b"k1").unwrap());
         let (b, tags) = (balancer(4), PoolSessions::default());
         let a = affinity(AffinityMode::Persistent);
-        let pool = ("ns/web:80|round_robin-1234", &b, &tags);
+        let pool = ("ns/web:80", &b, &tags);
         let header = sessions
             .set_cookie(&a, Pin::Endpoint(2), false, pool)
             .unwrap();
@@ -367,12 +361,12 @@ mod tests {
             ),
             None
         );
-        // A policy change renames the backend but keeps the Service port: sessions survive.
+        // A policy change makes a new pool for the same Service port: sessions survive.
         assert_eq!(
             sessions.pinned(
                 &a,
                 &request_with(&pair(&header)),
-                ("ns/web:80|ewma-99", &b, &PoolSessions::default())
+                ("ns/web:80", &b, &PoolSessions::default())
             ),
             Some(Pin::Endpoint(2))
         );

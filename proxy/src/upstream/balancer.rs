@@ -363,6 +363,7 @@ mod tests {
     fn backend(last_octets: &[u8], balance: Balance) -> Backend {
         Backend {
             name: "b".into(),
+            service: Default::default(),
             endpoints: last_octets
                 .iter()
                 .map(|l| Endpoint {
@@ -494,11 +495,11 @@ mod tests {
         let all: Vec<u8> = (1..=10).collect();
         let before = Balancer::new(&backend(
             &all,
-            Balance::ConsistentHash("$remote_addr".into()),
+            Balance::ConsistentHash(portico_model::HashKey::parse("$remote_addr").unwrap()),
         ));
         let after = Balancer::new(&backend(
             &all[..9],
-            Balance::ConsistentHash("$remote_addr".into()),
+            Balance::ConsistentHash(portico_model::HashKey::parse("$remote_addr").unwrap()),
         ));
         let keys: Vec<String> = (0..5000).map(|k| format!("client-{k}")).collect();
         let owner = |b: &Balancer, k: &str| ip(b, b.pick(k.as_bytes(), &[]).unwrap());

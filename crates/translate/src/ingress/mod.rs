@@ -28,7 +28,7 @@ use k8s_openapi::api::networking::v1::{
     Ingress, IngressBackend, IngressServiceBackend, ServiceBackendPort,
 };
 use portico_model::{
-    AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit, Redirect,
+    AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit,
     RequestConditions, Rewrite, Route, SessionAffinity, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
@@ -484,43 +484,9 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         })
     }
 
-    /// `from-to-www-redirect`: `www.example.com` for `example.com` and the other way
-    /// round, each path answering 308 to the same URL on the named host.
+    /// `from-to-www-redirect`: see [`routing::www_redirects`].
     fn add_www_redirects(&mut self) {
-        let mut redirects = Vec::new();
-        for (host, routes) in &self.fragment.rules {
-            let HostMatch::Exact(name) = host else {
-                continue;
-            };
-            let other = match name.strip_prefix("www.") {
-                Some(bare) => bare.to_string(),
-                None => format!("www.{name}"),
-            };
-            let Ok(other) = other.parse::<HostMatch>() else {
-                continue;
-            };
-            if self.fragment.rules.iter().any(|(h, _)| *h == other) {
-                continue;
-            }
-            let target = format!("$scheme://{name}$request_uri");
-            let routes = routes
-                .iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    let rewrite = Rewrite {
-                        redirect: Some(Redirect {
-                            code: 308,
-                            target: target.clone(),
-                        }),
-                        ..Rewrite::default()
-                    };
-                    r.route.rewrite = Some(Box::new(rewrite));
-                    r
-                })
-                .collect();
-            redirects.push((other, routes));
-        }
-        self.fragment.www_redirects = redirects;
+        self.fragment.www_redirects = routing::www_redirects(&self.fragment.rules);
     }
 
     /// `server-alias`: each alias serves the routes (and TLS) of the Ingress's named hosts.
@@ -532,34 +498,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         if aliases.is_empty() {
             return;
         }
-        let named: Vec<(HostMatch, Vec<FragmentRoute>)> = self
-            .fragment
-            .rules
-            .iter()
-            .filter(|(h, _)| *h != HostMatch::Any)
-            .map(|(h, r)| (h.clone(), r.clone()))
-            .collect();
-        for alias in aliases {
-            if named.iter().any(|(h, _)| *h == alias) {
-                continue;
-            }
-            let routes: Vec<FragmentRoute> =
-                named.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
-            if let Some(claim) = self
-                .fragment
-                .tls
-                .iter()
-                .find(|c| named.iter().any(|(h, _)| *h == c.host))
-            {
-                let claim = TlsClaim {
-                    host: alias.clone(),
-                    certificate: claim.certificate.clone(),
-                    entry: claim.entry,
-                };
-                self.fragment.tls.push(claim);
-            }
-            self.fragment.rules.push((alias, routes));
-        }
+        routing::add_aliases(&mut self.fragment, aliases);
     }
 
     /// Resolves a backend reference, reporting problems; `None` when it cannot be routed at all.

@@ -2,6 +2,7 @@
 //! (`use-regex`, `rewrite-target`, `app-root`, the redirects, `upstream-vhost`,
 //! `x-forwarded-prefix`), the request conditions (`match-*`) and `server-alias`.
 
+use super::fragment::{Fragment, FragmentRoute, TlsClaim};
 use crate::annotations::Annotations;
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{HostMatch, Redirect, RequestConditions, Rewrite};
@@ -89,6 +90,79 @@ pub(super) fn aliases(a: &Annotations<'_>, problems: &mut Problems) -> Vec<HostM
         }
     }
     aliases
+}
+
+/// `from-to-www-redirect`: `www.example.com` for `example.com` and the other way
+/// round, each path answering 308 to the same URL on the named host; a name the Ingress
+/// routes itself is left alone.
+pub(super) fn www_redirects(
+    rules: &[(HostMatch, Vec<FragmentRoute>)],
+) -> Vec<(HostMatch, Vec<FragmentRoute>)> {
+    let mut redirects = Vec::new();
+    for (host, routes) in rules {
+        let HostMatch::Exact(name) = host else {
+            continue;
+        };
+        let other = match name.strip_prefix("www.") {
+            Some(bare) => bare.to_string(),
+            None => format!("www.{name}"),
+        };
+        let Ok(other) = other.parse::<HostMatch>() else {
+            continue;
+        };
+        if rules.iter().any(|(h, _)| *h == other) {
+            continue;
+        }
+        let target = format!("$scheme://{name}$request_uri");
+        let routes = routes
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                let rewrite = Rewrite {
+                    redirect: Some(Redirect {
+                        code: 308,
+                        target: target.clone(),
+                    }),
+                    ..Rewrite::default()
+                };
+                r.route.rewrite = Some(Box::new(rewrite));
+                r
+            })
+            .collect();
+        redirects.push((other, routes));
+    }
+    redirects
+}
+
+/// `server-alias`: each alias serves the routes (and TLS) of the Ingress's named hosts;
+/// an alias the Ingress names as a host itself is left alone.
+pub(super) fn add_aliases(fragment: &mut Fragment, aliases: Vec<HostMatch>) {
+    let named: Vec<(HostMatch, Vec<FragmentRoute>)> = fragment
+        .rules
+        .iter()
+        .filter(|(h, _)| *h != HostMatch::Any)
+        .map(|(h, r)| (h.clone(), r.clone()))
+        .collect();
+    for alias in aliases {
+        if named.iter().any(|(h, _)| *h == alias) {
+            continue;
+        }
+        let routes: Vec<FragmentRoute> =
+            named.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+        if let Some(claim) = fragment
+            .tls
+            .iter()
+            .find(|c| named.iter().any(|(h, _)| *h == c.host))
+        {
+            let claim = TlsClaim {
+                host: alias.clone(),
+                certificate: claim.certificate.clone(),
+                entry: claim.entry,
+            };
+            fragment.tls.push(claim);
+        }
+        fragment.rules.push((alias, routes));
+    }
 }
 
 #[cfg(test)]

@@ -7,27 +7,24 @@
 //! routes and backends are the same keeps its matcher and counters. An endpoint change
 //! therefore rebuilds one pool and the hosts that use it, not the whole table.
 
+mod pool;
+mod route;
+
+pub use pool::BackendPool;
+pub use route::{CompiledErrorPages, CompiledRoute};
+
+use pool::compile_pools;
+use route::{compile_vhost, CompiledVhost, Limiters};
+
 use crate::listener::client_cert::ClientCertificates;
 use crate::listener::tls::{CertificateError, CertificateTable};
-use crate::policy::access::CompiledAccess;
-use crate::policy::cors::CompiledCors;
-use crate::policy::header_edits::CompiledHeaderEdits;
 use crate::policy::rate_limit::RateLimiter;
-use crate::routing::canary::CompiledCanary;
-use crate::routing::conditions::CompiledConditions;
-use crate::routing::router::{HostTable, PathMatcher};
+use crate::routing::router::HostTable;
 use crate::telemetry::metrics::{
-    host_label, BackendSeries, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST,
+    host_label, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST,
 };
-use crate::upstream::affinity::PoolSessions;
-use crate::upstream::balancer::Balancer;
-use crate::upstream::peer::UpstreamSettings;
 use http::HeaderValue;
-use portico_model::{
-    Backend, Balance, HashKey, HealthCheck, HostMatch, PathMatch, RateLimit, RetryPolicy,
-    SessionAffinity, Snapshot, VirtualHost,
-};
-use std::sync::atomic::AtomicBool;
+use portico_model::{HostMatch, SessionAffinity, Snapshot, VirtualHost};
 use std::sync::{Arc, OnceLock};
 
 /// Keys are names from the snapshot being compiled; a fast seeded hash is enough.
@@ -52,161 +49,6 @@ pub struct CompiledSnapshot {
     /// The series of requests no virtual host matched: unrouted, and to the default backend.
     unmatched: [OnceLock<Arc<RouteSeries>>; 2],
     metrics: Arc<ProxyMetrics>,
-}
-
-/// A backend's endpoints, how to reach them, and what to do when one fails.
-pub struct BackendPool {
-    pub name: Box<str>,
-    pub balancer: Balancer,
-    pub upstream: UpstreamSettings,
-    /// How to build a request's key, for consistent hashing.
-    pub hash_key: Option<HashKey>,
-    pub retry: RetryPolicy,
-    /// Affinity cookie tags of the endpoints, built on first use.
-    pub sessions: PoolSessions,
-    pub health_check: Option<HealthCheck>,
-    /// A round of active checks is under way.
-    pub checking: AtomicBool,
-    /// When the last round of active checks started.
-    last_check: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Registered on the backend's first request.
-    series: OnceLock<Arc<BackendSeries>>,
-}
-
-impl BackendPool {
-    pub fn new(b: &Backend) -> Result<Self, String> {
-        let upstream = UpstreamSettings::new(&b.upstream, &b.policy)?;
-        let hash_key = match &b.policy.balance {
-            Balance::ConsistentHash(template) => {
-                Some(HashKey::parse(template).map_err(|v| format!("hash key: unknown {v}"))?)
-            }
-            _ => None,
-        };
-        Ok(BackendPool {
-            name: b.name.as_str().into(),
-            balancer: Balancer::new(b),
-            upstream,
-            hash_key,
-            retry: b.policy.retry.clone(),
-            sessions: PoolSessions::default(),
-            health_check: b.policy.health_check.clone(),
-            checking: AtomicBool::new(false),
-            last_check: std::sync::Mutex::new(None),
-            series: OnceLock::new(),
-        })
-    }
-
-    /// Claims the next round of active checks if one is due (an interval since the last
-    /// started) and none is running; the caller runs it and clears `checking`.
-    pub fn claim_check_round(&self) -> bool {
-        let Some(check) = &self.health_check else {
-            return false;
-        };
-        let Ok(mut last) = self.last_check.lock() else {
-            return false;
-        };
-        let due = last.is_none_or(|at| at.elapsed().as_millis() >= u128::from(check.interval_ms));
-        if !due
-            || self
-                .checking
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            return false;
-        }
-        *last = Some(std::time::Instant::now());
-        true
-    }
-
-    /// The pool's metrics series.
-    pub fn series(&self, metrics: &Arc<ProxyMetrics>) -> &BackendSeries {
-        self.series
-            .get_or_init(|| metrics.backend_series(&self.name))
-    }
-
-    /// What affinity needs of the pool.
-    pub fn affinity_parts(&self) -> (&str, &Balancer, &PoolSessions) {
-        (&self.name, &self.balancer, &self.sessions)
-    }
-}
-
-struct CompiledVhost {
-    /// Path to the index of its group in `groups`.
-    paths: PathMatcher,
-    /// The routes of one path, by index in `routes`: those with conditions first (the
-    /// most specific first), then the plain one.
-    groups: Vec<Box<[usize]>>,
-    routes: Vec<CompiledRoute>,
-    /// The series of requests for this host that no route took: unrouted, and to the
-    /// default backend.
-    unrouted: [OnceLock<Arc<RouteSeries>>; 2],
-    /// `auth-tls-*`: what handshakes for this host ask for, and its requests need.
-    client_auth: Option<Arc<ClientCertificates>>,
-}
-
-/// As in the model's `Route`, what few routes have is boxed, to keep 100 000 routes small.
-pub struct CompiledRoute {
-    pub pool: Arc<BackendPool>,
-    redirect_to_https: bool,
-    max_body_bytes: Option<u64>,
-    pub affinity: Option<Box<SessionAffinity>>,
-    pub canary: Option<Box<CompiledCanary>>,
-    pub access: Option<Box<CompiledAccess>>,
-    pub rewrite: Option<Box<portico_model::Rewrite>>,
-    /// The compiled pattern of a regex route, for the captures of `rewrite.target`.
-    pub path_regex: Option<regex::Regex>,
-    pub rate_limit: Option<Arc<RateLimiter>>,
-    pub cors: Option<Box<CompiledCors>>,
-    conditions: Option<Box<CompiledConditions>>,
-    pub headers: Option<Box<CompiledHeaderEdits>>,
-    /// `default-backend`: takes the request when `pool` has no endpoint to offer.
-    pub fallback: Option<Arc<BackendPool>>,
-    pub error_pages: Option<Box<CompiledErrorPages>>,
-    pub preserve_trailing_slash: bool,
-    /// Metrics series of the primary, canary and fallback sides, registered on the
-    /// side's first request, so that applying 100 000 routes registers nothing up front.
-    series: [OnceLock<Arc<RouteSeries>>; 3],
-}
-
-impl CompiledRoute {
-    /// Whether every pool this route holds is the one `route` names in the new snapshot,
-    /// so that the compiled route can serve it unchanged.
-    fn uses_pools_of(
-        &self,
-        route: &portico_model::Route,
-        by_name: &HashMap<&str, &Arc<BackendPool>>,
-        default: Option<&Arc<BackendPool>>,
-    ) -> bool {
-        let same =
-            |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named)
-            {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-        let error_pool = route
-            .error_pages
-            .as_deref()
-            .and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
-        Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
-            && same(
-                self.canary.as_ref().map(|c| &c.pool),
-                route.canary.as_deref().map(|c| by_name[c.backend.as_str()]),
-            )
-            && same(
-                self.fallback.as_ref(),
-                route.fallback_backend.as_deref().map(|b| by_name[b]),
-            )
-            && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
-    }
-}
-
-/// `custom-http-errors` of a route: which upstream statuses the error backend answers
-/// instead, and the headers that tell it about the original request.
-pub struct CompiledErrorPages {
-    pub statuses: Vec<u16>,
-    pub pool: Arc<BackendPool>,
-    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`.
-    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
@@ -502,7 +344,7 @@ impl CompiledSnapshot {
                 source,
                 &host,
                 path,
-                pool.map(|p| &*p.name),
+                pool.map(|p| &p.service),
             ))
         };
         let compiled = routed.vhost.map(|v| &*self.vhosts[v]);
@@ -543,185 +385,14 @@ impl CompiledSnapshot {
     }
 }
 
-/// One pool per backend, taken over from `previous` when the backend is defined the same.
-fn compile_pools(
-    backends: &[Arc<Backend>],
-    previous: Option<&CompiledSnapshot>,
-) -> Result<Vec<Arc<BackendPool>>, CompileError> {
-    let old: HashMap<&str, (&Arc<Backend>, &Arc<BackendPool>)> = previous
-        .map(|p| {
-            p.source
-                .backends
-                .iter()
-                .zip(&p.pools)
-                .map(|(b, pool)| (b.name.as_str(), (b, pool)))
-                .collect()
-        })
-        .unwrap_or_default();
-    backends
-        .iter()
-        .map(|b| match old.get(b.name.as_str()) {
-            Some((was, pool)) if *was == b => Ok(Arc::clone(pool)),
-            _ => BackendPool::new(b)
-                .map(Arc::new)
-                .map_err(|what| CompileError::Upstream {
-                    backend: b.name.clone(),
-                    what,
-                }),
-        })
-        .collect()
-}
-
-type Limiters = HashMap<(Box<str>, RateLimit), Arc<RateLimiter>>;
-
-fn compile_vhost(
-    vh: &VirtualHost,
-    by_name: &HashMap<&str, &Arc<BackendPool>>,
-    default_backend: Option<&Arc<BackendPool>>,
-    limiters: &mut Limiters,
-) -> Result<CompiledVhost, CompileError> {
-    let mut paths = PathMatcher::default();
-    let mut routes = Vec::with_capacity(vh.routes.len());
-    let mut group_of: HashMap<&PathMatch, usize> = HashMap::default();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for route in &vh.routes {
-        let failed = |what: String| CompileError::Route {
-            host: vh.host.to_string(),
-            path: route.path.path().to_string(),
-            what,
-        };
-        // Compiled once per path, for the matcher and for the captures of `rewrite-target`.
-        let path_regex = match &route.path {
-            PathMatch::Regex(p) => Some(
-                portico_model::pattern::path_regex(p)
-                    .map_err(|e| failed(format!("path pattern: {e}")))?,
-            ),
-            _ => None,
-        };
-        let group = *group_of.entry(&route.path).or_insert_with(|| {
-            paths.insert(&route.path, path_regex.as_ref(), groups.len());
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[group].push(routes.len());
-        let canary = route
-            .canary
-            .as_deref()
-            .map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()])))
-            .transpose();
-        let canary = canary.map_err(failed)?;
-        let access = route
-            .access
-            .as_deref()
-            .map(CompiledAccess::compile)
-            .transpose()
-            .map_err(failed)?;
-        let cors = route
-            .cors
-            .as_deref()
-            .map(CompiledCors::compile)
-            .transpose()
-            .map_err(failed)?;
-        let rate_limit = route.rate_limit.as_deref().map(|limit| {
-            let key = (Box::from(route.source.as_str()), limit.clone());
-            Arc::clone(
-                limiters
-                    .entry(key)
-                    .or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))),
-            )
-        });
-        let conditions = route
-            .conditions
-            .as_deref()
-            .map(CompiledConditions::compile)
-            .transpose()
-            .map_err(failed)?;
-        let headers = route
-            .headers
-            .as_deref()
-            .map(CompiledHeaderEdits::compile)
-            .transpose()
-            .map_err(failed)?;
-        let fallback = route
-            .fallback_backend
-            .as_deref()
-            .map(|b| Arc::clone(by_name[b]));
-        let error_pages = route.error_pages.as_deref().and_then(|e| {
-            let pool = e
-                .backend
-                .as_deref()
-                .map(|b| by_name[b])
-                .or(default_backend)?;
-            let value =
-                |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
-            Some(CompiledErrorPages {
-                statuses: e.statuses.clone(),
-                pool: Arc::clone(pool),
-                headers: vec![
-                    ("x-namespace", value(&e.namespace)),
-                    ("x-ingress-name", value(&e.ingress)),
-                    ("x-service-name", value(&e.service)),
-                    ("x-service-port", value(&e.service_port)),
-                ],
-            })
-        });
-        routes.push(CompiledRoute {
-            pool: Arc::clone(by_name[route.backend.as_str()]),
-            redirect_to_https: route.redirect_to_https,
-            max_body_bytes: route.max_body_bytes,
-            affinity: route.affinity.clone(),
-            canary: canary.map(Box::new),
-            access: access.map(Box::new),
-            rewrite: route.rewrite.clone(),
-            path_regex,
-            rate_limit,
-            cors: cors.map(Box::new),
-            conditions: conditions.map(Box::new),
-            headers: headers.map(Box::new),
-            fallback,
-            error_pages: error_pages.map(Box::new),
-            preserve_trailing_slash: route.preserve_trailing_slash,
-            series: Default::default(),
-        });
-    }
-    // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.
-    let weight = |r: &usize| {
-        std::cmp::Reverse(
-            vh.routes[*r]
-                .conditions
-                .as_ref()
-                .map_or(0, |c| c.weight() + 1),
-        )
-    };
-    let groups = groups
-        .into_iter()
-        .map(|mut g| {
-            g.sort_by_key(weight);
-            g.into_boxed_slice()
-        })
-        .collect();
-    let client_auth = match &vh.client_auth {
-        None => None,
-        Some(c) => Some(Arc::new(ClientCertificates::compile(c).map_err(
-            |what| CompileError::ClientAuth {
-                host: vh.host.to_string(),
-                what,
-            },
-        )?)),
-    };
-    Ok(CompiledVhost {
-        paths,
-        groups,
-        routes,
-        unrouted: Default::default(),
-        client_auth,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_model::{Endpoint, RequestConditions, Route, ValueCondition, ValueRule};
+    use crate::telemetry::metrics::BackendLabels;
+    use portico_model::{
+        Backend, Balance, Endpoint, PathMatch, RequestConditions, Route, ServiceRef, TrafficPolicy,
+        ValueCondition, ValueRule,
+    };
 
     /// As the model's `Route`: 100 000 compiled routes must not pay for policies they lack.
     #[test]
@@ -747,6 +418,7 @@ mod tests {
             let last = if i == 0 { endpoint_of_b0 } else { 1 };
             s.backends.push(Arc::new(Backend {
                 name: name.clone(),
+                service: Default::default(),
                 endpoints: vec![Endpoint {
                     address: [127, 0, i as u8, last].into(),
                     port: 80,
@@ -762,6 +434,32 @@ mod tests {
             )));
         }
         s
+    }
+
+    #[test]
+    fn pools_of_one_service_port_share_their_cookie_scope_whatever_their_policy() {
+        let backend = |name: &str, balance: Balance| Backend {
+            name: name.into(),
+            service: ServiceRef {
+                namespace: "ns".into(),
+                name: "web".into(),
+                port: "80".into(),
+            },
+            endpoints: Vec::new(),
+            upstream: Default::default(),
+            policy: TrafficPolicy {
+                balance,
+                ..TrafficPolicy::default()
+            },
+        };
+        let plain = BackendPool::new(&backend("ns/web:80", Balance::RoundRobin)).unwrap();
+        let ewma = BackendPool::new(&backend("ns/web:80|ewma-99", Balance::Ewma)).unwrap();
+        assert_eq!(plain.affinity_parts().0, "ns/web:80");
+        assert_eq!(ewma.affinity_parts().0, plain.affinity_parts().0);
+        assert_eq!(
+            BackendLabels::of(&ewma.service),
+            BackendLabels::of(&plain.service)
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! Virtual hosts and routes as the request path reads them: a host's path matcher and
+//! route groups, and each route's compiled policies.
+
+use super::{BackendPool, CompileError, HashMap};
+use crate::listener::client_cert::ClientCertificates;
+use crate::policy::access::CompiledAccess;
+use crate::policy::cors::CompiledCors;
+use crate::policy::header_edits::CompiledHeaderEdits;
+use crate::policy::rate_limit::RateLimiter;
+use crate::routing::canary::CompiledCanary;
+use crate::routing::conditions::CompiledConditions;
+use crate::routing::router::PathMatcher;
+use crate::telemetry::metrics::RouteSeries;
+use http::HeaderValue;
+use portico_model::{PathMatch, RateLimit, SessionAffinity, VirtualHost};
+use std::sync::{Arc, OnceLock};
+
+pub(super) struct CompiledVhost {
+    /// Path to the index of its group in `groups`.
+    pub(super) paths: PathMatcher,
+    /// The routes of one path, by index in `routes`: those with conditions first (the
+    /// most specific first), then the plain one.
+    pub(super) groups: Vec<Box<[usize]>>,
+    pub(super) routes: Vec<CompiledRoute>,
+    /// The series of requests for this host that no route took: unrouted, and to the
+    /// default backend.
+    pub(super) unrouted: [OnceLock<Arc<RouteSeries>>; 2],
+    /// `auth-tls-*`: what handshakes for this host ask for, and its requests need.
+    pub(super) client_auth: Option<Arc<ClientCertificates>>,
+}
+
+/// As in the model's `Route`, what few routes have is boxed, to keep 100 000 routes small.
+pub struct CompiledRoute {
+    pub pool: Arc<BackendPool>,
+    pub(super) redirect_to_https: bool,
+    pub(super) max_body_bytes: Option<u64>,
+    pub affinity: Option<Box<SessionAffinity>>,
+    pub canary: Option<Box<CompiledCanary>>,
+    pub access: Option<Box<CompiledAccess>>,
+    pub rewrite: Option<Box<portico_model::Rewrite>>,
+    /// The compiled pattern of a regex route, for the captures of `rewrite.target`.
+    pub path_regex: Option<regex::Regex>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    pub cors: Option<Box<CompiledCors>>,
+    pub(super) conditions: Option<Box<CompiledConditions>>,
+    pub headers: Option<Box<CompiledHeaderEdits>>,
+    /// `default-backend`: takes the request when `pool` has no endpoint to offer.
+    pub fallback: Option<Arc<BackendPool>>,
+    pub error_pages: Option<Box<CompiledErrorPages>>,
+    pub preserve_trailing_slash: bool,
+    /// Metrics series of the primary, canary and fallback sides, registered on the
+    /// side's first request, so that applying 100 000 routes registers nothing up front.
+    pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
+}
+
+impl CompiledRoute {
+    /// Whether every pool this route holds is the one `route` names in the new snapshot,
+    /// so that the compiled route can serve it unchanged.
+    pub(super) fn uses_pools_of(
+        &self,
+        route: &portico_model::Route,
+        by_name: &HashMap<&str, &Arc<BackendPool>>,
+        default: Option<&Arc<BackendPool>>,
+    ) -> bool {
+        let same =
+            |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named)
+            {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+        let error_pool = route
+            .error_pages
+            .as_deref()
+            .and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
+        Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
+            && same(
+                self.canary.as_ref().map(|c| &c.pool),
+                route.canary.as_deref().map(|c| by_name[c.backend.as_str()]),
+            )
+            && same(
+                self.fallback.as_ref(),
+                route.fallback_backend.as_deref().map(|b| by_name[b]),
+            )
+            && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
+    }
+}
+
+/// `custom-http-errors` of a route: which upstream statuses the error backend answers
+/// instead, and the headers that tell it about the original request.
+pub struct CompiledErrorPages {
+    pub statuses: Vec<u16>,
+    pub pool: Arc<BackendPool>,
+    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`.
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+pub(super) type Limiters = HashMap<(Box<str>, RateLimit), Arc<RateLimiter>>;
+
+pub(super) fn compile_vhost(
+    vh: &VirtualHost,
+    by_name: &HashMap<&str, &Arc<BackendPool>>,
+    default_backend: Option<&Arc<BackendPool>>,
+    limiters: &mut Limiters,
+) -> Result<CompiledVhost, CompileError> {
+    let mut paths = PathMatcher::default();
+    let mut routes = Vec::with_capacity(vh.routes.len());
+    let mut group_of: HashMap<&PathMatch, usize> = HashMap::default();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for route in &vh.routes {
+        let failed = |what: String| CompileError::Route {
+            host: vh.host.to_string(),
+            path: route.path.path().to_string(),
+            what,
+        };
+        // Compiled once per path, for the matcher and for the captures of `rewrite-target`.
+        let path_regex = match &route.path {
+            PathMatch::Regex(p) => Some(
+                portico_model::pattern::path_regex(p)
+                    .map_err(|e| failed(format!("path pattern: {e}")))?,
+            ),
+            _ => None,
+        };
+        let group = *group_of.entry(&route.path).or_insert_with(|| {
+            paths.insert(&route.path, path_regex.as_ref(), groups.len());
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(routes.len());
+        let canary = route
+            .canary
+            .as_deref()
+            .map(|c| CompiledCanary::compile(c, Arc::clone(by_name[c.backend.as_str()])))
+            .transpose();
+        let canary = canary.map_err(failed)?;
+        let access = route
+            .access
+            .as_deref()
+            .map(CompiledAccess::compile)
+            .transpose()
+            .map_err(failed)?;
+        let cors = route
+            .cors
+            .as_deref()
+            .map(CompiledCors::compile)
+            .transpose()
+            .map_err(failed)?;
+        let rate_limit = route.rate_limit.as_deref().map(|limit| {
+            let key = (Box::from(route.source.as_str()), limit.clone());
+            Arc::clone(
+                limiters
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(RateLimiter::new(&route.source, limit))),
+            )
+        });
+        let conditions = route
+            .conditions
+            .as_deref()
+            .map(CompiledConditions::compile)
+            .transpose()
+            .map_err(failed)?;
+        let headers = route
+            .headers
+            .as_deref()
+            .map(CompiledHeaderEdits::compile)
+            .transpose()
+            .map_err(failed)?;
+        let fallback = route
+            .fallback_backend
+            .as_deref()
+            .map(|b| Arc::clone(by_name[b]));
+        let error_pages = route.error_pages.as_deref().and_then(|e| {
+            let pool = e
+                .backend
+                .as_deref()
+                .map(|b| by_name[b])
+                .or(default_backend)?;
+            let value =
+                |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
+            Some(CompiledErrorPages {
+                statuses: e.statuses.clone(),
+                pool: Arc::clone(pool),
+                headers: vec![
+                    ("x-namespace", value(&e.namespace)),
+                    ("x-ingress-name", value(&e.ingress)),
+                    ("x-service-name", value(&e.service)),
+                    ("x-service-port", value(&e.service_port)),
+                ],
+            })
+        });
+        routes.push(CompiledRoute {
+            pool: Arc::clone(by_name[route.backend.as_str()]),
+            redirect_to_https: route.redirect_to_https,
+            max_body_bytes: route.max_body_bytes,
+            affinity: route.affinity.clone(),
+            canary: canary.map(Box::new),
+            access: access.map(Box::new),
+            rewrite: route.rewrite.clone(),
+            path_regex,
+            rate_limit,
+            cors: cors.map(Box::new),
+            conditions: conditions.map(Box::new),
+            headers: headers.map(Box::new),
+            fallback,
+            error_pages: error_pages.map(Box::new),
+            preserve_trailing_slash: route.preserve_trailing_slash,
+            series: Default::default(),
+        });
+    }
+    // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.
+    let weight = |r: &usize| {
+        std::cmp::Reverse(
+            vh.routes[*r]
+                .conditions
+                .as_ref()
+                .map_or(0, |c| c.weight() + 1),
+        )
+    };
+    let groups = groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by_key(weight);
+            g.into_boxed_slice()
+        })
+        .collect();
+    let client_auth = match &vh.client_auth {
+        None => None,
+        Some(c) => Some(Arc::new(ClientCertificates::compile(c).map_err(
+            |what| CompileError::ClientAuth {
+                host: vh.host.to_string(),
+                what,
+            },
+        )?)),
+    };
+    Ok(CompiledVhost {
+        paths,
+        groups,
+        routes,
+        unrouted: Default::default(),
+        client_auth,
+    })
+}
