@@ -406,6 +406,22 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_over_n_endpoints_gives_each_exactly_k_of_n_times_k_requests() {
+        for n in 1..=5u8 {
+            let octets: Vec<u8> = (1..=n).collect();
+            let b = Balancer::new(&backend(&octets, Balance::RoundRobin));
+            let mut counts = [0usize; 6];
+            for _ in 0..usize::from(n) * 7 {
+                counts[usize::from(ip(&b, b.pick(b"", &[]).unwrap()))] += 1;
+            }
+            assert!(
+                counts[1..=usize::from(n)].iter().all(|c| *c == 7),
+                "{n}: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
     fn least_conn_prefers_the_endpoint_with_fewer_requests_in_flight() {
         let b = Balancer::new(&backend(&[1, 2], Balance::LeastConn));
         let busy = b.start(0);

@@ -1,0 +1,4 @@
+//! Access control (`docs/annotations.md`, "Access control").
+
+mod client_certificates;
+mod credentials;

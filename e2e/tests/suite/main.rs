@@ -1,0 +1,31 @@
+//! The end-to-end suite: the real release binaries on loopback, driven as users drive them.
+//! One test binary, so that the whole stack is linked once; its modules follow the sections
+//! of `docs/annotations.md` and the README, so that a behaviour's test sits where its
+//! documentation does. Run one module with
+//! `cargo test --release -p portico-e2e --test suite -- tls::`.
+
+// Ingress semantics (README, "Ingress semantics").
+mod routing;
+// TLS and redirects; upstream protocol and TLS to the backend.
+mod tls;
+// Paths, rewrites and redirects.
+mod rewrites;
+// Matching on headers, methods and query; header control; error pages and default backends.
+mod matching;
+// Balancing; timeouts, retries, limits, health.
+mod traffic;
+// Cookie affinity; canaries.
+mod sessions;
+// Access control: credentials and source ranges, bearer JWTs, client certificates.
+mod access;
+// Rate limits; CORS.
+mod limits;
+// Request hygiene: what is refused, deadlines on slow clients, the PROXY protocol.
+mod hygiene;
+// HTTP/2, gRPC, WebSockets and streamed bodies.
+mod protocols;
+// Running it: the Kubernetes controller, `--check`, metrics and logs, the dashboard.
+mod check;
+mod dashboard;
+mod kube;
+mod observability;

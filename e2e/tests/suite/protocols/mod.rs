@@ -1,0 +1,4 @@
+//! The protocols a request may arrive or leave in, end to end.
+
+mod grpc;
+mod streams;
