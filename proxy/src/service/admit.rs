@@ -88,6 +88,25 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
     None
 }
 
+/// Why a request-target is in none of the forms HTTP allows for its method (RFC 9112
+/// §3.2), if it is not: origin-form (`/path`), absolute-form (`http://host/path`),
+/// asterisk-form (`*`, OPTIONS only) or authority-form (`host:port`, CONNECT only). A
+/// target such as `%2fadmin` or `\admin` would otherwise be routed as `/` and reach the
+/// upstream as sent, where a server may read it as `/admin`.
+fn target_problem(req: &RequestHeader) -> Option<&'static str> {
+    let target = req.raw_path();
+    let absolute = |scheme: &[u8]| {
+        target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+    };
+    match target {
+        [b'/', ..] => None,
+        b"*" if req.method == http::Method::OPTIONS => None,
+        _ if absolute(b"http://") || absolute(b"https://") => None,
+        _ if req.method == http::Method::CONNECT => None,
+        _ => Some("a request-target in no form HTTP allows for its method"),
+    }
+}
+
 /// Whether a line of `raw` ends in LF without CR.
 fn has_bare_lf(raw: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r')
@@ -142,7 +161,8 @@ impl IngressProxy {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        let framing = framing_problem(session.req_header(), raw.as_deref());
+        let framing = framing_problem(session.req_header(), raw.as_deref())
+            .or_else(|| target_problem(session.req_header()));
         if let Some(why) = framing
             .map(str::to_string)
             .or_else(|| self.normalize_path(session).err())
@@ -486,6 +506,36 @@ mod tests {
             framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")),
             Some("a line ended by a bare LF")
         );
+    }
+
+    #[test]
+    fn request_targets_must_be_in_a_form_their_method_allows() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &[u8], bool)] = &[
+            ("GET", b"/admin", true),
+            ("GET", b"/", true),
+            ("GET", b"http://a.test/admin", true),
+            ("GET", b"HTTPS://a.test/", true),
+            ("OPTIONS", b"*", true),
+            ("CONNECT", b"a.test:443", true),
+            ("GET", b"%2fadmin", false),
+            ("GET", b"\\admin", false),
+            ("GET", b"..\\admin", false),
+            ("GET", b"admin/x", false),
+            ("GET", b"*", false),
+            ("GET", b"a.test:80", false),
+            ("GET", b"http://", false),
+        ];
+        for (method, target, allowed) in cases {
+            let mut req = RequestHeader::build(*method, b"/", None).unwrap();
+            req.set_raw_path(target).unwrap();
+            assert_eq!(
+                target_problem(&req).is_none(),
+                *allowed,
+                "{method} {}",
+                String::from_utf8_lossy(target)
+            );
+        }
     }
 
     #[test]

@@ -118,6 +118,42 @@ async fn path_and_host_tricks_reach_the_access_check_or_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn request_targets_in_no_form_http_allows_are_refused_and_reach_no_backend() {
+    let (portico, servers) = protected_site().await;
+    // Each would be routed as `/` (the open site) and, sent on as written, read by many
+    // servers as `/admin`.
+    for target in [
+        "%2fadmin",
+        "\\admin",
+        "..\\admin",
+        "admin/x",
+        "*",
+        "a.test:80",
+    ] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let reply = exchange(portico.http, raw.as_bytes()).await;
+        assert_eq!(
+            statuses(&reply).first().copied(),
+            Some(400),
+            "GET {target}\n{reply}"
+        );
+    }
+    assert_eq!(
+        (servers[0].request_count(), servers[1].request_count()),
+        (0, 0),
+        "a refused target reached a backend"
+    );
+    // Absolute-form is a form HTTP allows: routed by its host and path.
+    let absolute = b"GET http://a.test/ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        statuses(&exchange(portico.http, absolute).await)
+            .first()
+            .copied(),
+        Some(200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     let (portico, servers) = protected_site().await;
     let secret = &servers[1];
