@@ -114,14 +114,7 @@ pub(super) fn cors(a: &Annotations<'_>, problems: &mut Problems) -> Option<Cors>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
-            .collect()
-    }
+    use crate::ingress::nginx_annotations as annotations;
 
     #[test]
     fn cors_is_off_unless_enabled_and_stays_off_on_a_bad_value() {

@@ -18,6 +18,15 @@ mod upstream;
 
 pub(crate) use fragment::{Fragment, FragmentRoute, TlsClaim};
 
+/// Annotations under ingress-nginx's prefix, as the readers' tests write them.
+#[cfg(test)]
+fn nginx_annotations(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
+        .collect()
+}
+
 use crate::annotations::Annotations;
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};

@@ -168,14 +168,7 @@ pub(super) fn add_aliases(fragment: &mut Fragment, aliases: Vec<HostMatch>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
-            .collect()
-    }
+    use crate::ingress::nginx_annotations as annotations;
 
     #[test]
     fn a_rewrite_target_makes_paths_patterns_and_temporal_beats_permanent() {

@@ -211,16 +211,13 @@ pub(super) fn canary(a: &Annotations<'_>, source: &str, problems: &mut Problems)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::ingress::nginx_annotations;
 
     fn read<T>(
         pairs: &[(&str, &str)],
         f: impl Fn(&Annotations<'_>, &mut Problems) -> T,
     ) -> (T, Vec<String>) {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), v.to_string()))
-            .collect();
+        let map = nginx_annotations(pairs);
         let mut problems = Problems::default();
         let value = f(&Annotations::new(Some(&map)), &mut problems);
         (value, problems.0.into_iter().map(|p| p.message).collect())
