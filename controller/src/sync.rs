@@ -60,7 +60,7 @@ impl SyncLoop {
             if states.changed().await.is_err() {
                 return;
             }
-            self.settle(&mut states).await;
+            settle(&mut states, self.debounce, self.ceiling).await;
             let Some(state) = states.borrow_and_update().clone() else {
                 continue;
             };
@@ -138,16 +138,17 @@ impl SyncLoop {
             last = Some((snapshot, version));
         }
     }
+}
 
-    /// Waits until no change arrived for `debounce`, or `ceiling` passed since the first.
-    async fn settle(&self, states: &mut watch::Receiver<Option<Arc<ClusterState>>>) {
-        let deadline = Instant::now() + self.ceiling;
-        loop {
-            let quiet_until = (Instant::now() + self.debounce).min(deadline);
-            match tokio::time::timeout_at(quiet_until, states.changed()).await {
-                Ok(Ok(())) if Instant::now() < deadline => continue,
-                _ => return,
-            }
+/// Waits until no change arrived for `debounce`, or `ceiling` passed since the wait began
+/// (a change had arrived just before it), so that a burst of changes becomes one snapshot.
+async fn settle<T>(changes: &mut watch::Receiver<T>, debounce: Duration, ceiling: Duration) {
+    let deadline = Instant::now() + ceiling;
+    loop {
+        let quiet_until = (Instant::now() + debounce).min(deadline);
+        match tokio::time::timeout_at(quiet_until, changes.changed()).await {
+            Ok(Ok(())) if Instant::now() < deadline => continue,
+            _ => return,
         }
     }
 }
@@ -183,6 +184,50 @@ fn dashboard_diagnostics(diagnostics: &[Diagnostic]) -> Vec<portico_model::Diagn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DEBOUNCE: Duration = Duration::from_millis(100);
+    const CEILING: Duration = Duration::from_secs(1);
+
+    /// How long `settle` waits when changes arrive at these offsets (ms) after it begins;
+    /// the clock is tokio's, paused, so the answer is exact.
+    async fn settled_after(changes_at: &[u64]) -> Duration {
+        let (tx, mut rx) = watch::channel(0u64);
+        let start = Instant::now();
+        let sender = {
+            let changes_at = changes_at.to_vec();
+            tokio::spawn(async move {
+                for (i, at) in changes_at.into_iter().enumerate() {
+                    tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                    tx.send_replace(i as u64);
+                }
+                tx
+            })
+        };
+        settle(&mut rx, DEBOUNCE, CEILING).await;
+        let waited = start.elapsed();
+        sender.abort();
+        waited
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_debounce_ends_the_wait() {
+        assert_eq!(settled_after(&[]).await, DEBOUNCE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_change_in_a_burst_starts_the_quiet_time_again() {
+        let ms = Duration::from_millis;
+        assert_eq!(settled_after(&[50]).await, ms(150));
+        assert_eq!(settled_after(&[50, 120, 210]).await, ms(310));
+        // A change just after the quiet time is the next burst's.
+        assert_eq!(settled_after(&[150]).await, DEBOUNCE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_continuous_stream_of_changes_waits_no_longer_than_the_ceiling() {
+        let every_50_ms: Vec<u64> = (1..=100).map(|i| i * 50).collect();
+        assert_eq!(settled_after(&every_50_ms).await, CEILING);
+    }
 
     #[test]
     fn versions_increase_even_within_one_millisecond() {

@@ -10,8 +10,12 @@ mod routing;
 mod tls;
 // Paths, rewrites and redirects.
 mod rewrites;
-// Matching on headers, methods and query; header control; error pages and default backends.
+// Matching on headers, methods and query parameters.
 mod matching;
+// Header control.
+mod headers;
+// Error pages and default backends.
+mod error_pages;
 // Balancing; timeouts, retries, limits, health.
 mod traffic;
 // Cookie affinity; canaries.

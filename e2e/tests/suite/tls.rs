@@ -1,5 +1,5 @@
-//! TLS termination, redirects, HSTS, HTTP/2 and upstream protocols through the real
-//! binaries: certificates are read back from real handshakes on loopback.
+//! TLS termination, redirects (HTTPS, www), HSTS, HTTP/2 and upstream protocols through
+//! the real binaries: certificates are read back from real handshakes on loopback.
 
 use openssl::ssl::SslVersion;
 use portico_e2e::client::{h2c_get, HttpClient};
@@ -553,4 +553,67 @@ async fn backend_protocol_reaches_tls_and_h2c_endpoints_and_verifies_when_asked(
         .unwrap();
     assert_eq!((echo.version.as_str(), echo.tls), ("HTTP/2.0", false));
     assert!(secure.request_count() >= 2, "the TLS backend answered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn www_redirects_and_the_trailing_slash_of_https_redirects() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("www")
+            .path("www.shop.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/from-to-www-redirect", "true")
+            .build(),
+    );
+    docs.push(
+        ingress("secure")
+            .path("secure.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/force-ssl-redirect", "true")
+            .build(),
+    );
+    docs.push(
+        ingress("slash")
+            .path("slash.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/force-ssl-redirect", "true")
+            .annotation(
+                "nginx.ingress.kubernetes.io/preserve-trailing-slash",
+                "true",
+            )
+            .build(),
+    );
+    let portico = Portico::start_with(
+        &[("all.yaml", to_yaml(&docs))],
+        &["--https-redirect-port", "443"],
+    )
+    .await;
+
+    let reply = portico.client.get("shop.test", "/cart?id=1").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.header("location")),
+        (308, Some("http://www.shop.test/cart?id=1"))
+    );
+    assert_eq!(
+        portico
+            .client
+            .get("www.shop.test", "/cart")
+            .await
+            .unwrap()
+            .answered_by(),
+        "web"
+    );
+
+    let reply = portico.client.get("secure.test", "/dir/").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.header("location")),
+        (308, Some("https://secure.test/dir")),
+        "ingress-nginx drops the slash"
+    );
+    let reply = portico.client.get("secure.test", "/").await.unwrap();
+    assert_eq!(reply.header("location"), Some("https://secure.test/"));
+    let reply = portico.client.get("slash.test", "/dir/").await.unwrap();
+    assert_eq!(
+        reply.header("location"),
+        Some("https://slash.test/dir/"),
+        "preserve-trailing-slash"
+    );
+    drop(servers);
 }

@@ -1,0 +1,251 @@
+//! External auth (`auth-url` and its companions) through the real binaries, against an
+//! auth service on loopback.
+
+use super::{opaque_secret, site};
+use portico_e2e::echo::backends;
+use portico_e2e::harness::Portico;
+use portico_e2e::manifests::to_yaml;
+use serde_json::json;
+
+/// What the auth service saw: each request's headers, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
+
+/// An auth service on loopback, deciding by the `Authorization` header: `Bearer good`
+/// admits as alice (with a cookie), `Bearer forbidden` is 403, `Bearer broken` is 502,
+/// `Bearer slow` never answers in time; anything else is 401 with a Bearer challenge.
+async fn auth_service() -> (std::net::SocketAddr, Seen) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    record.lock().unwrap().push(req.headers().clone());
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    async move {
+                        let response = hyper::Response::builder();
+                        let response = match auth.as_str() {
+                            "Bearer good" => response
+                                .status(200)
+                                .header("x-auth-request-user", "alice")
+                                .header("set-cookie", "authsess=1; Path=/"),
+                            "Bearer forbidden" => response.status(403),
+                            "Bearer broken" => response.status(502),
+                            "Bearer slow" => {
+                                tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+                                response.status(200)
+                            }
+                            _ => response
+                                .status(401)
+                                .header("www-authenticate", "Bearer realm=\"test\""),
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            response
+                                .body(Full::new(bytes::Bytes::from_static(b"auth says")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_auth_decides_and_its_headers_replace_the_clients() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    let (auth, seen) = auth_service().await;
+    let url = format!("http://{auth}/check?app=1");
+    let common = |extra: &[(&'static str, String)]| {
+        let mut a: Vec<(&str, String)> = vec![
+            ("nginx.ingress.kubernetes.io/auth-url", url.clone()),
+            (
+                "nginx.ingress.kubernetes.io/auth-response-headers",
+                "X-Auth-Request-User".into(),
+            ),
+        ];
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let build = |name: &str, annotations: Vec<(&str, String)>| {
+        let pairs: Vec<(&str, &str)> = annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        site(name, &pairs)
+    };
+    docs.push(build("ext", common(&[])));
+    docs.push(build(
+        "signin",
+        common(&[(
+            "nginx.ingress.kubernetes.io/auth-signin",
+            "https://login.example/start".into(),
+        )]),
+    ));
+    docs.push(build(
+        "cached",
+        common(&[
+            (
+                "nginx.ingress.kubernetes.io/auth-cache-key",
+                "$http_authorization".into(),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/auth-cache-duration",
+                "200 401 1m".into(),
+            ),
+        ]),
+    ));
+    docs.push(opaque_secret(
+        "users",
+        json!({"auth": "carol:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="}),
+    ));
+    docs.push(build(
+        "either",
+        common(&[
+            ("nginx.ingress.kubernetes.io/auth-type", "basic".into()),
+            ("nginx.ingress.kubernetes.io/auth-secret", "users".into()),
+            ("nginx.ingress.kubernetes.io/satisfy", "any".into()),
+        ]),
+    ));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let get = |host: &'static str, headers: Vec<(&'static str, String)>| {
+        let portico = &portico;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            portico
+                .client
+                .request("GET", host, "/page?q=1", &h)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Admitted: the auth service's header replaces the one the client tried to send.
+    let ok = get(
+        "ext.test",
+        vec![
+            ("authorization", "Bearer good".into()),
+            ("x-auth-request-user", "mallory".into()),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        ok.echo()
+            .unwrap()
+            .headers
+            .get("x-auth-request-user")
+            .map(String::as_str),
+        Some("alice")
+    );
+    assert!(
+        ok.header("set-cookie")
+            .is_some_and(|c| c.starts_with("authsess=1")),
+        "the auth service's cookie reaches the client"
+    );
+    let asked = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        asked.get("x-original-url").unwrap(),
+        "http://ext.test/page?q=1"
+    );
+    assert_eq!(asked.get("x-original-method").unwrap(), "GET");
+
+    // Refused: the client sees 401 with the auth service's challenge, and the backend nothing.
+    let header_spoof = get("ext.test", vec![("x-auth-request-user", "alice".into())]).await;
+    assert_eq!(header_spoof.status, 401);
+    assert_eq!(
+        header_spoof.header("www-authenticate"),
+        Some("Bearer realm=\"test\"")
+    );
+    assert!(header_spoof.echo().is_none());
+    assert_eq!(
+        get(
+            "ext.test",
+            vec![("authorization", "Bearer forbidden".into())]
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        get("ext.test", vec![("authorization", "Bearer broken".into())])
+            .await
+            .status,
+        500,
+        "a 502 from the auth service is a 500"
+    );
+
+    // With auth-signin, a 401 is a redirect carrying the original URL.
+    let redirect = get("signin.test", vec![]).await;
+    assert_eq!(redirect.status, 302);
+    assert_eq!(
+        redirect.header("location"),
+        Some("https://login.example/start?rd=http%3A%2F%2Fsignin.test%2Fpage%3Fq%3D1")
+    );
+
+    // Cached answers are not asked again.
+    let before = seen.lock().unwrap().len();
+    for _ in 0..5 {
+        assert_eq!(
+            get("cached.test", vec![("authorization", "Bearer good".into())])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            get("cached.test", vec![("authorization", "Bearer nope".into())])
+                .await
+                .status,
+            401
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len() - before,
+        2,
+        "one question per key"
+    );
+
+    // satisfy any: basic auth alone admits; without it, the auth service decides.
+    let basic_header = format!("Basic {}", openssl::base64::encode_block(b"carol:secret"));
+    assert_eq!(
+        get("either.test", vec![("authorization", basic_header)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get("either.test", vec![("authorization", "Bearer good".into())])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get("either.test", vec![("authorization", "Bearer nope".into())])
+            .await
+            .status,
+        401
+    );
+
+    // No answer in time is a 500, not a pass.
+    assert_eq!(
+        get("ext.test", vec![("authorization", "Bearer slow".into())])
+            .await
+            .status,
+        500
+    );
+    drop(servers);
+}
