@@ -24,7 +24,7 @@ pub enum KeyPart {
 }
 
 /// A parsed template. It travels in the snapshot in this form, so the proxy never parses
-/// a template; `Display` writes it back in ingress-nginx's syntax, for people.
+/// a template.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HashKey {
     pub parts: Vec<KeyPart>,
@@ -62,24 +62,6 @@ impl HashKey {
             parts.push(KeyPart::Text(text));
         }
         Ok(HashKey { parts })
-    }
-}
-
-impl std::fmt::Display for HashKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for part in &self.parts {
-            match part {
-                KeyPart::Text(t) => f.write_str(t)?,
-                KeyPart::RemoteAddr => f.write_str("${remote_addr}")?,
-                KeyPart::Host => f.write_str("${host}")?,
-                KeyPart::Uri => f.write_str("${uri}")?,
-                KeyPart::RequestUri => f.write_str("${request_uri}")?,
-                KeyPart::Header(h) => write!(f, "${{http_{}}}", h.replace('-', "_"))?,
-                KeyPart::Cookie(c) => write!(f, "${{cookie_{c}}}")?,
-                KeyPart::Arg(a) => write!(f, "${{arg_{a}}}")?,
-            }
-        }
-        Ok(())
     }
 }
 
@@ -134,21 +116,5 @@ mod tests {
         assert_eq!(HashKey::parse("$unknown").unwrap_err(), "$unknown");
         assert!(HashKey::parse("${host").is_err());
         assert!(HashKey::parse("$http_").is_err());
-    }
-
-    #[test]
-    fn a_key_is_written_back_as_a_template_that_parses_to_it() {
-        for template in [
-            "u-$http_x_user/${cookie_session}$arg_id:$remote_addr",
-            "$host$uri?$request_uri",
-            "fixed",
-        ] {
-            let key = HashKey::parse(template).unwrap();
-            assert_eq!(
-                HashKey::parse(&key.to_string()).unwrap(),
-                key,
-                "{template} as {key}"
-            );
-        }
     }
 }

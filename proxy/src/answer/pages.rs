@@ -1,17 +1,16 @@
 //! Portico's own responses (404, 503, 502...): small, plain text, all the same shape.
+//! `Server`, `Date` and the rest are added where every answer gets them, by
+//! `service::respond`'s `decorate`.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::date::get_cached_date;
 
 pub const SERVER: &str = "portico";
 
 /// An answer without a body, with `name: value` set.
 fn empty(status: u16, name: http::HeaderName, value: http::HeaderValue) -> ResponseHeader {
-    let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    let mut header = ResponseHeader::build(status, Some(2)).expect("valid status");
     // Inserting well-known names with valid values cannot fail.
-    let _ = header.insert_header(http::header::SERVER, SERVER);
-    let _ = header.insert_header(http::header::DATE, get_cached_date());
     let _ = header.insert_header(name, value);
     let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
     header
@@ -38,10 +37,8 @@ pub fn error_page(status: u16) -> (ResponseHeader, Bytes) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let body = Bytes::from(format!("{status} {reason}\n"));
-    let mut header = ResponseHeader::build(status, Some(5)).expect("valid status");
+    let mut header = ResponseHeader::build(status, Some(3)).expect("valid status");
     // Inserting well-known names with valid values cannot fail.
-    let _ = header.insert_header(http::header::SERVER, SERVER);
-    let _ = header.insert_header(http::header::DATE, get_cached_date());
     let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
     let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
     let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
