@@ -230,7 +230,7 @@ mod tests {
                 routes: vec![Route {
                     path: PathMatch::Exact("/x".into()),
                     backend: "ns/svc:80".into(),
-                    source: "ns/ing".into(),
+                    source: SourceRef::new("ns", "ing"),
                     redirect_to_https: true,
                     max_body_bytes: Some(1 << 20),
                     affinity: Some(Box::new(SessionAffinity {
@@ -248,7 +248,7 @@ mod tests {
                     })),
                     canary: Some(Box::new(Canary {
                         backend: "ns/svc:80".into(),
-                        source: "ns/canary".into(),
+                        source: SourceRef::new("ns", "canary"),
                         header: Some(CanaryHeader {
                             name: "x-canary".into(),
                             rule: HeaderRule::Matches("^yes".into()),

@@ -27,6 +27,29 @@ impl VirtualHost {
     }
 }
 
+/// The object a route came from (an Ingress today).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct SourceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl SourceRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        SourceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceRef {
+    /// `namespace/name`, as `kubectl` names an object.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// The policies a route seldom has are boxed: a route without them is a few pointers wide
 /// rather than 1.6 KiB, which at 100 000 routes is the difference between 20 and 160 MiB
 /// in each of the controller and the proxy. Boxes serialize as what they hold.
@@ -35,9 +58,9 @@ pub struct Route {
     pub path: PathMatch,
     /// The [`Backend::name`] this route forwards to.
     pub backend: String,
-    /// Which object the route came from, `namespace/name`, for metrics and diagnostics.
+    /// Which object the route came from, for metrics, rate-limit scopes and diagnostics.
     #[serde(default)]
-    pub source: String,
+    pub source: SourceRef,
     /// Plain-HTTP requests are answered with a 308 to the same URL over HTTPS.
     #[serde(default)]
     pub redirect_to_https: bool,
@@ -191,7 +214,7 @@ impl Route {
         Route {
             path,
             backend: backend.into(),
-            source: String::new(),
+            source: SourceRef::default(),
             redirect_to_https: false,
             max_body_bytes: None,
             affinity: None,
@@ -266,8 +289,8 @@ impl SameSite {
 pub struct Canary {
     /// The [`Backend::name`] that takes the canary share.
     pub backend: String,
-    /// The canary Ingress, `namespace/name`.
-    pub source: String,
+    /// The canary Ingress.
+    pub source: SourceRef,
     pub header: Option<CanaryHeader>,
     /// A cookie whose value `always` or `never` decides.
     pub cookie: Option<String>,

@@ -641,7 +641,7 @@ mod tests {
         use crate::{AffinityMode, Canary, SessionAffinity, SessionCookie};
         let canary = Canary {
             backend: "b".into(),
-            source: "ns/c".into(),
+            source: crate::SourceRef::new("ns", "c"),
             header: None,
             cookie: Some("canary".into()),
             weight: 10,

@@ -10,7 +10,9 @@ use crate::backend::Resolved;
 use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
-use portico_model::{Backend, Canary, ClientAuth, HostMatch, PathMatch, RequestConditions, Route};
+use portico_model::{
+    Backend, Canary, ClientAuth, HostMatch, PathMatch, RequestConditions, Route, SourceRef,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -20,8 +22,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 #[derive(Default)]
 pub(crate) struct RouteTable<'f> {
     pub hosts: BTreeMap<&'f HostMatch, HostRoutes<'f>>,
-    /// The default backend and the Ingress that set it.
-    pub default_backend: Option<(&'f str, &'f str)>,
+    /// The default backend and the Ingress that set it (`None`: `--default-backend-service`).
+    pub default_backend: Option<(&'f str, Option<&'f SourceRef>)>,
     /// Hosts named in `spec.tls`, with the certificate they present (`None`: the default one).
     pub tls_hosts: BTreeMap<&'f HostMatch, TlsOwner<'f>>,
     backends: FastMap<&'f str, &'f Arc<Resolved>>,
@@ -34,7 +36,7 @@ pub(crate) struct RouteTable<'f> {
 
 pub(crate) struct TlsOwner<'f> {
     pub certificate: Option<&'f str>,
-    pub owner: &'f str,
+    pub owner: &'f SourceRef,
 }
 
 type RouteKey<'f> = (&'f PathMatch, &'f Option<Box<RequestConditions>>);
@@ -57,7 +59,7 @@ pub(crate) struct HostRoutes<'f> {
     /// The canary of a route, by the route's index.
     pub canaries: FastMap<usize, Canary>,
     /// The client certificates the host asks for, and the Ingress that asked first.
-    pub client_auth: Option<(&'f ClientAuth, &'f str)>,
+    pub client_auth: Option<(&'f ClientAuth, &'f SourceRef)>,
 }
 
 impl<'f> HostRoutes<'f> {
@@ -114,11 +116,16 @@ impl<'f> RouteTable<'f> {
         }
         if let Some(name) = &fragment.default_backend {
             match self.default_backend {
-                None => self.default_backend = Some((name, &fragment.source)),
-                Some((_, owner)) => report(
-                    Reason::DefaultBackendConflict,
-                    format!("spec.defaultBackend ignored: Ingress {owner} is older and already sets the default backend"),
-                ),
+                None => self.default_backend = Some((name, Some(&fragment.source))),
+                Some((_, owner)) => {
+                    let owner = owner.map_or("--default-backend-service".to_string(), |o| {
+                        format!("Ingress {o}")
+                    });
+                    report(
+                        Reason::DefaultBackendConflict,
+                        format!("spec.defaultBackend ignored: {owner} is older and already sets the default backend"),
+                    )
+                }
             }
         }
         for claim in &fragment.tls {
@@ -181,7 +188,7 @@ impl<'f> RouteTable<'f> {
     /// The default backend when no Ingress set one (`--default-backend-service`).
     pub fn default_backend_if_unset(&mut self, resolved: &'f Arc<Resolved>) {
         if self.default_backend.is_none() {
-            self.default_backend = Some((&resolved.backend.name, "--default-backend-service"));
+            self.default_backend = Some((&resolved.backend.name, None));
             self.backends
                 .entry(&resolved.backend.name)
                 .or_insert(resolved);

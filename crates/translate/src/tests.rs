@@ -1,7 +1,7 @@
 //! Translation as a whole: objects in, snapshot and diagnostics out.
 
 use crate::{translate, ClusterState, KubeObject, Options, Reason, Translation};
-use portico_model::{Endpoint, HostMatch, PathMatch, Route, VirtualHost};
+use portico_model::{Endpoint, HostMatch, PathMatch, Route, SourceRef, VirtualHost};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -983,7 +983,7 @@ fn a_canary_attaches_to_the_primary_route_of_its_host_and_path_whatever_its_age(
         "{}",
         canary.backend
     );
-    assert_eq!(canary.source, "ns/canary");
+    assert_eq!(canary.source.to_string(), "ns/canary");
     assert_eq!(
         (canary.weight, canary.weight_total, canary.sticky),
         (20, 100, true)
@@ -1080,7 +1080,11 @@ fn bad_canary_and_affinity_annotations_are_reported_and_never_widen_the_canary()
         Some(portico_model::SameSite::Lax)
     );
     let canary = route.canary.as_ref().unwrap();
-    assert_eq!(canary.source, "ns/canary", "the older canary wins");
+    assert_eq!(
+        canary.source.to_string(),
+        "ns/canary",
+        "the older canary wins"
+    );
     assert_eq!(
         canary.weight, 0,
         "an unreadable weight sends nothing by weight"
@@ -1694,7 +1698,7 @@ fn header_edits_error_pages_fallbacks_and_www_redirects() {
     );
     let shop = route("shop.test");
     assert!(
-        shop.rewrite.is_none() && shop.source == "ns/bare",
+        shop.rewrite.is_none() && shop.source == SourceRef::new("ns", "bare"),
         "an Ingress that routes the other name keeps it"
     );
     assert!(

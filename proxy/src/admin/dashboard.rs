@@ -33,7 +33,7 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
                     json!({
                         "path": r.path.path(),
                         "kind": r.path.kind(),
-                        "ingress": r.source,
+                        "ingress": r.source.to_string(),
                         "backend": r.backend,
                         "canary": r.canary.as_deref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
                         "https_redirect": r.redirect_to_https,

@@ -5,7 +5,7 @@
 //! closest to whole, which grants each at most what it was about to regain.
 
 use crate::listener::forwarded::Cidr;
-use portico_model::RateLimit;
+use portico_model::{RateLimit, SourceRef};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -59,14 +59,14 @@ pub enum Admission {
 
 pub struct RateLimiter {
     /// Which Ingress and limits this serves, so that a new snapshot keeps the counts.
-    pub key: (Box<str>, RateLimit),
+    pub key: (SourceRef, RateLimit),
     exempt: Vec<Cidr>,
     rates: Vec<Rate>,
     concurrent: Option<Arc<ConcurrencyTable>>,
 }
 
 impl RateLimiter {
-    pub fn new(source: &str, limit: &RateLimit) -> Self {
+    pub fn new(source: &SourceRef, limit: &RateLimit) -> Self {
         let burst = u64::from(limit.burst_multiplier);
         let rate = |per: Option<u32>, period: Duration| {
             per.map(|n| {
@@ -83,7 +83,7 @@ impl RateLimiter {
             rate(limit.per_minute, Duration::from_secs(60)),
         ];
         RateLimiter {
-            key: (source.into(), limit.clone()),
+            key: (source.clone(), limit.clone()),
             exempt: limit.exempt.clone(),
             rates: rates.into_iter().flatten().collect(),
             concurrent: limit.concurrent.map(|max| {
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn a_burst_is_admitted_then_the_rate_holds() {
         // 2/s with a multiplier of 5: a burst of 10 beyond the first request.
-        let limiter = RateLimiter::new("ns/a", &limit(Some(2), None, 5, None));
+        let limiter = RateLimiter::new(&SourceRef::new("ns", "a"), &limit(Some(2), None, 5, None));
         let admitted_now = (0..20)
             .filter(|_| admitted(&limiter.admit(ip("10.0.0.1"))))
             .count();
@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn a_refusal_by_one_rate_is_not_counted_by_the_other() {
         // 1/min with multiplier 1: two requests a minute at once; 100/s would allow many.
-        let limiter = RateLimiter::new("ns/a", &limit(Some(100), Some(1), 1, None));
+        let limiter = RateLimiter::new(
+            &SourceRef::new("ns", "a"),
+            &limit(Some(100), Some(1), 1, None),
+        );
         assert!(admitted(&limiter.admit(ip("10.0.0.1"))));
         assert!(admitted(&limiter.admit(ip("10.0.0.1"))));
         for _ in 0..200 {
@@ -290,7 +293,7 @@ mod tests {
 
     #[test]
     fn requests_in_progress_are_counted_until_they_end() {
-        let limiter = RateLimiter::new("ns/a", &limit(None, None, 5, Some(2)));
+        let limiter = RateLimiter::new(&SourceRef::new("ns", "a"), &limit(None, None, 5, Some(2)));
         let first = limiter.admit(ip("10.0.0.1"));
         let second = limiter.admit(ip("10.0.0.1"));
         assert!(admitted(&first) && admitted(&second));
@@ -309,7 +312,7 @@ mod tests {
     fn exempt_clients_are_never_limited() {
         let mut l = limit(Some(1), None, 1, Some(1));
         l.exempt = portico_model::cidr::parse_list("10.1.0.0/16").unwrap();
-        let limiter = RateLimiter::new("ns/a", &l);
+        let limiter = RateLimiter::new(&SourceRef::new("ns", "a"), &l);
         let permits: Vec<_> = (0..50).map(|_| limiter.admit(ip("10.1.2.3"))).collect();
         assert!(permits.iter().all(admitted));
         assert!(admitted(&limiter.admit(ip("10.2.0.1"))));
@@ -319,7 +322,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_however_many_clients() {
-        let limiter = RateLimiter::new("ns/a", &limit(Some(1), None, 1, None));
+        let limiter = RateLimiter::new(&SourceRef::new("ns", "a"), &limit(Some(1), None, 1, None));
         for i in 0..(3 * MAX_CLIENTS as u32) {
             limiter.admit(Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))));
         }

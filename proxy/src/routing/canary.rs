@@ -89,7 +89,7 @@ mod tests {
     fn canary(header: Option<HeaderRule>, cookie: bool, weight: u32) -> CompiledCanary {
         let spec = Canary {
             backend: "b".into(),
-            source: "ns/canary".into(),
+            source: portico_model::SourceRef::new("ns", "canary"),
             header: header.map(|rule| CanaryHeader {
                 name: "x-canary".into(),
                 rule,

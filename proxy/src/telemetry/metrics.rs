@@ -6,7 +6,7 @@
 //! Series of a route or backend are registered on their first request and removed when
 //! no compiled snapshot holds them any more, so a deleted Ingress leaves no series behind.
 
-use portico_model::{HostMatch, ServiceRef};
+use portico_model::{HostMatch, ServiceRef, SourceRef};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -85,13 +85,17 @@ impl Refusal {
 pub struct RouteLabels(pub [Box<str>; 5]);
 
 impl RouteLabels {
-    /// `source` is the route's `namespace/name`; `service` the Service its backend stands for.
-    pub fn new(source: &str, host: &str, path: &str, service: Option<&ServiceRef>) -> Self {
-        let (namespace, ingress) = source.split_once('/').unwrap_or(("", source));
+    /// `source` is the object the route came from; `service` the Service its backend stands for.
+    pub fn new(
+        source: Option<&SourceRef>,
+        host: &str,
+        path: &str,
+        service: Option<&ServiceRef>,
+    ) -> Self {
         let service = service.map_or("", |s| s.name.as_str());
         RouteLabels([
-            namespace.into(),
-            ingress.into(),
+            source.map_or("", |s| s.namespace.as_str()).into(),
+            source.map_or("", |s| s.name.as_str()).into(),
             host.into(),
             path.into(),
             service.into(),
@@ -490,10 +494,15 @@ mod tests {
     #[test]
     fn labels_come_from_the_route_and_its_backend() {
         let api = service("shop", "api", "http");
-        let l = RouteLabels::new("shop/web", "shop.example", "/api", Some(&api));
+        let l = RouteLabels::new(
+            Some(&SourceRef::new("shop", "web")),
+            "shop.example",
+            "/api",
+            Some(&api),
+        );
         assert_eq!(l.values(), ["shop", "web", "shop.example", "/api", "api"]);
         assert_eq!(BackendLabels::of(&api).values(), ["shop", "api", "http"]);
-        let none = RouteLabels::new("", "", "", None);
+        let none = RouteLabels::new(None, "", "", None);
         assert_eq!(none.values(), ["", "", "", "", ""]);
     }
 
@@ -501,7 +510,12 @@ mod tests {
     fn series_live_while_a_snapshot_holds_them() {
         let m = Arc::new(ProxyMetrics::new());
         let svc = service("ns", "svc", "80");
-        let labels = RouteLabels::new("ns/ing", "a.test", "/", Some(&svc));
+        let labels = RouteLabels::new(
+            Some(&SourceRef::new("ns", "ing")),
+            "a.test",
+            "/",
+            Some(&svc),
+        );
         let first = m.route_series(labels.clone());
         first.record(200, Duration::from_millis(3), 10, 20);
         let second = m.route_series(labels.clone());

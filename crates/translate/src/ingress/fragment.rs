@@ -10,7 +10,7 @@ use crate::secret::CheckedCertificate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Canary, ClientAuth, HostMatch, Route};
+use portico_model::{Canary, ClientAuth, HostMatch, Route, SourceRef};
 use std::sync::Arc;
 
 /// An object a fragment read, held so that "unchanged" can be told by identity (the
@@ -155,7 +155,7 @@ pub(crate) struct TlsClaim {
 pub(crate) struct Fragment {
     pub(super) ingress: Arc<Ingress>,
     pub(super) dependencies: Vec<Dependency>,
-    pub source: String,
+    pub source: SourceRef,
     pub object: ObjectRef,
     pub default_backend: Option<String>,
     /// The routes of each rule, with the rule's host.
@@ -179,7 +179,7 @@ impl Fragment {
         Fragment {
             ingress: ingress.clone(),
             dependencies: Vec::new(),
-            source: format!("{}/{}", object.namespace, object.name),
+            source: SourceRef::new(&object.namespace, &object.name),
             object,
             default_backend: None,
             rules: Vec::new(),

@@ -7,7 +7,7 @@ use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{
     AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit,
-    SessionAffinity, SessionCookie, TrafficPolicy, UpstreamProtocol,
+    SessionAffinity, SessionCookie, SourceRef, TrafficPolicy, UpstreamProtocol,
 };
 
 /// ingress-nginx's `session-cookie-name` default.
@@ -168,7 +168,7 @@ pub(super) fn rate_limit(a: &Annotations<'_>) -> Result<Option<RateLimit>, Inval
 
 /// The `canary-*` rules of a `canary: "true"` Ingress named `source`. A bad rule is
 /// reported and left out, so the canary gets less traffic, never more.
-pub(super) fn canary(a: &Annotations<'_>, source: &str, problems: &mut Problems) -> Canary {
+pub(super) fn canary(a: &Annotations<'_>, source: &SourceRef, problems: &mut Problems) -> Canary {
     let header = problems.take(a.token("canary-by-header")).map(|name| {
         let rule = match (
             problems.take(a.header_value("canary-by-header-value")),
@@ -198,7 +198,7 @@ pub(super) fn canary(a: &Annotations<'_>, source: &str, problems: &mut Problems)
     };
     Canary {
         backend: String::new(),
-        source: source.to_string(),
+        source: source.clone(),
         header,
         cookie: problems.take(a.token("canary-by-cookie")),
         weight,
@@ -312,10 +312,12 @@ mod tests {
 
     #[test]
     fn a_canary_weight_above_the_total_takes_everything_and_is_reported() {
-        let (c, problems) = read(&[("canary-weight", "150")], |a, p| canary(a, "ns/c", p));
+        let (c, problems) = read(&[("canary-weight", "150")], |a, p| {
+            canary(a, &SourceRef::new("ns", "c"), p)
+        });
         assert_eq!(
-            (c.weight, c.weight_total, c.source.as_str()),
-            (100, 100, "ns/c")
+            (c.weight, c.weight_total, c.source.to_string()),
+            (100, 100, "ns/c".to_string())
         );
         assert_eq!(problems.len(), 1);
         let (c, _) = read(
@@ -323,7 +325,7 @@ mod tests {
                 ("canary-by-header", "X-Canary"),
                 ("canary-by-header-pattern", "^(yes|1)$"),
             ],
-            |a, p| canary(a, "ns/c", p),
+            |a, p| canary(a, &SourceRef::new("ns", "c"), p),
         );
         assert_eq!(
             c.header.map(|h| (h.name, h.rule)),

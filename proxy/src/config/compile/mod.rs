@@ -24,7 +24,7 @@ use crate::telemetry::metrics::{
     host_label, ProxyMetrics, RouteLabels, RouteSeries, UNMATCHED_HOST,
 };
 use http::HeaderValue;
-use portico_model::{HostMatch, SessionAffinity, Snapshot, VirtualHost};
+use portico_model::{HostMatch, SessionAffinity, Snapshot, SourceRef, VirtualHost};
 use std::sync::{Arc, OnceLock};
 
 /// Keys are names from the snapshot being compiled; a fast seeded hash is enough.
@@ -337,7 +337,7 @@ impl CompiledSnapshot {
     pub fn series(&self, routed: &Routed) -> &RouteSeries {
         let declared = routed.vhost.map(|v| &self.source.virtual_hosts[v]);
         let pool = self.pool(routed);
-        let new = |source: &str, path: &str| {
+        let new = |source: Option<&SourceRef>, path: &str| {
             let host =
                 declared.map_or_else(|| UNMATCHED_HOST.to_string(), |vh| host_label(&vh.host));
             self.metrics.route_series(RouteLabels::new(
@@ -352,11 +352,11 @@ impl CompiledSnapshot {
             (Target::Route(r), Some(vh), Some(declared)) => {
                 let route = &declared.routes[r];
                 vh.routes[r].series[routed.side.slot()]
-                    .get_or_init(|| new(&route.source, route.path.path()))
+                    .get_or_init(|| new(Some(&route.source), route.path.path()))
             }
             (target, vh, _) => {
                 let slots = vh.map_or(&self.unmatched, |v| &v.unrouted);
-                slots[usize::from(target == Target::DefaultBackend)].get_or_init(|| new("", ""))
+                slots[usize::from(target == Target::DefaultBackend)].get_or_init(|| new(None, ""))
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::routing::conditions::CompiledConditions;
 use crate::routing::router::PathMatcher;
 use crate::telemetry::metrics::RouteSeries;
 use http::HeaderValue;
-use portico_model::{PathMatch, RateLimit, SessionAffinity, VirtualHost};
+use portico_model::{PathMatch, RateLimit, SessionAffinity, SourceRef, VirtualHost};
 use std::sync::{Arc, OnceLock};
 
 pub(super) struct CompiledVhost {
@@ -95,7 +95,7 @@ pub struct CompiledErrorPages {
     pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
-pub(super) type Limiters = HashMap<(Box<str>, RateLimit), Arc<RateLimiter>>;
+pub(super) type Limiters = HashMap<(SourceRef, RateLimit), Arc<RateLimiter>>;
 
 pub(super) fn compile_vhost(
     vh: &VirtualHost,
@@ -146,7 +146,7 @@ pub(super) fn compile_vhost(
             .transpose()
             .map_err(failed)?;
         let rate_limit = route.rate_limit.as_deref().map(|limit| {
-            let key = (Box::from(route.source.as_str()), limit.clone());
+            let key = (route.source.clone(), limit.clone());
             Arc::clone(
                 limiters
                     .entry(key)
