@@ -358,4 +358,47 @@ impl PathMatch {
             PathMatch::Regex(_) => "Regex",
         }
     }
+
+    /// The path as it is matched on a host where some Ingress uses `use-regex` or
+    /// `rewrite-target`: ingress-nginx then makes every location of the host a
+    /// case-insensitive regex anchored at the start, so an Exact or Prefix path becomes its
+    /// literal text as a pattern (and matches whatever starts with it, in any case).
+    pub fn on_regex_host(self) -> PathMatch {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => PathMatch::Regex(regex::escape(&p)),
+            regex => regex,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PathMatch;
+    use crate::pattern::path_regex;
+
+    #[test]
+    fn on_a_regex_host_exact_and_prefix_paths_match_their_literal_text_from_the_start() {
+        let cases = [
+            (PathMatch::prefix("/admin/"), "/admin", true),
+            (PathMatch::prefix("/admin"), "/ADMIN/users", true),
+            (PathMatch::prefix("/admin"), "/administrator", true),
+            (PathMatch::Exact("/v1.0".into()), "/v1.0/x", true),
+            (PathMatch::Exact("/v1.0".into()), "/v1x0", false),
+            (PathMatch::Regex("/api/.*".into()), "/api/x", true),
+            (PathMatch::prefix("/"), "/anything", true),
+            (PathMatch::prefix("/admin"), "/x/admin", false),
+        ];
+        for (path, request, matches) in cases {
+            let described = format!("{} {}", path.kind(), path.path());
+            let PathMatch::Regex(pattern) = path.on_regex_host() else {
+                panic!("{described} is not a pattern on a regex host");
+            };
+            let re = path_regex(&pattern).unwrap();
+            assert_eq!(
+                re.is_match(request),
+                matches,
+                "{described} against {request}"
+            );
+        }
+    }
 }

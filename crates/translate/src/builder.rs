@@ -175,6 +175,7 @@ impl Translator {
         }
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
+        table.report_regex_hosts(&mut diagnostics);
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
         let translation = assemble(
             state,
@@ -306,6 +307,9 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
         .enumerate()
         .map(|(i, r)| {
             let mut route = r.route.clone();
+            if h.regex_by.is_some() {
+                route.path = route.path.on_regex_host();
+            }
             route.redirect_to_https |= tls && r.ssl_redirect;
             route.canary = h.canaries.get(&i).cloned().map(Box::new);
             route

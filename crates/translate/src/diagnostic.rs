@@ -11,6 +11,17 @@ pub struct ObjectRef {
     pub name: String,
 }
 
+impl ObjectRef {
+    /// The Ingress a route came from.
+    pub fn ingress(source: &portico_model::SourceRef) -> Self {
+        ObjectRef {
+            kind: "Ingress",
+            namespace: source.namespace.clone(),
+            name: source.name.clone(),
+        }
+    }
+}
+
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.namespace.is_empty() {
@@ -44,6 +55,7 @@ pub enum Reason {
     CanaryConflict,
     UnsupportedAnnotation,
     ConfigMapNotFound,
+    RegexHost,
 }
 
 impl Reason {
@@ -69,6 +81,7 @@ impl Reason {
             Reason::CanaryConflict => "CanaryConflict",
             Reason::UnsupportedAnnotation => "UnsupportedAnnotation",
             Reason::ConfigMapNotFound => "ConfigMapNotFound",
+            Reason::RegexHost => "RegexHost",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! the route of the same host and path; a canary with no such route gets no traffic.
 
 use crate::backend::Resolved;
-use crate::diagnostic::{Diagnostic, Reason};
+use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
 use portico_model::{
@@ -60,6 +60,9 @@ pub(crate) struct HostRoutes<'f> {
     pub canaries: FastMap<usize, Canary>,
     /// The client certificates the host asks for, and the Ingress that asked first.
     pub client_auth: Option<(&'f ClientAuth, &'f SourceRef)>,
+    /// The oldest Ingress with `use-regex` or `rewrite-target` among the host's routes:
+    /// when set, every path of the host is matched as a regex, longest first.
+    pub regex_by: Option<&'f SourceRef>,
 }
 
 impl<'f> HostRoutes<'f> {
@@ -74,6 +77,9 @@ impl<'f> HostRoutes<'f> {
     }
 
     fn claim(&mut self, route: &'f FragmentRoute) {
+        if route.regex_host && self.regex_by.is_none() {
+            self.regex_by = Some(&route.route.source);
+        }
         self.routes.push(route);
         if self.routes.len() > SEARCHED_ROUTES {
             if self.by_path.is_empty() {
@@ -206,6 +212,33 @@ impl<'f> RouteTable<'f> {
                         host_routes.claim(r);
                     }
                 }
+            }
+        }
+    }
+
+    /// Tells each Ingress whose plain paths share a host with another Ingress's regex
+    /// paths that they are matched as regexes there: a Prefix `/admin` then also takes
+    /// `/Administrator`, and ordering by length can differ from Kubernetes' rules.
+    pub fn report_regex_hosts(&self, diagnostics: &mut Vec<Diagnostic>) {
+        for (host, routes) in &self.hosts {
+            let Some(owner) = routes.regex_by else {
+                continue;
+            };
+            let mut told: Vec<&SourceRef> = Vec::new();
+            for r in &routes.routes {
+                let source = &r.route.source;
+                if r.regex_host || told.contains(&source) {
+                    continue;
+                }
+                told.push(source);
+                diagnostics.push(Diagnostic {
+                    object: ObjectRef::ingress(source),
+                    reason: Reason::RegexHost,
+                    message: format!(
+                        "host {:?}: Ingress {owner} uses use-regex or rewrite-target there, so this Ingress's paths on the host are matched as ingress-nginx matches them: as case-insensitive regular expressions anchored at the start (Exact and Prefix paths literally), the longest first",
+                        host.to_string()
+                    ),
+                });
             }
         }
     }

@@ -1391,8 +1391,8 @@ fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
     );
     assert_eq!(
         find("/exact").path,
-        PathMatch::Exact("/exact".into()),
-        "Exact stays exact"
+        PathMatch::Regex("/exact".into()),
+        "on a host with a rewrite, every path is a pattern, as in ingress-nginx"
     );
     assert!(
         t.diagnostics
@@ -1429,6 +1429,70 @@ fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
         }
         .validate(),
         Ok(())
+    );
+}
+
+#[test]
+fn a_regex_path_makes_every_path_of_its_host_a_pattern_and_tells_the_other_ingresses() {
+    let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});
+    let rules = |host: &str, paths: Vec<Value>| json!({"ingressClassName": "portico", "rules": [{"host": host, "http": {"paths": paths}}]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("shop", "main"));
+    objects.extend(backends_of("other", "main"));
+    objects.push(annotated(
+        "shop",
+        "admin",
+        "2024-01-01T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/auth-type": "basic", "nginx.ingress.kubernetes.io/auth-secret": "users"}),
+        rules("a.test", vec![path("/admin", "Prefix"), path("/login", "Exact")]),
+    ));
+    objects.push(annotated(
+        "other",
+        "catchall",
+        "2024-01-02T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+        rules("a.test", vec![path("/.*", "ImplementationSpecific")]),
+    ));
+    objects.push(annotated(
+        "shop",
+        "plain",
+        "2024-01-03T00:00:00Z",
+        json!({}),
+        rules("b.test", vec![path("/admin", "Prefix")]),
+    ));
+    let t = run(objects);
+    let paths_of = |host: &str| -> Vec<PathMatch> {
+        let vh = t
+            .snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .unwrap();
+        vh.routes.iter().map(|r| r.path.clone()).collect()
+    };
+    assert_eq!(
+        paths_of("a.test"),
+        [
+            PathMatch::Regex("/admin".into()),
+            PathMatch::Regex("/login".into()),
+            PathMatch::Regex("/.*".into())
+        ]
+    );
+    assert_eq!(paths_of("b.test"), [PathMatch::Prefix("/admin".into())]);
+    let told: Vec<(String, String)> = t
+        .diagnostics
+        .iter()
+        .filter(|d| d.reason == Reason::RegexHost)
+        .map(|d| (d.object.to_string(), d.message.clone()))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:#?}");
+    assert_eq!(told[0].0, "Ingress shop/admin");
+    assert!(
+        told[0]
+            .1
+            .contains("host \"a.test\": Ingress other/catchall uses use-regex"),
+        "{}",
+        told[0].1
     );
 }
 

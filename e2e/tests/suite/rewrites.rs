@@ -98,7 +98,8 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
         assert_eq!(echo.path, "/via/alias", "{alias}");
     }
 
-    // Exact, then the longest pattern, then the longest prefix.
+    // On a host with regex paths every path is a pattern, tried longest first, as
+    // ingress-nginx writes them as `location ~*` blocks ordered by length.
     let by = |path: &'static str| {
         let portico = &portico;
         async move {
@@ -110,19 +111,64 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
                 .answered_by()
         }
     };
-    assert_eq!(by("/v1/users").await, "exact");
     assert_eq!(
-        by("/v2/users").await,
+        by("/v1/users").await,
         "api",
-        "the longer pattern wins over the shorter"
+        "the longer pattern beats the shorter Exact path"
     );
+    assert_eq!(by("/v2/users").await, "api");
     assert_eq!(by("/v2/orders").await, "plain");
     assert_eq!(
         by("/v1/orders").await,
         "plain",
-        "a pattern beats a plain prefix, as nginx's regex locations do"
+        "the longer pattern beats the shorter prefix"
+    );
+    assert_eq!(
+        by("/V1x").await,
+        "exact",
+        "a Prefix path is a case-insensitive pattern there"
     );
     assert_eq!(by("/elsewhere").await, "plain");
+    drop(servers);
+}
+
+/// cert-manager's HTTP-01 solver adds an Ingress for one path on the application's host;
+/// the application's `rewrite-target` must not swallow it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acme_solver_path_beside_a_rewrite_reaches_the_solver_unrewritten() {
+    let (servers, mut docs) = backends(&["app", "solver"]).await;
+    docs.push(
+        ingress("app")
+            .path("c.test", "Prefix", "/", "app")
+            .annotation("nginx.ingress.kubernetes.io/rewrite-target", "/")
+            .build(),
+    );
+    let challenge = "/.well-known/acme-challenge/Xk2b9_token";
+    docs.push(
+        ingress("cm-acme-http-solver-7x2kq")
+            .path("c.test", "ImplementationSpecific", challenge, "solver")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let echo = portico
+        .client
+        .get("c.test", challenge)
+        .await
+        .unwrap()
+        .echo()
+        .expect("reached a backend");
+    assert_eq!(
+        (echo.backend.as_str(), echo.path.as_str()),
+        ("solver", challenge)
+    );
+    let echo = portico
+        .client
+        .get("c.test", "/pages/1")
+        .await
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!((echo.backend.as_str(), echo.path.as_str()), ("app", "/"));
     drop(servers);
 }
 

@@ -141,6 +141,9 @@ pub(crate) struct FragmentRoute {
     pub rule: usize,
     pub path: usize,
     pub path_type: &'static str,
+    /// The Ingress has `use-regex` or `rewrite-target`: every path of the route's host is
+    /// then matched as a regular expression, longest first, as ingress-nginx does.
+    pub regex_host: bool,
 }
 
 /// One host of a `spec.tls` entry, with the certificate it asks for (`None`: the default).

@@ -467,6 +467,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     rule: i,
                     path: j,
                     path_type: paths::static_path_type(&path.path_type),
+                    regex_host: self.policy.regex_paths,
                 });
             }
             self.fragment.rules.push((host, routes));

@@ -264,3 +264,43 @@ async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() 
         "a smuggled request reached the protected backend"
     );
 }
+
+/// ingress-nginx makes every path of a host a regex location, longest first, as soon as
+/// one Ingress on it uses `use-regex` or `rewrite-target`: a catch-all pattern then
+/// cannot take `/admin` away from its protected Prefix route.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catch_all_regex_from_another_ingress_does_not_take_a_protected_prefix() {
+    let (servers, mut docs) = backends(&["site", "secret"]).await;
+    docs.push(
+        ingress("admin")
+            .path("a.test", "Prefix", "/admin", "secret")
+            .annotation(
+                "nginx.ingress.kubernetes.io/whitelist-source-range",
+                "10.0.0.0/8",
+            )
+            .build(),
+    );
+    docs.push(
+        ingress("catchall")
+            .path("a.test", "ImplementationSpecific", "/.*", "site")
+            .annotation("nginx.ingress.kubernetes.io/use-regex", "true")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for (path, expected) in [
+        ("/admin", "status:403"),
+        ("/admin/users", "status:403"),
+        ("/ADMIN", "status:403"),
+        ("/Admin/users", "status:403"),
+        ("/shop", "site"),
+        ("/", "site"),
+    ] {
+        let reply = portico.client.get("a.test", path).await.unwrap();
+        assert_eq!(reply.answered_by(), expected, "{path}");
+    }
+    assert_eq!(
+        servers[1].request_count(),
+        0,
+        "the protected backend saw nothing"
+    );
+}
