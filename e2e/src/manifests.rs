@@ -61,6 +61,12 @@ pub fn service_with_endpoints(name: &str, endpoints: &[SocketAddr]) -> Vec<Value
     docs
 }
 
+/// `doc` moved to namespace `ns`.
+pub fn in_namespace(mut doc: Value, ns: &str) -> Value {
+    doc["metadata"]["namespace"] = json!(ns);
+    doc
+}
+
 /// An Ingress in `default` of class `portico`, built rule by rule.
 #[derive(Debug, Clone)]
 pub struct IngressBuilder {

@@ -63,6 +63,19 @@ pub(crate) struct HostRoutes<'f> {
     /// The oldest Ingress with `use-regex` or `rewrite-target` among the host's routes:
     /// when set, every path of the host is matched as a regex, longest first.
     pub regex_by: Option<&'f SourceRef>,
+    /// Who routes each path text, kept once a route of the host has conditions (until
+    /// then, empty): see [`HostRoutes::shares_across_namespaces`].
+    path_owners: FastMap<&'f str, PathOwner<'f>>,
+}
+
+/// The routes of one path text on a host, whatever their path types.
+struct PathOwner<'f> {
+    /// The oldest route's Ingress.
+    first: &'f SourceRef,
+    /// The oldest route's Ingress of another namespace than `first`'s.
+    other: Option<&'f SourceRef>,
+    /// A route of this text has conditions.
+    conditioned: bool,
 }
 
 impl<'f> HostRoutes<'f> {
@@ -76,9 +89,31 @@ impl<'f> HostRoutes<'f> {
         }
     }
 
+    /// Conditions (`portico.io/match-*`) pick among the routes of one path before age
+    /// does, so a route with conditions may share its path text (of any path type: on a
+    /// regex host they become one pattern) only with routes of its own namespace. Returns
+    /// the older Ingress of another namespace that `route` would share its path with.
+    fn shares_across_namespaces(&mut self, route: &'f Route) -> Option<&'f SourceRef> {
+        if route.conditions.is_some() && self.path_owners.is_empty() {
+            for r in &self.routes {
+                note_owner(&mut self.path_owners, &r.route);
+            }
+        }
+        let owner = self.path_owners.get(route.path.path())?;
+        let foreign = if owner.first.namespace != route.source.namespace {
+            Some(owner.first)
+        } else {
+            owner.other
+        };
+        foreign.filter(|_| route.conditions.is_some() || owner.conditioned)
+    }
+
     fn claim(&mut self, route: &'f FragmentRoute) {
         if route.regex_host && self.regex_by.is_none() {
             self.regex_by = Some(&route.route.source);
+        }
+        if route.route.conditions.is_some() || !self.path_owners.is_empty() {
+            note_owner(&mut self.path_owners, &route.route);
         }
         self.routes.push(route);
         if self.routes.len() > SEARCHED_ROUTES {
@@ -95,6 +130,18 @@ impl<'f> HostRoutes<'f> {
             }
         }
     }
+}
+
+fn note_owner<'f>(owners: &mut FastMap<&'f str, PathOwner<'f>>, route: &'f Route) {
+    let owner = owners.entry(route.path.path()).or_insert(PathOwner {
+        first: &route.source,
+        other: None,
+        conditioned: false,
+    });
+    if owner.other.is_none() && owner.first.namespace != route.source.namespace {
+        owner.other = Some(&route.source);
+    }
+    owner.conditioned |= route.conditions.is_some();
 }
 
 impl<'f> RouteTable<'f> {
@@ -186,6 +233,18 @@ impl<'f> RouteTable<'f> {
                     report(Reason::PathConflict, msg);
                     continue;
                 }
+                if let Some(owner) = host_routes.shares_across_namespaces(&r.route) {
+                    let msg = format!(
+                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is routed by Ingress {owner}, which is older and of another namespace; routes with portico.io/match-* conditions share a path only with Ingresses of their own namespace, so this one is ignored",
+                        r.rule,
+                        r.path,
+                        r.path_type,
+                        r.route.path.path(),
+                        host.to_string(),
+                    );
+                    report(Reason::PathConflict, msg);
+                    continue;
+                }
                 host_routes.claim(r);
             }
         }
@@ -208,7 +267,9 @@ impl<'f> RouteTable<'f> {
             for (host, routes) in &fragment.www_redirects {
                 let host_routes = self.hosts.entry(host).or_default();
                 for r in routes {
-                    if host_routes.claimed(&r.route).is_none() {
+                    if host_routes.claimed(&r.route).is_none()
+                        && host_routes.shares_across_namespaces(&r.route).is_none()
+                    {
                         host_routes.claim(r);
                     }
                 }
@@ -274,6 +335,14 @@ impl<'f> RouteTable<'f> {
                         report(Reason::CanaryWithoutPrimary, msg);
                         continue;
                     };
+                    // A canary receives its primary's requests, credentials included: only
+                    // the primary's own namespace may split them off.
+                    let primary = &host_routes.routes[index].route.source;
+                    if primary.namespace != fragment.source.namespace {
+                        let msg = format!("{field}: canary for {what}, which Ingress {primary} of another namespace routes; a canary attaches only to an Ingress of its own namespace, so it gets no traffic");
+                        report(Reason::CanaryWithoutPrimary, msg);
+                        continue;
+                    }
                     if let Some(existing) = host_routes.canaries.get(&index) {
                         let msg = format!("{field}: {what} already has the canary of Ingress {}, which is older; ignored", existing.source);
                         report(Reason::CanaryConflict, msg);

@@ -1497,6 +1497,146 @@ fn a_regex_path_makes_every_path_of_its_host_a_pattern_and_tells_the_other_ingre
 }
 
 #[test]
+fn a_canary_of_another_namespace_gets_no_traffic_and_says_why() {
+    let spec = |svc: &str| json!({"ingressClassName": "portico", "rules": [rule("shop.test", "Prefix", "/", svc, json!({"number": 80}))]});
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("shop", "main"));
+    objects.extend(backends_of("other", "spy"));
+    objects.push(annotated(
+        "shop",
+        "main",
+        "2024-01-01T00:00:00Z",
+        json!({}),
+        spec("main"),
+    ));
+    objects.push(annotated(
+        "other",
+        "spy",
+        "2024-01-02T00:00:00Z",
+        json!({"nginx.ingress.kubernetes.io/canary": "true", "nginx.ingress.kubernetes.io/canary-weight": "100"}),
+        spec("spy"),
+    ));
+    let t = run(objects);
+    let routes = &t.snapshot.virtual_hosts[0].routes;
+    assert_eq!(
+        (
+            routes.len(),
+            routes[0].backend.as_str(),
+            routes[0].canary.is_none()
+        ),
+        (1, "shop/main:80", true)
+    );
+    let told: Vec<String> = t
+        .diagnostics
+        .iter()
+        .filter(|d| d.reason == Reason::CanaryWithoutPrimary)
+        .map(|d| format!("{}: {}", d.object, d.message))
+        .collect();
+    assert_eq!(told, ["Ingress other/spy: spec.rules[0].http.paths[0]: canary for path \"/\" on host \"shop.test\", which Ingress shop/main of another namespace routes; a canary attaches only to an Ingress of its own namespace, so it gets no traffic"]);
+}
+
+#[test]
+fn routes_with_conditions_share_a_path_only_within_their_namespace() {
+    let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});
+    let rules = |host: &str, paths: Vec<Value>| json!({"ingressClassName": "portico", "rules": [{"host": host, "http": {"paths": paths}}]});
+    let browsers = json!({"portico.io/match-headers": "user-agent"});
+    let mut objects = vec![ours()];
+    for ns in ["shop", "other"] {
+        objects.extend(backends_of(ns, "main"));
+    }
+    // a.test: the other namespace's conditions come later and are refused.
+    objects.push(annotated(
+        "shop",
+        "admin",
+        "2024-01-01T00:00:00Z",
+        json!({}),
+        rules("a.test", vec![path("/admin", "Prefix")]),
+    ));
+    objects.push(annotated(
+        "other",
+        "grab",
+        "2024-01-02T00:00:00Z",
+        browsers.clone(),
+        rules(
+            "a.test",
+            vec![path("/admin", "Exact"), path("/mine", "Prefix")],
+        ),
+    ));
+    // b.test: conditions came first; a plain route of another namespace on the path is refused.
+    objects.push(annotated(
+        "other",
+        "first",
+        "2024-01-01T00:00:00Z",
+        browsers.clone(),
+        rules("b.test", vec![path("/x", "Prefix")]),
+    ));
+    objects.push(annotated(
+        "shop",
+        "late",
+        "2024-01-02T00:00:00Z",
+        json!({}),
+        rules("b.test", vec![path("/x", "Prefix")]),
+    ));
+    // c.test: the same namespace may share a path with conditions.
+    objects.push(annotated(
+        "shop",
+        "plain",
+        "2024-01-01T00:00:00Z",
+        json!({}),
+        rules("c.test", vec![path("/", "Prefix")]),
+    ));
+    objects.push(annotated(
+        "shop",
+        "beta",
+        "2024-01-02T00:00:00Z",
+        browsers,
+        rules("c.test", vec![path("/", "Prefix")]),
+    ));
+    let t = run(objects);
+    let routed = |host: &str| -> Vec<(String, String, bool)> {
+        t.snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .map(|v| {
+                v.routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.source.to_string(),
+                            r.path.path().to_string(),
+                            r.conditions.is_some(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let row = |s: &str, p: &str, c: bool| (s.to_string(), p.to_string(), c);
+    assert_eq!(
+        routed("a.test"),
+        [
+            row("shop/admin", "/admin", false),
+            row("other/grab", "/mine", true)
+        ]
+    );
+    assert_eq!(routed("b.test"), [row("other/first", "/x", true)]);
+    assert_eq!(
+        routed("c.test"),
+        [row("shop/plain", "/", false), row("shop/beta", "/", true)]
+    );
+    let conflicts: Vec<String> = t
+        .diagnostics
+        .iter()
+        .filter(|d| d.reason == Reason::PathConflict)
+        .map(|d| format!("{}: {}", d.object, d.message))
+        .collect();
+    assert_eq!(conflicts.len(), 2, "{conflicts:#?}");
+    assert!(conflicts[0].starts_with("Ingress other/grab: spec.rules[0].http.paths[0]: Exact path \"/admin\" on host \"a.test\" is routed by Ingress shop/admin, which is older and of another namespace"), "{conflicts:#?}");
+    assert!(conflicts[1].starts_with("Ingress shop/late: spec.rules[0].http.paths[0]: Prefix path \"/x\" on host \"b.test\" is routed by Ingress other/first"), "{conflicts:#?}");
+}
+
+#[test]
 fn rate_limits_fail_closed_and_cors_fails_off() {
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));

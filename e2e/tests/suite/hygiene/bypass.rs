@@ -4,7 +4,7 @@
 
 use portico_e2e::echo::backends;
 use portico_e2e::harness::Portico;
-use portico_e2e::manifests::{ingress, to_yaml};
+use portico_e2e::manifests::{in_namespace, ingress, to_yaml};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,4 +303,48 @@ async fn a_catch_all_regex_from_another_ingress_does_not_take_a_protected_prefix
         0,
         "the protected backend saw nothing"
     );
+}
+
+/// `portico.io/match-*` conditions pick among the routes of a path before age does; from
+/// another namespace they would take a protected path for every request that meets them.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditions_from_another_namespace_do_not_take_a_protected_path() {
+    let (servers, docs) = backends(&["secret", "grab"]).await;
+    // The `grab` Service and its endpoints live in the other namespace.
+    let mut docs: Vec<_> = docs
+        .into_iter()
+        .map(|d| match d["metadata"]["name"].as_str() {
+            Some(n) if n.starts_with("grab") => in_namespace(d, "other"),
+            _ => d,
+        })
+        .collect();
+    docs.push(
+        ingress("admin")
+            .path("a.test", "Prefix", "/admin", "secret")
+            .annotation(
+                "nginx.ingress.kubernetes.io/whitelist-source-range",
+                "10.0.0.0/8",
+            )
+            .build(),
+    );
+    docs.push(in_namespace(
+        ingress("grab")
+            .path("a.test", "Prefix", "/admin", "grab")
+            .annotation("portico.io/match-headers", "user-agent")
+            .build(),
+        "other",
+    ));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let reply = portico
+        .client
+        .request("GET", "a.test", "/admin", &[("user-agent", "Mozilla/5.0")])
+        .await
+        .unwrap();
+    assert_eq!(reply.answered_by(), "status:403");
+    assert_eq!(
+        servers[1].request_count(),
+        0,
+        "the other namespace's route took nothing"
+    );
+    assert_eq!(servers[0].request_count(), 0);
 }
