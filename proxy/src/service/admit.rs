@@ -88,6 +88,20 @@ fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static s
     None
 }
 
+/// Which field a request carries more than once that nginx takes only once (and answers
+/// 400 for): with two `Authorization` fields basic auth would check one while the backend
+/// may read the other; with two `Host` fields routing and the backend could disagree.
+fn repeated_field(req: &RequestHeader) -> Option<&'static str> {
+    let twice = |name: header::HeaderName| req.headers.get_all(name).iter().nth(1).is_some();
+    if twice(header::AUTHORIZATION) {
+        return Some("several Authorization headers");
+    }
+    if twice(header::HOST) {
+        return Some("several Host headers");
+    }
+    None
+}
+
 /// Why a request-target is in none of the forms HTTP allows for its method (RFC 9112
 /// §3.2), if it is not: origin-form (`/path`), absolute-form (`http://host/path`),
 /// asterisk-form (`*`, OPTIONS only) or authority-form (`host:port`, CONNECT only). A
@@ -162,7 +176,8 @@ impl IngressProxy {
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
         let framing = framing_problem(session.req_header(), raw.as_deref())
-            .or_else(|| target_problem(session.req_header()));
+            .or_else(|| target_problem(session.req_header()))
+            .or_else(|| repeated_field(session.req_header()));
         if let Some(why) = framing
             .map(str::to_string)
             .or_else(|| self.normalize_path(session).err())
@@ -506,6 +521,26 @@ mod tests {
             framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")),
             Some("a line ended by a bare LF")
         );
+    }
+
+    #[test]
+    fn fields_nginx_takes_once_may_not_come_twice() {
+        use http::Version;
+        #[rustfmt::skip]
+        let cases: &[FramingCase] = &[
+            ("one of each", Version::HTTP_11, &[("host", "a"), ("authorization", "Basic YTpi")], None),
+            ("two credentials", Version::HTTP_11, &[("authorization", "Basic YTpi"), ("authorization", "Basic Yzpk")], Some("several Authorization headers")),
+            ("two empty credentials", Version::HTTP_2, &[("authorization", ""), ("authorization", "")], Some("several Authorization headers")),
+            ("two hosts", Version::HTTP_11, &[("host", "a"), ("host", "b")], Some("several Host headers")),
+            ("other fields repeat freely", Version::HTTP_11, &[("accept", "a"), ("accept", "b"), ("cookie", "a=1"), ("cookie", "b=2")], None),
+        ];
+        for (case, version, headers, expected) in cases {
+            assert_eq!(
+                repeated_field(&request(*version, headers)),
+                *expected,
+                "{case}"
+            );
+        }
     }
 
     #[test]

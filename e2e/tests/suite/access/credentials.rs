@@ -118,6 +118,23 @@ async fn basic_auth_admits_valid_users_only_and_broken_security_answers_503() {
         200
     );
     assert_eq!(get("mapped.test", None).await.status, 401);
+    // Two credentials: the one checked and the one a backend reads could differ; 400, as
+    // nginx answers.
+    let (carol, mallory) = (basic("carol", "secret"), basic("mallory", "plaintext"));
+    let twice = portico
+        .client
+        .request(
+            "GET",
+            "locked.test",
+            "/",
+            &[("authorization", &carol), ("authorization", &mallory)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (twice.status, twice.answered_by()),
+        (400, "status:400".to_string())
+    );
 
     // Security that cannot be enforced is not skipped: 503, and the rest still serves.
     assert_eq!(
