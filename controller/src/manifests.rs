@@ -19,25 +19,61 @@ pub struct DocumentError {
 pub fn parse(text: &str) -> (Vec<KubeObject>, Vec<DocumentError>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (document, d) in documents(text).documents.into_iter().enumerate() {
+        objects.extend(d.objects);
+        if let Some(reason) = d.error {
+            errors.push(DocumentError { document, reason });
+        }
+    }
+    (objects, errors)
+}
+
+/// One document of a file: the objects it holds, and why some or all could not be used.
+#[derive(Debug, Default)]
+pub struct Document {
+    pub objects: Vec<KubeObject>,
+    pub error: Option<String>,
+}
+
+/// The documents of a file, in order.
+#[derive(Debug)]
+pub struct Documents {
+    pub documents: Vec<Document>,
+    /// False after a syntax error: the erroneous document is the last one read, and
+    /// what follows it in the file cannot be read.
+    pub complete: bool,
+}
+
+pub fn documents(text: &str) -> Documents {
+    let mut documents = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(text) {
         let value = match serde::Deserialize::deserialize(de)
             .map_err(|e: serde_yaml::Error| e.to_string())
             .and_then(yaml_to_json)
         {
             Ok(v) => v,
             Err(reason) => {
-                errors.push(DocumentError { document, reason });
-                // A syntax error leaves the rest of the stream unreadable.
-                break;
+                documents.push(Document {
+                    objects: Vec::new(),
+                    error: Some(reason),
+                });
+                return Documents {
+                    documents,
+                    complete: false,
+                };
             }
         };
-        if value.is_null() {
-            continue; // an empty document, e.g. after a trailing `---`
+        let mut document = Document::default();
+        // A null document (an empty one, e.g. after a trailing `---`) holds nothing.
+        if !value.is_null() {
+            document.error = collect(value, &mut document.objects).err();
         }
-        collect(value, &mut objects)
-            .unwrap_or_else(|reason| errors.push(DocumentError { document, reason }));
+        documents.push(document);
     }
-    (objects, errors)
+    Documents {
+        documents,
+        complete: true,
+    }
 }
 
 fn yaml_to_json(v: serde_yaml::Value) -> Result<Value, String> {

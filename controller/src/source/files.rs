@@ -25,7 +25,9 @@ pub struct FileSource {
 struct ParsedFile {
     len: u64,
     modified: Option<SystemTime>,
-    objects: Vec<KubeObject>,
+    /// The objects of each document, as served: a document that did not parse keeps
+    /// those it last held.
+    documents: Vec<Vec<KubeObject>>,
 }
 
 /// Parsed files by path; a change re-reads only the files that changed.
@@ -52,13 +54,14 @@ impl FileCache {
             {
                 continue;
             }
-            let objects = read_manifest(&path);
+            let last = self.files.get(&path).map_or(&[][..], |f| &f.documents);
+            let documents = read_manifest(&path, last);
             self.files.insert(
                 path,
                 ParsedFile {
                     len,
                     modified,
-                    objects,
+                    documents,
                 },
             );
             changed = true;
@@ -69,25 +72,43 @@ impl FileCache {
     fn state(&self) -> ClusterState {
         self.files
             .values()
-            .flat_map(|f| f.objects.iter().cloned())
+            .flat_map(|f| f.documents.iter().flatten().cloned())
             .collect()
     }
 }
 
-/// Parses one file, reporting what cannot be used and keeping the rest.
-fn read_manifest(path: &Path) -> Vec<KubeObject> {
+/// Parses one file whose documents last held `last`. What cannot be read keeps what it
+/// last held, with the error logged, until it parses again: a file caught half-written,
+/// or saved with a typo, must not take down the routes it served. A document that never
+/// parsed serves what of it could be read.
+fn read_manifest(path: &Path, last: &[Vec<KubeObject>]) -> Vec<Vec<KubeObject>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "manifest file skipped: cannot be read");
-            return Vec::new();
+            tracing::warn!(file = %path.display(), error = %e, "manifest file cannot be read; its last good objects are kept");
+            return last.to_vec();
         }
     };
-    let (objects, errors) = manifests::parse(&text);
-    for e in errors {
-        tracing::warn!(file = %path.display(), document = e.document, reason = %e.reason, "manifest document skipped");
+    let parsed = manifests::documents(&text);
+    let mut served = Vec::with_capacity(parsed.documents.len().max(last.len()));
+    for (i, document) in parsed.documents.into_iter().enumerate() {
+        match (document.error, last.get(i)) {
+            (None, _) => served.push(document.objects),
+            (Some(reason), Some(kept)) => {
+                tracing::warn!(file = %path.display(), document = i, %reason, "manifest document unusable; its last good objects are kept");
+                served.push(kept.clone());
+            }
+            (Some(reason), None) => {
+                tracing::warn!(file = %path.display(), document = i, %reason, "manifest document unusable; what of it could be read is used");
+                served.push(document.objects);
+            }
+        }
     }
-    objects
+    if !parsed.complete && last.len() > served.len() {
+        tracing::warn!(file = %path.display(), documents = last.len() - served.len(), "manifest documents after a syntax error cannot be read; their last good objects are kept");
+        served.extend_from_slice(&last[served.len()..]);
+    }
+    served
 }
 
 impl FileSource {
@@ -238,6 +259,45 @@ mod tests {
             woken(5000).await.is_ok(),
             "a new manifest did not wake the watch"
         );
+    }
+
+    #[test]
+    fn a_document_that_stops_parsing_keeps_what_it_last_held_until_it_parses_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.yaml");
+        let three = [service("a"), service("b"), service("c")].join("---\n");
+        std::fs::write(&file, &three).unwrap();
+        let mut cache = FileCache::default();
+        cache.refresh(dir.path()).unwrap();
+        assert_eq!(names(&cache), ["a", "b", "c"]);
+
+        // Cut in the middle of the second document, as a half-finished write leaves it:
+        // the third cannot be read at all.
+        let cut = three.find("name: b").unwrap() + 5;
+        std::fs::write(&file, &three[..cut]).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a", "b", "c"]);
+
+        // A document that parses as YAML but not as an object keeps its last objects too;
+        // the good documents around it apply.
+        let edited = [
+            service("a2"),
+            "apiVersion: v1\nmetadata: {name: b2}\n".into(),
+            service("c2"),
+        ];
+        std::fs::write(&file, edited.join("---\n")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a2", "b", "c2"]);
+
+        // Fixed: it applies; and a document removed on purpose goes.
+        std::fs::write(&file, [service("a2"), service("b2")].join("---\n")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a2", "b2"]);
+
+        // A file that never parsed has nothing to keep.
+        std::fs::write(dir.path().join("new.yaml"), "kind: [").unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["a2", "b2"]);
     }
 
     #[test]
