@@ -23,6 +23,7 @@ fn is_error(reason: Reason) -> bool {
             | Reason::CanaryWithoutPrimary
             | Reason::UnsupportedAnnotation
             | Reason::RegexHost
+            | Reason::CrossNamespaceShadowing
     )
 }
 

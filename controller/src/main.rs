@@ -13,7 +13,7 @@ mod sync;
 use anyhow::{bail, Context};
 use clap::Parser;
 use portico_telemetry::{init_logging, LogFormat};
-use portico_translate::Options;
+use portico_translate::{HostOwnership, Options};
 use portico_wire::SnapshotServer;
 use source::{FileSource, KubeSource, Source};
 use status::PublishSource;
@@ -89,8 +89,29 @@ struct Args {
     hsts_include_subdomains: bool,
     #[arg(long)]
     hsts_preload: bool,
+    /// Who may route a host: `shared` (any namespace, the oldest Ingress winning each
+    /// path, as ingress-nginx; shadowing across namespaces is a warning) or `namespace`
+    /// (the namespace of the oldest Ingress naming a host owns it; other namespaces' rules
+    /// and TLS sections for it are refused).
+    #[arg(long, value_enum, default_value_t = HostOwnershipArg::Shared)]
+    host_ownership: HostOwnershipArg,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HostOwnershipArg {
+    Shared,
+    Namespace,
+}
+
+impl From<HostOwnershipArg> for HostOwnership {
+    fn from(arg: HostOwnershipArg) -> Self {
+        match arg {
+            HostOwnershipArg::Shared => HostOwnership::Shared,
+            HostOwnershipArg::Namespace => HostOwnership::Namespace,
+        }
+    }
 }
 
 fn parse_object_ref(text: &str) -> Result<(String, String), String> {
@@ -118,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         assume_class_exists: args.manifests.is_some(),
         default_certificate: args.default_ssl_certificate.clone(),
         default_backend_service: args.default_backend_service.clone(),
+        host_ownership: args.host_ownership.into(),
         hsts,
     };
 

@@ -9,6 +9,7 @@ use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
+use crate::sharing::HostOwnership;
 use k8s_openapi::api::networking::v1::Ingress;
 use portico_model::{
     Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost,
@@ -30,6 +31,8 @@ pub struct Options {
     /// The Service (on its first port) that takes requests no route matches, unless an
     /// Ingress's `spec.defaultBackend` does (`--default-backend-service`).
     pub default_backend_service: Option<ObjectKey>,
+    /// Who may route a host (`--host-ownership`).
+    pub host_ownership: HostOwnership,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
                 preload: false,
             }),
             default_backend_service: None,
+            host_ownership: HostOwnership::Shared,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Translator {
                 (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound))
                     .then(|| Arc::new(resolved))
             });
-        let mut table = RouteTable::default();
+        let mut table = RouteTable::new(opts.host_ownership);
         for fragment in &current {
             table.merge(fragment, &mut diagnostics);
         }
@@ -176,6 +180,7 @@ impl Translator {
         table.attach_canaries(&mut diagnostics);
         table.attach_www_redirects();
         table.report_regex_hosts(&mut diagnostics);
+        crate::sharing::report_shadowing(&table, &mut diagnostics);
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
         let translation = assemble(
             state,

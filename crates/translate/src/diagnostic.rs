@@ -56,6 +56,8 @@ pub enum Reason {
     UnsupportedAnnotation,
     ConfigMapNotFound,
     RegexHost,
+    HostConflict,
+    CrossNamespaceShadowing,
 }
 
 impl Reason {
@@ -82,6 +84,8 @@ impl Reason {
             Reason::UnsupportedAnnotation => "UnsupportedAnnotation",
             Reason::ConfigMapNotFound => "ConfigMapNotFound",
             Reason::RegexHost => "RegexHost",
+            Reason::HostConflict => "HostConflict",
+            Reason::CrossNamespaceShadowing => "CrossNamespaceShadowing",
         }
     }
 }

@@ -16,10 +16,12 @@ mod diagnostic;
 mod ingress;
 mod merge;
 mod secret;
+mod sharing;
 
 pub use builder::{translate, Options, Translation, Translator};
 pub use cache::{ClusterState, KubeObject, ObjectKey, ObjectKind};
 pub use diagnostic::{Diagnostic, ObjectRef, Reason};
+pub use sharing::HostOwnership;
 
 /// The `spec.controller` value of IngressClasses Portico serves.
 pub const CONTROLLER_NAME: &str = "portico.io/ingress-controller";

@@ -10,10 +10,11 @@ use crate::backend::Resolved;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
+use crate::sharing::HostOwnership;
 use portico_model::{
     Backend, Canary, ClientAuth, HostMatch, PathMatch, RequestConditions, Route, SourceRef,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Keys are the fragments' own strings; a fast hash is enough for them.
@@ -32,6 +33,12 @@ pub(crate) struct RouteTable<'f> {
     canaries: Vec<&'f Fragment>,
     /// Fragments with `from-to-www-redirect`, oldest first, attached by [`RouteTable::attach_www_redirects`].
     www_redirects: Vec<&'f Fragment>,
+    /// Who may route a host; see [`HostOwnership`].
+    ownership: HostOwnership,
+    /// The oldest Ingress naming each host, in its rules or its TLS section.
+    host_owners: FastMap<&'f HostMatch, &'f SourceRef>,
+    /// Each host named in a TLS section, with the namespaces that named it.
+    tls_namespaces: BTreeSet<(&'f HostMatch, &'f str)>,
 }
 
 pub(crate) struct TlsOwner<'f> {
@@ -145,6 +152,31 @@ fn note_owner<'f>(owners: &mut FastMap<&'f str, PathOwner<'f>>, route: &'f Route
 }
 
 impl<'f> RouteTable<'f> {
+    pub fn new(ownership: HostOwnership) -> Self {
+        RouteTable {
+            ownership,
+            ..RouteTable::default()
+        }
+    }
+
+    /// Whether an Ingress of `namespace` named `host` in its TLS section.
+    pub fn tls_claimed_by(&self, host: &'f HostMatch, namespace: &'f str) -> bool {
+        self.tls_namespaces.contains(&(host, namespace))
+    }
+
+    /// The owner of `host` when `--host-ownership namespace` keeps `source` from it.
+    fn refused_owner(
+        &mut self,
+        host: &'f HostMatch,
+        source: &'f SourceRef,
+    ) -> Option<&'f SourceRef> {
+        if self.ownership == HostOwnership::Shared {
+            return None;
+        }
+        let owner = *self.host_owners.entry(host).or_insert(source);
+        (owner.namespace != source.namespace).then_some(owner)
+    }
+
     pub fn merge(&mut self, fragment: &'f Fragment, diagnostics: &mut Vec<Diagnostic>) {
         diagnostics.extend(fragment.diagnostics.iter().cloned());
         if fragment.canary.is_some() {
@@ -182,6 +214,15 @@ impl<'f> RouteTable<'f> {
             }
         }
         for claim in &fragment.tls {
+            if let Some(owner) = self.refused_owner(&claim.host, &fragment.source) {
+                report(Reason::HostConflict, format!(
+                    "spec.tls[{}]: host {:?} belongs to namespace {:?} (Ingress {owner} is the oldest to name it) and the controller runs with --host-ownership namespace; ignored",
+                    claim.entry, claim.host.to_string(), owner.namespace
+                ));
+                continue;
+            }
+            self.tls_namespaces
+                .insert((&claim.host, &fragment.source.namespace));
             let certificate = claim.certificate.as_deref();
             match self.tls_hosts.get(&claim.host) {
                 Some(existing) if existing.certificate != certificate => report(
@@ -200,6 +241,13 @@ impl<'f> RouteTable<'f> {
             }
         }
         for (host, routes) in &fragment.rules {
+            if let Some(owner) = self.refused_owner(host, &fragment.source) {
+                report(Reason::HostConflict, format!(
+                    "host {:?} belongs to namespace {:?} (Ingress {owner} is the oldest to name it) and the controller runs with --host-ownership namespace; this Ingress's routes for it are ignored",
+                    host.to_string(), owner.namespace
+                ));
+                continue;
+            }
             let host_routes = self.hosts.entry(host).or_default();
             // Client certificates are asked for in the handshake, before any path is known:
             // one host, one policy. A second one would leave routes less guarded than their
@@ -265,6 +313,9 @@ impl<'f> RouteTable<'f> {
     pub fn attach_www_redirects(&mut self) {
         for fragment in std::mem::take(&mut self.www_redirects) {
             for (host, routes) in &fragment.www_redirects {
+                if self.refused_owner(host, &fragment.source).is_some() {
+                    continue;
+                }
                 let host_routes = self.hosts.entry(host).or_default();
                 for r in routes {
                     if host_routes.claimed(&r.route).is_none()

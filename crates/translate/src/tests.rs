@@ -1535,6 +1535,112 @@ fn a_canary_of_another_namespace_gets_no_traffic_and_says_why() {
     assert_eq!(told, ["Ingress other/spy: spec.rules[0].http.paths[0]: canary for path \"/\" on host \"shop.test\", which Ingress shop/main of another namespace routes; a canary attaches only to an Ingress of its own namespace, so it gets no traffic"]);
 }
 
+/// Two namespaces on one host: `shop` older, with a Prefix `/admin` and a TLS section;
+/// `other` newer, with an Exact `/admin/login`, a Prefix `/` and a host of its own.
+fn two_namespaces_on_one_host() -> Vec<KubeObject> {
+    let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});
+    let mut objects = vec![
+        ours(),
+        tls_secret("shop", "cert", "a.test"),
+        tls_secret("other", "cert", "b.test"),
+    ];
+    for ns in ["shop", "other"] {
+        objects.extend(backends_of(ns, "main"));
+    }
+    objects.push(annotated(
+        "shop",
+        "admin",
+        "2024-01-01T00:00:00Z",
+        json!({}),
+        json!({
+            "ingressClassName": "portico",
+            "tls": [{"hosts": ["a.test"], "secretName": "cert"}],
+            "rules": [{"host": "a.test", "http": {"paths": [path("/admin", "Prefix")]}}],
+        }),
+    ));
+    objects.push(annotated("other", "web", "2024-01-02T00:00:00Z", json!({}), json!({
+        "ingressClassName": "portico",
+        "tls": [{"hosts": ["b.test"], "secretName": "cert"}],
+        "rules": [
+            {"host": "a.test", "http": {"paths": [path("/admin/login", "Exact"), path("/", "Prefix")]}},
+            {"host": "b.test", "http": {"paths": [path("/", "Prefix")]}},
+        ],
+    })));
+    objects
+}
+
+fn told(t: &Translation, reason: Reason) -> Vec<String> {
+    t.diagnostics
+        .iter()
+        .filter(|d| d.reason == reason)
+        .map(|d| format!("{}: {}", d.object, d.message))
+        .collect()
+}
+
+#[test]
+fn shadowing_across_namespaces_is_allowed_and_told_to_both_ingresses() {
+    let t = run(two_namespaces_on_one_host());
+    let a = t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .find(|v| v.host.to_string() == "a.test")
+        .unwrap();
+    assert_eq!(
+        a.routes.len(),
+        3,
+        "ingress-nginx's rules: everything is routed"
+    );
+    let mut warnings = told(&t, Reason::CrossNamespaceShadowing);
+    warnings.sort();
+    assert_eq!(
+        warnings,
+        [
+            "Ingress other/web: host \"a.test\": Exact path \"/admin/login\" of this Ingress takes requests from Prefix path \"/admin\" of Ingress shop/admin, of another namespace",
+            "Ingress other/web: host \"a.test\": Prefix path \"/admin\" of Ingress shop/admin, of another namespace, takes requests from this Ingress's Prefix path \"/\"",
+            "Ingress other/web: host \"a.test\": the TLS section of Ingress shop/admin, of another namespace, redirects this Ingress's routes to HTTPS with its certificate",
+            "Ingress shop/admin: host \"a.test\": Exact path \"/admin/login\" of Ingress other/web, of another namespace, takes requests from this Ingress's Prefix path \"/admin\"",
+            "Ingress shop/admin: host \"a.test\": Prefix path \"/admin\" of this Ingress takes requests from Prefix path \"/\" of Ingress other/web, of another namespace",
+            "Ingress shop/admin: host \"a.test\": this Ingress's TLS section also redirects the routes of Ingress other/web, of another namespace, to HTTPS with this Ingress's certificate",
+        ]
+    );
+    assert!(told(&t, Reason::HostConflict).is_empty());
+}
+
+#[test]
+fn under_namespace_ownership_the_oldest_namespace_on_a_host_keeps_it() {
+    let options = Options {
+        host_ownership: crate::HostOwnership::Namespace,
+        ..Options::default()
+    };
+    let t = translate(
+        &two_namespaces_on_one_host()
+            .into_iter()
+            .collect::<ClusterState>(),
+        &options,
+    );
+    let routed: Vec<(String, String)> = t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| {
+            v.routes
+                .iter()
+                .map(|r| (v.host.to_string(), r.source.to_string()))
+        })
+        .collect();
+    let row = |h: &str, s: &str| (h.to_string(), s.to_string());
+    assert_eq!(
+        routed,
+        [row("a.test", "shop/admin"), row("b.test", "other/web")]
+    );
+    assert_eq!(
+        told(&t, Reason::HostConflict),
+        ["Ingress other/web: host \"a.test\" belongs to namespace \"shop\" (Ingress shop/admin is the oldest to name it) and the controller runs with --host-ownership namespace; this Ingress's routes for it are ignored"]
+    );
+    assert!(told(&t, Reason::CrossNamespaceShadowing).is_empty());
+}
+
 #[test]
 fn routes_with_conditions_share_a_path_only_within_their_namespace() {
     let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});

@@ -1,9 +1,13 @@
 //! `portico-controller --check DIR`, as a CI pipeline runs it before `kubectl apply`.
 
 use portico_e2e::harness::binary;
-use portico_e2e::manifests::{ingress, service_with_endpoints, to_yaml};
+use portico_e2e::manifests::{in_namespace, ingress, service_with_endpoints, to_yaml};
 
 fn check(files: &[(&str, String)]) -> (i32, String) {
+    check_with(files, &[])
+}
+
+fn check_with(files: &[(&str, String)], flags: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).expect("write manifest");
@@ -11,6 +15,7 @@ fn check(files: &[(&str, String)]) -> (i32, String) {
     let out = std::process::Command::new(binary("portico-controller"))
         .arg("--check")
         .arg(dir.path())
+        .args(flags)
         .output()
         .expect("runs");
     (
@@ -89,5 +94,49 @@ fn bad_manifests_fail_naming_the_object_and_field() {
     assert!(
         out.contains("PathConflict") && out.contains("broken.yaml: document 0"),
         "{out}"
+    );
+}
+
+#[test]
+fn another_namespace_on_a_host_is_a_warning_shared_and_an_error_owned() {
+    let mut docs = service_with_endpoints("web", &["127.0.0.1:8080".parse().unwrap()]);
+    docs.extend(
+        service_with_endpoints("web", &["127.0.0.1:8081".parse().unwrap()])
+            .into_iter()
+            .map(|d| in_namespace(d, "team-b")),
+    );
+    docs.push(
+        ingress("site")
+            .path("app.test", "Prefix", "/", "web")
+            .build(),
+    );
+    docs.push(in_namespace(
+        ingress("login")
+            .path("app.test", "Exact", "/login", "web")
+            .build(),
+        "team-b",
+    ));
+    let files = [("all.yaml", to_yaml(&docs))];
+
+    let (code, out) = check(&files);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning  Ingress default/site: CrossNamespaceShadowing: host \"app.test\": Exact path \"/login\" of Ingress team-b/login"),
+        "{out}"
+    );
+    assert!(
+        out.contains("from team-b/login"),
+        "shared: both route\n{out}"
+    );
+
+    let (code, out) = check_with(&files, &["--host-ownership", "namespace"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error    Ingress team-b/login: HostConflict: host \"app.test\" belongs to namespace \"default\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains("from team-b/login"),
+        "owned: only default routes\n{out}"
     );
 }
