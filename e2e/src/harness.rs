@@ -348,6 +348,18 @@ impl Portico {
     }
 
     /// The proxy's process id, for measuring it.
+    /// Waits up to `within` for the proxy to exit by itself; its status if it did.
+    pub async fn proxy_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proxy.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub fn proxy_pid(&self) -> u32 {
         self.proxy.id()
     }

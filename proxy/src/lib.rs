@@ -19,11 +19,14 @@ use pingora::server::configuration::ServerConf;
 
 /// Pingora runtime settings for the proxy service. Benchmarks build their Pingora
 /// baseline from the same settings, so comparisons measure Portico's own layers.
-pub fn server_conf(threads: usize, shutdown_grace_seconds: u64) -> ServerConf {
+/// `drain_seconds` is how long in-flight requests have once the listeners have closed.
+pub fn server_conf(threads: usize, drain_seconds: u64) -> ServerConf {
     ServerConf {
         threads,
         work_stealing: false,
-        grace_period_seconds: Some(shutdown_grace_seconds),
+        // Pingora's grace period starts when it stops accepting; Portico's own grace, while
+        // it still accepts, comes before (`listener::shutdown`).
+        grace_period_seconds: Some(drain_seconds),
         graceful_shutdown_timeout_seconds: Some(10),
         // Timeouts of a second or more (the upstream read and send timeouts, 60 s by
         // default) use tokio's timer rather than Pingora's shared fast-timeout map: each

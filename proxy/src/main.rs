@@ -7,6 +7,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
 use portico_proxy::admin;
 use portico_proxy::config::{link, store};
+use portico_proxy::listener::shutdown::{ShutdownTimeline, Stopping};
 use portico_proxy::listener::{connections, forwarded, header_deadline, tls};
 use portico_proxy::service;
 use portico_proxy::telemetry::access_log::{AccessLog, AccessLogFormat};
@@ -86,9 +87,14 @@ struct Args {
     /// Send no `Server` header, neither Portico's nor an upstream's.
     #[arg(long)]
     hide_server_header: bool,
-    /// Seconds to keep serving after SIGTERM before closing listeners.
+    /// Seconds to keep accepting and serving after SIGTERM, with `/readyz` failing, before
+    /// the listeners close.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_seconds: u64,
+    /// Seconds in-flight requests have to finish once the listeners have closed; the
+    /// process exits after the grace and this.
+    #[arg(long, default_value_t = 10)]
+    shutdown_drain_seconds: u64,
     /// One line per request on stdout.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     access_log: Switch,
@@ -139,7 +145,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut server = Server::new_with_opt_and_conf(
         None,
-        portico_proxy::server_conf(threads, args.shutdown_grace_seconds),
+        portico_proxy::server_conf(threads, args.shutdown_drain_seconds),
     );
     server.bootstrap();
 
@@ -164,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             affinity::AffinityKey::built_in()
         }
     };
+    let stopping = Stopping::default();
     let proxy_protocol = args.proxy_protocol.then(|| {
         Arc::new(portico_proxy::listener::proxy_protocol::ProxyProtocol {
             trusted: trusted_proxies.clone(),
@@ -203,6 +210,7 @@ fn main() -> anyhow::Result<()> {
             None => None,
         },
         trace_sample_ratio: args.trace_sample_ratio,
+        stopping: stopping.clone(),
     };
     let mut http = pingora::proxy::http_proxy(&server.configuration, ingress);
     let mut options = HttpServerOptions::default();
@@ -249,6 +257,7 @@ fn main() -> anyhow::Result<()> {
         pingora::apps::http_app::HttpServer::new_app(admin::AdminApp {
             store: store.clone(),
             listeners,
+            stopping: stopping.clone(),
         }),
     );
     admin.add_tcp(&args.admin_addr);
@@ -273,5 +282,12 @@ fn main() -> anyhow::Result<()> {
     server.add_service(admin);
 
     tracing::info!(http = %args.http_addr, https = %args.https_addr, admin = %args.admin_addr, threads, socket = %args.socket.display(), "portico-proxy starting");
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(ShutdownTimeline {
+            grace: Duration::from_secs(args.shutdown_grace_seconds),
+            stopping,
+        }),
+    });
+    tracing::info!("portico-proxy stopped");
+    Ok(())
 }

@@ -33,3 +33,5 @@ mod check;
 mod dashboard;
 mod kube;
 mod observability;
+// Stopping (README, "Deploy to a cluster").
+mod shutdown;

@@ -16,6 +16,8 @@ use std::time::Duration;
 pub struct AdminApp {
     pub store: Arc<SnapshotStore>,
     pub listeners: ListenerCheck,
+    /// Set on SIGTERM: `/readyz` fails so that probes take the proxy out of rotation.
+    pub stopping: crate::listener::shutdown::Stopping,
 }
 
 /// Whether the proxy's own listeners accept connections yet. Pingora binds each service's
@@ -83,6 +85,11 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/healthz" => reply(StatusCode::OK, TEXT, b"ok\n".to_vec()),
             "/readyz" => match self.store.load() {
+                _ if self.stopping.is_set() => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    b"stopping: the listeners close after the grace period\n".to_vec(),
+                ),
                 None => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,

@@ -17,6 +17,7 @@ pub use context::RequestCtx;
 
 use crate::config::store::SnapshotStore;
 use crate::listener::forwarded::{self, Cidr};
+use crate::listener::shutdown::Stopping;
 use crate::policy::jwks::JwksCache;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::otlp::SpanExporter;
@@ -55,6 +56,9 @@ pub struct IngressProxy {
     pub spans: Option<SpanExporter>,
     /// `--trace-sample-ratio`: the share of traces Portico starts that are sampled.
     pub trace_sample_ratio: f64,
+    /// Set on SIGTERM: from then on every HTTP/1 answer says `Connection: close`, so that
+    /// clients move to new connections while the listeners still accept.
+    pub stopping: Stopping,
 }
 
 // The headers Portico adds to every request (and `X-Request-ID` to every answer), parsed
@@ -106,6 +110,9 @@ impl ProxyHttp for IngressProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.started = Some((Instant::now(), SystemTime::now()));
+        if self.stopping.is_set() {
+            session.set_keepalive(None);
+        }
         ctx.in_flight = Some(InFlight::new(&self.store.metrics().requests_in_flight));
         self.identify(session, ctx)?;
         let Some(snapshot) = self.store.load() else {
@@ -236,6 +243,10 @@ impl ProxyHttp for IngressProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // A request in flight when SIGTERM came.
+        if self.stopping.is_set() {
+            session.set_keepalive(None);
+        }
         self.decorate(session.req_header(), ctx, response, Made::Upstream)
     }
 
