@@ -54,7 +54,8 @@ struct Args {
     /// per-read timeout.
     #[arg(long, default_value_t = 60)]
     client_header_timeout: u64,
-    /// Seconds an HTTP/1 connection may wait idle for its next request.
+    /// Seconds an HTTP/1 connection may wait idle for its next request, and an HTTP/2
+    /// connection with no open stream; 0: no limit.
     #[arg(long, default_value_t = 75)]
     client_keepalive_timeout: u64,
     /// Every connection, on both listeners, starts with a PROXY protocol header (v1 or v2);
@@ -215,6 +216,8 @@ fn main() -> anyhow::Result<()> {
     let mut http = pingora::proxy::http_proxy(&server.configuration, ingress);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    options.h2_idle_timeout = (args.client_keepalive_timeout > 0)
+        .then(|| Duration::from_secs(args.client_keepalive_timeout));
     http.server_options = Some(options);
     let client_timeouts =
         (args.client_header_timeout > 0).then(|| header_deadline::ClientTimeouts {

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const BLANK_LINE: &[u8] = b"\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,13 +223,24 @@ impl AsyncWrite for HeaderDeadline {
 }
 
 /// Pingora peeks for the HTTP/2 preface before each request on the plain port; the peek
-/// reads through the deadline and keeps what it read for the next read.
+/// reads through the deadline and keeps what it read for the next read. It stops as soon
+/// as the bytes cannot be the preface (giving Pingora what it read, which is not the
+/// preface, so HTTP/1 it is): a whole request shorter than the preface, such as
+/// `GET / HTTP/1.0\r\n\r\n`, would otherwise wait for bytes that never come, past the
+/// header deadline, which ended with its blank line.
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         use tokio::io::AsyncReadExt;
         let mut read = std::mem::take(&mut self.peeked);
         while read.len() < buf.len() {
+            if !could_be_h2_preface(&read) {
+                // What was read, padded: it differs from the preface already.
+                buf.fill(0);
+                buf[..read.len()].copy_from_slice(&read);
+                self.peeked = read;
+                return Ok(true);
+            }
             let mut chunk = vec![0u8; buf.len() - read.len()];
             let n = self.read(&mut chunk).await?;
             if n == 0 {
@@ -241,6 +253,11 @@ impl Peek for HeaderDeadline {
         self.peeked = read;
         Ok(true)
     }
+}
+
+fn could_be_h2_preface(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(H2_PREFACE.len());
+    bytes[..n] == H2_PREFACE[..n]
 }
 
 #[async_trait]
@@ -309,6 +326,15 @@ pub fn guard(stream: Stream, timeouts: ClientTimeouts) -> Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preface_check_stops_at_the_first_byte_that_differs() {
+        assert!(could_be_h2_preface(b""));
+        assert!(could_be_h2_preface(b"PRI * HT"));
+        assert!(could_be_h2_preface(H2_PREFACE));
+        assert!(!could_be_h2_preface(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!could_be_h2_preface(b"PRIX"));
+    }
 
     /// The phase after each chunk; chunks starting `HTTP/1.1 ` are the proxy's writes.
     fn phases(chunks: &[&[u8]]) -> Vec<(Phase, bool)> {

@@ -181,3 +181,70 @@ async fn slow_headers_are_cut_off_while_slow_bodies_and_prompt_keep_alives_are_n
         200
     );
 }
+
+/// Every state a connection can wait in ends: a whole request shorter than the HTTP/2
+/// preface is answered at once (the check for the preface stops at its first byte), and an
+/// HTTP/2 connection with no open stream is closed after the keep-alive timeout, in clear
+/// text and over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn short_requests_are_answered_and_idle_http2_connections_are_closed() {
+    let ca = TestCa::new("idle ca");
+    let cert = ca.issue(&["idle.test"]);
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(tls_secret("idle-tls", &cert.cert_pem, &cert.key_pem));
+    docs.push(
+        ingress("idle")
+            .tls(&["idle.test"], "idle-tls")
+            .path("idle.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/ssl-redirect", "false")
+            .build(),
+    );
+    let args = ["--client-keepalive-timeout", "2"];
+    let portico = Portico::start_with(&[("all.yaml", to_yaml(&docs))], &args).await;
+
+    for short in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET /\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(portico.http).await.unwrap();
+        stream.write_all(short).await.unwrap();
+        let mut answer = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{:?} was not answered", String::from_utf8_lossy(short)))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1."), "{answer}");
+    }
+
+    // Prior-knowledge HTTP/2: the preface and an empty SETTINGS frame, then nothing.
+    let hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let mut h2c = TcpStream::connect(portico.http).await.unwrap();
+    h2c.write_all(hello).await.unwrap();
+    let start = Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), h2c.read_to_end(&mut sink))
+        .await
+        .expect("an idle h2c connection is closed")
+        .ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        start.elapsed()
+    );
+
+    let opts = ClientOptions {
+        sni: Some("idle.test"),
+        alpn: &["h2"],
+        ..ClientOptions::default()
+    };
+    let (mut h2, hs) = tls::connect(portico.https, opts).await.unwrap();
+    assert_eq!(hs.alpn.as_deref(), Some("h2"));
+    h2.write_all(hello).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), h2.read_to_end(&mut sink))
+        .await
+        .expect("an idle HTTP/2 connection over TLS is closed")
+        .ok();
+}
