@@ -4,6 +4,7 @@
 //! rewrites. Each step either lets the request on or names the answer Portico gives.
 
 use super::context::RequestCtx;
+use super::hygiene::{framing_problem, host_problem, repeated_field, target_problem};
 use super::respond::Answer;
 use super::{IngressProxy, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::config::compile::CompiledSnapshot;
@@ -23,108 +24,6 @@ use std::borrow::Cow;
 
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-
-/// How large a request header may be (`--max-request-header-bytes`,
-/// `--max-request-headers`); a larger one is answered 431. Pingora's own bounds (1 MiB,
-/// 256 fields) sit above these.
-#[derive(Debug, Clone, Copy)]
-pub struct HeaderLimits {
-    pub max_bytes: usize,
-    pub max_fields: usize,
-}
-
-impl HeaderLimits {
-    /// What is too large about `req`, if anything. Bytes are counted as on the wire:
-    /// the request line, and each field's name, value and separators.
-    fn exceeded_by(&self, req: &RequestHeader) -> Option<&'static str> {
-        if req.headers.len() > self.max_fields {
-            return Some("too many header fields");
-        }
-        let line = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
-            + req.method.as_str().len()
-            + 11;
-        let fields: usize = req
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        (line + fields > self.max_bytes).then_some("request header larger than the limit")
-    }
-}
-
-/// Why an HTTP/1 request could be read two ways, if it could: a line ended by a bare LF
-/// (`raw` is the header as received), several or malformed `Content-Length`s, or
-/// `Transfer-Encoding` beside one, or other than `chunked`.
-fn framing_problem(req: &RequestHeader, raw: Option<&[u8]>) -> Option<&'static str> {
-    if req.version == http::Version::HTTP_2 {
-        return None;
-    }
-    if raw.is_some_and(has_bare_lf) {
-        return Some("a line ended by a bare LF");
-    }
-    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if lengths.next().is_some() {
-        return Some("several Content-Length headers");
-    }
-    if length.is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit)) {
-        return Some("a Content-Length that is not a number");
-    }
-    let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
-    let coding = codings.next()?;
-    if length.is_some() {
-        return Some("both Content-Length and Transfer-Encoding");
-    }
-    if codings.next().is_some()
-        || !coding
-            .to_str()
-            .is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-    {
-        return Some("a Transfer-Encoding other than chunked");
-    }
-    if req.version == http::Version::HTTP_10 {
-        return Some("Transfer-Encoding on HTTP/1.0");
-    }
-    None
-}
-
-/// Which field a request carries more than once that nginx takes only once (and answers
-/// 400 for): with two `Authorization` fields basic auth would check one while the backend
-/// may read the other; with two `Host` fields routing and the backend could disagree.
-fn repeated_field(req: &RequestHeader) -> Option<&'static str> {
-    let twice = |name: header::HeaderName| req.headers.get_all(name).iter().nth(1).is_some();
-    if twice(header::AUTHORIZATION) {
-        return Some("several Authorization headers");
-    }
-    if twice(header::HOST) {
-        return Some("several Host headers");
-    }
-    None
-}
-
-/// Why a request-target is in none of the forms HTTP allows for its method (RFC 9112
-/// §3.2), if it is not: origin-form (`/path`), absolute-form (`http://host/path`),
-/// asterisk-form (`*`, OPTIONS only) or authority-form (`host:port`, CONNECT only). A
-/// target such as `%2fadmin` or `\admin` would otherwise be routed as `/` and reach the
-/// upstream as sent, where a server may read it as `/admin`.
-fn target_problem(req: &RequestHeader) -> Option<&'static str> {
-    let target = req.raw_path();
-    let absolute = |scheme: &[u8]| {
-        target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme)
-    };
-    match target {
-        [b'/', ..] => None,
-        b"*" if req.method == http::Method::OPTIONS => None,
-        _ if absolute(b"http://") || absolute(b"https://") => None,
-        _ if req.method == http::Method::CONNECT => None,
-        _ => Some("a request-target in no form HTTP allows for its method"),
-    }
-}
-
-/// Whether a line of `raw` ends in LF without CR.
-fn has_bare_lf(raw: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r')
-}
 
 /// The host part of an authority (no port), if it is made only of characters a host
 /// name or address literal can hold, so that it is safe to put into a `Location`.
@@ -177,7 +76,8 @@ impl IngressProxy {
             .map(|h1| h1.get_headers_raw_bytes());
         let framing = framing_problem(session.req_header(), raw.as_deref())
             .or_else(|| target_problem(session.req_header()))
-            .or_else(|| repeated_field(session.req_header()));
+            .or_else(|| repeated_field(session.req_header()))
+            .or_else(|| host_problem(session.req_header()));
         if let Some(why) = framing
             .map(str::to_string)
             .or_else(|| self.normalize_path(session).err())
@@ -465,115 +365,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bare_lf_is_found_wherever_it_ends_a_line() {
-        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!has_bare_lf(b""));
-        assert!(has_bare_lf(b"\n"));
-        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
-        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
-        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
-    }
-
-    fn request(version: http::Version, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
-        req.set_version(version);
-        for (name, value) in headers {
-            req.append_header(name.to_string(), *value).unwrap();
-        }
-        req
-    }
-
-    /// A name, the request's version and headers, and the problem expected.
-    type FramingCase<'a> = (
-        &'a str,
-        http::Version,
-        &'a [(&'a str, &'a str)],
-        Option<&'a str>,
-    );
-
-    #[test]
-    fn requests_that_could_be_framed_two_ways_are_found() {
-        use http::Version;
-        #[rustfmt::skip]
-        let cases: &[FramingCase] = &[
-            ("no body", Version::HTTP_11, &[], None),
-            ("one length", Version::HTTP_11, &[("content-length", "12")], None),
-            ("chunked", Version::HTTP_11, &[("transfer-encoding", "chunked")], None),
-            ("chunked in capitals", Version::HTTP_11, &[("transfer-encoding", " Chunked ")], None),
-            ("two lengths", Version::HTTP_11, &[("content-length", "1"), ("content-length", "1")], Some("several Content-Length headers")),
-            ("a signed length", Version::HTTP_11, &[("content-length", "+1")], Some("a Content-Length that is not a number")),
-            ("an empty length", Version::HTTP_11, &[("content-length", "")], Some("a Content-Length that is not a number")),
-            ("length and chunked", Version::HTTP_11, &[("content-length", "1"), ("transfer-encoding", "chunked")], Some("both Content-Length and Transfer-Encoding")),
-            ("gzip", Version::HTTP_11, &[("transfer-encoding", "gzip")], Some("a Transfer-Encoding other than chunked")),
-            ("chunked twice", Version::HTTP_11, &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")], Some("a Transfer-Encoding other than chunked")),
-            ("chunked on 1.0", Version::HTTP_10, &[("transfer-encoding", "chunked")], Some("Transfer-Encoding on HTTP/1.0")),
-            ("h2 frames its own", Version::HTTP_2, &[("content-length", "1"), ("content-length", "2")], None),
-        ];
-        for (case, version, headers, expected) in cases {
-            assert_eq!(
-                framing_problem(&request(*version, headers), None),
-                *expected,
-                "{case}"
-            );
-        }
-        let bare = request(http::Version::HTTP_11, &[]);
-        assert_eq!(
-            framing_problem(&bare, Some(b"GET / HTTP/1.1\nHost: a\r\n\r\n")),
-            Some("a line ended by a bare LF")
-        );
-    }
-
-    #[test]
-    fn fields_nginx_takes_once_may_not_come_twice() {
-        use http::Version;
-        #[rustfmt::skip]
-        let cases: &[FramingCase] = &[
-            ("one of each", Version::HTTP_11, &[("host", "a"), ("authorization", "Basic YTpi")], None),
-            ("two credentials", Version::HTTP_11, &[("authorization", "Basic YTpi"), ("authorization", "Basic Yzpk")], Some("several Authorization headers")),
-            ("two empty credentials", Version::HTTP_2, &[("authorization", ""), ("authorization", "")], Some("several Authorization headers")),
-            ("two hosts", Version::HTTP_11, &[("host", "a"), ("host", "b")], Some("several Host headers")),
-            ("other fields repeat freely", Version::HTTP_11, &[("accept", "a"), ("accept", "b"), ("cookie", "a=1"), ("cookie", "b=2")], None),
-        ];
-        for (case, version, headers, expected) in cases {
-            assert_eq!(
-                repeated_field(&request(*version, headers)),
-                *expected,
-                "{case}"
-            );
-        }
-    }
-
-    #[test]
-    fn request_targets_must_be_in_a_form_their_method_allows() {
-        #[rustfmt::skip]
-        let cases: &[(&str, &[u8], bool)] = &[
-            ("GET", b"/admin", true),
-            ("GET", b"/", true),
-            ("GET", b"http://a.test/admin", true),
-            ("GET", b"HTTPS://a.test/", true),
-            ("OPTIONS", b"*", true),
-            ("CONNECT", b"a.test:443", true),
-            ("GET", b"%2fadmin", false),
-            ("GET", b"\\admin", false),
-            ("GET", b"..\\admin", false),
-            ("GET", b"admin/x", false),
-            ("GET", b"*", false),
-            ("GET", b"a.test:80", false),
-            ("GET", b"http://", false),
-        ];
-        for (method, target, allowed) in cases {
-            let mut req = RequestHeader::build(*method, b"/", None).unwrap();
-            req.set_raw_path(target).unwrap();
-            assert_eq!(
-                target_problem(&req).is_none(),
-                *allowed,
-                "{method} {}",
-                String::from_utf8_lossy(target)
-            );
-        }
-    }
-
-    #[test]
     fn https_redirects_name_the_host_path_and_port() {
         #[rustfmt::skip]
         let cases: &[(&str, &str, u16, bool, Option<&str>)] = &[
@@ -595,25 +386,5 @@ mod tests {
                 "{host} {path}"
             );
         }
-    }
-
-    #[test]
-    fn header_limits_count_the_line_and_every_field() {
-        let limits = HeaderLimits {
-            max_bytes: 64,
-            max_fields: 2,
-        };
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("a", "1").unwrap();
-        req.append_header("b", "2").unwrap();
-        assert_eq!(limits.exceeded_by(&req), None);
-        req.append_header("c", "3").unwrap();
-        assert_eq!(limits.exceeded_by(&req), Some("too many header fields"));
-        let mut long = RequestHeader::build("GET", b"/", None).unwrap();
-        long.append_header("a", "x".repeat(60)).unwrap();
-        assert_eq!(
-            limits.exceeded_by(&long),
-            Some("request header larger than the limit")
-        );
     }
 }

@@ -9,11 +9,12 @@ mod admit;
 mod attempt;
 mod context;
 mod forward;
+mod hygiene;
 mod report;
 mod respond;
 
-pub use admit::HeaderLimits;
 pub use context::RequestCtx;
+pub use hygiene::HeaderLimits;
 
 use crate::config::store::SnapshotStore;
 use crate::listener::forwarded::{self, Cidr};

@@ -70,6 +70,11 @@ async fn path_and_host_tricks_reach_the_access_check_or_are_refused() {
         ("/admin", "A.TEST", 403),
         ("/admin", "a.test:80", 403),
         ("/admin", "a.test.", 403),
+        // A Host that is not host[:port] is refused, whatever it would route to.
+        ("/", "a.test:abc", 400),
+        ("/", "a.test/admin", 400),
+        ("/", "a.test admin", 400),
+        ("/", "a.test:80:80", 400),
         ("http://a.test/admin", "a.test", 403),
         // An absolute-form target naming another host than Host: refused by Pingora.
         ("http://a.test/admin", "b.test", 400),
@@ -81,6 +86,9 @@ async fn path_and_host_tricks_reach_the_access_check_or_are_refused() {
             "GET {target} Host: {host}\n{reply}"
         );
     }
+    // HTTP/1.1 without Host: refused (RFC 9112 §3.2).
+    let reply = exchange(portico.http, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&reply).first().copied(), Some(400), "{reply}");
     // Two Host headers: refused, never routed by either.
     let reply = exchange(
         portico.http,
