@@ -60,7 +60,14 @@ impl IngressProxy {
             _ => peer_value.clone(),
         };
         upstream.insert_prepared_header(&X_FORWARDED_FOR, forwarded_for)?;
-        upstream.insert_prepared_header(&X_REAL_IP, peer_value)?;
+        // The address allowlists and rate limits used: behind a trusted proxy, the client it
+        // vouches for rather than the proxy.
+        let real_ip = if trusted {
+            self.client(session).map(ip_header_value)
+        } else {
+            None
+        };
+        upstream.insert_prepared_header(&X_REAL_IP, real_ip.unwrap_or(peer_value))?;
 
         // From a trusted proxy, what it says about the original request stands.
         let keep = |upstream: &RequestHeader, name: &PreparedHeaderName| {

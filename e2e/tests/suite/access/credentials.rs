@@ -257,5 +257,20 @@ async fn source_ranges_use_the_peer_unless_a_trusted_proxy_forwards() {
         403,
         "a denied client behind a trusted proxy"
     );
+
+    // The backend's X-Real-IP is the client the checks above used: the peer, or behind a
+    // trusted proxy the address it vouches for.
+    let real_ip = |client: HttpClient, forwarded: &'static str| async move {
+        let reply = client
+            .request("GET", "deny.test", "/", &[("x-forwarded-for", forwarded)])
+            .await
+            .unwrap();
+        reply.echo().expect("reached the backend").headers["x-real-ip"].clone()
+    };
+    assert_eq!(
+        real_ip(from("127.0.0.3"), "127.0.0.9, 127.0.0.2").await,
+        "127.0.0.2"
+    );
+    assert_eq!(real_ip(from("127.0.0.1"), "127.0.0.2").await, "127.0.0.1");
     drop(servers);
 }
