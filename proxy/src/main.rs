@@ -72,6 +72,9 @@ struct Args {
     affinity_key_file: Option<PathBuf>,
     /// Keep encoded slashes and backslashes (`%2F`, `%5C`) in request paths rather than
     /// answering 400; some applications (registries, GitLab) put them in resource names.
+    /// They are matched as written: `/admin%2Fx` is not under Prefix `/admin/`, so a path
+    /// policy on `/admin` does not cover it, while a backend that decodes `%2F` may read
+    /// `/admin/x`. Turn it on only where every backend keeps them encoded.
     #[arg(long)]
     allow_encoded_slashes: bool,
     /// The status of answers refused by `limit-rps`, `limit-rpm` or `limit-connections`
