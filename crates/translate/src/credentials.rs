@@ -103,16 +103,23 @@ pub(crate) fn read(
     ))
 }
 
+/// The highest bcrypt cost taken. Each failed login costs 2^cost rounds of the proxy's CPU
+/// (about 250 ms at 12, an hour at 26): a higher one in a Secret would let any client tie
+/// up the proxy by sending wrong passwords. `htpasswd -B` writes 5 unless told otherwise.
+const MAX_BCRYPT_COST: u32 = 12;
+
 /// Whether the proxy can verify this hash.
 fn check_hash(hash: &str) -> Result<(), &'static str> {
     let bcrypt = ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p));
     if bcrypt {
         // $2y$NN$ + 53 characters of salt and hash.
         let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
-        return if hash.len() == 60 && cost.is_some_and(|c| (4..=31).contains(&c)) {
-            Ok(())
-        } else {
-            Err("a malformed bcrypt hash")
+        return match cost {
+            Some(c) if hash.len() == 60 && (4..=MAX_BCRYPT_COST).contains(&c) => Ok(()),
+            Some(c) if hash.len() == 60 && c > MAX_BCRYPT_COST && c <= 31 => {
+                Err("a bcrypt cost above 12: each failed login would hold the proxy's CPU for seconds or more; re-hash with htpasswd -B -C 12 or lower")
+            }
+            _ => Err("a malformed bcrypt hash"),
         };
     }
     if let Some(rest) = hash.strip_prefix("$apr1$") {
@@ -153,6 +160,62 @@ mod tests {
     }
 
     const BCRYPT: &str = "$2y$05$6B7Jm0X8xO2mRX5r8YQ0ROiU0z1m0t3sZp9n0VJmYv2f8C1qk3Vxa";
+
+    #[test]
+    fn bcrypt_costs_that_would_stall_the_proxy_are_refused() {
+        let at = |cost: &str| {
+            format!("alice:$2y${cost}$6B7Jm0X8xO2mRX5r8YQ0ROiU0z1m0t3sZp9n0VJmYv2f8C1qk3Vxa")
+        };
+        assert!(read(
+            "ns/auth",
+            &secret(&[("auth", &at("12"))]),
+            SecretLayout::File
+        )
+        .is_ok());
+        let refused = read(
+            "ns/auth",
+            &secret(&[("auth", &at("13"))]),
+            SecretLayout::File,
+        )
+        .unwrap_err();
+        assert!(refused.contains("a bcrypt cost above 12"), "{refused}");
+        let refused = read(
+            "ns/auth",
+            &secret(&[("auth", &at("31"))]),
+            SecretLayout::File,
+        )
+        .unwrap_err();
+        assert!(refused.contains("a bcrypt cost above 12"), "{refused}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn lines() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                "[a-z:]{0,8}:\\$2[aby]\\$[0-9]{2}\\$[./A-Za-z0-9]{53}",
+                "[a-z]{0,8}:\\$apr1\\$[a-z]{0,9}\\$[./A-Za-z0-9]{0,24}",
+                "[a-z]{0,8}:\\{SHA\\}[A-Za-z0-9+/=]{0,30}",
+                "#.{0,10}",
+                ".{0,40}",
+            ];
+            proptest::collection::vec(line, 0..8).prop_map(|l| l.join("\n"))
+        }
+
+        proptest! {
+            /// Any htpasswd text: users with usable hashes, the rest named as rejected.
+            #[test]
+            fn any_htpasswd_text_is_read_or_refused(text in lines()) {
+                if let Ok((users, _)) = read("ns/auth", &secret(&[("auth", &text)]), SecretLayout::File) {
+                    for c in users {
+                        prop_assert!(check_hash(&c.hash).is_ok());
+                        prop_assert!(!c.user.is_empty() && !c.user.contains(':'));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn htpasswd_lines_with_known_hashes_pass_and_the_rest_is_named() {
