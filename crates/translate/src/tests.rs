@@ -2182,3 +2182,83 @@ fn client_certificates_are_a_property_of_the_host() {
         assert!(refused.contains(why), "{host}: {refused}");
     }
 }
+
+mod properties {
+    use super::*;
+    use crate::compat::{INGRESS_NGINX, PORTICO_ONLY};
+    use proptest::prelude::*;
+
+    /// Values shaped like what annotations take, and some that are not.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("cookie".to_string()),
+            Just("basic".to_string()),
+            "[0-9]{1,6}[smhkKmMgG]?",
+            "(/[a-z$0-9().*{}|]{0,8}){0,3}",
+            "https?://[a-z.]{1,12}(/[a-z$]{0,6})?",
+            "[a-z-]{1,10}(=[a-z0-9~^$()]{0,6})?(, ?[a-z-]{1,10})?",
+            "[0-9./,: ]{0,24}",
+            ".{0,40}",
+        ]
+    }
+
+    fn annotations() -> impl Strategy<Value = Vec<(String, String)>> {
+        let names: Vec<&'static str> = INGRESS_NGINX
+            .iter()
+            .chain(PORTICO_ONLY)
+            .map(|(name, _)| *name)
+            .collect();
+        proptest::collection::vec(
+            (proptest::sample::select(names), any::<bool>(), value()),
+            0..12,
+        )
+        .prop_map(|picked| {
+            picked
+                .into_iter()
+                .map(|(name, ours, value)| {
+                    let prefix = if ours {
+                        "portico.io"
+                    } else {
+                        "nginx.ingress.kubernetes.io"
+                    };
+                    (format!("{prefix}/{name}"), value)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Whatever an Ingress's annotations say, translation does not panic, and what it
+        /// builds is a snapshot the proxy accepts.
+        #[test]
+        fn any_annotations_translate_to_a_valid_snapshot(picked in annotations(), canary in any::<bool>()) {
+            let mut map: serde_json::Map<String, Value> = picked
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let mut objects = vec![ours()];
+            objects.extend(backends_of("ns", "main"));
+            objects.push(opaque_secret("ns", "users", json!({"auth": "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="})));
+            objects.push(annotated("ns", "plain", "2024-01-01T00:00:00Z", json!({}), json!({
+                "ingressClassName": "portico",
+                "rules": [rule("a.test", "Prefix", "/", "main", json!({"number": 80}))],
+            })));
+            if canary {
+                map.insert("nginx.ingress.kubernetes.io/canary".into(), json!("true"));
+            }
+            objects.push(annotated("ns", "fuzzed", "2024-01-02T00:00:00Z", Value::Object(map), json!({
+                "ingressClassName": "portico",
+                "tls": [{"hosts": ["a.test"], "secretName": "missing"}],
+                "rules": [
+                    rule("a.test", "ImplementationSpecific", "/api/(.*)", "main", json!({"number": 80})),
+                    rule("b.test", "Exact", "/", "main", json!({"name": "http"})),
+                ],
+            })));
+            let t = run(objects);
+            let validated = portico_model::Snapshot { version: 1, ..t.snapshot.clone() }.validate();
+            prop_assert_eq!(validated, Ok(()));
+        }
+    }
+}

@@ -432,4 +432,60 @@ mod tests {
             Phase::Off
         );
     }
+
+    mod properties {
+        use super::super::{Phase, RequestBoundaries};
+        use proptest::prelude::*;
+
+        fn boundaries() -> RequestBoundaries {
+            RequestBoundaries {
+                phase: Phase::Header {
+                    ended: 0,
+                    start: true,
+                },
+            }
+        }
+
+        /// Header bytes rich in the pieces of a blank line.
+        fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("\r"),
+                    Just("\n"),
+                    Just("\r\n"),
+                    Just("a"),
+                    Just(":"),
+                    Just(" ")
+                ],
+                0..40,
+            )
+            .prop_map(|parts| format!("GET / HTTP/1.1{}", parts.concat()).into_bytes())
+        }
+
+        proptest! {
+            /// However a request header is cut into reads, its end is found at the same
+            /// place: the first blank line.
+            #[test]
+            fn the_end_of_a_header_does_not_depend_on_how_it_is_read(
+                bytes in header_bytes(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            ) {
+                let mut whole = boundaries();
+                whole.read(&bytes);
+                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                at.sort_unstable();
+                at.dedup();
+                let mut pieces = boundaries();
+                let mut from = 0;
+                for to in at.into_iter().chain([bytes.len()]) {
+                    pieces.read(&bytes[from..to]);
+                    from = to;
+                }
+                let ended = |b: &RequestBoundaries| b.phase == Phase::Body;
+                let expected = bytes.windows(4).any(|w| w == b"\r\n\r\n");
+                prop_assert_eq!(ended(&whole), expected);
+                prop_assert_eq!(ended(&pieces), expected);
+            }
+        }
+    }
 }

@@ -295,4 +295,45 @@ mod tests {
             Err(ProxyHeaderError::Malformed(_))
         ));
     }
+
+    mod properties {
+        use super::super::{parse, V2_SIGNATURE};
+        use proptest::prelude::*;
+
+        /// Bytes that start like a header often enough to reach deep into both parsers.
+        fn headers() -> impl Strategy<Value = Vec<u8>> {
+            let start = prop_oneof![
+                Just(b"PROXY ".to_vec()),
+                Just(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec()),
+                Just(b"PROXY TCP6 ".to_vec()),
+                Just(V2_SIGNATURE.to_vec()),
+                Just([&V2_SIGNATURE[..], &[0x21, 0x11, 0x00, 0x0c]].concat()),
+                Just([&V2_SIGNATURE[..], &[0x21, 0x21, 0x00, 0x24]].concat()),
+                Just(Vec::new()),
+            ];
+            (start, proptest::collection::vec(any::<u8>(), 0..120))
+                .prop_map(|(start, rest)| [start, rest].concat())
+        }
+
+        proptest! {
+            /// Any bytes: a header, "incomplete", or an error; never a panic, and a header
+            /// never claims more bytes than there are.
+            #[test]
+            fn any_bytes_parse_or_are_refused(buf in headers()) {
+                if let Ok(Some((_, used))) = parse(&buf) {
+                    prop_assert!(used <= buf.len());
+                }
+            }
+
+            /// A header that parses from a prefix parses the same from more bytes.
+            #[test]
+            fn more_bytes_never_change_a_parsed_header(buf in headers(), more in proptest::collection::vec(any::<u8>(), 0..16)) {
+                if let Ok(Some((header, used))) = parse(&buf) {
+                    let longer = [buf.clone(), more].concat();
+                    let again = parse(&longer);
+                    prop_assert!(matches!(again, Ok(Some((ref h, u))) if *h == header && u == used));
+                }
+            }
+        }
+    }
 }

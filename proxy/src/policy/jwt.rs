@@ -614,4 +614,68 @@ pub(crate) mod tests {
         assert!(JwtCheck::compile(&auth(&set)).is_err());
         assert!(JwtCheck::compile(&auth(&json!({"keys": []}))).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        fn key() -> &'static PKey<Private> {
+            static KEY: OnceLock<PKey<Private>> = OnceLock::new();
+            KEY.get_or_init(|| PKey::generate_ed25519().unwrap())
+        }
+
+        fn checker() -> &'static JwtCheck {
+            static CHECK: OnceLock<JwtCheck> = OnceLock::new();
+            CHECK.get_or_init(|| check(json!({"keys": [jwk(key(), "k1")]})))
+        }
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9_-]{0,60}",
+                any::<Vec<u8>>().prop_map(|b| b64(&b)),
+                Just(b64(br#"{"alg":"none"}"#)),
+                Just(b64(br#"{"alg":"HS256","kid":"k1"}"#)),
+                Just(b64(br#"{"alg":"EdDSA","kid":"k1"}"#)),
+            ]
+        }
+
+        proptest! {
+            /// Tokens nobody signed (any header, `none` and HMAC included) are refused,
+            /// whatever their shape.
+            #[test]
+            fn unsigned_and_garbled_tokens_never_verify(
+                parts in proptest::collection::vec(segment(), 0..5),
+                separator in prop_oneof![Just("."), Just(".."), Just(" ")],
+            ) {
+                let token = parts.join(separator);
+                prop_assert!(checker().verify(&bearer(&token), NOW).is_err(), "{token}");
+            }
+
+            /// Changing one character of a signed token's claims makes it fail.
+            #[test]
+            fn a_changed_claim_is_refused(at in any::<prop::sample::Index>(), with in any::<prop::sample::Index>()) {
+                let token = sign(key(), &json!({"alg": "EdDSA", "kid": "k1"}), &claims());
+                prop_assert!(checker().verify(&bearer(&token), NOW).is_ok());
+                let first = token.find('.').unwrap() + 1;
+                let last = token.rfind('.').unwrap();
+                // Not the segment's last character, whose low bits base64 may ignore.
+                let i = first + at.index(last - first - 1);
+                let others: Vec<char> = ('A'..='Z')
+                    .chain('a'..='z')
+                    .chain('0'..='9')
+                    .chain(['_', '-'])
+                    .filter(|c| !token[i..].starts_with(*c))
+                    .collect();
+                let mut changed = token.clone();
+                changed.replace_range(i..i + 1, &others[with.index(others.len())].to_string());
+                prop_assert!(checker().verify(&bearer(&changed), NOW).is_err(), "{changed}");
+            }
+
+            #[test]
+            fn any_jwks_text_is_read_or_refused(text in ".{0,200}") {
+                let _ = read_jwks(&text);
+            }
+        }
+    }
 }

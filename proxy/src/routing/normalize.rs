@@ -142,4 +142,61 @@ mod tests {
             "allowed when asked for, and kept encoded"
         );
     }
+
+    mod properties {
+        use super::super::normalize;
+        use proptest::prelude::*;
+
+        /// Paths made mostly of the characters normalisation acts on.
+        fn paths() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("/"),
+                    Just("."),
+                    Just(".."),
+                    Just("%"),
+                    Just("%2e"),
+                    Just("%2E"),
+                    Just("%2f"),
+                    Just("%5c"),
+                    Just("%41"),
+                    Just("%00"),
+                    Just("\\"),
+                    Just("a"),
+                    Just("b"),
+                    Just(";"),
+                    Just("%25"),
+                    Just("~"),
+                    Just("%7e"),
+                    Just("é"),
+                ],
+                0..24,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            /// A normal path is its own normal form, with no empty, `.` or `..` segment
+            /// left, so the upstream receives exactly the path that was routed.
+            #[test]
+            fn normal_paths_are_fixed_points_without_dot_segments(
+                path in paths(),
+                allow in any::<bool>(),
+            ) {
+                if let Ok(normal) = normalize(&path, allow) {
+                    prop_assert!(normal.starts_with('/'));
+                    prop_assert!(!normal.contains("//"), "{normal}");
+                    let segments: Vec<&str> = normal.split('/').skip(1).collect();
+                    prop_assert!(!segments.iter().any(|s| *s == "." || *s == ".."), "{normal}");
+                    let again = normalize(&normal, allow);
+                    prop_assert_eq!(again.as_deref(), Ok(&*normal));
+                }
+            }
+
+            #[test]
+            fn any_text_is_normalised_or_refused_without_panicking(path in ".*", allow in any::<bool>()) {
+                let _ = normalize(&path, allow);
+            }
+        }
+    }
 }

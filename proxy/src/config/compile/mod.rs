@@ -566,4 +566,57 @@ mod tests {
             "no route of /admin admits: the shorter path"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A snapshot using most of what a route can hold, encoded as the controller sends it.
+        fn encoded() -> Vec<u8> {
+            let mut s = snapshot(1, 3, 1);
+            let host = Arc::make_mut(&mut s.virtual_hosts[0]);
+            let mut regex = Route::new(PathMatch::Regex("/api/(v[0-9]+)/.*".into()), "b1");
+            regex.conditions = Some(Box::new(RequestConditions {
+                methods: vec!["GET".into()],
+                headers: vec![ValueCondition {
+                    name: "x-env".into(),
+                    rule: ValueRule::Matches("^beta$".into()),
+                }],
+                query: vec![],
+            }));
+            host.routes.push(regex);
+            host.routes
+                .push(Route::new(PathMatch::Exact("/x".into()), "b2"));
+            s.to_bytes()
+        }
+
+        proptest! {
+            /// Snapshot bytes changed at random either fail to decode, fail validation, or
+            /// compile into something the proxy can serve; none of it panics.
+            #[test]
+            fn damaged_snapshots_are_refused_or_served_never_a_panic(
+                changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                cut in proptest::option::of(any::<prop::sample::Index>()),
+            ) {
+                let mut bytes = encoded();
+                for (at, byte) in changes {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                if let Some(cut) = cut {
+                    bytes.truncate(cut.index(bytes.len() + 1));
+                }
+                let Ok(snapshot) = Snapshot::from_bytes(&bytes) else {
+                    return Ok(());
+                };
+                if snapshot.validate().is_ok() {
+                    let metrics = Arc::new(ProxyMetrics::new());
+                    if let Ok(compiled) = CompiledSnapshot::compile(snapshot, &metrics, None) {
+                        let parts = get("/api/v1/x");
+                        let _ = compiled.route("h0.test", &parts);
+                    }
+                }
+            }
+        }
+    }
 }
