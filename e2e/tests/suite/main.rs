@@ -35,3 +35,5 @@ mod kube;
 mod observability;
 // Stopping (README, "Deploy to a cluster").
 mod shutdown;
+// Faults: broken manifests, exhausted descriptors (docs/security.md).
+mod faults;

@@ -1,0 +1,130 @@
+//! Faults injected under load: what breaks around the proxy must not break what it serves.
+//! (A controller restart and a backend failure are in `kube` and `traffic`; SIGTERM in
+//! `shutdown`.)
+
+use portico_e2e::echo::backends;
+use portico_e2e::harness::Portico;
+use portico_e2e::manifests::{ingress, to_yaml};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requests to `host` in a loop until stopped; counts those `backend` did not answer.
+fn load(
+    portico: &Portico,
+    host: &'static str,
+    backend: &'static str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client, stopped) = (portico.client.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let (mut sent, mut failed) = (0, 0);
+        while !stopped.load(Ordering::Relaxed) {
+            sent += 1;
+            if !client
+                .get(host, "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == backend)
+            {
+                failed += 1;
+            }
+        }
+        (sent, failed)
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_cut_short_keeps_serving_what_it_held_until_it_parses_again() {
+    let (_servers, mut docs) = backends(&["web", "next"]).await;
+    docs.push(ingress("site").path("f.test", "Prefix", "/", "web").build());
+    let whole = to_yaml(&docs);
+    let portico = Portico::start(&[("all.yaml", whole.clone())]).await;
+    let (stop, task) = load(&portico, "f.test", "web");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A write that stopped half-way through the Ingress, in the middle of a key.
+    let cut = whole.rfind("ingressClassName").expect("the Ingress") + "ingressClass".len();
+    portico.write("all.yaml", &whole[..cut]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = task.await.unwrap();
+    assert!(sent > 50, "too few requests to tell: {sent}");
+    assert_eq!(
+        failed, 0,
+        "requests failed while the manifest was cut short"
+    );
+    assert!(
+        portico.logs().contains("last good objects are kept"),
+        "the cut is reported"
+    );
+
+    // Written whole again, with a change: it applies.
+    let mut changed = docs.clone();
+    changed.pop();
+    changed.push(
+        ingress("site")
+            .path("f.test", "Prefix", "/", "next")
+            .build(),
+    );
+    portico.write("all.yaml", &to_yaml(&changed));
+    portico
+        .wait_until("the fixed manifest applies", |p| async move {
+            p.client
+                .get("f.test", "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == "next")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_the_proxy_refuses_what_it_cannot_take_and_recovers() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(ingress("site").path("d.test", "Prefix", "/", "web").build());
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    assert_eq!(
+        portico
+            .client
+            .get("d.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "web"
+    );
+
+    let limited = std::process::Command::new("prlimit")
+        .args(["--nofile=96:96", "--pid", &portico.proxy_pid().to_string()])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    // Far more connections than descriptors left: the kernel queues them, the proxy's
+    // accepts fail with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(portico.http),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(held);
+
+    // Once the clients are gone the accept loop takes connections again.
+    portico
+        .wait_until("the proxy serves again", |p| async move {
+            p.client
+                .get("d.test", "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == "web")
+        })
+        .await;
+    assert!(
+        portico.logs().contains("Accept() failed"),
+        "the exhaustion happened"
+    );
+}
