@@ -5,7 +5,7 @@
 use portico_e2e::echo::backends;
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ingress, to_yaml};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
