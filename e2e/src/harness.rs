@@ -360,6 +360,11 @@ impl Portico {
         None
     }
 
+    /// The snapshot socket the controller serves and the proxy connects to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
     pub fn proxy_pid(&self) -> u32 {
         self.proxy.id()
     }

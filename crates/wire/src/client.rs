@@ -3,7 +3,7 @@
 
 use crate::codec::{read_message, write_message, Message, WireError};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 
 /// Whatever applies snapshots on the proxy side.
@@ -15,7 +15,12 @@ pub trait SnapshotSink: Send + Sync {
     /// As [`SnapshotSink::apply`], for a delta against the serving snapshot, which is
     /// `base_version`.
     fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String>;
+    /// The link to the controller: `Some(why)` while it is down, `None` once connected.
+    fn link_down(&self, _why: Option<String>) {}
 }
+
+/// How often a link that stays down is logged again.
+const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of
 /// the current step, so a fleet of proxies does not reconnect in lockstep.
@@ -66,18 +71,34 @@ impl SnapshotClient {
 
     /// Connects, applies, and reconnects forever; cancel by dropping the future.
     pub async fn run(mut self, sink: &dyn SnapshotSink) {
+        // Since when the link is down, and when that was last logged.
+        let mut down: Option<(Instant, Instant)> = None;
         loop {
             match UnixStream::connect(&self.socket).await {
                 Ok(stream) => {
                     tracing::info!(socket = %self.socket.display(), "connected to controller");
+                    down = None;
+                    sink.link_down(None);
                     let outcome = self.session(stream, sink).await;
                     if outcome.received_any {
                         self.backoff.reset();
                     }
                     tracing::warn!(error = %outcome.end, "controller connection ended; serving the last good snapshot");
+                    sink.link_down(Some(outcome.end.to_string()));
                 }
                 Err(e) => {
-                    tracing::debug!(socket = %self.socket.display(), error = %e, "controller not reachable")
+                    let now = Instant::now();
+                    match down {
+                        Some((since, logged)) if now - logged < DOWN_LOG_EVERY => {
+                            tracing::debug!(socket = %self.socket.display(), error = %e, down_secs = (now - since).as_secs(), "controller not reachable");
+                        }
+                        _ => {
+                            let since = down.map_or(now, |(since, _)| since);
+                            tracing::warn!(socket = %self.socket.display(), error = %e, down_secs = (now - since).as_secs(), "controller not reachable; serving the last good snapshot");
+                            down = Some((since, now));
+                        }
+                    }
+                    sink.link_down(Some(format!("{}: {e}", self.socket.display())));
                 }
             }
             tokio::time::sleep(self.backoff.next_delay()).await;

@@ -5,7 +5,7 @@
 use crate::codec::{read_message, write_message, Message, WireError};
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,6 +113,8 @@ impl AckedVersions {
 pub struct SnapshotServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The inode of the socket file this server bound, to tell it from a replacement.
+    inode: u64,
     rx: watch::Receiver<Latest>,
     max_frame: usize,
     acked: AckedVersions,
@@ -142,12 +144,12 @@ impl SnapshotServer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let (listener, inode) = listen(path)?;
         let (tx, rx) = watch::channel(None);
         let server = SnapshotServer {
             listener,
             path: path.to_path_buf(),
+            inode,
             rx,
             max_frame,
             acked: AckedVersions::default(),
@@ -159,10 +161,36 @@ impl SnapshotServer {
         self.acked.clone()
     }
 
-    /// Accepts proxies until the task is dropped.
-    pub async fn serve(self) {
+    /// Accepts proxies until the task is dropped. A socket file deleted from under it (a
+    /// cleanup script, an `rm` in the shared volume) is noticed within a second and bound
+    /// again, so proxies that reconnect find it.
+    pub async fn serve(mut self) {
+        let mut check = tokio::time::interval(SOCKET_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replaced_told = false;
         loop {
-            match self.listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = check.tick() => {
+                    match std::fs::symlink_metadata(&self.path) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => match listen(&self.path) {
+                            Ok((listener, inode)) => {
+                                tracing::warn!(socket = %self.path.display(), "the socket file was deleted; bound it again");
+                                (self.listener, self.inode) = (listener, inode);
+                                replaced_told = false;
+                            }
+                            Err(e) => tracing::error!(socket = %self.path.display(), error = %e, "the socket file was deleted and cannot be bound again"),
+                        },
+                        Ok(meta) if meta.ino() != self.inode && !replaced_told => {
+                            replaced_told = true;
+                            tracing::error!(socket = %self.path.display(), "the socket path now names another file; proxies connecting to it do not reach this controller");
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+            };
+            match accepted {
                 Ok((stream, _)) => {
                     let conn = Connection {
                         rx: self.rx.clone(),
@@ -178,6 +206,16 @@ impl SnapshotServer {
             }
         }
     }
+}
+
+/// How often the socket file is checked for deletion.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
+/// Binds `path` with mode 0600; the listener and the socket file's inode.
+fn listen(path: &Path) -> io::Result<(UnixListener, u64)> {
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, std::fs::symlink_metadata(path)?.ino()))
 }
 
 struct Connection {

@@ -115,6 +115,27 @@ async fn refused_snapshot_keeps_the_last_good_one_and_the_connection() {
 }
 
 #[tokio::test]
+async fn a_deleted_socket_file_is_bound_again_and_new_proxies_reach_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sock");
+    let (server, publisher) = SnapshotServer::bind(&path, DEFAULT_MAX_FRAME).unwrap();
+    let acked = server.acked_versions();
+    tokio::spawn(server.serve());
+    publisher.publish(1, b"one".to_vec());
+
+    std::fs::remove_file(&path).unwrap();
+    eventually("the socket file is back", || path.exists()).await;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let sink: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "late");
+    tokio::spawn(async move { c.run(sink).await });
+    eventually("the late proxy acks 1", || acked.get("late") == Some(1)).await;
+}
+
+#[tokio::test]
 async fn client_reconnects_after_the_controller_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sock");

@@ -128,3 +128,34 @@ async fn out_of_descriptors_the_proxy_refuses_what_it_cannot_take_and_recovers()
         "the exhaustion happened"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_socket_is_bound_again_and_a_proxy_without_controller_says_so() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(ingress("site").path("s.test", "Prefix", "/", "web").build());
+    let mut portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+
+    std::fs::remove_file(portico.socket()).unwrap();
+    portico
+        .wait_until("the controller binds its socket again", |p| async move {
+            p.socket().exists()
+                && p.logs()
+                    .contains("the socket file was deleted; bound it again")
+        })
+        .await;
+
+    portico.kill_controller();
+    portico
+        .wait_until("/readyz tells the link is down", |p| async move {
+            p.admin_get("/readyz")
+                .await
+                .is_ok_and(|r| r.status == 200 && r.text().contains("controller link down"))
+        })
+        .await;
+    let reply = portico.client.get("s.test", "/").await.unwrap();
+    assert_eq!(
+        reply.answered_by(),
+        "web",
+        "the last good snapshot keeps serving"
+    );
+}

@@ -67,6 +67,20 @@ impl ListenerCheck {
     }
 }
 
+impl AdminApp {
+    /// `; controller link down for N s: why`, or nothing while it is up.
+    fn link_text(&self) -> String {
+        self.store
+            .link_down()
+            .map_or_else(String::new, |(for_how_long, why)| {
+                format!(
+                    "; controller link down for {} s: {why}",
+                    for_how_long.as_secs()
+                )
+            })
+    }
+}
+
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -93,17 +107,18 @@ impl ServeHttp for AdminApp {
                 None => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
-                    b"no snapshot applied yet\n".to_vec(),
+                    format!("no snapshot applied yet{}\n", self.link_text()).into_bytes(),
                 ),
                 Some(_) if !self.listeners.all_accept().await => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
                     b"proxy listeners not accepting yet\n".to_vec(),
                 ),
+                // Serving the last good snapshot is ready even with the controller away.
                 Some(s) => reply(
                     StatusCode::OK,
                     TEXT,
-                    format!("ready: snapshot {}\n", s.version()).into_bytes(),
+                    format!("ready: snapshot {}{}\n", s.version(), self.link_text()).into_bytes(),
                 ),
             },
             "/config" => match self.store.load() {

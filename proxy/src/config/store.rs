@@ -12,6 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub struct SnapshotStore {
     current: ArcSwapOption<CompiledSnapshot>,
     metrics: Arc<ProxyMetrics>,
+    /// Since when the controller link has been down, and why; `/readyz` tells it.
+    link_down: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl SnapshotStore {
@@ -19,7 +21,15 @@ impl SnapshotStore {
         SnapshotStore {
             current: ArcSwapOption::empty(),
             metrics,
+            link_down: std::sync::Mutex::new(None),
         }
+    }
+
+    /// How long the controller link has been down and why, if it is.
+    pub fn link_down(&self) -> Option<(std::time::Duration, String)> {
+        let down = self.link_down.lock().unwrap_or_else(|p| p.into_inner());
+        down.as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 
     /// The serving snapshot, `None` before the first apply.
@@ -41,6 +51,15 @@ impl SnapshotStore {
 }
 
 impl SnapshotSink for SnapshotStore {
+    fn link_down(&self, why: Option<String>) {
+        let mut down = self.link_down.lock().unwrap_or_else(|p| p.into_inner());
+        match (why, down.as_mut()) {
+            (None, _) => *down = None,
+            (Some(why), Some((_, was))) => *was = why,
+            (Some(why), None) => *down = Some((std::time::Instant::now(), why)),
+        }
+    }
+
     fn last_applied(&self) -> u64 {
         self.current.load().as_ref().map_or(0, |s| s.version())
     }
