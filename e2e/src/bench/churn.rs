@@ -36,6 +36,41 @@ pub struct ChurnReport {
     pub tls_wrong_certificate: u64,
     /// How many of the rotated certificates handshakes were seen to present.
     pub tls_certificates_seen: usize,
+    /// The proxy's and the controller's resident memory and open descriptors, sampled every
+    /// ten seconds of the churn: a soak (`--seconds 600`) reads their drift from here.
+    pub proxy: Vec<Resources>,
+    pub controller: Vec<Resources>,
+}
+
+/// One sample of a process's resources.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Resources {
+    pub at_seconds: u64,
+    pub rss_mib: f64,
+    pub open_fds: usize,
+}
+
+impl Resources {
+    fn of(pid: u32, at_seconds: u64) -> Self {
+        Resources {
+            at_seconds,
+            rss_mib: super::procs::usage(pid).rss_bytes as f64 / (1 << 20) as f64,
+            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
+        }
+    }
+}
+
+/// How a series of samples moved: first, last and highest.
+pub fn drift(samples: &[Resources]) -> String {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return "no samples".into();
+    };
+    let max_rss = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let max_fds = samples.iter().map(|s| s.open_fds).max().unwrap_or(0);
+    format!(
+        "RSS {:.1} → {:.1} MiB (max {:.1}), descriptors {} → {} (max {})",
+        first.rss_mib, last.rss_mib, max_rss, first.open_fds, last.open_fds, max_fds
+    )
 }
 
 fn steady_manifest(pods: &[SocketAddr], scale: usize) -> String {
@@ -187,7 +222,16 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
     let interval = Duration::from_secs_f64(1.0 / changes_per_second as f64);
     let mut changes = 0u64;
     let mut rotated = 0u64;
+    let (proxy_pid, controller_pid) = (portico.proxy_pid(), portico.controller_pid());
+    let (mut proxy, mut controller) = (Vec::new(), Vec::new());
+    let mut next_sample = Duration::ZERO;
     while started.elapsed() < Duration::from_secs(seconds) {
+        if started.elapsed() >= next_sample {
+            let at = next_sample.as_secs();
+            proxy.push(Resources::of(proxy_pid, at));
+            controller.push(Resources::of(controller_pid, at));
+            next_sample += Duration::from_secs(10);
+        }
         // In turn: scale the steady Service, add or remove a route, rotate the certificate.
         match changes % 3 {
             0 => portico.write(
@@ -238,5 +282,7 @@ pub async fn run(seconds: u64, changes_per_second: u64) -> anyhow::Result<ChurnR
         tls_failed: tls_failed.load(Ordering::Relaxed),
         tls_wrong_certificate: tls_wrong.load(Ordering::Relaxed),
         tls_certificates_seen,
+        proxy,
+        controller,
     })
 }

@@ -63,7 +63,8 @@ enum Run {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
-    /// Zero errors under steady load while the configuration changes 20 times a second.
+    /// Zero errors under steady load while the configuration changes 20 times a second,
+    /// with the processes' memory and descriptors sampled; `--seconds 600` is the soak.
     Churn {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -208,7 +209,8 @@ fn main() -> anyhow::Result<()> {
                  | quiet | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n| churn | {:.0} | {:.3} | {:.3} | {:.3} | {} |\n\n\
                  checker: {} requests, {} failed, {} misrouted; p99 under churn is {:.2}x the quiet p99\n\n\
                  {} certificate rotations; TLS checker: {} fresh handshakes and requests, {} failed, {} with a certificate never issued, \
-                 {} distinct certificates seen\n",
+                 {} distinct certificates seen\n\n\
+                 proxy: {}\n\ncontroller: {}\n",
                 r.seconds,
                 r.changes,
                 r.snapshots_applied,
@@ -230,7 +232,9 @@ fn main() -> anyhow::Result<()> {
                 r.tls_checked,
                 r.tls_failed,
                 r.tls_wrong_certificate,
-                r.tls_certificates_seen
+                r.tls_certificates_seen,
+                churn::drift(&r.proxy),
+                churn::drift(&r.controller)
             );
             println!("{md}");
             std::fs::write(out.join("churn.md"), &md)?;
