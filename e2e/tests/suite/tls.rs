@@ -456,6 +456,12 @@ async fn portico_own_answers_over_https_carry_hsts_and_cors_as_upstream_answers_
         admitted.header("access-control-allow-origin"),
         Some("https://spa.example.com")
     );
+    // Every handshake here completed: the proxy's own readiness check makes none.
+    assert!(
+        !portico.logs().contains("handshake error"),
+        "{}",
+        portico.logs()
+    );
     drop(servers);
 }
 
