@@ -17,6 +17,10 @@ pub trait SnapshotSink: Send + Sync {
     fn apply_delta(&self, base_version: u64, version: u64, payload: Vec<u8>) -> Result<(), String>;
     /// The link to the controller: `Some(why)` while it is down, `None` once connected.
     fn link_down(&self, _why: Option<String>) {}
+    /// A connection to the controller starts: what it sends first is the controller's
+    /// current state, to be applied even when its version is older than the serving one
+    /// (a restarted controller whose clock stepped back, or a version from elsewhere).
+    fn new_session(&self) {}
 }
 
 /// How often a link that stays down is logged again.
@@ -79,6 +83,7 @@ impl SnapshotClient {
                     tracing::info!(socket = %self.socket.display(), "connected to controller");
                     down = None;
                     sink.link_down(None);
+                    sink.new_session();
                     let outcome = self.session(stream, sink).await;
                     if outcome.received_any {
                         self.backoff.reset();

@@ -75,16 +75,21 @@ impl ListenerCheck {
 }
 
 impl AdminApp {
-    /// `; controller link down for N s: why`, or nothing while it is up.
+    /// `; controller link down for N s: why` and `; last snapshot refused: why`, or nothing.
     fn link_text(&self) -> String {
-        self.store
+        let mut text = self
+            .store
             .link_down()
             .map_or_else(String::new, |(for_how_long, why)| {
                 format!(
                     "; controller link down for {} s: {why}",
                     for_how_long.as_secs()
                 )
-            })
+            });
+        if let Some(why) = self.store.last_refusal() {
+            text.push_str(&format!("; last snapshot refused: {why}"));
+        }
+        text
     }
 }
 

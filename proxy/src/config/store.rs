@@ -14,6 +14,10 @@ pub struct SnapshotStore {
     metrics: Arc<ProxyMetrics>,
     /// Since when the controller link has been down, and why; `/readyz` tells it.
     link_down: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// The next snapshot is the first of a new connection: it may be older than the serving one.
+    session_start: std::sync::atomic::AtomicBool,
+    /// Why the last snapshot the controller sent was refused, while no later one applied.
+    last_refusal: std::sync::Mutex<Option<String>>,
 }
 
 impl SnapshotStore {
@@ -22,7 +26,17 @@ impl SnapshotStore {
             current: ArcSwapOption::empty(),
             metrics,
             link_down: std::sync::Mutex::new(None),
+            session_start: std::sync::atomic::AtomicBool::new(false),
+            last_refusal: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the latest snapshot was refused, while no later one has applied.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.last_refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How long the controller link has been down and why, if it is.
@@ -46,11 +60,17 @@ impl SnapshotStore {
             .snapshot_applies
             .with_label_values(&["refused"])
             .inc();
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         Err(reason)
     }
 }
 
 impl SnapshotSink for SnapshotStore {
+    fn new_session(&self) {
+        self.session_start
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn link_down(&self, why: Option<String>) {
         let mut down = self.link_down.lock().unwrap_or_else(|p| p.into_inner());
         match (why, down.as_mut()) {
@@ -125,10 +145,16 @@ impl SnapshotStore {
         };
         let version = snapshot.version;
         let current = self.last_applied();
+        let first_of_session = self
+            .session_start
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         if version < current {
-            return self.refuse(format!(
-                "snapshot {version} is older than the serving {current}"
-            ));
+            if !first_of_session {
+                return self.refuse(format!(
+                    "snapshot {version} is older than the serving {current}"
+                ));
+            }
+            tracing::warn!(version, serving = current, "the controller's first snapshot is older than the serving one; it is the controller's current state, so it applies");
         }
         let decoded = started.elapsed();
         let validated = match delta_base {
@@ -146,6 +172,7 @@ impl SnapshotStore {
             Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
         };
         self.current.store(Some(compiled.clone()));
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let serving = started.elapsed();
         self.metrics
             .snapshot_applies
@@ -233,6 +260,7 @@ mod tests {
             .apply(4, snapshot(4, "b").to_bytes())
             .unwrap_err()
             .contains("older"));
+        assert!(store.last_refusal().unwrap().contains("older"));
         let mut unparsable = snapshot(10, "b");
         unparsable.certificates.push(portico_model::Certificate {
             name: "ns/c".into(),
@@ -255,6 +283,20 @@ mod tests {
             metrics.contains("portico_snapshot_applies_total{result=\"refused\"} 5"),
             "{metrics}"
         );
+    }
+
+    #[test]
+    fn a_new_connection_may_go_back_in_versions_once() {
+        let store = SnapshotStore::new(Arc::new(ProxyMetrics::new()));
+        store.apply(500, snapshot(500, "b").to_bytes()).unwrap();
+        assert!(store.apply(100, snapshot(100, "b").to_bytes()).is_err());
+        // A controller restarted with its clock stepped back: its first snapshot applies,
+        // and from then on versions must grow again.
+        store.new_session();
+        store.apply(100, snapshot(100, "b").to_bytes()).unwrap();
+        assert_eq!((store.last_applied(), store.last_refusal()), (100, None));
+        assert!(store.apply(99, snapshot(99, "b").to_bytes()).is_err());
+        store.apply(101, snapshot(101, "b").to_bytes()).unwrap();
     }
 
     #[test]
