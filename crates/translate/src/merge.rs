@@ -266,24 +266,18 @@ impl<'f> RouteTable<'f> {
             }
             host_routes.routes.reserve(routes.len());
             for r in routes {
-                if let Some(owner) = host_routes
-                    .claimed(&r.route)
-                    .map(|i| &host_routes.routes[i].route.source)
-                {
+                let taken = match host_routes.claimed(&r.route) {
+                    Some(i) => Some(format!(
+                        "is already routed by Ingress {}, which is older;",
+                        host_routes.routes[i].route.source
+                    )),
+                    None => host_routes.shares_across_namespaces(&r.route).map(|owner| {
+                        format!("is routed by Ingress {owner}, which is older and of another namespace; routes with portico.io/match-* conditions share a path only with Ingresses of their own namespace, so this one is")
+                    }),
+                };
+                if let Some(why) = taken {
                     let msg = format!(
-                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is already routed by Ingress {owner}, which is older; ignored",
-                        r.rule,
-                        r.path,
-                        r.path_type,
-                        r.route.path.path(),
-                        host.to_string(),
-                    );
-                    report(Reason::PathConflict, msg);
-                    continue;
-                }
-                if let Some(owner) = host_routes.shares_across_namespaces(&r.route) {
-                    let msg = format!(
-                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} is routed by Ingress {owner}, which is older and of another namespace; routes with portico.io/match-* conditions share a path only with Ingresses of their own namespace, so this one is ignored",
+                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} {why} ignored",
                         r.rule,
                         r.path,
                         r.path_type,
