@@ -4,35 +4,9 @@
 
 use portico_e2e::echo::backends;
 use portico_e2e::harness::Portico;
+use portico_e2e::load::Load;
 use portico_e2e::manifests::{ingress, to_yaml};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Requests to `host` in a loop until stopped; counts those `backend` did not answer.
-fn load(
-    portico: &Portico,
-    host: &'static str,
-    backend: &'static str,
-) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (client, stopped) = (portico.client.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let (mut sent, mut failed) = (0, 0);
-        while !stopped.load(Ordering::Relaxed) {
-            sent += 1;
-            if !client
-                .get(host, "/")
-                .await
-                .is_ok_and(|r| r.answered_by() == backend)
-            {
-                failed += 1;
-            }
-        }
-        (sent, failed)
-    });
-    (stop, task)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_cut_short_keeps_serving_what_it_held_until_it_parses_again() {
@@ -40,15 +14,14 @@ async fn a_manifest_cut_short_keeps_serving_what_it_held_until_it_parses_again()
     docs.push(ingress("site").path("f.test", "Prefix", "/", "web").build());
     let whole = to_yaml(&docs);
     let portico = Portico::start(&[("all.yaml", whole.clone())]).await;
-    let (stop, task) = load(&portico, "f.test", "web");
+    let load = Load::start(&portico, vec!["f.test".into()], "web");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A write that stopped half-way through the Ingress, in the middle of a key.
     let cut = whole.rfind("ingressClassName").expect("the Ingress") + "ingressClass".len();
     portico.write("all.yaml", &whole[..cut]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (sent, failed) = task.await.unwrap();
+    let (sent, failed) = load.stop().await;
     assert!(sent > 50, "too few requests to tell: {sent}");
     assert_eq!(
         failed, 0,
