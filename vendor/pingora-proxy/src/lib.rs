@@ -1559,9 +1559,23 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        self.process_new_http_inline(session, shutdown).await
+    }
+
+    // Portico's addition: the request's future, unboxed, for the keep-alive loop of
+    // `ServerApp::process_new` (see `HttpServerApp::process_new_http_inline`).
+    fn process_new_http_inline<'a>(
+        self: &'a Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
+    where
+        Self: Sync + 'a,
+    {
+        async move {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
@@ -1593,6 +1607,7 @@ where
         }
 
         self.process_request(session, ctx).await
+        }
     }
 
     async fn http_cleanup(&self) {

@@ -229,6 +229,23 @@ pub trait HttpServerApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
 
+    /// Portico's addition: [`Self::process_new_http()`] as a future the caller holds inline,
+    /// not boxed. The HTTP/1 keep-alive loop of [`ServerApp::process_new()`] calls this for
+    /// every request on a connection; an application whose request future is large (a
+    /// proxy's is several KiB) implements it to save the allocation and the copy of that
+    /// future into it per request, and implements [`Self::process_new_http()`] by awaiting
+    /// it. The default boxes, as before.
+    fn process_new_http_inline<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
+    where
+        Self: Sync + 'a,
+    {
+        self.process_new_http(session, shutdown)
+    }
+
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
     ///
@@ -357,14 +374,15 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http(session, shutdown).await;
+            // Portico: inline, so that a request's future is not boxed and copied.
+            let mut result = self.process_new_http_inline(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
 
-                result = self.process_new_http(session, shutdown).await;
+                result = self.process_new_http_inline(session, shutdown).await;
             }
         }
         None
