@@ -542,3 +542,77 @@ async fn listed_upstream_statuses_are_retried_for_idempotent_requests_only() {
     }
     assert!(seen.get(&503).is_some_and(|n| *n >= 5), "{seen:?}");
 }
+
+/// A keep-alive backend that answers 200 to each request and closes a connection left idle
+/// for `idle`. Counts connections.
+async fn closes_when_idle(idle: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+    tcp_server(move |mut stream, accepted| async move {
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 8192];
+        let mut got = Vec::new();
+        loop {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            got.clear();
+            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(reply).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Sockets on this machine connected to `port` and waiting for their own side to close
+/// (CLOSE_WAIT): the peer closed them and the process holding them has not.
+fn close_wait_to(port: u16) -> usize {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && fields[3] == "08"
+                && fields[2]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused_and_closed_once_the_backend_closes_them() {
+    let (backend, connections) = closes_when_idle(Duration::from_millis(400)).await;
+    let portico = Portico::start(&site(&[backend], &[])).await;
+    for _ in 0..5 {
+        let r = portico.client.get("t.test", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        1,
+        "requests one after another share one upstream connection"
+    );
+
+    // The backend closes the idle connection; Portico closes its side soon after, rather
+    // than holding a dead socket until the next request looks at it.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while close_wait_to(backend.port()) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy still holds the connection the backend closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = portico.client.get("t.test", "/").await.unwrap();
+    assert_eq!(r.status, 200, "the next request goes on a new connection");
+    assert_eq!(connections.load(Ordering::Relaxed), 2);
+}
