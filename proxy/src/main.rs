@@ -106,7 +106,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = AccessLogFormat::Json)]
     access_log_format: AccessLogFormat,
     /// Export a span per sampled request to this OTLP/HTTP collector
-    /// (`http://host:4318`, JSON encoding).
+    /// (`http://host:4318`, JSON encoding), and send upstreams a `traceparent` naming it.
+    /// Without it a client's `traceparent` passes through untouched.
     #[arg(long)]
     otlp_endpoint: Option<OtlpEndpoint>,
     /// The share of the traces Portico starts that are sampled (0 to 1); a client's

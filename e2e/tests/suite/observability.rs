@@ -298,6 +298,38 @@ fn access_lines(portico: &Portico) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_tracing_a_clients_traceparent_passes_through_untouched() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("shop")
+            .path("shop.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let portico = Portico::start(&[("shop.yaml", to_yaml(&docs))]).await;
+
+    let sent = traceparent(true);
+    let r = portico
+        .client
+        .request("GET", "shop.test", "/", &[("traceparent", &sent)])
+        .await
+        .unwrap();
+    let seen = r.echo().unwrap().headers;
+    assert_eq!(
+        seen.get("traceparent"),
+        Some(&sent),
+        "the client's, unchanged"
+    );
+
+    let r = portico.client.get("shop.test", "/").await.unwrap();
+    let seen = r.echo().unwrap().headers;
+    assert_eq!(seen.get("traceparent"), None, "none is made up");
+    assert!(
+        seen.get("x-request-id").is_some_and(|id| id.len() == 32),
+        "request ids stay on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn requests_carry_ids_and_traces_into_logs_upstreams_and_the_collector() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let (servers, mut docs) = backends(&["web"]).await;

@@ -18,12 +18,16 @@ use std::net::IpAddr;
 const FORWARDING_HEADERS: usize = 5;
 
 impl IngressProxy {
-    /// Gives the request its id and its place in a trace, in the request itself.
+    /// Gives the request its id and, when spans are exported, its place in a trace, in the
+    /// request itself. Without `--otlp-endpoint` a client's `traceparent` passes through
+    /// untouched and none is added, as in ingress-nginx without OpenTelemetry (issue #25).
     pub(super) fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header_mut();
-        req.reserve_headers(2)?;
         if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
             req.insert_prepared_header(&X_REQUEST_ID, trace_context::new_request_id())?;
+        }
+        if self.spans.is_none() {
+            return Ok(());
         }
         let trace = TraceContext::continue_or_start(
             req.headers
