@@ -24,6 +24,8 @@ pub struct CompareOptions {
     /// Give the proxy under test cores of its own (see `placement`), when there are more
     /// cores than `threads`.
     pub pin: bool,
+    /// Each proxy writes its access log to a file (see `contenders`).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +52,8 @@ pub struct CompareReport {
     pub machine: String,
     /// Which cores ran what.
     pub placement: String,
+    /// Whether each proxy wrote its access log to a file.
+    pub access_log: bool,
     /// HTTP/1.1 with wrk.
     pub results: Vec<ContenderSummary>,
     /// HTTP/2 over TLS with h2load; empty when not measured.
@@ -101,7 +105,16 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     for c in &opts.contenders {
         let dir = work.path().join(c.name());
         std::fs::create_dir_all(&dir)?;
-        let start = || contenders::start(*c, backend.addr, opts.threads, &dir, tls.as_ref());
+        let start = || {
+            contenders::start(
+                *c,
+                backend.addr,
+                opts.threads,
+                &dir,
+                tls.as_ref(),
+                opts.access_log,
+            )
+        };
         let started = match &placement {
             Some(p) => p.on_proxy_cores(start)?,
             None => start()?,
@@ -154,6 +167,7 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
             || "not pinned: the scheduler places every process".to_string(),
             |p| p.describe(),
         ),
+        access_log: opts.access_log,
         results,
         h2_results,
     })
@@ -243,8 +257,10 @@ fn measure(
 impl CompareReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "{} B body, {} worker thread(s), {} connections, {} s x {} rounds (medians); {}; {}\n\n### HTTP/1.1 (wrk, 1 thread)\n\n",
-            self.body_bytes, self.threads, self.connections, self.duration_seconds, self.rounds, self.machine, self.placement
+            "{} B body, {} worker thread(s), {} connections, {} s x {} rounds (medians); access logs {}; {}; {}\n\n### HTTP/1.1 (wrk, 1 thread)\n\n",
+            self.body_bytes, self.threads, self.connections, self.duration_seconds, self.rounds,
+            if self.access_log { "to files" } else { "off" },
+            self.machine, self.placement
         );
         s += &table(&self.results);
         if !self.h2_results.is_empty() {

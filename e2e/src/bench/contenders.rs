@@ -1,6 +1,10 @@
 //! The proxies compared, each started on loopback in front of the same backend, with
 //! equivalent settings: keep-alive upstream pool, one route, the same number of worker
-//! threads, access logs off.
+//! threads, and what ingress-nginx's template does on every request (`X-Request-ID` made
+//! and echoed, `X-Real-IP`, `X-Forwarded-For`, `-Host`, `-Port`, `-Proto`, and `X-Scheme`
+//! where Portico has no equivalent). Access logs off, or with `access_log` each proxy's
+//! own to a file: ingress-nginx's `upstreaminfo` format for nginx, `option httplog` for
+//! HAProxy, Portico's default JSON line. The bare Pingora pass-through does none of it.
 
 use crate::harness::{binary, free_port};
 use crate::manifests::{ingress, service_with_endpoints, tls_secret, to_yaml};
@@ -166,8 +170,13 @@ fn wait_for_200(addr: SocketAddr, what: &str, log_dir: &Path) -> anyhow::Result<
     )
 }
 
-/// The proxying location of the nginx contender, the same on both listeners.
-const NGINX_LOCATION: &str = "    location / {\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n      proxy_set_header X-Forwarded-Port $server_port;\n    }\n";
+/// The proxying location of the nginx contender, the same on both listeners: what
+/// ingress-nginx's template sets on every request.
+const NGINX_LOCATION: &str = "    location / {\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Request-ID $req_id;\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n      proxy_set_header X-Forwarded-Port $server_port;\n      proxy_set_header X-Scheme $scheme;\n      add_header X-Request-ID $req_id always;\n    }\n";
+
+/// ingress-nginx's request id (the client's, else a new one) and its `upstreaminfo` log
+/// format, with the upstream names it takes from Lua written out.
+const NGINX_HTTP_COMMON: &str = "  map $http_x_request_id $req_id {\n    default $request_id;\n    ~. $http_x_request_id;\n  }\n  log_format upstreaminfo '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length $request_time [default-bench-backend] [] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id';\n";
 
 /// nginx from Debian answering a fixed 1 KiB body, one worker, keep-alive.
 pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
@@ -216,8 +225,9 @@ pub fn start(
     threads: usize,
     dir: &Path,
     tls: Option<&TlsFiles>,
+    access_log: bool,
 ) -> anyhow::Result<Running> {
-    start_wrapped(contender, backend, threads, dir, &[], tls)
+    start_wrapped(contender, backend, threads, dir, &[], tls, access_log)
 }
 
 /// The command for `program`, run under `wrapper` (e.g. valgrind and its flags) if any.
@@ -240,6 +250,7 @@ pub fn start_wrapped(
     dir: &Path,
     wrapper: &[String],
     tls: Option<&TlsFiles>,
+    access_log: bool,
 ) -> anyhow::Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -273,25 +284,22 @@ pub fn start_wrapped(
             )?;
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let https = tls_addr;
-            let proxy = spawn(
-                command(binary("portico-proxy"), wrapper)
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args([
-                        "--http-addr",
-                        &addr.to_string(),
-                        "--https-addr",
-                        &https.to_string(),
-                        "--admin-addr",
-                        &admin.to_string(),
-                        "--threads",
-                        &threads.to_string(),
-                        // As for nginx and HAProxy: the comparison measures proxying, not logging.
-                        "--access-log",
-                        "off",
-                    ]),
-                &log,
-            )?;
+            let mut proxy = command(binary("portico-proxy"), wrapper);
+            proxy.arg("--socket").arg(&socket).args([
+                "--http-addr",
+                &addr.to_string(),
+                "--https-addr",
+                &https.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ]);
+            // Lines go to stdout, which is the log file.
+            if !access_log {
+                proxy.args(["--access-log", "off"]);
+            }
+            let proxy = spawn(&mut proxy, &log)?;
             Running {
                 addr,
                 tls_addr: tls.map(|_| tls_addr),
@@ -328,10 +336,16 @@ pub fn start_wrapped(
             let conf = format!(
                 "worker_processes {threads};\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
                  events {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log off;\n  keepalive_requests 100000000;\n{temps}\
+                 http {{\n{common}  access_log {access_log};\n  keepalive_requests 100000000;\n{temps}\
                    upstream backend {{ server {backend}; keepalive 64; keepalive_requests 100000000; }}\n\
                    server {{\n    listen {addr} reuseport;\n{location}  }}\n{tls_server}}}\n",
                 d = dir.display(),
+                common = NGINX_HTTP_COMMON,
+                access_log = if access_log {
+                    format!("{}/nginx-access.log upstreaminfo", dir.display())
+                } else {
+                    "off".to_string()
+                },
                 temps = nginx_temp_paths(dir, "nginx"),
                 location = NGINX_LOCATION,
                 tls_server = tls.map_or(String::new(), |t| format!(
@@ -359,10 +373,19 @@ pub fn start_wrapped(
             }
         }
         Contender::Haproxy => {
+            // Logs to stdout, which is the log file.
+            let (global_log, defaults_log) = if access_log {
+                (
+                    "  log stdout format raw local0\n",
+                    "  log global\n  option httplog\n",
+                )
+            } else {
+                ("", "")
+            };
             let conf = format!(
-                "global\n  nbthread {threads}\n  maxconn 4096\n\
-                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  http-reuse always\n\
-                 frontend fe\n  bind {addr}\n{tls_bind}  option forwardfor\n  http-request set-header X-Real-IP %[src]\n  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request set-header X-Forwarded-Port %[dst_port]\n  default_backend be\n\
+                "global\n  nbthread {threads}\n  maxconn 4096\n{global_log}\
+                 defaults\n  mode http\n{defaults_log}  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  http-reuse always\n\
+                 frontend fe\n  bind {addr}\n{tls_bind}  unique-id-format %[uuid()]\n  unique-id-header X-Request-ID\n  option forwardfor\n  http-request set-header X-Real-IP %[src]\n  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request set-header X-Forwarded-Port %[dst_port]\n  http-request set-header X-Scheme %[ssl_fc,iif(https,http)]\n  http-after-response set-header X-Request-ID %[unique-id]\n  default_backend be\n\
                  backend be\n  server s1 {backend}\n",
                 tls_bind = tls.map_or(String::new(), |t| format!("  bind {tls_addr} ssl crt {} alpn h2,http/1.1\n", t.combined.display())),
             );

@@ -67,6 +67,7 @@ pub fn run(
     small: u32,
     large: u32,
     dir: &Path,
+    access_log: bool,
 ) -> anyhow::Result<InstructionCount> {
     let backend = contenders::start_backend(dir)?;
     let tls = match protocol {
@@ -92,6 +93,7 @@ pub fn run(
             &run_dir,
             &wrapper,
             tls.as_ref(),
+            access_log,
         )?;
         let addr = match protocol {
             Protocol::Http1 => running.addr,

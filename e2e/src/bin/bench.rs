@@ -46,6 +46,10 @@ enum Run {
         /// cores of its own (the default when there are more cores than --threads).
         #[arg(long)]
         no_pin: bool,
+        /// Every proxy writes its access log to a file: ingress-nginx's `upstreaminfo`
+        /// format for nginx, `option httplog` for HAProxy, Portico's default JSON.
+        #[arg(long)]
+        access_log: bool,
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
@@ -89,6 +93,9 @@ enum Run {
         /// HTTP/2 over TLS instead of HTTP/1.1; profiles go to OUT/h2.
         #[arg(long)]
         h2: bool,
+        /// With each proxy's access log written to a file (as `compare --access-log`).
+        #[arg(long)]
+        access_log: bool,
         #[arg(long, default_value = "target/bench/instructions")]
         out: PathBuf,
     },
@@ -105,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             only,
             no_h2,
             no_pin,
+            access_log,
             out,
         } => {
             let opts = CompareOptions {
@@ -120,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 h2: !no_h2,
                 pin: !no_pin,
+                access_log,
             };
             let report = compare::run(&opts)?;
             println!("{}", report.markdown());
@@ -250,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             small,
             large,
             h2,
+            access_log,
             out,
         } => {
             let (protocol, out) = if h2 {
@@ -262,7 +272,7 @@ fn main() -> anyhow::Result<()> {
             let mut counts = Vec::new();
             println!("| proxy | instructions per request |\n| --- | ---: |");
             for c in only {
-                let count = instructions::run(c, protocol, small, large, &out)?;
+                let count = instructions::run(c, protocol, small, large, &out, access_log)?;
                 println!("| {} | {:.0} |", count.name, count.instructions_per_request);
                 counts.push(count);
             }
