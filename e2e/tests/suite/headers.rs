@@ -45,6 +45,13 @@ async fn header_edits_apply_both_ways_and_hop_by_hop_fields_stop_at_the_proxy() 
         ("x-debug", "1"),
         ("connection", "keep-alive, x-hop"),
         ("x-hop", "1"),
+        // The hop-by-hop fields RFC 9110 and its predecessors name, in any case.
+        ("Keep-Alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("trailer", "x-t"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
     ];
     let path = "/p?header=x-powered-by:php&header=cache-control:public&header=connection:x-internal&header=x-internal:secret";
     let reply = portico
@@ -68,6 +75,17 @@ async fn header_edits_apply_both_ways_and_hop_by_hop_fields_stop_at_the_proxy() 
         !echo.headers.contains_key("x-hop"),
         "a field the client's Connection names is not forwarded"
     );
+    for hop in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "http2-settings",
+    ] {
+        assert!(!echo.headers.contains_key(hop), "{hop} stops at the proxy");
+    }
     assert_eq!(
         reply.header("x-content-type-options"),
         Some("nosniff"),
