@@ -113,6 +113,10 @@ impl ProxyHttp for IngressProxy {
         ctx.started = Some((Instant::now(), SystemTime::now()));
         if self.stopping.is_set() {
             session.set_keepalive(None);
+        } else {
+            // RFC 9112, 9.3.2, as nginx: requests pipelined behind this one are answered in
+            // order, each as if it came alone. (Pingora's default closes after this one.)
+            session.set_pipelining_enabled(true);
         }
         ctx.in_flight = Some(InFlight::new(&self.store.metrics().requests_in_flight));
         self.identify(session, ctx)?;
@@ -254,6 +258,10 @@ impl ProxyHttp for IngressProxy {
     /// Ending a request with the error backend's page is not a failure.
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         ctx.error_page_sent
+    }
+
+    fn request_error_response(&self, status: u16) -> ResponseHeader {
+        respond::unreadable_request(status, self.hide_server_header)
     }
 
     async fn fail_to_proxy(

@@ -246,6 +246,29 @@ impl IngressProxy {
 /// The status a client is answered with when proxying fails with `e`: the status it
 /// names, 504 for an upstream that did not answer in time, 502 for any other upstream
 /// failure, 400 for a client that sent something unusable, 0 for a client that is gone.
+/// The answer to a request whose header Pingora could not read (400, or 431 for more
+/// fields than its parser holds), before any route or context exists: the `Server` policy
+/// of every other answer, no body, and the connection closed after it.
+pub(super) fn unreadable_request(status: u16, hide_server_header: bool) -> ResponseHeader {
+    let mut answer = ResponseHeader::build(status, Some(4)).expect("a valid status");
+    let headers = [
+        (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        ),
+        (header::DATE, get_cached_date()),
+    ];
+    for (name, value) in headers
+        .into_iter()
+        .chain((!hide_server_header).then(|| (header::SERVER, HeaderValue::from_static(SERVER))))
+    {
+        // Inserting a valid name and value into a fresh header cannot fail.
+        let _ = answer.insert_header(name, value);
+    }
+    answer
+}
+
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,

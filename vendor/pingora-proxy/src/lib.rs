@@ -352,8 +352,14 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
+                    // Portico: 431 for too many fields, and the application's own response.
+                    let status = if pingora_core::protocols::http::v1::server::is_too_many_header_fields(&e) {
+                        431
+                    } else {
+                        400
+                    };
                     downstream_session
-                        .respond_error(400)
+                        .write_error_response(self.inner.request_error_response(status), Bytes::new())
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");

@@ -546,6 +546,13 @@ pub trait ProxyHttp {
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].
+    /// Portico's addition: the response to a request whose header could not be read, before
+    /// any other hook ran (`status` 400, or 431 when it has more header fields than the
+    /// parser holds). The default is Pingora's own, with `Server: Pingora`.
+    fn request_error_response(&self, status: u16) -> ResponseHeader {
+        HttpSession::generate_error(status)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
         false
     }

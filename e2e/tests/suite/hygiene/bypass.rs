@@ -226,6 +226,69 @@ async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     );
 }
 
+/// RFC 9112, 9.3.2: requests a client pipelines on one connection are answered in order
+/// (nginx does); an access check applies to each as if it came alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_each_answered_in_order() {
+    let (portico, servers) = protected_site().await;
+    let raw = "GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n\
+               GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n\
+               POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+               GET /four HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let reply = exchange(portico.http, raw.as_bytes()).await;
+    assert_eq!(statuses(&reply), [200, 403, 200, 200], "{reply}");
+    let paths: Vec<&str> = reply
+        .match_indices("\"path\":\"")
+        .filter_map(|(i, m)| reply[i + m.len()..].split('"').next())
+        .collect();
+    assert_eq!(paths, ["/one", "/three", "/four"], "{reply}");
+    assert!(reply.contains("\"body_bytes\":3"), "{reply}");
+    assert_eq!(servers[1].request_count(), 0, "the access check held");
+}
+
+/// What Pingora refuses before Portico sees the request (a header it cannot parse, more
+/// fields than its parser holds) is answered as Portico answers: 431 for too many fields
+/// (it was 400), and the `Server` policy of every other answer (it said `Pingora`).
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_before_routing_get_431_and_follow_the_server_policy() {
+    let (_servers, mut docs) = backends(&["site"]).await;
+    docs.push(
+        ingress("public")
+            .path("a.test", "Prefix", "/", "site")
+            .build(),
+    );
+    let files = [("all.yaml", to_yaml(&docs))];
+    let many_fields = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\n{}\r\n",
+        (0..300)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let bad_name = "GET / HTTP/1.1\r\nHost: a.test\r\nBad Name: v\r\n\r\n";
+    let server = |reply: &str| {
+        reply.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("server: ")
+                .map(str::to_string)
+        })
+    };
+
+    let portico = Portico::start(&files).await;
+    let reply = exchange(portico.http, many_fields.as_bytes()).await;
+    assert_eq!(statuses(&reply), [431], "{reply}");
+    assert_eq!(server(&reply).as_deref(), Some("portico"), "{reply}");
+    let reply = exchange(portico.http, bad_name.as_bytes()).await;
+    assert_eq!(statuses(&reply), [400], "{reply}");
+    assert_eq!(server(&reply).as_deref(), Some("portico"), "{reply}");
+    drop(portico);
+
+    let portico = Portico::start_with(&files, &["--hide-server-header"]).await;
+    for raw in [many_fields.as_str(), bad_name] {
+        let reply = exchange(portico.http, raw.as_bytes()).await;
+        assert_eq!(server(&reply), None, "{reply}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() {
     let (portico, servers) = protected_site().await;
@@ -244,6 +307,16 @@ async fn malformed_lines_and_chunks_are_refused_and_oversized_headers_get_431() 
             format!(
                 "POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n{smuggled}"
             ),
+            400,
+        ),
+        (
+            "whitespace after a chunk size",
+            format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n{smuggled}"),
+            400,
+        ),
+        (
+            "bare LF in a chunk extension",
+            format!("POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nabc\r\nabc\r\n0\r\n\r\n{smuggled}"),
             400,
         ),
         ("header too large", format!("GET /p HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n{smuggled}", "a".repeat(40 * 1024)), 431),

@@ -675,6 +675,12 @@ impl BodyReader {
                             "Got size {chunk_size}, payload_index: {payload_index}, chunk: {:?}",
                             String::from_utf8_lossy(buf).escape_default(),
                         );
+                        // Portico: as strict as header lines (httparse lets a bare LF into an
+                        // extension and whitespace after the size).
+                        if let Err(why) = strict_chunk_size_line(&buf[..payload_index]) {
+                            self.body_state = self.body_state.done(0);
+                            return Error::e_explain(INVALID_CHUNK, why);
+                        }
                         let chunk_size = match usize::try_from(chunk_size) {
                             Ok(chunk_size) => chunk_size,
                             Err(_) => {
@@ -2026,8 +2032,36 @@ impl BodyWriter {
     }
 }
 
+/// Portico's addition: refuses a chunk-size line (`line` ends with the CRLF httparse found)
+/// that RFC 9112 section 7.1 does not allow and that httparse accepts: a bare LF in it, or
+/// whitespace after the size that does not lead to an extension (`BWS ";"`).
+fn strict_chunk_size_line(line: &[u8]) -> std::result::Result<(), &'static str> {
+    let body = &line[..line.len().saturating_sub(2)];
+    if body.contains(&b'\n') {
+        return Err("bare LF in a chunk-size line");
+    }
+    let digits = body.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let after = &body[digits..];
+    let spaces = after.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    if spaces > 0 && after.get(spaces) != Some(&b';') {
+        return Err("whitespace after a chunk size");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunk_size_lines_are_as_strict_as_header_lines() {
+        // (Portico's addition.)
+        for ok in [&b"3\r\n"[..], b"3;ext=1\r\n", b"3 ;ext\r\n", b"0\r\n", b"A\t;x\r\n"] {
+            assert_eq!(strict_chunk_size_line(ok), Ok(()), "{:?}", ok.escape_ascii());
+        }
+        for bad in [&b"3 \r\n"[..], b"3\t\r\n", b"3;ext\nx\r\n", b"0 \r\n"] {
+            assert!(strict_chunk_size_line(bad).is_err(), "{:?}", bad.escape_ascii());
+        }
+    }
+
     use super::*;
     use tokio_test::io::Builder;
 

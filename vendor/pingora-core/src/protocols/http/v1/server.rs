@@ -1822,6 +1822,15 @@ fn parse_req_buffer<'buf>(
     }
 }
 
+/// Portico's addition: whether `e` is a request header refused for having more fields than
+/// the parser holds (256), which a proxy answers 431 rather than 400 (RFC 6585, 5).
+pub fn is_too_many_header_fields(e: &Error) -> bool {
+    e.cause
+        .as_ref()
+        .and_then(|cause| cause.downcast_ref::<httparse::Error>())
+        .is_some_and(|cause| *cause == httparse::Error::TooManyHeaders)
+}
+
 #[inline]
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
