@@ -9,6 +9,7 @@ use portico_proxy::admin;
 use portico_proxy::config::{link, store};
 use portico_proxy::listener::shutdown::{ShutdownTimeline, Stopping};
 use portico_proxy::listener::{connections, forwarded, header_deadline, tls};
+use portico_proxy::policy::password_checks::PasswordChecks;
 use portico_proxy::service;
 use portico_proxy::telemetry::access_log::{AccessLog, AccessLogFormat};
 use portico_proxy::telemetry::metrics;
@@ -189,6 +190,9 @@ fn main() -> anyhow::Result<()> {
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
         jwks: portico_proxy::policy::jwks::JwksCache::default(),
+        // Half the worker threads' worth of cores at most on bcrypt, so that wrong
+        // passwords cannot take the proxy's whole CPU; past 128 waiting, 503.
+        passwords: PasswordChecks::new(threads / 2, 128),
         allow_encoded_slashes: args.allow_encoded_slashes,
         limit_status: args.limit_req_status_code,
         hide_server_header: args.hide_server_header,

@@ -30,6 +30,36 @@ pub enum Verdict {
     Unauthorized(HeaderValue),
     /// The external auth service decides.
     AskExternal,
+    /// Basic auth needs a bcrypt comparison first: the caller runs it off the worker
+    /// thread ([`crate::policy::password_checks::PasswordChecks`]) and hands the result to
+    /// [`CompiledAccess::check_with_password`].
+    VerifyPassword(PendingPassword),
+}
+
+/// A bcrypt comparison basic auth is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPassword {
+    pub password: String,
+    pub hash: String,
+    /// What a success is remembered under.
+    key: [u8; 32],
+}
+
+#[cfg(test)]
+impl PendingPassword {
+    pub fn for_test(password: &str, hash: &str) -> Self {
+        PendingPassword {
+            password: password.into(),
+            hash: hash.into(),
+            key: [0; 32],
+        }
+    }
+}
+
+/// What basic auth says of a request's credentials.
+enum Admission {
+    Decided(bool),
+    Bcrypt(PendingPassword),
 }
 
 pub struct CompiledAccess {
@@ -136,6 +166,30 @@ impl CompiledAccess {
 
     /// `client` is the client's address as [`crate::listener::forwarded::client_address`] tells it.
     pub fn check(&self, client: Option<IpAddr>, req: &RequestHeader) -> Verdict {
+        self.decide(client, req, None)
+    }
+
+    /// The verdict once the bcrypt comparison `pending` (from [`Verdict::VerifyPassword`])
+    /// came out `matched`; a match is remembered.
+    pub fn check_with_password(
+        &self,
+        client: Option<IpAddr>,
+        req: &RequestHeader,
+        pending: &PendingPassword,
+        matched: bool,
+    ) -> Verdict {
+        if let (true, Some(basic)) = (matched, &self.basic) {
+            basic.remember(pending.key);
+        }
+        self.decide(client, req, Some(matched))
+    }
+
+    fn decide(
+        &self,
+        client: Option<IpAddr>,
+        req: &RequestHeader,
+        password: Option<bool>,
+    ) -> Verdict {
         if self.refuse {
             return Verdict::Unavailable;
         }
@@ -149,7 +203,14 @@ impl CompiledAccess {
                 return Verdict::Forbidden;
             }
         }
-        let basic = self.basic.as_ref().map(|b| b.admits(req));
+        let basic = match (&self.basic, password) {
+            (None, _) => None,
+            (Some(_), Some(matched)) => Some(matched),
+            (Some(basic), None) => match basic.admits(req) {
+                Admission::Decided(admitted) => Some(admitted),
+                Admission::Bcrypt(pending) => return Verdict::VerifyPassword(pending),
+            },
+        };
         match (basic, self.external.is_some(), self.satisfy_any) {
             (Some(true), _, true) | (Some(true), false, _) | (None, false, _) => Verdict::Allow,
             (Some(false), true, true) | (Some(true), true, false) | (None, true, _) => {
@@ -166,14 +227,16 @@ impl CompiledAccess {
 }
 
 impl BasicCheck {
-    fn admits(&self, req: &RequestHeader) -> bool {
+    /// SHA-1 and APR1 are decided here (microseconds); bcrypt, unless remembered, is
+    /// handed back to run off the worker thread (milliseconds to a quarter second).
+    fn admits(&self, req: &RequestHeader) -> Admission {
         let Some((user, password)) = credentials(req) else {
-            return false;
+            return Admission::Decided(false);
         };
         let Some(stored) = self.users.get(&user) else {
-            return false;
+            return Admission::Decided(false);
         };
-        match stored {
+        Admission::Decided(match stored {
             PasswordHash::Sha1(digest) => hash(MessageDigest::sha1(), password.as_bytes())
                 .is_ok_and(|d| openssl::memcmp::eq(&d, digest)),
             PasswordHash::Apr1 { full, salt } => {
@@ -184,19 +247,23 @@ impl BasicCheck {
             PasswordHash::Bcrypt(h) => {
                 let key = cache_key(&user, h, &password);
                 if self.verified.lock().is_ok_and(|v| v.contains(&key)) {
-                    return true;
+                    return Admission::Decided(true);
                 }
-                let ok = bcrypt::verify(password.as_bytes(), h).unwrap_or(false);
-                if ok {
-                    if let Ok(mut v) = self.verified.lock() {
-                        if v.len() >= VERIFIED_CACHE_ENTRIES {
-                            v.clear();
-                        }
-                        v.insert(key);
-                    }
-                }
-                ok
+                return Admission::Bcrypt(PendingPassword {
+                    password,
+                    hash: h.clone(),
+                    key,
+                });
             }
+        })
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= VERIFIED_CACHE_ENTRIES {
+                v.clear();
+            }
+            v.insert(key);
         }
     }
 }
@@ -354,25 +421,47 @@ mod tests {
             "",
         );
         let ip = Some("192.0.2.1".parse().unwrap());
+        // The verdict, with a bcrypt comparison run here as `PasswordChecks` runs it.
+        let settle = |req: &RequestHeader| match access.check(ip, req) {
+            Verdict::VerifyPassword(pending) => {
+                let matched = bcrypt::verify(&pending.password, &pending.hash).unwrap_or(false);
+                access.check_with_password(ip, req, &pending, matched)
+            }
+            decided => decided,
+        };
+        assert!(
+            matches!(
+                access.check(ip, &request(Some(("bc", "b-pass")))),
+                Verdict::VerifyPassword(_)
+            ),
+            "bcrypt is left to the caller, off the worker thread"
+        );
         for (user, good) in [("sha", "secret"), ("md5", "p@ss word"), ("bc", "b-pass")] {
             assert_eq!(
-                access.check(ip, &request(Some((user, good)))),
+                settle(&request(Some((user, good)))),
                 Verdict::Allow,
                 "{user}"
             );
             assert_eq!(
                 access.check(ip, &request(Some((user, good)))),
                 Verdict::Allow,
-                "{user}, again (cached for bcrypt)"
+                "{user}, again (remembered for bcrypt, so decided at once)"
             );
             assert!(
                 matches!(
-                    access.check(ip, &request(Some((user, "wrong")))),
+                    settle(&request(Some((user, "wrong")))),
                     Verdict::Unauthorized(_)
                 ),
                 "{user}"
             );
         }
+        assert!(
+            matches!(
+                access.check(ip, &request(Some(("bc", "wrong")))),
+                Verdict::VerifyPassword(_)
+            ),
+            "a failure is never remembered"
+        );
         assert!(matches!(
             access.check(ip, &request(Some(("nobody", "secret")))),
             Verdict::Unauthorized(_)

@@ -7,4 +7,5 @@ pub mod external_auth;
 pub mod header_edits;
 pub mod jwks;
 pub mod jwt;
+pub mod password_checks;
 pub mod rate_limit;

@@ -282,7 +282,13 @@ impl IngressProxy {
         let client = (access.checks_sources() || access.external.is_some())
             .then(|| self.client(session))
             .flatten();
-        let verdict = access.check(client, req);
+        let verdict = match access.check(client, req) {
+            Verdict::VerifyPassword(pending) => match self.passwords.verify(&pending).await {
+                Some(matched) => access.check_with_password(client, req, &pending, matched),
+                None => return Some((Answer::page(503), Refusal::PolicyUnavailable)),
+            },
+            decided => decided,
+        };
         if let (Verdict::Allow | Verdict::AskExternal, Some(jwt)) = (&verdict, &access.jwt) {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

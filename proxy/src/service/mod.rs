@@ -20,6 +20,7 @@ use crate::config::store::SnapshotStore;
 use crate::listener::forwarded::{self, Cidr};
 use crate::listener::shutdown::Stopping;
 use crate::policy::jwks::JwksCache;
+use crate::policy::password_checks::PasswordChecks;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::otlp::SpanExporter;
 use crate::upstream::affinity::StickySessions;
@@ -44,6 +45,8 @@ pub struct IngressProxy {
     pub auth_connector: pingora::connectors::http::Connector,
     /// The key sets of `auth-jwt-jwks-url`.
     pub jwks: JwksCache,
+    /// Basic auth's bcrypt comparisons, off the worker threads.
+    pub passwords: PasswordChecks,
     /// Keep `%2F` and `%5C` in paths rather than refusing them (`--allow-encoded-slashes`).
     pub allow_encoded_slashes: bool,
     /// The status of requests over a rate limit (`--limit-req-status-code`).

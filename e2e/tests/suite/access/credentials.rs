@@ -274,3 +274,59 @@ async fn source_ranges_use_the_peer_unless_a_trusted_proxy_forwards() {
     assert_eq!(real_ip(from("127.0.0.1"), "127.0.0.2").await, "127.0.0.1");
     drop(servers);
 }
+
+/// A bcrypt comparison (a quarter of a second at cost 12) runs off the proxy's worker
+/// threads: with more comparisons in flight than the proxy has workers (the harness starts
+/// two), another route is still answered at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn bcrypt_checks_do_not_hold_the_worker_thread() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    let costly = bcrypt::hash_with_salt("right", 12, [9u8; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    docs.push(opaque_secret(
+        "users",
+        json!({"auth": format!("alice:{costly}\n")}),
+    ));
+    docs.push(site(
+        "locked",
+        &[
+            ("nginx.ingress.kubernetes.io/auth-type", "basic"),
+            ("nginx.ingress.kubernetes.io/auth-secret", "users"),
+        ],
+    ));
+    docs.push(site("open", &[]));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+
+    let wrong: Vec<_> = (0..4)
+        .map(|_| {
+            let client = portico.client.clone();
+            tokio::spawn(async move {
+                let authorization = basic("alice", "wrong");
+                let r = client
+                    .request(
+                        "GET",
+                        "locked.test",
+                        "/",
+                        &[("authorization", &authorization)],
+                    )
+                    .await
+                    .unwrap();
+                (r.status, std::time::Instant::now())
+            })
+        })
+        .collect();
+    // Let the comparisons start before the other request arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let open = portico.client.get("open.test", "/").await.unwrap();
+    let open_answered = std::time::Instant::now();
+    assert_eq!(open.status, 200);
+    for task in wrong {
+        let (status, answered) = task.await.unwrap();
+        assert_eq!(status, 401);
+        assert!(
+            open_answered < answered,
+            "the open route waited for a password comparison"
+        );
+    }
+}
