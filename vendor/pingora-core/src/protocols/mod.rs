@@ -79,6 +79,19 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Portico's addition: whether the next bytes are `expected`, without consuming them;
+    /// `None` if peeking is not supported. An implementation should stop reading as soon as
+    /// the bytes differ from `expected` (the default waits for all of them, as
+    /// [`Self::try_peek`] does), so that a whole message shorter than `expected` is not
+    /// held waiting for bytes that never come.
+    async fn peek_matches(&mut self, expected: &[u8]) -> std::io::Result<Option<bool>>
+    where
+        Self: Send,
+    {
+        let mut buf = vec![0u8; expected.len()];
+        Ok(self.try_peek(&mut buf).await?.then(|| buf == expected))
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,29 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // Portico's addition: reads only as far as the bytes agree with `expected`.
+    async fn peek_matches(&mut self, expected: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut read = Vec::with_capacity(expected.len());
+        let mut chunk = vec![0u8; expected.len()];
+        let result = loop {
+            if !expected.starts_with(&read) {
+                break Ok(Some(false));
+            }
+            if read.len() == expected.len() {
+                break Ok(Some(true));
+            }
+            match self.read(&mut chunk[..expected.len() - read.len()]).await {
+                Ok(0) => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        // rewind regardless of what is read
+        self.rewind(&read);
+        result
+    }
 }
 
 #[async_trait]
@@ -1068,6 +1091,32 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert_eq!(buffer, message);
+    }
+
+    #[tokio::test]
+    async fn peek_matches_stops_at_the_first_differing_byte() {
+        // (Portico's addition.) A whole message shorter than the expected bytes, and a
+        // client that then waits: answered at once, nothing consumed.
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut stream = Stream::from(TcpStream::from_std(server).unwrap());
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let peeked = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.peek_matches(PREFACE),
+        )
+        .await
+        .expect("no wait for bytes that never come");
+        assert_eq!(peeked.unwrap(), Some(false));
+        let mut read = [0u8; 18];
+        stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"GET / HTTP/1.0\r\n\r\n");
+
+        std::io::Write::write_all(&mut client, PREFACE).unwrap();
+        assert_eq!(stream.peek_matches(PREFACE).await.unwrap(), Some(true));
     }
 
     #[tokio::test]
