@@ -190,11 +190,15 @@ fn write_json(out: &mut Vec<u8>, e: &Entry) {
         }
         None => out.extend_from_slice(b"null"),
     }
-    json_field(out, "method", e.method);
-    json_field(out, "host", e.host);
-    json_field(out, "path", e.path);
-    json_field(out, "query", e.query);
-    json_field(out, "protocol", e.protocol);
+    for (name, value) in [
+        ("method", e.method),
+        ("host", e.host),
+        ("path", e.path),
+        ("query", e.query),
+        ("protocol", e.protocol),
+    ] {
+        json_field(out, name, value);
+    }
     out.extend_from_slice(b",\"status\":");
     write_u64(out, u64::from(e.status));
     out.extend_from_slice(b",\"bytes_in\":");
@@ -222,14 +226,18 @@ fn write_json(out: &mut Vec<u8>, e: &Entry) {
         Some(d) => write_seconds(out, d, 6),
         None => out.extend_from_slice(b"null"),
     }
-    json_field(out, "namespace", e.namespace);
-    json_field(out, "ingress", e.ingress);
-    json_field(out, "service", e.service);
-    json_field(out, "request_id", e.request_id);
-    json_field(out, "trace_id", e.trace_id);
-    json_field(out, "user_agent", e.user_agent);
-    json_field(out, "referer", e.referer);
-    json_field(out, "tls_version", e.tls_version);
+    for (name, value) in [
+        ("namespace", e.namespace),
+        ("ingress", e.ingress),
+        ("service", e.service),
+        ("request_id", e.request_id),
+        ("trace_id", e.trace_id),
+        ("user_agent", e.user_agent),
+        ("referer", e.referer),
+        ("tls_version", e.tls_version),
+    ] {
+        json_field(out, name, value);
+    }
     out.extend_from_slice(b"}\n");
 }
 
