@@ -76,11 +76,7 @@ impl IngressProxy {
     ) -> Result<()> {
         // `X-Request-ID`, and the `Connection` and `Date` Pingora writes.
         answer.reserve_headers(3)?;
-        if self.hide_server_header {
-            answer.remove_header(&header::SERVER);
-        } else {
-            answer.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
-        }
+        apply_server_policy(answer, self.hide_server_header)?;
         if !answer.headers.contains_key(header::DATE) {
             answer.insert_header(header::DATE, get_cached_date())?;
         }
@@ -243,32 +239,29 @@ impl IngressProxy {
     }
 }
 
-/// The status a client is answered with when proxying fails with `e`: the status it
-/// names, 504 for an upstream that did not answer in time, 502 for any other upstream
-/// failure, 400 for a client that sent something unusable, 0 for a client that is gone.
 /// The answer to a request whose header Pingora could not read (400, or 431 for more
-/// fields than its parser holds), before any route or context exists: the `Server` policy
-/// of every other answer, no body, and the connection closed after it.
+/// fields than its parser holds), before any route or context exists: Pingora's own
+/// refusal, with the `Server` policy of every other answer.
 pub(super) fn unreadable_request(status: u16, hide_server_header: bool) -> ResponseHeader {
-    let mut answer = ResponseHeader::build(status, Some(4)).expect("a valid status");
-    let headers = [
-        (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
-        (
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-store"),
-        ),
-        (header::DATE, get_cached_date()),
-    ];
-    for (name, value) in headers
-        .into_iter()
-        .chain((!hide_server_header).then(|| (header::SERVER, HeaderValue::from_static(SERVER))))
-    {
-        // Inserting a valid name and value into a fresh header cannot fail.
-        let _ = answer.insert_header(name, value);
-    }
+    let mut answer = pingora::protocols::http::ServerSession::generate_error(status);
+    // Replacing a field of a built header cannot fail.
+    let _ = apply_server_policy(&mut answer, hide_server_header);
     answer
 }
 
+/// `Server: portico`, or no `Server` at all with `--hide-server-header`.
+fn apply_server_policy(answer: &mut ResponseHeader, hide_server_header: bool) -> Result<()> {
+    if hide_server_header {
+        answer.remove_header(&header::SERVER);
+    } else {
+        answer.insert_header(header::SERVER, HeaderValue::from_static(SERVER))?;
+    }
+    Ok(())
+}
+
+/// The status a client is answered with when proxying fails with `e`: the status it
+/// names, 504 for an upstream that did not answer in time, 502 for any other upstream
+/// failure, 400 for a client that sent something unusable, 0 for a client that is gone.
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
