@@ -260,6 +260,18 @@ impl Portico {
         panic!("timed out waiting until {what}\n{}", self.logs());
     }
 
+    /// Polls until `GET http://host/` is answered by the backend named `backend` (the echo
+    /// backends' name, or `status:N` for Portico's own answers).
+    pub async fn wait_until_served_by(&self, what: &str, host: &str, backend: &str) {
+        self.wait_until(what, |p| async move {
+            p.client
+                .get(host, "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == backend)
+        })
+        .await;
+    }
+
     /// Every process's log: the controller's, replicas', and the proxy's.
     pub fn logs(&self) -> String {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())

@@ -238,12 +238,7 @@ pub async fn process_run(
         }
     };
     portico
-        .wait_until("the probe route is served", |p| async move {
-            p.client
-                .get("probe.scale.test", "/")
-                .await
-                .is_ok_and(|r| r.answered_by() == "probe-a")
-        })
+        .wait_until_served_by("the probe route is served", "probe.scale.test", "probe-a")
         .await;
     let proxy_rss = super::procs::usage(portico.proxy_pid()).rss_bytes;
     let controller_rss = super::procs::usage(portico.controller_pid()).rss_bytes;

@@ -42,12 +42,7 @@ async fn a_manifest_cut_short_keeps_serving_what_it_held_until_it_parses_again()
     );
     portico.write("all.yaml", &to_yaml(&changed));
     portico
-        .wait_until("the fixed manifest applies", |p| async move {
-            p.client
-                .get("f.test", "/")
-                .await
-                .is_ok_and(|r| r.answered_by() == "next")
-        })
+        .wait_until_served_by("the fixed manifest applies", "f.test", "next")
         .await;
 }
 
@@ -89,12 +84,7 @@ async fn out_of_descriptors_the_proxy_refuses_what_it_cannot_take_and_recovers()
 
     // Once the clients are gone the accept loop takes connections again.
     portico
-        .wait_until("the proxy serves again", |p| async move {
-            p.client
-                .get("d.test", "/")
-                .await
-                .is_ok_and(|r| r.answered_by() == "web")
-        })
+        .wait_until_served_by("the proxy serves again", "d.test", "web")
         .await;
     assert!(
         portico.logs().contains("Accept() failed"),
