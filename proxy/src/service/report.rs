@@ -22,7 +22,8 @@ impl IngressProxy {
         let Some((started, started_at)) = ctx.started else {
             return;
         };
-        let sampled = ctx.trace.filter(|t| t.sampled && self.spans.is_some());
+        // A trace context exists only when spans are exported (`identify`).
+        let sampled = ctx.trace.filter(|t| t.sampled);
         if self.access_log.is_none() && sampled.is_none() {
             return;
         }
