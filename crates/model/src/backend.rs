@@ -1,7 +1,7 @@
 //! Backends: the endpoints of one Service port, how the proxy reaches them, and how it
 //! spreads requests over them and handles their failures.
 
-use crate::HashKey;
+use crate::Template;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -98,7 +98,7 @@ pub enum Balance {
     Random,
     /// Ketama over a key built from the request by this template (ingress-nginx's
     /// variable syntax: `$remote_addr`, `$host`, `$http_x_user`, ...).
-    ConsistentHash(HashKey),
+    ConsistentHash(Template),
 }
 
 impl Balance {

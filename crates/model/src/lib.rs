@@ -5,9 +5,9 @@
 
 pub mod cidr;
 mod delta;
-mod hash_key;
 mod host;
 pub mod pattern;
+mod template;
 mod validate;
 
 mod backend;
@@ -17,8 +17,8 @@ mod tls;
 
 pub use cidr::Cidr;
 pub use delta::{DeltaError, SnapshotDelta};
-pub use hash_key::{HashKey, KeyPart};
 pub use host::{HostMatch, InvalidHost};
+pub use template::{escape_uri_component, Template, TemplatePart};
 pub use validate::ValidationError;
 
 pub use backend::*;
@@ -152,9 +152,9 @@ impl Snapshot {
             .flat_map(|v| &mut Arc::make_mut(v).routes)
             .filter_map(|r| r.access.as_mut()?.external_auth.as_mut());
         for e in external {
-            e.url = redact_userinfo(&e.url).into_owned();
+            e.url = e.url.redacted();
             if let Some(signin) = &mut e.signin {
-                *signin = redact_userinfo(signin).into_owned();
+                *signin = signin.redacted();
             }
         }
         for d in &mut copy.diagnostics {
@@ -329,7 +329,7 @@ mod tests {
                     server_name: Some("svc.ns.svc".into()),
                 },
                 policy: TrafficPolicy {
-                    balance: Balance::ConsistentHash(HashKey::parse("$remote_addr").unwrap()),
+                    balance: Balance::ConsistentHash(Template::parse("$remote_addr").unwrap()),
                     ..Default::default()
                 },
             })],

@@ -1,7 +1,7 @@
 //! Who may use a route and how much: source ranges, basic, external and JWT auth, rate
 //! limits and CORS. Every part fails closed (`docs/design/0005-fail-closed-policies.md`).
 
-use crate::{Cidr, HashKey};
+use crate::{Cidr, Template};
 use serde::{Deserialize, Serialize};
 
 /// `limit-rps`, `limit-rpm` and `limit-connections`, counted per client address by each
@@ -122,12 +122,15 @@ pub struct JwtAuth {
 /// `auth-url`: each request is first asked of an auth service; 2xx admits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ExternalAuth {
-    /// An absolute `http` or `https` URL.
-    pub url: String,
+    /// An absolute `http` or `https` URL, rendered per request when it has variables.
+    pub url: Template,
     pub method: String,
-    /// Where a 401 sends browsers, with the original URL in `signin_redirect_param`.
-    pub signin: Option<String>,
-    pub signin_redirect_param: String,
+    /// Where a 401 sends browsers; the controller has already added the parameter that
+    /// carries the original URL when the annotation had none.
+    pub signin: Option<Template>,
+    /// The `X-Auth-Request-Redirect` the auth service is sent (`auth-request-redirect`);
+    /// the original path and query without it.
+    pub request_redirect: Option<Template>,
     /// Copied from the auth service's answer onto the upstream request, replacing what
     /// the client sent (lower case).
     pub response_headers: Vec<String>,
@@ -140,8 +143,8 @@ pub struct ExternalAuth {
 /// `auth-cache-key` and `auth-cache-duration`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AuthCache {
-    /// A [`HashKey`] template.
-    pub key: HashKey,
+    /// A [`Template`] template.
+    pub key: Template,
     pub statuses: Vec<u16>,
     pub duration_ms: u64,
 }

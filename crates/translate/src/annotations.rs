@@ -7,11 +7,24 @@
 //! is why this file is longer than most (about 650 lines before its tests).
 
 use crate::diagnostic::{Problem, Reason};
-use portico_model::{AffinityMode, Balance, SameSite, UpstreamProtocol, ValueCondition, ValueRule};
+use portico_model::{
+    AffinityMode, Balance, SameSite, Template, TemplatePart, UpstreamProtocol, ValueCondition,
+    ValueRule,
+};
 use std::collections::BTreeMap;
 
 pub(crate) const PORTICO_PREFIX: &str = "portico.io/";
 pub(crate) const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Whether `v` is an absolute `http` or `https` URL with a host.
+fn is_absolute_url(v: &str) -> bool {
+    let Ok(uri) = v.parse::<http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    scheme_ok && host_ok && !v.bytes().any(|b| b <= b' ')
+}
 
 /// One Ingress's annotations.
 pub(crate) struct Annotations<'a> {
@@ -147,7 +160,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// `upstream-hash-by`: a key template of literal text and known variables.
-    pub fn hash_key(&self) -> Result<Option<portico_model::HashKey>, InvalidAnnotation> {
+    pub fn hash_key(&self) -> Result<Option<portico_model::Template>, InvalidAnnotation> {
         self.hash_key_named("upstream-hash-by")
     }
 
@@ -155,9 +168,9 @@ impl<'a> Annotations<'a> {
     pub fn hash_key_named(
         &self,
         name: &str,
-    ) -> Result<Option<portico_model::HashKey>, InvalidAnnotation> {
+    ) -> Result<Option<portico_model::Template>, InvalidAnnotation> {
         self.parse(name, "a key of text and $remote_addr, $host, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME", |v| {
-            portico_model::HashKey::parse(v).ok().filter(|_| !v.is_empty())
+            portico_model::Template::parse(v).ok().filter(|_| !v.is_empty())
         })
     }
 
@@ -378,11 +391,38 @@ impl<'a> Annotations<'a> {
     /// An absolute `http` or `https` URL.
     pub fn url(&self, name: &str) -> Result<Option<String>, InvalidAnnotation> {
         self.parse(name, "an absolute http or https URL", |v| {
-            let uri = v.parse::<http::Uri>().ok()?;
-            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
-            let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-            (scheme_ok && host_ok && !v.bytes().any(|b| b <= b' ')).then(|| v.to_string())
+            is_absolute_url(v).then(|| v.to_string())
         })
+    }
+
+    /// An absolute `http` or `https` URL that may hold ingress-nginx's variables
+    /// (`https://$host/oauth2/auth`), checked with a sample value in place of each.
+    pub fn url_template(&self, name: &str) -> Result<Option<Template>, Problem> {
+        let Some((key, value)) = self.get(name) else {
+            return Ok(None);
+        };
+        let template = Template::parse(value.trim()).map_err(|why| {
+            Problem::invalid(format!("annotation {key}: value {value:?} has {why}"))
+        })?;
+        let sample = template.render_with(|part| {
+            match part {
+                TemplatePart::Host | TemplatePart::HttpHost => "example.com",
+                TemplatePart::Scheme => "http",
+                TemplatePart::ServerPort => "80",
+                TemplatePart::RemoteAddr => "192.0.2.1",
+                _ => "x",
+            }
+            .to_string()
+        });
+        if !is_absolute_url(&sample) {
+            return Err(InvalidAnnotation {
+                key,
+                value: value.to_string(),
+                expected: "an absolute http or https URL",
+            }
+            .into());
+        }
+        Ok(Some(template))
     }
 
     /// A comma-separated list of header names, lower-cased.
@@ -735,7 +775,7 @@ mod tests {
         assert_eq!(
             a.hash_key(),
             Ok(Some(
-                portico_model::HashKey::parse("$remote_addr$http_x_user").unwrap()
+                portico_model::Template::parse("$remote_addr$http_x_user").unwrap()
             ))
         );
 

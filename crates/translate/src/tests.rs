@@ -1343,6 +1343,112 @@ fn security_annotations_fail_closed() {
 }
 
 #[test]
+fn auth_urls_take_nginx_variables_but_a_client_never_chooses_where_auth_goes() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    let auth = |url: &str, signin: &str| json!({"nginx.ingress.kubernetes.io/auth-url": url, "nginx.ingress.kubernetes.io/auth-signin": signin});
+    let cases = [
+        (
+            "oauth",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "https://$host/oauth2/auth",
+                   "nginx.ingress.kubernetes.io/auth-signin": "https://$host/oauth2/start?rd=$escaped_request_uri",
+                   "nginx.ingress.kubernetes.io/auth-request-redirect": "$scheme://$host$request_uri"}),
+        ),
+        (
+            "plain",
+            auth("http://auth.example/check", "https://login.example/start"),
+        ),
+        (
+            "param",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "http://auth.example:$server_port/check?u=$http_x_user",
+                   "nginx.ingress.kubernetes.io/auth-signin": "https://login.example/start?x=1",
+                   "nginx.ingress.kubernetes.io/auth-signin-redirect-param": "next"}),
+        ),
+        (
+            "steered",
+            auth("http://$http_x_target/check", "https://login.example/"),
+        ),
+        (
+            "steeredport",
+            auth(
+                "http://auth.example:$arg_port/check",
+                "https://login.example/",
+            ),
+        ),
+        (
+            "unknown",
+            auth("https://$host/auth?u=$nonsense", "https://login.example/"),
+        ),
+        (
+            "signinunknown",
+            auth("https://auth.example/", "https://$hots/start"),
+        ),
+    ];
+    objects.extend(one_route_sites(&cases));
+    objects.push(annotated(
+        "ns",
+        "catchall",
+        "2024-02-01T00:00:00Z",
+        auth("https://$host/oauth2/auth", "https://login.example/"),
+        json!({"ingressClassName": "portico", "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "main", "port": {"number": 80}}}}]}}]}),
+    ));
+    let t = run(objects);
+    let access = |host: &str| first_route(&t, host).access.expect("an access policy");
+    let external = |host: &str| {
+        let a = access(host);
+        assert_eq!(a.refuse, None, "{host}");
+        a.external_auth.expect("external auth")
+    };
+    let shown = |t: &Option<portico_model::Template>| t.as_ref().map(|t| t.to_string());
+
+    let oauth = external("oauth.test");
+    assert_eq!(oauth.url.to_string(), "https://${host}/oauth2/auth");
+    assert_eq!(
+        shown(&oauth.signin).as_deref(),
+        Some("https://${host}/oauth2/start?rd=${escaped_request_uri}"),
+        "a sign-in URL that sets rd keeps it"
+    );
+    assert_eq!(
+        shown(&oauth.request_redirect).as_deref(),
+        Some("${scheme}://${host}${request_uri}")
+    );
+    assert_eq!(
+        shown(&external("plain.test").signin).as_deref(),
+        Some("https://login.example/start?rd=${scheme}://${http_host}${escaped_request_uri}"),
+        "without rd, the original URL is added as ingress-nginx adds it"
+    );
+    let param = external("param.test");
+    assert_eq!(
+        shown(&param.signin).as_deref(),
+        Some("https://login.example/start?x=1&next=${scheme}://${http_host}${escaped_request_uri}")
+    );
+    assert_eq!(
+        param.url.to_string(),
+        "http://auth.example:${server_port}/check?u=${http_x_user}",
+        "the listener's port may name the auth port, and the path may hold anything"
+    );
+
+    for (host, why) in [
+        ("steered.test", "${http_x_target} in the URL's host part would let a client choose where the auth request goes"),
+        ("steeredport.test", "${arg_port} in the URL's host part"),
+        ("unknown.test", "value \"https://$host/auth?u=$nonsense\" has unknown variable $nonsense"),
+        ("signinunknown.test", "annotation nginx.ingress.kubernetes.io/auth-signin: value \"https://$hots/start\" has unknown variable $hots"),
+    ] {
+        let refused = access(host)
+            .refuse
+            .unwrap_or_else(|| panic!("{host} must refuse"));
+        assert!(refused.contains(why), "{host}: {refused}");
+    }
+    assert!(
+        t.diagnostics.iter().any(|d| d.object.name == "catchall"
+            && d.message
+                .contains("needs every rule of the Ingress to name a host")
+            && d.message.contains("answer 503")),
+        "$host may not steer the auth request of a rule that matches any host"
+    );
+}
+
+#[test]
 fn rewrite_target_makes_paths_patterns_and_redirects_are_checked() {
     let path = |p: &str, t: &str| json!({"path": p, "pathType": t, "backend": {"service": {"name": "main", "port": {"number": 80}}}});
     let spec = |paths: Vec<Value>| json!({"ingressClassName": "portico", "rules": [{"host": "r.test", "http": {"paths": paths}}]});

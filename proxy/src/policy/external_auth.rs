@@ -4,16 +4,14 @@
 //! (a 401 as a redirect to `auth-signin` when set); anything else, or no answer in time,
 //! is a 500. Answers may be cached by a key built from the request.
 
-use crate::routing::request_key::build_hash_key;
+use crate::routing::request_key::{render, RequestFacts};
 use crate::upstream::fetch::text;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
-use portico_model::redact_userinfo;
-use portico_model::{ExternalAuth, HashKey};
+use portico_model::{redact_userinfo, ExternalAuth, Template};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,54 +53,91 @@ pub enum AuthAnswer {
 
 /// What the proxy knows of the request that the auth service is told.
 pub struct OriginalRequest<'r> {
-    pub req: &'r RequestHeader,
+    pub facts: RequestFacts<'r>,
     pub host: &'r str,
-    pub https: bool,
-    pub client: Option<IpAddr>,
 }
 
 impl OriginalRequest<'_> {
+    /// `X-Original-URL`, as ingress-nginx sends it: `$scheme://$http_host$request_uri`.
     fn url(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
+        let scheme = if self.facts.https { "https" } else { "http" };
         format!(
             "{scheme}://{}{}",
             self.host,
-            self.req.uri.path_and_query().map_or("/", |p| p.as_str())
+            self.facts
+                .req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
         )
+    }
+
+    fn render(&self, template: &Template) -> Vec<u8> {
+        let mut out = Vec::new();
+        render(template, &self.facts, &mut out);
+        out
     }
 }
 
-pub struct ExternalAuthCheck {
-    spec: ExternalAuth,
+/// Where the auth request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AuthTarget {
     tls: bool,
     host: String,
     port: u16,
     authority: String,
     path_and_query: String,
+}
+
+impl AuthTarget {
+    /// `rendered`: the URL was rendered from a request, and its host part may hold only
+    /// what a DNS name or address can, so that a request cannot add credentials or
+    /// otherwise steer it.
+    fn parse(url: &[u8], rendered: bool) -> Result<AuthTarget, String> {
+        let lossy = String::from_utf8_lossy(url);
+        let shown = redact_userinfo(&lossy);
+        let uri = http::Uri::try_from(url).map_err(|e| format!("auth-url {shown:?}: {e}"))?;
+        let tls = uri.scheme_str() == Some("https");
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("auth-url {shown:?} names no host"))?;
+        let host_text = |b: u8| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b);
+        if rendered && !authority.as_str().bytes().all(host_text) {
+            return Err(format!("auth-url {shown:?}: the host part is not a host"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(AuthTarget {
+            tls,
+            host,
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            authority: authority.to_string(),
+            path_and_query: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string()),
+        })
+    }
+}
+
+pub struct ExternalAuthCheck {
+    spec: ExternalAuth,
+    /// The target when `auth-url` has no variables; otherwise it is rendered per request.
+    fixed_target: Option<AuthTarget>,
     response_headers: Vec<HeaderName>,
-    cache_key: Option<HashKey>,
+    cache_key: Option<Template>,
     cache: Mutex<HashMap<Vec<u8>, (Instant, AuthAnswer)>>,
 }
 
 impl ExternalAuthCheck {
     pub fn compile(spec: &ExternalAuth) -> Result<Self, String> {
-        let uri: http::Uri = spec
+        let fixed_target = spec
             .url
-            .parse()
-            .map_err(|e| format!("auth-url {:?}: {e}", spec.url))?;
-        let tls = uri.scheme_str() == Some("https");
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("auth-url {:?} names no host", spec.url))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let path_and_query = uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.to_string());
+            .as_text()
+            .map(|url| AuthTarget::parse(url.as_bytes(), false))
+            .transpose()?;
         let response_headers = spec
             .response_headers
             .iter()
@@ -111,11 +146,7 @@ impl ExternalAuthCheck {
         let cache_key = spec.cache.as_ref().map(|c| c.key.clone());
         Ok(ExternalAuthCheck {
             spec: spec.clone(),
-            tls,
-            host,
-            port,
-            authority,
-            path_and_query,
+            fixed_target,
             response_headers,
             cache_key,
             cache: Mutex::new(HashMap::new()),
@@ -129,11 +160,7 @@ impl ExternalAuthCheck {
 
     /// Asks the auth service (or the cache) about `original`.
     pub async fn ask(&self, connector: &Connector, original: &OriginalRequest<'_>) -> AuthAnswer {
-        let key = self.cache_key.as_ref().map(|k| {
-            let mut key = Vec::new();
-            build_hash_key(k, original.req, original.client, &mut key);
-            key
-        });
+        let key = self.cache_key.as_ref().map(|k| original.render(k));
         if let Some(key) = &key {
             if let Some((expires, answer)) =
                 self.cache.lock().ok().and_then(|c| c.get(key).cloned())
@@ -147,11 +174,11 @@ impl ExternalAuthCheck {
         let answer = match tokio::time::timeout(timeout, self.exchange(connector, original)).await {
             Ok(Ok((status, headers))) => self.decide(status, &headers, original),
             Ok(Err(e)) => {
-                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), error = %e, "external auth failed");
+                tracing::warn!(auth_url = %self.spec.url.redacted(), error = %e, "external auth failed");
                 AuthAnswer::Failed
             }
             Err(_) => {
-                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), timeout_ms = self.spec.timeout_ms, "external auth timed out");
+                tracing::warn!(auth_url = %self.spec.url.redacted(), timeout_ms = self.spec.timeout_ms, "external auth timed out");
                 AuthAnswer::Failed
             }
         };
@@ -190,50 +217,63 @@ impl ExternalAuthCheck {
         connector: &Connector,
         original: &OriginalRequest<'_>,
     ) -> Result<(u16, http::HeaderMap), String> {
-        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let rendered;
+        let target = match &self.fixed_target {
+            Some(target) => target,
+            None => {
+                rendered = AuthTarget::parse(&original.render(&self.spec.url), true)?;
+                &rendered
+            }
+        };
+        let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
-            .map_err(|e| format!("resolving {}: {e}", self.host))?
+            .map_err(|e| format!("resolving {}: {e}", target.host))?
             .next()
-            .ok_or_else(|| format!("{} has no address", self.host))?;
-        let peer = HttpPeer::new(addr, self.tls, self.host.clone());
+            .ok_or_else(|| format!("{} has no address", target.host))?;
+        let peer = HttpPeer::new(addr, target.tls, target.host.clone());
         let mut req = RequestHeader::build(
             self.spec.method.as_str(),
-            self.path_and_query.as_bytes(),
+            target.path_and_query.as_bytes(),
             None,
         )
         .map_err(text)?;
-        for (name, value) in original.req.headers.iter() {
+        let original_req = original.facts.req;
+        for (name, value) in original_req.headers.iter() {
             if !HOP_BY_HOP.contains(&name.as_str()) {
                 req.append_header(name.clone(), value.clone())
                     .map_err(text)?;
             }
         }
         let value = |v: String| HeaderValue::try_from(v).map_err(text);
-        req.insert_header(header::HOST, value(self.authority.clone())?)
+        req.insert_header(header::HOST, value(target.authority.clone())?)
             .map_err(text)?;
         req.insert_header("x-original-url", value(original.url())?)
             .map_err(text)?;
-        req.insert_header("x-original-method", original.req.method.as_str())
+        req.insert_header("x-original-method", original_req.method.as_str())
             .map_err(text)?;
-        req.insert_header(
-            "x-auth-request-redirect",
-            value(
-                original
-                    .req
+        let redirect = match &self.spec.request_redirect {
+            Some(template) => HeaderValue::from_bytes(&original.render(template)).map_err(text)?,
+            None => value(
+                original_req
                     .uri
                     .path_and_query()
                     .map_or("/".into(), |p| p.to_string()),
             )?,
-        )
-        .map_err(text)?;
+        };
+        req.insert_header("x-auth-request-redirect", redirect)
+            .map_err(text)?;
         req.insert_header("x-forwarded-host", value(original.host.to_string())?)
             .map_err(text)?;
         req.insert_header(
             "x-forwarded-proto",
-            if original.https { "https" } else { "http" },
+            if original.facts.https {
+                "https"
+            } else {
+                "http"
+            },
         )
         .map_err(text)?;
-        if let Some(ip) = original.client {
+        if let Some(ip) = original.facts.client {
             req.insert_header("x-forwarded-for", value(ip.to_string())?)
                 .map_err(text)?;
             req.insert_header("x-real-ip", value(ip.to_string())?)
@@ -292,24 +332,16 @@ impl ExternalAuthCheck {
                     .map(|c| (header::SET_COOKIE, c))
                     .collect();
                 match &self.spec.signin {
-                    Some(signin) => {
-                        let separator = if signin.contains('?') { '&' } else { '?' };
-                        let target = format!(
-                            "{signin}{separator}{}={}",
-                            self.spec.signin_redirect_param,
-                            percent_encode(&original.url())
-                        );
-                        match HeaderValue::try_from(target) {
-                            Ok(location) => {
-                                out.push((header::LOCATION, location));
-                                AuthAnswer::Deny {
-                                    status: 302,
-                                    headers: out,
-                                }
+                    Some(signin) => match HeaderValue::from_bytes(&original.render(signin)) {
+                        Ok(location) => {
+                            out.push((header::LOCATION, location));
+                            AuthAnswer::Deny {
+                                status: 302,
+                                headers: out,
                             }
-                            Err(_) => AuthAnswer::Failed,
                         }
-                    }
+                        Err(_) => AuthAnswer::Failed,
+                    },
                     None => {
                         out.extend(
                             headers
@@ -337,24 +369,11 @@ impl ExternalAuthCheck {
                 }
             }
             other => {
-                tracing::warn!(auth_url = %redact_userinfo(&self.spec.url), status = other, "external auth answered neither 2xx, 401 nor 403");
+                tracing::warn!(auth_url = %self.spec.url.redacted(), status = other, "external auth answered neither 2xx, 401 nor 403");
                 AuthAnswer::Failed
             }
         }
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -362,10 +381,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_original_url_is_encoded_whole_into_the_signin_redirect() {
+    fn a_rendered_auth_url_cannot_carry_credentials_or_a_strange_host() {
+        let target = AuthTarget::parse(b"http://a.test:8080/check?x=1", true).unwrap();
         assert_eq!(
-            percent_encode("https://a.test/p?x=1&y=2"),
-            "https%3A%2F%2Fa.test%2Fp%3Fx%3D1%26y%3D2"
+            (
+                target.host.as_str(),
+                target.port,
+                target.path_and_query.as_str()
+            ),
+            ("a.test", 8080, "/check?x=1")
         );
+        assert!(
+            AuthTarget::parse(b"https://svc:pw@auth.test/check", false).is_ok(),
+            "credentials the Ingress wrote are its own"
+        );
+        let refused = AuthTarget::parse(b"http://svc:s3cret@auth.test/check", true).unwrap_err();
+        assert!(refused.contains("not a host"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
     }
 }

@@ -15,7 +15,7 @@ use crate::policy::external_auth::{AuthAnswer, OriginalRequest};
 use crate::policy::jwt;
 use crate::policy::rate_limit::Admission;
 use crate::routing::normalize::normalize;
-use crate::routing::request_key::request_host;
+use crate::routing::request_key::{request_host, without_port, RequestFacts};
 use crate::routing::rewrite::{redirect_location, upstream_path};
 use crate::telemetry::metrics::Refusal;
 use http::header::{self, HeaderValue};
@@ -28,11 +28,7 @@ const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// The host part of an authority (no port), if it is made only of characters a host
 /// name or address literal can hold, so that it is safe to put into a `Location`.
 fn redirect_host(authority: &str) -> Option<&str> {
-    let host = if authority.starts_with('[') {
-        &authority[..=authority.find(']')?]
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
+    let host = without_port(authority);
     let allowed =
         |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':');
     (!host.is_empty() && host.len() <= 255 && host.bytes().all(allowed)).then_some(host)
@@ -320,10 +316,13 @@ impl IngressProxy {
             (Verdict::Allow, _) => return None,
             (Verdict::AskExternal, Some(external)) => {
                 let original = OriginalRequest {
-                    req,
+                    facts: RequestFacts {
+                        req,
+                        client,
+                        https: ctx.https,
+                        server_port: super::server_port(session),
+                    },
                     host: request_host(req),
-                    https: ctx.https,
-                    client,
                 };
                 match external.ask(&self.auth_connector, &original).await {
                     AuthAnswer::Allow {

@@ -7,7 +7,7 @@ use super::context::RequestCtx;
 use super::respond::Answer;
 use super::IngressProxy;
 use crate::config::compile::{BackendPool, CompiledSnapshot, Routed, Side};
-use crate::routing::request_key::build_hash_key;
+use crate::routing::request_key::{render, RequestFacts};
 use pingora::prelude::*;
 use portico_model::RetryPolicy;
 use std::time::{Duration, Instant};
@@ -230,7 +230,13 @@ impl IngressProxy {
             return Some(Answer::page(404));
         };
         if let Some(key) = &pool.hash_key {
-            build_hash_key(key, req, super::peer_ip(session), &mut ctx.hash_key);
+            let facts = RequestFacts {
+                req,
+                client: super::peer_ip(session),
+                https: ctx.https,
+                server_port: super::server_port(session),
+            };
+            render(key, &facts, &mut ctx.hash_key);
         }
         let mut index = self.first_endpoint(snapshot, pool, req, ctx);
         // `default-backend`: the route's backend has no endpoint to offer.

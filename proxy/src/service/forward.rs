@@ -134,11 +134,7 @@ impl IngressProxy {
             }
         }
         if !keep(upstream, &X_FORWARDED_PORT) {
-            if let Some(port) = session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port())
-            {
+            if let Some(port) = super::server_port(session) {
                 upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;
             }
         }

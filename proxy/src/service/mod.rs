@@ -86,6 +86,14 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// The port the request came in on.
+fn server_port(session: &Session) -> Option<u16> {
+    session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.port())
+}
+
 impl IngressProxy {
     fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| forwarded::is_trusted(&self.trusted_proxies, ip))

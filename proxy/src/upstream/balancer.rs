@@ -511,11 +511,11 @@ mod tests {
         let all: Vec<u8> = (1..=10).collect();
         let before = Balancer::new(&backend(
             &all,
-            Balance::ConsistentHash(portico_model::HashKey::parse("$remote_addr").unwrap()),
+            Balance::ConsistentHash(portico_model::Template::parse("$remote_addr").unwrap()),
         ));
         let after = Balancer::new(&backend(
             &all[..9],
-            Balance::ConsistentHash(portico_model::HashKey::parse("$remote_addr").unwrap()),
+            Balance::ConsistentHash(portico_model::Template::parse("$remote_addr").unwrap()),
         ));
         let keys: Vec<String> = (0..5000).map(|k| format!("client-{k}")).collect();
         let owner = |b: &Balancer, k: &str| ip(b, b.pick(k.as_bytes(), &[]).unwrap());

@@ -9,7 +9,10 @@ use crate::credentials::{self, SecretLayout};
 use crate::diagnostic::{Problem, Problems, Reason};
 use crate::secret;
 use k8s_openapi::api::core::v1::Secret;
-use portico_model::{AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth};
+use portico_model::{
+    AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth, Template,
+    TemplatePart,
+};
 use std::sync::Arc;
 
 /// ingress-nginx's `auth-tls-verify-depth` default.
@@ -106,22 +109,41 @@ pub(super) fn basic(
 }
 
 /// `auth-url` and its companions; `None` without `auth-url`. The URLs must be usable;
-/// a bad cache or header setting is only reported.
+/// a bad cache or header setting is only reported. `every_rule_has_host` says whether a
+/// client's `Host` is bound to a host the Ingress names, which `auth-url` needs before
+/// `$host` may say where the auth request goes.
 pub(super) fn external(
     a: &Annotations<'_>,
+    every_rule_has_host: bool,
     problems: &mut Problems,
-) -> Result<Option<ExternalAuth>, InvalidAnnotation> {
-    if a.get("auth-url").is_none() {
+) -> Result<Option<ExternalAuth>, Problem> {
+    let Some(url) = a.url_template("auth-url")? else {
         return Ok(None);
-    }
-    let url = a.url("auth-url")?.unwrap_or_default();
-    let signin = a.url("auth-signin")?;
-    let method = a
-        .method("auth-method")?
-        .unwrap_or_else(|| "GET".to_string());
+    };
+    auth_url_destination(a, &url, every_rule_has_host)?;
     let signin_redirect_param = problems
         .take(a.token("auth-signin-redirect-param"))
         .unwrap_or_else(|| "rd".to_string());
+    let signin = a
+        .url_template("auth-signin")?
+        .map(|t| with_original_url(t, &signin_redirect_param));
+    let request_redirect = match a.get("auth-request-redirect") {
+        None => None,
+        Some((key, value)) => {
+            let template = Template::parse(value.trim()).map_err(|why| {
+                Problem::invalid(format!("annotation {key}: value {value:?} has {why}"))
+            })?;
+            if value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(Problem::invalid(format!(
+                    "annotation {key}: value {value:?} holds a control character"
+                )));
+            }
+            Some(template)
+        }
+    };
+    let method = a
+        .method("auth-method")?
+        .unwrap_or_else(|| "GET".to_string());
     let response_headers = problems
         .take(a.header_names("auth-response-headers"))
         .unwrap_or_default();
@@ -152,12 +174,103 @@ pub(super) fn external(
         url,
         method,
         signin,
-        signin_redirect_param,
+        request_redirect,
         response_headers,
         always_set_cookie,
         cache,
         timeout_ms: EXTERNAL_AUTH_TIMEOUT_MS,
     }))
+}
+
+/// Refuses an `auth-url` whose host part a client could choose: the auth request
+/// carries the client's headers, so it must only ever go where the Ingress's author
+/// meant. The host part may hold `$host`, `$http_host` and `$server_port`, and `$host`
+/// only when every rule names a host (a client's `Host` then matched one of them).
+fn auth_url_destination(
+    a: &Annotations<'_>,
+    url: &Template,
+    every_rule_has_host: bool,
+) -> Result<(), Problem> {
+    let key = a.get("auth-url").map(|(k, _)| k).unwrap_or_default();
+    for part in authority_variables(url) {
+        match part {
+            TemplatePart::ServerPort => {}
+            TemplatePart::Host | TemplatePart::HttpHost if every_rule_has_host => {}
+            TemplatePart::Host | TemplatePart::HttpHost => {
+                return Err(Problem::invalid(format!(
+                    "annotation {key}: the request's host in the URL's host part needs every rule of the Ingress to name a host; with a rule that names none, a client would choose where the auth request goes"
+                )))
+            }
+            other => {
+                let shown = Template {
+                    parts: vec![other.clone()],
+                };
+                return Err(Problem::invalid(format!(
+                    "annotation {key}: {shown} in the URL's host part would let a client choose where the auth request goes; only $host, $http_host and $server_port may appear there"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The variables between a URL's `://` and the path, query or fragment that follows.
+fn authority_variables(url: &Template) -> Vec<&TemplatePart> {
+    let mut seen_scheme_end = false;
+    let mut in_authority = false;
+    let mut found = Vec::new();
+    for part in &url.parts {
+        match part {
+            TemplatePart::Text(t) => {
+                let mut rest = t.as_str();
+                if !seen_scheme_end {
+                    match rest.find("://") {
+                        Some(i) => {
+                            seen_scheme_end = true;
+                            in_authority = true;
+                            rest = &rest[i + 3..];
+                        }
+                        None => continue,
+                    }
+                }
+                if in_authority && rest.contains(['/', '?', '#']) {
+                    in_authority = false;
+                }
+            }
+            variable if in_authority => found.push(variable),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `auth-signin` with the original URL added in `param`, as ingress-nginx adds it, unless
+/// the URL already sets `param` (`?rd=$escaped_request_uri`).
+fn with_original_url(mut signin: Template, param: &str) -> Template {
+    let text = signin.to_string();
+    let query = text.split_once('?').map(|(_, q)| q);
+    let sets_param = query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, v)| k == param && !v.is_empty())
+        })
+    });
+    if sets_param {
+        return signin;
+    }
+    let separator = match query {
+        None => "?",
+        Some(q) if q.is_empty() || q.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    signin.parts.extend([
+        TemplatePart::Text(format!("{separator}{param}=")),
+        TemplatePart::Scheme,
+        TemplatePart::Text("://".into()),
+        TemplatePart::HttpHost,
+        TemplatePart::EscapedRequestUri,
+    ]);
+    signin
 }
 
 /// `auth-jwt-jwks-secret` or `auth-jwt-jwks-url`, and their companions; `None` without

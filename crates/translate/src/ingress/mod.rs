@@ -225,7 +225,17 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         let basic = refusals
             .check(auth::basic(a, &mut self.reads(), problems))
             .flatten();
-        let external = refusals.check(auth::external(a, problems)).flatten();
+        let every_rule_has_host = self.ingress.spec.as_ref().is_some_and(|spec| {
+            spec.default_backend.is_none()
+                && spec
+                    .rules
+                    .iter()
+                    .flatten()
+                    .all(|r| r.host.as_deref().is_some_and(|h| !h.is_empty()))
+        });
+        let external = refusals
+            .check(auth::external(a, every_rule_has_host, problems))
+            .flatten();
         let jwt = refusals.check(auth::jwt(a, &mut self.reads())).flatten();
         self.policy.rate_limit = refusals.check(traffic::rate_limit(a)).flatten();
         let satisfy_any = refusals.check(auth::satisfy_any(a)).unwrap_or(false);

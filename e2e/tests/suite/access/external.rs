@@ -4,11 +4,12 @@
 use super::{opaque_secret, site};
 use portico_e2e::echo::backends;
 use portico_e2e::harness::Portico;
+use portico_e2e::manifests::ingress;
 use portico_e2e::manifests::to_yaml;
 use serde_json::json;
 
-/// What the auth service saw: each request's headers, in order.
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
+/// What the auth service saw: each request's target and headers, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>;
 
 /// An auth service on loopback, deciding by the `Authorization` header: `Bearer good`
 /// admits as alice (with a cookie), `Bearer forbidden` is 403, `Bearer broken` is 502,
@@ -28,7 +29,10 @@ async fn auth_service() -> (std::net::SocketAddr, Seen) {
             let record = record.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    record.lock().unwrap().push(req.headers().clone());
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((req.uri().to_string(), req.headers().clone()));
                     let auth = req
                         .headers()
                         .get("authorization")
@@ -157,7 +161,7 @@ async fn external_auth_decides_and_its_headers_replace_the_clients() {
             .is_some_and(|c| c.starts_with("authsess=1")),
         "the auth service's cookie reaches the client"
     );
-    let asked = seen.lock().unwrap().last().cloned().unwrap();
+    let (_, asked) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
         asked.get("x-original-url").unwrap(),
         "http://ext.test/page?q=1"
@@ -189,12 +193,13 @@ async fn external_auth_decides_and_its_headers_replace_the_clients() {
         "a 502 from the auth service is a 500"
     );
 
-    // With auth-signin, a 401 is a redirect carrying the original URL.
+    // With auth-signin, a 401 is a redirect carrying the original URL, written as
+    // ingress-nginx writes it: `$scheme://$http_host$escaped_request_uri`.
     let redirect = get("signin.test", vec![]).await;
     assert_eq!(redirect.status, 302);
     assert_eq!(
         redirect.header("location"),
-        Some("https://login.example/start?rd=http%3A%2F%2Fsignin.test%2Fpage%3Fq%3D1")
+        Some("https://login.example/start?rd=http://signin.test%2Fpage%3Fq%3D1")
     );
 
     // Cached answers are not asked again.
@@ -246,6 +251,71 @@ async fn external_auth_decides_and_its_headers_replace_the_clients() {
             .await
             .status,
         500
+    );
+    drop(servers);
+}
+
+/// The oauth2-proxy setup most clusters copy: the auth and sign-in URLs name the
+/// request's own host with nginx variables, which are rendered per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_proxy_urls_are_rendered_with_the_requests_variables() {
+    let (servers, mut docs) = backends(&["web"]).await;
+    let (auth, seen) = auth_service().await;
+    // The Ingress's host is `localhost`, so that `$host` reaches the auth service.
+    docs.push(
+        ingress("oauth")
+            .path("localhost", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/auth-url",
+                &format!(
+                    "http://$host:{}/oauth2/auth?orig=$escaped_request_uri",
+                    auth.port()
+                ),
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/auth-signin",
+                "https://$host/oauth2/start?rd=$escaped_request_uri",
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/auth-request-redirect",
+                "$scheme://$host$request_uri",
+            )
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+
+    let ok = portico
+        .client
+        .request(
+            "GET",
+            "localhost",
+            "/page?q=1&x=a%20b",
+            &[("authorization", "Bearer good")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let (target, asked) = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(target, "/oauth2/auth?orig=%2Fpage%3Fq%3D1%26x%3Da%2520b");
+    assert_eq!(
+        asked.get("host").unwrap(),
+        &format!("localhost:{}", auth.port())
+    );
+    assert_eq!(
+        asked.get("x-auth-request-redirect").unwrap(),
+        "http://localhost/page?q=1&x=a%20b"
+    );
+
+    let signin = portico
+        .client
+        .request("GET", "localhost", "/page?q=1", &[])
+        .await
+        .unwrap();
+    assert_eq!(signin.status, 302);
+    assert_eq!(
+        signin.header("location"),
+        Some("https://localhost/oauth2/start?rd=%2Fpage%3Fq%3D1"),
+        "the variables are rendered, never sent as text"
     );
     drop(servers);
 }

@@ -7,7 +7,7 @@ use crate::telemetry::metrics::{BackendSeries, ProxyMetrics};
 use crate::upstream::affinity::PoolSessions;
 use crate::upstream::balancer::Balancer;
 use crate::upstream::peer::UpstreamSettings;
-use portico_model::{Backend, Balance, HashKey, HealthCheck, RetryPolicy, ServiceRef};
+use portico_model::{Backend, Balance, HealthCheck, RetryPolicy, ServiceRef, Template};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -22,7 +22,7 @@ pub struct BackendPool {
     pub balancer: Balancer,
     pub upstream: UpstreamSettings,
     /// How to build a request's key, for consistent hashing.
-    pub hash_key: Option<HashKey>,
+    pub hash_key: Option<Template>,
     pub retry: RetryPolicy,
     /// Affinity cookie tags of the endpoints, built on first use.
     pub sessions: PoolSessions,
