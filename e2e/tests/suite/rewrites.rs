@@ -234,7 +234,7 @@ async fn redirects_answer_with_their_code_and_target() {
         ("m308.test", "/x", 308, "https://new.example/"),
         ("temp.test", "/x", 302, "http://maintenance.temp.test/"),
         ("t307.test", "/x", 307, "/elsewhere"),
-        ("root.test", "/", 302, "/app"),
+        ("root.test", "/", 302, "http://root.test/app"),
     ] {
         let reply = portico.client.get(host, path).await.unwrap();
         assert_eq!(

@@ -257,7 +257,20 @@ impl IngressProxy {
                     ),
                 )
             }
-            (None, Some(root)) if req.uri.path() == "/" => (302, root.clone()),
+            // Absolute, as ingress-nginx writes it: `$scheme://$http_host<app-root>`.
+            (None, Some(root)) if req.uri.path() == "/" => {
+                let authority = request_host(req);
+                let Some(host) = redirect_host(authority) else {
+                    return Some(Answer::page(400));
+                };
+                // What follows the host (a prefix of the authority) is `:port` or nothing.
+                let port = &authority[host.len()..];
+                if !port.is_empty() && port[1..].bytes().any(|b| !b.is_ascii_digit()) {
+                    return Some(Answer::page(400));
+                }
+                let scheme = if ctx.https { "https" } else { "http" };
+                (302, format!("{scheme}://{authority}{root}"))
+            }
             _ => return None,
         };
         Some(match HeaderValue::try_from(location) {
