@@ -297,9 +297,11 @@ pub struct Canary {
     /// Of `weight_total` requests that nothing else decided, this many go to the canary.
     pub weight: u32,
     pub weight_total: u32,
-    /// Cookie affinity within the canary backend.
+    /// Cookie affinity within the canary backend: the primary's settings; `None` for a
+    /// legacy canary, which issues no cookie.
     pub affinity: Option<SessionAffinity>,
-    /// `affinity-canary-behavior: sticky`: a client with a canary affinity cookie stays on the canary.
+    /// `affinity-canary-behavior: sticky`: a client with an affinity cookie stays on the
+    /// side that issued it. Legacy: the canary's rules decide every request.
     pub sticky: bool,
 }
 
@@ -318,6 +320,9 @@ pub enum HeaderRule {
     Equals(String),
     /// A value this regular expression matches (anywhere) sends to the canary.
     Matches(String),
+    /// A `canary-by-header-pattern` that does not compile: a request with the header goes
+    /// to the primary, whatever the cookie and weight say, as in ingress-nginx.
+    Primary,
 }
 
 /// How a route matches the request path (the query string never takes part).

@@ -393,9 +393,19 @@ impl<'f> RouteTable<'f> {
                         report(Reason::CanaryConflict, msg);
                         continue;
                     }
+                    // The canary takes its primary's affinity, as in ingress-nginx (its own
+                    // when the primary has none); a legacy canary pins nobody.
+                    let affinity = template.sticky.then(|| {
+                        host_routes.routes[index]
+                            .route
+                            .affinity
+                            .as_deref()
+                            .or(r.route.affinity.as_deref())
+                            .cloned()
+                    });
                     let canary = Canary {
                         backend: r.route.backend.clone(),
-                        affinity: r.route.affinity.as_deref().cloned(),
+                        affinity: affinity.flatten(),
                         ..template.clone()
                     };
                     host_routes.canaries.insert(index, canary);

@@ -1091,8 +1091,8 @@ fn bad_canary_and_affinity_annotations_are_reported_and_never_widen_the_canary()
     );
     assert_eq!(
         canary.header.as_ref().unwrap().rule,
-        portico_model::HeaderRule::AlwaysNever,
-        "a pattern that does not compile is left out"
+        portico_model::HeaderRule::Primary,
+        "a pattern that does not compile sends requests with the header to the primary"
     );
     let messages: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
     for expected in [

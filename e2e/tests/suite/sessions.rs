@@ -262,6 +262,28 @@ async fn canary_rules_go_header_then_cookie_then_weight() {
         assert_eq!(side(vec![("x-canary", "always")]).await, "main");
         assert_eq!(side(vec![]).await, "main", "weight 0");
     }
+
+    // A pattern that does not compile: with the header, the primary, whatever the cookie
+    // and the weight say; without it, they decide.
+    let broken = [
+        ("nginx.ingress.kubernetes.io/canary", "true"),
+        ("nginx.ingress.kubernetes.io/canary-by-header", "X-Canary"),
+        (
+            "nginx.ingress.kubernetes.io/canary-by-header-pattern",
+            "(unclosed",
+        ),
+        ("nginx.ingress.kubernetes.io/canary-weight", "100"),
+    ];
+    portico
+        .apply(
+            "canary.yaml",
+            &to_yaml(&[annotated("canary", "shop.test", "next", &broken)]),
+        )
+        .await;
+    for _ in 0..10 {
+        assert_eq!(side(vec![("x-canary", "always")]).await, "main");
+        assert_eq!(side(vec![]).await, "next", "weight 100");
+    }
 }
 
 /// Which side each of `n` requests carrying `cookie` lands on.
@@ -279,14 +301,12 @@ async fn sides_with_cookie(portico: &Portico, cookie: &str, n: usize) -> BTreeMa
     sides
 }
 
+/// The canary takes the primary's affinity settings: only the primary Ingress sets them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sticky_canary_keeps_its_clients_and_a_legacy_one_does_not() {
     let servers = echo_servers(&["main", "next"]).await;
-    let affinity = [
-        ("nginx.ingress.kubernetes.io/affinity", "cookie"),
-        ("nginx.ingress.kubernetes.io/canary-weight", "50"),
-    ];
-    let mut files = canary_site(&servers[0], &servers[1], &affinity);
+    let weight = [("nginx.ingress.kubernetes.io/canary-weight", "50")];
+    let mut files = canary_site(&servers[0], &servers[1], &weight);
     files[1].1 = to_yaml(&[annotated(
         "main",
         "shop.test",
@@ -295,12 +315,14 @@ async fn a_sticky_canary_keeps_its_clients_and_a_legacy_one_does_not() {
     )]);
     let portico = Portico::start(&files).await;
 
-    // Clients land on either side by weight, and each stays where it landed.
+    // Clients land on either side by weight, are given a cookie on either, and each
+    // stays where it landed.
     let mut landed = BTreeMap::new();
-    let mut canary_cookie = None;
+    let (mut canary_cookie, mut main_cookie) = (None, None);
     for _ in 0..16 {
         let first = get_with(&portico, "shop.test", &[]).await;
-        let cookie = set_cookie(&first, "INGRESSCOOKIE").expect("a new client is pinned");
+        let cookie = set_cookie(&first, "INGRESSCOOKIE")
+            .unwrap_or_else(|| panic!("a new client is pinned on {}", first.answered_by()));
         let sides = sides_with_cookie(&portico, &cookie, 10).await;
         assert_eq!(
             sides.len(),
@@ -310,6 +332,8 @@ async fn a_sticky_canary_keeps_its_clients_and_a_legacy_one_does_not() {
         assert_eq!(sides.keys().next().unwrap(), &first.answered_by());
         if first.answered_by() == "next" {
             canary_cookie = Some(cookie);
+        } else {
+            main_cookie = Some(cookie);
         }
         *landed.entry(first.answered_by()).or_insert(0) += 1;
     }
@@ -319,8 +343,9 @@ async fn a_sticky_canary_keeps_its_clients_and_a_legacy_one_does_not() {
         "16 clients at 50% all landed on one side: {landed:?}"
     );
 
-    // Legacy: the canary decision is made per request, whatever the cookie says.
-    let mut legacy = affinity.to_vec();
+    // Legacy: the canary decision is made per request, whatever the cookie says, and
+    // the canary gives no cookie.
+    let mut legacy = weight.to_vec();
     legacy.push((
         "nginx.ingress.kubernetes.io/affinity-canary-behavior",
         "legacy",
@@ -332,12 +357,28 @@ async fn a_sticky_canary_keeps_its_clients_and_a_legacy_one_does_not() {
             &to_yaml(&[annotated("canary", "shop.test", "next", &legacy)]),
         )
         .await;
-    let cookie = canary_cookie.expect("one client landed on the canary");
-    let sides = sides_with_cookie(&portico, &cookie, 30).await;
+    let canary_cookie = canary_cookie.expect("one client landed on the canary");
+    let sides = sides_with_cookie(&portico, &canary_cookie, 30).await;
     assert!(
         sides.get("main").is_some_and(|n| *n > 0),
         "a legacy canary does not hold its clients: {sides:?}"
     );
+    let main_cookie = main_cookie.expect("one client landed on the primary");
+    let sides = sides_with_cookie(&portico, &main_cookie, 30).await;
+    assert!(
+        sides.get("next").is_some_and(|n| *n > 0),
+        "the primary's cookie does not keep a client off a legacy canary: {sides:?}"
+    );
+    for _ in 0..20 {
+        let reply = get_with(&portico, "shop.test", &[]).await;
+        if reply.answered_by() == "next" {
+            assert_eq!(
+                set_cookie(&reply, "INGRESSCOOKIE"),
+                None,
+                "a legacy canary gives no cookie"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

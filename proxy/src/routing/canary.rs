@@ -22,6 +22,7 @@ pub struct CompiledCanary {
 
 enum Rule {
     AlwaysNever,
+    Primary,
     Equals(Box<str>),
     Matches(regex::Regex),
 }
@@ -35,6 +36,7 @@ impl CompiledCanary {
                     .map_err(|_| format!("canary header name {:?}", h.name))?;
                 let rule = match &h.rule {
                     HeaderRule::AlwaysNever => Rule::AlwaysNever,
+                    HeaderRule::Primary => Rule::Primary,
                     HeaderRule::Equals(v) => Rule::Equals(v.as_str().into()),
                     HeaderRule::Matches(p) => Rule::Matches(
                         portico_model::pattern::value_regex(p)
@@ -65,6 +67,7 @@ impl CompiledCanary {
                     Rule::Matches(pattern) if pattern.is_match(value) => return true,
                     Rule::AlwaysNever if value == "always" => return true,
                     Rule::AlwaysNever if value == "never" => return false,
+                    Rule::Primary => return false,
                     _ => {}
                 }
             }
@@ -162,6 +165,19 @@ mod tests {
         );
         assert!(pattern.takes(&request(&[("x-canary", "qa-7")])));
         assert!(!pattern.takes(&request(&[("x-canary", "prod-7")])));
+
+        let broken = canary(Some(HeaderRule::Primary), true, 100);
+        assert!(
+            !broken.takes(&request(&[
+                ("x-canary", "always"),
+                ("cookie", "canary=always")
+            ])),
+            "a pattern that did not compile keeps requests with the header on the primary"
+        );
+        assert!(
+            broken.takes(&request(&[("cookie", "canary=always")])),
+            "without the header, the cookie and weight decide"
+        );
     }
 
     #[test]

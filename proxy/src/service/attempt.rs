@@ -129,9 +129,9 @@ pub(super) fn safe_to_repeat(session: &Session) -> bool {
 }
 
 impl IngressProxy {
-    /// Whether a request goes to its route's canary: a client pinned to the primary stays
-    /// there, one pinned to a sticky canary stays there, and the canary's rules decide
-    /// for everyone else.
+    /// Whether a request goes to its route's canary. With a sticky canary, a client pinned
+    /// to the primary stays there and one pinned to the canary stays there; the canary's
+    /// rules decide for everyone else, and for everyone with a legacy canary.
     fn takes_canary(
         &self,
         snapshot: &CompiledSnapshot,
@@ -144,21 +144,21 @@ impl IngressProxy {
         let Some(canary) = &route.canary else {
             return false;
         };
-        if route.affinity.as_deref().is_some_and(|a| {
-            self.sessions
-                .pinned(a, req, route.pool.affinity_parts())
-                .is_some()
-        }) {
-            return false;
-        }
-        if canary.sticky
-            && canary.affinity.as_ref().is_some_and(|a| {
+        if canary.sticky {
+            if route.affinity.as_deref().is_some_and(|a| {
+                self.sessions
+                    .pinned(a, req, route.pool.affinity_parts())
+                    .is_some()
+            }) {
+                return false;
+            }
+            if canary.affinity.as_ref().is_some_and(|a| {
                 self.sessions
                     .pinned(a, req, canary.pool.affinity_parts())
                     .is_some()
-            })
-        {
-            return true;
+            }) {
+                return true;
+            }
         }
         canary.takes(req)
     }

@@ -172,11 +172,20 @@ pub(super) fn canary(a: &Annotations<'_>, source: &SourceRef, problems: &mut Pro
     let header = problems.take(a.token("canary-by-header")).map(|name| {
         let rule = match (
             problems.take(a.header_value("canary-by-header-value")),
-            problems.take(a.regex("canary-by-header-pattern")),
+            a.regex("canary-by-header-pattern"),
         ) {
             (Some(value), _) => HeaderRule::Equals(value),
-            (None, Some(pattern)) => HeaderRule::Matches(pattern),
-            (None, None) => HeaderRule::AlwaysNever,
+            (None, Ok(Some(pattern))) => HeaderRule::Matches(pattern),
+            (None, Ok(None)) => HeaderRule::AlwaysNever,
+            // As in ingress-nginx, whose match fails at request time.
+            (None, Err(invalid)) => {
+                let message = format!(
+                    "{}; a request with header {name} goes to the primary backend",
+                    invalid.message()
+                );
+                problems.push(Problem::new(invalid.reason(), message));
+                HeaderRule::Primary
+            }
         };
         CanaryHeader {
             name: name.to_ascii_lowercase(),
