@@ -88,12 +88,34 @@ async fn error_pages_and_default_backends_answer_for_the_route() {
         "a page sent is not logged as a failure"
     );
 
-    let fallback = portico.client.get("fallback.test", "/x").await.unwrap();
-    assert_eq!(
-        fallback.answered_by(),
-        "errors",
-        "no endpoint: the route's default-backend serves"
-    );
+    let fallback = portico
+        .client
+        .request(
+            "GET",
+            "fallback.test",
+            "/x?y=1",
+            &[("accept", "application/json"), ("x-request-id", "req-7")],
+        )
+        .await
+        .unwrap();
+    let page = fallback
+        .echo()
+        .expect("no endpoint: the route's default-backend serves");
+    assert_eq!(page.backend, "errors");
+    // It is told what it stands in for, as ingress-nginx tells it.
+    let header = |name: &str| page.headers.get(name).cloned().unwrap_or_default();
+    for (name, value) in [
+        ("x-code", "503"),
+        ("x-format", "application/json"),
+        ("x-original-uri", "/x?y=1"),
+        ("x-namespace", "default"),
+        ("x-ingress-name", "fallback"),
+        ("x-service-name", "empty"),
+        ("x-service-port", "80"),
+        ("x-request-id", "req-7"),
+    ] {
+        assert_eq!(header(name), value, "{name}");
+    }
 
     // Without default-backend, the pages come from the global default backend.
     let page = portico

@@ -46,6 +46,8 @@ pub struct CompiledRoute {
     pub headers: Option<Box<CompiledHeaderEdits>>,
     /// `default-backend`: takes the request when `pool` has no endpoint to offer.
     pub fallback: Option<Arc<BackendPool>>,
+    /// What the fallback is told of the route it stands in for (see [`origin_headers`]).
+    pub fallback_headers: Option<Box<OriginHeaders>>,
     pub error_pages: Option<Box<CompiledErrorPages>>,
     pub preserve_trailing_slash: bool,
     /// Metrics series of the primary, canary and fallback sides, registered on the
@@ -91,8 +93,21 @@ impl CompiledRoute {
 pub struct CompiledErrorPages {
     pub statuses: Vec<u16>,
     pub pool: Arc<BackendPool>,
-    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`.
-    pub headers: Vec<(&'static str, HeaderValue)>,
+    pub headers: OriginHeaders,
+}
+
+/// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`: what
+/// ingress-nginx tells an error or default backend about the route it answers for.
+pub type OriginHeaders = [(&'static str, HeaderValue); 4];
+
+fn origin_headers(namespace: &str, ingress: &str, service: &str, port: &str) -> OriginHeaders {
+    let value = |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
+    [
+        ("x-namespace", value(namespace)),
+        ("x-ingress-name", value(ingress)),
+        ("x-service-name", value(service)),
+        ("x-service-port", value(port)),
+    ]
 }
 
 pub(super) type Limiters = HashMap<(SourceRef, RateLimit), Arc<RateLimiter>>;
@@ -175,21 +190,24 @@ pub(super) fn compile_vhost(
                 .as_deref()
                 .map(|b| by_name[b])
                 .or(default_backend)?;
-            let value =
-                |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""));
             Some(CompiledErrorPages {
                 statuses: e.statuses.clone(),
                 pool: Arc::clone(pool),
-                headers: vec![
-                    ("x-namespace", value(&e.namespace)),
-                    ("x-ingress-name", value(&e.ingress)),
-                    ("x-service-name", value(&e.service)),
-                    ("x-service-port", value(&e.service_port)),
-                ],
+                headers: origin_headers(&e.namespace, &e.ingress, &e.service, &e.service_port),
             })
         });
+        let primary = by_name[route.backend.as_str()];
+        let fallback_headers = fallback.as_ref().map(|_| {
+            let service = &primary.service;
+            Box::new(origin_headers(
+                &route.source.namespace,
+                &route.source.name,
+                &service.name,
+                &service.port,
+            ))
+        });
         routes.push(CompiledRoute {
-            pool: Arc::clone(by_name[route.backend.as_str()]),
+            pool: Arc::clone(primary),
             redirect_to_https: route.redirect_to_https,
             max_body_bytes: route.max_body_bytes,
             affinity: route.affinity.clone(),
@@ -202,6 +220,7 @@ pub(super) fn compile_vhost(
             conditions: conditions.map(Box::new),
             headers: headers.map(Box::new),
             fallback,
+            fallback_headers,
             error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
             series: Default::default(),
