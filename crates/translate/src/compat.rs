@@ -46,7 +46,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ),
     ("auth-tls-verify-client", Status::Different("without `auth-tls-secret` the routes answer 503 (ingress-nginx verifies nothing)")),
     ("auth-tls-verify-depth", Status::Same),
-    ("client-body-buffer-size", Status::NotYet("Pingora streams bodies; no buffer to size")),
+    ("client-body-buffer-size", Status::Different("accepted and checked; request bodies stream to the upstream as they arrive, so nothing is buffered or written to disk")),
     (
         "configuration-snippet",
         Status::Never(
@@ -107,14 +107,14 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("opentelemetry-operation-name", Status::NotYet("")),
     ("opentelemetry-trust-incoming-span", Status::NotYet("")),
     ("proxy-body-size", Status::Same),
-    ("proxy-buffer-size", Status::NotYet("Pingora streams; no buffer to size")),
-    ("proxy-buffering", Status::NotYet("Pingora streams responses")),
-    ("proxy-buffers-number", Status::NotYet("Pingora streams; no buffers to count")),
+    ("proxy-buffer-size", Status::Different("accepted and checked; responses stream, and a response header may be as large as the proxy's header limit")),
+    ("proxy-buffering", Status::Different("accepted and checked; responses always stream as with ingress-nginx's default `off`: `on` changes nothing a client sees but when the bytes arrive")),
+    ("proxy-buffers-number", Status::Different("accepted and checked; responses stream, no buffers to count")),
     ("proxy-connect-timeout", Status::Same),
     ("proxy-cookie-domain", Status::NotYet("")),
     ("proxy-cookie-path", Status::NotYet("")),
     ("proxy-http-version", Status::NotYet("the protocol follows `backend-protocol`")),
-    ("proxy-max-temp-file-size", Status::NotYet("nothing is spooled to disk")),
+    ("proxy-max-temp-file-size", Status::Different("accepted and checked; nothing is spooled to disk")),
     (
         "proxy-next-upstream",
         Status::Different(

@@ -1343,6 +1343,43 @@ fn security_annotations_fail_closed() {
 }
 
 #[test]
+fn buffer_annotations_are_accepted_and_their_values_checked() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(one_route_sites(&[
+        (
+            "streams",
+            json!({"nginx.ingress.kubernetes.io/proxy-buffering": "on",
+                   "nginx.ingress.kubernetes.io/proxy-buffer-size": "16k",
+                   "nginx.ingress.kubernetes.io/proxy-buffers-number": "4",
+                   "nginx.ingress.kubernetes.io/client-body-buffer-size": "1m",
+                   "nginx.ingress.kubernetes.io/proxy-max-temp-file-size": "0"}),
+        ),
+        (
+            "typo",
+            json!({"nginx.ingress.kubernetes.io/proxy-buffer-size": "16kb"}),
+        ),
+    ]));
+    let t = run(objects);
+    let of = |name: &str| -> Vec<String> {
+        t.diagnostics
+            .iter()
+            .filter(|d| d.object.name == name)
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    assert_eq!(of("streams"), Vec::<String>::new(), "nothing to warn about");
+    assert_eq!(
+        of("typo"),
+        ["annotation nginx.ingress.kubernetes.io/proxy-buffer-size: value \"16kb\" is not a size such as 1m, 512k or 1048576"]
+    );
+    assert!(
+        first_route(&t, "typo.test").access.is_none(),
+        "and it serves"
+    );
+}
+
+#[test]
 fn auth_urls_take_nginx_variables_but_a_client_never_chooses_where_auth_goes() {
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));

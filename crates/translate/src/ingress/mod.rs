@@ -189,6 +189,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         (self.policy.upstream, self.policy.server_name_from_service) =
             (upstream.upstream, upstream.server_name_from_service);
         self.policy.max_body_bytes = traffic::max_body_bytes(&a, &mut problems);
+        traffic::buffering(&a, &mut problems);
         self.policy.affinity = traffic::affinity(&a, &mut problems);
         self.read_access_controls(&a, &mut problems);
         self.policy.cors = headers::cors(&a, &mut problems);

@@ -108,6 +108,22 @@ pub(super) fn max_body_bytes(a: &Annotations<'_>, problems: &mut Problems) -> Op
     }
 }
 
+/// ingress-nginx's buffer annotations. Portico streams request and response bodies as
+/// they come (for responses, ingress-nginx's own default, `proxy-buffering: off`), so there
+/// is no buffer or temporary file to size; they are read so that a bad value is reported
+/// as it would be by ingress-nginx's validation.
+pub(super) fn buffering(a: &Annotations<'_>, problems: &mut Problems) {
+    problems.take(a.on_off("proxy-buffering"));
+    for size in [
+        "proxy-buffer-size",
+        "client-body-buffer-size",
+        "proxy-max-temp-file-size",
+    ] {
+        problems.take(a.size_bytes(size));
+    }
+    problems.take(a.count("proxy-buffers-number"));
+}
+
 /// `affinity: cookie` and the `session-cookie-*` attributes. An empty cookie path stands
 /// for each route's own path.
 pub(super) fn affinity(a: &Annotations<'_>, problems: &mut Problems) -> Option<SessionAffinity> {
