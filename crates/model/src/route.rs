@@ -206,6 +206,14 @@ pub struct Rewrite {
 pub struct Redirect {
     pub code: u16,
     pub target: String,
+    /// `relative-redirects`: a target that is a path stays one in `Location`; otherwise
+    /// it is made absolute with the request's scheme and host, as nginx does.
+    #[serde(default)]
+    pub relative: bool,
+    /// `use-port-in-redirects`: a target made absolute names the listener's port too
+    /// (unless it is the scheme's default).
+    #[serde(default)]
+    pub with_port: bool,
 }
 
 impl Route {

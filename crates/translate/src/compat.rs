@@ -191,8 +191,10 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("upstream-hash-by-subset", Status::NotYet("")),
     ("upstream-hash-by-subset-size", Status::NotYet("")),
     ("upstream-vhost", Status::Same),
-    ("use-port-in-redirects", Status::NotYet("")),
+    ("use-port-in-redirects", Status::Different("applies to the redirects Portico answers with a path as target (made absolute with the listener's port)")),
     ("x-forwarded-prefix", Status::Same),
+    // Newer than the reference list.
+    ("relative-redirects", Status::Same),
 ];
 
 /// Portico's own annotations, read under `portico.io/` (and, like every name, under

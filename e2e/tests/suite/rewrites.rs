@@ -217,6 +217,21 @@ async fn redirects_answer_with_their_code_and_target() {
             .annotation("nginx.ingress.kubernetes.io/temporal-redirect-code", "307")
             .build(),
     );
+    for (name, flag) in [
+        ("relative", "nginx.ingress.kubernetes.io/relative-redirects"),
+        ("port", "nginx.ingress.kubernetes.io/use-port-in-redirects"),
+    ] {
+        docs.push(
+            ingress(name)
+                .path(&format!("{name}.test"), "Prefix", "/", "web")
+                .annotation(
+                    "nginx.ingress.kubernetes.io/temporal-redirect",
+                    "/elsewhere",
+                )
+                .annotation(flag, "true")
+                .build(),
+        );
+    }
     docs.push(
         ingress("root")
             .path("root.test", "Prefix", "/", "web")
@@ -233,8 +248,15 @@ async fn redirects_answer_with_their_code_and_target() {
         ("moved.test", "/a/b?c=d", 301, "https://new.example/a/b?c=d"),
         ("m308.test", "/x", 308, "https://new.example/"),
         ("temp.test", "/x", 302, "http://maintenance.temp.test/"),
-        ("t307.test", "/x", 307, "/elsewhere"),
+        ("t307.test", "/x", 307, "http://t307.test/elsewhere"),
+        ("relative.test", "/x", 302, "/elsewhere"),
         ("root.test", "/", 302, "http://root.test/app"),
+        (
+            "port.test",
+            "/x",
+            302,
+            &format!("http://port.test:{}/elsewhere", portico.http.port()),
+        ),
     ] {
         let reply = portico.client.get(host, path).await.unwrap();
         assert_eq!(

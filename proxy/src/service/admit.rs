@@ -119,7 +119,7 @@ impl IngressProxy {
                 }
             }
         }
-        if let Some(answer) = self.redirect(req, ctx, snapshot) {
+        if let Some(answer) = self.redirect(req, super::server_port(session), ctx, snapshot) {
             return Some(answer);
         }
         if ctx.cors_origin.is_some() && CompiledCors::is_preflight(req) {
@@ -213,6 +213,7 @@ impl IngressProxy {
     fn redirect(
         &self,
         req: &RequestHeader,
+        server_port: Option<u16>,
         ctx: &RequestCtx,
         snapshot: &CompiledSnapshot,
     ) -> Option<Answer> {
@@ -247,15 +248,18 @@ impl IngressProxy {
         let (status, location) = match (&rw.redirect, &rw.app_root) {
             (Some(r), _) => {
                 let host = redirect_host(request_host(req)).unwrap_or("");
-                (
-                    r.code,
-                    redirect_location(
-                        &r.target,
-                        if ctx.https { "https" } else { "http" },
-                        host,
-                        request_uri,
-                    ),
-                )
+                let scheme = if ctx.https { "https" } else { "http" };
+                let mut location = redirect_location(&r.target, scheme, host, request_uri);
+                // nginx's `absolute_redirect`, and `port_in_redirect` with it.
+                if location.starts_with('/') && !location.starts_with("//") && !r.relative {
+                    let default_port = if ctx.https { 443 } else { 80 };
+                    let port = match server_port {
+                        Some(p) if r.with_port && p != default_port => format!(":{p}"),
+                        _ => String::new(),
+                    };
+                    location = format!("{scheme}://{host}{port}{location}");
+                }
+                (r.code, location)
             }
             // Absolute, as ingress-nginx writes it: `$scheme://$http_host<app-root>`.
             (None, Some(root)) if req.uri.path() == "/" => {

@@ -35,7 +35,14 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
             let code = problems
                 .take(a.redirect_code(code_name))
                 .unwrap_or(default_code);
-            rw.redirect = Some(Redirect { code, target });
+            rw.redirect = Some(Redirect {
+                code,
+                target,
+                relative: problems.take(a.bool("relative-redirects")).unwrap_or(false),
+                with_port: problems
+                    .take(a.bool("use-port-in-redirects"))
+                    .unwrap_or(false),
+            });
         }
     }
     let regex_paths = problems.take(a.bool("use-regex")).unwrap_or(false) || rw.target.is_some();
@@ -122,6 +129,8 @@ pub(super) fn www_redirects(
                     redirect: Some(Redirect {
                         code: 308,
                         target: target.clone(),
+                        relative: false,
+                        with_port: false,
                     }),
                     ..Rewrite::default()
                 };
@@ -186,7 +195,9 @@ mod tests {
             rw.redirect,
             Some(Redirect {
                 code: 302,
-                target: "https://b.test".into()
+                target: "https://b.test".into(),
+                relative: false,
+                with_port: false,
             })
         );
         let plain = rewrites(&Annotations::new(None), &mut problems);
