@@ -103,6 +103,9 @@ pub struct Route {
     /// drops one, as ingress-nginx does).
     #[serde(default)]
     pub preserve_trailing_slash: bool,
+    /// `enable-access-log: "false"`: the route's requests are not written to the access log.
+    #[serde(default)]
+    pub no_access_log: bool,
 }
 
 /// Conditions on a request beyond its path; all must hold.
@@ -236,6 +239,7 @@ impl Route {
             fallback_backend: None,
             error_pages: None,
             preserve_trailing_slash: false,
+            no_access_log: false,
         }
     }
 }

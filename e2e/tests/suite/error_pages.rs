@@ -17,6 +17,17 @@ async fn error_pages_and_default_backends_answer_for_the_route() {
             .build(),
     );
     docs.push(
+        ingress("intercepted")
+            .path("passthrough.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/custom-http-errors", "404")
+            .annotation("nginx.ingress.kubernetes.io/default-backend", "errors")
+            .annotation(
+                "nginx.ingress.kubernetes.io/disable-proxy-intercept-errors",
+                "true",
+            )
+            .build(),
+    );
+    docs.push(
         ingress("fallback")
             .path("fallback.test", "Prefix", "/", "empty")
             .annotation("portico.io/default-backend", "errors")
@@ -87,6 +98,14 @@ async fn error_pages_and_default_backends_answer_for_the_route() {
         !portico.logs().contains("Fail to proxy"),
         "a page sent is not logged as a failure"
     );
+
+    // disable-proxy-intercept-errors: the upstream's own error answer stands.
+    let own = portico
+        .client
+        .get("passthrough.test", "/missing?status=404")
+        .await
+        .unwrap();
+    assert_eq!((own.status, own.answered_by()), (404, "web".to_string()));
 
     let fallback = portico
         .client

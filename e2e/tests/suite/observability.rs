@@ -579,3 +579,43 @@ async fn text_access_logs_and_sampling_follow_their_flags() {
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(attribute(&spans[0], "url.path").as_deref(), Some("/a%22b"));
 }
+
+/// `enable-access-log: "false"` keeps one Ingress's requests out of the access log; the
+/// others are still written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingress_can_turn_its_access_log_off() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("quiet")
+            .path("quiet.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/enable-access-log", "false")
+            .build(),
+    );
+    docs.push(
+        ingress("loud")
+            .path("loud.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for (host, id) in [("quiet.test", "quiet-1"), ("loud.test", "loud-1")] {
+        let r = portico
+            .client
+            .request("GET", host, "/", &[("x-request-id", id)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // The log is written in order: once the later request's line is there, the
+    // earlier one's would be too.
+    portico
+        .wait_until("the logged request's line", |p| async move {
+            access_lines(p).iter().any(|l| l["request_id"] == "loud-1")
+        })
+        .await;
+    assert!(
+        !access_lines(&portico)
+            .iter()
+            .any(|l| l["request_id"] == "quiet-1"),
+        "the quiet Ingress's request is not logged"
+    );
+}

@@ -312,6 +312,9 @@ impl ProxyHttp for IngressProxy {
         if let Some(why) = ctx.refusal {
             series.refused(why);
         }
-        self.report(session, ctx, status, series.labels());
+        let logged = !snapshot
+            .matched_route(&ctx.routed)
+            .is_some_and(|r| r.no_access_log);
+        self.report(session, ctx, status, series.labels(), logged);
     }
 }

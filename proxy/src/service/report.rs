@@ -11,20 +11,23 @@ use http::header;
 use pingora::prelude::*;
 
 impl IngressProxy {
-    /// Writes the request's access log line and exports its span, when those are on.
+    /// Writes the request's access log line (unless its route turned the log off) and
+    /// exports its span, when those are on.
     pub(super) fn report(
         &self,
         session: &Session,
         ctx: &RequestCtx,
         status: u16,
         labels: &RouteLabels,
+        logged: bool,
     ) {
         let Some((started, started_at)) = ctx.started else {
             return;
         };
         // A trace context exists only when spans are exported (`identify`).
         let sampled = ctx.trace.filter(|t| t.sampled);
-        if self.access_log.is_none() && sampled.is_none() {
+        let access_log = self.access_log.as_ref().filter(|_| logged);
+        if access_log.is_none() && sampled.is_none() {
             return;
         }
         let req = session.req_header();
@@ -46,7 +49,7 @@ impl IngressProxy {
             .get(X_REQUEST_ID.name())
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if let Some(log) = &self.access_log {
+        if let Some(log) = access_log {
             let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
             log.write(&access_log::Entry {
                 time: started_at,

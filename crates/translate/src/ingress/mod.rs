@@ -78,6 +78,8 @@ struct RoutePolicy {
     /// `custom-http-errors`.
     error_statuses: Option<Vec<u16>>,
     preserve_trailing_slash: bool,
+    /// `enable-access-log: "false"`.
+    no_access_log: bool,
     /// `from-to-www-redirect`.
     www_redirect: bool,
 }
@@ -102,6 +104,7 @@ impl Default for RoutePolicy {
             fallback_backend: None,
             error_statuses: None,
             preserve_trailing_slash: false,
+            no_access_log: false,
             www_redirect: false,
         }
     }
@@ -202,6 +205,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.policy.fallback_backend = self.fallback_backend(&service, port, &mut problems);
         }
         self.policy.error_statuses = problems.take(a.error_statuses("custom-http-errors"));
+        // ingress-nginx's `proxy_intercept_errors off`: the upstream's error answers stand.
+        if problems.take(a.bool("disable-proxy-intercept-errors")) == Some(true) {
+            self.policy.error_statuses = None;
+        }
+        self.policy.no_access_log = problems.take(a.bool("enable-access-log")) == Some(false);
         self.policy.preserve_trailing_slash = problems
             .take(a.bool("preserve-trailing-slash"))
             .unwrap_or(false);
@@ -471,6 +479,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     fallback_backend: self.policy.fallback_backend.clone(),
                     error_pages: self.error_pages(&path.backend).map(Box::new),
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
+                    no_access_log: self.policy.no_access_log,
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -50,6 +50,7 @@ pub struct CompiledRoute {
     pub fallback_headers: Option<Box<OriginHeaders>>,
     pub error_pages: Option<Box<CompiledErrorPages>>,
     pub preserve_trailing_slash: bool,
+    pub no_access_log: bool,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -223,6 +224,7 @@ pub(super) fn compile_vhost(
             fallback_headers,
             error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
+            no_access_log: route.no_access_log,
             series: Default::default(),
         });
     }
