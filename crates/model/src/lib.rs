@@ -303,6 +303,7 @@ mod tests {
                         service_port: "80".into(),
                     })),
                     preserve_trailing_slash: true,
+                    no_access_log: false,
                 }],
                 client_auth: Some(ClientAuth {
                     ca_pem: "CA".into(),
