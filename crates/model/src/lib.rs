@@ -243,6 +243,8 @@ mod tests {
                             expires_secs: None,
                             same_site: Some(SameSite::Lax),
                             secure: false,
+                            partitioned: false,
+                            same_site_none_if_compatible: false,
                         },
                         change_on_failure: true,
                     })),

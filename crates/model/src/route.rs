@@ -275,6 +275,13 @@ pub struct SessionCookie {
     pub same_site: Option<SameSite>,
     /// `Secure` even on plain HTTP (it is always set on HTTPS).
     pub secure: bool,
+    /// `session-cookie-partitioned`: the `Partitioned` attribute (CHIPS).
+    #[serde(default)]
+    pub partitioned: bool,
+    /// `session-cookie-conditional-samesite-none`: `SameSite=None` is left out for the
+    /// browsers that would refuse the cookie because of it.
+    #[serde(default)]
+    pub same_site_none_if_compatible: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

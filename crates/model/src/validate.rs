@@ -682,6 +682,8 @@ mod tests {
             expires_secs: None,
             same_site: None,
             secure: false,
+            partitioned: false,
+            same_site_none_if_compatible: false,
         };
         let affinity = |c| {
             Some(SessionAffinity {

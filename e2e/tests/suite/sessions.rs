@@ -445,3 +445,67 @@ async fn active_health_checks_take_a_failing_endpoint_out_and_bring_it_back() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(spread().await.len(), 2, "recovered endpoints serve again");
 }
+
+/// `session-cookie-partitioned` and `session-cookie-conditional-samesite-none`: the
+/// affinity cookie carries `Partitioned`, and `SameSite=None` only for browsers that take it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_affinity_cookie_leaves_same_site_none_out_for_browsers_that_refuse_it() {
+    let servers = echo_servers(&["a"]).await;
+    let site = annotated(
+        "site",
+        "shop.test",
+        "web",
+        &[
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-samesite",
+                "None",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-conditional-samesite-none",
+                "true",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-partitioned",
+                "true",
+            ),
+        ],
+    );
+    let portico = Portico::start(&[
+        ("web.yaml", web_service(&[&servers[0]])),
+        ("site.yaml", to_yaml(&[site])),
+    ])
+    .await;
+    let attributes = |reply: Reply| {
+        reply
+            .headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .expect("an affinity cookie")
+    };
+    let modern = attributes(
+        get_with(
+            &portico,
+            "shop.test",
+            &[("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")],
+        )
+        .await,
+    );
+    assert!(
+        modern.contains("; SameSite=None") && modern.contains("; Partitioned"),
+        "{modern}"
+    );
+    let chrome_60 = attributes(
+        get_with(
+            &portico,
+            "shop.test",
+            &[("user-agent", "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/60.0.3112.90 Safari/537.36")],
+        )
+        .await,
+    );
+    assert!(
+        !chrome_60.contains("SameSite") && chrome_60.contains("; Partitioned"),
+        "{chrome_60}"
+    );
+}

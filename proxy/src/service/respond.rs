@@ -102,9 +102,13 @@ impl IngressProxy {
             let side = snapshot
                 .affinity(&ctx.routed)
                 .zip(snapshot.pool(&ctx.routed));
+            let user_agent = req
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
             if let Some(cookie) = side.and_then(|(a, pool)| {
                 self.sessions
-                    .set_cookie(a, pin, ctx.https, pool.affinity_parts())
+                    .set_cookie(a, pin, (ctx.https, user_agent), pool.affinity_parts())
             }) {
                 answer.append_header(header::SET_COOKIE, cookie)?;
             }

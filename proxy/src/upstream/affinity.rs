@@ -18,7 +18,7 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use pingora::http::RequestHeader;
-use portico_model::{AffinityMode, SessionAffinity};
+use portico_model::{AffinityMode, SameSite, SessionAffinity};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -225,12 +225,13 @@ impl StickySessions {
         }
     }
 
-    /// The `Set-Cookie` value for a pin.
+    /// The `Set-Cookie` value for a pin, for a client that came over `https` with
+    /// `user_agent`.
     pub fn set_cookie(
         &self,
         affinity: &SessionAffinity,
         pin: Pin,
-        https: bool,
+        (https, user_agent): (bool, Option<&str>),
         pool: (&str, &Balancer, &PoolSessions),
     ) -> Option<HeaderValue> {
         let (backend, balancer, sessions) = pool;
@@ -255,15 +256,43 @@ impl StickySessions {
         if let Some(secs) = c.max_age_secs {
             let _ = write!(v, "; Max-Age={secs}");
         }
-        if let Some(same_site) = c.same_site {
-            let _ = write!(v, "; SameSite={}", same_site.as_str());
+        let refuses_none =
+            c.same_site_none_if_compatible && user_agent.is_some_and(refuses_same_site_none);
+        match c.same_site {
+            Some(SameSite::None) if refuses_none => {}
+            Some(same_site) => {
+                let _ = write!(v, "; SameSite={}", same_site.as_str());
+            }
+            None => {}
         }
         if c.secure || https {
             v.push_str("; Secure");
         }
         v.push_str("; HttpOnly");
+        if c.partitioned {
+            v.push_str("; Partitioned");
+        }
         HeaderValue::try_from(v).ok()
     }
+}
+
+/// The browsers that refuse a cookie with `SameSite=None` (Chrome 51 to 66, Safari on
+/// iOS 12 and macOS 10.14), as ingress-nginx tells them by their `User-Agent`.
+fn refuses_same_site_none(user_agent: &str) -> bool {
+    let has = |s: &str| user_agent.contains(s);
+    let old_chrome = ["Chrome/5", "Chrome/6"].iter().any(|p| {
+        user_agent.match_indices(p).any(|(i, _)| {
+            let version: String = user_agent[i + 7..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            version.parse::<u32>().is_ok_and(|v| (51..=66).contains(&v))
+        })
+    });
+    old_chrome
+        || has("CPU iPhone OS 12")
+        || has("iPad; CPU OS 12")
+        || (has("Macintosh") && has("Intel Mac OS X 10_14") && has("Safari") && !has("Chrome"))
 }
 
 #[cfg(test)]
@@ -298,6 +327,8 @@ mod tests {
                 expires_secs: None,
                 same_site: Some(portico_model::SameSite::Lax),
                 secure: false,
+                partitioned: false,
+                same_site_none_if_compatible: false,
             },
             change_on_failure: false,
         }
@@ -322,6 +353,39 @@ mod tests {
     }
 
     #[test]
+    fn partitioned_and_conditional_same_site_none_attributes() {
+        let sessions = StickySessions::new(AffinityKey::new(b"k1").unwrap());
+        let (b, tags) = (balancer(4), PoolSessions::default());
+        let mut a = affinity(AffinityMode::Persistent);
+        a.cookie.same_site = Some(SameSite::None);
+        a.cookie.partitioned = true;
+        a.cookie.same_site_none_if_compatible = true;
+        let pool = ("ns/web:80", &b, &tags);
+        let cookie_for = |a: &SessionAffinity, user_agent| {
+            let header = sessions
+                .set_cookie(a, Pin::Endpoint(1), (true, user_agent), pool)
+                .unwrap();
+            header.to_str().unwrap().to_string()
+        };
+        let cookie = |user_agent| cookie_for(&a, user_agent);
+        let chrome_120 = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let chrome_60 = "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/60.0.3112.90 Safari/537.36";
+        let ios_12 = "Mozilla/5.0 (iPhone; CPU iPhone OS 12_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.1.2 Mobile/15E148 Safari/604.1";
+        let text = cookie(Some(chrome_120));
+        assert!(
+            text.ends_with("; SameSite=None; Secure; HttpOnly; Partitioned"),
+            "{text}"
+        );
+        assert!(cookie(None).contains("SameSite=None"));
+        for old in [chrome_60, ios_12] {
+            let text = cookie(Some(old));
+            assert!(!text.contains("SameSite"), "{old}: {text}");
+        }
+        a.cookie.same_site_none_if_compatible = false;
+        assert!(cookie_for(&a, Some(chrome_60)).contains("SameSite=None"));
+    }
+
+    #[test]
     fn a_persistent_cookie_names_its_endpoint_without_its_address_and_forgeries_are_not_recognised()
     {
         let sessions = StickySessions::new(AffinityKey::new(b"k1").unwrap());
@@ -329,7 +393,7 @@ mod tests {
         let a = affinity(AffinityMode::Persistent);
         let pool = ("ns/web:80", &b, &tags);
         let header = sessions
-            .set_cookie(&a, Pin::Endpoint(2), false, pool)
+            .set_cookie(&a, Pin::Endpoint(2), (false, None), pool)
             .unwrap();
         let text = header.to_str().unwrap();
         assert!(
@@ -371,7 +435,7 @@ mod tests {
             Some(Pin::Endpoint(2))
         );
         assert!(sessions
-            .set_cookie(&a, Pin::Endpoint(2), true, pool)
+            .set_cookie(&a, Pin::Endpoint(2), (true, None), pool)
             .unwrap()
             .to_str()
             .unwrap()
@@ -387,7 +451,9 @@ mod tests {
         let (index, pin) = sessions
             .choose(AffinityMode::Balanced, None, &b, b"", &[])
             .unwrap();
-        let header = sessions.set_cookie(&a, pin.unwrap(), false, pool).unwrap();
+        let header = sessions
+            .set_cookie(&a, pin.unwrap(), (false, None), pool)
+            .unwrap();
         let pinned = sessions.pinned(&a, &request_with(&pair(&header)), pool);
         assert_eq!(pinned, pin);
         for _ in 0..10 {

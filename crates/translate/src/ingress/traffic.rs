@@ -146,6 +146,12 @@ pub(super) fn affinity(a: &Annotations<'_>, problems: &mut Problems) -> Option<S
         secure: problems
             .take(a.bool("session-cookie-secure"))
             .unwrap_or(false),
+        partitioned: problems
+            .take(a.bool("session-cookie-partitioned"))
+            .unwrap_or(false),
+        same_site_none_if_compatible: problems
+            .take(a.bool("session-cookie-conditional-samesite-none"))
+            .unwrap_or(false),
     };
     Some(SessionAffinity {
         mode: problems
