@@ -202,6 +202,23 @@ pub struct Rewrite {
     pub upstream_host: Option<String>,
     /// `X-Forwarded-Prefix` sent upstream.
     pub forwarded_prefix: Option<String>,
+    /// `proxy-redirect-from`/`-to`: the upstream's `Location` and `Refresh` rewritten.
+    #[serde(default)]
+    pub location: Option<PrefixSwap>,
+    /// `proxy-cookie-domain`: the `Domain` of the upstream's cookies rewritten.
+    #[serde(default)]
+    pub cookie_domain: Option<PrefixSwap>,
+    /// `proxy-cookie-path`: the `Path` of the upstream's cookies rewritten.
+    #[serde(default)]
+    pub cookie_path: Option<PrefixSwap>,
+}
+
+/// Text that starts with `from` has that start replaced by `to` (for a cookie's domain,
+/// the whole value must be `from`, compared without case, as nginx does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixSwap {
+    pub from: String,
+    pub to: String,
 }
 
 /// A redirect answered by the proxy. The target may use `$scheme`, `$host` and `$request_uri`.

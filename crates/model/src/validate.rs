@@ -164,6 +164,18 @@ fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
             ));
         }
     }
+    for swap in [&r.location, &r.cookie_domain, &r.cookie_path]
+        .into_iter()
+        .flatten()
+    {
+        let cookie_safe = |v: &str| v.bytes().all(|b| b > b' ' && b != 0x7f && b != b';');
+        if swap.from.is_empty() || !cookie_safe(&swap.from) || !cookie_safe(&swap.to) {
+            return Err(format!(
+                "answer rewrite {:?} to {:?} is empty or holds spaces, control characters or ';'",
+                swap.from, swap.to
+            ));
+        }
+    }
     for v in [&r.upstream_host, &r.forwarded_prefix]
         .into_iter()
         .flatten()

@@ -1343,6 +1343,57 @@ fn security_annotations_fail_closed() {
 }
 
 #[test]
+fn answer_rewrites_read_nginx_forms_and_report_the_rest() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(one_route_sites(&[
+        (
+            "good",
+            json!({"nginx.ingress.kubernetes.io/proxy-redirect-from": "http://app:8080/",
+                   "nginx.ingress.kubernetes.io/proxy-redirect-to": "/",
+                   "nginx.ingress.kubernetes.io/proxy-cookie-domain": "app.internal example.com",
+                   "nginx.ingress.kubernetes.io/proxy-cookie-path": "off"}),
+        ),
+        (
+            "bad",
+            json!({"nginx.ingress.kubernetes.io/proxy-redirect-from": "default",
+                   "nginx.ingress.kubernetes.io/proxy-cookie-path": "~^/app(.*) /$1",
+                   "nginx.ingress.kubernetes.io/proxy-cookie-domain": "only-one"}),
+        ),
+        (
+            "half",
+            json!({"nginx.ingress.kubernetes.io/proxy-redirect-from": "http://app/"}),
+        ),
+    ]));
+    let t = run(objects);
+    let rw = first_route(&t, "good.test").rewrite.expect("a rewrite");
+    let swap =
+        |s: &Option<portico_model::PrefixSwap>| s.as_ref().map(|s| (s.from.clone(), s.to.clone()));
+    assert_eq!(
+        swap(&rw.location),
+        Some(("http://app:8080/".into(), "/".into()))
+    );
+    assert_eq!(
+        swap(&rw.cookie_domain),
+        Some(("app.internal".into(), "example.com".into()))
+    );
+    assert_eq!(rw.cookie_path, None, "off");
+    assert_eq!(first_route(&t, "bad.test").rewrite, None);
+    let messages: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    for expected in [
+        "proxy-redirect-from: \"default\" is not supported",
+        "proxy-cookie-path: value \"~^/app(.*) /$1\" is not \"off\" or \"FROM TO\"",
+        "proxy-cookie-domain: value \"only-one\"",
+        "proxy-redirect-from needs proxy-redirect-to",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "{expected} not in {messages:#?}"
+        );
+    }
+}
+
+#[test]
 fn buffer_annotations_are_accepted_and_their_values_checked() {
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));

@@ -284,3 +284,60 @@ async fn redirects_answer_with_their_code_and_target() {
     assert!(logs.contains("limit-rate is not supported by Portico yet"));
     drop(servers);
 }
+
+/// `proxy-redirect-from`/`-to` and `proxy-cookie-domain`/`-path`: an application that
+/// names its internal address in redirects and cookies is shown under the public one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstreams_redirects_and_cookies_are_rewritten_to_the_public_names() {
+    let (servers, mut docs) = backends(&["app"]).await;
+    docs.push(
+        ingress("legacy")
+            .path("public.test", "Prefix", "/", "app")
+            .annotation(
+                "nginx.ingress.kubernetes.io/proxy-redirect-from",
+                "http://app.internal:8080/",
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/proxy-redirect-to",
+                "https://public.test/",
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/proxy-cookie-domain",
+                "app.internal public.test",
+            )
+            .annotation("nginx.ingress.kubernetes.io/proxy-cookie-path", "/app/ /")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let reply = portico
+        .client
+        .get(
+            "public.test",
+            "/login?status=302&header=location:http://app.internal:8080/home%3Fx%3D1&header=set-cookie:sid%3D1%3B%20Domain%3Dapp.internal%3B%20Path%3D/app/cart%3B%20HttpOnly",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 302);
+    assert_eq!(
+        reply.header("location"),
+        Some("https://public.test/home?x=1")
+    );
+    assert_eq!(
+        reply.header("set-cookie"),
+        Some("sid=1; Domain=public.test; Path=/cart; HttpOnly")
+    );
+    let other = portico
+        .client
+        .get(
+            "public.test",
+            "/?status=302&header=location:https://elsewhere.test/",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        other.header("location"),
+        Some("https://elsewhere.test/"),
+        "another prefix is left alone"
+    );
+    drop(servers);
+}

@@ -8,6 +8,7 @@ use super::context::RequestCtx;
 use super::{IngressProxy, X_REQUEST_ID};
 use crate::answer::error_pages;
 use crate::answer::pages::{self, error_page, redirect, SERVER};
+use crate::answer::rewrites::rewrite_answer;
 use crate::policy::header_edits::strip_hop_by_hop;
 use crate::routing::request_key::request_host;
 use crate::telemetry::trace_context;
@@ -112,6 +113,9 @@ impl IngressProxy {
             }) {
                 answer.append_header(header::SET_COOKIE, cookie)?;
             }
+        }
+        if let (Made::Upstream, Some(rw)) = (made, route.and_then(|r| r.rewrite.as_deref())) {
+            rewrite_answer(rw, answer)?;
         }
         if let Some(edits) = route.and_then(|r| r.headers.as_deref()) {
             edits.response.apply(answer)?;

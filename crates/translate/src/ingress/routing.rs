@@ -5,7 +5,7 @@
 use super::fragment::{Fragment, FragmentRoute, TlsClaim};
 use crate::annotations::Annotations;
 use crate::diagnostic::{Problem, Problems};
-use portico_model::{HostMatch, Redirect, RequestConditions, Rewrite};
+use portico_model::{HostMatch, PrefixSwap, Redirect, RequestConditions, Rewrite};
 
 /// The rewrites of an Ingress's routes, and whether its Prefix paths are patterns.
 pub(super) struct Rewrites {
@@ -22,6 +22,9 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
         redirect: None,
         upstream_host: problems.take(a.attribute("upstream-vhost")),
         forwarded_prefix: problems.take(a.abs_path("x-forwarded-prefix")),
+        location: location_swap(a, problems),
+        cookie_domain: cookie_swap(a, "proxy-cookie-domain", problems),
+        cookie_path: cookie_swap(a, "proxy-cookie-path", problems),
     };
     // As in ingress-nginx, a temporal redirect wins over a permanent one.
     for (name, code_name, default_code) in [
@@ -49,6 +52,66 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
     Rewrites {
         rewrite: (rw != Rewrite::default()).then_some(rw),
         regex_paths,
+    }
+}
+
+/// Whether `v` can stand in a response header (and in a cookie attribute).
+fn swap_safe(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b > b' ' && b != 0x7f && b != b';')
+}
+
+/// `proxy-redirect-from` and `proxy-redirect-to`, as nginx's `proxy_redirect from to`;
+/// `off` (the default) rewrites nothing.
+fn location_swap(a: &Annotations<'_>, problems: &mut Problems) -> Option<PrefixSwap> {
+    let (key, from) = a.get("proxy-redirect-from")?;
+    let from = from.trim();
+    if from == "off" {
+        return None;
+    }
+    let to = a.get("proxy-redirect-to").map(|(_, v)| v.trim());
+    match to {
+        _ if from == "default" => problems.push(Problem::invalid(format!(
+            "annotation {key}: \"default\" is not supported (Portico's upstreams are addresses, not the URL nginx would name); set the prefix to replace"
+        ))),
+        Some(to) if swap_safe(from) && swap_safe(to) => {
+            return Some(PrefixSwap {
+                from: from.to_string(),
+                to: to.to_string(),
+            })
+        }
+        Some(to) => problems.push(Problem::invalid(format!(
+            "annotation {key}: {from:?} to {to:?} is not a pair of URL prefixes"
+        ))),
+        None => problems.push(Problem::invalid(format!(
+            "annotation {key} needs proxy-redirect-to"
+        ))),
+    }
+    None
+}
+
+/// `proxy-cookie-domain` or `proxy-cookie-path`: `off` (the default), or `FROM TO`.
+fn cookie_swap(a: &Annotations<'_>, name: &str, problems: &mut Problems) -> Option<PrefixSwap> {
+    let (key, value) = a.get(name)?;
+    let value = value.trim();
+    if value == "off" {
+        return None;
+    }
+    let mut words = value.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(from), Some(to), None)
+            if swap_safe(from) && swap_safe(to) && !from.starts_with('~') =>
+        {
+            Some(PrefixSwap {
+                from: from.to_string(),
+                to: to.to_string(),
+            })
+        }
+        _ => {
+            problems.push(Problem::invalid(format!(
+                "annotation {key}: value {value:?} is not \"off\" or \"FROM TO\" (regular expressions are not supported)"
+            )));
+            None
+        }
     }
 }
 
