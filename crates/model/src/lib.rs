@@ -306,6 +306,7 @@ mod tests {
                     })),
                     preserve_trailing_slash: true,
                     no_access_log: false,
+                    response_rate: None,
                 }],
                 client_auth: Some(ClientAuth {
                     ca_pem: "CA".into(),

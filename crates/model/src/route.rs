@@ -106,6 +106,30 @@ pub struct Route {
     /// `enable-access-log: "false"`: the route's requests are not written to the access log.
     #[serde(default)]
     pub no_access_log: bool,
+    /// `limit-rate`: how fast each answer's body is sent.
+    #[serde(default)]
+    pub response_rate: Option<Box<ResponseRate>>,
+}
+
+/// `limit-rate` and `limit-rate-after`, as nginx's `limit_rate` applies them to each
+/// answer: after the first `after_bytes`, at most `bytes_per_second` on average.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRate {
+    pub bytes_per_second: u64,
+    pub after_bytes: u64,
+}
+
+impl ResponseRate {
+    /// How long to wait before sending more, once `sent` bytes (what is about to go
+    /// included) would have gone `elapsed` after the body began.
+    pub fn delay(&self, sent: u64, elapsed: std::time::Duration) -> Option<std::time::Duration> {
+        let limited = sent.saturating_sub(self.after_bytes);
+        if limited == 0 || self.bytes_per_second == 0 {
+            return None;
+        }
+        let due = std::time::Duration::from_secs_f64(limited as f64 / self.bytes_per_second as f64);
+        due.checked_sub(elapsed).filter(|d| !d.is_zero())
+    }
 }
 
 /// Conditions on a request beyond its path; all must hold.
@@ -257,6 +281,7 @@ impl Route {
             error_pages: None,
             preserve_trailing_slash: false,
             no_access_log: false,
+            response_rate: None,
         }
     }
 }
@@ -416,6 +441,30 @@ impl PathMatch {
 mod tests {
     use super::PathMatch;
     use crate::pattern::path_regex;
+
+    #[test]
+    fn a_response_rate_waits_only_past_its_free_bytes_and_its_pace() {
+        use super::ResponseRate;
+        use std::time::Duration;
+        let rate = ResponseRate {
+            bytes_per_second: 1000,
+            after_bytes: 500,
+        };
+        assert_eq!(
+            rate.delay(500, Duration::ZERO),
+            None,
+            "within the free bytes"
+        );
+        assert_eq!(
+            rate.delay(1500, Duration::from_millis(200)),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            rate.delay(1500, Duration::from_secs(2)),
+            None,
+            "behind pace"
+        );
+    }
 
     #[test]
     fn on_a_regex_host_exact_and_prefix_paths_match_their_literal_text_from_the_start() {

@@ -141,8 +141,8 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
         "limit-connections",
         Status::Different("counts requests in progress per client address, HTTP/2 streams included; over it, the limit status"),
     ),
-    ("limit-rate", Status::NotYet("")),
-    ("limit-rate-after", Status::NotYet("")),
+    ("limit-rate", Status::Same),
+    ("limit-rate-after", Status::Same),
     ("limit-rpm", Status::Same),
     (
         "limit-rps",
@@ -345,7 +345,7 @@ mod tests {
         let map: BTreeMap<String, String> = [
             "nginx.ingress.kubernetes.io/rewrite-target",
             "nginx.ingress.kubernetes.io/configuration-snippet",
-            "nginx.ingress.kubernetes.io/limit-rate",
+            "nginx.ingress.kubernetes.io/mirror-target",
             "nginx.ingress.kubernetes.io/auth-tls-secret",
             "nginx.ingress.kubernetes.io/connection-proxy-header",
             "portico.io/health-check-path",
@@ -365,7 +365,7 @@ mod tests {
             .any(|m| m.contains("connection-proxy-header is not supported by Portico yet")));
         assert!(messages
             .iter()
-            .any(|m| m.contains("limit-rate is not supported by Portico yet")));
+            .any(|m| m.contains("mirror-target is not supported by Portico yet")));
         assert!(messages
             .iter()
             .any(|m| m

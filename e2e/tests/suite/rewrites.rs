@@ -240,7 +240,10 @@ async fn redirects_answer_with_their_code_and_target() {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers \"X: y\";",
             )
-            .annotation("nginx.ingress.kubernetes.io/limit-rate", "100")
+            .annotation(
+                "nginx.ingress.kubernetes.io/mirror-target",
+                "http://copy.test/",
+            )
             .build(),
     );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
@@ -281,7 +284,7 @@ async fn redirects_answer_with_their_code_and_target() {
         logs.contains("configuration-snippet is never supported"),
         "{logs}"
     );
-    assert!(logs.contains("limit-rate is not supported by Portico yet"));
+    assert!(logs.contains("mirror-target is not supported by Portico yet"));
     drop(servers);
 }
 

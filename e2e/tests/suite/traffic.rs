@@ -616,3 +616,32 @@ async fn upstream_connections_are_reused_and_closed_once_the_backend_closes_them
     assert_eq!(r.status, 200, "the next request goes on a new connection");
     assert_eq!(connections.load(Ordering::Relaxed), 2);
 }
+
+/// `limit-rate` and `limit-rate-after`: after the free kilobytes, an answer's body goes
+/// no faster than the rate. Only the lower bound is checked: a slow machine only adds.
+#[tokio::test(flavor = "multi_thread")]
+async fn limit_rate_paces_an_answer_after_its_free_bytes() {
+    let (servers, mut docs) = backends(&["files"]).await;
+    docs.push(
+        ingress("slow")
+            .path("slow.test", "Prefix", "/", "files")
+            .annotation("nginx.ingress.kubernetes.io/limit-rate", "32")
+            .annotation("nginx.ingress.kubernetes.io/limit-rate-after", "16")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    let started = std::time::Instant::now();
+    // 80 KiB: 16 free, then 64 at 32 KiB a second.
+    let reply = portico
+        .client
+        .get("slow.test", "/?download=81920")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!((reply.status, reply.body.len()), (200, 81920));
+    assert!(
+        took >= Duration::from_millis(1900),
+        "64 KiB at 32 KiB/s took {took:?}"
+    );
+    drop(servers);
+}

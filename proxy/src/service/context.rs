@@ -67,6 +67,8 @@ pub struct RequestCtx {
     pub(super) upstream_addr: Option<SocketAddr>,
     /// Why Portico answered the request itself, when it refused it.
     pub(super) refusal: Option<Refusal>,
+    /// When the answer's body began and how much of it has gone, for `limit-rate`.
+    pub(super) body_sent: Option<(Instant, u64)>,
 }
 
 /// Lowers the in-flight gauge when the request's context goes.

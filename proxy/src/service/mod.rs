@@ -210,14 +210,22 @@ impl ProxyHttp for IngressProxy {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
             ctx.in_progress = None;
         }
-        Ok(None)
+        let rate = ctx.route().and_then(|r| r.response_rate.clone());
+        Ok(match (body.as_ref(), rate) {
+            (Some(chunk), Some(rate)) => {
+                let (began, sent) = ctx.body_sent.get_or_insert_with(|| (Instant::now(), 0));
+                *sent += chunk.len() as u64;
+                rate.delay(*sent, began.elapsed())
+            }
+            _ => None,
+        })
     }
 
     async fn request_body_filter(

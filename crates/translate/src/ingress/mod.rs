@@ -38,7 +38,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use portico_model::{
     AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit,
-    RequestConditions, Rewrite, Route, SessionAffinity, TrafficPolicy, Upstream,
+    RequestConditions, ResponseRate, Rewrite, Route, SessionAffinity, TrafficPolicy, Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +80,7 @@ struct RoutePolicy {
     preserve_trailing_slash: bool,
     /// `enable-access-log: "false"`.
     no_access_log: bool,
+    response_rate: Option<ResponseRate>,
     /// `from-to-www-redirect`.
     www_redirect: bool,
 }
@@ -105,6 +106,7 @@ impl Default for RoutePolicy {
             error_statuses: None,
             preserve_trailing_slash: false,
             no_access_log: false,
+            response_rate: None,
             www_redirect: false,
         }
     }
@@ -210,6 +212,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.policy.error_statuses = None;
         }
         self.policy.no_access_log = problems.take(a.bool("enable-access-log")) == Some(false);
+        self.policy.response_rate = traffic::response_rate(&a, &mut problems);
         self.policy.preserve_trailing_slash = problems
             .take(a.bool("preserve-trailing-slash"))
             .unwrap_or(false);
@@ -480,6 +483,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     error_pages: self.error_pages(&path.backend).map(Box::new),
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
                     no_access_log: self.policy.no_access_log,
+                    response_rate: self.policy.response_rate.clone().map(Box::new),
                 };
                 routes.push(FragmentRoute {
                     route,

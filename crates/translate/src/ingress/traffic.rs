@@ -6,7 +6,7 @@
 use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{
-    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit,
+    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit, ResponseRate,
     SessionAffinity, SessionCookie, SourceRef, TrafficPolicy, UpstreamProtocol,
 };
 
@@ -106,6 +106,17 @@ pub(super) fn max_body_bytes(a: &Annotations<'_>, problems: &mut Problems) -> Op
         Some(bytes) => (bytes > 0).then_some(bytes),
         None => Some(DEFAULT_MAX_BODY_BYTES),
     }
+}
+
+/// `limit-rate` (KiB a second, `0`: no limit) and `limit-rate-after` (KiB), as ingress-nginx
+/// writes them into nginx's `limit_rate` and `limit_rate_after`.
+pub(super) fn response_rate(a: &Annotations<'_>, problems: &mut Problems) -> Option<ResponseRate> {
+    let kib = problems.take(a.count("limit-rate")).filter(|r| *r > 0)?;
+    let after = problems.take(a.count("limit-rate-after")).unwrap_or(0);
+    Some(ResponseRate {
+        bytes_per_second: u64::from(kib) * 1024,
+        after_bytes: u64::from(after) * 1024,
+    })
 }
 
 /// ingress-nginx's buffer annotations. Portico streams request and response bodies as

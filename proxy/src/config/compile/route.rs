@@ -51,6 +51,7 @@ pub struct CompiledRoute {
     pub error_pages: Option<Box<CompiledErrorPages>>,
     pub preserve_trailing_slash: bool,
     pub no_access_log: bool,
+    pub response_rate: Option<portico_model::ResponseRate>,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -225,6 +226,7 @@ pub(super) fn compile_vhost(
             error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
             no_access_log: route.no_access_log,
+            response_rate: route.response_rate.as_deref().cloned(),
             series: Default::default(),
         });
     }
