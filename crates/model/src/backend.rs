@@ -55,6 +55,10 @@ pub struct TrafficPolicy {
     pub fail_timeout_ms: u64,
     /// Active health checks, opt-in.
     pub health_check: Option<HealthCheck>,
+    /// `service-upstream`: the controller gave the Service's cluster IP and port as the
+    /// one endpoint, so that the cluster (or a service mesh) balances.
+    #[serde(default)]
+    pub service_upstream: bool,
 }
 
 /// Probing each endpoint with `GET path`: a 2xx or 3xx answer is a success. An endpoint
@@ -81,6 +85,7 @@ impl Default for TrafficPolicy {
             max_fails: 3,
             fail_timeout_ms: 10_000,
             health_check: None,
+            service_upstream: false,
         }
     }
 }

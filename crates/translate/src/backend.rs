@@ -145,6 +145,40 @@ pub(crate) fn resolve(
         );
     };
 
+    if policy.service_upstream {
+        let cluster_ip = spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let port = u16::try_from(service_port.port).ok().filter(|p| *p != 0);
+        match (cluster_ip, port) {
+            (Some(address), Some(port)) => {
+                return Resolved {
+                    backend: Arc::new(Backend {
+                        name,
+                        service: service_ref,
+                        endpoints: vec![Endpoint {
+                            address,
+                            port,
+                            ready: true,
+                        }],
+                        upstream: upstream.clone(),
+                        policy: policy.clone(),
+                    }),
+                    problem: None,
+                };
+            }
+            _ => {
+                return unresolved(
+                    Reason::UnsupportedBackend,
+                    format!(
+                        "annotation service-upstream: service {namespace}/{} has no cluster IP (a headless Service has none)",
+                        svc.name
+                    ),
+                )
+            }
+        }
+    }
+
     let mut endpoints = BTreeSet::new();
     for slice in slices.of(namespace, &svc.name) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {

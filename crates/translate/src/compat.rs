@@ -166,7 +166,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("ssl-passthrough", Status::NotYet("")),
     ("satisfy", Status::Same),
     ("server-snippet", Status::Never("as configuration-snippet")),
-    ("service-upstream", Status::NotYet("")),
+    ("service-upstream", Status::Same),
     ("affinity", Status::Same),
     ("affinity-canary-behavior", Status::Same),
     (

@@ -1394,6 +1394,63 @@ fn answer_rewrites_read_nginx_forms_and_report_the_rest() {
 }
 
 #[test]
+fn service_upstream_is_the_cluster_ip_and_a_headless_service_has_none() {
+    let svc = |name: &str, cluster_ip: &str| {
+        KubeObject::Service(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns"},
+                "spec": {"clusterIP": cluster_ip, "ports": [{"port": 80, "targetPort": 8080}]}}))
+            .unwrap(),
+        )
+    };
+    let spec = |host: &str, svc: &str| json!({"ingressClassName": "portico", "rules": [rule(host, "Prefix", "/", svc, json!({"number": 80}))]});
+    let upstream = json!({"nginx.ingress.kubernetes.io/service-upstream": "true"});
+    let objects = vec![
+        ours(),
+        svc("mesh", "10.96.0.10"),
+        svc("headless", "None"),
+        annotated(
+            "ns",
+            "a",
+            "2024-01-01T00:00:00Z",
+            upstream.clone(),
+            spec("a.test", "mesh"),
+        ),
+        annotated(
+            "ns",
+            "b",
+            "2024-01-02T00:00:00Z",
+            upstream,
+            spec("b.test", "headless"),
+        ),
+    ];
+    let t = run(objects);
+    let backend = |host: &str| {
+        let name = first_route(&t, host).backend;
+        t.snapshot
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
+            .unwrap()
+    };
+    let endpoints: Vec<String> = backend("a.test")
+        .endpoints
+        .iter()
+        .map(|e| format!("{}:{}", e.address, e.port))
+        .collect();
+    assert_eq!(
+        endpoints,
+        ["10.96.0.10:80"],
+        "the Service's port, not the target port"
+    );
+    assert!(backend("b.test").endpoints.is_empty());
+    assert!(t
+        .diagnostics
+        .iter()
+        .any(|d| d.object.name == "b" && d.message.contains("has no cluster IP")));
+}
+
+#[test]
 fn buffer_annotations_are_accepted_and_their_values_checked() {
     let mut objects = vec![ours()];
     objects.extend(backends_of("ns", "main"));

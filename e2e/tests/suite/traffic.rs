@@ -645,3 +645,34 @@ async fn limit_rate_paces_an_answer_after_its_free_bytes() {
     );
     drop(servers);
 }
+
+/// `service-upstream`: the request goes to the Service's cluster IP and port (where a
+/// service mesh or kube-proxy balances), not to the endpoints of its EndpointSlices.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_upstream_sends_to_the_cluster_ip_instead_of_the_endpoints() {
+    let servers = echo_servers(&["cluster-ip", "endpoint"]).await;
+    let (cluster_ip, endpoint) = (servers[0].addr, servers[1].addr);
+    let mut docs = service_with_endpoints("mesh", &[endpoint]);
+    // The Service's own port is the one the cluster IP answers on.
+    docs[0]["spec"]["clusterIP"] = serde_json::json!(cluster_ip.ip().to_string());
+    docs[0]["spec"]["ports"][0]["port"] = serde_json::json!(cluster_ip.port());
+    let mut direct = ingress("direct")
+        .path("direct.test", "Prefix", "/", "mesh")
+        .build();
+    let mut meshed = ingress("meshed")
+        .path("meshed.test", "Prefix", "/", "mesh")
+        .annotation("nginx.ingress.kubernetes.io/service-upstream", "true")
+        .build();
+    for ing in [&mut direct, &mut meshed] {
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"] =
+            serde_json::json!(cluster_ip.port());
+    }
+    docs.extend([direct, meshed]);
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for _ in 0..5 {
+        let meshed = portico.client.get("meshed.test", "/").await.unwrap();
+        assert_eq!(meshed.answered_by(), "cluster-ip");
+        let direct = portico.client.get("direct.test", "/").await.unwrap();
+        assert_eq!(direct.answered_by(), "endpoint");
+    }
+}

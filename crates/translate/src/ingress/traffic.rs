@@ -65,6 +65,7 @@ pub(super) fn traffic(
     if let Some(n) = problems.take(a.count("upstream-max-fails")) {
         t.max_fails = n;
     }
+    t.service_upstream = problems.take(a.bool("service-upstream")).unwrap_or(false);
     t.health_check = health_check(a, problems);
     if t.health_check.is_some() && protocol.is_http2() {
         let msg = format!(
