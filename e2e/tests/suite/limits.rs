@@ -154,6 +154,10 @@ async fn cors_preflights_are_answered_and_allowed_origins_can_read_every_answer(
         ),
     ];
     docs.push(site("api", &cors));
+    docs.push(site(
+        "open",
+        &[("nginx.ingress.kubernetes.io/enable-cors", "true")],
+    ));
     let mut locked = cors.to_vec();
     locked.extend([
         ("nginx.ingress.kubernetes.io/limit-rpm", "1"),
@@ -277,6 +281,13 @@ async fn cors_preflights_are_answered_and_allowed_origins_can_read_every_answer(
     assert_eq!(
         limited.header("access-control-allow-origin"),
         Some("https://app.example.com")
+    );
+
+    // With the default origin `*`, every answer says so, even to a request without Origin.
+    let r = client.get("open.test", "/").await.unwrap();
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, Some("*"))
     );
     drop(servers);
 }

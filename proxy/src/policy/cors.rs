@@ -101,10 +101,11 @@ impl CompiledCors {
     /// The `Access-Control-Allow-Origin` for this request, when it comes from an
     /// allowed origin.
     pub fn allowed_origin(&self, req: &RequestHeader) -> Option<HeaderValue> {
-        let origin = req.headers.get(header::ORIGIN)?;
+        // As in ingress-nginx, `*` answers every request, with an `Origin` or without.
         if self.any_origin {
             return Some(HeaderValue::from_static("*"));
         }
+        let origin = req.headers.get(header::ORIGIN)?;
         let text = origin.to_str().ok()?;
         self.origins
             .iter()
