@@ -138,6 +138,10 @@ pub struct ExternalAuth {
     pub always_set_cookie: bool,
     pub cache: Option<AuthCache>,
     pub timeout_ms: u64,
+    /// How long an idle connection to the auth service is kept for the next request
+    /// (`auth-keepalive-timeout`); `None` closes each after its answer (`auth-keepalive: 0`).
+    #[serde(default)]
+    pub keepalive_ms: Option<u64>,
 }
 
 /// `auth-cache-key` and `auth-cache-duration`.

@@ -300,9 +300,11 @@ impl ExternalAuthCheck {
                 return Ok((status, headers));
             }
         }
-        connector
-            .release_http_session(session, &peer, Some(Duration::from_secs(60)))
-            .await;
+        if let Some(idle_ms) = self.spec.keepalive_ms {
+            connector
+                .release_http_session(session, &peer, Some(Duration::from_millis(idle_ms)))
+                .await;
+        }
         Ok((status, headers))
     }
 

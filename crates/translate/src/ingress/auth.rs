@@ -21,6 +21,8 @@ const DEFAULT_CLIENT_VERIFY_DEPTH: u32 = 1;
 const JWKS_KEY: &str = "jwks.json";
 /// The signature algorithms a JWT may use; the default is all of them.
 const JWT_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
+/// How long an idle connection to the auth service is kept (`auth-keepalive-timeout`).
+const AUTH_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
 /// How long the auth service has to answer before the request gets a 500.
 const EXTERNAL_AUTH_TIMEOUT_MS: u64 = 5_000;
 /// The realm a basic-auth challenge names when `auth-realm` does not.
@@ -179,7 +181,23 @@ pub(super) fn external(
         always_set_cookie,
         cache,
         timeout_ms: EXTERNAL_AUTH_TIMEOUT_MS,
+        keepalive_ms: auth_keepalive(a, problems),
     }))
+}
+
+/// `auth-keepalive` (`0` closes each connection to the auth service after its answer)
+/// and `auth-keepalive-timeout` (seconds an idle one is kept, 60 by default, as in
+/// ingress-nginx). Connections are pooled unless `auth-keepalive` is `0`.
+/// `auth-keepalive-requests` and `auth-keepalive-share-vars` are checked and accepted: the
+/// pool is the proxy's, shared by every route, and nginx's variables do not exist here.
+fn auth_keepalive(a: &Annotations<'_>, problems: &mut Problems) -> Option<u64> {
+    let connections = problems.take(a.count("auth-keepalive"));
+    let timeout_ms = problems
+        .take(a.duration_ms("auth-keepalive-timeout", false))
+        .unwrap_or(AUTH_KEEPALIVE_TIMEOUT_MS);
+    problems.take(a.count("auth-keepalive-requests"));
+    problems.take(a.bool("auth-keepalive-share-vars"));
+    (connections != Some(0)).then_some(timeout_ms)
 }
 
 /// Refuses an `auth-url` whose host part a client could choose: the auth request

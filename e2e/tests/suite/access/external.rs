@@ -15,17 +15,30 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>;
 /// admits as alice (with a cookie), `Bearer forbidden` is 403, `Bearer broken` is 502,
 /// `Bearer slow` never answers in time; anything else is 401 with a Bearer challenge.
 async fn auth_service() -> (std::net::SocketAddr, Seen) {
+    let (addr, seen, _) = counted_auth_service().await;
+    (addr, seen)
+}
+
+/// [`auth_service`], also counting the connections it accepted.
+async fn counted_auth_service() -> (
+    std::net::SocketAddr,
+    Seen,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Default::default();
     let record = seen.clone();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let record = record.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -69,7 +82,7 @@ async fn auth_service() -> (std::net::SocketAddr, Seen) {
             });
         }
     });
-    (addr, seen)
+    (addr, seen, connections)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,6 +329,51 @@ async fn oauth2_proxy_urls_are_rendered_with_the_requests_variables() {
         signin.header("location"),
         Some("https://localhost/oauth2/start?rd=%2Fpage%3Fq%3D1"),
         "the variables are rendered, never sent as text"
+    );
+    drop(servers);
+}
+
+/// Connections to the auth service are kept for the next request, unless
+/// `auth-keepalive: "0"` asks for one connection per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_keepalive_zero_closes_each_connection_to_the_auth_service() {
+    use std::sync::atomic::Ordering;
+    let (servers, mut docs) = backends(&["web"]).await;
+    let (pooled_auth, _, pooled) = counted_auth_service().await;
+    let (closing_auth, _, closing) = counted_auth_service().await;
+    docs.push(site(
+        "pooled",
+        &[(
+            "nginx.ingress.kubernetes.io/auth-url",
+            &format!("http://{pooled_auth}/check"),
+        )],
+    ));
+    docs.push(site(
+        "closing",
+        &[
+            (
+                "nginx.ingress.kubernetes.io/auth-url",
+                &format!("http://{closing_auth}/check"),
+            ),
+            ("nginx.ingress.kubernetes.io/auth-keepalive", "0"),
+        ],
+    ));
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for host in ["pooled.test", "closing.test"] {
+        for _ in 0..4 {
+            let r = portico
+                .client
+                .request("GET", host, "/", &[("authorization", "Bearer good")])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert_eq!(pooled.load(Ordering::Relaxed), 1, "one connection, reused");
+    assert_eq!(
+        closing.load(Ordering::Relaxed),
+        4,
+        "one connection a request"
     );
     drop(servers);
 }
