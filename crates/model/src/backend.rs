@@ -159,6 +159,9 @@ pub struct Upstream {
     /// SNI and the name verified; `None` sends no SNI.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// `proxy-http-version: "1.0"`: requests go upstream as HTTP/1.0.
+    #[serde(default)]
+    pub http10: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -113,7 +113,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("proxy-connect-timeout", Status::Same),
     ("proxy-cookie-domain", Status::Different("`off` or `FROM TO`; no regular expressions")),
     ("proxy-cookie-path", Status::Different("`off` or `FROM TO` (a path prefix); no regular expressions")),
-    ("proxy-http-version", Status::NotYet("the protocol follows `backend-protocol`")),
+    ("proxy-http-version", Status::Same),
     ("proxy-max-temp-file-size", Status::Different("accepted and checked; nothing is spooled to disk")),
     (
         "proxy-next-upstream",

@@ -676,3 +676,30 @@ async fn service_upstream_sends_to_the_cluster_ip_instead_of_the_endpoints() {
         assert_eq!(direct.answered_by(), "endpoint");
     }
 }
+
+/// `proxy-http-version: "1.0"`: an old backend is spoken to in HTTP/1.0, one request a
+/// connection after another; other Ingresses of the same Service keep HTTP/1.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_http_version_1_0_speaks_http_1_0_upstream() {
+    let (servers, mut docs) = backends(&["old"]).await;
+    docs.push(
+        ingress("old")
+            .path("old.test", "Prefix", "/", "old")
+            .annotation("nginx.ingress.kubernetes.io/proxy-http-version", "1.0")
+            .build(),
+    );
+    docs.push(
+        ingress("new")
+            .path("new.test", "Prefix", "/", "old")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for _ in 0..3 {
+        let old = portico.client.get("old.test", "/").await.unwrap();
+        assert_eq!(old.status, 200);
+        assert_eq!(old.echo().unwrap().version, "HTTP/1.0");
+        let new = portico.client.get("new.test", "/").await.unwrap();
+        assert_eq!(new.echo().unwrap().version, "HTTP/1.1");
+    }
+    drop(servers);
+}

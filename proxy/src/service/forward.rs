@@ -158,6 +158,9 @@ impl IngressProxy {
                 }
             }
         }
+        if ctx.pool().is_some_and(|p| p.upstream.http10) {
+            upstream.set_version(http::Version::HTTP_10);
+        }
         if !keep(upstream, &X_FORWARDED_PORT) {
             if let Some(port) = super::server_port(session) {
                 upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;

@@ -23,6 +23,8 @@ pub struct UpstreamSettings {
     /// protocol; without this, a connection verified against one CA (or opened as h2c)
     /// would be reused for a backend that asked for another.
     pool_key: u64,
+    /// `proxy-http-version: "1.0"`.
+    pub http10: bool,
 }
 
 impl UpstreamSettings {
@@ -56,6 +58,7 @@ impl UpstreamSettings {
         };
         Ok(UpstreamSettings {
             pool_key,
+            http10: u.http10,
             tls: u.protocol.uses_tls(),
             alpn,
             verify: u.verify,

@@ -26,6 +26,15 @@ pub(super) fn upstream(
         protocol,
         ..Upstream::default()
     };
+    match a.get("proxy-http-version") {
+        None => {}
+        Some((_, v)) if v.trim() == "1.1" => {}
+        Some((_, v)) if v.trim() == "1.0" && !protocol.is_http2() => upstream.http10 = true,
+        Some((key, v)) => problems.push(Problem::invalid(format!(
+            "annotation {key}: value {v:?} is not \"1.0\" or \"1.1\" for a {} backend; HTTP/1.1 is used",
+            protocol.as_str()
+        ))),
+    }
     let mut server_name_from_service = false;
     if protocol.uses_tls() {
         upstream.verify = problems.take(a.on_off("proxy-ssl-verify")).unwrap_or(false);
