@@ -331,6 +331,7 @@ mod tests {
                     verify: true,
                     ca_pem: None,
                     server_name: Some("svc.ns.svc".into()),
+                    http10: false,
                 },
                 policy: TrafficPolicy {
                     balance: Balance::ConsistentHash(Template::parse("$remote_addr").unwrap()),
