@@ -92,7 +92,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("auth-url", Status::Different("variables in the host part only `$host`, `$http_host`, `$server_port`, and `$host` only when every rule names a host (record 0016); a URL that does not parse makes the routes answer 503")),
     ("fastcgi-index", Status::NotYet("FastCGI backends are not supported")),
     ("fastcgi-params-configmap", Status::NotYet("FastCGI backends are not supported")),
-    ("http2-push-preload", Status::NotYet("browsers dropped HTTP/2 push")),
+    ("http2-push-preload", Status::Never("browsers no longer accept HTTP/2 server push (Chrome removed it in 2022, Firefox in 2024); a `Link: rel=preload` header from the backend still reaches them")),
     ("load-balance", Status::Same),
     ("enable-access-log", Status::Same),
     ("enable-rewrite-log", Status::NotYet("")),
