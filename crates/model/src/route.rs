@@ -235,6 +235,10 @@ pub struct Rewrite {
     /// `proxy-cookie-path`: the `Path` of the upstream's cookies rewritten.
     #[serde(default)]
     pub cookie_path: Option<PrefixSwap>,
+    /// `enable-rewrite-log`: each rewrite of `target` is logged (info, target
+    /// `portico::rewrite`), as nginx's `rewrite_log` writes notices.
+    #[serde(default)]
+    pub log: bool,
 }
 
 /// Text that starts with `from` has that start replaced by `to` (for a cookie's domain,

@@ -95,7 +95,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("http2-push-preload", Status::Never("browsers no longer accept HTTP/2 server push (Chrome removed it in 2022, Firefox in 2024); a `Link: rel=preload` header from the backend still reaches them")),
     ("load-balance", Status::Same),
     ("enable-access-log", Status::Same),
-    ("enable-rewrite-log", Status::NotYet("")),
+    ("enable-rewrite-log", Status::Different("each `rewrite-target` rewrite is logged at info level (target `portico::rewrite`) with the host and both paths")),
     ("mirror-host", Status::NotYet("")),
     ("mirror-request-body", Status::NotYet("")),
     ("mirror-target", Status::NotYet("")),

@@ -21,6 +21,7 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
                 "/something",
             )
             .annotation("nginx.ingress.kubernetes.io/upstream-vhost", "internal.api")
+            .annotation("nginx.ingress.kubernetes.io/enable-rewrite-log", "true")
             .annotation(
                 "nginx.ingress.kubernetes.io/server-alias",
                 "alias.test, *.aliases.test",
@@ -55,6 +56,21 @@ async fn rewrite_targets_fill_capture_groups_and_regex_routes_come_in_ingress_ng
         "the second capture group, query kept"
     );
     assert_eq!(echo.host, "internal.api", "upstream-vhost");
+    // enable-rewrite-log: the rewrite is written to the proxy's log.
+    portico
+        .wait_until("the rewrite's log line", |p| async move {
+            p.logs().contains("portico::rewrite")
+        })
+        .await;
+    let logs = portico.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("portico::rewrite"))
+        .unwrap();
+    assert!(
+        line.contains("/something/new/path") && line.contains("/new/path?a=1"),
+        "{line}"
+    );
     assert_eq!(
         echo.headers.get("x-forwarded-prefix").map(String::as_str),
         Some("/something")

@@ -159,9 +159,9 @@ impl IngressProxy {
             ctx.refusal = Some(Refusal::BodyTooLarge);
             return Some(Answer::page(413));
         }
-        if let Some(target) = route
+        if let Some((target, log)) = route
             .and_then(|r| r.rewrite.as_deref())
-            .and_then(|r| r.target.as_deref())
+            .and_then(|r| Some((r.target.as_deref()?, r.log)))
         {
             let captures = route
                 .and_then(|r| r.path_regex.as_ref())
@@ -172,7 +172,18 @@ impl IngressProxy {
                 req.uri.query(),
                 self.allow_encoded_slashes,
             ) {
-                Ok(path_and_query) => ctx.upstream_path = Some(path_and_query),
+                Ok(path_and_query) => {
+                    if log {
+                        tracing::info!(
+                            target: "portico::rewrite",
+                            host = request_host(req),
+                            from = req.uri.path(),
+                            to = path_and_query.as_str(),
+                            "rewrite"
+                        );
+                    }
+                    ctx.upstream_path = Some(path_and_query);
+                }
                 Err(why) => {
                     tracing::debug!(?why, target, "rewritten path refused");
                     ctx.refusal = Some(Refusal::BadRequest);

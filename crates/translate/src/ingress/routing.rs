@@ -25,7 +25,12 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
         location: location_swap(a, problems),
         cookie_domain: cookie_swap(a, "proxy-cookie-domain", problems),
         cookie_path: cookie_swap(a, "proxy-cookie-path", problems),
+        log: false,
     };
+    // Only a rewrite has something to log; alone, the switch would make an empty rewrite.
+    if rw.target.is_some() {
+        rw.log = problems.take(a.bool("enable-rewrite-log")).unwrap_or(false);
+    }
     // As in ingress-nginx, a temporal redirect wins over a permanent one.
     for (name, code_name, default_code) in [
         ("temporal-redirect", "temporal-redirect-code", 302),
