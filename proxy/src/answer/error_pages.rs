@@ -3,7 +3,7 @@
 //! (`X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`,
 //! `X-Service-Name`, `X-Service-Port`). Its answer, status included, goes to the client.
 
-use crate::config::compile::CompiledErrorPages;
+use crate::config::compile::{CompiledErrorPages, OriginHeaders};
 use crate::upstream::fetch::{self, text};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -23,6 +23,27 @@ const PASSED: &[header::HeaderName] = &[
     header::CONTENT_LANGUAGE,
     header::SET_COOKIE,
 ];
+
+/// ingress-nginx's custom-error headers on a request to an error or default backend:
+/// `X-Code`, `X-Format` (the client's `Accept`), `X-Original-URI`, and where the original
+/// request was going (`origin`).
+pub fn tell_what_went_wrong(
+    req: &mut RequestHeader,
+    status: u16,
+    original: &RequestHeader,
+    origin: &OriginHeaders,
+) -> pingora::Result<()> {
+    req.insert_header("x-code", status)?;
+    if let Some(accept) = original.headers.get(header::ACCEPT) {
+        req.insert_header("x-format", accept.clone())?;
+    }
+    let uri = original.uri.path_and_query().map_or("/", |p| p.as_str());
+    req.insert_header("x-original-uri", uri)?;
+    for (name, value) in origin {
+        req.insert_header(*name, value.clone())?;
+    }
+    Ok(())
+}
 
 /// Asks the error backend for the page of `status`. `None` when it has no endpoint, fails
 /// or takes too long: the caller keeps the upstream's answer.
@@ -48,16 +69,7 @@ pub async fn fetch(
         let value = |v: &str| HeaderValue::from_str(v).map_err(text);
         req.insert_header(header::HOST, value(host)?)
             .map_err(text)?;
-        req.insert_header("x-code", status).map_err(text)?;
-        if let Some(accept) = original.headers.get(header::ACCEPT) {
-            req.insert_header("x-format", accept.clone())
-                .map_err(text)?;
-        }
-        req.insert_header("x-original-uri", value(uri)?)
-            .map_err(text)?;
-        for (name, value) in &pages.headers {
-            req.insert_header(*name, value.clone()).map_err(text)?;
-        }
+        tell_what_went_wrong(&mut req, status, original, &pages.headers).map_err(text)?;
         if let Some(id) = original.headers.get("x-request-id") {
             req.insert_header("x-request-id", id.clone())
                 .map_err(text)?;

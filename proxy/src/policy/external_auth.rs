@@ -4,7 +4,7 @@
 //! (a 401 as a redirect to `auth-signin` when set); anything else, or no answer in time,
 //! is a 500. Answers may be cached by a key built from the request.
 
-use crate::routing::request_key::{render, RequestFacts};
+use crate::routing::request_key::{render, request_host, RequestFacts};
 use crate::upstream::fetch::text;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
@@ -54,7 +54,6 @@ pub enum AuthAnswer {
 /// What the proxy knows of the request that the auth service is told.
 pub struct OriginalRequest<'r> {
     pub facts: RequestFacts<'r>,
-    pub host: &'r str,
 }
 
 impl OriginalRequest<'_> {
@@ -63,13 +62,18 @@ impl OriginalRequest<'_> {
         let scheme = if self.facts.https { "https" } else { "http" };
         format!(
             "{scheme}://{}{}",
-            self.host,
+            self.host(),
             self.facts
                 .req
                 .uri
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
         )
+    }
+
+    /// The host the client asked for, port included (`$http_host`).
+    fn host(&self) -> &str {
+        request_host(self.facts.req)
     }
 
     fn render(&self, template: &Template) -> Vec<u8> {
@@ -262,7 +266,7 @@ impl ExternalAuthCheck {
         };
         req.insert_header("x-auth-request-redirect", redirect)
             .map_err(text)?;
-        req.insert_header("x-forwarded-host", value(original.host.to_string())?)
+        req.insert_header("x-forwarded-host", value(original.host().to_string())?)
             .map_err(text)?;
         req.insert_header(
             "x-forwarded-proto",

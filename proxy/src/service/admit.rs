@@ -34,6 +34,18 @@ fn redirect_host(authority: &str) -> Option<&str> {
     (!host.is_empty() && host.len() <= 255 && host.bytes().all(allowed)).then_some(host)
 }
 
+/// The whole authority (`$http_host`), if its host passes [`redirect_host`] and what
+/// follows it is a port or nothing.
+fn redirect_authority(authority: &str) -> Option<&str> {
+    let host = redirect_host(authority)?;
+    let port = &authority[host.len()..];
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok.then_some(authority)
+}
+
 /// `https://host[:port]/path?query` for a plain-HTTP request to `host`. Like
 /// ingress-nginx, it drops a trailing slash unless `keep_slash`
 /// (`preserve-trailing-slash`); port 443 is left out of the URL. `None` when the host is
@@ -274,15 +286,9 @@ impl IngressProxy {
             }
             // Absolute, as ingress-nginx writes it: `$scheme://$http_host<app-root>`.
             (None, Some(root)) if req.uri.path() == "/" => {
-                let authority = request_host(req);
-                let Some(host) = redirect_host(authority) else {
+                let Some(authority) = redirect_authority(request_host(req)) else {
                     return Some(Answer::page(400));
                 };
-                // What follows the host (a prefix of the authority) is `:port` or nothing.
-                let port = &authority[host.len()..];
-                if !port.is_empty() && port[1..].bytes().any(|b| !b.is_ascii_digit()) {
-                    return Some(Answer::page(400));
-                }
                 let scheme = if ctx.https { "https" } else { "http" };
                 (302, format!("{scheme}://{authority}{root}"))
             }
@@ -350,7 +356,6 @@ impl IngressProxy {
                         https: ctx.https,
                         server_port: super::server_port(session),
                     },
-                    host: request_host(req),
                 };
                 match external.ask(&self.auth_connector, &original).await {
                     AuthAnswer::Allow {

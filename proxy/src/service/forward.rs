@@ -8,6 +8,7 @@ use super::{
     IngressProxy, TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
     X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
+use crate::answer::error_pages::tell_what_went_wrong;
 use crate::config::compile::Side;
 use crate::telemetry::trace_context::{self, TraceContext};
 use http::header::{self, HeaderValue};
@@ -131,23 +132,7 @@ impl IngressProxy {
             ctx.routed.side,
             route.and_then(|r| r.fallback_headers.as_deref()),
         ) {
-            let original_uri = session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
-            upstream.insert_header("x-code", "503")?;
-            if let Some(accept) = session.req_header().headers.get(header::ACCEPT) {
-                upstream.insert_header("x-format", accept.clone())?;
-            }
-            upstream.insert_header(
-                "x-original-uri",
-                HeaderValue::from_str(original_uri)
-                    .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
-            )?;
-            for (name, value) in origin {
-                upstream.insert_header(*name, value.clone())?;
-            }
+            tell_what_went_wrong(upstream, 503, session.req_header(), origin)?;
         }
         // What the auth service vouched for replaces whatever the client sent.
         for (name, value) in &ctx.auth_headers {

@@ -11,7 +11,7 @@ mod pool;
 mod route;
 
 pub use pool::BackendPool;
-pub use route::{CompiledErrorPages, CompiledRoute};
+pub use route::{CompiledErrorPages, CompiledRoute, OriginHeaders};
 
 use pool::compile_pools;
 use route::{compile_vhost, CompiledVhost, Limiters};
