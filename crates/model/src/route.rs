@@ -113,7 +113,7 @@ pub struct Route {
 
 /// `limit-rate` and `limit-rate-after`, as nginx's `limit_rate` applies them to each
 /// answer: after the first `after_bytes`, at most `bytes_per_second` on average.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseRate {
     pub bytes_per_second: u64,
     pub after_bytes: u64,
@@ -247,6 +247,15 @@ pub struct Rewrite {
 pub struct PrefixSwap {
     pub from: String,
     pub to: String,
+}
+
+impl PrefixSwap {
+    /// Both sides are non-empty and fit in a header and a cookie attribute: no spaces,
+    /// control characters or `;`.
+    pub fn is_usable(&self) -> bool {
+        let fits = |v: &str| !v.is_empty() && v.bytes().all(|b| b > b' ' && b != 0x7f && b != b';');
+        fits(&self.from) && fits(&self.to)
+    }
 }
 
 /// A redirect answered by the proxy. The target may use `$scheme`, `$host` and `$request_uri`.

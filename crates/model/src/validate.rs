@@ -168,8 +168,7 @@ fn validate_rewrite(r: &crate::Rewrite) -> Result<(), String> {
         .into_iter()
         .flatten()
     {
-        let cookie_safe = |v: &str| v.bytes().all(|b| b > b' ' && b != 0x7f && b != b';');
-        if swap.from.is_empty() || !cookie_safe(&swap.from) || !cookie_safe(&swap.to) {
+        if !swap.is_usable() {
             return Err(format!(
                 "answer rewrite {:?} to {:?} is empty or holds spaces, control characters or ';'",
                 swap.from, swap.to

@@ -148,42 +148,54 @@ pub(crate) fn resolve(
         );
     };
 
-    if policy.service_upstream {
+    let endpoints = if policy.service_upstream {
         let cluster_ip = spec
             .and_then(|s| s.cluster_ip.as_deref())
             .and_then(|ip| ip.parse::<IpAddr>().ok());
         let port = u16::try_from(service_port.port).ok().filter(|p| *p != 0);
-        match (cluster_ip, port) {
-            (Some(address), Some(port)) => {
-                return Resolved {
-                    backend: Arc::new(Backend {
-                        name,
-                        service: service_ref,
-                        endpoints: vec![Endpoint {
-                            address,
-                            port,
-                            ready: true,
-                        }],
-                        upstream: upstream.clone(),
-                        policy: policy.clone(),
-                    }),
-                    problem: None,
-                };
-            }
-            _ => {
-                return unresolved(
-                    Reason::UnsupportedBackend,
-                    format!(
-                        "annotation service-upstream: service {namespace}/{} has no cluster IP (a headless Service has none)",
-                        svc.name
-                    ),
-                )
-            }
-        }
+        let (Some(address), Some(port)) = (cluster_ip, port) else {
+            return unresolved(
+                Reason::UnsupportedBackend,
+                format!(
+                    "annotation service-upstream: service {namespace}/{} has no cluster IP (a headless Service has none)",
+                    svc.name
+                ),
+            );
+        };
+        vec![Endpoint {
+            address,
+            port,
+            ready: true,
+        }]
+    } else {
+        slice_endpoints(slices.of(namespace, &svc.name), service_port)
+    };
+    let problem = (!endpoints.iter().any(|e| e.ready)).then(|| {
+        (
+            Reason::NoReadyEndpoints,
+            format!(
+                "service {namespace}/{} port {:?} has no ready endpoints",
+                svc.name,
+                port_text(svc.port.as_ref())
+            ),
+        )
+    });
+    Resolved {
+        backend: Arc::new(Backend {
+            name,
+            service: service_ref,
+            endpoints,
+            upstream: upstream.clone(),
+            policy: policy.clone(),
+        }),
+        problem,
     }
+}
 
+/// The endpoints the EndpointSlices give for `service_port`, ready or not, in order.
+fn slice_endpoints(slices: &[&Arc<EndpointSlice>], service_port: &ServicePort) -> Vec<Endpoint> {
     let mut endpoints = BTreeSet::new();
-    for slice in slices.of(namespace, &svc.name) {
+    for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
@@ -210,27 +222,7 @@ pub(crate) fn resolve(
             }
         }
     }
-    let endpoints: Vec<Endpoint> = endpoints.into_iter().collect();
-    let problem = (!endpoints.iter().any(|e| e.ready)).then(|| {
-        (
-            Reason::NoReadyEndpoints,
-            format!(
-                "service {namespace}/{} port {:?} has no ready endpoints",
-                svc.name,
-                port_text(svc.port.as_ref())
-            ),
-        )
-    });
-    Resolved {
-        backend: Arc::new(Backend {
-            name,
-            service: service_ref,
-            endpoints,
-            upstream: upstream.clone(),
-            policy: policy.clone(),
-        }),
-        problem,
-    }
+    endpoints.into_iter().collect()
 }
 
 /// A Service as a plain HTTP backend on its first port (`--default-backend-service`).

@@ -395,17 +395,15 @@ impl<'f> RouteTable<'f> {
                     }
                     // The canary takes its primary's affinity, as in ingress-nginx (its own
                     // when the primary has none); a legacy canary pins nobody.
-                    let affinity = template.sticky.then(|| {
-                        host_routes.routes[index]
-                            .route
-                            .affinity
-                            .as_deref()
-                            .or(r.route.affinity.as_deref())
-                            .cloned()
-                    });
+                    let affinity = host_routes.routes[index]
+                        .route
+                        .affinity
+                        .as_deref()
+                        .or(r.route.affinity.as_deref())
+                        .filter(|_| template.sticky);
                     let canary = Canary {
                         backend: r.route.backend.clone(),
-                        affinity: affinity.flatten(),
+                        affinity: affinity.cloned(),
                         ..template.clone()
                     };
                     host_routes.canaries.insert(index, canary);

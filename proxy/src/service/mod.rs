@@ -217,7 +217,7 @@ impl ProxyHttp for IngressProxy {
         if end_of_stream {
             ctx.in_progress = None;
         }
-        let rate = ctx.route().and_then(|r| r.response_rate.clone());
+        let rate = ctx.route().and_then(|r| r.response_rate);
         Ok(match (body.as_ref(), rate) {
             (Some(chunk), Some(rate)) => {
                 let (began, sent) = ctx.body_sent.get_or_insert_with(|| (Instant::now(), 0));

@@ -483,7 +483,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     error_pages: self.error_pages(&path.backend).map(Box::new),
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
                     no_access_log: self.policy.no_access_log,
-                    response_rate: self.policy.response_rate.clone().map(Box::new),
+                    response_rate: self.policy.response_rate.map(Box::new),
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -60,11 +60,6 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
     }
 }
 
-/// Whether `v` can stand in a response header (and in a cookie attribute).
-fn swap_safe(v: &str) -> bool {
-    !v.is_empty() && v.bytes().all(|b| b > b' ' && b != 0x7f && b != b';')
-}
-
 /// `proxy-redirect-from` and `proxy-redirect-to`, as nginx's `proxy_redirect from to`;
 /// `off` (the default) rewrites nothing.
 fn location_swap(a: &Annotations<'_>, problems: &mut Problems) -> Option<PrefixSwap> {
@@ -73,18 +68,16 @@ fn location_swap(a: &Annotations<'_>, problems: &mut Problems) -> Option<PrefixS
     if from == "off" {
         return None;
     }
-    let to = a.get("proxy-redirect-to").map(|(_, v)| v.trim());
-    match to {
+    let swap = a.get("proxy-redirect-to").map(|(_, to)| PrefixSwap {
+        from: from.to_string(),
+        to: to.trim().to_string(),
+    });
+    match swap {
         _ if from == "default" => problems.push(Problem::invalid(format!(
             "annotation {key}: \"default\" is not supported (Portico's upstreams are addresses, not the URL nginx would name); set the prefix to replace"
         ))),
-        Some(to) if swap_safe(from) && swap_safe(to) => {
-            return Some(PrefixSwap {
-                from: from.to_string(),
-                to: to.to_string(),
-            })
-        }
-        Some(to) => problems.push(Problem::invalid(format!(
+        Some(swap) if swap.is_usable() => return Some(swap),
+        Some(PrefixSwap { to, .. }) => problems.push(Problem::invalid(format!(
             "annotation {key}: {from:?} to {to:?} is not a pair of URL prefixes"
         ))),
         None => problems.push(Problem::invalid(format!(
@@ -102,16 +95,16 @@ fn cookie_swap(a: &Annotations<'_>, name: &str, problems: &mut Problems) -> Opti
         return None;
     }
     let mut words = value.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(from), Some(to), None)
-            if swap_safe(from) && swap_safe(to) && !from.starts_with('~') =>
-        {
-            Some(PrefixSwap {
-                from: from.to_string(),
-                to: to.to_string(),
-            })
-        }
-        _ => {
+    let swap = match (words.next(), words.next(), words.next()) {
+        (Some(from), Some(to), None) if !from.starts_with('~') => Some(PrefixSwap {
+            from: from.to_string(),
+            to: to.to_string(),
+        }),
+        _ => None,
+    };
+    match swap.filter(PrefixSwap::is_usable) {
+        Some(swap) => Some(swap),
+        None => {
             problems.push(Problem::invalid(format!(
                 "annotation {key}: value {value:?} is not \"off\" or \"FROM TO\" (regular expressions are not supported)"
             )));

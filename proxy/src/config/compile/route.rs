@@ -226,7 +226,7 @@ pub(super) fn compile_vhost(
             error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
             no_access_log: route.no_access_log,
-            response_rate: route.response_rate.as_deref().cloned(),
+            response_rate: route.response_rate.as_deref().copied(),
             series: Default::default(),
         });
     }
