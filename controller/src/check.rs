@@ -22,6 +22,7 @@ fn is_error(reason: Reason) -> bool {
             | Reason::CertificateExpired
             | Reason::CanaryWithoutPrimary
             | Reason::UnsupportedAnnotation
+            | Reason::UnsupportedSetting
             | Reason::RegexHost
             | Reason::CrossNamespaceShadowing
     )

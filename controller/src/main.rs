@@ -95,6 +95,10 @@ struct Args {
     /// and TLS sections for it are refused).
     #[arg(long, value_enum, default_value_t = HostOwnershipArg::Shared)]
     host_ownership: HostOwnershipArg,
+    /// ingress-nginx's controller ConfigMap: its keys set global behaviour and the
+    /// defaults of annotations (see docs/ingress-nginx-migration.md).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
+    configmap: Option<(String, String)>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -141,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         default_backend_service: args.default_backend_service.clone(),
         host_ownership: args.host_ownership.into(),
         hsts,
+        controller_config: args.configmap.clone(),
     };
 
     if let Some(dir) = &args.check {
@@ -199,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(c)) => Box::new(KubeSource::new(
             c.client.clone(),
             args.watch_namespaces.clone(),
+            args.configmap.as_ref().map(|(ns, _)| ns.clone()),
             metrics.clone(),
         )),
         (None, None) => unreachable!("a cluster is connected when there are no manifests"),

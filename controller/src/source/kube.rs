@@ -39,14 +39,23 @@ pub struct KubeSource {
     client: Client,
     /// Empty: every namespace.
     namespaces: Vec<String>,
+    /// The controller ConfigMap's namespace (`--configmap`), whose ConfigMaps are watched
+    /// even when `namespaces` leaves it out.
+    config_namespace: Option<String>,
     metrics: Arc<ControllerMetrics>,
 }
 
 impl KubeSource {
-    pub fn new(client: Client, namespaces: Vec<String>, metrics: Arc<ControllerMetrics>) -> Self {
+    pub fn new(
+        client: Client,
+        namespaces: Vec<String>,
+        config_namespace: Option<String>,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
         KubeSource {
             client,
             namespaces,
+            config_namespace,
             metrics,
         }
     }
@@ -227,6 +236,19 @@ impl Source for KubeSource {
             streams.push(watch(slices, n + 2, |_| true, KubeObject::EndpointSlice));
             streams.push(watch(secrets, n + 3, keep_secret, KubeObject::Secret));
             streams.push(watch(config_maps, n + 4, |_| true, KubeObject::ConfigMap));
+        }
+        if let Some(ns) = self
+            .config_namespace
+            .as_ref()
+            .filter(|ns| !self.namespaces.is_empty() && !self.namespaces.contains(ns))
+        {
+            scopes.push(Scope {
+                kind: ObjectKind::ConfigMap,
+                namespace: Some(ns.clone()),
+            });
+            let config_maps = Api::<ConfigMap>::namespaced(self.client.clone(), ns);
+            let n = streams.len();
+            streams.push(watch(config_maps, n, |_| true, KubeObject::ConfigMap));
         }
 
         let count = scopes.len();

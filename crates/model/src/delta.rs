@@ -8,6 +8,7 @@
 //! rest of the snapshot is small and travels whole.
 
 use crate::{
+    GlobalPolicy,
     Backend, Certificate, Diagnostic, HostMatch, Snapshot, TlsHost, TlsPolicy, VirtualHost,
 };
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ pub struct SnapshotDelta {
     pub default_backend: Option<String>,
     pub tls_hosts: Vec<TlsHost>,
     pub tls: TlsPolicy,
+    pub global: GlobalPolicy,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -67,6 +69,7 @@ impl Snapshot {
             default_backend: self.default_backend.clone(),
             tls_hosts: self.tls_hosts.clone(),
             tls: self.tls.clone(),
+            global: self.global.clone(),
             diagnostics: self.diagnostics.clone(),
         })
     }
@@ -99,6 +102,7 @@ impl Snapshot {
             )?,
             tls_hosts: delta.tls_hosts,
             tls: delta.tls,
+            global: delta.global,
             diagnostics: delta.diagnostics,
         })
     }

@@ -11,6 +11,7 @@ mod template;
 mod validate;
 
 mod backend;
+mod global;
 mod policy;
 mod route;
 mod tls;
@@ -22,6 +23,7 @@ pub use template::{escape_uri_component, Template, TemplatePart};
 pub use validate::ValidationError;
 
 pub use backend::*;
+pub use global::*;
 pub use policy::*;
 pub use route::*;
 pub use tls::*;
@@ -85,6 +87,9 @@ pub struct Snapshot {
     /// Listener-wide TLS behaviour.
     #[serde(default)]
     pub tls: TlsPolicy,
+    /// What applies to every request (the controller ConfigMap's global keys).
+    #[serde(default)]
+    pub global: GlobalPolicy,
     /// What the controller could not apply as written, for the proxy's dashboard; routing
     /// never reads it.
     #[serde(default)]
@@ -354,6 +359,15 @@ mod tests {
                     include_subdomains: true,
                     preload: false,
                 }),
+            },
+            global: GlobalPolicy {
+                https_redirect_code: 301,
+                generate_request_id: false,
+                block: Blocklist {
+                    cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                    user_agents: vec![TextMatch::parse("~*bot").unwrap()],
+                    referers: vec![TextMatch::Exact("spam.test".into())],
+                },
             },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),

@@ -21,6 +21,15 @@ pub fn value_regex(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern).size_limit(SIZE_LIMIT).build()
 }
 
+/// `pattern` searched regardless of case when `ignore_case`.
+pub fn case_flag(pattern: &str, ignore_case: bool) -> std::borrow::Cow<'_, str> {
+    if ignore_case {
+        std::borrow::Cow::Owned(format!("(?i:{pattern})"))
+    } else {
+        std::borrow::Cow::Borrowed(pattern)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,8 @@ pub enum ValidationError {
     UnknownCertificate { host: String, certificate: String },
     #[error("host {host:?}: client certificates: {what}")]
     InvalidClientAuth { host: String, what: String },
+    #[error("global policy: {what}")]
+    InvalidGlobalPolicy { what: String },
 }
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
@@ -103,6 +105,22 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_global(g: &crate::GlobalPolicy) -> Result<(), String> {
+    if !crate::REDIRECT_CODES.contains(&g.https_redirect_code) {
+        return Err(format!(
+            "HTTPS redirect status {} is not one of {:?}",
+            g.https_redirect_code,
+            crate::REDIRECT_CODES
+        ));
+    }
+    let entries = g.block.user_agents.iter().chain(&g.block.referers);
+    for m in entries {
+        m.check()
+            .map_err(|e| format!("block pattern {m:?} does not compile: {e}"))?;
+    }
+    Ok(())
 }
 
 fn validate_client_auth(c: &crate::ClientAuth) -> Result<(), String> {
@@ -330,6 +348,7 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             return Err(UnknownDefaultBackend { backend: d.clone() });
         }
     }
+    validate_global(&s.global).map_err(|what| InvalidGlobalPolicy { what })?;
     let mut certificates = HashSet::default();
     for c in &s.certificates {
         if !certificates.insert(c.name.as_str()) {
@@ -502,8 +521,28 @@ mod tests {
                 certificate: "ns/c".into(),
             }],
             tls: Default::default(),
+            global: Default::default(),
             diagnostics: Vec::new(),
         }
+    }
+
+    #[test]
+    fn refuses_a_global_policy_the_proxy_cannot_apply() {
+        let mut s = good();
+        s.global.https_redirect_code = 200;
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::InvalidGlobalPolicy { .. })
+        ));
+        let mut s = good();
+        s.global.block.referers = vec![crate::TextMatch::Pattern {
+            regex: "(".into(),
+            ignore_case: true,
+        }];
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::InvalidGlobalPolicy { .. })
+        ));
     }
 
     #[test]

@@ -26,9 +26,14 @@ fn is_absolute_url(v: &str) -> bool {
     scheme_ok && host_ok && !v.bytes().any(|b| b <= b' ')
 }
 
-/// One Ingress's annotations.
+/// One Ingress's annotations, and the defaults the controller ConfigMap gives the ones
+/// it does not set; or, read the same way, the controller ConfigMap's own keys.
 pub(crate) struct Annotations<'a> {
     map: Option<&'a BTreeMap<String, String>>,
+    /// Where a name is looked for in `map`, in order.
+    prefixes: &'static [&'static str],
+    /// By bare name, each already checked to parse.
+    defaults: Option<&'a BTreeMap<String, String>>,
 }
 
 /// A value that did not parse: the full annotation key, the value, and what was expected.
@@ -60,19 +65,55 @@ impl From<InvalidAnnotation> for Problem {
 
 impl<'a> Annotations<'a> {
     pub fn new(map: Option<&'a BTreeMap<String, String>>) -> Self {
-        Annotations { map }
+        Annotations {
+            map,
+            prefixes: &[PORTICO_PREFIX, NGINX_PREFIX],
+            defaults: None,
+        }
     }
 
-    /// The value of `name` and the key it was found under.
+    /// An Ingress's annotations over the controller ConfigMap's defaults for them.
+    pub fn with_defaults(
+        map: Option<&'a BTreeMap<String, String>>,
+        defaults: &'a BTreeMap<String, String>,
+    ) -> Self {
+        Annotations {
+            defaults: Some(defaults),
+            ..Annotations::new(map)
+        }
+    }
+
+    /// Keys without a prefix: the controller ConfigMap's, read with the same grammar.
+    pub fn settings(map: &'a BTreeMap<String, String>) -> Self {
+        Annotations {
+            map: Some(map),
+            prefixes: &[""],
+            defaults: None,
+        }
+    }
+
+    /// The controller ConfigMap's `global-auth-*` keys, read as the `auth-*` annotations.
+    pub fn global_auth(map: &'a BTreeMap<String, String>) -> Self {
+        Annotations {
+            map: Some(map),
+            prefixes: &["global-"],
+            defaults: None,
+        }
+    }
+
+    /// The value of `name` and the key it was found under (a ConfigMap default is found
+    /// under its bare name).
     pub fn get(&self, name: &str) -> Option<(String, &'a str)> {
-        let map = self.map?;
-        for prefix in [PORTICO_PREFIX, NGINX_PREFIX] {
-            let key = format!("{prefix}{name}");
-            if let Some(v) = map.get(&key) {
-                return Some((key, v.as_str()));
+        if let Some(map) = self.map {
+            for prefix in self.prefixes {
+                let key = format!("{prefix}{name}");
+                if let Some(v) = map.get(&key) {
+                    return Some((key, v.as_str()));
+                }
             }
         }
-        None
+        let (key, v) = self.defaults?.get_key_value(name)?;
+        Some((key.clone(), v.as_str()))
     }
 
     fn parse<T>(

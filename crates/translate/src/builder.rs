@@ -5,6 +5,7 @@
 use crate::backend::{self, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::class::{Admission, ClassFilter};
+use crate::controller_config::ControllerConfig;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
@@ -33,6 +34,8 @@ pub struct Options {
     pub default_backend_service: Option<ObjectKey>,
     /// Who may route a host (`--host-ownership`).
     pub host_ownership: HostOwnership,
+    /// ingress-nginx's controller ConfigMap (`--configmap`).
+    pub controller_config: Option<ObjectKey>,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             }),
             default_backend_service: None,
             host_ownership: HostOwnership::Shared,
+            controller_config: None,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Translator {
     fragments: HashMap<ObjectKey, Arc<Fragment>>,
     /// The virtual hosts built from `fragments`, whose routes they point into.
     hosts: BuiltHosts,
+    /// The controller ConfigMap's settings the fragments were made with.
+    config: ControllerConfig,
     reprocessed: usize,
 }
 
@@ -84,6 +90,7 @@ impl Translator {
             opts,
             fragments: HashMap::new(),
             hosts: BuiltHosts::default(),
+            config: ControllerConfig::default(),
             reprocessed: 0,
         }
     }
@@ -128,9 +135,19 @@ impl Translator {
                 .then_with(|| ka.cmp(kb))
         });
 
+        let config = ControllerConfig::read(
+            state,
+            opts.controller_config.as_ref(),
+            &self.config,
+            &mut diagnostics,
+        );
+        // Every Ingress reads the ConfigMap's settings: when they change, no fragment stands.
+        let config_changed = config != self.config;
+        self.config = config;
         let slices = SliceIndex::new(state);
         let mut lookups = Lookups {
             state,
+            config: &self.config,
             slices: &slices,
             resolved: HashMap::new(),
             secrets: HashMap::new(),
@@ -142,7 +159,7 @@ impl Translator {
         let mut current = Vec::with_capacity(admitted.len());
         for (key, ingress) in &admitted {
             current.push(match previous.get(*key) {
-                Some(f) if f.is_current(ingress, state, &slices) => f.clone(),
+                Some(f) if !config_changed && f.is_current(ingress, state, &slices) => f.clone(),
                 _ => {
                     self.reprocessed += 1;
                     Arc::new(IngressProcessor::new(&mut lookups, ingress).process())
@@ -185,6 +202,7 @@ impl Translator {
         let translation = assemble(
             state,
             opts,
+            &self.config,
             table,
             virtual_hosts,
             diagnostics,
@@ -331,6 +349,7 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
 fn assemble(
     state: &ClusterState,
     opts: &Options,
+    config: &ControllerConfig,
     mut table: RouteTable,
     virtual_hosts: Vec<Arc<VirtualHost>>,
     mut diagnostics: Vec<Diagnostic>,
@@ -341,7 +360,7 @@ fn assemble(
     let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
     let mut tls = TlsPolicy {
         default_certificate: None,
-        hsts: opts.hsts,
+        hsts: config.hsts(opts.hsts),
     };
     if let Some((namespace, name)) = &opts.default_certificate {
         let object = ObjectRef {
@@ -407,6 +426,7 @@ fn assemble(
         certificates: certificates.into_values().collect(),
         tls_hosts: tls_bindings,
         tls,
+        global: config.global.clone(),
         // The controller adds these for the proxy's dashboard when it publishes.
         diagnostics: Vec::new(),
     };

@@ -71,7 +71,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("default-backend", Status::Different("`name` or `name:port` (default: the Service's first port)")),
     ("denylist-source-range", Status::Same),
     ("disable-proxy-intercept-errors", Status::Same),
-    ("enable-global-auth", Status::NotYet("there is no global auth to turn off")),
+    ("enable-global-auth", Status::Same),
     ("auth-always-set-cookie", Status::Same),
     ("auth-cache-duration", Status::Same),
     ("auth-cache-key", Status::Different("the variables of `upstream-hash-by`; not `$remote_user`")),
@@ -302,8 +302,32 @@ pub fn migration_document() -> String {
         };
         doc.push_str(&format!("| `portico.io/{name}` | {word} |\n"));
     }
+    doc.push_str(CONFIGMAP_INTRO);
+    doc.push_str(&crate::controller_config::configmap_document());
     doc
 }
+
+const CONFIGMAP_INTRO: &str = "
+## The controller ConfigMap
+
+`portico-controller --configmap NS/NAME` reads ingress-nginx's controller ConfigMap, from
+the manifests directory in file mode and watched in Kubernetes mode; a change applies
+without a restart. A key that is also an annotation is the default of every Ingress that
+does not set the annotation. A key Portico does not act on gets an `UnsupportedSetting`
+diagnostic (a Warning Event on the ConfigMap); a value that does not parse gets
+`InvalidSetting`, naming the key and the value, and the key keeps its previous good value
+(its default, if it never had one). `portico-controller --check DIR` reports both.
+
+Which wins when two places say the same thing: an annotation on an Ingress over the
+ConfigMap's default for it; a ConfigMap key over the controller flag with the same meaning
+(`hsts*` over `--hsts*`), because the ConfigMap is the setting operators change live.
+What concerns sockets and clients (trusted proxies, PROXY protocol, client timeouts, header
+limits, threads, the rate-limit status, the access log, tracing) is a flag of
+`portico-proxy`, never read from the ConfigMap: the proxy applies it when it starts, and
+the controller that reads the ConfigMap may run elsewhere. Those keys are listed as
+\"proxy flag\" with the flag to use, and a Warning names the flag when one is set.
+
+";
 
 const MIGRATION_INTRO: &str = "# Moving from ingress-nginx
 

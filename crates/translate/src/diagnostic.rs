@@ -58,6 +58,10 @@ pub enum Reason {
     RegexHost,
     HostConflict,
     CrossNamespaceShadowing,
+    /// A controller ConfigMap value that does not parse.
+    InvalidSetting,
+    /// A controller ConfigMap key (or value) Portico does not act on.
+    UnsupportedSetting,
 }
 
 impl Reason {
@@ -86,6 +90,8 @@ impl Reason {
             Reason::RegexHost => "RegexHost",
             Reason::HostConflict => "HostConflict",
             Reason::CrossNamespaceShadowing => "CrossNamespaceShadowing",
+            Reason::InvalidSetting => "InvalidSetting",
+            Reason::UnsupportedSetting => "UnsupportedSetting",
         }
     }
 }

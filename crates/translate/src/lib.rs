@@ -10,6 +10,7 @@ mod backend;
 mod builder;
 mod cache;
 mod class;
+pub mod controller_config;
 pub mod compat;
 mod credentials;
 mod diagnostic;

@@ -2,6 +2,7 @@
 //! external auth, rate limits, CORS), and the header edits it makes both ways.
 
 pub mod access;
+pub mod blocklist;
 pub mod cors;
 pub mod external_auth;
 pub mod header_edits;

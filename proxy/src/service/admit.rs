@@ -94,6 +94,12 @@ impl IngressProxy {
             ctx.refusal = Some(Refusal::BadRequest);
             return Some(Answer::closing(400));
         }
+        if let Some(block) = snapshot.blocklist() {
+            if block.refuses(self.client(session), session.req_header()) {
+                ctx.refusal = Some(Refusal::Blocked);
+                return Some(Answer::page(403));
+            }
+        }
         let req = session.req_header();
         ctx.https = ctx.tls
             || (ctx.trusted
@@ -260,7 +266,7 @@ impl IngressProxy {
             let location = https_location(host, path, self.https_redirect_port, keep_slash);
             return Some(match location.and_then(|l| HeaderValue::try_from(l).ok()) {
                 Some(location) => Answer::Redirect {
-                    status: 308,
+                    status: snapshot.https_redirect_code(),
                     location,
                 },
                 None => Answer::page(400),

@@ -23,9 +23,15 @@ impl IngressProxy {
     /// Gives the request its id and, when spans are exported, its place in a trace, in the
     /// request itself. Without `--otlp-endpoint` a client's `traceparent` passes through
     /// untouched and none is added, as in ingress-nginx without OpenTelemetry (issue #25).
-    pub(super) fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    /// `request_ids`: the controller ConfigMap's `generate-request-id`.
+    pub(super) fn identify(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request_ids: bool,
+    ) -> Result<()> {
         let req = session.req_header_mut();
-        if !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
+        if request_ids && !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
             req.insert_prepared_header(&X_REQUEST_ID, trace_context::new_request_id())?;
         }
         if self.spans.is_none() {

@@ -130,8 +130,10 @@ impl ProxyHttp for IngressProxy {
             session.set_pipelining_enabled(true);
         }
         ctx.in_flight = Some(InFlight::new(&self.store.metrics().requests_in_flight));
-        self.identify(session, ctx)?;
-        let Some(snapshot) = self.store.load() else {
+        let loaded = self.store.load();
+        let request_ids = loaded.as_ref().is_none_or(|s| s.generates_request_ids());
+        self.identify(session, ctx, request_ids)?;
+        let Some(snapshot) = loaded else {
             self.send(session, ctx, respond::Answer::page(503)).await?;
             return Ok(true);
         };

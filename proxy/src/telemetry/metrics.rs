@@ -50,10 +50,12 @@ pub enum Refusal {
     BodyTooLarge,
     /// `auth-tls-*`: no certificate, a bad one, another subject, or another host's handshake.
     ClientCertificate,
+    /// The controller ConfigMap's `block-cidrs`, `block-user-agents`, `block-referers`.
+    Blocked,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 10] = [
         Refusal::BadRequest,
         Refusal::RateLimit,
         Refusal::SourceRange,
@@ -63,6 +65,7 @@ impl Refusal {
         Refusal::PolicyUnavailable,
         Refusal::BodyTooLarge,
         Refusal::ClientCertificate,
+        Refusal::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Refusal {
             Refusal::PolicyUnavailable => "policy_unavailable",
             Refusal::BodyTooLarge => "body_too_large",
             Refusal::ClientCertificate => "client_certificate",
+            Refusal::Blocked => "blocked",
         }
     }
 }

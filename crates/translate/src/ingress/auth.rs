@@ -10,7 +10,7 @@ use crate::diagnostic::{Problem, Problems, Reason};
 use crate::secret;
 use k8s_openapi::api::core::v1::Secret;
 use portico_model::{
-    AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth, Template,
+    AccessPolicy, AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth, Template,
     TemplatePart,
 };
 use std::sync::Arc;
@@ -468,4 +468,19 @@ fn own_secret(
         )
     })?;
     Ok(Some((full, secret)))
+}
+
+/// `access` without its external auth (`no-auth-locations`); `None` when nothing is left
+/// to check.
+pub(super) fn without_external_auth(access: &AccessPolicy) -> Option<AccessPolicy> {
+    let rest = AccessPolicy {
+        external_auth: None,
+        ..access.clone()
+    };
+    let controlled = !rest.allow_sources.is_empty()
+        || !rest.deny_sources.is_empty()
+        || rest.basic_auth.is_some()
+        || rest.jwt.is_some()
+        || rest.refuse.is_some();
+    controlled.then_some(rest)
 }

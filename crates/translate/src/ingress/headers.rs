@@ -35,6 +35,32 @@ pub(super) fn header_edits(
     (edits != HeaderEdits::default()).then_some(edits)
 }
 
+/// A route's own header edits over the controller ConfigMap's (`proxy-set-headers`,
+/// `add-headers`, `hide-headers`): a global edit applies unless the route's own edits name
+/// the same header.
+pub(super) fn over_global(own: Option<HeaderEdits>, global: &HeaderEdits) -> Option<HeaderEdits> {
+    if *global == HeaderEdits::default() {
+        return own;
+    }
+    let mut edits = own.unwrap_or_default();
+    for (changes, global) in [
+        (&mut edits.request, &global.request),
+        (&mut edits.response, &global.response),
+    ] {
+        let named: std::collections::HashSet<String> = changes
+            .remove
+            .iter()
+            .cloned()
+            .chain(changes.set.iter().chain(&changes.add).map(|(n, _)| n.clone()))
+            .collect();
+        let mine = |n: &String| !named.contains(n);
+        changes.remove.extend(global.remove.iter().filter(|n| mine(n)).cloned());
+        let set: Vec<(String, String)> = global.set.iter().filter(|(n, _)| mine(n)).cloned().collect();
+        changes.set.splice(0..0, set);
+    }
+    Some(edits)
+}
+
 /// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace. An entry that
 /// is not a header is reported and left out.
 fn custom_headers(

@@ -27,7 +27,8 @@ fn nginx_annotations(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<Strin
         .collect()
 }
 
-use crate::annotations::Annotations;
+use crate::annotations::{Annotations, NGINX_PREFIX};
+use crate::controller_config::ControllerConfig;
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef, Problem, Problems, Reason};
@@ -47,6 +48,8 @@ use std::sync::Arc;
 /// Secret is resolved once, whoever names it.
 pub(crate) struct Lookups<'a> {
     pub state: &'a ClusterState,
+    /// The controller ConfigMap's settings.
+    pub config: &'a ControllerConfig,
     pub slices: &'a SliceIndex<'a>,
     pub resolved: HashMap<String, Arc<Resolved>>,
     pub secrets: HashMap<ObjectKey, Result<Arc<CheckedCertificate>, (Reason, String)>>,
@@ -184,7 +187,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         for message in crate::compat::ignored(self.ingress.metadata.annotations.as_ref()) {
             self.report(Reason::UnsupportedAnnotation, message);
         }
-        let a = Annotations::new(self.ingress.metadata.annotations.as_ref());
+        let config = self.lookups.config;
+        let a = Annotations::with_defaults(
+            self.ingress.metadata.annotations.as_ref(),
+            &config.annotation_defaults,
+        );
         let mut problems = Problems::default();
         self.policy.ssl_redirect = problems.take(a.bool("ssl-redirect")).unwrap_or(true);
         self.policy.force_ssl_redirect =
@@ -203,6 +210,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.policy.conditions =
             routing::conditions(&a).map_err(|errors| problems.0.extend(errors));
         self.policy.headers = headers::header_edits(&a, &mut self.reads(), &mut problems);
+        self.policy.headers = headers::over_global(self.policy.headers.take(), &config.headers);
         if let Some((service, port)) = problems.take(a.service_ref("default-backend")) {
             self.policy.fallback_backend = self.fallback_backend(&service, port, &mut problems);
         }
@@ -245,9 +253,24 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     .flatten()
                     .all(|r| r.host.as_deref().is_some_and(|h| !h.is_empty()))
         });
-        let external = refusals
-            .check(auth::external(a, every_rule_has_host, problems))
-            .flatten();
+        let external = if a.get("auth-url").is_none() && !self.lookups.config.global_auth.is_empty()
+        {
+            // The controller ConfigMap's, unless the Ingress turns it off. Its warnings
+            // were reported on the ConfigMap; only a refusal concerns this Ingress.
+            if problems.take(a.bool("enable-global-auth")) == Some(false) {
+                None
+            } else {
+                let global = &self.lookups.config.global_auth;
+                let read = global_external_auth(global, every_rule_has_host, &mut Problems::default());
+                refusals
+                    .check(read.map_err(|p| Problem::new(p.reason, format!("controller ConfigMap: {}", p.message))))
+                    .flatten()
+            }
+        } else {
+            refusals
+                .check(auth::external(a, every_rule_has_host, problems))
+                .flatten()
+        };
         let jwt = refusals.check(auth::jwt(a, &mut self.reads())).flatten();
         self.policy.rate_limit = refusals.check(traffic::rate_limit(a)).flatten();
         let satisfy_any = refusals.check(auth::satisfy_any(a)).unwrap_or(false);
@@ -411,6 +434,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             );
             return self.fragment;
         }
+        if let Some((key, word)) = self.lookups.config.blocked_word(ingress.metadata.annotations.as_ref()) {
+            let message = format!("annotation {key} contains {word:?}, a word the controller ConfigMap's annotation-value-word-blocklist refuses; the Ingress is skipped");
+            self.report(Reason::InvalidAnnotation, message);
+            return self.fragment;
+        }
         self.read_annotations();
         self.process_tls();
         if let Some(default) = &spec.default_backend {
@@ -460,6 +488,14 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     }
                     a
                 });
+                let access = self.policy.access.as_ref().and_then(|access| {
+                    match path.path.as_deref() {
+                        Some(p) if self.lookups.config.is_no_auth_location(p) => {
+                            auth::without_external_auth(access)
+                        }
+                        _ => Some(access.clone()),
+                    }
+                });
                 let route = Route {
                     path: matcher,
                     backend,
@@ -468,7 +504,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     max_body_bytes: self.policy.max_body_bytes,
                     affinity: affinity.map(Box::new),
                     canary: None,
-                    access: self.policy.access.clone().map(Box::new),
+                    access: access.map(Box::new),
                     rewrite: self.policy.rewrite.clone().map(Box::new),
                     rate_limit: self.policy.rate_limit.clone().map(Box::new),
                     cors: self.policy.cors.clone().map(Box::new),
@@ -607,5 +643,66 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.fragment.backends.push(Arc::clone(&resolved));
         }
         resolved
+    }
+}
+
+/// External auth from the controller ConfigMap's `global-auth-*` keys, read as the
+/// `auth-*` annotations they stand for.
+pub(crate) fn global_external_auth(
+    keys: &std::collections::BTreeMap<String, String>,
+    every_rule_has_host: bool,
+    problems: &mut Problems,
+) -> Result<Option<portico_model::ExternalAuth>, Problem> {
+    auth::external(&Annotations::global_auth(keys), every_rule_has_host, problems)
+}
+
+/// Whether `value` is one the annotation `name` accepts, checked the way every annotation
+/// is: by processing an Ingress that sets it. `Err` holds the first problem's message.
+pub(crate) fn check_annotation_default(name: &str, value: &str) -> Result<(), String> {
+    use k8s_openapi::api::networking::v1::{
+        HTTPIngressPath, HTTPIngressRuleValue, IngressRule, IngressSpec,
+    };
+    let key = format!("{NGINX_PREFIX}{name}");
+    let mut ingress = Ingress::default();
+    ingress.metadata.namespace = Some("check".into());
+    ingress.metadata.name = Some("check".into());
+    ingress.metadata.annotations = Some([(key.clone(), value.to_string())].into());
+    ingress.spec = Some(IngressSpec {
+        rules: Some(vec![IngressRule {
+            host: Some("check.invalid".into()),
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath {
+                    path: Some("/".into()),
+                    path_type: "Prefix".into(),
+                    backend: IngressBackend {
+                        service: Some(IngressServiceBackend {
+                            name: "check".into(),
+                            port: Some(ServiceBackendPort {
+                                number: Some(80),
+                                name: None,
+                            }),
+                        }),
+                        resource: None,
+                    },
+                }],
+            }),
+        }]),
+        ..Default::default()
+    });
+    let ingress = Arc::new(ingress);
+    let state = ClusterState::default();
+    let slices = SliceIndex::new(&state);
+    let config = ControllerConfig::default();
+    let mut lookups = Lookups {
+        state: &state,
+        config: &config,
+        slices: &slices,
+        resolved: HashMap::new(),
+        secrets: HashMap::new(),
+    };
+    let fragment = IngressProcessor::new(&mut lookups, &ingress).process();
+    match fragment.diagnostics.iter().find(|d| d.message.contains(&key)) {
+        Some(d) => Err(d.message.clone()),
+        None => Ok(()),
     }
 }

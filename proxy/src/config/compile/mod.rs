@@ -18,6 +18,7 @@ use route::{compile_vhost, CompiledVhost, Limiters};
 
 use crate::listener::client_cert::ClientCertificates;
 use crate::listener::tls::{CertificateError, CertificateTable};
+use crate::policy::blocklist::CompiledBlocklist;
 use crate::policy::rate_limit::RateLimiter;
 use crate::routing::router::HostTable;
 use crate::telemetry::metrics::{
@@ -46,6 +47,8 @@ pub struct CompiledSnapshot {
     limiters: Vec<Arc<RateLimiter>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
+    /// `None` when nothing is blocked.
+    blocklist: Option<CompiledBlocklist>,
     /// The series of requests no virtual host matched: unrouted, and to the default backend.
     unmatched: [OnceLock<Arc<RouteSeries>>; 2],
     metrics: Arc<ProxyMetrics>,
@@ -116,6 +119,8 @@ pub enum CompileError {
     },
     #[error("host {host:?}: client certificates: {what}")]
     ClientAuth { host: String, what: String },
+    #[error("global block list: {0}")]
+    Blocklist(#[from] regex::Error),
 }
 
 impl CompiledSnapshot {
@@ -186,6 +191,7 @@ impl CompiledSnapshot {
             .tls
             .hsts
             .and_then(|h| HeaderValue::try_from(h.header_value()).ok());
+        let blocklist = CompiledBlocklist::new(&snapshot.global.block)?;
         let health_checked = pools
             .iter()
             .filter(|p| p.health_check.is_some())
@@ -207,6 +213,7 @@ impl CompiledSnapshot {
             limiters,
             certificates,
             hsts,
+            blocklist,
             unmatched: Default::default(),
             metrics: metrics.clone(),
             source: snapshot,
@@ -325,6 +332,21 @@ impl CompiledSnapshot {
 
     pub fn certificates(&self) -> &CertificateTable {
         &self.certificates
+    }
+
+    /// The clients refused before routing, if any.
+    pub fn blocklist(&self) -> Option<&CompiledBlocklist> {
+        self.blocklist.as_ref()
+    }
+
+    /// The status of HTTP→HTTPS redirects (`http-redirect-code`).
+    pub fn https_redirect_code(&self) -> u16 {
+        self.source.global.https_redirect_code
+    }
+
+    /// Whether a request without a usable `X-Request-ID` is given one.
+    pub fn generates_request_ids(&self) -> bool {
+        self.source.global.generate_request_id
     }
 
     /// The `Strict-Transport-Security` value for HTTPS responses, if any.

@@ -1,0 +1,357 @@
+//! ingress-nginx's controller ConfigMap (`--configmap NS/NAME`): its keys, read with the
+//! annotations' grammar, become the defaults of the Ingresses' annotations and the policy
+//! every request gets. A key Portico does not act on is reported (a Warning Event on the
+//! ConfigMap); a value that does not parse is reported and the key's previous good value
+//! stays, so a typo never undoes a working setting.
+
+mod keys;
+
+pub use keys::{configmap_document, KeyStatus, CONTROLLER_KEYS};
+
+use crate::annotations::Annotations;
+use crate::cache::{ClusterState, ObjectKey};
+use crate::diagnostic::{Diagnostic, ObjectRef, Problems, Reason};
+use crate::ingress::{check_annotation_default, global_external_auth};
+use portico_model::{GlobalPolicy, HeaderEdits, Hsts, TextMatch, REDIRECT_CODES};
+use std::collections::BTreeMap;
+
+/// Where `no-auth-locations` leaves auth off unless the ConfigMap says otherwise, as in
+/// ingress-nginx: cert-manager's HTTP-01 solver must be reachable.
+const DEFAULT_NO_AUTH_LOCATIONS: &str = "/.well-known/acme-challenge";
+
+/// The keys of the controller ConfigMap that Portico acts on, as typed settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ControllerConfig {
+    /// Keys that are also annotations, each checked to parse: what an Ingress that does not
+    /// set the annotation gets.
+    pub annotation_defaults: BTreeMap<String, String>,
+    /// `global-auth-*`, as written: read as the `auth-*` annotations of every Ingress that
+    /// sets no `auth-url` and does not turn global auth off.
+    pub global_auth: BTreeMap<String, String>,
+    /// Path prefixes whose routes get no external auth, own or global.
+    pub no_auth_locations: Vec<String>,
+    hsts: HstsKeys,
+    /// `proxy-set-headers`, `add-headers` and `hide-headers`: under each route's own edits.
+    pub headers: HeaderEdits,
+    /// `annotation-value-word-blocklist`.
+    pub word_blocklist: Vec<String>,
+    pub global: GlobalPolicy,
+    /// The values applied, by key, for keeping when a later value is bad.
+    accepted: BTreeMap<String, String>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            annotation_defaults: BTreeMap::new(),
+            global_auth: BTreeMap::new(),
+            no_auth_locations: vec![DEFAULT_NO_AUTH_LOCATIONS.to_string()],
+            hsts: HstsKeys::default(),
+            headers: HeaderEdits::default(),
+            word_blocklist: Vec::new(),
+            global: GlobalPolicy::default(),
+            accepted: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `hsts*` keys set, over the controller's `--hsts*` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct HstsKeys {
+    enabled: Option<bool>,
+    max_age: Option<u64>,
+    include_subdomains: Option<bool>,
+    preload: Option<bool>,
+}
+
+/// Why a key's value was not applied: the reason and a message naming key and value.
+type Refusal = (Reason, String);
+
+impl ControllerConfig {
+    /// The ConfigMap `key` (none: every default), its problems added to `diagnostics`.
+    /// `previous` is the configuration of the last translation, whose good values stand in
+    /// for bad ones.
+    pub fn read(
+        state: &ClusterState,
+        key: Option<&ObjectKey>,
+        previous: &ControllerConfig,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> ControllerConfig {
+        let mut config = ControllerConfig::default();
+        let Some((namespace, name)) = key else {
+            return config;
+        };
+        let object = ObjectRef {
+            kind: "ConfigMap",
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        let mut report = |reason, message: String| {
+            diagnostics.push(Diagnostic {
+                object: object.clone(),
+                reason,
+                message: portico_model::redact_userinfo(&message).into_owned(),
+            })
+        };
+        let Some(config_map) = state.config_maps.get(key.unwrap_or(&Default::default())) else {
+            report(
+                Reason::ConfigMapNotFound,
+                "the controller ConfigMap (--configmap) does not exist; every key has its default"
+                    .into(),
+            );
+            return config;
+        };
+        let empty = BTreeMap::new();
+        let data = config_map.data.as_ref().unwrap_or(&empty);
+        for (k, v) in data {
+            let Some(status) = keys::status_of(k) else {
+                report(
+                    Reason::UnsupportedSetting,
+                    format!("key {k} is not a key of ingress-nginx's ConfigMap; ignored"),
+                );
+                continue;
+            };
+            if let Some(why) = status.not_acted_on(k) {
+                report(Reason::UnsupportedSetting, why);
+                continue;
+            }
+            let Err((reason, message)) = config.apply(state, namespace, k, v) else {
+                config.accepted.insert(k.clone(), v.clone());
+                continue;
+            };
+            let kept = previous
+                .accepted
+                .get(k)
+                .filter(|old| *old != v && config.apply(state, namespace, k, old).is_ok());
+            match kept {
+                Some(old) => {
+                    config.accepted.insert(k.clone(), old.clone());
+                    report(reason, format!("{message}; keeping the previous value {old:?}"));
+                }
+                None => report(reason, format!("{message}; the default applies")),
+            }
+        }
+        if !config.global_auth.is_empty() {
+            let mut problems = Problems::default();
+            match global_external_auth(&config.global_auth, true, &mut problems) {
+                Ok(Some(_)) => {}
+                Ok(None) => problems.push(crate::diagnostic::Problem::invalid(
+                    "global-auth-* keys without global-auth-url do nothing",
+                )),
+                Err(p) => {
+                    config.global_auth = previous.global_auth.clone();
+                    let kept = if config.global_auth.is_empty() {
+                        "global auth is off"
+                    } else {
+                        "the previous global auth stays"
+                    };
+                    report(p.reason, format!("{}; {kept}", settings_message(&p.message)));
+                }
+            }
+            for p in problems.0 {
+                report(p.reason, settings_message(&p.message));
+            }
+        }
+        config
+    }
+
+    /// Applies one key Portico acts on; on a bad value, nothing of the key changes.
+    fn apply(
+        &mut self,
+        state: &ClusterState,
+        namespace: &str,
+        k: &str,
+        v: &str,
+    ) -> Result<(), Refusal> {
+        let one = BTreeMap::from([(k.to_string(), v.to_string())]);
+        let a = Annotations::settings(&one);
+        let invalid = |e: crate::annotations::InvalidAnnotation| {
+            (
+                Reason::InvalidSetting,
+                format!("key {}: value {:?} is not {}", e.key, e.value, e.expected),
+            )
+        };
+        let only = |allowed: &str, why: &str| -> Result<(), Refusal> {
+            if v.trim().eq_ignore_ascii_case(allowed) {
+                Ok(())
+            } else {
+                Err((
+                    Reason::UnsupportedSetting,
+                    format!("key {k}: value {v:?} is not supported, only {allowed:?}: {why}"),
+                ))
+            }
+        };
+        match k {
+            _ if k.starts_with("global-auth-") => {
+                self.global_auth.insert(k.to_string(), v.to_string());
+            }
+            "no-auth-locations" => self.no_auth_locations = list(v).map(String::from).collect(),
+            "annotation-value-word-blocklist" => {
+                self.word_blocklist = list(v).map(String::from).collect()
+            }
+            "hsts" => self.hsts.enabled = a.bool(k).map_err(invalid)?,
+            "hsts-include-subdomains" => self.hsts.include_subdomains = a.bool(k).map_err(invalid)?,
+            "hsts-preload" => self.hsts.preload = a.bool(k).map_err(invalid)?,
+            "hsts-max-age" => self.hsts.max_age = a.count(k).map_err(invalid)?.map(u64::from),
+            "generate-request-id" => {
+                self.global.generate_request_id = a.bool(k).map_err(invalid)?.unwrap_or(true)
+            }
+            "http-redirect-code" => {
+                let code = a.count(k).map_err(invalid)?.unwrap_or(308);
+                match u16::try_from(code).ok().filter(|c| REDIRECT_CODES.contains(c)) {
+                    Some(c) => self.global.https_redirect_code = c,
+                    None => {
+                        return Err((
+                            Reason::InvalidSetting,
+                            format!("key {k}: value {v:?} is not one of 301, 302, 303, 307, 308"),
+                        ))
+                    }
+                }
+            }
+            "block-cidrs" => {
+                self.global.block.cidrs = a.cidr_list(k).map_err(invalid)?.unwrap_or_default()
+            }
+            "block-user-agents" | "block-referers" => {
+                let entries: Result<Vec<TextMatch>, _> = list(v).map(TextMatch::parse).collect();
+                let entries = entries.map_err(|e| {
+                    (
+                        Reason::InvalidSetting,
+                        format!("key {k}: value {v:?} has a pattern that does not compile: {e}"),
+                    )
+                })?;
+                if k == "block-user-agents" {
+                    self.global.block.user_agents = entries;
+                } else {
+                    self.global.block.referers = entries;
+                }
+            }
+            "hide-headers" => {
+                self.headers.response.remove = a.header_names(k).map_err(invalid)?.unwrap_or_default()
+            }
+            "add-headers" | "proxy-set-headers" => {
+                let headers = headers_of(state, namespace, k, v)?;
+                if k == "add-headers" {
+                    self.headers.response.set = headers;
+                } else {
+                    self.headers.request.set = headers;
+                }
+            }
+            "proxy-redirect-from" => only("off", "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations")?,
+            "allow-backend-server-header" | "server-tokens" | "allow-cross-namespace-resources" => {
+                only("false", status_note(k))?
+            }
+            "strict-validate-path-type" | "ignore-invalid-headers" => only("true", status_note(k))?,
+            _ => {
+                check_annotation_default(k, v).map_err(|m| (Reason::InvalidSetting, settings_message(&m)))?;
+                self.annotation_defaults.insert(k.to_string(), v.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// `Strict-Transport-Security` with the `hsts*` keys over `flags` (the controller's
+    /// `--hsts*` flags): a key that is set wins, as the ConfigMap is the live setting.
+    pub fn hsts(&self, flags: Option<Hsts>) -> Option<Hsts> {
+        let keys = self.hsts;
+        if keys.enabled == Some(false) {
+            return None;
+        }
+        let base = flags.or_else(|| {
+            (keys.enabled == Some(true)).then_some(Hsts {
+                max_age: 31_536_000,
+                include_subdomains: true,
+                preload: false,
+            })
+        })?;
+        Some(Hsts {
+            max_age: keys.max_age.unwrap_or(base.max_age),
+            include_subdomains: keys.include_subdomains.unwrap_or(base.include_subdomains),
+            preload: keys.preload.unwrap_or(base.preload),
+        })
+    }
+
+    /// Whether `path` (as an Ingress writes it) is one where external auth is left off.
+    pub fn is_no_auth_location(&self, path: &str) -> bool {
+        self.no_auth_locations.iter().any(|l| path.starts_with(l.as_str()))
+    }
+
+    /// The annotation of an Ingress that contains a blocked word, and the word.
+    pub fn blocked_word<'a>(
+        &'a self,
+        annotations: Option<&'a BTreeMap<String, String>>,
+    ) -> Option<(&'a str, &'a str)> {
+        if self.word_blocklist.is_empty() {
+            return None;
+        }
+        annotations?
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with(crate::annotations::PORTICO_PREFIX)
+                    || k.starts_with(crate::annotations::NGINX_PREFIX)
+            })
+            .find_map(|(k, v)| {
+                let word = self.word_blocklist.iter().find(|w| v.contains(w.as_str()))?;
+                Some((k.as_str(), word.as_str()))
+            })
+    }
+}
+
+/// The entries of a comma-separated list, trimmed, empty ones left out.
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|e| !e.is_empty())
+}
+
+/// The note of a key whose only value is the one Portico's behaviour matches.
+fn status_note(k: &str) -> &'static str {
+    match keys::status_of(k) {
+        Some(KeyStatus::Different(note)) => note,
+        _ => "",
+    }
+}
+
+/// A reader's message about an annotation, told about the ConfigMap key it was read from.
+fn settings_message(message: &str) -> String {
+    let message = message.replace(crate::annotations::NGINX_PREFIX, "");
+    match message.strip_prefix("annotation ") {
+        Some(rest) => format!("key {rest}"),
+        None => message,
+    }
+}
+
+/// `add-headers` and `proxy-set-headers`: the entries of ConfigMap `NS/NAME` (a bare name
+/// is in the controller ConfigMap's namespace), each a header name and its value.
+fn headers_of(
+    state: &ClusterState,
+    namespace: &str,
+    k: &str,
+    v: &str,
+) -> Result<Vec<(String, String)>, Refusal> {
+    let v = v.trim();
+    let (ns, name) = v.split_once('/').unwrap_or((namespace, v));
+    let Some(config_map) = state.config_maps.get(&(ns.to_string(), name.to_string())) else {
+        return Err((
+            Reason::ConfigMapNotFound,
+            format!("key {k}: ConfigMap {ns}/{name} does not exist"),
+        ));
+    };
+    let mut headers = Vec::new();
+    for (entry, value) in config_map.data.iter().flatten() {
+        let value = value.trim();
+        let header = http::HeaderName::from_bytes(entry.as_bytes())
+            .ok()
+            .filter(|_| http::HeaderValue::from_str(value).is_ok());
+        match header {
+            Some(header) => headers.push((header.as_str().to_string(), value.to_string())),
+            None => {
+                return Err((
+                    Reason::InvalidSetting,
+                    format!("key {k}: ConfigMap {ns}/{name} entry {entry:?} is not a header name and value"),
+                ))
+            }
+        }
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests;
