@@ -8,8 +8,8 @@
 //! rest of the snapshot is small and travels whole.
 
 use crate::{
-    GlobalPolicy,
-    Backend, Certificate, Diagnostic, HostMatch, Snapshot, TlsHost, TlsPolicy, VirtualHost,
+    Backend, Certificate, Diagnostic, GlobalPolicy, HostMatch, Snapshot, TlsHost, TlsPolicy,
+    VirtualHost,
 };
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;

@@ -30,6 +30,7 @@ mod hygiene;
 mod protocols;
 // Running it: the Kubernetes controller, `--check`, metrics and logs, the dashboard.
 mod check;
+mod controller_config;
 mod dashboard;
 mod kube;
 mod observability;

@@ -1,6 +1,7 @@
 //! Traffic policies through the real binaries: balancing algorithms, consistent hashing,
 //! timeouts, body limits, retries and passive health.
 
+use portico_e2e::client::{post, raw_status};
 use portico_e2e::echo::{backends, echo_servers};
 use portico_e2e::harness::Portico;
 use portico_e2e::manifests::{ingress, service_with_endpoints, to_yaml};
@@ -182,37 +183,6 @@ async fn consistent_hashing_pins_keys_and_moves_few_when_an_endpoint_goes() {
     let on_removed = before.iter().filter(|b| *b == "e9").count();
     assert_eq!(moved, on_removed, "only the removed endpoint's keys moved");
     assert!(moved <= 300 * 15 / 100, "{moved} of 300 keys moved");
-}
-
-/// Sends raw HTTP/1.1 bytes and returns the status of the answer.
-async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The proxy may answer (and close) before taking the whole body.
-    let _ = tcp.write_all(request).await;
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    let head = String::from_utf8_lossy(&got);
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn post(host: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
 }
 
 fn chunked_post(host: &str, chunks: &[&[u8]]) -> Vec<u8> {

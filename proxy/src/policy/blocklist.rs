@@ -57,9 +57,8 @@ impl TextMatcher {
                 TextMatch::Exact(text) => {
                     exact.insert(text.as_bytes().to_vec());
                 }
-                TextMatch::Pattern { regex, ignore_case } => {
-                    patterns.push(portico_model::pattern::case_flag(regex, *ignore_case).into_owned())
-                }
+                TextMatch::Pattern { regex, ignore_case } => patterns
+                    .push(portico_model::pattern::case_flag(regex, *ignore_case).into_owned()),
             }
         }
         let patterns = if patterns.is_empty() {
@@ -86,10 +85,11 @@ impl TextMatcher {
             return true;
         }
         let text = String::from_utf8_lossy(value.as_bytes());
-        self.patterns.as_ref().is_some_and(|set| set.is_match(&text))
+        self.patterns
+            .as_ref()
+            .is_some_and(|set| set.is_match(&text))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -123,7 +123,10 @@ mod tests {
         assert!(block.refuses(None, &request(&[("user-agent", "Wget/1.0")])));
         assert!(!block.refuses(None, &request(&[("user-agent", "Wget/1.0 extra")])));
         assert!(block.refuses(None, &request(&[("referer", "https://spam.test/")])));
-        assert!(!block.refuses(None, &request(&[("referer", "https://ok.test/?https://spam.")])));
+        assert!(!block.refuses(
+            None,
+            &request(&[("referer", "https://ok.test/?https://spam.")])
+        ));
     }
 
     #[test]

@@ -126,7 +126,10 @@ impl ControllerConfig {
             match kept {
                 Some(old) => {
                     config.accepted.insert(k.clone(), old.clone());
-                    report(reason, format!("{message}; keeping the previous value {old:?}"));
+                    report(
+                        reason,
+                        format!("{message}; keeping the previous value {old:?}"),
+                    );
                 }
                 None => report(reason, format!("{message}; the default applies")),
             }
@@ -145,7 +148,10 @@ impl ControllerConfig {
                     } else {
                         "the previous global auth stays"
                     };
-                    report(p.reason, format!("{}; {kept}", settings_message(&p.message)));
+                    report(
+                        p.reason,
+                        format!("{}; {kept}", settings_message(&p.message)),
+                    );
                 }
             }
             for p in problems.0 {
@@ -190,7 +196,9 @@ impl ControllerConfig {
                 self.word_blocklist = list(v).map(String::from).collect()
             }
             "hsts" => self.hsts.enabled = a.bool(k).map_err(invalid)?,
-            "hsts-include-subdomains" => self.hsts.include_subdomains = a.bool(k).map_err(invalid)?,
+            "hsts-include-subdomains" => {
+                self.hsts.include_subdomains = a.bool(k).map_err(invalid)?
+            }
             "hsts-preload" => self.hsts.preload = a.bool(k).map_err(invalid)?,
             "hsts-max-age" => self.hsts.max_age = a.count(k).map_err(invalid)?.map(u64::from),
             "generate-request-id" => {
@@ -198,7 +206,10 @@ impl ControllerConfig {
             }
             "http-redirect-code" => {
                 let code = a.count(k).map_err(invalid)?.unwrap_or(308);
-                match u16::try_from(code).ok().filter(|c| REDIRECT_CODES.contains(c)) {
+                match u16::try_from(code)
+                    .ok()
+                    .filter(|c| REDIRECT_CODES.contains(c))
+                {
                     Some(c) => self.global.https_redirect_code = c,
                     None => {
                         return Err((
@@ -226,7 +237,8 @@ impl ControllerConfig {
                 }
             }
             "hide-headers" => {
-                self.headers.response.remove = a.header_names(k).map_err(invalid)?.unwrap_or_default()
+                self.headers.response.remove =
+                    a.header_names(k).map_err(invalid)?.unwrap_or_default()
             }
             "add-headers" | "proxy-set-headers" => {
                 let headers = headers_of(state, namespace, k, v)?;
@@ -236,14 +248,19 @@ impl ControllerConfig {
                     self.headers.request.set = headers;
                 }
             }
-            "proxy-redirect-from" => only("off", "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations")?,
+            "proxy-redirect-from" => only(
+                "off",
+                "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations",
+            )?,
             "allow-backend-server-header" | "server-tokens" | "allow-cross-namespace-resources" => {
                 only("false", status_note(k))?
             }
             "strict-validate-path-type" | "ignore-invalid-headers" => only("true", status_note(k))?,
             _ => {
-                check_annotation_default(k, v).map_err(|m| (Reason::InvalidSetting, settings_message(&m)))?;
-                self.annotation_defaults.insert(k.to_string(), v.to_string());
+                check_annotation_default(k, v)
+                    .map_err(|m| (Reason::InvalidSetting, settings_message(&m)))?;
+                self.annotation_defaults
+                    .insert(k.to_string(), v.to_string());
             }
         }
         Ok(())
@@ -272,7 +289,9 @@ impl ControllerConfig {
 
     /// Whether `path` (as an Ingress writes it) is one where external auth is left off.
     pub fn is_no_auth_location(&self, path: &str) -> bool {
-        self.no_auth_locations.iter().any(|l| path.starts_with(l.as_str()))
+        self.no_auth_locations
+            .iter()
+            .any(|l| path.starts_with(l.as_str()))
     }
 
     /// The annotation of an Ingress that contains a blocked word, and the word.
@@ -290,7 +309,10 @@ impl ControllerConfig {
                     || k.starts_with(crate::annotations::NGINX_PREFIX)
             })
             .find_map(|(k, v)| {
-                let word = self.word_blocklist.iter().find(|w| v.contains(w.as_str()))?;
+                let word = self
+                    .word_blocklist
+                    .iter()
+                    .find(|w| v.contains(w.as_str()))?;
                 Some((k.as_str(), word.as_str()))
             })
     }
@@ -342,12 +364,12 @@ fn headers_of(
             .filter(|_| http::HeaderValue::from_str(value).is_ok());
         match header {
             Some(header) => headers.push((header.as_str().to_string(), value.to_string())),
-            None => {
-                return Err((
-                    Reason::InvalidSetting,
-                    format!("key {k}: ConfigMap {ns}/{name} entry {entry:?} is not a header name and value"),
-                ))
-            }
+            None => return Err((
+                Reason::InvalidSetting,
+                format!(
+                    "key {k}: ConfigMap {ns}/{name} entry {entry:?} is not a header name and value"
+                ),
+            )),
         }
     }
     Ok(headers)

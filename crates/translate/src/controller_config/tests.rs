@@ -112,10 +112,18 @@ fn a_bad_value_names_key_and_value_and_the_previous_one_stays() {
     let t = translator.translate(&bad);
     let diagnostics = config_diagnostics(&t);
     assert_eq!(diagnostics.len(), 2, "{diagnostics:?}");
-    assert!(diagnostics.iter().all(|(r, _)| *r == Reason::InvalidSetting));
-    assert!(diagnostics[0].1.contains("key http-redirect-code: value \"200\""));
-    assert!(diagnostics[1].1.starts_with("key proxy-body-size: value \"eight\""));
-    assert!(diagnostics[1].1.ends_with("keeping the previous value \"8m\""));
+    assert!(diagnostics
+        .iter()
+        .all(|(r, _)| *r == Reason::InvalidSetting));
+    assert!(diagnostics[0]
+        .1
+        .contains("key http-redirect-code: value \"200\""));
+    assert!(diagnostics[1]
+        .1
+        .starts_with("key proxy-body-size: value \"eight\""));
+    assert!(diagnostics[1]
+        .1
+        .ends_with("keeping the previous value \"8m\""));
     assert_eq!(route(&t, "plain.test", "/").max_body_bytes, Some(8 << 20));
     assert_eq!(t.snapshot.global.https_redirect_code, 301);
 
@@ -185,7 +193,11 @@ fn a_changed_config_map_reprocesses_every_ingress() {
     ]);
     let with = |size: &str| {
         let mut s = ingresses.clone();
-        s.insert(config_map("ingress-nginx", "controller", json!({"proxy-body-size": size})));
+        s.insert(config_map(
+            "ingress-nginx",
+            "controller",
+            json!({"proxy-body-size": size}),
+        ));
         s
     };
     translator.translate(&with("2m"));
@@ -291,19 +303,28 @@ fn global_auth_applies_unless_an_ingress_has_its_own_or_turns_it_off() {
     assert_eq!(auth("plain.test", "/public"), auth("plain.test", "/"));
     // cert-manager's solver stays reachable: `no-auth-locations`' default.
     assert_eq!(auth("plain.test", "/.well-known/acme-challenge/x"), None);
-    assert_eq!(auth("own.test", "/"), Some(("http://own.test/auth".into(), vec![])));
+    assert_eq!(
+        auth("own.test", "/"),
+        Some(("http://own.test/auth".into(), vec![]))
+    );
     assert_eq!(auth("off.test", "/"), None);
 }
 
 #[test]
 fn a_global_auth_url_that_cannot_be_used_leaves_global_auth_off() {
     let t = Translator::new(options()).translate(&state(vec![
-        config_map("ingress-nginx", "controller", json!({"global-auth-url": "not a url"})),
+        config_map(
+            "ingress-nginx",
+            "controller",
+            json!({"global-auth-url": "not a url"}),
+        ),
         ingress("plain", json!({}), "plain.test", &["/"]),
     ]));
     let diagnostics = config_diagnostics(&t);
     assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
-    assert!(diagnostics[0].1.starts_with("key global-auth-url: value \"not a url\""));
+    assert!(diagnostics[0]
+        .1
+        .starts_with("key global-auth-url: value \"not a url\""));
     assert!(diagnostics[0].1.ends_with("global auth is off"));
     assert!(route(&t, "plain.test", "/").access.is_none());
 }
@@ -322,16 +343,29 @@ fn an_ingress_with_a_blocked_word_is_skipped() {
             "sneaky.test",
             &["/"],
         ),
-        ingress("plain", json!({"other.io/note": "load_module"}), "plain.test", &["/"]),
+        ingress(
+            "plain",
+            json!({"other.io/note": "load_module"}),
+            "plain.test",
+            &["/"],
+        ),
     ]));
-    assert!(t.snapshot.virtual_hosts.iter().all(|v| v.host.to_string() != "sneaky.test"));
+    assert!(t
+        .snapshot
+        .virtual_hosts
+        .iter()
+        .all(|v| v.host.to_string() != "sneaky.test"));
     route(&t, "plain.test", "/");
     let skipped = t
         .diagnostics
         .iter()
         .find(|d| d.object.name == "sneaky")
         .unwrap();
-    assert!(skipped.message.contains("\"lua_package\""), "{}", skipped.message);
+    assert!(
+        skipped.message.contains("\"lua_package\""),
+        "{}",
+        skipped.message
+    );
 }
 
 #[test]
@@ -391,7 +425,11 @@ fn every_key_that_is_an_annotation_reads_its_usual_value() {
             Some(super::KeyStatus::Annotation),
             "{k}"
         );
-        assert_eq!(crate::ingress::check_annotation_default(k, v), Ok(()), "{k}: {v}");
+        assert_eq!(
+            crate::ingress::check_annotation_default(k, v),
+            Ok(()),
+            "{k}: {v}"
+        );
     }
     let annotations = super::CONTROLLER_KEYS
         .iter()

@@ -10,8 +10,8 @@ use crate::diagnostic::{Problem, Problems, Reason};
 use crate::secret;
 use k8s_openapi::api::core::v1::Secret;
 use portico_model::{
-    AccessPolicy, AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth, Template,
-    TemplatePart,
+    AccessPolicy, AuthCache, BasicAuth, Cidr, ClientAuth, ClientVerify, ExternalAuth, JwtAuth,
+    Template, TemplatePart,
 };
 use std::sync::Arc;
 

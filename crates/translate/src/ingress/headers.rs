@@ -51,11 +51,24 @@ pub(super) fn over_global(own: Option<HeaderEdits>, global: &HeaderEdits) -> Opt
             .remove
             .iter()
             .cloned()
-            .chain(changes.set.iter().chain(&changes.add).map(|(n, _)| n.clone()))
+            .chain(
+                changes
+                    .set
+                    .iter()
+                    .chain(&changes.add)
+                    .map(|(n, _)| n.clone()),
+            )
             .collect();
         let mine = |n: &String| !named.contains(n);
-        changes.remove.extend(global.remove.iter().filter(|n| mine(n)).cloned());
-        let set: Vec<(String, String)> = global.set.iter().filter(|(n, _)| mine(n)).cloned().collect();
+        changes
+            .remove
+            .extend(global.remove.iter().filter(|n| mine(n)).cloned());
+        let set: Vec<(String, String)> = global
+            .set
+            .iter()
+            .filter(|(n, _)| mine(n))
+            .cloned()
+            .collect();
         changes.set.splice(0..0, set);
     }
     Some(edits)

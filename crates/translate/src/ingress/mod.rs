@@ -28,9 +28,9 @@ fn nginx_annotations(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<Strin
 }
 
 use crate::annotations::{Annotations, NGINX_PREFIX};
-use crate::controller_config::ControllerConfig;
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
+use crate::controller_config::ControllerConfig;
 use crate::diagnostic::{Diagnostic, ObjectRef, Problem, Problems, Reason};
 use crate::secret::{self, CheckedCertificate};
 use fragment::ObjectReads;
@@ -261,9 +261,12 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                 None
             } else {
                 let global = &self.lookups.config.global_auth;
-                let read = global_external_auth(global, every_rule_has_host, &mut Problems::default());
+                let read =
+                    global_external_auth(global, every_rule_has_host, &mut Problems::default());
                 refusals
-                    .check(read.map_err(|p| Problem::new(p.reason, format!("controller ConfigMap: {}", p.message))))
+                    .check(read.map_err(|p| {
+                        Problem::new(p.reason, format!("controller ConfigMap: {}", p.message))
+                    }))
                     .flatten()
             }
         } else {
@@ -434,7 +437,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             );
             return self.fragment;
         }
-        if let Some((key, word)) = self.lookups.config.blocked_word(ingress.metadata.annotations.as_ref()) {
+        if let Some((key, word)) = self
+            .lookups
+            .config
+            .blocked_word(ingress.metadata.annotations.as_ref())
+        {
             let message = format!("annotation {key} contains {word:?}, a word the controller ConfigMap's annotation-value-word-blocklist refuses; the Ingress is skipped");
             self.report(Reason::InvalidAnnotation, message);
             return self.fragment;
@@ -488,14 +495,16 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     }
                     a
                 });
-                let access = self.policy.access.as_ref().and_then(|access| {
-                    match path.path.as_deref() {
-                        Some(p) if self.lookups.config.is_no_auth_location(p) => {
-                            auth::without_external_auth(access)
-                        }
-                        _ => Some(access.clone()),
-                    }
-                });
+                let access =
+                    self.policy
+                        .access
+                        .as_ref()
+                        .and_then(|access| match path.path.as_deref() {
+                            Some(p) if self.lookups.config.is_no_auth_location(p) => {
+                                auth::without_external_auth(access)
+                            }
+                            _ => Some(access.clone()),
+                        });
                 let route = Route {
                     path: matcher,
                     backend,
@@ -653,7 +662,11 @@ pub(crate) fn global_external_auth(
     every_rule_has_host: bool,
     problems: &mut Problems,
 ) -> Result<Option<portico_model::ExternalAuth>, Problem> {
-    auth::external(&Annotations::global_auth(keys), every_rule_has_host, problems)
+    auth::external(
+        &Annotations::global_auth(keys),
+        every_rule_has_host,
+        problems,
+    )
 }
 
 /// Whether `value` is one the annotation `name` accepts, checked the way every annotation
@@ -701,7 +714,11 @@ pub(crate) fn check_annotation_default(name: &str, value: &str) -> Result<(), St
         secrets: HashMap::new(),
     };
     let fragment = IngressProcessor::new(&mut lookups, &ingress).process();
-    match fragment.diagnostics.iter().find(|d| d.message.contains(&key)) {
+    match fragment
+        .diagnostics
+        .iter()
+        .find(|d| d.message.contains(&key))
+    {
         Some(d) => Err(d.message.clone()),
         None => Ok(()),
     }
