@@ -18,12 +18,15 @@ pub enum Status {
     Never(&'static str),
 }
 
+/// Why FastCGI annotations are never read (docs/design/0018).
+const FASTCGI: &str = "Portico speaks HTTP/1.1, HTTP/2 and gRPC to upstreams, not FastCGI: serve PHP-FPM through an HTTP server beside it (nginx, Caddy, FrankenPHP)";
+
 /// Every annotation of ingress-nginx (`shared/reference/ingress-nginx-annotations.tsv`).
 pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("server-alias", Status::Same),
     ("allowlist-source-range", Status::Same),
     ("whitelist-source-range", Status::Same),
-    ("backend-protocol", Status::Same),
+    ("backend-protocol", Status::Different("`HTTP`, `HTTPS`, `GRPC`, `GRPCS` and `H2C`; `FCGI` never (see `fastcgi-index`), `AUTO_HTTP` not yet; another value is reported and HTTP is used")),
     ("auth-realm", Status::Same),
     ("auth-secret", Status::Same),
     ("auth-secret-type", Status::Same),
@@ -90,8 +93,8 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("auth-signin-redirect-param", Status::Same),
     ("auth-snippet", Status::Never("as configuration-snippet")),
     ("auth-url", Status::Different("variables in the host part only `$host`, `$http_host`, `$server_port`, and `$host` only when every rule names a host (record 0016); a URL that does not parse makes the routes answer 503")),
-    ("fastcgi-index", Status::NotYet("FastCGI backends are not supported")),
-    ("fastcgi-params-configmap", Status::NotYet("FastCGI backends are not supported")),
+    ("fastcgi-index", Status::Never(FASTCGI)),
+    ("fastcgi-params-configmap", Status::Never(FASTCGI)),
     ("http2-push-preload", Status::Never("browsers no longer accept HTTP/2 server push (Chrome removed it in 2022, Firefox in 2024); a `Link: rel=preload` header from the backend still reaches them")),
     ("load-balance", Status::Same),
     ("enable-access-log", Status::Same),

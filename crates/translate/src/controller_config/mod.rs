@@ -364,12 +364,14 @@ fn headers_of(
             .filter(|_| http::HeaderValue::from_str(value).is_ok());
         match header {
             Some(header) => headers.push((header.as_str().to_string(), value.to_string())),
-            None => return Err((
-                Reason::InvalidSetting,
-                format!(
+            None => {
+                return Err((
+                    Reason::InvalidSetting,
+                    format!(
                     "key {k}: ConfigMap {ns}/{name} entry {entry:?} is not a header name and value"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(headers)
