@@ -312,6 +312,13 @@ mod tests {
                     preserve_trailing_slash: true,
                     no_access_log: false,
                     response_rate: None,
+                    tracing: Some(Box::new(RouteTracing {
+                        enabled: true,
+                        trust_incoming: false,
+                        operation_name: Some(
+                            Template::parse("HTTP $request_method svc $uri").unwrap(),
+                        ),
+                    })),
                 }],
                 client_auth: Some(ClientAuth {
                     ca_pem: "CA".into(),

@@ -2,7 +2,7 @@
 //! what a route does with it beyond its backend (rewrites, redirects, affinity, canaries,
 //! header edits, error pages).
 
-use crate::{AccessPolicy, ClientAuth, Cors, HostMatch, RateLimit};
+use crate::{AccessPolicy, ClientAuth, Cors, HostMatch, RateLimit, Template};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,22 @@ pub struct Route {
     /// `limit-rate`: how fast each answer's body is sent.
     #[serde(default)]
     pub response_rate: Option<Box<ResponseRate>>,
+    /// `enable-opentelemetry` and its companions; `None` traces as the proxy is told to.
+    #[serde(default)]
+    pub tracing: Option<Box<RouteTracing>>,
+}
+
+/// How a route's requests are traced when the proxy exports spans (`--otlp-endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTracing {
+    /// `enable-opentelemetry: "false"` turns tracing off: no span, and a client's
+    /// `traceparent` passes through untouched.
+    pub enabled: bool,
+    /// `opentelemetry-trust-incoming-span: "false"`: a client's `traceparent` is not
+    /// continued; the request starts a trace of its own.
+    pub trust_incoming: bool,
+    /// `opentelemetry-operation-name`: the span's name, rendered per request.
+    pub operation_name: Option<Template>,
 }
 
 /// `limit-rate` and `limit-rate-after`, as nginx's `limit_rate` applies them to each
@@ -295,6 +311,7 @@ impl Route {
             preserve_trailing_slash: false,
             no_access_log: false,
             response_rate: None,
+            tracing: None,
         }
     }
 }

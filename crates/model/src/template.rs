@@ -31,6 +31,8 @@ pub enum TemplatePart {
     Cookie(String),
     /// A query parameter (`$arg_id`).
     Arg(String),
+    /// The request's method (`$request_method`).
+    Method,
 }
 
 /// A parsed template. It travels in the snapshot in this form, so the proxy never parses
@@ -43,6 +45,15 @@ pub struct Template {
 impl Template {
     /// Fails saying which variable it does not know, or that a `${` is not closed.
     pub fn parse(template: &str) -> Result<Template, String> {
+        Template::parse_with(template, |_| None)
+    }
+
+    /// As [`Template::parse`], with the variables `known` gives a value for (those of one
+    /// route, such as `$service_name`) written in as text.
+    pub fn parse_with(
+        template: &str,
+        known: impl Fn(&str) -> Option<String>,
+    ) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut rest = template;
@@ -60,6 +71,11 @@ impl Template {
                     .unwrap_or(rest.len());
                 (&rest[..end], &rest[end..])
             };
+            if let Some(value) = known(name) {
+                text.push_str(&value);
+                rest = after;
+                continue;
+            }
             let part = variable(name).ok_or_else(|| format!("unknown variable ${name}"))?;
             if !text.is_empty() {
                 parts.push(TemplatePart::Text(std::mem::take(&mut text)));
@@ -119,6 +135,7 @@ impl std::fmt::Display for Template {
                 TemplatePart::Header(h) => write!(f, "${{http_{}}}", h.replace('-', "_"))?,
                 TemplatePart::Cookie(c) => write!(f, "${{cookie_{c}}}")?,
                 TemplatePart::Arg(a) => write!(f, "${{arg_{a}}}")?,
+                TemplatePart::Method => f.write_str("${request_method}")?,
             }
         }
         Ok(())
@@ -140,6 +157,7 @@ fn variable(name: &str) -> Option<TemplatePart> {
         "uri" => TemplatePart::Uri,
         "request_uri" => TemplatePart::RequestUri,
         "escaped_request_uri" => TemplatePart::EscapedRequestUri,
+        "request_method" => TemplatePart::Method,
         _ => {
             if let Some(h) = named("http_") {
                 TemplatePart::Header(h.replace('_', "-"))
@@ -169,6 +187,25 @@ pub fn escape_uri_component(s: &str, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn variables_a_caller_knows_are_written_in_as_text() {
+        let t = Template::parse_with("HTTP $request_method ${service_name} $uri", |n| {
+            (n == "service_name").then(|| "web".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            t.parts,
+            vec![
+                TemplatePart::Text("HTTP ".into()),
+                TemplatePart::Method,
+                TemplatePart::Text(" web ".into()),
+                TemplatePart::Uri,
+            ]
+        );
+        assert_eq!(t.to_string(), "HTTP ${request_method} web ${uri}");
+        assert!(Template::parse("$service_name").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -619,3 +619,66 @@ async fn an_ingress_can_turn_its_access_log_off() {
         "the quiet Ingress's request is not logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingresses_turn_tracing_off_refuse_incoming_traces_and_name_their_spans() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("quiet")
+            .path("quiet.test", "Prefix", "/", "web")
+            .annotation("nginx.ingress.kubernetes.io/enable-opentelemetry", "false")
+            .build(),
+    );
+    docs.push(
+        ingress("edge")
+            .path("edge.test", "Prefix", "/api", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/opentelemetry-trust-incoming-span",
+                "false",
+            )
+            .annotation(
+                "nginx.ingress.kubernetes.io/opentelemetry-operation-name",
+                "HTTP $request_method $service_name $location_path $uri",
+            )
+            .build(),
+    );
+    let portico = Portico::start_with(
+        &[("shop.yaml", to_yaml(&docs))],
+        &["--otlp-endpoint", &receiver.endpoint()],
+    )
+    .await;
+    let sent = traceparent(true);
+    let echo = |host: &'static str, path: &'static str| {
+        let client = &portico.client;
+        let sent = sent.clone();
+        async move {
+            let r = client
+                .request("GET", host, path, &[("traceparent", &sent)])
+                .await
+                .unwrap();
+            r.echo().expect("reached the backend").headers
+        }
+    };
+
+    // Off: the client's trace context passes untouched, and no span is exported.
+    let seen = echo("quiet.test", "/").await;
+    assert_eq!(seen.get("traceparent"), Some(&sent));
+
+    // Not trusted: a trace of Portico's own, whose span is named as the Ingress asks.
+    let seen = echo("edge.test", "/api/orders").await;
+    let upstream = &seen["traceparent"];
+    assert!(!upstream.contains(CLIENT_TRACE), "{upstream}");
+    let trace = upstream[3..35].to_string();
+    portico
+        .wait_until("the span reaches the collector", |_| async {
+            !receiver.spans().is_empty()
+        })
+        .await;
+    // Spans leave in order: one of the earlier, quiet request would be here by now.
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["traceId"].as_str(), Some(trace.as_str()));
+    assert_eq!(spans[0]["parentSpanId"].as_str().unwrap_or(""), "");
+    assert_eq!(spans[0]["name"], "HTTP GET web /api /api/orders");
+}

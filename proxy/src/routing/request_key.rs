@@ -65,6 +65,7 @@ pub fn render(template: &Template, facts: &RequestFacts<'_>, out: &mut Vec<u8>) 
                 }
             }
             TemplatePart::Uri => out.extend_from_slice(req.uri.path().as_bytes()),
+            TemplatePart::Method => out.extend_from_slice(req.method.as_str().as_bytes()),
             TemplatePart::RequestUri => out.extend_from_slice(request_uri().as_bytes()),
             TemplatePart::EscapedRequestUri => escape_uri_component(request_uri(), out),
             TemplatePart::Header(name) => {

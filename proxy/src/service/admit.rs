@@ -108,6 +108,13 @@ impl IngressProxy {
                     .get(X_FORWARDED_PROTO.name())
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req);
+        let route_tracing = snapshot
+            .matched_route(&ctx.routed)
+            .and_then(|r| r.tracing.as_deref());
+        if let Err(e) = self.trace(session, ctx, route_tracing) {
+            tracing::debug!(error = %e, "traceparent not set");
+        }
+        let req = session.req_header();
         let route = snapshot.matched_route(&ctx.routed);
         // Every answer from here on, refusals included, is readable by an allowed origin.
         let cors = route.and_then(|r| r.cors.as_deref());

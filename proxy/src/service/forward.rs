@@ -14,16 +14,17 @@ use crate::telemetry::trace_context::{self, TraceContext};
 use http::header::{self, HeaderValue};
 use pingora::http::PreparedHeaderName;
 use pingora::prelude::*;
+use portico_model::RouteTracing;
 use std::net::IpAddr;
 
 /// How many headers `forward` may add, so that the maps grow once.
 const FORWARDING_HEADERS: usize = 5;
 
 impl IngressProxy {
-    /// Gives the request its id and, when spans are exported, its place in a trace, in the
-    /// request itself. Without `--otlp-endpoint` a client's `traceparent` passes through
-    /// untouched and none is added, as in ingress-nginx without OpenTelemetry (issue #25).
-    /// `request_ids`: the controller ConfigMap's `generate-request-id`.
+    /// Gives the request its id and, when spans are exported, its place in a trace, in
+    /// the context (the `traceparent` is put in the request once routing has said whether
+    /// the route is traced: `trace`). `request_ids`: the controller ConfigMap's
+    /// `generate-request-id`.
     pub(super) fn identify(
         &self,
         session: &mut Session,
@@ -34,18 +35,43 @@ impl IngressProxy {
         if request_ids && !trace_context::usable_request_id(req.headers.get(X_REQUEST_ID.name())) {
             req.insert_prepared_header(&X_REQUEST_ID, trace_context::new_request_id())?;
         }
-        if self.spans.is_none() {
-            return Ok(());
+        if self.spans.is_some() {
+            let incoming = req.headers.get(TRACEPARENT.name());
+            ctx.trace = Some(TraceContext::continue_or_start(
+                incoming.map(HeaderValue::as_bytes),
+                self.trace_sample_ratio,
+            ));
         }
-        let trace = TraceContext::continue_or_start(
-            req.headers
-                .get(TRACEPARENT.name())
-                .map(HeaderValue::as_bytes),
-            self.trace_sample_ratio,
-        );
-        req.insert_prepared_header(&TRACEPARENT, trace.traceparent())?;
-        ctx.trace = Some(trace);
         Ok(())
+    }
+
+    /// Applies the routed route's tracing policy and gives the request the `traceparent`
+    /// of its span, so that auth services, error backends and the upstream continue it.
+    /// Without `--otlp-endpoint`, or on a route with `enable-opentelemetry: "false"`, a
+    /// client's `traceparent` passes through untouched and none is added, as in
+    /// ingress-nginx without OpenTelemetry (issue #25).
+    pub(super) fn trace(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: Option<&RouteTracing>,
+    ) -> Result<()> {
+        let Some(trace) = ctx.trace.as_mut() else {
+            return Ok(());
+        };
+        if let Some(policy) = policy {
+            if !policy.enabled {
+                ctx.trace = None;
+                return Ok(());
+            }
+            if !policy.trust_incoming && trace.parent_id.is_some() {
+                *trace = TraceContext::continue_or_start(None, self.trace_sample_ratio);
+            }
+        }
+        let traceparent = trace.traceparent();
+        session
+            .req_header_mut()
+            .insert_prepared_header(&TRACEPARENT, traceparent)
     }
 
     /// Turns the request Pingora copied for the upstream into the one Portico sends.

@@ -3,7 +3,7 @@
 
 use super::context::RequestCtx;
 use super::{IngressProxy, X_REQUEST_ID};
-use crate::routing::request_key::request_host;
+use crate::routing::request_key::{render, request_host, RequestFacts};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::RouteLabels;
 use crate::telemetry::otlp::{Attribute, Span};
@@ -127,10 +127,25 @@ impl IngressProxy {
                     Attribute::Text(request_id.to_string()),
                 ));
             }
-            let name = if route.is_empty() {
-                req.method.to_string()
-            } else {
-                format!("{} {route}", req.method)
+            let operation_name = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.matched_route(&ctx.routed))
+                .and_then(|r| r.tracing.as_ref()?.operation_name.as_ref());
+            let name = match operation_name {
+                Some(template) => {
+                    let facts = RequestFacts {
+                        req,
+                        client,
+                        https: ctx.https,
+                        server_port: super::server_port(session),
+                    };
+                    let mut out = Vec::new();
+                    render(template, &facts, &mut out);
+                    String::from_utf8_lossy(&out).into_owned()
+                }
+                None if route.is_empty() => req.method.to_string(),
+                None => format!("{} {route}", req.method),
             };
             exporter.export(Span {
                 context,

@@ -39,7 +39,8 @@ use k8s_openapi::api::networking::v1::{
 };
 use portico_model::{
     AccessPolicy, ClientAuth, Cors, ErrorPages, HeaderEdits, HostMatch, RateLimit,
-    RequestConditions, ResponseRate, Rewrite, Route, SessionAffinity, TrafficPolicy, Upstream,
+    RequestConditions, ResponseRate, Rewrite, Route, SessionAffinity, Template, TrafficPolicy,
+    Upstream,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,6 +87,7 @@ struct RoutePolicy {
     response_rate: Option<ResponseRate>,
     /// `from-to-www-redirect`.
     www_redirect: bool,
+    tracing: Option<traffic::TracingPolicy>,
 }
 
 impl Default for RoutePolicy {
@@ -111,6 +113,7 @@ impl Default for RoutePolicy {
             no_access_log: false,
             response_rate: None,
             www_redirect: false,
+            tracing: None,
         }
     }
 }
@@ -221,6 +224,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         }
         self.policy.no_access_log = problems.take(a.bool("enable-access-log")) == Some(false);
         self.policy.response_rate = traffic::response_rate(&a, &mut problems);
+        self.policy.tracing = traffic::tracing(&a, &mut problems);
         self.policy.preserve_trailing_slash = problems
             .take(a.bool("preserve-trailing-slash"))
             .unwrap_or(false);
@@ -529,6 +533,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
                     no_access_log: self.policy.no_access_log,
                     response_rate: self.policy.response_rate.map(Box::new),
+                    tracing: self.route_tracing(&path.backend, path.path.as_deref().unwrap_or("/")),
                 };
                 routes.push(FragmentRoute {
                     route,
@@ -546,6 +551,35 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             self.add_www_redirects();
         }
         self.fragment
+    }
+
+    /// The Ingress's tracing policy for one route, its variables (`$service_name`...) filled in.
+    fn route_tracing(
+        &self,
+        backend: &IngressBackend,
+        location_path: &str,
+    ) -> Option<Box<portico_model::RouteTracing>> {
+        let policy = self.policy.tracing.as_ref()?;
+        let service = backend.service.as_ref();
+        let known = |name: &str| {
+            Some(match name {
+                "namespace" => self.namespace.to_string(),
+                "ingress_name" => self.fragment.object.name.clone(),
+                "service_name" => service.map(|s| s.name.clone()).unwrap_or_default(),
+                "service_port" => backend::port_text(service.and_then(|s| s.port.as_ref())),
+                "location_path" => location_path.to_string(),
+                _ => return None,
+            })
+        };
+        let operation_name = policy
+            .operation_name
+            .as_deref()
+            .and_then(|text| Template::parse_with(text, known).ok());
+        Some(Box::new(portico_model::RouteTracing {
+            enabled: policy.enabled,
+            trust_incoming: policy.trust_incoming,
+            operation_name,
+        }))
     }
 
     /// `custom-http-errors` for a route to `backend`: the pages come from `default-backend`

@@ -7,7 +7,7 @@ use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{
     AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit, ResponseRate,
-    SessionAffinity, SessionCookie, SourceRef, TrafficPolicy, UpstreamProtocol,
+    SessionAffinity, SessionCookie, SourceRef, Template, TrafficPolicy, UpstreamProtocol,
 };
 
 /// ingress-nginx's `session-cookie-name` default.
@@ -118,6 +118,56 @@ pub(super) fn response_rate(a: &Annotations<'_>, problems: &mut Problems) -> Opt
         bytes_per_second: u64::from(kib) * 1024,
         after_bytes: u64::from(after) * 1024,
     })
+}
+
+/// The variables `opentelemetry-operation-name` may use beside a request's: those of the
+/// route, as ingress-nginx sets them for each location.
+pub(super) const ROUTE_VARIABLES: [&str; 5] = [
+    "namespace",
+    "ingress_name",
+    "service_name",
+    "service_port",
+    "location_path",
+];
+
+/// `enable-opentelemetry`, `opentelemetry-trust-incoming-span` and
+/// `opentelemetry-operation-name` (checked here with stand-ins for the route's variables,
+/// which each route fills in); `None` when none is set.
+pub(super) fn tracing(a: &Annotations<'_>, problems: &mut Problems) -> Option<TracingPolicy> {
+    let enabled = problems.take(a.bool("enable-opentelemetry"));
+    let trust_incoming = problems.take(a.bool("opentelemetry-trust-incoming-span"));
+    let operation_name = a
+        .get("opentelemetry-operation-name")
+        .and_then(|(key, value)| {
+            let stand_in = |n: &str| ROUTE_VARIABLES.contains(&n).then(String::new);
+            match Template::parse_with(value.trim(), stand_in) {
+                Ok(_) if !value.trim().is_empty() => Some(value.trim().to_string()),
+                Ok(_) => None,
+                Err(why) => {
+                    problems.push(Problem::invalid(format!(
+                    "annotation {key}: value {value:?} has {why}; the span keeps its usual name"
+                )));
+                    None
+                }
+            }
+        });
+    if enabled.is_none() && trust_incoming.is_none() && operation_name.is_none() {
+        return None;
+    }
+    Some(TracingPolicy {
+        enabled: enabled.unwrap_or(true),
+        trust_incoming: trust_incoming.unwrap_or(true),
+        operation_name,
+    })
+}
+
+/// What an Ingress says about tracing its routes; the operation name is still text, as
+/// each route fills in its own variables.
+#[derive(Debug, Clone)]
+pub(super) struct TracingPolicy {
+    pub enabled: bool,
+    pub trust_incoming: bool,
+    pub operation_name: Option<String>,
 }
 
 /// ingress-nginx's buffer annotations. Portico streams request and response bodies as
@@ -264,6 +314,40 @@ mod tests {
         let mut problems = Problems::default();
         let value = f(&Annotations::new(Some(&map)), &mut problems);
         (value, problems.0.into_iter().map(|p| p.message).collect())
+    }
+
+    #[test]
+    fn tracing_names_take_route_variables_and_report_unknown_ones() {
+        let (policy, problems) = read(
+            &[(
+                "opentelemetry-operation-name",
+                "HTTP $request_method $service_name",
+            )],
+            tracing,
+        );
+        let policy = policy.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(policy.enabled && policy.trust_incoming);
+        assert_eq!(
+            policy.operation_name.as_deref(),
+            Some("HTTP $request_method $service_name")
+        );
+        let (policy, problems) = read(
+            &[
+                ("opentelemetry-operation-name", "$upstream_addr"),
+                ("enable-opentelemetry", "false"),
+            ],
+            tracing,
+        );
+        assert_eq!(
+            policy.map(|p| (p.enabled, p.operation_name)),
+            Some((false, None))
+        );
+        assert!(
+            problems[0].contains("unknown variable $upstream_addr"),
+            "{problems:?}"
+        );
+        assert!(read(&[], tracing).0.is_none());
     }
 
     /// Annotations, and the retry policy expected: on error, on timeout, on statuses, tries.

@@ -52,6 +52,7 @@ pub struct CompiledRoute {
     pub preserve_trailing_slash: bool,
     pub no_access_log: bool,
     pub response_rate: Option<portico_model::ResponseRate>,
+    pub tracing: Option<Box<portico_model::RouteTracing>>,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -227,6 +228,7 @@ pub(super) fn compile_vhost(
             preserve_trailing_slash: route.preserve_trailing_slash,
             no_access_log: route.no_access_log,
             response_rate: route.response_rate.as_deref().copied(),
+            tracing: route.tracing.clone(),
             series: Default::default(),
         });
     }
