@@ -104,9 +104,20 @@ pub enum Balance {
     /// Ketama over a key built from the request by this template (ingress-nginx's
     /// variable syntax: `$remote_addr`, `$host`, `$http_x_user`, ...).
     ConsistentHash(Template),
+    /// `upstream-hash-by-subset`: the key picks a subset of `size` endpoints (by the ring,
+    /// as [`Balance::ConsistentHash`] picks one), and each request one of them at random.
+    HashSubset { key: Template, size: u32 },
 }
 
 impl Balance {
+    /// The template of the request's hash key, for the hashing algorithms.
+    pub fn hash_key(&self) -> Option<&Template> {
+        match self {
+            Balance::ConsistentHash(key) | Balance::HashSubset { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             Balance::RoundRobin => "round_robin",
@@ -114,6 +125,7 @@ impl Balance {
             Balance::Ewma => "ewma",
             Balance::Random => "random",
             Balance::ConsistentHash(_) => "hash",
+            Balance::HashSubset { .. } => "hash_subset",
         }
     }
 }

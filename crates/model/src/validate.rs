@@ -59,6 +59,9 @@ pub enum ValidationError {
 }
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
+    if matches!(p.balance, crate::Balance::HashSubset { size: 0, .. }) {
+        return Err("hash subset size 0".into());
+    }
     if p.connect_timeout_ms == 0 || p.read_timeout_ms == 0 || p.send_timeout_ms == 0 {
         return Err("timeouts must be greater than 0".into());
     }

@@ -76,6 +76,8 @@ enum Algorithm {
     Ewma,
     Random,
     Hash,
+    /// Endpoints in subsets of this many, by their order in the snapshot.
+    HashSubset(usize),
 }
 
 /// Ketama places this many points per unit of weight on the ring (pingora-ketama's V1).
@@ -143,6 +145,7 @@ impl Balancer {
             Balance::Ewma => Algorithm::Ewma,
             Balance::Random => Algorithm::Random,
             Balance::ConsistentHash(_) => Algorithm::Hash,
+            Balance::HashSubset { size, .. } => Algorithm::HashSubset((*size).max(1) as usize),
         };
         Balancer {
             endpoints,
@@ -269,6 +272,21 @@ impl Balancer {
                 })
             }
             Algorithm::Hash => self.ring().walk(key, allowed),
+            Algorithm::HashSubset(size) => {
+                // The key's subset is that of the endpoint the ring gives it; a request
+                // goes to one of its allowed members at random, and when none is allowed
+                // (all tried or down) the ring walks on, as plain hashing does.
+                let first = self.ring().walk(key, &|_| true)?;
+                let start = first / size * size;
+                let members = start..(start + size).min(n);
+                let allowed_members = members.clone().filter(|i| allowed(*i)).count();
+                if allowed_members == 0 {
+                    return self.ring().walk(key, allowed);
+                }
+                members
+                    .filter(|i| allowed(*i))
+                    .nth(fastrand::usize(..allowed_members))
+            }
         }
     }
 
@@ -503,6 +521,29 @@ mod tests {
             b.pick_on_ring(b"session-42", &[]),
             Some(other),
             "a checked-down endpoint is walked past to the same next one"
+        );
+    }
+
+    #[test]
+    fn a_hash_subset_spreads_one_key_over_its_subset_only() {
+        let key = portico_model::Template::parse("$remote_addr").unwrap();
+        let b = Balancer::new(&backend(
+            &[1, 2, 3, 4, 5, 6, 7],
+            Balance::HashSubset { key, size: 3 },
+        ));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            seen.insert(b.pick(b"client-7", &[]).unwrap());
+        }
+        let subset: Vec<usize> = seen.iter().copied().collect();
+        assert!(
+            subset == [0, 1, 2] || subset == [3, 4, 5] || subset == [6],
+            "one subset, all of it: {subset:?}"
+        );
+        let other = b.pick(b"client-7", &subset).unwrap();
+        assert!(
+            !subset.contains(&other),
+            "with its subset tried, the ring walks on"
         );
     }
 

@@ -35,7 +35,13 @@ pub(super) fn traffic(
     }
     // As in ingress-nginx, a hash key overrides the algorithm.
     if let Some(key) = problems.take(a.hash_key()) {
-        t.balance = Balance::ConsistentHash(key);
+        t.balance = match problems.take(a.bool("upstream-hash-by-subset")) {
+            Some(true) => Balance::HashSubset {
+                key,
+                size: hash_subset_size(a, problems),
+            },
+            _ => Balance::ConsistentHash(key),
+        };
     }
     for (name, field) in [
         ("proxy-connect-timeout", &mut t.connect_timeout_ms),
@@ -118,6 +124,24 @@ pub(super) fn response_rate(a: &Annotations<'_>, problems: &mut Problems) -> Opt
         bytes_per_second: u64::from(kib) * 1024,
         after_bytes: u64::from(after) * 1024,
     })
+}
+
+/// `upstream-hash-by-subset-size`: at least 1, 3 by default as in ingress-nginx.
+fn hash_subset_size(a: &Annotations<'_>, problems: &mut Problems) -> u32 {
+    match problems.take(a.count("upstream-hash-by-subset-size")) {
+        Some(0) => {
+            let key = a
+                .get("upstream-hash-by-subset-size")
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            problems.push(Problem::invalid(format!(
+                "annotation {key}: value \"0\" is not a subset size of at least 1; 3 is used"
+            )));
+            3
+        }
+        Some(size) => size,
+        None => 3,
+    }
 }
 
 /// The variables `opentelemetry-operation-name` may use beside a request's: those of the
@@ -314,6 +338,35 @@ mod tests {
         let mut problems = Problems::default();
         let value = f(&Annotations::new(Some(&map)), &mut problems);
         (value, problems.0.into_iter().map(|p| p.message).collect())
+    }
+
+    #[test]
+    fn hash_subsets_take_the_key_and_a_size() {
+        let (t, problems) = read(
+            &[
+                ("upstream-hash-by", "$arg_user"),
+                ("upstream-hash-by-subset", "true"),
+                ("upstream-hash-by-subset-size", "0"),
+            ],
+            |a, p| traffic(a, UpstreamProtocol::Http, p),
+        );
+        assert!(
+            matches!(t.balance, Balance::HashSubset { size: 3, .. }),
+            "{:?}",
+            t.balance
+        );
+        assert!(problems[0].contains("subset size"), "{problems:?}");
+        let (t, _) = read(
+            &[
+                ("upstream-hash-by", "$arg_user"),
+                ("upstream-hash-by-subset-size", "5"),
+            ],
+            |a, p| traffic(a, UpstreamProtocol::Http, p),
+        );
+        assert!(
+            matches!(t.balance, Balance::ConsistentHash(_)),
+            "subset off by default"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::telemetry::metrics::{BackendSeries, ProxyMetrics};
 use crate::upstream::affinity::PoolSessions;
 use crate::upstream::balancer::Balancer;
 use crate::upstream::peer::UpstreamSettings;
-use portico_model::{Backend, Balance, HealthCheck, RetryPolicy, ServiceRef, Template};
+use portico_model::{Backend, HealthCheck, RetryPolicy, ServiceRef, Template};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -38,10 +38,7 @@ pub struct BackendPool {
 impl BackendPool {
     pub fn new(b: &Backend) -> Result<Self, String> {
         let upstream = UpstreamSettings::new(&b.upstream, &b.policy)?;
-        let hash_key = match &b.policy.balance {
-            Balance::ConsistentHash(key) => Some(key.clone()),
-            _ => None,
-        };
+        let hash_key = b.policy.balance.hash_key().cloned();
         Ok(BackendPool {
             name: b.name.as_str().into(),
             service: b.service.clone(),
