@@ -174,6 +174,10 @@ pub struct Upstream {
     /// `proxy-http-version: "1.0"`: requests go upstream as HTTP/1.0.
     #[serde(default)]
     pub http10: bool,
+    /// `connection-proxy-header: close`: requests go upstream with `Connection: close`,
+    /// and their connections are not reused.
+    #[serde(default)]
+    pub close_connections: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -344,6 +344,7 @@ mod tests {
                     ca_pem: None,
                     server_name: Some("svc.ns.svc".into()),
                     http10: false,
+                    close_connections: true,
                 },
                 policy: TrafficPolicy {
                     balance: Balance::ConsistentHash(Template::parse("$remote_addr").unwrap()),

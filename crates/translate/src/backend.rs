@@ -70,6 +70,9 @@ pub(crate) fn backend_name(
     if upstream.http10 {
         name.push_str("|http1.0");
     }
+    if upstream.close_connections {
+        name.push_str("|close");
+    }
     if upstream.verify || upstream.server_name.is_some() || upstream.ca_pem.is_some() {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

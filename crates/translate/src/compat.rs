@@ -56,7 +56,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
             "snippets inject raw nginx configuration: Portico runs no nginx, and an annotation must never change the proxy's code",
         ),
     ),
-    ("connection-proxy-header", Status::NotYet("")),
+    ("connection-proxy-header", Status::Different("`keep-alive` (what Portico does anyway) or `close`; another value is reported and connections are kept alive")),
     ("cors-allow-credentials", Status::Same),
     ("cors-allow-headers", Status::Same),
     ("cors-allow-methods", Status::Same),

@@ -673,3 +673,43 @@ async fn proxy_http_version_1_0_speaks_http_1_0_upstream() {
     }
     drop(servers);
 }
+
+/// `connection-proxy-header: close`: the backend is told to close each connection after
+/// its answer; `keep-alive` (and no annotation) keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_proxy_header_close_reaches_the_backend() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("closing")
+            .path("close.test", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/connection-proxy-header",
+                "close",
+            )
+            .build(),
+    );
+    docs.push(
+        ingress("kept")
+            .path("kept.test", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/connection-proxy-header",
+                "keep-alive",
+            )
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    for _ in 0..2 {
+        let closing = portico.client.get("close.test", "/").await.unwrap();
+        assert_eq!(
+            closing
+                .echo()
+                .unwrap()
+                .headers
+                .get("connection")
+                .map(String::as_str),
+            Some("close")
+        );
+        let kept = portico.client.get("kept.test", "/").await.unwrap();
+        assert_eq!(kept.echo().unwrap().headers.get("connection"), None);
+    }
+}

@@ -175,8 +175,13 @@ impl IngressProxy {
                 }
             }
         }
-        if ctx.pool().is_some_and(|p| p.upstream.http10) {
-            upstream.set_version(http::Version::HTTP_10);
+        if let Some(pool) = ctx.pool() {
+            if pool.upstream.http10 {
+                upstream.set_version(http::Version::HTTP_10);
+            }
+            if pool.upstream.close_connections {
+                upstream.insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
+            }
         }
         if !keep(upstream, &X_FORWARDED_PORT) {
             if let Some(port) = super::server_port(session) {

@@ -25,6 +25,8 @@ pub struct UpstreamSettings {
     pool_key: u64,
     /// `proxy-http-version: "1.0"`.
     pub http10: bool,
+    /// `connection-proxy-header: close`.
+    pub close_connections: bool,
 }
 
 impl UpstreamSettings {
@@ -59,6 +61,7 @@ impl UpstreamSettings {
         Ok(UpstreamSettings {
             pool_key,
             http10: u.http10,
+            close_connections: u.close_connections,
             tls: u.protocol.uses_tls(),
             alpn,
             verify: u.verify,

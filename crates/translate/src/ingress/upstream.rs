@@ -35,6 +35,17 @@ pub(super) fn upstream(
             protocol.as_str()
         ))),
     }
+    match a.get("connection-proxy-header") {
+        None => {}
+        Some((_, v)) if v.trim().eq_ignore_ascii_case("keep-alive") => {}
+        Some((_, v)) if v.trim().eq_ignore_ascii_case("close") && !protocol.is_http2() => {
+            upstream.close_connections = true
+        }
+        Some((key, v)) => problems.push(Problem::invalid(format!(
+            "annotation {key}: value {v:?} is not \"keep-alive\" or \"close\" for a {} backend; connections are kept alive",
+            protocol.as_str()
+        ))),
+    }
     let mut server_name_from_service = false;
     if protocol.uses_tls() {
         upstream.verify = problems.take(a.on_off("proxy-ssl-verify")).unwrap_or(false);
