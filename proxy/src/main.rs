@@ -189,6 +189,9 @@ fn main() -> anyhow::Result<()> {
         https_redirect_port: args.https_redirect_port,
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
+        mirrors: portico_proxy::upstream::mirror::RequestMirrors::new(
+            metrics.mirror_copies_dropped.clone(),
+        ),
         jwks: portico_proxy::policy::jwks::JwksCache::default(),
         // Half the worker threads' worth of cores at most on bcrypt, so that wrong
         // passwords cannot take the proxy's whole CPU; past 128 waiting, 503.

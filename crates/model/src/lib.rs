@@ -319,6 +319,11 @@ mod tests {
                             Template::parse("HTTP $request_method svc $uri").unwrap(),
                         ),
                     })),
+                    mirror: Some(Box::new(Mirror {
+                        target: Template::parse("https://shadow.test$request_uri").unwrap(),
+                        host: "shadow.test".into(),
+                        body: false,
+                    })),
                 }],
                 client_auth: Some(ClientAuth {
                     ca_pem: "CA".into(),

@@ -112,6 +112,23 @@ pub struct Route {
     /// `enable-opentelemetry` and its companions; `None` traces as the proxy is told to.
     #[serde(default)]
     pub tracing: Option<Box<RouteTracing>>,
+    /// `mirror-target`: a copy of each request goes here too.
+    #[serde(default)]
+    pub mirror: Option<Box<Mirror>>,
+}
+
+/// `mirror-target`, `mirror-host`, `mirror-request-body`: a copy of each admitted request
+/// goes to another URL, and its answer is read and dropped; the client's answer never
+/// waits for it or depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// An absolute `http` or `https` URL whose scheme and host part are literal text; its
+    /// path and query may hold variables (`$request_uri`).
+    pub target: Template,
+    /// The copy's `Host`: `mirror-host`, else the target's host name.
+    pub host: String,
+    /// The request body is copied too (up to a bound; a larger one is not mirrored).
+    pub body: bool,
 }
 
 /// How a route's requests are traced when the proxy exports spans (`--otlp-endpoint`).
@@ -312,6 +329,7 @@ impl Route {
             no_access_log: false,
             response_rate: None,
             tracing: None,
+            mirror: None,
         }
     }
 }

@@ -713,3 +713,134 @@ async fn connection_proxy_header_close_reaches_the_backend() {
         assert_eq!(kept.echo().unwrap().headers.get("connection"), None);
     }
 }
+
+/// A mirror that records each request it gets (head and body, as text) and answers late.
+async fn slow_recording_mirror(
+    answer_after: Duration,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            record.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                    match tcp.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                tokio::time::sleep(answer_after).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `mirror-target`: each request is copied, body and all, to the mirror, whose slowness
+/// and errors the client never sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_target_copies_requests_without_holding_them_up() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    let (mirror, seen) = slow_recording_mirror(Duration::from_secs(3)).await;
+    docs.push(
+        ingress("shop")
+            .path("shop.test", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/mirror-target",
+                &format!("http://{mirror}/copy$request_uri"),
+            )
+            .annotation("nginx.ingress.kubernetes.io/mirror-host", "shadow.test")
+            .build(),
+    );
+    docs.push(
+        ingress("lean")
+            .path("lean.test", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/mirror-target",
+                &format!("http://{mirror}"),
+            )
+            .annotation("nginx.ingress.kubernetes.io/mirror-request-body", "off")
+            .build(),
+    );
+    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+
+    let started = Instant::now();
+    let reply = portico
+        .client
+        .request("GET", "shop.test", "/orders?id=7", &[("cookie", "s=1")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        raw_status(portico.http, &post("shop.test", b"hello mirror")).await,
+        200
+    );
+    assert_eq!(
+        raw_status(portico.http, &post("lean.test", b"not copied")).await,
+        200
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the mirror answers after 3 s; the clients did not wait: {:?}",
+        started.elapsed()
+    );
+    portico
+        .wait_until("three copies reach the mirror", |_| {
+            let n = seen.lock().unwrap().len();
+            async move { n >= 3 }
+        })
+        .await;
+    let copies = seen.lock().unwrap().clone();
+    let get = copies
+        .iter()
+        .find(|c| c.starts_with("GET "))
+        .expect("the GET's copy");
+    assert!(
+        get.starts_with("GET /copy/orders?id=7 HTTP/1.1\r\n"),
+        "{get}"
+    );
+    assert!(
+        get.to_ascii_lowercase().contains("host: shadow.test\r\n"),
+        "{get}"
+    );
+    assert!(
+        get.to_ascii_lowercase().contains("cookie: s=1\r\n"),
+        "{get}"
+    );
+    let post_copy = copies
+        .iter()
+        .find(|c| c.starts_with("POST /copy/"))
+        .expect("the POST's copy");
+    assert!(post_copy.ends_with("\r\n\r\nhello mirror"), "{post_copy}");
+    let lean = copies
+        .iter()
+        .find(|c| c.starts_with("POST / "))
+        .expect("a copy without a path keeps the request's");
+    assert!(
+        lean.ends_with("\r\n\r\n"),
+        "mirror-request-body off: {lean}"
+    );
+}

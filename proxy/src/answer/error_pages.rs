@@ -74,7 +74,7 @@ pub async fn fetch(
             req.insert_header("x-request-id", id.clone())
                 .map_err(text)?;
         }
-        let (answer, body) = fetch::exchange(connector, &peer, req, MAX_PAGE).await?;
+        let (answer, body) = fetch::exchange(connector, &peer, req, None, MAX_PAGE).await?;
         let mut header =
             ResponseHeader::build(answer.status, Some(PASSED.len() + 2)).map_err(text)?;
         for name in PASSED {

@@ -5,12 +5,11 @@
 //! is a 500. Answers may be cached by a key built from the request.
 
 use crate::routing::request_key::{render, request_host, RequestFacts};
-use crate::upstream::fetch::text;
+use crate::upstream::fetch::{text, Target};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
-use portico_model::{redact_userinfo, ExternalAuth, Template};
+use portico_model::{ExternalAuth, Template};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -83,53 +82,10 @@ impl OriginalRequest<'_> {
     }
 }
 
-/// Where the auth request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AuthTarget {
-    tls: bool,
-    host: String,
-    port: u16,
-    authority: String,
-    path_and_query: String,
-}
-
-impl AuthTarget {
-    /// `rendered`: the URL was rendered from a request, and its host part may hold only
-    /// what a DNS name or address can, so that a request cannot add credentials or
-    /// otherwise steer it.
-    fn parse(url: &[u8], rendered: bool) -> Result<AuthTarget, String> {
-        let lossy = String::from_utf8_lossy(url);
-        let shown = redact_userinfo(&lossy);
-        let uri = http::Uri::try_from(url).map_err(|e| format!("auth-url {shown:?}: {e}"))?;
-        let tls = uri.scheme_str() == Some("https");
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("auth-url {shown:?} names no host"))?;
-        let host_text = |b: u8| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b);
-        if rendered && !authority.as_str().bytes().all(host_text) {
-            return Err(format!("auth-url {shown:?}: the host part is not a host"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        Ok(AuthTarget {
-            tls,
-            host,
-            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            authority: authority.to_string(),
-            path_and_query: uri
-                .path_and_query()
-                .map_or("/".to_string(), |p| p.to_string()),
-        })
-    }
-}
-
 pub struct ExternalAuthCheck {
     spec: ExternalAuth,
     /// The target when `auth-url` has no variables; otherwise it is rendered per request.
-    fixed_target: Option<AuthTarget>,
+    fixed_target: Option<Target>,
     response_headers: Vec<HeaderName>,
     cache_key: Option<Template>,
     cache: Mutex<HashMap<Vec<u8>, (Instant, AuthAnswer)>>,
@@ -140,7 +96,7 @@ impl ExternalAuthCheck {
         let fixed_target = spec
             .url
             .as_text()
-            .map(|url| AuthTarget::parse(url.as_bytes(), false))
+            .map(|url| Target::parse(url.as_bytes(), false, "auth-url"))
             .transpose()?;
         let response_headers = spec
             .response_headers
@@ -225,16 +181,11 @@ impl ExternalAuthCheck {
         let target = match &self.fixed_target {
             Some(target) => target,
             None => {
-                rendered = AuthTarget::parse(&original.render(&self.spec.url), true)?;
+                rendered = Target::parse(&original.render(&self.spec.url), true, "auth-url")?;
                 &rendered
             }
         };
-        let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("resolving {}: {e}", target.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", target.host))?;
-        let peer = HttpPeer::new(addr, target.tls, target.host.clone());
+        let peer = target.peer().await?;
         let mut req = RequestHeader::build(
             self.spec.method.as_str(),
             target.path_and_query.as_bytes(),
@@ -379,30 +330,5 @@ impl ExternalAuthCheck {
                 AuthAnswer::Failed
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rendered_auth_url_cannot_carry_credentials_or_a_strange_host() {
-        let target = AuthTarget::parse(b"http://a.test:8080/check?x=1", true).unwrap();
-        assert_eq!(
-            (
-                target.host.as_str(),
-                target.port,
-                target.path_and_query.as_str()
-            ),
-            ("a.test", 8080, "/check?x=1")
-        );
-        assert!(
-            AuthTarget::parse(b"https://svc:pw@auth.test/check", false).is_ok(),
-            "credentials the Ingress wrote are its own"
-        );
-        let refused = AuthTarget::parse(b"http://svc:s3cret@auth.test/check", true).unwrap_err();
-        assert!(refused.contains("not a host"), "{refused}");
-        assert!(!refused.contains("s3cret"), "{refused}");
     }
 }

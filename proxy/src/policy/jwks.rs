@@ -182,7 +182,7 @@ async fn download(connector: &Connector, url: &str) -> Result<String, String> {
     req.insert_header(header::HOST, authority).map_err(text)?;
     req.insert_header(header::ACCEPT, "application/json")
         .map_err(text)?;
-    let (answer, body) = fetch::exchange(connector, &peer, req, MAX_JWKS_BYTES).await?;
+    let (answer, body) = fetch::exchange(connector, &peer, req, None, MAX_JWKS_BYTES).await?;
     if answer.status != 200 {
         return Err(format!("status {}", answer.status.as_u16()));
     }

@@ -7,6 +7,7 @@ use crate::telemetry::metrics::{BackendSeries, Refusal};
 use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::affinity::Pin;
 use crate::upstream::balancer::Attempt;
+use crate::upstream::mirror::MirrorCopy;
 use http::header::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct RequestCtx {
     pub(super) refusal: Option<Refusal>,
     /// When the answer's body began and how much of it has gone, for `limit-rate`.
     pub(super) body_sent: Option<(Instant, u64)>,
+    /// `mirror-target`: the copy waiting for the request body to pass.
+    pub(super) mirror: Option<MirrorCopy>,
 }
 
 /// Lowers the in-flight gauge when the request's context goes.

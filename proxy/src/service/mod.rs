@@ -10,6 +10,7 @@ mod attempt;
 mod context;
 mod forward;
 mod hygiene;
+mod mirror;
 mod report;
 mod respond;
 
@@ -24,6 +25,7 @@ use crate::policy::password_checks::PasswordChecks;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::otlp::SpanExporter;
 use crate::upstream::affinity::StickySessions;
+use crate::upstream::mirror::RequestMirrors;
 use async_trait::async_trait;
 use bytes::Bytes;
 use context::InFlight;
@@ -60,6 +62,8 @@ pub struct IngressProxy {
     pub spans: Option<SpanExporter>,
     /// `--trace-sample-ratio`: the share of traces Portico starts that are sampled.
     pub trace_sample_ratio: f64,
+    /// `mirror-target`'s copies, sent in the background.
+    pub mirrors: RequestMirrors,
     /// Set on SIGTERM: from then on every HTTP/1 answer says `Connection: close`, so that
     /// clients move to new connections while the listeners still accept.
     pub stopping: Stopping,
@@ -139,7 +143,10 @@ impl ProxyHttp for IngressProxy {
         };
         ctx.snapshot = Some(Arc::clone(&snapshot));
         match self.admit(session, ctx, &snapshot).await {
-            None => Ok(false),
+            None => {
+                self.start_mirror(session, ctx);
+                Ok(false)
+            }
             Some(answer) => {
                 self.send(session, ctx, answer).await?;
                 Ok(true)
@@ -234,9 +241,12 @@ impl ProxyHttp for IngressProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if ctx.mirror.is_some() {
+            self.mirror_body(body.as_deref(), end, ctx);
+        }
         if let (Some(chunk), Some(limit)) = (
             body.as_ref(),
             ctx.snapshot

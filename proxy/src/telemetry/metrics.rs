@@ -277,6 +277,7 @@ pub struct ProxyMetrics {
     pub access_log_dropped: IntCounter,
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounter,
+    pub mirror_copies_dropped: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -374,6 +375,11 @@ impl ProxyMetrics {
                 "Spans dropped: the export queue was full or the OTLP endpoint failed",
             )
             .expect("valid metric"),
+            mirror_copies_dropped: IntCounter::new(
+                "portico_mirror_copies_dropped_total",
+                "mirror-target copies not sent (too many in flight, a body too large) or not answered",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -398,6 +404,7 @@ impl ProxyMetrics {
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.spans_exported.clone()),
             Box::new(m.spans_dropped.clone()),
+            Box::new(m.mirror_copies_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric registered once");

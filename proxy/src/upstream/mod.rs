@@ -5,4 +5,5 @@ pub mod affinity;
 pub mod balancer;
 pub mod fetch;
 pub mod health;
+pub mod mirror;
 pub mod peer;

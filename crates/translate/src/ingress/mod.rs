@@ -88,6 +88,7 @@ struct RoutePolicy {
     /// `from-to-www-redirect`.
     www_redirect: bool,
     tracing: Option<traffic::TracingPolicy>,
+    mirror: Option<portico_model::Mirror>,
 }
 
 impl Default for RoutePolicy {
@@ -114,6 +115,7 @@ impl Default for RoutePolicy {
             response_rate: None,
             www_redirect: false,
             tracing: None,
+            mirror: None,
         }
     }
 }
@@ -225,6 +227,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.policy.no_access_log = problems.take(a.bool("enable-access-log")) == Some(false);
         self.policy.response_rate = traffic::response_rate(&a, &mut problems);
         self.policy.tracing = traffic::tracing(&a, &mut problems);
+        self.policy.mirror = traffic::mirror(&a, &mut problems);
         self.policy.preserve_trailing_slash = problems
             .take(a.bool("preserve-trailing-slash"))
             .unwrap_or(false);
@@ -534,6 +537,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     no_access_log: self.policy.no_access_log,
                     response_rate: self.policy.response_rate.map(Box::new),
                     tracing: self.route_tracing(&path.backend, path.path.as_deref().unwrap_or("/")),
+                    mirror: self.policy.mirror.clone().map(Box::new),
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -6,8 +6,9 @@
 use crate::annotations::{Annotations, InvalidAnnotation};
 use crate::diagnostic::{Problem, Problems};
 use portico_model::{
-    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, RateLimit, ResponseRate,
-    SessionAffinity, SessionCookie, SourceRef, Template, TrafficPolicy, UpstreamProtocol,
+    AffinityMode, Balance, Canary, CanaryHeader, HeaderRule, HealthCheck, Mirror, RateLimit,
+    ResponseRate, SessionAffinity, SessionCookie, SourceRef, Template, TrafficPolicy,
+    UpstreamProtocol,
 };
 
 /// ingress-nginx's `session-cookie-name` default.
@@ -123,6 +124,65 @@ pub(super) fn response_rate(a: &Annotations<'_>, problems: &mut Problems) -> Opt
     Some(ResponseRate {
         bytes_per_second: u64::from(kib) * 1024,
         after_bytes: u64::from(after) * 1024,
+    })
+}
+
+/// `mirror-target` (with `mirror-host` and `mirror-request-body`); `None` without it or
+/// when it cannot be used (reported: the route serves without a mirror). The target's
+/// scheme and host part must be literal, so that no request chooses where its copy, with
+/// its cookies, goes; without a path the copy keeps the request's (`$request_uri`), as
+/// nginx's `proxy_pass` without a URI does.
+pub(super) fn mirror(a: &Annotations<'_>, problems: &mut Problems) -> Option<Mirror> {
+    let (key, value) = a.get("mirror-target")?;
+    let value = value.trim();
+    let bad = |why: &str| {
+        Problem::invalid(format!(
+            "annotation {key}: value {value:?} {why}; requests are not mirrored"
+        ))
+    };
+    let Some((scheme, rest)) = value.split_once("://") else {
+        problems.push(bad("is not an absolute http or https URL"));
+        return None;
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '$']).unwrap_or(rest.len()));
+    let literal_authority = authority.parse::<http::uri::Authority>().ok();
+    let Some(parsed) = literal_authority.filter(|_| matches!(scheme, "http" | "https")) else {
+        problems.push(bad(
+            "is not an absolute http or https URL with a literal host",
+        ));
+        return None;
+    };
+    let target = if path.is_empty() {
+        format!("{scheme}://{authority}$request_uri")
+    } else {
+        value.to_string()
+    };
+    let template = match Template::parse(&target) {
+        Ok(t) => t,
+        Err(why) => {
+            problems.push(bad(&format!("has {why}")));
+            return None;
+        }
+    };
+    let host = match a.get("mirror-host") {
+        None => parsed.host().to_string(),
+        Some((host_key, h)) => match h.trim().parse::<http::uri::Authority>() {
+            Ok(h) if !h.as_str().contains('@') => h.to_string(),
+            _ => {
+                problems.push(Problem::invalid(format!(
+                    "annotation {host_key}: value {h:?} is not a host; the target's is used"
+                )));
+                parsed.host().to_string()
+            }
+        },
+    };
+    let body = problems
+        .take(a.on_off("mirror-request-body"))
+        .unwrap_or(true);
+    Some(Mirror {
+        target: template,
+        host,
+        body,
     })
 }
 
@@ -338,6 +398,39 @@ mod tests {
         let mut problems = Problems::default();
         let value = f(&Annotations::new(Some(&map)), &mut problems);
         (value, problems.0.into_iter().map(|p| p.message).collect())
+    }
+
+    #[test]
+    fn mirror_targets_keep_their_host_literal() {
+        let (m, problems) = read(&[("mirror-target", "https://shadow.test:8443")], mirror);
+        let m = m.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            m.target.to_string(),
+            "https://shadow.test:8443${request_uri}"
+        );
+        assert_eq!((m.host.as_str(), m.body), ("shadow.test", true));
+        let (m, _) = read(
+            &[
+                ("mirror-target", "http://10.0.0.9/copy$request_uri"),
+                ("mirror-host", "copies.test"),
+                ("mirror-request-body", "off"),
+            ],
+            mirror,
+        );
+        let m = m.unwrap();
+        assert_eq!(m.target.to_string(), "http://10.0.0.9/copy${request_uri}");
+        assert_eq!((m.host.as_str(), m.body), ("copies.test", false));
+        for refused in [
+            "http://$host/copy",
+            "https://$http_x_target",
+            "ftp://a.test/",
+            "/relative",
+        ] {
+            let (m, problems) = read(&[("mirror-target", refused)], mirror);
+            assert!(m.is_none(), "{refused}");
+            assert!(problems[0].contains("not mirrored"), "{problems:?}");
+        }
     }
 
     #[test]

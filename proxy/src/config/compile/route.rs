@@ -53,6 +53,7 @@ pub struct CompiledRoute {
     pub no_access_log: bool,
     pub response_rate: Option<portico_model::ResponseRate>,
     pub tracing: Option<Box<portico_model::RouteTracing>>,
+    pub mirror: Option<Box<portico_model::Mirror>>,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -229,6 +230,7 @@ pub(super) fn compile_vhost(
             no_access_log: route.no_access_log,
             response_rate: route.response_rate.as_deref().copied(),
             tracing: route.tracing.clone(),
+            mirror: route.mirror.clone(),
             series: Default::default(),
         });
     }
