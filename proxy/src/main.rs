@@ -38,9 +38,15 @@ struct Args {
     /// HTTPS listener (TLS 1.2/1.3, ALPN h2 and http/1.1); empty to turn it off.
     #[arg(long, default_value = "0.0.0.0:8443")]
     https_addr: String,
-    /// The port that HTTP→HTTPS redirects point clients at (the Service's, not the container's).
-    #[arg(long, default_value_t = 443)]
-    https_redirect_port: u16,
+    /// The port clients reach the HTTPS listener on (the Service's, not the container's):
+    /// HTTP→HTTPS redirects point there, and HTTPS requests go upstream with it in
+    /// `X-Forwarded-Port`. (`--https-redirect-port` is its older name.)
+    #[arg(long, alias = "https-redirect-port", default_value_t = 443)]
+    public_https_port: u16,
+    /// The port clients reach the HTTP listener on (the Service's): plain-HTTP requests
+    /// go upstream with it in `X-Forwarded-Port`.
+    #[arg(long, default_value_t = 80)]
+    public_http_port: u16,
     /// Admin listener: /healthz, /readyz, /config, /metrics.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_addr: String,
@@ -186,7 +192,10 @@ fn main() -> anyhow::Result<()> {
     let ingress = service::IngressProxy {
         store: store.clone(),
         trusted_proxies,
-        https_redirect_port: args.https_redirect_port,
+        public_ports: service::PublicPorts {
+            http: args.public_http_port,
+            https: args.public_https_port,
+        },
         sessions: affinity::StickySessions::new(affinity_key),
         auth_connector: pingora::connectors::http::Connector::new(None),
         mirrors: portico_proxy::upstream::mirror::RequestMirrors::new(

@@ -90,6 +90,10 @@ async fn each_sni_name_gets_its_certificate_and_unknown_names_the_default() {
         let echo = reply.echo().unwrap();
         assert_eq!(echo.headers["x-forwarded-proto"], "https");
         assert_eq!(echo.headers["x-forwarded-host"], "a.test");
+        assert_eq!(
+            echo.headers["x-forwarded-port"], "443",
+            "the port clients reach behind the Service, not the container's"
+        );
         assert_eq!((echo.path.as_str(), echo.query.as_str()), ("/hello", "x=1"));
     }
     let plain = portico.client.get("x.w.test", "/").await.unwrap();

@@ -270,7 +270,7 @@ impl IngressProxy {
             let host = forwarded.unwrap_or_else(|| request_host(req));
             let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
             let keep_slash = route.is_some_and(|r| r.preserve_trailing_slash);
-            let location = https_location(host, path, self.https_redirect_port, keep_slash);
+            let location = https_location(host, path, self.public_ports.https, keep_slash);
             return Some(match location.and_then(|l| HeaderValue::try_from(l).ok()) {
                 Some(location) => Answer::Redirect {
                     status: snapshot.https_redirect_code(),

@@ -184,9 +184,9 @@ impl IngressProxy {
             }
         }
         if !keep(upstream, &X_FORWARDED_PORT) {
-            if let Some(port) = super::server_port(session) {
-                upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;
-            }
+            let ports = self.public_ports;
+            let port = if ctx.tls { ports.https } else { ports.http };
+            upstream.insert_prepared_header(&X_FORWARDED_PORT, HeaderValue::from(port))?;
         }
         Ok(())
     }

@@ -37,11 +37,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The ports clients reach the listeners on (a Service's, usually 80 and 443), which
+/// the containers' own ports are not: HTTP→HTTPS redirects name the HTTPS one (443 is left
+/// out of the URL), and `X-Forwarded-Port` says which one a request came to.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicPorts {
+    pub http: u16,
+    pub https: u16,
+}
+
 pub struct IngressProxy {
     pub store: Arc<SnapshotStore>,
     pub trusted_proxies: Vec<Cidr>,
-    /// The port HTTP→HTTPS redirects name; 443 is left out of the URL.
-    pub https_redirect_port: u16,
+    /// The ports clients reach the listeners on, behind the Service.
+    pub public_ports: PublicPorts,
     pub sessions: StickySessions,
     /// Connections to external auth services, pooled.
     pub auth_connector: pingora::connectors::http::Connector,
