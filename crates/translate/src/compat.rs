@@ -18,6 +18,12 @@ pub enum Status {
     Never(&'static str),
 }
 
+/// Why the upstream TLS annotations are not read yet.
+const PER_BACKEND_TLS: &str = "Pingora's upstream TLS connector applies one TLS configuration (versions, ciphers, chain depth) to every backend; a per-backend setting needs a change to the vendored connector";
+/// Why the listener TLS annotations are not read yet.
+const PER_HOST_TLS: &str =
+    "the HTTPS listener offers one set of versions (TLS 1.2 and 1.3) and ciphers to every host";
+
 /// Why FastCGI annotations are never read (docs/design/0018).
 const FASTCGI: &str = "Portico speaks HTTP/1.1, HTTP/2 and gRPC to upstreams, not FastCGI: serve PHP-FPM through an HTTP server beside it (nginx, Caddy, FrankenPHP)";
 
@@ -129,15 +135,15 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("proxy-read-timeout", Status::Same),
     ("proxy-redirect-from", Status::Different("a URL prefix or `off`; not `default`")),
     ("proxy-redirect-to", Status::Same),
-    ("proxy-request-buffering", Status::NotYet("request bodies stream")),
+    ("proxy-request-buffering", Status::NotYet("request bodies stream to the upstream as they arrive, so a request whose body has started is not retried on another endpoint")),
     ("proxy-send-timeout", Status::Same),
-    ("proxy-ssl-ciphers", Status::NotYet("")),
+    ("proxy-ssl-ciphers", Status::NotYet(PER_BACKEND_TLS)),
     ("proxy-ssl-name", Status::Same),
-    ("proxy-ssl-protocols", Status::NotYet("")),
+    ("proxy-ssl-protocols", Status::NotYet(PER_BACKEND_TLS)),
     ("proxy-ssl-secret", Status::Same),
     ("proxy-ssl-server-name", Status::Same),
     ("proxy-ssl-verify", Status::Same),
-    ("proxy-ssl-verify-depth", Status::NotYet("")),
+    ("proxy-ssl-verify-depth", Status::NotYet(PER_BACKEND_TLS)),
     ("limit-allowlist", Status::Same),
     ("limit-burst-multiplier", Status::Same),
     (
@@ -164,9 +170,9 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("rewrite-target", Status::Same),
     ("ssl-redirect", Status::Same),
     ("use-regex", Status::Same),
-    ("ssl-ciphers", Status::NotYet("")),
-    ("ssl-prefer-server-ciphers", Status::NotYet("")),
-    ("ssl-passthrough", Status::NotYet("")),
+    ("ssl-ciphers", Status::NotYet(PER_HOST_TLS)),
+    ("ssl-prefer-server-ciphers", Status::NotYet(PER_HOST_TLS)),
+    ("ssl-passthrough", Status::NotYet("TLS passthrough by SNI comes with the L4 work (issue #26)")),
     ("satisfy", Status::Same),
     ("server-snippet", Status::Never("as configuration-snippet")),
     ("service-upstream", Status::Same),
