@@ -3,6 +3,7 @@
 mod check;
 mod duties;
 mod events;
+mod external_names;
 mod leader;
 mod manifests;
 mod metrics;
@@ -99,6 +100,10 @@ struct Args {
     /// defaults of annotations (see docs/ingress-nginx-migration.md).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     configmap: Option<(String, String)>,
+    /// Let ExternalName Services reach loopback, link-local and cloud-metadata addresses,
+    /// which they are refused by default so that an Ingress is no way into the node.
+    #[arg(long)]
+    external_name_allow_local: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -178,6 +183,21 @@ async fn main() -> anyhow::Result<()> {
 
     let (states_tx, states_rx) = tokio::sync::watch::channel(None);
     let (outcomes_tx, outcomes_rx) = tokio::sync::watch::channel(None);
+    let (names_tx, names_rx) = tokio::sync::watch::channel(std::sync::Arc::default());
+    let resolve_names = {
+        let states = states_rx.clone();
+        let allow_local = args.external_name_allow_local;
+        async move {
+            match external_names::NameResolver::from_system(allow_local) {
+                Ok(resolver) => resolver.run(states, names_tx).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no DNS resolver: ExternalName Services stay unresolved");
+                    drop(names_tx);
+                    std::future::pending().await
+                }
+            }
+        }
+    };
     let sync = sync::SyncLoop {
         options,
         debounce: Duration::from_millis(args.debounce_ms),
@@ -257,7 +277,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         result = source.run(states_tx) => result.context("source failed")?,
         result = metrics_server => result?,
-        _ = sync.run(states_rx) => {}
+        _ = sync.run(states_rx, names_rx) => {}
+        _ = resolve_names => {}
         _ = server.serve() => {}
         _ = elect => {}
         _ = duties_run => {}

@@ -3,7 +3,7 @@
 
 use crate::metrics::ControllerMetrics;
 use portico_model::Snapshot;
-use portico_translate::{ClusterState, Diagnostic, ObjectKey, Options, Translator};
+use portico_translate::{ClusterState, Diagnostic, ObjectKey, Options, ResolvedNames, Translator};
 use portico_wire::SnapshotPublisher;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,18 +49,37 @@ pub struct SyncLoop {
 }
 
 impl SyncLoop {
-    pub async fn run(self, mut states: watch::Receiver<Option<Arc<ClusterState>>>) {
+    /// Translates each settled state, and again whenever the ExternalName Services' names
+    /// resolve differently (`names`).
+    pub async fn run(
+        self,
+        mut states: watch::Receiver<Option<Arc<ClusterState>>>,
+        mut names: watch::Receiver<Arc<ResolvedNames>>,
+    ) {
         let mut clock = VersionClock::default();
         let mut translator = Translator::new(self.options.clone());
         // The last snapshot published, unstamped so that the next translation compares
         // equal when nothing changed, and its version.
         let mut last: Option<(Snapshot, u64)> = None;
         let mut reported = BTreeSet::new();
+        let mut resolving = true;
         loop {
-            if states.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    settle(&mut states, self.debounce, self.ceiling).await;
+                }
+                changed = names.changed(), if resolving => {
+                    // No resolver (it stopped): translations go on with the last names.
+                    resolving = changed.is_ok();
+                    if !resolving {
+                        continue;
+                    }
+                }
             }
-            settle(&mut states, self.debounce, self.ceiling).await;
+            translator.set_resolved_names(names.borrow_and_update().clone());
             let Some(state) = states.borrow_and_update().clone() else {
                 continue;
             };

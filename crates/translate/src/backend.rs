@@ -1,11 +1,14 @@
 //! Resolving an Ingress's service backend to endpoints: Service port (by number or
 //! name) → EndpointSlice port (by the Service port's name) → ready addresses.
 
-use crate::cache::{ClusterState, SERVICE_NAME_LABEL};
+use crate::cache::{
+    external_name, ClusterState, NameResolution, ResolvedNames, SERVICE_NAME_LABEL,
+};
 use crate::diagnostic::Reason;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_model::{Backend, Endpoint, ServiceRef, TrafficPolicy, Upstream, UpstreamProtocol};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -19,13 +22,24 @@ pub(crate) struct Resolved {
     pub problem: Option<(Reason, String)>,
 }
 
-/// EndpointSlices grouped by the Service they belong to (their `kubernetes.io/service-name`
-/// label), built once per translation so that resolving a backend does not scan them all.
-/// Namespace, then Service name.
-pub(crate) struct SliceIndex<'a>(HashMap<&'a str, HashMap<&'a str, Vec<&'a Arc<EndpointSlice>>>>);
+/// Where Services' endpoints come from: EndpointSlices grouped by the Service they belong
+/// to (their `kubernetes.io/service-name` label, namespace then Service name), built once
+/// per translation so that resolving a backend does not scan them all; and, for
+/// ExternalName Services, what the controller's resolver found for their names.
+pub(crate) struct SliceIndex<'a> {
+    slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a Arc<EndpointSlice>>>>,
+    pub names: &'a ResolvedNames,
+}
+
+/// No name resolved: what a translation without a resolver sees.
+static NO_NAMES: ResolvedNames = ResolvedNames::new();
 
 impl<'a> SliceIndex<'a> {
     pub fn new(state: &'a ClusterState) -> Self {
+        Self::with_names(state, &NO_NAMES)
+    }
+
+    pub fn with_names(state: &'a ClusterState, names: &'a ResolvedNames) -> Self {
         let mut index: HashMap<&str, HashMap<&str, Vec<&Arc<EndpointSlice>>>> = HashMap::new();
         for ((namespace, _), slice) in &state.endpoint_slices {
             if let Some(service) = slice
@@ -42,11 +56,14 @@ impl<'a> SliceIndex<'a> {
                     .push(slice);
             }
         }
-        SliceIndex(index)
+        SliceIndex {
+            slices: index,
+            names,
+        }
     }
 
     pub fn of(&self, namespace: &str, service: &str) -> &[&'a Arc<EndpointSlice>] {
-        self.0
+        self.slices
             .get(namespace)
             .and_then(|services| services.get(service))
             .map_or(&[], Vec::as_slice)
@@ -130,16 +147,67 @@ pub(crate) fn resolve(
         );
     };
     let spec = service.spec.as_ref();
-    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-        return unresolved(
-            Reason::UnsupportedBackend,
-            format!(
-                "service {namespace}/{} is of type ExternalName, which is not supported",
-                svc.name
-            ),
-        );
-    }
     let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    if let Some(host) = external_name(service) {
+        // As ingress-nginx: the Service port the Ingress names, by its `targetPort` when
+        // that is a number; without such a Service port, the number the Ingress gives.
+        let port = match find_port(ports, svc.port.as_ref()) {
+            Some(p) => match &p.target_port {
+                Some(IntOrString::Int(target)) if *target != 0 => Some(*target),
+                _ => Some(p.port),
+            },
+            None => svc.port.as_ref().and_then(|p| p.number),
+        };
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+            return unresolved(
+                Reason::ServicePortNotFound,
+                format!(
+                    "service {namespace}/{} (ExternalName {host}) has no port {:?}",
+                    svc.name,
+                    port_text(svc.port.as_ref())
+                ),
+            );
+        };
+        let addresses = match slices.names.get(&host) {
+            Some(NameResolution::Addresses(a)) if !a.is_empty() => a,
+            Some(NameResolution::Addresses(_)) | None => {
+                return unresolved(
+                    Reason::NoReadyEndpoints,
+                    format!(
+                        "service {namespace}/{} (ExternalName {host}) is not resolved yet",
+                        svc.name
+                    ),
+                )
+            }
+            Some(NameResolution::Failed(why)) => {
+                return unresolved(
+                    Reason::NoReadyEndpoints,
+                    format!(
+                        "service {namespace}/{} (ExternalName {host}): {why}",
+                        svc.name
+                    ),
+                )
+            }
+        };
+        let endpoints = addresses
+            .iter()
+            .map(|&address| Endpoint {
+                address,
+                port,
+                ready: true,
+            })
+            .collect();
+        return Resolved {
+            backend: Arc::new(Backend {
+                name,
+                service: service_ref,
+                endpoints,
+                upstream: upstream.clone(),
+                policy: policy.clone(),
+            }),
+            problem: None,
+        };
+    }
     let Some(service_port) = find_port(ports, svc.port.as_ref()) else {
         return unresolved(
             Reason::ServicePortNotFound,

@@ -3,7 +3,7 @@
 //! object, or an object they read, changed; merging and assembly run every time.
 
 use crate::backend::{self, SliceIndex};
-use crate::cache::{ClusterState, ObjectKey};
+use crate::cache::{ClusterState, ObjectKey, ResolvedNames};
 use crate::class::{Admission, ClassFilter};
 use crate::controller_config::ControllerConfig;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
@@ -81,6 +81,8 @@ pub struct Translator {
     hosts: BuiltHosts,
     /// The controller ConfigMap's settings the fragments were made with.
     config: ControllerConfig,
+    /// What the controller's resolver found for ExternalName Services' names.
+    names: Arc<ResolvedNames>,
     reprocessed: usize,
 }
 
@@ -91,8 +93,15 @@ impl Translator {
             fragments: HashMap::new(),
             hosts: BuiltHosts::default(),
             config: ControllerConfig::default(),
+            names: Arc::default(),
             reprocessed: 0,
         }
+    }
+
+    /// The names of ExternalName Services as the resolver last found them, for the next
+    /// translations.
+    pub fn set_resolved_names(&mut self, names: Arc<ResolvedNames>) {
+        self.names = names;
     }
 
     /// How many Ingresses the last translation processed again rather than reused.
@@ -144,7 +153,8 @@ impl Translator {
         // Every Ingress reads the ConfigMap's settings: when they change, no fragment stands.
         let config_changed = config != self.config;
         self.config = config;
-        let slices = SliceIndex::new(state);
+        let names = Arc::clone(&self.names);
+        let slices = SliceIndex::with_names(state, &names);
         let mut lookups = Lookups {
             state,
             config: &self.config,

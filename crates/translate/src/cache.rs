@@ -72,6 +72,28 @@ impl KubeObject {
     }
 }
 
+/// What the controller's resolver found for the name of an ExternalName Service
+/// (`docs/design/0019`): the addresses it may route to, or why there are none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameResolution {
+    Addresses(Vec<std::net::IpAddr>),
+    Failed(String),
+}
+
+/// The names of ExternalName Services, resolved (by [`external_name`]).
+pub type ResolvedNames = BTreeMap<String, NameResolution>;
+
+/// The DNS name (or address) an ExternalName Service points at, normalised: lower case,
+/// without a trailing dot. `None` for a Service of another type.
+pub fn external_name(service: &Service) -> Option<String> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return None;
+    }
+    let name = spec.external_name.as_deref()?.trim().trim_end_matches('.');
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
 /// The label EndpointSlices carry to name their Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -178,6 +200,14 @@ impl ClusterState {
             _ => return None,
         };
         meta.uid.clone()
+    }
+
+    /// The names every ExternalName Service points at, for the resolver.
+    pub fn external_names(&self) -> std::collections::BTreeSet<String> {
+        self.services
+            .values()
+            .filter_map(|s| external_name(s))
+            .collect()
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {

@@ -349,7 +349,9 @@ Ingresses written for ingress-nginx work unchanged where Portico has the knob. F
 annotation it does not act on, the controller reports an `UnsupportedAnnotation` diagnostic
 (a Warning Event on the Ingress) naming it, so that nothing is ignored silently.
 Security annotations Portico does not enforce yet make their routes answer 503 instead of
-serving without the control. Defaults and details of what is supported:
+serving without the control. ExternalName Services are backends as in ingress-nginx,
+except that addresses inside the node (loopback, link-local, cloud metadata) are refused
+unless the controller runs with `--external-name-allow-local` (`docs/design/0019`). Defaults and details of what is supported:
 [`annotations.md`](annotations.md).
 
 ";

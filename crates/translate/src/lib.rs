@@ -20,7 +20,9 @@ mod secret;
 mod sharing;
 
 pub use builder::{translate, Options, Translation, Translator};
-pub use cache::{ClusterState, KubeObject, ObjectKey, ObjectKind};
+pub use cache::{
+    external_name, ClusterState, KubeObject, NameResolution, ObjectKey, ObjectKind, ResolvedNames,
+};
 pub use diagnostic::{Diagnostic, ObjectRef, Reason};
 pub use sharing::HostOwnership;
 

@@ -2513,3 +2513,84 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn external_name_services_route_to_what_the_resolver_found() {
+    use crate::{NameResolution, ResolvedNames, Translator};
+    let external = KubeObject::Service(
+        serde_json::from_value(json!({
+            "metadata": {"name": "api", "namespace": "ns"},
+            "spec": {"type": "ExternalName", "externalName": "API.Example.test.", "ports": [{"name": "https", "port": 443, "targetPort": 9443}]},
+        }))
+        .unwrap(),
+    );
+    let objects = vec![
+        ours(),
+        external,
+        ingress(
+            "ns",
+            "by-number",
+            json!({"ingressClassName": "portico", "rules": [rule("a.test", "Prefix", "/", "api", json!({"number": 8443}))]}),
+        ),
+        ingress(
+            "ns",
+            "by-name",
+            json!({"ingressClassName": "portico", "rules": [rule("b.test", "Prefix", "/", "api", json!({"name": "https"}))]}),
+        ),
+    ];
+    let state: ClusterState = objects.into_iter().collect();
+    assert_eq!(
+        state.external_names().into_iter().collect::<Vec<_>>(),
+        vec!["api.example.test".to_string()]
+    );
+    let mut translator = Translator::new(Options::default());
+    let t = translator.translate(&state);
+    assert!(
+        t.diagnostics
+            .iter()
+            .any(|d| d.reason == Reason::NoReadyEndpoints && d.message.contains("not resolved yet")),
+        "{:?}",
+        t.diagnostics
+    );
+    let names: ResolvedNames = [(
+        "api.example.test".to_string(),
+        NameResolution::Addresses(vec!["192.0.2.10".parse().unwrap()]),
+    )]
+    .into();
+    translator.set_resolved_names(Arc::new(names));
+    let t = translator.translate(&state);
+    assert_eq!(
+        translator.reprocessed(),
+        2,
+        "what a name resolved to is read by both"
+    );
+    let endpoints = |port: u16| {
+        t.snapshot
+            .backends
+            .iter()
+            .find(|b| b.endpoints.iter().any(|e| e.port == port))
+            .map(|b| b.endpoints.clone())
+    };
+    assert_eq!(
+        endpoints(8443),
+        Some(vec![Endpoint {
+            address: "192.0.2.10".parse().unwrap(),
+            port: 8443,
+            ready: true
+        }])
+    );
+    assert!(
+        endpoints(9443).is_some(),
+        "a named port is the Service's, by its targetPort"
+    );
+    assert!(!t
+        .diagnostics
+        .iter()
+        .any(|d| d.reason == Reason::NoReadyEndpoints));
+    translator.translate(&state);
+    assert_eq!(
+        translator.reprocessed(),
+        0,
+        "the same answer changes nothing"
+    );
+}

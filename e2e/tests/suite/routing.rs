@@ -681,3 +681,54 @@ async fn the_manifests_directory_is_watched_not_only_polled() {
         "two"
     );
 }
+
+/// An ExternalName Service, as in the cluster: `spec.externalName`, and the Ingresses'
+/// port mapped to the target's.
+fn external_name_service(name: &str, target: &str, target_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "type": "ExternalName", "externalName": target,
+            "ports": [{"port": portico_e2e::manifests::SERVICE_PORT, "targetPort": target_port}],
+        },
+    })
+}
+
+/// ExternalName Services are resolved in the controller's background and routed to; one
+/// that points inside the node (here: loopback) is refused unless the controller allows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_name_services_are_resolved_and_loopback_is_refused_by_default() {
+    let (servers, _) = backends(&["outside"]).await;
+    let port = servers[0].addr.port();
+    let docs = vec![
+        external_name_service("by-address", "127.0.0.1", port),
+        external_name_service("by-name", "localhost.", port),
+        ingress("external")
+            .path("address.test", "Prefix", "/", "by-address")
+            .path("name.test", "Prefix", "/", "by-name")
+            .build(),
+    ];
+    let files = [("external.yaml", file(docs))];
+
+    let refused = Portico::start(&files).await;
+    let reply = refused.client.get("address.test", "/").await.unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let config = refused.admin_get("/config").await.unwrap().text();
+    assert!(
+        config.contains("127.0.0.1, a loopback address, which ExternalName Services may not reach"),
+        "{config}"
+    );
+    drop(refused);
+
+    let allowed = Portico::start_full(&files, &["--external-name-allow-local"], &[]).await;
+    for host in ["address.test", "name.test"] {
+        allowed
+            .wait_until(&format!("{host} is resolved and served"), |p| async move {
+                p.client.get(host, "/").await.is_ok_and(|r| r.status == 200)
+            })
+            .await;
+        let reply = allowed.client.get(host, "/").await.unwrap();
+        assert_eq!(reply.answered_by(), "outside");
+    }
+}

@@ -4,7 +4,7 @@
 //! (`docs/design/0002-reuse-across-snapshots.md`).
 
 use crate::backend::{Resolved, SliceIndex};
-use crate::cache::{ClusterState, ObjectKey};
+use crate::cache::{external_name, ClusterState, NameResolution, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef};
 use crate::secret::CheckedCertificate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -20,6 +20,8 @@ pub(crate) enum Dependency {
         key: ObjectKey,
         service: Option<Arc<Service>>,
         slices: Vec<Arc<EndpointSlice>>,
+        /// An ExternalName Service's name and what it resolved to.
+        resolved: Option<(String, Option<NameResolution>)>,
     },
     Secret {
         key: ObjectKey,
@@ -46,11 +48,15 @@ impl Dependency {
                 key,
                 service,
                 slices: seen,
+                resolved,
             } => {
                 let now = slices.of(&key.0, &key.1);
                 same(state.services.get(key), service.as_ref())
                     && now.len() == seen.len()
                     && now.iter().zip(seen).all(|(a, b)| Arc::ptr_eq(a, b))
+                    && resolved
+                        .as_ref()
+                        .is_none_or(|(name, was)| slices.names.get(name) == was.as_ref())
             }
             Dependency::Secret { key, secret } => same(state.secrets.get(key), secret.as_ref()),
             Dependency::ConfigMap { key, config_map } => {
@@ -117,6 +123,10 @@ impl<'r> ObjectReads<'r> {
             return;
         }
         let service = self.state.services.get(&key).cloned();
+        let resolved = service.as_deref().and_then(external_name).map(|name| {
+            let now = self.slices.names.get(&name).cloned();
+            (name, now)
+        });
         let slices = self
             .slices
             .of(self.namespace, name)
@@ -127,6 +137,7 @@ impl<'r> ObjectReads<'r> {
             key,
             service,
             slices,
+            resolved,
         });
     }
 }
