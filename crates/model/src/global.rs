@@ -15,6 +15,10 @@ pub struct GlobalPolicy {
     /// `block-cidrs`, `block-user-agents`, `block-referers`: answered 403 before routing.
     #[serde(default)]
     pub block: Blocklist,
+    /// `use-gzip`, `enable-brotli` and their companions: upstream answers compressed for
+    /// clients that accept it.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 impl Default for GlobalPolicy {
@@ -23,7 +27,50 @@ impl Default for GlobalPolicy {
             https_redirect_code: default_https_redirect_code(),
             generate_request_id: true,
             block: Blocklist::default(),
+            compression: Compression::default(),
         }
+    }
+}
+
+/// The encodings answers may be compressed with; none by default, as in ingress-nginx.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Compression {
+    #[serde(default)]
+    pub gzip: Option<Encoding>,
+    #[serde(default)]
+    pub brotli: Option<Encoding>,
+}
+
+impl Compression {
+    pub fn is_on(&self) -> bool {
+        self.gzip.is_some() || self.brotli.is_some()
+    }
+}
+
+/// When an answer is compressed with one encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encoding {
+    /// gzip 1–9, brotli 0–11.
+    pub level: u32,
+    /// Answers that declare a shorter `Content-Length` are sent as they are.
+    pub min_length: u64,
+    /// Media types (lower case, without parameters) compressed; `*` for any.
+    pub types: Vec<String>,
+}
+
+impl Encoding {
+    /// Whether an answer of `content_type` (parameters allowed) and `length` qualifies.
+    pub fn takes(&self, content_type: &str, length: Option<u64>) -> bool {
+        if length.is_some_and(|l| l < self.min_length) {
+            return false;
+        }
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        self.types.iter().any(|t| t == "*" || *t == media)
     }
 }
 
@@ -122,6 +169,24 @@ mod tests {
             TextMatch::Exact("Mozilla/4.0".into())
         );
         assert!(TextMatch::parse("~(").is_err());
+    }
+
+    #[test]
+    fn encodings_take_their_types_above_their_length() {
+        let gzip = Encoding {
+            level: 1,
+            min_length: 256,
+            types: vec!["text/html".into(), "application/json".into()],
+        };
+        assert!(gzip.takes("application/json; charset=utf-8", Some(1000)));
+        assert!(gzip.takes("Text/HTML", None));
+        assert!(!gzip.takes("text/html", Some(100)));
+        assert!(!gzip.takes("image/png", Some(1000)));
+        let any = Encoding {
+            types: vec!["*".into()],
+            ..gzip
+        };
+        assert!(any.takes("image/png", Some(1000)));
     }
 
     #[test]

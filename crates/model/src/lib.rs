@@ -381,6 +381,14 @@ mod tests {
                     user_agents: vec![TextMatch::parse("~*bot").unwrap()],
                     referers: vec![TextMatch::Exact("spam.test".into())],
                 },
+                compression: Compression {
+                    gzip: Some(Encoding {
+                        level: 5,
+                        min_length: 256,
+                        types: vec!["text/html".into()],
+                    }),
+                    brotli: None,
+                },
             },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),

@@ -118,6 +118,18 @@ fn validate_global(g: &crate::GlobalPolicy) -> Result<(), String> {
             crate::REDIRECT_CODES
         ));
     }
+    let encodings = [
+        (&g.compression.gzip, 1..=9),
+        (&g.compression.brotli, 0..=11),
+    ];
+    for (encoding, levels) in encodings {
+        if let Some(e) = encoding.as_ref().filter(|e| !levels.contains(&e.level)) {
+            return Err(format!(
+                "compression level {} is not in {levels:?}",
+                e.level
+            ));
+        }
+    }
     let entries = g.block.user_agents.iter().chain(&g.block.referers);
     for m in entries {
         m.check()

@@ -212,3 +212,55 @@ fn check_reports_bad_values_as_errors_and_ignored_keys_as_warnings() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn use_gzip_compresses_answers_for_clients_that_accept_it() {
+    use std::io::Read;
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("site")
+            .path("site.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let portico = Portico::start_full(
+        &[
+            ("site.yaml", to_yaml(&docs)),
+            (
+                "controller.yaml",
+                controller_config(&[("use-gzip", "true"), ("gzip-min-length", "20")]),
+            ),
+        ],
+        &[CONFIG],
+        &[],
+    )
+    .await;
+    let gzipped = portico
+        .client
+        .request(
+            "GET",
+            "site.test",
+            "/zipped",
+            &[("accept-encoding", "gzip")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status, 200);
+    assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
+    assert!(gzipped
+        .header("vary")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&gzipped.body[..])
+        .read_to_string(&mut json)
+        .expect("a gzip body");
+    let echo: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(echo["path"], "/zipped");
+
+    let plain = portico.client.get("site.test", "/plain").await.unwrap();
+    assert_eq!(
+        plain.header("content-encoding"),
+        None,
+        "the client accepts no encoding"
+    );
+    assert_eq!(plain.echo().unwrap().path, "/plain");
+}

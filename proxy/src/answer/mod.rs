@@ -2,6 +2,7 @@
 //! pages it asks an error backend for in place of an upstream's, and what it rewrites in
 //! an upstream's answer.
 
+pub mod compression;
 pub mod error_pages;
 pub mod pages;
 pub mod rewrites;

@@ -1,6 +1,7 @@
 //! What one request carries from phase to phase: the snapshot it loaded once at the
 //! start, where routing sent it, the attempt in progress, and what policy decided.
 
+use crate::answer::compression::AnswerCompression;
 use crate::config::compile::{BackendPool, CompiledRoute, CompiledSnapshot, Routed};
 use crate::policy::rate_limit::InProgress;
 use crate::telemetry::metrics::{BackendSeries, Refusal};
@@ -72,6 +73,8 @@ pub struct RequestCtx {
     pub(super) body_sent: Option<(Instant, u64)>,
     /// `mirror-target`: the copy waiting for the request body to pass.
     pub(super) mirror: Option<MirrorCopy>,
+    /// `use-gzip`/`enable-brotli`: the upstream answer's encoder, for a client that accepts one.
+    pub(super) compression: Option<Box<AnswerCompression>>,
 }
 
 /// Lowers the in-flight gauge when the request's context goes.

@@ -17,6 +17,7 @@ mod respond;
 pub use context::RequestCtx;
 pub use hygiene::HeaderLimits;
 
+use crate::answer::compression::AnswerCompression;
 use crate::config::store::SnapshotStore;
 use crate::listener::forwarded::{self, Cidr};
 use crate::listener::shutdown::Stopping;
@@ -154,6 +155,10 @@ impl ProxyHttp for IngressProxy {
         match self.admit(session, ctx, &snapshot).await {
             None => {
                 self.start_mirror(session, ctx);
+                ctx.compression = AnswerCompression::for_request(
+                    &snapshot.source.global.compression,
+                    session.req_header(),
+                );
                 Ok(false)
             }
             Some(answer) => {
@@ -235,6 +240,11 @@ impl ProxyHttp for IngressProxy {
         if end_of_stream {
             ctx.in_progress = None;
         }
+        if let Some(encoder) = ctx.compression.as_mut() {
+            if let Some(compressed) = encoder.chunk(body.as_ref(), end_of_stream) {
+                *body = Some(compressed);
+            }
+        }
         let rate = ctx.route().and_then(|r| r.response_rate);
         Ok(match (body.as_ref(), rate) {
             (Some(chunk), Some(rate)) => {
@@ -291,6 +301,11 @@ impl ProxyHttp for IngressProxy {
         // A request in flight when SIGTERM came.
         if self.stopping.is_set() {
             session.set_keepalive(None);
+        }
+        if let Some(encoder) = ctx.compression.as_mut() {
+            if !encoder.start(response) {
+                ctx.compression = None;
+            }
         }
         self.decorate(session.req_header(), ctx, response, Made::Upstream)
     }

@@ -12,8 +12,14 @@ use crate::annotations::Annotations;
 use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef, Problems, Reason};
 use crate::ingress::{check_annotation_default, global_external_auth};
-use portico_model::{GlobalPolicy, HeaderEdits, Hsts, TextMatch, REDIRECT_CODES};
+use portico_model::{
+    Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, TextMatch, REDIRECT_CODES,
+};
 use std::collections::BTreeMap;
+
+/// ingress-nginx's `gzip-types` and `brotli-types` defaults.
+const GZIP_TYPES: &str = "application/atom+xml application/javascript application/x-javascript application/json application/rss+xml application/vnd.ms-fontobject application/x-font-ttf application/x-web-app-manifest+json application/xhtml+xml application/xml font/opentype image/svg+xml image/x-icon text/css text/javascript text/plain text/x-component";
+const BROTLI_TYPES: &str = "application/xml+rss application/atom+xml application/javascript application/x-javascript application/json application/rss+xml application/vnd.ms-fontobject application/x-font-ttf application/x-web-app-manifest+json application/xhtml+xml application/xml font/opentype image/svg+xml image/x-icon text/css text/javascript text/plain text/x-component";
 
 /// Where `no-auth-locations` leaves auth off unless the ConfigMap says otherwise, as in
 /// ingress-nginx: cert-manager's HTTP-01 solver must be reachable.
@@ -31,6 +37,8 @@ pub(crate) struct ControllerConfig {
     /// Path prefixes whose routes get no external auth, own or global.
     pub no_auth_locations: Vec<String>,
     hsts: HstsKeys,
+    gzip: EncodingKeys,
+    brotli: EncodingKeys,
     /// `proxy-set-headers`, `add-headers` and `hide-headers`: under each route's own edits.
     pub headers: HeaderEdits,
     /// `annotation-value-word-blocklist`.
@@ -47,6 +55,8 @@ impl Default for ControllerConfig {
             global_auth: BTreeMap::new(),
             no_auth_locations: vec![DEFAULT_NO_AUTH_LOCATIONS.to_string()],
             hsts: HstsKeys::default(),
+            gzip: EncodingKeys::default(),
+            brotli: EncodingKeys::default(),
             headers: HeaderEdits::default(),
             word_blocklist: Vec::new(),
             global: GlobalPolicy::default(),
@@ -62,6 +72,37 @@ struct HstsKeys {
     max_age: Option<u64>,
     include_subdomains: Option<bool>,
     preload: Option<bool>,
+}
+
+/// `use-gzip`/`enable-brotli` and their `-level`, `-min-length` and `-types` keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct EncodingKeys {
+    enabled: bool,
+    level: Option<u32>,
+    min_length: Option<u32>,
+    types: Option<Vec<String>>,
+}
+
+impl EncodingKeys {
+    /// The encoding when enabled, with ingress-nginx's defaults where a key is not set;
+    /// `text/html` is always compressed, as nginx's `gzip_types` says.
+    fn encoding(&self, level: u32, min_length: u32, types: &str) -> Option<Encoding> {
+        if !self.enabled {
+            return None;
+        }
+        let mut types = self
+            .types
+            .clone()
+            .unwrap_or_else(|| types.split_whitespace().map(String::from).collect());
+        if !types.iter().any(|t| t == "text/html" || t == "*") {
+            types.push("text/html".into());
+        }
+        Some(Encoding {
+            level: self.level.unwrap_or(level),
+            min_length: u64::from(self.min_length.unwrap_or(min_length)),
+            types,
+        })
+    }
 }
 
 /// Why a key's value was not applied: the reason and a message naming key and value.
@@ -134,6 +175,10 @@ impl ControllerConfig {
                 None => report(reason, format!("{message}; the default applies")),
             }
         }
+        config.global.compression = Compression {
+            gzip: config.gzip.encoding(1, 256, GZIP_TYPES),
+            brotli: config.brotli.encoding(4, 20, BROTLI_TYPES),
+        };
         if !config.global_auth.is_empty() {
             let mut problems = Problems::default();
             match global_external_auth(&config.global_auth, true, &mut problems) {
@@ -217,6 +262,57 @@ impl ControllerConfig {
                             format!("key {k}: value {v:?} is not one of 301, 302, 303, 307, 308"),
                         ))
                     }
+                }
+            }
+            "use-gzip" => self.gzip.enabled = a.bool(k).map_err(invalid)?.unwrap_or(false),
+            "enable-brotli" => self.brotli.enabled = a.bool(k).map_err(invalid)?.unwrap_or(false),
+            "gzip-level" | "brotli-level" => {
+                let (keys, levels) = if k == "gzip-level" {
+                    (&mut self.gzip, 1..=9)
+                } else {
+                    (&mut self.brotli, 0..=11)
+                };
+                match a.count(k).map_err(invalid)? {
+                    Some(level) if !levels.contains(&level) => {
+                        return Err((
+                            Reason::InvalidSetting,
+                            format!(
+                                "key {k}: value {v:?} is not a level from {} to {}",
+                                levels.start(),
+                                levels.end()
+                            ),
+                        ))
+                    }
+                    level => keys.level = level,
+                }
+            }
+            "gzip-min-length" => self.gzip.min_length = a.count(k).map_err(invalid)?,
+            "brotli-min-length" => self.brotli.min_length = a.count(k).map_err(invalid)?,
+            "gzip-types" | "brotli-types" => {
+                let types: Vec<String> =
+                    v.split_whitespace().map(str::to_ascii_lowercase).collect();
+                let media_type = |t: &str| {
+                    t == "*"
+                        || t.split_once('/').is_some_and(|(a, b)| {
+                            let token = |p: &str| {
+                                !p.is_empty()
+                                    && p.bytes().all(|c| {
+                                        c.is_ascii_alphanumeric() || b"!#$&^_.+-*".contains(&c)
+                                    })
+                            };
+                            token(a) && token(b)
+                        })
+                };
+                if let Some(bad) = types.iter().find(|t| !media_type(t)) {
+                    return Err((
+                        Reason::InvalidSetting,
+                        format!("key {k}: value {v:?} has {bad:?}, which is not a media type"),
+                    ));
+                }
+                if k == "gzip-types" {
+                    self.gzip.types = Some(types);
+                } else {
+                    self.brotli.types = Some(types);
                 }
             }
             "block-cidrs" => {
