@@ -380,9 +380,9 @@ mod tests {
         let map: BTreeMap<String, String> = [
             "nginx.ingress.kubernetes.io/rewrite-target",
             "nginx.ingress.kubernetes.io/configuration-snippet",
-            "nginx.ingress.kubernetes.io/mirror-target",
+            "nginx.ingress.kubernetes.io/proxy-ssl-ciphers",
             "nginx.ingress.kubernetes.io/auth-tls-secret",
-            "nginx.ingress.kubernetes.io/connection-proxy-header",
+            "nginx.ingress.kubernetes.io/proxy-request-buffering",
             "portico.io/health-check-path",
             "portico.io/rewrite-targt",
             "kubernetes.io/ingress.class",
@@ -397,10 +397,10 @@ mod tests {
             .any(|m| m.contains("configuration-snippet is never supported")));
         assert!(messages
             .iter()
-            .any(|m| m.contains("connection-proxy-header is not supported by Portico yet")));
+            .any(|m| m.contains("proxy-request-buffering is not supported by Portico yet")));
         assert!(messages
             .iter()
-            .any(|m| m.contains("mirror-target is not supported by Portico yet")));
+            .any(|m| m.contains("proxy-ssl-ciphers is not supported by Portico yet")));
         assert!(messages
             .iter()
             .any(|m| m

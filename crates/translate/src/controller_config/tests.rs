@@ -140,7 +140,7 @@ fn keys_not_acted_on_are_reported_and_harm_nothing() {
             "ingress-nginx",
             "controller",
             json!({
-                "use-gzip": "true",
+                "ssl-protocols": "TLSv1.3",
                 "http-snippet": "lua_code_cache off;",
                 "use-proxy-protocol": "true",
                 "no-such-key": "1",
@@ -161,7 +161,7 @@ fn keys_not_acted_on_are_reported_and_harm_nothing() {
     assert!(messages[0].starts_with("key http-snippet is never supported"));
     assert!(messages[1].contains("no-such-key is not a key of ingress-nginx's ConfigMap"));
     assert!(messages[2].starts_with("key server-tokens: value \"true\" is not supported"));
-    assert!(messages[3].contains("use-gzip is not supported yet"));
+    assert!(messages[3].contains("ssl-protocols is not supported yet"));
     assert!(messages[4].contains("set it on portico-proxy with --proxy-protocol"));
     assert_eq!(route(&t, "plain.test", "/").max_body_bytes, Some(2 << 20));
 }
