@@ -256,10 +256,7 @@ async fn redirects_answer_with_their_code_and_target() {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers \"X: y\";",
             )
-            .annotation(
-                "nginx.ingress.kubernetes.io/mirror-target",
-                "http://copy.test/",
-            )
+            .annotation("nginx.ingress.kubernetes.io/proxy-ssl-protocols", "TLSv1.3")
             .build(),
     );
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
@@ -300,7 +297,7 @@ async fn redirects_answer_with_their_code_and_target() {
         logs.contains("configuration-snippet is never supported"),
         "{logs}"
     );
-    assert!(logs.contains("mirror-target is not supported by Portico yet"));
+    assert!(logs.contains("proxy-ssl-protocols is not supported by Portico yet"));
     drop(servers);
 }
 
