@@ -129,16 +129,17 @@ pub(crate) fn resolve(
         name: svc.name.clone(),
         port: port_text(svc.port.as_ref()),
     };
-    let unresolved = |reason, message| Resolved {
+    let resolved = |endpoints: Vec<Endpoint>, problem: Option<(Reason, String)>| Resolved {
         backend: Arc::new(Backend {
             name: name.clone(),
             service: service_ref.clone(),
-            endpoints: Vec::new(),
+            endpoints,
             upstream: upstream.clone(),
             policy: policy.clone(),
         }),
-        problem: Some((reason, message)),
+        problem,
     };
+    let unresolved = |reason, message| resolved(Vec::new(), Some((reason, message)));
 
     let Some(service) = state.service(namespace, &svc.name) else {
         return unresolved(
@@ -197,16 +198,7 @@ pub(crate) fn resolve(
                 ready: true,
             })
             .collect();
-        return Resolved {
-            backend: Arc::new(Backend {
-                name,
-                service: service_ref,
-                endpoints,
-                upstream: upstream.clone(),
-                policy: policy.clone(),
-            }),
-            problem: None,
-        };
+        return resolved(endpoints, None);
     }
     let Some(service_port) = find_port(ports, svc.port.as_ref()) else {
         return unresolved(
@@ -251,16 +243,7 @@ pub(crate) fn resolve(
             ),
         )
     });
-    Resolved {
-        backend: Arc::new(Backend {
-            name,
-            service: service_ref,
-            endpoints,
-            upstream: upstream.clone(),
-            policy: policy.clone(),
-        }),
-        problem,
-    }
+    resolved(endpoints, problem)
 }
 
 /// The endpoints the EndpointSlices give for `service_port`, ready or not, in order.

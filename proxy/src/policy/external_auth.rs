@@ -5,7 +5,7 @@
 //! is a 500. Answers may be cached by a key built from the request.
 
 use crate::routing::request_key::{render, request_host, RequestFacts};
-use crate::upstream::fetch::{text, Target};
+use crate::upstream::fetch::{text, Target, HOP_BY_HOP};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -18,19 +18,6 @@ use std::time::{Duration, Instant};
 const CACHE_ENTRIES: usize = 10_000;
 /// The auth service's body is read and dropped, up to this much.
 const MAX_AUTH_BODY: usize = 64 << 10;
-
-/// Headers that describe one connection and are never copied onto the auth request.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "host",
-];
 
 /// The auth service's decision, as the proxy acts on it.
 #[derive(Debug, Clone)]

@@ -9,6 +9,20 @@ use pingora::upstreams::peer::HttpPeer;
 use portico_model::redact_userinfo;
 use std::time::Duration;
 
+/// Headers that describe the client's connection (or are set anew) and are not copied
+/// onto the proxy's own requests about it (auth checks, mirror copies).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
 /// How long a connection stays pooled after a fetch.
 const IDLE: Duration = Duration::from_secs(60);
 

@@ -4,7 +4,7 @@
 //! flight, the mirror slow or down) is dropped and counted, nothing else.
 
 use crate::routing::request_key::{render, RequestFacts};
-use crate::upstream::fetch::{self, Target};
+use crate::upstream::fetch::{self, Target, HOP_BY_HOP};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use pingora::connectors::http::Connector;
@@ -22,19 +22,6 @@ pub const MAX_BODY: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The mirror's answer body is read and dropped, up to this much.
 const MAX_ANSWER: usize = 1 << 20;
-
-/// Headers that describe the client's connection and are not copied.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "host",
-];
 
 /// Sends copies: one pooled connector and a bound on copies in flight.
 pub struct RequestMirrors {
