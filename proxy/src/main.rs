@@ -56,6 +56,10 @@ struct Args {
     /// Peers whose X-Forwarded-* headers (and PROXY protocol headers) are believed, comma-separated CIDRs.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
+    /// The header a trusted proxy names the client in (ingress-nginx's
+    /// `forwarded-for-header`), e.g. `CF-Connecting-IP` behind Cloudflare.
+    #[arg(long, default_value = "X-Forwarded-For", value_parser = header_name)]
+    forwarded_for_header: http::HeaderName,
     /// Seconds a client has to send a whole HTTP/1 request header, from its first byte
     /// (from the accept, for a connection's first request); 0 leaves only Pingora's
     /// per-read timeout.
@@ -192,6 +196,7 @@ fn main() -> anyhow::Result<()> {
     let ingress = service::IngressProxy {
         store: store.clone(),
         trusted_proxies,
+        forwarded_for_header: args.forwarded_for_header,
         public_ports: service::PublicPorts {
             http: args.public_http_port,
             https: args.public_https_port,
@@ -313,4 +318,9 @@ fn main() -> anyhow::Result<()> {
     });
     tracing::info!("portico-proxy stopped");
     Ok(())
+}
+
+fn header_name(text: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("{text:?} is not a header name"))
 }

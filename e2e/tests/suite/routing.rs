@@ -433,6 +433,49 @@ async fn trusted_proxies_may_extend_forwarding_headers() {
     assert_eq!(echo.headers["x-forwarded-host"], "public.example");
 }
 
+/// `--forwarded-for-header`: behind a CDN that names the client in its own header, the
+/// allowlists and `X-Real-IP` see that client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxys_own_client_header_names_the_client() {
+    let (_servers, mut docs) = backends(&["api"]).await;
+    docs.push(
+        ingress("api")
+            .path("api.test", "Prefix", "/", "api")
+            .annotation(
+                "nginx.ingress.kubernetes.io/allowlist-source-range",
+                "203.0.113.0/24",
+            )
+            .build(),
+    );
+    let portico = Portico::start_with(
+        &[("api.yaml", file(docs))],
+        &[
+            "--trusted-proxies",
+            "127.0.0.0/8",
+            "--forwarded-for-header",
+            "CF-Connecting-IP",
+        ],
+    )
+    .await;
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let client = &portico.client;
+        async move {
+            client
+                .request("GET", "api.test", "/", headers)
+                .await
+                .unwrap()
+        }
+    };
+    let reply = get(&[("cf-connecting-ip", "203.0.113.9")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo().unwrap().headers["x-real-ip"], "203.0.113.9");
+    assert_eq!(
+        get(&[("x-forwarded-for", "203.0.113.9")]).await.status,
+        403,
+        "X-Forwarded-For is not the header this proxy names the client in"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_changes_are_served_within_a_second_without_failed_requests() {
     let (_servers, mut docs) = backends(&["steady", "v1", "v2"]).await;

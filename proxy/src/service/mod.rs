@@ -50,6 +50,8 @@ pub struct PublicPorts {
 pub struct IngressProxy {
     pub store: Arc<SnapshotStore>,
     pub trusted_proxies: Vec<Cidr>,
+    /// Where a trusted proxy names the client (`--forwarded-for-header`).
+    pub forwarded_for_header: http::HeaderName,
     /// The ports clients reach the listeners on, behind the Service.
     pub public_ports: PublicPorts,
     pub sessions: StickySessions,
@@ -118,7 +120,7 @@ impl IngressProxy {
         let forwarded_for = session
             .req_header()
             .headers
-            .get(X_FORWARDED_FOR.name())
+            .get(&self.forwarded_for_header)
             .and_then(|v| v.to_str().ok());
         forwarded::client_address(peer_ip(session), forwarded_for, &self.trusted_proxies)
     }

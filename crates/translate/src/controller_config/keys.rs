@@ -197,7 +197,7 @@ pub const CONTROLLER_KEYS: &[(&str, KeyStatus)] = &[
     ("bind-address", KeyStatus::Flag("--http-addr and --https-addr")),
     ("use-forwarded-headers", KeyStatus::Flag("--trusted-proxies: X-Forwarded-* and PROXY headers are believed from those peers only, and X-Forwarded-For is appended to")),
     ("enable-real-ip", KeyStatus::Flag("--trusted-proxies: X-Forwarded-* and PROXY headers are believed from those peers only, and X-Forwarded-For is appended to")),
-    ("forwarded-for-header", KeyStatus::NotYet("")),
+    ("forwarded-for-header", KeyStatus::Flag("--forwarded-for-header")),
     ("forwarded-for-proxy-protocol-header", KeyStatus::NotYet("")),
     ("compute-full-forwarded-for", KeyStatus::Flag("--trusted-proxies: X-Forwarded-* and PROXY headers are believed from those peers only, and X-Forwarded-For is appended to")),
     ("proxy-add-original-uri-header", KeyStatus::NotYet("")),
