@@ -142,6 +142,10 @@ pub struct ExternalAuth {
     /// (`auth-keepalive-timeout`); `None` closes each after its answer (`auth-keepalive: 0`).
     #[serde(default)]
     pub keepalive_ms: Option<u64>,
+    /// `auth-proxy-set-headers`: set on the auth request (lower-case names), rendered per
+    /// request.
+    #[serde(default)]
+    pub request_headers: Vec<(String, Template)>,
 }
 
 /// `auth-cache-key` and `auth-cache-duration`.

@@ -91,7 +91,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("auth-method", Status::Same),
     (
         "auth-proxy-set-headers",
-        Status::Different("read and reported: ConfigMaps are not watched yet, so the auth request carries the client's headers only"),
+        Status::Different("the ConfigMap must be in the Ingress's namespace; its values may hold the request variables Portico knows (`$host`, `$http_<name>`...)"),
     ),
     ("auth-request-redirect", Status::Same),
     ("auth-response-headers", Status::Same),
@@ -234,10 +234,6 @@ pub const PORTICO_ONLY: &[(&str, Status)] = &[
     ("response-headers-remove", Status::Same),
 ];
 
-/// Reported elsewhere, with more to say: security annotations that make routes refuse,
-/// and annotations read but partly unsupported.
-const REPORTED_ELSEWHERE: &[&str] = &["auth-proxy-set-headers"];
-
 fn status_of(name: &str) -> Option<Status> {
     INGRESS_NGINX
         .iter()
@@ -256,9 +252,6 @@ pub(crate) fn ignored(annotations: Option<&BTreeMap<String, String>>) -> Vec<Str
         else {
             continue;
         };
-        if REPORTED_ELSEWHERE.contains(&name) {
-            continue;
-        }
         match status_of(name) {
             Some(Status::Same | Status::Different(_)) => {}
             Some(Status::NotYet("")) => out.push(format!(

@@ -223,6 +223,11 @@ impl ExternalAuthCheck {
         }
         req.insert_header(header::CONTENT_LENGTH, "0")
             .map_err(text)?;
+        // `auth-proxy-set-headers`, over what the client sent.
+        for (name, template) in &self.spec.request_headers {
+            let value = HeaderValue::from_bytes(&original.render(template)).map_err(text)?;
+            req.insert_header(name.clone(), value).map_err(text)?;
+        }
 
         let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(text)?;
         session

@@ -152,12 +152,6 @@ pub(super) fn external(
     let always_set_cookie = problems
         .take(a.bool("auth-always-set-cookie"))
         .unwrap_or(false);
-    if let Some((key, _)) = a.get("auth-proxy-set-headers") {
-        problems.push(Problem::new(
-            Reason::UnsupportedAnnotation,
-            format!("annotation {key} is not supported yet; the auth request carries the client's headers only"),
-        ));
-    }
     let cache = match (
         problems.take(a.hash_key_named("auth-cache-key")),
         problems.take(a.cache_duration("auth-cache-duration")),
@@ -182,6 +176,7 @@ pub(super) fn external(
         cache,
         timeout_ms: EXTERNAL_AUTH_TIMEOUT_MS,
         keepalive_ms: auth_keepalive(a, problems),
+        request_headers: Vec::new(),
     }))
 }
 
@@ -483,4 +478,31 @@ pub(super) fn without_external_auth(access: &AccessPolicy) -> Option<AccessPolic
         || rest.jwt.is_some()
         || rest.refuse.is_some();
     controlled.then_some(rest)
+}
+
+/// `auth-proxy-set-headers`: the entries of a ConfigMap of the Ingress's namespace, set on
+/// the auth request; their values may hold variables (`$host`, `$http_x_user`...). An
+/// entry that is not a header, or names a variable Portico does not know, is reported and
+/// left out.
+pub(super) fn proxy_set_headers(
+    a: &Annotations<'_>,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> Vec<(String, Template)> {
+    let key = a
+        .get("auth-proxy-set-headers")
+        .map(|(k, _)| k)
+        .unwrap_or_default();
+    super::headers::config_map_entries(a, "auth-proxy-set-headers", reads, problems)
+        .into_iter()
+        .filter_map(|(name, value)| match Template::parse(&value) {
+            Ok(template) => Some((name, template)),
+            Err(why) => {
+                problems.push(Problem::invalid(format!(
+                    "annotation {key}: entry {name:?} has {why}; left out"
+                )));
+                None
+            }
+        })
+        .collect()
 }

@@ -74,27 +74,39 @@ pub(super) fn over_global(own: Option<HeaderEdits>, global: &HeaderEdits) -> Opt
     Some(edits)
 }
 
-/// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace. An entry that
-/// is not a header is reported and left out.
+/// `custom-headers`: the entries of a ConfigMap of the Ingress's namespace, set on every
+/// answer.
 fn custom_headers(
     a: &Annotations<'_>,
     reads: &mut ObjectReads<'_>,
     problems: &mut Problems,
 ) -> Vec<(String, String)> {
-    let Some((namespace, name)) = problems.take(a.object_ref("custom-headers", reads.namespace))
+    config_map_entries(a, "custom-headers", reads, problems)
+}
+
+/// The entries of the ConfigMap the annotation `name` names, each a header name (lower
+/// case) and value. Only the Ingress's own namespace is read; an entry that is not a
+/// header is reported and left out.
+pub(super) fn config_map_entries(
+    a: &Annotations<'_>,
+    name: &str,
+    reads: &mut ObjectReads<'_>,
+    problems: &mut Problems,
+) -> Vec<(String, String)> {
+    let Some((namespace, config_map_name)) = problems.take(a.object_ref(name, reads.namespace))
     else {
         return Vec::new();
     };
-    let key = a.get("custom-headers").map(|(k, _)| k).unwrap_or_default();
+    let key = a.get(name).map(|(k, _)| k).unwrap_or_default();
     if namespace != reads.namespace {
-        let msg = format!("annotation {key}: ConfigMap {namespace}/{name} is in another namespace; only the Ingress's own is read");
+        let msg = format!("annotation {key}: ConfigMap {namespace}/{config_map_name} is in another namespace; only the Ingress's own is read");
         problems.push(Problem::invalid(msg));
         return Vec::new();
     }
-    let Some(config_map) = reads.config_map(&name) else {
+    let Some(config_map) = reads.config_map(&config_map_name) else {
         problems.push(Problem::new(
             Reason::ConfigMapNotFound,
-            format!("annotation {key}: ConfigMap {namespace}/{name} does not exist"),
+            format!("annotation {key}: ConfigMap {namespace}/{config_map_name} does not exist"),
         ));
         return Vec::new();
     };
@@ -106,7 +118,7 @@ fn custom_headers(
         match parsed {
             Some((header, _)) => headers.push((header.as_str().to_string(), value.trim().to_string())),
             None => problems.push(Problem::invalid(format!(
-                "annotation {key}: ConfigMap {namespace}/{name} entry {entry:?} is not a header name and value; left out"
+                "annotation {key}: ConfigMap {namespace}/{config_map_name} entry {entry:?} is not a header name and value; left out"
             ))),
         }
     }

@@ -280,6 +280,11 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
             refusals
                 .check(auth::external(a, every_rule_has_host, problems))
                 .flatten()
+                .map(|mut external| {
+                    external.request_headers =
+                        auth::proxy_set_headers(a, &mut self.reads(), problems);
+                    external
+                })
         };
         let jwt = refusals.check(auth::jwt(a, &mut self.reads())).flatten();
         self.policy.rate_limit = refusals.check(traffic::rate_limit(a)).flatten();

@@ -293,8 +293,16 @@ async fn oauth2_proxy_urls_are_rendered_with_the_requests_variables() {
                 "nginx.ingress.kubernetes.io/auth-request-redirect",
                 "$scheme://$host$request_uri",
             )
+            .annotation(
+                "nginx.ingress.kubernetes.io/auth-proxy-set-headers",
+                "default/auth-headers",
+            )
             .build(),
     );
+    docs.push(portico_e2e::manifests::config_map(
+        "auth-headers",
+        &[("X-Auth-Tenant", "shop"), ("X-Original-Host", "$host")],
+    ));
     let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
 
     let ok = portico
@@ -318,6 +326,9 @@ async fn oauth2_proxy_urls_are_rendered_with_the_requests_variables() {
         asked.get("x-auth-request-redirect").unwrap(),
         "http://localhost/page?q=1&x=a%20b"
     );
+    // `auth-proxy-set-headers`: the ConfigMap's entries, their variables rendered.
+    assert_eq!(asked.get("x-auth-tenant").unwrap(), "shop");
+    assert_eq!(asked.get("x-original-host").unwrap(), "localhost");
 
     let signin = portico
         .client
