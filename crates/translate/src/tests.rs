@@ -2594,3 +2594,40 @@ fn external_name_services_route_to_what_the_resolver_found() {
         "the same answer changes nothing"
     );
 }
+
+#[test]
+fn auth_proxy_set_headers_are_read_from_the_ingresss_namespace_with_their_variables() {
+    let mut objects = vec![ours()];
+    objects.extend(backends_of("ns", "main"));
+    objects.extend(one_route_sites(&[(
+        "guarded",
+        json!({
+            "nginx.ingress.kubernetes.io/auth-url": "http://auth.test/check",
+            "nginx.ingress.kubernetes.io/auth-proxy-set-headers": "auth-headers",
+        }),
+    )]));
+    objects.push(KubeObject::ConfigMap(Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "auth-headers", "namespace": "ns"},
+            "data": {"X-Tenant": "shop", "X-Host": "$host", "X-Odd": "$nope"}}),
+        )
+        .unwrap(),
+    )));
+    let t = run(objects);
+    let route = first_route(&t, "guarded.test");
+    let external = route.access.unwrap().external_auth.unwrap();
+    let headers: Vec<(String, String)> = external
+        .request_headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.to_string()))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("x-host".to_string(), "${host}".to_string()),
+            ("x-tenant".to_string(), "shop".to_string())
+        ]
+    );
+    assert!(t.diagnostics.iter().any(|d| d.object.name == "guarded"
+        && d.message.contains("\"x-odd\" has unknown variable $nope")));
+}
