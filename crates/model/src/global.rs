@@ -19,6 +19,10 @@ pub struct GlobalPolicy {
     /// clients that accept it.
     #[serde(default)]
     pub compression: Compression,
+    /// `upstream-keepalive-timeout`: how long an idle upstream connection is kept for the
+    /// next request.
+    #[serde(default = "default_upstream_idle_ms")]
+    pub upstream_idle_ms: u64,
 }
 
 impl Default for GlobalPolicy {
@@ -28,8 +32,14 @@ impl Default for GlobalPolicy {
             generate_request_id: true,
             block: Blocklist::default(),
             compression: Compression::default(),
+            upstream_idle_ms: default_upstream_idle_ms(),
         }
     }
+}
+
+/// ingress-nginx's `upstream-keepalive-timeout` default: 60 s.
+fn default_upstream_idle_ms() -> u64 {
+    60_000
 }
 
 /// The encodings answers may be compressed with; none by default, as in ingress-nginx.

@@ -389,6 +389,7 @@ mod tests {
                     }),
                     brotli: None,
                 },
+                upstream_idle_ms: 5_000,
             },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),

@@ -844,3 +844,32 @@ async fn mirror_target_copies_requests_without_holding_them_up() {
         "mirror-request-body off: {lean}"
     );
 }
+
+/// `upstream-keepalive-timeout` (the controller ConfigMap's): an idle upstream connection
+/// is closed by the proxy after it, and the next request opens a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_keepalive_timeout_closes_idle_upstream_connections() {
+    let (backend, connections) = closes_when_idle(Duration::from_secs(60)).await;
+    let mut files = site(&[backend], &[]);
+    files.push((
+        "controller.yaml",
+        to_yaml(&[portico_e2e::manifests::config_map(
+            "portico-controller",
+            &[("upstream-keepalive-timeout", "1")],
+        )]),
+    ));
+    let portico =
+        Portico::start_full(&files, &["--configmap=default/portico-controller"], &[]).await;
+    for _ in 0..3 {
+        assert_eq!(portico.client.get("t.test", "/").await.unwrap().status, 200);
+    }
+    assert_eq!(connections.load(Ordering::Relaxed), 1, "reused while busy");
+    // Past the timeout and the pool's once-a-second sweep.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(portico.client.get("t.test", "/").await.unwrap().status, 200);
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        2,
+        "the idle connection was closed; the backend would have kept it a minute"
+    );
+}

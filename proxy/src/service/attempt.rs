@@ -284,7 +284,12 @@ impl IngressProxy {
         let addr = pool.balancer.endpoint(index).addr;
         ctx.attempt_started = Some(Instant::now());
         ctx.upstream_addr = Some(addr);
-        Ok(Box::new(pool.upstream.peer(addr)))
+        let mut peer = pool.upstream.peer(addr);
+        // `upstream-keepalive-timeout`: idle connections go back to the pool for this long.
+        peer.options.idle_timeout = Some(Duration::from_millis(
+            snapshot.source.global.upstream_idle_ms,
+        ));
+        Ok(Box::new(peer))
     }
 }
 

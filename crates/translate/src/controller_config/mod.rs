@@ -286,6 +286,11 @@ impl ControllerConfig {
                     level => keys.level = level,
                 }
             }
+            "upstream-keepalive-timeout" => {
+                if let Some(ms) = a.duration_ms(k, false).map_err(invalid)? {
+                    self.global.upstream_idle_ms = ms;
+                }
+            }
             "gzip-min-length" => self.gzip.min_length = a.count(k).map_err(invalid)?,
             "brotli-min-length" => self.brotli.min_length = a.count(k).map_err(invalid)?,
             "gzip-types" | "brotli-types" => {
