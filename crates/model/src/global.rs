@@ -23,6 +23,10 @@ pub struct GlobalPolicy {
     /// next request.
     #[serde(default = "default_upstream_idle_ms")]
     pub upstream_idle_ms: u64,
+    /// `allow-backend-server-header`: an upstream's `Server` header reaches the client
+    /// instead of Portico's.
+    #[serde(default)]
+    pub backend_server_header: bool,
 }
 
 impl Default for GlobalPolicy {
@@ -33,6 +37,7 @@ impl Default for GlobalPolicy {
             block: Blocklist::default(),
             compression: Compression::default(),
             upstream_idle_ms: default_upstream_idle_ms(),
+            backend_server_header: false,
         }
     }
 }

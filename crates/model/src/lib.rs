@@ -390,6 +390,7 @@ mod tests {
                     brotli: None,
                 },
                 upstream_idle_ms: 5_000,
+                backend_server_header: true,
             },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),

@@ -264,3 +264,39 @@ async fn use_gzip_compresses_answers_for_clients_that_accept_it() {
     );
     assert_eq!(plain.echo().unwrap().path, "/plain");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_backend_server_header_lets_the_upstreams_server_header_through() {
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("site")
+            .path("site.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let portico = Portico::start_full(
+        &[
+            ("site.yaml", to_yaml(&docs)),
+            (
+                "controller.yaml",
+                controller_config(&[("allow-backend-server-header", "true")]),
+            ),
+        ],
+        &[CONFIG],
+        &[],
+    )
+    .await;
+    let own = portico
+        .client
+        .get("site.test", "/?header=server:EchoServer%2F1.0")
+        .await
+        .unwrap();
+    assert_eq!(own.header("server"), Some("EchoServer/1.0"));
+    let none = portico.client.get("site.test", "/").await.unwrap();
+    assert_eq!(
+        none.header("server"),
+        Some("portico"),
+        "without one, Portico's"
+    );
+    let portico_answer = portico.client.get("nowhere.test", "/").await.unwrap();
+    assert_eq!(portico_answer.header("server"), Some("portico"));
+}

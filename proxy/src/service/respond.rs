@@ -77,7 +77,16 @@ impl IngressProxy {
     ) -> Result<()> {
         // `X-Request-ID`, and the `Connection` and `Date` Pingora writes.
         answer.reserve_headers(3)?;
-        apply_server_policy(answer, self.hide_server_header)?;
+        // `allow-backend-server-header`: an upstream's own `Server` stays.
+        let upstreams_server = made == Made::Upstream
+            && answer.headers.contains_key(header::SERVER)
+            && ctx
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.source.global.backend_server_header);
+        if !upstreams_server || self.hide_server_header {
+            apply_server_policy(answer, self.hide_server_header)?;
+        }
         if !answer.headers.contains_key(header::DATE) {
             answer.insert_header(header::DATE, get_cached_date())?;
         }

@@ -95,7 +95,7 @@ fn lower_first(s: &str) -> String {
 /// Every key of ingress-nginx's controller ConfigMap (its `configmap.md`), in its order.
 pub const CONTROLLER_KEYS: &[(&str, KeyStatus)] = &[
     ("add-headers", KeyStatus::Same),
-    ("allow-backend-server-header", KeyStatus::Different("only `false` (the default): Portico answers with its own `Server` header; `--hide-server-header` on the proxy sends none")),
+    ("allow-backend-server-header", KeyStatus::Different("`--hide-server-header` on the proxy wins: with it no `Server` header is sent, the upstream's included")),
     ("allow-cross-namespace-resources", KeyStatus::Different("only `false` (the default): an Ingress reads only Secrets, Services and ConfigMaps of its own namespace")),
     ("allow-snippet-annotations", KeyStatus::Never("snippets inject raw nginx configuration: Portico runs no nginx, and configuration must never change the proxy's code")),
     ("annotations-risk-level", KeyStatus::Never("no annotation Portico reads can inject configuration, so there is no risk level to choose")),

@@ -353,9 +353,10 @@ impl ControllerConfig {
                 "off",
                 "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations",
             )?,
-            "allow-backend-server-header" | "server-tokens" | "allow-cross-namespace-resources" => {
-                only("false", status_note(k))?
+            "allow-backend-server-header" => {
+                self.global.backend_server_header = a.bool(k).map_err(invalid)?.unwrap_or(false)
             }
+            "server-tokens" | "allow-cross-namespace-resources" => only("false", status_note(k))?,
             "strict-validate-path-type" | "ignore-invalid-headers" => only("true", status_note(k))?,
             _ => {
                 check_annotation_default(k, v)
