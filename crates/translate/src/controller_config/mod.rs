@@ -12,10 +12,12 @@ use crate::annotations::Annotations;
 use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::{Diagnostic, ObjectRef, Problems, Reason};
 use crate::ingress::{check_annotation_default, global_external_auth};
+use k8s_openapi::api::core::v1::ConfigMap;
 use portico_model::{
     Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, TextMatch, REDIRECT_CODES,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// ingress-nginx's `gzip-types` and `brotli-types` defaults.
 const GZIP_TYPES: &str = "application/atom+xml application/javascript application/x-javascript application/json application/rss+xml application/vnd.ms-fontobject application/x-font-ttf application/x-web-app-manifest+json application/xhtml+xml application/xml font/opentype image/svg+xml image/x-icon text/css text/javascript text/plain text/x-component";
@@ -26,7 +28,7 @@ const BROTLI_TYPES: &str = "application/xml+rss application/atom+xml application
 const DEFAULT_NO_AUTH_LOCATIONS: &str = "/.well-known/acme-challenge";
 
 /// The keys of the controller ConfigMap that Portico acts on, as typed settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ControllerConfig {
     /// Keys that are also annotations, each checked to parse: what an Ingress that does not
     /// set the annotation gets.
@@ -46,6 +48,12 @@ pub(crate) struct ControllerConfig {
     pub global: GlobalPolicy,
     /// The values applied, by key, for keeping when a later value is bad.
     accepted: BTreeMap<String, String>,
+    /// The ConfigMaps this was read from (the controller's, and those `add-headers` and
+    /// `proxy-set-headers` name), as they were: while they are the same objects, the next
+    /// translation reuses this rather than reading and checking every key again.
+    inputs: Vec<ConfigMapRead>,
+    /// What reading it reported, for the translations that reuse it.
+    reported: Vec<Diagnostic>,
 }
 
 impl Default for ControllerConfig {
@@ -61,6 +69,8 @@ impl Default for ControllerConfig {
             word_blocklist: Vec::new(),
             global: GlobalPolicy::default(),
             accepted: BTreeMap::new(),
+            inputs: Vec::new(),
+            reported: Vec::new(),
         }
     }
 }
@@ -105,41 +115,71 @@ impl EncodingKeys {
     }
 }
 
+/// A ConfigMap read, as it was (or that it was not there).
+type ConfigMapRead = (ObjectKey, Option<Arc<ConfigMap>>);
+
 /// Why a key's value was not applied: the reason and a message naming key and value.
 type Refusal = (Reason, String);
 
 impl ControllerConfig {
     /// The ConfigMap `key` (none: every default), its problems added to `diagnostics`.
     /// `previous` is the configuration of the last translation, whose good values stand in
-    /// for bad ones.
+    /// for bad ones, and which is reused while the ConfigMaps it read are unchanged.
     pub fn read(
         state: &ClusterState,
         key: Option<&ObjectKey>,
         previous: &ControllerConfig,
         diagnostics: &mut Vec<Diagnostic>,
     ) -> ControllerConfig {
-        let mut config = ControllerConfig::default();
-        let Some((namespace, name)) = key else {
-            return config;
+        let Some(key) = key else {
+            return ControllerConfig::default();
         };
+        let unchanged = !previous.inputs.is_empty()
+            && previous
+                .inputs
+                .iter()
+                .all(|(k, seen)| match (state.config_maps.get(k), seen) {
+                    (Some(now), Some(seen)) => Arc::ptr_eq(now, seen),
+                    (None, None) => true,
+                    _ => false,
+                });
+        let config = if unchanged {
+            previous.clone()
+        } else {
+            Self::parse(state, key, previous)
+        };
+        diagnostics.extend(config.reported.iter().cloned());
+        config
+    }
+
+    /// Reads and checks every key of ConfigMap `key`.
+    fn parse(state: &ClusterState, key: &ObjectKey, previous: &ControllerConfig) -> Self {
+        let mut config = ControllerConfig::default();
+        let (namespace, name) = key;
         let object = ObjectRef {
             kind: "ConfigMap",
             namespace: namespace.clone(),
             name: name.clone(),
         };
+        let mut reported = Vec::new();
         let mut report = |reason, message: String| {
-            diagnostics.push(Diagnostic {
+            reported.push(Diagnostic {
                 object: object.clone(),
                 reason,
                 message: portico_model::redact_userinfo(&message).into_owned(),
             })
         };
-        let Some(config_map) = state.config_maps.get(key.unwrap_or(&Default::default())) else {
+        let controller_config_map = state.config_maps.get(key);
+        config
+            .inputs
+            .push((key.clone(), controller_config_map.cloned()));
+        let Some(config_map) = controller_config_map else {
             report(
                 Reason::ConfigMapNotFound,
                 "the controller ConfigMap (--configmap) does not exist; every key has its default"
                     .into(),
             );
+            config.reported = reported;
             return config;
         };
         let empty = BTreeMap::new();
@@ -203,6 +243,7 @@ impl ControllerConfig {
                 report(p.reason, settings_message(&p.message));
             }
         }
+        config.reported = reported;
         config
     }
 
@@ -342,7 +383,9 @@ impl ControllerConfig {
                     a.header_names(k).map_err(invalid)?.unwrap_or_default()
             }
             "add-headers" | "proxy-set-headers" => {
-                let headers = headers_of(state, namespace, k, v)?;
+                let (read, headers) = headers_of(state, namespace, k, v);
+                self.inputs.push(read);
+                let headers = headers?;
                 if k == "add-headers" {
                     self.headers.response.set = headers;
                 } else {
@@ -449,15 +492,28 @@ fn headers_of(
     namespace: &str,
     k: &str,
     v: &str,
-) -> Result<Vec<(String, String)>, Refusal> {
+) -> (ConfigMapRead, Result<Vec<(String, String)>, Refusal>) {
     let v = v.trim();
     let (ns, name) = v.split_once('/').unwrap_or((namespace, v));
-    let Some(config_map) = state.config_maps.get(&(ns.to_string(), name.to_string())) else {
-        return Err((
+    let key = (ns.to_string(), name.to_string());
+    let config_map = state.config_maps.get(&key).cloned();
+    let headers = match &config_map {
+        None => Err((
             Reason::ConfigMapNotFound,
             format!("key {k}: ConfigMap {ns}/{name} does not exist"),
-        ));
+        )),
+        Some(config_map) => config_map_headers(config_map, k, ns, name),
     };
+    ((key, config_map), headers)
+}
+
+/// The entries of ConfigMap `ns/name`, each a header name and its value.
+fn config_map_headers(
+    config_map: &ConfigMap,
+    k: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>, Refusal> {
     let mut headers = Vec::new();
     for (entry, value) in config_map.data.iter().flatten() {
         let value = value.trim();

@@ -437,3 +437,40 @@ fn every_key_that_is_an_annotation_reads_its_usual_value() {
         .count();
     assert_eq!(annotations, values.len());
 }
+
+#[test]
+fn a_reread_follows_the_config_maps_it_names_and_a_reuse_reports_again() {
+    let mut translator = Translator::new(options());
+    // The same controller ConfigMap object throughout: only the one it names changes.
+    let controller = config_map(
+        "ingress-nginx",
+        "controller",
+        json!({"add-headers": "answer-headers", "use-gzip": "maybe"}),
+    );
+    let with = |frame: &str| {
+        state(vec![
+            controller.clone(),
+            config_map(
+                "ingress-nginx",
+                "answer-headers",
+                json!({"X-Frame-Options": frame}),
+            ),
+            ingress("plain", json!({}), "plain.test", &["/"]),
+        ])
+    };
+    let first = with("DENY");
+    let t = translator.translate(&first);
+    assert_eq!(config_diagnostics(&t).len(), 1, "use-gzip's bad value");
+    let t = translator.translate(&first);
+    assert_eq!(
+        config_diagnostics(&t).len(),
+        1,
+        "reported again when reused"
+    );
+    let t = translator.translate(&with("SAMEORIGIN"));
+    let edits = route(&t, "plain.test", "/").headers.clone().unwrap();
+    assert_eq!(
+        edits.response.set,
+        vec![("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
+    );
+}
