@@ -2,7 +2,7 @@
 //! keys an operator sets once for every Ingress, applied live, a typo never undoing them.
 
 use portico_e2e::client::{post, raw_status};
-use portico_e2e::echo::backends;
+use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::{binary, Portico};
 use portico_e2e::manifests::{config_map, ingress, to_yaml};
 
@@ -10,6 +10,22 @@ const CONFIG: &str = "--configmap=default/portico-controller";
 
 fn controller_config(data: &[(&str, &str)]) -> String {
     to_yaml(&[config_map("portico-controller", data)])
+}
+
+/// Portico serving `site.test` from one echo backend, with the controller ConfigMap `keys`.
+async fn site_with(keys: &[(&str, &str)]) -> (Vec<EchoServer>, Portico) {
+    let (servers, mut docs) = backends(&["web"]).await;
+    docs.push(
+        ingress("site")
+            .path("site.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let files = [
+        ("site.yaml", to_yaml(&docs)),
+        ("controller.yaml", controller_config(keys)),
+    ];
+    let portico = Portico::start_full(&files, &[CONFIG], &[]).await;
+    (servers, portico)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,24 +232,7 @@ fn check_reports_bad_values_as_errors_and_ignored_keys_as_warnings() {
 #[tokio::test(flavor = "multi_thread")]
 async fn use_gzip_compresses_answers_for_clients_that_accept_it() {
     use std::io::Read;
-    let (_servers, mut docs) = backends(&["web"]).await;
-    docs.push(
-        ingress("site")
-            .path("site.test", "Prefix", "/", "web")
-            .build(),
-    );
-    let portico = Portico::start_full(
-        &[
-            ("site.yaml", to_yaml(&docs)),
-            (
-                "controller.yaml",
-                controller_config(&[("use-gzip", "true"), ("gzip-min-length", "20")]),
-            ),
-        ],
-        &[CONFIG],
-        &[],
-    )
-    .await;
+    let (_servers, portico) = site_with(&[("use-gzip", "true"), ("gzip-min-length", "20")]).await;
     let gzipped = portico
         .client
         .request(
@@ -267,24 +266,7 @@ async fn use_gzip_compresses_answers_for_clients_that_accept_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_backend_server_header_lets_the_upstreams_server_header_through() {
-    let (_servers, mut docs) = backends(&["web"]).await;
-    docs.push(
-        ingress("site")
-            .path("site.test", "Prefix", "/", "web")
-            .build(),
-    );
-    let portico = Portico::start_full(
-        &[
-            ("site.yaml", to_yaml(&docs)),
-            (
-                "controller.yaml",
-                controller_config(&[("allow-backend-server-header", "true")]),
-            ),
-        ],
-        &[CONFIG],
-        &[],
-    )
-    .await;
+    let (_servers, portico) = site_with(&[("allow-backend-server-header", "true")]).await;
     let own = portico
         .client
         .get("site.test", "/?header=server:EchoServer%2F1.0")
