@@ -74,11 +74,17 @@ impl AnswerCompression {
             return false;
         }
         self.ctx.response_header_filter(answer, false);
-        answer.headers.contains_key(header::CONTENT_ENCODING) && self.ctx.is_enabled()
+        // An encoder was chosen (not, say, for an answer the upstream already encoded).
+        self.ctx.get_info().is_some()
     }
 
-    /// The compressed form of a body chunk (at the end, with the encoder's last bytes).
+    /// The compressed form of a body chunk (at the end, with the encoder's last bytes);
+    /// `None` passes the chunk as it is, also before `start` decided (Pingora's encoder
+    /// panics on a body before its header).
     pub fn chunk(&mut self, chunk: Option<&bytes::Bytes>, end: bool) -> Option<bytes::Bytes> {
+        if self.ctx.is_header_phase() {
+            return None;
+        }
         self.ctx.response_body_filter(chunk, end)
     }
 }
@@ -128,6 +134,19 @@ mod tests {
             .read_to_string(&mut plain)
             .unwrap();
         assert_eq!(plain.as_bytes(), &body[..]);
+    }
+
+    #[test]
+    fn an_answer_the_upstream_encoded_is_passed_on_and_a_body_before_a_header_is_not_a_panic() {
+        let mut c = AnswerCompression::for_request(&policy(), &request("gzip")).unwrap();
+        assert_eq!(
+            c.chunk(Some(&bytes::Bytes::from_static(b"early")), false),
+            None
+        );
+        let mut encoded = answer("text/html", 5000);
+        encoded.insert_header("content-encoding", "br").unwrap();
+        assert!(!c.start(&mut encoded));
+        assert_eq!(encoded.headers["content-encoding"], "br");
     }
 
     #[test]
