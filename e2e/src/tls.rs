@@ -157,6 +157,8 @@ pub struct Handshake {
     pub version: String,
     pub alpn: Option<String>,
     pub resumed: bool,
+    /// The cipher negotiated, by OpenSSL's name.
+    pub cipher: String,
 }
 
 /// Options for [`connect`].
@@ -169,6 +171,8 @@ pub struct ClientOptions<'a> {
     pub session: Option<SslSession>,
     /// A client certificate (and its key) to present when the server asks for one.
     pub certificate: Option<&'a Issued>,
+    /// Offer these TLS 1.2 ciphers, in this order (OpenSSL's syntax).
+    pub ciphers: Option<&'a str>,
 }
 
 /// Handshakes with `addr` without verifying the server (the tests inspect what it presents).
@@ -191,6 +195,9 @@ pub async fn connect_over(
         b.set_max_proto_version(Some(v))?;
         b.set_security_level(0);
         b.set_cipher_list("ALL:@SECLEVEL=0")?;
+    }
+    if let Some(ciphers) = opts.ciphers {
+        b.set_cipher_list(ciphers)?;
     }
     if !opts.alpn.is_empty() {
         let mut wire = Vec::new();
@@ -247,6 +254,10 @@ pub async fn connect_over(
             .selected_alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
         resumed: ssl.session_reused(),
+        cipher: ssl
+            .current_cipher()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default(),
     };
     Ok((stream, handshake))
 }

@@ -34,6 +34,11 @@ pub fn server_conf(threads: usize, drain_seconds: u64) -> ServerConf {
         // these timeouts are nearly always cancelled, which tokio cleans up at once while
         // Pingora's map keeps them until their deadline.
         fast_timeout_to_tokio_threshold_seconds: Some(0),
+        upstream_keepalive_pool_size: DEFAULT_UPSTREAM_KEEPALIVE_CONNECTIONS,
         ..ServerConf::default()
     }
 }
+
+/// Idle upstream connections kept per worker thread, over all backends: ingress-nginx's
+/// `upstream-keepalive-connections` default (Pingora's is 128).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_CONNECTIONS: usize = 320;

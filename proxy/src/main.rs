@@ -102,6 +102,14 @@ struct Args {
     /// Send no `Server` header, neither Portico's nor an upstream's.
     #[arg(long)]
     hide_server_header: bool,
+    /// Offer HTTP/2: by ALPN on the HTTPS listener, and by prior knowledge (h2c) on the
+    /// HTTP listener (ingress-nginx's `use-http2`).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    http2: Switch,
+    /// Idle upstream connections kept per worker thread, over all backends
+    /// (ingress-nginx's `upstream-keepalive-connections`).
+    #[arg(long, default_value_t = portico_proxy::DEFAULT_UPSTREAM_KEEPALIVE_CONNECTIONS)]
+    upstream_keepalive_connections: usize,
     /// Seconds to keep accepting and serving after SIGTERM, with `/readyz` failing, before
     /// the listeners close.
     #[arg(long, default_value_t = 5)]
@@ -161,7 +169,10 @@ fn main() -> anyhow::Result<()> {
 
     let mut server = Server::new_with_opt_and_conf(
         None,
-        portico_proxy::server_conf(threads, args.shutdown_drain_seconds),
+        pingora::server::configuration::ServerConf {
+            upstream_keepalive_pool_size: args.upstream_keepalive_connections,
+            ..portico_proxy::server_conf(threads, args.shutdown_drain_seconds)
+        },
     );
     server.bootstrap();
 
@@ -240,7 +251,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut http = pingora::proxy::http_proxy(&server.configuration, ingress);
     let mut options = HttpServerOptions::default();
-    options.h2c = true;
+    options.h2c = args.http2 == Switch::On;
     options.h2_idle_timeout = (args.client_keepalive_timeout > 0)
         .then(|| Duration::from_secs(args.client_keepalive_timeout));
     http.server_options = Some(options);
@@ -270,10 +281,13 @@ fn main() -> anyhow::Result<()> {
             tls::ServedCertificate::self_signed()
                 .context("generating the self-signed default certificate")?,
         );
-        let settings = tls::listener_settings(tls::SniCertificates {
-            store: store.clone(),
-            fallback,
-        })
+        let settings = tls::listener_settings(
+            tls::SniCertificates {
+                store: store.clone(),
+                fallback,
+            },
+            args.http2 == Switch::On,
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("configuring the HTTPS listener")?;
         proxy.add_tls_with_settings(&args.https_addr, None, settings);

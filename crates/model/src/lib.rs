@@ -333,6 +333,7 @@ mod tests {
                     error_page: Some("https://example.com/denied".into()),
                     match_subject: Some("CN=client".into()),
                 }),
+                ciphers: Some("ECDHE-ECDSA-AES256-GCM-SHA384".into()),
             })],
             default_backend: None,
             backends: vec![Arc::new(Backend {
@@ -372,6 +373,11 @@ mod tests {
                     include_subdomains: true,
                     preload: false,
                 }),
+                versions: TlsVersions {
+                    min: TlsVersion::Tls13,
+                    max: TlsVersion::Tls13,
+                },
+                ciphers: Some("ECDHE-RSA-AES128-GCM-SHA256".into()),
             },
             global: GlobalPolicy {
                 https_redirect_code: 301,

@@ -14,6 +14,10 @@ pub struct VirtualHost {
     /// the host needs: as in ingress-nginx, a property of the host, not of one path.
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
+    /// `ssl-ciphers`: the TLS 1.2 cipher list a handshake for this host offers, over the
+    /// snapshot's [`crate::TlsPolicy::ciphers`].
+    #[serde(default)]
+    pub ciphers: Option<String>,
 }
 
 impl VirtualHost {
@@ -23,6 +27,7 @@ impl VirtualHost {
             host,
             routes,
             client_auth: None,
+            ciphers: None,
         }
     }
 }

@@ -39,6 +39,37 @@ pub struct TlsPolicy {
     /// `Strict-Transport-Security` on HTTPS responses; `None` sends none.
     #[serde(default)]
     pub hsts: Option<Hsts>,
+    /// The TLS versions a handshake may negotiate (`ssl-protocols`); OpenSSL takes a range.
+    #[serde(default)]
+    pub versions: TlsVersions,
+    /// The TLS 1.2 cipher list, in OpenSSL's syntax (`ssl-ciphers`), for hosts that name
+    /// none of their own; `None` keeps the listener's (Mozilla's intermediate list). As with
+    /// nginx's `ssl_ciphers`, TLS 1.3's suites are not affected.
+    #[serde(default)]
+    pub ciphers: Option<String>,
+}
+
+/// The lowest and highest TLS version offered. Only 1.2 and 1.3 exist here: Portico
+/// offers nothing older.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsVersions {
+    pub min: TlsVersion,
+    pub max: TlsVersion,
+}
+
+impl Default for TlsVersions {
+    fn default() -> Self {
+        TlsVersions {
+            min: TlsVersion::Tls12,
+            max: TlsVersion::Tls13,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

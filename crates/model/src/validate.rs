@@ -56,6 +56,19 @@ pub enum ValidationError {
     InvalidClientAuth { host: String, what: String },
     #[error("global policy: {what}")]
     InvalidGlobalPolicy { what: String },
+    #[error("TLS policy: {what}")]
+    InvalidTlsPolicy { what: String },
+}
+
+/// A cipher list OpenSSL could read: the proxy applies it per handshake and cannot refuse
+/// it there, so what reaches it is at least one printable word.
+fn validate_ciphers(c: &str) -> Result<(), String> {
+    if c.is_empty() || c.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "cipher list {c:?} must be non-empty and printable without spaces"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
@@ -399,6 +412,17 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             });
         }
     }
+    if s.tls.versions.min > s.tls.versions.max {
+        return Err(InvalidTlsPolicy {
+            what: format!(
+                "lowest version {:?} is above the highest {:?}",
+                s.tls.versions.min, s.tls.versions.max
+            ),
+        });
+    }
+    if let Some(c) = &s.tls.ciphers {
+        validate_ciphers(c).map_err(|what| InvalidTlsPolicy { what })?;
+    }
     let shared: HashSet<*const VirtualHost> = base
         .map(|b| b.virtual_hosts.iter().map(Arc::as_ptr).collect())
         .unwrap_or_default();
@@ -433,6 +457,11 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             validate_client_auth(c).map_err(|what| InvalidClientAuth {
                 host: vh.host.to_string(),
                 what,
+            })?;
+        }
+        if let Some(c) = &vh.ciphers {
+            validate_ciphers(c).map_err(|what| InvalidTlsPolicy {
+                what: format!("host {:?}: {what}", vh.host.to_string()),
             })?;
         }
         paths.clear();
@@ -513,6 +542,7 @@ mod tests {
                 host: HostMatch::Exact("a.com".into()),
                 routes: vec![Route::new(PathMatch::prefix("/"), "b")],
                 client_auth: None,
+                ciphers: None,
             })],
             default_backend: Some("b".into()),
             backends: vec![Arc::new(Backend {
@@ -558,6 +588,27 @@ mod tests {
             s.validate(),
             Err(ValidationError::InvalidGlobalPolicy { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_tls_versions_out_of_order_and_cipher_lists_with_spaces() {
+        let mut s = good();
+        s.tls.versions.min = crate::TlsVersion::Tls13;
+        s.tls.versions.max = crate::TlsVersion::Tls12;
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::InvalidTlsPolicy { .. })
+        ));
+        let mut s = good();
+        s.tls.ciphers = Some("HIGH !aNULL".into());
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::InvalidTlsPolicy { .. })
+        ));
+        let mut s = good();
+        Arc::make_mut(&mut s.virtual_hosts[0]).ciphers = Some(String::new());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("host"), "{err}");
     }
 
     #[test]

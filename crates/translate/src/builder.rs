@@ -244,7 +244,7 @@ struct BuiltHost {
     host: Arc<VirtualHost>,
 }
 
-/// Everything a virtual host is built from. Routes and the client-certificate policy are
+/// Everything a virtual host is built from. Routes, the client-certificate policy and ciphers are
 /// known by address: they live in fragments, which never change once made, and the
 /// translator keeps the fragments these addresses came from alive until the next
 /// translation has compared against them, so an equal address is the same route.
@@ -254,6 +254,7 @@ struct HostInputs {
     /// Sorted by route index.
     canaries: Vec<(usize, Canary)>,
     client_auth: Option<usize>,
+    ciphers: Option<usize>,
 }
 
 impl BuiltHosts {
@@ -312,6 +313,7 @@ impl HostInputs {
             tls,
             canaries,
             client_auth: h.client_auth.map(|(c, _)| address::<ClientAuth>(c)),
+            ciphers: h.ciphers.map(|(c, _)| address::<String>(c)),
         }
     }
 
@@ -319,6 +321,7 @@ impl HostInputs {
     fn are_of(&self, h: &HostRoutes, tls: bool) -> bool {
         self.tls == tls
             && self.client_auth == h.client_auth.map(|(c, _)| address::<ClientAuth>(c))
+            && self.ciphers == h.ciphers.map(|(c, _)| address::<String>(c))
             && self.routes.len() == h.routes.len()
             && self
                 .routes
@@ -352,6 +355,7 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
         host: host.clone(),
         routes,
         client_auth: h.client_auth.map(|(c, _)| c.clone()),
+        ciphers: h.ciphers.map(|(c, _)| c.clone()),
     }
 }
 
@@ -371,6 +375,8 @@ fn assemble(
     let mut tls = TlsPolicy {
         default_certificate: None,
         hsts: config.hsts(opts.hsts),
+        versions: config.tls_versions,
+        ciphers: config.ciphers.clone(),
     };
     if let Some((namespace, name)) = &opts.default_certificate {
         let object = ObjectRef {

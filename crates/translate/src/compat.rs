@@ -21,9 +21,6 @@ pub enum Status {
 /// Why the upstream TLS annotations are not read yet.
 const PER_BACKEND_TLS: &str = "Pingora's upstream TLS connector applies one TLS configuration (versions, ciphers, chain depth) to every backend; a per-backend setting needs a change to the vendored connector";
 /// Why the listener TLS annotations are not read yet.
-const PER_HOST_TLS: &str =
-    "the HTTPS listener offers one set of versions (TLS 1.2 and 1.3) and ciphers to every host";
-
 /// Why FastCGI annotations are never read (docs/design/0018).
 const FASTCGI: &str = "Portico speaks HTTP/1.1, HTTP/2 and gRPC to upstreams, not FastCGI: serve PHP-FPM through an HTTP server beside it (nginx, Caddy, FrankenPHP)";
 
@@ -170,8 +167,8 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("rewrite-target", Status::Same),
     ("ssl-redirect", Status::Same),
     ("use-regex", Status::Same),
-    ("ssl-ciphers", Status::NotYet(PER_HOST_TLS)),
-    ("ssl-prefer-server-ciphers", Status::NotYet(PER_HOST_TLS)),
+    ("ssl-ciphers", Status::Same),
+    ("ssl-prefer-server-ciphers", Status::Different("the HTTPS listener always prefers its own cipher order (ingress-nginx's default); \"false\" is reported and ignored")),
     ("ssl-passthrough", Status::NotYet("TLS passthrough by SNI comes with the L4 work (issue #26)")),
     ("satisfy", Status::Same),
     ("server-snippet", Status::Never("as configuration-snippet")),

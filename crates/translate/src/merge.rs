@@ -67,6 +67,8 @@ pub(crate) struct HostRoutes<'f> {
     pub canaries: FastMap<usize, Canary>,
     /// The client certificates the host asks for, and the Ingress that asked first.
     pub client_auth: Option<(&'f ClientAuth, &'f SourceRef)>,
+    /// `ssl-ciphers`, and the Ingress that set it first.
+    pub ciphers: Option<(&'f String, &'f SourceRef)>,
     /// The oldest Ingress with `use-regex` or `rewrite-target` among the host's routes:
     /// when set, every path of the host is matched as a regex, longest first.
     pub regex_by: Option<&'f SourceRef>,
@@ -262,6 +264,19 @@ impl<'f> RouteTable<'f> {
                     report(Reason::ClientAuthConflict, msg);
                     continue;
                 }
+                _ => {}
+            }
+            // Ciphers are a property of the handshake too, but a second list leaves nothing
+            // less guarded: the routes stay, under the older Ingress's list.
+            match (&fragment.ciphers, host_routes.ciphers) {
+                (Some(wanted), None) => host_routes.ciphers = Some((wanted, &fragment.source)),
+                (Some(wanted), Some((have, owner))) if wanted != have => report(
+                    Reason::TLSConflict,
+                    format!(
+                        "host {:?} already offers the ssl-ciphers of Ingress {owner}, which is older; this Ingress's are ignored for it",
+                        host.to_string()
+                    ),
+                ),
                 _ => {}
             }
             host_routes.routes.reserve(routes.len());

@@ -109,6 +109,22 @@ pub(crate) fn ca_bundle(name: &str, secret: &Secret) -> Result<String, String> {
     Ok(text)
 }
 
+/// A TLS 1.2 cipher list (`ssl-ciphers`) that OpenSSL reads and that leaves at least one
+/// cipher: the proxy applies it per handshake, where a list it cannot use would fail every
+/// handshake of the host.
+/// The error says what was expected.
+pub(crate) fn cipher_list(v: &str) -> Result<String, &'static str> {
+    let v = v.trim();
+    if v.is_empty() || v.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("a cipher list in OpenSSL's syntax, without spaces");
+    }
+    const UNKNOWN: &str = "a cipher list naming at least one TLS 1.2 cipher OpenSSL knows";
+    let mut ctx =
+        openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::tls()).map_err(|_| UNKNOWN)?;
+    ctx.set_cipher_list(v).map_err(|_| UNKNOWN)?;
+    Ok(v.to_string())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -5,7 +5,9 @@ use openssl::ssl::SslVersion;
 use portico_e2e::client::{h2c_get, HttpClient};
 use portico_e2e::echo::{backends, EchoServer};
 use portico_e2e::harness::Portico;
-use portico_e2e::manifests::{ca_secret, ingress, service_with_endpoints, tls_secret, to_yaml};
+use portico_e2e::manifests::{
+    ca_secret, config_map, ingress, service_with_endpoints, tls_secret, to_yaml,
+};
 use portico_e2e::tls::{self, ClientOptions, TestCa, TlsConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -626,4 +628,106 @@ async fn www_redirects_and_the_trailing_slash_of_https_redirects() {
         "preserve-trailing-slash"
     );
     drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_protocols_and_ssl_ciphers_apply_per_handshake_and_follow_the_config_map() {
+    let ca = TestCa::new("test ca");
+    let (a, b) = (ca.issue(&["a.test"]), ca.issue(&["b.test"]));
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(tls_secret("a-tls", &a.cert_pem, &a.key_pem));
+    docs.push(tls_secret("b-tls", &b.cert_pem, &b.key_pem));
+    docs.push(
+        ingress("a")
+            .tls(&["a.test"], "a-tls")
+            .path("a.test", "Prefix", "/", "web")
+            .build(),
+    );
+    docs.push(
+        ingress("b")
+            .tls(&["b.test"], "b-tls")
+            .path("b.test", "Prefix", "/", "web")
+            .annotation(
+                "nginx.ingress.kubernetes.io/ssl-ciphers",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+            )
+            .build(),
+    );
+    let controller = |keys: &[(&str, &str)]| to_yaml(&[config_map("portico-controller", keys)]);
+    let portico = Portico::start_full(
+        &[
+            ("site.yaml", to_yaml(&docs)),
+            (
+                "controller.yaml",
+                controller(&[(
+                    "ssl-ciphers",
+                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
+                )]),
+            ),
+        ],
+        &["--configmap=default/portico-controller"],
+        &["--http2", "off"],
+    )
+    .await;
+
+    // The client prefers AES-128; the server's order decides, as ingress-nginx's does.
+    const OFFERED: &str =
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384";
+    let tls12 = |name| ClientOptions {
+        sni: Some(name),
+        only_version: Some(SslVersion::TLS1_2),
+        ciphers: Some(OFFERED),
+        ..Default::default()
+    };
+    let cipher = |name| async move {
+        tls::connect(portico.https, tls12(name))
+            .await
+            .map(|(_, hs)| hs.cipher)
+    };
+    assert_eq!(
+        cipher("a.test").await.unwrap(),
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "the ConfigMap's ssl-ciphers"
+    );
+    assert_eq!(
+        cipher("other.test").await.unwrap(),
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "and for the default certificate"
+    );
+    assert_eq!(
+        cipher("b.test").await.unwrap(),
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "the host's own ssl-ciphers"
+    );
+
+    // --http2 off: no h2 by ALPN, and no h2c by prior knowledge.
+    let (_, hs) = tls::connect(
+        portico.https,
+        ClientOptions {
+            sni: Some("a.test"),
+            alpn: &["h2", "http/1.1"],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((hs.version.as_str(), hs.alpn), ("TLSv1.3", None));
+    assert_ne!(
+        h2c_get(portico.http, "a.test", "/")
+            .await
+            .ok()
+            .map(|r| r.status),
+        Some(200)
+    );
+
+    // ssl-protocols narrows the next handshakes, without a restart.
+    let before = portico.applied_version().await;
+    portico.write(
+        "controller.yaml",
+        &controller(&[("ssl-protocols", "TLSv1.3")]),
+    );
+    portico.wait_for_version_after(before).await;
+    assert!(cipher("a.test").await.is_err(), "TLS 1.2 is refused");
+    let (_, hs) = tls::connect(portico.https, sni("a.test")).await.unwrap();
+    assert_eq!(hs.version, "TLSv1.3");
 }

@@ -17,8 +17,10 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ext;
-use pingora::tls::ssl::{NameType, SslSessionCacheMode, SslVersion};
-use portico_model::{Certificate, Snapshot};
+use pingora::tls::ssl::{
+    ClientHelloResponse, NameType, SslOptions, SslSessionCacheMode, SslVersion,
+};
+use portico_model::{Certificate, Snapshot, TlsVersion};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -225,6 +227,16 @@ impl TlsAccept for SniCertificates {
         if let Err(e) = chosen.install(ssl) {
             tracing::warn!(certificate = %chosen.name, sni = ?sni, error = %e, "could not use certificate for handshake");
         }
+        // OpenSSL picks a TLS 1.2 cipher after this callback (a TLS 1.3 suite before it, which
+        // is why, as with nginx's ssl_ciphers, the list concerns TLS 1.2 only).
+        if let Some(ciphers) = snapshot
+            .as_ref()
+            .and_then(|s| s.ciphers_for_sni(sni.as_deref()))
+        {
+            if let Err(e) = ssl.set_cipher_list(ciphers) {
+                tracing::warn!(sni = ?sni, ciphers, error = %e, "could not use cipher list for handshake; the listener's stays");
+            }
+        }
         if let Some(client_auth) = snapshot
             .as_ref()
             .zip(sni.as_deref())
@@ -247,10 +259,28 @@ impl TlsAccept for SniCertificates {
 }
 
 /// The HTTPS listener's settings: TLS 1.2 and 1.3 with Mozilla's intermediate cipher
-/// list, ALPN `h2` then `http/1.1`, server-side session cache and tickets for resumption.
-pub fn listener_settings(callbacks: SniCertificates) -> pingora::Result<TlsSettings> {
+/// list in the server's order of preference, ALPN `h2` (when `http2`) then `http/1.1`,
+/// server-side session cache and tickets for resumption. The snapshot narrows the versions
+/// per handshake (`ssl-protocols`) and replaces the cipher list (`ssl-ciphers`).
+pub fn listener_settings(callbacks: SniCertificates, http2: bool) -> pingora::Result<TlsSettings> {
+    let store = callbacks.store.clone();
     let mut settings = TlsSettings::with_callbacks(Box::new(callbacks))?;
-    settings.enable_h2();
+    // ingress-nginx's `ssl_prefer_server_ciphers on` (docs/design/0020).
+    settings.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+    // Versions are negotiated before the certificate callback: they are narrowed here.
+    settings.set_client_hello_callback(move |ssl, _alert| {
+        let versions = store.load().map(|s| s.tls_versions()).unwrap_or_default();
+        let version = |v| match v {
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        };
+        ssl.set_min_proto_version(Some(version(versions.min)))?;
+        ssl.set_max_proto_version(Some(version(versions.max)))?;
+        Ok(ClientHelloResponse::SUCCESS)
+    });
+    if http2 {
+        settings.enable_h2();
+    }
     let conf_err = |e| {
         pingora::Error::because(
             pingora::ErrorType::InternalError,
@@ -306,7 +336,7 @@ mod tests {
             ],
             tls: portico_model::TlsPolicy {
                 default_certificate: Some("ns/a".into()),
-                hsts: None,
+                ..Default::default()
             },
             ..Snapshot::default()
         };

@@ -14,7 +14,8 @@ use crate::diagnostic::{Diagnostic, ObjectRef, Problems, Reason};
 use crate::ingress::{check_annotation_default, global_external_auth};
 use k8s_openapi::api::core::v1::ConfigMap;
 use portico_model::{
-    Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, TextMatch, REDIRECT_CODES,
+    Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, TextMatch, TlsVersion, TlsVersions,
+    REDIRECT_CODES,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +47,12 @@ pub(crate) struct ControllerConfig {
     /// `annotation-value-word-blocklist`.
     pub word_blocklist: Vec<String>,
     pub global: GlobalPolicy,
+    /// `ssl-protocols`.
+    pub tls_versions: TlsVersions,
+    /// `ssl-ciphers`.
+    pub ciphers: Option<String>,
+    /// What applying a key accepted but left out, for the ConfigMap's diagnostics.
+    partly_applied: Vec<String>,
     /// The values applied, by key, for keeping when a later value is bad.
     accepted: BTreeMap<String, String>,
     /// The ConfigMaps this was read from (the controller's, and those `add-headers` and
@@ -68,6 +75,9 @@ impl Default for ControllerConfig {
             headers: HeaderEdits::default(),
             word_blocklist: Vec::new(),
             global: GlobalPolicy::default(),
+            tls_versions: TlsVersions::default(),
+            ciphers: None,
+            partly_applied: Vec::new(),
             accepted: BTreeMap::new(),
             inputs: Vec::new(),
             reported: Vec::new(),
@@ -196,7 +206,11 @@ impl ControllerConfig {
                 report(Reason::UnsupportedSetting, why);
                 continue;
             }
-            let Err((reason, message)) = config.apply(state, namespace, k, v) else {
+            let applied = config.apply(state, namespace, k, v);
+            for message in std::mem::take(&mut config.partly_applied) {
+                report(Reason::UnsupportedSetting, message);
+            }
+            let Err((reason, message)) = applied else {
                 config.accepted.insert(k.clone(), v.clone());
                 continue;
             };
@@ -214,6 +228,7 @@ impl ControllerConfig {
                 }
                 None => report(reason, format!("{message}; the default applies")),
             }
+            config.partly_applied.clear();
         }
         config.global.compression = Compression {
             gzip: config.gzip.encoding(1, 256, GZIP_TYPES),
@@ -396,6 +411,15 @@ impl ControllerConfig {
                 "off",
                 "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations",
             )?,
+            "ssl-protocols" => self.tls_versions = self.tls_versions(k, v)?,
+            "ssl-ciphers" => {
+                self.ciphers = Some(crate::secret::cipher_list(v).map_err(|expected| {
+                    (
+                        Reason::InvalidSetting,
+                        format!("key {k}: value {v:?} is not {expected}"),
+                    )
+                })?)
+            }
             "allow-backend-server-header" => {
                 self.global.backend_server_header = a.bool(k).map_err(invalid)?.unwrap_or(false)
             }
@@ -409,6 +433,34 @@ impl ControllerConfig {
             }
         }
         Ok(())
+    }
+
+    /// `ssl-protocols`: the versions named, as the range OpenSSL takes. Versions below 1.2
+    /// are left out with a warning: Portico offers none.
+    fn tls_versions(&mut self, k: &str, v: &str) -> Result<TlsVersions, Refusal> {
+        let mut named = Vec::new();
+        for word in v.split_whitespace() {
+            match word {
+                "TLSv1.2" => named.push(TlsVersion::Tls12),
+                "TLSv1.3" => named.push(TlsVersion::Tls13),
+                "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => self.partly_applied.push(format!(
+                    "key {k}: {word} is not offered: Portico's HTTPS listener offers TLS 1.2 and 1.3 only"
+                )),
+                _ => {
+                    return Err((
+                        Reason::InvalidSetting,
+                        format!("key {k}: value {v:?} names {word:?}, which is not one of SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"),
+                    ))
+                }
+            }
+        }
+        match (named.iter().min(), named.iter().max()) {
+            (Some(&min), Some(&max)) => Ok(TlsVersions { min, max }),
+            _ => Err((
+                Reason::InvalidSetting,
+                format!("key {k}: value {v:?} names neither TLSv1.2 nor TLSv1.3"),
+            )),
+        }
     }
 
     /// `Strict-Transport-Security` with the `hsts*` keys over `flags` (the controller's

@@ -140,7 +140,7 @@ fn keys_not_acted_on_are_reported_and_harm_nothing() {
             "ingress-nginx",
             "controller",
             json!({
-                "ssl-protocols": "TLSv1.3",
+                "ssl-session-tickets": "true",
                 "http-snippet": "lua_code_cache off;",
                 "use-proxy-protocol": "true",
                 "no-such-key": "1",
@@ -161,7 +161,7 @@ fn keys_not_acted_on_are_reported_and_harm_nothing() {
     assert!(messages[0].starts_with("key http-snippet is never supported"));
     assert!(messages[1].contains("no-such-key is not a key of ingress-nginx's ConfigMap"));
     assert!(messages[2].starts_with("key server-tokens: value \"true\" is not supported"));
-    assert!(messages[3].contains("ssl-protocols is not supported yet"));
+    assert!(messages[3].contains("ssl-session-tickets is not supported yet"));
     assert!(messages[4].contains("set it on portico-proxy with --proxy-protocol"));
     assert_eq!(route(&t, "plain.test", "/").max_body_bytes, Some(2 << 20));
 }
@@ -472,5 +472,139 @@ fn a_reread_follows_the_config_maps_it_names_and_a_reuse_reports_again() {
     assert_eq!(
         edits.response.set,
         vec![("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
+    );
+}
+
+#[test]
+fn tls_keys_narrow_the_versions_and_set_the_ciphers_and_a_bad_one_keeps_the_previous() {
+    use portico_model::{TlsVersion, TlsVersions};
+    let mut translator = Translator::new(options());
+    let t = translator.translate(&state(vec![config_map(
+        "ingress-nginx",
+        "controller",
+        json!({"ssl-protocols": "TLSv1 TLSv1.1 TLSv1.2", "ssl-ciphers": "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"}),
+    )]));
+    assert_eq!(
+        t.snapshot.tls.versions,
+        TlsVersions {
+            min: TlsVersion::Tls12,
+            max: TlsVersion::Tls12
+        }
+    );
+    assert_eq!(
+        t.snapshot.tls.ciphers.as_deref(),
+        Some("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
+    );
+    let diagnostics = config_diagnostics(&t);
+    assert_eq!(
+        diagnostics
+            .iter()
+            .map(|(r, m)| (*r, m.split(':').nth(1).unwrap_or_default().trim()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Reason::UnsupportedSetting, "TLSv1 is not offered"),
+            (Reason::UnsupportedSetting, "TLSv1.1 is not offered"),
+        ],
+        "{diagnostics:?}"
+    );
+
+    let t = translator.translate(&state(vec![config_map(
+        "ingress-nginx",
+        "controller",
+        json!({"ssl-protocols": "TLSv1.4", "ssl-ciphers": "TLS_AES_128_GCM_SHA256"}),
+    )]));
+    let diagnostics = config_diagnostics(&t);
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:?}");
+    assert!(diagnostics[0].1.starts_with("key ssl-ciphers: value \"TLS_AES_128_GCM_SHA256\" is not a cipher list naming at least one TLS 1.2 cipher"), "{diagnostics:?}");
+    assert!(
+        diagnostics[1].1.contains("names \"TLSv1.4\""),
+        "{diagnostics:?}"
+    );
+    assert!(diagnostics
+        .iter()
+        .all(|(r, m)| *r == Reason::InvalidSetting && m.contains("keeping the previous value")));
+    assert_eq!(t.snapshot.tls.versions.max, TlsVersion::Tls12);
+    assert!(t.snapshot.tls.ciphers.is_some());
+}
+
+#[test]
+fn ssl_ciphers_annotations_belong_to_the_host_and_the_oldest_ingress_decides() {
+    let mut older = ingress(
+        "older",
+        json!({"nginx.ingress.kubernetes.io/ssl-ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384"}),
+        "shop.test",
+        &["/"],
+    );
+    let mut newer = ingress(
+        "newer",
+        json!({"nginx.ingress.kubernetes.io/ssl-ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256", "nginx.ingress.kubernetes.io/ssl-prefer-server-ciphers": "false"}),
+        "shop.test",
+        &["/api"],
+    );
+    let bad = ingress(
+        "bad",
+        json!({"nginx.ingress.kubernetes.io/ssl-ciphers": "NOT-A-CIPHER"}),
+        "bad.test",
+        &["/"],
+    );
+    for (i, (object, at)) in [
+        (&mut older, "2026-01-01T00:00:00Z"),
+        (&mut newer, "2026-02-01T00:00:00Z"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let KubeObject::Ingress(ing) = object else {
+            unreachable!()
+        };
+        let ing = std::sync::Arc::make_mut(ing);
+        ing.metadata.creation_timestamp = Some(serde_json::from_value(json!(at)).unwrap());
+        ing.metadata.uid = Some(format!("uid-{i}"));
+    }
+    let t = Translator::new(options()).translate(&state(vec![newer, older, bad]));
+    let vhost = |host: &str| {
+        t.snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host.to_string() == host)
+            .unwrap()
+    };
+    assert_eq!(
+        vhost("shop.test").ciphers.as_deref(),
+        Some("ECDHE-ECDSA-AES256-GCM-SHA384")
+    );
+    assert_eq!(
+        vhost("shop.test").routes.len(),
+        2,
+        "the newer Ingress's routes stay"
+    );
+    assert_eq!(vhost("bad.test").ciphers, None);
+    assert_eq!(vhost("bad.test").routes.len(), 1);
+    let of = |name: &str| {
+        t.diagnostics
+            .iter()
+            .filter(|d| d.object.name == name)
+            .map(|d| (d.reason, d.message.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let newer = of("newer");
+    assert!(
+        newer.iter().any(
+            |(r, m)| *r == Reason::TLSConflict && m.contains("ssl-ciphers of Ingress ns/older")
+        ),
+        "{newer:?}"
+    );
+    assert!(
+        newer
+            .iter()
+            .any(|(r, m)| *r == Reason::UnsupportedAnnotation
+                && m.contains("ssl-prefer-server-ciphers")),
+        "{newer:?}"
+    );
+    let bad = of("bad");
+    assert!(
+        bad.iter()
+            .any(|(r, m)| *r == Reason::InvalidAnnotation && m.contains("\"NOT-A-CIPHER\"")),
+        "{bad:?}"
     );
 }

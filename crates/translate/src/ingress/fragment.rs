@@ -186,6 +186,8 @@ pub(crate) struct Fragment {
     pub certificates: Vec<Arc<CheckedCertificate>>,
     /// `auth-tls-*`: the client certificates the Ingress's hosts ask for.
     pub client_auth: Option<ClientAuth>,
+    /// `ssl-ciphers`: the TLS 1.2 ciphers the Ingress's hosts offer.
+    pub ciphers: Option<String>,
 }
 
 impl Fragment {
@@ -204,6 +206,7 @@ impl Fragment {
             backends: Vec::new(),
             certificates: Vec::new(),
             client_auth: None,
+            ciphers: None,
         }
     }
 

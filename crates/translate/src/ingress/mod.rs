@@ -13,6 +13,7 @@ mod fragment;
 mod headers;
 mod paths;
 mod routing;
+mod tls;
 mod traffic;
 mod upstream;
 
@@ -209,6 +210,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         traffic::buffering(&a, &mut problems);
         self.policy.affinity = traffic::affinity(&a, &mut problems);
         self.read_access_controls(&a, &mut problems);
+        self.fragment.ciphers = tls::ciphers(&a, &mut problems);
         self.policy.cors = headers::cors(&a, &mut problems);
         let rewrites = routing::rewrites(&a, &mut problems);
         (self.policy.rewrite, self.policy.regex_paths) = (rewrites.rewrite, rewrites.regex_paths);

@@ -266,6 +266,19 @@ impl CompiledSnapshot {
         self.vhosts[self.hosts.lookup(sni)?].client_auth.as_ref()
     }
 
+    /// The TLS 1.2 ciphers a handshake with this SNI name offers (the host's `ssl-ciphers`,
+    /// else the ConfigMap's); `None` keeps the listener's own list.
+    pub fn ciphers_for_sni(&self, sni: Option<&str>) -> Option<&str> {
+        sni.and_then(|s| self.hosts.lookup(s))
+            .and_then(|i| self.source.virtual_hosts[i].ciphers.as_deref())
+            .or(self.source.tls.ciphers.as_deref())
+    }
+
+    /// The TLS versions a handshake may negotiate.
+    pub fn tls_versions(&self) -> portico_model::TlsVersions {
+        self.source.tls.versions
+    }
+
     /// The snapshot's default backend, if any.
     pub fn default_backend(&self) -> Option<&Arc<BackendPool>> {
         self.default_backend.as_ref()
