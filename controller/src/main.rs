@@ -100,6 +100,16 @@ struct Args {
     /// defaults of annotations (see docs/ingress-nginx-migration.md).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     configmap: Option<(String, String)>,
+    /// ingress-nginx's TCP services ConfigMap: each key a port the proxy exposes, each value
+    /// `namespace/service:port[:PROXY][:PROXY]`.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
+    tcp_services_configmap: Option<(String, String)>,
+    /// ingress-nginx's UDP services ConfigMap, in the same format (without PROXY).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
+    udp_services_configmap: Option<(String, String)>,
+    /// Ports a TCP or UDP service may not take: the proxy's own listeners.
+    #[arg(long, value_delimiter = ',', default_value = "80,443,8080,8443,9901")]
+    reserved_ports: Vec<u16>,
     /// Let ExternalName Services reach loopback, link-local and cloud-metadata addresses,
     /// which they are refused by default so that an Ingress is no way into the node.
     #[arg(long)]
@@ -151,6 +161,11 @@ async fn main() -> anyhow::Result<()> {
         host_ownership: args.host_ownership.into(),
         hsts,
         controller_config: args.configmap.clone(),
+        streams: portico_translate::StreamOptions {
+            tcp_services: args.tcp_services_configmap.clone(),
+            udp_services: args.udp_services_configmap.clone(),
+            reserved_ports: args.reserved_ports.clone(),
+        },
     };
 
     if let Some(dir) = &args.check {
@@ -224,7 +239,15 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(c)) => Box::new(KubeSource::new(
             c.client.clone(),
             args.watch_namespaces.clone(),
-            args.configmap.as_ref().map(|(ns, _)| ns.clone()),
+            [
+                &args.configmap,
+                &args.tcp_services_configmap,
+                &args.udp_services_configmap,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|(ns, _)| ns.clone())
+            .collect(),
             metrics.clone(),
         )),
         (None, None) => unreachable!("a cluster is connected when there are no manifests"),

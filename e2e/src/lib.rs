@@ -8,6 +8,7 @@ pub mod echo;
 pub mod grpc;
 pub mod harness;
 pub mod kube_api;
+pub mod l4;
 pub mod load;
 pub mod manifests;
 pub mod otlp_receiver;

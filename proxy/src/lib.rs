@@ -12,6 +12,7 @@ pub mod listener;
 pub mod policy;
 pub mod routing;
 pub mod service;
+pub mod stream;
 pub mod telemetry;
 pub mod upstream;
 

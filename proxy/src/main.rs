@@ -135,6 +135,9 @@ struct Args {
     trace_sample_ratio: f64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The address the TCP and UDP services' ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    stream_bind: std::net::IpAddr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -204,6 +207,19 @@ fn main() -> anyhow::Result<()> {
             timeout: PROXY_HEADER_TIMEOUT,
         })
     });
+    let access_log = match args.access_log {
+        Switch::On => Some(Arc::new(
+            AccessLog::start(args.access_log_format, metrics.access_log_dropped.clone())
+                .context("starting the access log")?,
+        )),
+        Switch::Off => None,
+    };
+    let stream_context = Arc::new(portico_proxy::stream::StreamContext {
+        access_log: access_log.clone(),
+        trusted_proxies: trusted_proxies.clone(),
+        proxy_header_timeout: PROXY_HEADER_TIMEOUT,
+        drain: Duration::from_secs(args.shutdown_drain_seconds),
+    });
     let ingress = service::IngressProxy {
         store: store.clone(),
         trusted_proxies,
@@ -228,13 +244,7 @@ fn main() -> anyhow::Result<()> {
             max_bytes: args.max_request_header_bytes,
             max_fields: args.max_request_headers,
         },
-        access_log: match args.access_log {
-            Switch::On => Some(
-                AccessLog::start(args.access_log_format, metrics.access_log_dropped.clone())
-                    .context("starting the access log")?,
-            ),
-            Switch::Off => None,
-        },
+        access_log: access_log.clone(),
         spans: match args.otlp_endpoint {
             Some(endpoint) => Some(
                 SpanExporter::start(
@@ -293,11 +303,28 @@ fn main() -> anyhow::Result<()> {
         proxy.add_tls_with_settings(&args.https_addr, None, settings);
     }
 
+    let stream_ports = Arc::new(portico_proxy::stream::StreamPorts::default());
+    let admin_addr: std::net::SocketAddr = args.admin_addr.parse().context("--admin-addr")?;
+    server.add_service(pingora::services::background::background_service(
+        "l4-listeners",
+        portico_proxy::stream::StreamListeners {
+            store: store.clone(),
+            bind: args.stream_bind,
+            own_ports: proxy_addrs
+                .iter()
+                .chain([&admin_addr])
+                .map(|a| a.port())
+                .collect(),
+            ports: stream_ports.clone(),
+            context: stream_context,
+        },
+    ));
     let listeners = admin::ListenerCheck::new(proxy_addrs);
     let mut admin = pingora::services::listening::Service::new(
         "portico-admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(admin::AdminApp {
             store: store.clone(),
+            streams: stream_ports,
             listeners,
             stopping: stopping.clone(),
         }),

@@ -39,9 +39,10 @@ pub struct KubeSource {
     client: Client,
     /// Empty: every namespace.
     namespaces: Vec<String>,
-    /// The controller ConfigMap's namespace (`--configmap`), whose ConfigMaps are watched
-    /// even when `namespaces` leaves it out.
-    config_namespace: Option<String>,
+    /// The namespaces of the ConfigMaps the controller reads (`--configmap`,
+    /// `--tcp-services-configmap`, `--udp-services-configmap`), whose ConfigMaps are watched
+    /// even when `namespaces` leaves them out.
+    config_namespaces: Vec<String>,
     metrics: Arc<ControllerMetrics>,
 }
 
@@ -49,13 +50,13 @@ impl KubeSource {
     pub fn new(
         client: Client,
         namespaces: Vec<String>,
-        config_namespace: Option<String>,
+        config_namespaces: Vec<String>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
         KubeSource {
             client,
             namespaces,
-            config_namespace,
+            config_namespaces,
             metrics,
         }
     }
@@ -237,11 +238,14 @@ impl Source for KubeSource {
             streams.push(watch(secrets, n + 3, keep_secret, KubeObject::Secret));
             streams.push(watch(config_maps, n + 4, |_| true, KubeObject::ConfigMap));
         }
-        if let Some(ns) = self
-            .config_namespace
-            .as_ref()
+        let mut extra: Vec<&String> = self
+            .config_namespaces
+            .iter()
             .filter(|ns| !self.namespaces.is_empty() && !self.namespaces.contains(ns))
-        {
+            .collect();
+        extra.sort();
+        extra.dedup();
+        for ns in extra {
             scopes.push(Scope {
                 kind: ObjectKind::ConfigMap,
                 namespace: Some(ns.clone()),

@@ -8,8 +8,8 @@
 //! rest of the snapshot is small and travels whole.
 
 use crate::{
-    Backend, Certificate, Diagnostic, GlobalPolicy, HostMatch, Snapshot, TlsHost, TlsPolicy,
-    VirtualHost,
+    Backend, Certificate, Diagnostic, GlobalPolicy, HostMatch, Snapshot, Streams, TlsHost,
+    TlsPolicy, VirtualHost,
 };
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -35,6 +35,8 @@ pub struct SnapshotDelta {
     pub tls_hosts: Vec<TlsHost>,
     pub tls: TlsPolicy,
     pub global: GlobalPolicy,
+    #[serde(default)]
+    pub streams: Streams,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -70,6 +72,7 @@ impl Snapshot {
             tls_hosts: self.tls_hosts.clone(),
             tls: self.tls.clone(),
             global: self.global.clone(),
+            streams: self.streams.clone(),
             diagnostics: self.diagnostics.clone(),
         })
     }
@@ -103,6 +106,7 @@ impl Snapshot {
             tls_hosts: delta.tls_hosts,
             tls: delta.tls,
             global: delta.global,
+            streams: delta.streams,
             diagnostics: delta.diagnostics,
         })
     }

@@ -14,6 +14,7 @@ mod backend;
 mod global;
 mod policy;
 mod route;
+mod stream;
 mod tls;
 
 pub use cidr::Cidr;
@@ -26,6 +27,7 @@ pub use backend::*;
 pub use global::*;
 pub use policy::*;
 pub use route::*;
+pub use stream::*;
 pub use tls::*;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,9 @@ pub struct Snapshot {
     /// What applies to every request (the controller ConfigMap's global keys).
     #[serde(default)]
     pub global: GlobalPolicy,
+    /// TCP and UDP services, and TLS passthrough.
+    #[serde(default)]
+    pub streams: Streams,
     /// What the controller could not apply as written, for the proxy's dashboard; routing
     /// never reads it.
     #[serde(default)]
@@ -397,6 +402,29 @@ mod tests {
                 },
                 upstream_idle_ms: 5_000,
                 backend_server_header: true,
+            },
+            streams: Streams {
+                services: vec![StreamService {
+                    port: 6379,
+                    protocol: StreamProtocol::Tcp,
+                    backend: "ns/svc:80".into(),
+                    service: ServiceRef {
+                        namespace: "ns".into(),
+                        name: "redis".into(),
+                        port: "6379".into(),
+                    },
+                    accept_proxy_protocol: true,
+                    send_proxy_protocol: false,
+                    timeouts: StreamTimeouts {
+                        idle_ms: 1_000,
+                        next_upstream_ms: 0,
+                    },
+                    udp_responses: 0,
+                }],
+                passthrough: vec![PassthroughHost {
+                    host: "*.foo.com".parse().unwrap(),
+                    backend: "ns/svc:80".into(),
+                }],
             },
             diagnostics: vec![Diagnostic {
                 object: "Ingress ns/bad".into(),

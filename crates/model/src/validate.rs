@@ -58,6 +58,58 @@ pub enum ValidationError {
     InvalidGlobalPolicy { what: String },
     #[error("TLS policy: {what}")]
     InvalidTlsPolicy { what: String },
+    #[error("{what}")]
+    InvalidStream { what: String },
+}
+
+/// Ports and hosts unique and sorted, backends known, timeouts usable.
+fn validate_streams(s: &crate::Streams, backends: &HashSet<&str>) -> Result<(), String> {
+    for pair in s.services.windows(2) {
+        if (pair[0].port, pair[0].protocol) >= (pair[1].port, pair[1].protocol) {
+            return Err(format!(
+                "stream port {}/{} is not sorted or appears more than once",
+                pair[1].port,
+                pair[1].protocol.as_str()
+            ));
+        }
+    }
+    for svc in &s.services {
+        let name = format!("stream port {}/{}", svc.port, svc.protocol.as_str());
+        if svc.port == 0 {
+            return Err(format!("{name}: port 0"));
+        }
+        if !backends.contains(svc.backend.as_str()) {
+            return Err(format!("{name} names unknown backend {:?}", svc.backend));
+        }
+        if svc.timeouts.idle_ms == 0 {
+            return Err(format!("{name}: the idle timeout must be greater than 0"));
+        }
+        if svc.protocol == crate::StreamProtocol::Udp
+            && (svc.accept_proxy_protocol || svc.send_proxy_protocol)
+        {
+            return Err(format!("{name}: the PROXY protocol is for TCP only"));
+        }
+    }
+    for pair in s.passthrough.windows(2) {
+        if pair[0].host.to_string() >= pair[1].host.to_string() {
+            return Err(format!(
+                "passthrough host {:?} is not sorted or appears more than once",
+                pair[1].host.to_string()
+            ));
+        }
+    }
+    if let Some(p) = s
+        .passthrough
+        .iter()
+        .find(|p| !backends.contains(p.backend.as_str()))
+    {
+        return Err(format!(
+            "passthrough host {:?} names unknown backend {:?}",
+            p.host.to_string(),
+            p.backend
+        ));
+    }
+    Ok(())
 }
 
 /// A cipher list OpenSSL could read: the proxy applies it per handshake and cannot refuse
@@ -377,6 +429,7 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
         }
     }
     validate_global(&s.global).map_err(|what| InvalidGlobalPolicy { what })?;
+    validate_streams(&s.streams, &backends).map_err(|what| InvalidStream { what })?;
     let mut certificates = HashSet::default();
     for c in &s.certificates {
         if !certificates.insert(c.name.as_str()) {
@@ -567,6 +620,7 @@ mod tests {
             }],
             tls: Default::default(),
             global: Default::default(),
+            streams: Default::default(),
             diagnostics: Vec::new(),
         }
     }
@@ -609,6 +663,48 @@ mod tests {
         Arc::make_mut(&mut s.virtual_hosts[0]).ciphers = Some(String::new());
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("host"), "{err}");
+    }
+
+    #[test]
+    fn refuses_streams_on_unknown_backends_repeated_ports_or_proxy_headers_over_udp() {
+        use crate::{StreamProtocol, StreamService, StreamTimeouts};
+        let service = |port, protocol| StreamService {
+            port,
+            protocol,
+            backend: "b".into(),
+            service: Default::default(),
+            accept_proxy_protocol: false,
+            send_proxy_protocol: false,
+            timeouts: StreamTimeouts::default(),
+            udp_responses: 1,
+        };
+        let mut s = good();
+        s.streams.services = vec![
+            service(53, StreamProtocol::Tcp),
+            service(53, StreamProtocol::Udp),
+        ];
+        assert_eq!(s.validate(), Ok(()), "one port, two protocols");
+        let cases: [fn(&mut Vec<StreamService>); 4] = [
+            |v| v[1].protocol = StreamProtocol::Tcp,
+            |v| v[0].backend = "nope".into(),
+            |v| v[1].send_proxy_protocol = true,
+            |v| v[0].timeouts.idle_ms = 0,
+        ];
+        for case in cases {
+            let mut bad = s.clone();
+            case(&mut bad.streams.services);
+            assert!(matches!(
+                bad.validate(),
+                Err(ValidationError::InvalidStream { .. })
+            ));
+        }
+        let mut bad = s.clone();
+        bad.streams.passthrough = vec![crate::PassthroughHost {
+            host: "argo.test".parse().unwrap(),
+            backend: "nope".into(),
+        }];
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("argo.test") && err.contains("nope"), "{err}");
     }
 
     #[test]

@@ -11,9 +11,11 @@ use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
 use crate::sharing::HostOwnership;
+use crate::streams::StreamOptions;
 use k8s_openapi::api::networking::v1::Ingress;
 use portico_model::{
-    Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, TlsHost, TlsPolicy, VirtualHost,
+    Backend, Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, Streams, TlsHost,
+    TlsPolicy, VirtualHost,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct Options {
     pub host_ownership: HostOwnership,
     /// ingress-nginx's controller ConfigMap (`--configmap`).
     pub controller_config: Option<ObjectKey>,
+    /// TCP and UDP services.
+    pub streams: StreamOptions,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             default_backend_service: None,
             host_ownership: HostOwnership::Shared,
             controller_config: None,
+            streams: StreamOptions::default(),
         }
     }
 }
@@ -208,13 +213,25 @@ impl Translator {
         table.attach_www_redirects();
         table.report_regex_hosts(&mut diagnostics);
         crate::sharing::report_shadowing(&table, &mut diagnostics);
+        let (streams, stream_backends) = crate::streams::streams(
+            state,
+            &slices,
+            &opts.streams,
+            &self.config.streams,
+            &table,
+            &mut diagnostics,
+        );
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
         let translation = assemble(
             state,
             opts,
             &self.config,
             table,
-            virtual_hosts,
+            Served {
+                virtual_hosts,
+                streams,
+                stream_backends,
+            },
             diagnostics,
             admitted.iter().map(|(k, _)| (*k).clone()).collect(),
         );
@@ -359,13 +376,25 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
     }
 }
 
+/// What the snapshot serves beside the merged table's certificates and backends.
+struct Served {
+    virtual_hosts: Vec<Arc<VirtualHost>>,
+    streams: Streams,
+    /// The backends of the stream services, which no route names.
+    stream_backends: Vec<Arc<Backend>>,
+}
+
 /// Builds the snapshot from the merged table, its virtual hosts and the listener-wide options.
 fn assemble(
     state: &ClusterState,
     opts: &Options,
     config: &ControllerConfig,
     mut table: RouteTable,
-    virtual_hosts: Vec<Arc<VirtualHost>>,
+    Served {
+        virtual_hosts,
+        streams,
+        stream_backends,
+    }: Served,
     mut diagnostics: Vec<Diagnostic>,
     admitted: Vec<ObjectKey>,
 ) -> Translation {
@@ -438,11 +467,17 @@ fn assemble(
         version: 0,
         virtual_hosts,
         default_backend,
-        backends: table.backends(),
+        backends: {
+            let mut backends = table.backends();
+            backends.extend(stream_backends);
+            backends.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            backends
+        },
         certificates: certificates.into_values().collect(),
         tls_hosts: tls_bindings,
         tls,
         global: config.global.clone(),
+        streams,
         // The controller adds these for the proxy's dashboard when it publishes.
         diagnostics: Vec::new(),
     };

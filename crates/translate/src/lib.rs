@@ -18,6 +18,7 @@ mod ingress;
 mod merge;
 mod secret;
 mod sharing;
+mod streams;
 
 pub use builder::{translate, Options, Translation, Translator};
 pub use cache::{
@@ -25,6 +26,7 @@ pub use cache::{
 };
 pub use diagnostic::{Diagnostic, ObjectRef, Reason};
 pub use sharing::HostOwnership;
+pub use streams::StreamOptions;
 
 /// The `spec.controller` value of IngressClasses Portico serves.
 pub const CONTROLLER_NAME: &str = "portico.io/ingress-controller";

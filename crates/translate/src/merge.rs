@@ -12,7 +12,8 @@ use crate::ingress::{Fragment, FragmentRoute};
 use crate::secret::CheckedCertificate;
 use crate::sharing::HostOwnership;
 use portico_model::{
-    Backend, Canary, ClientAuth, HostMatch, PathMatch, RequestConditions, Route, SourceRef,
+    Backend, Canary, ClientAuth, HostMatch, PassthroughHost, PathMatch, RequestConditions, Route,
+    SourceRef,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub(crate) struct HostRoutes<'f> {
     pub client_auth: Option<(&'f ClientAuth, &'f SourceRef)>,
     /// `ssl-ciphers`, and the Ingress that set it first.
     pub ciphers: Option<(&'f String, &'f SourceRef)>,
+    /// The oldest Ingress of the host with `ssl-passthrough`.
+    pub passthrough: Option<&'f SourceRef>,
     /// The oldest Ingress with `use-regex` or `rewrite-target` among the host's routes:
     /// when set, every path of the host is matched as a regex, longest first.
     pub regex_by: Option<&'f SourceRef>,
@@ -279,6 +282,9 @@ impl<'f> RouteTable<'f> {
                 ),
                 _ => {}
             }
+            if fragment.passthrough && host_routes.passthrough.is_none() {
+                host_routes.passthrough = Some(&fragment.source);
+            }
             host_routes.routes.reserve(routes.len());
             for r in routes {
                 let taken = match host_routes.claimed(&r.route) {
@@ -439,6 +445,38 @@ impl<'f> RouteTable<'f> {
     }
 
     /// The resolved backends, sorted by name so that translation is deterministic.
+    /// The hosts whose TLS connections are relayed untouched, each to its `/` route's
+    /// backend as in ingress-nginx; a host without one is reported on its Ingress.
+    pub fn passthrough_hosts(&self) -> (Vec<PassthroughHost>, Vec<Diagnostic>) {
+        let mut hosts = Vec::new();
+        let mut problems = Vec::new();
+        for (host, h) in &self.hosts {
+            let Some(source) = h.passthrough else {
+                continue;
+            };
+            let root = h
+                .routes
+                .iter()
+                .find(|r| matches!(&r.route.path, PathMatch::Prefix(p) if p == "/"));
+            match root {
+                Some(r) => hosts.push(PassthroughHost {
+                    host: (*host).clone(),
+                    backend: r.route.backend.clone(),
+                }),
+                None => problems.push(Diagnostic {
+                    object: ObjectRef::ingress(source),
+                    reason: Reason::InvalidAnnotation,
+                    message: format!(
+                        "annotation ssl-passthrough: host {:?} has no \"/\" path, whose backend would take its TLS connections; they are terminated by Portico instead",
+                        host.to_string()
+                    ),
+                }),
+            }
+        }
+        hosts.sort_by_cached_key(|p| p.host.to_string());
+        (hosts, problems)
+    }
+
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         let mut backends: Vec<Arc<Backend>> =
             self.backends.values().map(|r| r.backend.clone()).collect();

@@ -31,8 +31,10 @@ mod protocols;
 // Running it: the Kubernetes controller, `--check`, metrics and logs, the dashboard.
 mod check;
 mod controller_config;
+// TCP and UDP services, TLS passthrough.
 mod dashboard;
 mod kube;
+mod l4;
 mod observability;
 // Stopping (README, "Deploy to a cluster").
 mod shutdown;

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub struct AdminApp {
     pub store: Arc<SnapshotStore>,
+    /// The L4 ports and whether they listen.
+    pub streams: Arc<crate::stream::StreamPorts>,
     pub listeners: ListenerCheck,
     /// Set on SIGTERM: `/readyz` fails so that probes take the proxy out of rotation.
     pub stopping: crate::listener::shutdown::Stopping,
@@ -169,6 +171,11 @@ impl ServeHttp for AdminApp {
                     br#"{"error":"no snapshot applied yet"}"#.to_vec(),
                 ),
             },
+            "/streams" => reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::to_vec_pretty(&self.streams.list()).unwrap_or_default(),
+            ),
             "/metrics" => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -18,6 +18,9 @@ pub struct SnapshotStore {
     session_start: std::sync::atomic::AtomicBool,
     /// Why the last snapshot the controller sent was refused, while no later one applied.
     last_refusal: std::sync::Mutex<Option<String>>,
+    /// The version of each snapshot swapped in, for what follows the serving snapshot
+    /// rather than reading it per request (the L4 listeners).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl SnapshotStore {
@@ -28,7 +31,13 @@ impl SnapshotStore {
             link_down: std::sync::Mutex::new(None),
             session_start: std::sync::atomic::AtomicBool::new(false),
             last_refusal: std::sync::Mutex::new(None),
+            applied: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Told the version of every snapshot swapped in from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Why the latest snapshot was refused, while no later one has applied.
@@ -172,6 +181,7 @@ impl SnapshotStore {
             Err(e) => return self.refuse(format!("snapshot {version} cannot be compiled: {e}")),
         };
         self.current.store(Some(compiled.clone()));
+        self.applied.send_replace(version);
         *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let serving = started.elapsed();
         self.metrics

@@ -147,6 +147,49 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyHeaderError
 
 /// Reads the header of each new connection, before TLS on the HTTPS port and before
 /// HTTP on the plain one.
+/// Reads a header off `stream` within `timeout`: the header, and the bytes read past it.
+pub async fn read_header<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<(ProxyHeader, Vec<u8>), ProxyHeaderError> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some((header, used)) = parse(&buf)? {
+            buf.drain(..used);
+            return Ok((header, buf));
+        }
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err(ProxyHeaderError::Missing),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The v1 header Portico sends upstream for a connection from `source` to `destination`
+/// (`UNKNOWN` when their families differ).
+pub fn v1_header(source: SocketAddr, destination: SocketAddr) -> String {
+    match (source, destination) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            s.ip(),
+            d.ip(),
+            s.port(),
+            d.port()
+        ),
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => format!(
+            "PROXY TCP6 {} {} {} {}\r\n",
+            s.ip(),
+            d.ip(),
+            s.port(),
+            d.port()
+        ),
+        _ => "PROXY UNKNOWN\r\n".to_string(),
+    }
+}
+
 pub struct ProxyProtocol {
     pub trusted: Vec<Cidr>,
     /// How long a connection has to send its header.
@@ -157,19 +200,8 @@ impl ProxyProtocol {
     /// Reads the header off `stream`, leaving what follows it to be read, and makes its
     /// address the connection's peer when the sender is trusted.
     pub async fn read(&self, stream: &mut L4Stream) -> Result<(), ProxyHeaderError> {
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 512];
-        let (header, used) = loop {
-            if let Some(done) = parse(&buf)? {
-                break done;
-            }
-            let n = match tokio::time::timeout(self.timeout, stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return Err(ProxyHeaderError::Missing),
-            };
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        stream.rewind(&buf[used..]);
+        let (header, after) = read_header(stream, self.timeout).await?;
+        stream.rewind(&after);
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
@@ -226,6 +258,35 @@ mod tests {
             source: src.parse().unwrap(),
             destination: dst.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn the_v1_header_sent_upstream_parses_back() {
+        let (src, dst) = (
+            "203.0.113.7:51000".parse().unwrap(),
+            "10.0.0.1:6379".parse().unwrap(),
+        );
+        let line = v1_header(src, dst);
+        assert_eq!(line, "PROXY TCP4 203.0.113.7 10.0.0.1 51000 6379\r\n");
+        assert_eq!(
+            parse(line.as_bytes()),
+            Ok(Some((
+                forwarded("203.0.113.7:51000", "10.0.0.1:6379"),
+                line.len()
+            )))
+        );
+        let v6 = v1_header(
+            "[2001:db8::1]:1".parse().unwrap(),
+            "[::1]:80".parse().unwrap(),
+        );
+        assert_eq!(
+            parse(v6.as_bytes()).unwrap().unwrap().0,
+            forwarded("[2001:db8::1]:1", "[::1]:80")
+        );
+        assert_eq!(
+            v1_header(src, "[::1]:80".parse().unwrap()),
+            "PROXY UNKNOWN\r\n"
+        );
     }
 
     #[test]

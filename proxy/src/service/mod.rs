@@ -69,7 +69,7 @@ pub struct IngressProxy {
     pub hide_server_header: bool,
     pub header_limits: HeaderLimits,
     /// `--access-log`: one line per request, unless off.
-    pub access_log: Option<AccessLog>,
+    pub access_log: Option<Arc<AccessLog>>,
     /// `--otlp-endpoint`: a span per sampled request.
     pub spans: Option<SpanExporter>,
     /// `--trace-sample-ratio`: the share of traces Portico starts that are sampled.

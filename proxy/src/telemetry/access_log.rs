@@ -80,6 +80,25 @@ pub struct Entry<'a> {
     pub tls_version: &'a str,
 }
 
+/// What one L4 session's line says.
+#[derive(Debug)]
+pub struct StreamEntry<'a> {
+    pub time: SystemTime,
+    /// `tcp`, `udp` or `tls-passthrough`.
+    pub protocol: &'a str,
+    pub port: u16,
+    pub client: SocketAddr,
+    pub upstream_addr: Option<SocketAddr>,
+    /// `namespace/name:port` of the Service, or the passthrough host.
+    pub service: &'a str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    /// How it ended: `closed`, `idle`, `drained`, `no_endpoint`, `connect_failed`,
+    /// `bad_proxy_header`.
+    pub end: &'a str,
+}
+
 impl AccessLog {
     /// Starts the writer thread, writing to stdout.
     pub fn start(format: AccessLogFormat, dropped: IntCounter) -> std::io::Result<Self> {
@@ -110,6 +129,21 @@ impl AccessLog {
     }
 
     pub fn write(&self, entry: &Entry) {
+        self.append(|lines, format| match format {
+            AccessLogFormat::Json => write_json(lines, entry),
+            AccessLogFormat::Text => write_text(lines, entry),
+        });
+    }
+
+    /// One line for a TCP connection or UDP session on an L4 port.
+    pub fn write_stream(&self, entry: &StreamEntry) {
+        self.append(|lines, format| match format {
+            AccessLogFormat::Json => write_stream_json(lines, entry),
+            AccessLogFormat::Text => write_stream_text(lines, entry),
+        });
+    }
+
+    fn append(&self, format_into: impl FnOnce(&mut Vec<u8>, AccessLogFormat)) {
         let mut waiting = self.shared.lock();
         let before = waiting.lines.len();
         if before >= MAX_WAITING_BYTES || waiting.closed {
@@ -117,12 +151,8 @@ impl AccessLog {
             self.dropped.inc();
             return;
         }
-        let lines = &mut waiting.lines;
-        match self.format {
-            AccessLogFormat::Json => write_json(lines, entry),
-            AccessLogFormat::Text => write_text(lines, entry),
-        }
-        let after = lines.len();
+        format_into(&mut waiting.lines, self.format);
+        let after = waiting.lines.len();
         drop(waiting);
         if before == 0 || (before < BATCH_BYTES && after >= BATCH_BYTES) {
             self.shared.wake.notify_one();
@@ -239,6 +269,55 @@ fn write_json(out: &mut Vec<u8>, e: &Entry) {
         json_field(out, name, value);
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// Sessions are few beside requests: `fmt` is fine here.
+fn write_stream_json(out: &mut Vec<u8>, e: &StreamEntry) {
+    out.extend_from_slice(b"{\"time\":\"");
+    write_rfc3339(out, e.time);
+    let _ = write!(
+        out,
+        "\",\"protocol\":\"{}\",\"port\":{},\"client\":\"{}\",\"upstream_addr\":",
+        e.protocol, e.port, e.client
+    );
+    match e.upstream_addr {
+        Some(a) => {
+            let _ = write!(out, "\"{a}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    json_field(out, "service", e.service);
+    let _ = write!(
+        out,
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":",
+        e.bytes_received, e.bytes_sent
+    );
+    write_seconds(out, e.duration, 6);
+    json_field(out, "end", e.end);
+    out.extend_from_slice(b"}\n");
+}
+
+fn write_stream_text(out: &mut Vec<u8>, e: &StreamEntry) {
+    let _ = write!(
+        out,
+        "{} - - [{}] \"{} {}\" {} {} {} ",
+        e.client.ip(),
+        ClfTime(e.time),
+        e.protocol.to_uppercase(),
+        e.port,
+        e.end,
+        e.bytes_received,
+        e.bytes_sent,
+    );
+    write_seconds(out, e.duration, 3);
+    match e.upstream_addr {
+        Some(a) => {
+            let _ = write!(out, " {a} ");
+        }
+        None => out.extend_from_slice(b" - "),
+    }
+    escape_into(out, e.service);
+    out.push(b'\n');
 }
 
 /// `,"name":"value"`, the value escaped for JSON.

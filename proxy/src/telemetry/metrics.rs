@@ -278,6 +278,105 @@ pub struct ProxyMetrics {
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounter,
     pub mirror_copies_dropped: IntCounter,
+    pub streams: StreamMetrics,
+}
+
+/// TCP and UDP services, by port and protocol.
+pub struct StreamMetrics {
+    sessions: IntCounterVec,
+    open: prometheus::IntGaugeVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+    connect_errors: IntCounterVec,
+    datagrams: IntCounterVec,
+    dropped: IntCounterVec,
+}
+
+/// One port's series, fetched once per listener.
+#[derive(Clone)]
+pub struct StreamSeries {
+    pub sessions: IntCounter,
+    pub open: IntGauge,
+    /// From clients to upstreams, and back.
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub duration: Histogram,
+    pub connect_errors: IntCounter,
+    pub datagrams_received: IntCounter,
+    pub datagrams_sent: IntCounter,
+    /// Connections or datagrams turned away (no endpoint, too many sessions, bad PROXY header).
+    pub dropped: IntCounter,
+}
+
+const STREAM_LABELS: [&str; 2] = ["port", "protocol"];
+
+impl StreamMetrics {
+    fn new() -> Self {
+        let with = |extra: &'static str| [&STREAM_LABELS[..], &[extra]].concat();
+        StreamMetrics {
+            sessions: counter_vec("portico_stream_sessions_total", "TCP connections and UDP sessions accepted on L4 ports", &STREAM_LABELS),
+            open: prometheus::IntGaugeVec::new(
+                Opts::new("portico_stream_sessions_open", "TCP connections and UDP sessions open on L4 ports"),
+                &STREAM_LABELS,
+            )
+            .expect("valid metric"),
+            bytes: counter_vec(
+                "portico_stream_bytes_total",
+                "Bytes relayed on L4 ports: received from clients, sent to clients",
+                &with("direction"),
+            ),
+            duration: HistogramVec::new(
+                HistogramOpts::new("portico_stream_session_duration_seconds", "How long L4 sessions lasted")
+                    .buckets(vec![0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0]),
+                &STREAM_LABELS,
+            )
+            .expect("valid metric"),
+            connect_errors: counter_vec(
+                "portico_stream_upstream_connect_errors_total",
+                "Connections to L4 upstreams that could not be made",
+                &STREAM_LABELS,
+            ),
+            datagrams: counter_vec(
+                "portico_stream_datagrams_total",
+                "UDP datagrams relayed: received from clients, sent to clients",
+                &with("direction"),
+            ),
+            dropped: counter_vec(
+                "portico_stream_dropped_total",
+                "L4 connections or datagrams turned away: no endpoint, too many sessions, a bad PROXY header",
+                &STREAM_LABELS,
+            ),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.sessions.clone()),
+            Box::new(self.open.clone()),
+            Box::new(self.bytes.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.connect_errors.clone()),
+            Box::new(self.datagrams.clone()),
+            Box::new(self.dropped.clone()),
+        ]
+    }
+
+    pub fn series(&self, port: u16, protocol: &str) -> StreamSeries {
+        let port = port.to_string();
+        let labels = [port.as_str(), protocol];
+        let with = |d: &'static str| [port.as_str(), protocol, d];
+        StreamSeries {
+            sessions: self.sessions.with_label_values(&labels),
+            open: self.open.with_label_values(&labels),
+            bytes_received: self.bytes.with_label_values(&with("received")),
+            bytes_sent: self.bytes.with_label_values(&with("sent")),
+            duration: self.duration.with_label_values(&labels),
+            connect_errors: self.connect_errors.with_label_values(&labels),
+            datagrams_received: self.datagrams.with_label_values(&with("received")),
+            datagrams_sent: self.datagrams.with_label_values(&with("sent")),
+            dropped: self.dropped.with_label_values(&labels),
+        }
+    }
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -380,8 +479,9 @@ impl ProxyMetrics {
                 "mirror-target copies not sent (too many in flight, a body too large) or not answered",
             )
             .expect("valid metric"),
+            streams: StreamMetrics::new(),
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.request_bytes.clone()),
@@ -406,6 +506,7 @@ impl ProxyMetrics {
             Box::new(m.spans_dropped.clone()),
             Box::new(m.mirror_copies_dropped.clone()),
         ];
+        collectors.extend(m.streams.collectors());
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
         }

@@ -34,6 +34,11 @@ impl UpstreamSettings {
         self.tls
     }
 
+    /// How long a connect to an endpoint may take (`proxy-connect-timeout`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     pub fn new(u: &Upstream, policy: &TrafficPolicy) -> Result<Self, String> {
         let ca = match &u.ca_pem {
             None => None,

@@ -14,8 +14,8 @@ use crate::diagnostic::{Diagnostic, ObjectRef, Problems, Reason};
 use crate::ingress::{check_annotation_default, global_external_auth};
 use k8s_openapi::api::core::v1::ConfigMap;
 use portico_model::{
-    Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, TextMatch, TlsVersion, TlsVersions,
-    REDIRECT_CODES,
+    Compression, Encoding, GlobalPolicy, HeaderEdits, Hsts, StreamTimeouts, TextMatch, TlsVersion,
+    TlsVersions, REDIRECT_CODES,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub(crate) struct ControllerConfig {
     pub tls_versions: TlsVersions,
     /// `ssl-ciphers`.
     pub ciphers: Option<String>,
+    /// The `proxy-stream-*` keys, for TCP and UDP services.
+    pub streams: StreamDefaults,
     /// What applying a key accepted but left out, for the ConfigMap's diagnostics.
     partly_applied: Vec<String>,
     /// The values applied, by key, for keeping when a later value is bad.
@@ -77,10 +79,35 @@ impl Default for ControllerConfig {
             global: GlobalPolicy::default(),
             tls_versions: TlsVersions::default(),
             ciphers: None,
+            streams: StreamDefaults::default(),
             partly_applied: Vec::new(),
             accepted: BTreeMap::new(),
             inputs: Vec::new(),
             reported: Vec::new(),
+        }
+    }
+}
+
+/// What every TCP and UDP service gets (the `proxy-stream-*` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamDefaults {
+    pub timeouts: StreamTimeouts,
+    /// `proxy-stream-next-upstream`: try another endpoint when a connect fails.
+    pub next_upstream: bool,
+    /// Connect attempts in all (`proxy-stream-next-upstream-tries`).
+    pub tries: u32,
+    /// `proxy-stream-responses`.
+    pub responses: u32,
+}
+
+impl Default for StreamDefaults {
+    /// ingress-nginx's.
+    fn default() -> Self {
+        StreamDefaults {
+            timeouts: StreamTimeouts::default(),
+            next_upstream: true,
+            tries: 3,
+            responses: 1,
         }
     }
 }
@@ -412,6 +439,27 @@ impl ControllerConfig {
                 "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations",
             )?,
             "ssl-protocols" => self.tls_versions = self.tls_versions(k, v)?,
+            "proxy-stream-timeout" => {
+                self.streams.timeouts.idle_ms =
+                    a.duration_ms(k, false).map_err(invalid)?.unwrap_or(600_000)
+            }
+            "proxy-stream-next-upstream-timeout" => {
+                self.streams.timeouts.next_upstream_ms =
+                    a.duration_ms(k, true).map_err(invalid)?.unwrap_or(0)
+            }
+            "proxy-stream-next-upstream" => {
+                self.streams.next_upstream = a.bool(k).map_err(invalid)?.unwrap_or(true)
+            }
+            "proxy-stream-next-upstream-tries" => {
+                // nginx's 0 is "no limit": every endpoint, bounded here as the HTTP tries are.
+                self.streams.tries = match a.count(k).map_err(invalid)?.unwrap_or(3) {
+                    0 => 16,
+                    n => n.min(16),
+                }
+            }
+            "proxy-stream-responses" => {
+                self.streams.responses = a.count(k).map_err(invalid)?.unwrap_or(1)
+            }
             "ssl-ciphers" => {
                 self.ciphers = Some(crate::secret::cipher_list(v).map_err(|expected| {
                     (

@@ -188,6 +188,9 @@ pub(crate) struct Fragment {
     pub client_auth: Option<ClientAuth>,
     /// `ssl-ciphers`: the TLS 1.2 ciphers the Ingress's hosts offer.
     pub ciphers: Option<String>,
+    /// `ssl-passthrough`: TLS connections for the Ingress's hosts go to their `/` backend
+    /// untouched.
+    pub passthrough: bool,
 }
 
 impl Fragment {
@@ -207,6 +210,7 @@ impl Fragment {
             certificates: Vec::new(),
             client_auth: None,
             ciphers: None,
+            passthrough: false,
         }
     }
 

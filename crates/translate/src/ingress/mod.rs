@@ -211,6 +211,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
         self.policy.affinity = traffic::affinity(&a, &mut problems);
         self.read_access_controls(&a, &mut problems);
         self.fragment.ciphers = tls::ciphers(&a, &mut problems);
+        self.fragment.passthrough = problems.take(a.bool("ssl-passthrough")) == Some(true);
         self.policy.cors = headers::cors(&a, &mut problems);
         let rewrites = routing::rewrites(&a, &mut problems);
         (self.policy.rewrite, self.policy.regex_paths) = (rewrites.rewrite, rewrites.regex_paths);

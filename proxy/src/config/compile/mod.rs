@@ -279,6 +279,17 @@ impl CompiledSnapshot {
         self.source.tls.versions
     }
 
+    /// The pool of the backend named `name`: by binary search, as the controller sorts
+    /// backends by name, else by looking through them.
+    pub fn pool_named(&self, name: &str) -> Option<&Arc<BackendPool>> {
+        let backends = &self.source.backends;
+        let i = backends
+            .binary_search_by(|b| b.name.as_str().cmp(name))
+            .ok()
+            .or_else(|| backends.iter().position(|b| b.name == name))?;
+        self.pools.get(i)
+    }
+
     /// The snapshot's default backend, if any.
     pub fn default_backend(&self) -> Option<&Arc<BackendPool>> {
         self.default_backend.as_ref()
