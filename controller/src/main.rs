@@ -108,7 +108,11 @@ struct Args {
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     udp_services_configmap: Option<(String, String)>,
     /// Ports a TCP or UDP service may not take: the proxy's own listeners.
-    #[arg(long, value_delimiter = ',', default_value = "80,443,8080,8443,9901")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "80,443,8080,8443,9901,10254"
+    )]
     reserved_ports: Vec<u16>,
     /// Let ExternalName Services reach loopback, link-local and cloud-metadata addresses,
     /// which they are refused by default so that an Ingress is no way into the node.

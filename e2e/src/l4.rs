@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct ChildServer {
     child: Child,
     pub addr: SocketAddr,
+    /// Files the process reads, removed after it.
+    _files: Option<tempfile::TempDir>,
 }
 
 impl Drop for ChildServer {
@@ -35,7 +37,40 @@ pub async fn redis_server() -> ChildServer {
         .expect("redis-server (apt package redis-server) is installed");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_tcp(addr).await;
-    ChildServer { child, addr }
+    ChildServer {
+        child,
+        addr,
+        _files: None,
+    }
+}
+
+/// `openssl s_server` on a free loopback port with `certificate`, answering each request
+/// with its status page (`-www`): the TLS a passthrough client must reach untouched.
+pub async fn openssl_s_server(certificate: &crate::tls::Issued) -> ChildServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &certificate.cert_pem).expect("write cert");
+    std::fs::write(&key, &certificate.key_pem).expect("write key");
+    let port = free_port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_tcp(addr).await;
+    ChildServer {
+        child,
+        addr,
+        _files: Some(dir),
+    }
 }
 
 /// `dnsmasq` on a free loopback UDP port, answering `name` with `address` and nothing else.
@@ -67,7 +102,11 @@ pub async fn dnsmasq(name: &str, address: &str) -> ChildServer {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // dnsmasq also listens on TCP: its TCP port answering means the UDP one is bound too.
     wait_for_tcp(addr).await;
-    ChildServer { child, addr }
+    ChildServer {
+        child,
+        addr,
+        _files: None,
+    }
 }
 
 async fn wait_for_tcp(addr: SocketAddr) {

@@ -135,6 +135,10 @@ struct Args {
     trace_sample_ratio: f64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Relay TLS connections whose SNI names an Ingress with `ssl-passthrough: "true"` to
+    /// its backend untouched (ingress-nginx's flag of the same name; off by default).
+    #[arg(long)]
+    enable_ssl_passthrough: bool,
     /// The address the TCP and UDP services' ports listen on.
     #[arg(long, default_value = "0.0.0.0")]
     stream_bind: std::net::IpAddr,
@@ -277,8 +281,31 @@ fn main() -> anyhow::Result<()> {
         client_timeouts,
     };
     let mut proxy = pingora::services::listening::Service::new("portico-http".to_string(), app);
-    if let Some(p) = proxy_protocol {
-        proxy.endpoints().set_pre_tls_callback(p);
+    let https_port = if args.https_addr.is_empty() {
+        None
+    } else {
+        Some(
+            args.https_addr
+                .parse::<std::net::SocketAddr>()
+                .context("--https-addr")?
+                .port(),
+        )
+    };
+    let passthrough = https_port
+        .filter(|_| args.enable_ssl_passthrough)
+        .map(|port| portico_proxy::listener::pre_tls::Passthrough {
+            store: store.clone(),
+            hello_timeout: Duration::from_secs(args.client_header_timeout.clamp(1, 60)),
+            port,
+            context: stream_context.clone(),
+        });
+    if proxy_protocol.is_some() || passthrough.is_some() {
+        proxy.endpoints().set_pre_tls_callback(Arc::new(
+            portico_proxy::listener::pre_tls::PreTls {
+                proxy_protocol,
+                passthrough,
+            },
+        ));
     }
     proxy.add_tcp(&args.http_addr);
     let mut proxy_addrs = vec![args

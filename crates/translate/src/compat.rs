@@ -169,7 +169,7 @@ pub const INGRESS_NGINX: &[(&str, Status)] = &[
     ("use-regex", Status::Same),
     ("ssl-ciphers", Status::Same),
     ("ssl-prefer-server-ciphers", Status::Different("the HTTPS listener always prefers its own cipher order (ingress-nginx's default); \"false\" is reported and ignored")),
-    ("ssl-passthrough", Status::NotYet("TLS passthrough by SNI comes with the L4 work (issue #26)")),
+    ("ssl-passthrough", Status::Same),
     ("satisfy", Status::Same),
     ("server-snippet", Status::Never("as configuration-snippet")),
     ("service-upstream", Status::Same),
@@ -301,10 +301,29 @@ pub fn migration_document() -> String {
         };
         doc.push_str(&format!("| `portico.io/{name}` | {word} |\n"));
     }
+    doc.push_str(FLAGS_SECTION);
     doc.push_str(CONFIGMAP_INTRO);
     doc.push_str(&crate::controller_config::configmap_document());
     doc
 }
+
+const FLAGS_SECTION: &str = "
+## ingress-nginx's controller flags
+
+| ingress-nginx flag | Portico | notes |
+| --- | --- | --- |
+| `--ingress-class` | `portico-controller --ingress-class` | same |
+| `--watch-namespace` | `portico-controller --watch-namespace` | same (a list) |
+| `--configmap` | `portico-controller --configmap` | same; see below |
+| `--tcp-services-configmap` | `portico-controller --tcp-services-configmap` | same format: each key the port the proxy listens on, each value `namespace/service:port[:PROXY][:PROXY]`; see [`l4.md`](l4.md) |
+| `--udp-services-configmap` | `portico-controller --udp-services-configmap` | same, without PROXY |
+| `--enable-ssl-passthrough` | `portico-proxy --enable-ssl-passthrough` | same: TLS for hosts with `ssl-passthrough` goes to their `/` backend untouched |
+| `--default-ssl-certificate` | `portico-controller --default-ssl-certificate` | same |
+| `--default-backend-service` | `portico-controller --default-backend-service` | same |
+| `--publish-service`, `--publish-status-address` | `portico-controller`, same names | same |
+| `--election-id` | `portico-controller --election-id` | same (a Lease) |
+| `--http-port`, `--https-port` | `portico-proxy --http-addr`, `--https-addr` | addresses, not ports |
+";
 
 const CONFIGMAP_INTRO: &str = "
 ## The controller ConfigMap

@@ -454,6 +454,14 @@ impl<'f> RouteTable<'f> {
             let Some(source) = h.passthrough else {
                 continue;
             };
+            if **host == HostMatch::Any {
+                problems.push(Diagnostic {
+                    object: ObjectRef::ingress(source),
+                    reason: Reason::InvalidAnnotation,
+                    message: "annotation ssl-passthrough: a rule without a host cannot be told apart by SNI; ignored for it".into(),
+                });
+                continue;
+            }
             let root = h
                 .routes
                 .iter()

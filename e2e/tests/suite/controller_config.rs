@@ -213,11 +213,11 @@ fn check_reports_bad_values_as_errors_and_ignored_keys_as_warnings() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    write(&[("ssl-protocols", "TLSv1.3"), ("proxy-body-size", "2m")]);
+    write(&[("ssl-session-tickets", "true"), ("proxy-body-size", "2m")]);
     let (code, report) = check();
     assert_eq!(code, Some(0), "{report}");
     assert!(
-        report.contains("warning  ConfigMap default/portico-controller: UnsupportedSetting: key ssl-protocols is not supported yet"),
+        report.contains("warning  ConfigMap default/portico-controller: UnsupportedSetting: key ssl-session-tickets is not supported yet"),
         "{report}"
     );
     write(&[("proxy-body-size", "huge")]);

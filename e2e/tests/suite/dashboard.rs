@@ -40,7 +40,18 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
             .path("broken.test", "Prefix", "/", "ghost")
             .build(),
     );
-    let portico = Portico::start(&[("all.yaml", to_yaml(&docs))]).await;
+    // A TCP service, listed with its state.
+    let redis_port = portico_e2e::harness::free_port();
+    docs.push(portico_e2e::manifests::config_map(
+        "tcp-services",
+        &[(&redis_port.to_string(), "default/web:80")],
+    ));
+    let portico = Portico::start_full(
+        &[("all.yaml", to_yaml(&docs))],
+        &["--tcp-services-configmap=default/tcp-services"],
+        &["--stream-bind", "127.0.0.1"],
+    )
+    .await;
 
     // Steady traffic, so that rates and latencies have something to show.
     let running = Arc::new(AtomicBool::new(true));
@@ -82,6 +93,13 @@ async fn the_dashboard_shows_routes_traffic_certificates_and_diagnostics_live() 
         text.contains("default/broken") && text.contains("ServiceNotFound"),
         "the controller's diagnostics are shown"
     );
+    browser
+        .wait_for(
+            &format!("[...document.querySelectorAll('#streams tr')].some(r => r.cells[0].innerText === '{redis_port}/tcp' && r.cells[3].innerText === 'listening')"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
 
     // Live numbers: the request rate of the busy host becomes a number.
     browser

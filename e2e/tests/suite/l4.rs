@@ -249,9 +249,10 @@ async fn proxy_protocol_is_read_from_trusted_clients_and_sent_upstream() {
         "the client's address from its header goes upstream: {got:?}"
     );
     let got = exchange(send_only, b"hi\r\n".to_vec()).await;
+    let first = got.split("\r\n").next().unwrap_or_default();
     assert!(
-        got.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ")
-            && got.ends_with(&format!(" {send_only}\r\n")),
+        first.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ")
+            && first.ends_with(&format!(" {send_only}")),
         "without a header from the client, its own address goes upstream: {got:?}"
     );
     assert_eq!(
@@ -315,5 +316,168 @@ async fn dns_through_a_udp_port() {
         .wait_until("one access-log line per UDP session", |p| async move {
             p.logs().matches("\"protocol\":\"udp\"").count() == 3
         })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_passthrough_relays_by_sni_and_terminates_every_other_host() {
+    use portico_e2e::l4::openssl_s_server;
+    use portico_e2e::manifests::tls_secret;
+    use portico_e2e::tls::{self, ClientOptions, TestCa};
+
+    let ca = TestCa::new("test ca");
+    let (argo, site) = (ca.issue(&["argo.test"]), ca.issue(&["site.test"]));
+    let backend = openssl_s_server(&argo).await;
+    let (_servers, mut docs) = portico_e2e::echo::backends(&["web"]).await;
+    docs.extend(service_with_endpoints("argocd", &[backend.addr]));
+    docs.push(tls_secret("site-tls", &site.cert_pem, &site.key_pem));
+    docs.push(
+        ingress("argocd")
+            .path("argo.test", "Prefix", "/", "argocd")
+            .annotation("nginx.ingress.kubernetes.io/ssl-passthrough", "true")
+            .build(),
+    );
+    docs.push(
+        ingress("site")
+            .tls(&["site.test"], "site-tls")
+            .path("site.test", "Prefix", "/", "web")
+            .build(),
+    );
+    let portico = Portico::start_full(
+        &[("all.yaml", to_yaml(&docs))],
+        &[],
+        &["--enable-ssl-passthrough", "--client-header-timeout", "2"],
+    )
+    .await;
+    let sni = |name| ClientOptions {
+        sni: Some(name),
+        ..Default::default()
+    };
+
+    // The passthrough host's client sees the backend's own certificate and talks to it.
+    for _ in 0..3 {
+        let (stream, hs) = tls::connect(portico.https, sni("argo.test")).await.unwrap();
+        assert_eq!(
+            (hs.subject_cn.as_str(), hs.serial.as_str()),
+            ("argo.test", argo.serial.as_str())
+        );
+        let reply = tls::get(stream, "argo.test", "/").await.unwrap();
+        assert!(
+            reply.text().contains("s_server"),
+            "answered by openssl s_server: {}",
+            reply.text()
+        );
+    }
+    // Other hosts on the same port are terminated by Portico, as before.
+    let (stream, hs) = tls::connect(portico.https, sni("site.test")).await.unwrap();
+    assert_eq!(hs.serial, site.serial);
+    assert_eq!(
+        tls::get(stream, "site.test", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "web"
+    );
+    let (_, hs) = tls::connect(portico.https, sni("other.test"))
+        .await
+        .unwrap();
+    assert_eq!(hs.subject_cn, "Portico Default Certificate");
+
+    // A hello that arrives in pieces of 40 bytes, 10 ms apart, still finds its host.
+    let splitter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let split_addr = splitter.local_addr().unwrap();
+    let https = portico.https;
+    tokio::spawn(async move {
+        let (client, _) = splitter.accept().await.unwrap();
+        let server = TcpStream::connect(https).await.unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+        let mut buf = [0u8; 40];
+        loop {
+            let n = client_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let (_, hs) = tls::connect(split_addr, sni("argo.test")).await.unwrap();
+    assert_eq!(hs.serial, argo.serial, "relayed, not terminated");
+
+    // A client that never finishes its hello is closed after --client-header-timeout.
+    let mut slow = TcpStream::connect(portico.https).await.unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed: {closed:?}"
+    );
+
+    // Plain HTTP on the HTTPS port is no TLS at all: refused as before, nothing relayed.
+    let mut plain = TcpStream::connect(portico.https).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: argo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(!String::from_utf8_lossy(&got).contains("s_server"));
+
+    portico
+        .wait_until("a log line per passed-through connection", |p| async move {
+            p.logs().matches("\"protocol\":\"tls-passthrough\"").count() >= 4
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_passthrough_composes_with_the_proxy_protocol() {
+    use portico_e2e::l4::openssl_s_server;
+    use portico_e2e::tls::{self, ClientOptions, TestCa};
+
+    let argo = TestCa::new("test ca").issue(&["argo.test"]);
+    let backend = openssl_s_server(&argo).await;
+    let mut docs = service_with_endpoints("argocd", &[backend.addr]);
+    docs.push(
+        ingress("argocd")
+            .path("argo.test", "Prefix", "/", "argocd")
+            .annotation("nginx.ingress.kubernetes.io/ssl-passthrough", "true")
+            .build(),
+    );
+    let portico = Portico::start_full(
+        &[("all.yaml", to_yaml(&docs))],
+        &[],
+        &[
+            "--enable-ssl-passthrough",
+            "--proxy-protocol",
+            "--trusted-proxies",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    let mut raw = TcpStream::connect(portico.https).await.unwrap();
+    raw.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 443\r\n")
+        .await
+        .unwrap();
+    let options = ClientOptions {
+        sni: Some("argo.test"),
+        ..Default::default()
+    };
+    let (stream, hs) = tls::connect_over(raw, options).await.unwrap();
+    assert_eq!(hs.serial, argo.serial, "relayed to the backend");
+    drop(stream);
+    portico
+        .wait_until(
+            "the session's line names the client from the PROXY header",
+            |p| async move {
+                p.logs()
+                    .contains("\"protocol\":\"tls-passthrough\",\"port\":")
+                    && p.logs().contains("\"client\":\"203.0.113.9:40000\"")
+            },
+        )
         .await;
 }

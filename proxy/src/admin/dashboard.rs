@@ -20,8 +20,41 @@ fn host_text(host: &HostMatch) -> String {
 }
 
 /// What the page shows of a snapshot; no secret (keys, hashes, tokens) is ever in it.
-pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
+pub fn state(
+    snapshot: &CompiledSnapshot,
+    applied_at: i64,
+    ports: &[crate::stream::PortState],
+) -> Value {
     let source = &snapshot.source;
+    let mut streams: Vec<Value> = source
+        .streams
+        .services
+        .iter()
+        .map(|s| {
+            let state = ports
+                .iter()
+                .find(|p| p.port == s.port && p.protocol == s.protocol.as_str())
+                .map_or("opening", |p| p.state.as_str());
+            json!({
+                "port": s.port,
+                "protocol": s.protocol.as_str(),
+                "service": s.service.to_string(),
+                "backend": s.backend,
+                "proxy_protocol": [s.accept_proxy_protocol, s.send_proxy_protocol],
+                "state": state,
+            })
+        })
+        .collect();
+    streams.extend(source.streams.passthrough.iter().map(|p| {
+        json!({
+            "port": null,
+            "protocol": "tls-passthrough",
+            "service": host_text(&p.host),
+            "backend": p.backend,
+            "proxy_protocol": [false, false],
+            "state": "by SNI on the HTTPS port",
+        })
+    }));
     let hosts: Vec<Value> = source
         .virtual_hosts
         .iter()
@@ -94,6 +127,7 @@ pub fn state(snapshot: &CompiledSnapshot, applied_at: i64) -> Value {
         "hosts": hosts,
         "backends": backends,
         "certificates": certificates,
+        "streams": streams,
         "diagnostics": source.diagnostics,
     })
 }

@@ -192,7 +192,7 @@ impl ServeHttp for AdminApp {
                 let state = self
                     .store
                     .load()
-                    .map(|s| crate::admin::dashboard::state(&s, applied_at));
+                    .map(|s| crate::admin::dashboard::state(&s, applied_at, &self.streams.list()));
                 reply(
                     StatusCode::OK,
                     JSON,

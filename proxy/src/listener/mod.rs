@@ -4,9 +4,11 @@
 //! and when the listeners stop.
 
 pub mod client_cert;
+pub mod client_hello;
 pub mod connections;
 pub mod forwarded;
 pub mod header_deadline;
+pub mod pre_tls;
 pub mod proxy_protocol;
 pub mod shutdown;
 pub mod tls;

@@ -151,7 +151,9 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if to.write_all(&buf[..n]).await.is_err() {
+        // Flushed each time: a buffered writer (Pingora's L4 stream) would otherwise hold
+        // the bytes back; on a plain socket it costs nothing.
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
             break;
         }
         moved.total.fetch_add(n as u64, Ordering::Relaxed);

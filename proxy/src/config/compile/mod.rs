@@ -47,12 +47,17 @@ pub struct CompiledSnapshot {
     limiters: Vec<Arc<RateLimiter>>,
     certificates: CertificateTable,
     hsts: Option<HeaderValue>,
+    /// `ssl-passthrough` hosts, and each one's name and pool, by index.
+    passthrough: (HostTable, Vec<PassthroughTarget>),
     /// `None` when nothing is blocked.
     blocklist: Option<CompiledBlocklist>,
     /// The series of requests no virtual host matched: unrouted, and to the default backend.
     unmatched: [OnceLock<Arc<RouteSeries>>; 2],
     metrics: Arc<ProxyMetrics>,
 }
+
+/// A passthrough host's name, and the pool of its `/` path's backend.
+pub type PassthroughTarget = (String, Option<Arc<BackendPool>>);
 
 /// Where routing sent a request, as positions in the snapshot that routed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,6 +197,16 @@ impl CompiledSnapshot {
             .hsts
             .and_then(|h| HeaderValue::try_from(h.header_value()).ok());
         let blocklist = CompiledBlocklist::new(&snapshot.global.block)?;
+        let mut passthrough = (HostTable::default(), Vec::new());
+        for (i, p) in snapshot.streams.passthrough.iter().enumerate() {
+            passthrough.0.insert(&p.host, i);
+            let pool = snapshot
+                .backends
+                .iter()
+                .position(|b| b.name == p.backend)
+                .map(|i| pools[i].clone());
+            passthrough.1.push((p.host.to_string(), pool));
+        }
         let health_checked = pools
             .iter()
             .filter(|p| p.health_check.is_some())
@@ -213,6 +228,7 @@ impl CompiledSnapshot {
             limiters,
             certificates,
             hsts,
+            passthrough,
             blocklist,
             unmatched: Default::default(),
             metrics: metrics.clone(),
@@ -277,6 +293,16 @@ impl CompiledSnapshot {
     /// The TLS versions a handshake may negotiate.
     pub fn tls_versions(&self) -> portico_model::TlsVersions {
         self.source.tls.versions
+    }
+
+    /// Whether any host's TLS is passed through, so that ClientHellos are worth reading.
+    pub fn has_passthrough(&self) -> bool {
+        !self.passthrough.1.is_empty()
+    }
+
+    /// The passthrough host an SNI name selects, and its backend's pool.
+    pub fn passthrough_for_sni(&self, sni: &str) -> Option<&PassthroughTarget> {
+        self.passthrough.1.get(self.passthrough.0.lookup(sni)?)
     }
 
     /// The pool of the backend named `name`: by binary search, as the controller sorts

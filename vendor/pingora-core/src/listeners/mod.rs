@@ -156,7 +156,22 @@ pub trait PreTlsProcess: Send + Sync {
     ///
     /// If this method returns an error, the connection will be dropped.
     async fn process(&self, stream: &mut L4Stream) -> Result<()>;
+
+    // Portico's addition (vendor/pingora-core/PORTICO.md, change 6).
+    /// Whether the connection is taken over before its TLS handshake, after
+    /// [`Self::process`]: the default gives it back. An implementation that keeps it (to
+    /// relay it untouched by SNI, say) returns `None` and owns it from then on; it should
+    /// hand any long-lived work to a task of its own, as the handshake's time is bounded.
+    async fn claim(&self, stream: L4Stream) -> Option<L4Stream> {
+        Some(stream)
+    }
 }
+
+// Portico's addition (change 6): the handshake "error" of a connection a pre-TLS
+// callback claimed, which the listener does not log.
+/// The error of a connection [`PreTlsProcess::claim`] kept.
+pub const CLAIMED_BEFORE_TLS: pingora_error::ErrorType =
+    pingora_error::ErrorType::Custom("ClaimedBeforeTls");
 
 /// Type alias for a boxed pre-TLS processor.
 pub type PreTlsCallback = Arc<dyn PreTlsProcess>;
@@ -319,6 +334,16 @@ impl UninitializedStream {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)
             if let Some(ref callback) = self.pre_tls_callback {
                 callback.process(&mut self.l4).await?;
+                // Portico: the callback may keep the connection (change 6).
+                match callback.claim(self.l4).await {
+                    Some(l4) => self.l4 = l4,
+                    None => {
+                        return pingora_error::Error::e_explain(
+                            CLAIMED_BEFORE_TLS,
+                            "taken over before its TLS handshake",
+                        )
+                    }
+                }
             }
 
             let tls_stream = tls.tls_handshake(self.l4).await?;

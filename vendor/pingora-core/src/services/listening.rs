@@ -235,6 +235,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    // Portico: a connection claimed before TLS is not an error (change 6).
+                                    Err(e) if e.etype() == &crate::listeners::CLAIMED_BEFORE_TLS => {}
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
