@@ -53,6 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // Portico's addition (vendor/pingora-core/PORTICO.md, change 7).
+    /// What the session still reads of a response header it handed over.
+    handed_over: Option<HandedOver>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -90,6 +93,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            handed_over: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -337,6 +341,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.handed_over = None;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -434,11 +439,36 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return it.
+    ///
+    /// Portico (change 7): the parsed header is handed over rather than copied, keeping only
+    /// what the session reads of it later (status, version and the fields that decide the
+    /// connection's reuse); [`Self::resp_header()`] and [`Self::get_header()`] are then
+    /// `None`, [`Self::get_status()`] still answers.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let full = self.response_header.take().unwrap();
+        self.handed_over = Some(HandedOver::of(&full));
+        Ok(full)
+    }
+
+    /// The response's version, also once its header was handed over.
+    fn resp_version(&self) -> Option<Version> {
+        self.resp_header()
+            .map(|h| h.version)
+            .or(self.handed_over.as_ref().map(|k| k.version))
+    }
+
+    /// A field deciding the connection's reuse, also once the header was handed over.
+    fn reuse_field(&self, name: &http::HeaderName) -> Option<&HeaderValue> {
+        match (&self.response_header, &self.handed_over) {
+            (Some(h), _) => h.headers.get(name),
+            (None, Some(k)) if name == header::CONNECTION => k.connection.as_ref(),
+            (None, Some(k)) if name == header::TRANSFER_ENCODING => k.transfer_encoding.as_ref(),
+            (None, Some(k)) if name == KEEP_ALIVE => k.keep_alive.as_ref(),
+            _ => None,
+        }
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -463,7 +493,10 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        self.response_header
+            .as_ref()
+            .map(|h| h.status)
+            .or(self.handed_over.as_ref().map(|k| k.status))
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -573,11 +606,8 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
+        if self.resp_version() == Some(Version::HTTP_10)
+            && self.reuse_field(&header::TRANSFER_ENCODING).is_some()
         {
             self.set_keepalive(None);
             return;
@@ -593,7 +623,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if self.resp_version() == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -614,7 +644,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => is_buf_keepalive(self.reuse_field(&header::CONNECTION)),
         }
     }
 
@@ -623,7 +653,7 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        let Some(keep_alive_header) = self.reuse_field(&KEEP_ALIVE) else {
             return (None, None);
         };
 
@@ -953,6 +983,32 @@ impl UniqueID for HttpSession {
     }
 }
 
+// Portico's addition (change 7).
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
+/// What a client session reads of a response header after handing it over.
+#[derive(Debug)]
+struct HandedOver {
+    status: StatusCode,
+    version: Version,
+    connection: Option<HeaderValue>,
+    keep_alive: Option<HeaderValue>,
+    transfer_encoding: Option<HeaderValue>,
+}
+
+impl HandedOver {
+    fn of(full: &ResponseHeader) -> Self {
+        let field = |name: &http::HeaderName| full.headers.get(name).cloned();
+        HandedOver {
+            status: full.status,
+            version: full.version,
+            connection: field(&header::CONNECTION),
+            keep_alive: field(&KEEP_ALIVE),
+            transfer_encoding: field(&header::TRANSFER_ENCODING),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests_stream {
     use super::*;
@@ -1206,8 +1262,8 @@ mod tests_stream {
         let mock_io = Builder::new().read(input).build();
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         let resp = http_stream.read_resp_header_parts().await.unwrap();
-        assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
-        assert_eq!(http_stream.get_header("Server👍").unwrap(), "pingora");
+        // Portico (change 7): handed over, not copied.
+        assert!(http_stream.resp_header().is_none());
         assert_eq!(resp.headers.get("Server👍").unwrap(), "pingora");
     }
 
@@ -2366,6 +2422,34 @@ hello\r\n\
 
         // HTTP/1.1 should allow keepalive by default
         assert!(http_stream.will_keepalive());
+    }
+
+    // Portico's addition (change 7).
+    #[tokio::test]
+    async fn a_handed_over_header_still_decides_reuse() {
+        // (response, keep-alive afterwards)
+        let seven = KeepaliveStatus::Timeout(Duration::from_secs(7));
+        let cases: [(&[u8], KeepaliveStatus); 5] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", KeepaliveStatus::Infinite),
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na", KeepaliveStatus::Off),
+            (b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=7\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\na", seven),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\na", KeepaliveStatus::Off),
+            (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n1\r\na\r\n0\r\n\r\n", KeepaliveStatus::Off),
+        ];
+        for (input, keepalive) in cases {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let task = http_stream.read_response_task().await.unwrap();
+            let HttpTask::Header(header, _) = task else {
+                panic!("a header first");
+            };
+            assert_eq!(header.status, StatusCode::OK, "the whole header is handed over");
+            assert!(http_stream.resp_header().is_none());
+            assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+            while !matches!(http_stream.read_response_task().await.unwrap(), HttpTask::Done) {}
+            http_stream.respect_keepalive();
+            assert_eq!(http_stream.keepalive_timeout, keepalive, "{}", String::from_utf8_lossy(input));
+        }
     }
 
     #[tokio::test]
