@@ -35,12 +35,18 @@ pub async fn redis_server() -> ChildServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server (apt package redis-server) is installed");
+    started(child, port, None).await
+}
+
+/// `child`, once it listens on loopback `port` (dnsmasq listens on TCP too, so its TCP port
+/// answering means its UDP one is bound).
+async fn started(child: Child, port: u16, files: Option<tempfile::TempDir>) -> ChildServer {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_tcp(addr).await;
     ChildServer {
         child,
         addr,
-        _files: None,
+        _files: files,
     }
 }
 
@@ -64,13 +70,7 @@ pub async fn openssl_s_server(certificate: &crate::tls::Issued) -> ChildServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("openssl is installed");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for_tcp(addr).await;
-    ChildServer {
-        child,
-        addr,
-        _files: Some(dir),
-    }
+    started(child, port, Some(dir)).await
 }
 
 /// `dnsmasq` on a free loopback UDP port, answering `name` with `address` and nothing else.
@@ -99,14 +99,7 @@ pub async fn dnsmasq(name: &str, address: &str) -> ChildServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("dnsmasq (apt package dnsmasq-base) is installed");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // dnsmasq also listens on TCP: its TCP port answering means the UDP one is bound too.
-    wait_for_tcp(addr).await;
-    ChildServer {
-        child,
-        addr,
-        _files: None,
-    }
+    started(child, port, None).await
 }
 
 async fn wait_for_tcp(addr: SocketAddr) {

@@ -105,6 +105,8 @@ async fn wrk_in_background(target: SocketAddr, seconds: u64) -> anyhow::Result<L
             threads: 1,
             host: "steady.test".into(),
             path: "/".into(),
+            https: false,
+            headers: Vec::new(),
         }
         .run(target, Duration::from_secs(seconds), dir.path())
     })

@@ -26,6 +26,9 @@ pub struct CompareOptions {
     pub pin: bool,
     /// Each proxy writes its access log to a file (see `contenders`).
     pub access_log: bool,
+    /// Also the profile closer to real traffic: HTTPS, a browser-like request, 8 KiB
+    /// answers, 200 connections.
+    pub realistic: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,7 +61,12 @@ pub struct CompareReport {
     pub results: Vec<ContenderSummary>,
     /// HTTP/2 over TLS with h2load; empty when not measured.
     pub h2_results: Vec<ContenderSummary>,
+    /// The realistic profile (HTTPS with wrk); empty when not measured.
+    pub realistic_results: Vec<ContenderSummary>,
 }
+
+/// Connections of the realistic profile.
+pub const REALISTIC_CONNECTIONS: u32 = 200;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -96,7 +104,7 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     }
     let backend = contenders::start_backend(work.path())?;
     eprintln!("backend nginx on {}", backend.addr);
-    let tls = if opts.h2 {
+    let tls = if opts.h2 || opts.realistic {
         Some(TlsFiles::create(work.path())?)
     } else {
         None
@@ -131,6 +139,8 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
         threads: 1,
         host: BENCH_HOST.into(),
         path: "/".into(),
+        https: false,
+        headers: Vec::new(),
     };
     let results = measure(opts, &running, "http/1.1", |r| {
         wrk.run(r.addr, opts.warmup, work.path())?;
@@ -156,6 +166,27 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
     } else {
         Vec::new()
     };
+    let realistic_results = if opts.realistic {
+        let wrk = Wrk {
+            connections: REALISTIC_CONNECTIONS,
+            threads: 1,
+            host: BENCH_HOST.into(),
+            path: contenders::LARGE_PATH.into(),
+            https: true,
+            headers: super::wrk::browser_headers(),
+        };
+        measure(opts, &running, "realistic", |r| {
+            let addr = r
+                .tls_addr
+                .ok_or_else(|| anyhow::anyhow!("no TLS listener"))?;
+            wrk.run(addr, opts.warmup, work.path())?;
+            let before = procs::usage(r.measured_pid);
+            let result = wrk.run(addr, opts.duration, work.path())?;
+            Ok((result, before))
+        })?
+    } else {
+        Vec::new()
+    };
     Ok(CompareReport {
         threads: opts.threads,
         connections: opts.connections,
@@ -170,6 +201,7 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<CompareReport> {
         access_log: opts.access_log,
         results,
         h2_results,
+        realistic_results,
     })
 }
 
@@ -266,6 +298,13 @@ impl CompareReport {
         if !self.h2_results.is_empty() {
             s += "\n### HTTP/2 over TLS (h2load, 1 thread, 1 stream per connection; the peak RSS column covers both runs)\n\n";
             s += &table(&self.h2_results);
+        }
+        if !self.realistic_results.is_empty() {
+            s += &format!(
+                "\n### Realistic: HTTPS (wrk, 1 thread, {REALISTIC_CONNECTIONS} connections kept alive), a browser-like request of 12 header fields, {} KiB answers\n\n",
+                contenders::LARGE_BODY_BYTES / 1024
+            );
+            s += &table(&self.realistic_results);
         }
         s
     }

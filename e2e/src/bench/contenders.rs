@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub const BENCH_HOST: &str = "bench.test";
 /// The backend's fixed response body size.
 pub const BODY_BYTES: usize = 1024;
+/// The body of the realistic profile's answers, at [`LARGE_PATH`].
+pub const LARGE_BODY_BYTES: usize = 8 * 1024;
+pub const LARGE_PATH: &str = "/asset";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -87,6 +90,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// Started `children` listening on `addr`, the first of them the one measured.
+    pub fn new(addr: SocketAddr, children: Vec<Child>) -> Running {
+        Running {
+            addr,
+            tls_addr: None,
+            measured_pid: children.first().map_or(0, Child::id),
+            children,
+        }
+    }
+
     /// Asks the measured process to stop (SIGINT) and waits up to a minute for it to exit,
     /// so that tools wrapped around it can write their output.
     pub fn interrupt_and_wait(mut self) {
@@ -182,13 +195,17 @@ const NGINX_HTTP_COMMON: &str = "  map $http_x_request_id $req_id {\n    default
 pub fn start_backend(dir: &Path) -> anyhow::Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let body = "x".repeat(BODY_BYTES);
+    // Too long for a `return` parameter: served from a file.
+    let large = dir.join("asset.txt");
+    std::fs::write(&large, "y".repeat(LARGE_BODY_BYTES))?;
     let conf = format!(
         "worker_processes 1;\nuser root;\npid {dir}/backend.pid;\nerror_log {dir}/backend-error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 100000000;\n  default_type text/plain;\n{temps}\
-           server {{ listen {addr} reuseport; location / {{ return 200 \"{body}\"; }} }}\n}}\n",
+           server {{ listen {addr} reuseport; location / {{ return 200 \"{body}\"; }} location = {LARGE_PATH} {{ alias {large}; }} }}\n}}\n",
         dir = dir.display(),
         temps = nginx_temp_paths(dir, "backend"),
+        large = large.display(),
     );
     let conf_path = dir.join("backend.conf");
     std::fs::write(&conf_path, conf)?;

@@ -11,4 +11,5 @@ pub mod instructions;
 pub mod placement;
 pub mod procs;
 pub mod scale;
+pub mod tcp;
 pub mod wrk;

@@ -50,6 +50,14 @@ enum Run {
         /// format for nginx, `option httplog` for HAProxy, Portico's default JSON.
         #[arg(long)]
         access_log: bool,
+        /// Also the profile closer to real traffic: HTTPS, a browser-like request of 12 header
+        /// fields, 8 KiB answers, 200 connections.
+        #[arg(long)]
+        realistic: bool,
+        /// Instead: TCP services beside nginx's stream module and HAProxy's `mode tcp`
+        /// (bulk throughput and connections per second; --duration and --rounds apply).
+        #[arg(long)]
+        tcp: bool,
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
@@ -104,6 +112,28 @@ enum Run {
 fn main() -> anyhow::Result<()> {
     match Args::parse().run {
         Run::Compare {
+            duration,
+            rounds,
+            no_pin,
+            tcp: true,
+            out,
+            ..
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let dir = tempfile::tempdir()?;
+            let results = portico_e2e::bench::tcp::run(
+                Duration::from_secs(duration),
+                rounds,
+                !no_pin,
+                dir.path(),
+            )?;
+            let md = portico_e2e::bench::tcp::markdown(&results);
+            println!("{md}");
+            std::fs::write(out.join("tcp.md"), &md)?;
+            std::fs::write(out.join("tcp.json"), serde_json::to_vec_pretty(&results)?)?;
+            eprintln!("wrote {0}/tcp.md and {0}/tcp.json", out.display());
+        }
+        Run::Compare {
             threads,
             connections,
             duration,
@@ -113,6 +143,8 @@ fn main() -> anyhow::Result<()> {
             no_h2,
             no_pin,
             access_log,
+            realistic,
+            tcp: false,
             out,
         } => {
             let opts = CompareOptions {
@@ -129,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 h2: !no_h2,
                 pin: !no_pin,
                 access_log,
+                realistic,
             };
             let report = compare::run(&opts)?;
             println!("{}", report.markdown());

@@ -10,8 +10,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-/// Large enough that a bulk transfer makes few system calls a megabyte.
-const BUFFER_BYTES: usize = 64 * 1024;
+/// Each direction starts with a small buffer, as most sessions move little (and a new
+/// connection should not cost a large allocation), and doubles it while reads fill it, up
+/// to a size at which a bulk transfer makes few system calls a megabyte.
+const FIRST_BUFFER_BYTES: usize = 8 * 1024;
+const MAX_BUFFER_BYTES: usize = 64 * 1024;
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,12 +148,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER_BYTES];
+    let mut buf = vec![0u8; FIRST_BUFFER_BYTES];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let filled = n == buf.len();
         // Flushed each time: a buffered writer (Pingora's L4 stream) would otherwise hold
         // the bytes back; on a plain socket it costs nothing.
         if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
@@ -161,6 +165,9 @@ where
         moved
             .last_ms
             .store(moved.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if filled && buf.len() < MAX_BUFFER_BYTES {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     let _ = to.shutdown().await;
 }
