@@ -635,3 +635,63 @@ async fn a_leader_stopped_cleanly_releases_the_lease_at_once() {
         "handover after a clean stop took {handover:?}"
     );
 }
+
+/// An HTTP request written by hand through a TCP port; the status line of the answer.
+async fn status_line_through(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: tcp.test\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tcp_services_config_map_is_watched_outside_the_watched_namespaces() {
+    use portico_e2e::manifests::in_namespace;
+    let (api, _servers) = cluster(&["a"]).await;
+    let (first, second) = (
+        portico_e2e::harness::free_port(),
+        portico_e2e::harness::free_port(),
+    );
+    let services = |port: u16| {
+        in_namespace(
+            config_map("tcp-services", &[(&port.to_string(), "default/a:80")]),
+            "ingress",
+        )
+    };
+    api.apply(&services(first));
+    let portico = Portico::start_kube(
+        &api,
+        &[
+            "--watch-namespace",
+            "default",
+            "--tcp-services-configmap",
+            "ingress/tcp-services",
+        ],
+        &["--stream-bind", "127.0.0.1"],
+    )
+    .await;
+    portico
+        .wait_until("the TCP port relays to the Service", |_| async move {
+            status_line_through(first).await.as_deref() == Some("HTTP/1.1 200 OK")
+        })
+        .await;
+    api.apply(&services(second));
+    portico
+        .wait_until("the port follows the ConfigMap", |_| async move {
+            status_line_through(second).await.as_deref() == Some("HTTP/1.1 200 OK")
+                && status_line_through(first).await.is_none()
+        })
+        .await;
+}
