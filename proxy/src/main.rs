@@ -281,22 +281,17 @@ fn main() -> anyhow::Result<()> {
         client_timeouts,
     };
     let mut proxy = pingora::services::listening::Service::new("portico-http".to_string(), app);
-    let https_port = if args.https_addr.is_empty() {
+    let https_addr: Option<std::net::SocketAddr> = if args.https_addr.is_empty() {
         None
     } else {
-        Some(
-            args.https_addr
-                .parse::<std::net::SocketAddr>()
-                .context("--https-addr")?
-                .port(),
-        )
+        Some(args.https_addr.parse().context("--https-addr")?)
     };
-    let passthrough = https_port
+    let passthrough = https_addr
         .filter(|_| args.enable_ssl_passthrough)
-        .map(|port| portico_proxy::listener::pre_tls::Passthrough {
+        .map(|addr| portico_proxy::listener::pre_tls::Passthrough {
             store: store.clone(),
             hello_timeout: Duration::from_secs(args.client_header_timeout.clamp(1, 60)),
-            port,
+            port: addr.port(),
             context: stream_context.clone(),
         });
     if proxy_protocol.is_some() || passthrough.is_some() {
@@ -312,8 +307,8 @@ fn main() -> anyhow::Result<()> {
         .http_addr
         .parse::<std::net::SocketAddr>()
         .context("--http-addr")?];
-    if !args.https_addr.is_empty() {
-        proxy_addrs.push(args.https_addr.parse().context("--https-addr")?);
+    if let Some(addr) = https_addr {
+        proxy_addrs.push(addr);
         let fallback = Arc::new(
             tls::ServedCertificate::self_signed()
                 .context("generating the self-signed default certificate")?,

@@ -53,9 +53,10 @@ pub(crate) fn streams(
         (StreamProtocol::Tcp, &opts.tcp_services),
         (StreamProtocol::Udp, &opts.udp_services),
     ] {
-        let Some((namespace, name)) = key else {
+        let Some(key) = key else {
             continue;
         };
+        let (namespace, name) = key;
         let object = ObjectRef {
             kind: "ConfigMap",
             namespace: namespace.clone(),
@@ -68,7 +69,7 @@ pub(crate) fn streams(
                 message,
             })
         };
-        let Some(config_map) = state.config_maps.get(&(namespace.clone(), name.clone())) else {
+        let Some(config_map) = state.config_maps.get(key) else {
             report(
                 Reason::ConfigMapNotFound,
                 format!(

@@ -10,15 +10,14 @@ use crate::listener::client_hello::{server_name, Hello};
 use crate::listener::proxy_protocol::ProxyProtocol;
 use crate::stream::connect::connect;
 use crate::stream::relay::{relay, RelayLimits};
-use crate::stream::StreamContext;
-use crate::telemetry::access_log::StreamEntry;
+use crate::stream::{SessionPeers, SessionRecord, StreamContext};
 use async_trait::async_trait;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::GetSocketDigest;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
@@ -97,60 +96,40 @@ impl Passthrough {
         let context = self.context.clone();
         let port = self.port;
         tokio::spawn(async move {
-            let time = SystemTime::now();
-            let started = Instant::now();
+            let record = SessionRecord::begin(&series);
             let client = stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-            series.sessions.inc();
-            series.open.inc();
-            let key = client.ip().to_string();
-            let connected = match pool.as_deref() {
-                Some(pool) => connect(pool, key.as_bytes(), None, &series)
-                    .await
-                    .map_err(|f| f.as_str()),
-                None => Err("no_endpoint"),
-            };
-            let (upstream_addr, received, sent, end) = match connected {
-                Ok(upstream) => {
-                    let limits = RelayLimits {
-                        idle: PASSTHROUGH_IDLE,
-                        drain: context.drain,
-                    };
-                    let addr = upstream.addr;
-                    let r = relay(
-                        stream,
-                        upstream.stream,
-                        limits,
-                        std::future::pending(),
-                        &series,
-                    )
-                    .await;
-                    drop(upstream.session);
-                    (Some(addr), r.received, r.sent, r.end.as_str())
-                }
-                Err(why) => {
-                    series.dropped.inc();
-                    (None, 0, 0, why)
-                }
-            };
-            series.open.dec();
-            series.duration.observe(started.elapsed().as_secs_f64());
-            if let Some(log) = &context.access_log {
-                log.write_stream(&StreamEntry {
-                    time,
-                    protocol: "tls-passthrough",
-                    port,
-                    client,
-                    upstream_addr,
-                    service: &host,
-                    bytes_received: received,
-                    bytes_sent: sent,
-                    duration: started.elapsed(),
-                    end,
-                });
+            let mut upstream_addr = None;
+            let outcome = async {
+                let pool = pool.as_deref().ok_or("no_endpoint")?;
+                let upstream = connect(pool, None, &series).await.map_err(|f| f.as_str())?;
+                upstream_addr = Some(upstream.addr);
+                let limits = RelayLimits {
+                    idle: PASSTHROUGH_IDLE,
+                    drain: context.drain,
+                };
+                let relayed = relay(
+                    stream,
+                    upstream.stream,
+                    limits,
+                    std::future::pending(),
+                    &series,
+                )
+                .await;
+                drop(upstream.session);
+                Ok(relayed)
             }
+            .await;
+            let peers = SessionPeers {
+                protocol: "tls-passthrough",
+                port,
+                client,
+                upstream: upstream_addr,
+                service: &host,
+            };
+            record.end_relay(&series, &context, peers, outcome);
         });
         None
     }

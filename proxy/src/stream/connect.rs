@@ -48,10 +48,10 @@ impl Drop for OpenSession<'_> {
     }
 }
 
-/// Connects to an endpoint of `pool`; `key` feeds hashing balancers (the client's address).
+/// Connects to an endpoint of `pool`. L4 backends have no hash key (their policy is round
+/// robin), so the balancer is given none.
 pub async fn connect<'p>(
     pool: &'p BackendPool,
-    key: &[u8],
     next_upstream_timeout: Option<Duration>,
     series: &StreamSeries,
 ) -> Result<Upstream<'p>, ConnectFailure> {
@@ -60,7 +60,7 @@ pub async fn connect<'p>(
     let timeout = pool.upstream.connect_timeout();
     let mut tried = Vec::new();
     loop {
-        let Some(index) = pool.balancer.pick(key, &tried) else {
+        let Some(index) = pool.balancer.pick(&[], &tried) else {
             return Err(if tried.is_empty() {
                 ConnectFailure::NoEndpoint
             } else {

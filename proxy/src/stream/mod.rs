@@ -13,7 +13,7 @@ mod udp;
 use crate::config::compile::{BackendPool, CompiledSnapshot};
 use crate::config::store::SnapshotStore;
 use crate::listener::forwarded::Cidr;
-use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::access_log::{AccessLog, StreamEntry};
 use crate::telemetry::metrics::StreamSeries;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// What one port serves, as of the latest snapshot.
@@ -47,6 +47,83 @@ pub struct StreamContext {
     pub proxy_header_timeout: Duration,
     /// How long sessions of a removed port (or a stopping proxy) may go on.
     pub drain: Duration,
+}
+
+/// One L4 session's bookkeeping, from [`SessionRecord::begin`] (counted and open) to
+/// [`SessionRecord::end`] (closed, its duration observed, its access-log line written).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRecord {
+    time: SystemTime,
+    started: Instant,
+}
+
+/// Who a session's log line names.
+pub struct SessionPeers<'a> {
+    /// `tcp`, `udp` or `tls-passthrough`.
+    pub protocol: &'static str,
+    pub port: u16,
+    pub client: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    /// `namespace/name:port` of the Service, or the passthrough host.
+    pub service: &'a str,
+}
+
+impl SessionRecord {
+    pub fn begin(series: &StreamSeries) -> Self {
+        series.sessions.inc();
+        series.open.inc();
+        SessionRecord {
+            time: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The end of a session that moved `received` and `sent` bytes and ended as `end`.
+    pub fn end(
+        &self,
+        series: &StreamSeries,
+        context: &StreamContext,
+        peers: SessionPeers<'_>,
+        (received, sent): (u64, u64),
+        end: &str,
+    ) {
+        series.open.dec();
+        series
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(log) = &context.access_log {
+            log.write_stream(&StreamEntry {
+                time: self.time,
+                protocol: peers.protocol,
+                port: peers.port,
+                client: peers.client,
+                upstream_addr: peers.upstream,
+                service: peers.service,
+                bytes_received: received,
+                bytes_sent: sent,
+                duration: self.started.elapsed(),
+                end,
+            });
+        }
+    }
+
+    /// The end of a relay, or the reason none began (counted as dropped).
+    pub fn end_relay(
+        &self,
+        series: &StreamSeries,
+        context: &StreamContext,
+        peers: SessionPeers<'_>,
+        outcome: Result<relay::Relayed, &'static str>,
+    ) {
+        let (bytes, end) = match outcome {
+            Ok(r) => ((r.received, r.sent), r.end.as_str()),
+            Err(why) => {
+                series.dropped.inc();
+                ((0, 0), why)
+            }
+        };
+        self.end(series, context, peers, bytes, end);
+    }
 }
 
 /// Resolves once the port is removed or the listeners stop.
@@ -129,12 +206,9 @@ impl StreamListeners {
         snapshot: &CompiledSnapshot,
         open: &mut BTreeMap<(u16, StreamProtocol), OpenPort>,
     ) {
-        let wanted: BTreeMap<(u16, StreamProtocol), &StreamService> = snapshot
-            .source
-            .streams
-            .services
-            .iter()
-            .map(|s| ((s.port, s.protocol), s))
+        let wanted: BTreeMap<_, _> = snapshot
+            .stream_services()
+            .map(|(s, pool)| ((s.port, s.protocol), (s, pool)))
             .collect();
         let mut states = BTreeMap::new();
         let gone: Vec<_> = open
@@ -148,7 +222,7 @@ impl StreamListeners {
                 tracing::info!(port = key.0, protocol = key.1.as_str(), "L4 port closed");
             }
         }
-        for (&key, &service) in &wanted {
+        for (&key, &(service, pool)) in &wanted {
             let (port, protocol) = key;
             let service_name = service.service.to_string();
             let state = |state: String| PortState {
@@ -167,7 +241,7 @@ impl StreamListeners {
             let route = Arc::new(PortRoute {
                 service: service.clone(),
                 service_name: service_name.clone(),
-                pool: snapshot.pool_named(&service.backend).cloned(),
+                pool: pool.cloned(),
                 series: snapshot.metrics().streams.series(port, protocol.as_str()),
             });
             if let Some(existing) = open.get(&key) {

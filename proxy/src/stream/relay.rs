@@ -68,8 +68,7 @@ where
 {
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let start = Instant::now();
-    let last_ms = AtomicU64::new(0);
+    let activity = Activity::new();
     let (received, sent) = (AtomicU64::new(0), AtomicU64::new(0));
     let both_ways = async {
         tokio::join!(
@@ -79,8 +78,7 @@ where
                 Moved {
                     total: &received,
                     counter: &series.bytes_received,
-                    last_ms: &last_ms,
-                    start
+                    activity: &activity,
                 }
             ),
             pipe(
@@ -89,41 +87,14 @@ where
                 Moved {
                     total: &sent,
                     counter: &series.bytes_sent,
-                    last_ms: &last_ms,
-                    start
+                    activity: &activity,
                 }
             ),
         )
     };
-    let watchdog = async {
-        let mut draining = std::pin::pin!(draining);
-        let mut drain_until: Option<Instant> = None;
-        loop {
-            let idle_until =
-                start + Duration::from_millis(last_ms.load(Ordering::Relaxed)) + limits.idle;
-            let until = drain_until.map_or(idle_until, |d| d.min(idle_until));
-            tokio::select! {
-                () = tokio::time::sleep_until(until) => {
-                    let now = Instant::now();
-                    if drain_until.is_some_and(|d| now >= d) {
-                        return RelayEnd::Drained;
-                    }
-                    let idle_until = start
-                        + Duration::from_millis(last_ms.load(Ordering::Relaxed))
-                        + limits.idle;
-                    if now >= idle_until {
-                        return RelayEnd::Idle;
-                    }
-                }
-                () = &mut draining, if drain_until.is_none() => {
-                    drain_until = Some(Instant::now() + limits.drain);
-                }
-            }
-        }
-    };
     let end = tokio::select! {
         _ = both_ways => RelayEnd::Closed,
-        end = watchdog => end,
+        end = idle_or_drained(&activity, limits, draining) => end,
     };
     Relayed {
         received: received.load(Ordering::Relaxed),
@@ -132,13 +103,77 @@ where
     }
 }
 
+/// When a session last moved anything, shared by whatever moves its bytes or datagrams.
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last move.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Something moved just now.
+    pub fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long since the session started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn idle_until(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resolves when nothing has moved for `limits.idle`, or `limits.drain` after `draining`
+/// resolved, whichever comes first.
+pub async fn idle_or_drained(
+    activity: &Activity,
+    limits: RelayLimits,
+    draining: impl Future<Output = ()>,
+) -> RelayEnd {
+    let mut draining = std::pin::pin!(draining);
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let idle_until = activity.idle_until(limits.idle);
+        let until = drain_until.map_or(idle_until, |d| d.min(idle_until));
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {
+                let now = Instant::now();
+                if drain_until.is_some_and(|d| now >= d) {
+                    return RelayEnd::Drained;
+                }
+                if now >= activity.idle_until(limits.idle) {
+                    return RelayEnd::Idle;
+                }
+            }
+            () = &mut draining, if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + limits.drain);
+            }
+        }
+    }
+}
+
 /// Where one direction counts what it moved.
 struct Moved<'a> {
     total: &'a AtomicU64,
     counter: &'a IntCounter,
-    /// Milliseconds from `start` to the last byte moved either way.
-    last_ms: &'a AtomicU64,
-    start: Instant,
+    activity: &'a Activity,
 }
 
 /// One direction: reads until the end (or an error), writing what it read, then shuts the
@@ -162,9 +197,7 @@ where
         }
         moved.total.fetch_add(n as u64, Ordering::Relaxed);
         moved.counter.inc_by(n as u64);
-        moved
-            .last_ms
-            .store(moved.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        moved.activity.touch();
         if filled && buf.len() < MAX_BUFFER_BYTES {
             buf.resize(buf.len() * 2, 0);
         }

@@ -3,16 +3,14 @@
 
 use super::connect::connect;
 use super::relay::{relay, RelayLimits};
-use super::{draining, PortRoute, RouteWatch, StreamContext};
+use super::{draining, PortRoute, RouteWatch, SessionPeers, SessionRecord, StreamContext};
 use crate::listener::forwarded;
 use crate::listener::proxy_protocol::{read_header, v1_header, ProxyHeader};
-use crate::telemetry::access_log::StreamEntry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 
 /// Accepts until the port is removed (its route becomes `None`); sessions go on.
 pub(super) async fn serve(listener: TcpListener, mut route: RouteWatch, ctx: Arc<StreamContext>) {
@@ -45,11 +43,8 @@ async fn session(
     watch: RouteWatch,
     ctx: Arc<StreamContext>,
 ) {
-    let time = SystemTime::now();
-    let started = Instant::now();
     let series = &route.series;
-    series.sessions.inc();
-    series.open.inc();
+    let record = SessionRecord::begin(series);
     let _ = client.set_nodelay(true);
     let service = &route.service;
     let mut source = peer;
@@ -72,10 +67,9 @@ async fn session(
             early = after;
         }
         let pool = route.pool.as_deref().ok_or("no_endpoint")?;
-        let key = source.ip().to_string();
         let next_upstream_timeout = (service.timeouts.next_upstream_ms > 0)
             .then(|| Duration::from_millis(service.timeouts.next_upstream_ms));
-        let mut upstream = connect(pool, key.as_bytes(), next_upstream_timeout, series)
+        let mut upstream = connect(pool, next_upstream_timeout, series)
             .await
             .map_err(|f| f.as_str())?;
         upstream_addr = Some(upstream.addr);
@@ -100,30 +94,15 @@ async fn session(
         };
         let relayed = relay(client, upstream.stream, limits, draining(watch), series).await;
         drop(upstream.session);
-        Ok::<_, &str>(relayed)
+        Ok(relayed)
     }
     .await;
-    series.open.dec();
-    series.duration.observe(started.elapsed().as_secs_f64());
-    let (received, sent, end) = match outcome {
-        Ok(r) => (r.received, r.sent, r.end.as_str()),
-        Err(why) => {
-            series.dropped.inc();
-            (0, 0, why)
-        }
+    let peers = SessionPeers {
+        protocol: "tcp",
+        port: service.port,
+        client: source,
+        upstream: upstream_addr,
+        service: &route.service_name,
     };
-    if let Some(log) = &ctx.access_log {
-        log.write_stream(&StreamEntry {
-            time,
-            protocol: "tcp",
-            port: service.port,
-            client: source,
-            upstream_addr,
-            service: &route.service_name,
-            bytes_received: received,
-            bytes_sent: sent,
-            duration: started.elapsed(),
-            end,
-        });
-    }
+    record.end_relay(series, &ctx, peers, outcome);
 }

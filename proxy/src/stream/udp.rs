@@ -3,15 +3,14 @@
 //! the upstream has sent `proxy-stream-responses` datagrams for each the client sent, or
 //! after the idle timeout; at most [`MAX_SESSIONS`] are open per port.
 
-use super::{draining, PortRoute, RouteWatch, StreamContext};
-use crate::telemetry::access_log::StreamEntry;
+use super::relay::{idle_or_drained, Activity, RelayLimits};
+use super::{draining, PortRoute, RouteWatch, SessionPeers, SessionRecord, StreamContext};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
 
 /// Sessions open at once on one port; datagrams from further clients are dropped.
 pub const MAX_SESSIONS: usize = 10_000;
@@ -27,9 +26,9 @@ struct Session {
     sent: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
-    /// Milliseconds from the session's start to its last datagram either way.
-    last_ms: AtomicU64,
-    started: Instant,
+    /// The last datagram either way, for the idle timeout.
+    activity: Activity,
+    record: SessionRecord,
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
@@ -98,7 +97,7 @@ async fn forward(
     session
         .bytes_received
         .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-    session.touch();
+    session.activity.touch();
     series.bytes_received.inc_by(datagram.len() as u64);
     let _ = session.upstream.send(datagram).await;
 }
@@ -118,11 +117,8 @@ async fn open(
         return Err("too_many_sessions");
     }
     let pool = route.pool.as_deref().ok_or("no_endpoint")?;
-    let key = client.ip().to_string();
-    let index = pool
-        .balancer
-        .pick(key.as_bytes(), &[])
-        .ok_or("no_endpoint")?;
+    // Round robin, as every L4 backend: no hash key.
+    let index = pool.balancer.pick(&[], &[]).ok_or("no_endpoint")?;
     let upstream_addr = pool.balancer.endpoint(index).addr;
     let local: IpAddr = match upstream_addr {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -142,27 +138,14 @@ async fn open(
         sent: AtomicU64::new(0),
         bytes_received: AtomicU64::new(0),
         bytes_sent: AtomicU64::new(0),
-        last_ms: AtomicU64::new(0),
-        started: Instant::now(),
+        activity: Activity::new(),
+        record: SessionRecord::begin(&route.series),
     });
-    route.series.sessions.inc();
-    route.series.open.inc();
     sessions
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(client, session.clone());
     Ok(session)
-}
-
-impl Session {
-    fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_until(&self, idle: Duration) -> Instant {
-        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
-    }
 }
 
 /// Sends the upstream's answers to the client until the session ends, then forgets it.
@@ -175,17 +158,15 @@ async fn answer(
     watch: RouteWatch,
     ctx: Arc<StreamContext>,
 ) {
-    let time = SystemTime::now();
     let series = &route.series;
-    let idle = Duration::from_millis(route.service.timeouts.idle_ms);
+    let limits = RelayLimits {
+        idle: Duration::from_millis(route.service.timeouts.idle_ms),
+        drain: ctx.drain,
+    };
     let responses = u64::from(route.service.udp_responses);
     let mut buf = vec![0u8; DATAGRAM_BYTES];
-    let mut draining = std::pin::pin!(draining(watch));
-    let mut drain_until: Option<Instant> = None;
+    let mut ended = std::pin::pin!(idle_or_drained(&session.activity, limits, draining(watch)));
     let end = loop {
-        let until = drain_until.map_or(session.idle_until(idle), |d| {
-            d.min(session.idle_until(idle))
-        });
         tokio::select! {
             answered = session.upstream.recv(&mut buf) => {
                 let Ok(n) = answered else {
@@ -198,23 +179,12 @@ async fn answer(
                 series.bytes_sent.inc_by(n as u64);
                 session.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                 let sent = session.sent.fetch_add(1, Ordering::Relaxed) + 1;
-                session.touch();
+                session.activity.touch();
                 if responses > 0 && sent >= responses * session.received.load(Ordering::Relaxed) {
                     break "closed";
                 }
             }
-            () = tokio::time::sleep_until(until) => {
-                let now = Instant::now();
-                if drain_until.is_some_and(|d| now >= d) {
-                    break "drained";
-                }
-                if now >= session.idle_until(idle) {
-                    break "idle";
-                }
-            }
-            () = &mut draining, if drain_until.is_none() => {
-                drain_until = Some(Instant::now() + ctx.drain);
-            }
+            end = &mut ended => break end.as_str(),
         }
     };
     {
@@ -223,22 +193,16 @@ async fn answer(
             open.remove(&client);
         }
     }
-    series.open.dec();
-    series
-        .duration
-        .observe(session.started.elapsed().as_secs_f64());
-    if let Some(log) = &ctx.access_log {
-        log.write_stream(&StreamEntry {
-            time,
-            protocol: "udp",
-            port: route.service.port,
-            client,
-            upstream_addr: Some(session.upstream_addr),
-            service: &route.service_name,
-            bytes_received: session.bytes_received.load(Ordering::Relaxed),
-            bytes_sent: session.bytes_sent.load(Ordering::Relaxed),
-            duration: session.started.elapsed(),
-            end,
-        });
-    }
+    let peers = SessionPeers {
+        protocol: "udp",
+        port: route.service.port,
+        client,
+        upstream: Some(session.upstream_addr),
+        service: &route.service_name,
+    };
+    let bytes = (
+        session.bytes_received.load(Ordering::Relaxed),
+        session.bytes_sent.load(Ordering::Relaxed),
+    );
+    session.record.end(series, &ctx, peers, bytes, end);
 }

@@ -53,8 +53,6 @@ pub(crate) struct ControllerConfig {
     pub ciphers: Option<String>,
     /// The `proxy-stream-*` keys, for TCP and UDP services.
     pub streams: StreamDefaults,
-    /// What applying a key accepted but left out, for the ConfigMap's diagnostics.
-    partly_applied: Vec<String>,
     /// The values applied, by key, for keeping when a later value is bad.
     accepted: BTreeMap<String, String>,
     /// The ConfigMaps this was read from (the controller's, and those `add-headers` and
@@ -80,7 +78,6 @@ impl Default for ControllerConfig {
             tls_versions: TlsVersions::default(),
             ciphers: None,
             streams: StreamDefaults::default(),
-            partly_applied: Vec::new(),
             accepted: BTreeMap::new(),
             inputs: Vec::new(),
             reported: Vec::new(),
@@ -233,18 +230,21 @@ impl ControllerConfig {
                 report(Reason::UnsupportedSetting, why);
                 continue;
             }
-            let applied = config.apply(state, namespace, k, v);
-            for message in std::mem::take(&mut config.partly_applied) {
+            let mut left_out = Vec::new();
+            let applied = config.apply(state, namespace, k, v, &mut left_out);
+            for message in left_out {
                 report(Reason::UnsupportedSetting, message);
             }
             let Err((reason, message)) = applied else {
                 config.accepted.insert(k.clone(), v.clone());
                 continue;
             };
-            let kept = previous
-                .accepted
-                .get(k)
-                .filter(|old| *old != v && config.apply(state, namespace, k, old).is_ok());
+            let kept = previous.accepted.get(k).filter(|old| {
+                *old != v
+                    && config
+                        .apply(state, namespace, k, old, &mut Vec::new())
+                        .is_ok()
+            });
             match kept {
                 Some(old) => {
                     config.accepted.insert(k.clone(), old.clone());
@@ -255,7 +255,6 @@ impl ControllerConfig {
                 }
                 None => report(reason, format!("{message}; the default applies")),
             }
-            config.partly_applied.clear();
         }
         config.global.compression = Compression {
             gzip: config.gzip.encoding(1, 256, GZIP_TYPES),
@@ -289,13 +288,15 @@ impl ControllerConfig {
         config
     }
 
-    /// Applies one key Portico acts on; on a bad value, nothing of the key changes.
+    /// Applies one key Portico acts on; on a bad value, nothing of the key changes. What a
+    /// value names that is accepted but left out goes to `left_out`, for a warning.
     fn apply(
         &mut self,
         state: &ClusterState,
         namespace: &str,
         k: &str,
         v: &str,
+        left_out: &mut Vec<String>,
     ) -> Result<(), Refusal> {
         let one = BTreeMap::from([(k.to_string(), v.to_string())]);
         let a = Annotations::settings(&one);
@@ -438,7 +439,7 @@ impl ControllerConfig {
                 "off",
                 "rewrite Locations per Ingress with the proxy-redirect-from/-to annotations",
             )?,
-            "ssl-protocols" => self.tls_versions = self.tls_versions(k, v)?,
+            "ssl-protocols" => self.tls_versions = tls_versions(k, v, left_out)?,
             "proxy-stream-timeout" => {
                 self.streams.timeouts.idle_ms =
                     a.duration_ms(k, false).map_err(invalid)?.unwrap_or(600_000)
@@ -481,34 +482,6 @@ impl ControllerConfig {
             }
         }
         Ok(())
-    }
-
-    /// `ssl-protocols`: the versions named, as the range OpenSSL takes. Versions below 1.2
-    /// are left out with a warning: Portico offers none.
-    fn tls_versions(&mut self, k: &str, v: &str) -> Result<TlsVersions, Refusal> {
-        let mut named = Vec::new();
-        for word in v.split_whitespace() {
-            match word {
-                "TLSv1.2" => named.push(TlsVersion::Tls12),
-                "TLSv1.3" => named.push(TlsVersion::Tls13),
-                "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => self.partly_applied.push(format!(
-                    "key {k}: {word} is not offered: Portico's HTTPS listener offers TLS 1.2 and 1.3 only"
-                )),
-                _ => {
-                    return Err((
-                        Reason::InvalidSetting,
-                        format!("key {k}: value {v:?} names {word:?}, which is not one of SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"),
-                    ))
-                }
-            }
-        }
-        match (named.iter().min(), named.iter().max()) {
-            (Some(&min), Some(&max)) => Ok(TlsVersions { min, max }),
-            _ => Err((
-                Reason::InvalidSetting,
-                format!("key {k}: value {v:?} names neither TLSv1.2 nor TLSv1.3"),
-            )),
-        }
     }
 
     /// `Strict-Transport-Security` with the `hsts*` keys over `flags` (the controller's
@@ -560,6 +533,34 @@ impl ControllerConfig {
                     .find(|w| v.contains(w.as_str()))?;
                 Some((k.as_str(), word.as_str()))
             })
+    }
+}
+
+/// `ssl-protocols`: the versions named, as the range OpenSSL takes. Versions below 1.2
+/// are left out with a warning: Portico offers none.
+fn tls_versions(k: &str, v: &str, left_out: &mut Vec<String>) -> Result<TlsVersions, Refusal> {
+    let mut named = Vec::new();
+    for word in v.split_whitespace() {
+        match word {
+            "TLSv1.2" => named.push(TlsVersion::Tls12),
+            "TLSv1.3" => named.push(TlsVersion::Tls13),
+            "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => left_out.push(format!(
+                "key {k}: {word} is not offered: Portico's HTTPS listener offers TLS 1.2 and 1.3 only"
+            )),
+            _ => {
+                return Err((
+                    Reason::InvalidSetting,
+                    format!("key {k}: value {v:?} names {word:?}, which is not one of SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"),
+                ))
+            }
+        }
+    }
+    match (named.iter().min(), named.iter().max()) {
+        (Some(&min), Some(&max)) => Ok(TlsVersions { min, max }),
+        _ => Err((
+            Reason::InvalidSetting,
+            format!("key {k}: value {v:?} names neither TLSv1.2 nor TLSv1.3"),
+        )),
     }
 }
 

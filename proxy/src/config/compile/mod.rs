@@ -49,6 +49,8 @@ pub struct CompiledSnapshot {
     hsts: Option<HeaderValue>,
     /// `ssl-passthrough` hosts, and each one's name and pool, by index.
     passthrough: (HostTable, Vec<PassthroughTarget>),
+    /// The pool of each of `source.streams.services`, in their order.
+    stream_pools: Vec<Option<Arc<BackendPool>>>,
     /// `None` when nothing is blocked.
     blocklist: Option<CompiledBlocklist>,
     /// The series of requests no virtual host matched: unrouted, and to the default backend.
@@ -197,16 +199,20 @@ impl CompiledSnapshot {
             .hsts
             .and_then(|h| HeaderValue::try_from(h.header_value()).ok());
         let blocklist = CompiledBlocklist::new(&snapshot.global.block)?;
+        let pool_of = |name: &str| by_name.get(name).map(|p| Arc::clone(p));
         let mut passthrough = (HostTable::default(), Vec::new());
         for (i, p) in snapshot.streams.passthrough.iter().enumerate() {
             passthrough.0.insert(&p.host, i);
-            let pool = snapshot
-                .backends
-                .iter()
-                .position(|b| b.name == p.backend)
-                .map(|i| pools[i].clone());
-            passthrough.1.push((p.host.to_string(), pool));
+            passthrough
+                .1
+                .push((p.host.to_string(), pool_of(&p.backend)));
         }
+        let stream_pools = snapshot
+            .streams
+            .services
+            .iter()
+            .map(|s| pool_of(&s.backend))
+            .collect();
         let health_checked = pools
             .iter()
             .filter(|p| p.health_check.is_some())
@@ -229,6 +235,7 @@ impl CompiledSnapshot {
             certificates,
             hsts,
             passthrough,
+            stream_pools,
             blocklist,
             unmatched: Default::default(),
             metrics: metrics.clone(),
@@ -305,15 +312,16 @@ impl CompiledSnapshot {
         self.passthrough.1.get(self.passthrough.0.lookup(sni)?)
     }
 
-    /// The pool of the backend named `name`: by binary search, as the controller sorts
-    /// backends by name, else by looking through them.
-    pub fn pool_named(&self, name: &str) -> Option<&Arc<BackendPool>> {
-        let backends = &self.source.backends;
-        let i = backends
-            .binary_search_by(|b| b.name.as_str().cmp(name))
-            .ok()
-            .or_else(|| backends.iter().position(|b| b.name == name))?;
-        self.pools.get(i)
+    /// The TCP and UDP services, each with its backend's pool.
+    pub fn stream_services(
+        &self,
+    ) -> impl Iterator<Item = (&portico_model::StreamService, Option<&Arc<BackendPool>>)> {
+        self.source
+            .streams
+            .services
+            .iter()
+            .zip(&self.stream_pools)
+            .map(|(s, p)| (s, p.as_ref()))
     }
 
     /// The snapshot's default backend, if any.
