@@ -65,6 +65,13 @@ struct Args {
     /// The IngressClass name to serve.
     #[arg(long, default_value = "portico")]
     ingress_class: String,
+    /// The port of Gateway listeners (protocol HTTP) that the proxy's HTTP listener serves;
+    /// HTTP listeners on other ports are reported PortUnavailable.
+    #[arg(long, default_value_t = 80)]
+    gateway_http_port: i32,
+    /// The port of Gateway listeners (protocol HTTPS) that the proxy's HTTPS listener serves.
+    #[arg(long, default_value_t = 443)]
+    gateway_https_port: i32,
     /// The Unix socket proxies connect to.
     #[arg(long, default_value = "/var/run/portico/portico.sock")]
     socket: PathBuf,
@@ -169,6 +176,10 @@ async fn main() -> anyhow::Result<()> {
             tcp_services: args.tcp_services_configmap.clone(),
             udp_services: args.udp_services_configmap.clone(),
             reserved_ports: args.reserved_ports.clone(),
+        },
+        gateway: portico_translate::gateway::GatewayOptions {
+            http_port: args.gateway_http_port,
+            https_port: args.gateway_https_port,
         },
     };
 

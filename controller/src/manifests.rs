@@ -134,6 +134,21 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
         ("v1", "ConfigMap") => KubeObject::ConfigMap(Arc::new(namespaced(
             serde_json::from_value(value).map_err(what)?,
         ))),
+        ("v1", "Namespace") => {
+            KubeObject::Namespace(Arc::new(serde_json::from_value(value).map_err(what)?))
+        }
+        (GATEWAY_V1, "GatewayClass") => {
+            KubeObject::GatewayClass(Arc::new(serde_json::from_value(value).map_err(what)?))
+        }
+        (GATEWAY_V1, "Gateway") => KubeObject::Gateway(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
+        (GATEWAY_V1, "HTTPRoute") => KubeObject::HttpRoute(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
+        (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => KubeObject::ReferenceGrant(Arc::new(
+            namespaced(serde_json::from_value(value).map_err(what)?),
+        )),
         (_, "Ingress" | "IngressClass" | "EndpointSlice") => {
             return Err(format!(
                 "{kind} {name:?}: apiVersion {api_version:?} is not supported"
@@ -148,13 +163,12 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
     Ok(())
 }
 
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+
 /// Gives namespaced objects without a namespace the `default` one, as kubectl would.
-fn namespaced<
-    K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
->(
-    mut o: K,
-) -> K {
-    let meta = o.metadata_mut();
+fn namespaced<K: kube::Resource>(mut o: K) -> K {
+    let meta = o.meta_mut();
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
         meta.namespace = Some("default".into());
     }

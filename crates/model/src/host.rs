@@ -1,5 +1,7 @@
 //! Host names a virtual host answers for, written as Kubernetes writes them:
 //! `""` for every host, `*.foo.com` for one label under `foo.com`, else an exact name.
+//! Gateway API's wildcards cover any number of labels; the snapshot writes them
+//! `**.foo.com`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -14,6 +16,35 @@ pub enum HostMatch {
     Exact(String),
     /// Exactly one label in front of this lower-case suffix (`*.foo.com` stores `foo.com`).
     Wildcard(String),
+    /// One or more labels in front of this lower-case suffix: a Gateway API hostname
+    /// `*.foo.com`, written `**.foo.com` in the snapshot. An Ingress wildcard of the same
+    /// suffix is more specific.
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// A Gateway API hostname: as an Ingress host, except that `*.` covers any number of labels.
+    pub fn gateway(s: &str) -> Result<Self, InvalidHost> {
+        match s.parse()? {
+            HostMatch::Wildcard(suffix) => Ok(HostMatch::Suffix(suffix)),
+            other => Ok(other),
+        }
+    }
+
+    /// Whether a request for `name` (a lower-case DNS name) would match this host.
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h == name,
+            HostMatch::Wildcard(s) => name
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == s),
+            HostMatch::Suffix(s) => name
+                .strip_suffix(s.as_str())
+                .and_then(|front| front.strip_suffix('.'))
+                .is_some_and(|front| !front.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,10 +101,20 @@ impl FromStr for HostMatch {
     }
 }
 
+/// The snapshot's text form: what [`FromStr`] reads (an Ingress host), and `**.suffix`.
 impl TryFrom<String> for HostMatch {
     type Error = InvalidHost;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
+        match s.strip_prefix("**.") {
+            Some(rest) => match format!("*.{rest}").parse()? {
+                HostMatch::Wildcard(suffix) => Ok(HostMatch::Suffix(suffix)),
+                _ => Err(InvalidHost {
+                    host: s,
+                    reason: "'**.' must be followed by a DNS name",
+                }),
+            },
+            None => s.parse(),
+        }
     }
 }
 
@@ -89,6 +130,7 @@ impl fmt::Display for HostMatch {
             HostMatch::Any => Ok(()),
             HostMatch::Exact(h) => f.write_str(h),
             HostMatch::Wildcard(s) => write!(f, "*.{s}"),
+            HostMatch::Suffix(s) => write!(f, "**.{s}"),
         }
     }
 }
@@ -112,6 +154,25 @@ mod tests {
             HostMatch::Wildcard("foo.com".into()).to_string(),
             "*.foo.com"
         );
+    }
+
+    #[test]
+    fn a_gateway_wildcard_covers_any_number_of_labels_and_round_trips_as_text() {
+        let h = HostMatch::gateway("*.Example.com").unwrap();
+        assert_eq!(h, HostMatch::Suffix("example.com".into()));
+        assert_eq!(HostMatch::try_from(h.to_string()).unwrap(), h);
+        assert!(
+            "**.example.com".parse::<HostMatch>().is_err(),
+            "not an Ingress host"
+        );
+        assert!(h.covers("a.example.com"));
+        assert!(h.covers("a.b.example.com"));
+        assert!(!h.covers("example.com"));
+        assert!(!h.covers("aexample.com"));
+        let ingress = "*.example.com".parse::<HostMatch>().unwrap();
+        assert!(ingress.covers("a.example.com"));
+        assert!(!ingress.covers("a.b.example.com"));
+        assert!(HostMatch::try_from("**.".to_string()).is_err());
     }
 
     #[test]

@@ -32,19 +32,53 @@ impl VirtualHost {
     }
 }
 
-/// The object a route came from (an Ingress today).
+/// The object a route came from: an Ingress, or a Gateway API route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct SourceRef {
     pub namespace: String,
     pub name: String,
+    /// Always written: the wire format (postcard) cannot skip a field.
+    #[serde(default)]
+    pub kind: SourceKind,
+}
+
+/// The kinds of object routes come from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub enum SourceKind {
+    #[default]
+    Ingress,
+    HTTPRoute,
+    GRPCRoute,
+    /// A Gateway's listeners (their certificates).
+    Gateway,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Ingress => "Ingress",
+            SourceKind::HTTPRoute => "HTTPRoute",
+            SourceKind::GRPCRoute => "GRPCRoute",
+            SourceKind::Gateway => "Gateway",
+        }
+    }
 }
 
 impl SourceRef {
+    /// An Ingress.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         SourceRef {
             namespace: namespace.into(),
             name: name.into(),
+            kind: SourceKind::Ingress,
         }
+    }
+
+    /// `Ingress ns/name`, `HTTPRoute ns/name`: for messages.
+    pub fn described(&self) -> String {
+        format!("{} {self}", self.kind.as_str())
     }
 }
 
@@ -120,6 +154,34 @@ pub struct Route {
     /// `mirror-target`: a copy of each request goes here too.
     #[serde(default)]
     pub mirror: Option<Box<Mirror>>,
+    /// Gateway API weighted `backendRefs`: each request takes one share, by weight, in
+    /// place of [`Route::backend`] (which names the first share's backend).
+    #[serde(default)]
+    pub split: Option<Box<BackendSplit>>,
+}
+
+/// Backends that share a route's requests by weight. A share whose reference did not
+/// resolve is answered 500, as Gateway API asks, rather than sent anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSplit {
+    pub shares: Vec<BackendShare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendShare {
+    /// A [`Backend::name`] (one without endpoints when `unresolved`).
+    pub backend: String,
+    pub weight: u32,
+    /// The reference names no usable backend: its requests are answered 500.
+    #[serde(default)]
+    pub unresolved: bool,
+}
+
+impl BackendSplit {
+    /// The sum of the weights.
+    pub fn total(&self) -> u64 {
+        self.shares.iter().map(|s| u64::from(s.weight)).sum()
+    }
 }
 
 /// `mirror-target`, `mirror-host`, `mirror-request-body`: a copy of each admitted request
@@ -277,6 +339,10 @@ pub struct Rewrite {
     /// `portico::rewrite`), as nginx's `rewrite_log` writes notices.
     #[serde(default)]
     pub log: bool,
+    /// Gateway API `ReplacePrefixMatch`: the path sent upstream is the request's with the
+    /// matched prefix `from` replaced by `to` (the query follows). Instead of `target`.
+    #[serde(default)]
+    pub replace_prefix: Option<PrefixSwap>,
 }
 
 /// Text that starts with `from` has that start replaced by `to` (for a cookie's domain,
@@ -309,6 +375,40 @@ pub struct Redirect {
     /// (unless it is the scheme's default).
     #[serde(default)]
     pub with_port: bool,
+    /// Gateway API's path modifiers: what `$request_uri` in `target` stands for (the
+    /// request's query follows the new path).
+    #[serde(default)]
+    pub path: Option<RedirectPath>,
+}
+
+/// A redirect's new path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedirectPath {
+    /// `ReplaceFullPath`.
+    Full(String),
+    /// `ReplacePrefixMatch`: the matched prefix `from` replaced by `to`.
+    Prefix(PrefixSwap),
+}
+
+/// A path that starts with the path prefix `swap.from` (element-wise), with that prefix
+/// replaced by `swap.to`, as Gateway API's `ReplacePrefixMatch` asks: `/foo` → `/bar`
+/// makes `/foo/x` `/bar/x`; `/foo` → `/` makes it `/x`. A path outside the prefix is
+/// returned as it is.
+pub fn replace_path_prefix(path: &str, swap: &PrefixSwap) -> String {
+    let from = swap.from.trim_end_matches('/');
+    let rest = match path.strip_prefix(from) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => return path.to_string(),
+    };
+    let to = swap.to.trim_end_matches('/');
+    let joined = format!("{to}{rest}");
+    if joined.is_empty() {
+        "/".to_string()
+    } else if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 impl Route {
@@ -335,6 +435,7 @@ impl Route {
             response_rate: None,
             tracing: None,
             mirror: None,
+            split: None,
         }
     }
 }
@@ -494,6 +595,32 @@ impl PathMatch {
 mod tests {
     use super::PathMatch;
     use crate::pattern::path_regex;
+
+    #[test]
+    fn a_replaced_prefix_keeps_the_rest_of_the_path_and_one_slash() {
+        use super::{replace_path_prefix, PrefixSwap};
+        let swap = |from: &str, to: &str| PrefixSwap {
+            from: from.into(),
+            to: to.into(),
+        };
+        let cases = [
+            ("/foo", "/bar", "/foo/x", "/bar/x"),
+            ("/foo", "/bar", "/foo", "/bar"),
+            ("/foo/", "/bar", "/foo/", "/bar/"),
+            ("/foo", "/", "/foo/x", "/x"),
+            ("/foo", "/", "/foo", "/"),
+            ("/foo", "/bar/", "/foo/x", "/bar/x"),
+            ("/", "/api", "/x/y", "/api/x/y"),
+            ("/foo", "/bar", "/foobar", "/foobar"),
+        ];
+        for (from, to, path, want) in cases {
+            assert_eq!(
+                replace_path_prefix(path, &swap(from, to)),
+                want,
+                "{from} -> {to} on {path}"
+            );
+        }
+    }
 
     #[test]
     fn a_response_rate_waits_only_past_its_free_bytes_and_its_pace() {

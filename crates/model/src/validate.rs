@@ -162,10 +162,12 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
 fn named_backends(r: &crate::Route) -> impl Iterator<Item = &str> {
     let canary = r.canary.as_deref().map(|c| c.backend.as_str());
     let error = r.error_pages.as_deref().and_then(|e| e.backend.as_deref());
+    let shares = r.split.iter().flat_map(|s| &s.shares);
     std::iter::once(r.backend.as_str())
         .chain(canary)
         .chain(r.fallback_backend.as_deref())
         .chain(error)
+        .chain(shares.map(|s| s.backend.as_str()))
 }
 
 /// An HTTP token (RFC 9110), as cookie and header names must be.
@@ -562,11 +564,22 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
                 checked.and_then(|()| r.conditions.as_deref().map_or(Ok(()), validate_conditions));
             let checked =
                 checked.and_then(|()| r.headers.as_deref().map_or(Ok(()), validate_header_edits));
+            let checked = checked.and_then(|()| match r.split.as_deref() {
+                Some(split) if split.shares.is_empty() || split.total() == 0 => {
+                    Err("a backend split without a share of weight".into())
+                }
+                Some(split) if split.shares[0].backend != r.backend => Err(format!(
+                    "the route's backend {:?} is not its split's first {:?}",
+                    r.backend, split.shares[0].backend
+                )),
+                _ => Ok(()),
+            });
             let checked = checked.and_then(|()| {
                 let named = r
                     .fallback_backend
                     .iter()
-                    .chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()));
+                    .chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()))
+                    .chain(r.split.iter().flat_map(|s| &s.shares).map(|s| &s.backend));
                 match named.into_iter().find(|b| !backends.contains(b.as_str())) {
                     Some(b) => Err(format!("unknown fallback or error backend {b:?}")),
                     None => Ok(()),

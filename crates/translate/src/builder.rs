@@ -7,6 +7,8 @@ use crate::cache::{ClusterState, ObjectKey, ResolvedNames};
 use crate::class::{Admission, ClassFilter};
 use crate::controller_config::ControllerConfig;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
+use crate::gateway::status::GatewayApiStatus;
+use crate::gateway::{AgedFragment, GatewayOptions};
 use crate::ingress::{Fragment, FragmentRoute, IngressProcessor, Lookups};
 use crate::merge::{HostRoutes, RouteTable};
 use crate::secret;
@@ -40,6 +42,8 @@ pub struct Options {
     pub controller_config: Option<ObjectKey>,
     /// TCP and UDP services.
     pub streams: StreamOptions,
+    /// Where Gateway listeners are served.
+    pub gateway: GatewayOptions,
 }
 
 impl Default for Options {
@@ -57,6 +61,7 @@ impl Default for Options {
             host_ownership: HostOwnership::Shared,
             controller_config: None,
             streams: StreamOptions::default(),
+            gateway: GatewayOptions::default(),
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct Translation {
     pub diagnostics: Vec<Diagnostic>,
     /// The Ingresses this controller serves, whether or not all their rules applied.
     pub admitted: Vec<ObjectKey>,
+    /// The status of the Gateway API objects Portico serves.
+    pub gateway_status: GatewayApiStatus,
 }
 
 /// Translates cluster state into a snapshot. Deterministic: the same state always gives
@@ -82,6 +89,9 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
 pub struct Translator {
     opts: Options,
     fragments: HashMap<ObjectKey, Arc<Fragment>>,
+    /// The Gateway API fragments of the last translation, made again every time; kept
+    /// alive as the Ingresses' are, for `BuiltHosts`.
+    gateway_fragments: Vec<Arc<Fragment>>,
     /// The virtual hosts built from `fragments`, whose routes they point into.
     hosts: BuiltHosts,
     /// The controller ConfigMap's settings the fragments were made with.
@@ -96,6 +106,7 @@ impl Translator {
         Translator {
             opts,
             fragments: HashMap::new(),
+            gateway_fragments: Vec::new(),
             hosts: BuiltHosts::default(),
             config: ControllerConfig::default(),
             names: Arc::default(),
@@ -202,8 +213,10 @@ impl Translator {
                 (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound))
                     .then(|| Arc::new(resolved))
             });
+        let gateway = crate::gateway::process(state, &slices, &opts.gateway, &mut diagnostics);
+        let previous_gateway = std::mem::take(&mut self.gateway_fragments);
         let mut table = RouteTable::new(opts.host_ownership);
-        for fragment in &current {
+        for fragment in by_age(&admitted, &current, &gateway.fragments) {
             table.merge(fragment, &mut diagnostics);
         }
         if let Some(resolved) = &global_default {
@@ -222,7 +235,7 @@ impl Translator {
             &mut diagnostics,
         );
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
-        let translation = assemble(
+        let mut translation = assemble(
             state,
             opts,
             &self.config,
@@ -235,7 +248,10 @@ impl Translator {
             diagnostics,
             admitted.iter().map(|(k, _)| (*k).clone()).collect(),
         );
+        translation.gateway_status = gateway.status;
         self.hosts = hosts;
+        self.gateway_fragments = gateway.fragments.into_iter().map(|f| f.fragment).collect();
+        drop(previous_gateway);
         self.fragments = admitted
             .into_iter()
             .map(|(k, _)| k.clone())
@@ -244,6 +260,37 @@ impl Translator {
         drop(previous);
         translation
     }
+}
+
+/// The Ingresses' fragments (in age order already) and the Gateway API ones, merged in
+/// one order: oldest first, then by kind, namespace and name.
+fn by_age<'f>(
+    admitted: &[(&ObjectKey, &Arc<Ingress>)],
+    ingresses: &'f [Arc<Fragment>],
+    gateway: &'f [AgedFragment],
+) -> Vec<&'f Arc<Fragment>> {
+    if gateway.is_empty() {
+        return ingresses.iter().collect();
+    }
+    let mut gateway: Vec<&AgedFragment> = gateway.iter().collect();
+    gateway.sort_by(|a, b| {
+        (a.created.as_ref(), a.fragment.source.kind, &a.key).cmp(&(
+            b.created.as_ref(),
+            b.fragment.source.kind,
+            &b.key,
+        ))
+    });
+    let mut out = Vec::with_capacity(ingresses.len() + gateway.len());
+    let mut g = gateway.into_iter().peekable();
+    for ((_, ingress), fragment) in admitted.iter().zip(ingresses) {
+        let created = ingress.metadata.creation_timestamp.as_ref();
+        while let Some(next) = g.next_if(|a| a.created.as_ref() < created) {
+            out.push(&next.fragment);
+        }
+        out.push(fragment);
+    }
+    out.extend(g.map(|a| &a.fragment));
+    out
 }
 
 /// The virtual hosts of one translation, each with what it was built from, so that the
@@ -492,6 +539,7 @@ fn assemble(
         snapshot,
         diagnostics,
         admitted,
+        gateway_status: GatewayApiStatus::default(),
     }
 }
 

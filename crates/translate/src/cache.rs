@@ -2,7 +2,8 @@
 //! (`Arc`), as kube-rs reflectors hand them out: taking a copy of the state for one
 //! translation copies pointers, not objects, and an unchanged object keeps its address.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use crate::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,6 +23,12 @@ pub enum KubeObject {
     Secret(Arc<Secret>),
     /// Read for `custom-headers`.
     ConfigMap(Arc<ConfigMap>),
+    GatewayClass(Arc<GatewayClass>),
+    Gateway(Arc<Gateway>),
+    HttpRoute(Arc<HttpRoute>),
+    ReferenceGrant(Arc<ReferenceGrant>),
+    /// Read for its labels, which a Gateway listener's `allowedRoutes` may select.
+    Namespace(Arc<Namespace>),
 }
 
 /// The kinds of [`KubeObject`].
@@ -33,6 +40,11 @@ pub enum ObjectKind {
     EndpointSlice,
     Secret,
     ConfigMap,
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    Namespace,
 }
 
 impl ObjectKind {
@@ -44,6 +56,11 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
             ObjectKind::ConfigMap => "ConfigMap",
+            ObjectKind::GatewayClass => "GatewayClass",
+            ObjectKind::Gateway => "Gateway",
+            ObjectKind::HttpRoute => "HTTPRoute",
+            ObjectKind::ReferenceGrant => "ReferenceGrant",
+            ObjectKind::Namespace => "Namespace",
         }
     }
 }
@@ -57,6 +74,11 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Secret(_) => ObjectKind::Secret,
             KubeObject::ConfigMap(_) => ObjectKind::ConfigMap,
+            KubeObject::GatewayClass(_) => ObjectKind::GatewayClass,
+            KubeObject::Gateway(_) => ObjectKind::Gateway,
+            KubeObject::HttpRoute(_) => ObjectKind::HttpRoute,
+            KubeObject::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
+            KubeObject::Namespace(_) => ObjectKind::Namespace,
         }
     }
 
@@ -68,6 +90,11 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::ConfigMap(o) => &o.metadata,
+            KubeObject::GatewayClass(o) => &o.metadata,
+            KubeObject::Gateway(o) => &o.metadata,
+            KubeObject::HttpRoute(o) => &o.metadata,
+            KubeObject::ReferenceGrant(o) => &o.metadata,
+            KubeObject::Namespace(o) => &o.metadata,
         }
     }
 }
@@ -105,6 +132,13 @@ pub struct ClusterState {
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    /// By name (cluster-scoped).
+    pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
+    pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
+    pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
+    /// By name (cluster-scoped).
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
 }
 
 fn key(meta: &ObjectMeta) -> ObjectKey {
@@ -137,6 +171,23 @@ impl ClusterState {
             KubeObject::ConfigMap(o) => {
                 self.config_maps.insert(key(&o.metadata), o);
             }
+            KubeObject::GatewayClass(o) => {
+                self.gateway_classes
+                    .insert(o.metadata.name.clone().unwrap_or_default(), o);
+            }
+            KubeObject::Gateway(o) => {
+                self.gateways.insert(key(&o.metadata), o);
+            }
+            KubeObject::HttpRoute(o) => {
+                self.http_routes.insert(key(&o.metadata), o);
+            }
+            KubeObject::ReferenceGrant(o) => {
+                self.reference_grants.insert(key(&o.metadata), o);
+            }
+            KubeObject::Namespace(o) => {
+                self.namespaces
+                    .insert(o.metadata.name.clone().unwrap_or_default(), o);
+            }
         }
     }
 
@@ -162,6 +213,21 @@ impl ClusterState {
             ObjectKind::ConfigMap => {
                 self.config_maps.remove(&k);
             }
+            ObjectKind::GatewayClass => {
+                self.gateway_classes.remove(&k.1);
+            }
+            ObjectKind::Gateway => {
+                self.gateways.remove(&k);
+            }
+            ObjectKind::HttpRoute => {
+                self.http_routes.remove(&k);
+            }
+            ObjectKind::ReferenceGrant => {
+                self.reference_grants.remove(&k);
+            }
+            ObjectKind::Namespace => {
+                self.namespaces.remove(&k.1);
+            }
         }
     }
 
@@ -181,6 +247,11 @@ impl ClusterState {
             ObjectKind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep(k)),
             ObjectKind::Secret => self.secrets.retain(|k, _| keep(k)),
             ObjectKind::ConfigMap => self.config_maps.retain(|k, _| keep(k)),
+            ObjectKind::GatewayClass => self.gateway_classes.clear(),
+            ObjectKind::Gateway => self.gateways.retain(|k, _| keep(k)),
+            ObjectKind::HttpRoute => self.http_routes.retain(|k, _| keep(k)),
+            ObjectKind::ReferenceGrant => self.reference_grants.retain(|k, _| keep(k)),
+            ObjectKind::Namespace => self.namespaces.clear(),
         }
         for o in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(o);
@@ -197,6 +268,10 @@ impl ClusterState {
             "EndpointSlice" => &self.endpoint_slices.get(&k)?.metadata,
             "Secret" => &self.secrets.get(&k)?.metadata,
             "ConfigMap" => &self.config_maps.get(&k)?.metadata,
+            "GatewayClass" => &self.gateway_classes.get(name)?.metadata,
+            "Gateway" => &self.gateways.get(&k)?.metadata,
+            "HTTPRoute" => &self.http_routes.get(&k)?.metadata,
+            "ReferenceGrant" => &self.reference_grants.get(&k)?.metadata,
             _ => return None,
         };
         meta.uid.clone()

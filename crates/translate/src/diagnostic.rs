@@ -12,10 +12,10 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
-    /// The Ingress a route came from.
-    pub fn ingress(source: &portico_model::SourceRef) -> Self {
+    /// The object (Ingress or Gateway API route) a route came from.
+    pub fn source(source: &portico_model::SourceRef) -> Self {
         ObjectRef {
-            kind: "Ingress",
+            kind: source.kind.as_str(),
             namespace: source.namespace.clone(),
             name: source.name.clone(),
         }
@@ -62,6 +62,12 @@ pub enum Reason {
     InvalidSetting,
     /// A controller ConfigMap key (or value) Portico does not act on.
     UnsupportedSetting,
+    /// A Gateway listener Portico does not serve, or a route no listener takes.
+    NotAccepted,
+    /// A reference across namespaces that no ReferenceGrant allows.
+    RefNotPermitted,
+    /// A Gateway API field or filter Portico does not implement.
+    UnsupportedField,
 }
 
 impl Reason {
@@ -92,6 +98,9 @@ impl Reason {
             Reason::CrossNamespaceShadowing => "CrossNamespaceShadowing",
             Reason::InvalidSetting => "InvalidSetting",
             Reason::UnsupportedSetting => "UnsupportedSetting",
+            Reason::NotAccepted => "NotAccepted",
+            Reason::RefNotPermitted => "RefNotPermitted",
+            Reason::UnsupportedField => "UnsupportedField",
         }
     }
 }

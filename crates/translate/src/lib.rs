@@ -14,6 +14,7 @@ pub mod compat;
 pub mod controller_config;
 mod credentials;
 mod diagnostic;
+pub mod gateway;
 mod ingress;
 mod merge;
 mod secret;

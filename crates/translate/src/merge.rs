@@ -221,8 +221,8 @@ impl<'f> RouteTable<'f> {
         for claim in &fragment.tls {
             if let Some(owner) = self.refused_owner(&claim.host, &fragment.source) {
                 report(Reason::HostConflict, format!(
-                    "spec.tls[{}]: host {:?} belongs to namespace {:?} (Ingress {owner} is the oldest to name it) and the controller runs with --host-ownership namespace; ignored",
-                    claim.entry, claim.host.to_string(), owner.namespace
+                    "{}: host {:?} belongs to namespace {:?} ({} is the oldest to name it) and the controller runs with --host-ownership namespace; ignored",
+                    claim.field(), claim.host.to_string(), owner.namespace, owner.described()
                 ));
                 continue;
             }
@@ -233,10 +233,10 @@ impl<'f> RouteTable<'f> {
                 Some(existing) if existing.certificate != certificate => report(
                     Reason::TLSConflict,
                     format!(
-                        "spec.tls[{}]: host {:?} already presents the certificate of Ingress {}, which is older; ignored",
-                        claim.entry,
+                        "{}: host {:?} already presents the certificate of {}, which is older; ignored",
+                        claim.field(),
                         claim.host.to_string(),
-                        existing.owner
+                        existing.owner.described()
                     ),
                 ),
                 Some(_) => {}
@@ -248,8 +248,8 @@ impl<'f> RouteTable<'f> {
         for (host, routes) in &fragment.rules {
             if let Some(owner) = self.refused_owner(host, &fragment.source) {
                 report(Reason::HostConflict, format!(
-                    "host {:?} belongs to namespace {:?} (Ingress {owner} is the oldest to name it) and the controller runs with --host-ownership namespace; this Ingress's routes for it are ignored",
-                    host.to_string(), owner.namespace
+                    "host {:?} belongs to namespace {:?} ({} is the oldest to name it) and the controller runs with --host-ownership namespace; this Ingress's routes for it are ignored",
+                    host.to_string(), owner.namespace, owner.described()
                 ));
                 continue;
             }
@@ -261,8 +261,8 @@ impl<'f> RouteTable<'f> {
                 (Some(wanted), None) => host_routes.client_auth = Some((wanted, &fragment.source)),
                 (Some(wanted), Some((have, owner))) if wanted != have => {
                     let msg = format!(
-                        "host {:?} already asks for the client certificates of Ingress {owner}, which is older; this Ingress's routes for it are ignored",
-                        host.to_string()
+                        "host {:?} already asks for the client certificates of {}, which is older; this Ingress's routes for it are ignored",
+                        host.to_string(), owner.described()
                     );
                     report(Reason::ClientAuthConflict, msg);
                     continue;
@@ -289,8 +289,8 @@ impl<'f> RouteTable<'f> {
             for r in routes {
                 let taken = match host_routes.claimed(&r.route) {
                     Some(i) => Some(format!(
-                        "is already routed by Ingress {}, which is older;",
-                        host_routes.routes[i].route.source
+                        "is already routed by {}, which is older;",
+                        host_routes.routes[i].route.source.described()
                     )),
                     None => host_routes.shares_across_namespaces(&r.route).map(|owner| {
                         format!("is routed by Ingress {owner}, which is older and of another namespace; routes with portico.io/match-* conditions share a path only with Ingresses of their own namespace, so this one is")
@@ -298,9 +298,8 @@ impl<'f> RouteTable<'f> {
                 };
                 if let Some(why) = taken {
                     let msg = format!(
-                        "spec.rules[{}].http.paths[{}]: {} path {:?} on host {:?} {why} ignored",
-                        r.rule,
-                        r.path,
+                        "{}: {} path {:?} on host {:?} {why} ignored",
+                        r.field(),
                         r.path_type,
                         r.route.path.path(),
                         host.to_string(),
@@ -359,7 +358,7 @@ impl<'f> RouteTable<'f> {
                 }
                 told.push(source);
                 diagnostics.push(Diagnostic {
-                    object: ObjectRef::ingress(source),
+                    object: ObjectRef::source(source),
                     reason: Reason::RegexHost,
                     message: format!(
                         "host {:?}: Ingress {owner} uses use-regex or rewrite-target there, so this Ingress's paths on the host are matched as ingress-nginx matches them: as case-insensitive regular expressions anchored at the start (Exact and Prefix paths literally), the longest first",
@@ -456,7 +455,7 @@ impl<'f> RouteTable<'f> {
             };
             if **host == HostMatch::Any {
                 problems.push(Diagnostic {
-                    object: ObjectRef::ingress(source),
+                    object: ObjectRef::source(source),
                     reason: Reason::InvalidAnnotation,
                     message: "annotation ssl-passthrough: a rule without a host cannot be told apart by SNI; ignored for it".into(),
                 });
@@ -472,7 +471,7 @@ impl<'f> RouteTable<'f> {
                     backend: r.route.backend.clone(),
                 }),
                 None => problems.push(Diagnostic {
-                    object: ObjectRef::ingress(source),
+                    object: ObjectRef::source(source),
                     reason: Reason::InvalidAnnotation,
                     message: format!(
                         "annotation ssl-passthrough: host {:?} has no \"/\" path, whose backend would take its TLS connections; they are terminated by Portico instead",

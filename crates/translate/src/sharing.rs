@@ -126,7 +126,7 @@ pub(crate) fn report_shadowing(table: &RouteTable<'_>, diagnostics: &mut Vec<Dia
 
 fn warn(diagnostics: &mut Vec<Diagnostic>, about: &SourceRef, message: String) {
     diagnostics.push(Diagnostic {
-        object: ObjectRef::ingress(about),
+        object: ObjectRef::source(about),
         reason: Reason::CrossNamespaceShadowing,
         message,
     });

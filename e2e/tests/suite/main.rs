@@ -33,6 +33,7 @@ mod check;
 mod controller_config;
 // TCP and UDP services, TLS passthrough.
 mod dashboard;
+mod gateway_api;
 mod kube;
 mod l4;
 mod observability;

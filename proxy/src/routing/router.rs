@@ -9,12 +9,15 @@ use portico_model::{HostMatch, PathMatch};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Maps a request's host to the index of the most specific virtual host:
-/// exact name, then a wildcard covering exactly one label, then the catch-all.
+/// exact name, then a wildcard covering exactly one label, then the Gateway API wildcard
+/// of the longest suffix, then the catch-all.
 #[derive(Debug, Default)]
 pub struct HostTable {
     exact: HashMap<Box<str>, usize>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, usize>,
+    /// Keyed by the suffix after `**.` (any number of labels in front).
+    suffix: HashMap<Box<str>, usize>,
     any: Option<usize>,
 }
 
@@ -27,6 +30,9 @@ impl HostTable {
             }
             HostMatch::Wildcard(s) => {
                 self.wildcard.insert(s.as_str().into(), index);
+            }
+            HostMatch::Suffix(s) => {
+                self.suffix.insert(s.as_str().into(), index);
             }
         }
     }
@@ -46,6 +52,15 @@ impl HostTable {
                 if let Some(i) = self.wildcard.get(suffix) {
                     return Some(*i);
                 }
+            }
+        }
+        if !self.suffix.is_empty() {
+            let mut rest = host;
+            while let Some((_, suffix)) = rest.split_once('.') {
+                if let Some(i) = self.suffix.get(suffix) {
+                    return Some(*i);
+                }
+                rest = suffix;
             }
         }
         self.any
@@ -327,5 +342,24 @@ mod tests {
         assert_eq!(t.lookup("127.0.0.1:8080"), Some(3));
         assert_eq!(t.lookup("[::1]:8080"), Some(3));
         assert_eq!(t.lookup(&"a".repeat(300)), Some(3));
+    }
+
+    #[test]
+    fn gateway_wildcards_cover_many_labels_and_the_longest_suffix_wins() {
+        let mut t = HostTable::default();
+        t.insert(&HostMatch::gateway("*.example.com").unwrap(), 0);
+        t.insert(&HostMatch::gateway("*.api.example.com").unwrap(), 1);
+        t.insert(&"*.api.example.com".parse().unwrap(), 2);
+        t.insert(&"v1.api.example.com".parse().unwrap(), 3);
+        assert_eq!(t.lookup("www.example.com"), Some(0));
+        assert_eq!(t.lookup("a.b.c.example.com"), Some(0));
+        assert_eq!(t.lookup("x.y.api.example.com"), Some(1), "longest suffix");
+        assert_eq!(
+            t.lookup("x.api.example.com"),
+            Some(2),
+            "one label: Ingress's"
+        );
+        assert_eq!(t.lookup("v1.api.example.com"), Some(3), "exact first");
+        assert_eq!(t.lookup("example.com"), None, "at least one label");
     }
 }

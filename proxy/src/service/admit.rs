@@ -20,6 +20,7 @@ use crate::routing::rewrite::{redirect_location, upstream_path};
 use crate::telemetry::metrics::Refusal;
 use http::header::{self, HeaderValue};
 use pingora::prelude::*;
+use portico_model::RedirectPath;
 use std::borrow::Cow;
 
 /// cert-manager and other ACME clients answer HTTP-01 challenges here, over plain HTTP.
@@ -184,9 +185,14 @@ impl IngressProxy {
             ctx.refusal = Some(Refusal::BodyTooLarge);
             return Some(Answer::page(413));
         }
+        // Gateway API's `ReplacePrefixMatch`: the matched prefix swapped, the query kept.
+        let swapped = route
+            .and_then(|r| r.rewrite.as_deref())
+            .and_then(|r| r.replace_prefix.as_ref())
+            .map(|swap| portico_model::replace_path_prefix(req.uri.path(), swap));
         if let Some((target, log)) = route
             .and_then(|r| r.rewrite.as_deref())
-            .and_then(|r| Some((r.target.as_deref()?, r.log)))
+            .and_then(|r| Some((swapped.as_deref().or(r.target.as_deref())?, r.log)))
         {
             let captures = route
                 .and_then(|r| r.path_regex.as_ref())
@@ -280,12 +286,25 @@ impl IngressProxy {
             });
         }
         let rw = route?.rewrite.as_ref()?;
-        let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request_uri = Cow::Borrowed(req.uri.path_and_query().map_or("/", |p| p.as_str()));
         let (status, location) = match (&rw.redirect, &rw.app_root) {
             (Some(r), _) => {
                 let host = redirect_host(request_host(req)).unwrap_or("");
                 let scheme = if ctx.https { "https" } else { "http" };
-                let mut location = redirect_location(&r.target, scheme, host, request_uri);
+                // Gateway API's path modifiers: a new path, the query kept.
+                if let Some(path) = &r.path {
+                    let new = match path {
+                        RedirectPath::Full(p) => p.clone(),
+                        RedirectPath::Prefix(swap) => {
+                            portico_model::replace_path_prefix(req.uri.path(), swap)
+                        }
+                    };
+                    request_uri = Cow::Owned(match req.uri.query() {
+                        Some(q) => format!("{new}?{q}"),
+                        None => new,
+                    });
+                }
+                let mut location = redirect_location(&r.target, scheme, host, &request_uri);
                 // nginx's `absolute_redirect`, and `port_in_redirect` with it.
                 if location.starts_with('/') && !location.starts_with("//") && !r.relative {
                     let default_port = if ctx.https { 443 } else { 80 };

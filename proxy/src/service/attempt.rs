@@ -223,7 +223,18 @@ impl IngressProxy {
         snapshot: &CompiledSnapshot,
     ) -> Option<Answer> {
         let req = session.req_header();
-        if self.takes_canary(snapshot, &ctx.routed, req) {
+        // Gateway API weighted backends: a share by weight; one that points nowhere is
+        // answered 500, as the spec asks.
+        if let Some(split) = snapshot
+            .matched_route(&ctx.routed)
+            .and_then(|r| r.split.as_deref())
+        {
+            let (i, share) = split.pick(fastrand::u64(0..split.total().max(1)));
+            if share.unresolved {
+                return Some(Answer::page(500));
+            }
+            ctx.routed.side = Side::Share(i);
+        } else if self.takes_canary(snapshot, &ctx.routed, req) {
             ctx.routed.side = Side::Canary;
         }
         let Some(mut pool) = snapshot.pool(&ctx.routed) else {

@@ -10,7 +10,7 @@ use crate::secret::CheckedCertificate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Canary, ClientAuth, HostMatch, Route, SourceRef};
+use portico_model::{Canary, ClientAuth, HostMatch, Route, SourceKind, SourceRef};
 use std::sync::Arc;
 
 /// An object a fragment read, held so that "unchanged" can be told by identity (the
@@ -142,13 +142,14 @@ impl<'r> ObjectReads<'r> {
     }
 }
 
-/// One route as an Ingress states it, before merging with other Ingresses.
+/// One route as an Ingress (or a Gateway API route) states it, before merging with others.
 #[derive(Clone)]
 pub(crate) struct FragmentRoute {
     pub route: Route,
     /// Whether `ssl-redirect` leaves it on (it takes effect where the host has TLS).
     pub ssl_redirect: bool,
-    /// `spec.rules[rule].http.paths[path]`, for conflict messages.
+    /// `spec.rules[rule].http.paths[path]` (or `.matches[path]` of a Gateway API rule),
+    /// for conflict messages.
     pub rule: usize,
     pub path: usize,
     pub path_type: &'static str,
@@ -157,17 +158,41 @@ pub(crate) struct FragmentRoute {
     pub regex_host: bool,
 }
 
-/// One host of a `spec.tls` entry, with the certificate it asks for (`None`: the default).
+impl FragmentRoute {
+    /// The field the route was stated in.
+    pub fn field(&self) -> String {
+        match self.route.source.kind {
+            SourceKind::Ingress => format!("spec.rules[{}].http.paths[{}]", self.rule, self.path),
+            _ => format!("spec.rules[{}].matches[{}]", self.rule, self.path),
+        }
+    }
+}
+
+/// One host of a `spec.tls` entry (or of a Gateway's HTTPS listener), with the
+/// certificate it asks for (`None`: the default).
 pub(crate) struct TlsClaim {
     pub host: HostMatch,
     pub certificate: Option<String>,
-    /// Index of the `spec.tls` entry.
+    /// Index of the `spec.tls` entry (or of the listener).
     pub entry: usize,
+    /// Stated by a Gateway listener rather than an Ingress's TLS section.
+    pub listener: bool,
+}
+
+impl TlsClaim {
+    pub fn field(&self) -> String {
+        if self.listener {
+            format!("spec.listeners[{}]", self.entry)
+        } else {
+            format!("spec.tls[{}]", self.entry)
+        }
+    }
 }
 
 /// Everything one Ingress contributes, and what it was computed from.
 pub(crate) struct Fragment {
-    pub(super) ingress: Arc<Ingress>,
+    /// `None` for a Gateway API route's fragment, which is made again each translation.
+    pub(super) ingress: Option<Arc<Ingress>>,
     pub(super) dependencies: Vec<Dependency>,
     pub source: SourceRef,
     pub object: ObjectRef,
@@ -195,10 +220,19 @@ pub(crate) struct Fragment {
 
 impl Fragment {
     pub(super) fn new(ingress: &Arc<Ingress>, object: ObjectRef) -> Self {
+        let source = SourceRef::new(&object.namespace, &object.name);
         Fragment {
-            ingress: ingress.clone(),
+            ingress: Some(ingress.clone()),
+            ..Fragment::of(source, object)
+        }
+    }
+
+    /// What a Gateway API route contributes.
+    pub(crate) fn of(source: SourceRef, object: ObjectRef) -> Self {
+        Fragment {
+            ingress: None,
             dependencies: Vec::new(),
-            source: SourceRef::new(&object.namespace, &object.name),
+            source,
             object,
             default_backend: None,
             rules: Vec::new(),
@@ -221,7 +255,9 @@ impl Fragment {
         state: &ClusterState,
         slices: &SliceIndex<'_>,
     ) -> bool {
-        Arc::ptr_eq(&self.ingress, ingress)
+        self.ingress
+            .as_ref()
+            .is_some_and(|i| Arc::ptr_eq(i, ingress))
             && self.dependencies.iter().all(|d| d.unchanged(state, slices))
     }
 }

@@ -396,6 +396,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                         host,
                         certificate: certificate.clone(),
                         entry: i,
+                        listener: false,
                     }),
                     Err(e) => self.report(
                         Reason::InvalidHost,
@@ -546,6 +547,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     response_rate: self.policy.response_rate.map(Box::new),
                     tracing: self.route_tracing(&path.backend, path.path.as_deref().unwrap_or("/")),
                     mirror: self.policy.mirror.clone().map(Box::new),
+                    split: None,
                 };
                 routes.push(FragmentRoute {
                     route,

@@ -26,6 +26,7 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
         cookie_domain: cookie_swap(a, "proxy-cookie-domain", problems),
         cookie_path: cookie_swap(a, "proxy-cookie-path", problems),
         log: false,
+        replace_prefix: None,
     };
     // Only a rewrite has something to log; alone, the switch would make an empty rewrite.
     if rw.target.is_some() {
@@ -50,6 +51,7 @@ pub(super) fn rewrites(a: &Annotations<'_>, problems: &mut Problems) -> Rewrites
                 with_port: problems
                     .take(a.bool("use-port-in-redirects"))
                     .unwrap_or(false),
+                path: None,
             });
         }
     }
@@ -152,9 +154,9 @@ pub(super) fn aliases(a: &Annotations<'_>, problems: &mut Problems) -> Vec<HostM
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name.parse::<HostMatch>() {
             Ok(h @ (HostMatch::Exact(_) | HostMatch::Wildcard(_))) => aliases.push(h),
-            Ok(HostMatch::Any) | Err(_) => problems.push(Problem::invalid(format!(
-                "annotation {key}: {name:?} is not a host name; ignored"
-            ))),
+            Ok(HostMatch::Any | HostMatch::Suffix(_)) | Err(_) => problems.push(Problem::invalid(
+                format!("annotation {key}: {name:?} is not a host name; ignored"),
+            )),
         }
     }
     aliases
@@ -192,6 +194,7 @@ pub(super) fn www_redirects(
                         target: target.clone(),
                         relative: false,
                         with_port: false,
+                        path: None,
                     }),
                     ..Rewrite::default()
                 };
@@ -228,6 +231,7 @@ pub(super) fn add_aliases(fragment: &mut Fragment, aliases: Vec<HostMatch>) {
                 host: alias.clone(),
                 certificate: claim.certificate.clone(),
                 entry: claim.entry,
+                listener: false,
             };
             fragment.tls.push(claim);
         }
@@ -259,6 +263,7 @@ mod tests {
                 target: "https://b.test".into(),
                 relative: false,
                 with_port: false,
+                path: None,
             })
         );
         let plain = rewrites(&Annotations::new(None), &mut problems);

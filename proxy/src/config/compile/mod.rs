@@ -83,13 +83,15 @@ pub enum Side {
     Canary,
     /// The route's `default-backend`, as the side first chosen has no endpoint to offer.
     Fallback,
+    /// A share of the route's weighted backends (Gateway API), by index.
+    Share(u16),
 }
 
 impl Side {
-    /// The side's slot in per-side arrays (metrics series).
+    /// The side's slot in per-side arrays (metrics series); shares have their own.
     fn slot(self) -> usize {
         match self {
-            Side::Primary => 0,
+            Side::Primary | Side::Share(_) => 0,
             Side::Canary => 1,
             Side::Fallback => 2,
         }
@@ -372,6 +374,11 @@ impl CompiledSnapshot {
                 match (routed.side, &route.canary, &route.fallback) {
                     (Side::Fallback, _, Some(fallback)) => &**fallback,
                     (Side::Canary, Some(canary), _) => &*canary.pool,
+                    (Side::Share(i), _, _) => route
+                        .split
+                        .as_ref()
+                        .and_then(|s| s.share(i))
+                        .map_or(&*route.pool, |s| &*s.pool),
                     _ => &*route.pool,
                 }
             }),
@@ -431,7 +438,12 @@ impl CompiledSnapshot {
         match (routed.target, compiled, declared) {
             (Target::Route(r), Some(vh), Some(declared)) => {
                 let route = &declared.routes[r];
-                vh.routes[r].series[routed.side.slot()]
+                let compiled = &vh.routes[r];
+                let slot = match (routed.side, compiled.split.as_ref()) {
+                    (Side::Share(i), Some(split)) => split.share(i).map(|s| &s.series),
+                    _ => None,
+                };
+                slot.unwrap_or(&compiled.series[routed.side.slot()])
                     .get_or_init(|| new(Some(&route.source), route.path.path()))
             }
             (target, vh, _) => {

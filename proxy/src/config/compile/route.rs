@@ -57,6 +57,64 @@ pub struct CompiledRoute {
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
+    /// Gateway API weighted backends: each request takes one share.
+    pub split: Option<Box<CompiledSplit>>,
+}
+
+/// A route's weighted backends, as the request path picks among them.
+pub struct CompiledSplit {
+    shares: Vec<CompiledShare>,
+    total: u64,
+}
+
+pub struct CompiledShare {
+    pub pool: Arc<BackendPool>,
+    /// The sum of the weights up to and including this share's.
+    upto: u64,
+    /// The reference did not resolve: requests are answered 500.
+    pub unresolved: bool,
+    pub(super) series: OnceLock<Arc<RouteSeries>>,
+}
+
+impl CompiledSplit {
+    fn compile(
+        split: &portico_model::BackendSplit,
+        by_name: &HashMap<&str, &Arc<BackendPool>>,
+    ) -> Self {
+        let mut upto = 0;
+        let shares = split
+            .shares
+            .iter()
+            .map(|s| {
+                upto += u64::from(s.weight);
+                CompiledShare {
+                    pool: Arc::clone(by_name[s.backend.as_str()]),
+                    upto,
+                    unresolved: s.unresolved,
+                    series: OnceLock::new(),
+                }
+            })
+            .collect();
+        CompiledSplit {
+            shares,
+            total: upto,
+        }
+    }
+
+    /// The share a request takes, by weight: `roll` is uniform in `0..total()`.
+    pub fn pick(&self, roll: u64) -> (u16, &CompiledShare) {
+        let i = self.shares.partition_point(|s| s.upto <= roll);
+        let i = i.min(self.shares.len() - 1);
+        (i as u16, &self.shares[i])
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn share(&self, i: u16) -> Option<&CompiledShare> {
+        self.shares.get(usize::from(i))
+    }
 }
 
 impl CompiledRoute {
@@ -75,6 +133,20 @@ impl CompiledRoute {
                 (None, None) => true,
                 _ => false,
             };
+        let split_same = match (&self.split, &route.split) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.shares.len() == b.shares.len()
+                    && a.shares
+                        .iter()
+                        .zip(&b.shares)
+                        .all(|(a, b)| Arc::ptr_eq(&a.pool, by_name[b.backend.as_str()]))
+            }
+            _ => false,
+        };
+        if !split_same {
+            return false;
+        }
         let error_pool = route
             .error_pages
             .as_deref()
@@ -232,6 +304,10 @@ pub(super) fn compile_vhost(
             tracing: route.tracing.clone(),
             mirror: route.mirror.clone(),
             series: Default::default(),
+            split: route
+                .split
+                .as_deref()
+                .map(|s| Box::new(CompiledSplit::compile(s, by_name))),
         });
     }
     // Most conditions first; the plain route (weight 0) last. Stable: among equals, snapshot order.

@@ -1,0 +1,812 @@
+//! The HTTPRoute processor: one route's rules, for the listeners it attaches to, as a
+//! [`Fragment`] that merges with the Ingresses' (oldest first), and its parents' status.
+//!
+//! Matching follows Gateway API's precedence with what the data plane already does: an
+//! Exact path before any prefix, the longest prefix first, and among the rules of one
+//! path those with more conditions first (method, then headers, then query parameters:
+//! `RequestConditions::weight`). Two routes with the same path and conditions: the
+//! older wins, as between Ingresses.
+
+use super::grants::{self, CrossReference};
+use super::listeners::{selects, AllowedNamespaces, ServedGateway, ServedListener};
+use super::status::{RouteParentState, StatusCondition};
+use super::types::{
+    BackendRef, HeaderModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
+    ParentReference, ValueMatch, GROUP,
+};
+use crate::backend::{self, Resolved, SliceIndex};
+use crate::cache::{ClusterState, ObjectKey};
+use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
+use crate::ingress::{Fragment, FragmentRoute};
+use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
+use portico_model::{
+    Backend, BackendShare, BackendSplit, HeaderChanges, HeaderEdits, HostMatch, PathMatch,
+    PrefixSwap, Redirect, RedirectPath, RequestConditions, Rewrite, Route, ServiceRef, SourceKind,
+    SourceRef, TrafficPolicy, Upstream, ValueCondition, ValueRule,
+};
+use std::sync::Arc;
+
+/// What one HTTPRoute contributes.
+pub(crate) struct ProcessedRoute {
+    pub fragment: Fragment,
+    pub parents: Vec<RouteParentState>,
+    /// `(gateway index, listener index)` of each listener the route attached to.
+    pub attached: Vec<(usize, usize)>,
+}
+
+pub(crate) struct HttpRouteProcessor<'a> {
+    pub state: &'a ClusterState,
+    pub slices: &'a SliceIndex<'a>,
+    pub gateways: &'a [ServedGateway],
+}
+
+/// Why a parent did not take the route: the `Accepted: False` reason and a message.
+type Refusal = (&'static str, String);
+
+impl HttpRouteProcessor<'_> {
+    pub fn process(&self, key: &ObjectKey, route: &HttpRoute) -> Option<ProcessedRoute> {
+        let generation = route.metadata.generation;
+        let object = ObjectRef {
+            kind: "HTTPRoute",
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+        };
+        let source = SourceRef {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            kind: SourceKind::HTTPRoute,
+        };
+        let mut fragment = Fragment::of(source, object.clone());
+        let mut parents = Vec::new();
+        let mut attached = Vec::new();
+        let mut hosts: Vec<HostMatch> = Vec::new();
+        let route_hosts = self.route_hostnames(route, &mut fragment.diagnostics, &object);
+        for parent in &route.spec.parent_refs {
+            let Some(g) = self.parent_gateway(key, parent) else {
+                continue; // Not one of Portico's Gateways: not ours to report on.
+            };
+            let accepted = self.attach(key, parent, &self.gateways[g], &route_hosts);
+            let condition = match accepted {
+                Ok(listeners) => {
+                    for (l, listener_hosts) in listeners {
+                        attached.push((g, l));
+                        for h in listener_hosts {
+                            if !hosts.contains(&h) {
+                                hosts.push(h);
+                            }
+                        }
+                    }
+                    StatusCondition::new("Accepted", true, "Accepted", "", generation)
+                }
+                Err((reason, message)) => {
+                    fragment.diagnostics.push(Diagnostic {
+                        object: object.clone(),
+                        reason: Reason::NotAccepted,
+                        message: format!(
+                            "spec.parentRefs: Gateway {}/{}: {message}",
+                            self.gateways[g].key.0, self.gateways[g].key.1
+                        ),
+                    });
+                    StatusCondition::new("Accepted", false, reason, message, generation)
+                }
+            };
+            parents.push(RouteParentState {
+                parent: parent.clone(),
+                conditions: vec![condition],
+            });
+        }
+        if parents.is_empty() {
+            return None;
+        }
+        let resolved = self.rules(key, route, &hosts, &mut fragment);
+        let refs = match resolved {
+            Ok(()) => StatusCondition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
+            Err((reason, message)) => {
+                StatusCondition::new("ResolvedRefs", false, reason, message, generation)
+            }
+        };
+        for p in &mut parents {
+            p.conditions.push(refs.clone());
+        }
+        Some(ProcessedRoute {
+            fragment,
+            parents,
+            attached,
+        })
+    }
+
+    /// The route's hostnames, parsed; an invalid one is reported and left out.
+    fn route_hostnames(
+        &self,
+        route: &HttpRoute,
+        diagnostics: &mut Vec<Diagnostic>,
+        object: &ObjectRef,
+    ) -> Vec<HostMatch> {
+        let mut hosts = Vec::new();
+        for (i, h) in route.spec.hostnames.iter().enumerate() {
+            match HostMatch::gateway(h) {
+                Ok(HostMatch::Any) | Err(_) => diagnostics.push(Diagnostic {
+                    object: object.clone(),
+                    reason: Reason::InvalidHost,
+                    message: format!("spec.hostnames[{i}] {h:?} is not a host name; ignored"),
+                }),
+                Ok(host) => hosts.push(host),
+            }
+        }
+        hosts
+    }
+
+    /// The index of the Portico Gateway a parent reference names, if it names one.
+    fn parent_gateway(&self, key: &ObjectKey, parent: &ParentReference) -> Option<usize> {
+        let group = parent.group.as_deref().unwrap_or(GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        if group != GROUP || kind != "Gateway" {
+            return None;
+        }
+        let namespace = parent.namespace.as_deref().unwrap_or(&key.0);
+        self.gateways
+            .iter()
+            .position(|g| g.key.0 == namespace && g.key.1 == parent.name)
+    }
+
+    /// The listeners of `gateway` that take the route, each with the hostnames the route
+    /// has there; or why none does.
+    fn attach(
+        &self,
+        key: &ObjectKey,
+        parent: &ParentReference,
+        gateway: &ServedGateway,
+        route_hosts: &[HostMatch],
+    ) -> Result<Vec<(usize, Vec<HostMatch>)>, Refusal> {
+        let named: Vec<usize> = (0..gateway.listener_names.len())
+            .filter(|i| {
+                parent
+                    .section_name
+                    .as_ref()
+                    .is_none_or(|s| *s == gateway.listener_names[*i])
+                    && parent.port.is_none_or(|p| p == gateway.listener_ports[*i])
+            })
+            .collect();
+        if named.is_empty() {
+            return Err((
+                "NoMatchingParent",
+                format!(
+                    "no listener has the sectionName {:?} and port {:?} the route names",
+                    parent.section_name, parent.port
+                ),
+            ));
+        }
+        let serving: Vec<&ServedListener> = named
+            .iter()
+            .filter_map(|i| gateway.listeners[*i].as_ref())
+            .collect();
+        if serving.is_empty() {
+            return Err((
+                "NoMatchingParent",
+                "the listeners the route names are not valid".into(),
+            ));
+        }
+        let allowed: Vec<&ServedListener> = serving
+            .into_iter()
+            .filter(|l| self.allows(l, &gateway.key.0, &key.0))
+            .collect();
+        if allowed.is_empty() {
+            return Err((
+                "NotAllowedByListeners",
+                format!(
+                    "no listener the route names takes HTTPRoutes from namespace {:?}",
+                    key.0
+                ),
+            ));
+        }
+        let attached: Vec<(usize, Vec<HostMatch>)> = allowed
+            .into_iter()
+            .filter_map(|l| {
+                let hosts = intersect(l.hostname.as_ref(), route_hosts);
+                (!hosts.is_empty()).then_some((l.index, hosts))
+            })
+            .collect();
+        if attached.is_empty() {
+            return Err((
+                "NoMatchingListenerHostname",
+                "no listener's hostname intersects the route's hostnames".into(),
+            ));
+        }
+        Ok(attached)
+    }
+
+    fn allows(&self, l: &ServedListener, gateway_namespace: &str, namespace: &str) -> bool {
+        let by_namespace = match &l.namespaces {
+            AllowedNamespaces::Same => gateway_namespace == namespace,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(selector) => self
+                .state
+                .namespaces
+                .get(namespace)
+                .is_some_and(|ns| selects(selector, ns.metadata.labels.as_ref())),
+        };
+        by_namespace && l.kinds.iter().any(|k| k == "HTTPRoute")
+    }
+
+    /// Adds the route's rules to `fragment` for `hosts`; the first unresolved reference's
+    /// reason and message, if any.
+    fn rules(
+        &self,
+        key: &ObjectKey,
+        route: &HttpRoute,
+        hosts: &[HostMatch],
+        fragment: &mut Fragment,
+    ) -> Result<(), Refusal> {
+        let default_rules = [HttpRouteRule::default()];
+        let rules = route.spec.rules.as_deref().unwrap_or(&default_rules);
+        let mut unresolved = Ok(());
+        let mut routes: Vec<FragmentRoute> = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let mut problems: Vec<(Reason, String)> = Vec::new();
+            let mut report = |reason, message: String| {
+                problems.push((reason, format!("spec.rules[{i}].{message}")))
+            };
+            let (backend, split) = self.backends(key, i, rule, fragment, &mut unresolved);
+            let mut template = Route::new(PathMatch::prefix("/"), backend);
+            template.source = fragment.source.clone();
+            template.max_body_bytes = None;
+            template.split = split.map(Box::new);
+            let broken = apply_filters(&rule.filters, &mut template, &mut |m| {
+                report(Reason::UnsupportedField, m)
+            });
+            if broken {
+                // A filter Portico cannot apply: requests the rule takes are answered 500
+                // rather than passed on without it.
+                let (name, split) = self.unresolved_share(key, fragment);
+                template.backend = name;
+                template.split = Some(Box::new(split));
+                template.rewrite = None;
+            }
+            if rule.timeouts.is_some() {
+                report(
+                    Reason::UnsupportedField,
+                    "timeouts: not applied yet; the backend's default timeouts apply".into(),
+                );
+            }
+            let default_matches = [HttpRouteMatch::default()];
+            let matches = match rule.matches.as_deref() {
+                Some(m) if !m.is_empty() => m,
+                _ => &default_matches,
+            };
+            for (j, m) in matches.iter().enumerate() {
+                let (path, path_type) = match path_of(m) {
+                    Ok(p) => p,
+                    Err(message) => {
+                        report(Reason::InvalidPath, format!("matches[{j}].path: {message}"));
+                        continue;
+                    }
+                };
+                let mut r = template.clone();
+                if let Some(rw) = r.rewrite.as_deref_mut() {
+                    if !prefix_for_rewrites(rw, &path) {
+                        report(
+                            Reason::UnsupportedField,
+                            format!("matches[{j}]: ReplacePrefixMatch needs a PathPrefix match; the match is left out"),
+                        );
+                        continue;
+                    }
+                }
+                r.path = path;
+                r.conditions = conditions_of(m).map(Box::new);
+                routes.push(FragmentRoute {
+                    route: r,
+                    ssl_redirect: false,
+                    rule: i,
+                    path: j,
+                    path_type,
+                    regex_host: false,
+                });
+            }
+            fragment
+                .diagnostics
+                .extend(problems.into_iter().map(|(reason, message)| Diagnostic {
+                    object: fragment.object.clone(),
+                    reason,
+                    message,
+                }));
+        }
+        for host in hosts {
+            fragment.rules.push((host.clone(), routes.clone()));
+        }
+        unresolved
+    }
+
+    /// The backend a rule's routes name, and the split of its weighted backends (`None`
+    /// for one resolved backend).
+    fn backends(
+        &self,
+        key: &ObjectKey,
+        rule_index: usize,
+        rule: &HttpRouteRule,
+        fragment: &mut Fragment,
+        unresolved: &mut Result<(), Refusal>,
+    ) -> (String, Option<BackendSplit>) {
+        let mut shares = Vec::new();
+        for (k, r) in rule.backend_refs.iter().enumerate() {
+            let weight = r.weight.unwrap_or(1);
+            if weight <= 0 {
+                continue;
+            }
+            if !r.filters.is_empty() {
+                fragment.diagnostics.push(Diagnostic {
+                    object: fragment.object.clone(),
+                    reason: Reason::UnsupportedField,
+                    message: format!("spec.rules[{rule_index}].backendRefs[{k}].filters: filters on a backend are not applied yet"),
+                });
+            }
+            match self.backend(key, &r.backend) {
+                Ok(resolved) => {
+                    shares.push(BackendShare {
+                        backend: resolved.backend.name.clone(),
+                        weight: weight as u32,
+                        unresolved: false,
+                    });
+                    if !fragment
+                        .backends
+                        .iter()
+                        .any(|b| b.backend.name == resolved.backend.name)
+                    {
+                        fragment.backends.push(resolved);
+                    }
+                }
+                Err((reason, message)) => {
+                    fragment.diagnostics.push(Diagnostic {
+                        object: fragment.object.clone(),
+                        reason: if reason == "RefNotPermitted" {
+                            Reason::RefNotPermitted
+                        } else {
+                            Reason::ServiceNotFound
+                        },
+                        message: format!(
+                            "spec.rules[{rule_index}].backendRefs[{k}]: {message}; its share of requests is answered 500"
+                        ),
+                    });
+                    if unresolved.is_ok() {
+                        *unresolved = Err((reason, message));
+                    }
+                    let (name, _) = self.unresolved_share(key, fragment);
+                    shares.push(BackendShare {
+                        backend: name,
+                        weight: weight as u32,
+                        unresolved: true,
+                    });
+                }
+            }
+        }
+        match shares.as_slice() {
+            [] => {
+                let (name, split) = self.unresolved_share(key, fragment);
+                (name, Some(split))
+            }
+            [one] if !one.unresolved => (one.backend.clone(), None),
+            _ => (shares[0].backend.clone(), Some(BackendSplit { shares })),
+        }
+    }
+
+    /// The endpoint-less backend that stands for what a rule cannot reach, and a split
+    /// that answers every request 500.
+    fn unresolved_share(&self, key: &ObjectKey, fragment: &mut Fragment) -> (String, BackendSplit) {
+        let name = format!("httproute:{}/{}|unresolved", key.0, key.1);
+        if !fragment.backends.iter().any(|b| b.backend.name == name) {
+            fragment.backends.push(Arc::new(Resolved {
+                backend: Arc::new(Backend {
+                    name: name.clone(),
+                    service: ServiceRef {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        port: String::new(),
+                    },
+                    endpoints: Vec::new(),
+                    upstream: Upstream::default(),
+                    policy: TrafficPolicy::default(),
+                }),
+                problem: None,
+            }));
+        }
+        let split = BackendSplit {
+            shares: vec![BackendShare {
+                backend: name.clone(),
+                weight: 1,
+                unresolved: true,
+            }],
+        };
+        (name, split)
+    }
+
+    /// A Service reference, resolved; or the `ResolvedRefs: False` reason and a message.
+    fn backend(&self, key: &ObjectKey, r: &BackendRef) -> Result<Arc<Resolved>, Refusal> {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err((
+                "InvalidKind",
+                format!("{kind} {:?} (group {group:?}) is not a Service", r.name),
+            ));
+        }
+        let namespace = r.namespace.clone().unwrap_or_else(|| key.0.clone());
+        let allowed = grants::permitted(
+            self.state,
+            &CrossReference {
+                from_group: GROUP,
+                from_kind: "HTTPRoute",
+                from_namespace: &key.0,
+                to_group: "",
+                to_kind: "Service",
+                to_namespace: &namespace,
+                name: &r.name,
+            },
+        );
+        if !allowed {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "Service {namespace}/{}: no ReferenceGrant in {namespace:?} lets HTTPRoutes of {:?} use it",
+                    r.name, key.0
+                ),
+            ));
+        }
+        let Some(port) = r.port else {
+            return Err((
+                "BackendNotFound",
+                format!("Service {namespace}/{}: a port is required", r.name),
+            ));
+        };
+        let service = IngressServiceBackend {
+            name: r.name.clone(),
+            port: Some(ServiceBackendPort {
+                number: Some(port),
+                name: None,
+            }),
+        };
+        let resolved = backend::resolve(
+            self.state,
+            self.slices,
+            &namespace,
+            &service,
+            &Upstream::default(),
+            &TrafficPolicy::default(),
+        );
+        match &resolved.problem {
+            Some((Reason::ServiceNotFound | Reason::ServicePortNotFound, message)) => {
+                Err(("BackendNotFound", message.clone()))
+            }
+            _ => Ok(Arc::new(resolved)),
+        }
+    }
+}
+
+/// The hostnames a route has on a listener: Gateway API's intersection of the two.
+pub(crate) fn intersect(listener: Option<&HostMatch>, route: &[HostMatch]) -> Vec<HostMatch> {
+    let Some(listener) = listener else {
+        return if route.is_empty() {
+            vec![HostMatch::Any]
+        } else {
+            route.to_vec()
+        };
+    };
+    if route.is_empty() {
+        return vec![listener.clone()];
+    }
+    let mut out = Vec::new();
+    for h in route {
+        let meet = match (listener, h) {
+            (l, h) if l == h => Some(h.clone()),
+            (HostMatch::Suffix(_), HostMatch::Exact(name)) if listener.covers(name) => {
+                Some(h.clone())
+            }
+            (HostMatch::Exact(name), HostMatch::Suffix(_)) if h.covers(name) => {
+                Some(listener.clone())
+            }
+            (HostMatch::Suffix(l), HostMatch::Suffix(r)) => {
+                if listener.covers(r) {
+                    Some(h.clone())
+                } else if h.covers(l) {
+                    Some(listener.clone())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(m) = meet.filter(|m| !out.contains(m)) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The path of a match, and its type's name.
+fn path_of(m: &HttpRouteMatch) -> Result<(PathMatch, &'static str), String> {
+    let (kind, value) = match &m.path {
+        None => ("PathPrefix", "/"),
+        Some(p) => (
+            p.type_.as_deref().unwrap_or("PathPrefix"),
+            p.value.as_deref().unwrap_or("/"),
+        ),
+    };
+    let path = match kind {
+        "Exact" | "PathPrefix" if !value.starts_with('/') => {
+            return Err(format!("value {value:?} must start with '/'"))
+        }
+        "Exact" => (PathMatch::Exact(value.to_string()), "Exact"),
+        "PathPrefix" => (PathMatch::prefix(value), "PathPrefix"),
+        "RegularExpression" => {
+            portico_model::pattern::path_regex(value)
+                .map_err(|e| format!("RegularExpression {value:?} does not compile: {e}"))?;
+            (PathMatch::Regex(value.to_string()), "RegularExpression")
+        }
+        other => return Err(format!("type {other:?} is not a path match type")),
+    };
+    Ok(path)
+}
+
+/// The conditions of a match beyond its path; `None` when there are none.
+fn conditions_of(m: &HttpRouteMatch) -> Option<RequestConditions> {
+    let values = |list: &[ValueMatch], lower: bool| -> Vec<ValueCondition> {
+        let mut out: Vec<ValueCondition> = Vec::new();
+        for v in list {
+            let name = if lower {
+                v.name.to_ascii_lowercase()
+            } else {
+                v.name.clone()
+            };
+            // The first match of a name counts; later ones are ignored, as the spec says.
+            if out.iter().any(|c| c.name == name) {
+                continue;
+            }
+            let rule = match v.type_.as_deref() {
+                Some("RegularExpression") => ValueRule::Matches(format!("^(?:{})$", v.value)),
+                _ => ValueRule::Equals(v.value.clone()),
+            };
+            out.push(ValueCondition { name, rule });
+        }
+        out
+    };
+    let conditions = RequestConditions {
+        headers: values(&m.headers, true),
+        methods: m.method.iter().map(|x| x.to_ascii_uppercase()).collect(),
+        query: values(&m.query_params, false),
+    };
+    (conditions != RequestConditions::default()).then_some(conditions)
+}
+
+/// Applies a rule's filters to its route; `true` when one cannot be applied.
+fn apply_filters(
+    filters: &[HttpRouteFilter],
+    route: &mut Route,
+    report: &mut dyn FnMut(String),
+) -> bool {
+    let mut broken = false;
+    for (i, f) in filters.iter().enumerate() {
+        let field = format!("filters[{i}]");
+        match f.type_.as_str() {
+            "RequestHeaderModifier" | "ResponseHeaderModifier" => {
+                let request = f.type_ == "RequestHeaderModifier";
+                let modifier = if request {
+                    f.request_header_modifier.as_ref()
+                } else {
+                    f.response_header_modifier.as_ref()
+                };
+                let Some(m) = modifier else {
+                    report(format!("{field}: {} has no settings", f.type_));
+                    broken = true;
+                    continue;
+                };
+                let edits = route
+                    .headers
+                    .get_or_insert_with(|| Box::new(HeaderEdits::default()));
+                let changes = if request {
+                    &mut edits.request
+                } else {
+                    &mut edits.response
+                };
+                header_changes(m, changes);
+            }
+            "RequestRedirect" => {
+                let Some(r) = &f.request_redirect else {
+                    report(format!("{field}: RequestRedirect has no settings"));
+                    broken = true;
+                    continue;
+                };
+                let code = r.status_code.unwrap_or(302);
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    report(format!(
+                        "{field}: statusCode {code} is not a redirect status"
+                    ));
+                    broken = true;
+                    continue;
+                }
+                let rw = route
+                    .rewrite
+                    .get_or_insert_with(|| Box::new(Rewrite::default()));
+                rw.redirect = Some(Redirect {
+                    code: code as u16,
+                    target: redirect_target(r),
+                    relative: false,
+                    with_port: false,
+                    path: r.path.as_ref().and_then(|p| match p.type_.as_str() {
+                        "ReplaceFullPath" => Some(RedirectPath::Full(
+                            p.replace_full_path.clone().unwrap_or_else(|| "/".into()),
+                        )),
+                        // The prefix is the match's: filled in per match.
+                        "ReplacePrefixMatch" => Some(RedirectPath::Prefix(PrefixSwap {
+                            from: String::new(),
+                            to: p.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
+                        })),
+                        _ => None,
+                    }),
+                });
+            }
+            "URLRewrite" => {
+                let Some(u) = &f.url_rewrite else {
+                    report(format!("{field}: URLRewrite has no settings"));
+                    broken = true;
+                    continue;
+                };
+                let rw = route
+                    .rewrite
+                    .get_or_insert_with(|| Box::new(Rewrite::default()));
+                if let Some(h) = u.hostname.as_ref().filter(|h| !h.is_empty()) {
+                    rw.upstream_host = Some(h.clone());
+                }
+                match u.path.as_ref().map(|p| p.type_.as_str()) {
+                    Some("ReplaceFullPath") => {
+                        rw.target = u.path.as_ref().and_then(|p| p.replace_full_path.clone());
+                    }
+                    Some("ReplacePrefixMatch") => {
+                        rw.replace_prefix = Some(PrefixSwap {
+                            from: String::new(),
+                            to: u
+                                .path
+                                .as_ref()
+                                .and_then(|p| p.replace_prefix_match.clone())
+                                .unwrap_or_else(|| "/".into()),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            other => {
+                report(format!(
+                    "{field}: filter type {other:?} is not supported yet; the rule answers 500"
+                ));
+                broken = true;
+            }
+        }
+    }
+    broken
+}
+
+/// Fills in the matched prefix of `ReplacePrefixMatch` filters; `false` when the match
+/// is not a prefix, which such filters need.
+fn prefix_for_rewrites(rw: &mut Rewrite, path: &PathMatch) -> bool {
+    let needs = rw.replace_prefix.is_some()
+        || matches!(
+            rw.redirect.as_ref().and_then(|r| r.path.as_ref()),
+            Some(RedirectPath::Prefix(_))
+        );
+    if !needs {
+        return true;
+    }
+    let PathMatch::Prefix(prefix) = path else {
+        return false;
+    };
+    if let Some(swap) = rw.replace_prefix.as_mut() {
+        swap.from = prefix.clone();
+    }
+    if let Some(RedirectPath::Prefix(swap)) = rw.redirect.as_mut().and_then(|r| r.path.as_mut()) {
+        swap.from = prefix.clone();
+    }
+    true
+}
+
+fn header_changes(m: &HeaderModifier, changes: &mut HeaderChanges) {
+    for h in &m.set {
+        changes
+            .set
+            .push((h.name.to_ascii_lowercase(), h.value.clone()));
+    }
+    for h in &m.add {
+        changes
+            .add
+            .push((h.name.to_ascii_lowercase(), h.value.clone()));
+    }
+    for name in &m.remove {
+        changes.remove.push(name.to_ascii_lowercase());
+    }
+}
+
+/// The `Location` template of a redirect: what the filter sets, the request's own
+/// scheme, host and path for the rest. Without a scheme or port, the port is the one
+/// the request came to, which for Gateway listeners on 80 and 443 is the scheme's own.
+fn redirect_target(r: &super::types::RequestRedirect) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("$scheme");
+    let host = r.hostname.as_deref().unwrap_or("$host");
+    let port = match (r.port, r.scheme.as_deref()) {
+        (Some(80), Some("http")) | (Some(443), Some("https")) => String::new(),
+        (Some(80), None) | (Some(443), None) => String::new(),
+        (Some(p), _) => format!(":{p}"),
+        (None, _) => String::new(),
+    };
+    format!("{scheme}://{host}{port}$request_uri")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(list: &[&str]) -> Vec<HostMatch> {
+        list.iter()
+            .map(|h| HostMatch::gateway(h).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn hostnames_intersect_as_gateway_api_defines() {
+        let l = |h: &str| HostMatch::gateway(h).unwrap();
+        assert_eq!(intersect(None, &[]), vec![HostMatch::Any]);
+        assert_eq!(
+            intersect(Some(&l("*.example.com")), &[]),
+            hosts(&["*.example.com"])
+        );
+        assert_eq!(
+            intersect(
+                Some(&l("*.example.com")),
+                &hosts(&[
+                    "a.example.com",
+                    "b.c.example.com",
+                    "example.com",
+                    "other.org"
+                ])
+            ),
+            hosts(&["a.example.com", "b.c.example.com"])
+        );
+        assert_eq!(
+            intersect(Some(&l("a.example.com")), &hosts(&["*.example.com"])),
+            hosts(&["a.example.com"])
+        );
+        assert_eq!(
+            intersect(
+                Some(&l("*.example.com")),
+                &hosts(&["*.foo.example.com", "*.org"])
+            ),
+            hosts(&["*.foo.example.com"])
+        );
+        assert_eq!(
+            intersect(Some(&l("*.foo.example.com")), &hosts(&["*.example.com"])),
+            hosts(&["*.foo.example.com"])
+        );
+        assert!(intersect(Some(&l("a.example.com")), &hosts(&["b.example.com"])).is_empty());
+    }
+
+    #[test]
+    fn redirect_targets_keep_what_the_filter_leaves_unset() {
+        let r = |scheme: Option<&str>, host: Option<&str>, port: Option<i32>| {
+            redirect_target(&super::super::types::RequestRedirect {
+                scheme: scheme.map(Into::into),
+                hostname: host.map(Into::into),
+                port,
+                ..Default::default()
+            })
+        };
+        assert_eq!(r(None, None, None), "$scheme://$host$request_uri");
+        assert_eq!(r(Some("https"), None, None), "https://$host$request_uri");
+        assert_eq!(
+            r(Some("https"), Some("example.org"), Some(443)),
+            "https://example.org$request_uri"
+        );
+        assert_eq!(
+            r(Some("http"), Some("example.org"), Some(8080)),
+            "http://example.org:8080$request_uri"
+        );
+        assert_eq!(
+            r(None, Some("example.org"), Some(80)),
+            "$scheme://example.org$request_uri"
+        );
+    }
+}

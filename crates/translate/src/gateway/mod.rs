@@ -1,0 +1,258 @@
+//! Gateway API on the Ingress data plane: GatewayClasses, Gateways and HTTPRoutes become
+//! fragments that merge with the Ingresses' into one route table, and the status the
+//! spec asks for (`docs/gateway-api.md`, `docs/design/0022-gateway-api.md`).
+//!
+//! `listeners` decides which Gateways and listeners Portico serves, `http_route` turns
+//! each route into routes for the hosts it attaches to, `grants` answers whether a
+//! reference across namespaces is allowed, `status` holds what is reported.
+
+mod grants;
+mod http_route;
+mod listeners;
+pub mod status;
+pub mod types;
+
+use crate::backend::SliceIndex;
+use crate::cache::{ClusterState, ObjectKey};
+use crate::diagnostic::Diagnostic;
+use crate::ingress::Fragment;
+use http_route::HttpRouteProcessor;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use status::GatewayApiStatus;
+use std::sync::Arc;
+
+/// The `spec.controllerName` of GatewayClasses Portico serves.
+pub const GATEWAY_CONTROLLER_NAME: &str = "portico.io/gateway-controller";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayOptions {
+    /// The port of Gateway listeners served by the proxy's HTTP listener (`--gateway-http-port`).
+    pub http_port: i32,
+    /// The port of Gateway listeners served by the proxy's HTTPS listener (`--gateway-https-port`).
+    pub https_port: i32,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            http_port: 80,
+            https_port: 443,
+        }
+    }
+}
+
+/// A fragment with what orders it among the Ingresses' (oldest first).
+pub(crate) struct AgedFragment {
+    pub created: Option<Time>,
+    pub key: ObjectKey,
+    pub fragment: Arc<Fragment>,
+}
+
+pub(crate) struct GatewayOutput {
+    pub fragments: Vec<AgedFragment>,
+    pub status: GatewayApiStatus,
+}
+
+/// Every Gateway API object of Portico's classes, as fragments and status.
+pub(crate) fn process(
+    state: &ClusterState,
+    slices: &SliceIndex<'_>,
+    opts: &GatewayOptions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> GatewayOutput {
+    let mut status = GatewayApiStatus::default();
+    let classes = listeners::classes(state, GATEWAY_CONTROLLER_NAME, &mut status.classes);
+    let mut gateways = listeners::gateways(state, &classes, opts, diagnostics);
+    let mut fragments: Vec<AgedFragment> = gateways
+        .iter()
+        .filter(|g| !g.fragment.tls.is_empty())
+        .map(|g| AgedFragment {
+            created: g.created.clone(),
+            key: g.key.clone(),
+            fragment: Arc::clone(&g.fragment),
+        })
+        .collect();
+    let processor = HttpRouteProcessor {
+        state,
+        slices,
+        gateways: &gateways,
+    };
+    let mut attached = Vec::new();
+    for (key, route) in &state.http_routes {
+        let Some(processed) = processor.process(key, route) else {
+            continue;
+        };
+        status.http_routes.insert(key.clone(), processed.parents);
+        attached.extend(processed.attached);
+        fragments.push(AgedFragment {
+            created: route.metadata.creation_timestamp.clone(),
+            key: key.clone(),
+            fragment: Arc::new(processed.fragment),
+        });
+    }
+    attached.sort_unstable();
+    for (g, l) in attached {
+        gateways[g].state.listeners[l].attached_routes += 1;
+    }
+    for g in gateways {
+        status.gateways.insert(g.key, g.state);
+    }
+    GatewayOutput { fragments, status }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::{ClusterState, KubeObject};
+    use crate::gateway::status::StatusCondition;
+    use crate::{translate, Options};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn state() -> ClusterState {
+        let objects = vec![
+            KubeObject::GatewayClass(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "portico", "generation": 1},
+                "spec": {"controllerName": "portico.io/gateway-controller"}}))
+                .unwrap(),
+            )),
+            KubeObject::GatewayClass(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "theirs"},
+                "spec": {"controllerName": "example.com/other"}}))
+                .unwrap(),
+            )),
+            KubeObject::Gateway(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "gw", "namespace": "infra", "generation": 2},
+                "spec": {"gatewayClassName": "portico", "listeners": [
+                    {"name": "http", "protocol": "HTTP", "port": 80, "hostname": "*.example.com"},
+                    {"name": "tcp", "protocol": "SCTP", "port": 9000},
+                    {"name": "alt", "protocol": "HTTP", "port": 8080},
+                    {"name": "https", "protocol": "HTTPS", "port": 443,
+                     "tls": {"certificateRefs": [{"name": "missing"}]}}
+                ]}}))
+                .unwrap(),
+            )),
+            KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "ok", "namespace": "infra", "generation": 3},
+                "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["a.example.com"],
+                         "rules": [{"backendRefs": [{"name": "nowhere", "port": 80}]}]}}))
+                .unwrap(),
+            )),
+            KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "wrong-host", "namespace": "infra"},
+                "spec": {"parentRefs": [{"name": "gw", "sectionName": "http"}],
+                         "hostnames": ["a.example.org"]}}))
+                .unwrap(),
+            )),
+            KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "foreign", "namespace": "apps"},
+                "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}]}}))
+                .unwrap(),
+            )),
+            KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "no-section", "namespace": "infra"},
+                "spec": {"parentRefs": [{"name": "gw", "sectionName": "nope"}]}}))
+                .unwrap(),
+            )),
+            KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": "other-gateway", "namespace": "infra"},
+                "spec": {"parentRefs": [{"name": "someone-elses"}]}}))
+                .unwrap(),
+            )),
+        ];
+        objects.into_iter().collect()
+    }
+
+    fn reason(conditions: &[StatusCondition], type_: &str) -> (bool, &'static str) {
+        let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status, c.reason)
+    }
+
+    #[test]
+    fn status_reports_classes_listeners_and_route_parents_as_the_spec_names_them() {
+        let t = translate(&state(), &Options::default());
+        let s = &t.gateway_status;
+        assert_eq!(
+            s.classes.keys().collect::<Vec<_>>(),
+            ["portico"],
+            "only our class"
+        );
+        let gw = &s.gateways[&("infra".to_string(), "gw".to_string())];
+        assert_eq!(
+            reason(&gw.conditions, "Accepted"),
+            (true, "ListenersNotValid")
+        );
+        assert_eq!(reason(&gw.conditions, "Programmed"), (true, "Programmed"));
+        assert_eq!(gw.conditions[0].observed_generation, Some(2));
+        let listener = |name: &str| gw.listeners.iter().find(|l| l.name == name).unwrap();
+        assert_eq!(
+            reason(&listener("http").conditions, "Accepted"),
+            (true, "Accepted")
+        );
+        assert_eq!(
+            listener("http").attached_routes,
+            1,
+            "only the route that attached"
+        );
+        assert_eq!(listener("http").supported_kinds[0].kind, "HTTPRoute");
+        assert_eq!(
+            reason(&listener("tcp").conditions, "Accepted"),
+            (false, "UnsupportedProtocol")
+        );
+        assert!(listener("tcp").supported_kinds.is_empty());
+        assert_eq!(
+            reason(&listener("alt").conditions, "Accepted"),
+            (false, "PortUnavailable")
+        );
+        assert_eq!(
+            reason(&listener("https").conditions, "ResolvedRefs"),
+            (false, "InvalidCertificateRef")
+        );
+        assert_eq!(
+            reason(&listener("https").conditions, "Programmed"),
+            (false, "Invalid")
+        );
+
+        let route = |name: &str| {
+            let key = (
+                if name == "foreign" { "apps" } else { "infra" }.to_string(),
+                name.to_string(),
+            );
+            s.http_routes.get(&key).map(|p| p[0].conditions.clone())
+        };
+        let ok = route("ok").unwrap();
+        assert_eq!(reason(&ok, "Accepted"), (true, "Accepted"));
+        assert_eq!(reason(&ok, "ResolvedRefs"), (false, "BackendNotFound"));
+        assert_eq!(ok[0].observed_generation, Some(3));
+        assert_eq!(
+            reason(&route("wrong-host").unwrap(), "Accepted"),
+            (false, "NoMatchingListenerHostname")
+        );
+        assert_eq!(
+            reason(&route("foreign").unwrap(), "Accepted"),
+            (false, "NotAllowedByListeners")
+        );
+        assert_eq!(
+            reason(&route("no-section").unwrap(), "Accepted"),
+            (false, "NoMatchingParent")
+        );
+        assert!(
+            route("other-gateway").is_none(),
+            "not our parent: no status"
+        );
+        assert!(
+            t.diagnostics.iter().any(|d| d.object.kind == "HTTPRoute"
+                && d.object.name == "ok"
+                && d.message.contains("answered 500")),
+            "{:#?}",
+            t.diagnostics
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Gateway API in manifests mode, after the conformance suite's GATEWAY-HTTP tests
+//! (`HTTPRouteSimpleSameNamespace`, `HTTPRouteMatching`, `HTTPRouteHeaderMatching`,
+//! `HTTPRouteQueryParamMatching`, `HTTPRouteMethodMatching`, `HTTPRouteRedirectPath`,
+//! `HTTPRouteRewritePath`, `HTTPRouteRequestHeaderModifier`, `HTTPRouteWeight`,
+//! `HTTPRouteInvalidNonExistentBackendRef`, `HTTPRouteHostnameIntersection`,
+//! `HTTPRouteInvalidCrossNamespaceBackendRef`, `HTTPRouteReferenceGrant`): traffic
+//! through the real binaries, and one proxy serving an Ingress and an HTTPRoute.
+
+use portico_e2e::echo::backends;
+use portico_e2e::harness::Portico;
+use portico_e2e::manifests::{ingress, service_with_endpoints, to_yaml};
+use serde_json::{json, Value};
+
+fn class_and_gateway(listeners: Value) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "portico"},
+               "spec": {"controllerName": "portico.io/gateway-controller"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw", "namespace": "default"},
+               "spec": {"gatewayClassName": "portico", "listeners": listeners}}),
+    ]
+}
+
+fn http_route(name: &str, namespace: &str, hostnames: Value, rules: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": namespace},
+           "spec": {"parentRefs": [{"name": "gw", "namespace": "default"}],
+                    "hostnames": hostnames, "rules": rules}})
+}
+
+fn backend(name: &str) -> Value {
+    json!({"name": name, "port": 80})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_routes_match_filter_and_split_as_the_conformance_suite_expects() {
+    let (_servers, mut docs) = backends(&["v1", "v2", "v3"]).await;
+    docs.extend(class_and_gateway(json!([
+        {"name": "http", "protocol": "HTTP", "port": 80, "hostname": "*.example.com"},
+        {"name": "elsewhere", "protocol": "HTTP", "port": 8081}
+    ])));
+    docs.push(http_route("matching", "default", json!(["api.example.com"]), json!([
+        {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": [backend("v1")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [backend("v1")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}], "backendRefs": [backend("v2")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                      "headers": [{"name": "Version", "value": "three"}]}],
+         "backendRefs": [backend("v3")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                      "queryParams": [{"name": "animal", "value": "whale"}]}],
+         "backendRefs": [backend("v2")]},
+        {"matches": [{"method": "POST"}], "backendRefs": [backend("v3")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+         "filters": [{"type": "RequestRedirect",
+                      "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                                          "statusCode": 301}}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/prefix/one"}}],
+         "filters": [{"type": "URLRewrite",
+                      "urlRewrite": {"hostname": "rewritten.example.org",
+                                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/one"}}},
+                     {"type": "RequestHeaderModifier",
+                      "requestHeaderModifier": {"set": [{"name": "X-Set", "value": "set"}],
+                                                "add": [{"name": "X-Added", "value": "added"}],
+                                                "remove": ["X-Remove"]}}],
+         "backendRefs": [backend("v2")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/split"}}],
+         "backendRefs": [{"name": "v1", "port": 80, "weight": 1}, {"name": "v2", "port": 80, "weight": 1},
+                         {"name": "v3", "port": 80, "weight": 0}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/missing"}}],
+         "backendRefs": [{"name": "v1", "port": 80, "weight": 1}, {"name": "nowhere", "port": 80, "weight": 1}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/none"}}]}
+    ])));
+    // A second host, whose route names no hostname: it gets the listener's wildcard.
+    docs.push(http_route(
+        "wildcard",
+        "default",
+        json!([]),
+        json!([
+            {"backendRefs": [backend("v3")]}
+        ]),
+    ));
+    // Another namespace: not allowed by the listener (allowedRoutes defaults to Same).
+    docs.push(http_route(
+        "foreign",
+        "other",
+        json!(["foreign.example.com"]),
+        json!([
+            {"backendRefs": [backend("v1")]}
+        ]),
+    ));
+    let portico = Portico::start(&[("gateway.yaml", to_yaml(&docs))]).await;
+    let c = &portico.client;
+    let by = |r: portico_e2e::client::Reply| r.answered_by();
+
+    let host = "api.example.com";
+    assert_eq!(by(c.get(host, "/").await.unwrap()), "v1");
+    assert_eq!(by(c.get(host, "/exact").await.unwrap()), "v1");
+    assert_eq!(
+        by(c.get(host, "/v2/x").await.unwrap()),
+        "v2",
+        "longest prefix"
+    );
+    let header = c
+        .request("GET", host, "/", &[("version", "three")])
+        .await
+        .unwrap();
+    assert_eq!(by(header), "v3", "a header match beats the plain prefix");
+    assert_eq!(
+        by(c.get(host, "/?animal=whale").await.unwrap()),
+        "v2",
+        "query match"
+    );
+    let post = c.request("POST", host, "/", &[]).await.unwrap();
+    assert_eq!(by(post), "v3", "method match");
+
+    let redirect = c.get(host, "/old/lemon?x=1").await.unwrap();
+    assert_eq!(redirect.status, 301);
+    assert_eq!(
+        redirect.header("location"),
+        Some("http://api.example.com/new/lemon?x=1")
+    );
+
+    let rewritten = c
+        .request("GET", host, "/prefix/one/two?q=1", &[("x-remove", "gone")])
+        .await
+        .unwrap();
+    let echo = rewritten.echo().expect("an echo backend answered");
+    assert_eq!(echo.backend, "v2");
+    assert_eq!(echo.path, "/one/two");
+    assert_eq!(echo.query, "q=1");
+    assert_eq!(echo.host, "rewritten.example.org");
+    assert_eq!(echo.headers.get("x-set").map(String::as_str), Some("set"));
+    assert_eq!(
+        echo.headers.get("x-added").map(String::as_str),
+        Some("added")
+    );
+    assert!(!echo.headers.contains_key("x-remove"));
+
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        *seen
+            .entry(by(c.get(host, "/split").await.unwrap()))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{seen:?}"
+    );
+    assert!(seen.values().all(|n| *n > 50), "roughly even: {seen:?}");
+
+    let mut missing = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        *missing
+            .entry(by(c.get(host, "/missing").await.unwrap()))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        missing.keys().cloned().collect::<Vec<_>>(),
+        ["status:500", "v1"],
+        "the share of a missing backend is answered 500: {missing:?}"
+    );
+    assert_eq!(
+        c.get(host, "/none").await.unwrap().status,
+        500,
+        "no backendRefs"
+    );
+
+    assert_eq!(
+        by(c.get("deep.sub.example.com", "/").await.unwrap()),
+        "v3",
+        "the listener's wildcard covers many labels"
+    );
+    assert_eq!(by(c.get("other.example.com", "/").await.unwrap()), "v3");
+    assert_eq!(
+        c.get("example.org", "/").await.unwrap().status,
+        404,
+        "outside the listener's hostname"
+    );
+    assert_eq!(
+        c.get("foreign.example.com", "/")
+            .await
+            .unwrap()
+            .answered_by(),
+        "v3",
+        "a route of another namespace is not attached; the wildcard route answers"
+    );
+
+    let config = portico.admin_get("/config").await.unwrap().text();
+    assert!(
+        config.contains("HTTPRoute"),
+        "the snapshot names the route kind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cross_namespace_backend_needs_a_reference_grant() {
+    let (servers, mut docs) = backends(&["local"]).await;
+    let elsewhere = &servers[0];
+    let mut other = service_with_endpoints("shared", &[elsewhere.addr]);
+    for d in &mut other {
+        d["metadata"]["namespace"] = json!("backends");
+    }
+    docs.extend(other);
+    docs.extend(class_and_gateway(json!([
+        {"name": "http", "protocol": "HTTP", "port": 80,
+         "allowedRoutes": {"namespaces": {"from": "All"}}}
+    ])));
+    docs.push(http_route(
+        "cross",
+        "default",
+        json!(["cross.test"]),
+        json!([
+            {"backendRefs": [{"name": "shared", "namespace": "backends", "port": 80}]}
+        ]),
+    ));
+    let portico = Portico::start(&[("gateway.yaml", to_yaml(&docs))]).await;
+    let c = &portico.client;
+    assert_eq!(
+        c.get("cross.test", "/").await.unwrap().status,
+        500,
+        "not granted"
+    );
+
+    docs.push(json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "routes-to-shared", "namespace": "backends"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+                 "to": [{"group": "", "kind": "Service", "name": "shared"}]}}));
+    let before = portico.applied_version().await;
+    portico.write("gateway.yaml", &to_yaml(&docs));
+    portico.wait_for_version_after(before).await;
+    assert_eq!(
+        c.get("cross.test", "/").await.unwrap().answered_by(),
+        "local"
+    );
+}
+
+/// An Ingress and an HTTPRoute for different hosts on one proxy; then the Ingress's host
+/// moves to the HTTPRoute without a failed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_moves_from_an_ingress_to_an_http_route_without_a_failed_request() {
+    let (_servers, mut docs) = backends(&["old", "new"]).await;
+    let legacy = ingress("legacy")
+        .path("shop.test", "Prefix", "/", "old")
+        .build();
+    docs.extend(class_and_gateway(
+        json!([{"name": "http", "protocol": "HTTP", "port": 80}]),
+    ));
+    docs.push(http_route(
+        "api",
+        "default",
+        json!(["api.test"]),
+        json!([{"backendRefs": [backend("new")]}]),
+    ));
+    let mut with_ingress = docs.clone();
+    with_ingress.push(legacy);
+    let portico = Portico::start(&[("cluster.yaml", to_yaml(&with_ingress))]).await;
+    let c = portico.client.clone();
+    assert_eq!(c.get("shop.test", "/").await.unwrap().answered_by(), "old");
+    assert_eq!(c.get("api.test", "/").await.unwrap().answered_by(), "new");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut answered = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c.get("shop.test", "/cart").await.unwrap();
+                if r.status != 200 {
+                    failures.push(r.status);
+                }
+                answered.insert(r.answered_by());
+            }
+            (failures, answered)
+        })
+    };
+    // Step 1: the HTTPRoute takes the host too (the Ingress is older and keeps it).
+    let mut both = with_ingress.clone();
+    both.push(http_route(
+        "shop",
+        "default",
+        json!(["shop.test"]),
+        json!([{"backendRefs": [backend("new")]}]),
+    ));
+    let before = portico.applied_version().await;
+    portico.write("cluster.yaml", &to_yaml(&both));
+    portico.wait_for_version_after(before).await;
+    // Step 2: the Ingress goes; the HTTPRoute serves the host.
+    let mut moved = docs.clone();
+    moved.push(http_route(
+        "shop",
+        "default",
+        json!(["shop.test"]),
+        json!([{"backendRefs": [backend("new")]}]),
+    ));
+    let before = portico.applied_version().await;
+    portico.write("cluster.yaml", &to_yaml(&moved));
+    portico.wait_for_version_after(before).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (failures, answered) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "failed requests during the move: {failures:?}"
+    );
+    assert_eq!(c.get("shop.test", "/").await.unwrap().answered_by(), "new");
+    assert!(
+        answered.contains("old") && answered.contains("new"),
+        "{answered:?}"
+    );
+}
