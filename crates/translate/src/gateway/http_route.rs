@@ -22,7 +22,7 @@ use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort
 use portico_model::{
     Backend, BackendShare, BackendSplit, HeaderChanges, HeaderEdits, HostMatch, PathMatch,
     PrefixSwap, Redirect, RedirectPath, RequestConditions, Rewrite, Route, ServiceRef, SourceKind,
-    SourceRef, TrafficPolicy, Upstream, ValueCondition, ValueRule,
+    TrafficPolicy, Upstream, ValueCondition, ValueRule,
 };
 use std::sync::Arc;
 
@@ -46,17 +46,8 @@ type Refusal = (&'static str, String);
 impl HttpRouteProcessor<'_> {
     pub fn process(&self, key: &ObjectKey, route: &HttpRoute) -> Option<ProcessedRoute> {
         let generation = route.metadata.generation;
-        let object = ObjectRef {
-            kind: "HTTPRoute",
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        };
-        let source = SourceRef {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            kind: SourceKind::HTTPRoute,
-        };
-        let mut fragment = Fragment::of(source, object.clone());
+        let mut fragment = Fragment::of_gateway_api(SourceKind::HTTPRoute, key);
+        let object = fragment.object.clone();
         let mut parents = Vec::new();
         let mut attached = Vec::new();
         let mut hosts: Vec<HostMatch> = Vec::new();

@@ -9,11 +9,11 @@ use super::status::{GatewayState, ListenerState, StatusCondition};
 use super::types::{Gateway, Listener, RouteGroupKind, GROUP};
 use super::GatewayOptions;
 use crate::cache::{ClusterState, ObjectKey};
-use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
+use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, TlsClaim};
 use crate::secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use portico_model::{HostMatch, SourceKind, SourceRef};
+use portico_model::{HostMatch, SourceKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -118,17 +118,8 @@ fn gateway_of(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> ServedGateway {
     let generation = gateway.metadata.generation;
-    let object = ObjectRef {
-        kind: "Gateway",
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-    };
-    let source = SourceRef {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-        kind: SourceKind::Gateway,
-    };
-    let mut fragment = Fragment::of(source, object.clone());
+    let mut fragment = Fragment::of_gateway_api(SourceKind::Gateway, key);
+    let object = fragment.object.clone();
     let mut report = |reason, message: String| {
         diagnostics.push(Diagnostic {
             object: object.clone(),

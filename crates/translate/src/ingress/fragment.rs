@@ -223,12 +223,22 @@ impl Fragment {
         let source = SourceRef::new(&object.namespace, &object.name);
         Fragment {
             ingress: Some(ingress.clone()),
-            ..Fragment::of(source, object)
+            object,
+            ..Fragment::of(source)
         }
     }
 
-    /// What a Gateway API route contributes.
-    pub(crate) fn of(source: SourceRef, object: ObjectRef) -> Self {
+    /// What a Gateway API object (`namespace`, `name`) contributes.
+    pub(crate) fn of_gateway_api(kind: SourceKind, (namespace, name): &ObjectKey) -> Self {
+        Fragment::of(SourceRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            kind,
+        })
+    }
+
+    fn of(source: SourceRef) -> Self {
+        let object = ObjectRef::source(&source);
         Fragment {
             ingress: None,
             dependencies: Vec::new(),
