@@ -3,6 +3,7 @@
 //! becomes leader catches up with the latest translation at once.
 
 use crate::events::EventReporter;
+use crate::gateway_status::GatewayStatusWriter;
 use crate::status::{service_addresses, Address, PublishSource, StatusWriter};
 use crate::sync::Outcome;
 use futures_util::StreamExt;
@@ -22,8 +23,10 @@ pub type Addresses = watch::Receiver<Option<Vec<Address>>>;
 
 pub struct LeaderDuties {
     pub events: EventReporter,
-    /// With no `--publish-*` flag, status is not written at all.
+    /// With no `--publish-*` flag, Ingress status is not written at all.
     pub status: Option<(StatusWriter, Addresses)>,
+    /// Gateway API status is written whatever the flags (with no addresses without them).
+    pub gateway_status: GatewayStatusWriter,
 }
 
 impl LeaderDuties {
@@ -61,13 +64,20 @@ impl LeaderDuties {
                 continue;
             };
             self.events.report(&outcome).await;
+            let mut written = true;
+            let mut published = Some(Vec::new());
             if let Some((writer, addresses)) = self.status.as_mut() {
-                let Some(desired) = addresses.borrow_and_update().clone() else {
-                    continue;
-                };
-                if !writer.sync(&outcome, &desired).await {
-                    retry_at = Some(Instant::now() + RETRY);
+                published = addresses.borrow_and_update().clone();
+                if let Some(desired) = &published {
+                    written &= writer.sync(&outcome, desired).await;
                 }
+            }
+            // Until the publish Service is listed, Gateways wait for their addresses.
+            if let Some(desired) = &published {
+                written &= self.gateway_status.sync(&outcome, desired).await;
+            }
+            if !written {
+                retry_at = Some(Instant::now() + RETRY);
             }
         }
     }

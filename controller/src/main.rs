@@ -4,6 +4,7 @@ mod check;
 mod duties;
 mod events;
 mod external_names;
+mod gateway_status;
 mod leader;
 mod manifests;
 mod metrics;
@@ -297,6 +298,10 @@ async fn main() -> anyhow::Result<()> {
                 metrics.clone(),
             ),
             status,
+            gateway_status: gateway_status::GatewayStatusWriter::new(
+                c.client.clone(),
+                metrics.clone(),
+            ),
         }
     });
     let duties_run = async {

@@ -35,6 +35,8 @@ pub struct Outcome {
     /// Sorted.
     pub admitted: Vec<ObjectKey>,
     pub diagnostics: Vec<Diagnostic>,
+    /// What Portico says of the Gateway API objects it serves.
+    pub gateway_status: portico_translate::gateway::status::GatewayApiStatus,
 }
 
 pub struct SyncLoop {
@@ -96,6 +98,7 @@ impl SyncLoop {
                 state: state.clone(),
                 admitted: translation.admitted.clone(),
                 diagnostics: translation.diagnostics.clone(),
+                gateway_status: translation.gateway_status.clone(),
             })));
             let mut translation = translation;
             translation.snapshot.diagnostics = dashboard_diagnostics(&translation.diagnostics);

@@ -129,6 +129,46 @@ const KINDS: &[Kind] = &[
         namespaced: true,
         has_status: false,
     },
+    Kind {
+        prefix: "api/v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        api_version: "v1",
+        namespaced: false,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1",
+        plural: "gatewayclasses",
+        kind: "GatewayClass",
+        api_version: "gateway.networking.k8s.io/v1",
+        namespaced: false,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1",
+        plural: "gateways",
+        kind: "Gateway",
+        api_version: "gateway.networking.k8s.io/v1",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1",
+        plural: "httproutes",
+        kind: "HTTPRoute",
+        api_version: "gateway.networking.k8s.io/v1",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1beta1",
+        plural: "referencegrants",
+        kind: "ReferenceGrant",
+        api_version: "gateway.networking.k8s.io/v1beta1",
+        namespaced: true,
+        has_status: false,
+    },
 ];
 
 fn kind_index(api_version: &str, kind: &str) -> Option<usize> {
@@ -293,6 +333,8 @@ pub struct TestApiServer {
     /// Bumped to end every open watch, as an API server restart would.
     cut: watch::Sender<u64>,
     forbidden: Arc<Mutex<Vec<&'static str>>>,
+    /// Resources answered 404, as when their CRD is not installed.
+    missing: Arc<Mutex<Vec<&'static str>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -318,10 +360,12 @@ impl TestApiServer {
         }));
         let (cut, _) = watch::channel(0);
         let forbidden = Arc::new(Mutex::new(Vec::new()));
+        let missing = Arc::new(Mutex::new(Vec::new()));
         let server = Server {
             store: store.clone(),
             cut: cut.subscribe(),
             forbidden: forbidden.clone(),
+            missing: missing.clone(),
         };
         let task = tokio::spawn(async move {
             loop {
@@ -345,6 +389,7 @@ impl TestApiServer {
             store,
             cut,
             forbidden,
+            missing,
             task,
         })
     }
@@ -394,6 +439,11 @@ impl TestApiServer {
             Some(old) => {
                 for field in ["uid", "creationTimestamp", "generation"] {
                     object["metadata"][field] = old["metadata"][field].clone();
+                }
+                // As the API server does: a changed spec is a new generation.
+                if old.get("spec") != object.get("spec") {
+                    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    object["metadata"]["generation"] = json!(generation + 1);
                 }
             }
             None => {
@@ -472,6 +522,18 @@ impl TestApiServer {
             .push(plural);
     }
 
+    /// Answers every request for the Gateway API kinds with 404, as an API server without
+    /// their CRDs does.
+    pub fn without_gateway_api(&self) {
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        for k in KINDS
+            .iter()
+            .filter(|k| group_of(k) == "gateway.networking.k8s.io")
+        {
+            missing.push(k.plural);
+        }
+    }
+
     pub fn allow(&self, plural: &str) {
         self.forbidden
             .lock()
@@ -502,6 +564,7 @@ struct Server {
     store: Arc<Mutex<Store>>,
     cut: watch::Receiver<u64>,
     forbidden: Arc<Mutex<Vec<&'static str>>>,
+    missing: Arc<Mutex<Vec<&'static str>>>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -692,11 +755,24 @@ impl Server {
                 format!("the server could not find the requested resource ({path})"),
             );
         };
+        let plural = KINDS[target.kind].plural;
+        let missing = self
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&plural);
+        if missing {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            );
+        }
         if self
             .forbidden
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&KINDS[target.kind].plural)
+            .contains(&plural)
         {
             let k = &KINDS[target.kind];
             return status(

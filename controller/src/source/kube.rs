@@ -19,12 +19,13 @@ use crate::metrics::ControllerMetrics;
 use async_trait::async_trait;
 use futures_util::stream::{BoxStream, StreamExt};
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
+use portico_translate::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use portico_translate::{ClusterState, KubeObject, ObjectKind};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -114,6 +115,21 @@ where
             std::future::ready(update.map(|u| (index, u)))
         })
         .boxed()
+}
+
+/// Whether the API server serves Gateway API (its CRDs are installed and Portico may
+/// list them); when it does not, its kinds are not watched, said once in the log.
+async fn gateway_api_served(client: &Client) -> bool {
+    let probe = Api::<GatewayClass>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await;
+    match probe {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "Gateway API is not served here (its CRDs are not installed, or Portico may not list them); GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants are not watched");
+            false
+        }
+    }
 }
 
 /// The watched state, and each watcher's progress through its (re)list.
@@ -237,6 +253,64 @@ impl Source for KubeSource {
             streams.push(watch(slices, n + 2, |_| true, KubeObject::EndpointSlice));
             streams.push(watch(secrets, n + 3, keep_secret, KubeObject::Secret));
             streams.push(watch(config_maps, n + 4, |_| true, KubeObject::ConfigMap));
+        }
+        if gateway_api_served(&self.client).await {
+            scopes.push(Scope {
+                kind: ObjectKind::GatewayClass,
+                namespace: None,
+            });
+            streams.push(watch(
+                Api::<GatewayClass>::all(self.client.clone()),
+                streams.len(),
+                |_| true,
+                KubeObject::GatewayClass,
+            ));
+            scopes.push(Scope {
+                kind: ObjectKind::Namespace,
+                namespace: None,
+            });
+            streams.push(watch(
+                Api::<Namespace>::all(self.client.clone()),
+                streams.len(),
+                |_| true,
+                KubeObject::Namespace,
+            ));
+            let namespaces: Vec<Option<String>> = if self.namespaces.is_empty() {
+                vec![None]
+            } else {
+                self.namespaces.iter().cloned().map(Some).collect()
+            };
+            for ns in namespaces {
+                let api = |client: &Client| -> (Api<Gateway>, Api<HttpRoute>, Api<ReferenceGrant>) {
+                    match &ns {
+                        Some(ns) => (
+                            Api::namespaced(client.clone(), ns),
+                            Api::namespaced(client.clone(), ns),
+                            Api::namespaced(client.clone(), ns),
+                        ),
+                        None => (
+                            Api::all(client.clone()),
+                            Api::all(client.clone()),
+                            Api::all(client.clone()),
+                        ),
+                    }
+                };
+                let (gateways, routes, grants) = api(&self.client);
+                for kind in [
+                    ObjectKind::Gateway,
+                    ObjectKind::HttpRoute,
+                    ObjectKind::ReferenceGrant,
+                ] {
+                    scopes.push(Scope {
+                        kind,
+                        namespace: ns.clone(),
+                    });
+                }
+                let n = streams.len();
+                streams.push(watch(gateways, n, |_| true, KubeObject::Gateway));
+                streams.push(watch(routes, n + 1, |_| true, KubeObject::HttpRoute));
+                streams.push(watch(grants, n + 2, |_| true, KubeObject::ReferenceGrant));
+            }
         }
         let mut extra: Vec<&String> = self
             .config_namespaces

@@ -311,3 +311,211 @@ async fn a_host_moves_from_an_ingress_to_an_http_route_without_a_failed_request(
         "{answered:?}"
     );
 }
+
+fn condition<'a>(conditions: &'a Value, type_: &str) -> Option<&'a Value> {
+    conditions.as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn is(conditions: &Value, type_: &str, status: &str, reason: &str) -> bool {
+    condition(conditions, type_).is_some_and(|c| c["status"] == status && c["reason"] == reason)
+}
+
+/// Kubernetes mode: the Gateway API kinds are watched, traffic follows them, and the
+/// leader writes the status the spec asks for, once, keeping transition times.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_classes_gateways_and_routes_is_written_in_kubernetes_mode() {
+    use portico_e2e::kube_api::TestApiServer;
+    use std::time::Duration;
+    let api = TestApiServer::start().await.expect("test API server");
+    let (_servers, docs) = backends(&["v1"]).await;
+    api.apply_all(&docs);
+    api.apply_all(&class_and_gateway(json!([
+        {"name": "http", "protocol": "HTTP", "port": 80},
+        {"name": "raw", "protocol": "TCP", "port": 9000}
+    ])));
+    let route = http_route(
+        "web",
+        "default",
+        json!(["web.test"]),
+        json!([{"backendRefs": [backend("v1")]}]),
+    );
+    api.apply(&route);
+    let portico = Portico::start_kube(&api, &["--publish-status-address", "192.0.2.7"], &[]).await;
+    portico
+        .wait_until("the HTTPRoute serves", |p| async move {
+            p.client
+                .get("web.test", "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == "v1")
+        })
+        .await;
+    let written = |api: &TestApiServer| {
+        let class = api.get(
+            "gateway.networking.k8s.io/v1",
+            "GatewayClass",
+            "",
+            "portico",
+        )?;
+        let gw = api.get("gateway.networking.k8s.io/v1", "Gateway", "default", "gw")?;
+        let route = api.get(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "default",
+            "web",
+        )?;
+        Some((class, gw, route))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (class, gw, route) = loop {
+        if let Some((c, g, r)) = written(&api) {
+            if is(&c["status"]["conditions"], "Accepted", "True", "Accepted")
+                && !g["status"]["listeners"].is_null()
+                && !r["status"]["parents"].is_null()
+            {
+                break (c, g, r);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status written\n{}",
+            portico.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(class["status"]["conditions"][0]["observedGeneration"], 1);
+    let status = &gw["status"];
+    assert!(
+        is(
+            &status["conditions"],
+            "Accepted",
+            "True",
+            "ListenersNotValid"
+        ),
+        "{status:#}"
+    );
+    assert!(
+        is(&status["conditions"], "Programmed", "True", "Programmed"),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "192.0.2.7"}])
+    );
+    let listener = |name: &str| {
+        status["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(listener("http")["attachedRoutes"], 1);
+    assert_eq!(
+        listener("http")["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    );
+    assert!(is(
+        &listener("raw")["conditions"],
+        "Accepted",
+        "False",
+        "UnsupportedProtocol"
+    ));
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "portico.io/gateway-controller");
+    assert_eq!(parent["parentRef"]["name"], "gw");
+    assert!(is(&parent["conditions"], "Accepted", "True", "Accepted"));
+    assert!(is(
+        &parent["conditions"],
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs"
+    ));
+    let since = condition(&parent["conditions"], "Accepted").unwrap()["lastTransitionTime"].clone();
+
+    // A new generation of the route that names a missing Service: ResolvedRefs turns
+    // False with the new observedGeneration; Accepted keeps its transition time.
+    let mut broken = route.clone();
+    broken["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("nowhere");
+    api.apply(&broken);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = api
+            .get(
+                "gateway.networking.k8s.io/v1",
+                "HTTPRoute",
+                "default",
+                "web",
+            )
+            .unwrap();
+        let conditions = &r["status"]["parents"][0]["conditions"];
+        if is(conditions, "ResolvedRefs", "False", "BackendNotFound") {
+            assert_eq!(r["metadata"]["generation"], 2);
+            assert_eq!(
+                condition(conditions, "ResolvedRefs").unwrap()["observedGeneration"],
+                2
+            );
+            assert_eq!(
+                condition(conditions, "Accepted").unwrap()["lastTransitionTime"],
+                since
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ResolvedRefs not updated\n{}",
+            portico.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        portico.client.get("web.test", "/").await.unwrap().status,
+        500
+    );
+
+    // Status is written once: translating again writes nothing more.
+    let writes = |api: &TestApiServer| {
+        api.writes()
+            .iter()
+            .filter(|w| w.contains("gateway.networking.k8s.io") && w.ends_with("/status"))
+            .count()
+    };
+    let before = writes(&api);
+    api.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unrelated", "namespace": "default"}, "data": {"a": "b"}}));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        writes(&api),
+        before,
+        "status written again though nothing changed"
+    );
+}
+
+/// Without the Gateway API CRDs, the controller says so once and serves Ingresses.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_gateway_api_crds_ingresses_are_still_served() {
+    use portico_e2e::kube_api::TestApiServer;
+    let api = TestApiServer::start().await.expect("test API server");
+    api.without_gateway_api();
+    let (_servers, docs) = backends(&["a"]).await;
+    api.apply_all(&docs);
+    api.apply(&portico_e2e::manifests::ingress_class(
+        "portico",
+        "portico.io/ingress-controller",
+        false,
+    ));
+    api.apply(&ingress("web").path("web.test", "Prefix", "/", "a").build());
+    let portico = Portico::start_kube(&api, &[], &[]).await;
+    portico
+        .wait_until("the Ingress serves", |p| async move {
+            p.client
+                .get("web.test", "/")
+                .await
+                .is_ok_and(|r| r.answered_by() == "a")
+        })
+        .await;
+    assert!(
+        portico.logs().contains("Gateway API is not served here"),
+        "{}",
+        portico.logs()
+    );
+}
