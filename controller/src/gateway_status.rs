@@ -17,6 +17,7 @@ use portico_translate::gateway::types::{
 };
 use portico_translate::gateway::GATEWAY_CONTROLLER_NAME;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// `conditions`, with the transition times of `current` kept where a condition's status
@@ -153,16 +154,37 @@ fn same_route_status(a: &RouteStatus, b: &RouteStatus) -> bool {
 pub struct GatewayStatusWriter {
     client: Client,
     metrics: Arc<ControllerMetrics>,
+    /// What was last written to each object (transition times left out), and the
+    /// object's resourceVersion when it was: until the watch brings the object back
+    /// changed, the same status is not written again.
+    written: HashMap<String, (Option<String>, serde_json::Value)>,
+}
+
+/// A status patch without its transition times, to compare what two writes say.
+fn fingerprint(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "lastTransitionTime")
+            .map(|(k, v)| (k.clone(), fingerprint(v)))
+            .collect(),
+        serde_json::Value::Array(items) => items.iter().map(fingerprint).collect(),
+        other => other.clone(),
+    }
 }
 
 impl GatewayStatusWriter {
     pub fn new(client: Client, metrics: Arc<ControllerMetrics>) -> Self {
-        GatewayStatusWriter { client, metrics }
+        GatewayStatusWriter {
+            client,
+            metrics,
+            written: HashMap::new(),
+        }
     }
 
     /// Brings the status of every Gateway API object Portico serves in line with
     /// `outcome`; false if a write failed (the caller tries again later).
-    pub async fn sync(&self, outcome: &Outcome, addresses: &[Address]) -> bool {
+    pub async fn sync(&mut self, outcome: &Outcome, addresses: &[Address]) -> bool {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let status = &outcome.gateway_status;
         let mut ok = true;
@@ -180,7 +202,10 @@ impl GatewayStatusWriter {
             }
             let api: Api<GatewayClass> = Api::all(self.client.clone());
             let patch = json!({"status": {"conditions": desired}});
-            ok &= self.write(api, name, &patch, "GatewayClass", name).await;
+            let rv = class.metadata.resource_version.as_deref();
+            ok &= self
+                .write(api, name, &patch, ("GatewayClass", name), rv)
+                .await;
         }
         for (key, wanted) in &status.gateways {
             let Some(gateway) = outcome.state.gateways.get(key) else {
@@ -196,14 +221,10 @@ impl GatewayStatusWriter {
             }
             let api: Api<Gateway> = Api::namespaced(self.client.clone(), &key.0);
             let patch = json!({"status": desired});
+            let object = format!("{}/{}", key.0, key.1);
+            let rv = gateway.metadata.resource_version.as_deref();
             ok &= self
-                .write(
-                    api,
-                    &key.1,
-                    &patch,
-                    "Gateway",
-                    &format!("{}/{}", key.0, key.1),
-                )
+                .write(api, &key.1, &patch, ("Gateway", &object), rv)
                 .await;
         }
         for (key, parents) in &status.http_routes {
@@ -220,31 +241,38 @@ impl GatewayStatusWriter {
             }
             let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.0);
             let patch = json!({"status": desired});
+            let object = format!("{}/{}", key.0, key.1);
+            let rv = route.metadata.resource_version.as_deref();
             ok &= self
-                .write(
-                    api,
-                    &key.1,
-                    &patch,
-                    "HTTPRoute",
-                    &format!("{}/{}", key.0, key.1),
-                )
+                .write(api, &key.1, &patch, ("HTTPRoute", &object), rv)
                 .await;
         }
         ok
     }
 
+    /// Writes `patch` to the status of `name`, unless it is what was written last and the
+    /// object (at resourceVersion `rv`) has not come back from the watch since.
     async fn write<K>(
-        &self,
+        &mut self,
         api: Api<K>,
         name: &str,
         patch: &serde_json::Value,
-        kind: &str,
-        object: &str,
+        (kind, object): (&str, &str),
+        rv: Option<&str>,
     ) -> bool
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
         K::DynamicType: Default,
     {
+        let id = format!("{kind} {object}");
+        let said = fingerprint(patch);
+        if self
+            .written
+            .get(&id)
+            .is_some_and(|(seen, last)| seen.as_deref() == rv && *last == said)
+        {
+            return true;
+        }
         match api
             .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
@@ -252,6 +280,7 @@ impl GatewayStatusWriter {
             Ok(_) => {
                 self.metrics.status_updates.with_label_values(&["ok"]).inc();
                 tracing::info!(kind, object, "status updated");
+                self.written.insert(id, (rv.map(String::from), said));
                 true
             }
             Err(kube::Error::Api(e)) if e.code == 404 => true,

@@ -486,7 +486,8 @@ async fn status_of_classes_gateways_and_routes_is_written_in_kubernetes_mode() {
     assert_eq!(
         writes(&api),
         before,
-        "status written again though nothing changed"
+        "status written again though nothing changed: {:#?}",
+        api.writes()
     );
 }
 
