@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use portico_translate::gateway::status::{GatewayState, RouteParentState, StatusCondition};
 use portico_translate::gateway::types::{
-    Gateway, GatewayAddress, GatewayClass, GatewayStatus, HttpRoute, ListenerStatus,
+    Gateway, GatewayAddress, GatewayClass, GatewayStatus, GrpcRoute, HttpRoute, ListenerStatus,
     RouteParentStatus, RouteStatus,
 };
 use portico_translate::gateway::GATEWAY_CONTROLLER_NAME;
@@ -227,25 +227,32 @@ impl GatewayStatusWriter {
                 .write(api, &key.1, &patch, ("Gateway", &object), rv)
                 .await;
         }
-        for (key, parents) in &status.http_routes {
-            let Some(route) = outcome.state.http_routes.get(key) else {
-                continue;
-            };
-            let desired = route_status(parents, route.status.as_ref(), &now);
-            if route
-                .status
-                .as_ref()
-                .is_some_and(|c| same_route_status(&desired, c))
-            {
+        // Routes of both kinds: (kind, parents, current status, resourceVersion, writer).
+        let http = status.http_routes.iter().filter_map(|(key, parents)| {
+            let r = outcome.state.http_routes.get(key)?;
+            Some((key, "HTTPRoute", parents, r.status.as_ref(), &r.metadata))
+        });
+        let grpc = status.grpc_routes.iter().filter_map(|(key, parents)| {
+            let r = outcome.state.grpc_routes.get(key)?;
+            Some((key, "GRPCRoute", parents, r.status.as_ref(), &r.metadata))
+        });
+        let routes: Vec<_> = http.chain(grpc).collect();
+        for (key, kind, parents, current, meta) in routes {
+            let desired = route_status(parents, current, &now);
+            if current.is_some_and(|c| same_route_status(&desired, c)) {
                 continue;
             }
-            let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.0);
             let patch = json!({"status": desired});
             let object = format!("{}/{}", key.0, key.1);
-            let rv = route.metadata.resource_version.as_deref();
-            ok &= self
-                .write(api, &key.1, &patch, ("HTTPRoute", &object), rv)
-                .await;
+            let rv = meta.resource_version.as_deref();
+            let written = if kind == "HTTPRoute" {
+                let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.0);
+                self.write(api, &key.1, &patch, (kind, &object), rv).await
+            } else {
+                let api: Api<GrpcRoute> = Api::namespaced(self.client.clone(), &key.0);
+                self.write(api, &key.1, &patch, (kind, &object), rv).await
+            };
+            ok &= written;
         }
         ok
     }

@@ -146,6 +146,9 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
         (GATEWAY_V1, "HTTPRoute") => KubeObject::HttpRoute(Arc::new(namespaced(
             serde_json::from_value(value).map_err(what)?,
         ))),
+        (GATEWAY_V1, "GRPCRoute") => KubeObject::GrpcRoute(Arc::new(namespaced(
+            serde_json::from_value(value).map_err(what)?,
+        ))),
         (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => KubeObject::ReferenceGrant(Arc::new(
             namespaced(serde_json::from_value(value).map_err(what)?),
         )),

@@ -162,6 +162,14 @@ const KINDS: &[Kind] = &[
         has_status: true,
     },
     Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1",
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        api_version: "gateway.networking.k8s.io/v1",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
         prefix: "apis/gateway.networking.k8s.io/v1beta1",
         plural: "referencegrants",
         kind: "ReferenceGrant",

@@ -25,7 +25,9 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
-use portico_translate::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use portico_translate::gateway::types::{
+    Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant,
+};
 use portico_translate::{ClusterState, KubeObject, ObjectKind};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -281,24 +283,23 @@ impl Source for KubeSource {
                 self.namespaces.iter().cloned().map(Some).collect()
             };
             for ns in namespaces {
-                let api = |client: &Client| -> (Api<Gateway>, Api<HttpRoute>, Api<ReferenceGrant>) {
-                    match &ns {
-                        Some(ns) => (
-                            Api::namespaced(client.clone(), ns),
-                            Api::namespaced(client.clone(), ns),
-                            Api::namespaced(client.clone(), ns),
-                        ),
-                        None => (
-                            Api::all(client.clone()),
-                            Api::all(client.clone()),
-                            Api::all(client.clone()),
-                        ),
+                fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+                    client: &Client,
+                    ns: &Option<String>,
+                ) -> Api<K>
+                where
+                    K::DynamicType: Default,
+                {
+                    match ns {
+                        Some(ns) => Api::namespaced(client.clone(), ns),
+                        None => Api::all(client.clone()),
                     }
-                };
-                let (gateways, routes, grants) = api(&self.client);
+                }
+                let client = &self.client;
                 for kind in [
                     ObjectKind::Gateway,
                     ObjectKind::HttpRoute,
+                    ObjectKind::GrpcRoute,
                     ObjectKind::ReferenceGrant,
                 ] {
                     scopes.push(Scope {
@@ -307,9 +308,14 @@ impl Source for KubeSource {
                     });
                 }
                 let n = streams.len();
+                let gateways = api::<Gateway>(client, &ns);
                 streams.push(watch(gateways, n, |_| true, KubeObject::Gateway));
+                let routes = api::<HttpRoute>(client, &ns);
                 streams.push(watch(routes, n + 1, |_| true, KubeObject::HttpRoute));
-                streams.push(watch(grants, n + 2, |_| true, KubeObject::ReferenceGrant));
+                let grpc = api::<GrpcRoute>(client, &ns);
+                streams.push(watch(grpc, n + 2, |_| true, KubeObject::GrpcRoute));
+                let grants = api::<ReferenceGrant>(client, &ns);
+                streams.push(watch(grants, n + 3, |_| true, KubeObject::ReferenceGrant));
             }
         }
         let mut extra: Vec<&String> = self

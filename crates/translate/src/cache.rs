@@ -2,7 +2,7 @@
 //! (`Arc`), as kube-rs reflectors hand them out: taking a copy of the state for one
 //! translation copies pointers, not objects, and an unchanged object keeps its address.
 
-use crate::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use crate::gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -26,6 +26,7 @@ pub enum KubeObject {
     GatewayClass(Arc<GatewayClass>),
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HttpRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
     ReferenceGrant(Arc<ReferenceGrant>),
     /// Read for its labels, which a Gateway listener's `allowedRoutes` may select.
     Namespace(Arc<Namespace>),
@@ -43,6 +44,7 @@ pub enum ObjectKind {
     GatewayClass,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
     Namespace,
 }
@@ -59,6 +61,7 @@ impl ObjectKind {
             ObjectKind::GatewayClass => "GatewayClass",
             ObjectKind::Gateway => "Gateway",
             ObjectKind::HttpRoute => "HTTPRoute",
+            ObjectKind::GrpcRoute => "GRPCRoute",
             ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::Namespace => "Namespace",
         }
@@ -77,6 +80,7 @@ impl KubeObject {
             KubeObject::GatewayClass(_) => ObjectKind::GatewayClass,
             KubeObject::Gateway(_) => ObjectKind::Gateway,
             KubeObject::HttpRoute(_) => ObjectKind::HttpRoute,
+            KubeObject::GrpcRoute(_) => ObjectKind::GrpcRoute,
             KubeObject::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
         }
@@ -93,6 +97,7 @@ impl KubeObject {
             KubeObject::GatewayClass(o) => &o.metadata,
             KubeObject::Gateway(o) => &o.metadata,
             KubeObject::HttpRoute(o) => &o.metadata,
+            KubeObject::GrpcRoute(o) => &o.metadata,
             KubeObject::ReferenceGrant(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
         }
@@ -136,6 +141,7 @@ pub struct ClusterState {
     pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     /// By name (cluster-scoped).
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
@@ -181,6 +187,9 @@ impl ClusterState {
             KubeObject::HttpRoute(o) => {
                 self.http_routes.insert(key(&o.metadata), o);
             }
+            KubeObject::GrpcRoute(o) => {
+                self.grpc_routes.insert(key(&o.metadata), o);
+            }
             KubeObject::ReferenceGrant(o) => {
                 self.reference_grants.insert(key(&o.metadata), o);
             }
@@ -222,6 +231,9 @@ impl ClusterState {
             ObjectKind::HttpRoute => {
                 self.http_routes.remove(&k);
             }
+            ObjectKind::GrpcRoute => {
+                self.grpc_routes.remove(&k);
+            }
             ObjectKind::ReferenceGrant => {
                 self.reference_grants.remove(&k);
             }
@@ -250,6 +262,7 @@ impl ClusterState {
             ObjectKind::GatewayClass => self.gateway_classes.clear(),
             ObjectKind::Gateway => self.gateways.retain(|k, _| keep(k)),
             ObjectKind::HttpRoute => self.http_routes.retain(|k, _| keep(k)),
+            ObjectKind::GrpcRoute => self.grpc_routes.retain(|k, _| keep(k)),
             ObjectKind::ReferenceGrant => self.reference_grants.retain(|k, _| keep(k)),
             ObjectKind::Namespace => self.namespaces.clear(),
         }
@@ -271,6 +284,7 @@ impl ClusterState {
             "GatewayClass" => &self.gateway_classes.get(name)?.metadata,
             "Gateway" => &self.gateways.get(&k)?.metadata,
             "HTTPRoute" => &self.http_routes.get(&k)?.metadata,
+            "GRPCRoute" => &self.grpc_routes.get(&k)?.metadata,
             "ReferenceGrant" => &self.reference_grants.get(&k)?.metadata,
             _ => return None,
         };

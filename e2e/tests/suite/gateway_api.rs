@@ -413,7 +413,8 @@ async fn status_of_classes_gateways_and_routes_is_written_in_kubernetes_mode() {
     assert_eq!(listener("http")["attachedRoutes"], 1);
     assert_eq!(
         listener("http")["supportedKinds"],
-        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+               {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}])
     );
     assert!(is(
         &listener("raw")["conditions"],
@@ -519,4 +520,51 @@ async fn without_gateway_api_crds_ingresses_are_still_served() {
         "{}",
         portico.logs()
     );
+}
+
+/// GRPCRoute (after `GRPCExactMethodMatching`): method matches pick the backend, over
+/// h2c to the proxy and gRPC to the backends.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_routes_pick_backends_by_service_and_method() {
+    use portico_e2e::grpc::{GrpcClient, GrpcServer};
+    let any = || "127.0.0.1:0".parse().unwrap();
+    let g1 = GrpcServer::start("g1", any(), None).await.unwrap();
+    let g2 = GrpcServer::start("g2", any(), None).await.unwrap();
+    let mut docs = service_with_endpoints("g1", &[g1.addr]);
+    docs.extend(service_with_endpoints("g2", &[g2.addr]));
+    docs.extend(class_and_gateway(
+        json!([{"name": "http", "protocol": "HTTP", "port": 80}]),
+    ));
+    docs.push(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["grpc.test"], "rules": [
+            {"matches": [{"method": {"service": "portico.test.Echo", "method": "Unary"}}],
+             "backendRefs": [{"name": "g2", "port": 80}]},
+            {"matches": [{"method": {"service": "portico.test.Echo"}}],
+             "backendRefs": [{"name": "g1", "port": 80}]}
+        ]}}),
+    );
+    let portico = Portico::start(&[("grpc.yaml", to_yaml(&docs))]).await;
+    let mut client = GrpcClient::connect(portico.http, "grpc.test", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", portico.logs()));
+    let reply = client
+        .unary("hi", None)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", portico.logs()));
+    let text = String::from_utf8_lossy(reply.get_ref()).into_owned();
+    assert!(
+        text.starts_with("backend=g2 "),
+        "the exact method's rule: {text}"
+    );
+    let counted = client.count(2).await.unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(counted, ["0", "1"], "the service's rule (to g1) streams");
+    let status = portico
+        .client
+        .get("grpc.test", "/other.Service/X")
+        .await
+        .unwrap()
+        .status;
+    assert_eq!(status, 404, "no rule for another service");
 }

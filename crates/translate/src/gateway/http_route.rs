@@ -1,5 +1,7 @@
-//! The HTTPRoute processor: one route's rules, for the listeners it attaches to, as a
-//! [`Fragment`] that merges with the Ingresses' (oldest first), and its parents' status.
+//! The route processor: a Gateway API route's parents (which listeners take it, with
+//! which hostnames), its backends, and an HTTPRoute's rules, as a [`Fragment`] that
+//! merges with the Ingresses' (oldest first), with its parents' status. GRPCRoute's
+//! rules are in `grpc_route.rs`.
 //!
 //! Matching follows Gateway API's precedence with what the data plane already does: an
 //! Exact path before any prefix, the longest prefix first, and among the rules of one
@@ -11,8 +13,8 @@ use super::grants::{self, CrossReference};
 use super::listeners::{selects, AllowedNamespaces, ServedGateway, ServedListener};
 use super::status::{RouteParentState, StatusCondition};
 use super::types::{
-    BackendRef, HeaderModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-    ParentReference, ValueMatch, GROUP,
+    BackendRef, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, HttpRouteMatch,
+    HttpRouteRule, ParentReference, ValueMatch, GROUP,
 };
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
@@ -34,7 +36,7 @@ pub(crate) struct ProcessedRoute {
     pub attached: Vec<(usize, usize)>,
 }
 
-pub(crate) struct HttpRouteProcessor<'a> {
+pub(crate) struct RouteProcessor<'a> {
     pub state: &'a ClusterState,
     pub slices: &'a SliceIndex<'a>,
     pub gateways: &'a [ServedGateway],
@@ -43,20 +45,52 @@ pub(crate) struct HttpRouteProcessor<'a> {
 /// Why a parent did not take the route: the `Accepted: False` reason and a message.
 type Refusal = (&'static str, String);
 
-impl HttpRouteProcessor<'_> {
-    pub fn process(&self, key: &ObjectKey, route: &HttpRoute) -> Option<ProcessedRoute> {
-        let generation = route.metadata.generation;
-        let mut fragment = Fragment::of_gateway_api(SourceKind::HTTPRoute, key);
+/// What every route kind has: its parents and hostnames.
+pub(crate) struct RouteHead<'r> {
+    pub kind: SourceKind,
+    pub generation: Option<i64>,
+    pub parent_refs: &'r [ParentReference],
+    pub hostnames: &'r [String],
+}
+
+type Rules<'p, 'a> =
+    dyn FnOnce(&RouteProcessor<'a>, &[HostMatch], &mut Fragment) -> Result<(), Refusal> + 'p;
+
+impl<'a> RouteProcessor<'a> {
+    pub fn process_http(&self, key: &ObjectKey, route: &HttpRoute) -> Option<ProcessedRoute> {
+        let head = RouteHead {
+            kind: SourceKind::HTTPRoute,
+            generation: route.metadata.generation,
+            parent_refs: &route.spec.parent_refs,
+            hostnames: &route.spec.hostnames,
+        };
+        self.process(
+            key,
+            head,
+            Box::new(|p, hosts, f| p.rules(key, route, hosts, f)),
+        )
+    }
+
+    /// A route of any kind: its parents decided, then `rules` adds its routes for the
+    /// hostnames it has on the listeners that took it.
+    pub(crate) fn process(
+        &self,
+        key: &ObjectKey,
+        head: RouteHead<'_>,
+        rules: Box<Rules<'_, 'a>>,
+    ) -> Option<ProcessedRoute> {
+        let generation = head.generation;
+        let mut fragment = Fragment::of_gateway_api(head.kind, key);
         let object = fragment.object.clone();
         let mut parents = Vec::new();
         let mut attached = Vec::new();
         let mut hosts: Vec<HostMatch> = Vec::new();
-        let route_hosts = self.route_hostnames(route, &mut fragment.diagnostics, &object);
-        for parent in &route.spec.parent_refs {
+        let route_hosts = self.route_hostnames(head.hostnames, &mut fragment.diagnostics, &object);
+        for parent in head.parent_refs {
             let Some(g) = self.parent_gateway(key, parent) else {
                 continue; // Not one of Portico's Gateways: not ours to report on.
             };
-            let accepted = self.attach(key, parent, &self.gateways[g], &route_hosts);
+            let accepted = self.attach(key, head.kind, parent, &self.gateways[g], &route_hosts);
             let condition = match accepted {
                 Ok(listeners) => {
                     for (l, listener_hosts) in listeners {
@@ -89,7 +123,7 @@ impl HttpRouteProcessor<'_> {
         if parents.is_empty() {
             return None;
         }
-        let resolved = self.rules(key, route, &hosts, &mut fragment);
+        let resolved = rules(self, &hosts, &mut fragment);
         let refs = match resolved {
             Ok(()) => StatusCondition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
             Err((reason, message)) => {
@@ -109,12 +143,12 @@ impl HttpRouteProcessor<'_> {
     /// The route's hostnames, parsed; an invalid one is reported and left out.
     fn route_hostnames(
         &self,
-        route: &HttpRoute,
+        hostnames: &[String],
         diagnostics: &mut Vec<Diagnostic>,
         object: &ObjectRef,
     ) -> Vec<HostMatch> {
         let mut hosts = Vec::new();
-        for (i, h) in route.spec.hostnames.iter().enumerate() {
+        for (i, h) in hostnames.iter().enumerate() {
             match HostMatch::gateway(h) {
                 Ok(HostMatch::Any) | Err(_) => diagnostics.push(Diagnostic {
                     object: object.clone(),
@@ -145,6 +179,7 @@ impl HttpRouteProcessor<'_> {
     fn attach(
         &self,
         key: &ObjectKey,
+        kind: SourceKind,
         parent: &ParentReference,
         gateway: &ServedGateway,
         route_hosts: &[HostMatch],
@@ -179,13 +214,14 @@ impl HttpRouteProcessor<'_> {
         }
         let allowed: Vec<&ServedListener> = serving
             .into_iter()
-            .filter(|l| self.allows(l, &gateway.key.0, &key.0))
+            .filter(|l| self.allows(l, kind, &gateway.key.0, &key.0))
             .collect();
         if allowed.is_empty() {
             return Err((
                 "NotAllowedByListeners",
                 format!(
-                    "no listener the route names takes HTTPRoutes from namespace {:?}",
+                    "no listener the route names takes {}s from namespace {:?}",
+                    kind.as_str(),
                     key.0
                 ),
             ));
@@ -206,7 +242,13 @@ impl HttpRouteProcessor<'_> {
         Ok(attached)
     }
 
-    fn allows(&self, l: &ServedListener, gateway_namespace: &str, namespace: &str) -> bool {
+    fn allows(
+        &self,
+        l: &ServedListener,
+        kind: SourceKind,
+        gateway_namespace: &str,
+        namespace: &str,
+    ) -> bool {
         let by_namespace = match &l.namespaces {
             AllowedNamespaces::Same => gateway_namespace == namespace,
             AllowedNamespaces::All => true,
@@ -216,7 +258,7 @@ impl HttpRouteProcessor<'_> {
                 .get(namespace)
                 .is_some_and(|ns| selects(selector, ns.metadata.labels.as_ref())),
         };
-        by_namespace && l.kinds.iter().any(|k| k == "HTTPRoute")
+        by_namespace && l.kinds.iter().any(|k| k == kind.as_str())
     }
 
     /// Adds the route's rules to `fragment` for `hosts`; the first unresolved reference's
@@ -237,7 +279,14 @@ impl HttpRouteProcessor<'_> {
             let mut report = |reason, message: String| {
                 problems.push((reason, format!("spec.rules[{i}].{message}")))
             };
-            let (backend, split) = self.backends(key, i, rule, fragment, &mut unresolved);
+            let (backend, split) = self.backends(
+                key,
+                i,
+                &rule.backend_refs,
+                &Upstream::default(),
+                fragment,
+                &mut unresolved,
+            );
             let mut template = Route::new(PathMatch::prefix("/"), backend);
             template.source = fragment.source.clone();
             template.max_body_bytes = None;
@@ -309,16 +358,17 @@ impl HttpRouteProcessor<'_> {
 
     /// The backend a rule's routes name, and the split of its weighted backends (`None`
     /// for one resolved backend).
-    fn backends(
+    pub(crate) fn backends(
         &self,
         key: &ObjectKey,
         rule_index: usize,
-        rule: &HttpRouteRule,
+        refs: &[HttpBackendRef],
+        upstream: &Upstream,
         fragment: &mut Fragment,
         unresolved: &mut Result<(), Refusal>,
     ) -> (String, Option<BackendSplit>) {
         let mut shares = Vec::new();
-        for (k, r) in rule.backend_refs.iter().enumerate() {
+        for (k, r) in refs.iter().enumerate() {
             let weight = r.weight.unwrap_or(1);
             if weight <= 0 {
                 continue;
@@ -330,7 +380,7 @@ impl HttpRouteProcessor<'_> {
                     message: format!("spec.rules[{rule_index}].backendRefs[{k}].filters: filters on a backend are not applied yet"),
                 });
             }
-            match self.backend(key, &r.backend) {
+            match self.backend(key, fragment.source.kind, &r.backend, upstream) {
                 Ok(resolved) => {
                     shares.push(BackendShare {
                         backend: resolved.backend.name.clone(),
@@ -381,8 +431,17 @@ impl HttpRouteProcessor<'_> {
 
     /// The endpoint-less backend that stands for what a rule cannot reach, and a split
     /// that answers every request 500.
-    fn unresolved_share(&self, key: &ObjectKey, fragment: &mut Fragment) -> (String, BackendSplit) {
-        let name = format!("httproute:{}/{}|unresolved", key.0, key.1);
+    pub(crate) fn unresolved_share(
+        &self,
+        key: &ObjectKey,
+        fragment: &mut Fragment,
+    ) -> (String, BackendSplit) {
+        let name = format!(
+            "{}:{}/{}|unresolved",
+            fragment.source.kind.as_str().to_ascii_lowercase(),
+            key.0,
+            key.1
+        );
         if !fragment.backends.iter().any(|b| b.backend.name == name) {
             fragment.backends.push(Arc::new(Resolved {
                 backend: Arc::new(Backend {
@@ -410,13 +469,19 @@ impl HttpRouteProcessor<'_> {
     }
 
     /// A Service reference, resolved; or the `ResolvedRefs: False` reason and a message.
-    fn backend(&self, key: &ObjectKey, r: &BackendRef) -> Result<Arc<Resolved>, Refusal> {
+    fn backend(
+        &self,
+        key: &ObjectKey,
+        kind: SourceKind,
+        r: &BackendRef,
+        upstream: &Upstream,
+    ) -> Result<Arc<Resolved>, Refusal> {
         let group = r.group.as_deref().unwrap_or("");
-        let kind = r.kind.as_deref().unwrap_or("Service");
-        if !group.is_empty() || kind != "Service" {
+        let target = r.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || target != "Service" {
             return Err((
                 "InvalidKind",
-                format!("{kind} {:?} (group {group:?}) is not a Service", r.name),
+                format!("{target} {:?} (group {group:?}) is not a Service", r.name),
             ));
         }
         let namespace = r.namespace.clone().unwrap_or_else(|| key.0.clone());
@@ -424,7 +489,7 @@ impl HttpRouteProcessor<'_> {
             self.state,
             &CrossReference {
                 from_group: GROUP,
-                from_kind: "HTTPRoute",
+                from_kind: kind.as_str(),
                 from_namespace: &key.0,
                 to_group: "",
                 to_kind: "Service",
@@ -436,8 +501,8 @@ impl HttpRouteProcessor<'_> {
             return Err((
                 "RefNotPermitted",
                 format!(
-                    "Service {namespace}/{}: no ReferenceGrant in {namespace:?} lets HTTPRoutes of {:?} use it",
-                    r.name, key.0
+                    "Service {namespace}/{}: no ReferenceGrant in {namespace:?} lets {}s of {:?} use it",
+                    r.name, kind.as_str(), key.0
                 ),
             ));
         }
@@ -459,7 +524,7 @@ impl HttpRouteProcessor<'_> {
             self.slices,
             &namespace,
             &service,
-            &Upstream::default(),
+            upstream,
             &TrafficPolicy::default(),
         );
         match &resolved.problem {
@@ -538,7 +603,17 @@ fn path_of(m: &HttpRouteMatch) -> Result<(PathMatch, &'static str), String> {
 
 /// The conditions of a match beyond its path; `None` when there are none.
 fn conditions_of(m: &HttpRouteMatch) -> Option<RequestConditions> {
-    let values = |list: &[ValueMatch], lower: bool| -> Vec<ValueCondition> {
+    let conditions = RequestConditions {
+        headers: value_conditions(&m.headers, true),
+        methods: m.method.iter().map(|x| x.to_ascii_uppercase()).collect(),
+        query: value_conditions(&m.query_params, false),
+    };
+    (conditions != RequestConditions::default()).then_some(conditions)
+}
+
+/// Header (lower-cased names) or query parameter matches as conditions.
+pub(crate) fn value_conditions(list: &[ValueMatch], lower: bool) -> Vec<ValueCondition> {
+    {
         let mut out: Vec<ValueCondition> = Vec::new();
         for v in list {
             let name = if lower {
@@ -557,17 +632,11 @@ fn conditions_of(m: &HttpRouteMatch) -> Option<RequestConditions> {
             out.push(ValueCondition { name, rule });
         }
         out
-    };
-    let conditions = RequestConditions {
-        headers: values(&m.headers, true),
-        methods: m.method.iter().map(|x| x.to_ascii_uppercase()).collect(),
-        query: values(&m.query_params, false),
-    };
-    (conditions != RequestConditions::default()).then_some(conditions)
+    }
 }
 
 /// Applies a rule's filters to its route; `true` when one cannot be applied.
-fn apply_filters(
+pub(crate) fn apply_filters(
     filters: &[HttpRouteFilter],
     route: &mut Route,
     report: &mut dyn FnMut(String),

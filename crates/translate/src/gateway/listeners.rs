@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The route kinds an HTTP or HTTPS listener takes.
-pub(crate) const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute"];
+pub(crate) const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {

@@ -7,6 +7,7 @@
 //! reference across namespaces is allowed, `status` holds what is reported.
 
 mod grants;
+mod grpc_route;
 mod http_route;
 mod listeners;
 pub mod status;
@@ -16,7 +17,7 @@ use crate::backend::SliceIndex;
 use crate::cache::{ClusterState, ObjectKey};
 use crate::diagnostic::Diagnostic;
 use crate::ingress::Fragment;
-use http_route::HttpRouteProcessor;
+use http_route::RouteProcessor;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use status::GatewayApiStatus;
 use std::sync::Arc;
@@ -72,20 +73,35 @@ pub(crate) fn process(
             fragment: Arc::clone(&g.fragment),
         })
         .collect();
-    let processor = HttpRouteProcessor {
+    let processor = RouteProcessor {
         state,
         slices,
         gateways: &gateways,
     };
     let mut attached = Vec::new();
+    // (key, creation time, what the route contributes, whether a GRPCRoute)
+    let mut outputs = Vec::new();
     for (key, route) in &state.http_routes {
-        let Some(processed) = processor.process(key, route) else {
+        let processed = processor.process_http(key, route);
+        outputs.push((key, &route.metadata, processed, false));
+    }
+    for (key, route) in &state.grpc_routes {
+        let processed = processor.process_grpc(key, route);
+        outputs.push((key, &route.metadata, processed, true));
+    }
+    for (key, meta, processed, grpc) in outputs {
+        let Some(processed) = processed else {
             continue;
         };
-        status.http_routes.insert(key.clone(), processed.parents);
+        let statuses = if grpc {
+            &mut status.grpc_routes
+        } else {
+            &mut status.http_routes
+        };
+        statuses.insert(key.clone(), processed.parents);
         attached.extend(processed.attached);
         fragments.push(AgedFragment {
-            created: route.metadata.creation_timestamp.clone(),
+            created: meta.creation_timestamp.clone(),
             key: key.clone(),
             fragment: Arc::new(processed.fragment),
         });

@@ -63,4 +63,6 @@ pub struct GatewayApiStatus {
     pub gateways: BTreeMap<ObjectKey, GatewayState>,
     /// The parents of each HTTPRoute that are Portico's Gateways.
     pub http_routes: BTreeMap<ObjectKey, Vec<RouteParentState>>,
+    /// The same for each GRPCRoute.
+    pub grpc_routes: BTreeMap<ObjectKey, Vec<RouteParentState>>,
 }
