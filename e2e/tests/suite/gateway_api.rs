@@ -568,3 +568,48 @@ async fn grpc_routes_pick_backends_by_service_and_method() {
         .status;
     assert_eq!(status, 404, "no rule for another service");
 }
+
+/// HTTPS listeners (after `HTTPRouteHTTPSListener`): each listener's certificate by SNI,
+/// a wildcard listener's for its names, and routes served over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_listeners_present_their_certificates_and_serve_their_routes() {
+    use portico_e2e::manifests::tls_secret;
+    use portico_e2e::tls::{self, ClientOptions, TestCa};
+    let ca = TestCa::new("gateway ca");
+    let exact = ca.issue(&["secure.example.org"]);
+    let wild = ca.issue(&["*.wild.example.org"]);
+    let (_servers, mut docs) = backends(&["web"]).await;
+    docs.push(tls_secret("exact-cert", &exact.cert_pem, &exact.key_pem));
+    docs.push(tls_secret("wild-cert", &wild.cert_pem, &wild.key_pem));
+    docs.extend(class_and_gateway(json!([
+        {"name": "exact", "protocol": "HTTPS", "port": 443, "hostname": "secure.example.org",
+         "tls": {"certificateRefs": [{"name": "exact-cert"}]}},
+        {"name": "wild", "protocol": "HTTPS", "port": 443, "hostname": "*.wild.example.org",
+         "tls": {"certificateRefs": [{"name": "wild-cert"}]}}
+    ])));
+    docs.push(http_route(
+        "secure",
+        "default",
+        json!([]),
+        json!([{"backendRefs": [backend("web")]}]),
+    ));
+    let portico = Portico::start(&[("https.yaml", to_yaml(&docs))]).await;
+    for (name, cn) in [
+        ("secure.example.org", "secure.example.org"),
+        ("a.b.wild.example.org", "*.wild.example.org"),
+    ] {
+        let opts = ClientOptions {
+            sni: Some(name),
+            ..Default::default()
+        };
+        let (stream, hs) = tls::connect(portico.https, opts).await.unwrap();
+        assert_eq!(hs.subject_cn, cn, "the certificate for {name}");
+        let reply = tls::get(stream, name, "/").await.unwrap();
+        assert_eq!(
+            reply.answered_by(),
+            "web",
+            "{name} over TLS\n{}",
+            portico.logs()
+        );
+    }
+}
