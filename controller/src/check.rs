@@ -56,6 +56,48 @@ pub fn report(dir: &Path, options: &Options) -> anyhow::Result<(String, bool)> {
     for (namespace, name) in &t.admitted {
         writeln!(out, "  {namespace}/{name}")?;
     }
+    let gateways = &t.gateway_status;
+    if !gateways.gateways.is_empty() {
+        writeln!(out, "Gateways: {}", gateways.gateways.len())?;
+        for ((namespace, name), g) in &gateways.gateways {
+            for l in &g.listeners {
+                let accepted = l.conditions.iter().all(|c| match c.type_ {
+                    "Conflicted" => !c.status,
+                    _ => c.status,
+                });
+                let state = if accepted { "serving" } else { "not serving" };
+                writeln!(
+                    out,
+                    "  {namespace}/{name} listener {:?}: {state}, {} routes attached",
+                    l.name, l.attached_routes
+                )?;
+            }
+        }
+    }
+    for (kind, routes) in [
+        ("HTTPRoute", &gateways.http_routes),
+        ("GRPCRoute", &gateways.grpc_routes),
+    ] {
+        for ((namespace, name), parents) in routes {
+            let holds = |type_: &str| {
+                parents
+                    .iter()
+                    .filter(|p| p.conditions.iter().any(|c| c.type_ == type_ && c.status))
+                    .count()
+            };
+            let refs = if holds("ResolvedRefs") == parents.len() {
+                "every reference resolved"
+            } else {
+                "some references unresolved"
+            };
+            writeln!(
+                out,
+                "  {kind} {namespace}/{name}: accepted by {} of {} parents, {refs}",
+                holds("Accepted"),
+                parents.len()
+            )?;
+        }
+    }
     let endpoints = |backend: &str| {
         t.snapshot
             .backends
@@ -84,7 +126,7 @@ pub fn report(dir: &Path, options: &Options) -> anyhow::Result<(String, bool)> {
                 vh.host,
                 r.backend,
                 endpoints(&r.backend),
-                r.source
+                r.source.described()
             )?;
         }
     }

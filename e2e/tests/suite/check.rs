@@ -46,7 +46,7 @@ fn good_manifests_pass_and_list_what_they_route() {
         "{out}"
     );
     assert!(
-        out.contains("app.test Prefix /api -> default/web:80 (1 endpoints) from default/site"),
+        out.contains("app.test Prefix /api -> default/web:80 (1 endpoints) from Ingress default/site"),
         "{out}"
     );
     assert!(
@@ -125,7 +125,7 @@ fn another_namespace_on_a_host_is_a_warning_shared_and_an_error_owned() {
         "{out}"
     );
     assert!(
-        out.contains("from team-b/login"),
+        out.contains("from Ingress team-b/login"),
         "shared: both route\n{out}"
     );
 
@@ -136,7 +136,49 @@ fn another_namespace_on_a_host_is_a_warning_shared_and_an_error_owned() {
         "{out}"
     );
     assert!(
-        !out.contains("from team-b/login"),
+        !out.contains("from Ingress team-b/login"),
         "owned: only default routes\n{out}"
     );
+}
+
+#[test]
+fn gateway_api_objects_are_checked_and_listed() {
+    let yaml = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portico}
+spec: {controllerName: portico.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: http, protocol: HTTP, port: 80}
+  - {name: tcp, protocol: TCP, port: 9000}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [web.test]
+  rules:
+  - backendRefs: [{name: missing, port: 80}]
+"#;
+    let (code, out) = check(&[("gateway.yaml", yaml.to_string())]);
+    assert_eq!(
+        code, 1,
+        "a listener that cannot be served is an error:\n{out}"
+    );
+    for line in [
+        "Gateway default/gw: NotAccepted: spec.listeners[1] (\"tcp\"): protocol \"TCP\" is not served",
+        "HTTPRoute default/web: ServiceNotFound: spec.rules[0].backendRefs[0]",
+        "default/gw listener \"http\": serving, 1 routes attached",
+        "default/gw listener \"tcp\": not serving, 0 routes attached",
+        "HTTPRoute default/web: accepted by 1 of 1 parents, some references unresolved",
+        "web.test Prefix / -> httproute:default/web|unresolved (0 endpoints) from HTTPRoute default/web",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
 }
