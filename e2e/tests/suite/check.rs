@@ -46,7 +46,9 @@ fn good_manifests_pass_and_list_what_they_route() {
         "{out}"
     );
     assert!(
-        out.contains("app.test Prefix /api -> default/web:80 (1 endpoints) from Ingress default/site"),
+        out.contains(
+            "app.test Prefix /api -> default/web:80 (1 endpoints) from Ingress default/site"
+        ),
         "{out}"
     );
     assert!(

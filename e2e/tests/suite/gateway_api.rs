@@ -192,6 +192,11 @@ async fn http_routes_match_filter_and_split_as_the_conformance_suite_expects() {
         config.contains("HTTPRoute"),
         "the snapshot names the route kind"
     );
+    let state = portico.admin_get("/api/state").await.unwrap().text();
+    assert!(
+        state.contains("HTTPRoute default/matching"),
+        "the dashboard names the route"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

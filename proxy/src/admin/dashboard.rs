@@ -66,7 +66,10 @@ pub fn state(
                     json!({
                         "path": r.path.path(),
                         "kind": r.path.kind(),
-                        "ingress": r.source.to_string(),
+                        "ingress": match r.source.kind {
+                            portico_model::SourceKind::Ingress => r.source.to_string(),
+                            _ => r.source.described(),
+                        },
                         "backend": r.backend,
                         "canary": r.canary.as_deref().map(|c| json!({"backend": c.backend, "weight": c.weight, "total": c.weight_total})),
                         "https_redirect": r.redirect_to_https,
