@@ -181,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
         gateway: portico_translate::gateway::GatewayOptions {
             http_port: args.gateway_http_port,
             https_port: args.gateway_https_port,
+            reserved_ports: Vec::new(),
         },
     };
 

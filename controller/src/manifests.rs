@@ -149,6 +149,18 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
         (GATEWAY_V1, "GRPCRoute") => KubeObject::GrpcRoute(Arc::new(namespaced(
             serde_json::from_value(value).map_err(what)?,
         ))),
+        (
+            GATEWAY_V1 | GATEWAY_V1ALPHA2 | GATEWAY_V1ALPHA3,
+            "TCPRoute" | "UDPRoute" | "TLSRoute",
+        ) => {
+            let mut route: portico_translate::gateway::types::L4Route =
+                serde_json::from_value(value).map_err(what)?;
+            route.kind = kind.clone();
+            if route.metadata.namespace.as_deref().unwrap_or("").is_empty() {
+                route.metadata.namespace = Some("default".into());
+            }
+            KubeObject::L4Route(Arc::new(route))
+        }
         (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => KubeObject::ReferenceGrant(Arc::new(
             namespaced(serde_json::from_value(value).map_err(what)?),
         )),
@@ -168,6 +180,8 @@ fn collect(value: Value, out: &mut Vec<KubeObject>) -> Result<(), String> {
 
 const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+const GATEWAY_V1ALPHA2: &str = "gateway.networking.k8s.io/v1alpha2";
+const GATEWAY_V1ALPHA3: &str = "gateway.networking.k8s.io/v1alpha3";
 
 /// Gives namespaced objects without a namespace the `default` one, as kubectl would.
 fn namespaced<K: kube::Resource>(mut o: K) -> K {

@@ -53,6 +53,9 @@ pub enum SourceKind {
     GRPCRoute,
     /// A Gateway's listeners (their certificates).
     Gateway,
+    TCPRoute,
+    UDPRoute,
+    TLSRoute,
 }
 
 impl SourceKind {
@@ -62,6 +65,9 @@ impl SourceKind {
             SourceKind::HTTPRoute => "HTTPRoute",
             SourceKind::GRPCRoute => "GRPCRoute",
             SourceKind::Gateway => "Gateway",
+            SourceKind::TCPRoute => "TCPRoute",
+            SourceKind::UDPRoute => "UDPRoute",
+            SourceKind::TLSRoute => "TLSRoute",
         }
     }
 }

@@ -213,7 +213,11 @@ impl Translator {
                 (resolved.problem.as_ref().map(|(r, _)| *r) != Some(Reason::ServiceNotFound))
                     .then(|| Arc::new(resolved))
             });
-        let gateway = crate::gateway::process(state, &slices, &opts.gateway, &mut diagnostics);
+        let gateway_options = GatewayOptions {
+            reserved_ports: opts.streams.reserved_ports.clone(),
+            ..opts.gateway.clone()
+        };
+        let gateway = crate::gateway::process(state, &slices, &gateway_options, &mut diagnostics);
         let previous_gateway = std::mem::take(&mut self.gateway_fragments);
         let mut table = RouteTable::new(opts.host_ownership);
         for fragment in by_age(&admitted, &current, &gateway.fragments) {
@@ -234,6 +238,8 @@ impl Translator {
             &table,
             &mut diagnostics,
         );
+        let mut streams = streams;
+        add_gateway_streams(&mut streams, &gateway.fragments, &mut diagnostics);
         let (hosts, virtual_hosts) = BuiltHosts::build(&mut table, std::mem::take(&mut self.hosts));
         let mut translation = assemble(
             state,
@@ -260,6 +266,61 @@ impl Translator {
         drop(previous);
         translation
     }
+}
+
+/// The ports of TCPRoutes and UDPRoutes and the hosts of TLSRoutes, after the TCP/UDP
+/// services ConfigMaps' and the Ingresses' (which keep a port or host they name), oldest
+/// route first.
+fn add_gateway_streams(
+    streams: &mut Streams,
+    fragments: &[AgedFragment],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut aged: Vec<&AgedFragment> = fragments
+        .iter()
+        .filter(|a| !a.fragment.streams.is_empty() || !a.fragment.passthrough_hosts.is_empty())
+        .collect();
+    if aged.is_empty() {
+        return;
+    }
+    aged.sort_by(|a, b| (a.created.as_ref(), &a.key).cmp(&(b.created.as_ref(), &b.key)));
+    for a in aged {
+        let f = &a.fragment;
+        let mut report = |message: String| {
+            diagnostics.push(Diagnostic {
+                object: f.object.clone(),
+                reason: Reason::PathConflict,
+                message,
+            })
+        };
+        for s in &f.streams {
+            if streams
+                .services
+                .iter()
+                .any(|t| t.port == s.port && t.protocol == s.protocol)
+            {
+                report(format!(
+                    "{} port {} is already served (by the services ConfigMap or an older route); ignored",
+                    s.protocol.as_str().to_uppercase(),
+                    s.port
+                ));
+            } else {
+                streams.services.push(s.clone());
+            }
+        }
+        for p in &f.passthrough_hosts {
+            if streams.passthrough.iter().any(|t| t.host == p.host) {
+                report(format!(
+                    "host {:?} is already passed through (by ssl-passthrough or an older route); ignored",
+                    p.host.to_string()
+                ));
+            } else {
+                streams.passthrough.push(p.clone());
+            }
+        }
+    }
+    streams.services.sort_by_key(|s| (s.port, s.protocol));
+    streams.passthrough.sort_by(|a, b| a.host.cmp(&b.host));
 }
 
 /// The Ingresses' fragments (in age order already) and the Gateway API ones, merged in

@@ -2,7 +2,7 @@
 //! (`Arc`), as kube-rs reflectors hand them out: taking a copy of the state for one
 //! translation copies pointers, not objects, and an unchanged object keeps its address.
 
-use crate::gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
+use crate::gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, L4Route, ReferenceGrant};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -27,6 +27,8 @@ pub enum KubeObject {
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HttpRoute>),
     GrpcRoute(Arc<GrpcRoute>),
+    /// A TCPRoute, UDPRoute or TLSRoute (manifests only, for now).
+    L4Route(Arc<L4Route>),
     ReferenceGrant(Arc<ReferenceGrant>),
     /// Read for its labels, which a Gateway listener's `allowedRoutes` may select.
     Namespace(Arc<Namespace>),
@@ -45,6 +47,7 @@ pub enum ObjectKind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    L4Route,
     ReferenceGrant,
     Namespace,
 }
@@ -62,6 +65,7 @@ impl ObjectKind {
             ObjectKind::Gateway => "Gateway",
             ObjectKind::HttpRoute => "HTTPRoute",
             ObjectKind::GrpcRoute => "GRPCRoute",
+            ObjectKind::L4Route => "TCPRoute/UDPRoute/TLSRoute",
             ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::Namespace => "Namespace",
         }
@@ -81,6 +85,7 @@ impl KubeObject {
             KubeObject::Gateway(_) => ObjectKind::Gateway,
             KubeObject::HttpRoute(_) => ObjectKind::HttpRoute,
             KubeObject::GrpcRoute(_) => ObjectKind::GrpcRoute,
+            KubeObject::L4Route(_) => ObjectKind::L4Route,
             KubeObject::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
         }
@@ -98,6 +103,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => &o.metadata,
             KubeObject::HttpRoute(o) => &o.metadata,
             KubeObject::GrpcRoute(o) => &o.metadata,
+            KubeObject::L4Route(o) => &o.metadata,
             KubeObject::ReferenceGrant(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
         }
@@ -142,6 +148,8 @@ pub struct ClusterState {
     pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
     pub grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
+    /// By kind (`TCPRoute`, `UDPRoute`, `TLSRoute`), namespace and name.
+    pub l4_routes: BTreeMap<(String, String, String), Arc<L4Route>>,
     pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     /// By name (cluster-scoped).
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
@@ -190,6 +198,10 @@ impl ClusterState {
             KubeObject::GrpcRoute(o) => {
                 self.grpc_routes.insert(key(&o.metadata), o);
             }
+            KubeObject::L4Route(o) => {
+                let (ns, name) = key(&o.metadata);
+                self.l4_routes.insert((o.kind.clone(), ns, name), o);
+            }
             KubeObject::ReferenceGrant(o) => {
                 self.reference_grants.insert(key(&o.metadata), o);
             }
@@ -203,6 +215,10 @@ impl ClusterState {
     /// Removes the object of `object`'s kind, namespace and name, if present.
     pub fn remove(&mut self, object: &KubeObject) {
         let k = key(object.metadata());
+        if let KubeObject::L4Route(o) = object {
+            self.l4_routes.remove(&(o.kind.clone(), k.0, k.1));
+            return;
+        }
         match object.kind() {
             ObjectKind::IngressClass => {
                 self.ingress_classes.remove(&k.1);
@@ -234,6 +250,7 @@ impl ClusterState {
             ObjectKind::GrpcRoute => {
                 self.grpc_routes.remove(&k);
             }
+            ObjectKind::L4Route => {}
             ObjectKind::ReferenceGrant => {
                 self.reference_grants.remove(&k);
             }
@@ -263,6 +280,9 @@ impl ClusterState {
             ObjectKind::Gateway => self.gateways.retain(|k, _| keep(k)),
             ObjectKind::HttpRoute => self.http_routes.retain(|k, _| keep(k)),
             ObjectKind::GrpcRoute => self.grpc_routes.retain(|k, _| keep(k)),
+            ObjectKind::L4Route => self
+                .l4_routes
+                .retain(|(_, ns, name), _| keep(&(ns.clone(), name.clone()))),
             ObjectKind::ReferenceGrant => self.reference_grants.retain(|k, _| keep(k)),
             ObjectKind::Namespace => self.namespaces.clear(),
         }

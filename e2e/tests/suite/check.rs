@@ -157,7 +157,7 @@ spec:
   gatewayClassName: portico
   listeners:
   - {name: http, protocol: HTTP, port: 80}
-  - {name: tcp, protocol: TCP, port: 9000}
+  - {name: sctp, protocol: SCTP, port: 9000}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -174,10 +174,10 @@ spec:
         "a listener that cannot be served is an error:\n{out}"
     );
     for line in [
-        "Gateway default/gw: NotAccepted: spec.listeners[1] (\"tcp\"): protocol \"TCP\" is not served",
+        "Gateway default/gw: NotAccepted: spec.listeners[1] (\"sctp\"): protocol \"SCTP\" is not served",
         "HTTPRoute default/web: ServiceNotFound: spec.rules[0].backendRefs[0]",
         "default/gw listener \"http\": serving, 1 routes attached",
-        "default/gw listener \"tcp\": not serving, 0 routes attached",
+        "default/gw listener \"sctp\": not serving, 0 routes attached",
         "HTTPRoute default/web: accepted by 1 of 1 parents, some references unresolved",
         "web.test Prefix / -> httproute:default/web|unresolved (0 endpoints) from HTTPRoute default/web",
     ] {

@@ -336,7 +336,7 @@ async fn status_of_classes_gateways_and_routes_is_written_in_kubernetes_mode() {
     api.apply_all(&docs);
     api.apply_all(&class_and_gateway(json!([
         {"name": "http", "protocol": "HTTP", "port": 80},
-        {"name": "raw", "protocol": "TCP", "port": 9000}
+        {"name": "raw", "protocol": "SCTP", "port": 9000}
     ])));
     let route = http_route(
         "web",
@@ -617,4 +617,76 @@ async fn https_listeners_present_their_certificates_and_serve_their_routes() {
             portico.logs()
         );
     }
+}
+
+/// TCPRoute and TLSRoute on the L4 data plane (after `TLSRouteSimpleSameNamespace`):
+/// redis-cli through a TCP listener's port to redis-server, and a TLS client through a
+/// passthrough listener to `openssl s_server`, whose own certificate it sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_and_tls_routes_relay_to_real_servers() {
+    use portico_e2e::harness::free_port;
+    use portico_e2e::l4::{openssl_s_server, redis_server, run};
+    use portico_e2e::tls::{self, ClientOptions, TestCa};
+    let redis = redis_server().await;
+    let ca = TestCa::new("passthrough ca");
+    let vault_cert = ca.issue(&["vault.example.org"]);
+    let vault = openssl_s_server(&vault_cert).await;
+    let port = free_port();
+    let mut docs = service_with_endpoints("redis", &[redis.addr]);
+    docs.extend(service_with_endpoints("vault", &[vault.addr]));
+    docs.extend(class_and_gateway(json!([
+        {"name": "redis", "protocol": "TCP", "port": port},
+        {"name": "tls", "protocol": "TLS", "port": 443, "hostname": "*.example.org",
+         "tls": {"mode": "Passthrough"}},
+        {"name": "reserved", "protocol": "TCP", "port": 8443}
+    ])));
+    docs.push(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+        "metadata": {"name": "redis", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "redis"}],
+                 "rules": [{"backendRefs": [{"name": "redis", "port": 80}]}]}}),
+    );
+    docs.push(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TLSRoute",
+        "metadata": {"name": "vault", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "tls"}],
+                 "hostnames": ["vault.example.org"],
+                 "rules": [{"backendRefs": [{"name": "vault", "port": 80}]}]}}),
+    );
+    let portico = Portico::start_full(
+        &[("l4.yaml", to_yaml(&docs))],
+        &[],
+        &["--stream-bind", "127.0.0.1", "--enable-ssl-passthrough"],
+    )
+    .await;
+    portico
+        .wait_until("the TCP listener's port relays to redis", |_| async move {
+            let p = port.to_string();
+            run("redis-cli", &["-h", "127.0.0.1", "-p", &p, "PING"])
+                .await
+                .trim()
+                == "PONG"
+        })
+        .await;
+    let p = port.to_string();
+    let set = run("redis-cli", &["-h", "127.0.0.1", "-p", &p, "SET", "k", "v"]).await;
+    assert_eq!(set.trim(), "OK");
+
+    let opts = ClientOptions {
+        sni: Some("vault.example.org"),
+        ..Default::default()
+    };
+    let (stream, hs) = tls::connect(portico.https, opts).await.unwrap();
+    assert_eq!(
+        hs.serial, vault_cert.serial,
+        "the backend's own certificate"
+    );
+    let reply = tls::get(stream, "vault.example.org", "/").await.unwrap();
+    assert!(reply.text().contains("s_server"), "{}", reply.text());
+
+    let config = portico.admin_get("/config").await.unwrap().text();
+    assert!(
+        config.contains("vault.example.org"),
+        "passthrough host in the snapshot"
+    );
 }

@@ -24,7 +24,7 @@ impl RouteProcessor<'_> {
         self.process(
             key,
             head,
-            Box::new(|p, hosts, f| p.grpc_rules(key, route, hosts, f)),
+            Box::new(|p, hosts, _, f| p.grpc_rules(key, route, hosts, f)),
         )
     }
 

@@ -43,7 +43,7 @@ pub(crate) struct RouteProcessor<'a> {
 }
 
 /// Why a parent did not take the route: the `Accepted: False` reason and a message.
-type Refusal = (&'static str, String);
+pub(crate) type Refusal = (&'static str, String);
 
 /// What every route kind has: its parents and hostnames.
 pub(crate) struct RouteHead<'r> {
@@ -53,8 +53,15 @@ pub(crate) struct RouteHead<'r> {
     pub hostnames: &'r [String],
 }
 
-type Rules<'p, 'a> =
-    dyn FnOnce(&RouteProcessor<'a>, &[HostMatch], &mut Fragment) -> Result<(), Refusal> + 'p;
+/// What a route kind adds for the hostnames it has and the listeners (gateway index,
+/// listener index) that took it.
+type Rules<'p, 'a> = dyn FnOnce(
+        &RouteProcessor<'a>,
+        &[HostMatch],
+        &[(usize, usize)],
+        &mut Fragment,
+    ) -> Result<(), Refusal>
+    + 'p;
 
 impl<'a> RouteProcessor<'a> {
     pub fn process_http(&self, key: &ObjectKey, route: &HttpRoute) -> Option<ProcessedRoute> {
@@ -67,7 +74,7 @@ impl<'a> RouteProcessor<'a> {
         self.process(
             key,
             head,
-            Box::new(|p, hosts, f| p.rules(key, route, hosts, f)),
+            Box::new(|p, hosts, _, f| p.rules(key, route, hosts, f)),
         )
     }
 
@@ -123,7 +130,7 @@ impl<'a> RouteProcessor<'a> {
         if parents.is_empty() {
             return None;
         }
-        let resolved = rules(self, &hosts, &mut fragment);
+        let resolved = rules(self, &hosts, &attached, &mut fragment);
         let refs = match resolved {
             Ok(()) => StatusCondition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
             Err((reason, message)) => {

@@ -17,13 +17,26 @@ use portico_model::{HostMatch, SourceKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The route kinds an HTTP or HTTPS listener takes.
-pub(crate) const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Http,
     Https,
+    /// TLS passed through to the backend by SNI, on the HTTPS port.
+    Tls,
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The route kinds a listener of this protocol takes.
+    fn route_kinds(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
+            Protocol::Tls => &["TLSRoute"],
+            Protocol::Tcp => &["TCPRoute"],
+            Protocol::Udp => &["UDPRoute"],
+        }
+    }
 }
 
 /// Which namespaces' routes a listener takes.
@@ -37,6 +50,7 @@ pub(crate) enum AllowedNamespaces {
 pub(crate) struct ServedListener {
     pub index: usize,
     pub port: i32,
+    pub protocol: Protocol,
     /// `None`: every host.
     pub hostname: Option<HostMatch>,
     pub namespaces: AllowedNamespaces,
@@ -217,6 +231,7 @@ fn gateway_of(
         served.push(Some(ServedListener {
             index: i,
             port: l.port,
+            protocol,
             hostname,
             namespaces: allowed_namespaces(l),
             kinds,
@@ -327,44 +342,63 @@ fn check_listener(l: &Listener, opts: &GatewayOptions) -> Result<Checked, (&'sta
     let protocol = match l.protocol.as_str() {
         "HTTP" => Protocol::Http,
         "HTTPS" => Protocol::Https,
+        "TLS" => Protocol::Tls,
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
         other => {
             return Err((
                 "UnsupportedProtocol",
-                format!("protocol {other:?} is not served (HTTP and HTTPS are)"),
+                format!("protocol {other:?} is not served (HTTP, HTTPS, TLS, TCP and UDP are)"),
             ))
         }
     };
-    let port = match protocol {
-        Protocol::Http => opts.http_port,
-        Protocol::Https => opts.https_port,
+    let fixed = match protocol {
+        Protocol::Http => Some((opts.http_port, "http")),
+        Protocol::Https | Protocol::Tls => Some((opts.https_port, "https")),
+        Protocol::Tcp | Protocol::Udp => None,
     };
-    if l.port != port {
-        return Err((
-            "PortUnavailable",
-            format!(
-                "port {}: {} listeners are served on port {port} (--gateway-{}-port)",
-                l.port,
-                l.protocol,
-                if protocol == Protocol::Http {
-                    "http"
-                } else {
-                    "https"
-                }
-            ),
-        ));
+    match fixed {
+        Some((port, flag)) if l.port != port => {
+            return Err((
+                "PortUnavailable",
+                format!(
+                    "port {}: {} listeners are served on port {port} (--gateway-{flag}-port)",
+                    l.port, l.protocol
+                ),
+            ));
+        }
+        None if !(1..=65535).contains(&l.port)
+            || opts.reserved_ports.contains(&(l.port as u16)) =>
+        {
+            return Err((
+                "PortUnavailable",
+                format!(
+                    "port {} is not a port Portico may open for {} (--reserved-ports)",
+                    l.port, l.protocol
+                ),
+            ));
+        }
+        _ => {}
     }
-    if protocol == Protocol::Https {
-        let mode = l
-            .tls
-            .as_ref()
-            .and_then(|t| t.mode.as_deref())
-            .unwrap_or("Terminate");
-        if mode != "Terminate" {
+    let mode = l
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.as_deref())
+        .unwrap_or("Terminate");
+    match protocol {
+        Protocol::Https if mode != "Terminate" => {
             return Err((
                 "UnsupportedValue",
                 format!("tls.mode {mode:?}: an HTTPS listener terminates TLS"),
-            ));
+            ))
         }
+        Protocol::Tls if mode != "Passthrough" => {
+            return Err((
+                "UnsupportedValue",
+                format!("tls.mode {mode:?}: a TLS listener passes TLS through (Terminate is not served yet)"),
+            ))
+        }
+        _ => {}
     }
     let hostname = match l.hostname.as_deref().filter(|h| !h.is_empty()) {
         None => None,
@@ -374,12 +408,13 @@ fn check_listener(l: &Listener, opts: &GatewayOptions) -> Result<Checked, (&'sta
         ),
     };
     let (mut kinds, mut refused) = (Vec::new(), Vec::new());
+    let served = protocol.route_kinds();
     match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        None => kinds.extend(HTTP_ROUTE_KINDS.iter().map(|k| k.to_string())),
+        None => kinds.extend(served.iter().map(|k| k.to_string())),
         Some(wanted) => {
             for k in wanted {
                 let group_ok = k.group.as_deref().is_none_or(|g| g == GROUP);
-                if group_ok && HTTP_ROUTE_KINDS.contains(&k.kind.as_str()) {
+                if group_ok && served.contains(&k.kind.as_str()) {
                     if !kinds.contains(&k.kind) {
                         kinds.push(k.kind.clone());
                     }

@@ -9,6 +9,7 @@
 mod grants;
 mod grpc_route;
 mod http_route;
+mod l4_route;
 mod listeners;
 pub mod status;
 pub mod types;
@@ -31,6 +32,9 @@ pub struct GatewayOptions {
     pub http_port: i32,
     /// The port of Gateway listeners served by the proxy's HTTPS listener (`--gateway-https-port`).
     pub https_port: i32,
+    /// Ports TCP and UDP listeners may not have (`--reserved-ports`, filled in from
+    /// [`crate::StreamOptions`] by the translator).
+    pub reserved_ports: Vec<u16>,
 }
 
 impl Default for GatewayOptions {
@@ -38,6 +42,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             http_port: 80,
             https_port: 443,
+            reserved_ports: Vec::new(),
         }
     }
 }
@@ -88,6 +93,26 @@ pub(crate) fn process(
     for (key, route) in &state.grpc_routes {
         let processed = processor.process_grpc(key, route);
         outputs.push((key, &route.metadata, processed, true));
+    }
+    let l4_keys: Vec<(&str, ObjectKey)> = state
+        .l4_routes
+        .keys()
+        .map(|(kind, ns, name)| (kind.as_str(), (ns.clone(), name.clone())))
+        .collect();
+    for ((kind, key), route) in l4_keys.iter().zip(state.l4_routes.values()) {
+        let Some(processed) = processor.process_l4(key, route) else {
+            continue;
+        };
+        status.l4_routes.insert(
+            (kind.to_string(), key.0.clone(), key.1.clone()),
+            processed.parents,
+        );
+        attached.extend(processed.attached);
+        fragments.push(AgedFragment {
+            created: route.metadata.creation_timestamp.clone(),
+            key: key.clone(),
+            fragment: Arc::new(processed.fragment),
+        });
     }
     for (key, meta, processed, grpc) in outputs {
         let Some(processed) = processed else {
@@ -144,6 +169,7 @@ mod tests {
                 "spec": {"gatewayClassName": "portico", "listeners": [
                     {"name": "http", "protocol": "HTTP", "port": 80, "hostname": "*.example.com"},
                     {"name": "tcp", "protocol": "SCTP", "port": 9000},
+                    {"name": "on-reserved", "protocol": "TCP", "port": 10254},
                     {"name": "alt", "protocol": "HTTP", "port": 8080},
                     {"name": "https", "protocol": "HTTPS", "port": 443,
                      "tls": {"certificateRefs": [{"name": "missing"}]}}
@@ -193,7 +219,14 @@ mod tests {
 
     #[test]
     fn status_reports_classes_listeners_and_route_parents_as_the_spec_names_them() {
-        let t = translate(&state(), &Options::default());
+        let opts = Options {
+            streams: crate::StreamOptions {
+                reserved_ports: vec![10254],
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        let t = translate(&state(), &opts);
         let s = &t.gateway_status;
         assert_eq!(
             s.classes.keys().collect::<Vec<_>>(),
@@ -226,6 +259,11 @@ mod tests {
         assert_eq!(
             reason(&listener("alt").conditions, "Accepted"),
             (false, "PortUnavailable")
+        );
+        assert_eq!(
+            reason(&listener("on-reserved").conditions, "Accepted"),
+            (false, "PortUnavailable"),
+            "a TCP listener on one of the proxy's own ports"
         );
         assert_eq!(
             reason(&listener("https").conditions, "ResolvedRefs"),

@@ -65,4 +65,6 @@ pub struct GatewayApiStatus {
     pub http_routes: BTreeMap<ObjectKey, Vec<RouteParentState>>,
     /// The same for each GRPCRoute.
     pub grpc_routes: BTreeMap<ObjectKey, Vec<RouteParentState>>,
+    /// The same for each TCPRoute, UDPRoute and TLSRoute, by kind, namespace and name.
+    pub l4_routes: BTreeMap<(String, String, String), Vec<RouteParentState>>,
 }

@@ -10,7 +10,9 @@ use crate::secret::CheckedCertificate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use portico_model::{Canary, ClientAuth, HostMatch, Route, SourceKind, SourceRef};
+use portico_model::{
+    Canary, ClientAuth, HostMatch, PassthroughHost, Route, SourceKind, SourceRef, StreamService,
+};
 use std::sync::Arc;
 
 /// An object a fragment read, held so that "unchanged" can be told by identity (the
@@ -216,6 +218,10 @@ pub(crate) struct Fragment {
     /// `ssl-passthrough`: TLS connections for the Ingress's hosts go to their `/` backend
     /// untouched.
     pub passthrough: bool,
+    /// A TCPRoute's or UDPRoute's ports.
+    pub streams: Vec<StreamService>,
+    /// A TLSRoute's hosts, passed through.
+    pub passthrough_hosts: Vec<PassthroughHost>,
 }
 
 impl Fragment {
@@ -255,6 +261,8 @@ impl Fragment {
             client_auth: None,
             ciphers: None,
             passthrough: false,
+            streams: Vec::new(),
+            passthrough_hosts: Vec::new(),
         }
     }
 
