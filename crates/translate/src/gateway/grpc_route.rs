@@ -3,12 +3,13 @@
 //! Parents, hostnames and backends are the route processor's, as for HTTPRoute.
 
 use super::http_route::{
-    apply_filters, value_conditions, ProcessedRoute, RouteHead, RouteProcessor,
+    add_for_hosts, apply_filters, fragment_route, report_problems, value_conditions,
+    ProcessedRoute, RouteHead, RouteProcessor,
 };
 use super::types::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch};
 use crate::cache::ObjectKey;
-use crate::diagnostic::{Diagnostic, Reason};
-use crate::ingress::{Fragment, FragmentRoute};
+use crate::diagnostic::Reason;
+use crate::ingress::Fragment;
 use portico_model::{
     HostMatch, PathMatch, RequestConditions, Route, SourceKind, Upstream, UpstreamProtocol,
 };
@@ -95,26 +96,11 @@ impl RouteProcessor<'_> {
                 };
                 r.conditions =
                     (conditions != RequestConditions::default()).then(|| Box::new(conditions));
-                routes.push(FragmentRoute {
-                    route: r,
-                    ssl_redirect: false,
-                    rule: i,
-                    path: j,
-                    path_type,
-                    regex_host: false,
-                });
+                routes.push(fragment_route(r, i, j, path_type));
             }
-            fragment
-                .diagnostics
-                .extend(problems.into_iter().map(|(reason, message)| Diagnostic {
-                    object: fragment.object.clone(),
-                    reason,
-                    message,
-                }));
+            report_problems(fragment, problems);
         }
-        for host in hosts {
-            fragment.rules.push((host.clone(), routes.clone()));
-        }
+        add_for_hosts(fragment, hosts, &routes);
         unresolved
     }
 }

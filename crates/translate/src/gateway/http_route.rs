@@ -9,7 +9,7 @@
 //! `RequestConditions::weight`). Two routes with the same path and conditions: the
 //! older wins, as between Ingresses.
 
-use super::grants::{self, CrossReference};
+use super::grants::{self, CoreRef};
 use super::listeners::{selects, AllowedNamespaces, ServedGateway, ServedListener};
 use super::status::{RouteParentState, StatusCondition};
 use super::types::{
@@ -340,26 +340,11 @@ impl<'a> RouteProcessor<'a> {
                 }
                 r.path = path;
                 r.conditions = conditions_of(m).map(Box::new);
-                routes.push(FragmentRoute {
-                    route: r,
-                    ssl_redirect: false,
-                    rule: i,
-                    path: j,
-                    path_type,
-                    regex_host: false,
-                });
+                routes.push(fragment_route(r, i, j, path_type));
             }
-            fragment
-                .diagnostics
-                .extend(problems.into_iter().map(|(reason, message)| Diagnostic {
-                    object: fragment.object.clone(),
-                    reason,
-                    message,
-                }));
+            report_problems(fragment, problems);
         }
-        for host in hosts {
-            fragment.rules.push((host.clone(), routes.clone()));
-        }
+        add_for_hosts(fragment, hosts, &routes);
         unresolved
     }
 
@@ -483,36 +468,19 @@ impl<'a> RouteProcessor<'a> {
         r: &BackendRef,
         upstream: &Upstream,
     ) -> Result<Arc<Resolved>, Refusal> {
-        let group = r.group.as_deref().unwrap_or("");
-        let target = r.kind.as_deref().unwrap_or("Service");
-        if !group.is_empty() || target != "Service" {
-            return Err((
-                "InvalidKind",
-                format!("{target} {:?} (group {group:?}) is not a Service", r.name),
-            ));
-        }
-        let namespace = r.namespace.clone().unwrap_or_else(|| key.0.clone());
-        let allowed = grants::permitted(
+        let reference = CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        };
+        let namespace = grants::core_reference(
             self.state,
-            &CrossReference {
-                from_group: GROUP,
-                from_kind: kind.as_str(),
-                from_namespace: &key.0,
-                to_group: "",
-                to_kind: "Service",
-                to_namespace: &namespace,
-                name: &r.name,
-            },
-        );
-        if !allowed {
-            return Err((
-                "RefNotPermitted",
-                format!(
-                    "Service {namespace}/{}: no ReferenceGrant in {namespace:?} lets {}s of {:?} use it",
-                    r.name, kind.as_str(), key.0
-                ),
-            ));
-        }
+            (kind.as_str(), &key.0),
+            &reference,
+            "Service",
+            "InvalidKind",
+        )?;
         let Some(port) = r.port else {
             return Err((
                 "BackendNotFound",
@@ -540,6 +508,46 @@ impl<'a> RouteProcessor<'a> {
             }
             _ => Ok(Arc::new(resolved)),
         }
+    }
+}
+
+/// A Gateway API rule's route (match `path` of rule `rule`), as merging takes it.
+pub(crate) fn fragment_route(
+    route: Route,
+    rule: usize,
+    path: usize,
+    path_type: &'static str,
+) -> FragmentRoute {
+    FragmentRoute {
+        route,
+        ssl_redirect: false,
+        rule,
+        path,
+        path_type,
+        regex_host: false,
+    }
+}
+
+/// A rule's problems, as diagnostics on the route.
+pub(crate) fn report_problems(fragment: &mut Fragment, problems: Vec<(Reason, String)>) {
+    let object = &fragment.object;
+    fragment
+        .diagnostics
+        .extend(problems.into_iter().map(|(reason, message)| Diagnostic {
+            object: object.clone(),
+            reason,
+            message,
+        }));
+}
+
+/// The route's routes, for each hostname it has.
+pub(crate) fn add_for_hosts(
+    fragment: &mut Fragment,
+    hosts: &[HostMatch],
+    routes: &[FragmentRoute],
+) {
+    for host in hosts {
+        fragment.rules.push((host.clone(), routes.to_vec()));
     }
 }
 

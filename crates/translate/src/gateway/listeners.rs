@@ -4,7 +4,7 @@
 //! `--gateway-https-port` by its HTTPS listener. A listener Portico cannot serve is
 //! reported in its status and takes no routes.
 
-use super::grants::{self, CrossReference};
+use super::grants::{self, CoreRef};
 use super::status::{GatewayState, ListenerState, StatusCondition};
 use super::types::{Gateway, Listener, RouteGroupKind, GROUP};
 use super::GatewayOptions;
@@ -458,36 +458,19 @@ fn certificate(
             "an HTTPS listener needs a certificate".into(),
         ));
     };
-    let group = r.group.as_deref().unwrap_or("");
-    let kind = r.kind.as_deref().unwrap_or("Secret");
-    if !group.is_empty() || kind != "Secret" {
-        return Err((
-            "InvalidCertificateRef",
-            format!("{kind} {:?} (group {group:?}) is not a Secret", r.name),
-        ));
-    }
-    let namespace = r.namespace.clone().unwrap_or_else(|| gateway.0.clone());
-    let allowed = grants::permitted(
+    let reference = CoreRef {
+        group: r.group.as_deref(),
+        kind: r.kind.as_deref(),
+        name: &r.name,
+        namespace: r.namespace.as_deref(),
+    };
+    let namespace = grants::core_reference(
         state,
-        &CrossReference {
-            from_group: GROUP,
-            from_kind: "Gateway",
-            from_namespace: &gateway.0,
-            to_group: "",
-            to_kind: "Secret",
-            to_namespace: &namespace,
-            name: &r.name,
-        },
-    );
-    if !allowed {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "Secret {namespace}/{}: no ReferenceGrant in {namespace:?} lets Gateways of {:?} use it",
-                r.name, gateway.0
-            ),
-        ));
-    }
+        ("Gateway", &gateway.0),
+        &reference,
+        "Secret",
+        "InvalidCertificateRef",
+    )?;
     let name = format!("{namespace}/{}", r.name);
     let secret = state.secrets.get(&(namespace, r.name.clone()));
     secret::tls_certificate_of(&name, secret.map(|s| &**s))
