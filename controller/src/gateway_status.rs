@@ -13,7 +13,7 @@ use kube::Client;
 use portico_translate::gateway::status::{GatewayState, RouteParentState, StatusCondition};
 use portico_translate::gateway::types::{
     Gateway, GatewayAddress, GatewayClass, GatewayStatus, GrpcRoute, HttpRoute, ListenerStatus,
-    RouteParentStatus, RouteStatus,
+    RouteParentStatus, RouteStatus, TcpRoute, TlsRoute, UdpRoute,
 };
 use portico_translate::gateway::GATEWAY_CONTROLLER_NAME;
 use serde_json::json;
@@ -227,16 +227,38 @@ impl GatewayStatusWriter {
                 .write(api, &key.1, &patch, ("Gateway", &object), rv)
                 .await;
         }
-        // Routes of both kinds: (kind, parents, current status, resourceVersion, writer).
+        // Routes of every kind: (namespace and name, kind, parents, current status, metadata).
         let http = status.http_routes.iter().filter_map(|(key, parents)| {
             let r = outcome.state.http_routes.get(key)?;
-            Some((key, "HTTPRoute", parents, r.status.as_ref(), &r.metadata))
+            Some((
+                key.clone(),
+                "HTTPRoute",
+                parents,
+                r.status.as_ref(),
+                &r.metadata,
+            ))
         });
         let grpc = status.grpc_routes.iter().filter_map(|(key, parents)| {
             let r = outcome.state.grpc_routes.get(key)?;
-            Some((key, "GRPCRoute", parents, r.status.as_ref(), &r.metadata))
+            Some((
+                key.clone(),
+                "GRPCRoute",
+                parents,
+                r.status.as_ref(),
+                &r.metadata,
+            ))
         });
-        let routes: Vec<_> = http.chain(grpc).collect();
+        let l4 = status.l4_routes.iter().filter_map(|(key, parents)| {
+            let r = outcome.state.l4_routes.get(key)?;
+            let kind = match key.0.as_str() {
+                "TCPRoute" => "TCPRoute",
+                "UDPRoute" => "UDPRoute",
+                _ => "TLSRoute",
+            };
+            let object = (key.1.clone(), key.2.clone());
+            Some((object, kind, parents, r.status.as_ref(), &r.metadata))
+        });
+        let routes: Vec<_> = http.chain(grpc).chain(l4).collect();
         for (key, kind, parents, current, meta) in routes {
             let desired = route_status(parents, current, &now);
             if current.is_some_and(|c| same_route_status(&desired, c)) {
@@ -245,12 +267,29 @@ impl GatewayStatusWriter {
             let patch = json!({"status": desired});
             let object = format!("{}/{}", key.0, key.1);
             let rv = meta.resource_version.as_deref();
-            let written = if kind == "HTTPRoute" {
-                let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.0);
-                self.write(api, &key.1, &patch, (kind, &object), rv).await
-            } else {
-                let api: Api<GrpcRoute> = Api::namespaced(self.client.clone(), &key.0);
-                self.write(api, &key.1, &patch, (kind, &object), rv).await
+            let (client, ns) = (self.client.clone(), key.0.as_str());
+            let at = (kind, object.as_str());
+            let written = match kind {
+                "HTTPRoute" => {
+                    let api: Api<HttpRoute> = Api::namespaced(client, ns);
+                    self.write(api, &key.1, &patch, at, rv).await
+                }
+                "GRPCRoute" => {
+                    let api: Api<GrpcRoute> = Api::namespaced(client, ns);
+                    self.write(api, &key.1, &patch, at, rv).await
+                }
+                "TCPRoute" => {
+                    let api: Api<TcpRoute> = Api::namespaced(client, ns);
+                    self.write(api, &key.1, &patch, at, rv).await
+                }
+                "UDPRoute" => {
+                    let api: Api<UdpRoute> = Api::namespaced(client, ns);
+                    self.write(api, &key.1, &patch, at, rv).await
+                }
+                _ => {
+                    let api: Api<TlsRoute> = Api::namespaced(client, ns);
+                    self.write(api, &key.1, &patch, at, rv).await
+                }
             };
             ok &= written;
         }

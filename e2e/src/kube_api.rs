@@ -170,6 +170,30 @@ const KINDS: &[Kind] = &[
         has_status: true,
     },
     Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1alpha2",
+        plural: "tcproutes",
+        kind: "TCPRoute",
+        api_version: "gateway.networking.k8s.io/v1alpha2",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1alpha2",
+        plural: "udproutes",
+        kind: "UDPRoute",
+        api_version: "gateway.networking.k8s.io/v1alpha2",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
+        prefix: "apis/gateway.networking.k8s.io/v1alpha2",
+        plural: "tlsroutes",
+        kind: "TLSRoute",
+        api_version: "gateway.networking.k8s.io/v1alpha2",
+        namespaced: true,
+        has_status: true,
+    },
+    Kind {
         prefix: "apis/gateway.networking.k8s.io/v1beta1",
         plural: "referencegrants",
         kind: "ReferenceGrant",
@@ -540,6 +564,14 @@ impl TestApiServer {
         {
             missing.push(k.plural);
         }
+    }
+
+    /// Answers every request for the resource `plural` with 404, as without its CRD.
+    pub fn without_kind(&self, plural: &'static str) {
+        self.missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(plural);
     }
 
     pub fn allow(&self, plural: &str) {

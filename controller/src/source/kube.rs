@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use portico_translate::gateway::types::{
-    Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant,
+    Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute,
 };
 use portico_translate::{ClusterState, KubeObject, ObjectKind};
 use serde::de::DeserializeOwned;
@@ -131,6 +131,35 @@ async fn gateway_api_served(client: &Client) -> bool {
             tracing::info!(error = %e, "Gateway API is not served here (its CRDs are not installed, or Portico may not list them); GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants are not watched");
             false
         }
+    }
+}
+
+/// Whether the API server serves the (namespaced) kind `K`: one list call, and a log
+/// line when it does not.
+async fn kind_served<K>(client: &Client) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let probe = Api::<K>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await;
+    if let Err(e) = &probe {
+        tracing::info!(kind = %K::kind(&()), error = %e, "not served here (its CRD is not installed, or Portico may not list it); not watched");
+    }
+    probe.is_ok()
+}
+
+/// `K` in `ns`, or in every namespace.
+fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+    client: &Client,
+    ns: &Option<String>,
+) -> Api<K>
+where
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -282,20 +311,46 @@ impl Source for KubeSource {
             } else {
                 self.namespaces.iter().cloned().map(Some).collect()
             };
+            // The L4 routes are in Gateway API's experimental channel: each may be missing.
+            let tcp = kind_served::<TcpRoute>(&self.client).await;
+            let udp = kind_served::<UdpRoute>(&self.client).await;
+            let tls = kind_served::<TlsRoute>(&self.client).await;
             for ns in namespaces {
-                fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
-                    client: &Client,
-                    ns: &Option<String>,
-                ) -> Api<K>
-                where
-                    K::DynamicType: Default,
-                {
-                    match ns {
-                        Some(ns) => Api::namespaced(client.clone(), ns),
-                        None => Api::all(client.clone()),
-                    }
-                }
                 let client = &self.client;
+                for (served, kind) in [
+                    (tcp, ObjectKind::TcpRoute),
+                    (udp, ObjectKind::UdpRoute),
+                    (tls, ObjectKind::TlsRoute),
+                ] {
+                    if !served {
+                        continue;
+                    }
+                    scopes.push(Scope {
+                        kind,
+                        namespace: ns.clone(),
+                    });
+                    let n = streams.len();
+                    streams.push(match kind {
+                        ObjectKind::TcpRoute => watch(
+                            api::<TcpRoute>(client, &ns),
+                            n,
+                            |_| true,
+                            |o| KubeObject::L4Route(Arc::new((*o).clone().into())),
+                        ),
+                        ObjectKind::UdpRoute => watch(
+                            api::<UdpRoute>(client, &ns),
+                            n,
+                            |_| true,
+                            |o| KubeObject::L4Route(Arc::new((*o).clone().into())),
+                        ),
+                        _ => watch(
+                            api::<TlsRoute>(client, &ns),
+                            n,
+                            |_| true,
+                            |o| KubeObject::L4Route(Arc::new((*o).clone().into())),
+                        ),
+                    });
+                }
                 for kind in [
                     ObjectKind::Gateway,
                     ObjectKind::HttpRoute,

@@ -27,7 +27,7 @@ pub enum KubeObject {
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HttpRoute>),
     GrpcRoute(Arc<GrpcRoute>),
-    /// A TCPRoute, UDPRoute or TLSRoute (manifests only, for now).
+    /// A TCPRoute, UDPRoute or TLSRoute.
     L4Route(Arc<L4Route>),
     ReferenceGrant(Arc<ReferenceGrant>),
     /// Read for its labels, which a Gateway listener's `allowedRoutes` may select.
@@ -47,7 +47,9 @@ pub enum ObjectKind {
     Gateway,
     HttpRoute,
     GrpcRoute,
-    L4Route,
+    TcpRoute,
+    UdpRoute,
+    TlsRoute,
     ReferenceGrant,
     Namespace,
 }
@@ -65,7 +67,9 @@ impl ObjectKind {
             ObjectKind::Gateway => "Gateway",
             ObjectKind::HttpRoute => "HTTPRoute",
             ObjectKind::GrpcRoute => "GRPCRoute",
-            ObjectKind::L4Route => "TCPRoute/UDPRoute/TLSRoute",
+            ObjectKind::TcpRoute => "TCPRoute",
+            ObjectKind::UdpRoute => "UDPRoute",
+            ObjectKind::TlsRoute => "TLSRoute",
             ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::Namespace => "Namespace",
         }
@@ -85,7 +89,11 @@ impl KubeObject {
             KubeObject::Gateway(_) => ObjectKind::Gateway,
             KubeObject::HttpRoute(_) => ObjectKind::HttpRoute,
             KubeObject::GrpcRoute(_) => ObjectKind::GrpcRoute,
-            KubeObject::L4Route(_) => ObjectKind::L4Route,
+            KubeObject::L4Route(o) => match o.kind.as_str() {
+                "TCPRoute" => ObjectKind::TcpRoute,
+                "UDPRoute" => ObjectKind::UdpRoute,
+                _ => ObjectKind::TlsRoute,
+            },
             KubeObject::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
         }
@@ -250,7 +258,7 @@ impl ClusterState {
             ObjectKind::GrpcRoute => {
                 self.grpc_routes.remove(&k);
             }
-            ObjectKind::L4Route => {}
+            ObjectKind::TcpRoute | ObjectKind::UdpRoute | ObjectKind::TlsRoute => {}
             ObjectKind::ReferenceGrant => {
                 self.reference_grants.remove(&k);
             }
@@ -280,9 +288,11 @@ impl ClusterState {
             ObjectKind::Gateway => self.gateways.retain(|k, _| keep(k)),
             ObjectKind::HttpRoute => self.http_routes.retain(|k, _| keep(k)),
             ObjectKind::GrpcRoute => self.grpc_routes.retain(|k, _| keep(k)),
-            ObjectKind::L4Route => self
-                .l4_routes
-                .retain(|(_, ns, name), _| keep(&(ns.clone(), name.clone()))),
+            ObjectKind::TcpRoute | ObjectKind::UdpRoute | ObjectKind::TlsRoute => {
+                let wanted = kind.as_str();
+                self.l4_routes
+                    .retain(|(k, ns, name), _| k != wanted || keep(&(ns.clone(), name.clone())))
+            }
             ObjectKind::ReferenceGrant => self.reference_grants.retain(|k, _| keep(k)),
             ObjectKind::Namespace => self.namespaces.clear(),
         }

@@ -547,3 +547,40 @@ pub struct L4RouteRule {
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
 }
+
+/// The three L4 route kinds as the API serves them (`v1alpha2`), for watching; each
+/// becomes an [`L4Route`] of its kind.
+macro_rules! l4_route_kind {
+    ($ty:ident, $kind:literal, $plural:literal) => {
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct $ty {
+            #[serde(default)]
+            pub metadata: ObjectMeta,
+            #[serde(default)]
+            pub spec: L4RouteSpec,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub status: Option<RouteStatus>,
+        }
+        resource!(
+            $ty,
+            $kind,
+            $plural,
+            "v1alpha2",
+            k8s_openapi::NamespaceResourceScope
+        );
+        impl From<$ty> for L4Route {
+            fn from(r: $ty) -> L4Route {
+                L4Route {
+                    kind: $kind.to_string(),
+                    metadata: r.metadata,
+                    spec: r.spec,
+                    status: r.status,
+                }
+            }
+        }
+    };
+}
+
+l4_route_kind!(TcpRoute, "TCPRoute", "tcproutes");
+l4_route_kind!(UdpRoute, "UDPRoute", "udproutes");
+l4_route_kind!(TlsRoute, "TLSRoute", "tlsroutes");
