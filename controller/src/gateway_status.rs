@@ -293,6 +293,37 @@ impl GatewayStatusWriter {
             };
             ok &= written;
         }
+        // Objects no longer reported on (deleted, or no longer Portico's) are forgotten.
+        let reported: std::collections::HashSet<String> = status
+            .classes
+            .keys()
+            .map(|name| format!("GatewayClass {name}"))
+            .chain(
+                status
+                    .gateways
+                    .keys()
+                    .map(|(ns, n)| format!("Gateway {ns}/{n}")),
+            )
+            .chain(
+                status
+                    .http_routes
+                    .keys()
+                    .map(|(ns, n)| format!("HTTPRoute {ns}/{n}")),
+            )
+            .chain(
+                status
+                    .grpc_routes
+                    .keys()
+                    .map(|(ns, n)| format!("GRPCRoute {ns}/{n}")),
+            )
+            .chain(
+                status
+                    .l4_routes
+                    .keys()
+                    .map(|(k, ns, n)| format!("{k} {ns}/{n}")),
+            )
+            .collect();
+        self.written.retain(|id, _| reported.contains(id));
         ok
     }
 

@@ -266,7 +266,7 @@ fn gateway_of(
                 "another listener has the same port and hostname",
                 generation,
             ));
-        } else if ls.conditions.len() < 3 {
+        } else if !ls.conditions.iter().any(|c| c.type_ == "Conflicted") {
             ls.conditions.push(condition(
                 "Conflicted",
                 false,

@@ -94,23 +94,19 @@ pub(crate) fn process(
         let processed = processor.process_grpc(key, route);
         outputs.push((key, &route.metadata, processed, true));
     }
-    let l4_keys: Vec<(&str, ObjectKey)> = state
-        .l4_routes
-        .keys()
-        .map(|(kind, ns, name)| (kind.as_str(), (ns.clone(), name.clone())))
-        .collect();
-    for ((kind, key), route) in l4_keys.iter().zip(state.l4_routes.values()) {
-        let Some(processed) = processor.process_l4(key, route) else {
+    for ((kind, namespace, name), route) in &state.l4_routes {
+        let key = (namespace.clone(), name.clone());
+        let Some(processed) = processor.process_l4(&key, route) else {
             continue;
         };
         status.l4_routes.insert(
-            (kind.to_string(), key.0.clone(), key.1.clone()),
+            (kind.clone(), namespace.clone(), name.clone()),
             processed.parents,
         );
         attached.extend(processed.attached);
         fragments.push(AgedFragment {
             created: route.metadata.creation_timestamp.clone(),
-            key: key.clone(),
+            key,
             fragment: Arc::new(processed.fragment),
         });
     }
