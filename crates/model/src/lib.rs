@@ -329,6 +329,11 @@ mod tests {
                         target: Template::parse("https://shadow.test$request_uri").unwrap(),
                         host: "shadow.test".into(),
                         body: false,
+                        backend: None,
+                        fraction: Some(MirrorFraction {
+                            numerator: 1,
+                            denominator: 4,
+                        }),
                     })),
                     split: Some(Box::new(BackendSplit {
                         shares: vec![

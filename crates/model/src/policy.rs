@@ -30,6 +30,23 @@ pub struct Cors {
     pub expose_headers: String,
     pub allow_credentials: bool,
     pub max_age_secs: u64,
+    /// Whose reading of these settings the proxy follows.
+    #[serde(default)]
+    pub rules: CorsRules,
+}
+
+/// ingress-nginx's `enable-cors` and Gateway API's CORS filter read the same settings a
+/// little differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CorsRules {
+    /// `*.x` origins cover one label; `*` answers `*`; `Access-Control-Expose-Headers`
+    /// only on answers that are not preflights.
+    #[default]
+    IngressNginx,
+    /// `*.x` origins cover any number of labels; with credentials allowed, `*` in
+    /// origins, methods or headers echoes what the request asked for (browsers refuse a
+    /// literal `*` then); `Access-Control-Expose-Headers` on every allowed answer.
+    GatewayApi,
 }
 
 /// Whether `origin` is `scheme://host[:port]`, the host possibly starting with `*.` for
@@ -74,6 +91,7 @@ impl Default for Cors {
             expose_headers: String::new(),
             allow_credentials: true,
             max_age_secs: 1_728_000,
+            rules: CorsRules::IngressNginx,
         }
     }
 }

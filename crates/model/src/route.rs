@@ -198,10 +198,24 @@ pub struct Mirror {
     /// An absolute `http` or `https` URL whose scheme and host part are literal text; its
     /// path and query may hold variables (`$request_uri`).
     pub target: Template,
-    /// The copy's `Host`: `mirror-host`, else the target's host name.
+    /// The copy's `Host`: `mirror-host`, else the target's host name; empty: the client's.
     pub host: String,
     /// The request body is copied too (up to a bound; a larger one is not mirrored).
     pub body: bool,
+    /// Gateway API's `RequestMirror`: the copy goes over plain HTTP to an endpoint of
+    /// this [`Backend::name`], and `target` is only its path and query (`$request_uri`).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Only this share of requests is copied; `None`: every one.
+    #[serde(default)]
+    pub fraction: Option<MirrorFraction>,
+}
+
+/// `numerator` requests in `denominator`, picked at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorFraction {
+    pub numerator: u32,
+    pub denominator: u32,
 }
 
 /// How a route's requests are traced when the proxy exports spans (`--otlp-endpoint`).

@@ -163,11 +163,13 @@ fn named_backends(r: &crate::Route) -> impl Iterator<Item = &str> {
     let canary = r.canary.as_deref().map(|c| c.backend.as_str());
     let error = r.error_pages.as_deref().and_then(|e| e.backend.as_deref());
     let shares = r.split.iter().flat_map(|s| &s.shares);
+    let mirror = r.mirror.as_deref().and_then(|m| m.backend.as_deref());
     std::iter::once(r.backend.as_str())
         .chain(canary)
         .chain(r.fallback_backend.as_deref())
         .chain(error)
         .chain(shares.map(|s| s.backend.as_str()))
+        .chain(mirror)
 }
 
 /// An HTTP token (RFC 9110), as cookie and header names must be.
@@ -574,14 +576,25 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
                 )),
                 _ => Ok(()),
             });
+            let checked =
+                checked.and_then(|()| match r.mirror.as_deref().and_then(|m| m.fraction) {
+                    Some(f) if f.denominator == 0 || f.numerator > f.denominator => Err(format!(
+                        "a mirror fraction of {}/{} is not between 0 and 1",
+                        f.numerator, f.denominator
+                    )),
+                    _ => Ok(()),
+                });
             let checked = checked.and_then(|()| {
                 let named = r
                     .fallback_backend
                     .iter()
                     .chain(r.error_pages.as_deref().and_then(|e| e.backend.as_ref()))
-                    .chain(r.split.iter().flat_map(|s| &s.shares).map(|s| &s.backend));
+                    .chain(r.split.iter().flat_map(|s| &s.shares).map(|s| &s.backend))
+                    .chain(r.mirror.as_deref().and_then(|m| m.backend.as_ref()));
                 match named.into_iter().find(|b| !backends.contains(b.as_str())) {
-                    Some(b) => Err(format!("unknown fallback or error backend {b:?}")),
+                    Some(b) => Err(format!(
+                        "unknown fallback, error, share or mirror backend {b:?}"
+                    )),
                     None => Ok(()),
                 }
             });

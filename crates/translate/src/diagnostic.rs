@@ -68,6 +68,8 @@ pub enum Reason {
     RefNotPermitted,
     /// A Gateway API field or filter Portico does not implement.
     UnsupportedField,
+    /// A Gateway API field whose value Portico cannot use.
+    InvalidField,
 }
 
 impl Reason {
@@ -101,6 +103,7 @@ impl Reason {
             Reason::NotAccepted => "NotAccepted",
             Reason::RefNotPermitted => "RefNotPermitted",
             Reason::UnsupportedField => "UnsupportedField",
+            Reason::InvalidField => "InvalidField",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! What fails here is reported and left out; its hosts get the default certificate.
 
 use crate::diagnostic::Reason;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use openssl::asn1::Asn1Time;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -94,16 +94,37 @@ pub(crate) fn tls_certificate_of(
 pub(crate) fn ca_bundle(name: &str, secret: &Secret) -> Result<String, String> {
     let pem = value(secret, CA_CERT_KEY)
         .ok_or_else(|| format!("secret {name}: key {CA_CERT_KEY:?} is missing"))?;
+    certificates_pem(&format!("secret {name}"), pem)
+}
+
+/// The trusted CA certificates (PEM) of a ConfigMap's `ca.crt`, as Gateway API's
+/// frontend validation names them.
+pub(crate) fn config_map_ca_bundle(name: &str, config_map: &ConfigMap) -> Result<String, String> {
+    let pem = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CA_CERT_KEY))
+        .map(String::as_bytes)
+        .or_else(|| {
+            let binary = config_map.binary_data.as_ref()?;
+            binary.get(CA_CERT_KEY).map(|b| b.0.as_slice())
+        })
+        .ok_or_else(|| format!("ConfigMap {name}: key {CA_CERT_KEY:?} is missing"))?;
+    certificates_pem(&format!("ConfigMap {name}"), pem)
+}
+
+/// The certificates of `pem`, re-encoded; `what` names where they came from in errors.
+fn certificates_pem(what: &str, pem: &[u8]) -> Result<String, String> {
     let certs = X509::stack_from_pem(pem)
         .ok()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| format!("secret {name}: {CA_CERT_KEY} does not hold a PEM certificate"))?;
+        .ok_or_else(|| format!("{what}: {CA_CERT_KEY} does not hold a PEM certificate"))?;
     let mut text = String::new();
     for cert in &certs {
         text.push_str(&String::from_utf8_lossy(
             &cert
                 .to_pem()
-                .map_err(|e| format!("secret {name}: {CA_CERT_KEY}: {e}"))?,
+                .map_err(|e| format!("{what}: {CA_CERT_KEY}: {e}"))?,
         ));
     }
     Ok(text)

@@ -3,7 +3,9 @@
 //! `HTTPRouteQueryParamMatching`, `HTTPRouteMethodMatching`, `HTTPRouteRedirectPath`,
 //! `HTTPRouteRewritePath`, `HTTPRouteRequestHeaderModifier`, `HTTPRouteWeight`,
 //! `HTTPRouteInvalidNonExistentBackendRef`, `HTTPRouteHostnameIntersection`,
-//! `HTTPRouteInvalidCrossNamespaceBackendRef`, `HTTPRouteReferenceGrant`): traffic
+//! `HTTPRouteInvalidCrossNamespaceBackendRef`, `HTTPRouteReferenceGrant`, and the
+//! extended mirror, CORS and timeout tests, and frontend client-certificate validation):
+//! traffic
 //! through the real binaries, and one proxy serving an Ingress and an HTTPRoute.
 
 use portico_e2e::echo::backends;
@@ -239,6 +241,151 @@ async fn a_cross_namespace_backend_needs_a_reference_grant() {
         c.get("cross.test", "/").await.unwrap().answered_by(),
         "local"
     );
+}
+
+/// The extended filters and fields, after `HTTPRouteRequestMirror`,
+/// `HTTPRouteRequestPercentageMirror`, `HTTPRouteCORS`, `HTTPRouteTimeoutRequest` and
+/// `HTTPRouteTimeoutBackendRequest`.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirrors_cors_and_timeouts_act_as_the_conformance_suite_expects() {
+    let (servers, mut docs) = backends(&["v1", "shadow", "halves"]).await;
+    docs.extend(class_and_gateway(
+        json!([{"name": "http", "protocol": "HTTP", "port": 80}]),
+    ));
+    let mirror = |to: &str, share: Value| {
+        let mut m = json!({"backendRef": {"name": to, "port": 80}});
+        m.as_object_mut()
+            .unwrap()
+            .extend(share.as_object().unwrap().clone());
+        json!({"type": "RequestMirror", "requestMirror": m})
+    };
+    let prefix = |p: &str| json!([{"path": {"type": "PathPrefix", "value": p}}]);
+    docs.push(http_route(
+        "extended",
+        "default",
+        json!(["ext.test"]),
+        json!([
+            {"matches": prefix("/mirror"), "filters": [mirror("shadow", json!({}))],
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/half"), "filters": [mirror("halves", json!({"percent": 50}))],
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/lost"), "filters": [mirror("nowhere", json!({}))],
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/cors-1"),
+             "filters": [{"type": "CORS", "cors": {
+                 "allowOrigins": ["https://www.foo.com", "https://*.bar.com"],
+                 "allowMethods": ["GET", "OPTIONS"],
+                 "allowHeaders": ["x-header-1", "x-header-2"],
+                 "exposeHeaders": ["x-header-3", "x-header-4"],
+                 "allowCredentials": true, "maxAge": 3600}}],
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/request-timeout"), "timeouts": {"request": "500ms"},
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/disable-request-timeout"), "timeouts": {"request": "0s"},
+             "backendRefs": [backend("v1")]},
+            {"matches": prefix("/backend-timeout"), "timeouts": {"backendRequest": "500ms"},
+             "backendRefs": [backend("v1")]}
+        ]),
+    ));
+    let portico = Portico::start(&[("gateway.yaml", to_yaml(&docs))]).await;
+    let c = &portico.client;
+    let host = "ext.test";
+    let (shadow, halves) = (&servers[1], &servers[2]);
+
+    for _ in 0..10 {
+        let r = c
+            .request("POST", host, "/mirror/orders", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.answered_by(),
+            "v1",
+            "the client's answer is the backend's"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shadow.request_count() < 10 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.request_count(), 10, "every request is copied");
+
+    for _ in 0..200 {
+        assert_eq!(c.get(host, "/half").await.unwrap().answered_by(), "v1");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let copied = halves.request_count();
+    assert!(
+        (50..=150).contains(&copied),
+        "about half of 200 requests copied, not {copied}"
+    );
+    assert_eq!(
+        c.get(host, "/lost").await.unwrap().answered_by(),
+        "v1",
+        "a mirror whose Service is missing copies nothing and harms nothing"
+    );
+
+    let preflight = |origin: &'static str| async move {
+        c.request(
+            "OPTIONS",
+            host,
+            "/cors-1",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-header-1, x-header-2"),
+            ],
+        )
+        .await
+        .unwrap()
+    };
+    for origin in ["https://www.foo.com", "https://xpto.www.bar.com"] {
+        let r = preflight(origin).await;
+        assert!([200, 204].contains(&r.status), "{origin}: {}", r.status);
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+        assert_eq!(
+            r.header("access-control-allow-methods"),
+            Some("GET, OPTIONS")
+        );
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("x-header-1, x-header-2")
+        );
+        assert_eq!(
+            r.header("access-control-expose-headers"),
+            Some("x-header-3, x-header-4")
+        );
+        assert_eq!(r.header("access-control-max-age"), Some("3600"));
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    }
+    let refused = preflight("https://foobar.com").await;
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    let simple = c
+        .request("GET", host, "/cors-1", &[("origin", "https://www.foo.com")])
+        .await
+        .unwrap();
+    assert_eq!(simple.answered_by(), "v1");
+    assert_eq!(
+        simple.header("access-control-allow-origin"),
+        Some("https://www.foo.com")
+    );
+
+    assert_eq!(c.get(host, "/request-timeout").await.unwrap().status, 200);
+    let slow = std::time::Instant::now();
+    let r = c.get(host, "/request-timeout?sleep_ms=3000").await.unwrap();
+    assert_eq!(r.status, 504, "past the request timeout");
+    assert!(
+        slow.elapsed() < std::time::Duration::from_millis(2500),
+        "answered at the timeout, not after the backend: {:?}",
+        slow.elapsed()
+    );
+    let r = c
+        .get(host, "/disable-request-timeout?sleep_ms=1000")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "0s: no timeout");
+    let r = c.get(host, "/backend-timeout?sleep_ms=1000").await.unwrap();
+    assert_eq!(r.status, 504, "past the backend request timeout");
+    assert_eq!(c.get(host, "/backend-timeout").await.unwrap().status, 200);
 }
 
 /// An Ingress and an HTTPRoute for different hosts on one proxy; then the Ingress's host
@@ -622,6 +769,87 @@ async fn https_listeners_present_their_certificates_and_serve_their_routes() {
 /// TCPRoute and TLSRoute on the L4 data plane (after `TLSRouteSimpleSameNamespace`):
 /// redis-cli through a TCP listener's port to redis-server, and a TLS client through a
 /// passthrough listener to `openssl s_server`, whose own certificate it sees.
+/// After `GatewayFrontendClientCertificateValidation` and its insecure fallback: the
+/// Gateway's `spec.tls.frontend` makes its HTTPS listeners ask clients for certificates
+/// signed by the CA of a ConfigMap.
+#[tokio::test(flavor = "multi_thread")]
+async fn frontend_validation_admits_only_clients_with_a_certificate_from_the_ca() {
+    use portico_e2e::manifests::{config_map, tls_secret};
+    use portico_e2e::tls::{self, ClientOptions, TestCa};
+    let server_ca = TestCa::new("server ca");
+    let client_ca = TestCa::new("client ca");
+    let rogue_ca = TestCa::new("rogue ca");
+    let alice = client_ca.issue(&["alice"]);
+    let mallory = rogue_ca.issue(&["alice"]);
+    let (_servers, mut docs) = backends(&["web"]).await;
+    for host in ["strict.example.org", "lenient.example.org"] {
+        let issued = server_ca.issue(&[host]);
+        docs.push(tls_secret(host, &issued.cert_pem, &issued.key_pem));
+    }
+    docs.push(config_map(
+        "client-ca",
+        &[("ca.crt", &client_ca.cert_pem())],
+    ));
+    docs.push(class_and_gateway(json!([]))[0].clone());
+    for (name, mode) in [
+        ("strict", "AllowValidOnly"),
+        ("lenient", "AllowInsecureFallback"),
+    ] {
+        let host = format!("{name}.example.org");
+        docs.push(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"gatewayClassName": "portico",
+                     "tls": {"frontend": {"default": {"validation": {
+                         "caCertificateRefs": [{"kind": "ConfigMap", "group": "", "name": "client-ca"}],
+                         "mode": mode}}}},
+                     "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443,
+                                    "hostname": host, "tls": {"certificateRefs": [{"name": host}]}}]}}));
+        let mut route = http_route(
+            name,
+            "default",
+            json!([]),
+            json!([{"backendRefs": [backend("web")]}]),
+        );
+        route["spec"]["parentRefs"] = json!([{"name": name}]);
+        docs.push(route);
+    }
+    let portico = Portico::start(&[("mtls.yaml", to_yaml(&docs))]).await;
+    let status = |host: &'static str, certificate| {
+        let addr = portico.https;
+        async move {
+            let opts = ClientOptions {
+                sni: Some(host),
+                certificate,
+                alpn: &["http/1.1"],
+                ..ClientOptions::default()
+            };
+            let (stream, _) = tls::connect(addr, opts).await.expect("handshake");
+            tls::get(stream, host, "/").await.expect("an answer").status
+        }
+    };
+    let strict = "strict.example.org";
+    assert_eq!(
+        status(strict, Some(&alice)).await,
+        200,
+        "{}",
+        portico.logs()
+    );
+    assert_eq!(status(strict, None).await, 400, "no certificate");
+    assert_eq!(status(strict, Some(&mallory)).await, 400, "another CA's");
+    let lenient = "lenient.example.org";
+    for (who, certificate) in [
+        ("alice", Some(&alice)),
+        ("nobody", None),
+        ("mallory", Some(&mallory)),
+    ] {
+        assert_eq!(
+            status(lenient, certificate).await,
+            200,
+            "AllowInsecureFallback lets {who} in"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tcp_and_tls_routes_relay_to_real_servers() {
     use portico_e2e::harness::free_port;

@@ -4,9 +4,10 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use portico_model::Cors;
+use portico_model::{Cors, CorsRules};
 
 pub struct CompiledCors {
+    rules: CorsRules,
     any_origin: bool,
     origins: Vec<OriginPattern>,
     allow_methods: HeaderValue,
@@ -17,16 +18,18 @@ pub struct CompiledCors {
 }
 
 /// `scheme://host[:port]`, lower case. A host written `*.suffix` stands for one more
-/// label in front of the suffix; `host` then holds `.suffix`.
+/// label (any number of labels under Gateway API's rules) in front of the suffix; `host`
+/// then holds `.suffix`.
 struct OriginPattern {
     scheme: String,
     host: String,
     port: Option<String>,
     wildcard: bool,
+    many_labels: bool,
 }
 
 impl OriginPattern {
-    fn parse(origin: &str) -> Self {
+    fn parse(origin: &str, many_labels: bool) -> Self {
         let origin = origin.to_ascii_lowercase();
         let (scheme, rest) = origin.split_once("://").unwrap_or(("", &origin));
         let (host, port) = split_port(rest);
@@ -39,6 +42,7 @@ impl OriginPattern {
             host,
             port: port.map(str::to_string),
             wildcard,
+            many_labels,
         }
     }
 
@@ -61,10 +65,14 @@ impl OriginPattern {
         let Some((label, suffix)) = split else {
             return false;
         };
+        let label_ok =
+            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         suffix.eq_ignore_ascii_case(&self.host)
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && if self.many_labels {
+                label.split('.').all(label_ok)
+            } else {
+                label_ok(label)
+            }
     }
 }
 
@@ -80,13 +88,15 @@ impl CompiledCors {
         let value = |v: &str| {
             HeaderValue::try_from(v).map_err(|_| format!("CORS value {v:?} cannot be sent"))
         };
+        let many_labels = cors.rules == CorsRules::GatewayApi;
         Ok(CompiledCors {
+            rules: cors.rules,
             any_origin: cors.allow_origins.iter().any(|o| o == "*"),
             origins: cors
                 .allow_origins
                 .iter()
                 .filter(|o| *o != "*")
-                .map(|o| OriginPattern::parse(o))
+                .map(|o| OriginPattern::parse(o, many_labels))
                 .collect(),
             allow_methods: value(&cors.allow_methods)?,
             allow_headers: value(&cors.allow_headers)?,
@@ -102,10 +112,13 @@ impl CompiledCors {
     /// allowed origin.
     pub fn allowed_origin(&self, req: &RequestHeader) -> Option<HeaderValue> {
         // As in ingress-nginx, `*` answers every request, with an `Origin` or without.
-        if self.any_origin {
+        if self.any_origin && !self.echoes_stars() {
             return Some(HeaderValue::from_static("*"));
         }
         let origin = req.headers.get(header::ORIGIN)?;
+        if self.any_origin {
+            return Some(origin.clone());
+        }
         let text = origin.to_str().ok()?;
         self.origins
             .iter()
@@ -121,8 +134,34 @@ impl CompiledCors {
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    /// The headers of an answer to an allowed origin.
-    pub fn apply(&self, response: &mut ResponseHeader, allowed: &HeaderValue, preflight: bool) {
+    /// Gateway API with credentials allowed: a `*` setting answers with what the request
+    /// named, since browsers do not take a literal `*` on a request with credentials.
+    fn echoes_stars(&self) -> bool {
+        self.rules == CorsRules::GatewayApi && self.allow_credentials
+    }
+
+    /// A preflight's `Access-Control-Allow-Methods` or `-Headers`: the setting, or what the
+    /// request asked for (`asked`) when the setting is `*` and stars are echoed.
+    fn allowed_list(
+        &self,
+        setting: &HeaderValue,
+        req: &RequestHeader,
+        asked: HeaderName,
+    ) -> Option<HeaderValue> {
+        if setting.as_bytes() == b"*" && self.echoes_stars() {
+            return req.headers.get(asked).cloned();
+        }
+        Some(setting.clone())
+    }
+
+    /// The headers of an answer to an allowed origin's request `req`.
+    pub fn apply(
+        &self,
+        response: &mut ResponseHeader,
+        req: &RequestHeader,
+        allowed: &HeaderValue,
+        preflight: bool,
+    ) {
         let mut set = |name: HeaderName, value: HeaderValue| {
             let _ = response.insert_header(name, value);
         };
@@ -134,19 +173,29 @@ impl CompiledCors {
             );
         }
         if preflight {
-            set(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                self.allow_methods.clone(),
+            let methods = self.allowed_list(
+                &self.allow_methods,
+                req,
+                header::ACCESS_CONTROL_REQUEST_METHOD,
             );
-            set(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                self.allow_headers.clone(),
+            let headers = self.allowed_list(
+                &self.allow_headers,
+                req,
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
             );
+            if let Some(methods) = methods {
+                set(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
+            }
+            if let Some(headers) = headers {
+                set(header::ACCESS_CONTROL_ALLOW_HEADERS, headers);
+            }
             set(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
-        } else if let Some(expose) = &self.expose_headers {
-            set(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
-        if !self.any_origin {
+        let expose = !preflight || self.rules == CorsRules::GatewayApi;
+        if let Some(headers) = self.expose_headers.as_ref().filter(|_| expose) {
+            set(header::ACCESS_CONTROL_EXPOSE_HEADERS, headers.clone());
+        }
+        if !self.any_origin || self.echoes_stars() {
             // The answer depends on the origin: caches must keep one per origin.
             let _ = response.append_header(header::VARY, HeaderValue::from_static("Origin"));
         }
@@ -246,6 +295,7 @@ mod tests {
         let mut response = ResponseHeader::build(204, None).unwrap();
         c.apply(
             &mut response,
+            &request("OPTIONS", Some("https://app.example.com"), true),
             &HeaderValue::from_static("https://app.example.com"),
             true,
         );
@@ -269,5 +319,70 @@ mod tests {
             Some("true")
         );
         assert_eq!(h("vary").as_deref(), Some("Origin"));
+    }
+
+    #[test]
+    fn gateway_api_rules_cover_many_labels_and_echo_stars_when_credentials_are_allowed() {
+        let gateway = |origins: &[&str], credentials: bool| {
+            CompiledCors::compile(&Cors {
+                allow_origins: origins.iter().map(|o| o.to_string()).collect(),
+                allow_methods: "*".into(),
+                allow_headers: "*".into(),
+                expose_headers: "x-header-3".into(),
+                allow_credentials: credentials,
+                max_age_secs: 5,
+                rules: CorsRules::GatewayApi,
+            })
+            .unwrap()
+        };
+        let c = gateway(&["https://*.bar.com"], true);
+        let deep = request("GET", Some("https://xpto.www.bar.com"), false);
+        assert!(c.allowed_origin(&deep).is_some(), "any number of labels");
+        assert!(
+            cors(&["https://*.bar.com"]).allowed_origin(&deep).is_none(),
+            "ingress-nginx: one label"
+        );
+        assert!(c
+            .allowed_origin(&request("GET", Some("https://bar.com"), false))
+            .is_none());
+        assert!(c
+            .allowed_origin(&request("GET", Some("https://a..bar.com"), false))
+            .is_none());
+
+        let c = gateway(&["*"], true);
+        let mut preflight = request("OPTIONS", Some("https://app.test"), true);
+        preflight
+            .insert_header("access-control-request-headers", "x-a, x-b")
+            .unwrap();
+        let origin = c.allowed_origin(&preflight).unwrap();
+        assert_eq!(origin, "https://app.test", "credentials: the origin, not *");
+        let mut response = ResponseHeader::build(204, None).unwrap();
+        c.apply(&mut response, &preflight, &origin, true);
+        let h =
+            |r: &ResponseHeader, n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            h(&response, "access-control-allow-methods").as_deref(),
+            Some("PUT")
+        );
+        assert_eq!(
+            h(&response, "access-control-allow-headers").as_deref(),
+            Some("x-a, x-b")
+        );
+        assert_eq!(
+            h(&response, "access-control-expose-headers").as_deref(),
+            Some("x-header-3")
+        );
+        assert_eq!(h(&response, "vary").as_deref(), Some("Origin"));
+
+        let c = gateway(&["*"], false);
+        let origin = c.allowed_origin(&preflight).unwrap();
+        assert_eq!(origin, "*");
+        let mut response = ResponseHeader::build(204, None).unwrap();
+        c.apply(&mut response, &preflight, &origin, true);
+        assert_eq!(
+            h(&response, "access-control-allow-methods").as_deref(),
+            Some("*")
+        );
+        assert_eq!(h(&response, "access-control-allow-credentials"), None);
     }
 }

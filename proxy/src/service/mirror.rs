@@ -11,8 +11,22 @@ impl IngressProxy {
     /// Makes the route's copy of an admitted request: sent now when it carries no body,
     /// else kept until the body has passed.
     pub(super) fn start_mirror(&self, session: &Session, ctx: &mut RequestCtx) {
-        let Some(mirror) = ctx.route().and_then(|r| r.mirror.as_deref()) else {
+        let Some(compiled) = ctx.route().and_then(|r| r.mirror.as_deref()) else {
             return;
+        };
+        if !compiled.samples(|denominator| fastrand::u32(0..denominator)) {
+            return;
+        }
+        let endpoint = match &compiled.pool {
+            None => None,
+            Some(pool) => match pool.balancer.any_up(fastrand::usize(..)) {
+                Some(i) => Some(pool.balancer.endpoint(i).addr),
+                None => {
+                    // The mirror's backend has no endpoint: nothing to copy to.
+                    self.mirrors.dropped();
+                    return;
+                }
+            },
         };
         let facts = RequestFacts {
             req: session.req_header(),
@@ -20,7 +34,7 @@ impl IngressProxy {
             https: ctx.https,
             server_port: super::server_port(session),
         };
-        let Some(copy) = MirrorCopy::new(mirror, &facts) else {
+        let Some(copy) = MirrorCopy::new(&compiled.mirror, endpoint, &facts) else {
             self.mirrors.dropped();
             return;
         };

@@ -100,7 +100,7 @@ impl IngressProxy {
         if let (Some(origin), Some(cors)) =
             (&ctx.cors_origin, route.and_then(|r| r.cors.as_deref()))
         {
-            cors.apply(answer, origin, made == Made::Preflight);
+            cors.apply(answer, req, origin, made == Made::Preflight);
         }
         let success = answer.status.is_success() || answer.status.is_redirection();
         if ctx.auth_cookies_always || success {

@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use portico_model::Mirror;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -78,10 +79,18 @@ pub struct MirrorCopy {
 }
 
 impl MirrorCopy {
-    /// The copy of `facts.req` that `mirror` asks for; `None` when its URL does not render
-    /// to one (a variable put something other than a path in it).
-    pub fn new(mirror: &Mirror, facts: &RequestFacts<'_>) -> Option<MirrorCopy> {
+    /// The copy of `facts.req` that `mirror` asks for, to `endpoint` when the mirror
+    /// names a backend; `None` when its URL does not render to one (a variable put
+    /// something other than a path in it).
+    pub fn new(
+        mirror: &Mirror,
+        endpoint: Option<SocketAddr>,
+        facts: &RequestFacts<'_>,
+    ) -> Option<MirrorCopy> {
         let mut url = Vec::new();
+        if let Some(addr) = endpoint {
+            url.extend_from_slice(format!("http://{addr}").as_bytes());
+        }
         render(&mirror.target, facts, &mut url);
         let target = Target::parse(&url, true, "mirror-target").ok()?;
         let req = facts.req;
@@ -93,9 +102,11 @@ impl MirrorCopy {
                 header.append_header(name.clone(), value.clone()).ok()?;
             }
         }
-        header
-            .insert_header(header::HOST, HeaderValue::from_str(&mirror.host).ok()?)
-            .ok()?;
+        if !mirror.host.is_empty() {
+            header
+                .insert_header(header::HOST, HeaderValue::from_str(&mirror.host).ok()?)
+                .ok()?;
+        }
         let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
             || req
                 .headers
@@ -144,6 +155,7 @@ mod tests {
     fn copy_of(mirror: &Mirror, req: &RequestHeader) -> Option<MirrorCopy> {
         MirrorCopy::new(
             mirror,
+            None,
             &RequestFacts {
                 req,
                 client: None,
@@ -159,6 +171,8 @@ mod tests {
             target: Template::parse("http://shadow.test:9000/copy$request_uri").unwrap(),
             host: "copies.test".into(),
             body: true,
+            backend: None,
+            fraction: None,
         };
         let mut req = RequestHeader::build("POST", b"/orders?id=7", None).unwrap();
         req.insert_header("host", "shop.test").unwrap();
@@ -183,6 +197,8 @@ mod tests {
             target: Template::parse("http://shadow.test$request_uri").unwrap(),
             host: "shadow.test".into(),
             body: true,
+            backend: None,
+            fraction: None,
         };
         let mut req = RequestHeader::build("PUT", b"/big", None).unwrap();
         req.insert_header("transfer-encoding", "chunked").unwrap();
@@ -193,5 +209,30 @@ mod tests {
         let (copy, body) = copy_of(&mirror, &get).unwrap().finish();
         assert!(body.is_none());
         assert_eq!(copy.header.headers["content-length"], "0");
+    }
+
+    #[test]
+    fn a_copy_to_a_backend_goes_to_its_endpoint_and_keeps_the_clients_host() {
+        let mirror = Mirror {
+            target: Template::parse("$request_uri").unwrap(),
+            host: String::new(),
+            body: false,
+            backend: Some("default/shadow:80".into()),
+            fraction: None,
+        };
+        let mut req = RequestHeader::build("GET", b"/a?b=c", None).unwrap();
+        req.insert_header("host", "shop.test").unwrap();
+        let facts = RequestFacts {
+            req: &req,
+            client: None,
+            https: true,
+            server_port: Some(443),
+        };
+        let endpoint = "127.0.0.9:8080".parse().unwrap();
+        let copy = MirrorCopy::new(&mirror, Some(endpoint), &facts).unwrap();
+        assert_eq!(copy.target.authority, "127.0.0.9:8080");
+        assert!(!copy.target.tls, "plain HTTP to the endpoint");
+        assert_eq!(copy.header.uri.to_string(), "/a?b=c");
+        assert_eq!(copy.header.headers["host"], "shop.test");
     }
 }

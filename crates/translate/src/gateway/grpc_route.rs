@@ -3,7 +3,7 @@
 //! Parents, hostnames and backends are the route processor's, as for HTTPRoute.
 
 use super::http_route::{
-    add_for_hosts, apply_filters, fragment_route, report_problems, value_conditions,
+    add_for_hosts, apply_filters, fragment_route, report_problems, value_conditions, BackendReach,
     ProcessedRoute, RouteHead, RouteProcessor,
 };
 use super::types::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch};
@@ -36,9 +36,12 @@ impl RouteProcessor<'_> {
         hosts: &[HostMatch],
         fragment: &mut Fragment,
     ) -> Result<(), (&'static str, String)> {
-        let upstream = Upstream {
-            protocol: UpstreamProtocol::Grpc,
-            ..Upstream::default()
+        let reach = BackendReach {
+            upstream: Upstream {
+                protocol: UpstreamProtocol::Grpc,
+                ..Upstream::default()
+            },
+            ..BackendReach::default()
         };
         let mut unresolved = Ok(());
         let mut routes = Vec::new();
@@ -48,7 +51,7 @@ impl RouteProcessor<'_> {
                 key,
                 i,
                 &rule.backend_refs,
-                &upstream,
+                &reach,
                 fragment,
                 &mut unresolved,
             );
@@ -59,6 +62,13 @@ impl RouteProcessor<'_> {
             let broken = apply_filters(&rule.filters, &mut template, &mut |m| {
                 problems.push((Reason::UnsupportedField, format!("spec.rules[{i}].{m}")))
             });
+            if let Some(j) = rule.filters.iter().position(|f| f.type_ == "RequestMirror") {
+                // Copies are sent over HTTP/1.1, which a gRPC backend does not speak.
+                problems.push((
+                    Reason::UnsupportedField,
+                    format!("spec.rules[{i}].filters[{j}]: RequestMirror is not supported on a GRPCRoute; nothing is copied"),
+                ));
+            }
             if broken || template.rewrite.is_some() {
                 if template.rewrite.is_some() {
                     problems.push((

@@ -13,8 +13,8 @@ use super::grants::{self, CoreRef};
 use super::listeners::{selects, AllowedNamespaces, ServedGateway, ServedListener};
 use super::status::{RouteParentState, StatusCondition};
 use super::types::{
-    BackendRef, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, HttpRouteMatch,
-    HttpRouteRule, ParentReference, ValueMatch, GROUP,
+    BackendRef, CorsFilter, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter,
+    HttpRouteMatch, HttpRouteRule, HttpRouteTimeouts, ParentReference, ValueMatch, GROUP,
 };
 use crate::backend::{self, Resolved, SliceIndex};
 use crate::cache::{ClusterState, ObjectKey};
@@ -22,9 +22,10 @@ use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
 use crate::ingress::{Fragment, FragmentRoute};
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
 use portico_model::{
-    Backend, BackendShare, BackendSplit, HeaderChanges, HeaderEdits, HostMatch, PathMatch,
-    PrefixSwap, Redirect, RedirectPath, RequestConditions, Rewrite, Route, ServiceRef, SourceKind,
-    TrafficPolicy, Upstream, ValueCondition, ValueRule,
+    cors_origin_is_valid, Backend, BackendShare, BackendSplit, Cors, CorsRules, HeaderChanges,
+    HeaderEdits, HostMatch, Mirror, MirrorFraction, PathMatch, PrefixSwap, Redirect, RedirectPath,
+    RequestConditions, Rewrite, Route, ServiceRef, SourceKind, Template, TrafficPolicy, Upstream,
+    ValueCondition, ValueRule,
 };
 use std::sync::Arc;
 
@@ -130,6 +131,12 @@ impl<'a> RouteProcessor<'a> {
         if parents.is_empty() {
             return None;
         }
+        // Client certificates are asked for per host: an HTTPS listener's frontend
+        // validation covers every host the route has.
+        fragment.client_auth = attached.iter().find_map(|(g, l)| {
+            let listener = self.gateways[*g].listeners[*l].as_ref()?;
+            listener.client_auth.clone()
+        });
         let resolved = rules(self, &hosts, &attached, &mut fragment);
         let refs = match resolved {
             Ok(()) => StatusCondition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
@@ -286,11 +293,17 @@ impl<'a> RouteProcessor<'a> {
             let mut report = |reason, message: String| {
                 problems.push((reason, format!("spec.rules[{i}].{message}")))
             };
+            let reach = BackendReach {
+                upstream: Upstream::default(),
+                policy: timeouts_policy(rule.timeouts.as_ref(), &mut |m| {
+                    report(Reason::InvalidField, m)
+                }),
+            };
             let (backend, split) = self.backends(
                 key,
                 i,
                 &rule.backend_refs,
-                &Upstream::default(),
+                &reach,
                 fragment,
                 &mut unresolved,
             );
@@ -298,6 +311,16 @@ impl<'a> RouteProcessor<'a> {
             template.source = fragment.source.clone();
             template.max_body_bytes = None;
             template.split = split.map(Box::new);
+            template.mirror = self
+                .mirror(
+                    key,
+                    i,
+                    &rule.filters,
+                    fragment,
+                    &mut unresolved,
+                    &mut report,
+                )
+                .map(Box::new);
             let broken = apply_filters(&rule.filters, &mut template, &mut |m| {
                 report(Reason::UnsupportedField, m)
             });
@@ -308,12 +331,7 @@ impl<'a> RouteProcessor<'a> {
                 template.backend = name;
                 template.split = Some(Box::new(split));
                 template.rewrite = None;
-            }
-            if rule.timeouts.is_some() {
-                report(
-                    Reason::UnsupportedField,
-                    "timeouts: not applied yet; the backend's default timeouts apply".into(),
-                );
+                template.mirror = None;
             }
             let default_matches = [HttpRouteMatch::default()];
             let matches = match rule.matches.as_deref() {
@@ -355,7 +373,7 @@ impl<'a> RouteProcessor<'a> {
         key: &ObjectKey,
         rule_index: usize,
         refs: &[HttpBackendRef],
-        upstream: &Upstream,
+        reach: &BackendReach,
         fragment: &mut Fragment,
         unresolved: &mut Result<(), Refusal>,
     ) -> (String, Option<BackendSplit>) {
@@ -372,36 +390,16 @@ impl<'a> RouteProcessor<'a> {
                     message: format!("spec.rules[{rule_index}].backendRefs[{k}].filters: filters on a backend are not applied yet"),
                 });
             }
-            match self.backend(key, fragment.source.kind, &r.backend, upstream) {
-                Ok(resolved) => {
-                    shares.push(BackendShare {
-                        backend: resolved.backend.name.clone(),
-                        weight: weight as u32,
-                        unresolved: false,
-                    });
-                    if !fragment
-                        .backends
-                        .iter()
-                        .any(|b| b.backend.name == resolved.backend.name)
-                    {
-                        fragment.backends.push(resolved);
-                    }
-                }
-                Err((reason, message)) => {
-                    fragment.diagnostics.push(Diagnostic {
-                        object: fragment.object.clone(),
-                        reason: if reason == "RefNotPermitted" {
-                            Reason::RefNotPermitted
-                        } else {
-                            Reason::ServiceNotFound
-                        },
-                        message: format!(
-                            "spec.rules[{rule_index}].backendRefs[{k}]: {message}; its share of requests is answered 500"
-                        ),
-                    });
-                    if unresolved.is_ok() {
-                        *unresolved = Err((reason, message));
-                    }
+            match self.backend(key, fragment.source.kind, &r.backend, reach) {
+                Ok(resolved) => shares.push(BackendShare {
+                    backend: keep_backend(fragment, resolved),
+                    weight: weight as u32,
+                    unresolved: false,
+                }),
+                Err(refusal) => {
+                    let field = format!("spec.rules[{rule_index}].backendRefs[{k}]");
+                    let consequence = "its share of requests is answered 500";
+                    refused_reference(fragment, unresolved, &field, refusal, consequence);
                     let (name, _) = self.unresolved_share(key, fragment);
                     shares.push(BackendShare {
                         backend: name,
@@ -418,6 +416,76 @@ impl<'a> RouteProcessor<'a> {
             }
             [one] if !one.unresolved => (one.backend.clone(), None),
             _ => (shares[0].backend.clone(), Some(BackendSplit { shares })),
+        }
+    }
+
+    /// The copy a rule's `RequestMirror` filter asks for (one per rule), to the endpoints
+    /// of its backend; `None` without one, or when its backend does not resolve.
+    fn mirror(
+        &self,
+        key: &ObjectKey,
+        rule_index: usize,
+        filters: &[HttpRouteFilter],
+        fragment: &mut Fragment,
+        unresolved: &mut Result<(), Refusal>,
+        report: &mut dyn FnMut(Reason, String),
+    ) -> Option<Mirror> {
+        let mut mirrors = filters
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.type_ == "RequestMirror");
+        let (i, filter) = mirrors.next()?;
+        if let Some((j, _)) = mirrors.next() {
+            report(
+                Reason::UnsupportedField,
+                format!("filters[{j}]: one RequestMirror per rule; copies go to filters[{i}]'s backend only"),
+            );
+        }
+        let Some(m) = &filter.request_mirror else {
+            report(
+                Reason::InvalidField,
+                format!("filters[{i}]: RequestMirror has no settings; nothing is copied"),
+            );
+            return None;
+        };
+        let (numerator, denominator) = match (m.percent, &m.fraction) {
+            (Some(p), _) => (p, 100),
+            (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+            (None, None) => (1, 1),
+        };
+        if numerator < 0 || denominator <= 0 || numerator > denominator {
+            report(
+                Reason::InvalidField,
+                format!("filters[{i}].requestMirror: {numerator}/{denominator} of requests is not a share; nothing is copied"),
+            );
+            return None;
+        }
+        match self.backend(
+            key,
+            fragment.source.kind,
+            &m.backend_ref,
+            &BackendReach::default(),
+        ) {
+            Ok(resolved) => Some(Mirror {
+                target: Template::parse("$request_uri").ok()?,
+                host: String::new(),
+                body: true,
+                backend: Some(keep_backend(fragment, resolved)),
+                fraction: (numerator < denominator).then_some(MirrorFraction {
+                    numerator: numerator as u32,
+                    denominator: denominator as u32,
+                }),
+            }),
+            Err(refusal) => {
+                refused_reference(
+                    fragment,
+                    unresolved,
+                    &format!("spec.rules[{rule_index}].filters[{i}].requestMirror.backendRef"),
+                    refusal,
+                    "nothing is copied",
+                );
+                None
+            }
         }
     }
 
@@ -466,7 +534,7 @@ impl<'a> RouteProcessor<'a> {
         key: &ObjectKey,
         kind: SourceKind,
         r: &BackendRef,
-        upstream: &Upstream,
+        reach: &BackendReach,
     ) -> Result<Arc<Resolved>, Refusal> {
         let reference = CoreRef {
             group: r.group.as_deref(),
@@ -499,8 +567,8 @@ impl<'a> RouteProcessor<'a> {
             self.slices,
             &namespace,
             &service,
-            upstream,
-            &TrafficPolicy::default(),
+            &reach.upstream,
+            &reach.policy,
         );
         match &resolved.problem {
             Some((Reason::ServiceNotFound | Reason::ServicePortNotFound, message)) => {
@@ -509,6 +577,124 @@ impl<'a> RouteProcessor<'a> {
             _ => Ok(Arc::new(resolved)),
         }
     }
+}
+
+/// Adds a resolved backend to the fragment (once); its name.
+fn keep_backend(fragment: &mut Fragment, resolved: Arc<Resolved>) -> String {
+    let name = resolved.backend.name.clone();
+    if !fragment.backends.iter().any(|b| b.backend.name == name) {
+        fragment.backends.push(resolved);
+    }
+    name
+}
+
+/// Reports a backend reference that did not resolve (`field` names it, `consequence` says
+/// what becomes of the traffic), and keeps the first such refusal for the route's status.
+fn refused_reference(
+    fragment: &mut Fragment,
+    unresolved: &mut Result<(), Refusal>,
+    field: &str,
+    (reason, message): Refusal,
+    consequence: &str,
+) {
+    fragment.diagnostics.push(Diagnostic {
+        object: fragment.object.clone(),
+        reason: if reason == "RefNotPermitted" {
+            Reason::RefNotPermitted
+        } else {
+            Reason::ServiceNotFound
+        },
+        message: format!("{field}: {message}; {consequence}"),
+    });
+    if unresolved.is_ok() {
+        *unresolved = Err((reason, message));
+    }
+}
+
+/// How a rule's backends are spoken to (gRPC for GRPCRoute) and the traffic policy its
+/// `timeouts` ask for.
+#[derive(Default)]
+pub(crate) struct BackendReach {
+    pub upstream: Upstream,
+    pub policy: TrafficPolicy,
+}
+
+/// The traffic policy of a rule's `timeouts`. Portico bounds each wait on the backend
+/// (connecting, each write, each read) rather than the whole exchange: `backendRequest`
+/// bounds one attempt's waits, `request` bounds them too and starts no retry after it
+/// has passed. `0s` turns a timeout off (the proxy's defaults then apply).
+fn timeouts_policy(
+    timeouts: Option<&HttpRouteTimeouts>,
+    report: &mut dyn FnMut(String),
+) -> TrafficPolicy {
+    let mut policy = TrafficPolicy::default();
+    let Some(t) = timeouts else {
+        return policy;
+    };
+    let mut parse = |field: &str, text: Option<&String>| {
+        let text = text?;
+        match gateway_duration(text) {
+            Ok(ms) => ms,
+            Err(why) => {
+                report(format!(
+                    "timeouts.{field}: {text:?} {why}; the default applies"
+                ));
+                None
+            }
+        }
+    };
+    let request = parse("request", t.request.as_ref());
+    let backend_request = parse("backendRequest", t.backend_request.as_ref());
+    if let (Some(r), Some(b)) = (request, backend_request) {
+        if b > r {
+            report(format!(
+                "timeouts.backendRequest: {b} ms is longer than timeouts.request ({r} ms); the request timeout bounds it"
+            ));
+        }
+    }
+    for bound in [backend_request, request].into_iter().flatten() {
+        policy.connect_timeout_ms = policy.connect_timeout_ms.min(bound);
+        policy.read_timeout_ms = policy.read_timeout_ms.min(bound);
+        policy.send_timeout_ms = policy.send_timeout_ms.min(bound);
+    }
+    if let Some(r) = request {
+        policy.retry.timeout_ms = r;
+    }
+    policy
+}
+
+/// A Gateway API duration (GEP-2257: one to four `<number><unit>` parts, units `h`, `m`,
+/// `s`, `ms`) in milliseconds; `None` for a zero duration, which means "no timeout".
+fn gateway_duration(text: &str) -> Result<Option<u64>, &'static str> {
+    let mut rest = text;
+    let mut total: u64 = 0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err("is not a duration such as 500ms, 10s or 1h30m");
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| "is not a duration")?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return Err("has a part without a unit of h, m, s or ms");
+        };
+        rest = &rest[len..];
+        total += number * unit_ms;
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err("is not a duration such as 500ms, 10s or 1h30m");
+    }
+    Ok((total > 0).then_some(total))
 }
 
 /// A Gateway API rule's route (match `path` of rule `rule`), as merging takes it.
@@ -717,6 +903,22 @@ pub(crate) fn apply_filters(
                     }),
                 });
             }
+            "CORS" => {
+                let Some(c) = &f.cors else {
+                    report(format!("{field}: CORS has no settings"));
+                    broken = true;
+                    continue;
+                };
+                match cors_of(c) {
+                    Ok(cors) => route.cors = Some(Box::new(cors)),
+                    Err(why) => {
+                        report(format!("{field}.cors.{why}"));
+                        broken = true;
+                    }
+                }
+            }
+            // Resolved by `RouteProcessor::mirror`, which can reach Services.
+            "RequestMirror" => {}
             "URLRewrite" => {
                 let Some(u) = &f.url_rewrite else {
                     report(format!("{field}: URLRewrite has no settings"));
@@ -755,6 +957,39 @@ pub(crate) fn apply_filters(
         }
     }
     broken
+}
+
+/// The CORS filter's settings under Gateway API's rules; or which field is wrong and why.
+fn cors_of(c: &CorsFilter) -> Result<Cors, String> {
+    if let Some(bad) = c
+        .allow_origins
+        .iter()
+        .find(|o| *o != "*" && !cors_origin_is_valid(o))
+    {
+        return Err(format!(
+            "allowOrigins: {bad:?} is not an origin such as https://app.example.com"
+        ));
+    }
+    let header_list =
+        |field: &str, names: &[String]| match names.iter().find(|n| http_token(n).is_none()) {
+            Some(bad) => Err(format!("{field}: {bad:?} is not a header name or method")),
+            None => Ok(names.join(", ")),
+        };
+    Ok(Cors {
+        allow_origins: c.allow_origins.clone(),
+        allow_methods: header_list("allowMethods", &c.allow_methods)?,
+        allow_headers: header_list("allowHeaders", &c.allow_headers)?,
+        expose_headers: header_list("exposeHeaders", &c.expose_headers)?,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age_secs: c.max_age.map_or(5, |s| u64::try_from(s).unwrap_or(0)),
+        rules: CorsRules::GatewayApi,
+    })
+}
+
+/// `name` when it is an HTTP token (a header name or a method) or `*`.
+fn http_token(name: &str) -> Option<&str> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    (!name.is_empty() && name.bytes().all(tchar)).then_some(name)
 }
 
 /// Fills in the matched prefix of `ReplacePrefixMatch` filters; `false` when the match
@@ -819,6 +1054,63 @@ mod tests {
         list.iter()
             .map(|h| HostMatch::gateway(h).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn durations_are_read_as_gep_2257_writes_them() {
+        assert_eq!(gateway_duration("500ms"), Ok(Some(500)));
+        assert_eq!(gateway_duration("1h30m"), Ok(Some(5_400_000)));
+        assert_eq!(gateway_duration("2s250ms"), Ok(Some(2_250)));
+        assert_eq!(
+            gateway_duration("0s"),
+            Ok(None),
+            "zero turns the timeout off"
+        );
+        for bad in [
+            "",
+            "5",
+            "1.5s",
+            "10sec",
+            "-1s",
+            "123456s",
+            "1h1m1s1ms1h",
+            "1d",
+        ] {
+            assert!(gateway_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_bound_each_wait_and_the_request_timeout_stops_retries() {
+        let problems = std::cell::RefCell::new(Vec::new());
+        let mut report = |m: String| problems.borrow_mut().push(m);
+        let t = |request: &str, backend: &str| HttpRouteTimeouts {
+            request: (!request.is_empty()).then(|| request.to_string()),
+            backend_request: (!backend.is_empty()).then(|| backend.to_string()),
+        };
+        let defaults = TrafficPolicy::default();
+        let p = timeouts_policy(Some(&t("500ms", "")), &mut report);
+        assert_eq!(
+            (p.connect_timeout_ms, p.read_timeout_ms, p.send_timeout_ms),
+            (500, 500, 500)
+        );
+        assert_eq!(p.retry.timeout_ms, 500);
+        let p = timeouts_policy(Some(&t("", "2s")), &mut report);
+        assert_eq!((p.read_timeout_ms, p.retry.timeout_ms), (2_000, 0));
+        assert_eq!(p.connect_timeout_ms, 2_000);
+        let p = timeouts_policy(Some(&t("0s", "0s")), &mut report);
+        assert_eq!(p, defaults, "0s: no timeout of the route's own");
+        assert!(problems.borrow().is_empty(), "{problems:?}");
+        let p = timeouts_policy(Some(&t("1s", "3s")), &mut report);
+        assert_eq!(p.read_timeout_ms, 1_000);
+        let p = timeouts_policy(Some(&t("soon", "")), &mut report);
+        assert_eq!(p, defaults);
+        let problems = problems.into_inner();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].contains("timeouts.request: \"soon\""),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! passthrough hosts on the HTTPS port (the proxy needs `--enable-ssl-passthrough`).
 //! One backend per route: the first with a weight; more are reported.
 
-use super::http_route::{ProcessedRoute, Refusal, RouteHead, RouteProcessor};
+use super::http_route::{BackendReach, ProcessedRoute, Refusal, RouteHead, RouteProcessor};
 use super::listeners::Protocol;
 use super::types::L4Route;
 use crate::cache::ObjectKey;
 use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::Fragment;
 use portico_model::{
-    HostMatch, PassthroughHost, SourceKind, StreamProtocol, StreamService, StreamTimeouts, Upstream,
+    HostMatch, PassthroughHost, SourceKind, StreamProtocol, StreamService, StreamTimeouts,
 };
 
 impl RouteProcessor<'_> {
@@ -71,7 +71,7 @@ impl RouteProcessor<'_> {
             key,
             0,
             &refs[..refs.len().min(1)],
-            &Upstream::default(),
+            &BackendReach::default(),
             fragment,
             &mut unresolved,
         );

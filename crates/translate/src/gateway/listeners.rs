@@ -13,7 +13,7 @@ use crate::diagnostic::{Diagnostic, Reason};
 use crate::ingress::{Fragment, TlsClaim};
 use crate::secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use portico_model::{HostMatch, SourceKind};
+use portico_model::{ClientAuth, ClientVerify, HostMatch, SourceKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -55,6 +55,8 @@ pub(crate) struct ServedListener {
     pub hostname: Option<HostMatch>,
     pub namespaces: AllowedNamespaces,
     pub kinds: Vec<String>,
+    /// The client certificates an HTTPS listener asks for (`spec.tls.frontend`).
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// One of Portico's Gateways, as routes see it.
@@ -186,7 +188,34 @@ fn gateway_of(
             );
             resolved = Err(("InvalidRouteKinds", message));
         }
+        let mut client_auth = None;
+        let mut certificate_failed = false;
         if protocol == Protocol::Https {
+            let (auth, problem) = frontend_validation(state, key, gateway, l.port);
+            if let Some((reason, message)) = problem {
+                let field = format!("{field}: spec.tls.frontend");
+                report(Reason::InvalidSecret, format!("{field}: {message}"));
+                if auth.is_none() {
+                    // No CA to check clients against: serving would let every client in.
+                    let why = format!("no usable CA certificate: {message}");
+                    ls.conditions = vec![
+                        condition(
+                            "Accepted",
+                            false,
+                            "NoValidCACertificate",
+                            why.clone(),
+                            generation,
+                        ),
+                        condition("Programmed", false, "Invalid", why, generation),
+                        condition("ResolvedRefs", false, reason, message, generation),
+                    ];
+                    states.push(ls);
+                    served.push(None);
+                    continue;
+                }
+                resolved = resolved.and(Err((reason, message)));
+            }
+            client_auth = auth;
             match certificate(state, key, l) {
                 Ok(checked) => {
                     fragment.tls.push(TlsClaim {
@@ -207,6 +236,7 @@ fn gateway_of(
                         format!("{field}: spec.tls.certificateRefs: {message}"),
                     );
                     resolved = resolved.and(Err((reason, message)));
+                    certificate_failed = true;
                 }
             }
         }
@@ -235,9 +265,10 @@ fn gateway_of(
             hostname,
             namespaces: allowed_namespaces(l),
             kinds,
+            client_auth,
         }));
         // A listener whose certificate is unusable serves nothing rather than another certificate.
-        if resolved.is_err() && protocol == Protocol::Https {
+        if certificate_failed {
             served[i] = None;
         }
     }
@@ -333,6 +364,91 @@ fn gateway_of(
         fragment: Arc::new(fragment),
     }
 }
+
+/// The client certificates HTTPS listeners on `port` ask for: the Gateway's
+/// `spec.tls.frontend` for the port, else its default. With them, the first unusable
+/// CA reference's reason and message; `(None, Some(_))` when none is usable.
+fn frontend_validation(
+    state: &ClusterState,
+    key: &ObjectKey,
+    gateway: &Gateway,
+    port: i32,
+) -> (Option<ClientAuth>, Option<(&'static str, String)>) {
+    let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return (None, None);
+    };
+    let config = frontend
+        .per_port
+        .iter()
+        .find(|p| p.port == port)
+        .map_or(&frontend.default, |p| &p.tls);
+    let Some(validation) = &config.validation else {
+        return (None, None);
+    };
+    let mut pem = String::new();
+    let mut problem = None;
+    for (i, r) in validation.ca_certificate_refs.iter().enumerate() {
+        let reference = CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        };
+        let found = grants::core_reference(
+            state,
+            ("Gateway", &key.0),
+            &reference,
+            "ConfigMap",
+            "InvalidCACertificateKind",
+        )
+        .and_then(|namespace| {
+            let name = format!("{namespace}/{}", r.name);
+            let config_map = state
+                .config_maps
+                .get(&(namespace, r.name.clone()))
+                .ok_or_else(|| {
+                    (
+                        "InvalidCACertificateRef",
+                        format!("ConfigMap {name} does not exist"),
+                    )
+                })?;
+            secret::config_map_ca_bundle(&name, config_map)
+                .map_err(|e| ("InvalidCACertificateRef", e))
+        });
+        match found {
+            Ok(bundle) => pem.push_str(&bundle),
+            Err((reason, message)) => {
+                problem.get_or_insert((reason, format!("caCertificateRefs[{i}]: {message}")));
+            }
+        }
+    }
+    if validation.ca_certificate_refs.is_empty() {
+        problem = Some((
+            "InvalidCACertificateRef",
+            "caCertificateRefs is empty".to_string(),
+        ));
+    }
+    if pem.is_empty() {
+        return (None, problem);
+    }
+    let verify = match validation.mode.as_deref() {
+        Some("AllowInsecureFallback") => ClientVerify::OptionalNoCa,
+        _ => ClientVerify::On,
+    };
+    let auth = ClientAuth {
+        ca_pem: pem,
+        verify,
+        depth: FRONTEND_VERIFY_DEPTH,
+        pass_certificate: false,
+        error_page: None,
+        match_subject: None,
+    };
+    (Some(auth), problem)
+}
+
+/// How many intermediate certificates may stand between a client's certificate and a
+/// CA of `caCertificateRefs` (Gateway API leaves it to the implementation).
+const FRONTEND_VERIFY_DEPTH: u32 = 3;
 
 type Checked = (Protocol, Option<HostMatch>, (Vec<String>, Vec<String>));
 

@@ -146,7 +146,11 @@ mod tests {
     use std::sync::Arc;
 
     fn state() -> ClusterState {
-        let objects = vec![
+        objects().into_iter().collect()
+    }
+
+    fn objects() -> Vec<KubeObject> {
+        vec![
             KubeObject::GatewayClass(Arc::new(
                 serde_json::from_value(json!({
                 "metadata": {"name": "portico", "generation": 1},
@@ -204,8 +208,7 @@ mod tests {
                 "spec": {"parentRefs": [{"name": "someone-elses"}]}}))
                 .unwrap(),
             )),
-        ];
-        objects.into_iter().collect()
+        ]
     }
 
     fn reason(conditions: &[StatusCondition], type_: &str) -> (bool, &'static str) {
@@ -303,6 +306,110 @@ mod tests {
                 && d.message.contains("answered 500")),
             "{:#?}",
             t.diagnostics
+        );
+    }
+
+    #[test]
+    fn frontend_validation_asks_route_hosts_for_client_certificates_and_refuses_unusable_cas() {
+        use crate::secret::tests::{self_signed, tls_secret};
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let (cert, key) = self_signed("site.test", -1, 30);
+        let (ca, _) = self_signed("clients", -1, 30);
+        let mut secret = tls_secret(&cert, &key);
+        secret.metadata.name = Some("site".into());
+        secret.metadata.namespace = Some("infra".into());
+        let config_map = |name: &str, data: serde_json::Value| {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "infra"}, "data": data}))
+            .unwrap();
+            KubeObject::ConfigMap(Arc::new(cm))
+        };
+        let gateway = |name: &str, frontend: serde_json::Value| {
+            KubeObject::Gateway(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "infra"},
+                "spec": {"gatewayClassName": "portico", "tls": {"frontend": frontend},
+                         "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443,
+                                        "hostname": format!("{name}.test"),
+                                        "tls": {"certificateRefs": [{"name": "site"}]}}]}}))
+                .unwrap(),
+            ))
+        };
+        let validation =
+            |refs: serde_json::Value| json!({"validation": {"caCertificateRefs": refs}});
+        let mut objects = objects();
+        objects.extend([
+            KubeObject::Secret(Arc::new(secret)),
+            config_map("clients", json!({"ca.crt": ca})),
+            config_map("empty", json!({"other": "x"})),
+            gateway(
+                "good",
+                json!({
+                "default": validation(json!([{"kind": "ConfigMap", "name": "nowhere"}])),
+                "perPort": [{"port": 443, "tls": validation(json!([
+                    {"kind": "ConfigMap", "group": "", "name": "clients"},
+                    {"kind": "ConfigMap", "name": "empty"}]))}]}),
+            ),
+            gateway(
+                "missing",
+                json!({"default": validation(json!([{"kind": "ConfigMap", "name": "nowhere"}]))}),
+            ),
+            gateway(
+                "secret",
+                json!({"default": validation(json!([{"kind": "Secret", "name": "site"}]))}),
+            ),
+        ]);
+        for name in ["good", "missing", "secret"] {
+            objects.push(KubeObject::HttpRoute(Arc::new(
+                serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "infra"},
+                "spec": {"parentRefs": [{"name": name}]}}))
+                .unwrap(),
+            )));
+        }
+        let t = translate(&objects.into_iter().collect(), &Options::default());
+        let listener = |gw: &str| {
+            let g = &t.gateway_status.gateways[&("infra".to_string(), gw.to_string())];
+            g.listeners[0].conditions.clone()
+        };
+        let good = listener("good");
+        assert_eq!(reason(&good, "Accepted"), (true, "Accepted"));
+        assert_eq!(
+            reason(&good, "ResolvedRefs"),
+            (false, "InvalidCACertificateRef"),
+            "one of its two CA references has no ca.crt"
+        );
+        let missing = listener("missing");
+        assert_eq!(
+            reason(&missing, "Accepted"),
+            (false, "NoValidCACertificate")
+        );
+        assert_eq!(
+            reason(&missing, "ResolvedRefs"),
+            (false, "InvalidCACertificateRef")
+        );
+        assert_eq!(reason(&missing, "Programmed").0, false);
+        let secret = listener("secret");
+        assert_eq!(reason(&secret, "Accepted"), (false, "NoValidCACertificate"));
+        assert_eq!(
+            reason(&secret, "ResolvedRefs"),
+            (false, "InvalidCACertificateKind")
+        );
+
+        let vhost = |host: &str| {
+            t.snapshot
+                .virtual_hosts
+                .iter()
+                .find(|v| v.host.to_string() == host)
+        };
+        let auth = vhost("good.test")
+            .and_then(|v| v.client_auth.as_ref())
+            .expect("the route's host asks for client certificates");
+        assert_eq!(auth.verify, portico_model::ClientVerify::On);
+        assert!(auth.ca_pem.contains("BEGIN CERTIFICATE"));
+        assert!(
+            vhost("missing.test").is_none(),
+            "a listener without a usable CA serves nothing, rather than everyone"
         );
     }
 }

@@ -183,6 +183,8 @@ pub(super) fn mirror(a: &Annotations<'_>, problems: &mut Problems) -> Option<Mir
         target: template,
         host,
         body,
+        backend: None,
+        fraction: None,
     })
 }
 

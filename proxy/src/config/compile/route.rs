@@ -53,7 +53,7 @@ pub struct CompiledRoute {
     pub no_access_log: bool,
     pub response_rate: Option<portico_model::ResponseRate>,
     pub tracing: Option<Box<portico_model::RouteTracing>>,
-    pub mirror: Option<Box<portico_model::Mirror>>,
+    pub mirror: Option<Box<CompiledMirror>>,
     /// Metrics series of the primary, canary and fallback sides, registered on the
     /// side's first request, so that applying 100 000 routes registers nothing up front.
     pub(super) series: [OnceLock<Arc<RouteSeries>>; 3],
@@ -161,6 +161,29 @@ impl CompiledRoute {
                 route.fallback_backend.as_deref().map(|b| by_name[b]),
             )
             && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
+            && same(
+                self.mirror.as_ref().and_then(|m| m.pool.as_ref()),
+                route
+                    .mirror
+                    .as_deref()
+                    .and_then(|m| m.backend.as_deref())
+                    .map(|b| by_name[b]),
+            )
+    }
+}
+
+/// Where a route's request copies go: a URL, or (Gateway API) an endpoint of `pool`.
+pub struct CompiledMirror {
+    pub mirror: portico_model::Mirror,
+    pub pool: Option<Arc<BackendPool>>,
+}
+
+impl CompiledMirror {
+    /// Whether this request is one of the share copied.
+    pub fn samples(&self, roll: impl FnOnce(u32) -> u32) -> bool {
+        self.mirror
+            .fraction
+            .is_none_or(|f| roll(f.denominator) < f.numerator)
     }
 }
 
@@ -302,7 +325,12 @@ pub(super) fn compile_vhost(
             no_access_log: route.no_access_log,
             response_rate: route.response_rate.as_deref().copied(),
             tracing: route.tracing.clone(),
-            mirror: route.mirror.clone(),
+            mirror: route.mirror.as_deref().map(|m| {
+                Box::new(CompiledMirror {
+                    mirror: m.clone(),
+                    pool: m.backend.as_deref().map(|b| Arc::clone(by_name[b])),
+                })
+            }),
             series: Default::default(),
             split: route
                 .split
