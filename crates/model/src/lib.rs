@@ -317,6 +317,7 @@ mod tests {
                     })),
                     preserve_trailing_slash: true,
                     no_access_log: false,
+                    https_only: true,
                     response_rate: None,
                     tracing: Some(Box::new(RouteTracing {
                         enabled: true,

@@ -151,6 +151,10 @@ pub struct Route {
     /// `enable-access-log: "false"`: the route's requests are not written to the access log.
     #[serde(default)]
     pub no_access_log: bool,
+    /// Served over HTTPS only (a Gateway API route attached to HTTPS listeners alone):
+    /// a plain-HTTP request finds no route and is answered 404.
+    #[serde(default)]
+    pub https_only: bool,
     /// `limit-rate`: how fast each answer's body is sent.
     #[serde(default)]
     pub response_rate: Option<Box<ResponseRate>>,
@@ -452,6 +456,7 @@ impl Route {
             error_pages: None,
             preserve_trailing_slash: false,
             no_access_log: false,
+            https_only: false,
             response_rate: None,
             tracing: None,
             mirror: None,

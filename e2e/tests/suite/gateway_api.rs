@@ -764,6 +764,16 @@ async fn https_listeners_present_their_certificates_and_serve_their_routes() {
             portico.logs()
         );
     }
+    assert_eq!(
+        portico
+            .client
+            .get("secure.example.org", "/")
+            .await
+            .unwrap()
+            .status,
+        404,
+        "a route attached to HTTPS listeners only is not served over plain HTTP"
+    );
 }
 
 /// TCPRoute and TLSRoute on the L4 data plane (after `TLSRouteSimpleSameNamespace`):

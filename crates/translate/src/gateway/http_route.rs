@@ -10,7 +10,7 @@
 //! older wins, as between Ingresses.
 
 use super::grants::{self, CoreRef};
-use super::listeners::{selects, AllowedNamespaces, ServedGateway, ServedListener};
+use super::listeners::{selects, AllowedNamespaces, Protocol, ServedGateway, ServedListener};
 use super::status::{RouteParentState, StatusCondition};
 use super::types::{
     BackendRef, CorsFilter, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter,
@@ -93,6 +93,8 @@ impl<'a> RouteProcessor<'a> {
         let mut parents = Vec::new();
         let mut attached = Vec::new();
         let mut hosts: Vec<HostMatch> = Vec::new();
+        // The hosts the route has on plain-HTTP listeners; the others are HTTPS only.
+        let mut http_hosts: Vec<HostMatch> = Vec::new();
         let route_hosts = self.route_hostnames(head.hostnames, &mut fragment.diagnostics, &object);
         for parent in head.parent_refs {
             let Some(g) = self.parent_gateway(key, parent) else {
@@ -103,6 +105,12 @@ impl<'a> RouteProcessor<'a> {
                 Ok(listeners) => {
                     for (l, listener_hosts) in listeners {
                         attached.push((g, l));
+                        let plain = self.gateways[g].listeners[l]
+                            .as_ref()
+                            .is_some_and(|l| l.protocol == Protocol::Http);
+                        if plain {
+                            http_hosts.extend(listener_hosts.iter().cloned());
+                        }
                         for h in listener_hosts {
                             if !hosts.contains(&h) {
                                 hosts.push(h);
@@ -138,6 +146,11 @@ impl<'a> RouteProcessor<'a> {
             listener.client_auth.clone()
         });
         let resolved = rules(self, &hosts, &attached, &mut fragment);
+        for (host, routes) in &mut fragment.rules {
+            if !http_hosts.contains(host) {
+                routes.iter_mut().for_each(|r| r.route.https_only = true);
+            }
+        }
         let refs = match resolved {
             Ok(()) => StatusCondition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
             Err((reason, message)) => {

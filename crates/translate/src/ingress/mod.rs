@@ -544,6 +544,7 @@ impl<'a, 'b> IngressProcessor<'a, 'b> {
                     error_pages: self.error_pages(&path.backend).map(Box::new),
                     preserve_trailing_slash: self.policy.preserve_trailing_slash,
                     no_access_log: self.policy.no_access_log,
+                    https_only: false,
                     response_rate: self.policy.response_rate.map(Box::new),
                     tracing: self.route_tracing(&path.backend, path.path.as_deref().unwrap_or("/")),
                     mirror: self.policy.mirror.clone().map(Box::new),

@@ -51,6 +51,7 @@ pub struct CompiledRoute {
     pub error_pages: Option<Box<CompiledErrorPages>>,
     pub preserve_trailing_slash: bool,
     pub no_access_log: bool,
+    pub https_only: bool,
     pub response_rate: Option<portico_model::ResponseRate>,
     pub tracing: Option<Box<portico_model::RouteTracing>>,
     pub mirror: Option<Box<CompiledMirror>>,
@@ -323,6 +324,7 @@ pub(super) fn compile_vhost(
             error_pages: error_pages.map(Box::new),
             preserve_trailing_slash: route.preserve_trailing_slash,
             no_access_log: route.no_access_log,
+            https_only: route.https_only,
             response_rate: route.response_rate.as_deref().copied(),
             tracing: route.tracing.clone(),
             mirror: route.mirror.as_deref().map(|m| {
