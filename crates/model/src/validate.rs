@@ -872,6 +872,38 @@ mod tests {
             s.validate(),
             Err(ValidationError::DuplicateTlsHost { .. })
         ));
+        let mirror = |backend: &str, numerator, denominator| crate::Mirror {
+            target: crate::Template::parse("$request_uri").unwrap(),
+            host: String::new(),
+            body: true,
+            backend: Some(backend.into()),
+            fraction: Some(crate::MirrorFraction {
+                numerator,
+                denominator,
+            }),
+        };
+        let with_mirror = |m: crate::Mirror| {
+            let mut s = good();
+            let backend = s.backends[0].name.clone();
+            let m = crate::Mirror {
+                backend: m.backend.map(|b| if b.is_empty() { backend } else { b }),
+                ..m
+            };
+            Arc::make_mut(&mut s.virtual_hosts[0]).routes[0].mirror = Some(Box::new(m));
+            s.validate()
+        };
+        assert_eq!(with_mirror(mirror("", 1, 4)), Ok(()));
+        for (m, why) in [
+            (
+                mirror("ns/shadow:80", 1, 4),
+                "mirror backend \"ns/shadow:80\"",
+            ),
+            (mirror("", 5, 4), "mirror fraction of 5/4"),
+            (mirror("", 0, 0), "mirror fraction of 0/0"),
+        ] {
+            let err = with_mirror(m).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]
