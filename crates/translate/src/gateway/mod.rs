@@ -388,7 +388,7 @@ mod tests {
             reason(&missing, "ResolvedRefs"),
             (false, "InvalidCACertificateRef")
         );
-        assert_eq!(reason(&missing, "Programmed").0, false);
+        assert!(!reason(&missing, "Programmed").0);
         let secret = listener("secret");
         assert_eq!(reason(&secret, "Accepted"), (false, "NoValidCACertificate"));
         assert_eq!(
