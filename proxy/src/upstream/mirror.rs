@@ -3,7 +3,7 @@
 //! or depends on it: a copy that cannot be made (its body too large, too many copies in
 //! flight, the mirror slow or down) is dropped and counted, nothing else.
 
-use crate::routing::request_key::{render, RequestFacts};
+use crate::routing::request_key::{render, request_host, RequestFacts};
 use crate::upstream::fetch::{self, Target, HOP_BY_HOP};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -102,11 +102,14 @@ impl MirrorCopy {
                 header.append_header(name.clone(), value.clone()).ok()?;
             }
         }
-        if !mirror.host.is_empty() {
-            header
-                .insert_header(header::HOST, HeaderValue::from_str(&mirror.host).ok()?)
-                .ok()?;
-        }
+        let host = if mirror.host.is_empty() {
+            request_host(req)
+        } else {
+            &mirror.host
+        };
+        header
+            .insert_header(header::HOST, HeaderValue::from_str(host).ok()?)
+            .ok()?;
         let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
             || req
                 .headers
