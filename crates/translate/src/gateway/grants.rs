@@ -1,6 +1,6 @@
 //! ReferenceGrants: whether an object of one namespace may refer to one of another.
 
-use super::types::GROUP;
+use super::types::{BackendRef, ObjectReference, GROUP};
 use crate::cache::ClusterState;
 
 /// A typed reference to a core object, as Gateway API writes them (certificateRefs,
@@ -10,6 +10,28 @@ pub(crate) struct CoreRef<'a> {
     pub kind: Option<&'a str>,
     pub name: &'a str,
     pub namespace: Option<&'a str>,
+}
+
+impl<'a> From<&'a ObjectReference> for CoreRef<'a> {
+    fn from(r: &'a ObjectReference) -> Self {
+        CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a BackendRef> for CoreRef<'a> {
+    fn from(r: &'a BackendRef) -> Self {
+        CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        }
+    }
 }
 
 /// The namespace of a reference from a Gateway API `from_kind` object of

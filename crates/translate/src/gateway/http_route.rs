@@ -549,12 +549,7 @@ impl<'a> RouteProcessor<'a> {
         r: &BackendRef,
         reach: &BackendReach,
     ) -> Result<Arc<Resolved>, Refusal> {
-        let reference = CoreRef {
-            group: r.group.as_deref(),
-            kind: r.kind.as_deref(),
-            name: &r.name,
-            namespace: r.namespace.as_deref(),
-        };
+        let reference = CoreRef::from(r);
         let namespace = grants::core_reference(
             self.state,
             (kind.as_str(), &key.0),

@@ -388,12 +388,7 @@ fn frontend_validation(
     let mut pem = String::new();
     let mut problem = None;
     for (i, r) in validation.ca_certificate_refs.iter().enumerate() {
-        let reference = CoreRef {
-            group: r.group.as_deref(),
-            kind: r.kind.as_deref(),
-            name: &r.name,
-            namespace: r.namespace.as_deref(),
-        };
+        let reference = CoreRef::from(r);
         let found = grants::core_reference(
             state,
             ("Gateway", &key.0),
@@ -574,12 +569,7 @@ fn certificate(
             "an HTTPS listener needs a certificate".into(),
         ));
     };
-    let reference = CoreRef {
-        group: r.group.as_deref(),
-        kind: r.kind.as_deref(),
-        name: &r.name,
-        namespace: r.namespace.as_deref(),
-    };
+    let reference = CoreRef::from(r);
     let namespace = grants::core_reference(
         state,
         ("Gateway", &gateway.0),
