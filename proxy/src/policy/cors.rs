@@ -148,6 +148,9 @@ impl CompiledCors {
         req: &RequestHeader,
         asked: HeaderName,
     ) -> Option<HeaderValue> {
+        if setting.is_empty() {
+            return None;
+        }
         if setting.as_bytes() == b"*" && self.echoes_stars() {
             return req.headers.get(asked).cloned();
         }
@@ -384,5 +387,24 @@ mod tests {
             Some("*")
         );
         assert_eq!(h(&response, "access-control-allow-credentials"), None);
+
+        let bare = CompiledCors::compile(&Cors {
+            allow_origins: vec!["*".into()],
+            allow_methods: String::new(),
+            allow_headers: String::new(),
+            expose_headers: String::new(),
+            allow_credentials: false,
+            max_age_secs: 5,
+            rules: CorsRules::GatewayApi,
+        })
+        .unwrap();
+        let mut response = ResponseHeader::build(204, None).unwrap();
+        bare.apply(&mut response, &preflight, &origin, true);
+        assert_eq!(
+            h(&response, "access-control-allow-methods"),
+            None,
+            "no methods listed: no empty header"
+        );
+        assert_eq!(h(&response, "access-control-allow-headers"), None);
     }
 }
