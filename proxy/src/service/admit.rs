@@ -109,17 +109,12 @@ impl IngressProxy {
                     .get(X_FORWARDED_PROTO.name())
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         ctx.routed = snapshot.route(request_host(req), req);
-        if !ctx.https
-            && snapshot
-                .matched_route(&ctx.routed)
-                .is_some_and(|r| r.https_only)
-        {
+        let matched = snapshot.matched_route(&ctx.routed);
+        if !ctx.https && matched.is_some_and(|r| r.https_only) {
             // Attached to HTTPS listeners only: plain HTTP has no such route.
             return Some(Answer::page(404));
         }
-        let route_tracing = snapshot
-            .matched_route(&ctx.routed)
-            .and_then(|r| r.tracing.as_deref());
+        let route_tracing = matched.and_then(|r| r.tracing.as_deref());
         if let Err(e) = self.trace(session, ctx, route_tracing) {
             tracing::debug!(error = %e, "traceparent not set");
         }

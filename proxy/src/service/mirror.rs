@@ -19,7 +19,7 @@ impl IngressProxy {
         }
         let endpoint = match &compiled.pool {
             None => None,
-            Some(pool) => match pool.balancer.any_up(fastrand::usize(..)) {
+            Some(pool) => match pool.balancer.pick(&[], &[]) {
                 Some(i) => Some(pool.balancer.endpoint(i).addr),
                 None => {
                     // The mirror's backend has no endpoint: nothing to copy to.

@@ -208,16 +208,6 @@ impl Balancer {
             .or_else(|| choose(&|_| true))
     }
 
-    /// An endpoint health has not taken out, picked at random (`start` uniform in
-    /// `0..len()`); any when all are out.
-    pub fn any_up(&self, start: usize) -> Option<usize> {
-        let n = self.endpoints.len();
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|i| self.is_up(*i))
-            .or((n > 0).then_some(start % n.max(1)))
-    }
-
     /// Neither passive nor active health has taken the endpoint out.
     pub fn is_up(&self, index: usize) -> bool {
         let e = &self.endpoints[index];

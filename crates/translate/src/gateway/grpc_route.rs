@@ -11,7 +11,7 @@ use crate::cache::ObjectKey;
 use crate::diagnostic::Reason;
 use crate::ingress::Fragment;
 use portico_model::{
-    HostMatch, PathMatch, RequestConditions, Route, SourceKind, Upstream, UpstreamProtocol,
+    HostMatch, PathMatch, RequestConditions, SourceKind, Upstream, UpstreamProtocol,
 };
 
 impl RouteProcessor<'_> {
@@ -47,7 +47,7 @@ impl RouteProcessor<'_> {
         let mut routes = Vec::new();
         for (i, rule) in route.spec.rules.iter().enumerate() {
             let mut problems: Vec<(Reason, String)> = Vec::new();
-            let (backend, split) = self.backends(
+            let mut template = self.rule_route(
                 key,
                 i,
                 &rule.backend_refs,
@@ -55,10 +55,6 @@ impl RouteProcessor<'_> {
                 fragment,
                 &mut unresolved,
             );
-            let mut template = Route::new(PathMatch::prefix("/"), backend);
-            template.source = fragment.source.clone();
-            template.max_body_bytes = None;
-            template.split = split.map(Box::new);
             let broken = apply_filters(&rule.filters, &mut template, &mut |m| {
                 problems.push((Reason::UnsupportedField, format!("spec.rules[{i}].{m}")))
             });
@@ -76,10 +72,7 @@ impl RouteProcessor<'_> {
                         format!("spec.rules[{i}].filters: redirects and rewrites are not GRPCRoute filters"),
                     ));
                 }
-                let (name, split) = self.unresolved_share(key, fragment);
-                template.backend = name;
-                template.split = Some(Box::new(split));
-                template.rewrite = None;
+                self.answer_500(key, &mut template, fragment);
             }
             let any = [GrpcRouteMatch::default()];
             let matches = if rule.matches.is_empty() {

@@ -312,7 +312,7 @@ impl<'a> RouteProcessor<'a> {
                     report(Reason::InvalidField, m)
                 }),
             };
-            let (backend, split) = self.backends(
+            let mut template = self.rule_route(
                 key,
                 i,
                 &rule.backend_refs,
@@ -320,10 +320,6 @@ impl<'a> RouteProcessor<'a> {
                 fragment,
                 &mut unresolved,
             );
-            let mut template = Route::new(PathMatch::prefix("/"), backend);
-            template.source = fragment.source.clone();
-            template.max_body_bytes = None;
-            template.split = split.map(Box::new);
             template.mirror = self
                 .mirror(
                     key,
@@ -338,13 +334,7 @@ impl<'a> RouteProcessor<'a> {
                 report(Reason::UnsupportedField, m)
             });
             if broken {
-                // A filter Portico cannot apply: requests the rule takes are answered 500
-                // rather than passed on without it.
-                let (name, split) = self.unresolved_share(key, fragment);
-                template.backend = name;
-                template.split = Some(Box::new(split));
-                template.rewrite = None;
-                template.mirror = None;
+                self.answer_500(key, &mut template, fragment);
             }
             let default_matches = [HttpRouteMatch::default()];
             let matches = match rule.matches.as_deref() {
@@ -377,6 +367,35 @@ impl<'a> RouteProcessor<'a> {
         }
         add_for_hosts(fragment, hosts, &routes);
         unresolved
+    }
+
+    /// A rule's route before its matches are filled in: its backend references resolved
+    /// (through `reach`) into the backend and the weighted split.
+    pub(crate) fn rule_route(
+        &self,
+        key: &ObjectKey,
+        rule_index: usize,
+        refs: &[HttpBackendRef],
+        reach: &BackendReach,
+        fragment: &mut Fragment,
+        unresolved: &mut Result<(), Refusal>,
+    ) -> Route {
+        let (backend, split) = self.backends(key, rule_index, refs, reach, fragment, unresolved);
+        let mut route = Route::new(PathMatch::prefix("/"), backend);
+        route.source = fragment.source.clone();
+        route.max_body_bytes = None;
+        route.split = split.map(Box::new);
+        route
+    }
+
+    /// Makes a rule's route answer 500: it asks for something Portico cannot do, and its
+    /// requests must not be passed on without it.
+    pub(crate) fn answer_500(&self, key: &ObjectKey, route: &mut Route, fragment: &mut Fragment) {
+        let (name, split) = self.unresolved_share(key, fragment);
+        route.backend = name;
+        route.split = Some(Box::new(split));
+        route.rewrite = None;
+        route.mirror = None;
     }
 
     /// The backend a rule's routes name, and the split of its weighted backends (`None`
