@@ -41,7 +41,7 @@ pub struct Outcome {
 
 pub struct SyncLoop {
     pub options: Options,
-    /// Quiet time that ends a burst of changes.
+    /// Quiet time that ends a burst of changes (see [`Holdoff`]).
     pub debounce: Duration,
     /// Longest a continuous stream of changes may delay a snapshot.
     pub ceiling: Duration,
@@ -65,13 +65,14 @@ impl SyncLoop {
         let mut last: Option<(Snapshot, u64)> = None;
         let mut reported = BTreeSet::new();
         let mut resolving = true;
+        let mut holdoff = Holdoff::new(self.debounce, self.ceiling);
         loop {
             tokio::select! {
                 changed = states.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    settle(&mut states, self.debounce, self.ceiling).await;
+                    holdoff.wait(&mut states).await;
                 }
                 changed = names.changed(), if resolving => {
                     // No resolver (it stopped): translations go on with the last names.
@@ -87,6 +88,7 @@ impl SyncLoop {
             };
 
             let started = Instant::now();
+            holdoff.translating(started);
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
             // let the runtime move the socket writers and the source to another worker meanwhile.
             let translation = tokio::task::block_in_place(|| translator.translate(&state));
@@ -159,6 +161,42 @@ impl SyncLoop {
             snapshot.version = 0;
             last = Some((snapshot, version));
         }
+    }
+}
+
+/// When a change is translated (decision record 0023). A change after a quiet spell (no
+/// translation began in the last `debounce`) is translated at once, so that an isolated
+/// change reaches the proxies without waiting; a change that follows a translation closely
+/// is part of a burst, and waits until the burst goes quiet for `debounce` (or `ceiling`
+/// passes), so that a burst becomes one or two snapshots rather than one per object.
+pub(crate) struct Holdoff {
+    debounce: Duration,
+    ceiling: Duration,
+    last_started: Option<Instant>,
+}
+
+impl Holdoff {
+    pub fn new(debounce: Duration, ceiling: Duration) -> Self {
+        Holdoff {
+            debounce,
+            ceiling,
+            last_started: None,
+        }
+    }
+
+    /// Called when a change arrived: returns when it should be translated.
+    pub async fn wait<T>(&self, changes: &mut watch::Receiver<T>) {
+        if self
+            .last_started
+            .is_some_and(|t| t.elapsed() < self.debounce)
+        {
+            settle(changes, self.debounce, self.ceiling).await;
+        }
+    }
+
+    /// A translation began at `at`.
+    pub fn translating(&mut self, at: Instant) {
+        self.last_started = Some(at);
     }
 }
 
@@ -249,6 +287,46 @@ mod tests {
     async fn a_continuous_stream_of_changes_waits_no_longer_than_the_ceiling() {
         let every_50_ms: Vec<u64> = (1..=100).map(|i| i * 50).collect();
         assert_eq!(settled_after(&every_50_ms).await, CEILING);
+    }
+
+    /// How long `holdoff` holds a change that arrives now, with more at `more_at` (ms).
+    async fn held(holdoff: &Holdoff, more_at: &[u64]) -> Duration {
+        let (tx, mut rx) = watch::channel(0u64);
+        let change = Instant::now();
+        let sender = {
+            let more_at = more_at.to_vec();
+            tokio::spawn(async move {
+                for (i, at) in more_at.into_iter().enumerate() {
+                    tokio::time::sleep_until(change + Duration::from_millis(at)).await;
+                    tx.send_replace(i as u64);
+                }
+                tx
+            })
+        };
+        holdoff.wait(&mut rx).await;
+        sender.abort();
+        change.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_a_quiet_spell_is_translated_at_once() {
+        let mut holdoff = Holdoff::new(DEBOUNCE, CEILING);
+        // The first change, even with a burst behind it (the burst makes the next snapshot).
+        assert_eq!(held(&holdoff, &[10, 20]).await, Duration::ZERO);
+        holdoff.translating(Instant::now());
+        tokio::time::sleep(DEBOUNCE).await;
+        assert_eq!(held(&holdoff, &[10, 20]).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_close_behind_a_translation_waits_for_its_burst_to_go_quiet() {
+        let ms = Duration::from_millis;
+        let mut holdoff = Holdoff::new(DEBOUNCE, CEILING);
+        holdoff.translating(Instant::now());
+        tokio::time::sleep(ms(30)).await;
+        assert_eq!(held(&holdoff, &[]).await, DEBOUNCE);
+        holdoff.translating(Instant::now());
+        assert_eq!(held(&holdoff, &[50, 120]).await, ms(220));
     }
 
     #[test]
