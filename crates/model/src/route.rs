@@ -436,6 +436,21 @@ pub fn replace_path_prefix(path: &str, swap: &PrefixSwap) -> String {
 }
 
 impl Route {
+    /// Every backend the route names: its own, its canary's, its fallback, its error
+    /// backend, its shares' and its mirror's.
+    pub fn named_backends(&self) -> impl Iterator<Item = &str> {
+        let canary = self.canary.as_deref().map(|c| c.backend.as_str());
+        let error = self.error_pages.as_deref().and_then(|e| e.backend.as_deref());
+        let shares = self.split.iter().flat_map(|s| &s.shares);
+        let mirror = self.mirror.as_deref().and_then(|m| m.backend.as_deref());
+        std::iter::once(self.backend.as_str())
+            .chain(canary)
+            .chain(self.fallback_backend.as_deref())
+            .chain(error)
+            .chain(shares.map(|s| s.backend.as_str()))
+            .chain(mirror)
+    }
+
     /// A route to `backend` with nothing else set: no limit, redirect, policy or canary.
     pub fn new(path: PathMatch, backend: impl Into<String>) -> Self {
         Route {

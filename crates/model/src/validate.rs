@@ -158,20 +158,6 @@ fn validate_policy(p: &TrafficPolicy) -> Result<(), String> {
     Ok(())
 }
 
-/// Every backend a route names: its own, its canary's, its fallback and its error backend.
-fn named_backends(r: &crate::Route) -> impl Iterator<Item = &str> {
-    let canary = r.canary.as_deref().map(|c| c.backend.as_str());
-    let error = r.error_pages.as_deref().and_then(|e| e.backend.as_deref());
-    let shares = r.split.iter().flat_map(|s| &s.shares);
-    let mirror = r.mirror.as_deref().and_then(|m| m.backend.as_deref());
-    std::iter::once(r.backend.as_str())
-        .chain(canary)
-        .chain(r.fallback_backend.as_deref())
-        .chain(error)
-        .chain(shares.map(|s| s.backend.as_str()))
-        .chain(mirror)
-}
-
 /// An HTTP token (RFC 9110), as cookie and header names must be.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -497,7 +483,7 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             && vh
                 .routes
                 .iter()
-                .any(|r| named_backends(r).any(|b| gone.contains(b)))
+                .any(|r| r.named_backends().any(|b| gone.contains(b)))
     };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();

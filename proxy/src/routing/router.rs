@@ -2,7 +2,8 @@
 //! hash lookups and no allocation: [`HostTable`] picks the virtual host, [`PathMatcher`]
 //! the route inside it.
 
-use portico_model::{HostMatch, PathMatch};
+use portico_model::{HostMatch, PathMatch, VirtualHost};
+use std::sync::Arc;
 
 /// Keys come from the snapshot, never from requests, so a fast non-keyed hash cannot be
 /// pushed into collisions by clients; requests only look up.
@@ -22,6 +23,15 @@ pub struct HostTable {
 }
 
 impl HostTable {
+    /// The table of `hosts`, each at its position.
+    pub fn of(hosts: &[Arc<VirtualHost>]) -> Self {
+        let mut table = HostTable::default();
+        for (i, vh) in hosts.iter().enumerate() {
+            table.insert(&vh.host, i);
+        }
+        table
+    }
+
     pub fn insert(&mut self, host: &HostMatch, index: usize) {
         match host {
             HostMatch::Any => self.any = Some(index),

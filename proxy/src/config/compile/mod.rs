@@ -35,7 +35,8 @@ type HashSet<T> = std::collections::HashSet<T, foldhash::quality::RandomState>;
 pub struct CompiledSnapshot {
     /// What was applied, for `/config` and its version.
     pub source: Snapshot,
-    hosts: HostTable,
+    /// Shared with the previous snapshot when the host list is the same.
+    hosts: Arc<HostTable>,
     /// In the order of `source.virtual_hosts`.
     vhosts: Vec<Arc<CompiledVhost>>,
     /// In the order of `source.backends`.
@@ -56,6 +57,53 @@ pub struct CompiledSnapshot {
     /// The series of requests no virtual host matched: unrouted, and to the default backend.
     unmatched: [OnceLock<Arc<RouteSeries>>; 2],
     metrics: Arc<ProxyMetrics>,
+}
+
+/// The previous snapshot's hosts, for compiling the next: when the host list is the same
+/// (as after most changes), its host table is reused and each host's previous version is
+/// found at the same position; otherwise they are found by name.
+enum PreviousHosts<'p> {
+    None,
+    Aligned(&'p CompiledSnapshot),
+    ByName(HashMap<&'p HostMatch, (&'p Arc<VirtualHost>, &'p Arc<CompiledVhost>)>),
+}
+
+impl<'p> PreviousHosts<'p> {
+    /// The host table for `snapshot`, and where its hosts' previous versions are.
+    fn of(snapshot: &Snapshot, previous: Option<&'p CompiledSnapshot>) -> (Arc<HostTable>, Self) {
+        let Some(p) = previous else {
+            return (Arc::new(HostTable::of(&snapshot.virtual_hosts)), Self::None);
+        };
+        let (old, new) = (&p.source.virtual_hosts, &snapshot.virtual_hosts);
+        let aligned = old.len() == new.len()
+            && old
+                .iter()
+                .zip(new)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.host == b.host);
+        if aligned {
+            return (Arc::clone(&p.hosts), Self::Aligned(p));
+        }
+        // `previous` was validated: its hosts are unique.
+        let by_name = old
+            .iter()
+            .zip(&p.vhosts)
+            .map(|(vh, c)| (&vh.host, (vh, c)))
+            .collect();
+        (Arc::new(HostTable::of(new)), Self::ByName(by_name))
+    }
+
+    /// The previous version of the host at `i` in the new snapshot, named `host`.
+    fn get(
+        &self,
+        i: usize,
+        host: &HostMatch,
+    ) -> Option<(&'p Arc<VirtualHost>, &'p Arc<CompiledVhost>)> {
+        match self {
+            Self::None => None,
+            Self::Aligned(p) => Some((&p.source.virtual_hosts[i], &p.vhosts[i])),
+            Self::ByName(by_name) => by_name.get(host).copied(),
+        }
+    }
 }
 
 /// A passthrough host's name, and the pool of its `/` path's backend.
@@ -148,19 +196,10 @@ impl CompiledSnapshot {
             .map(|b| b.name.as_str())
             .zip(&pools)
             .collect();
-        // `previous` was validated: its hosts are unique.
-
-        // `Arc<VirtualHost>`'s `==` is true at once for a host shared with the previous snapshot.
-        let old_vhosts: HashMap<&HostMatch, (&Arc<VirtualHost>, &Arc<CompiledVhost>)> = previous
-            .map(|p| {
-                p.source
-                    .virtual_hosts
-                    .iter()
-                    .zip(&p.vhosts)
-                    .map(|(vh, c)| (&vh.host, (vh, c)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let default_backend = snapshot
+            .default_backend
+            .as_deref()
+            .map(|n| Arc::clone(by_name[n]));
         // Counts survive a new snapshot while the Ingress and its limits stay the same.
         let mut limiters: Limiters = previous
             .map(|p| {
@@ -170,21 +209,12 @@ impl CompiledSnapshot {
                     .collect()
             })
             .unwrap_or_default();
-        let default_backend = snapshot
-            .default_backend
-            .as_deref()
-            .map(|n| Arc::clone(by_name[n]));
-        let mut hosts = HostTable::default();
+        let (hosts, was) = PreviousHosts::of(&snapshot, previous);
         let mut vhosts = Vec::with_capacity(snapshot.virtual_hosts.len());
         for (i, vh) in snapshot.virtual_hosts.iter().enumerate() {
-            hosts.insert(&vh.host, i);
-            let reusable = old_vhosts.get(&vh.host).filter(|(old, compiled)| {
-                *old == vh
-                    && compiled
-                        .routes
-                        .iter()
-                        .zip(&vh.routes)
-                        .all(|(c, r)| c.uses_pools_of(r, &by_name, default_backend.as_ref()))
+            // `Arc<VirtualHost>`'s `==` is true at once for a host shared with the previous snapshot.
+            let reusable = was.get(i, &vh.host).filter(|(old, compiled)| {
+                *old == vh && compiled.holds_pools_of(&by_name, default_backend.as_ref())
             });
             vhosts.push(match reusable {
                 Some((_, compiled)) => Arc::clone(compiled),
@@ -587,6 +617,50 @@ mod tests {
         assert_eq!(third.reused(&second), (10, 10));
         let routed = third.route("h3.test", &get("/"));
         assert_eq!(addr(&third, &routed), "127.0.3.1");
+    }
+
+    #[test]
+    fn a_host_left_as_it_was_takes_up_the_new_pools_it_names_only_indirectly() {
+        // h0's route names b1 as its fallback and has error pages from the default
+        // backend; the host itself is the same `Arc` in both snapshots.
+        let mut first = snapshot(1, 3, 1);
+        first.default_backend = Some("b2".into());
+        let host = Arc::make_mut(&mut first.virtual_hosts[0]);
+        host.routes[0].fallback_backend = Some("b1".into());
+        host.routes[0].error_pages = Some(Box::new(portico_model::ErrorPages {
+            statuses: vec![503],
+            backend: None,
+            namespace: "ns".into(),
+            ingress: "i".into(),
+            service: "s".into(),
+            service_port: "80".into(),
+        }));
+        first.validate().unwrap();
+        let metrics = Arc::new(ProxyMetrics::new());
+        // First the default backend becomes b0; then b1's endpoint moves.
+        let mut second = first.clone();
+        second.version = 2;
+        second.default_backend = Some("b0".into());
+        second.validate_from(&first).unwrap();
+        let mut third = second.clone();
+        third.version = 3;
+        Arc::make_mut(&mut third.backends[1]).endpoints[0].address = [127, 9, 9, 9].into();
+        third.validate_from(&second).unwrap();
+        let first = CompiledSnapshot::compile(first, &metrics, None).unwrap();
+        let second = CompiledSnapshot::compile(second, &metrics, Some(&first)).unwrap();
+        let third = CompiledSnapshot::compile(third, &metrics, Some(&second)).unwrap();
+        let route = |s: &CompiledSnapshot| {
+            let r = &s.vhosts[0].routes[0];
+            let fallback = r.fallback.as_ref().unwrap().balancer.endpoint(0).addr;
+            let errors = r.error_pages.as_ref().unwrap().pool.name.to_string();
+            (fallback.ip().to_string(), errors)
+        };
+        assert_eq!(route(&first), ("127.0.1.1".into(), "b2".into()));
+        assert_eq!(route(&second), ("127.0.1.1".into(), "b0".into()));
+        assert_eq!(route(&third), ("127.9.9.9".into(), "b0".into()));
+        // The hosts whose pools did not change are served as compiled.
+        assert!(Arc::ptr_eq(&first.vhosts[2], &third.vhosts[2]));
+        assert!(Arc::ptr_eq(&first.hosts, &third.hosts));
     }
 
     #[test]

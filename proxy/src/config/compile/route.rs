@@ -27,6 +27,32 @@ pub(super) struct CompiledVhost {
     pub(super) unrouted: [OnceLock<Arc<RouteSeries>>; 2],
     /// `auth-tls-*`: what handshakes for this host ask for, and its requests need.
     pub(super) client_auth: Option<Arc<ClientCertificates>>,
+    /// Every pool the routes hold, by the name they found it under, so that the next
+    /// snapshot can tell whether this host may serve it unchanged without visiting each route.
+    held: Box<[(Box<str>, Arc<BackendPool>)]>,
+    /// The default backend's pool as error pages without a backend of their own found it;
+    /// `None` when no route has such error pages.
+    held_default: Option<Option<Arc<BackendPool>>>,
+}
+
+impl CompiledVhost {
+    /// Whether every pool this host's routes hold is still the one of its name (and the
+    /// default backend the same), so that a host whose definition did not change can
+    /// serve the new snapshot as compiled.
+    pub(super) fn holds_pools_of(
+        &self,
+        by_name: &HashMap<&str, &Arc<BackendPool>>,
+        default: Option<&Arc<BackendPool>>,
+    ) -> bool {
+        self.held
+            .iter()
+            .all(|(name, pool)| by_name.get(&**name).is_some_and(|p| Arc::ptr_eq(p, pool)))
+            && self.held_default.as_ref().is_none_or(|held| match (held, default) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
+    }
 }
 
 /// As in the model's `Route`, what few routes have is boxed, to keep 100 000 routes small.
@@ -115,61 +141,6 @@ impl CompiledSplit {
 
     pub fn share(&self, i: u16) -> Option<&CompiledShare> {
         self.shares.get(usize::from(i))
-    }
-}
-
-impl CompiledRoute {
-    /// Whether every pool this route holds is the one `route` names in the new snapshot,
-    /// so that the compiled route can serve it unchanged.
-    pub(super) fn uses_pools_of(
-        &self,
-        route: &portico_model::Route,
-        by_name: &HashMap<&str, &Arc<BackendPool>>,
-        default: Option<&Arc<BackendPool>>,
-    ) -> bool {
-        let same =
-            |held: Option<&Arc<BackendPool>>, named: Option<&Arc<BackendPool>>| match (held, named)
-            {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-        let split_same = match (&self.split, &route.split) {
-            (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.shares.len() == b.shares.len()
-                    && a.shares
-                        .iter()
-                        .zip(&b.shares)
-                        .all(|(a, b)| Arc::ptr_eq(&a.pool, by_name[b.backend.as_str()]))
-            }
-            _ => false,
-        };
-        if !split_same {
-            return false;
-        }
-        let error_pool = route
-            .error_pages
-            .as_deref()
-            .and_then(|e| e.backend.as_deref().map(|b| by_name[b]).or(default));
-        Arc::ptr_eq(&self.pool, by_name[route.backend.as_str()])
-            && same(
-                self.canary.as_ref().map(|c| &c.pool),
-                route.canary.as_deref().map(|c| by_name[c.backend.as_str()]),
-            )
-            && same(
-                self.fallback.as_ref(),
-                route.fallback_backend.as_deref().map(|b| by_name[b]),
-            )
-            && same(self.error_pages.as_ref().map(|e| &e.pool), error_pool)
-            && same(
-                self.mirror.as_ref().and_then(|m| m.pool.as_ref()),
-                route
-                    .mirror
-                    .as_deref()
-                    .and_then(|m| m.backend.as_deref())
-                    .map(|b| by_name[b]),
-            )
     }
 }
 
@@ -365,11 +336,24 @@ pub(super) fn compile_vhost(
             },
         )?)),
     };
+    let mut held: Vec<(Box<str>, Arc<BackendPool>)> = Vec::new();
+    for name in vh.routes.iter().flat_map(|r| r.named_backends()) {
+        if !held.iter().any(|(n, _)| **n == *name) {
+            held.push((name.into(), Arc::clone(by_name[name])));
+        }
+    }
+    let held_default = vh
+        .routes
+        .iter()
+        .any(|r| r.error_pages.as_ref().is_some_and(|e| e.backend.is_none()))
+        .then(|| default_backend.cloned());
     Ok(CompiledVhost {
         paths,
         groups,
         routes,
         unrouted: Default::default(),
         client_auth,
+        held: held.into_boxed_slice(),
+        held_default,
     })
 }
