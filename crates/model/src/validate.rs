@@ -387,13 +387,43 @@ fn validate_canary(c: &Canary, backends: &HashSet<&str>) -> Result<(), String> {
 /// `base`, when given, is a validated snapshot `s` was made from by a delta: the hosts `s`
 /// shares with it (the same `Arc`) passed every check that concerns only their routes, so
 /// theirs are checked again only if they name a backend that is gone.
+/// Whether an item of a snapshot is one of its validated base's, by address: most often at
+/// the same position (a delta keeps the order), else found in a set built on first need.
+struct Shared<'b, T> {
+    base: &'b [Arc<T>],
+    set: std::cell::OnceCell<HashSet<*const T>>,
+}
+
+impl<'b, T> Shared<'b, T> {
+    fn new(base: Option<&'b [Arc<T>]>) -> Self {
+        Shared {
+            base: base.unwrap_or_default(),
+            set: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether `item`, at position `i` of the new snapshot's list, is one of the base's.
+    fn contains(&self, i: usize, item: &Arc<T>) -> bool {
+        if self.base.is_empty() {
+            return false;
+        }
+        if self.base.get(i).is_some_and(|b| Arc::ptr_eq(b, item)) {
+            return true;
+        }
+        self.set
+            .get_or_init(|| self.base.iter().map(Arc::as_ptr).collect())
+            .contains(&Arc::as_ptr(item))
+    }
+}
+
 pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), ValidationError> {
     use ValidationError::*;
     if s.version == 0 {
         return Err(ZeroVersion);
     }
     let mut backends = HashSet::with_capacity_and_hasher(s.backends.len(), Default::default());
-    for b in &s.backends {
+    let base_backends = Shared::new(base.map(|b| &b.backends[..]));
+    for (i, b) in s.backends.iter().enumerate() {
         if b.name.is_empty() {
             return Err(EmptyBackendName);
         }
@@ -401,6 +431,10 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
             return Err(DuplicateBackend {
                 name: b.name.clone(),
             });
+        }
+        // A backend of the validated base was checked then.
+        if base_backends.contains(i, b) {
+            continue;
         }
         if let Some(e) = b.endpoints.iter().find(|e| e.port == 0) {
             return Err(ZeroPort {
@@ -466,10 +500,9 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
     if let Some(c) = &s.tls.ciphers {
         validate_ciphers(c).map_err(|what| InvalidTlsPolicy { what })?;
     }
-    let shared: HashSet<*const VirtualHost> = base
-        .map(|b| b.virtual_hosts.iter().map(Arc::as_ptr).collect())
-        .unwrap_or_default();
-    let gone: HashSet<&str> = base
+    let shared = Shared::new(base.map(|b| &b.virtual_hosts[..]));
+    // Usually none or one: compared by length first, which needs no read of the name.
+    let gone: Vec<&str> = base
         .map(|b| {
             b.backends
                 .iter()
@@ -478,22 +511,23 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
                 .collect()
         })
         .unwrap_or_default();
+    let is_gone = |name: &str| gone.iter().any(|g| g.len() == name.len() && *g == name);
     let names_a_gone_backend = |vh: &VirtualHost| {
         !gone.is_empty()
             && vh
                 .routes
                 .iter()
-                .any(|r| r.named_backends().any(|b| gone.contains(b)))
+                .any(|r| r.named_backends().any(is_gone))
     };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();
-    for vh in &s.virtual_hosts {
+    for (i, vh) in s.virtual_hosts.iter().enumerate() {
         if !hosts.insert(&vh.host) {
             return Err(DuplicateHost {
                 host: vh.host.to_string(),
             });
         }
-        if shared.contains(&Arc::as_ptr(vh)) && !names_a_gone_backend(vh) {
+        if shared.contains(i, vh) && !names_a_gone_backend(vh) {
             continue;
         }
         if let Some(c) = &vh.client_auth {
@@ -750,6 +784,17 @@ mod tests {
             bad.validate_from(&base),
             Err(ValidationError::UnknownRouteBackend { .. })
         ));
+
+        // A changed backend is checked; the base's are taken as checked, wherever they moved.
+        let mut bad_port = next.clone();
+        Arc::make_mut(&mut bad_port.backends[0]).endpoints[0].port = 0;
+        assert!(matches!(
+            bad_port.validate_from(&base),
+            Err(ValidationError::ZeroPort { .. })
+        ));
+        let mut moved = next.clone();
+        moved.backends.reverse();
+        assert_eq!(moved.validate_from(&base), Ok(()));
 
         // A backend nobody names any more may go without a.com being checked again.
         let mut next_without_c = next.clone();
