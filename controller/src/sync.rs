@@ -91,7 +91,7 @@ impl SyncLoop {
             holdoff.translating(started);
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
             // let the runtime move the socket writers and the source to another worker meanwhile.
-            let translation = tokio::task::block_in_place(|| translator.translate(&state));
+            let translation = tokio::task::block_in_place(|| translator.translate_shared(&state));
             let translated = started.elapsed();
             self.metrics.translations.inc();
             self.metrics.set_diagnostics(&translation.diagnostics);

@@ -440,7 +440,10 @@ impl Route {
     /// backend, its shares' and its mirror's.
     pub fn named_backends(&self) -> impl Iterator<Item = &str> {
         let canary = self.canary.as_deref().map(|c| c.backend.as_str());
-        let error = self.error_pages.as_deref().and_then(|e| e.backend.as_deref());
+        let error = self
+            .error_pages
+            .as_deref()
+            .and_then(|e| e.backend.as_deref());
         let shares = self.split.iter().flat_map(|s| &s.shares);
         let mirror = self.mirror.as_deref().and_then(|m| m.backend.as_deref());
         std::iter::once(self.backend.as_str())

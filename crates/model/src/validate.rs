@@ -513,11 +513,7 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
         .unwrap_or_default();
     let is_gone = |name: &str| gone.iter().any(|g| g.len() == name.len() && *g == name);
     let names_a_gone_backend = |vh: &VirtualHost| {
-        !gone.is_empty()
-            && vh
-                .routes
-                .iter()
-                .any(|r| r.named_backends().any(is_gone))
+        !gone.is_empty() && vh.routes.iter().any(|r| r.named_backends().any(is_gone))
     };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();

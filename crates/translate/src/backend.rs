@@ -23,46 +23,91 @@ pub(crate) struct Resolved {
 }
 
 /// Where Services' endpoints come from: EndpointSlices grouped by the Service they belong
-/// to (their `kubernetes.io/service-name` label, namespace then Service name), built once
-/// per translation so that resolving a backend does not scan them all; and, for
-/// ExternalName Services, what the controller's resolver found for their names.
-pub(crate) struct SliceIndex<'a> {
-    slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a Arc<EndpointSlice>>>>,
-    pub names: &'a ResolvedNames,
+/// to (their `kubernetes.io/service-name` label, namespace then Service name, each group in
+/// slice-name order), so that resolving a backend does not scan them all; and, for
+/// ExternalName Services, what the controller's resolver found for their names. The
+/// [`Translator`](crate::Translator) keeps it between translations and updates it with the
+/// slices that changed.
+pub(crate) struct SliceIndex {
+    slices: SliceMap<SliceMap<Vec<Arc<EndpointSlice>>>>,
+    pub names: Arc<ResolvedNames>,
 }
 
-/// No name resolved: what a translation without a resolver sees.
-static NO_NAMES: ResolvedNames = ResolvedNames::new();
+/// Keys are namespaces and names of objects in the cluster: a fast seeded hash is enough.
+type SliceMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
 
-impl<'a> SliceIndex<'a> {
-    pub fn new(state: &'a ClusterState) -> Self {
-        Self::with_names(state, &NO_NAMES)
+fn service_of(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+impl SliceIndex {
+    pub fn new(state: &ClusterState) -> Self {
+        Self::with_names(state, Arc::default())
     }
 
-    pub fn with_names(state: &'a ClusterState, names: &'a ResolvedNames) -> Self {
-        let mut index: HashMap<&str, HashMap<&str, Vec<&Arc<EndpointSlice>>>> = HashMap::new();
+    pub fn with_names(state: &ClusterState, names: Arc<ResolvedNames>) -> Self {
+        let mut index = SliceIndex {
+            slices: SliceMap::default(),
+            names,
+        };
+        // In key order, so each group is in slice-name order.
         for ((namespace, _), slice) in &state.endpoint_slices {
-            if let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                index
-                    .entry(namespace.as_str())
-                    .or_default()
-                    .entry(service.as_str())
-                    .or_default()
-                    .push(slice);
+            if let Some(service) = service_of(slice) {
+                index.group(namespace, service).push(Arc::clone(slice));
             }
         }
-        SliceIndex {
-            slices: index,
-            names,
-        }
+        index
     }
 
-    pub fn of(&self, namespace: &str, service: &str) -> &[&'a Arc<EndpointSlice>] {
+    fn group(&mut self, namespace: &str, service: &str) -> &mut Vec<Arc<EndpointSlice>> {
+        if !self.slices.contains_key(namespace) {
+            self.slices
+                .insert(namespace.to_string(), SliceMap::default());
+        }
+        let services = self.slices.get_mut(namespace).expect("just inserted");
+        if !services.contains_key(service) {
+            services.insert(service.to_string(), Vec::new());
+        }
+        services.get_mut(service).expect("just inserted")
+    }
+
+    /// Replaces the slice `key` was (`old`) with what it is now (`new`), either possibly
+    /// absent; returns the Services whose slices this changed.
+    pub fn replace(
+        &mut self,
+        key: &crate::cache::ObjectKey,
+        old: Option<&Arc<EndpointSlice>>,
+        new: Option<&Arc<EndpointSlice>>,
+    ) -> impl Iterator<Item = crate::cache::ObjectKey> {
+        let namespace = key.0.as_str();
+        let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
+        let was = old.and_then(|s| Some((service_of(s)?.to_string(), name(s))));
+        if let Some((service, slice_name)) = &was {
+            let group = self.group(namespace, service);
+            group.retain(|s| s.metadata.name.as_deref() != Some(slice_name.as_str()));
+        }
+        let now = new.and_then(|s| Some((service_of(s)?.to_string(), Arc::clone(s))));
+        let mut touched = Vec::with_capacity(2);
+        if let Some((service, slice)) = now {
+            let group = self.group(namespace, &service);
+            let at = group.partition_point(|s| s.metadata.name < slice.metadata.name);
+            group.insert(at, slice);
+            touched.push((namespace.to_string(), service));
+        }
+        if let Some((service, _)) = was {
+            if !touched.iter().any(|(_, s)| *s == service) {
+                touched.push((namespace.to_string(), service));
+            }
+        }
+        touched.into_iter()
+    }
+
+    pub fn of(&self, namespace: &str, service: &str) -> &[Arc<EndpointSlice>] {
         self.slices
             .get(namespace)
             .and_then(|services| services.get(service))
@@ -117,7 +162,7 @@ pub(crate) fn port_text(port: Option<&ServiceBackendPort>) -> String {
 
 pub(crate) fn resolve(
     state: &ClusterState,
-    slices: &SliceIndex<'_>,
+    slices: &SliceIndex,
     namespace: &str,
     svc: &IngressServiceBackend,
     upstream: &Upstream,
@@ -247,7 +292,7 @@ pub(crate) fn resolve(
 }
 
 /// The endpoints the EndpointSlices give for `service_port`, ready or not, in order.
-fn slice_endpoints(slices: &[&Arc<EndpointSlice>], service_port: &ServicePort) -> Vec<Endpoint> {
+fn slice_endpoints(slices: &[Arc<EndpointSlice>], service_port: &ServicePort) -> Vec<Endpoint> {
     let mut endpoints = BTreeSet::new();
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
@@ -282,7 +327,7 @@ fn slice_endpoints(slices: &[&Arc<EndpointSlice>], service_port: &ServicePort) -
 /// A Service as a plain HTTP backend on its first port (`--default-backend-service`).
 pub(crate) fn resolve_first_port(
     state: &ClusterState,
-    slices: &SliceIndex<'_>,
+    slices: &SliceIndex,
     namespace: &str,
     name: &str,
 ) -> Resolved {

@@ -3,7 +3,7 @@
 //! object, or an object they read, changed; merging and assembly run every time.
 
 use crate::backend::{self, SliceIndex};
-use crate::cache::{ClusterState, ObjectKey, ResolvedNames};
+use crate::cache::{ClusterState, ObjectKey, ResolvedNames, StateChanges};
 use crate::class::{Admission, ClassFilter};
 use crate::controller_config::ControllerConfig;
 use crate::diagnostic::{Diagnostic, ObjectRef, Reason};
@@ -98,6 +98,9 @@ pub struct Translator {
     config: ControllerConfig,
     /// What the controller's resolver found for ExternalName Services' names.
     names: Arc<ResolvedNames>,
+    /// The state of the last [`Translator::translate_shared`] and its EndpointSlices by
+    /// Service, which the next one updates with what changed instead of building anew.
+    last: Option<(Arc<ClusterState>, SliceIndex)>,
     reprocessed: usize,
 }
 
@@ -110,6 +113,7 @@ impl Translator {
             hosts: BuiltHosts::default(),
             config: ControllerConfig::default(),
             names: Arc::default(),
+            last: None,
             reprocessed: 0,
         }
     }
@@ -131,6 +135,33 @@ impl Translator {
     }
 
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
+        self.last = None;
+        let slices = SliceIndex::with_names(state, Arc::clone(&self.names));
+        self.translate_with(state, &slices, None)
+    }
+
+    /// [`Translator::translate`] for a state the caller shares: the translator keeps it,
+    /// and the next call finds what changed by comparing the two (by address, in one pass)
+    /// rather than looking up every object each kept fragment read.
+    pub fn translate_shared(&mut self, state: &Arc<ClusterState>) -> Translation {
+        let (slices, changes) = match self.last.take() {
+            Some((old, mut slices)) if Arc::ptr_eq(&slices.names, &self.names) => {
+                let changes = StateChanges::between(&old, state, &mut slices);
+                (slices, Some(changes))
+            }
+            _ => (SliceIndex::with_names(state, Arc::clone(&self.names)), None),
+        };
+        let translation = self.translate_with(state, &slices, changes.as_ref());
+        self.last = Some((Arc::clone(state), slices));
+        translation
+    }
+
+    fn translate_with(
+        &mut self,
+        state: &ClusterState,
+        slices: &SliceIndex,
+        changes: Option<&StateChanges>,
+    ) -> Translation {
         let opts = &self.opts;
         let mut diagnostics = Vec::new();
         let classes = ClassFilter::new(state, opts);
@@ -169,12 +200,10 @@ impl Translator {
         // Every Ingress reads the ConfigMap's settings: when they change, no fragment stands.
         let config_changed = config != self.config;
         self.config = config;
-        let names = Arc::clone(&self.names);
-        let slices = SliceIndex::with_names(state, &names);
         let mut lookups = Lookups {
             state,
             config: &self.config,
-            slices: &slices,
+            slices,
             resolved: HashMap::new(),
             secrets: HashMap::new(),
         };
@@ -185,7 +214,9 @@ impl Translator {
         let mut current = Vec::with_capacity(admitted.len());
         for (key, ingress) in &admitted {
             current.push(match previous.get(*key) {
-                Some(f) if !config_changed && f.is_current(ingress, state, &slices) => f.clone(),
+                Some(f) if !config_changed && f.is_current(ingress, state, slices, changes) => {
+                    f.clone()
+                }
                 _ => {
                     self.reprocessed += 1;
                     Arc::new(IngressProcessor::new(&mut lookups, ingress).process())

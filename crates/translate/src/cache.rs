@@ -336,6 +336,90 @@ impl ClusterState {
     }
 }
 
+/// What changed between two states a translator read one after the other, for the kinds
+/// an Ingress's fragment depends on. Objects are told apart by address (`Arc`), so an
+/// object replaced by an equal copy counts as changed, as it does for the fragments.
+#[derive(Debug, Default)]
+pub(crate) struct StateChanges {
+    /// Services changed, and Services whose EndpointSlices changed.
+    pub services: std::collections::HashSet<ObjectKey>,
+    pub secrets: std::collections::HashSet<ObjectKey>,
+    pub config_maps: std::collections::HashSet<ObjectKey>,
+}
+
+/// The keys whose object differs between `old` and `new` (added, removed or replaced),
+/// with the object before and after; one pass over both, comparing addresses.
+pub(crate) fn changed_objects<'m, K: Ord, V>(
+    old: &'m BTreeMap<K, Arc<V>>,
+    new: &'m BTreeMap<K, Arc<V>>,
+) -> Vec<(&'m K, Option<&'m Arc<V>>, Option<&'m Arc<V>>)> {
+    use std::cmp::Ordering;
+    let mut changed = Vec::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return changed,
+            (Some((k, v)), None) => {
+                changed.push((*k, Some(*v), None));
+                a.next();
+            }
+            (None, Some((k, v))) => {
+                changed.push((*k, None, Some(*v)));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                Ordering::Less => {
+                    changed.push((*ka, Some(*va), None));
+                    a.next();
+                }
+                Ordering::Greater => {
+                    changed.push((*kb, None, Some(*vb)));
+                    b.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(va, vb) {
+                        changed.push((*ka, Some(*va), Some(*vb)));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+impl StateChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.secrets.is_empty() && self.config_maps.is_empty()
+    }
+
+    /// What changed from `old` to `new`; brings `slices` (built for `old`) up to date with `new`.
+    pub(crate) fn between(
+        old: &ClusterState,
+        new: &ClusterState,
+        slices: &mut crate::backend::SliceIndex,
+    ) -> Self {
+        fn keys<V>(
+            old: &BTreeMap<ObjectKey, Arc<V>>,
+            new: &BTreeMap<ObjectKey, Arc<V>>,
+        ) -> std::collections::HashSet<ObjectKey> {
+            changed_objects(old, new)
+                .into_iter()
+                .map(|(k, _, _)| k.clone())
+                .collect()
+        }
+        let mut services = keys(&old.services, &new.services);
+        for (key, was, now) in changed_objects(&old.endpoint_slices, &new.endpoint_slices) {
+            services.extend(slices.replace(key, was, now));
+        }
+        StateChanges {
+            services,
+            secrets: keys(&old.secrets, &new.secrets),
+            config_maps: keys(&old.config_maps, &new.config_maps),
+        }
+    }
+}
+
 impl FromIterator<KubeObject> for ClusterState {
     fn from_iter<I: IntoIterator<Item = KubeObject>>(iter: I) -> Self {
         let mut state = ClusterState::default();

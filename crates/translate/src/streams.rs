@@ -40,7 +40,7 @@ struct Entry {
 /// The stream services and passthrough hosts, and the backends they name.
 pub(crate) fn streams(
     state: &ClusterState,
-    slices: &SliceIndex<'_>,
+    slices: &SliceIndex,
     opts: &StreamOptions,
     defaults: &StreamDefaults,
     table: &RouteTable<'_>,
@@ -127,7 +127,7 @@ pub(crate) fn streams(
 
 fn resolve(
     state: &ClusterState,
-    slices: &SliceIndex<'_>,
+    slices: &SliceIndex,
     defaults: &StreamDefaults,
     protocol: StreamProtocol,
     port: u16,

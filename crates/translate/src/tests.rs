@@ -714,6 +714,18 @@ fn backend_protocol_shapes_the_upstream_and_bad_values_fall_back() {
 
 #[test]
 fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translation() {
+    reprocesses_only_what_changed(|t, state| t.translate(state));
+}
+
+#[test]
+fn a_translator_given_shared_states_finds_what_changed_by_comparing_them() {
+    // As the controller calls it: each state a new `Arc` sharing the unchanged objects.
+    reprocesses_only_what_changed(|t, state| t.translate_shared(&Arc::new(state.clone())));
+}
+
+fn reprocesses_only_what_changed(
+    translate_with: impl Fn(&mut crate::Translator, &ClusterState) -> Translation,
+) {
     use crate::Translator;
     let mut objects = vec![ours(), tls_secret("ns", "cert", "a0.test")];
     for i in 0..20 {
@@ -728,11 +740,11 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
     let mut state: ClusterState = objects.into_iter().collect();
     let opts = Options::default();
     let mut translator = Translator::new(opts.clone());
-    let first = translator.translate(&state);
+    let first = translate_with(&mut translator, &state);
     assert_eq!(translator.reprocessed(), 20);
     assert_eq!(first.snapshot, translate(&state, &opts).snapshot);
 
-    let again = translator.translate(&state);
+    let again = translate_with(&mut translator, &state);
     assert_eq!(again.snapshot, first.snapshot);
     assert_eq!(
         translator.reprocessed(),
@@ -757,7 +769,7 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
         json!([{"port": 8080}]),
         json!([{"addresses": ["10.0.0.9"]}]),
     ));
-    let second = translator.translate(&state);
+    let second = translate_with(&mut translator, &state);
     assert_eq!(translator.reprocessed(), 1);
     assert_eq!(translator.rebuilt_hosts(), 1);
     assert_eq!(second.snapshot, translate(&state, &opts).snapshot);
@@ -789,7 +801,7 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
 
     // The Secret changes: the Ingress with TLS is reprocessed and serves the new certificate.
     state.insert(tls_secret("ns", "cert", "a0.test"));
-    let third = translator.translate(&state);
+    let third = translate_with(&mut translator, &state);
     assert_eq!(translator.reprocessed(), 1);
     assert_ne!(third.snapshot.certificates, second.snapshot.certificates);
     assert_eq!(third.snapshot, translate(&state, &opts).snapshot);
@@ -800,7 +812,7 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
         "late",
         json!({"ingressClassName": "portico", "rules": [rule("late.test", "Prefix", "/", "late", json!({"number": 80}))]}),
     ));
-    let fourth = translator.translate(&state);
+    let fourth = translate_with(&mut translator, &state);
     assert!(fourth
         .diagnostics
         .iter()
@@ -808,7 +820,7 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
     for o in backends_of("ns", "late") {
         state.insert(o);
     }
-    let fifth = translator.translate(&state);
+    let fifth = translate_with(&mut translator, &state);
     assert_eq!(translator.reprocessed(), 1);
     assert!(
         !fifth.diagnostics.iter().any(|d| d.object.name == "late"),
@@ -816,6 +828,31 @@ fn a_translator_reprocesses_only_what_changed_and_agrees_with_a_fresh_translatio
         fifth.diagnostics
     );
     assert_eq!(fifth.snapshot, translate(&state, &opts).snapshot);
+
+    // The slice moves to another Service: both Ingresses are reprocessed; then it goes.
+    state.insert(slice(
+        "ns",
+        "s7-1",
+        "s8",
+        "IPv4",
+        json!([{"port": 8080}]),
+        json!([{"addresses": ["10.0.0.7"]}]),
+    ));
+    let sixth = translate_with(&mut translator, &state);
+    assert_eq!(translator.reprocessed(), 2);
+    assert_eq!(sixth.snapshot, translate(&state, &opts).snapshot);
+    let endpoints = |t: &Translation, b: &str| t.snapshot.backend(b).unwrap().endpoints.len();
+    assert_eq!(
+        (endpoints(&sixth, "ns/s7:80"), endpoints(&sixth, "ns/s8:80")),
+        (0, 2)
+    );
+    state
+        .endpoint_slices
+        .remove(&("ns".to_string(), "s7-1".to_string()));
+    let seventh = translate_with(&mut translator, &state);
+    assert_eq!(translator.reprocessed(), 1);
+    assert_eq!(seventh.snapshot, translate(&state, &opts).snapshot);
+    assert_eq!(endpoints(&seventh, "ns/s8:80"), 1);
 }
 
 #[test]

@@ -117,7 +117,8 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
         ..Options::default()
     };
     let mut translator = Translator::new(opts);
-    let (translation, translate_ms) = timed(|| translator.translate(&state));
+    let (translation, translate_ms) =
+        timed(|| translator.translate_shared(&Arc::new(state.clone())));
     let mut snapshot = translation.snapshot;
     snapshot.version = 1;
     let first = snapshot.clone();
@@ -145,7 +146,9 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
             original.clone()
         };
         state.insert(KubeObject::EndpointSlice(Arc::new(slice.clone())));
-        let (mut changed, ms) = timed(|| translator.translate(&state).snapshot);
+        // As the controller's sources hand states over: a new `Arc` sharing the objects.
+        let shared = Arc::new(state.clone());
+        let (mut changed, ms) = timed(|| translator.translate_shared(&shared).snapshot);
         translate.push(ms);
         change_reprocessed = translator.reprocessed();
         let version = base.version + 1;

@@ -39,7 +39,7 @@ pub(crate) struct ProcessedRoute {
 
 pub(crate) struct RouteProcessor<'a> {
     pub state: &'a ClusterState,
-    pub slices: &'a SliceIndex<'a>,
+    pub slices: &'a SliceIndex,
     pub gateways: &'a [ServedGateway],
 }
 

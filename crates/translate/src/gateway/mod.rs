@@ -62,7 +62,7 @@ pub(crate) struct GatewayOutput {
 /// Every Gateway API object of Portico's classes, as fragments and status.
 pub(crate) fn process(
     state: &ClusterState,
-    slices: &SliceIndex<'_>,
+    slices: &SliceIndex,
     opts: &GatewayOptions,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> GatewayOutput {

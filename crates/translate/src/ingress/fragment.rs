@@ -4,7 +4,7 @@
 //! (`docs/design/0002-reuse-across-snapshots.md`).
 
 use crate::backend::{Resolved, SliceIndex};
-use crate::cache::{external_name, ClusterState, NameResolution, ObjectKey};
+use crate::cache::{external_name, ClusterState, NameResolution, ObjectKey, StateChanges};
 use crate::diagnostic::{Diagnostic, ObjectRef};
 use crate::secret::CheckedCertificate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -44,7 +44,16 @@ fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
 }
 
 impl Dependency {
-    fn unchanged(&self, state: &ClusterState, slices: &SliceIndex<'_>) -> bool {
+    /// Whether one of `changes` is this object.
+    fn changed_in(&self, changes: &StateChanges) -> bool {
+        match self {
+            Dependency::Service { key, .. } => changes.services.contains(key),
+            Dependency::Secret { key, .. } => changes.secrets.contains(key),
+            Dependency::ConfigMap { key, .. } => changes.config_maps.contains(key),
+        }
+    }
+
+    fn unchanged(&self, state: &ClusterState, slices: &SliceIndex) -> bool {
         match self {
             Dependency::Service {
                 key,
@@ -72,7 +81,7 @@ impl Dependency {
 /// its fragment as it is read.
 pub(crate) struct ObjectReads<'r> {
     state: &'r ClusterState,
-    slices: &'r SliceIndex<'r>,
+    slices: &'r SliceIndex,
     pub namespace: &'r str,
     dependencies: &'r mut Vec<Dependency>,
 }
@@ -80,7 +89,7 @@ pub(crate) struct ObjectReads<'r> {
 impl<'r> ObjectReads<'r> {
     pub fn new(
         state: &'r ClusterState,
-        slices: &'r SliceIndex<'r>,
+        slices: &'r SliceIndex,
         namespace: &'r str,
         dependencies: &'r mut Vec<Dependency>,
     ) -> Self {
@@ -266,16 +275,22 @@ impl Fragment {
         }
     }
 
-    /// Still what processing `ingress` would give: the same object, and nothing it read changed.
+    /// Still what processing `ingress` would give: the same object, and nothing it read
+    /// changed. `changes`, when known, are those since the state this fragment was last
+    /// found current in; without them each object read is looked up again.
     pub fn is_current(
         &self,
         ingress: &Arc<Ingress>,
         state: &ClusterState,
-        slices: &SliceIndex<'_>,
+        slices: &SliceIndex,
+        changes: Option<&StateChanges>,
     ) -> bool {
         self.ingress
             .as_ref()
             .is_some_and(|i| Arc::ptr_eq(i, ingress))
-            && self.dependencies.iter().all(|d| d.unchanged(state, slices))
+            && match changes {
+                Some(c) => c.is_empty() || !self.dependencies.iter().any(|d| d.changed_in(c)),
+                None => self.dependencies.iter().all(|d| d.unchanged(state, slices)),
+            }
     }
 }

@@ -52,7 +52,7 @@ pub(crate) struct Lookups<'a> {
     pub state: &'a ClusterState,
     /// The controller ConfigMap's settings.
     pub config: &'a ControllerConfig,
-    pub slices: &'a SliceIndex<'a>,
+    pub slices: &'a SliceIndex,
     pub resolved: HashMap<String, Arc<Resolved>>,
     pub secrets: HashMap<ObjectKey, Result<Arc<CheckedCertificate>, (Reason, String)>>,
 }

@@ -47,11 +47,14 @@ impl CompiledVhost {
         self.held
             .iter()
             .all(|(name, pool)| by_name.get(&**name).is_some_and(|p| Arc::ptr_eq(p, pool)))
-            && self.held_default.as_ref().is_none_or(|held| match (held, default) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            })
+            && self
+                .held_default
+                .as_ref()
+                .is_none_or(|held| match (held, default) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
     }
 }
 
