@@ -227,7 +227,7 @@ impl Translator {
             .default_backend_service
             .as_ref()
             .and_then(|(namespace, name)| {
-                let resolved = backend::resolve_first_port(state, &slices, namespace, name);
+                let resolved = backend::resolve_first_port(state, slices, namespace, name);
                 if let Some((reason, message)) = &resolved.problem {
                     let object = ObjectRef {
                         kind: "Service",
@@ -248,7 +248,7 @@ impl Translator {
             reserved_ports: opts.streams.reserved_ports.clone(),
             ..opts.gateway.clone()
         };
-        let gateway = crate::gateway::process(state, &slices, &gateway_options, &mut diagnostics);
+        let gateway = crate::gateway::process(state, slices, &gateway_options, &mut diagnostics);
         let previous_gateway = std::mem::take(&mut self.gateway_fragments);
         let mut table = RouteTable::new(opts.host_ownership);
         for fragment in by_age(&admitted, &current, &gateway.fragments) {
@@ -263,7 +263,7 @@ impl Translator {
         crate::sharing::report_shadowing(&table, &mut diagnostics);
         let (streams, stream_backends) = crate::streams::streams(
             state,
-            &slices,
+            slices,
             &opts.streams,
             &self.config.streams,
             &table,
