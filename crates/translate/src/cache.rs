@@ -347,12 +347,15 @@ pub(crate) struct StateChanges {
     pub config_maps: std::collections::HashSet<ObjectKey>,
 }
 
+/// A key, and its object before and after (`None`: absent).
+pub(crate) type Changed<'m, K, V> = (&'m K, Option<&'m Arc<V>>, Option<&'m Arc<V>>);
+
 /// The keys whose object differs between `old` and `new` (added, removed or replaced),
 /// with the object before and after; one pass over both, comparing addresses.
 pub(crate) fn changed_objects<'m, K: Ord, V>(
     old: &'m BTreeMap<K, Arc<V>>,
     new: &'m BTreeMap<K, Arc<V>>,
-) -> Vec<(&'m K, Option<&'m Arc<V>>, Option<&'m Arc<V>>)> {
+) -> Vec<Changed<'m, K, V>> {
     use std::cmp::Ordering;
     let mut changed = Vec::new();
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());

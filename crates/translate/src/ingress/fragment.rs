@@ -142,7 +142,7 @@ impl<'r> ObjectReads<'r> {
             .slices
             .of(self.namespace, name)
             .iter()
-            .map(|s| Arc::clone(s))
+            .map(Arc::clone)
             .collect();
         self.dependencies.push(Dependency::Service {
             key,
