@@ -76,7 +76,7 @@ struct Args {
     /// The Unix socket proxies connect to.
     #[arg(long, default_value = "/var/run/portico/portico.sock")]
     socket: PathBuf,
-    /// Changes within this time of a translation wait until quiet this long (a change after a quiet spell is translated at once).
+    /// A change within this time of the one before it waits until changes stop for this long (others are translated at once).
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
     /// How often the manifests directory is checked for changes.

@@ -88,7 +88,6 @@ impl SyncLoop {
             };
 
             let started = Instant::now();
-            holdoff.translating(started);
             // Translation is CPU work of up to a few hundred milliseconds on big clusters:
             // let the runtime move the socket writers and the source to another worker meanwhile.
             let translation = tokio::task::block_in_place(|| translator.translate_shared(&state));
@@ -164,15 +163,16 @@ impl SyncLoop {
     }
 }
 
-/// When a change is translated (decision record 0023). A change after a quiet spell (no
-/// translation began in the last `debounce`) is translated at once, so that an isolated
-/// change reaches the proxies without waiting; a change that follows a translation closely
-/// is part of a burst, and waits until the burst goes quiet for `debounce` (or `ceiling`
-/// passes), so that a burst becomes one or two snapshots rather than one per object.
+/// When a change is translated (decision record 0023): at once, unless the change before
+/// it came less than `debounce` earlier. Then the two are taken as a burst, which waits
+/// until no change arrived for `debounce` (or `ceiling` passed), so that a burst becomes
+/// two snapshots (its first change's, and the rest's) rather than one per object, while an
+/// isolated change reaches the proxies without waiting.
 pub(crate) struct Holdoff {
     debounce: Duration,
     ceiling: Duration,
-    last_started: Option<Instant>,
+    /// When the last change was seen.
+    last_change: Option<Instant>,
 }
 
 impl Holdoff {
@@ -180,35 +180,43 @@ impl Holdoff {
         Holdoff {
             debounce,
             ceiling,
-            last_started: None,
+            last_change: None,
         }
     }
 
     /// Called when a change arrived: returns when it should be translated.
-    pub async fn wait<T>(&self, changes: &mut watch::Receiver<T>) {
-        if self
-            .last_started
-            .is_some_and(|t| t.elapsed() < self.debounce)
-        {
-            settle(changes, self.debounce, self.ceiling).await;
-        }
-    }
-
-    /// A translation began at `at`.
-    pub fn translating(&mut self, at: Instant) {
-        self.last_started = Some(at);
+    pub async fn wait<T>(&mut self, changes: &mut watch::Receiver<T>) {
+        let now = Instant::now();
+        let burst = self.last_change.is_some_and(|t| now - t < self.debounce);
+        self.last_change = Some(if burst {
+            settle(changes, self.debounce, self.ceiling).await
+        } else {
+            now
+        });
     }
 }
 
 /// Waits until no change arrived for `debounce`, or `ceiling` passed since the wait began
 /// (a change had arrived just before it), so that a burst of changes becomes one snapshot.
-async fn settle<T>(changes: &mut watch::Receiver<T>, debounce: Duration, ceiling: Duration) {
-    let deadline = Instant::now() + ceiling;
+/// Returns when the last change was seen (the wait's start if none came).
+async fn settle<T>(
+    changes: &mut watch::Receiver<T>,
+    debounce: Duration,
+    ceiling: Duration,
+) -> Instant {
+    let started = Instant::now();
+    let deadline = started + ceiling;
+    let mut last = started;
     loop {
         let quiet_until = (Instant::now() + debounce).min(deadline);
         match tokio::time::timeout_at(quiet_until, changes.changed()).await {
-            Ok(Ok(())) if Instant::now() < deadline => continue,
-            _ => return,
+            Ok(Ok(())) => {
+                last = Instant::now();
+                if last >= deadline {
+                    return last;
+                }
+            }
+            _ => return last,
         }
     }
 }
@@ -290,7 +298,7 @@ mod tests {
     }
 
     /// How long `holdoff` holds a change that arrives now, with more at `more_at` (ms).
-    async fn held(holdoff: &Holdoff, more_at: &[u64]) -> Duration {
+    async fn held(holdoff: &mut Holdoff, more_at: &[u64]) -> Duration {
         let (tx, mut rx) = watch::channel(0u64);
         let change = Instant::now();
         let sender = {
@@ -309,24 +317,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_change_after_a_quiet_spell_is_translated_at_once() {
+    async fn an_isolated_change_is_translated_at_once() {
         let mut holdoff = Holdoff::new(DEBOUNCE, CEILING);
         // The first change, even with a burst behind it (the burst makes the next snapshot).
-        assert_eq!(held(&holdoff, &[10, 20]).await, Duration::ZERO);
-        holdoff.translating(Instant::now());
+        assert_eq!(held(&mut holdoff, &[10, 20]).await, Duration::ZERO);
         tokio::time::sleep(DEBOUNCE).await;
-        assert_eq!(held(&holdoff, &[10, 20]).await, Duration::ZERO);
+        assert_eq!(held(&mut holdoff, &[]).await, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_change_close_behind_a_translation_waits_for_its_burst_to_go_quiet() {
+    async fn a_change_close_behind_another_waits_for_their_burst_to_go_quiet() {
         let ms = Duration::from_millis;
         let mut holdoff = Holdoff::new(DEBOUNCE, CEILING);
-        holdoff.translating(Instant::now());
+        assert_eq!(held(&mut holdoff, &[]).await, Duration::ZERO);
         tokio::time::sleep(ms(30)).await;
-        assert_eq!(held(&holdoff, &[]).await, DEBOUNCE);
-        holdoff.translating(Instant::now());
-        assert_eq!(held(&holdoff, &[50, 120]).await, ms(220));
+        assert_eq!(held(&mut holdoff, &[]).await, DEBOUNCE);
+        // The burst went quiet a debounce ago: the next change 10 ms later is not part of it.
+        tokio::time::sleep(ms(10)).await;
+        assert_eq!(held(&mut holdoff, &[]).await, Duration::ZERO);
+        // Still bursting: the changes at 50 and 120 ms keep it going.
+        tokio::time::sleep(ms(30)).await;
+        assert_eq!(held(&mut holdoff, &[50, 120]).await, ms(220));
     }
 
     #[test]
