@@ -76,7 +76,7 @@ impl ControllerMetrics {
                 &registry,
                 IntGauge::new(
                     "portico_controller_snapshot_bytes",
-                    "Size of the last published snapshot",
+                    "Size of the last snapshot encoded whole (after a delta, when a proxy first needs it)",
                 )
                 .expect("valid"),
             ),

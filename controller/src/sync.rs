@@ -112,9 +112,9 @@ impl SyncLoop {
                 continue;
             }
             let compared = started.elapsed();
-            // Stamp; publish the delta from the last snapshot at once, then the whole one
-            // for proxies that connect or lack the base; keep the unstamped snapshot to
-            // compare the next one with.
+            // Stamp; publish the delta from the last snapshot, with the whole one encoded
+            // when a proxy that connects or lacks the base needs it, or (without a base)
+            // the whole one now; keep the unstamped snapshot to compare the next one with.
             let mut snapshot = translation.snapshot;
             snapshot.version = clock.next();
             let version = snapshot.version;
@@ -123,40 +123,50 @@ impl SyncLoop {
                     Some((*base_version, snapshot.delta_from(base)?.to_bytes()))
                 })
             });
-            if let Some((base_version, delta)) = &delta {
-                self.publisher
-                    .publish_delta(version, *base_version, delta.clone());
-            }
-            let delta_published = started.elapsed();
-            let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
+            let delta_bytes = delta.as_ref().map(|(_, d)| d.len());
+            let bytes = match delta {
+                Some((base_version, delta)) => {
+                    let whole = snapshot.clone();
+                    let metrics = self.metrics.clone();
+                    self.publisher.publish_delta_encoding_whole_on_demand(
+                        version,
+                        base_version,
+                        delta,
+                        move || {
+                            let payload = whole.to_bytes();
+                            metrics.snapshot_bytes.set(payload.len() as i64);
+                            payload
+                        },
+                    );
+                    None
+                }
+                None => {
+                    let payload = tokio::task::block_in_place(|| snapshot.to_bytes());
+                    self.metrics.snapshot_bytes.set(payload.len() as i64);
+                    let bytes = payload.len();
+                    self.publisher.publish(version, payload);
+                    Some(bytes)
+                }
+            };
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 version = snapshot.version,
-                bytes = payload.len(),
-                delta_bytes = delta.as_ref().map(|(_, d)| d.len()),
+                bytes,
+                delta_bytes,
                 hosts = snapshot.virtual_hosts.len(),
                 admitted = translation.admitted.len(),
                 diagnostics = translation.diagnostics.len(),
                 reprocessed = translator.reprocessed(),
                 translate_ms = ms(translated),
                 compare_ms = ms(compared - comparing),
-                delta_ms = ms(delta_published - compared),
-                encode_ms = ms(started.elapsed() - delta_published),
+                publish_ms = ms(started.elapsed() - compared),
                 build_ms = ms(started.elapsed()),
                 "snapshot published"
             );
             self.metrics.snapshots_published.inc();
-            self.metrics.snapshot_bytes.set(payload.len() as i64);
             self.metrics
                 .build_seconds
                 .observe(started.elapsed().as_secs_f64());
-            match delta {
-                Some((base_version, delta)) => {
-                    self.publisher
-                        .publish_with_delta(version, payload, base_version, delta)
-                }
-                None => self.publisher.publish(version, payload),
-            }
             snapshot.version = 0;
             last = Some((snapshot, version));
         }

@@ -1,6 +1,6 @@
 //! The controller's half: a Unix socket that hands every connected proxy the latest
 //! snapshot on connect and each newer one as it is published: as a delta when the
-//! proxy was sent the delta's base, else whole.
+//! proxy was sent the delta's base, else whole (encoded when first needed).
 
 use crate::codec::{read_message, write_message, Message, WireError};
 use std::collections::BTreeMap;
@@ -13,12 +13,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 /// A snapshot as it travels: its version and its serialised bytes, whole and, when the
-/// controller had a base for it, as a delta. The delta can be published before the whole
-/// is encoded, so that proxies holding the base need not wait for it.
+/// controller had a base for it, as a delta. With a delta, the whole is encoded only when a
+/// proxy needs it (one that connects, or lacks the base): encoding 100 000 endpoints takes
+/// longer than the proxies holding the base take to apply the delta, and on a busy node it
+/// would compete with them for the CPU.
 #[derive(Debug)]
 struct Published {
     version: u64,
-    whole: Option<Vec<u8>>,
+    whole: Whole,
     delta: Option<Delta>,
 }
 
@@ -26,6 +28,47 @@ struct Published {
 struct Delta {
     base_version: u64,
     payload: Vec<u8>,
+}
+
+type Encoder = Box<dyn FnOnce() -> Vec<u8> + Send + Sync>;
+
+/// A whole snapshot's bytes, encoded on first need.
+struct Whole {
+    bytes: std::sync::OnceLock<Vec<u8>>,
+    encode: Mutex<Option<Encoder>>,
+}
+
+impl Whole {
+    fn ready(bytes: Vec<u8>) -> Self {
+        Whole {
+            bytes: std::sync::OnceLock::from(bytes),
+            encode: Mutex::new(None),
+        }
+    }
+
+    fn on_demand(encode: Encoder) -> Self {
+        Whole {
+            bytes: std::sync::OnceLock::new(),
+            encode: Mutex::new(Some(encode)),
+        }
+    }
+
+    /// The bytes, encoding them now if no one has yet (callers at the same time wait).
+    fn bytes(&self) -> &[u8] {
+        self.bytes.get_or_init(|| {
+            let encode = self.encode.lock().unwrap_or_else(|p| p.into_inner()).take();
+            encode.map_or_else(Vec::new, |encode| encode())
+        })
+    }
+}
+
+impl std::fmt::Debug for Whole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.bytes.get() {
+            Some(b) => write!(f, "Whole({} bytes)", b.len()),
+            None => f.write_str("Whole(not encoded yet)"),
+        }
+    }
 }
 
 type Latest = Option<Arc<Published>>;
@@ -41,7 +84,7 @@ impl SnapshotPublisher {
     pub fn publish(&self, version: u64, payload: Vec<u8>) {
         self.tx.send_replace(Some(Arc::new(Published {
             version,
-            whole: Some(payload),
+            whole: Whole::ready(payload),
             delta: None,
         })));
     }
@@ -55,28 +98,30 @@ impl SnapshotPublisher {
         base_version: u64,
         delta: Vec<u8>,
     ) {
-        let delta = Some(Delta {
-            base_version,
-            payload: delta,
-        });
-        self.tx.send_replace(Some(Arc::new(Published {
-            version,
-            whole: Some(payload),
-            delta,
-        })));
+        self.publish_delta(version, base_version, delta, Whole::ready(payload));
     }
 
-    /// Sends `delta` to the proxies that were last sent `base_version`, before the whole
-    /// snapshot is encoded; the other proxies get nothing until
-    /// [`SnapshotPublisher::publish_with_delta`] follows with the same version.
-    pub fn publish_delta(&self, version: u64, base_version: u64, delta: Vec<u8>) {
+    /// Sends `delta` to the proxies that were last sent `base_version`; `encode` makes the
+    /// whole snapshot for the others, when the first of them needs it (once).
+    pub fn publish_delta_encoding_whole_on_demand(
+        &self,
+        version: u64,
+        base_version: u64,
+        delta: Vec<u8>,
+        encode: impl FnOnce() -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        let whole = Whole::on_demand(Box::new(encode));
+        self.publish_delta(version, base_version, delta, whole);
+    }
+
+    fn publish_delta(&self, version: u64, base_version: u64, delta: Vec<u8>, whole: Whole) {
         let delta = Some(Delta {
             base_version,
             payload: delta,
         });
         self.tx.send_replace(Some(Arc::new(Published {
             version,
-            whole: None,
+            whole,
             delta,
         })));
     }
@@ -262,22 +307,28 @@ impl Connection {
         loop {
             let latest = self.rx.borrow_and_update().clone();
             let latest = latest.filter(|p| p.version != sent || send_whole);
-            let msg = latest.as_ref().and_then(|p| match (&p.delta, &p.whole) {
-                (Some(d), _) if d.base_version == sent && !send_whole => {
-                    deltas_unanswered.insert(p.version);
-                    Some(Message::Delta {
-                        version: p.version,
-                        base_version: d.base_version,
-                        payload: d.payload.clone(),
-                    })
-                }
-                (_, Some(whole)) => Some(Message::Snapshot {
-                    version: p.version,
-                    payload: whole.clone(),
+            let msg = match latest {
+                None => None,
+                Some(p) => Some(match &p.delta {
+                    Some(d) if d.base_version == sent && !send_whole => {
+                        deltas_unanswered.insert(p.version);
+                        Message::Delta {
+                            version: p.version,
+                            base_version: d.base_version,
+                            payload: d.payload.clone(),
+                        }
+                    }
+                    _ => {
+                        let version = p.version;
+                        // Encoding is CPU work of milliseconds per 10 000 hosts.
+                        let whole = tokio::task::spawn_blocking(move || p.whole.bytes().to_vec());
+                        let Ok(payload) = whole.await else {
+                            break;
+                        };
+                        Message::Snapshot { version, payload }
+                    }
                 }),
-                // The whole snapshot is being encoded and follows.
-                _ => None,
-            });
+            };
             if let Some(msg) = msg {
                 if let Err(e) = write_message(&mut writer, &msg).await {
                     tracing::info!(proxy = %proxy_id, error = %e, "sending snapshot failed; dropping connection");

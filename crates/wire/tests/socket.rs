@@ -2,7 +2,7 @@
 
 use portico_wire::{Backoff, SnapshotClient, SnapshotServer, SnapshotSink, DEFAULT_MAX_FRAME};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Applies anything except payloads equal to `b"bad"`, deltas included, and records
@@ -243,25 +243,32 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
         );
     }
 
-    // The delta goes out before the whole snapshot is encoded: the proxies that serve its
-    // base apply it, and one that connects meanwhile waits for the whole.
-    publisher.publish_delta(7, 6, b"seven delta".to_vec());
+    // With a delta, the whole snapshot is encoded only when a proxy needs it: not for the
+    // proxies that serve the base, once for one that connects afterwards.
+    let encoded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = encoded.clone();
+    publisher.publish_delta_encoding_whole_on_demand(7, 6, b"seven delta".to_vec(), move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        b"seven whole".to_vec()
+    });
     eventually("both ack 7", || {
         acked.get("first") == Some(7) && acked.get("second") == Some(7)
     })
     .await;
+    assert_eq!(encoded.load(std::sync::atomic::Ordering::SeqCst), 0);
     let third: &'static RecordingSink = Box::leak(Box::default());
     let c = client(&path, "third");
     tokio::spawn(async move { c.run(third).await });
-    eventually("third connects", || acked.get("third") == Some(0)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(third.last_applied(), 0);
-    publisher.publish_with_delta(7, b"seven whole".to_vec(), 6, b"seven delta".to_vec());
     eventually("third acks 7", || acked.get("third") == Some(7)).await;
     assert_eq!(
         third.applied.lock().unwrap().clone(),
         vec![(7, b"seven whole".to_vec())]
     );
+    let fourth: &'static RecordingSink = Box::leak(Box::default());
+    let c = client(&path, "fourth");
+    tokio::spawn(async move { c.run(fourth).await });
+    eventually("fourth acks 7", || acked.get("fourth") == Some(7)).await;
+    assert_eq!(encoded.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(
         first.deltas.lock().unwrap().clone(),
         vec![2, 4, 7],

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 pub const PATHS_PER_INGRESS: usize = 10;
 pub const TOTAL_ENDPOINTS: usize = 100_000;
+/// The least time between two changes of the process run: more than the harness's
+/// `--debounce-ms` (50), so that each is an isolated change, not part of a burst.
+pub const CHANGE_SPACING: Duration = Duration::from_millis(200);
 /// Changes timed in process after the first translation; their medians are reported.
 pub const CHANGES_IN_PROCESS: usize = 21;
 
@@ -275,13 +278,20 @@ pub async fn process_run(
     let controller_rss = super::procs::usage(portico.controller_pid()).rss_bytes;
 
     let mut latencies = Vec::with_capacity(changes);
+    let mut last_write: Option<Instant> = None;
     for i in 0..changes {
         let target = if i.is_multiple_of(2) {
             "probe-b"
         } else {
             "probe-a"
         };
+        // Isolated changes: one written within the controller's debounce of the one before
+        // is a burst, which waits for quiet by design (decision 0023).
+        if let Some(last) = last_write {
+            tokio::time::sleep_until((last + CHANGE_SPACING).into()).await;
+        }
         let written = Instant::now();
+        last_write = Some(written);
         match &api {
             Some(api) => {
                 api.apply(&probe(target));
