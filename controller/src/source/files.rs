@@ -10,8 +10,8 @@
 use super::{Source, StateSender};
 use crate::manifests;
 use async_trait::async_trait;
-use portico_translate::{ClusterState, KubeObject};
-use std::collections::BTreeMap;
+use portico_translate::{ClusterState, KubeObject, ObjectKind};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,19 +30,47 @@ struct ParsedFile {
     documents: Vec<Vec<KubeObject>>,
 }
 
-/// Parsed files by path; a change re-reads only the files that changed.
+/// Parsed files by path; a change re-reads only the files that changed, and changes the
+/// state by their objects alone unless an object they held or hold is also defined
+/// elsewhere (then the state is built again from every file, in path order, the last
+/// definition winning).
 #[derive(Default)]
 struct FileCache {
     files: BTreeMap<PathBuf, ParsedFile>,
+    state: ClusterState,
+    /// How many documents define each object.
+    definitions: HashMap<ObjectId, usize>,
+}
+
+/// What identifies an object in the state: its kind, namespace and name.
+type ObjectId = (ObjectKind, String, String);
+
+fn id(o: &KubeObject) -> ObjectId {
+    let meta = o.metadata();
+    (
+        o.kind(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 impl FileCache {
     /// Brings the cache up to date with the directory; true when anything changed.
     fn refresh(&mut self, dir: &Path) -> anyhow::Result<bool> {
         let paths = manifest_files(dir)?;
-        let before = self.files.len();
-        self.files.retain(|p, _| paths.binary_search(p).is_ok());
-        let mut changed = self.files.len() != before;
+        let mut gone = Vec::new();
+        self.files.retain(|p, f| {
+            let keep = paths.binary_search(p).is_ok();
+            if !keep {
+                gone.push(std::mem::take(&mut f.documents));
+            }
+            keep
+        });
+        let mut changed = !gone.is_empty();
+        let mut rebuild = false;
+        for documents in &gone {
+            rebuild |= self.forget(documents);
+        }
         for path in paths {
             let meta = std::fs::metadata(&path).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
@@ -56,24 +84,64 @@ impl FileCache {
             }
             let last = self.files.get(&path).map_or(&[][..], |f| &f.documents);
             let documents = read_manifest(&path, last);
-            self.files.insert(
-                path,
-                ParsedFile {
-                    len,
-                    modified,
-                    documents,
-                },
-            );
+            let last = self
+                .files
+                .insert(
+                    path,
+                    ParsedFile {
+                        len,
+                        modified,
+                        documents: documents.clone(),
+                    },
+                )
+                .map(|f| f.documents);
+            rebuild |= self.forget(last.as_deref().unwrap_or_default());
+            rebuild |= self.learn(&documents);
             changed = true;
+        }
+        if rebuild {
+            self.state = self
+                .files
+                .values()
+                .flat_map(|f| f.documents.iter().flatten().cloned())
+                .collect();
         }
         Ok(changed)
     }
 
+    /// Takes a file's objects out of the state; true when one was defined elsewhere too.
+    fn forget(&mut self, documents: &[Vec<KubeObject>]) -> bool {
+        let mut shared = false;
+        for o in documents.iter().flatten() {
+            let id = id(o);
+            match self.definitions.get_mut(&id) {
+                Some(1) | None => {
+                    self.definitions.remove(&id);
+                    self.state.remove(o);
+                }
+                Some(n) => {
+                    *n -= 1;
+                    shared = true;
+                }
+            }
+        }
+        shared
+    }
+
+    /// Puts a file's objects into the state; true when one is defined elsewhere too.
+    fn learn(&mut self, documents: &[Vec<KubeObject>]) -> bool {
+        let mut shared = false;
+        for o in documents.iter().flatten() {
+            let n = self.definitions.entry(id(o)).or_insert(0);
+            *n += 1;
+            shared |= *n > 1;
+            self.state.insert(o.clone());
+        }
+        shared
+    }
+
     fn state(&self) -> ClusterState {
-        self.files
-            .values()
-            .flat_map(|f| f.documents.iter().flatten().cloned())
-            .collect()
+        self.state.clone()
     }
 }
 
@@ -190,6 +258,7 @@ impl Source for FileSource {
         loop {
             // Reading and parsing are blocking file work; keep them off the async workers.
             let dir = self.dir.clone();
+            let started = std::time::Instant::now();
             let (returned, refreshed) = tokio::task::spawn_blocking(move || {
                 let refreshed = cache
                     .refresh(&dir)
@@ -200,7 +269,8 @@ impl Source for FileSource {
             cache = returned;
             match refreshed {
                 Ok(Some(state)) => {
-                    tracing::info!(dir = %self.dir.display(), ingresses = state.ingresses.len(), "manifests read");
+                    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+                    tracing::info!(dir = %self.dir.display(), ingresses = state.ingresses.len(), read_ms, "manifests read");
                     states.send_replace(Some(Arc::new(state)));
                 }
                 // An empty directory is a valid, empty configuration.
@@ -298,6 +368,42 @@ mod tests {
         std::fs::write(dir.path().join("new.yaml"), "kind: [").unwrap();
         assert!(cache.refresh(dir.path()).unwrap());
         assert_eq!(names(&cache), ["a2", "b2"]);
+    }
+
+    #[test]
+    fn an_object_defined_in_two_files_is_the_later_files_until_that_one_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let labelled = |file: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, labels: {{from: {file}}}}}\n")
+        };
+        let from = |cache: &FileCache| {
+            let state = cache.state();
+            let web = state
+                .services
+                .iter()
+                .find(|((_, name), _)| name == "web")
+                .map(|(_, s)| s)
+                .map(|s| s.metadata.labels.as_ref().unwrap()["from"].clone());
+            (state.services.len(), web)
+        };
+        let mut cache = FileCache::default();
+        std::fs::write(dir.path().join("a.yaml"), labelled("a")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), labelled("b")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(from(&cache), (1, Some("b".into())));
+        std::fs::write(dir.path().join("b.yaml"), service("other")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["other", "web"]);
+        assert_eq!(from(&cache).1.as_deref(), Some("a"));
+        std::fs::write(dir.path().join("b.yaml"), labelled("b")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(from(&cache), (1, Some("b".into())));
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(from(&cache), (1, Some("b".into())));
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(from(&cache), (0, None));
     }
 
     #[test]
