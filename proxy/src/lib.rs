@@ -6,6 +6,7 @@
 //! Portico says itself, and `telemetry` records it. `admin` serves the admin listener.
 
 pub mod admin;
+pub mod allocator;
 pub mod answer;
 pub mod config;
 pub mod listener;

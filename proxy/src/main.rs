@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: portico_proxy::allocator::MiMalloc = portico_proxy::allocator::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(

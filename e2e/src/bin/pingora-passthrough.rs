@@ -8,7 +8,7 @@ use pingora::server::Server;
 use std::net::SocketAddr;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: portico_proxy::allocator::MiMalloc = portico_proxy::allocator::MiMalloc;
 
 #[derive(Parser)]
 struct Args {
