@@ -1,8 +1,8 @@
 //! The manifests-directory source: every `*.yaml`, `*.yml` and `*.json` below a
 //! directory, re-read when any of them changes.
 //!
-//! Changes are found by comparing each file's size and modification time, which works the
-//! same on every filesystem, including ConfigMap volumes whose files are swapped by
+//! Changes are found by comparing each file's size, modification time and inode, which works
+//! the same on every filesystem, including ConfigMap volumes whose files are swapped by
 //! symlink. The comparison runs every poll interval, and at once when inotify reports
 //! activity in the directory, so a change is picked up in milliseconds where inotify
 //! works and within the interval where it does not. Only files that changed are parsed again.
@@ -25,6 +25,9 @@ pub struct FileSource {
 struct ParsedFile {
     len: u64,
     modified: Option<SystemTime>,
+    /// A file replaced by a rename (as editors, `kubectl cp` and ConfigMap volumes do) is a
+    /// new inode even when its size and coarse modification time are the old one's.
+    inode: u64,
     /// The objects of each document, as served: a document that did not parse keeps
     /// those it last held.
     documents: Vec<Vec<KubeObject>>,
@@ -74,11 +77,12 @@ impl FileCache {
         for path in paths {
             let meta = std::fs::metadata(&path).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
+            let inode = meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::ino);
             let modified = meta.and_then(|m| m.modified().ok());
             if self
                 .files
                 .get(&path)
-                .is_some_and(|f| f.len == len && f.modified == modified)
+                .is_some_and(|f| f.len == len && f.modified == modified && f.inode == inode)
             {
                 continue;
             }
@@ -91,6 +95,7 @@ impl FileCache {
                     ParsedFile {
                         len,
                         modified,
+                        inode,
                         documents: documents.clone(),
                     },
                 )
@@ -404,6 +409,29 @@ mod tests {
         std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
         assert!(cache.refresh(dir.path()).unwrap());
         assert_eq!(from(&cache), (0, None));
+    }
+
+    #[test]
+    fn a_file_replaced_within_one_clock_tick_by_one_of_the_same_size_is_read_again() {
+        // The kernel stamps files with a coarse clock: two writes a few milliseconds apart
+        // can carry the same modification time.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, service("v1")).unwrap();
+        let mut cache = FileCache::default();
+        assert!(cache.refresh(dir.path()).unwrap());
+        let stamp = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let tmp = dir.path().join(".a.yaml.tmp");
+        std::fs::write(&tmp, service("v2")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(cache.refresh(dir.path()).unwrap());
+        assert_eq!(names(&cache), ["v2"]);
     }
 
     #[test]
