@@ -88,8 +88,18 @@ impl SliceIndex {
         let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
         let was = old.and_then(|s| Some((service_of(s)?.to_string(), name(s))));
         if let Some((service, slice_name)) = &was {
-            let group = self.group(namespace, service);
-            group.retain(|s| s.metadata.name.as_deref() != Some(slice_name.as_str()));
+            if let Some(services) = self.slices.get_mut(namespace) {
+                if let Some(group) = services.get_mut(service.as_str()) {
+                    group.retain(|s| s.metadata.name.as_deref() != Some(slice_name.as_str()));
+                    // Services come and go: keep no empty group behind.
+                    if group.is_empty() {
+                        services.remove(service.as_str());
+                    }
+                }
+                if services.is_empty() {
+                    self.slices.remove(namespace);
+                }
+            }
         }
         let now = new.and_then(|s| Some((service_of(s)?.to_string(), Arc::clone(s))));
         let mut touched = Vec::with_capacity(2);
@@ -373,5 +383,56 @@ fn find_port<'a>(
             name: Some(name), ..
         } => ports.iter().find(|p| p.name.as_deref() == Some(name)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, service: &str) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {SERVICE_NAME_LABEL: service}},
+                "addressType": "IPv4", "endpoints": [],
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_index_follows_slices_that_come_move_and_go_and_keeps_no_empty_group() {
+        let mut index = SliceIndex::new(&ClusterState::default());
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        let (a1, b1) = (slice("web-b", "web"), slice("web-a", "web"));
+        let touched: Vec<_> = index.replace(&key("web-b"), None, Some(&a1)).collect();
+        assert_eq!(touched, [key("web")]);
+        index.replace(&key("web-a"), None, Some(&b1)).for_each(drop);
+        let names = |index: &SliceIndex, svc: &str| {
+            index
+                .of("ns", svc)
+                .iter()
+                .map(|s| s.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&index, "web"),
+            ["web-a", "web-b"],
+            "in slice-name order"
+        );
+        // web-b moves to another Service: both are touched.
+        let moved = slice("web-b", "api");
+        let mut touched: Vec<_> = index
+            .replace(&key("web-b"), Some(&a1), Some(&moved))
+            .collect();
+        touched.sort();
+        assert_eq!(touched, [key("api"), key("web")]);
+        assert_eq!(names(&index, "web"), ["web-a"]);
+        index
+            .replace(&key("web-b"), Some(&moved), None)
+            .for_each(drop);
+        index.replace(&key("web-a"), Some(&b1), None).for_each(drop);
+        assert!(index.of("ns", "web").is_empty());
+        assert!(index.slices.is_empty(), "no group left behind");
     }
 }
