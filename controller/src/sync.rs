@@ -266,25 +266,31 @@ mod tests {
     const DEBOUNCE: Duration = Duration::from_millis(100);
     const CEILING: Duration = Duration::from_secs(1);
 
+    /// A channel that receives a change at each of these offsets (ms) from now, and the
+    /// task sending them (abort it when done).
+    fn changes_at(offsets: &[u64]) -> (watch::Receiver<u64>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(0u64);
+        let start = Instant::now();
+        let offsets = offsets.to_vec();
+        let sender = tokio::spawn(async move {
+            for (i, at) in offsets.into_iter().enumerate() {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                tx.send_replace(i as u64);
+            }
+            // Keep the sender, so the channel stays open until the task is aborted.
+            std::future::pending::<()>().await;
+        });
+        (rx, sender)
+    }
+
     /// How long `settle` waits when changes arrive at these offsets (ms) after it begins;
     /// the clock is tokio's, paused, so the answer is exact.
-    async fn settled_after(changes_at: &[u64]) -> Duration {
-        let (tx, mut rx) = watch::channel(0u64);
+    async fn settled_after(offsets: &[u64]) -> Duration {
         let start = Instant::now();
-        let sender = {
-            let changes_at = changes_at.to_vec();
-            tokio::spawn(async move {
-                for (i, at) in changes_at.into_iter().enumerate() {
-                    tokio::time::sleep_until(start + Duration::from_millis(at)).await;
-                    tx.send_replace(i as u64);
-                }
-                tx
-            })
-        };
+        let (mut rx, sender) = changes_at(offsets);
         settle(&mut rx, DEBOUNCE, CEILING).await;
-        let waited = start.elapsed();
         sender.abort();
-        waited
+        start.elapsed()
     }
 
     #[tokio::test(start_paused = true)]
@@ -309,18 +315,8 @@ mod tests {
 
     /// How long `holdoff` holds a change that arrives now, with more at `more_at` (ms).
     async fn held(holdoff: &mut Holdoff, more_at: &[u64]) -> Duration {
-        let (tx, mut rx) = watch::channel(0u64);
         let change = Instant::now();
-        let sender = {
-            let more_at = more_at.to_vec();
-            tokio::spawn(async move {
-                for (i, at) in more_at.into_iter().enumerate() {
-                    tokio::time::sleep_until(change + Duration::from_millis(at)).await;
-                    tx.send_replace(i as u64);
-                }
-                tx
-            })
-        };
+        let (mut rx, sender) = changes_at(more_at);
         holdoff.wait(&mut rx).await;
         sender.abort();
         change.elapsed()

@@ -86,22 +86,23 @@ impl FileCache {
             {
                 continue;
             }
-            let last = self.files.get(&path).map_or(&[][..], |f| &f.documents);
-            let documents = read_manifest(&path, last);
             let last = self
                 .files
-                .insert(
-                    path,
-                    ParsedFile {
-                        len,
-                        modified,
-                        inode,
-                        documents: documents.clone(),
-                    },
-                )
-                .map(|f| f.documents);
-            rebuild |= self.forget(last.as_deref().unwrap_or_default());
+                .remove(&path)
+                .map(|f| f.documents)
+                .unwrap_or_default();
+            let documents = read_manifest(&path, &last);
+            rebuild |= self.forget(&last);
             rebuild |= self.learn(&documents);
+            self.files.insert(
+                path,
+                ParsedFile {
+                    len,
+                    modified,
+                    inode,
+                    documents,
+                },
+            );
             changed = true;
         }
         if rebuild {

@@ -83,7 +83,7 @@ impl SliceIndex {
         key: &crate::cache::ObjectKey,
         old: Option<&Arc<EndpointSlice>>,
         new: Option<&Arc<EndpointSlice>>,
-    ) -> impl Iterator<Item = crate::cache::ObjectKey> {
+    ) -> Vec<crate::cache::ObjectKey> {
         let namespace = key.0.as_str();
         let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
         let was = old.and_then(|s| Some((service_of(s)?.to_string(), name(s))));
@@ -114,7 +114,7 @@ impl SliceIndex {
                 touched.push((namespace.to_string(), service));
             }
         }
-        touched.into_iter()
+        touched
     }
 
     pub fn of(&self, namespace: &str, service: &str) -> &[Arc<EndpointSlice>] {
@@ -405,9 +405,9 @@ mod tests {
         let mut index = SliceIndex::new(&ClusterState::default());
         let key = |n: &str| ("ns".to_string(), n.to_string());
         let (a1, b1) = (slice("web-b", "web"), slice("web-a", "web"));
-        let touched: Vec<_> = index.replace(&key("web-b"), None, Some(&a1)).collect();
+        let touched = index.replace(&key("web-b"), None, Some(&a1));
         assert_eq!(touched, [key("web")]);
-        index.replace(&key("web-a"), None, Some(&b1)).for_each(drop);
+        index.replace(&key("web-a"), None, Some(&b1));
         let names = |index: &SliceIndex, svc: &str| {
             index
                 .of("ns", svc)
@@ -422,16 +422,12 @@ mod tests {
         );
         // web-b moves to another Service: both are touched.
         let moved = slice("web-b", "api");
-        let mut touched: Vec<_> = index
-            .replace(&key("web-b"), Some(&a1), Some(&moved))
-            .collect();
+        let mut touched = index.replace(&key("web-b"), Some(&a1), Some(&moved));
         touched.sort();
         assert_eq!(touched, [key("api"), key("web")]);
         assert_eq!(names(&index, "web"), ["web-a"]);
-        index
-            .replace(&key("web-b"), Some(&moved), None)
-            .for_each(drop);
-        index.replace(&key("web-a"), Some(&b1), None).for_each(drop);
+        index.replace(&key("web-b"), Some(&moved), None);
+        index.replace(&key("web-a"), Some(&b1), None);
         assert!(index.of("ns", "web").is_empty());
         assert!(index.slices.is_empty(), "no group left behind");
     }

@@ -30,7 +30,7 @@ struct Delta {
     payload: Vec<u8>,
 }
 
-type Encoder = Box<dyn FnOnce() -> Vec<u8> + Send + Sync>;
+type Encoder = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// A whole snapshot's bytes, encoded on first need.
 struct Whole {
@@ -108,7 +108,7 @@ impl SnapshotPublisher {
         version: u64,
         base_version: u64,
         delta: Vec<u8>,
-        encode: impl FnOnce() -> Vec<u8> + Send + Sync + 'static,
+        encode: impl FnOnce() -> Vec<u8> + Send + 'static,
     ) {
         let whole = Whole::on_demand(Box::new(encode));
         self.publish_delta(version, base_version, delta, whole);

@@ -776,9 +776,6 @@ async fn https_listeners_present_their_certificates_and_serve_their_routes() {
     );
 }
 
-/// TCPRoute and TLSRoute on the L4 data plane (after `TLSRouteSimpleSameNamespace`):
-/// redis-cli through a TCP listener's port to redis-server, and a TLS client through a
-/// passthrough listener to `openssl s_server`, whose own certificate it sees.
 /// After `GatewayFrontendClientCertificateValidation` and its insecure fallback: the
 /// Gateway's `spec.tls.frontend` makes its HTTPS listeners ask clients for certificates
 /// signed by the CA of a ConfigMap.
@@ -860,6 +857,9 @@ async fn frontend_validation_admits_only_clients_with_a_certificate_from_the_ca(
     }
 }
 
+/// TCPRoute and TLSRoute on the L4 data plane (after `TLSRouteSimpleSameNamespace`):
+/// redis-cli through a TCP listener's port to redis-server, and a TLS client through a
+/// passthrough listener to `openssl s_server`, whose own certificate it sees.
 #[tokio::test(flavor = "multi_thread")]
 async fn tcp_and_tls_routes_relay_to_real_servers() {
     use portico_e2e::harness::free_port;
