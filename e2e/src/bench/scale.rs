@@ -109,6 +109,10 @@ pub struct StageTimes {
     pub change_apply_ms: f64,
     /// The three together.
     pub endpoint_change_ms: f64,
+    /// After one Ingress was re-pointed to another Service, so that its own Service's
+    /// backend went (medians): translation, and the delta's apply.
+    pub repoint_translate_ms: f64,
+    pub repoint_apply_ms: f64,
 }
 
 /// Times each stage in this process.
@@ -136,48 +140,34 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
 
     // One endpoint of one Service changes, back and forth, each change sent as a delta
     // against the serving snapshot: everything downstream of the state runs again.
-    // Medians over `CHANGES_IN_PROCESS` changes, as one is at the mercy of page faults.
     let mut slice = (**state.endpoint_slices.values().next().expect("a slice")).clone();
     let original = slice.endpoints[0].addresses[0].clone();
-    let mut base = first;
-    let (mut translate, mut encode, mut apply) = (Vec::new(), Vec::new(), Vec::new());
-    let mut change_reprocessed = 0;
-    for i in 0..CHANGES_IN_PROCESS {
+    let mut changes = Changes {
+        translator: &mut translator,
+        store: &store,
+        base: first,
+    };
+    let endpoint = changes.time(&mut state, |state, i| {
         slice.endpoints[0].addresses[0] = if i % 2 == 0 {
             "10.255.255.254".into()
         } else {
             original.clone()
         };
         state.insert(KubeObject::EndpointSlice(Arc::new(slice.clone())));
-        // As the controller's sources hand states over: a new `Arc` sharing the objects.
-        let shared = Arc::new(state.clone());
-        let (mut changed, ms) = timed(|| translator.translate_shared(&shared).snapshot);
-        translate.push(ms);
-        change_reprocessed = translator.reprocessed();
-        let version = base.version + 1;
-        changed.version = version;
-        let (bytes, ms) = timed(|| {
-            changed
-                .delta_from(&base)
-                .expect("translation sorts its lists")
-                .to_bytes()
-        });
-        encode.push(ms);
-        let ((), ms) = timed(|| {
-            store
-                .apply_delta(base.version, version, bytes)
-                .expect("valid delta")
-        });
-        apply.push(ms);
-        base = changed;
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    })?;
+    // One Ingress re-pointed to another Service and back: its own Service's backend goes
+    // from the snapshot, as the process run's probe does on every change.
+    let repointed = |svc: &str| -> anyhow::Result<KubeObject> {
+        let mut ing = ingress("app-0");
+        for p in 0..PATHS_PER_INGRESS {
+            ing = ing.path("app0.scale.test", "Prefix", &format!("/p{p}"), svc);
+        }
+        Ok(to_objects(&[ing.build()])?.remove(0))
     };
-    let (change_translate_ms, change_encode_ms, change_apply_ms) =
-        (median(translate), median(encode), median(apply));
-    let endpoint_change_ms = change_translate_ms + change_encode_ms + change_apply_ms;
+    let (away, back) = (repointed("svc-1")?, repointed("svc-0")?);
+    let repoint = changes.time(&mut state, |state, i| {
+        state.insert(if i % 2 == 0 { away.clone() } else { back.clone() });
+    })?;
 
     Ok(StageTimes {
         ingresses: n,
@@ -188,12 +178,74 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
         encode_ms,
         decode_ms,
         apply_ms,
-        change_translate_ms,
-        change_reprocessed,
-        change_encode_ms,
-        change_apply_ms,
-        endpoint_change_ms,
+        change_translate_ms: endpoint.translate_ms,
+        change_reprocessed: endpoint.reprocessed,
+        change_encode_ms: endpoint.encode_ms,
+        change_apply_ms: endpoint.apply_ms,
+        endpoint_change_ms: endpoint.translate_ms + endpoint.encode_ms + endpoint.apply_ms,
+        repoint_translate_ms: repoint.translate_ms,
+        repoint_apply_ms: repoint.apply_ms,
     })
+}
+
+/// The medians of `CHANGES_IN_PROCESS` changes of one kind (one is at the mercy of page
+/// faults).
+struct ChangeTimes {
+    translate_ms: f64,
+    reprocessed: usize,
+    encode_ms: f64,
+    apply_ms: f64,
+}
+
+/// Changes made to the state one after another, each translated by the long-lived
+/// translator and applied to the proxy's store as the delta from the serving snapshot.
+struct Changes<'a> {
+    translator: &'a mut Translator,
+    store: &'a SnapshotStore,
+    base: portico_model::Snapshot,
+}
+
+impl Changes<'_> {
+    fn time(
+        &mut self,
+        state: &mut ClusterState,
+        mut change: impl FnMut(&mut ClusterState, usize),
+    ) -> anyhow::Result<ChangeTimes> {
+        let (mut translate, mut encode, mut apply) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reprocessed = 0;
+        for i in 0..CHANGES_IN_PROCESS {
+            change(state, i);
+            // As the controller's sources hand states over: a new `Arc` sharing the objects.
+            let shared = Arc::new(state.clone());
+            let (mut changed, ms) = timed(|| self.translator.translate_shared(&shared).snapshot);
+            translate.push(ms);
+            reprocessed = self.translator.reprocessed();
+            let version = self.base.version + 1;
+            changed.version = version;
+            let (bytes, ms) = timed(|| {
+                changed
+                    .delta_from(&self.base)
+                    .map(|d| d.to_bytes())
+                    .ok_or_else(|| anyhow::anyhow!("translation sorts its lists"))
+            });
+            encode.push(ms);
+            let bytes = bytes?;
+            let (applied, ms) = timed(|| self.store.apply_delta(self.base.version, version, bytes));
+            applied.map_err(|e| anyhow::anyhow!("the delta is refused: {e}"))?;
+            apply.push(ms);
+            self.base = changed;
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Ok(ChangeTimes {
+            translate_ms: median(translate),
+            reprocessed,
+            encode_ms: median(encode),
+            apply_ms: median(apply),
+        })
+    }
 }
 
 /// Where the binaries' controller reads the objects from in the process run.

@@ -180,14 +180,15 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             let mut md = String::from(
                 "| Ingresses | routes | endpoints | translate ms | snapshot MiB | encode ms | decode ms | apply ms \
-                 | one endpoint changed: translate ms (Ingresses reprocessed) | delta encode ms | delta apply ms | total ms |\n\
-                 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                 | one endpoint changed: translate ms (Ingresses reprocessed) | delta encode ms | delta apply ms | total ms \
+                 | one Ingress re-pointed: translate ms | delta apply ms |\n\
+                 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
             let mut stages = Vec::new();
             for n in ingresses {
                 let t = scale::stage_times(n)?;
                 md += &format!(
-                    "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} ({}) | {:.1} | {:.1} | {:.0} |\n",
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} ({}) | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} |\n",
                     t.ingresses,
                     t.routes,
                     t.endpoints,
@@ -200,7 +201,9 @@ fn main() -> anyhow::Result<()> {
                     t.change_reprocessed,
                     t.change_encode_ms,
                     t.change_apply_ms,
-                    t.endpoint_change_ms
+                    t.endpoint_change_ms,
+                    t.repoint_translate_ms,
+                    t.repoint_apply_ms
                 );
                 eprintln!("{t:?}");
                 stages.push(t);
