@@ -117,8 +117,9 @@ impl Snapshot {
     }
 
     /// As [`Snapshot::validate`], for a snapshot made by applying a delta to `base`, which
-    /// was validated: the hosts shared with `base` are not checked route by route again
-    /// unless they name a backend that is gone.
+    /// was validated and not changed since: the hosts shared with `base` are not checked
+    /// route by route again unless they name a backend that is gone (which validation noted
+    /// on each host).
     pub fn validate_from(&self, base: &Snapshot) -> Result<(), ValidationError> {
         validate::validate(self, Some(base))
     }
@@ -360,6 +361,7 @@ mod tests {
                     match_subject: Some("CN=client".into()),
                 }),
                 ciphers: Some("ECDHE-ECDSA-AES256-GCM-SHA384".into()),
+                named: Default::default(),
             })],
             default_backend: None,
             backends: vec![Arc::new(Backend {

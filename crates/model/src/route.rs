@@ -18,6 +18,9 @@ pub struct VirtualHost {
     /// snapshot's [`crate::TlsPolicy::ciphers`].
     #[serde(default)]
     pub ciphers: Option<String>,
+    /// Noted when the host is validated; not part of its value.
+    #[serde(skip)]
+    pub(crate) named: crate::validate::NamedBackends,
 }
 
 impl VirtualHost {
@@ -28,6 +31,7 @@ impl VirtualHost {
             routes,
             client_auth: None,
             ciphers: None,
+            named: Default::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The invariants a snapshot must hold before a proxy may run it.
 
-use crate::{Canary, PathMatch, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost};
+use crate::{Canary, PathMatch, Route, SessionAffinity, Snapshot, TrafficPolicy, VirtualHost};
 use std::sync::Arc;
 
 /// Seeded per process: snapshot contents come from outside the proxy, so the hash must
@@ -416,6 +416,46 @@ impl<'b, T> Shared<'b, T> {
     }
 }
 
+/// The backends a host's routes name, sorted and each once: noted when the host is
+/// validated and kept with it, so that validating a later snapshot that shares the host
+/// (the same `Arc`) can tell whether it names a backend that went without visiting its
+/// routes, of which a shared host may have thousands. Snapshots are replaced, never edited
+/// after validation, so the note stays true; it is not part of the host's value: not
+/// compared, sent, or cloned with it.
+#[derive(Default)]
+pub(crate) struct NamedBackends(std::sync::OnceLock<Box<[Box<str>]>>);
+
+impl NamedBackends {
+    fn of(vh: &VirtualHost) -> &[Box<str>] {
+        vh.named.0.get_or_init(|| {
+            let mut names: Vec<&str> = vh.routes.iter().flat_map(Route::named_backends).collect();
+            names.sort_unstable();
+            names.dedup();
+            names.into_iter().map(Box::from).collect()
+        })
+    }
+}
+
+impl Clone for NamedBackends {
+    fn clone(&self) -> Self {
+        NamedBackends::default()
+    }
+}
+
+impl PartialEq for NamedBackends {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for NamedBackends {}
+
+impl std::fmt::Debug for NamedBackends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NamedBackends")
+    }
+}
+
 pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), ValidationError> {
     use ValidationError::*;
     if s.version == 0 {
@@ -501,7 +541,7 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
         validate_ciphers(c).map_err(|what| InvalidTlsPolicy { what })?;
     }
     let shared = Shared::new(base.map(|b| &b.virtual_hosts[..]));
-    // Usually none or one: compared by length first, which needs no read of the name.
+    // Usually none or one.
     let gone: Vec<&str> = base
         .map(|b| {
             b.backends
@@ -511,9 +551,11 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
                 .collect()
         })
         .unwrap_or_default();
-    let is_gone = |name: &str| gone.iter().any(|g| g.len() == name.len() && *g == name);
     let names_a_gone_backend = |vh: &VirtualHost| {
-        !gone.is_empty() && vh.routes.iter().any(|r| r.named_backends().any(is_gone))
+        !gone.is_empty()
+            && NamedBackends::of(vh)
+                .iter()
+                .any(|name| gone.contains(&&**name))
     };
     let mut hosts = HashSet::with_capacity_and_hasher(s.virtual_hosts.len(), Default::default());
     let mut paths = HashSet::default();
@@ -620,6 +662,8 @@ pub(crate) fn validate(s: &Snapshot, base: Option<&Snapshot>) -> Result<(), Vali
                 what,
             })?;
         }
+        // Noted now, while its routes are in the cache, for the snapshots that share it.
+        NamedBackends::of(vh);
     }
     Ok(())
 }
@@ -638,6 +682,7 @@ mod tests {
                 routes: vec![Route::new(PathMatch::prefix("/"), "b")],
                 client_auth: None,
                 ciphers: None,
+                named: Default::default(),
             })],
             default_backend: Some("b".into()),
             backends: vec![Arc::new(Backend {
@@ -812,6 +857,31 @@ mod tests {
                 backend: "b".into()
             }
         );
+    }
+
+    #[test]
+    fn a_host_copied_and_edited_is_noted_for_the_backends_it_names_now() {
+        let mut base = good();
+        let mut c = (*base.backends[0]).clone();
+        c.name = "c".into();
+        base.backends.push(Arc::new(c));
+        assert_eq!(base.validate(), Ok(()));
+        // A copy of a validated host, re-pointed from "b" to "c", in a snapshot that keeps both.
+        let mut copy = (*base.virtual_hosts[0]).clone();
+        copy.routes[0].backend = "c".into();
+        let mut next = base.clone();
+        next.version = 2;
+        next.virtual_hosts = vec![Arc::new(copy)];
+        assert_eq!(next.validate_from(&base), Ok(()));
+        // "c" goes while the copy, shared, still names it: what was noted for the original
+        // ("b") must not have come along with the copy.
+        let mut third = next.clone();
+        third.version = 3;
+        third.backends.retain(|b| b.name != "c");
+        assert!(matches!(
+            third.validate_from(&next),
+            Err(ValidationError::UnknownRouteBackend { backend, .. }) if backend == "c"
+        ));
     }
 
     #[test]

@@ -507,12 +507,10 @@ fn build_host(host: &HostMatch, h: &HostRoutes, tls: bool) -> VirtualHost {
             route
         })
         .collect();
-    VirtualHost {
-        host: host.clone(),
-        routes,
-        client_auth: h.client_auth.map(|(c, _)| c.clone()),
-        ciphers: h.ciphers.map(|(c, _)| c.clone()),
-    }
+    let mut vh = VirtualHost::new(host.clone(), routes);
+    vh.client_auth = h.client_auth.map(|(c, _)| c.clone());
+    vh.ciphers = h.ciphers.map(|(c, _)| c.clone());
+    vh
 }
 
 /// What the snapshot serves beside the merged table's certificates and backends.
