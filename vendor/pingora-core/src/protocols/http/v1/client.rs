@@ -206,8 +206,9 @@ impl HttpSession {
     }
 
     // Validate the response header read. This function must be called after the response header
-    // read.
-    fn validate_response(&self) -> Result<()> {
+    // read. Portico (change 8): returns the `Content-Length` that frames the body, if any
+    // (none when tolerated as invalid), for the body reader.
+    fn validate_response(&self) -> Result<Option<usize>> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -219,20 +220,20 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
+        match super::common::framing_content_length(&resp_header.headers) {
+            Ok(content_length) => Ok(content_length),
+            Err(e)
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(&resp_header.headers) =>
             {
                 debug!(
                     "tolerating invalid Content-Length ({e}); \
                      treating response as close-delimited"
                 );
-            } else {
-                return Err(e);
+                Ok(None)
             }
+            Err(e) => Err(e),
         }
-
-        Ok(())
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -342,9 +343,10 @@ impl HttpSession {
                         self.buf = buf;
                         self.response_header = Some(response_header);
                         self.handed_over = None;
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
-                        }
+                        let content_length = match self.validate_response() {
+                            Ok(content_length) => content_length,
+                            Err(e) => return self.fail_response_header_read(e),
+                        };
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
                         // as an "informational" header, this cannot have a body
@@ -354,7 +356,7 @@ impl HttpSession {
                         // init body reader if upgrade status has changed body mode
                         // (read_response_task will immediately try to init body afterwards anyways)
                         // informational headers will automatically avoid initializing body reader
-                        self.init_body_reader();
+                        self.init_body_reader_framed(Some(content_length));
                         // note that the (request) body writer is converted to close delimit
                         // when the upgraded body tasks are received
                         return Ok(s);
@@ -705,6 +707,13 @@ impl HttpSession {
     }
 
     fn init_body_reader(&mut self) {
+        self.init_body_reader_framed(None)
+    }
+
+    /// Portico's addition (change 8). `content_length`: the framing `Content-Length` when
+    /// the caller has just resolved it from the current response header
+    /// (`validate_response`), so it is not parsed again.
+    fn init_body_reader_framed(&mut self, content_length: Option<Option<usize>>) {
         if self.body_reader.need_init() {
             // follow https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
             let preread_body = self.preread_body.as_ref().unwrap().get(&self.buf[..]);
@@ -740,7 +749,9 @@ impl HttpSession {
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) =
+                content_length.unwrap_or_else(|| self.get_content_length().unwrap_or(None))
+            {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);

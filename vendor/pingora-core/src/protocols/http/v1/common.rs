@@ -330,22 +330,33 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
-pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+fn content_length_parse_values<'a>(
+    values: impl Iterator<Item = &'a http::HeaderValue>,
+) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    let mut reconcile = |n: u64| match content_length {
+        None => {
+            content_length = Some(n);
+            Some(())
+        }
+        Some(prev) if prev != n => None,
+        Some(_) => Some(()),
+    };
+    for value in values {
+        // Portico (change 8): the common case, a bare number, needs neither a text check
+        // nor a split.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            reconcile(n)?;
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
-            }
+            reconcile(from_digits(v.trim().as_bytes())?)?;
         }
     }
 
@@ -357,7 +368,13 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
+    // Portico (change 8): one lookup; an absent header is the common case and needs no
+    // second one.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(None);
+    }
+    match content_length_parse_values(values) {
         Some(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
@@ -373,13 +390,12 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        None => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
     }
 }
 
@@ -390,17 +406,23 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// `Content-Length` fields having differing values (or a single invalid value)
 /// has invalid framing and the recipient MUST treat it as an unrecoverable
 /// error. Identical duplicates and comma-combined identical values are
-/// reconciled to a single value via [`content_length_parse_all`].
+/// reconciled to a single value via [`content_length_parse_values`].
 ///
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
 pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
+    framing_content_length(headers).map(|_| ())
+}
+
+/// Portico's addition (change 8): what [`validate_content_length`] checks, with the
+/// `Content-Length` that frames the message: `None` when `Transfer-Encoding` is present or `Content-Length` absent.
+pub(crate) fn framing_content_length(headers: &HMap) -> Result<Option<usize>> {
     if headers.get(header::TRANSFER_ENCODING).is_some() {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
+        return Ok(None);
     }
-    content_length_for_framing(headers).map(|_| ())
+    content_length_for_framing(headers)
 }
 
 /// Validate `Content-Length` for transports where `Transfer-Encoding` is not
@@ -435,6 +457,10 @@ pub(crate) fn content_length_is_single_token(headers: &HMap) -> bool {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+        content_length_parse_values(headers.get_all(header::CONTENT_LENGTH).iter())
+    }
     use http::{
         header::{CONTENT_LENGTH, TRANSFER_ENCODING},
         StatusCode, Version,
