@@ -166,7 +166,11 @@ pub fn stage_times(n: usize) -> anyhow::Result<StageTimes> {
     };
     let (away, back) = (repointed("svc-1")?, repointed("svc-0")?);
     let repoint = changes.time(&mut state, |state, i| {
-        state.insert(if i % 2 == 0 { away.clone() } else { back.clone() });
+        state.insert(if i % 2 == 0 {
+            away.clone()
+        } else {
+            back.clone()
+        });
     })?;
 
     Ok(StageTimes {
