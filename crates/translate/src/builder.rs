@@ -19,7 +19,7 @@ use portico_model::{
     Backend, Canary, Certificate, ClientAuth, HostMatch, Hsts, Snapshot, Streams, TlsHost,
     TlsPolicy, VirtualHost,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub struct Translation {
     pub snapshot: Snapshot,
     /// Sorted and without duplicates.
     pub diagnostics: Vec<Diagnostic>,
-    /// The Ingresses this controller serves, whether or not all their rules applied.
+    /// The Ingresses this controller serves, whether or not all their rules applied; sorted.
     pub admitted: Vec<ObjectKey>,
     /// The status of the Gateway API objects Portico serves.
     pub gateway_status: GatewayApiStatus,
@@ -88,6 +88,7 @@ pub fn translate(state: &ClusterState, opts: &Options) -> Translation {
 /// what changed rather than the size of the cluster, for the parts that are per Ingress.
 pub struct Translator {
     opts: Options,
+    /// The fragment of each Ingress admitted by the last translation, updated in place.
     fragments: HashMap<ObjectKey, Arc<Fragment>>,
     /// The Gateway API fragments of the last translation, made again every time; kept
     /// alive as the Ingresses' are, for `BuiltHosts`.
@@ -132,6 +133,12 @@ impl Translator {
     /// How many virtual hosts the last translation built again rather than reused.
     pub fn rebuilt_hosts(&self) -> usize {
         self.hosts.rebuilt
+    }
+
+    /// How many Ingresses' fragments the translator keeps for the next translation: one
+    /// for each admitted Ingress of the last.
+    pub fn kept_fragments(&self) -> usize {
+        self.fragments.len()
     }
 
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
@@ -183,6 +190,9 @@ impl Translator {
                 }),
             }
         }
+        // In key order, as the state keeps them, and each once: what the translation lists
+        // as admitted.
+        let admitted_keys: Vec<ObjectKey> = admitted.iter().map(|(k, _)| (*k).clone()).collect();
         // Oldest first, so that on a conflict the oldest Ingress wins.
         admitted.sort_by(|(ka, a), (kb, b)| {
             a.metadata
@@ -208,20 +218,38 @@ impl Translator {
             secrets: HashMap::new(),
         };
         self.reprocessed = 0;
-        // The previous fragments stay alive until the snapshot is assembled: `BuiltHosts`
-        // knows routes by address, and no new fragment may be allocated where one of them was.
-        let previous = std::mem::take(&mut self.fragments);
+        // The fragments replaced or dropped stay alive until the snapshot is assembled:
+        // `BuiltHosts` knows routes by address, and no new fragment may be allocated where
+        // one of them was.
+        let mut retired = Vec::new();
         let mut current = Vec::with_capacity(admitted.len());
         for (key, ingress) in &admitted {
-            current.push(match previous.get(*key) {
+            let kept = self.fragments.get_mut(*key);
+            current.push(match kept {
                 Some(f) if !config_changed && f.is_current(ingress, state, slices, changes) => {
                     f.clone()
                 }
-                _ => {
+                kept => {
                     self.reprocessed += 1;
-                    Arc::new(IngressProcessor::new(&mut lookups, ingress).process())
+                    let made = Arc::new(IngressProcessor::new(&mut lookups, ingress).process());
+                    match kept {
+                        Some(slot) => retired.push(std::mem::replace(slot, made.clone())),
+                        None => {
+                            self.fragments.insert((*key).clone(), made.clone());
+                        }
+                    }
+                    made
                 }
             });
+        }
+        // Every admitted Ingress has its fragment now; any other is of an Ingress that went.
+        if self.fragments.len() > admitted.len() {
+            let admitted: HashSet<&ObjectKey> = admitted.iter().map(|(k, _)| *k).collect();
+            let gone: Vec<ObjectKey> = (self.fragments.keys())
+                .filter(|k| !admitted.contains(k))
+                .cloned()
+                .collect();
+            retired.extend(gone.iter().filter_map(|k| self.fragments.remove(k)));
         }
         let global_default = opts
             .default_backend_service
@@ -283,18 +311,13 @@ impl Translator {
                 stream_backends,
             },
             diagnostics,
-            admitted.iter().map(|(k, _)| (*k).clone()).collect(),
+            admitted_keys,
         );
         translation.gateway_status = gateway.status;
         self.hosts = hosts;
         self.gateway_fragments = gateway.fragments.into_iter().map(|f| f.fragment).collect();
         drop(previous_gateway);
-        self.fragments = admitted
-            .into_iter()
-            .map(|(k, _)| k.clone())
-            .zip(current)
-            .collect();
-        drop(previous);
+        drop(retired);
         translation
     }
 }
@@ -533,6 +556,7 @@ fn assemble(
         stream_backends,
     }: Served,
     mut diagnostics: Vec<Diagnostic>,
+    // Sorted, each once.
     admitted: Vec<ObjectKey>,
 ) -> Translation {
     let tls_hosts = std::mem::take(&mut table.tls_hosts);
@@ -620,11 +644,6 @@ fn assemble(
     };
     diagnostics.sort();
     diagnostics.dedup();
-    let admitted = admitted
-        .into_iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
     Translation {
         snapshot,
         diagnostics,

@@ -853,6 +853,19 @@ fn reprocesses_only_what_changed(
     assert_eq!(translator.reprocessed(), 1);
     assert_eq!(seventh.snapshot, translate(&state, &opts).snapshot);
     assert_eq!(endpoints(&seventh, "ns/s8:80"), 1);
+
+    // An Ingress goes: the others stand, its fragment is forgotten (a controller that keeps
+    // the fragments of deleted Ingresses grows with every one), and it is no longer admitted.
+    assert_eq!(translator.kept_fragments(), 21);
+    let gone = ("ns".to_string(), "i3".to_string());
+    state.ingresses.remove(&gone);
+    let eighth = translate_with(&mut translator, &state);
+    assert_eq!(translator.reprocessed(), 0);
+    assert_eq!(translator.kept_fragments(), 20);
+    assert_eq!(eighth.snapshot, translate(&state, &opts).snapshot);
+    assert_eq!(eighth.admitted.len(), 20);
+    assert!(!eighth.admitted.contains(&gone));
+    assert!(eighth.admitted.is_sorted(), "{:?}", eighth.admitted);
 }
 
 #[test]
