@@ -128,16 +128,12 @@ impl SyncLoop {
                 Some((base_version, delta)) => {
                     let whole = snapshot.clone();
                     let metrics = self.metrics.clone();
-                    self.publisher.publish_delta_encoding_whole_on_demand(
-                        version,
-                        base_version,
-                        delta,
-                        move || {
+                    self.publisher
+                        .publish_delta(version, base_version, delta, move || {
                             let payload = whole.to_bytes();
                             metrics.snapshot_bytes.set(payload.len() as i64);
                             payload
-                        },
-                    );
+                        });
                     None
                 }
                 None => {

@@ -245,11 +245,8 @@ impl Translator {
         // Every admitted Ingress has its fragment now; any other is of an Ingress that went.
         if self.fragments.len() > admitted.len() {
             let admitted: HashSet<&ObjectKey> = admitted.iter().map(|(k, _)| *k).collect();
-            let gone: Vec<ObjectKey> = (self.fragments.keys())
-                .filter(|k| !admitted.contains(k))
-                .cloned()
-                .collect();
-            retired.extend(gone.iter().filter_map(|k| self.fragments.remove(k)));
+            let gone = self.fragments.extract_if(|k, _| !admitted.contains(k));
+            retired.extend(gone.map(|(_, f)| f));
         }
         let global_default = opts
             .default_backend_service

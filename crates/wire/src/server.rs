@@ -89,40 +89,22 @@ impl SnapshotPublisher {
         })));
     }
 
-    /// As [`SnapshotPublisher::publish`]; a proxy that was last sent `base_version` gets
-    /// `delta` instead of `payload`.
-    pub fn publish_with_delta(
-        &self,
-        version: u64,
-        payload: Vec<u8>,
-        base_version: u64,
-        delta: Vec<u8>,
-    ) {
-        self.publish_delta(version, base_version, delta, Whole::ready(payload));
-    }
-
     /// Sends `delta` to the proxies that were last sent `base_version`; `encode` makes the
     /// whole snapshot for the others, when the first of them needs it (once).
-    pub fn publish_delta_encoding_whole_on_demand(
+    pub fn publish_delta(
         &self,
         version: u64,
         base_version: u64,
         delta: Vec<u8>,
         encode: impl FnOnce() -> Vec<u8> + Send + 'static,
     ) {
-        let whole = Whole::on_demand(Box::new(encode));
-        self.publish_delta(version, base_version, delta, whole);
-    }
-
-    fn publish_delta(&self, version: u64, base_version: u64, delta: Vec<u8>, whole: Whole) {
-        let delta = Some(Delta {
-            base_version,
-            payload: delta,
-        });
         self.tx.send_replace(Some(Arc::new(Published {
             version,
-            whole,
-            delta,
+            whole: Whole::on_demand(Box::new(encode)),
+            delta: Some(Delta {
+                base_version,
+                payload: delta,
+            }),
         })));
     }
 }

@@ -190,7 +190,7 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
 
     publisher.publish(1, b"one".to_vec());
     eventually("ack 1", || acked.get("first") == Some(1)).await;
-    publisher.publish_with_delta(2, b"two whole".to_vec(), 1, b"two delta".to_vec());
+    publisher.publish_delta(2, 1, b"two delta".to_vec(), || b"two whole".to_vec());
     eventually("ack 2", || acked.get("first") == Some(2)).await;
     assert_eq!(
         first.applied.lock().unwrap().last(),
@@ -208,7 +208,7 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     );
 
     // A refused delta: the proxy keeps serving 2 and is sent version 3 whole.
-    publisher.publish_with_delta(3, b"three whole".to_vec(), 2, b"bad".to_vec());
+    publisher.publish_delta(3, 2, b"bad".to_vec(), || b"three whole".to_vec());
     eventually("both ack 3", || {
         acked.get("first") == Some(3) && acked.get("second") == Some(3)
     })
@@ -219,7 +219,7 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
             Some(&(3, b"three whole".to_vec()))
         );
     }
-    publisher.publish_with_delta(4, b"four whole".to_vec(), 3, b"four delta".to_vec());
+    publisher.publish_delta(4, 3, b"four delta".to_vec(), || b"four whole".to_vec());
     eventually("both ack 4", || {
         acked.get("first") == Some(4) && acked.get("second") == Some(4)
     })
@@ -231,7 +231,7 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     // the proxy says so and gets version 6 whole.
     publisher.publish(5, b"bad".to_vec());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publisher.publish_with_delta(6, b"six whole".to_vec(), 5, b"six delta".to_vec());
+    publisher.publish_delta(6, 5, b"six delta".to_vec(), || b"six whole".to_vec());
     eventually("both ack 6", || {
         acked.get("first") == Some(6) && acked.get("second") == Some(6)
     })
@@ -247,7 +247,7 @@ async fn a_proxy_gets_deltas_against_what_it_serves_and_whole_snapshots_otherwis
     // proxies that serve the base, once for one that connects afterwards.
     let encoded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = encoded.clone();
-    publisher.publish_delta_encoding_whole_on_demand(7, 6, b"seven delta".to_vec(), move || {
+    publisher.publish_delta(7, 6, b"seven delta".to_vec(), move || {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         b"seven whole".to_vec()
     });
